@@ -1,0 +1,39 @@
+/* fs.h - file helpers for files that are written once and made visible
+ * atomically (docs/formats/repository.md, "Invariants"). All return 0 or a
+ * negative errno and set *err with the path on failure. Thread-safe. */
+#ifndef VMSH_UTIL_FS_H
+#define VMSH_UTIL_FS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <vmshadow/util/error.h>
+
+/* Writes `len` bytes to a temporary file beside `path` (O_EXCL, `mode`),
+ * fsyncs it, renames it over `path`, and fsyncs the directory. On failure
+ * nothing is left at `path` that was not there before, and the temporary
+ * file is removed. */
+int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t mode,
+                         vmsh_error **err);
+
+/* Reads a whole regular file of at most `max` bytes into a NUL-terminated
+ * buffer (*out, caller frees; *out_len excludes the NUL). -EFBIG when larger. */
+int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, vmsh_error **err);
+
+/* mkdir -p with `mode` for the directories it creates. */
+int vmsh_fs_mkdir_p(const char *path, mode_t mode, vmsh_error **err);
+
+/* fsync the directory `dir`. */
+int vmsh_fs_fsync_dir(const char *dir, vmsh_error **err);
+
+/* Joins two path parts with exactly one '/'; returns NULL on ENOMEM. */
+char *vmsh_path_join(const char *a, const char *b);
+
+/* The directory part of `path` (a new string; "." when there is none). */
+char *vmsh_path_dirname(const char *path);
+
+/* True when `name` is a safe single path component: non-empty, not "." or
+ * "..", no '/', no NUL, no control characters, at most 255 bytes. */
+int vmsh_name_is_safe(const char *name);
+
+#endif

@@ -1,0 +1,64 @@
+/* cli.h - what the commands of the `vmshadow` program share. The CLI is the
+ * requestor (SPEC.md "The model"): a thin layer over the library's public
+ * headers. It is the only place that prints. */
+#ifndef VMSH_CLI_H
+#define VMSH_CLI_H
+
+#include <stdbool.h>
+
+#include <json-c/json.h>
+
+#include <vmshadow/util/error.h>
+#include <vmshadow/util/kvconf.h>
+
+/* Exit codes: CLI.md "Exit codes"; docs/cli.md. */
+enum {
+    VMSH_EXIT_OK = 0,
+    VMSH_EXIT_FAILED = 1,
+    VMSH_EXIT_USAGE = 2,
+    VMSH_EXIT_DAMAGED = 3,
+    VMSH_EXIT_BUSY = 4,
+};
+
+typedef struct vmsh_cli {
+    const char *prog;
+    const char *uri;         /* -c; NULL: libvirt's default resolution */
+    const char *repo;        /* -r / $VMSHADOW_REPO / config "repo" / default */
+    const char *config_path; /* --config / $VMSHADOW_CONFIG / default */
+    const char *state_dir;   /* $VMSHADOW_STATE_DIR / config "state-dir" / default */
+    const char *writers_dir; /* $VMSHADOW_WRITERS_DIR / config "writers-dir" / default */
+    bool json;
+    int verbosity;       /* 0 normal, <0 quiet, >0 verbose */
+    bool progress;       /* stderr is a terminal and not quiet */
+    vmsh_kvconf *config; /* may be NULL when no config file exists */
+} vmsh_cli;
+
+typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);
+
+/* Reports an error on stderr as "vmshadow: <message>" and returns the exit
+ * code that fits it (-EBUSY: 4, -EBADMSG/-EUCLEAN: 3, else 1). Frees *err. */
+int vmsh_cli_fail(vmsh_cli *cli, vmsh_error **err);
+/* Prints a usage error for `cmd` and returns VMSH_EXIT_USAGE. */
+int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Messages for the user on stderr; info is hidden by -q, debug shown by -v. */
+void vmsh_cli_info(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vmsh_cli_warn(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints one JSON document on stdout and releases it. */
+void vmsh_cli_print_json(struct json_object *doc);
+
+/* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
+int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
+
+#endif

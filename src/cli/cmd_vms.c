@@ -1,0 +1,10 @@
+/* cmd_vms.c - placeholder until its issue lands; each command says it is not there yet. */
+#include "cli.h"
+
+#include <stdio.h>
+
+int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
+{
+    fprintf(stderr, "%s: vms: not implemented yet\n", cli->prog);
+    return VMSH_EXIT_FAILED;
+}

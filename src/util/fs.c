@@ -1,0 +1,166 @@
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *vmsh_path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    while (*b == '/')
+        b++;
+    char *r = NULL;
+    if (asprintf(&r, "%.*s/%s", (int)la, a, b) < 0)
+        return NULL;
+    return r;
+}
+
+char *vmsh_path_dirname(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+int vmsh_name_is_safe(const char *name)
+{
+    if (!name || !*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return 0;
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++, n++) {
+        if (*p == '/' || *p < 0x20 || *p == 0x7f)
+            return 0;
+    }
+    return n <= 255;
+}
+
+int vmsh_fs_fsync_dir(const char *dir, vmsh_error **err)
+{
+    _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno, "cannot open directory %s: %s", dir, strerror(errno));
+    if (fsync(fd) < 0)
+        return vmsh_error_set(err, -errno, "cannot fsync directory %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t mode,
+                         vmsh_error **err)
+{
+    _cleanup_free_ char *tmp = NULL;
+    _cleanup_free_ char *dir = vmsh_path_dirname(path);
+    if (!dir || asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+        tmp = NULL;
+        return vmsh_error_set(err, -ENOMEM, "out of memory writing %s", path);
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno, "cannot create %s: %s", tmp, strerror(errno));
+    int r = write_full(fd, buf, len);
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r == 0 && rename(tmp, path) < 0)
+        r = -errno;
+    if (r < 0) {
+        unlink(tmp);
+        return vmsh_error_set(err, r, "cannot write %s: %s%s", path, strerror(-r),
+                              r == -ENOSPC ? " (free space on that filesystem and retry)" : "");
+    }
+    return vmsh_fs_fsync_dir(dir, err);
+}
+
+int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, vmsh_error **err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return vmsh_error_set(err, -errno, "cannot stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return vmsh_error_set(err, -EINVAL, "%s is not a regular file", path);
+    if ((unsigned long long)st.st_size > max)
+        return vmsh_error_set(err, -EFBIG, "%s is too large (%lld bytes, limit %zu)", path,
+                              (long long)st.st_size, max);
+    size_t cap = (size_t)st.st_size + 1, len = 0;
+    _cleanup_free_ char *buf = malloc(cap);
+    if (!buf)
+        return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", path);
+    for (;;) {
+        if (len + 1 >= cap) {
+            if (cap > max)
+                return vmsh_error_set(err, -EFBIG, "%s grew past %zu bytes while read", path, max);
+            char *nb = realloc(buf, cap * 2);
+            if (!nb)
+                return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", path);
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vmsh_error_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    *out = VMSH_TAKE_PTR(buf);
+    if (out_len)
+        *out_len = len;
+    return 0;
+}
+
+int vmsh_fs_mkdir_p(const char *path, mode_t mode, vmsh_error **err)
+{
+    _cleanup_free_ char *p = strdup(path);
+    if (!p)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (char *s = p + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            char c = *s;
+            *s = '\0';
+            if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return vmsh_error_set(err, -errno, "cannot create directory %s: %s", p,
+                                      strerror(errno));
+            *s = c;
+            if (c == '\0')
+                break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+        return vmsh_error_set(err, -ENOTDIR, "%s exists and is not a directory", path);
+    return 0;
+}

@@ -1,0 +1,178 @@
+/* Unit tests of the util layer: errors, the key = value format, atomic
+ * files and locks. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <vmshadow/util/error.h>
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/kvconf.h>
+#include <vmshadow/util/lock.h>
+#include <vmshadow/util/mem.h>
+
+static void error_first_wins_and_prefix(void **state)
+{
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_error_set(&err, -ENOENT, "disk %s missing", "vda"), -ENOENT);
+    assert_int_equal(vmsh_error_set(&err, -EIO, "second"), -EIO);
+    assert_string_equal(err->message, "disk vda missing");
+    assert_int_equal(vmsh_error_prefix(&err, "VM %s", "web"), -ENOENT);
+    assert_string_equal(err->message, "VM web: disk vda missing");
+    vmsh_error *other = NULL;
+    vmsh_error_set(&other, -EPERM, "later");
+    vmsh_error_propagate(&err, &other);
+    assert_null(other);
+    assert_string_equal(err->message, "VM web: disk vda missing");
+    vmsh_error_free(err);
+    /* NULL err is allowed everywhere */
+    assert_int_equal(vmsh_error_set(NULL, -EINVAL, "x"), -EINVAL);
+    assert_int_equal(vmsh_error_set(NULL, 5, "positive codes become -EIO"), -EIO);
+}
+
+static void kvconf_parses_script_writer(void **state)
+{
+    const char *text = "# a comment\n"
+                       "name = postgres-host\n"
+                       "prepare-snapshot = /usr/local/bin/pg-backup-start\n"
+                       "  thaw =   \n"
+                       "timeout = 30\n"
+                       "abort = /usr/local/bin/pg-backup-stop --abort\n";
+    vmsh_kvconf *c = NULL;
+    assert_int_equal(vmsh_kvconf_parse(&c, text, strlen(text), "w.conf", NULL), 0);
+    assert_int_equal(vmsh_kvconf_count(c), 5);
+    assert_string_equal(vmsh_kvconf_get(c, "name"), "postgres-host");
+    assert_string_equal(vmsh_kvconf_get(c, "thaw"), "");
+    assert_string_equal(vmsh_kvconf_get(c, "abort"), "/usr/local/bin/pg-backup-stop --abort");
+    assert_null(vmsh_kvconf_get(c, "freeze"));
+    assert_int_equal(vmsh_kvconf_line(c, "timeout"), 5);
+    long t = 0;
+    assert_int_equal(vmsh_kvconf_get_int(c, "timeout", 1, 3600, &t, NULL), 0);
+    assert_int_equal(t, 30);
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_kvconf_get_int(c, "name", 1, 3600, &t, &err), -EINVAL);
+    assert_non_null(strstr(err->message, "w.conf:2"));
+    vmsh_error_free(err);
+    err = NULL;
+    static const char *const allowed[] = {"name", "prepare-snapshot", "thaw", "timeout", NULL};
+    assert_int_equal(vmsh_kvconf_check_keys(c, allowed, &err), -EINVAL);
+    assert_non_null(strstr(err->message, "unknown key 'abort'"));
+    vmsh_error_free(err);
+    vmsh_kvconf_free(c);
+}
+
+static void kvconf_rejects_bad_input(void **state)
+{
+    static const char *const bad[] = {
+        "no equals sign\n", "Upper = case\n", "= value\n", "a = 1\na = 2\n", "a b = c\n",
+    };
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(bad); i++) {
+        vmsh_kvconf *c = NULL;
+        vmsh_error *err = NULL;
+        assert_int_equal(vmsh_kvconf_parse(&c, bad[i], strlen(bad[i]), "x", &err), -EINVAL);
+        assert_null(c);
+        assert_non_null(strstr(err->message, "x:"));
+        vmsh_error_free(err);
+    }
+    char nul[] = "a = b\0c\n";
+    vmsh_kvconf *c = NULL;
+    assert_int_equal(vmsh_kvconf_parse(&c, nul, sizeof(nul) - 1, "x", NULL), -EINVAL);
+}
+
+static char *make_tmpdir(void)
+{
+    char *d = strdup("/tmp/vmsh-test-XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+static void fs_atomic_write_and_read(void **state)
+{
+    _cleanup_free_ char *dir = make_tmpdir();
+    _cleanup_free_ char *sub = vmsh_path_join(dir, "a/b/c");
+    assert_int_equal(vmsh_fs_mkdir_p(sub, 0700, NULL), 0);
+    _cleanup_free_ char *f = vmsh_path_join(sub, "doc.json");
+    assert_int_equal(vmsh_fs_write_atomic(f, "hello", 5, 0600, NULL), 0);
+    assert_int_equal(vmsh_fs_write_atomic(f, "world!", 6, 0600, NULL), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_fs_read_all(f, 100, &buf, &len, NULL), 0);
+    assert_int_equal(len, 6);
+    assert_string_equal(buf, "world!");
+    free(buf);
+    struct stat st;
+    assert_int_equal(stat(f, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_fs_read_all(f, 3, &buf, &len, &err), -EFBIG);
+    vmsh_error_free(err);
+    /* writing into a directory that does not exist leaves nothing behind */
+    _cleanup_free_ char *bad = vmsh_path_join(dir, "missing/x");
+    err = NULL;
+    assert_true(vmsh_fs_write_atomic(bad, "x", 1, 0600, &err) < 0);
+    assert_non_null(strstr(err->message, "missing"));
+    vmsh_error_free(err);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void path_helpers(void **state)
+{
+    _cleanup_free_ char *j = vmsh_path_join("/a/", "/b");
+    assert_string_equal(j, "/a/b");
+    _cleanup_free_ char *d = vmsh_path_dirname("/var/lib/x");
+    assert_string_equal(d, "/var/lib");
+    assert_true(vmsh_name_is_safe("web-01.qcow2"));
+    assert_false(vmsh_name_is_safe(".."));
+    assert_false(vmsh_name_is_safe("a/b"));
+    assert_false(vmsh_name_is_safe(""));
+    assert_false(vmsh_name_is_safe("a\nb"));
+}
+
+static void lock_second_holder_gets_ebusy(void **state)
+{
+    _cleanup_free_ char *dir = make_tmpdir();
+    _cleanup_free_ char *p = vmsh_path_join(dir, "lock");
+    vmsh_lock *l = NULL;
+    assert_int_equal(vmsh_lock_take(&l, p, true, false, "snapshot set", NULL), 0);
+    /* flock is per open file description: a child process that opens the
+     * file again must be refused at once. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        vmsh_lock *l2 = NULL;
+        vmsh_error *err = NULL;
+        int r = vmsh_lock_take(&l2, p, true, false, "snapshot set", &err);
+        _exit(r == -EBUSY && strstr(err->message, "snapshot set is busy") ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    vmsh_lock_free(l);
+    vmsh_lock *l3 = NULL;
+    assert_int_equal(vmsh_lock_take(&l3, p, true, false, "snapshot set", NULL), 0);
+    vmsh_lock_free(l3);
+    unlink(p);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(error_first_wins_and_prefix),
+        cmocka_unit_test(kvconf_parses_script_writer),
+        cmocka_unit_test(kvconf_rejects_bad_input),
+        cmocka_unit_test(fs_atomic_write_and_read),
+        cmocka_unit_test(path_helpers),
+        cmocka_unit_test(lock_second_holder_gets_ebusy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
