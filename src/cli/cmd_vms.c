@@ -1,10 +1,186 @@
-/* cmd_vms.c - placeholder until its issue lands; each command says it is not there yet. */
+/* cmd_vms.c - `vmshadow vms`: every VM of the connection with its state,
+ * disks (target, source, format, kind), whether its agent answers, and the
+ * method a backup would use and why (CLI.md; SPEC R2, R6). */
 #include "cli.h"
 
+#include <vmshadow/hv/hv.h>
+#include <vmshadow/writers/method.h>
+
+#include <getopt.h>
 #include <stdio.h>
+#include <string.h>
+
+#define DEFAULT_AGENT_TIMEOUT_S 3
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: vmshadow vms [--method auto|saved-state|guest] [VM...]\n"
+               "\n"
+               "Lists VMs: state, disks (target, source, format, kind), whether the guest\n"
+               "agent answers, and the backup method a backup would use, with the reason.\n"
+               "With --method guest, VMs that cannot use it show why (SPEC R2).\n");
+}
+
+static json_object *jstr(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
+}
+
+static json_object *disk_json(const vmsh_domxml_disk *d)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "target", jstr(d->target));
+    json_object_object_add(o, "source", jstr(d->source));
+    json_object_object_add(o, "format", jstr(d->format));
+    json_object_object_add(o, "kind", jstr(vmsh_disk_kind_name(d->kind)));
+    json_object_object_add(o, "device", jstr(d->device));
+    json_object_object_add(o, "readonly", json_object_new_boolean(d->readonly));
+    const char *excl = vmsh_method_disk_exclusion(d);
+    json_object_object_add(o, "excluded", json_object_new_boolean(excl != NULL));
+    json_object_object_add(o, "exclusion_reason", jstr(excl));
+    return o;
+}
+
+static json_object *agent_json(const vmsh_agent_info *a)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "channel", json_object_new_boolean(a && a->channel));
+    json_object_object_add(o, "reachable", json_object_new_boolean(a && a->reachable));
+    json_object_object_add(o, "can_freeze", json_object_new_boolean(a && a->can_freeze));
+    json_object_object_add(o, "error", jstr(a ? a->error : "not probed"));
+    if (a && a->fs_known) {
+        json_object *fsl = json_object_new_array();
+        for (size_t i = 0; i < a->n_fs; i++) {
+            json_object *f = json_object_new_object();
+            json_object_object_add(f, "mountpoint", jstr(a->fs[i].mountpoint));
+            json_object_object_add(f, "type", jstr(a->fs[i].type));
+            json_object_array_add(fsl, f);
+        }
+        json_object_object_add(o, "filesystems", fsl);
+    }
+    return o;
+}
+
+static const char *agent_word(const vmsh_agent_info *a)
+{
+    if (!a || !a->channel)
+        return "none";
+    if (a->reachable)
+        return a->can_freeze ? "reachable" : "no-freeze";
+    return "unreachable";
+}
 
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
 {
-    fprintf(stderr, "%s: vms: not implemented yet\n", cli->prog);
-    return VMSH_EXIT_FAILED;
+    static const struct option opts[] = {
+        {"method", required_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    vmsh_method requested = VMSH_METHOD_AUTO;
+    int c;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            if (vmsh_method_parse(optarg, &requested) < 0)
+                return vmsh_cli_usage_error(cli, "vms", "unknown method '%s'", optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return VMSH_EXIT_OK;
+        default:
+            return vmsh_cli_usage_error(cli, "vms", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    long agent_timeout = DEFAULT_AGENT_TIMEOUT_S;
+    vmsh_error *err = NULL;
+    if (vmsh_kvconf_get_int(cli->config, "agent-timeout", 1, 300, &agent_timeout, &err) < 0)
+        return vmsh_cli_fail(cli, &err);
+    const char *scratch_dir = vmsh_kvconf_get(cli->config, "scratch-dir");
+
+    vmsh_hv *hv = NULL;
+    if (vmsh_hv_open(&hv, cli->uri, &err) < 0)
+        return vmsh_cli_fail(cli, &err);
+    vmsh_vm **vms = NULL;
+    size_t n = 0;
+    if (vmsh_hv_list_vms(hv, &vms, &n, &err) < 0) {
+        vmsh_hv_free(hv);
+        return vmsh_cli_fail(cli, &err);
+    }
+    int rc = VMSH_EXIT_OK;
+    json_object *list = json_object_new_array();
+    if (!cli->json)
+        printf("%-28s %-9s %-12s %-12s %s\n", "NAME", "STATE", "AGENT", "METHOD", "REASON");
+    for (size_t i = 0; i < n; i++) {
+        vmsh_vm *vm = vms[i];
+        bool wanted = optind >= argc;
+        for (int k = optind; k < argc && !wanted; k++)
+            wanted = strcmp(argv[k], vm->name) == 0;
+        if (!wanted)
+            continue;
+        vmsh_agent_info *agent = NULL;
+        if (vmsh_hv_agent_probe(hv, vm->name, (int)agent_timeout, &agent, &err) < 0) {
+            vmsh_cli_warn(cli, "%s", err->message);
+            vmsh_error_free(err);
+            err = NULL;
+        }
+        vmsh_method_choice mc = {0};
+        const char *method = NULL, *reason = NULL;
+        vmsh_error *merr = NULL;
+        if (vmsh_method_choose(vm, agent, scratch_dir, requested, &mc, &merr) < 0) {
+            method = "none";
+            reason = merr->message;
+        } else {
+            method = vmsh_method_name(mc.method);
+            reason = mc.reason;
+        }
+        if (cli->json) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "name", jstr(vm->name));
+            json_object_object_add(o, "uuid", jstr(vm->uuid));
+            json_object_object_add(o, "state", jstr(vmsh_vm_state_name(vm->state)));
+            json_object_object_add(o, "persistent", json_object_new_boolean(vm->persistent));
+            json_object_object_add(o, "managed_save", json_object_new_boolean(vm->managed_save));
+            json_object *disks = json_object_new_array();
+            for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++)
+                json_object_array_add(disks, disk_json(&vm->xml->disks[d]));
+            json_object_object_add(o, "disks", disks);
+            json_object_object_add(o, "xml_error", jstr(vm->xml_error));
+            json_object_object_add(o, "agent", agent_json(agent));
+            json_object_object_add(o, "method", jstr(method));
+            json_object_object_add(o, "reason", jstr(reason));
+            json_object_array_add(list, o);
+        } else {
+            printf("%-28s %-9s %-12s %-12s %s\n", vm->name, vmsh_vm_state_name(vm->state),
+                   agent_word(agent), method, reason);
+            if (vm->xml_error)
+                printf("    ! domain XML not understood: %s\n", vm->xml_error);
+            for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++) {
+                const vmsh_domxml_disk *dk = &vm->xml->disks[d];
+                const char *excl = vmsh_method_disk_exclusion(dk);
+                printf("    %-8s %-11s %-6s %s%s%s\n", dk->target ? dk->target : "?",
+                       vmsh_disk_kind_name(dk->kind), dk->format ? dk->format : "-",
+                       dk->source ? dk->source : "-", excl ? "  [excluded: " : "",
+                       excl ? excl : "");
+                if (excl)
+                    fputs("]\n", stdout);
+            }
+            if (agent && agent->channel && !agent->reachable && agent->error)
+                printf("    agent: %s\n", agent->error);
+        }
+        vmsh_error_free(merr);
+        vmsh_method_choice_clear(&mc);
+        vmsh_agent_info_free(agent);
+    }
+    if (cli->json) {
+        json_object *doc = json_object_new_object();
+        json_object_object_add(doc, "uri", jstr(vmsh_hv_uri(hv)));
+        json_object_object_add(doc, "vms", list);
+        vmsh_cli_print_json(doc);
+    } else {
+        json_object_put(list);
+    }
+    vmsh_vm_list_free(vms, n);
+    vmsh_hv_free(hv);
+    return rc;
 }

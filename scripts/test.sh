@@ -1,0 +1,47 @@
+#!/bin/bash
+# test.sh - the whole test suite, as CI runs it (README.md, .ci/run):
+# installs what is missing, builds with warnings as errors, runs the unit
+# tests, static checks and end-to-end tests against real guests; then does the
+# same in an ASan+UBSan build. Ends with "N passed, N failed" and fails when
+# any test failed.
+#   VMSH_TEST_SANITIZE=0   skip the sanitizer pass
+#   VMSH_TEST_FILTER=RE    only tests matching RE (ctest -R)
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+[ "$(id -u)" = 0 ] || { echo "test.sh: the end-to-end tests drive qemu:///system: run as root" >&2; exit 2; }
+scripts/install-deps.sh || exit 1
+
+# One libvirt daemon for the whole run (the lab reuses it); stopped at the end
+# if this script started it.
+. tests/lab/lab.sh
+lab_libvirt_up
+trap lab_libvirt_down EXIT
+
+jobs=$(nproc)
+passed=0
+failed=0
+run_pass() { # run_pass NAME BUILD-DIR CMAKE-ARGS...
+    local name=$1 dir=$2; shift 2
+    echo "=== $name: configure and build ($dir)"
+    cmake -S . -B "$dir" -G Ninja -DVMSH_WERROR=ON -DVMSH_E2E=ON "$@" >"$dir.configure.log" 2>&1 ||
+        { cat "$dir.configure.log"; failed=$((failed + 1)); return; }
+    ninja -C "$dir" || { failed=$((failed + 1)); return; }
+    echo "=== $name: tests"
+    (cd "$dir" && ctest -j "$jobs" --output-on-failure ${VMSH_TEST_FILTER:+-R "$VMSH_TEST_FILTER"} \
+        --output-junit junit.xml)
+    local p f
+    p=$(grep -o '<testcase [^>]*status="run"' "$dir/junit.xml" | wc -l)
+    f=$(grep -o '<testcase [^>]*status="fail"' "$dir/junit.xml" | wc -l)
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+mkdir -p build-ci
+run_pass "warnings-as-errors build" build-ci/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${VMSH_TEST_SANITIZE:-1}" = 1 ]; then
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        run_pass "ASan+UBSan build" build-ci/sanitize -DCMAKE_BUILD_TYPE=Debug -DVMSH_SANITIZE=ON
+fi
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

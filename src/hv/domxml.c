@@ -1,0 +1,317 @@
+#include <vmshadow/hv/domxml.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+const char *vmsh_disk_kind_name(vmsh_disk_kind kind)
+{
+    switch (kind) {
+    case VMSH_DISK_FILE:
+        return "file";
+    case VMSH_DISK_BLOCK:
+        return "block";
+    case VMSH_DISK_NETWORK:
+        return "network";
+    case VMSH_DISK_PASSTHROUGH:
+        return "passthrough";
+    case VMSH_DISK_EMPTY:
+        return "empty";
+    case VMSH_DISK_UNKNOWN:
+        break;
+    }
+    return "unknown";
+}
+
+static void disk_clear(vmsh_domxml_disk *d)
+{
+    free(d->target);
+    free(d->source);
+    free(d->format);
+    free(d->device);
+    free(d->type);
+}
+
+void vmsh_domxml_free(vmsh_domxml *x)
+{
+    if (!x)
+        return;
+    for (size_t i = 0; i < x->n_disks; i++)
+        disk_clear(&x->disks[i]);
+    for (size_t i = 0; i < x->n_ifaces; i++) {
+        free(x->ifaces[i].type);
+        free(x->ifaces[i].source);
+        free(x->ifaces[i].mac);
+        free(x->ifaces[i].model);
+    }
+    free(x->disks);
+    free(x->ifaces);
+    free(x->name);
+    free(x->uuid);
+    free(x->domain_type);
+    free(x->nvram);
+    free(x->tpm_backend);
+    free(x);
+}
+
+/* An attribute as a malloc'ed C string (NULL when absent). */
+static char *attr(xmlNodePtr n, const char *name)
+{
+    if (!n)
+        return NULL;
+    xmlChar *v = xmlGetProp(n, (const xmlChar *)name);
+    if (!v)
+        return NULL;
+    char *r = strdup((const char *)v);
+    xmlFree(v);
+    return r;
+}
+
+static bool attr_is(xmlNodePtr n, const char *name, const char *want)
+{
+    _cleanup_free_ char *v = attr(n, name);
+    return v && strcmp(v, want) == 0;
+}
+
+static char *text_of(xmlNodePtr n)
+{
+    if (!n)
+        return NULL;
+    xmlChar *v = xmlNodeGetContent(n);
+    if (!v)
+        return NULL;
+    char *r = strdup((const char *)v);
+    xmlFree(v);
+    return r;
+}
+
+static xmlNodePtr child(xmlNodePtr n, const char *name)
+{
+    for (xmlNodePtr c = n ? n->children : NULL; c; c = c->next)
+        if (c->type == XML_ELEMENT_NODE && xmlStrcmp(c->name, (const xmlChar *)name) == 0)
+            return c;
+    return NULL;
+}
+
+static bool is_element(xmlNodePtr n, const char *name)
+{
+    return n->type == XML_ELEMENT_NODE && xmlStrcmp(n->name, (const xmlChar *)name) == 0;
+}
+
+/* <source protocol='iscsi' name='iqn.../1'><host name='h' port='3260'/></source> →
+ * "iscsi://h:3260/iqn.../1" */
+static char *network_source(xmlNodePtr src)
+{
+    _cleanup_free_ char *proto = attr(src, "protocol");
+    _cleanup_free_ char *name = attr(src, "name");
+    xmlNodePtr host = child(src, "host");
+    _cleanup_free_ char *hname = attr(host, "name");
+    _cleanup_free_ char *port = attr(host, "port");
+    _cleanup_free_ char *sock = attr(host, "socket");
+    char *r = NULL;
+    int n;
+    if (sock)
+        n = asprintf(&r, "%s+unix://%s%s%s", proto ? proto : "network", name ? name : "",
+                     "?socket=", sock);
+    else
+        n = asprintf(&r, "%s://%s%s%s/%s", proto ? proto : "network", hname ? hname : "",
+                     port ? ":" : "", port ? port : "", name ? name : "");
+    return n < 0 ? NULL : r;
+}
+
+static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
+{
+    d->type = attr(n, "type");
+    d->device = attr(n, "device");
+    if (!d->device)
+        d->device = strdup("disk");
+    xmlNodePtr src = child(n, "source");
+    d->target = attr(child(n, "target"), "dev");
+    d->format = attr(child(n, "driver"), "type");
+    d->readonly = child(n, "readonly") != NULL;
+    d->shareable = child(n, "shareable") != NULL;
+    xmlNodePtr bs = child(n, "backingStore");
+    d->has_backing_chain = bs && child(bs, "source") != NULL;
+    const char *type = d->type ? d->type : "file";
+    bool lun = d->device && strcmp(d->device, "lun") == 0;
+
+    if (strcmp(type, "file") == 0) {
+        d->source = attr(src, "file");
+        d->kind = d->source ? VMSH_DISK_FILE : VMSH_DISK_EMPTY;
+    } else if (strcmp(type, "block") == 0) {
+        d->source = attr(src, "dev");
+        d->kind = !d->source ? VMSH_DISK_EMPTY : lun ? VMSH_DISK_PASSTHROUGH : VMSH_DISK_BLOCK;
+    } else if (strcmp(type, "network") == 0) {
+        d->source = src ? network_source(src) : NULL;
+        d->kind = lun ? VMSH_DISK_PASSTHROUGH : VMSH_DISK_NETWORK;
+    } else if (strcmp(type, "nvme") == 0) {
+        xmlNodePtr addr = child(src, "address");
+        _cleanup_free_ char *dom = attr(addr, "domain"), *bus = attr(addr, "bus"),
+                            *slot = attr(addr, "slot"), *fn = attr(addr, "function");
+        if (asprintf(&d->source, "nvme pci %s:%s:%s.%s", dom ? dom : "?", bus ? bus : "?",
+                     slot ? slot : "?", fn ? fn : "?") < 0)
+            d->source = NULL;
+        d->kind = VMSH_DISK_PASSTHROUGH;
+    } else if (strcmp(type, "dir") == 0) {
+        d->source = attr(src, "dir");
+        d->kind = VMSH_DISK_UNKNOWN;
+    } else if (strcmp(type, "volume") == 0) {
+        _cleanup_free_ char *pool = attr(src, "pool"), *vol = attr(src, "volume");
+        if (asprintf(&d->source, "volume %s/%s", pool ? pool : "?", vol ? vol : "?") < 0)
+            d->source = NULL;
+        d->kind = VMSH_DISK_UNKNOWN; /* which kind depends on the pool; not guessed */
+    } else {
+        d->kind = VMSH_DISK_UNKNOWN;
+    }
+    if (lun && d->kind == VMSH_DISK_FILE)
+        d->kind = VMSH_DISK_PASSTHROUGH;
+    return d->device ? 0 : -ENOMEM;
+}
+
+/* <hostdev mode='subsystem' type='pci|scsi|usb|scsi_host|mdev'> */
+static int parse_hostdev(xmlNodePtr n, vmsh_domxml_disk *d, size_t index)
+{
+    d->type = attr(n, "type");
+    d->device = strdup("hostdev");
+    if (asprintf(&d->target, "hostdev%zu", index) < 0)
+        d->target = NULL;
+    xmlNodePtr src = child(n, "source");
+    const char *type = d->type ? d->type : "?";
+    xmlNodePtr addr = child(src, "address");
+    xmlNodePtr adapter = child(src, "adapter");
+    _cleanup_free_ char *a1 = NULL, *a2 = NULL, *a3 = NULL, *a4 = NULL, *ad = NULL;
+    int r = 0;
+    if (strcmp(type, "pci") == 0) {
+        a1 = attr(addr, "domain"), a2 = attr(addr, "bus"), a3 = attr(addr, "slot"),
+        a4 = attr(addr, "function");
+        r = asprintf(&d->source, "pci %s:%s:%s.%s", a1 ? a1 : "?", a2 ? a2 : "?", a3 ? a3 : "?",
+                     a4 ? a4 : "?");
+    } else if (strcmp(type, "scsi") == 0) {
+        _cleanup_free_ char *proto = attr(src, "protocol");
+        if (proto) {
+            d->source = network_source(src);
+        } else {
+            ad = attr(adapter, "name"), a1 = attr(addr, "bus"), a2 = attr(addr, "target"),
+            a3 = attr(addr, "unit");
+            r = asprintf(&d->source, "scsi %s:%s:%s:%s", ad ? ad : "?", a1 ? a1 : "?",
+                         a2 ? a2 : "?", a3 ? a3 : "?");
+        }
+    } else if (strcmp(type, "usb") == 0) {
+        xmlNodePtr vendor = child(src, "vendor"), product = child(src, "product");
+        a1 = attr(vendor, "id"), a2 = attr(product, "id");
+        r = asprintf(&d->source, "usb %s:%s", a1 ? a1 : "?", a2 ? a2 : "?");
+    } else if (strcmp(type, "scsi_host") == 0) {
+        a1 = attr(src, "wwpn");
+        r = asprintf(&d->source, "scsi_host %s", a1 ? a1 : "?");
+    } else {
+        r = asprintf(&d->source, "%s hostdev", type);
+    }
+    if (r < 0)
+        d->source = NULL;
+    d->kind = VMSH_DISK_PASSTHROUGH;
+    return d->device && d->target ? 0 : -ENOMEM;
+}
+
+static int parse_iface(xmlNodePtr n, vmsh_domxml_iface *f)
+{
+    f->type = attr(n, "type");
+    xmlNodePtr src = child(n, "source");
+    if (f->type && strcmp(f->type, "network") == 0)
+        f->source = attr(src, "network");
+    else if (f->type && strcmp(f->type, "bridge") == 0)
+        f->source = attr(src, "bridge");
+    else if (f->type && strcmp(f->type, "direct") == 0)
+        f->source = attr(src, "dev");
+    f->mac = attr(child(n, "mac"), "address");
+    f->model = attr(child(n, "model"), "type");
+    return 0;
+}
+
+static int grow(void **arr, size_t n, size_t size)
+{
+    void *p = vmsh_realloc_array(*arr, n + 1, size);
+    if (!p)
+        return -ENOMEM;
+    memset((char *)p + n * size, 0, size);
+    *arr = p;
+    return 0;
+}
+
+int vmsh_domxml_parse(vmsh_domxml **out, const char *xml, size_t len, vmsh_error **err)
+{
+    if (len > VMSH_DOMXML_MAX_BYTES)
+        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
+    if (len > INT32_MAX)
+        return vmsh_error_set(err, -EFBIG, "domain XML is too large");
+    /* No network, no entity substitution, no DTD loading: the XML may come
+     * from a backup, which a guest's owner may have shaped. */
+    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
+                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!doc)
+        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    vmsh_domxml *x = calloc(1, sizeof(*x));
+    int r = 0;
+    if (!x) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    x->agent_connected = -1;
+    if (!root || !is_element(root, "domain")) {
+        r = vmsh_error_set(err, -EINVAL, "XML is not a libvirt <domain>");
+        goto out;
+    }
+    x->domain_type = attr(root, "type");
+    x->name = text_of(child(root, "name"));
+    x->uuid = text_of(child(root, "uuid"));
+    if (!x->name || !*x->name) {
+        r = vmsh_error_set(err, -EINVAL, "domain XML has no <name>");
+        goto out;
+    }
+    xmlNodePtr os = child(root, "os");
+    x->nvram = text_of(child(os, "nvram"));
+    if (x->nvram && !*x->nvram) {
+        free(x->nvram);
+        x->nvram = NULL;
+    }
+    size_t hostdevs = 0;
+    for (xmlNodePtr n = child(root, "devices") ? child(root, "devices")->children : NULL;
+         n && r == 0; n = n->next) {
+        if (is_element(n, "disk")) {
+            if ((r = grow((void **)&x->disks, x->n_disks, sizeof(*x->disks))) == 0)
+                r = parse_disk(n, &x->disks[x->n_disks++]);
+        } else if (is_element(n, "hostdev")) {
+            if ((r = grow((void **)&x->disks, x->n_disks, sizeof(*x->disks))) == 0)
+                r = parse_hostdev(n, &x->disks[x->n_disks++], hostdevs++);
+        } else if (is_element(n, "interface")) {
+            if ((r = grow((void **)&x->ifaces, x->n_ifaces, sizeof(*x->ifaces))) == 0)
+                r = parse_iface(n, &x->ifaces[x->n_ifaces++]);
+        } else if (is_element(n, "channel")) {
+            xmlNodePtr t = child(n, "target");
+            if (attr_is(t, "name", "org.qemu.guest_agent.0")) {
+                x->agent_channel = true;
+                _cleanup_free_ char *st = attr(t, "state");
+                if (st)
+                    x->agent_connected = strcmp(st, "connected") == 0;
+            }
+        } else if (is_element(n, "tpm")) {
+            free(x->tpm_backend);
+            x->tpm_backend = attr(child(n, "backend"), "type");
+        }
+    }
+    if (r < 0)
+        r = vmsh_error_set(err, r, "out of memory parsing domain XML");
+out:
+    xmlFreeDoc(doc);
+    if (r < 0) {
+        vmsh_domxml_free(x);
+        return r;
+    }
+    *out = x;
+    return 0;
+}

@@ -1,0 +1,200 @@
+/* Classifies the disks of real-looking libvirt domain XML into the kinds of
+ * CLI.md `vms` (file, block, network, passthrough) and checks what the VM
+ * writer excludes (SPEC R6) and which R2 condition fails. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <vmshadow/hv/domxml.h>
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/writers/method.h>
+
+static vmsh_domxml *load_golden(const char *name)
+{
+    const char *dir = getenv("VMSH_GOLDEN_DIR");
+    assert_non_null(dir);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/domxml/%s", dir, name);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_fs_read_all(path, 1 << 20, &text, &len, NULL), 0);
+    vmsh_domxml *x = NULL;
+    vmsh_error *err = NULL;
+    int r = vmsh_domxml_parse(&x, text, len, &err);
+    if (r < 0)
+        fail_msg("%s", err->message);
+    free(text);
+    return x;
+}
+
+static const vmsh_domxml_disk *disk(const vmsh_domxml *x, const char *target)
+{
+    for (size_t i = 0; i < x->n_disks; i++)
+        if (x->disks[i].target && strcmp(x->disks[i].target, target) == 0)
+            return &x->disks[i];
+    fail_msg("no disk %s", target);
+    return NULL;
+}
+
+static void classifies_every_kind(void **state)
+{
+    vmsh_domxml *x = load_golden("all-disk-kinds.xml");
+    assert_string_equal(x->name, "db01");
+    assert_string_equal(x->uuid, "8f2f8c38-6f5e-4a5c-9d3e-0b2a8a4c1e11");
+    assert_int_equal(x->n_disks, 14);
+    static const struct {
+        const char *target, *kind, *format, *source;
+    } want[] = {
+        {"vda", "file", "qcow2", "/var/lib/libvirt/images/db01.qcow2"},
+        {"vdb", "file", "raw", "/var/lib/libvirt/images/db01-data.raw"},
+        {"vdc", "block", "raw", "/dev/vg0/db01-logs"},
+        {"vdd", "network", "raw", "iscsi://10.0.0.5:3260/iqn.2013-07.com.example:storage/1"},
+        {"sda", "passthrough", "raw", "iscsi://10.0.0.5:3260/iqn.2013-07.com.example:storage/2"},
+        {"vde", "network", "raw", "nbd://nbd.example:10809/export1"},
+        {"vdf", "network", "raw", "rbd://mon1.example:6789/pool/db01-rbd"},
+        {"sdb", "passthrough", "raw", "/dev/sdx"},
+        {"sdc", "file", "raw", "/srv/iso/debian-12.iso"},
+        {"sdd", "empty", "raw", NULL},
+        {"vdg", "passthrough", "raw", "nvme pci 0x0000:0x01:0x00.0x0"},
+        {"vdh", "unknown", "raw", "volume iscsi-pool/unit:0:0:1"},
+        {"hostdev0", "passthrough", NULL, "scsi scsi_host0:0:0:1"},
+        {"hostdev1", "passthrough", NULL, "pci 0x0000:0x03:0x00.0x0"},
+    };
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(want); i++) {
+        const vmsh_domxml_disk *d = disk(x, want[i].target);
+        assert_string_equal(vmsh_disk_kind_name(d->kind), want[i].kind);
+        if (want[i].format)
+            assert_string_equal(d->format, want[i].format);
+        else
+            assert_null(d->format);
+        if (want[i].source)
+            assert_string_equal(d->source, want[i].source);
+        else
+            assert_null(d->source);
+    }
+    assert_true(disk(x, "vda")->has_backing_chain);
+    assert_false(disk(x, "vdb")->has_backing_chain);
+    assert_string_equal(disk(x, "sdc")->device, "cdrom");
+    assert_true(disk(x, "sdc")->readonly);
+    assert_string_equal(disk(x, "hostdev1")->device, "hostdev");
+
+    /* only the two file images are captured; everything else is excluded */
+    size_t captured = 0;
+    for (size_t i = 0; i < x->n_disks; i++)
+        captured += vmsh_method_disk_exclusion(&x->disks[i]) == NULL;
+    assert_int_equal(captured, 2);
+    assert_non_null(strstr(vmsh_method_disk_exclusion(disk(x, "vdc")), "R6"));
+
+    assert_int_equal(x->n_ifaces, 2);
+    assert_string_equal(x->ifaces[0].type, "network");
+    assert_string_equal(x->ifaces[0].source, "default");
+    assert_string_equal(x->ifaces[1].source, "br0");
+    assert_string_equal(x->ifaces[1].mac, "52:54:00:aa:bb:02");
+    assert_true(x->agent_channel);
+    assert_int_equal(x->agent_connected, 0);
+    assert_string_equal(x->nvram, "/var/lib/libvirt/qemu/nvram/db01_VARS.fd");
+    assert_string_equal(x->tpm_backend, "emulator");
+    vmsh_domxml_free(x);
+}
+
+static void rejects_bad_xml(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "<domain>",
+        "<network><name>x</name></network>",
+        "<domain type='qemu'></domain>",
+        "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>"
+        "<domain><name>&e;</name></domain>",
+    };
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(bad); i++) {
+        vmsh_domxml *x = NULL;
+        vmsh_error *err = NULL;
+        int r = vmsh_domxml_parse(&x, bad[i], strlen(bad[i]), &err);
+        if (r == 0) {
+            /* an external entity must never be expanded into the name */
+            assert_null(strstr(x->name, "root:"));
+            vmsh_domxml_free(x);
+            continue;
+        }
+        assert_int_equal(r, -EINVAL);
+        assert_null(x);
+        vmsh_error_free(err);
+    }
+}
+
+static vmsh_vm *vm_from_golden(vmsh_vm_state st)
+{
+    vmsh_vm *vm = calloc(1, sizeof(*vm));
+    vm->name = strdup("db01");
+    vm->state = st;
+    vm->xml = load_golden("all-disk-kinds.xml");
+    return vm;
+}
+
+static void method_falls_back_with_reason(void **state)
+{
+    vmsh_vm *vm = vm_from_golden(VMSH_VM_RUNNING);
+    vmsh_agent_info agent = {
+        .channel = true, .reachable = true, .can_freeze = true, .fs_known = true};
+    vmsh_method_choice mc;
+    /* the block and network disks fail (e) */
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.method, VMSH_METHOD_SAVED_STATE);
+    assert_int_equal(mc.condition, 'e');
+    assert_non_null(strstr(mc.reason, "vdc"));
+    vmsh_method_choice_clear(&mc);
+    /* --method guest on such a VM is an error naming the condition */
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_GUEST, &mc, &err), -EINVAL);
+    assert_non_null(strstr(err->message, "R2 (e)"));
+    vmsh_error_free(err);
+
+    /* keep only the two file disks: now the guest method applies */
+    vm->xml->n_disks = 2;
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.method, VMSH_METHOD_GUEST);
+    vmsh_method_choice_clear(&mc);
+    /* (d): an NFS mount inside the guest */
+    char mp[] = "/srv/share", ty[] = "nfs4";
+    vmsh_agent_fs fs = {.mountpoint = mp, .type = ty};
+    agent.fs = &fs;
+    agent.n_fs = 1;
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.condition, 'd');
+    vmsh_method_choice_clear(&mc);
+    agent.n_fs = 0;
+    /* (a): no freeze support; (a): unreachable */
+    agent.can_freeze = false;
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.condition, 'a');
+    vmsh_method_choice_clear(&mc);
+    assert_int_equal(vmsh_method_choose(vm, NULL, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.condition, 'a');
+    vmsh_method_choice_clear(&mc);
+    /* (b): paused */
+    vm->state = VMSH_VM_PAUSED;
+    agent.can_freeze = true;
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.condition, 'b');
+    vmsh_method_choice_clear(&mc);
+    vm->xml->n_disks = 14;
+    vmsh_vm_free(vm);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(classifies_every_kind),
+        cmocka_unit_test(rejects_bad_xml),
+        cmocka_unit_test(method_falls_back_with_reason),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
