@@ -12,6 +12,8 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "hv_private.h"
+
 struct vmsh_hv {
     virConnectPtr conn;
     char *uri;
@@ -82,6 +84,11 @@ const char *vmsh_hv_uri(const vmsh_hv *hv)
     return hv->uri;
 }
 
+virConnectPtr vmsh_hv_conn(vmsh_hv *hv)
+{
+    return hv->conn;
+}
+
 void vmsh_vm_free(vmsh_vm *vm)
 {
     if (!vm)
@@ -101,7 +108,7 @@ void vmsh_vm_list_free(vmsh_vm **vms, size_t n)
     free(vms);
 }
 
-static vmsh_vm_state map_state(int st)
+vmsh_vm_state vmsh_hv_map_state(int st)
 {
     switch (st) {
     case VIR_DOMAIN_RUNNING:
@@ -133,7 +140,7 @@ static int vm_from_domain(virDomainPtr d, vmsh_vm **out, vmsh_error **err)
         return r;
     }
     vm->libvirt_state = st;
-    vm->state = map_state(st);
+    vm->state = vmsh_hv_map_state(st);
     vm->persistent = virDomainIsPersistent(d) == 1;
     vm->managed_save = virDomainHasManagedSaveImage(d, 0) == 1;
     vm->xml_text = virDomainGetXMLDesc(d, 0);

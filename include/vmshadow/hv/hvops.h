@@ -1,0 +1,57 @@
+/* hvops.h - the operations that change a VM, for the VM writer and its
+ * providers (SPEC R1-R5, R7). Each is one libvirt call or a short fixed
+ * sequence; the caller journals before calling (STYLE.md, "Rollback").
+ * Errors name the VM and carry libvirt's message. Not thread-safe per hv.
+ */
+#ifndef VMSH_HV_HVOPS_H
+#define VMSH_HV_HVOPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <vmshadow/hv/hv.h>
+
+/* Sets how long libvirt waits for each agent reply of this VM (seconds;
+ * -1 libvirt's default). Bounded waits are what keeps a hung agent from
+ * hanging a snapshot set. */
+int vmsh_hv_agent_timeout(vmsh_hv *hv, const char *vm, int timeout_s, vmsh_error **err);
+
+/* Freezes every guest filesystem through the agent (its fsfreeze hooks run
+ * first). Returns the number frozen. Expected errors: -ETIMEDOUT (agent did
+ * not answer in time: the guest may still freeze later, so callers thaw),
+ * -EIO (the agent refused, e.g. a hook failed). */
+int vmsh_hv_fsfreeze(vmsh_hv *hv, const char *vm, vmsh_error **err);
+/* Thaws; returns the number thawed (0 when nothing was frozen). */
+int vmsh_hv_fsthaw(vmsh_hv *hv, const char *vm, vmsh_error **err);
+/* 1 when the agent says "frozen", 0 "thawed", negative when it cannot tell. */
+int vmsh_hv_fsfreeze_status(vmsh_hv *hv, const char *vm, vmsh_error **err);
+
+/* Saves the VM's memory to `path` (the VM is then shut off; a transient VM
+ * is gone until restored). */
+int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err);
+/* Starts a VM from a state file written by vmsh_hv_save, paused or running. */
+int vmsh_hv_restore(vmsh_hv *hv, const char *path, bool paused, vmsh_error **err);
+int vmsh_hv_suspend(vmsh_hv *hv, const char *vm, vmsh_error **err);
+int vmsh_hv_resume(vmsh_hv *hv, const char *vm, vmsh_error **err);
+/* The VM's state now; -ENOENT when no such VM exists. */
+int vmsh_hv_state(vmsh_hv *hv, const char *vm, vmsh_vm_state *out, vmsh_error **err);
+
+typedef struct vmsh_hv_backup_disk {
+    const char *target;  /* "vda" */
+    const char *scratch; /* scratch file for the pull backup (libvirt creates it) */
+} vmsh_hv_backup_disk;
+
+/* Starts a pull-mode backup job: every disk in `disks` is exported
+ * point-in-time over NBD on the Unix socket `socket_path` (export name = the
+ * target); every other disk of the VM gets backup='no'. `incremental` names
+ * a checkpoint to export dirty bitmaps from (NULL: none); `checkpoint_xml`
+ * creates a checkpoint atomically with the job (NULL: none). */
+int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
+                         const vmsh_hv_backup_disk *disks, size_t n_disks, const char *incremental,
+                         const char *checkpoint_xml, vmsh_error **err);
+/* Ends the VM's backup job (pull jobs end only this way). 0 when none runs. */
+int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err);
+/* 1 when a backup job runs on the VM, 0 when not. */
+int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err);
+
+#endif

@@ -1,0 +1,277 @@
+/* hvops.c - operations that change a VM. */
+#include <vmshadow/hv/hvops.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <libxml/tree.h>
+
+#include "hv_private.h"
+
+static int lookup(vmsh_hv *hv, const char *vm, virDomainPtr *out, vmsh_error **err)
+{
+    *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+    if (!*out)
+        return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm, vmsh_hv_uri(hv));
+    return 0;
+}
+
+/* A libvirt failure as an error: timeouts and refusals of the agent get
+ * their own codes so that callers can say what to do. */
+static int lv_fail(vmsh_error **err, const char *vm, const char *what)
+{
+    virErrorPtr e = virGetLastError();
+    int code = -EIO;
+    if (e && (e->code == VIR_ERR_AGENT_UNRESPONSIVE || e->code == VIR_ERR_OPERATION_TIMEOUT))
+        code = -ETIMEDOUT;
+    else if (e && e->code == VIR_ERR_NO_DOMAIN)
+        code = -ENOENT;
+    else if (e && e->code == VIR_ERR_OPERATION_INVALID)
+        code = -EINVAL;
+    return vmsh_error_set(err, code, "%s of VM %s failed: %s", what, vm,
+                          e && e->message ? e->message : "unknown libvirt error");
+}
+
+int vmsh_hv_agent_timeout(vmsh_hv *hv, const char *vm, int timeout_s, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainAgentSetResponseTimeout(d, timeout_s, 0) < 0)
+        r = lv_fail(err, vm, "setting the agent timeout");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_fsfreeze(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    r = virDomainFSFreeze(d, NULL, 0, 0);
+    if (r < 0)
+        r = lv_fail(err, vm, "freezing the guest filesystems");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_fsthaw(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    r = virDomainFSThaw(d, NULL, 0, 0);
+    if (r < 0)
+        r = lv_fail(err, vm, "thawing the guest filesystems");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_fsfreeze_status(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    char *reply = virDomainQemuAgentCommand(d, "{\"execute\":\"guest-fsfreeze-status\"}", 5, 0);
+    if (!reply) {
+        r = lv_fail(err, vm, "asking the agent for the freeze status");
+    } else {
+        json_object *doc = json_tokener_parse(reply), *ret = NULL;
+        if (doc && json_object_object_get_ex(doc, "return", &ret) &&
+            json_object_is_type(ret, json_type_string))
+            r = strcmp(json_object_get_string(ret), "frozen") == 0;
+        else
+            r = vmsh_error_set(err, -EBADMSG, "VM %s: the agent's freeze status is not valid JSON",
+                               vm);
+        json_object_put(doc);
+        free(reply);
+    }
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainSaveFlags(d, path, NULL, 0) < 0)
+        r = lv_fail(err, vm, "saving the memory");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_restore(vmsh_hv *hv, const char *path, bool paused, vmsh_error **err)
+{
+    unsigned flags = paused ? VIR_DOMAIN_SAVE_PAUSED : VIR_DOMAIN_SAVE_RUNNING;
+    if (virDomainRestoreFlags(vmsh_hv_conn(hv), path, NULL, flags) < 0)
+        return lv_fail(err, path, "restoring from the state file");
+    return 0;
+}
+
+int vmsh_hv_suspend(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainSuspend(d) < 0)
+        r = lv_fail(err, vm, "pausing");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_resume(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainResume(d) < 0)
+        r = lv_fail(err, vm, "resuming");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_state(vmsh_hv *hv, const char *vm, vmsh_vm_state *out, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    int st = 0, reason = 0;
+    if (virDomainGetState(d, &st, &reason, 0) < 0)
+        r = lv_fail(err, vm, "reading the state");
+    else
+        *out = vmsh_hv_map_state(st);
+    virDomainFree(d);
+    return r;
+}
+
+/* Appends `s` to *buf with XML special characters escaped. */
+static int append_escaped(char **buf, const char *s)
+{
+    xmlChar *esc = xmlEncodeSpecialChars(NULL, (const xmlChar *)s);
+    if (!esc)
+        return -ENOMEM;
+    char *n = NULL;
+    int r = asprintf(&n, "%s%s", *buf ? *buf : "", (const char *)esc);
+    xmlFree(esc);
+    if (r < 0)
+        return -ENOMEM;
+    free(*buf);
+    *buf = n;
+    return 0;
+}
+
+static int append(char **buf, const char *s)
+{
+    char *n = NULL;
+    if (asprintf(&n, "%s%s", *buf ? *buf : "", s) < 0)
+        return -ENOMEM;
+    free(*buf);
+    *buf = n;
+    return 0;
+}
+
+static bool listed(const vmsh_hv_backup_disk *disks, size_t n, const char *target)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(disks[i].target, target) == 0)
+            return true;
+    return false;
+}
+
+int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
+                         const vmsh_hv_backup_disk *disks, size_t n_disks, const char *incremental,
+                         const char *checkpoint_xml, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    /* Every disk of the VM must be named: those not captured get
+     * backup='no', or libvirt would export them too. */
+    _cleanup_free_ char *dxml_text = virDomainGetXMLDesc(d, 0);
+    vmsh_domxml *dx = NULL;
+    if (!dxml_text || vmsh_domxml_parse(&dx, dxml_text, strlen(dxml_text), err) < 0) {
+        virDomainFree(d);
+        return vmsh_error_set(err, -EIO, "cannot read the XML of VM %s", vm);
+    }
+    _cleanup_free_ char *x = NULL;
+    int q = append(&x, "<domainbackup mode='pull'>");
+    if (incremental && q == 0)
+        q = append(&x, "<incremental>") ?: append_escaped(&x, incremental) ?:
+            append(&x, "</incremental>");
+    q = q ?: append(&x, "<server transport='unix' socket='") ?: append_escaped(&x, socket_path) ?:
+        append(&x, "'/><disks>");
+    for (size_t i = 0; i < n_disks && q == 0; i++)
+        q = append(&x, "<disk name='") ?: append_escaped(&x, disks[i].target) ?:
+            append(&x, "' backup='yes' type='file'><scratch file='") ?:
+            append_escaped(&x, disks[i].scratch) ?: append(&x, "'/></disk>");
+    for (size_t i = 0; i < dx->n_disks && q == 0; i++) {
+        const vmsh_domxml_disk *dk = &dx->disks[i];
+        if (strcmp(dk->device, "hostdev") == 0 || !dk->target || listed(disks, n_disks, dk->target))
+            continue;
+        q = append(&x, "<disk name='") ?: append_escaped(&x, dk->target) ?:
+            append(&x, "' backup='no'/>");
+    }
+    q = q ?: append(&x, "</disks></domainbackup>");
+    vmsh_domxml_free(dx);
+    if (q < 0) {
+        virDomainFree(d);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    if (virDomainBackupBegin(d, x, checkpoint_xml, 0) < 0)
+        r = lv_fail(err, vm, "starting the backup job");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virTypedParameterPtr params = NULL;
+    int nparams = 0, type = 0;
+    if (virDomainGetJobStats(d, &type, &params, &nparams, 0) < 0) {
+        r = lv_fail(err, vm, "reading the job state");
+    } else {
+        int op = 0;
+        r = type != VIR_DOMAIN_JOB_NONE &&
+            virTypedParamsGetInt(params, nparams, VIR_DOMAIN_JOB_OPERATION, &op) == 1 &&
+            op == VIR_DOMAIN_JOB_OPERATION_BACKUP;
+        virTypedParamsFree(params, nparams);
+    }
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    int active = vmsh_hv_backup_active(hv, vm, err);
+    if (active <= 0)
+        return active;
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainAbortJob(d) < 0)
+        r = lv_fail(err, vm, "ending the backup job");
+    virDomainFree(d);
+    return r;
+}
