@@ -1,0 +1,705 @@
+/* backup.c - pending backups: reading sources through the two-core pipeline,
+ * storing chunks in packs, writing indexes, and the manifest last
+ * (docs/formats/repository.md, "Invariants").
+ *
+ * The pipeline: the calling thread walks the source's extents and turns the
+ * data extents into runs of up to 16 chunks (1 MiB); then it and N-1 worker
+ * threads take runs from a shared counter. Each reads its run (reads of one
+ * thread overlap the hashing and compression of the other), skips zero
+ * chunks, hashes, looks the ID up, and only for a new chunk compresses,
+ * encrypts and appends it to the pack. Memory per thread is ~1.3 MiB plus the
+ * zstd context; the pack buffer is 8 MiB; nothing grows with the image size
+ * but the run list (16 bytes per MiB of data) and the index (40 bytes per
+ * stored chunk). */
+#include "internal.h"
+
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/timeutil.h>
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define RUN_CHUNKS 16
+
+typedef struct file_rec {
+    char *name;
+    const char *kind;
+    uint64_t size;
+    char index[65];
+    uint64_t stored_bytes, new_chunks;
+} file_rec;
+
+struct vmsh_backup {
+    vmsh_repo *repo;
+    vmsh_lock *wlock;
+    char id[VMSH_BACKUP_ID_LEN + 1];
+    int64_t time_us;
+    bool committed, broken;
+    pack_writer *pw;
+    pthread_mutex_t pack_mu;
+    file_rec *files;
+    size_t n_files, cap_files;
+    vmsh_add_stats totals;
+};
+
+int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
+{
+    if (r->backup_pending)
+        return vmsh_error_set(err, -EBUSY, "a backup is already pending on this repository");
+    vmsh_backup *b = calloc(1, sizeof(*b));
+    if (!b)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    b->repo = r;
+    pthread_mutex_init(&b->pack_mu, NULL);
+    int rc = repo_lock(r, "write", true, &b->wlock, err);
+    if (rc < 0) {
+        pthread_mutex_destroy(&b->pack_mu);
+        free(b);
+        return rc;
+    }
+    r->backup_pending = true;
+    uint8_t raw[VMSH_BACKUP_ID_LEN / 2];
+    if (crypto_random(raw, sizeof(raw)) < 0) {
+        vmsh_backup_free(b);
+        return vmsh_error_set(err, -EIO, "cannot get random bytes from the kernel");
+    }
+    vmsh_hex(raw, sizeof(raw), b->id);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    b->time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if ((rc = repo_load_map(r, err)) < 0 || (rc = pack_writer_new(&b->pw, r, err)) < 0) {
+        vmsh_backup_free(b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+const char *vmsh_backup_id(const vmsh_backup *b)
+{
+    return b->id;
+}
+
+void vmsh_backup_stats(const vmsh_backup *b, vmsh_add_stats *out)
+{
+    *out = b->totals;
+}
+
+void vmsh_backup_free(vmsh_backup *b)
+{
+    if (!b)
+        return;
+    pack_writer_free(b->pw); /* removes an open temporary pack */
+    if (!b->committed && b->repo->map_loaded) {
+        /* The in-memory map may name chunks of packs that were never
+         * completed: forget it; the next user reloads it from disk. */
+        chunk_map_clear(&b->repo->map);
+        for (size_t i = 0; i < b->repo->n_packs; i++)
+            free(b->repo->packs[i].damage);
+        b->repo->n_packs = 0;
+        b->repo->map_loaded = false;
+    }
+    for (size_t i = 0; i < b->n_files; i++)
+        free(b->files[i].name);
+    free(b->files);
+    b->repo->backup_pending = false;
+    vmsh_lock_free(b->wlock);
+    pthread_mutex_destroy(&b->pack_mu);
+    free(b);
+}
+
+void vmsh_backup_freep(vmsh_backup **b)
+{
+    if (b)
+        vmsh_backup_free(*b);
+}
+
+/* ---- the pipeline ---- */
+
+typedef struct run {
+    uint64_t chunk;
+    uint32_t count;
+} run;
+
+typedef struct job {
+    vmsh_backup *b;
+    vmsh_source *src;
+    uint64_t size;
+    const run *runs;
+    size_t n_runs;
+    atomic_size_t next;
+    atomic_uint_fast64_t bytes_done;
+    atomic_bool failed;
+    pthread_mutex_t err_mu;
+    vmsh_error *err;
+    int code;
+    int level;
+} job;
+
+typedef struct worker {
+    job *j;
+    pthread_t thread;
+    crypto_ctx *crypto;
+    ZSTD_CCtx *cctx;
+    uint8_t *buf;  /* RUN_CHUNKS chunks */
+    uint8_t *cbuf; /* compressed */
+    uint8_t *sbuf; /* sealed */
+    size_t cbuf_cap;
+    index_entry *out;
+    size_t n_out, cap_out;
+    vmsh_add_stats st;
+} worker;
+
+static void job_fail(job *j, int code, vmsh_error **e)
+{
+    pthread_mutex_lock(&j->err_mu);
+    if (!j->err) {
+        j->code = code;
+        vmsh_error_propagate(&j->err, e);
+    } else {
+        vmsh_error_free(*e);
+        *e = NULL;
+    }
+    pthread_mutex_unlock(&j->err_mu);
+    atomic_store(&j->failed, true);
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    /* glibc's memcmp is vectorised: this runs at memory speed (~27 GB/s). */
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+static int push_out(worker *w, uint64_t chunk, const uint8_t id[ID_LEN])
+{
+    if (w->n_out == w->cap_out) {
+        size_t ncap = w->cap_out ? w->cap_out * 2 : 1024;
+        index_entry *n = vmsh_realloc_array(w->out, ncap, sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        w->out = n;
+        w->cap_out = ncap;
+    }
+    w->out[w->n_out].chunk = chunk;
+    memcpy(w->out[w->n_out].id, id, ID_LEN);
+    w->n_out++;
+    return 0;
+}
+
+static int store_chunk(worker *w, const uint8_t *data, size_t len, const uint8_t id[ID_LEN],
+                       vmsh_error **err)
+{
+    vmsh_backup *b = w->j->b;
+    vmsh_repo *r = b->repo;
+    chunk_loc loc = {.raw_len = (uint32_t)len, .kind = BLOB_RAW};
+    memcpy(loc.id, id, ID_LEN);
+    const uint8_t *blob = data;
+    size_t blen = len;
+    size_t c = ZSTD_compressCCtx(w->cctx, w->cbuf, w->cbuf_cap, data, len, w->j->level);
+    /* Stored raw unless zstd saves at least 1/32: restores then skip the
+     * decompressor for random data. */
+    if (!ZSTD_isError(c) && c < len - len / 32) {
+        blob = w->cbuf;
+        blen = c;
+        loc.kind = BLOB_ZSTD;
+    }
+    if (r->keys.encrypted) {
+        if (crypto_seal(w->crypto, blob, blen, id, ID_LEN, w->sbuf) < 0)
+            return vmsh_error_set(err, -EIO, "cannot encrypt a chunk");
+        blob = w->sbuf;
+        blen += GCM_OVERHEAD;
+    }
+    loc.stored_len = (uint32_t)blen;
+    pthread_mutex_lock(&b->pack_mu);
+    int rc = pack_writer_add(b->pw, &loc, blob, err);
+    pthread_mutex_unlock(&b->pack_mu);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&r->lock);
+    chunk_loc *slot = chunk_map_find(&r->map, id);
+    if (slot)
+        *slot = loc;
+    pthread_mutex_unlock(&r->lock);
+    w->st.new_chunks++;
+    w->st.bytes_stored += blen;
+    return 0;
+}
+
+static int do_run(worker *w, const run *ru, vmsh_error **err)
+{
+    job *j = w->j;
+    uint64_t off = ru->chunk * CHUNK_SIZE;
+    uint64_t len = (uint64_t)ru->count * CHUNK_SIZE;
+    if (len > j->size - off)
+        len = j->size - off;
+    int rc = vmsh_source_pread(j->src, w->buf, (size_t)len, off, err);
+    if (rc < 0)
+        return rc;
+    w->st.bytes_read += len;
+    vmsh_repo *r = j->b->repo;
+    for (uint32_t i = 0; i < ru->count; i++) {
+        uint64_t coff = (uint64_t)i * CHUNK_SIZE;
+        if (coff >= len)
+            break;
+        size_t clen = len - coff < CHUNK_SIZE ? (size_t)(len - coff) : CHUNK_SIZE;
+        const uint8_t *data = w->buf + coff;
+        if (all_zero(data, clen)) {
+            w->st.zero_chunks++;
+            continue;
+        }
+        uint8_t id[ID_LEN];
+        if (crypto_chunk_id(w->crypto, data, clen, id) < 0)
+            return vmsh_error_set(err, -EIO, "cannot hash a chunk");
+        chunk_loc pending = {.pack = CHUNK_PENDING};
+        memcpy(pending.id, id, ID_LEN);
+        pthread_mutex_lock(&r->lock);
+        int ins = chunk_map_insert(&r->map, &pending, NULL);
+        pthread_mutex_unlock(&r->lock);
+        if (ins < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
+        if (ins == 0) {
+            w->st.dedup_chunks++;
+        } else if ((rc = store_chunk(w, data, clen, id, err)) < 0) {
+            j->b->broken = true; /* the map holds a placeholder never stored */
+            return rc;
+        }
+        if (push_out(w, ru->chunk + i, id) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    job *j = w->j;
+    while (!atomic_load(&j->failed)) {
+        size_t i = atomic_fetch_add(&j->next, 1);
+        if (i >= j->n_runs)
+            break;
+        vmsh_error *e = NULL;
+        int rc = do_run(w, &j->runs[i], &e);
+        if (rc < 0) {
+            job_fail(j, rc, &e);
+            break;
+        }
+        atomic_fetch_add(&j->bytes_done, (uint64_t)j->runs[i].count * CHUNK_SIZE);
+    }
+    return NULL;
+}
+
+static int worker_init(worker *w, job *j, vmsh_error **err)
+{
+    memset(w, 0, sizeof(*w));
+    w->j = j;
+    w->cbuf_cap = ZSTD_compressBound(CHUNK_SIZE);
+    w->cctx = ZSTD_createCCtx();
+    if (posix_memalign((void **)&w->buf, 4096, RUN_CHUNKS * CHUNK_SIZE) != 0)
+        w->buf = NULL;
+    w->cbuf = malloc(w->cbuf_cap);
+    w->sbuf = malloc(w->cbuf_cap + GCM_OVERHEAD);
+    if (!w->cctx || !w->buf || !w->cbuf || !w->sbuf)
+        return vmsh_error_set(err, -ENOMEM, "out of memory for a backup worker");
+    return crypto_ctx_new(&w->crypto, &j->b->repo->keys, err);
+}
+
+static void worker_fini(worker *w)
+{
+    ZSTD_freeCCtx(w->cctx);
+    crypto_ctx_free(w->crypto);
+    free(w->buf);
+    free(w->cbuf);
+    free(w->sbuf);
+    free(w->out);
+}
+
+/* ---- building the run list ---- */
+
+typedef struct run_list {
+    run *v;
+    size_t n, cap;
+} run_list;
+
+static int add_chunk_range(run_list *l, uint64_t first, uint64_t last)
+{
+    for (uint64_t c = first; c <= last;) {
+        run *t = l->n ? &l->v[l->n - 1] : NULL;
+        if (t && c < t->chunk + t->count) { /* already covered (extent split in a chunk) */
+            c = t->chunk + t->count;
+            continue;
+        }
+        if (t && c == t->chunk + t->count && t->count < RUN_CHUNKS) {
+            uint64_t take = last - c + 1;
+            if (take > RUN_CHUNKS - t->count)
+                take = RUN_CHUNKS - t->count;
+            t->count += (uint32_t)take;
+            c += take;
+            continue;
+        }
+        if (l->n == l->cap) {
+            size_t ncap = l->cap ? l->cap * 2 : 1024;
+            run *nv = vmsh_realloc_array(l->v, ncap, sizeof(*nv));
+            if (!nv)
+                return -ENOMEM;
+            l->v = nv;
+            l->cap = ncap;
+        }
+        uint64_t take = last - c + 1;
+        if (take > RUN_CHUNKS)
+            take = RUN_CHUNKS;
+        l->v[l->n++] = (run){c, (uint32_t)take};
+        c += take;
+    }
+    return 0;
+}
+
+static bool bit_get(const uint8_t *bm, uint64_t i)
+{
+    return bm[i / 8] & (1u << (i % 8));
+}
+
+static void bit_set_range(uint8_t *bm, uint64_t first, uint64_t last)
+{
+    for (uint64_t i = first; i <= last; i++)
+        bm[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+/* Data extents of the source → runs; with `changed` (a bitmap of chunks to
+ * read in an incremental) only chunks marked there. */
+static int build_runs(vmsh_source *src, uint64_t size, const uint8_t *changed, run_list *l,
+                      vmsh_error **err)
+{
+    vmsh_extent ext[256];
+    for (uint64_t pos = 0; pos < size;) {
+        int n = vmsh_source_extents(src, pos, size - pos, ext, VMSH_ARRAY_SIZE(ext), err);
+        if (n < 0)
+            return n;
+        for (int i = 0; i < n; i++) {
+            pos = ext[i].offset + ext[i].length;
+            if (ext[i].flags & VMSH_EXTENT_ZERO)
+                continue;
+            uint64_t first = ext[i].offset / CHUNK_SIZE;
+            uint64_t last = (ext[i].offset + ext[i].length - 1) / CHUNK_SIZE;
+            if (!changed) {
+                if (add_chunk_range(l, first, last) < 0)
+                    return vmsh_error_set(err, -ENOMEM, "out of memory");
+                continue;
+            }
+            for (uint64_t c = first; c <= last; c++)
+                if (bit_get(changed, c) && add_chunk_range(l, c, c) < 0)
+                    return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+    }
+    return 0;
+}
+
+static int mark_changed(vmsh_source *src, const vmsh_add_opts *o, uint64_t size, uint8_t *bm,
+                        vmsh_error **err)
+{
+    if (o->changed) {
+        for (size_t i = 0; i < o->n_changed; i++) {
+            uint64_t off = o->changed[i].offset, len = o->changed[i].length;
+            if (len == 0 || off >= size)
+                continue;
+            if (len > size - off)
+                len = size - off;
+            bit_set_range(bm, off / CHUNK_SIZE, (off + len - 1) / CHUNK_SIZE);
+        }
+        return 0;
+    }
+    vmsh_extent ext[256];
+    for (uint64_t pos = 0; pos < size;) {
+        int n = vmsh_source_dirty_extents(src, pos, size - pos, ext, VMSH_ARRAY_SIZE(ext), err);
+        if (n < 0)
+            return n;
+        for (int i = 0; i < n; i++) {
+            pos = ext[i].offset + ext[i].length;
+            if (!(ext[i].flags & VMSH_EXTENT_ZERO))
+                bit_set_range(bm, ext[i].offset / CHUNK_SIZE,
+                              (ext[i].offset + ext[i].length - 1) / CHUNK_SIZE);
+        }
+    }
+    return 0;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const index_entry *x = a, *y = b;
+    return x->chunk < y->chunk ? -1 : x->chunk > y->chunk;
+}
+
+static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_source *src,
+                      const vmsh_add_opts *opts, vmsh_add_stats *stats_out, vmsh_error **err)
+{
+    vmsh_repo *r = b->repo;
+    if (b->committed)
+        return vmsh_error_set(err, -EINVAL, "backup %s is already committed", b->id);
+    if (b->broken)
+        return vmsh_error_set(
+            err, -EIO, "backup %s failed earlier while writing the repository; abort it", b->id);
+    if (!name_is_valid(name))
+        return vmsh_error_set(err, -EINVAL,
+                              "file name \"%s\" is not allowed (1-%d bytes, no control "
+                              "characters)",
+                              name ? name : "", MAX_NAME_LEN);
+    for (size_t i = 0; i < b->n_files; i++)
+        if (strcmp(b->files[i].name, name) == 0)
+            return vmsh_error_set(err, -EEXIST, "backup %s already has a file named \"%s\"", b->id,
+                                  name);
+    vmsh_add_opts none = {0};
+    const vmsh_add_opts *o = opts ? opts : &none;
+    uint64_t size = vmsh_source_size(src);
+    uint64_t nchunks = size / CHUNK_SIZE + (size % CHUNK_SIZE != 0);
+    int rc;
+
+    _cleanup_free_ uint8_t *changed = NULL;
+    bool incremental = o->base && (o->changed || vmsh_source_has_dirty(src));
+    if (incremental) {
+        changed = calloc(nchunks / 8 + 1, 1);
+        if (!changed)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        if ((rc = mark_changed(src, o, size, changed, err)) < 0)
+            return vmsh_error_prefix(err, "%s", name);
+        /* A resized file: its old last chunk and anything new must be read. */
+        if (o->base->size != size && nchunks > 0) {
+            uint64_t base_chunks = o->base->size / CHUNK_SIZE;
+            uint64_t from = base_chunks < nchunks ? base_chunks : nchunks - 1;
+            bit_set_range(changed, from, nchunks - 1);
+        }
+    }
+    run_list runs = {0};
+    if ((rc = build_runs(src, size, changed, &runs, err)) < 0) {
+        free(runs.v);
+        return vmsh_error_prefix(err, "%s", name);
+    }
+
+    job j = {.b = b,
+             .src = src,
+             .size = size,
+             .runs = runs.v,
+             .n_runs = runs.n,
+             .level = r->compression_level};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.bytes_done, 0);
+    atomic_init(&j.failed, false);
+    pthread_mutex_init(&j.err_mu, NULL);
+    unsigned nw = repo_threads(r);
+    uint64_t total = 0;
+    for (size_t i = 0; i < runs.n; i++)
+        total += (uint64_t)runs.v[i].count * CHUNK_SIZE;
+    worker *ws = vmsh_calloc_array(nw, sizeof(*ws));
+    if (!ws) {
+        free(runs.v);
+        pthread_mutex_destroy(&j.err_mu);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    unsigned started = 0;
+    for (unsigned i = 0; i < nw; i++) {
+        vmsh_error *e = NULL;
+        if ((rc = worker_init(&ws[i], &j, &e)) < 0) {
+            job_fail(&j, rc, &e);
+            break;
+        }
+        if (i > 0 && pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0) {
+            e = NULL;
+            vmsh_error_set(&e, -EAGAIN, "cannot start a backup thread");
+            job_fail(&j, -EAGAIN, &e);
+            break;
+        }
+        started = i + 1;
+    }
+    /* The calling thread works too, and reports progress between runs. */
+    while (started > 0 && !atomic_load(&j.failed)) {
+        size_t i = atomic_fetch_add(&j.next, 1);
+        if (i >= j.n_runs)
+            break;
+        vmsh_error *e = NULL;
+        rc = do_run(&ws[0], &j.runs[i], &e);
+        if (rc < 0) {
+            job_fail(&j, rc, &e);
+            break;
+        }
+        uint64_t d = atomic_fetch_add(&j.bytes_done, (uint64_t)j.runs[i].count * CHUNK_SIZE);
+        if (o->progress)
+            o->progress(o->progress_opaque, d + (uint64_t)j.runs[i].count * CHUNK_SIZE, total);
+    }
+    for (unsigned i = 1; i < started; i++)
+        pthread_join(ws[i].thread, NULL);
+    free(runs.v);
+
+    vmsh_add_stats st = {.size = size};
+    size_t n_entries = 0;
+    for (unsigned i = 0; i < nw; i++) {
+        st.bytes_read += ws[i].st.bytes_read;
+        st.bytes_stored += ws[i].st.bytes_stored;
+        st.new_chunks += ws[i].st.new_chunks;
+        st.dedup_chunks += ws[i].st.dedup_chunks;
+        st.zero_chunks += ws[i].st.zero_chunks;
+        n_entries += ws[i].n_out;
+    }
+    vmsh_file_index idx = {.size = size};
+    if (!j.err && incremental)
+        for (size_t i = 0; i < o->base->count; i++)
+            if (o->base->entries[i].chunk < nchunks && !bit_get(changed, o->base->entries[i].chunk))
+                n_entries++;
+    if (!j.err) {
+        idx.entries = vmsh_calloc_array(n_entries ? n_entries : 1, sizeof(index_entry));
+        if (!idx.entries) {
+            vmsh_error *e = NULL;
+            vmsh_error_set(&e, -ENOMEM, "out of memory");
+            job_fail(&j, -ENOMEM, &e);
+        }
+    }
+    if (!j.err) {
+        for (unsigned i = 0; i < nw; i++) {
+            memcpy(idx.entries + idx.count, ws[i].out, ws[i].n_out * sizeof(index_entry));
+            idx.count += ws[i].n_out;
+        }
+        if (incremental)
+            for (size_t i = 0; i < o->base->count; i++) {
+                const index_entry *be = &o->base->entries[i];
+                if (be->chunk < nchunks && !bit_get(changed, be->chunk)) {
+                    idx.entries[idx.count++] = *be;
+                    st.base_chunks++;
+                }
+            }
+        qsort(idx.entries, idx.count, sizeof(index_entry), cmp_entry);
+    }
+    for (unsigned i = 0; i < nw; i++)
+        worker_fini(&ws[i]);
+    free(ws);
+    pthread_mutex_destroy(&j.err_mu);
+    if (j.err) {
+        free(idx.entries);
+        rc = j.code;
+        vmsh_error_propagate(err, &j.err);
+        vmsh_error_prefix(err, "backup of %s", name);
+        return rc;
+    }
+    /* Base chunks must still exist: an incremental never names a chunk the
+     * repository does not hold. */
+    if (incremental)
+        for (size_t i = 0; i < idx.count; i++)
+            if (!chunk_map_find(&r->map, idx.entries[i].id)) {
+                free(idx.entries);
+                return vmsh_error_set(err, -EBADMSG,
+                                      "%s: the base backup names chunk %llu that the repository "
+                                      "no longer holds; run a full backup",
+                                      name, (unsigned long long)idx.entries[i].chunk);
+            }
+    if (b->n_files == b->cap_files) {
+        size_t ncap = b->cap_files ? b->cap_files * 2 : 8;
+        file_rec *nf = vmsh_realloc_array(b->files, ncap, sizeof(*nf));
+        if (!nf) {
+            free(idx.entries);
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        b->files = nf;
+        b->cap_files = ncap;
+    }
+    file_rec *f = &b->files[b->n_files];
+    memset(f, 0, sizeof(*f));
+    rc = index_store(r, r->crypto, &idx, f->index, err);
+    free(idx.entries);
+    if (rc < 0)
+        return vmsh_error_prefix(err, "%s", name);
+    if (!(f->name = strdup(name)))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    f->kind = kind;
+    f->size = size;
+    f->stored_bytes = st.bytes_stored;
+    f->new_chunks = st.new_chunks;
+    b->n_files++;
+    b->totals.size += st.size;
+    b->totals.bytes_read += st.bytes_read;
+    b->totals.bytes_stored += st.bytes_stored;
+    b->totals.new_chunks += st.new_chunks;
+    b->totals.dedup_chunks += st.dedup_chunks;
+    b->totals.zero_chunks += st.zero_chunks;
+    b->totals.base_chunks += st.base_chunks;
+    if (stats_out)
+        *stats_out = st;
+    return 0;
+}
+
+int vmsh_backup_add_file(vmsh_backup *b, const char *name, vmsh_source *src,
+                         const vmsh_add_opts *opts, vmsh_add_stats *stats, vmsh_error **err)
+{
+    return add_source(b, name, "file", src, opts, stats, err);
+}
+
+int vmsh_backup_add_buffer(vmsh_backup *b, const char *name, const void *buf, size_t len,
+                           vmsh_error **err)
+{
+    if (len > MAX_BUFFER_LEN)
+        return vmsh_error_set(err, -EFBIG, "buffer %s is too large (%zu bytes, limit %u)",
+                              name ? name : "", len, MAX_BUFFER_LEN);
+    vmsh_source *src = NULL;
+    int rc = vmsh_source_open_memory(&src, buf, len, false, name, err);
+    if (rc < 0)
+        return rc;
+    rc = add_source(b, name, "buffer", src, NULL, NULL, err);
+    vmsh_source_free(src);
+    return rc;
+}
+
+int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
+{
+    if (b->committed)
+        return vmsh_error_set(err, -EINVAL, "backup %s is already committed", b->id);
+    if (b->broken)
+        return vmsh_error_set(
+            err, -EIO, "backup %s failed earlier while writing the repository; abort it", b->id);
+    if (!document)
+        document = "";
+    if (strlen(document) > MAX_DOCUMENT_LEN)
+        return vmsh_error_set(err, -EFBIG, "the backup document is too large");
+    int rc = pack_writer_flush(b->pw, err);
+    if (rc < 0) {
+        b->broken = true;
+        return rc;
+    }
+    json_object *m = json_object_new_object();
+    json_object *files = json_object_new_array();
+    char time_s[21];
+    vmsh_time_rfc3339((time_t)(b->time_us / 1000000), time_s);
+    json_object_object_add(m, "version", json_object_new_int(1));
+    json_object_object_add(m, "id", json_object_new_string(b->id));
+    json_object_object_add(m, "time", json_object_new_string(time_s));
+    json_object_object_add(m, "time_us", json_object_new_int64(b->time_us));
+    for (size_t i = 0; i < b->n_files; i++) {
+        json_object *f = json_object_new_object();
+        json_object_object_add(f, "name", json_object_new_string(b->files[i].name));
+        json_object_object_add(f, "kind", json_object_new_string(b->files[i].kind));
+        json_object_object_add(f, "size", json_object_new_int64((int64_t)b->files[i].size));
+        json_object_object_add(f, "index", json_object_new_string(b->files[i].index));
+        json_object_object_add(f, "stored_bytes",
+                               json_object_new_int64((int64_t)b->files[i].stored_bytes));
+        json_object_object_add(f, "new_chunks",
+                               json_object_new_int64((int64_t)b->files[i].new_chunks));
+        json_object_array_add(files, f);
+    }
+    json_object_object_add(m, "files", files);
+    json_object_object_add(m, "document", json_object_new_string(document));
+    const char *text =
+        json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    _cleanup_free_ char *path = manifest_path(b->repo->path, b->id);
+    if (!path) {
+        json_object_put(m);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    rc = object_write(b->repo, path, OBJ_MANIFEST, text, strlen(text), err);
+    json_object_put(m);
+    if (rc < 0)
+        return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
+    b->committed = true;
+    return 0;
+}

@@ -1,0 +1,160 @@
+/* index.c - per-file indexes: size + sorted (chunk number, chunk ID) list
+ * (docs/formats/repository.md, "Index payload"). */
+#include "internal.h"
+
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+char *index_path(const char *repo, const char *name)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/index/%.2s/%s", repo, name, name) < 0)
+        return NULL;
+    return p;
+}
+
+int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
+                vmsh_error **err)
+{
+    if (len < INDEX_HEADER_LEN)
+        return vmsh_error_set(err, -EBADMSG, "index %s is truncated", what);
+    uint32_t cs = le32_get(p);
+    uint64_t size = le64_get(p + 8), count = le64_get(p + 16);
+    if (cs != CHUNK_SIZE)
+        return vmsh_error_set(err, -EBADMSG, "index %s: chunk size %u is not %u", what, cs,
+                              CHUNK_SIZE);
+    uint64_t nchunks = size / CHUNK_SIZE + (size % CHUNK_SIZE != 0);
+    if (count > nchunks || (len - INDEX_HEADER_LEN) / INDEX_ENTRY_LEN != count ||
+        (len - INDEX_HEADER_LEN) % INDEX_ENTRY_LEN != 0)
+        return vmsh_error_set(err, -EBADMSG, "index %s: entry count does not match its length",
+                              what);
+    vmsh_file_index *idx = calloc(1, sizeof(*idx));
+    if (!idx)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    idx->size = size;
+    idx->count = (size_t)count;
+    idx->entries = vmsh_calloc_array(count ? count : 1, sizeof(index_entry));
+    if (!idx->entries) {
+        free(idx);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < count; i++) {
+        const uint8_t *e = p + INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN;
+        idx->entries[i].chunk = le64_get(e);
+        memcpy(idx->entries[i].id, e + 8, ID_LEN);
+        if (idx->entries[i].chunk >= nchunks ||
+            (i > 0 && idx->entries[i].chunk <= idx->entries[i - 1].chunk)) {
+            vmsh_file_index_free(idx);
+            return vmsh_error_set(err, -EBADMSG, "index %s: entry %zu is out of order or range",
+                                  what, i);
+        }
+    }
+    *out = idx;
+    return 0;
+}
+
+int index_serialize(const vmsh_file_index *idx, uint8_t **out, size_t *len)
+{
+    size_t n = INDEX_HEADER_LEN + idx->count * INDEX_ENTRY_LEN;
+    uint8_t *p = calloc(1, n);
+    if (!p)
+        return -ENOMEM;
+    le32_put(p, CHUNK_SIZE);
+    le64_put(p + 8, idx->size);
+    le64_put(p + 16, idx->count);
+    for (size_t i = 0; i < idx->count; i++) {
+        uint8_t *e = p + INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN;
+        le64_put(e, idx->entries[i].chunk);
+        memcpy(e + 8, idx->entries[i].id, ID_LEN);
+    }
+    *out = p;
+    *len = n;
+    return 0;
+}
+
+int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char out_name[65],
+                vmsh_error **err)
+{
+    _cleanup_free_ uint8_t *p = NULL;
+    size_t len = 0;
+    if (index_serialize(idx, &p, &len) < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    uint8_t id[ID_LEN];
+    if (crypto_chunk_id(c, p, len, id) < 0)
+        return vmsh_error_set(err, -EIO, "cannot hash an index");
+    vmsh_hex(id, ID_LEN, out_name);
+    _cleanup_free_ char *path = index_path(r->path, out_name);
+    if (!path)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    /* Content-addressed: an existing object is this one (written once). */
+    if (access(path, F_OK) == 0)
+        return 0;
+    return object_write(r, path, OBJ_INDEX, p, len, err);
+}
+
+int index_load(vmsh_repo *r, const char *name, vmsh_file_index **out, vmsh_error **err)
+{
+    _cleanup_free_ char *path = index_path(r->path, name);
+    if (!path)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    _cleanup_free_ uint8_t *p = NULL;
+    size_t len = 0;
+    vmsh_error *e = NULL;
+    int rc = object_read(r, path, OBJ_INDEX, &p, &len, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        return vmsh_error_set(err, -EBADMSG, "index %s is missing", path);
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return rc;
+    }
+    return index_parse(p, len, path, out, err);
+}
+
+uint64_t vmsh_file_index_size(const vmsh_file_index *idx)
+{
+    return idx->size;
+}
+
+size_t vmsh_file_index_count(const vmsh_file_index *idx)
+{
+    return idx->count;
+}
+
+void vmsh_file_index_free(vmsh_file_index *idx)
+{
+    if (!idx)
+        return;
+    free(idx->entries);
+    free(idx);
+}
+
+int vmsh_file_index_load(vmsh_file_index **out, vmsh_repo *r, const char *spec, const char *name,
+                         vmsh_error **err)
+{
+    vmsh_backup_info *b = NULL;
+    int rc = vmsh_repo_backup_info(r, spec, &b, err);
+    if (rc < 0)
+        return rc;
+    const vmsh_backup_file *f = vmsh_backup_info_file(b, name);
+    if (!f) {
+        rc = vmsh_error_set(err, -ENOENT, "backup %s has no file named \"%s\"", b->id, name);
+        vmsh_backup_info_free(b);
+        return rc;
+    }
+    rc = index_load(r, f->index, out, err);
+    if (rc == 0 && (*out)->size != f->size) {
+        vmsh_file_index_free(*out);
+        *out = NULL;
+        rc = vmsh_error_set(err, -EBADMSG,
+                            "backup %s, file %s: index size does not match the manifest", b->id,
+                            name);
+    }
+    vmsh_backup_info_free(b);
+    return rc;
+}

@@ -1,0 +1,216 @@
+/* internal.h - private declarations of the repository layer
+ * (docs/formats/repository.md is the specification of every byte here). */
+#ifndef VMSH_REPO_INTERNAL_H
+#define VMSH_REPO_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/repo.h>
+#include <vmshadow/util/error.h>
+#include <vmshadow/util/lock.h>
+
+#define CHUNK_SIZE          VMSH_REPO_CHUNK_SIZE
+#define ID_LEN              32
+#define PACK_TARGET_DEFAULT (64u << 20)
+#define PACK_HEADER_LEN     16
+#define PACK_FOOTER_LEN     64
+#define PACK_ENTRY_LEN      56
+#define OBJ_HEADER_LEN      24
+#define OBJ_MAX_PAYLOAD     (256u << 20)
+#define INDEX_HEADER_LEN    24
+#define INDEX_ENTRY_LEN     40
+#define GCM_NONCE_LEN       12
+#define GCM_TAG_LEN         16
+#define GCM_OVERHEAD        (GCM_NONCE_LEN + GCM_TAG_LEN)
+#define MAX_NAME_LEN        1024
+#define MAX_BUFFER_LEN      (16u << 20)
+#define MAX_DOCUMENT_LEN    (64u << 20)
+
+enum { BLOB_RAW = 0, BLOB_ZSTD = 1 };
+enum { OBJ_INDEX = 1, OBJ_MANIFEST = 2 };
+
+/* ---- little-endian helpers ---- */
+static inline void le16_put(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static inline void le32_put(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void le64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t le16_get(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+static inline uint32_t le32_get(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline uint64_t le64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void vmsh_hex(const uint8_t *in, size_t n, char *out);  /* out: 2n+1 */
+int vmsh_unhex(const char *in, uint8_t *out, size_t n); /* exactly 2n hex digits; 0 or -EINVAL */
+
+/* ---- keys and crypto (crypto.c) ---- */
+typedef struct repo_keys {
+    bool encrypted;
+    uint8_t data_key[32];
+    uint8_t id_key[32];
+} repo_keys;
+
+/* Per-thread hashing/cipher state (OpenSSL contexts are not shared). */
+typedef struct crypto_ctx crypto_ctx;
+int crypto_ctx_new(crypto_ctx **out, const repo_keys *k, vmsh_error **err);
+void crypto_ctx_free(crypto_ctx *c);
+/* Chunk ID: SHA-256, or HMAC-SHA-256 with the ID key. */
+int crypto_chunk_id(crypto_ctx *c, const void *data, size_t len, uint8_t id[ID_LEN]);
+/* Plain SHA-256 (object trailers, pack tables). */
+void crypto_sha256(const void *data, size_t len, uint8_t out[32]);
+/* AES-256-GCM: out = nonce | ct | tag (len + GCM_OVERHEAD bytes). */
+int crypto_seal(crypto_ctx *c, const void *in, size_t len, const void *aad, size_t aad_len,
+                uint8_t *out);
+/* Opens nonce|ct|tag of `len` bytes (≥ GCM_OVERHEAD) into out (len - GCM_OVERHEAD).
+ * -EBADMSG when authentication fails. */
+int crypto_open(crypto_ctx *c, const uint8_t *in, size_t len, const void *aad, size_t aad_len,
+                uint8_t *out);
+int crypto_random(void *buf, size_t len);
+
+/* Key setup for config (crypto.c). `enc_json` is the config's "encryption"
+ * object (json-c). */
+struct json_object;
+int keys_create(const char *key_file, struct json_object **enc_out, const char *repo_id,
+                repo_keys *k, vmsh_error **err);
+int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id,
+                const char *repo_path, repo_keys *k, vmsh_error **err);
+
+/* ---- chunk map (chunkmap.c): chunk ID → location ---- */
+typedef struct chunk_loc {
+    uint8_t id[ID_LEN];
+    uint64_t offset;
+    uint32_t pack; /* index into repo->packs; CHUNK_PENDING while in flight */
+    uint32_t stored_len;
+    uint32_t raw_len;
+    uint32_t kind;
+} chunk_loc;
+#define CHUNK_PENDING UINT32_MAX
+
+typedef struct chunk_map {
+    chunk_loc *slots; /* open addressing; an all-zero id never occurs as key... */
+    uint8_t *used;
+    size_t cap, count;
+} chunk_map;
+
+void chunk_map_init(chunk_map *m);
+void chunk_map_clear(chunk_map *m);
+chunk_loc *chunk_map_find(const chunk_map *m, const uint8_t id[ID_LEN]);
+/* Inserts when absent; *out points at the slot (existing or new). 1 when
+ * inserted, 0 when present, -ENOMEM. Pointers die at the next insert. */
+int chunk_map_insert(chunk_map *m, const chunk_loc *loc, chunk_loc **out);
+
+/* ---- packs (pack.c) ---- */
+typedef struct pack_info {
+    char name[33];     /* 32 hex */
+    uint64_t size;     /* file size */
+    uint32_t n_chunks; /* entries in its table */
+    bool damaged;
+    char *damage; /* what is wrong, when damaged */
+} pack_info;
+
+char *pack_path(const char *repo, const char *name);
+/* Reads a pack's table into *entries (n entries). -EBADMSG when damaged. */
+int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc **entries,
+                    uint32_t *n, uint64_t *file_size, vmsh_error **err);
+
+typedef struct pack_writer pack_writer;
+typedef struct vmsh_repo vmsh_repo;
+int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err);
+/* Appends one blob; the entry's offset is filled in. Packs roll over at the target. */
+int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err);
+/* Finishes the open pack (durable); subsequent adds start a new one. */
+int pack_writer_flush(pack_writer *w, vmsh_error **err);
+void pack_writer_free(pack_writer *w); /* abort: removes the open temp file */
+
+/* ---- objects (object.c) ---- */
+int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payload, size_t len,
+                 vmsh_error **err);
+int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,
+                vmsh_error **err);
+
+/* ---- file index (index.c) ---- */
+typedef struct index_entry {
+    uint64_t chunk;
+    uint8_t id[ID_LEN];
+} index_entry;
+
+struct vmsh_file_index {
+    uint64_t size;
+    size_t count;
+    index_entry *entries;
+};
+int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
+                vmsh_error **err);
+int index_serialize(const vmsh_file_index *idx, uint8_t **out, size_t *len);
+/* Writes the index object; out_name: 64 hex + NUL. */
+int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char out_name[65],
+                vmsh_error **err);
+int index_load(vmsh_repo *r, const char *name, vmsh_file_index **out, vmsh_error **err);
+char *index_path(const char *repo, const char *name);
+
+/* ---- the repository handle ---- */
+struct vmsh_repo {
+    char *path;
+    char id[33];
+    int compression_level;
+    unsigned threads;
+    repo_keys keys;
+    crypto_ctx *crypto; /* for the calling thread */
+    /* chunk map, loaded on first need */
+    bool map_loaded;
+    chunk_map map;
+    pack_info *packs;
+    size_t n_packs, cap_packs;
+    pthread_mutex_t lock; /* guards map and packs while workers run */
+    bool backup_pending;
+};
+
+int repo_load_map(vmsh_repo *r, vmsh_error **err);
+/* Registers a new pack (by the pack writer); returns its number. */
+int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks);
+int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err);
+char *manifest_path(const char *repo, const char *id);
+int manifest_load(vmsh_repo *r, const char *id, vmsh_backup_info **out, vmsh_error **err);
+int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err);
+
+/* Reads, decrypts, decompresses and checks one chunk into out (CHUNK_SIZE
+ * bytes). -EBADMSG on any mismatch. `fds` caches open packs (n_packs
+ * entries, -1 when closed) owned by the caller. */
+typedef struct chunk_reader chunk_reader;
+int chunk_reader_new(chunk_reader **out, vmsh_repo *r, vmsh_error **err);
+int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err);
+void chunk_reader_free(chunk_reader *cr);
+
+unsigned repo_threads(const vmsh_repo *r);
+bool name_is_valid(const char *name);
+
+#endif

@@ -1,0 +1,109 @@
+/* object.c - the self-checking envelope of index and manifest files
+ * (docs/formats/repository.md, "Object envelope"). */
+#include "internal.h"
+
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char obj_magic[8] = {'V', 'M', 'S', 'H', 'O', 'B', 'J', '1'};
+
+int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payload, size_t len,
+                 vmsh_error **err)
+{
+    bool enc = r->keys.encrypted;
+    size_t stored = len + (enc ? GCM_OVERHEAD : 0);
+    if (stored > OBJ_MAX_PAYLOAD)
+        return vmsh_error_set(err, -EFBIG, "object %s would be too large (%zu bytes)", path,
+                              stored);
+    size_t total = OBJ_HEADER_LEN + stored + 32;
+    _cleanup_free_ uint8_t *buf = malloc(total);
+    if (!buf)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    memcpy(buf, obj_magic, 8);
+    le16_put(buf + 8, 1);
+    le16_put(buf + 10, type);
+    le32_put(buf + 12, enc ? 1 : 0);
+    le64_put(buf + 16, stored);
+    if (enc) {
+        if (crypto_seal(r->crypto, payload, len, buf, OBJ_HEADER_LEN, buf + OBJ_HEADER_LEN) < 0)
+            return vmsh_error_set(err, -EIO, "cannot encrypt %s", path);
+    } else if (len) {
+        memcpy(buf + OBJ_HEADER_LEN, payload, len);
+    }
+    crypto_sha256(buf, OBJ_HEADER_LEN + stored, buf + OBJ_HEADER_LEN + stored);
+    _cleanup_free_ char *dir = vmsh_path_dirname(path);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int rc = vmsh_fs_mkdir_p(dir, 0700, err);
+    if (rc < 0)
+        return rc;
+    return vmsh_fs_write_atomic(path, buf, total, 0600, err);
+}
+
+int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,
+                vmsh_error **err)
+{
+    _cleanup_free_ char *buf = NULL;
+    size_t n = 0;
+    vmsh_error *e = NULL;
+    int rc = vmsh_fs_read_all(path, OBJ_HEADER_LEN + OBJ_MAX_PAYLOAD + 32, &buf, &n, &e);
+    if (rc < 0) {
+        if (rc == -EFBIG) {
+            vmsh_error_free(e);
+            return vmsh_error_set(err, -EBADMSG, "%s is damaged (too large)", path);
+        }
+        vmsh_error_propagate(err, &e);
+        return rc;
+    }
+    const uint8_t *p = (const uint8_t *)buf;
+    if (n < OBJ_HEADER_LEN + 32 || memcmp(p, obj_magic, 8) != 0)
+        return vmsh_error_set(err, -EBADMSG, "%s is damaged or truncated (bad header)", path);
+    uint64_t stored = le64_get(p + 16);
+    if (stored != n - OBJ_HEADER_LEN - 32)
+        return vmsh_error_set(err, -EBADMSG, "%s is truncated or damaged (length mismatch)", path);
+    uint8_t h[32];
+    crypto_sha256(p, OBJ_HEADER_LEN + stored, h);
+    if (memcmp(h, p + OBJ_HEADER_LEN + stored, 32) != 0)
+        return vmsh_error_set(err, -EBADMSG, "%s is damaged (checksum mismatch)", path);
+    uint16_t version = le16_get(p + 8), t = le16_get(p + 10);
+    uint32_t flags = le32_get(p + 12);
+    if (version != 1 || flags > 1)
+        return vmsh_error_set(err, -EPROTONOSUPPORT,
+                              "%s has format version %u (flags %#x), newer than this vmshadow "
+                              "understands (1); upgrade vmshadow",
+                              path, version, flags);
+    if (t != type)
+        return vmsh_error_set(err, -EBADMSG, "%s has type %u, expected %u (damaged)", path, t,
+                              type);
+    if ((flags == 1) != r->keys.encrypted)
+        return vmsh_error_set(err, -EBADMSG, "%s: encryption flag does not match the repository",
+                              path);
+    uint8_t *out;
+    size_t out_len;
+    if (flags == 1) {
+        if (stored < GCM_OVERHEAD)
+            return vmsh_error_set(err, -EBADMSG, "%s is damaged (too short)", path);
+        out_len = stored - GCM_OVERHEAD;
+        out = malloc(out_len + 1);
+        if (!out)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        if (crypto_open(r->crypto, p + OBJ_HEADER_LEN, stored, p, OBJ_HEADER_LEN, out) < 0) {
+            free(out);
+            return vmsh_error_set(err, -EBADMSG, "%s fails authentication (damaged)", path);
+        }
+    } else {
+        out_len = stored;
+        out = malloc(out_len + 1);
+        if (!out)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        memcpy(out, p + OBJ_HEADER_LEN, out_len);
+    }
+    out[out_len] = 0;
+    *payload = out;
+    *len = out_len;
+    return 0;
+}

@@ -1,0 +1,840 @@
+/* repo.c - creating and opening repositories, the chunk map, manifests and
+ * listing (docs/formats/repository.md). */
+#include "internal.h"
+
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/timeutil.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define CONFIG_MAX (64u << 10)
+
+bool name_is_valid(const char *name)
+{
+    if (!name || !*name)
+        return false;
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++, n++)
+        if (*p < 0x20 || *p == 0x7f)
+            return false;
+    return n <= MAX_NAME_LEN;
+}
+
+char *manifest_path(const char *repo, const char *id)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/backups/%s", repo, id) < 0)
+        return NULL;
+    return p;
+}
+
+static bool is_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return s[n] == '\0';
+}
+
+/* ---- init ---- */
+
+int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err)
+{
+    int level = opts && opts->compression_level ? opts->compression_level : 1;
+    if (level < 1 || level > 19)
+        return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return vmsh_error_set(err, -EEXIST, "%s exists and is not a directory", path);
+        DIR *d = opendir(path);
+        if (!d)
+            return vmsh_error_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
+        struct dirent *de;
+        bool empty = true;
+        while ((de = readdir(d)))
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                empty = false;
+        closedir(d);
+        if (!empty)
+            return vmsh_error_set(err, -EEXIST,
+                                  "%s is not empty: a repository is created in a new or empty "
+                                  "directory",
+                                  path);
+    }
+    int r = vmsh_fs_mkdir_p(path, 0700, err);
+    if (r < 0)
+        return r;
+    static const char *const dirs[] = {"locks", "packs", "index", "backups"};
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(dirs); i++) {
+        _cleanup_free_ char *d = vmsh_path_join(path, dirs[i]);
+        if (!d)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        if ((r = vmsh_fs_mkdir_p(d, 0700, err)) < 0)
+            return r;
+    }
+    uint8_t raw[16];
+    char id[33], created[21];
+    if (crypto_random(raw, sizeof(raw)) < 0)
+        return vmsh_error_set(err, -EIO, "cannot get random bytes from the kernel");
+    vmsh_hex(raw, sizeof(raw), id);
+    vmsh_time_rfc3339(time(NULL), created);
+    json_object *cfg = json_object_new_object();
+    json_object_object_add(cfg, "format", json_object_new_string("vmshadow-repository"));
+    json_object_object_add(cfg, "version", json_object_new_int(VMSH_REPO_FORMAT_VERSION));
+    json_object_object_add(cfg, "id", json_object_new_string(id));
+    json_object_object_add(cfg, "created", json_object_new_string(created));
+    json_object_object_add(cfg, "chunk_size", json_object_new_int(CHUNK_SIZE));
+    json_object_object_add(cfg, "pack_size", json_object_new_int64(PACK_TARGET_DEFAULT));
+    json_object_object_add(
+        cfg, "hash", json_object_new_string(opts && opts->key_file ? "hmac-sha256" : "sha256"));
+    json_object_object_add(cfg, "compression", json_object_new_string("zstd"));
+    json_object_object_add(cfg, "compression_level", json_object_new_int(level));
+    if (opts && opts->key_file) {
+        json_object *enc = NULL;
+        repo_keys k;
+        r = keys_create(opts->key_file, &enc, id, &k, err);
+        memset(&k, 0, sizeof(k));
+        if (r < 0) {
+            json_object_put(cfg);
+            return r;
+        }
+        json_object_object_add(cfg, "encryption", enc);
+    } else {
+        json_object_object_add(cfg, "encryption", NULL);
+    }
+    const char *text = json_object_to_json_string_ext(
+        cfg, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
+    _cleanup_free_ char *body = NULL;
+    if (!cfg_path || asprintf(&body, "%s\n", text) < 0) {
+        body = NULL;
+        json_object_put(cfg);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    json_object_put(cfg);
+    return vmsh_fs_write_atomic(cfg_path, body, strlen(body), 0600, err);
+}
+
+/* ---- open ---- */
+
+static const char *cfg_str(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static int64_t cfg_int(json_object *o, const char *key, int64_t dflt)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+        return dflt;
+    return json_object_get_int64(v);
+}
+
+int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err)
+{
+    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
+    if (!cfg_path)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    vmsh_error *e = NULL;
+    int rc = vmsh_fs_read_all(cfg_path, CONFIG_MAX, &text, &len, &e);
+    if (rc < 0) {
+        vmsh_error_free(e);
+        if (rc == -ENOENT)
+            return vmsh_error_set(err, -ENOENT,
+                                  "no repository at %s (no config file); create one with "
+                                  "'vmshadow init' or give the right --repo",
+                                  path);
+        return vmsh_error_set(err, rc, "cannot read %s: %s", cfg_path, strerror(-rc));
+    }
+    json_object *cfg = json_tokener_parse(text);
+    const char *format = cfg ? cfg_str(cfg, "format") : NULL;
+    if (!cfg || !json_object_is_type(cfg, json_type_object) || !format ||
+        strcmp(format, "vmshadow-repository") != 0) {
+        json_object_put(cfg);
+        return vmsh_error_set(err, -EINVAL, "%s is not a vmshadow repository (bad config file)",
+                              path);
+    }
+    int64_t version = cfg_int(cfg, "version", -1);
+    int64_t chunk = cfg_int(cfg, "chunk_size", -1);
+    const char *id = cfg_str(cfg, "id");
+    if (version > VMSH_REPO_FORMAT_VERSION) {
+        json_object_put(cfg);
+        return vmsh_error_set(err, -EPROTONOSUPPORT,
+                              "repository %s has format version %lld, newer than this vmshadow "
+                              "supports (%d); upgrade vmshadow",
+                              path, (long long)version, VMSH_REPO_FORMAT_VERSION);
+    }
+    if (version < 1 || !id || strlen(id) != 32 || !is_hex(id, 32)) {
+        json_object_put(cfg);
+        return vmsh_error_set(err, -EINVAL, "%s: config is damaged (version or id)", path);
+    }
+    if (chunk != CHUNK_SIZE) {
+        json_object_put(cfg);
+        return vmsh_error_set(err, -EPROTONOSUPPORT,
+                              "repository %s uses chunk size %lld; this vmshadow supports only "
+                              "%d",
+                              path, (long long)chunk, CHUNK_SIZE);
+    }
+    vmsh_repo *r = calloc(1, sizeof(*r));
+    if (!r) {
+        json_object_put(cfg);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    r->path = strdup(path);
+    memcpy(r->id, id, 33);
+    int64_t level = cfg_int(cfg, "compression_level", 1);
+    r->compression_level = level >= 1 && level <= 19 ? (int)level : 1;
+    chunk_map_init(&r->map);
+    json_object *enc = NULL;
+    if (json_object_object_get_ex(cfg, "encryption", &enc) && enc) {
+        rc = keys_unlock(key_file, enc, r->id, path, &r->keys, err);
+        if (rc < 0) {
+            json_object_put(cfg);
+            vmsh_repo_free(r);
+            return rc;
+        }
+    }
+    json_object_put(cfg);
+    if (!r->path) {
+        vmsh_repo_free(r);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    rc = crypto_ctx_new(&r->crypto, &r->keys, err);
+    if (rc < 0) {
+        vmsh_repo_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void vmsh_repo_free(vmsh_repo *r)
+{
+    if (!r)
+        return;
+    chunk_map_clear(&r->map);
+    for (size_t i = 0; i < r->n_packs; i++)
+        free(r->packs[i].damage);
+    free(r->packs);
+    crypto_ctx_free(r->crypto);
+    pthread_mutex_destroy(&r->lock);
+    memset(&r->keys, 0, sizeof(r->keys));
+    free(r->path);
+    free(r);
+}
+
+void vmsh_repo_freep(vmsh_repo **r)
+{
+    if (r)
+        vmsh_repo_free(*r);
+}
+
+const char *vmsh_repo_path(const vmsh_repo *r)
+{
+    return r->path;
+}
+
+const char *vmsh_repo_id(const vmsh_repo *r)
+{
+    return r->id;
+}
+
+bool vmsh_repo_encrypted(const vmsh_repo *r)
+{
+    return r->keys.encrypted;
+}
+
+int vmsh_repo_compression_level(const vmsh_repo *r)
+{
+    return r->compression_level;
+}
+
+int vmsh_repo_set_compression_level(vmsh_repo *r, int level, vmsh_error **err)
+{
+    if (level < 1 || level > 19)
+        return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
+    r->compression_level = level;
+    return 0;
+}
+
+void vmsh_repo_set_threads(vmsh_repo *r, unsigned n)
+{
+    r->threads = n;
+}
+
+unsigned repo_threads(const vmsh_repo *r)
+{
+    if (r->threads)
+        return r->threads > 64 ? 64 : r->threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
+}
+
+int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err)
+{
+    _cleanup_free_ char *dir = vmsh_path_join(r->path, "locks");
+    _cleanup_free_ char *p = dir ? vmsh_path_join(dir, which) : NULL;
+    if (!p)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int rc = vmsh_fs_mkdir_p(dir, 0700, err);
+    if (rc < 0)
+        return rc;
+    char what[64];
+    snprintf(what, sizeof(what), "the repository (%s lock)", which);
+    return vmsh_lock_take(out, p, exclusive, false, what, err);
+}
+
+/* ---- the chunk map ---- */
+
+int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+{
+    pthread_mutex_lock(&r->lock);
+    if (r->n_packs == r->cap_packs) {
+        size_t ncap = r->cap_packs ? r->cap_packs * 2 : 64;
+        pack_info *np = vmsh_realloc_array(r->packs, ncap, sizeof(*np));
+        if (!np) {
+            pthread_mutex_unlock(&r->lock);
+            return -ENOMEM;
+        }
+        r->packs = np;
+        r->cap_packs = ncap;
+    }
+    pack_info *p = &r->packs[r->n_packs];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->size = size;
+    p->n_chunks = n_chunks;
+    int no = (int)r->n_packs++;
+    pthread_mutex_unlock(&r->lock);
+    return no;
+}
+
+static int pack_names(const char *repo, char (**names)[33], size_t *n, vmsh_error **err)
+{
+    *names = NULL;
+    *n = 0;
+    size_t cap = 0;
+    _cleanup_free_ char *packs = vmsh_path_join(repo, "packs");
+    if (!packs)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    DIR *d = opendir(packs);
+    if (!d)
+        return vmsh_error_set(err, -errno, "cannot read %s: %s", packs, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(d))) {
+        if (strlen(de->d_name) != 2 || !is_hex(de->d_name, 2))
+            continue;
+        _cleanup_free_ char *sub = vmsh_path_join(packs, de->d_name);
+        DIR *sd = sub ? opendir(sub) : NULL;
+        if (!sd)
+            continue;
+        struct dirent *se;
+        while ((se = readdir(sd))) {
+            /* 32 hex + ".pack"; temporary files end in ".tmp.<pid>" and are skipped */
+            if (strlen(se->d_name) != 37 || strcmp(se->d_name + 32, ".pack") != 0 ||
+                strncmp(se->d_name, de->d_name, 2) != 0)
+                continue;
+            char nm[33];
+            memcpy(nm, se->d_name, 32);
+            nm[32] = 0;
+            if (!is_hex(nm, 32))
+                continue;
+            if (*n == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                char(*nn)[33] = vmsh_realloc_array(*names, ncap, sizeof(**names));
+                if (!nn) {
+                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+                    break;
+                }
+                *names = nn;
+                cap = ncap;
+            }
+            memcpy((*names)[(*n)++], nm, 33);
+        }
+        closedir(sd);
+    }
+    closedir(d);
+    if (rc < 0) {
+        free(*names);
+        *names = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static int cmp_name33(const void *a, const void *b)
+{
+    return strcmp((const char *)a, (const char *)b);
+}
+
+int repo_load_map(vmsh_repo *r, vmsh_error **err)
+{
+    if (r->map_loaded)
+        return 0;
+    char(*names)[33] = NULL;
+    size_t n = 0;
+    int rc = pack_names(r->path, &names, &n, err);
+    if (rc < 0)
+        return rc;
+    qsort(names, n, sizeof(*names), cmp_name33);
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_free_ char *p = pack_path(r->path, names[i]);
+        chunk_loc *entries = NULL;
+        uint32_t ne = 0;
+        uint64_t size = 0;
+        vmsh_error *e = NULL;
+        rc = p ? pack_read_table(p, r->crypto, r->keys.encrypted, &entries, &ne, &size, &e)
+               : -ENOMEM;
+        int no = repo_add_pack(r, names[i], size, ne);
+        if (no < 0) {
+            free(entries);
+            vmsh_error_free(e);
+            free(names);
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
+            free(names);
+            vmsh_error_propagate(err, &e);
+            return rc;
+        }
+        if (rc < 0) {
+            /* A damaged pack does not stop the repository from opening: its
+             * chunks count as missing; verify names what needs them, and a new
+             * backup stores them again. */
+            r->packs[no].damaged = true;
+            r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            vmsh_error_free(e);
+            continue;
+        }
+        for (uint32_t j = 0; j < ne; j++) {
+            entries[j].pack = (uint32_t)no;
+            if (chunk_map_insert(&r->map, &entries[j], NULL) < 0) {
+                free(entries);
+                free(names);
+                return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
+            }
+        }
+        free(entries);
+    }
+    free(names);
+    r->map_loaded = true;
+    return 0;
+}
+
+/* ---- chunk reader ---- */
+
+struct chunk_reader {
+    vmsh_repo *repo;
+    crypto_ctx *crypto;
+    ZSTD_DCtx *dctx;
+    int *fds;
+    size_t n_fds, open_fds;
+    uint8_t *blob, *plain;
+};
+
+int chunk_reader_new(chunk_reader **out, vmsh_repo *r, vmsh_error **err)
+{
+    chunk_reader *cr = calloc(1, sizeof(*cr));
+    if (!cr)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    cr->repo = r;
+    cr->dctx = ZSTD_createDCtx();
+    cr->blob = malloc(2 * CHUNK_SIZE + GCM_OVERHEAD);
+    cr->plain = malloc(2 * CHUNK_SIZE + GCM_OVERHEAD);
+    if (!cr->dctx || !cr->blob || !cr->plain) {
+        chunk_reader_free(cr);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    int rc = crypto_ctx_new(&cr->crypto, &r->keys, err);
+    if (rc < 0) {
+        chunk_reader_free(cr);
+        return rc;
+    }
+    *out = cr;
+    return 0;
+}
+
+void chunk_reader_free(chunk_reader *cr)
+{
+    if (!cr)
+        return;
+    for (size_t i = 0; i < cr->n_fds; i++)
+        if (cr->fds[i] >= 0)
+            close(cr->fds[i]);
+    free(cr->fds);
+    ZSTD_freeDCtx(cr->dctx);
+    crypto_ctx_free(cr->crypto);
+    free(cr->blob);
+    free(cr->plain);
+    free(cr);
+}
+
+static int reader_fd(chunk_reader *cr, uint32_t pack, vmsh_error **err)
+{
+    if (pack >= cr->n_fds) {
+        size_t n = cr->repo->n_packs > pack ? cr->repo->n_packs : pack + 1;
+        int *nf = vmsh_realloc_array(cr->fds, n, sizeof(int));
+        if (!nf)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        for (size_t i = cr->n_fds; i < n; i++)
+            nf[i] = -1;
+        cr->fds = nf;
+        cr->n_fds = n;
+    }
+    if (cr->fds[pack] >= 0)
+        return cr->fds[pack];
+    if (cr->open_fds >= 256) {
+        /* keep well under RLIMIT_NOFILE: a crude but sufficient cache */
+        for (size_t i = 0; i < cr->n_fds; i++)
+            if (cr->fds[i] >= 0) {
+                close(cr->fds[i]);
+                cr->fds[i] = -1;
+            }
+        cr->open_fds = 0;
+    }
+    _cleanup_free_ char *p = pack_path(cr->repo->path, cr->repo->packs[pack].name);
+    if (!p)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return vmsh_error_set(err, errno == ENOENT ? -EBADMSG : -errno, "cannot open pack %s: %s",
+                              p, strerror(errno));
+    cr->fds[pack] = fd;
+    cr->open_fds++;
+    return fd;
+}
+
+int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
+{
+    const char *pname = cr->repo->packs[loc->pack].name;
+    int fd = reader_fd(cr, loc->pack, err);
+    if (fd < 0)
+        return fd;
+    size_t len = loc->stored_len;
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pread(fd, cr->blob + done, len - done, (off_t)(loc->offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname, strerror(errno));
+        if (n == 0)
+            return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
+        done += (size_t)n;
+    }
+    char idhex[65];
+    const uint8_t *data = cr->blob;
+    if (cr->repo->keys.encrypted) {
+        if (len < GCM_OVERHEAD ||
+            crypto_open(cr->crypto, cr->blob, len, loc->id, ID_LEN, cr->plain) < 0) {
+            vmsh_hex(loc->id, ID_LEN, idhex);
+            return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s fails authentication", idhex,
+                                  pname);
+        }
+        data = cr->plain;
+        len -= GCM_OVERHEAD;
+    }
+    if (loc->kind == BLOB_ZSTD) {
+        size_t n = ZSTD_decompressDCtx(cr->dctx, out, CHUNK_SIZE, data, len);
+        if (ZSTD_isError(n) || n != loc->raw_len) {
+            vmsh_hex(loc->id, ID_LEN, idhex);
+            return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s does not decompress", idhex,
+                                  pname);
+        }
+    } else {
+        if (len != loc->raw_len) {
+            vmsh_hex(loc->id, ID_LEN, idhex);
+            return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s has the wrong length", idhex,
+                                  pname);
+        }
+        memcpy(out, data, len);
+    }
+    uint8_t id[ID_LEN];
+    if (crypto_chunk_id(cr->crypto, out, loc->raw_len, id) < 0)
+        return vmsh_error_set(err, -EIO, "cannot hash a chunk");
+    if (memcmp(id, loc->id, ID_LEN) != 0) {
+        vmsh_hex(loc->id, ID_LEN, idhex);
+        return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s is damaged (hash mismatch)",
+                              idhex, pname);
+    }
+    return 0;
+}
+
+/* ---- manifests ---- */
+
+int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 0;
+    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    DIR *d = opendir(dir);
+    if (!d)
+        return vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strlen(de->d_name) != VMSH_BACKUP_ID_LEN || !is_hex(de->d_name, VMSH_BACKUP_ID_LEN))
+            continue;
+        if (*n == cap) {
+            size_t ncap = cap ? cap * 2 : 32;
+            char(*ni)[VMSH_BACKUP_ID_LEN + 1] = vmsh_realloc_array(*ids, ncap, sizeof(**ids));
+            if (!ni) {
+                closedir(d);
+                free(*ids);
+                *ids = NULL;
+                *n = 0;
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            }
+            *ids = ni;
+            cap = ncap;
+        }
+        memcpy((*ids)[(*n)++], de->d_name, VMSH_BACKUP_ID_LEN + 1);
+    }
+    closedir(d);
+    return 0;
+}
+
+void vmsh_backup_info_free(vmsh_backup_info *b)
+{
+    if (!b)
+        return;
+    vmsh_backup_info_array_free(b, 1);
+}
+
+void vmsh_backup_info_array_free(vmsh_backup_info *a, size_t n)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < a[i].n_files; j++) {
+            free(a[i].files[j].name);
+            free(a[i].files[j].kind);
+        }
+        free(a[i].files);
+        free(a[i].document);
+    }
+    free(a);
+}
+
+const vmsh_backup_file *vmsh_backup_info_file(const vmsh_backup_info *b, const char *name)
+{
+    for (size_t i = 0; i < b->n_files; i++)
+        if (strcmp(b->files[i].name, name) == 0)
+            return &b->files[i];
+    return NULL;
+}
+
+static int parse_manifest(const char *text, size_t len, const char *id, const char *path,
+                          vmsh_backup_info *b, vmsh_error **err)
+{
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    json_object *m = json_tokener_parse_ex(tok, text, (int)len);
+    bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    json_tokener_free(tok);
+    int rc = 0;
+    json_object *files = NULL, *v;
+    const char *mid = m ? cfg_str(m, "id") : NULL, *time_s = m ? cfg_str(m, "time") : NULL;
+    const char *doc = m ? cfg_str(m, "document") : NULL;
+    if (!m || !complete || !json_object_is_type(m, json_type_object)) {
+        rc = vmsh_error_set(err, -EBADMSG, "manifest %s is not valid JSON (damaged)", path);
+        goto out;
+    }
+    int64_t version = cfg_int(m, "version", -1);
+    if (version > 1) {
+        rc = vmsh_error_set(err, -EPROTONOSUPPORT,
+                            "manifest %s has version %lld, newer than this vmshadow understands "
+                            "(1); upgrade vmshadow",
+                            path, (long long)version);
+        goto out;
+    }
+    if (version != 1 || !mid || strcmp(mid, id) != 0 || !time_s || strlen(time_s) != 20 || !doc ||
+        !json_object_object_get_ex(m, "files", &files) ||
+        !json_object_is_type(files, json_type_array)) {
+        rc = vmsh_error_set(err, -EBADMSG, "manifest %s lacks required members (damaged)", path);
+        goto out;
+    }
+    memcpy(b->id, id, VMSH_BACKUP_ID_LEN + 1);
+    memcpy(b->time, time_s, 21);
+    b->time_us = cfg_int(m, "time_us", 0);
+    b->document = strdup(doc);
+    size_t nf = json_object_array_length(files);
+    b->files = vmsh_calloc_array(nf ? nf : 1, sizeof(*b->files));
+    if (!b->document || !b->files) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        json_object *f = json_object_array_get_idx(files, i);
+        const char *name = cfg_str(f, "name"), *kind = cfg_str(f, "kind");
+        const char *index = cfg_str(f, "index");
+        int64_t size = cfg_int(f, "size", -1);
+        if (!name || !name_is_valid(name) || !kind || !index || strlen(index) != 64 ||
+            !is_hex(index, 64) || size < 0 || !json_object_object_get_ex(f, "size", &v)) {
+            rc = vmsh_error_set(err, -EBADMSG, "manifest %s: file %zu is damaged", path, i);
+            goto out;
+        }
+        vmsh_backup_file *bf = &b->files[b->n_files++];
+        bf->name = strdup(name);
+        bf->kind = strdup(kind);
+        bf->size = (uint64_t)size;
+        bf->stored_bytes = (uint64_t)cfg_int(f, "stored_bytes", 0);
+        bf->new_chunks = (uint64_t)cfg_int(f, "new_chunks", 0);
+        memcpy(bf->index, index, 65);
+        if (!bf->name || !bf->kind) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+out:
+    json_object_put(m);
+    return rc;
+}
+
+int manifest_load(vmsh_repo *r, const char *id, vmsh_backup_info **out, vmsh_error **err)
+{
+    _cleanup_free_ char *path = manifest_path(r->path, id);
+    if (!path)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    _cleanup_free_ uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc = object_read(r, path, OBJ_MANIFEST, &payload, &len, err);
+    if (rc < 0)
+        return rc;
+    vmsh_backup_info *b = calloc(1, sizeof(*b));
+    if (!b)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    rc = parse_manifest((const char *)payload, len, id, path, b, err);
+    if (rc < 0) {
+        vmsh_backup_info_free(b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+static int cmp_info(const void *a, const void *b)
+{
+    const vmsh_backup_info *x = a, *y = b;
+    if (x->time_us != y->time_us)
+        return x->time_us < y->time_us ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+int vmsh_repo_list(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_error **err)
+{
+    char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
+    size_t n = 0;
+    int rc = repo_list_ids(r, &ids, &n, err);
+    if (rc < 0)
+        return rc;
+    vmsh_backup_info *a = vmsh_calloc_array(n ? n : 1, sizeof(*a));
+    if (!a) {
+        free(ids);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        vmsh_backup_info *b = NULL;
+        vmsh_error *e = NULL;
+        rc = manifest_load(r, ids[i], &b, &e);
+        if (rc == -ENOENT) { /* pruned meanwhile */
+            vmsh_error_free(e);
+            continue;
+        }
+        if (rc < 0) {
+            vmsh_error_propagate(err, &e);
+            vmsh_backup_info_array_free(a, got);
+            free(ids);
+            return rc;
+        }
+        a[got++] = *b;
+        free(b);
+    }
+    free(ids);
+    qsort(a, got, sizeof(*a), cmp_info);
+    *out = a;
+    *n_out = got;
+    return 0;
+}
+
+int vmsh_repo_resolve(vmsh_repo *r, const char *spec, char out_id[VMSH_BACKUP_ID_LEN + 1],
+                      vmsh_error **err)
+{
+    if (!spec || !*spec)
+        return vmsh_error_set(err, -EINVAL, "no backup given (an ID, a prefix of one, or latest)");
+    if (strcmp(spec, "latest") == 0) {
+        vmsh_backup_info *a = NULL;
+        size_t n = 0;
+        int rc = vmsh_repo_list(r, &a, &n, err);
+        if (rc < 0)
+            return rc;
+        if (n == 0) {
+            vmsh_backup_info_array_free(a, n);
+            return vmsh_error_set(err, -ENOENT, "repository %s holds no backup yet", r->path);
+        }
+        memcpy(out_id, a[n - 1].id, VMSH_BACKUP_ID_LEN + 1);
+        vmsh_backup_info_array_free(a, n);
+        return 0;
+    }
+    size_t sl = strlen(spec);
+    if (sl > VMSH_BACKUP_ID_LEN || !is_hex(spec, sl))
+        return vmsh_error_set(
+            err, -ENOENT, "\"%s\" is not a backup ID (16 hex digits, a prefix, or latest)", spec);
+    char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
+    size_t n = 0;
+    int rc = repo_list_ids(r, &ids, &n, err);
+    if (rc < 0)
+        return rc;
+    size_t matches = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(ids[i], spec, sl) == 0) {
+            if (matches++ == 0)
+                memcpy(out_id, ids[i], VMSH_BACKUP_ID_LEN + 1);
+        }
+    free(ids);
+    if (matches == 0)
+        return vmsh_error_set(err, -ENOENT, "no backup %s in repository %s", spec, r->path);
+    if (matches > 1)
+        return vmsh_error_set(err, -EINVAL,
+                              "backup prefix %s is ambiguous (%zu backups match); give more "
+                              "digits",
+                              spec, matches);
+    return 0;
+}
+
+int vmsh_repo_backup_info(vmsh_repo *r, const char *spec, vmsh_backup_info **out, vmsh_error **err)
+{
+    char id[VMSH_BACKUP_ID_LEN + 1];
+    int rc = vmsh_repo_resolve(r, spec, id, err);
+    if (rc < 0)
+        return rc;
+    vmsh_error *e = NULL;
+    rc = manifest_load(r, id, out, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        return vmsh_error_set(err, -ENOENT, "backup %s was deleted meanwhile", id);
+    }
+    vmsh_error_propagate(err, &e);
+    return rc;
+}

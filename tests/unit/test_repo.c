@@ -1,0 +1,326 @@
+/* Unit tests of the repository (docs/formats/repository.md): backups from a
+ * sparse file and buffers, listing, documents, sparse checked restores,
+ * deduplication, abort (SPEC R5), incrementals from a base, locks and
+ * version refusal. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/repo.h>
+#include <vmshadow/repo/source.h>
+
+#include "test_repo_helpers.h"
+
+typedef struct fixture {
+    char *dir, *repo, *img;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    f->dir = make_tmpdir();
+    assert_non_null(f->dir);
+    f->repo = path2(f->dir, "repo");
+    f->img = path2(f->dir, "disk.img");
+    /* 6 MiB + 1000: an unaligned tail */
+    assert_int_equal(make_image(f->img, (6u << 20) + 1000, 7), 0);
+    assert_int_equal(vmsh_repo_init(f->repo, NULL, NULL), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    rm_rf(f->dir);
+    free(f->dir);
+    free(f->repo);
+    free(f->img);
+    free(f);
+    return 0;
+}
+
+static char *backup_file(const char *repo, const char *key, const char *name, const char *path,
+                         const char *doc, vmsh_add_stats *st)
+{
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, key, &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, path, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, name, src, NULL, st, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(b, "domain.xml", "<domain/>", 9, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, doc, &err), 0);
+    char *id = strdup(vmsh_backup_id(b));
+    vmsh_source_free(src);
+    vmsh_backup_free(b);
+    vmsh_repo_free(r);
+    return id;
+}
+
+static void backup_list_restore_roundtrip(void **state)
+{
+    fixture *f = *state;
+    vmsh_add_stats st = {0};
+    char *id = backup_file(f->repo, NULL, "vm1/vda.img", f->img, "{\"vms\":[\"vm1\"]}", &st);
+    /* 1 MiB hole + 1 MiB written zeros are neither read as data nor stored */
+    assert_int_equal(st.size, (6u << 20) + 1000);
+    assert_true(st.bytes_read <= (5u << 20) + 1000);
+    assert_int_equal(st.zero_chunks, 16);
+    assert_true(st.new_chunks > 0);
+    /* text compresses; random does not: well under the data size */
+    assert_true(st.bytes_stored < (3u << 20));
+
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    vmsh_backup_info *list = NULL;
+    size_t n = 0;
+    assert_int_equal(vmsh_repo_list(r, &list, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].id, id);
+    assert_string_equal(list[0].document, "{\"vms\":[\"vm1\"]}");
+    assert_int_equal(list[0].n_files, 2);
+    const vmsh_backup_file *bf = vmsh_backup_info_file(&list[0], "vm1/vda.img");
+    assert_non_null(bf);
+    assert_int_equal(bf->size, (6u << 20) + 1000);
+    assert_string_equal(bf->kind, "file");
+    vmsh_backup_info_array_free(list, n);
+
+    char full[17];
+    assert_int_equal(vmsh_repo_resolve(r, "latest", full, &err), 0);
+    assert_string_equal(full, id);
+    char prefix[5];
+    memcpy(prefix, id, 4);
+    prefix[4] = 0;
+    assert_int_equal(vmsh_repo_resolve(r, prefix, full, &err), 0);
+    assert_string_equal(full, id);
+    assert_int_equal(vmsh_repo_resolve(r, "zz", full, &err), -ENOENT);
+    vmsh_error_free(err);
+    err = NULL;
+
+    char *out = path2(f->dir, "restored.img");
+    vmsh_restore_stats rs = {0};
+    assert_int_equal(
+        vmsh_repo_restore_file(r, prefix, "vm1/vda.img", out, false, NULL, NULL, &rs, &err), 0);
+    assert_int_equal(compare_files(f->img, out), 0);
+    /* sparse: the hole and the zeros are not allocated */
+    assert_true(allocated_bytes(out) <= (4u << 20) + 8192);
+    /* not overwritten without asking */
+    assert_int_equal(
+        vmsh_repo_restore_file(r, id, "vm1/vda.img", out, false, NULL, NULL, NULL, &err), -EEXIST);
+    vmsh_error_free(err);
+    err = NULL;
+
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "domain.xml", 1024, &buf, &len, &err), 0);
+    assert_int_equal(len, 9);
+    assert_string_equal(buf, "<domain/>");
+    free(buf);
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "nope", 1024, &buf, &len, &err), -ENOENT);
+    vmsh_error_free(err);
+    free(out);
+    free(id);
+    vmsh_repo_free(r);
+}
+
+static void second_backup_deduplicates(void **state)
+{
+    fixture *f = *state;
+    vmsh_add_stats a = {0}, b = {0};
+    char *id1 = backup_file(f->repo, NULL, "vda", f->img, "", &a);
+    char *id2 = backup_file(f->repo, NULL, "vda", f->img, "", &b);
+    assert_string_not_equal(id1, id2);
+    assert_true(a.new_chunks > 0);
+    assert_int_equal(b.new_chunks, 0);
+    assert_int_equal(b.bytes_stored, 0);
+    assert_int_equal(b.dedup_chunks, a.new_chunks + a.dedup_chunks);
+    free(id1);
+    free(id2);
+}
+
+static void abort_leaves_nothing_visible(void **state)
+{
+    fixture *f = *state;
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, f->img, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, NULL, &err), 0);
+    char id[17];
+    strcpy(id, vmsh_backup_id(b));
+    vmsh_backup_free(b); /* abort (SPEC R5) */
+    vmsh_backup_info *list = NULL;
+    size_t n = 7;
+    assert_int_equal(vmsh_repo_list(r, &list, &n, &err), 0);
+    assert_int_equal(n, 0);
+    vmsh_backup_info_array_free(list, n);
+    char full[17];
+    assert_int_equal(vmsh_repo_resolve(r, id, full, &err), -ENOENT);
+    vmsh_error_free(err);
+    err = NULL;
+    /* the same handle can still back up, and what it stores is complete */
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "doc", &err), 0);
+    vmsh_backup_free(b);
+    char *out = path2(f->dir, "out.img");
+    assert_int_equal(vmsh_repo_restore_file(r, "latest", "vda", out, false, NULL, NULL, NULL, &err),
+                     0);
+    assert_int_equal(compare_files(f->img, out), 0);
+    free(out);
+    vmsh_source_free(src);
+    vmsh_repo_free(r);
+}
+
+static void second_writer_is_busy(void **state)
+{
+    fixture *f = *state;
+    vmsh_repo *r1 = NULL, *r2 = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r1, f->repo, NULL, &err), 0);
+    assert_int_equal(vmsh_repo_open(&r2, f->repo, NULL, &err), 0);
+    vmsh_backup *b1 = NULL, *b2 = NULL;
+    assert_int_equal(vmsh_backup_begin(&b1, r1, &err), 0);
+    assert_int_equal(vmsh_backup_begin(&b2, r2, &err), -EBUSY);
+    assert_non_null(err);
+    vmsh_error_free(err);
+    err = NULL;
+    vmsh_backup_free(b1);
+    assert_int_equal(vmsh_backup_begin(&b2, r2, &err), 0);
+    vmsh_backup_free(b2);
+    vmsh_repo_free(r1);
+    vmsh_repo_free(r2);
+}
+
+static void incremental_from_base(void **state)
+{
+    fixture *f = *state;
+    char *id1 = backup_file(f->repo, NULL, "vda", f->img, "", NULL);
+    /* change 4 KiB at 5 MiB + 100 KiB and write into the hole at 1 MiB + 8 KiB */
+    int fd = open(f->img, O_WRONLY);
+    uint8_t buf[4096];
+    memset(buf, 0xab, sizeof(buf));
+    assert_int_equal(pwrite(fd, buf, sizeof(buf), (5u << 20) + 102400), 4096);
+    assert_int_equal(pwrite(fd, buf, sizeof(buf), (1u << 20) + 8192), 4096);
+    close(fd);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    vmsh_file_index *base = NULL;
+    assert_int_equal(vmsh_file_index_load(&base, r, id1, "vda", &err), 0);
+    assert_int_equal(vmsh_file_index_size(base), (6u << 20) + 1000);
+    vmsh_extent changed[] = {{(5u << 20) + 102400, 4096, 0}, {(1u << 20) + 8192, 4096, 0}};
+    vmsh_add_opts o = {.base = base, .changed = changed, .n_changed = 2};
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, f->img, &err), 0);
+    vmsh_add_stats st = {0};
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, &o, &st, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "incr", &err), 0);
+    /* only the two changed chunks were read */
+    assert_int_equal(st.bytes_read, 2 * 65536);
+    assert_int_equal(st.new_chunks, 2);
+    assert_int_equal(st.base_chunks, vmsh_file_index_count(base) - 1);
+    vmsh_backup_free(b);
+    vmsh_source_free(src);
+    vmsh_file_index_free(base);
+    char *out = path2(f->dir, "incr.img");
+    assert_int_equal(vmsh_repo_restore_file(r, "latest", "vda", out, false, NULL, NULL, NULL, &err),
+                     0);
+    assert_int_equal(compare_files(f->img, out), 0);
+    free(out);
+    free(id1);
+    vmsh_repo_free(r);
+}
+
+static void refuses_newer_version_and_garbage(void **state)
+{
+    fixture *f = *state;
+    char *cfg = path2(f->repo, "config");
+    char *text = NULL;
+    FILE *fp = fopen(cfg, "r");
+    assert_non_null(fp);
+    size_t cap = 0;
+    assert_true(getdelim(&text, &cap, 0, fp) > 0);
+    fclose(fp);
+    char *v = strstr(text, "\"version\": 1");
+    assert_non_null(v);
+    v[11] = '2';
+    assert_int_equal(write_text_file(cfg, text), 0);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), -EPROTONOSUPPORT);
+    assert_non_null(strstr(err->message, "upgrade"));
+    vmsh_error_free(err);
+    err = NULL;
+    assert_int_equal(write_text_file(cfg, "not json"), 0);
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), -EINVAL);
+    vmsh_error_free(err);
+    err = NULL;
+    char *nothing = path2(f->dir, "nothing");
+    assert_int_equal(vmsh_repo_open(&r, nothing, NULL, &err), -ENOENT);
+    vmsh_error_free(err);
+    err = NULL;
+    /* init refuses a non-empty directory */
+    assert_int_equal(vmsh_repo_init(f->repo, NULL, &err), -EEXIST);
+    vmsh_error_free(err);
+    free(nothing);
+    free(text);
+    free(cfg);
+}
+
+static void bad_names_and_duplicates(void **state)
+{
+    fixture *f = *state;
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(b, "a", "x", 1, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(b, "a", "y", 1, &err), -EEXIST);
+    vmsh_error_free(err);
+    err = NULL;
+    assert_int_equal(vmsh_backup_add_buffer(b, "bad\nname", "y", 1, &err), -EINVAL);
+    vmsh_error_free(err);
+    err = NULL;
+    assert_int_equal(vmsh_backup_add_buffer(b, "empty", "", 0, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, NULL, &err), 0);
+    vmsh_backup_free(b);
+    char *buf = NULL;
+    size_t len = 1;
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "empty", 10, &buf, &len, &err), 0);
+    assert_int_equal(len, 0);
+    free(buf);
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "a", 10, &buf, &len, &err), 0);
+    assert_string_equal(buf, "x");
+    free(buf);
+    vmsh_repo_free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(backup_list_restore_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(second_backup_deduplicates, setup, teardown),
+        cmocka_unit_test_setup_teardown(abort_leaves_nothing_visible, setup, teardown),
+        cmocka_unit_test_setup_teardown(second_writer_is_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(incremental_from_base, setup, teardown),
+        cmocka_unit_test_setup_teardown(refuses_newer_version_and_garbage, setup, teardown),
+        cmocka_unit_test_setup_teardown(bad_names_and_duplicates, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
