@@ -1,0 +1,139 @@
+/* Unit tests of src/util/proc.c: shell-like splitting without a shell,
+ * environment, exit status, timeout and the kill of the process group. */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/proc.h>
+
+static void split_like_a_shell(void **state)
+{
+    char **av = NULL;
+    assert_int_equal(
+        vmsh_proc_split("  /bin/echo  'a b'  \"c \\\"d\\\" \\$x\"  e\\ f '' \"\" ", &av, NULL), 6);
+    assert_string_equal(av[0], "/bin/echo");
+    assert_string_equal(av[1], "a b");
+    assert_string_equal(av[2], "c \"d\" $x");
+    assert_string_equal(av[3], "e f");
+    assert_string_equal(av[4], "");
+    assert_string_equal(av[5], "");
+    assert_null(av[6]);
+    vmsh_proc_argv_free(av);
+    av = NULL;
+    assert_int_equal(vmsh_proc_split("   ", &av, NULL), 0);
+    assert_null(av[0]);
+    vmsh_proc_argv_free(av);
+}
+
+static void split_refuses_what_needs_a_shell(void **state)
+{
+    static const char *const bad[] = {"a 'b",  "a \"b",      "a \\",   "a | b", "a; b",
+                                      "a > f", "echo $HOME", "a && b", "`x`"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char **av = NULL;
+        vmsh_error *err = NULL;
+        assert_int_equal(vmsh_proc_split(bad[i], &av, &err), -EINVAL);
+        assert_null(av);
+        assert_non_null(strstr(err->message, bad[i]));
+        vmsh_error_free(err);
+    }
+    /* Quoted, the operators are plain characters. */
+    char **av = NULL;
+    assert_int_equal(vmsh_proc_split("a '|' \";\"", &av, NULL), 3);
+    assert_string_equal(av[1], "|");
+    vmsh_proc_argv_free(av);
+}
+
+static void run_passes_env_and_status(void **state)
+{
+    char dir[] = "/tmp/vmsh-proc-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char out[128], script[256];
+    snprintf(out, sizeof(out), "%s/out", dir);
+    snprintf(script, sizeof(script), "echo \"$VMSHADOW_EVENT $VMSHADOW_SET_ID\" > %s; exit 3", out);
+    char *argv[] = {"sh", "-c", script, NULL};
+    char *env[] = {"VMSHADOW_EVENT=freeze", "VMSHADOW_SET_ID=abc", NULL};
+    vmsh_proc_result r;
+    assert_int_equal(vmsh_proc_run(argv, env, 5000, &r, NULL), 0);
+    assert_int_equal(r.exit_code, 3);
+    assert_false(r.timed_out);
+    char *text = NULL;
+    size_t len;
+    assert_int_equal(vmsh_fs_read_all(out, 1024, &text, &len, NULL), 0);
+    assert_string_equal(text, "freeze abc\n");
+    free(text);
+    char buf[64];
+    assert_string_equal(vmsh_proc_describe(&r, buf, sizeof(buf)), "exited with status 3");
+    /* A command that does not exist is an error naming it. */
+    char *missing[] = {"/nonexistent/cmd", NULL};
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_proc_run(missing, NULL, 1000, &r, &err), -ENOENT);
+    assert_non_null(strstr(err->message, "/nonexistent/cmd"));
+    vmsh_error_free(err);
+    unlink(out);
+    rmdir(dir);
+}
+
+static int process_alive(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+static void timeout_kills_the_whole_group(void **state)
+{
+    char dir[] = "/tmp/vmsh-proc-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pidfile[128], script[256];
+    snprintf(pidfile, sizeof(pidfile), "%s/child", dir);
+    /* A grandchild that would outlive its parent if only the parent died. */
+    snprintf(script, sizeof(script), "sleep 30 & echo $! > %s; wait", pidfile);
+    char *argv[] = {"sh", "-c", script, NULL};
+    vmsh_proc_result r;
+    assert_int_equal(vmsh_proc_run(argv, NULL, 300, &r, NULL), 0);
+    assert_true(r.timed_out);
+    char *text = NULL;
+    size_t len;
+    assert_int_equal(vmsh_fs_read_all(pidfile, 64, &text, &len, NULL), 0);
+    pid_t gc = (pid_t)atoi(text);
+    free(text);
+    assert_true(gc > 0);
+    /* Dead means gone or a zombie (in a container nobody may reap it). */
+    int alive = 1;
+    for (int i = 0; i < 100 && alive; i++) {
+        alive = process_alive(gc);
+        if (alive)
+            usleep(10000);
+    }
+    assert_false(alive);
+    unlink(pidfile);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(split_like_a_shell),
+        cmocka_unit_test(split_refuses_what_needs_a_shell),
+        cmocka_unit_test(run_passes_env_and_status),
+        cmocka_unit_test(timeout_kills_the_whole_group),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
