@@ -275,3 +275,31 @@ int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err)
     virDomainFree(d);
     return r;
 }
+
+int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    *out = virDomainGetXMLDesc(d, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
+    if (!*out)
+        r = lv_fail(err, vm, "reading the domain XML");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_job_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virDomainJobInfo info;
+    if (virDomainGetJobInfo(d, &info) < 0)
+        r = lv_fail(err, vm, "reading the job state");
+    else
+        r = info.type != VIR_DOMAIN_JOB_NONE;
+    virDomainFree(d);
+    return r;
+}

@@ -54,4 +54,11 @@ int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* 1 when a backup job runs on the VM, 0 when not. */
 int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err);
 
+/* The VM's domain XML (*out malloc'ed): the persistent definition when
+ * `inactive`, else the live one. */
+int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err);
+
+/* 1 when any job (save, backup, migration...) runs on the VM, 0 when none. */
+int vmsh_hv_job_active(vmsh_hv *hv, const char *vm, vmsh_error **err);
+
 #endif
