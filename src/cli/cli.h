@@ -60,5 +60,6 @@ int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
 
 #endif

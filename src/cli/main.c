@@ -32,6 +32,7 @@ static const struct {
     {"prune", vmsh_cmd_prune, "forget backups outside a retention policy"},
     {"gc", vmsh_cmd_gc, "free chunks no backup needs"},
     {"recover", vmsh_cmd_recover, "undo what an interrupted run left behind"},
+    {"extract", vmsh_cmd_extract, "write one file of a backup (e.g. a disk image)"},
 };
 
 /* Config keys (docs/config.md). */

@@ -1,0 +1,33 @@
+/* pull.h - the provider that takes the point-in-time copies of running VMs'
+ * disks: one libvirt pull-mode backup job per VM (QEMU's copy-before-write
+ * with a scratch file), exported read-only over NBD on a Unix socket.
+ *
+ * Writers register, during PrepareForSnapshot, which disks of which VM to
+ * capture; at commit (between Freeze and Thaw, SPEC "The model") the provider
+ * starts every job, so that every VM of the set is captured at one point.
+ * The exports stay until release (after the requestor copied the data) or
+ * abort. Every job is journalled before it starts, and `undo` ends a job left
+ * behind by a killed process and removes its scratch files (R7).
+ * Not thread-safe; one set at a time.
+ */
+#ifndef VMSH_PROVIDERS_PULL_H
+#define VMSH_PROVIDERS_PULL_H
+
+#include <stddef.h>
+
+#include <vmshadow/coord/coord.h>
+#include <vmshadow/hv/hvops.h>
+
+#define VMSH_PULL_PROVIDER_ID   "0c7e1f7e-5a43-4d5e-9a2b-6f3d2c1b8e90"
+#define VMSH_PULL_PROVIDER_NAME "libvirt pull-backup provider"
+
+/* A new provider on libvirt connection `uri` (opened when first needed). */
+int vmsh_pull_provider_new(vmsh_provider_ops **out, const char *uri, vmsh_error **err);
+
+/* Registers a VM for the set's commit: its disks `disks` (target + scratch
+ * file) will be exported on `socket_path`. Strings are copied. */
+int vmsh_pull_provider_add(vmsh_provider_ops *p, const vmsh_set *set, const char *vm,
+                           const char *socket_path, const vmsh_hv_backup_disk *disks,
+                           size_t n_disks, vmsh_error **err);
+
+#endif

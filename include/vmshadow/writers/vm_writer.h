@@ -1,0 +1,38 @@
+/* vm_writer.h - the VM writer (SPEC R1-R7, R17): one component per VM of
+ * the set, the saved-state method (R1) or the guest method (R2), all
+ * guest-side work and every save inside PrepareForSnapshot (R3), VMs back to
+ * their prior state in PostSnapshot (R4), everything undone on abort (R5) and
+ * after a killed run (R7, through the journal).
+ *
+ * Its name and writer ID are fixed (identity.h). It captures disks through
+ * the pull provider (providers/pull.h), which it is given.
+ * Not thread-safe; one set at a time.
+ */
+#ifndef VMSH_WRITERS_VM_WRITER_H
+#define VMSH_WRITERS_VM_WRITER_H
+
+#include <stdint.h>
+
+#include <vmshadow/coord/coord.h>
+#include <vmshadow/writers/identity.h>
+
+typedef struct vmsh_vm_writer_config {
+    const char *uri;         /* libvirt connection; NULL: default */
+    const char *state_dir;   /* run files: state files, NBD sockets, domain XML */
+    const char *scratch_dir; /* NULL: scratch files beside each disk image (R2 (c)) */
+    int agent_timeout_s;     /* each agent query while choosing the method; <= 0: 3 */
+    int freeze_timeout_s;    /* the agent's freeze/thaw reply; <= 0: 60 */
+} vmsh_vm_writer_config;
+
+/* A new VM writer that registers its disks with `provider` (a pull provider,
+ * borrowed: it must outlive the writer). Connects to libvirt lazily, so that
+ * `vmshadow writers` and a recover with nothing to do never need it. */
+int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
+                       vmsh_provider_ops *provider, vmsh_error **err);
+
+/* After a set: the longest time any guest of it stayed frozen or any VM
+ * stayed stopped (ms), measured from the first freeze or save to the last
+ * thaw or resume; -1 when no VM was frozen or saved. */
+int64_t vmsh_vm_writer_freeze_window_ms(const vmsh_writer_ops *w);
+
+#endif

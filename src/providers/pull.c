@@ -1,0 +1,247 @@
+/* pull.c - the libvirt pull-backup provider (include/vmshadow/providers/pull.h). */
+#include <vmshadow/providers/pull.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+typedef struct pull_vm {
+    char *vm;
+    char *socket;
+    char **targets;
+    char **scratch;
+    size_t n;
+    bool started;
+    uint64_t seq;
+} pull_vm;
+
+typedef struct pull_provider {
+    vmsh_provider_ops ops; /* first: the coordinator hands it back as self */
+    char *uri;
+    vmsh_hv *hv;
+    char *set_id;
+    pull_vm *vms;
+    size_t n_vms;
+} pull_provider;
+
+static void vm_clear(pull_vm *v)
+{
+    free(v->vm);
+    free(v->socket);
+    for (size_t i = 0; i < v->n; i++) {
+        free(v->targets[i]);
+        free(v->scratch[i]);
+    }
+    free(v->targets);
+    free(v->scratch);
+}
+
+static void reset(pull_provider *p)
+{
+    for (size_t i = 0; i < p->n_vms; i++)
+        vm_clear(&p->vms[i]);
+    free(p->vms);
+    p->vms = NULL;
+    p->n_vms = 0;
+    free(p->set_id);
+    p->set_id = NULL;
+}
+
+static int hv_ready(pull_provider *p, vmsh_error **err)
+{
+    return p->hv ? 0 : vmsh_hv_open(&p->hv, p->uri, err);
+}
+
+int vmsh_pull_provider_add(vmsh_provider_ops *ops, const vmsh_set *set, const char *vm,
+                           const char *socket_path, const vmsh_hv_backup_disk *disks,
+                           size_t n_disks, vmsh_error **err)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0) {
+        reset(p);
+        if (!(p->set_id = strdup(vmsh_set_id(set))))
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    pull_vm *nv = vmsh_realloc_array(p->vms, p->n_vms + 1, sizeof(*nv));
+    if (!nv)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    p->vms = nv;
+    pull_vm *v = &p->vms[p->n_vms++];
+    memset(v, 0, sizeof(*v));
+    v->vm = strdup(vm);
+    v->socket = strdup(socket_path);
+    v->targets = vmsh_calloc_array(n_disks, sizeof(char *));
+    v->scratch = vmsh_calloc_array(n_disks, sizeof(char *));
+    if (!v->vm || !v->socket || !v->targets || !v->scratch)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < n_disks; i++) {
+        v->targets[i] = strdup(disks[i].target);
+        v->scratch[i] = strdup(disks[i].scratch);
+        v->n++;
+        if (!v->targets[i] || !v->scratch[i])
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static json_object *job_data(const pull_vm *v)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "vm", json_object_new_string(v->vm));
+    json_object_object_add(o, "socket", json_object_new_string(v->socket));
+    json_object *s = json_object_new_array();
+    for (size_t i = 0; i < v->n; i++)
+        json_object_array_add(s, json_object_new_string(v->scratch[i]));
+    json_object_object_add(o, "scratch", s);
+    return o;
+}
+
+static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
+        return 0; /* no VM of this set needs a job */
+    int r = hv_ready(p, err);
+    if (r < 0)
+        return r;
+    vmsh_hv_backup_disk *disks = NULL;
+    for (size_t i = 0; i < p->n_vms && r == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        json_object *data = job_data(v);
+        r = vmsh_set_journal_begin(set, ops->id, "backup-job", data, &v->seq, err);
+        json_object_put(data);
+        if (r < 0)
+            break;
+        free(disks);
+        disks = vmsh_calloc_array(v->n, sizeof(*disks));
+        if (!disks) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        for (size_t k = 0; k < v->n; k++)
+            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k], .scratch = v->scratch[k]};
+        v->started = true; /* from here on a job may exist: abort ends it */
+        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, NULL, err);
+        if (r == 0)
+            r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_DONE, err);
+    }
+    free(disks);
+    return r;
+}
+
+/* Ends the job of `vm` and removes its scratch files; tolerates a job that
+ * never started and a VM that is gone. */
+static int end_job(vmsh_hv *hv, const char *vm, char *const *scratch, size_t n, vmsh_error **err)
+{
+    vmsh_error *e = NULL;
+    int r = vmsh_hv_backup_end(hv, vm, &e);
+    if (r == -ENOENT) {
+        vmsh_error_free(e);
+        e = NULL;
+        r = 0;
+    }
+    vmsh_error_propagate(err, &e);
+    for (size_t i = 0; i < n; i++)
+        if (unlink(scratch[i]) < 0 && errno != ENOENT && r == 0)
+            r = vmsh_error_set(err, -errno, "cannot remove scratch file %s of VM %s: %s",
+                               scratch[i], vm, strerror(errno));
+    return r < 0 ? r : 0;
+}
+
+static int end_all(pull_provider *p, vmsh_set *set, vmsh_error **err)
+{
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
+        return 0;
+    int first = 0;
+    for (size_t i = 0; i < p->n_vms; i++) {
+        pull_vm *v = &p->vms[i];
+        if (!v->started)
+            continue;
+        vmsh_error *e = NULL;
+        int r = hv_ready(p, &e);
+        if (r == 0)
+            r = end_job(p->hv, v->vm, v->scratch, v->n, &e);
+        if (r == 0) {
+            v->started = false;
+            r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_UNDONE, &e);
+        }
+        if (r < 0 && first == 0)
+            first = r;
+        vmsh_error_propagate(err, &e);
+    }
+    if (first == 0)
+        reset(p);
+    return first;
+}
+
+static int pull_release(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    return end_all((pull_provider *)ops, set, err);
+}
+
+static int pull_abort(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    return end_all((pull_provider *)ops, set, err);
+}
+
+static int pull_undo(vmsh_provider_ops *ops, const vmsh_journal_entry *entry, vmsh_error **err)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (strcmp(entry->action, "backup-job") != 0)
+        return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
+                              entry->action);
+    json_object *vmj = NULL, *sj = NULL;
+    if (!entry->data || !json_object_object_get_ex(entry->data, "vm", &vmj) ||
+        !json_object_is_type(vmj, json_type_string))
+        return vmsh_error_set(err, -EBADMSG, "%s: journal entry %llu has no VM name", ops->name,
+                              (unsigned long long)entry->seq);
+    char *scratch[64];
+    size_t n = 0;
+    if (json_object_object_get_ex(entry->data, "scratch", &sj) &&
+        json_object_is_type(sj, json_type_array))
+        for (size_t i = 0; i < json_object_array_length(sj) && n < VMSH_ARRAY_SIZE(scratch); i++) {
+            json_object *s = json_object_array_get_idx(sj, i);
+            if (json_object_is_type(s, json_type_string))
+                scratch[n++] = (char *)json_object_get_string(s);
+        }
+    int r = hv_ready(p, err);
+    if (r < 0)
+        return r;
+    return end_job(p->hv, json_object_get_string(vmj), scratch, n, err);
+}
+
+static void pull_free(vmsh_provider_ops *ops)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (!p)
+        return;
+    reset(p);
+    vmsh_hv_free(p->hv);
+    free(p->uri);
+    free(p);
+}
+
+int vmsh_pull_provider_new(vmsh_provider_ops **out, const char *uri, vmsh_error **err)
+{
+    pull_provider *p = calloc(1, sizeof(*p));
+    if (!p || (uri && !(p->uri = strdup(uri)))) {
+        free(p);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    p->ops = (vmsh_provider_ops){
+        .version = VMSH_PROVIDER_OPS_VERSION,
+        .name = VMSH_PULL_PROVIDER_NAME,
+        .id = VMSH_PULL_PROVIDER_ID,
+        .commit = pull_commit,
+        .release = pull_release,
+        .abort = pull_abort,
+        .undo = pull_undo,
+        .free = pull_free,
+    };
+    *out = &p->ops;
+    return 0;
+}

@@ -1,0 +1,739 @@
+/* vm_writer.c - the VM writer (include/vmshadow/writers/vm_writer.h).
+ *
+ * Journal actions (docs/formats/journal.md, owner = the VM writer's ID):
+ *   run-dir  {path}                     the set's private directory
+ *   freeze   {vm}                       guest filesystems frozen (R2)
+ *   save     {vm, state_file, prior}    memory saved, VM restored paused (R1)
+ * Undo is the same code whether it runs in this process (abort) or in a
+ * later one (recover): it looks at the VM as it is now and brings it back
+ * to its prior state, then removes what the set made.
+ */
+#include <vmshadow/hv/hvops.h>
+#include <vmshadow/providers/pull.h>
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/timeutil.h>
+#include <vmshadow/writers/method.h>
+#include <vmshadow/writers/vm_writer.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+typedef struct vm_item {
+    char *name;
+    vmsh_vm_state prior;
+    vmsh_method method;
+    vmsh_component *comp;
+    char **targets; /* captured disks */
+    size_t n_targets;
+    char *state_file;
+    char *xml_file;
+    uint64_t seq_freeze, seq_save;
+    bool frozen, saved;
+    int64_t down_start, down_end;
+} vm_item;
+
+typedef struct vm_writer {
+    vmsh_writer_ops ops; /* first: the coordinator hands it back as self */
+    char *uri, *state_dir, *scratch_dir;
+    int agent_timeout_s, freeze_timeout_s;
+    vmsh_provider_ops *provider;
+    vmsh_hv *hv;
+    char *set_id;
+    char *run_dir;
+    uint64_t seq_run_dir;
+    bool have_run_dir;
+    vm_item *items;
+    size_t n_items;
+    int64_t freeze_start, freeze_end;
+} vm_writer;
+
+static void item_clear(vm_item *it)
+{
+    free(it->name);
+    for (size_t i = 0; i < it->n_targets; i++)
+        free(it->targets[i]);
+    free(it->targets);
+    free(it->state_file);
+    free(it->xml_file);
+}
+
+static void reset(vm_writer *w)
+{
+    for (size_t i = 0; i < w->n_items; i++)
+        item_clear(&w->items[i]);
+    free(w->items);
+    w->items = NULL;
+    w->n_items = 0;
+    free(w->set_id);
+    w->set_id = NULL;
+    free(w->run_dir);
+    w->run_dir = NULL;
+    w->have_run_dir = false;
+}
+
+static int hv_ready(vm_writer *w, vmsh_error **err)
+{
+    return w->hv ? 0 : vmsh_hv_open(&w->hv, w->uri, err);
+}
+
+int64_t vmsh_vm_writer_freeze_window_ms(const vmsh_writer_ops *ops)
+{
+    const vm_writer *w = (const vm_writer *)ops;
+    if (!w->freeze_start)
+        return -1;
+    return (w->freeze_end ? w->freeze_end : vmsh_now_ms()) - w->freeze_start;
+}
+
+/* ---------------------------------------------------------------- identify */
+
+static bool selected(const vmsh_set_options *o, const char *name)
+{
+    if (o->all)
+        return true;
+    for (size_t i = 0; i < o->n_targets; i++)
+        if (strcmp(o->targets[i], name) == 0)
+            return true;
+    return false;
+}
+
+static json_object *jstr(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
+}
+
+static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
+                       vm_item *it, vmsh_error **err)
+{
+    if (vm->state == VMSH_VM_OTHER)
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s is neither running, paused nor shut off (libvirt state %d): "
+                              "bring it to one of those and retry",
+                              vm->name, vm->libvirt_state);
+    if (!vm->xml)
+        return vmsh_error_set(err, -EINVAL, "VM %s: its domain XML cannot be read: %s", vm->name,
+                              vm->xml_error ? vm->xml_error : "unknown");
+    vmsh_agent_info *agent = NULL;
+    int r = 0;
+    if (vm->state == VMSH_VM_RUNNING &&
+        (r = vmsh_hv_agent_probe(w->hv, vm->name, w->agent_timeout_s, &agent, err)) < 0)
+        return r;
+    vmsh_method_choice mc = {0};
+    r = vmsh_method_choose(vm, agent, w->scratch_dir, requested, &mc, err);
+    vmsh_agent_info_free(agent);
+    if (r < 0)
+        return r;
+    it->method = mc.method;
+    it->prior = vm->state;
+    vmsh_component *c = NULL;
+    if ((r = vmsh_metadata_add_component(md, vm->name, &c, err)) < 0)
+        goto out;
+    it->comp = c;
+    if (vmsh_component_set_method(c, vmsh_method_name(mc.method), mc.reason) < 0 ||
+        vmsh_component_set_states(c, vmsh_vm_state_name(vm->state), NULL) < 0) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    json_object *extra = json_object_new_object();
+    json_object_object_add(extra, "uuid", jstr(vm->uuid));
+    json_object_object_add(extra, "persistent", json_object_new_boolean(vm->persistent));
+    json_object_object_add(extra, "domain_type", jstr(vm->xml->domain_type));
+    json_object *disks = json_object_new_array();
+    vmsh_file *f = NULL;
+    if ((r = vmsh_component_add_file(c, "config/domain.xml", "config", &f, err)) < 0) {
+        json_object_put(extra);
+        json_object_put(disks);
+        goto out;
+    }
+    it->targets = vmsh_calloc_array(vm->xml->n_disks, sizeof(char *));
+    for (size_t i = 0; it->targets && i < vm->xml->n_disks && r == 0; i++) {
+        const vmsh_domxml_disk *d = &vm->xml->disks[i];
+        const char *excl = vmsh_method_disk_exclusion(d);
+        _cleanup_free_ char *label = NULL;
+        if (asprintf(&label, "%s (%s %s)", d->target ? d->target : "?",
+                     vmsh_disk_kind_name(d->kind), d->source ? d->source : "no source") < 0)
+            label = NULL;
+        if (excl) {
+            /* R6: listed as excluded, with the reason; the CLI warns. */
+            if (vmsh_component_add_excluded(c, label ? label : "?", excl) < 0)
+                r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            continue;
+        }
+        _cleanup_free_ char *fname = NULL;
+        if (asprintf(&fname, "disk/%s", d->target) < 0) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        if ((r = vmsh_component_add_file(c, fname, "disk", &f, err)) < 0)
+            break;
+        vmsh_file_set_path(f, d->source);
+        struct stat st;
+        if (stat(d->source, &st) == 0 && d->format && strcmp(d->format, "raw") == 0)
+            vmsh_file_set_size(f, st.st_size);
+        if (!(it->targets[it->n_targets] = strdup(d->target))) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        it->n_targets++;
+        json_object *dj = json_object_new_object();
+        json_object_object_add(dj, "target", jstr(d->target));
+        json_object_object_add(dj, "path", jstr(d->source));
+        json_object_object_add(dj, "format", jstr(d->format));
+        json_object_array_add(disks, dj);
+    }
+    json_object_object_add(extra, "disks", disks);
+    vmsh_component_set_extra(c, extra);
+    json_object_put(extra);
+    if (r < 0)
+        goto out;
+    if (!it->targets) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if (vm->xml->nvram && access(vm->xml->nvram, R_OK) == 0) {
+        if ((r = vmsh_component_add_file(c, "nvram", "nvram", &f, err)) < 0)
+            goto out;
+        vmsh_file_set_path(f, vm->xml->nvram);
+        vmsh_file_set_source_file(f, vm->xml->nvram, "raw");
+    }
+    if (vm->xml->tpm_backend && vmsh_component_add_excluded(c, "tpm",
+                                                            "TPM state is not backed up "
+                                                            "yet") < 0) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < vm->xml->n_ifaces; i++) {
+        const vmsh_domxml_iface *ifc = &vm->xml->ifaces[i];
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "type", jstr(ifc->type));
+        json_object_object_add(o, "source", jstr(ifc->source));
+        json_object_object_add(o, "mac", jstr(ifc->mac));
+        json_object_object_add(o, "model", jstr(ifc->model));
+        vmsh_component_add_network(c, o);
+        json_object_put(o);
+    }
+    if (it->method == VMSH_METHOD_SAVED_STATE && vm->state != VMSH_VM_SHUTOFF &&
+        (r = vmsh_component_add_file(c, "saved-state", "saved-state", &f, err)) < 0)
+        goto out;
+out:
+    vmsh_method_choice_clear(&mc);
+    return r;
+}
+
+static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    reset(w);
+    w->freeze_start = w->freeze_end = 0;
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    if (!(w->set_id = strdup(vmsh_set_id(set))))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (!o->all && o->n_targets == 0)
+        return 0; /* no VM in this set (script writers only) */
+    vmsh_method requested = VMSH_METHOD_AUTO;
+    if (o->method && vmsh_method_parse(o->method, &requested) < 0)
+        return vmsh_error_set(err, -EINVAL, "unknown method '%s' (auto, saved-state, guest)",
+                              o->method);
+    int r = hv_ready(w, err);
+    if (r < 0)
+        return r;
+    vmsh_vm **vms = NULL;
+    size_t n = 0;
+    if ((r = vmsh_hv_list_vms(w->hv, &vms, &n, err)) < 0)
+        return r;
+    for (size_t t = 0; t < o->n_targets && r == 0; t++) {
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++)
+            found = strcmp(vms[i]->name, o->targets[t]) == 0;
+        if (!found)
+            r = vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s (see 'vmshadow vms')",
+                               o->targets[t], vmsh_hv_uri(w->hv));
+    }
+    w->items = vmsh_calloc_array(n, sizeof(*w->items));
+    if (!w->items && r == 0)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && r == 0; i++) {
+        if (!selected(o, vms[i]->name))
+            continue;
+        vm_item *it = &w->items[w->n_items];
+        if (!(it->name = strdup(vms[i]->name))) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        w->n_items++;
+        r = describe_vm(w, md, vms[i], requested, it, err);
+    }
+    vmsh_vm_list_free(vms, n);
+    return r;
+}
+
+/* -------------------------------------------------------- prepare-snapshot */
+
+/* QEMU runs as an unprivileged user under qemu:///system and must create the
+ * NBD socket: the socket directory is private to that user (and root). */
+static int make_socket_dir(const char *dir, vmsh_error **err)
+{
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return vmsh_error_set(err, -errno, "cannot create %s: %s", dir, strerror(errno));
+    struct passwd *pw = geteuid() == 0 ? getpwnam("libvirt-qemu") : NULL;
+    if (pw && chown(dir, pw->pw_uid, pw->pw_gid) < 0)
+        return vmsh_error_set(err, -errno, "cannot hand %s to libvirt-qemu: %s", dir,
+                              strerror(errno));
+    return 0;
+}
+
+static int journal_simple(vmsh_set *set, const char *owner, const char *action, const char *k1,
+                          const char *v1, const char *k2, const char *v2, const char *k3,
+                          const char *v3, uint64_t *seq, vmsh_error **err)
+{
+    json_object *d = json_object_new_object();
+    json_object_object_add(d, k1, jstr(v1));
+    if (k2)
+        json_object_object_add(d, k2, jstr(v2));
+    if (k3)
+        json_object_object_add(d, k3, jstr(v3));
+    int r = vmsh_set_journal_begin(set, owner, action, d, seq, err);
+    json_object_put(d);
+    return r;
+}
+
+static int write_domain_xml(vm_writer *w, vm_item *it, size_t idx, vmsh_error **err)
+{
+    _cleanup_free_ char *xml = NULL;
+    int r = vmsh_hv_domain_xml(w->hv, it->name, it->prior == VMSH_VM_SHUTOFF, &xml, err);
+    if (r < 0)
+        return r;
+    char name[32];
+    snprintf(name, sizeof(name), "vm%zu.xml", idx);
+    if (!(it->xml_file = vmsh_path_join(w->run_dir, name)))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if ((r = vmsh_fs_write_atomic(it->xml_file, xml, strlen(xml), 0600, err)) < 0)
+        return r;
+    vmsh_file *f = vmsh_component_find_file(it->comp, "config/domain.xml");
+    return f ? vmsh_file_set_source_file(f, it->xml_file, "raw") : 0;
+}
+
+static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
+{
+    char name[32];
+    snprintf(name, sizeof(name), "vm%zu.state", idx);
+    if (!(it->state_file = vmsh_path_join(w->run_dir, name)))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int r = journal_simple(set, w->ops.id, "save", "vm", it->name, "state_file", it->state_file,
+                           "prior", vmsh_vm_state_name(it->prior), &it->seq_save, err);
+    if (r < 0)
+        return r;
+    it->saved = true; /* from here on abort must look at this VM */
+    it->down_start = vmsh_now_ms();
+    if ((r = vmsh_hv_save(w->hv, it->name, it->state_file, err)) < 0)
+        return r;
+    /* Back at once, paused at the saved instant: the provider captures the
+     * disks at that point, and the VM resumes in PostSnapshot (R1). */
+    if ((r = vmsh_hv_restore(w->hv, it->state_file, true, err)) < 0)
+        return vmsh_error_prefix(err, "VM %s was saved to %s but not restored", it->name,
+                                 it->state_file);
+    vmsh_file *f = vmsh_component_find_file(it->comp, "saved-state");
+    if (f) {
+        vmsh_file_set_source_file(f, it->state_file, "raw");
+        struct stat st;
+        if (stat(it->state_file, &st) == 0)
+            vmsh_file_set_size(f, st.st_size);
+    }
+    return vmsh_set_journal_mark(set, it->seq_save, VMSH_JOURNAL_DONE, err);
+}
+
+static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
+{
+    int r = vmsh_hv_agent_timeout(w->hv, it->name, w->freeze_timeout_s, err);
+    if (r < 0)
+        return r;
+    if ((r = journal_simple(set, w->ops.id, "freeze", "vm", it->name, NULL, NULL, NULL, NULL,
+                            &it->seq_freeze, err)) < 0)
+        return r;
+    it->frozen = true; /* a freeze that failed half-way is thawed by abort */
+    if (!w->freeze_start)
+        w->freeze_start = vmsh_now_ms();
+    if ((r = vmsh_hv_fsfreeze(w->hv, it->name, err)) < 0) {
+        if (r == -ETIMEDOUT)
+            vmsh_error_set_retryable(err, true);
+        return vmsh_error_prefix(err, "guest method (R2)");
+    }
+    return vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, err);
+}
+
+/* Registers the VM's captured disks with the provider and points the disk
+ * files at the NBD export (running and paused VMs), or at the image files
+ * themselves (shut-off VMs: nothing runs that could change them). */
+static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
+{
+    json_object *extra = vmsh_component_extra(it->comp), *disks = NULL;
+    json_object_object_get_ex(extra, "disks", &disks);
+    if (it->prior == VMSH_VM_SHUTOFF) {
+        for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+            json_object *d = json_object_array_get_idx(disks, i), *t, *p, *fm;
+            json_object_object_get_ex(d, "target", &t);
+            json_object_object_get_ex(d, "path", &p);
+            json_object_object_get_ex(d, "format", &fm);
+            _cleanup_free_ char *fname = NULL;
+            if (asprintf(&fname, "disk/%s", json_object_get_string(t)) < 0)
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+            if (f)
+                vmsh_file_set_source_file(f, json_object_get_string(p),
+                                          fm ? json_object_get_string(fm) : NULL);
+        }
+        return 0;
+    }
+    if (it->n_targets == 0)
+        return 0;
+    char name[32];
+    snprintf(name, sizeof(name), "nbd/vm%zu.sock", idx);
+    _cleanup_free_ char *sock = vmsh_path_join(w->run_dir, name);
+    vmsh_hv_backup_disk *bd = vmsh_calloc_array(it->n_targets, sizeof(*bd));
+    char **scratch = vmsh_calloc_array(it->n_targets, sizeof(char *));
+    int r = sock && bd && scratch ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < it->n_targets && r == 0; i++) {
+        _cleanup_free_ char *fname = NULL;
+        if (asprintf(&fname, "disk/%s", it->targets[i]) < 0) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+        /* R2 (c): scratch files live on the disk image's filesystem unless
+         * scratch-dir says otherwise. Names carry the set, so they never
+         * collide with a file that exists. */
+        _cleanup_free_ char *dir =
+            w->scratch_dir ? strdup(w->scratch_dir) : vmsh_path_dirname(vmsh_file_path(f));
+        if (!dir || asprintf(&scratch[i], "%s/.vmshadow-%.8s-%s-%s.scratch", dir, w->set_id,
+                             it->name, it->targets[i]) < 0) {
+            scratch[i] = NULL;
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        bd[i] = (vmsh_hv_backup_disk){.target = it->targets[i], .scratch = scratch[i]};
+        r = vmsh_file_set_source_nbd(f, sock, it->targets[i]);
+    }
+    if (r == 0)
+        r = vmsh_pull_provider_add(w->provider, set, it->name, sock, bd, it->n_targets, err);
+    for (size_t i = 0; scratch && i < it->n_targets; i++)
+        free(scratch[i]);
+    free(scratch);
+    free(bd);
+    return r;
+}
+
+static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    if (w->n_items == 0)
+        return 0;
+    int r = hv_ready(w, err);
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *runs = vmsh_path_join(w->state_dir, "run");
+    if (!runs || !(w->run_dir = vmsh_path_join(runs, w->set_id)))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if ((r = journal_simple(set, ops->id, "run-dir", "path", w->run_dir, NULL, NULL, NULL, NULL,
+                            &w->seq_run_dir, err)) < 0)
+        return r;
+    w->have_run_dir = true;
+    _cleanup_free_ char *nbd = vmsh_path_join(w->run_dir, "nbd");
+    if ((r = vmsh_fs_mkdir_p(w->run_dir, 0711, err)) < 0 || (r = make_socket_dir(nbd, err)) < 0)
+        return r;
+    for (size_t i = 0; i < w->n_items && r == 0; i++)
+        r = write_domain_xml(w, &w->items[i], i, err);
+    /* Saves first (they take seconds), freezes last and together: every
+     * guest of the set is frozen at once, for as short a time as can be. */
+    for (size_t i = 0; i < w->n_items && r == 0; i++) {
+        vm_item *it = &w->items[i];
+        if (it->method == VMSH_METHOD_SAVED_STATE && it->prior != VMSH_VM_SHUTOFF)
+            r = save_vm(w, set, it, i, err);
+    }
+    for (size_t i = 0; i < w->n_items && r == 0; i++)
+        r = plan_disks(w, set, &w->items[i], i, err);
+    for (size_t i = 0; i < w->n_items && r == 0; i++) {
+        vm_item *it = &w->items[i];
+        if (it->method == VMSH_METHOD_GUEST)
+            r = freeze_vm(w, set, it, err);
+    }
+    return r;
+}
+
+/* ------------------------------------------------------------ post-snapshot */
+
+static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    int first = 0;
+    for (size_t i = 0; i < w->n_items; i++) {
+        vm_item *it = &w->items[i];
+        vmsh_error *e = NULL;
+        int r = 0;
+        if (it->frozen) {
+            r = vmsh_hv_fsthaw(w->hv, it->name, &e);
+            if (r >= 0) {
+                it->frozen = false;
+                w->freeze_end = vmsh_now_ms();
+                r = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_UNDONE, &e);
+            }
+        } else if (it->saved && it->prior == VMSH_VM_RUNNING) {
+            r = vmsh_hv_resume(w->hv, it->name, &e);
+            if (r == 0)
+                it->down_end = vmsh_now_ms();
+        } else if (it->saved) {
+            it->down_end = vmsh_now_ms(); /* stays paused, as it was (R1) */
+        }
+        vmsh_vm_state now = it->prior;
+        if (r >= 0 && it->prior != VMSH_VM_SHUTOFF)
+            vmsh_hv_state(w->hv, it->name, &now, NULL);
+        vmsh_component_set_states(it->comp, vmsh_component_state_before(it->comp),
+                                  vmsh_vm_state_name(now));
+        json_object *extra = vmsh_component_extra(it->comp);
+        if (extra && it->saved && it->down_end)
+            json_object_object_add(extra, "downtime_ms",
+                                   json_object_new_int64(it->down_end - it->down_start));
+        if (r < 0 && first == 0)
+            first = r;
+        vmsh_error_propagate(err, &e);
+    }
+    if (w->freeze_start) {
+        for (size_t i = 0; i < w->n_items; i++) {
+            json_object *extra = vmsh_component_extra(w->items[i].comp);
+            if (extra && w->items[i].method == VMSH_METHOD_GUEST)
+                json_object_object_add(extra, "freeze_window_ms",
+                                       json_object_new_int64(w->freeze_end - w->freeze_start));
+        }
+    }
+    return first;
+}
+
+/* ------------------------------------------------------------------- undo */
+
+static const char *data_str(const json_object *data, const char *key)
+{
+    json_object *v = NULL;
+    if (!data || !json_object_object_get_ex(data, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+/* Waits while a job (a save still being written by libvirtd after our
+ * process died) runs on the VM: deciding before it ends could delete the
+ * only copy of the VM's memory. */
+static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    for (int i = 0; i < 600; i++) {
+        int busy = vmsh_hv_job_active(hv, vm, NULL);
+        if (busy <= 0 || vmsh_hv_backup_active(hv, vm, NULL) == 1)
+            return 0; /* a backup job is the provider's to end, not a save */
+        usleep(100 * 1000);
+    }
+    return vmsh_error_set(err, -EAGAIN,
+                          "VM %s still runs a job after 60 s; run 'vmshadow recover' again", vm);
+}
+
+static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+{
+    const char *vm = data_str(data, "vm"), *state_file = data_str(data, "state_file");
+    const char *prior = data_str(data, "prior");
+    if (!vm || !state_file || !prior)
+        return vmsh_error_set(err, -EBADMSG, "journal entry 'save' is missing members");
+    bool prior_running = strcmp(prior, "running") == 0;
+    int r = wait_no_job(hv, vm, err);
+    if (r < 0)
+        return r;
+    vmsh_vm_state st = VMSH_VM_SHUTOFF;
+    vmsh_error *e = NULL;
+    r = vmsh_hv_state(hv, vm, &st, &e);
+    if (r == -ENOENT) { /* a transient VM that was saved: it exists only in the file */
+        vmsh_error_free(e);
+        st = VMSH_VM_SHUTOFF;
+    } else if (r < 0) {
+        vmsh_error_propagate(err, &e);
+        return r;
+    }
+    if (st == VMSH_VM_SHUTOFF) {
+        if (access(state_file, R_OK) < 0)
+            return vmsh_error_set(err, -ENOENT,
+                                  "VM %s is shut off and its saved state %s is gone; start it "
+                                  "with 'virsh start %s'",
+                                  vm, state_file, vm);
+        if ((r = vmsh_hv_restore(hv, state_file, !prior_running, err)) < 0)
+            return r;
+    } else if (st == VMSH_VM_PAUSED && prior_running) {
+        if ((r = vmsh_hv_resume(hv, vm, err)) < 0)
+            return r;
+    }
+    if (unlink(state_file) < 0 && errno != ENOENT)
+        return vmsh_error_set(err, -errno, "cannot remove state file %s: %s", state_file,
+                              strerror(errno));
+    return 0;
+}
+
+static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+{
+    const char *vm = data_str(data, "vm");
+    if (!vm)
+        return vmsh_error_set(err, -EBADMSG, "journal entry 'freeze' has no VM");
+    vmsh_error *e = NULL;
+    int r = vmsh_hv_fsthaw(hv, vm, &e);
+    if (r >= 0 || r == -ENOENT) {
+        vmsh_error_free(e); /* thawed, or the VM is gone and nothing is frozen */
+        return 0;
+    }
+    /* The thaw failed: fine only when the agent says nothing is frozen. */
+    if (vmsh_hv_fsfreeze_status(hv, vm, NULL) == 0) {
+        vmsh_error_free(e);
+        return 0;
+    }
+    vmsh_error_propagate(err, &e);
+    vmsh_error_set_retryable(err, true);
+    return r;
+}
+
+/* Removes what the set put in its directory, but never a state file: only
+ * the 'save' undo may remove those, once the VM is back. */
+static int undo_run_dir(const json_object *data, vmsh_error **err)
+{
+    const char *dir = data_str(data, "path");
+    if (!dir)
+        return vmsh_error_set(err, -EBADMSG, "journal entry 'run-dir' has no path");
+    _cleanup_free_ char *nbd = vmsh_path_join(dir, "nbd");
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT
+                   ? 0
+                   : vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n > 4 && strcmp(de->d_name + n - 4, ".xml") == 0)
+            unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+    if (nbd) {
+        DIR *s = opendir(nbd);
+        while (s && (de = readdir(s)))
+            if (de->d_name[0] != '.')
+                unlinkat(dirfd(s), de->d_name, 0);
+        if (s)
+            closedir(s);
+        rmdir(nbd);
+    }
+    if (rmdir(dir) < 0 && errno != ENOENT)
+        return vmsh_error_set(err, -errno, "cannot remove %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    if (strcmp(entry->action, "run-dir") == 0)
+        return undo_run_dir(entry->data, err);
+    int r = hv_ready(w, err);
+    if (r < 0)
+        return r;
+    if (strcmp(entry->action, "freeze") == 0)
+        return undo_freeze(w->hv, entry->data, err);
+    if (strcmp(entry->action, "save") == 0)
+        return undo_save(w->hv, entry->data, err);
+    return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
+                          entry->action);
+}
+
+/* Undoes this writer's journal entries of the set that are still open,
+ * newest first; the first error is kept, the rest still runs. */
+static int undo_open(vm_writer *w, vmsh_set *set, vmsh_error **err)
+{
+    vmsh_journal *j = vmsh_set_journal(set);
+    if (!j)
+        return 0;
+    int first = 0;
+    for (size_t i = vmsh_journal_count(j); i-- > 0;) {
+        const vmsh_journal_entry *en = vmsh_journal_entry_at(j, i);
+        if (strcmp(en->owner, w->ops.id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
+            continue;
+        uint64_t seq = en->seq;
+        vmsh_error *e = NULL;
+        int r = vmw_undo(&w->ops, en, &e);
+        if (r == 0)
+            r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, &e);
+        if (r < 0 && first == 0)
+            first = r;
+        vmsh_error_propagate(err, &e);
+    }
+    return first;
+}
+
+static int vmw_backup_complete(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    int r = undo_open(w, set, err); /* VMs are back: removes state files and the run dir */
+    reset(w);
+    return r;
+}
+
+static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    if (w->freeze_start && !w->freeze_end)
+        w->freeze_end = vmsh_now_ms();
+    int r = undo_open(w, set, err);
+    reset(w);
+    return r;
+}
+
+static void vmw_free(vmsh_writer_ops *ops)
+{
+    vm_writer *w = (vm_writer *)ops;
+    if (!w)
+        return;
+    reset(w);
+    vmsh_hv_free(w->hv);
+    free(w->uri);
+    free(w->state_dir);
+    free(w->scratch_dir);
+    free(w);
+}
+
+int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
+                       vmsh_provider_ops *provider, vmsh_error **err)
+{
+    vm_writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    w->uri = cfg->uri ? strdup(cfg->uri) : NULL;
+    w->state_dir = strdup(cfg->state_dir);
+    w->scratch_dir = cfg->scratch_dir ? strdup(cfg->scratch_dir) : NULL;
+    w->agent_timeout_s = cfg->agent_timeout_s > 0 ? cfg->agent_timeout_s : 3;
+    w->freeze_timeout_s = cfg->freeze_timeout_s > 0 ? cfg->freeze_timeout_s : 60;
+    w->provider = provider;
+    if ((cfg->uri && !w->uri) || !w->state_dir || (cfg->scratch_dir && !w->scratch_dir)) {
+        vmw_free(&w->ops);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    w->ops = (vmsh_writer_ops){
+        .version = VMSH_WRITER_OPS_VERSION,
+        .name = VMSH_VM_WRITER_NAME,
+        .id = VMSH_VM_WRITER_ID,
+        .kind = VMSH_VM_WRITER_KIND,
+        .identify = vmw_identify,
+        .prepare_snapshot = vmw_prepare_snapshot,
+        .post_snapshot = vmw_post_snapshot,
+        .backup_complete = vmw_backup_complete,
+        .abort = vmw_abort,
+        .undo = vmw_undo,
+        .free = vmw_free,
+    };
+    *out = &w->ops;
+    return 0;
+}
