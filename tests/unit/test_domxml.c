@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <vmshadow/hv/domxml.h>
+#include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/writers/method.h>
@@ -189,12 +190,96 @@ static void method_falls_back_with_reason(void **state)
     vmsh_vm_free(vm);
 }
 
+static char *golden_text(size_t *len)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/domxml/all-disk-kinds.xml", getenv("VMSH_GOLDEN_DIR"));
+    char *text = NULL;
+    assert_int_equal(vmsh_fs_read_all(path, 1 << 20, &text, len, NULL), 0);
+    return text;
+}
+
+/* A restore rewrites the XML: new name, UUID and MACs (--as), re-pathed
+ * disks (R13), a disconnected interface (R14), no host devices (issue 8). */
+static void edit_for_restore(void **state)
+{
+    size_t len = 0;
+    char *text = golden_text(&len);
+    const vmsh_disk_repath disks[] = {
+        {.target = "vda", .path = "/restore/db01-copy/vda.qcow2", .format = "qcow2"},
+        {.target = "vdb", .path = "/restore/db01-copy/vdb.raw", .format = NULL},
+    };
+    const vmsh_iface_action ifaces[] = {VMSH_IFACE_KEEP, VMSH_IFACE_DISCONNECT};
+    vmsh_domxml_edit e = {
+        .name = "db01-copy",
+        .new_uuid = true,
+        .new_macs = true,
+        .disks = disks,
+        .n_disks = 2,
+        .nvram = "/restore/db01-copy/VARS.fd",
+        .ifaces = ifaces,
+        .n_ifaces = 2,
+        .drop_host_devices = true,
+    };
+    char *out = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_edit_apply(text, len, &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_string_equal(x->name, "db01-copy");
+    assert_null(x->uuid);
+    assert_string_equal(x->nvram, "/restore/db01-copy/VARS.fd");
+    /* only image files and removable drives are left */
+    for (size_t i = 0; i < x->n_disks; i++) {
+        const char *k = vmsh_disk_kind_name(x->disks[i].kind);
+        if (strcmp(k, "file") != 0 && strcmp(k, "empty") != 0 && strcmp(k, "unknown") != 0)
+            fail_msg("disk %s of kind %s survived", x->disks[i].target, k);
+        assert_string_not_equal(x->disks[i].device, "hostdev");
+    }
+    const vmsh_domxml_disk *vda = disk(x, "vda");
+    assert_string_equal(vda->source, "/restore/db01-copy/vda.qcow2");
+    assert_string_equal(vda->format, "qcow2");
+    assert_false(vda->has_backing_chain);
+    assert_string_equal(disk(x, "vdb")->source, "/restore/db01-copy/vdb.raw");
+    assert_string_equal(disk(x, "vdb")->format, "raw");
+    assert_int_equal(x->n_ifaces, 2);
+    assert_string_equal(x->ifaces[0].type, "network");
+    assert_string_equal(x->ifaces[0].source, "default");
+    assert_null(x->ifaces[0].mac);
+    assert_string_equal(x->ifaces[1].type, "ethernet");
+    assert_null(x->ifaces[1].source);
+    assert_non_null(strstr(out, "<link state=\"down\"/>"));
+    vmsh_domxml_free(x);
+    free(out);
+
+    /* a disk the XML does not have is an error, and nothing comes out */
+    const vmsh_disk_repath bad[] = {{.target = "vdz", .path = "/x"}};
+    vmsh_domxml_edit e2 = {.disks = bad, .n_disks = 1};
+    out = NULL;
+    err = NULL;
+    assert_int_equal(vmsh_domxml_edit_apply(text, len, &e2, &out, &err), -EINVAL);
+    assert_null(out);
+    assert_non_null(strstr(err->message, "vdz"));
+    vmsh_error_free(err);
+    /* an edit that changes nothing keeps every disk and the UUID */
+    vmsh_domxml_edit none = {0};
+    assert_int_equal(vmsh_domxml_edit_apply(text, len, &none, &out, NULL), 0);
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_disks, 14);
+    assert_string_equal(x->uuid, "8f2f8c38-6f5e-4a5c-9d3e-0b2a8a4c1e11");
+    vmsh_domxml_free(x);
+    free(out);
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(classifies_every_kind),
         cmocka_unit_test(rejects_bad_xml),
         cmocka_unit_test(method_falls_back_with_reason),
+        cmocka_unit_test(edit_for_restore),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
