@@ -5,6 +5,8 @@
 #define VMSH_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include <json-c/json.h>
 
@@ -61,5 +63,24 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
+
+/* Repository helpers (cmd_repo.c), for every command that opens the
+ * repository: the key file comes from $VMSHADOW_KEY_FILE, else the config
+ * key `key-file`; the config key `compression-level` applies to backups. */
+struct vmsh_repo;
+const char *vmsh_cli_key_file(vmsh_cli *cli);
+int vmsh_cli_repo_open(vmsh_cli *cli, struct vmsh_repo **out, vmsh_error **err);
+/* "1.5 GiB" */
+void vmsh_cli_format_bytes(uint64_t n, char *buf, size_t cap);
+/* A vmsh_progress_fn printing "what: 42% (x of y)" on stderr at most 4 times
+ * a second, only when cli->progress (stderr is a terminal). */
+typedef struct vmsh_cli_progress_state {
+    vmsh_cli *cli;
+    const char *what;
+    int64_t last_ms;
+    bool shown;
+} vmsh_cli_progress_state;
+void vmsh_cli_progress(void *opaque, uint64_t done, uint64_t total);
+void vmsh_cli_progress_end(vmsh_cli_progress_state *p);
 
 #endif

@@ -1,0 +1,326 @@
+/* verify.c - reads back and re-hashes every chunk the chosen backups need,
+ * checks every pack table, manifest and index, and names each damaged backup
+ * and file (CLI.md "verify"; docs/formats/repository.md "What a reader does
+ * with damage"). Each chunk is read once however many backups share it. */
+#include "internal.h"
+
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ST_UNCHECKED = 0, ST_OK = 1, ST_BAD = 2 };
+
+typedef struct vfile {
+    size_t backup; /* index into ids */
+    char *name;
+    vmsh_file_index *idx;
+} vfile;
+
+typedef struct vjob {
+    vmsh_repo *r;
+    chunk_map *needed; /* locations copied from the repository's map */
+    atomic_size_t next;
+    atomic_uint_fast64_t bytes, chunks;
+    char **bad_msgs; /* per slot, first message for a bad chunk */
+    uint8_t *status; /* per slot: ST_* */
+} vjob;
+
+static void check_slot(vjob *j, chunk_reader *cr, uint8_t *buf, size_t i)
+{
+    chunk_map *m = j->needed;
+    if (!m->used[i])
+        return;
+    chunk_loc *loc = &m->slots[i];
+    if (loc->pack == CHUNK_PENDING) /* missing from every pack: judged later */
+        return;
+    vmsh_error *e = NULL;
+    if (chunk_reader_read(cr, loc, buf, &e) < 0) {
+        j->status[i] = ST_BAD;
+        j->bad_msgs[i] = strdup(e ? e->message : "unreadable");
+        vmsh_error_free(e);
+    } else {
+        j->status[i] = ST_OK;
+    }
+    atomic_fetch_add(&j->bytes, loc->stored_len);
+    atomic_fetch_add(&j->chunks, 1);
+}
+
+typedef struct vworker {
+    vjob *j;
+    pthread_t thread;
+    chunk_reader *cr;
+    uint8_t *buf;
+} vworker;
+
+#define VBATCH 64
+
+static bool vstep(vworker *w)
+{
+    size_t i = atomic_fetch_add(&w->j->next, VBATCH);
+    if (i >= w->j->needed->cap)
+        return false;
+    size_t end = i + VBATCH < w->j->needed->cap ? i + VBATCH : w->j->needed->cap;
+    for (; i < end; i++)
+        check_slot(w->j, w->cr, w->buf, i);
+    return true;
+}
+
+static void *vworker_main(void *arg)
+{
+    while (vstep(arg))
+        ;
+    return NULL;
+}
+
+static int add_damage(vmsh_verify_report *rep, const char *backup, const char *file,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int add_damage(vmsh_verify_report *rep, const char *backup, const char *file,
+                      const char *fmt, ...)
+{
+    vmsh_damage *nd = vmsh_realloc_array(rep->damage, rep->n_damage + 1, sizeof(*nd));
+    if (!nd)
+        return -ENOMEM;
+    rep->damage = nd;
+    vmsh_damage *d = &nd[rep->n_damage];
+    memset(d, 0, sizeof(*d));
+    snprintf(d->backup, sizeof(d->backup), "%s", backup ? backup : "");
+    d->file = file ? strdup(file) : NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&d->what, fmt, ap) < 0)
+        d->what = NULL;
+    va_end(ap);
+    rep->n_damage++;
+    return 0;
+}
+
+void vmsh_verify_report_free(vmsh_verify_report *rep)
+{
+    if (!rep)
+        return;
+    for (size_t i = 0; i < rep->n_damage; i++) {
+        free(rep->damage[i].file);
+        free(rep->damage[i].what);
+    }
+    free(rep->damage);
+    free(rep);
+}
+
+int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
+                     vmsh_progress_fn progress, void *opaque, vmsh_verify_report **out,
+                     vmsh_error **err)
+{
+    vmsh_lock *rl = NULL;
+    int rc = repo_lock(r, "read", false, &rl, err);
+    if (rc < 0)
+        return rc;
+    char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
+    size_t n_ids = 0;
+    vfile *files = NULL;
+    size_t n_files = 0, cap_files = 0;
+    chunk_map needed;
+    chunk_map_init(&needed);
+    vmsh_verify_report *rep = calloc(1, sizeof(*rep));
+    vjob j = {.r = r, .needed = &needed};
+    vworker *ws = NULL;
+    unsigned nw = 0, started = 0;
+    if (!rep) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = repo_load_map(r, err)) < 0)
+        goto out;
+    /* which backups */
+    if (n_specs == 0) {
+        if ((rc = repo_list_ids(r, &ids, &n_ids, err)) < 0)
+            goto out;
+    } else {
+        ids = vmsh_calloc_array(n_specs, sizeof(*ids));
+        if (!ids) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < n_specs; i++, n_ids++)
+            if ((rc = vmsh_repo_resolve(r, specs[i], ids[i], err)) < 0)
+                goto out;
+    }
+    for (size_t i = 0; i < r->n_packs; i++)
+        if (r->packs[i].damaged && add_damage(rep, NULL, NULL, "%s", r->packs[i].damage) < 0) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    /* manifests and indexes; collect the needed chunks */
+    for (size_t b = 0; b < n_ids; b++) {
+        vmsh_backup_info *info = NULL;
+        vmsh_error *e = NULL;
+        int lr = manifest_load(r, ids[b], &info, &e);
+        if (lr == -ENOENT && n_specs == 0) { /* pruned meanwhile */
+            vmsh_error_free(e);
+            continue;
+        }
+        if (lr < 0) {
+            add_damage(rep, ids[b], NULL, "%s", e ? e->message : "unreadable manifest");
+            vmsh_error_free(e);
+            continue;
+        }
+        rep->backups_checked++;
+        for (size_t f = 0; f < info->n_files; f++) {
+            vmsh_file_index *idx = NULL;
+            e = NULL;
+            lr = index_load(r, info->files[f].index, &idx, &e);
+            if (lr == 0 && idx->size != info->files[f].size) {
+                vmsh_error_set(&e, -EBADMSG, "index size does not match the manifest");
+                vmsh_file_index_free(idx);
+                idx = NULL;
+                lr = -EBADMSG;
+            }
+            if (lr < 0) {
+                add_damage(rep, ids[b], info->files[f].name, "%s",
+                           e ? e->message : "unreadable index");
+                vmsh_error_free(e);
+                continue;
+            }
+            if (n_files == cap_files) {
+                size_t nc = cap_files ? cap_files * 2 : 16;
+                vfile *nf = vmsh_realloc_array(files, nc, sizeof(*nf));
+                if (!nf) {
+                    vmsh_file_index_free(idx);
+                    vmsh_backup_info_free(info);
+                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+                    goto out;
+                }
+                files = nf;
+                cap_files = nc;
+            }
+            files[n_files++] = (vfile){b, strdup(info->files[f].name), idx};
+            for (size_t k = 0; k < idx->count; k++) {
+                const chunk_loc *loc = chunk_map_find(&r->map, idx->entries[k].id);
+                chunk_loc c = {.pack = CHUNK_PENDING};
+                if (loc)
+                    c = *loc;
+                memcpy(c.id, idx->entries[k].id, ID_LEN);
+                if (chunk_map_insert(&needed, &c, NULL) < 0) {
+                    vmsh_backup_info_free(info);
+                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+                    goto out;
+                }
+            }
+        }
+        vmsh_backup_info_free(info);
+    }
+    /* read every needed chunk once, on all cores */
+    j.bad_msgs = vmsh_calloc_array(needed.cap ? needed.cap : 1, sizeof(char *));
+    j.status = calloc(needed.cap ? needed.cap : 1, 1);
+    if (!j.bad_msgs || !j.status) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    atomic_init(&j.next, 0);
+    atomic_init(&j.bytes, 0);
+    atomic_init(&j.chunks, 0);
+    uint64_t total = 0;
+    for (size_t i = 0; i < needed.cap; i++)
+        if (needed.used[i] && needed.slots[i].pack != CHUNK_PENDING)
+            total += needed.slots[i].stored_len;
+    nw = repo_threads(r);
+    ws = vmsh_calloc_array(nw, sizeof(*ws));
+    if (!ws) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (unsigned i = 0; i < nw; i++) {
+        ws[i].j = &j;
+        if ((rc = chunk_reader_new(&ws[i].cr, r, err)) < 0)
+            goto out;
+        if (!(ws[i].buf = malloc(CHUNK_SIZE))) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    for (unsigned i = 1; i < nw; i++) {
+        if (pthread_create(&ws[i].thread, NULL, vworker_main, &ws[i]) != 0)
+            break;
+        started = i;
+    }
+    while (vstep(&ws[0]))
+        if (progress)
+            progress(opaque, atomic_load(&j.bytes), total);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(ws[i].thread, NULL);
+    started = 0;
+    rep->chunks_checked = atomic_load(&j.chunks);
+    rep->bytes_checked = atomic_load(&j.bytes);
+    /* name every damaged file of every backup */
+    for (size_t f = 0; f < n_files; f++) {
+        vmsh_file_index *idx = files[f].idx;
+        uint64_t missing = 0, bad = 0, first = 0;
+        const char *first_msg = NULL;
+        for (size_t k = 0; k < idx->count; k++) {
+            chunk_loc *c = chunk_map_find(&needed, idx->entries[k].id);
+            uint64_t chunk = idx->entries[k].chunk;
+            uint64_t want = idx->size - chunk * CHUNK_SIZE < CHUNK_SIZE
+                                ? idx->size - chunk * CHUNK_SIZE
+                                : CHUNK_SIZE;
+            bool is_missing = !c || c->pack == CHUNK_PENDING;
+            bool is_bad =
+                !is_missing && (j.status[c - needed.slots] != ST_OK || c->raw_len != want);
+            if (!is_missing && !is_bad)
+                continue;
+            if (missing + bad == 0) {
+                first = chunk;
+                first_msg = is_missing                             ? "missing from every pack"
+                            : j.status[c - needed.slots] == ST_BAD ? j.bad_msgs[c - needed.slots]
+                                                                   : "has the wrong length";
+            }
+            if (is_missing)
+                missing++;
+            else
+                bad++;
+        }
+        if (missing + bad > 0 &&
+            add_damage(rep, ids[files[f].backup], files[f].name,
+                       "%llu chunks damaged, %llu missing (first: chunk %llu at offset %llu: %s)",
+                       (unsigned long long)bad, (unsigned long long)missing,
+                       (unsigned long long)first, (unsigned long long)first * CHUNK_SIZE,
+                       first_msg ? first_msg : "?") < 0) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    rc = rep->n_damage ? -EBADMSG : 0;
+    if (rc < 0)
+        vmsh_error_set(err, rc, "repository %s is damaged: %zu problem%s found", r->path,
+                       rep->n_damage, rep->n_damage == 1 ? "" : "s");
+    *out = rep;
+    rep = NULL;
+out:
+    if (ws) {
+        for (unsigned i = 1; i <= started; i++)
+            pthread_join(ws[i].thread, NULL);
+        for (unsigned i = 0; i < nw; i++) {
+            chunk_reader_free(ws[i].cr);
+            free(ws[i].buf);
+        }
+        free(ws);
+    }
+    if (j.bad_msgs)
+        for (size_t i = 0; i < needed.cap; i++)
+            free(j.bad_msgs[i]);
+    free(j.bad_msgs);
+    free(j.status);
+    for (size_t f = 0; f < n_files; f++) {
+        free(files[f].name);
+        vmsh_file_index_free(files[f].idx);
+    }
+    free(files);
+    free(ids);
+    chunk_map_clear(&needed);
+    vmsh_verify_report_free(rep);
+    vmsh_lock_free(rl);
+    return rc;
+}
