@@ -560,7 +560,8 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     }
     if (!j.err) {
         for (unsigned i = 0; i < nw; i++) {
-            memcpy(idx.entries + idx.count, ws[i].out, ws[i].n_out * sizeof(index_entry));
+            if (ws[i].n_out)
+                memcpy(idx.entries + idx.count, ws[i].out, ws[i].n_out * sizeof(index_entry));
             idx.count += ws[i].n_out;
         }
         if (incremental)

@@ -218,7 +218,7 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
         vmsh_backup_info_free(b);
     }
     free(ids);
-    if (rc == 0)
+    if (rc == 0 && indexes->n)
         qsort(indexes->v, indexes->n, sizeof(*indexes->v), cmp65);
     return rc;
 }
@@ -341,33 +341,36 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     }
     for (size_t p = n_old; p < r->n_packs; p++)
         st.bytes_freed -= st.bytes_freed >= r->packs[p].size ? r->packs[p].size : st.bytes_freed;
-    /* unreferenced index objects */
-    _cleanup_free_ char *idir = vmsh_path_join(r->path, "index");
-    DIR *d = idir ? opendir(idir) : NULL;
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (strlen(de->d_name) != 2)
-                continue;
-            _cleanup_free_ char *sub = vmsh_path_join(idir, de->d_name);
-            DIR *sd = sub ? opendir(sub) : NULL;
-            if (!sd)
-                continue;
-            struct dirent *se;
-            while ((se = readdir(sd))) {
-                if (strlen(se->d_name) != 64 ||
-                    bsearch(se->d_name, indexes.v, indexes.n, sizeof(*indexes.v), cmp65))
+    /* unreferenced index objects (a block: goto out must not skip a cleanup variable) */
+    {
+        _cleanup_free_ char *idir = vmsh_path_join(r->path, "index");
+        DIR *d = idir ? opendir(idir) : NULL;
+        if (d) {
+            struct dirent *de;
+            while ((de = readdir(d))) {
+                if (strlen(de->d_name) != 2)
                     continue;
-                _cleanup_free_ char *p = vmsh_path_join(sub, se->d_name);
-                struct stat s;
-                if (p && stat(p, &s) == 0 && unlink(p) == 0) {
-                    st.indexes_deleted++;
-                    st.bytes_freed += (uint64_t)s.st_size;
+                _cleanup_free_ char *sub = vmsh_path_join(idir, de->d_name);
+                DIR *sd = sub ? opendir(sub) : NULL;
+                if (!sd)
+                    continue;
+                struct dirent *se;
+                while ((se = readdir(sd))) {
+                    if (strlen(se->d_name) != 64 ||
+                        (indexes.n &&
+                         bsearch(se->d_name, indexes.v, indexes.n, sizeof(*indexes.v), cmp65)))
+                        continue;
+                    _cleanup_free_ char *p = vmsh_path_join(sub, se->d_name);
+                    struct stat s;
+                    if (p && stat(p, &s) == 0 && unlink(p) == 0) {
+                        st.indexes_deleted++;
+                        st.bytes_freed += (uint64_t)s.st_size;
+                    }
                 }
+                closedir(sd);
             }
-            closedir(sd);
+            closedir(d);
         }
-        closedir(d);
     }
     sweep_tmp(r->path, 2, &st);
     static const char *const dirs[] = {"packs", "index", "backups"};

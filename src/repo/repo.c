@@ -394,7 +394,8 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err)
     int rc = pack_names(r->path, &names, &n, err);
     if (rc < 0)
         return rc;
-    qsort(names, n, sizeof(*names), cmp_name33);
+    if (n)
+        qsort(names, n, sizeof(*names), cmp_name33);
     for (size_t i = 0; i < n; i++) {
         _cleanup_free_ char *p = pack_path(r->path, names[i]);
         chunk_loc *entries = NULL;
