@@ -50,6 +50,10 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(p
 /* Prints one JSON document on stdout and releases it. */
 void vmsh_cli_print_json(struct json_object *doc);
 
+/* Replays the journals of interrupted runs (R7) before a command; reports
+ * what it undid, warns about what it could not. Always returns 0 (cmd_backup.c). */
+int vmsh_cli_recover_first(vmsh_cli *cli);
+
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv);

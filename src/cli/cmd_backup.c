@@ -1,22 +1,704 @@
-/* cmd_backup.c - placeholder until its issue lands; each command says it is not there yet. */
+/* cmd_backup.c - `vmshadow backup`, `vmshadow writers`, `vmshadow recover`,
+ * and the recovery every command runs first (CLI.md; SPEC R5, R7, R17).
+ *
+ * The CLI is the requestor: it builds the writers and providers, asks the
+ * coordinator for a snapshot set, copies each file the writers describe from
+ * its source into the repository, and commits the backup document last. */
 #include "cli.h"
 
-#include <stdio.h>
+#include <vmshadow/coord/coord.h>
+#include <vmshadow/providers/pull.h>
+#include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/repo.h>
+#include <vmshadow/repo/source.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/writers/identity.h>
+#include <vmshadow/writers/script_writer.h>
+#include <vmshadow/writers/vm_writer.h>
 
-int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the writers and providers of this host ---- */
+
+typedef struct broken_writer {
+    char *path, *name, *message;
+    char id[37];
+} broken_writer;
+
+typedef struct host_writers {
+    vmsh_writer_ops **w;
+    size_t n;
+    vmsh_provider_ops **p;
+    size_t np;
+    vmsh_writer_ops *vm_writer; /* also in w[] */
+    broken_writer *broken;      /* script writer files that do not load */
+    size_t n_broken;
+    char **paths; /* script writer file of w[i], NULL for the VM writer */
+} host_writers;
+
+static void host_writers_clear(host_writers *h)
 {
-    fprintf(stderr, "%s: backup: not implemented yet\n", cli->prog);
-    return VMSH_EXIT_FAILED;
+    for (size_t i = 0; i < h->n; i++) {
+        vmsh_writer_free(h->w[i]);
+        if (h->paths)
+            free(h->paths[i]);
+    }
+    for (size_t i = 0; i < h->np; i++)
+        vmsh_provider_free(h->p[i]);
+    for (size_t i = 0; i < h->n_broken; i++) {
+        free(h->broken[i].path);
+        free(h->broken[i].name);
+        free(h->broken[i].message);
+    }
+    free(h->w);
+    free(h->p);
+    free(h->paths);
+    free(h->broken);
+    memset(h, 0, sizeof(*h));
 }
 
-int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv)
+static int add_writer(host_writers *h, vmsh_writer_ops *w, const char *path)
 {
-    fprintf(stderr, "%s: writers: not implemented yet\n", cli->prog);
-    return VMSH_EXIT_FAILED;
+    vmsh_writer_ops **a = vmsh_realloc_array(h->w, h->n + 1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    h->w = a;
+    char **p = vmsh_realloc_array(h->paths, h->n + 1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    h->paths = p;
+    h->paths[h->n] = path ? strdup(path) : NULL;
+    h->w[h->n++] = w;
+    return 0;
+}
+
+static int add_provider(host_writers *h, vmsh_provider_ops *pr)
+{
+    vmsh_provider_ops **a = vmsh_realloc_array(h->p, h->np + 1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    h->p = a;
+    h->p[h->np++] = pr;
+    return 0;
+}
+
+/* THE place where the writers of a set are built: the VM writer (with the
+ * pull provider it captures disks through) first, then every script writer
+ * of the writers directory in file-name order. With `strict`, a script
+ * writer file that does not load fails the call (a backup must not run
+ * without a configured writer); otherwise it is kept in h->broken. */
+static int build_writers(vmsh_cli *cli, bool strict, host_writers *h, vmsh_error **err)
+{
+    memset(h, 0, sizeof(*h));
+    int r;
+    long agent_timeout = 0;
+    if ((r = vmsh_kvconf_get_int(cli->config, "agent-timeout", 1, 300, &agent_timeout, err)) < 0)
+        return r;
+    vmsh_provider_ops *pull = NULL;
+    if ((r = vmsh_pull_provider_new(&pull, cli->uri, err)) < 0)
+        goto fail;
+    if (add_provider(h, pull) < 0) {
+        vmsh_provider_free(pull);
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    vmsh_vm_writer_config vc = {
+        .uri = cli->uri,
+        .state_dir = cli->state_dir,
+        .agent_timeout_s = (int)agent_timeout,
+    };
+    vmsh_writer_ops *vmw = NULL;
+    if ((r = vmsh_vm_writer_new(&vmw, &vc, pull, err)) < 0)
+        goto fail;
+    if (add_writer(h, vmw, NULL) < 0) {
+        vmsh_writer_free(vmw);
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    h->vm_writer = vmw;
+
+    char **paths = NULL;
+    size_t np = 0;
+    if ((r = vmsh_script_writer_paths(cli->writers_dir, &paths, &np, err)) < 0)
+        goto fail;
+    for (size_t i = 0; i < np; i++) {
+        vmsh_writer_ops *sw = NULL;
+        vmsh_error *e = NULL;
+        if (vmsh_script_writer_load(paths[i], &sw, &e) < 0) {
+            if (strict) {
+                vmsh_error_propagate(err, &e);
+                vmsh_error_prefix(err, "script writer");
+                r = -EINVAL;
+                vmsh_script_writer_paths_free(paths);
+                goto fail;
+            }
+            broken_writer *b = vmsh_realloc_array(h->broken, h->n_broken + 1, sizeof(*b));
+            if (b) {
+                h->broken = b;
+                b = &h->broken[h->n_broken++];
+                memset(b, 0, sizeof(*b));
+                b->path = strdup(paths[i]);
+                b->name = vmsh_script_writer_default_name(paths[i]);
+                b->message = strdup(e->message);
+                if (!b->name || vmsh_script_writer_id(b->name, b->id, NULL) < 0)
+                    b->id[0] = '\0';
+            }
+            vmsh_error_free(e);
+            continue;
+        }
+        if (add_writer(h, sw, paths[i]) < 0) {
+            vmsh_writer_free(sw);
+            vmsh_script_writer_paths_free(paths);
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    vmsh_script_writer_paths_free(paths);
+    return 0;
+fail:
+    host_writers_clear(h);
+    return r;
+}
+
+static int coord_config(vmsh_cli *cli, vmsh_coord_config *cfg, vmsh_error **err)
+{
+    long event_timeout = VMSH_DEFAULT_EVENT_TIMEOUT_MS / 1000;
+    long freeze_limit = VMSH_DEFAULT_FREEZE_LIMIT_MS / 1000;
+    int r;
+    if ((r = vmsh_kvconf_get_int(cli->config, "event-timeout", 1, 86400, &event_timeout, err)) <
+            0 ||
+        (r = vmsh_kvconf_get_int(cli->config, "freeze-limit", 1, 3600, &freeze_limit, err)) < 0)
+        return r;
+    *cfg = (vmsh_coord_config){
+        .state_dir = cli->state_dir,
+        .event_timeout_ms = event_timeout * 1000,
+        .freeze_limit_ms = freeze_limit * 1000,
+    };
+    return 0;
+}
+
+/* ---- recovery (R7) ---- */
+
+static const char *item_owner(const vmsh_recover_item *it)
+{
+    return it->owner_name ? it->owner_name : it->owner ? it->owner : "?";
+}
+
+/* Replays unfinished journals; reports per `report` (the `recover` command)
+ * or, before other commands, only when something was found. */
+static int run_recover(vmsh_cli *cli, bool report, vmsh_recover_report **out, vmsh_error **err)
+{
+    host_writers h;
+    vmsh_coord_config cfg;
+    int r = coord_config(cli, &cfg, err);
+    if (r < 0)
+        return r;
+    if ((r = build_writers(cli, false, &h, err)) < 0)
+        return r;
+    for (size_t i = 0; i < h.n_broken; i++)
+        vmsh_cli_warn(cli, "script writer %s does not load: %s", h.broken[i].path,
+                      h.broken[i].message);
+    r = vmsh_coord_recover(&cfg, h.w, h.n, h.p, h.np, out, err);
+    host_writers_clear(&h);
+    if (!*out)
+        return r;
+    for (size_t i = 0; i < (*out)->n_items; i++) {
+        const vmsh_recover_item *it = &(*out)->items[i];
+        if (it->undone) {
+            if (report || cli->verbosity >= 0)
+                vmsh_cli_info(cli, "recover: undid %s of %s left by interrupted set %s", it->action,
+                              item_owner(it), it->set_id);
+        } else {
+            vmsh_cli_warn(cli, "recover: could not undo %s of %s (set %s): %s",
+                          it->action ? it->action : "a journal", item_owner(it),
+                          it->set_id ? it->set_id : "?", it->error ? it->error : "?");
+        }
+    }
+    return r;
+}
+
+int vmsh_cli_recover_first(vmsh_cli *cli)
+{
+    vmsh_recover_report *rep = NULL;
+    vmsh_error *err = NULL;
+    int r = run_recover(cli, false, &rep, &err);
+    /* A user without access to the state directory (e.g. `vms` as non-root)
+     * has nothing to recover there; anything else is worth a warning. */
+    if (r < 0 && r != -EACCES && r != -EPERM && err && r != -EAGAIN)
+        vmsh_cli_warn(cli, "could not check for interrupted runs: %s", err->message);
+    vmsh_error_free(err);
+    vmsh_recover_report_free(rep);
+    return 0;
 }
 
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
 {
-    fprintf(stderr, "%s: recover: not implemented yet\n", cli->prog);
-    return VMSH_EXIT_FAILED;
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            printf("Usage: vmshadow recover\n\nUndoes what an interrupted run left behind "
+                   "(frozen guests, paused or saved VMs,\noverlays, backup jobs, scratch files, "
+                   "script writers' prepare-snapshot), from\nthe journals in the state "
+                   "directory (R7). Every other command does this first.\n");
+            return VMSH_EXIT_OK;
+        }
+        return vmsh_cli_usage_error(cli, "recover", "unknown option '%s'", argv[optind - 1]);
+    }
+    if (optind < argc)
+        return vmsh_cli_usage_error(cli, "recover", "takes no arguments");
+    vmsh_recover_report *rep = NULL;
+    vmsh_error *err = NULL;
+    int r = run_recover(cli, true, &rep, &err);
+    if (!rep)
+        return vmsh_cli_fail(cli, &err);
+    size_t undone = 0, left = 0;
+    for (size_t i = 0; i < rep->n_items; i++)
+        rep->items[i].undone ? undone++ : left++;
+    if (cli->json) {
+        json_object *o = json_object_new_object(), *a = json_object_new_array();
+        for (size_t i = 0; i < rep->n_items; i++) {
+            const vmsh_recover_item *it = &rep->items[i];
+            json_object *x = json_object_new_object();
+            json_object_object_add(x, "set_id",
+                                   it->set_id ? json_object_new_string(it->set_id) : NULL);
+            json_object_object_add(x, "owner",
+                                   it->owner ? json_object_new_string(it->owner) : NULL);
+            json_object_object_add(x, "owner_name",
+                                   it->owner_name ? json_object_new_string(it->owner_name) : NULL);
+            json_object_object_add(x, "action",
+                                   it->action ? json_object_new_string(it->action) : NULL);
+            json_object_object_add(
+                x, "was", json_object_new_string(it->was == VMSH_JOURNAL_DONE ? "done" : "begun"));
+            json_object_object_add(x, "undone", json_object_new_boolean(it->undone));
+            json_object_object_add(x, "error",
+                                   it->error ? json_object_new_string(it->error) : NULL);
+            json_object_array_add(a, x);
+        }
+        json_object_object_add(o, "actions", a);
+        json_object_object_add(o, "undone", json_object_new_int64((int64_t)undone));
+        json_object_object_add(o, "left", json_object_new_int64((int64_t)left));
+        json_object_object_add(o, "runs_recovered",
+                               json_object_new_int64((int64_t)rep->journals_removed));
+        json_object_object_add(o, "runs_in_progress",
+                               json_object_new_int64((int64_t)rep->journals_busy));
+        vmsh_cli_print_json(o);
+    } else if (rep->n_items == 0 && rep->journals_busy == 0) {
+        vmsh_cli_info(cli, "nothing to recover");
+    } else {
+        printf("undid %zu action(s) of %zu interrupted run(s)", undone, rep->journals_removed);
+        if (rep->journals_busy)
+            printf("; %zu run(s) still in progress left alone", rep->journals_busy);
+        if (left)
+            printf("; %zu action(s) could not be undone", left);
+        printf("\n");
+    }
+    vmsh_recover_report_free(rep);
+    if (r < 0) {
+        vmsh_error_free(err);
+        return VMSH_EXIT_FAILED;
+    }
+    return VMSH_EXIT_OK;
+}
+
+/* ---- the requestor: copies into the repository ---- */
+
+typedef struct cli_requestor {
+    vmsh_requestor_ops ops; /* first */
+    vmsh_cli *cli;
+    vmsh_repo *repo;
+    vmsh_backup *backup;
+} cli_requestor;
+
+static int open_source(const vmsh_file *f, vmsh_source **out, vmsh_error **err)
+{
+    if (vmsh_file_source_type(f) == VMSH_SOURCE_NBD)
+        return vmsh_source_open_nbd(out, vmsh_file_source_socket(f), vmsh_file_source_export(f),
+                                    NULL, err);
+    const char *fmt = vmsh_file_source_format(f);
+    if (!fmt || strcmp(fmt, "raw") == 0)
+        return vmsh_source_open_file(out, vmsh_file_source_path(f), err);
+    return vmsh_source_open_qemu_image(out, vmsh_file_source_path(f), fmt, err);
+}
+
+static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata *md,
+                    const vmsh_component *c, vmsh_file *f, vmsh_error **err)
+{
+    cli_requestor *q = (cli_requestor *)self;
+    /* Unique within the backup: writer, component, file. The VM writer's
+     * files go under the VM's name alone, as `show` and `extract` name them. */
+    _cleanup_free_ char *name = NULL;
+    int r;
+    if (strcmp(vmsh_metadata_writer_id(md), VMSH_VM_WRITER_ID) == 0)
+        r = asprintf(&name, "%s/%s", vmsh_component_name(c), vmsh_file_name(f));
+    else
+        r = asprintf(&name, "%s/%s/%s", vmsh_metadata_writer_name(md), vmsh_component_name(c),
+                     vmsh_file_name(f));
+    if (r < 0) {
+        name = NULL;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    vmsh_source *src = NULL;
+    if ((r = open_source(f, &src, err)) < 0)
+        return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
+    vmsh_cli_debug(q->cli, "copying %s", name);
+    vmsh_add_stats st = {0};
+    r = vmsh_backup_add_file(q->backup, name, src, NULL, &st, err);
+    vmsh_source_free(src);
+    if (r < 0)
+        return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
+    json_object *stored = json_object_new_object();
+    if (!stored)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    json_object_object_add(stored, "file", json_object_new_string(name));
+    json_object_object_add(stored, "size", json_object_new_int64((int64_t)st.size));
+    json_object_object_add(stored, "bytes_stored", json_object_new_int64((int64_t)st.bytes_stored));
+    json_object_object_add(stored, "new_chunks", json_object_new_int64((int64_t)st.new_chunks));
+    vmsh_file_set_stored(f, stored, st.bytes_read, st.bytes_stored);
+    json_object_put(stored);
+    if (vmsh_file_size(f) < 0)
+        vmsh_file_set_size(f, (int64_t)st.size);
+    return 0;
+}
+
+static int req_commit(vmsh_requestor_ops *self, vmsh_set *set, const char *document, char **out_id,
+                      vmsh_error **err)
+{
+    cli_requestor *q = (cli_requestor *)self;
+    int r = vmsh_backup_commit(q->backup, document, err);
+    if (r < 0)
+        return r;
+    *out_id = strdup(vmsh_backup_id(q->backup));
+    return *out_id ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+}
+
+static void req_abort(vmsh_requestor_ops *self, vmsh_set *set)
+{
+    cli_requestor *q = (cli_requestor *)self;
+    /* Not committed: nothing becomes visible; what was written is garbage
+     * for gc (R5). */
+    vmsh_backup_free(q->backup);
+    q->backup = NULL;
+}
+
+/* ---- backup ---- */
+
+static void backup_usage(FILE *f)
+{
+    fprintf(f, "Usage: vmshadow backup [VM... | --all] [--method auto|saved-state|guest] [--full]\n"
+               "\n"
+               "Backs up the VMs as one snapshot set (one consistent point) into one backup,\n"
+               "together with every script writer of the writers directory. Prints the\n"
+               "backup's ID. If anything fails, every writer is told to abort, every VM is\n"
+               "returned to its prior state, and no backup is stored (exit code 1).\n"
+               "\n"
+               "  --all            every VM of the connection\n"
+               "  --method M       auto (default: guest when possible, SPEC R2), saved-state, "
+               "guest\n"
+               "  --full           read every block, even when an incremental is possible\n");
+}
+
+static json_object *jstr(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
+}
+
+static json_object *vms_json(const vmsh_set *set)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; set && i < vmsh_set_writer_count(set); i++) {
+        if (strcmp(vmsh_set_writer(set, i)->id, VMSH_VM_WRITER_ID) != 0)
+            continue;
+        const vmsh_metadata *md = vmsh_set_writer_metadata(set, i);
+        for (size_t c = 0; md && c < vmsh_metadata_component_count(md); c++) {
+            const vmsh_component *comp = vmsh_metadata_component(md, c);
+            json_object *o = json_object_new_object(), *ex = json_object_new_array();
+            json_object_object_add(o, "name", jstr(vmsh_component_name(comp)));
+            json_object_object_add(o, "method", jstr(vmsh_component_method(comp)));
+            json_object_object_add(o, "reason", jstr(vmsh_component_reason(comp)));
+            json_object_object_add(o, "state_before", jstr(vmsh_component_state_before(comp)));
+            json_object_object_add(o, "state_after", jstr(vmsh_component_state_after(comp)));
+            for (size_t k = 0; k < vmsh_component_excluded_count(comp); k++) {
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "name", jstr(vmsh_component_excluded_name(comp, k)));
+                json_object_object_add(x, "reason", jstr(vmsh_component_excluded_reason(comp, k)));
+                json_object_array_add(ex, x);
+            }
+            json_object_object_add(o, "excluded_disks", ex);
+            json_object_array_add(a, o);
+        }
+    }
+    return a;
+}
+
+static json_object *writers_json(const vmsh_set *set)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; set && i < vmsh_set_writer_count(set); i++) {
+        const vmsh_writer_ops *w = vmsh_set_writer(set, i);
+        const vmsh_error *e = vmsh_set_writer_error(set, i);
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "name", jstr(w->name));
+        json_object_object_add(o, "id", jstr(w->id));
+        json_object_object_add(o, "state",
+                               jstr(vmsh_writer_state_name(vmsh_set_writer_state(set, i))));
+        json_object_object_add(o, "error", e ? jstr(e->message) : NULL);
+        json_object_array_add(a, o);
+    }
+    return a;
+}
+
+int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"all", no_argument, NULL, 'a'},
+        {"method", required_argument, NULL, 'm'},
+        {"full", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    vmsh_set_options so = {.method = "auto"};
+    int c;
+    while ((c = getopt_long(argc, argv, "+:am:fh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a':
+            so.all = true;
+            break;
+        case 'm':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "saved-state") && strcmp(optarg, "guest"))
+                return vmsh_cli_usage_error(
+                    cli, "backup", "unknown method '%s' (auto, saved-state, guest)", optarg);
+            so.method = optarg;
+            break;
+        case 'f':
+            so.full = true;
+            break;
+        case 'h':
+            backup_usage(stdout);
+            return VMSH_EXIT_OK;
+        case ':':
+            return vmsh_cli_usage_error(cli, "backup", "option '%s' needs a value",
+                                        argv[optind - 1]);
+        default:
+            return vmsh_cli_usage_error(cli, "backup", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    so.targets = (const char *const *)(argv + optind);
+    so.n_targets = (size_t)(argc - optind);
+    if (so.all && so.n_targets)
+        return vmsh_cli_usage_error(cli, "backup", "give VM names or --all, not both");
+
+    vmsh_error *err = NULL;
+    vmsh_coord_config cfg;
+    host_writers h = {0};
+    cli_requestor q = {.ops = {.version = VMSH_REQUESTOR_OPS_VERSION,
+                               .copy_file = req_copy,
+                               .commit = req_commit,
+                               .abort = req_abort},
+                       .cli = cli};
+    vmsh_set *set = NULL;
+    int r;
+    /* Everything that can fail before a writer is touched comes first: the
+     * configuration, the writers, the repository and its write lock. */
+    if ((r = coord_config(cli, &cfg, &err)) < 0 || (r = build_writers(cli, true, &h, &err)) < 0 ||
+        (r = vmsh_repo_open(&q.repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"), &err)) <
+            0 ||
+        (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
+        goto out;
+    r = vmsh_coord_backup(&cfg, h.w, h.n, h.p, h.np, &q.ops, &so, &set, &err);
+out:;
+    int64_t window = set ? vmsh_set_freeze_window_ms(set) : -1;
+    if (h.vm_writer) {
+        int64_t vw = vmsh_vm_writer_freeze_window_ms(h.vm_writer);
+        if (vw > window)
+            window = vw;
+    }
+    if (cli->json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "backup", r == 0 && set ? jstr(vmsh_set_backup_id(set)) : NULL);
+        json_object_object_add(o, "set_id", set ? jstr(vmsh_set_id(set)) : NULL);
+        json_object_object_add(o, "vms", vms_json(set));
+        json_object_object_add(o, "freeze_window_ms",
+                               window >= 0 ? json_object_new_int64(window) : NULL);
+        json_object_object_add(o, "bytes_read",
+                               json_object_new_int64(set ? (int64_t)vmsh_set_bytes_read(set) : 0));
+        json_object_object_add(
+            o, "bytes_stored",
+            json_object_new_int64(set ? (int64_t)vmsh_set_bytes_stored(set) : 0));
+        json_object_object_add(o, "writers", writers_json(set));
+        json_object_object_add(o, "error", err ? jstr(err->message) : NULL);
+        vmsh_cli_print_json(o);
+    } else if (r == 0) {
+        printf("%s\n", vmsh_set_backup_id(set));
+    }
+    if (r == 0 && !cli->json && cli->verbosity > 0)
+        vmsh_cli_info(cli, "snapshot set %s: freeze window %lld ms, %llu bytes read, %llu stored",
+                      vmsh_set_id(set), (long long)window,
+                      (unsigned long long)vmsh_set_bytes_read(set),
+                      (unsigned long long)vmsh_set_bytes_stored(set));
+    if (r < 0 && set) {
+        for (size_t i = 0; i < vmsh_set_writer_count(set); i++) {
+            const vmsh_error *e = vmsh_set_writer_error(set, i);
+            if (e)
+                vmsh_cli_warn(cli, "%s: %s%s",
+                              vmsh_writer_state_name(vmsh_set_writer_state(set, i)), e->message,
+                              e->retryable ? " (a retry may succeed)" : "");
+        }
+        vmsh_cli_warn(cli, "snapshot set %s was aborted; no backup was stored", vmsh_set_id(set));
+    }
+    vmsh_set_free(set);
+    vmsh_backup_free(q.backup);
+    vmsh_repo_free(q.repo);
+    host_writers_clear(&h);
+    if (r < 0)
+        return vmsh_cli_fail(cli, &err);
+    return VMSH_EXIT_OK;
+}
+
+/* ---- writers ---- */
+
+static json_object *record_json(const vmsh_writer_record *rec)
+{
+    json_object *err = NULL, *run = NULL;
+    if (rec && rec->has_error) {
+        err = json_object_new_object();
+        json_object_object_add(err, "event", jstr(rec->error_event));
+        json_object_object_add(err, "code", json_object_new_int(rec->error_code));
+        json_object_object_add(err, "message", jstr(rec->error_message));
+        json_object_object_add(err, "retryable", json_object_new_boolean(rec->error_retryable));
+    }
+    if (rec && rec->set_id) {
+        run = json_object_new_object();
+        json_object_object_add(run, "set_id", jstr(rec->set_id));
+        json_object_object_add(run, "operation", jstr(rec->operation));
+        json_object_object_add(run, "result", jstr(rec->result));
+        json_object_object_add(run, "time", jstr(rec->time));
+        json_object *evs = json_object_new_array();
+        for (size_t i = 0; i < rec->n_events; i++) {
+            json_object *ev = json_object_new_object();
+            json_object_object_add(ev, "event", jstr(rec->events[i].event));
+            json_object_object_add(ev, "result", jstr(rec->events[i].result));
+            json_object_object_add(ev, "ms", json_object_new_int64(rec->events[i].ms));
+            json_object_array_add(evs, ev);
+        }
+        json_object_object_add(run, "events", evs);
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "last_error", err);
+    json_object_object_add(o, "last_run", run);
+    return o;
+}
+
+static void print_writer(vmsh_cli *cli, json_object *arr, const char *name, const char *id,
+                         const char *kind, const char *file, const char *state,
+                         const vmsh_writer_record *rec, const char *invalid)
+{
+    if (cli->json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "name", jstr(name));
+        json_object_object_add(o, "id", jstr(id));
+        json_object_object_add(o, "kind", jstr(kind));
+        json_object_object_add(o, "file", jstr(file));
+        json_object_object_add(o, "state", jstr(state));
+        json_object *r = record_json(rec);
+        json_object *le = NULL, *lr = NULL;
+        json_object_object_get_ex(r, "last_error", &le);
+        json_object_object_get_ex(r, "last_run", &lr);
+        if (invalid) {
+            le = json_object_new_object();
+            json_object_object_add(le, "event", jstr("load"));
+            json_object_object_add(le, "code", json_object_new_int(-EINVAL));
+            json_object_object_add(le, "message", jstr(invalid));
+            json_object_object_add(le, "retryable", json_object_new_boolean(0));
+        } else {
+            json_object_get(le);
+        }
+        json_object_object_add(o, "last_error", le);
+        json_object_object_add(o, "last_run", json_object_get(lr));
+        json_object_put(r);
+        json_object_array_add(arr, o);
+        return;
+    }
+    printf("%-24s %s  %-10s %s\n", name, id, kind, state);
+    if (rec && rec->set_id)
+        printf("    last run: %s %s, %s (set %s)\n", rec->operation, rec->result, rec->time,
+               rec->set_id);
+    else
+        printf("    last run: none\n");
+    if (invalid)
+        printf("    error: %s\n", invalid);
+    else if (rec && rec->has_error)
+        printf("    last error (%s): %s%s\n", rec->error_event, rec->error_message,
+               rec->error_retryable ? " [retryable]" : "");
+}
+
+int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            printf("Usage: vmshadow writers\n\nEach writer (the VM writer and the script writers "
+                   "of the writers\ndirectory): name, writer ID, kind, state and last error of "
+                   "its most\nrecent run (R17).\n");
+            return VMSH_EXIT_OK;
+        }
+        return vmsh_cli_usage_error(cli, "writers", "unknown option '%s'", argv[optind - 1]);
+    }
+    if (optind < argc)
+        return vmsh_cli_usage_error(cli, "writers", "takes no arguments");
+    vmsh_error *err = NULL;
+    vmsh_writer_states *st = NULL;
+    if (vmsh_writer_states_load(cli->state_dir, &st, &err) < 0) {
+        /* History only: show the writers without it. */
+        if (err->code != -EACCES)
+            vmsh_cli_warn(cli, "%s", err->message);
+        vmsh_error_free(err);
+        err = NULL;
+        if (vmsh_writer_states_new(&st, &err) < 0)
+            return vmsh_cli_fail(cli, &err);
+    }
+    char **paths = NULL;
+    size_t np = 0;
+    if (vmsh_script_writer_paths(cli->writers_dir, &paths, &np, &err) < 0) {
+        vmsh_writer_states_free(st);
+        return vmsh_cli_fail(cli, &err);
+    }
+    json_object *arr = cli->json ? json_object_new_array() : NULL;
+    if (!cli->json)
+        printf("%-24s %-36s  %-10s %s\n", "NAME", "WRITER ID", "KIND", "STATE");
+    /* The VM writer is always there, with its fixed identity (R17). */
+    const vmsh_writer_record *rec = vmsh_writer_states_find(st, VMSH_VM_WRITER_ID);
+    print_writer(cli, arr, VMSH_VM_WRITER_NAME, VMSH_VM_WRITER_ID, VMSH_VM_WRITER_KIND, NULL,
+                 rec ? vmsh_writer_state_name(rec->state) : "stable", rec, NULL);
+    for (size_t i = 0; i < np; i++) {
+        vmsh_writer_ops *w = NULL;
+        vmsh_error *e = NULL;
+        if (vmsh_script_writer_load(paths[i], &w, &e) < 0) {
+            _cleanup_free_ char *name = vmsh_script_writer_default_name(paths[i]);
+            char id[37] = "";
+            if (name)
+                vmsh_script_writer_id(name, id, NULL);
+            print_writer(cli, arr, name ? name : paths[i], id, VMSH_SCRIPT_WRITER_KIND, paths[i],
+                         "invalid", vmsh_writer_states_find(st, id), e->message);
+            vmsh_error_free(e);
+            continue;
+        }
+        rec = vmsh_writer_states_find(st, w->id);
+        print_writer(cli, arr, w->name, w->id, w->kind, paths[i],
+                     rec ? vmsh_writer_state_name(rec->state) : "stable", rec, NULL);
+        vmsh_writer_free(w);
+    }
+    if (cli->json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "writers", arr);
+        vmsh_cli_print_json(o);
+    }
+    vmsh_script_writer_paths_free(paths);
+    vmsh_writer_states_free(st);
+    return VMSH_EXIT_OK;
 }

@@ -243,6 +243,10 @@ int main(int argc, char **argv)
     /* Commands parse their own options, with argv[0] the command's name;
      * getopt must be reset for that (optind = 0 re-initialises glibc's). */
     int cmd_index = optind;
+    /* Every command first undoes what an interrupted run left behind (R7);
+     * `recover` does only that, and reports it. */
+    if (strcmp(name, "recover") != 0)
+        vmsh_cli_recover_first(&cli);
     optind = 0;
     int rc = fn(&cli, argc - cmd_index, argv + cmd_index);
     vmsh_kvconf_free(cli.config);

@@ -64,6 +64,7 @@ struct vmsh_set {
     int64_t deadline;
     bool aborted;
     int64_t freeze_window_ms;
+    int64_t noted_window_ms; /* reported by writers (vmsh_set_note_window_ms) */
     char *backup_id, *document;
     uint64_t bytes_read, bytes_stored;
     char started[21];
@@ -273,6 +274,7 @@ static int set_new(vmsh_set **out, const vmsh_coord_config *cfg, const char *ope
     s->freeze_limit_ms =
         cfg->freeze_limit_ms > 0 ? cfg->freeze_limit_ms : VMSH_DEFAULT_FREEZE_LIMIT_MS;
     s->freeze_window_ms = -1;
+    s->noted_window_ms = -1;
     s->req = req;
     if (opts)
         s->opts = *opts;
@@ -428,6 +430,12 @@ vmsh_journal *vmsh_set_journal(vmsh_set *s)
     return s->journal;
 }
 
+void vmsh_set_note_window_ms(vmsh_set *s, int64_t ms)
+{
+    if (ms > s->noted_window_ms)
+        s->noted_window_ms = ms;
+}
+
 bool vmsh_set_aborted(const vmsh_set *s)
 {
     return s->aborted;
@@ -440,6 +448,8 @@ const char *vmsh_set_backup_id(const vmsh_set *s)
 
 int64_t vmsh_set_freeze_window_ms(const vmsh_set *s)
 {
+    if (s->noted_window_ms > s->freeze_window_ms)
+        return s->noted_window_ms;
     return s->freeze_window_ms;
 }
 
@@ -594,7 +604,7 @@ static int build_document(vmsh_set *s, vmsh_error **err)
         .all = s->opts.all,
         .targets = s->opts.targets,
         .n_targets = s->opts.n_targets,
-        .freeze_window_ms = s->freeze_window_ms,
+        .freeze_window_ms = vmsh_set_freeze_window_ms(s),
         .bytes_read = s->bytes_read,
         .bytes_stored = s->bytes_stored,
     };

@@ -160,6 +160,12 @@ int vmsh_set_journal_mark(vmsh_set *set, uint64_t seq, vmsh_journal_state state,
 /* The set's journal (borrowed; NULL once the set ended). */
 vmsh_journal *vmsh_set_journal(vmsh_set *set);
 
+/* A writer reports how long something of its own stayed frozen or stopped
+ * (e.g. the VM writer: from a VM's save in PrepareForSnapshot to its resume
+ * in PostSnapshot). The set's freeze window is the largest of these and of
+ * its Freeze -> Thaw time; the freeze limit bounds only the latter. */
+void vmsh_set_note_window_ms(vmsh_set *set, int64_t ms);
+
 /* After the run. */
 bool vmsh_set_aborted(const vmsh_set *set);
 const char *vmsh_set_backup_id(const vmsh_set *set);    /* NULL unless committed */
