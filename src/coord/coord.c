@@ -589,10 +589,16 @@ static int build_document(vmsh_set *s, vmsh_error **err)
     vmsh_time_rfc3339(time(NULL), completed);
     gethostname(host, sizeof(host) - 1);
     vmsh_metadata **mds = vmsh_calloc_array(s->n ? s->n : 1, sizeof(*mds));
-    if (!mds)
+    const char **kinds = vmsh_calloc_array(s->n ? s->n : 1, sizeof(*kinds));
+    if (!mds || !kinds) {
+        free(mds);
+        free(kinds);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < s->n; i++)
+    }
+    for (size_t i = 0; i < s->n; i++) {
         mds[i] = s->slots[i].md;
+        kinds[i] = s->slots[i].w->kind;
+    }
     vmsh_backup_doc_info info = {
         .set_id = s->id,
         .started = s->started,
@@ -608,8 +614,9 @@ static int build_document(vmsh_set *s, vmsh_error **err)
         .bytes_read = s->bytes_read,
         .bytes_stored = s->bytes_stored,
     };
-    int r = vmsh_backup_doc_build(&info, mds, s->n, &s->document, err);
+    int r = vmsh_backup_doc_build(&info, mds, kinds, s->n, &s->document, err);
     free(mds);
+    free(kinds);
     return r;
 }
 

@@ -20,8 +20,50 @@ struct vmsh_backup_doc {
     size_t n;
 };
 
-int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const *mds, size_t n,
-                          char **out, vmsh_error **err)
+/* The "vms" summary: one entry per component of a "vm" writer, the shape of
+ * `backup --json` (CLI.md), so that `list` needs no knowledge of writers. */
+static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *const *kinds,
+                                       size_t n)
+{
+    struct json_object *a = json_object_new_array();
+    for (size_t i = 0; a && kinds && i < n; i++) {
+        if (!kinds[i] || strcmp(kinds[i], "vm") != 0)
+            continue;
+        for (size_t c = 0; c < vmsh_metadata_component_count(mds[i]); c++) {
+            const vmsh_component *comp = vmsh_metadata_component(mds[i], c);
+            struct json_object *o = json_object_new_object();
+            struct json_object *ex = json_object_new_array();
+            int bad = !o || !ex || vmsh_json_add_str(o, "name", vmsh_component_name(comp)) ||
+                      vmsh_json_add_str(o, "method", vmsh_component_method(comp)) ||
+                      vmsh_json_add_str(o, "reason", vmsh_component_reason(comp)) ||
+                      vmsh_json_add_str(o, "state_before", vmsh_component_state_before(comp)) ||
+                      vmsh_json_add_str(o, "state_after", vmsh_component_state_after(comp));
+            for (size_t k = 0; !bad && k < vmsh_component_excluded_count(comp); k++) {
+                struct json_object *x = json_object_new_object();
+                bad = !x ||
+                      vmsh_json_add_str(x, "name", vmsh_component_excluded_name(comp, k)) ||
+                      vmsh_json_add_str(x, "reason", vmsh_component_excluded_reason(comp, k)) ||
+                      json_object_array_add(ex, x);
+            }
+            if (!bad) {
+                bad = json_object_object_add(o, "excluded_disks", ex);
+                ex = NULL;
+            }
+            if (!bad)
+                bad = json_object_array_add(a, o);
+            json_object_put(ex);
+            if (bad) {
+                json_object_put(o);
+                json_object_put(a);
+                return NULL;
+            }
+        }
+    }
+    return a;
+}
+
+int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const *mds,
+                          const char *const *kinds, size_t n, char **out, vmsh_error **err)
 {
     struct json_object *o = json_object_new_object();
     struct json_object *req = json_object_new_object();
@@ -55,6 +97,10 @@ int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const
     if (!bad) {
         bad = json_object_object_add(o, "request", req);
         req = NULL;
+    }
+    if (!bad) {
+        struct json_object *vms = vms_summary(mds, kinds, n);
+        bad = !vms || json_object_object_add(o, "vms", vms);
     }
     int r = 0;
     for (size_t i = 0; !bad && i < n; i++) {

@@ -18,8 +18,10 @@ typedef struct vmsh_backup_doc_info {
     uint64_t bytes_read, bytes_stored;
 } vmsh_backup_doc_info;
 
-/* The document as pretty JSON text ending in a newline (*out, caller frees). */
-int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const *mds, size_t n,
-                          char **out, vmsh_error **err);
+/* The document as pretty JSON text ending in a newline (*out, caller frees).
+ * kinds[i] is the kind of the writer of mds[i] ("vm" components are
+ * summarised in "vms"); kinds may be NULL. */
+int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const *mds,
+                          const char *const *kinds, size_t n, char **out, vmsh_error **err);
 
 #endif

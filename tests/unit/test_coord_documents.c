@@ -127,7 +127,8 @@ static void backup_document_golden_parses(void **state)
         .bytes_stored = 612368384u,
     };
     char *built = NULL;
-    assert_int_equal(vmsh_backup_doc_build(&info, mds, 2, &built, NULL), 0);
+    const char *kinds[] = {"vm", "script"};
+    assert_int_equal(vmsh_backup_doc_build(&info, mds, kinds, 2, &built, NULL), 0);
     struct json_object *a = json_tokener_parse(built), *b = json_tokener_parse(text);
     assert_true(json_object_equal(a, b));
     json_object_put(a);
