@@ -40,8 +40,7 @@ static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *co
                       vmsh_json_add_str(o, "state_after", vmsh_component_state_after(comp));
             for (size_t k = 0; !bad && k < vmsh_component_excluded_count(comp); k++) {
                 struct json_object *x = json_object_new_object();
-                bad = !x ||
-                      vmsh_json_add_str(x, "name", vmsh_component_excluded_name(comp, k)) ||
+                bad = !x || vmsh_json_add_str(x, "name", vmsh_component_excluded_name(comp, k)) ||
                       vmsh_json_add_str(x, "reason", vmsh_component_excluded_reason(comp, k)) ||
                       json_object_array_add(ex, x);
             }
