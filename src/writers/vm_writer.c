@@ -49,6 +49,7 @@ typedef struct vm_writer {
     vmsh_hv *hv;
     char *set_id;
     char *run_dir;
+    char *sock_dir; /* NBD sockets: short enough for sun_path */
     uint64_t seq_run_dir;
     bool have_run_dir;
     vm_item *items;
@@ -77,6 +78,8 @@ static void reset(vm_writer *w)
     w->set_id = NULL;
     free(w->run_dir);
     w->run_dir = NULL;
+    free(w->sock_dir);
+    w->sock_dir = NULL;
     w->have_run_dir = false;
 }
 
@@ -279,6 +282,8 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
 
 /* QEMU runs as an unprivileged user under qemu:///system and must create the
  * NBD socket: the socket directory is private to that user (and root). */
+#define SOCK_DIR_MAX 90 /* leaves room for "/vmNNN.sock" within sun_path */
+
 static int make_socket_dir(const char *dir, vmsh_error **err)
 {
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
@@ -395,8 +400,8 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
     if (it->n_targets == 0)
         return 0;
     char name[32];
-    snprintf(name, sizeof(name), "nbd/vm%zu.sock", idx);
-    _cleanup_free_ char *sock = vmsh_path_join(w->run_dir, name);
+    snprintf(name, sizeof(name), "vm%zu.sock", idx);
+    _cleanup_free_ char *sock = vmsh_path_join(w->sock_dir, name);
     vmsh_hv_backup_disk *bd = vmsh_calloc_array(it->n_targets, sizeof(*bd));
     char **scratch = vmsh_calloc_array(it->n_targets, sizeof(char *));
     int r = sock && bd && scratch ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -441,12 +446,23 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
     _cleanup_free_ char *runs = vmsh_path_join(w->state_dir, "run");
     if (!runs || !(w->run_dir = vmsh_path_join(runs, w->set_id)))
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    if ((r = journal_simple(set, ops->id, "run-dir", "path", w->run_dir, NULL, NULL, NULL, NULL,
-                            &w->seq_run_dir, err)) < 0)
+    /* A Unix socket path has at most 107 bytes: under a long state
+     * directory the sockets go to a private directory in /run instead. */
+    w->sock_dir = vmsh_path_join(w->run_dir, "nbd");
+    if (w->sock_dir && strlen(w->sock_dir) > SOCK_DIR_MAX) {
+        free(w->sock_dir);
+        const char *rt = geteuid() == 0 ? "/run" : getenv("XDG_RUNTIME_DIR");
+        if (asprintf(&w->sock_dir, "%s/vmshadow-%s", rt ? rt : "/tmp", w->set_id) < 0)
+            w->sock_dir = NULL;
+    }
+    if (!w->sock_dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if ((r = journal_simple(set, ops->id, "run-dir", "path", w->run_dir, "sockets", w->sock_dir,
+                            NULL, NULL, &w->seq_run_dir, err)) < 0)
         return r;
     w->have_run_dir = true;
-    _cleanup_free_ char *nbd = vmsh_path_join(w->run_dir, "nbd");
-    if ((r = vmsh_fs_mkdir_p(w->run_dir, 0711, err)) < 0 || (r = make_socket_dir(nbd, err)) < 0)
+    if ((r = vmsh_fs_mkdir_p(w->run_dir, 0711, err)) < 0 ||
+        (r = make_socket_dir(w->sock_dir, err)) < 0)
         return r;
     for (size_t i = 0; i < w->n_items && r == 0; i++)
         r = write_domain_xml(w, &w->items[i], i, err);
@@ -607,7 +623,17 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
     const char *dir = data_str(data, "path");
     if (!dir)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'run-dir' has no path");
-    _cleanup_free_ char *nbd = vmsh_path_join(dir, "nbd");
+    const char *socks = data_str(data, "sockets");
+    if (socks) {
+        DIR *s = opendir(socks);
+        struct dirent *se;
+        while (s && (se = readdir(s)))
+            if (se->d_name[0] != '.')
+                unlinkat(dirfd(s), se->d_name, 0);
+        if (s)
+            closedir(s);
+        rmdir(socks);
+    }
     DIR *d = opendir(dir);
     if (!d)
         return errno == ENOENT
@@ -620,15 +646,6 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
             unlinkat(dirfd(d), de->d_name, 0);
     }
     closedir(d);
-    if (nbd) {
-        DIR *s = opendir(nbd);
-        while (s && (de = readdir(s)))
-            if (de->d_name[0] != '.')
-                unlinkat(dirfd(s), de->d_name, 0);
-        if (s)
-            closedir(s);
-        rmdir(nbd);
-    }
     if (rmdir(dir) < 0 && errno != ENOENT)
         return vmsh_error_set(err, -errno, "cannot remove %s: %s", dir, strerror(errno));
     return 0;

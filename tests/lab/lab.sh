@@ -158,7 +158,7 @@ lab_guest_define() {
     </disk>
     $extra
     $nets
-    <serial type='file'><source path='$LAB_WORK/$name.console.log'/><target port='0'/></serial>
+    <serial type='file'><source path='$LAB_WORK/$name.console.log' append='on'/><target port='0'/></serial>
     <controller type='usb' model='none'/>
     <controller type='pci' index='0' model='pcie-root'/>
     <controller type='pci' model='pcie-root-port'/>

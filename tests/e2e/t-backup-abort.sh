@@ -1,0 +1,67 @@
+#!/bin/bash
+# No partial backups (SPEC R5) and disks the host cannot see (R6), issue 5:
+#  - a two-VM set where one guest's freeze fails (its fsfreeze hook refuses,
+#    lab.hookfail=1): exit 1, no backup listed, both VMs running and thawed,
+#    no job, scratch file, state file or journal left;
+#  - --method guest on a VM that cannot use it names the failed condition;
+#  - a VM with a host block device attached: backed up, that disk excluded
+#    and warned about.
+set -u
+. "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
+. "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
+lab_init
+e2e_env
+LOOP=
+cleanup_loop() { [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null; }
+
+lab_guest_define ok
+lab_guest_define bad --cmdline lab.hookfail=1
+lab_guest_start ok
+lab_guest_start bad
+OK=$(lab_domname ok); BAD=$(lab_domname bad)
+vsh init
+check "init" test "$RC" = 0
+
+vsh --json backup "$OK" "$BAD"
+check "the set fails: exit 1" test "$RC" = 1
+check "backup is null" test "$(jq -r .backup <<<"$OUT")" = null
+check "the error names the VM whose freeze failed" grep -q "$BAD" <<<"$ERR"
+vsh --json list
+check "no backup listed" test "$(jq '.backups | length' <<<"$OUT")" = 0
+check "both VMs running" test "$(lab_state ok) $(lab_state bad)" = "running running"
+for d in "$OK" "$BAD"; do
+    check "$d thawed" grep -q '"thawed"' <<<"$(lab_virsh qemu-agent-command "$d" '{"execute":"guest-fsfreeze-status"}')"
+    check "$d has no backup job" test -z "$(lab_virsh domjobinfo "$d" | grep -i backup)"
+done
+check "no scratch file beside the disks" test -z "$(ls -A "$LAB_WORK" | grep -F .scratch)"
+check "no run directory left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)"
+check "no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+lab_gexec ok 'echo alive > /mnt/data/alive; sync' >/dev/null
+check "the good guest still writes to its disk" test $? = 0
+vsh verify
+check "verify passes" test "$RC" = 0
+
+# Asking for the guest method where R2 fails is an error naming the condition.
+lab_virsh destroy "$BAD" >/dev/null
+vsh --json backup --method guest "$BAD"
+check "--method guest on a shut-off VM fails" test "$RC" = 1
+check "the error names R2 (b)" grep -q "R2 (b)" <<<"$ERR"
+
+# R6: a host block device (a loop device) attached to a running guest.
+truncate -s 16M "$LAB_WORK/blk.img"
+LOOP=$(losetup -f --show "$LAB_WORK/blk.img") || fail "losetup"
+trap 'cleanup_loop; lab_cleanup' EXIT
+lab_virsh undefine "$BAD" >/dev/null
+lab_guest_define blk --block "$LOOP"
+lab_guest_start blk
+BLK=$(lab_domname blk)
+vsh --json backup "$BLK"
+check "backup of a VM with a host block device succeeds" test "$RC" = 0
+check "the block device is excluded" jq -e --arg n "$BLK" '.vms[] | select(.name == $n) | .excluded_disks | map(tostring) | join(" ") | test("vdb")' <<<"$OUT"
+check "and warned about" grep -qi "warning.*vdb" <<<"$ERR"
+ID=$(jq -r .backup <<<"$OUT")
+vsh --json show "$ID"
+check "its image disk is in the backup" jq -e --arg f "$BLK/disk/vda" '.files[] | select(.name == $f)' <<<"$OUT"
+check "the block device is not" test -z "$(jq -r --arg f "$BLK/disk/vdb" '.files[] | select(.name == $f) | .name' <<<"$OUT")"
+check "the block-device VM is running" test "$(lab_state blk)" = running
+e2e_done
