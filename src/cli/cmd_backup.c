@@ -429,10 +429,32 @@ static json_object *vms_json(const vmsh_set *set)
                 json_object_array_add(ex, x);
             }
             json_object_object_add(o, "excluded_disks", ex);
+            /* measured by the VM writer: how long the VM was stopped (R1) */
+            json_object *extra = vmsh_component_extra(comp), *dt = NULL;
+            if (extra && json_object_object_get_ex(extra, "downtime_ms", &dt))
+                json_object_object_add(o, "downtime_ms", json_object_get(dt));
             json_object_array_add(a, o);
         }
     }
     return a;
+}
+
+/* R6: disks the VM writer leaves out are backed up from inside the guest;
+ * say so on every backup, also with --json (stderr). */
+static void warn_excluded(vmsh_cli *cli, const vmsh_set *set)
+{
+    for (size_t i = 0; set && i < vmsh_set_writer_count(set); i++) {
+        if (strcmp(vmsh_set_writer(set, i)->id, VMSH_VM_WRITER_ID) != 0)
+            continue;
+        const vmsh_metadata *md = vmsh_set_writer_metadata(set, i);
+        for (size_t c = 0; md && c < vmsh_metadata_component_count(md); c++) {
+            const vmsh_component *comp = vmsh_metadata_component(md, c);
+            for (size_t k = 0; k < vmsh_component_excluded_count(comp); k++)
+                vmsh_cli_warn(cli, "VM %s: %s not backed up: %s", vmsh_component_name(comp),
+                              vmsh_component_excluded_name(comp, k),
+                              vmsh_component_excluded_reason(comp, k));
+        }
+    }
 }
 
 static json_object *writers_json(const vmsh_set *set)
@@ -517,6 +539,7 @@ out:;
         if (vw > window)
             window = vw;
     }
+    warn_excluded(cli, set);
     if (cli->json) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "backup", r == 0 && set ? jstr(vmsh_set_backup_id(set)) : NULL);
