@@ -44,7 +44,6 @@ struct vmsh_backup {
     int64_t time_us;
     bool committed, broken;
     pack_writer *pw;
-    pthread_mutex_t pack_mu;
     file_rec *files;
     size_t n_files, cap_files;
     vmsh_add_stats totals;
@@ -58,10 +57,8 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
     if (!b)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     b->repo = r;
-    pthread_mutex_init(&b->pack_mu, NULL);
     int rc = repo_lock(r, "write", true, &b->wlock, err);
     if (rc < 0) {
-        pthread_mutex_destroy(&b->pack_mu);
         free(b);
         return rc;
     }
@@ -112,7 +109,6 @@ void vmsh_backup_free(vmsh_backup *b)
     free(b->files);
     b->repo->backup_pending = false;
     vmsh_lock_free(b->wlock);
-    pthread_mutex_destroy(&b->pack_mu);
     free(b);
 }
 
@@ -218,9 +214,7 @@ static int store_chunk(worker *w, const uint8_t *data, size_t len, const uint8_t
         blen += GCM_OVERHEAD;
     }
     loc.stored_len = (uint32_t)blen;
-    pthread_mutex_lock(&b->pack_mu);
-    int rc = pack_writer_add(b->pw, &loc, blob, err);
-    pthread_mutex_unlock(&b->pack_mu);
+    int rc = pack_writer_add(b->pw, &loc, blob, err); /* thread-safe */
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&r->lock);

@@ -42,8 +42,17 @@ struct pack_writer {
     uint32_t pack_no;
     char name[33];
     char *final_path, *tmp_path, *dir;
-    uint8_t *buf;
+    uint8_t *buf;   /* being filled */
+    uint8_t *spare; /* being written by a thread outside the lock when busy */
+    bool busy;
     size_t fill;
+    /* add and flush may be called from several threads: one lock; the
+     * 8 MiB writes happen outside it so that the others keep computing */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int async_rc;
+    char *async_msg;
+    bool finishing;   /* writing the table: no unlocking until the pack is done */
     uint64_t written; /* bytes of the file already written (multiple of ALIGN) */
     chunk_loc *entries;
     size_t n, cap;
@@ -68,21 +77,65 @@ static int write_full_at(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+static int write_error(pack_writer *w, int r, vmsh_error **err)
+{
+    return vmsh_error_set(err, r, "cannot write pack %s: %s%s", w->tmp_path, strerror(-r),
+                          r == -ENOSPC ? " (the repository's filesystem is full)" : "");
+}
+
+static void wait_idle(pack_writer *w)
+{
+    while (w->busy)
+        pthread_cond_wait(&w->cv, &w->mu);
+}
+
+/* Called with w->mu held. A threshold flush (all false) hands the full
+ * buffer to this thread's write outside the lock and continues in the spare
+ * one; the final flush (all true) pads to the alignment and writes inline. */
 static int flush_aligned(pack_writer *w, bool all, vmsh_error **err)
 {
+    wait_idle(w);
+    if (w->async_rc < 0)
+        return vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "write failed");
     size_t len = all ? (w->fill + ALIGN - 1) / ALIGN * ALIGN : w->fill / ALIGN * ALIGN;
     if (len == 0)
         return 0;
     if (len > w->fill)
         memset(w->buf + w->fill, 0, len - w->fill);
-    int r = write_full_at(w->fd, w->buf, len, w->written);
-    if (r < 0)
-        return vmsh_error_set(err, r, "cannot write pack %s: %s%s", w->tmp_path, strerror(-r),
-                              r == -ENOSPC ? " (the repository's filesystem is full)" : "");
-    w->written += len;
     size_t keep = len > w->fill ? 0 : w->fill - len;
-    memmove(w->buf, w->buf + len, keep);
+    uint64_t off = w->written;
+    if (all || w->finishing) {
+        int r = write_full_at(w->fd, w->buf, len, off);
+        if (r < 0)
+            return write_error(w, r, err);
+        w->written += len;
+        memmove(w->buf, w->buf + len, keep);
+        w->fill = keep;
+        return 0;
+    }
+    uint8_t *full = w->buf;
+    w->buf = w->spare;
+    w->spare = full;
+    memcpy(w->buf, full + len, keep);
     w->fill = keep;
+    w->written += len;
+    w->busy = true;
+    int fd = w->fd;
+    pthread_mutex_unlock(&w->mu);
+    int r = write_full_at(fd, full, len, off);
+    pthread_mutex_lock(&w->mu);
+    w->busy = false;
+    pthread_cond_broadcast(&w->cv);
+    if (r < 0) {
+        vmsh_error *e = NULL;
+        write_error(w, r, &e);
+        if (w->async_rc == 0) {
+            w->async_rc = r;
+            w->async_msg = e ? strdup(e->message) : NULL;
+        }
+        vmsh_error_propagate(err, &e);
+        return r;
+    }
     return 0;
 }
 
@@ -113,7 +166,13 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
     w->repo = r;
     w->fd = -1;
     w->target = PACK_TARGET_DEFAULT;
-    if (posix_memalign((void **)&w->buf, ALIGN, WBUF_CAP) != 0) {
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (posix_memalign((void **)&w->buf, ALIGN, WBUF_CAP) != 0 ||
+        posix_memalign((void **)&w->spare, ALIGN, WBUF_CAP) != 0) {
+        free(w->buf);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
         free(w);
         return vmsh_error_set(err, -ENOMEM, "out of memory for the pack buffer");
     }
@@ -185,9 +244,13 @@ static int start_pack(pack_writer *w, vmsh_error **err)
     return 0;
 }
 
-int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err)
+static int flush_locked(pack_writer *w, vmsh_error **err);
+
+static int add_locked(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err)
 {
     int r;
+    if (w->async_rc < 0)
+        return vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "write failed");
     if (w->fd < 0 && (r = start_pack(w, err)) < 0) {
         close_open(w, true);
         return r;
@@ -207,12 +270,29 @@ int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error
         return r;
     w->entries[w->n++] = *loc;
     if (w->written + w->fill >= w->target || w->n >= PACK_MAX_CHUNKS)
-        return pack_writer_flush(w, err);
+        return flush_locked(w, err);
     return 0;
+}
+
+int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err)
+{
+    pthread_mutex_lock(&w->mu);
+    int r = add_locked(w, loc, blob, err);
+    pthread_mutex_unlock(&w->mu);
+    return r;
 }
 
 int pack_writer_flush(pack_writer *w, vmsh_error **err)
 {
+    pthread_mutex_lock(&w->mu);
+    int r = flush_locked(w, err);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+static int flush_locked(pack_writer *w, vmsh_error **err)
+{
+    wait_idle(w);
     if (w->fd < 0)
         return 0;
     bool enc = w->repo->keys.encrypted;
@@ -239,6 +319,7 @@ int pack_writer_flush(pack_writer *w, vmsh_error **err)
         return vmsh_error_set(err, -EIO, "cannot encrypt a pack table");
     const uint8_t *table = enc ? sealed : plain;
     uint64_t table_off = w->written + w->fill;
+    w->finishing = true;
     uint8_t footer[PACK_FOOTER_LEN];
     le64_put(footer, table_off);
     le64_put(footer + 8, table_len);
@@ -264,6 +345,7 @@ int pack_writer_flush(pack_writer *w, vmsh_error **err)
         _cleanup_free_ char *packs = vmsh_path_join(w->repo->path, "packs");
         r = packs ? vmsh_fs_fsync_dir(packs, err) : -ENOMEM;
     }
+    w->finishing = false;
     if (r < 0) {
         close_open(w, true);
         return r;
@@ -280,10 +362,17 @@ void pack_writer_free(pack_writer *w)
 {
     if (!w)
         return;
+    pthread_mutex_lock(&w->mu);
+    wait_idle(w);
+    pthread_mutex_unlock(&w->mu);
     close_open(w, true);
     crypto_ctx_free(w->crypto);
     free(w->entries);
     free(w->buf);
+    free(w->spare);
+    free(w->async_msg);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
     free(w);
 }
 

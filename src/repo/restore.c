@@ -52,25 +52,19 @@ static void rfail(rjob *j, int code, vmsh_error **e)
     atomic_store(&j->failed, true);
 }
 
-static int restore_entry(rworker *w, const index_entry *e, vmsh_error **err)
+/* Writes `count` decoded chunks starting at chunk `first` from w->buf in one
+ * call: O_DIRECT writes are synchronous, so 64 KiB writes would wait on the
+ * device 40,000 times for a 4 GiB image; runs of up to 1 MiB do not. */
+static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
 {
     rjob *j = w->j;
-    const chunk_loc *loc = chunk_map_find(&j->r->map, e->id);
-    uint64_t off = e->chunk * CHUNK_SIZE;
-    uint64_t want = j->idx->size - off < CHUNK_SIZE ? j->idx->size - off : CHUNK_SIZE;
-    if (!loc || loc->pack == CHUNK_PENDING)
-        return vmsh_error_set(err, -EBADMSG,
-                              "backup %s, file %s: chunk %llu is missing from the repository",
-                              j->backup, j->file, (unsigned long long)e->chunk);
-    if (loc->raw_len != want)
-        return vmsh_error_set(
-            err, -EBADMSG, "backup %s, file %s: chunk %llu has length %u, expected %llu", j->backup,
-            j->file, (unsigned long long)e->chunk, loc->raw_len, (unsigned long long)want);
-    int rc = chunk_reader_read(w->cr, loc, w->buf, err);
-    if (rc < 0)
-        return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
-                                 (unsigned long long)e->chunk);
-    size_t len = (size_t)want;
+    if (count == 0)
+        return 0;
+    uint64_t off = first * CHUNK_SIZE;
+    size_t len = (count - 1) * (size_t)CHUNK_SIZE;
+    uint64_t last_off = off + len;
+    len += j->idx->size - last_off < CHUNK_SIZE ? (size_t)(j->idx->size - last_off) : CHUNK_SIZE;
+    size_t data = len;
     if (j->direct && len % 4096) {
         /* O_DIRECT writes whole blocks: pad; the final ftruncate trims. */
         size_t padded = (len + 4095) / 4096 * 4096;
@@ -88,8 +82,30 @@ static int restore_entry(rworker *w, const index_entry *e, vmsh_error **err)
                                                            : "");
         done += (size_t)n;
     }
-    atomic_fetch_add(&j->written, want);
-    atomic_fetch_add(&j->chunks, 1);
+    atomic_fetch_add(&j->written, data);
+    atomic_fetch_add(&j->chunks, count);
+    return 0;
+}
+
+/* Decodes and checks entry `e` into slot `slot` of w->buf. */
+static int decode_entry(rworker *w, const index_entry *e, size_t slot, vmsh_error **err)
+{
+    rjob *j = w->j;
+    const chunk_loc *loc = chunk_map_find(&j->r->map, e->id);
+    uint64_t off = e->chunk * CHUNK_SIZE;
+    uint64_t want = j->idx->size - off < CHUNK_SIZE ? j->idx->size - off : CHUNK_SIZE;
+    if (!loc || loc->pack == CHUNK_PENDING)
+        return vmsh_error_set(err, -EBADMSG,
+                              "backup %s, file %s: chunk %llu is missing from the repository",
+                              j->backup, j->file, (unsigned long long)e->chunk);
+    if (loc->raw_len != want)
+        return vmsh_error_set(
+            err, -EBADMSG, "backup %s, file %s: chunk %llu has length %u, expected %llu", j->backup,
+            j->file, (unsigned long long)e->chunk, loc->raw_len, (unsigned long long)want);
+    int rc = chunk_reader_read(w->cr, loc, w->buf + slot * CHUNK_SIZE, err);
+    if (rc < 0)
+        return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
+                                 (unsigned long long)e->chunk);
     return 0;
 }
 
@@ -102,13 +118,26 @@ static bool rstep(rworker *w)
     if (i >= j->idx->count)
         return false;
     size_t end = i + BATCH < j->idx->count ? i + BATCH : j->idx->count;
-    for (; i < end; i++) {
-        vmsh_error *e = NULL;
-        int rc = restore_entry(w, &j->idx->entries[i], &e);
-        if (rc < 0) {
-            rfail(j, rc, &e);
-            return false;
+    uint64_t first = 0;
+    size_t count = 0;
+    vmsh_error *e = NULL;
+    int rc = 0;
+    for (; i < end && rc == 0; i++) {
+        const index_entry *en = &j->idx->entries[i];
+        if (count > 0 && en->chunk != first + count) {
+            rc = flush_run(w, first, count, &e);
+            count = 0;
         }
+        if (rc == 0 && count == 0)
+            first = en->chunk;
+        if (rc == 0 && (rc = decode_entry(w, en, count, &e)) == 0)
+            count++;
+    }
+    if (rc == 0)
+        rc = flush_run(w, first, count, &e);
+    if (rc < 0) {
+        rfail(j, rc, &e);
+        return false;
     }
     return true;
 }
@@ -152,7 +181,7 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
         vmsh_error *e = NULL;
         ws[i].j = &j;
         int rc = chunk_reader_new(&ws[i].cr, r, &e);
-        if (rc == 0 && posix_memalign((void **)&ws[i].buf, 4096, CHUNK_SIZE) != 0) {
+        if (rc == 0 && posix_memalign((void **)&ws[i].buf, 4096, BATCH * CHUNK_SIZE) != 0) {
             ws[i].buf = NULL;
             rc = vmsh_error_set(&e, -ENOMEM, "out of memory");
         }
