@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,6 +388,33 @@ static void req_abort(vmsh_requestor_ops *self, vmsh_set *set)
 
 /* ---- backup ---- */
 
+/* SIGINT, SIGTERM, SIGHUP during a set: the coordinator stops sending
+ * events, thaws what it froze and aborts every writer (R5, R7). The handler
+ * resets itself, so a second signal kills at once (the next command then
+ * recovers from the journal). */
+static volatile sig_atomic_t backup_cancel;
+
+static void on_stop_signal(int sig)
+{
+    backup_cancel = 1;
+}
+
+static void catch_stop_signals(struct sigaction old[3])
+{
+    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa = {.sa_handler = on_stop_signal, .sa_flags = SA_RESETHAND};
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &sa, &old[i]);
+}
+
+static void restore_stop_signals(const struct sigaction old[3])
+{
+    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &old[i], NULL);
+}
+
 static void backup_usage(FILE *f)
 {
     fprintf(f, "Usage: vmshadow backup [VM... | --all] [--method auto|saved-state|guest] [--full]\n"
@@ -531,7 +559,12 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
             0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
         goto out;
+    struct sigaction old_sa[3];
+    backup_cancel = 0;
+    cfg.cancel = &backup_cancel;
+    catch_stop_signals(old_sa);
     r = vmsh_coord_backup(&cfg, h.w, h.n, h.p, h.np, &q.ops, &so, &set, &err);
+    restore_stop_signals(old_sa);
 out:;
     int64_t window = set ? vmsh_set_freeze_window_ms(set) : -1;
     if (h.vm_writer) {

@@ -53,6 +53,7 @@ struct vmsh_set {
     const char *operation;
     char *state_dir;
     int64_t event_timeout_ms, freeze_limit_ms;
+    volatile sig_atomic_t *cancel;
     vmsh_set_options opts; /* valid during the run only */
     slot *slots;
     size_t n;
@@ -69,6 +70,8 @@ struct vmsh_set {
     uint64_t bytes_read, bytes_stored;
     char started[21];
 };
+
+static int check_cancel(const vmsh_set *s, vmsh_error **err);
 
 /* ---- small helpers ---- */
 
@@ -197,6 +200,9 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     }
     s->event = ev;
     s->deadline = deadline;
+    /* Once cancelled, only what undoes (Thaw, Abort) is still sent. */
+    if (ev != VMSH_EVENT_THAW && ev != VMSH_EVENT_ABORT && vmsh_set_cancelled(s))
+        return check_cancel(s, err);
     vmsh_error *e = NULL;
     int64_t t0 = vmsh_now_ms();
     int r = 0;
@@ -240,6 +246,8 @@ static int call_provider(vmsh_set *s, pslot *ps, pstep step, int64_t deadline, v
                                                                 : step == P_RELEASE ? p->release
                                                                                     : p->abort;
     s->deadline = deadline;
+    if (step != P_ABORT && vmsh_set_cancelled(s))
+        return check_cancel(s, err);
     vmsh_error *e = NULL;
     int64_t t0 = vmsh_now_ms();
     int r = fn ? fn(p, s, &e) : 0;
@@ -275,6 +283,7 @@ static int set_new(vmsh_set **out, const vmsh_coord_config *cfg, const char *ope
         cfg->freeze_limit_ms > 0 ? cfg->freeze_limit_ms : VMSH_DEFAULT_FREEZE_LIMIT_MS;
     s->freeze_window_ms = -1;
     s->noted_window_ms = -1;
+    s->cancel = cfg->cancel;
     s->req = req;
     if (opts)
         s->opts = *opts;
@@ -375,6 +384,20 @@ int64_t vmsh_set_deadline_ms(const vmsh_set *s)
 vmsh_event vmsh_set_event(const vmsh_set *s)
 {
     return s->event;
+}
+
+bool vmsh_set_cancelled(const vmsh_set *s)
+{
+    return s->cancel && *s->cancel;
+}
+
+static int check_cancel(const vmsh_set *s, vmsh_error **err)
+{
+    if (!vmsh_set_cancelled(s))
+        return 0;
+    return vmsh_error_set(err, -ECANCELED,
+                          "the snapshot set was interrupted (signal); every writer was told to "
+                          "abort");
 }
 
 size_t vmsh_set_writer_count(const vmsh_set *s)
@@ -564,6 +587,9 @@ static int copy_files(vmsh_set *s, vmsh_error **err)
                                           "PostSnapshot; this is a bug in the writer",
                                           s->slots[i].w->name, vmsh_file_name(file),
                                           vmsh_component_name(comp));
+                int cr = check_cancel(s, err);
+                if (cr < 0)
+                    return cr;
                 if (!s->req || !s->req->copy_file)
                     return vmsh_error_set(err, -EINVAL, "no requestor to copy %s of %s",
                                           vmsh_file_name(file), vmsh_component_name(comp));
@@ -652,6 +678,8 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
     int fr = 0;
     for (size_t i = 0; i < s->n && fr == 0; i++) {
         slot *sl = &s->slots[i];
+        if ((fr = check_cancel(s, err)) < 0)
+            break; /* not sent Freeze: gets no Thaw */
         sl->got_freeze = true;
         fr = call_writer(s, sl, VMSH_EVENT_FREEZE, min64(ev_deadline(s), freeze_end), err);
         if (fr == 0)
@@ -671,6 +699,8 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
             sl->state = VMSH_WSTATE_WAITING_FOR_POST_SNAPSHOT;
     }
     s->freeze_window_ms = vmsh_now_ms() - freeze_start;
+    if (fr == 0)
+        fr = check_cancel(s, err);
     if (fr < 0) {
         r = fr;
         goto abort;
@@ -697,7 +727,7 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
 
     /* The backup document goes last: until it is committed there is no
      * backup (R5). */
-    if ((r = build_document(s, err)) < 0)
+    if ((r = check_cancel(s, err)) < 0 || (r = build_document(s, err)) < 0)
         goto abort;
     if (!s->req || !s->req->commit) {
         r = vmsh_error_set(err, -EINVAL, "no requestor to commit the backup");

@@ -193,9 +193,10 @@ static int pidfd_open_compat(pid_t pid)
 #endif
 }
 
-/* Waits for `pid` until the monotonic time `deadline` (<0: forever).
- * Returns 1 with *status when it ended, 0 on timeout. */
-static int wait_until(pid_t pid, int pidfd, int64_t deadline, int *status)
+/* Waits for `pid` until the monotonic time `deadline` (<0: forever) or until
+ * opts->stop says so. Returns 1 with *status when it ended, 0 on timeout,
+ * -1 when stopped. */
+static int wait_until(pid_t pid, int pidfd, int64_t deadline, const vmsh_proc_opts *o, int *status)
 {
     for (;;) {
         pid_t w = waitpid(pid, status, WNOHANG);
@@ -203,12 +204,15 @@ static int wait_until(pid_t pid, int pidfd, int64_t deadline, int *status)
             return 1;
         if (w < 0 && errno != EINTR)
             return 1; /* should not happen: the child is ours */
+        if (o && o->stop && o->stop(o->opaque))
+            return -1;
         int64_t left = deadline < 0 ? -1 : deadline - vmsh_now_ms();
         if (deadline >= 0 && left <= 0)
             return 0;
         if (pidfd >= 0) {
             struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
-            int t = left < 0 ? -1 : (left > 1000 ? 1000 : (int)left);
+            int64_t slice = o && o->stop ? 100 : 1000;
+            int t = left < 0 ? (int)slice : (left > slice ? (int)slice : (int)left);
             poll(&pfd, 1, t);
         } else {
             /* Without pidfd (old kernels) a short sleep keeps it simple. */
@@ -222,6 +226,14 @@ static int wait_until(pid_t pid, int pidfd, int64_t deadline, int *status)
 int vmsh_proc_run(char *const argv[], char *const env[], int64_t timeout_ms, vmsh_proc_result *out,
                   vmsh_error **err)
 {
+    vmsh_proc_opts o = {.timeout_ms = timeout_ms};
+    return vmsh_proc_run_opts(argv, env, &o, out, err);
+}
+
+int vmsh_proc_run_opts(char *const argv[], char *const env[], const vmsh_proc_opts *opts,
+                       vmsh_proc_result *out, vmsh_error **err)
+{
+    int64_t timeout_ms = opts ? opts->timeout_ms : 0;
     if (!argv || !argv[0])
         return vmsh_error_set(err, -EINVAL, "empty command");
     _cleanup_free_ char **envp = build_env(env);
@@ -277,18 +289,22 @@ int vmsh_proc_run(char *const argv[], char *const env[], int64_t timeout_ms, vms
     int pidfd = pidfd_open_compat(pid);
     vmsh_proc_result res = {.exit_code = -1};
     int64_t deadline = timeout_ms > 0 ? start + timeout_ms : -1;
-    if (!wait_until(pid, pidfd, deadline, &status)) {
-        res.timed_out = true;
+    int w = wait_until(pid, pidfd, deadline, opts, &status);
+    if (w <= 0) {
+        if (w == 0)
+            res.timed_out = true;
+        else
+            res.stopped = true;
         kill(-pid, SIGTERM);
-        if (!wait_until(pid, pidfd, vmsh_now_ms() + KILL_GRACE_MS, &status)) {
+        if (wait_until(pid, pidfd, vmsh_now_ms() + KILL_GRACE_MS, NULL, &status) <= 0) {
             kill(-pid, SIGKILL);
-            wait_until(pid, pidfd, -1, &status);
+            wait_until(pid, pidfd, -1, NULL, &status);
         }
     }
     /* After a timeout nothing of the group may outlive it. After a normal
      * exit the group is left alone: a writer may start a helper on purpose
      * (e.g. a session held open from prepare-snapshot to post-snapshot). */
-    if (res.timed_out)
+    if (res.timed_out || res.stopped)
         kill(-pid, SIGKILL);
     if (pidfd >= 0)
         close(pidfd);
@@ -305,6 +321,8 @@ const char *vmsh_proc_describe(const vmsh_proc_result *r, char *buf, size_t len)
 {
     if (r->timed_out)
         snprintf(buf, len, "timed out after %lld ms and was killed", (long long)r->ms);
+    else if (r->stopped)
+        snprintf(buf, len, "was stopped after %lld ms", (long long)r->ms);
     else if (r->signal)
         snprintf(buf, len, "was killed by signal %d (%s)", r->signal, strsignal(r->signal));
     else

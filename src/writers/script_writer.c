@@ -94,9 +94,16 @@ static void sw_free(vmsh_writer_ops *self)
     free(w);
 }
 
+static bool set_cancelled(void *opaque)
+{
+    return vmsh_set_cancelled(opaque);
+}
+
 /* Runs the command of `key` for set `set_id`, bounded by the writer's
- * timeout and by `deadline` (monotonic ms; <= 0: none). */
-static int run_cmd(script_writer *w, int key, const char *set_id, int64_t deadline,
+ * timeout and by `deadline` (monotonic ms; <= 0: none). A command that
+ * takes the set forward is stopped when the set is cancelled (`set`, may be
+ * NULL); thaw and abort always run to their end. */
+static int run_cmd(script_writer *w, int key, const char *set_id, int64_t deadline, vmsh_set *set,
                    vmsh_error **err)
 {
     const char *cmdline = w->cmd[key];
@@ -127,7 +134,12 @@ static int run_cmd(script_writer *w, int key, const char *set_id, int64_t deadli
         }
     }
     vmsh_proc_result res;
-    r = vmsh_proc_run(argv, env, timeout, &res, err);
+    vmsh_proc_opts po = {.timeout_ms = timeout};
+    if (set && key != K_THAW && key != K_ABORT) {
+        po.stop = set_cancelled;
+        po.opaque = set;
+    }
+    r = vmsh_proc_run_opts(argv, env, &po, &res, err);
     vmsh_proc_argv_free(argv);
     if (r < 0)
         return vmsh_error_prefix(err, "%s (%s:%d)", cmd_keys[key], w->path, w->line[key]);
@@ -142,6 +154,10 @@ static int run_cmd(script_writer *w, int key, const char *set_id, int64_t deadli
         vmsh_error_set_retryable(err, true);
         return r;
     }
+    if (res.stopped)
+        return vmsh_error_set(err, -ECANCELED,
+                              "%s command \"%s\" was stopped: the set was interrupted",
+                              cmd_keys[key], cmdline);
     if (res.exit_code != 0) {
         char buf[96];
         return vmsh_error_set(err, -EIO, "%s command \"%s\" %s", cmd_keys[key], cmdline,
@@ -165,7 +181,7 @@ static int journalled(script_writer *w, vmsh_set *set, int key, const char *acti
     json_object_put(data);
     if (r < 0)
         return r;
-    r = run_cmd(w, key, vmsh_set_id(set), vmsh_set_deadline_ms(set), err);
+    r = run_cmd(w, key, vmsh_set_id(set), vmsh_set_deadline_ms(set), set, err);
     if (r < 0)
         return r; /* left "begun": the Abort (or a replay) undoes it */
     return vmsh_set_journal_mark(set, *seq, VMSH_JOURNAL_DONE, err);
@@ -200,7 +216,7 @@ static int sw_freeze(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 static int sw_thaw(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 {
     script_writer *w = SW(self);
-    int r = run_cmd(w, K_THAW, vmsh_set_id(set), vmsh_set_deadline_ms(set), err);
+    int r = run_cmd(w, K_THAW, vmsh_set_id(set), vmsh_set_deadline_ms(set), set, err);
     if (r == 0)
         close_entry(set, &w->seq_freeze);
     return r;
@@ -208,13 +224,14 @@ static int sw_thaw(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 
 static int sw_post_snapshot(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 {
-    return run_cmd(SW(self), K_POST_SNAPSHOT, vmsh_set_id(set), vmsh_set_deadline_ms(set), err);
+    return run_cmd(SW(self), K_POST_SNAPSHOT, vmsh_set_id(set), vmsh_set_deadline_ms(set), set,
+                   err);
 }
 
 static int sw_backup_complete(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 {
     script_writer *w = SW(self);
-    int r = run_cmd(w, K_BACKUP_COMPLETE, vmsh_set_id(set), vmsh_set_deadline_ms(set), err);
+    int r = run_cmd(w, K_BACKUP_COMPLETE, vmsh_set_id(set), vmsh_set_deadline_ms(set), set, err);
     if (r == 0) {
         close_entry(set, &w->seq_freeze);
         close_entry(set, &w->seq_prep);
@@ -225,7 +242,7 @@ static int sw_backup_complete(vmsh_writer_ops *self, vmsh_set *set, vmsh_error *
 static int sw_abort(vmsh_writer_ops *self, vmsh_set *set, vmsh_error **err)
 {
     script_writer *w = SW(self);
-    int r = run_cmd(w, K_ABORT, vmsh_set_id(set), vmsh_set_deadline_ms(set), err);
+    int r = run_cmd(w, K_ABORT, vmsh_set_id(set), vmsh_set_deadline_ms(set), set, err);
     if (r == 0) {
         /* The abort command is the writer's whole clean-up. */
         close_entry(set, &w->seq_freeze);
@@ -238,9 +255,9 @@ static int sw_undo(vmsh_writer_ops *self, const vmsh_journal_entry *e, vmsh_erro
 {
     script_writer *w = SW(self);
     if (strcmp(e->action, "freeze") == 0)
-        return run_cmd(w, K_THAW, e->set_id, 0, err);
+        return run_cmd(w, K_THAW, e->set_id, 0, NULL, err);
     if (strcmp(e->action, "prepare-snapshot") == 0)
-        return run_cmd(w, K_ABORT, e->set_id, 0, err);
+        return run_cmd(w, K_ABORT, e->set_id, 0, NULL, err);
     return vmsh_error_set(err, -EINVAL, "script writer %s cannot undo an action \"%s\"", w->name,
                           e->action);
 }

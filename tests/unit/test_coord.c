@@ -4,6 +4,7 @@
  * recorded writer states (R17), the journal and recovery (R7), restore. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -45,6 +46,7 @@ typedef struct fake_writer {
     int fail_at;  /* event that fails, or -1 */
     int sleep_at; /* event that sleeps sleep_ms, or -1 */
     int sleep_ms;
+    int cancel_at; /* event at which the requestor is asked to stop, or -1 */
     bool retryable;
     int calls[VMSH_EVENT_COUNT];
     int order[VMSH_EVENT_COUNT]; /* position in the global order of calls */
@@ -53,6 +55,7 @@ typedef struct fake_writer {
 } fake_writer;
 
 static int call_counter;
+static volatile sig_atomic_t cancel_flag;
 
 static void sleep_ms(int ms)
 {
@@ -67,6 +70,8 @@ static int fake_event(fake_writer *f, vmsh_set *set, vmsh_event ev, vmsh_error *
     logf_("%s:%s ", f->name, vmsh_event_name(ev));
     if (f->sleep_at == (int)ev)
         sleep_ms(f->sleep_ms);
+    if (f->cancel_at == (int)ev)
+        cancel_flag = 1; /* as a SIGINT handler of the requestor would */
     if (f->fail_at == (int)ev) {
         vmsh_error_set(err, -EIO, "%s cannot %s", f->name, vmsh_event_name(ev));
         vmsh_error_set_retryable(err, f->retryable);
@@ -195,7 +200,7 @@ static fake_writer *fake_writer_new(const char *name, const char *id)
     assert_non_null(f);
     snprintf(f->name, sizeof(f->name), "%s", name);
     snprintf(f->id, sizeof(f->id), "%s", id);
-    f->fail_at = f->sleep_at = -1;
+    f->fail_at = f->sleep_at = f->cancel_at = -1;
     f->ops = (vmsh_writer_ops){
         .version = VMSH_WRITER_OPS_VERSION,
         .name = f->name,
@@ -354,7 +359,8 @@ static int setup(void **state)
     strcpy(x->dir, "/tmp/vmsh-coord-XXXXXX");
     if (!mkdtemp(x->dir))
         return -1;
-    x->cfg = (vmsh_coord_config){.state_dir = x->dir};
+    cancel_flag = 0;
+    x->cfg = (vmsh_coord_config){.state_dir = x->dir, .cancel = &cancel_flag};
     x->w[0] = fake_writer_new("A", ID_A);
     x->w[1] = fake_writer_new("B", ID_B);
     fake_provider_init(&x->p);
@@ -639,6 +645,24 @@ static void slow_writer_times_out(void **state)
     vmsh_set_free(set);
 }
 
+static void cancel_aborts_after_thaw(void **state)
+{
+    fx *x = *state;
+    x->w[0]->cancel_at = VMSH_EVENT_FREEZE; /* "Ctrl-C" while A freezes */
+    vmsh_set *set = NULL;
+    vmsh_error *err = NULL;
+    int rc = run(x, &set, &err);
+    assert_int_equal(rc, -ECANCELED);
+    assert_non_null(strstr(err->message, "interrupted"));
+    check_aborted(x, set, rc, NULL, NULL);
+    /* A, frozen, is thawed; B is sent neither Freeze nor Thaw; both abort. */
+    assert_string_equal(event_log, "A:identify B:identify A:prepare-backup B:prepare-backup "
+                                   "A:prepare-snapshot B:prepare-snapshot P:prepare A:freeze "
+                                   "A:thaw P:abort B:abort A:abort R:abort ");
+    vmsh_error_free(err);
+    vmsh_set_free(set);
+}
+
 static void second_set_is_busy_at_once(void **state)
 {
     fx *x = *state;
@@ -829,6 +853,7 @@ int main(void)
         cmocka_unit_test(requestor_failures_abort),
         cmocka_unit_test_setup_teardown(freeze_past_the_limit_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_writer_times_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(cancel_aborts_after_thaw, setup, teardown),
         cmocka_unit_test_setup_teardown(second_set_is_busy_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(duplicate_writer_ids_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(recover_undoes_an_interrupted_run, setup, teardown),

@@ -127,6 +127,26 @@ static void timeout_kills_the_whole_group(void **state)
     rmdir(dir);
 }
 
+static bool stop_after_three(void *opaque)
+{
+    int *calls = opaque;
+    return ++*calls >= 3;
+}
+
+static void stop_callback_ends_the_command(void **state)
+{
+    char *argv[] = {"sleep", "30", NULL};
+    int calls = 0;
+    vmsh_proc_opts o = {.timeout_ms = 60000, .stop = stop_after_three, .opaque = &calls};
+    vmsh_proc_result r;
+    assert_int_equal(vmsh_proc_run_opts(argv, NULL, &o, &r, NULL), 0);
+    assert_true(r.stopped);
+    assert_false(r.timed_out);
+    assert_int_equal(r.signal, SIGTERM);
+    char buf[64];
+    assert_non_null(strstr(vmsh_proc_describe(&r, buf, sizeof(buf)), "stopped"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -134,6 +154,7 @@ int main(void)
         cmocka_unit_test(split_refuses_what_needs_a_shell),
         cmocka_unit_test(run_passes_env_and_status),
         cmocka_unit_test(timeout_kills_the_whole_group),
+        cmocka_unit_test(stop_callback_ends_the_command),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,7 @@
 #ifndef VMSH_COORD_COORD_H
 #define VMSH_COORD_COORD_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +39,11 @@ typedef struct vmsh_coord_config {
     const char *state_dir;    /* journals, writer states, the set lock */
     int64_t event_timeout_ms; /* per event and writer; <= 0: default */
     int64_t freeze_limit_ms;  /* Freeze -> Thaw bound; <= 0: default */
+    /* When non-NULL and it becomes non-zero (e.g. set by the requestor's
+     * SIGINT/SIGTERM handler), the set stops sending events other than Thaw
+     * and Abort and aborts with -ECANCELED. Checked before every event, every
+     * file copied, and by writers through vmsh_set_cancelled. */
+    volatile sig_atomic_t *cancel;
 } vmsh_coord_config;
 
 /* What the requestor asked for; writers read it through vmsh_set_options. */
@@ -141,6 +147,9 @@ const vmsh_set_options *vmsh_set_options_of(const vmsh_set *set);
 int64_t vmsh_set_deadline_ms(const vmsh_set *set);
 /* The event being sent now. */
 vmsh_event vmsh_set_event(const vmsh_set *set);
+/* True once the requestor asked to stop (vmsh_coord_config.cancel): a long
+ * callback should end early with -ECANCELED (Thaw and Abort should not). */
+bool vmsh_set_cancelled(const vmsh_set *set);
 
 /* The writers of the set and their metadata (borrowed). */
 size_t vmsh_set_writer_count(const vmsh_set *set);

@@ -32,6 +32,7 @@ typedef struct vmsh_proc_result {
     int exit_code;  /* the exit status when the command exited, else -1 */
     int signal;     /* the signal that ended it, else 0 */
     bool timed_out; /* it ran past the timeout and was killed */
+    bool stopped;   /* opts->stop said so, and it was killed */
     int64_t ms;     /* how long it ran */
 } vmsh_proc_result;
 
@@ -43,6 +44,17 @@ typedef struct vmsh_proc_result {
  * cannot be executed; message names it), -ENOMEM. */
 int vmsh_proc_run(char *const argv[], char *const env[], int64_t timeout_ms, vmsh_proc_result *out,
                   vmsh_error **err);
+
+/* vmsh_proc_run with a way to stop early: `stop` (may be NULL) is polled
+ * about every 100 ms while the command runs; when it returns true the
+ * command's group is killed as on a timeout and out->stopped is set. */
+typedef struct vmsh_proc_opts {
+    int64_t timeout_ms;
+    bool (*stop)(void *opaque);
+    void *opaque;
+} vmsh_proc_opts;
+int vmsh_proc_run_opts(char *const argv[], char *const env[], const vmsh_proc_opts *opts,
+                       vmsh_proc_result *out, vmsh_error **err);
 
 /* One line describing a result that was not a success ("exited with status 3",
  * "killed by signal 9", "timed out after 5000 ms"); a static or
