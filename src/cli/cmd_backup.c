@@ -12,6 +12,7 @@
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/repo/source.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/identity.h>
 #include <vmshadow/writers/script_writer.h>
 #include <vmshadow/writers/vm_writer.h>
@@ -315,6 +316,35 @@ typedef struct cli_requestor {
     vmsh_backup *backup;
 } cli_requestor;
 
+/* A progress line on stderr, only when it is a terminal (CLI.md). */
+typedef struct copy_progress {
+    vmsh_cli *cli;
+    const char *name;
+    int64_t last_ms;
+    bool shown;
+} copy_progress;
+
+static void show_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    copy_progress *p = opaque;
+    int64_t now = vmsh_now_ms();
+    if (done < total && now - p->last_ms < 200)
+        return;
+    p->last_ms = now;
+    p->shown = true;
+    fprintf(stderr, "\r%s: %3u%% of %.1f MiB", p->name,
+            total ? (unsigned)(done * 100 / total) : 100u, (double)total / (1024.0 * 1024.0));
+    fflush(stderr);
+}
+
+static void event_debug(void *opaque, const vmsh_set *set, size_t writer, vmsh_event ev, int result,
+                        int64_t ms)
+{
+    vmsh_cli *cli = opaque;
+    vmsh_cli_debug(cli, "writer %s: %s %s (%lld ms)", vmsh_set_writer(set, writer)->name,
+                   vmsh_event_name(ev), result == 0 ? "ok" : strerror(-result), (long long)ms);
+}
+
 static int open_source(const vmsh_file *f, vmsh_source **out, vmsh_error **err)
 {
     if (vmsh_file_source_type(f) == VMSH_SOURCE_NBD)
@@ -348,7 +378,15 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
     vmsh_cli_debug(q->cli, "copying %s", name);
     vmsh_add_stats st = {0};
-    r = vmsh_backup_add_file(q->backup, name, src, NULL, &st, err);
+    copy_progress cp = {.cli = q->cli, .name = name};
+    vmsh_add_opts ao = {0};
+    if (q->cli->progress) {
+        ao.progress = show_progress;
+        ao.progress_opaque = &cp;
+    }
+    r = vmsh_backup_add_file(q->backup, name, src, &ao, &st, err);
+    if (cp.shown)
+        fputc('\n', stderr);
     vmsh_source_free(src);
     if (r < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
@@ -562,6 +600,8 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
     struct sigaction old_sa[3];
     backup_cancel = 0;
     cfg.cancel = &backup_cancel;
+    cfg.on_event = event_debug;
+    cfg.on_event_opaque = cli;
     catch_stop_signals(old_sa);
     r = vmsh_coord_backup(&cfg, h.w, h.n, h.p, h.np, &q.ops, &so, &set, &err);
     restore_stop_signals(old_sa);

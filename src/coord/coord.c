@@ -54,6 +54,8 @@ struct vmsh_set {
     char *state_dir;
     int64_t event_timeout_ms, freeze_limit_ms;
     volatile sig_atomic_t *cancel;
+    void (*on_event)(void *, const vmsh_set *, size_t, vmsh_event, int, int64_t);
+    void *on_event_opaque;
     vmsh_set_options opts; /* valid during the run only */
     slot *slots;
     size_t n;
@@ -221,6 +223,8 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     if (r < 0 && !e)
         vmsh_error_set(&e, r, "failed: %s", strerror(-r));
     note_event(sl, ev, r >= 0 ? "ok" : r == -ETIMEDOUT ? "timed-out" : "failed", t1 - t0);
+    if (s->on_event)
+        s->on_event(s->on_event_opaque, s, (size_t)(sl - s->slots), ev, r < 0 ? r : 0, t1 - t0);
     if (r >= 0)
         return 0;
     vmsh_error_prefix(&e, "writer %s at %s", w->name, vmsh_event_name(ev));
@@ -284,6 +288,8 @@ static int set_new(vmsh_set **out, const vmsh_coord_config *cfg, const char *ope
     s->freeze_window_ms = -1;
     s->noted_window_ms = -1;
     s->cancel = cfg->cancel;
+    s->on_event = cfg->on_event;
+    s->on_event_opaque = cfg->on_event_opaque;
     s->req = req;
     if (opts)
         s->opts = *opts;

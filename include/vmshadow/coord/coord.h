@@ -44,6 +44,12 @@ typedef struct vmsh_coord_config {
      * and Abort and aborts with -ECANCELED. Checked before every event, every
      * file copied, and by writers through vmsh_set_cancelled. */
     volatile sig_atomic_t *cancel;
+    /* Called after each event a writer was sent (may be NULL), e.g. for the
+     * requestor's verbose output: writer index, event, 0 or the negative
+     * errno it failed with, and how long it took. */
+    void (*on_event)(void *opaque, const vmsh_set *set, size_t writer, vmsh_event ev, int result,
+                     int64_t ms);
+    void *on_event_opaque;
 } vmsh_coord_config;
 
 /* What the requestor asked for; writers read it through vmsh_set_options. */
