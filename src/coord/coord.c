@@ -793,6 +793,14 @@ int vmsh_coord_backup(const vmsh_coord_config *cfg, vmsh_writer_ops *const *writ
     if ((r = vmsh_lock_take(&lock, lock_path, true, false, "the snapshot set", err)) < 0)
         return r;
     vmsh_set *s = NULL;
+    /* Under the set lock, any journal not locked by its process is dead:
+     * undo it before freezing anything again (R7). What cannot be undone
+     * stays for `vmshadow recover`; it does not block new sets. */
+    vmsh_recover_report *rep = NULL;
+    vmsh_error *re = NULL;
+    vmsh_coord_recover(cfg, writers, n_writers, providers, n_providers, &rep, &re);
+    vmsh_recover_report_free(rep);
+    vmsh_error_free(re);
     if ((r = set_new(&s, cfg, "backup", writers, n_writers, providers, n_providers, req, opts,
                      err)) < 0)
         goto out;
@@ -1058,6 +1066,13 @@ int vmsh_coord_recover(const vmsh_coord_config *cfg, vmsh_writer_ops *const *wri
         vmsh_recover_report_free(rep);
         return r;
     }
+    /* Hold the set lock while replaying when it is free, so that no new set
+     * starts freezing what is being undone; when a set runs (or our caller
+     * holds it) only journals whose process is gone are replayed. */
+    _cleanup_free_ char *lock_path = vmsh_path_join(cfg->state_dir, SET_LOCK);
+    vmsh_lock *lock = NULL;
+    if (lock_path && nn > 0)
+        vmsh_lock_take(&lock, lock_path, true, false, "the snapshot set", NULL);
     remove_stale_new(dir);
     vmsh_writer_states *states = NULL;
     vmsh_writer_states_new(&states, NULL);
@@ -1165,6 +1180,7 @@ int vmsh_coord_recover(const vmsh_coord_config *cfg, vmsh_writer_ops *const *wri
         vmsh_error_free(ce);
     }
     free_names(names, nn);
+    vmsh_lock_free(lock);
     if (states && vmsh_writer_states_count(states) > 0) {
         vmsh_error *se = NULL;
         vmsh_writer_states_record(cfg->state_dir, states, &se);

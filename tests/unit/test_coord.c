@@ -763,6 +763,18 @@ static void recover_undoes_an_interrupted_run(void **state)
     vmsh_recover_report_free(rep);
 }
 
+static void a_new_set_first_undoes_a_dead_one(void **state)
+{
+    fx *x = *state;
+    write_interrupted_journal(x->dir, false);
+    vmsh_set *set = NULL;
+    assert_int_equal(run(x, &set, NULL), 0);
+    /* Undone under the set lock before anything of the new set happens. */
+    assert_int_equal(strncmp(event_log, "B:undo-freeze A:undo-prepare A:identify", 39), 0);
+    assert_int_equal(journal_files(x), 0);
+    vmsh_set_free(set);
+}
+
 static void recover_keeps_what_it_cannot_undo(void **state)
 {
     fx *x = *state;
@@ -857,6 +869,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(second_set_is_busy_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(duplicate_writer_ids_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(recover_undoes_an_interrupted_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_new_set_first_undoes_a_dead_one, setup, teardown),
         cmocka_unit_test_setup_teardown(recover_keeps_what_it_cannot_undo, setup, teardown),
         cmocka_unit_test_setup_teardown(recover_leaves_a_live_run_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(restore_sends_pre_and_post_restore, setup, teardown),

@@ -87,7 +87,8 @@ struct vmsh_requestor_ops {
 };
 
 /* Runs one backup snapshot set. Takes the host's snapshot-set lock (-EBUSY at
- * once when another set runs), writes the journal, records every writer's
+ * once when another set runs), first undoes what dead runs left
+ * (vmsh_coord_recover, silently), writes the journal, records every writer's
  * state (docs/formats/writer-state.md) whatever the outcome. *out receives
  * the finished set (also when it aborted, unless it could not start) for
  * vmsh_set_backup_id & co; free with vmsh_set_free. Returns 0 when the backup
@@ -131,12 +132,11 @@ typedef struct vmsh_recover_report {
 } vmsh_recover_report;
 
 /* Replays every unfinished journal under cfg->state_dir whose process is
- * gone: for each entry not undone, newest first, calls the owner's `undo`
- * (found by ID among `writers` and `providers`) and marks it undone. A
- * journal whose entries are all undone is removed. The writers of an
- * interrupted run get their state recorded ("interrupted"). *out (always set
- * on return 0) says what was done; free with vmsh_recover_report_free.
- * Returns 0 when everything found could be undone (or nothing was found);
+ * gone (holding the snapshot-set lock meanwhile when it is free): for each entry not undone, newest
+ * first, calls the owner's `undo` (found by ID among `writers` and `providers`) and marks it
+ * undone. A journal whose entries are all undone is removed. The writers of an interrupted run get
+ * their state recorded ("interrupted"). *out (always set on return 0) says what was done; free with
+ * vmsh_recover_report_free. Returns 0 when everything found could be undone (or nothing was found);
  * -EAGAIN (with *out set) when something could not (unknown owner, undo
  * failed, damaged journal): the journals stay for the next attempt. */
 int vmsh_coord_recover(const vmsh_coord_config *cfg, vmsh_writer_ops *const *writers,
