@@ -282,8 +282,6 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
 
 /* QEMU runs as an unprivileged user under qemu:///system and must create the
  * NBD socket: the socket directory is private to that user (and root). */
-#define SOCK_DIR_MAX 90 /* leaves room for "/vmNNN.sock" within sun_path */
-
 static int make_socket_dir(const char *dir, vmsh_error **err)
 {
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
@@ -446,15 +444,13 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
     _cleanup_free_ char *runs = vmsh_path_join(w->state_dir, "run");
     if (!runs || !(w->run_dir = vmsh_path_join(runs, w->set_id)))
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    /* A Unix socket path has at most 107 bytes: under a long state
-     * directory the sockets go to a private directory in /run instead. */
-    w->sock_dir = vmsh_path_join(w->run_dir, "nbd");
-    if (w->sock_dir && strlen(w->sock_dir) > SOCK_DIR_MAX) {
-        free(w->sock_dir);
-        const char *rt = geteuid() == 0 ? "/run" : getenv("XDG_RUNTIME_DIR");
-        if (asprintf(&w->sock_dir, "%s/vmshadow-%s", rt ? rt : "/tmp", w->set_id) < 0)
-            w->sock_dir = NULL;
-    }
+    /* QEMU (an unprivileged user under qemu:///system) creates the NBD
+     * sockets, so they cannot live in the private state directory; and a
+     * socket path has at most 107 bytes. A private directory in /run (or
+     * the user's runtime directory) serves both. */
+    const char *rt = geteuid() == 0 ? "/run" : getenv("XDG_RUNTIME_DIR");
+    if (asprintf(&w->sock_dir, "%s/vmshadow-%s", rt ? rt : "/tmp", w->set_id) < 0)
+        w->sock_dir = NULL;
     if (!w->sock_dir)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     if ((r = journal_simple(set, ops->id, "run-dir", "path", w->run_dir, "sockets", w->sock_dir,
