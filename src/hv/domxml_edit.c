@@ -56,8 +56,30 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
     if (!src || !xmlSetProp(src, (const xmlChar *)"file", (const xmlChar *)rp->path))
         return -ENOMEM;
     xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
-    /* the restored image stands alone: the backing chain was read through */
-    drop(child(disk, "backingStore"));
+    xmlNodePtr old_chain = child(disk, "backingStore");
+    if (old_chain)
+        xmlUnlinkNode(old_chain);
+    if (rp->backing) {
+        /* overlay -> backing image -> the image's own chain, if any */
+        xmlNodePtr bs = xmlNewChild(disk, NULL, (const xmlChar *)"backingStore", NULL);
+        xmlNodePtr fmt = bs ? xmlNewChild(bs, NULL, (const xmlChar *)"format", NULL) : NULL;
+        xmlNodePtr bsrc = bs ? xmlNewChild(bs, NULL, (const xmlChar *)"source", NULL) : NULL;
+        if (!bsrc || !fmt) {
+            xmlFreeNode(old_chain);
+            return -ENOMEM;
+        }
+        xmlSetProp(bs, (const xmlChar *)"type", (const xmlChar *)"file");
+        xmlSetProp(fmt, (const xmlChar *)"type",
+                   (const xmlChar *)(rp->backing_format ? rp->backing_format : "raw"));
+        xmlSetProp(bsrc, (const xmlChar *)"file", (const xmlChar *)rp->backing);
+        if (old_chain && child(old_chain, "source"))
+            xmlAddChild(bs, old_chain);
+        else
+            xmlFreeNode(old_chain);
+    } else {
+        /* the restored image stands alone: the backing chain was read through */
+        xmlFreeNode(old_chain);
+    }
     if (rp->format) {
         xmlNodePtr drv = child(disk, "driver");
         if (!drv && !(drv = xmlNewChild(disk, NULL, (const xmlChar *)"driver", NULL)))

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 #include <libvirt/libvirt-qemu.h>
@@ -113,12 +114,83 @@ int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err
     return r;
 }
 
-int vmsh_hv_restore(vmsh_hv *hv, const char *path, bool paused, vmsh_error **err)
+int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused, vmsh_error **err)
 {
     unsigned flags = paused ? VIR_DOMAIN_SAVE_PAUSED : VIR_DOMAIN_SAVE_RUNNING;
-    if (virDomainRestoreFlags(vmsh_hv_conn(hv), path, NULL, flags) < 0)
+    if (virDomainRestoreFlags(vmsh_hv_conn(hv), path, dxml, flags) < 0)
         return lv_fail(err, path, "restoring from the state file");
     return 0;
+}
+
+int vmsh_hv_save_image_xml(vmsh_hv *hv, const char *path, char **out, vmsh_error **err)
+{
+    *out = virDomainSaveImageGetXMLDesc(vmsh_hv_conn(hv), path, VIR_DOMAIN_SAVE_IMAGE_XML_SECURE);
+    if (!*out)
+        return lv_fail(err, path, "reading the XML of the state file");
+    return 0;
+}
+
+int vmsh_hv_disk_source(vmsh_hv *hv, const char *vm, const char *target, char **out,
+                        vmsh_error **err)
+{
+    _cleanup_free_ char *xml = NULL;
+    int r = vmsh_hv_domain_xml(hv, vm, false, &xml, err);
+    if (r < 0)
+        return r;
+    vmsh_domxml *x = NULL;
+    if ((r = vmsh_domxml_parse(&x, xml, strlen(xml), err)) < 0)
+        return r;
+    r = vmsh_error_set(err, -ENOENT, "VM %s has no disk %s", vm, target);
+    for (size_t i = 0; i < x->n_disks; i++) {
+        if (x->disks[i].target && strcmp(x->disks[i].target, target) == 0) {
+            vmsh_error_freep(err);
+            *out = x->disks[i].source ? strdup(x->disks[i].source) : NULL;
+            r = 0;
+            break;
+        }
+    }
+    vmsh_domxml_free(x);
+    return r;
+}
+
+int vmsh_hv_block_commit_pivot(vmsh_hv *hv, const char *vm, const char *target, int timeout_s,
+                               vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainBlockCommit(d, target, NULL, NULL, 0, VIR_DOMAIN_BLOCK_COMMIT_ACTIVE) < 0) {
+        r = lv_fail(err, vm, "merging the overlay of disk");
+        goto out;
+    }
+    /* An active commit never ends on its own: once it is ready (it has
+     * caught up; libvirt learns it from an event) the pivot switches the
+     * VM to the merged image. Until then the pivot is refused: retry. */
+    r = -ETIMEDOUT;
+    for (int i = 0; i < timeout_s * 20; i++) {
+        if (virDomainBlockJobAbort(d, target, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) == 0) {
+            r = 0;
+            break;
+        }
+        virErrorPtr e = virGetLastError();
+        if (!e || e->code != VIR_ERR_BLOCK_COPY_ACTIVE) {
+            r = lv_fail(err, vm, "switching back from the overlay of disk");
+            goto out;
+        }
+        usleep(50 * 1000);
+    }
+    if (r < 0) {
+        virDomainBlockJobAbort(d, target, 0);
+        r = vmsh_error_set(err, -ETIMEDOUT,
+                           "merging the overlay of disk %s of VM %s did not finish in %d s; "
+                           "the VM still runs on its overlay: run 'vmshadow recover' again",
+                           target, vm, timeout_s);
+        vmsh_error_set_retryable(err, true);
+    }
+out:
+    virDomainFree(d);
+    return r;
 }
 
 int vmsh_hv_suspend(vmsh_hv *hv, const char *vm, vmsh_error **err)

@@ -11,7 +11,9 @@
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/fs.h>
+#include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/proc.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/method.h>
 #include <vmshadow/writers/vm_writer.h>
@@ -324,6 +326,88 @@ static int write_domain_xml(vm_writer *w, vm_item *it, size_t idx, vmsh_error **
     return f ? vmsh_file_set_source_file(f, it->xml_file, "raw") : 0;
 }
 
+/* The disks the VM writer captures, as recorded at Identify. */
+typedef struct disk_ref {
+    const char *target, *path, *format;
+} disk_ref;
+
+static size_t disk_refs(const vm_item *it, disk_ref *out, size_t max)
+{
+    json_object *extra = vmsh_component_extra(it->comp), *disks = NULL;
+    size_t n = 0;
+    if (!extra || !json_object_object_get_ex(extra, "disks", &disks))
+        return 0;
+    for (size_t i = 0; i < json_object_array_length(disks) && n < max; i++) {
+        json_object *d = json_object_array_get_idx(disks, i), *t = NULL, *p = NULL, *f = NULL;
+        json_object_object_get_ex(d, "target", &t);
+        json_object_object_get_ex(d, "path", &p);
+        json_object_object_get_ex(d, "format", &f);
+        out[n++] = (disk_ref){json_object_get_string(t), json_object_get_string(p),
+                              f ? json_object_get_string(f) : "raw"};
+    }
+    return n;
+}
+
+#define MAX_DISKS 64
+
+/* Points the VM's captured disk files at the image files themselves: for a
+ * shut-off VM (nothing can change them), and for a saved VM (it runs on
+ * overlays until BackupComplete, so the images stay at the saved instant). */
+static int sources_from_images(vm_item *it, vmsh_error **err)
+{
+    disk_ref d[MAX_DISKS];
+    size_t n = disk_refs(it, d, MAX_DISKS);
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_free_ char *fname = NULL;
+        if (asprintf(&fname, "disk/%s", d[i].target) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+        if (f && vmsh_file_set_source_file(f, d[i].path, d[i].format) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref *d)
+{
+    _cleanup_free_ char *dir = w->scratch_dir ? strdup(w->scratch_dir) : vmsh_path_dirname(d->path);
+    char *p = NULL;
+    if (!dir ||
+        asprintf(&p, "%s/.vmshadow-%.8s-%s-%s.overlay", dir, w->set_id, it->name, d->target) < 0)
+        return NULL;
+    return p;
+}
+
+static int create_overlay(const char *overlay, const disk_ref *d, vmsh_error **err)
+{
+    char *argv[] = {(char *)"qemu-img",
+                    (char *)"create",
+                    (char *)"-q",
+                    (char *)"-f",
+                    (char *)"qcow2",
+                    (char *)"-b",
+                    (char *)d->path,
+                    (char *)"-F",
+                    (char *)d->format,
+                    (char *)overlay,
+                    NULL};
+    vmsh_proc_result res;
+    int r = vmsh_proc_run(argv, NULL, 60 * 1000, &res, err);
+    if (r < 0)
+        return r;
+    if (res.exit_code != 0) {
+        char buf[96];
+        return vmsh_error_set(err, -EIO, "qemu-img could not create the overlay %s on %s: %s",
+                              overlay, d->path, vmsh_proc_describe(&res, buf, sizeof(buf)));
+    }
+    return 0;
+}
+
+/* R1: the VM's memory goes to the state file and the VM stops; each captured
+ * disk gets a qcow2 overlay on its image; the VM is started again from the
+ * state file on the overlays, in the state it had. The images keep the saved
+ * instant while the requestor reads them; BackupComplete merges the overlays
+ * back. Downtime is the save and the restore, never the copy. */
 static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
 {
     char name[32];
@@ -338,11 +422,58 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
     it->down_start = vmsh_now_ms();
     if ((r = vmsh_hv_save(w->hv, it->name, it->state_file, err)) < 0)
         return r;
-    /* Back at once, paused at the saved instant: the provider captures the
-     * disks at that point, and the VM resumes in PostSnapshot (R1). */
-    if ((r = vmsh_hv_restore(w->hv, it->state_file, true, err)) < 0)
-        return vmsh_error_prefix(err, "VM %s was saved to %s but not restored", it->name,
-                                 it->state_file);
+    int64_t saved_at = vmsh_now_ms();
+    disk_ref d[MAX_DISKS];
+    size_t n = disk_refs(it, d, MAX_DISKS);
+    vmsh_disk_repath rp[MAX_DISKS];
+    char *overlays[MAX_DISKS] = {0};
+    for (size_t i = 0; i < n && r == 0; i++) {
+        if (!(overlays[i] = overlay_path(w, it, &d[i]))) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        json_object *data = json_object_new_object();
+        json_object_object_add(data, "vm", jstr(it->name));
+        json_object_object_add(data, "target", jstr(d[i].target));
+        json_object_object_add(data, "overlay", jstr(overlays[i]));
+        json_object_object_add(data, "image", jstr(d[i].path));
+        uint64_t seq = 0;
+        r = vmsh_set_journal_begin(set, w->ops.id, "overlay", data, &seq, err);
+        json_object_put(data);
+        if (r == 0)
+            r = create_overlay(overlays[i], &d[i], err);
+        if (r == 0)
+            r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
+        rp[i] = (vmsh_disk_repath){.target = d[i].target,
+                                   .path = overlays[i],
+                                   .format = "qcow2",
+                                   .backing = d[i].path,
+                                   .backing_format = d[i].format};
+    }
+    _cleanup_free_ char *xml = NULL, *dxml = NULL;
+    if (r == 0)
+        r = vmsh_hv_save_image_xml(w->hv, it->state_file, &xml, err);
+    if (r == 0) {
+        vmsh_domxml_edit e = {.disks = rp, .n_disks = n};
+        r = vmsh_domxml_edit_apply(xml, strlen(xml), &e, &dxml, err);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(overlays[i]);
+    if (r < 0)
+        return r; /* abort restores the VM from the state file, on its images */
+    int64_t restore_at = vmsh_now_ms();
+    if ((r = vmsh_hv_restore(w->hv, it->state_file, dxml, it->prior == VMSH_VM_PAUSED, err)) < 0)
+        return vmsh_error_prefix(err, "VM %s was saved to %s but not started on its overlays",
+                                 it->name, it->state_file);
+    it->down_end = vmsh_now_ms();
+    /* where the downtime went, for `show` and the benchmark */
+    json_object *extra = vmsh_component_extra(it->comp);
+    if (extra) {
+        json_object_object_add(extra, "save_ms", json_object_new_int64(saved_at - it->down_start));
+        json_object_object_add(extra, "overlay_ms", json_object_new_int64(restore_at - saved_at));
+        json_object_object_add(extra, "restore_ms",
+                               json_object_new_int64(it->down_end - restore_at));
+    }
     vmsh_file *f = vmsh_component_find_file(it->comp, "saved-state");
     if (f) {
         vmsh_file_set_source_file(f, it->state_file, "raw");
@@ -350,6 +481,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         if (stat(it->state_file, &st) == 0)
             vmsh_file_set_size(f, st.st_size);
     }
+    if ((r = sources_from_images(it, err)) < 0)
+        return r;
     return vmsh_set_journal_mark(set, it->seq_save, VMSH_JOURNAL_DONE, err);
 }
 
@@ -372,29 +505,12 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
     return vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, err);
 }
 
-/* Registers the VM's captured disks with the provider and points the disk
- * files at the NBD export (running and paused VMs), or at the image files
- * themselves (shut-off VMs: nothing runs that could change them). */
+/* Registers a running guest-method VM's captured disks with the provider and
+ * points the disk files at its NBD export; other VMs read their images. */
 static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
 {
-    json_object *extra = vmsh_component_extra(it->comp), *disks = NULL;
-    json_object_object_get_ex(extra, "disks", &disks);
-    if (it->prior == VMSH_VM_SHUTOFF) {
-        for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
-            json_object *d = json_object_array_get_idx(disks, i), *t, *p, *fm;
-            json_object_object_get_ex(d, "target", &t);
-            json_object_object_get_ex(d, "path", &p);
-            json_object_object_get_ex(d, "format", &fm);
-            _cleanup_free_ char *fname = NULL;
-            if (asprintf(&fname, "disk/%s", json_object_get_string(t)) < 0)
-                return vmsh_error_set(err, -ENOMEM, "out of memory");
-            vmsh_file *f = vmsh_component_find_file(it->comp, fname);
-            if (f)
-                vmsh_file_set_source_file(f, json_object_get_string(p),
-                                          fm ? json_object_get_string(fm) : NULL);
-        }
-        return 0;
-    }
+    if (it->method != VMSH_METHOD_GUEST)
+        return it->saved ? 0 : sources_from_images(it, err);
     if (it->n_targets == 0)
         return 0;
     char name[32];
@@ -496,12 +612,6 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
                 w->freeze_end = vmsh_now_ms();
                 r = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_UNDONE, &e);
             }
-        } else if (it->saved && it->prior == VMSH_VM_RUNNING) {
-            r = vmsh_hv_resume(w->hv, it->name, &e);
-            if (r == 0)
-                it->down_end = vmsh_now_ms();
-        } else if (it->saved) {
-            it->down_end = vmsh_now_ms(); /* stays paused, as it was (R1) */
         }
         vmsh_vm_state now = it->prior;
         if (r >= 0 && it->prior != VMSH_VM_SHUTOFF)
@@ -517,6 +627,9 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
         vmsh_error_propagate(err, &e);
     }
     if (w->freeze_start) {
+        /* the guests were frozen from PrepareForSnapshot to here, longer
+         * than the set's Freeze..Thaw: that is the set's freeze window */
+        vmsh_set_note_window_ms(set, w->freeze_end - w->freeze_start);
         for (size_t i = 0; i < w->n_items; i++) {
             json_object *extra = vmsh_component_extra(w->items[i].comp);
             if (extra && w->items[i].method == VMSH_METHOD_GUEST)
@@ -579,7 +692,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
                                   "VM %s is shut off and its saved state %s is gone; start it "
                                   "with 'virsh start %s'",
                                   vm, state_file, vm);
-        if ((r = vmsh_hv_restore(hv, state_file, !prior_running, err)) < 0)
+        if ((r = vmsh_hv_restore(hv, state_file, NULL, !prior_running, err)) < 0)
             return r;
     } else if (st == VMSH_VM_PAUSED && prior_running) {
         if ((r = vmsh_hv_resume(hv, vm, err)) < 0)
@@ -610,6 +723,49 @@ static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
     vmsh_error_propagate(err, &e);
     vmsh_error_set_retryable(err, true);
     return r;
+}
+
+/* A VM running on an overlay is switched back to its image with the overlay
+ * merged in; an overlay no VM runs on is merged offline (a guest may have
+ * written to it before it stopped), then removed. */
+static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+{
+    const char *vm = data_str(data, "vm"), *target = data_str(data, "target");
+    const char *overlay = data_str(data, "overlay");
+    if (!vm || !target || !overlay)
+        return vmsh_error_set(err, -EBADMSG, "journal entry 'overlay' is missing members");
+    if (access(overlay, F_OK) < 0)
+        return 0; /* never created, or merged and removed already */
+    int r = wait_no_job(hv, vm, err);
+    if (r < 0)
+        return r;
+    vmsh_vm_state st = VMSH_VM_SHUTOFF;
+    vmsh_error *e = NULL;
+    r = vmsh_hv_state(hv, vm, &st, &e);
+    vmsh_error_free(e);
+    _cleanup_free_ char *cur = NULL;
+    if (r == 0 && st != VMSH_VM_SHUTOFF && vmsh_hv_disk_source(hv, vm, target, &cur, NULL) == 0 &&
+        cur && strcmp(cur, overlay) == 0) {
+        if ((r = vmsh_hv_block_commit_pivot(hv, vm, target, 600, err)) < 0)
+            return r;
+    } else {
+        char *argv[] = {(char *)"qemu-img", (char *)"commit", (char *)"-q", (char *)"-f",
+                        (char *)"qcow2",    (char *)overlay,  NULL};
+        vmsh_proc_result res;
+        if ((r = vmsh_proc_run(argv, NULL, 600 * 1000, &res, err)) < 0)
+            return r;
+        if (res.exit_code != 0) {
+            char buf[96];
+            return vmsh_error_set(err, -EIO,
+                                  "cannot merge overlay %s of VM %s back into its image: qemu-img "
+                                  "%s; merge it with 'qemu-img commit %s' before starting the VM",
+                                  overlay, vm, vmsh_proc_describe(&res, buf, sizeof(buf)), overlay);
+        }
+    }
+    if (unlink(overlay) < 0 && errno != ENOENT)
+        return vmsh_error_set(err, -errno, "cannot remove overlay %s: %s", overlay,
+                              strerror(errno));
+    return 0;
 }
 
 /* Removes what the set put in its directory, but never a state file: only
@@ -659,6 +815,8 @@ static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_
         return undo_freeze(w->hv, entry->data, err);
     if (strcmp(entry->action, "save") == 0)
         return undo_save(w->hv, entry->data, err);
+    if (strcmp(entry->action, "overlay") == 0)
+        return undo_overlay(w->hv, entry->data, err);
     return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
                           entry->action);
 }

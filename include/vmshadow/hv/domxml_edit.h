@@ -18,6 +18,10 @@ typedef struct vmsh_disk_repath {
     const char *target; /* "vda" */
     const char *path;   /* the restored image */
     const char *format; /* its format ("qcow2", "raw"); NULL keeps the driver type */
+    /* When set, `path` is an overlay on this image (of `backing_format`):
+     * the disk's old backing chain goes below it. */
+    const char *backing;
+    const char *backing_format;
 } vmsh_disk_repath;
 
 typedef struct vmsh_domxml_edit {

@@ -29,8 +29,24 @@ int vmsh_hv_fsfreeze_status(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* Saves the VM's memory to `path` (the VM is then shut off; a transient VM
  * is gone until restored). */
 int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err);
-/* Starts a VM from a state file written by vmsh_hv_save, paused or running. */
-int vmsh_hv_restore(vmsh_hv *hv, const char *path, bool paused, vmsh_error **err);
+/* Starts a VM from a state file written by vmsh_hv_save, paused or running.
+ * `dxml` (may be NULL) replaces the domain XML stored in the file for this
+ * start, e.g. to run the VM on overlays (only host-side details such as disk
+ * paths may differ). */
+int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused, vmsh_error **err);
+/* The domain XML stored in a state file (*out malloc'ed), with secure details. */
+int vmsh_hv_save_image_xml(vmsh_hv *hv, const char *path, char **out, vmsh_error **err);
+
+/* The image file a disk of the running VM uses now (*out malloc'ed; NULL
+ * when it has no file source). -ENOENT when the VM or the disk is unknown. */
+int vmsh_hv_disk_source(vmsh_hv *hv, const char *vm, const char *target, char **out,
+                        vmsh_error **err);
+
+/* Merges the active overlay of disk `target` into its backing image and
+ * switches the VM back to that image (an active block commit, then pivot).
+ * Waits at most `timeout_s` for the commit to catch up. */
+int vmsh_hv_block_commit_pivot(vmsh_hv *hv, const char *vm, const char *target, int timeout_s,
+                               vmsh_error **err);
 int vmsh_hv_suspend(vmsh_hv *hv, const char *vm, vmsh_error **err);
 int vmsh_hv_resume(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* The VM's state now; -ENOENT when no such VM exists. */
