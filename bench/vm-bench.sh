@@ -29,30 +29,42 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 mkdir -p "$LAB_WORK/nbd"; chmod 0777 "$LAB_WORK/nbd"
 
 : > "$LAB_WORK/fw.vmshadow"; : > "$LAB_WORK/fw.virsh"; : > "$LAB_WORK/dt.vmshadow"; : > "$LAB_WORK/dt.virsh"
-for i in $(seq "$ROUNDS"); do
-    # vmshadow, guest method
+vmshadow_guest() {
     out=$("$VMSHADOW" --json backup --method guest "$D") || { echo "vm-bench: vmshadow backup failed" >&2; exit 1; }
     jq -r .freeze_window_ms <<<"$out" >> "$LAB_WORK/fw.vmshadow"
-    # bare virsh: freeze, start a pull backup (the point-in-time copy), thaw
+}
+virsh_guest() { # freeze, start a pull backup (the point-in-time copy), thaw
     cat > "$LAB_WORK/pull.xml" <<X
-<domainbackup mode='pull'><server transport='unix' socket='$LAB_WORK/nbd/b.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='$LAB_WORK/scratch-$i.qcow2'/></disk></disks></domainbackup>
+<domainbackup mode='pull'><server transport='unix' socket='$LAB_WORK/nbd/b.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='$LAB_WORK/scratch.qcow2'/></disk></disks></domainbackup>
 X
+    local t0 t1
     t0=$(ms)
     lab_virsh domfsfreeze "$D" >/dev/null && lab_virsh backup-begin "$D" "$LAB_WORK/pull.xml" >/dev/null
     lab_virsh domfsthaw "$D" >/dev/null
     t1=$(ms)
     echo $((t1 - t0)) >> "$LAB_WORK/fw.virsh"
-    lab_virsh domjobabort "$D" >/dev/null 2>&1; rm -f "$LAB_WORK/scratch-$i.qcow2"
-
-    # vmshadow, saved-state method
+    lab_virsh domjobabort "$D" >/dev/null 2>&1; rm -f "$LAB_WORK/scratch.qcow2"
+}
+vmshadow_saved() {
     out=$("$VMSHADOW" --json backup --method saved-state "$D") || { echo "vm-bench: vmshadow backup failed" >&2; exit 1; }
     jq -r '.vms[0].downtime_ms' <<<"$out" >> "$LAB_WORK/dt.vmshadow"
-    # bare virsh: save, restore
+}
+virsh_saved() { # save, restore
+    local t0 t1
     t0=$(ms)
     lab_virsh save "$D" "$LAB_WORK/state.sav" >/dev/null && lab_virsh restore "$LAB_WORK/state.sav" >/dev/null
     t1=$(ms)
     echo $((t1 - t0)) >> "$LAB_WORK/dt.virsh"
     rm -f "$LAB_WORK/state.sav"
+}
+# Rounds alternate which tool goes first, so that neither always inherits
+# the other's page cache and guest state.
+for i in $(seq "$ROUNDS"); do
+    if [ $((i % 2)) = 1 ]; then
+        vmshadow_guest; virsh_guest; vmshadow_saved; virsh_saved
+    else
+        virsh_guest; vmshadow_guest; virsh_saved; vmshadow_saved
+    fi
     lab_wait_ready g
 done
 fv=$(median < "$LAB_WORK/fw.vmshadow"); fb=$(median < "$LAB_WORK/fw.virsh")
