@@ -858,6 +858,8 @@ int vmsh_coord_restore(const vmsh_coord_config *cfg, vmsh_writer_ops *const *wri
     vmsh_metadata **mds = vmsh_calloc_array(nd ? nd : 1, sizeof(*mds));
     size_t nu = 0;
     vmsh_set *s = NULL;
+    vmsh_lock *lock = NULL;
+    char *lock_path = NULL;
     if (!use || !mds) {
         r = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
@@ -887,6 +889,14 @@ int vmsh_coord_restore(const vmsh_coord_config *cfg, vmsh_writer_ops *const *wri
         use[nu] = w;
         mds[nu++] = md;
     }
+    /* A restore changes VMs as a backup does: never both at once. */
+    lock_path = vmsh_path_join(cfg->state_dir, SET_LOCK);
+    if (!lock_path) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((r = vmsh_lock_take(&lock, lock_path, true, false, "the snapshot set", err)) < 0)
+        goto out;
     if ((r = set_new(&s, cfg, "restore", use, nu, NULL, 0, req, opts, err)) < 0)
         goto out;
     for (size_t i = 0; i < nu; i++) {
@@ -930,7 +940,11 @@ int vmsh_coord_restore(const vmsh_coord_config *cfg, vmsh_writer_ops *const *wri
     s->opts.targets = NULL;
     s->opts.n_targets = 0;
     s->opts.method = NULL;
+    s->opts.restore_dir = NULL;
+    s->opts.restore_as = NULL;
 out:
+    vmsh_lock_free(lock);
+    free(lock_path);
     free(use);
     free(mds);
     if (out && s)

@@ -60,6 +60,9 @@ typedef struct vmsh_set_options {
     const char *method; /* "auto", "saved-state", "guest"; NULL: "auto" */
     bool full;          /* no incremental */
     bool force;         /* restore: may replace existing objects (R9) */
+    const char *restore_dir; /* restore: put files under this directory (--to) */
+    const char *restore_as;  /* restore: one component under a new name (--as) */
+    bool host_devices;       /* restore: keep host devices of the backup's config */
 } vmsh_set_options;
 
 #define VMSH_REQUESTOR_OPS_VERSION 1
