@@ -209,6 +209,8 @@ typedef struct chunk_reader chunk_reader;
 int chunk_reader_new(chunk_reader **out, vmsh_repo *r, vmsh_error **err);
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err);
 void chunk_reader_free(chunk_reader *cr);
+/* Reads packs with O_DIRECT through 1 MiB windows (restores). */
+void chunk_reader_set_direct(chunk_reader *cr, bool direct);
 
 unsigned repo_threads(const vmsh_repo *r);
 bool name_is_valid(const char *name);

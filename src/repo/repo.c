@@ -442,6 +442,21 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err)
 
 /* ---- chunk reader ---- */
 
+#define WINDOWS  4
+#define WIN_SIZE (1u << 20)
+
+/* In direct mode blobs come from a few 1 MiB windows read with O_DIRECT:
+ * packs just written (O_DIRECT) are not in the page cache, and filling it
+ * costs ~2 CPU-s per GiB here (../shared/lab/PERF.md); restores read the
+ * packs mostly in order, so a window serves many chunks. */
+typedef struct window {
+    uint32_t pack;
+    uint64_t off;
+    size_t len;
+    uint64_t used; /* LRU tick; 0: empty */
+    uint8_t *buf;
+} window;
+
 struct chunk_reader {
     vmsh_repo *repo;
     crypto_ctx *crypto;
@@ -449,7 +464,15 @@ struct chunk_reader {
     int *fds;
     size_t n_fds, open_fds;
     uint8_t *blob, *plain;
+    bool direct;
+    window win[WINDOWS];
+    uint64_t tick;
 };
+
+void chunk_reader_set_direct(chunk_reader *cr, bool direct)
+{
+    cr->direct = direct;
+}
 
 int chunk_reader_new(chunk_reader **out, vmsh_repo *r, vmsh_error **err)
 {
@@ -483,6 +506,8 @@ void chunk_reader_free(chunk_reader *cr)
     free(cr->fds);
     ZSTD_freeDCtx(cr->dctx);
     crypto_ctx_free(cr->crypto);
+    for (int i = 0; i < WINDOWS; i++)
+        free(cr->win[i].buf);
     free(cr->blob);
     free(cr->plain);
     free(cr);
@@ -514,7 +539,11 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, vmsh_error **err)
     _cleanup_free_ char *p = pack_path(cr->repo->path, cr->repo->packs[pack].name);
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    int fd = open(p, O_RDONLY | O_CLOEXEC | (cr->direct ? O_DIRECT : 0));
+    if (fd < 0 && cr->direct && errno == EINVAL) {
+        cr->direct = false; /* a filesystem without O_DIRECT: buffered reads */
+        fd = open(p, O_RDONLY | O_CLOEXEC);
+    }
     if (fd < 0)
         return vmsh_error_set(err, errno == ENOENT ? -EBADMSG : -errno, "cannot open pack %s: %s",
                               p, strerror(errno));
@@ -530,21 +559,63 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
     if (fd < 0)
         return fd;
     size_t len = loc->stored_len;
-    for (size_t done = 0; done < len;) {
-        ssize_t n = pread(fd, cr->blob + done, len - done, (off_t)(loc->offset + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname, strerror(errno));
-        if (n == 0)
-            return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
-        done += (size_t)n;
+    const uint8_t *data = NULL;
+    if (cr->direct) {
+        window *w = NULL, *lru = &cr->win[0];
+        for (int i = 0; i < WINDOWS; i++) {
+            window *c = &cr->win[i];
+            if (c->used && c->pack == loc->pack && loc->offset >= c->off &&
+                loc->offset + len <= c->off + c->len)
+                w = c;
+            if (c->used < lru->used)
+                lru = c;
+        }
+        if (!w) {
+            w = lru;
+            if (!w->buf && posix_memalign((void **)&w->buf, 4096, WIN_SIZE) != 0) {
+                w->buf = NULL;
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            }
+            w->pack = loc->pack;
+            w->off = loc->offset & ~(uint64_t)4095;
+            w->len = 0;
+            w->used = 0;
+            while (w->len < WIN_SIZE) {
+                ssize_t n = pread(fd, w->buf + w->len, WIN_SIZE - w->len, (off_t)(w->off + w->len));
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n < 0)
+                    return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
+                                          strerror(errno));
+                if (n == 0)
+                    break;
+                w->len += (size_t)n;
+                if (w->len % 4096) /* the end of the file */
+                    break;
+            }
+            if (loc->offset + len > w->off + w->len)
+                return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
+        }
+        w->used = ++cr->tick;
+        data = w->buf + (loc->offset - w->off);
+    } else {
+        for (size_t done = 0; done < len;) {
+            ssize_t n = pread(fd, cr->blob + done, len - done, (off_t)(loc->offset + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
+                                      strerror(errno));
+            if (n == 0)
+                return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
+            done += (size_t)n;
+        }
+        data = cr->blob;
     }
     char idhex[65];
-    const uint8_t *data = cr->blob;
     if (cr->repo->keys.encrypted) {
         if (len < GCM_OVERHEAD ||
-            crypto_open(cr->crypto, cr->blob, len, loc->id, ID_LEN, cr->plain) < 0) {
+            crypto_open(cr->crypto, data, len, loc->id, ID_LEN, cr->plain) < 0) {
             vmsh_hex(loc->id, ID_LEN, idhex);
             return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s fails authentication", idhex,
                                   pname);

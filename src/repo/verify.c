@@ -27,6 +27,8 @@ typedef struct vjob {
     atomic_uint_fast64_t bytes, chunks;
     char **bad_msgs; /* per slot, first message for a bad chunk */
     uint8_t *status; /* per slot: ST_* */
+    size_t *order;   /* slots of stored chunks, by pack and offset */
+    size_t n_order;
 } vjob;
 
 static void check_slot(vjob *j, chunk_reader *cr, uint8_t *buf, size_t i)
@@ -61,11 +63,11 @@ typedef struct vworker {
 static bool vstep(vworker *w)
 {
     size_t i = atomic_fetch_add(&w->j->next, VBATCH);
-    if (i >= w->j->needed->cap)
+    if (i >= w->j->n_order)
         return false;
-    size_t end = i + VBATCH < w->j->needed->cap ? i + VBATCH : w->j->needed->cap;
+    size_t end = i + VBATCH < w->j->n_order ? i + VBATCH : w->j->n_order;
     for (; i < end; i++)
-        check_slot(w->j, w->cr, w->buf, i);
+        check_slot(w->j, w->cr, w->buf, w->j->order[i]);
     return true;
 }
 
@@ -74,6 +76,15 @@ static void *vworker_main(void *arg)
     while (vstep(arg))
         ;
     return NULL;
+}
+
+static int cmp_slot(const void *a, const void *b, void *map)
+{
+    const chunk_loc *x = &((chunk_map *)map)->slots[*(const size_t *)a];
+    const chunk_loc *y = &((chunk_map *)map)->slots[*(const size_t *)b];
+    if (x->pack != y->pack)
+        return x->pack < y->pack ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
 static int add_damage(vmsh_verify_report *rep, const char *backup, const char *file,
@@ -224,9 +235,19 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
     atomic_init(&j.bytes, 0);
     atomic_init(&j.chunks, 0);
     uint64_t total = 0;
+    j.order = vmsh_calloc_array(needed.count ? needed.count : 1, sizeof(size_t));
+    if (!j.order) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
     for (size_t i = 0; i < needed.cap; i++)
-        if (needed.used[i] && needed.slots[i].pack != CHUNK_PENDING)
+        if (needed.used[i] && needed.slots[i].pack != CHUNK_PENDING) {
             total += needed.slots[i].stored_len;
+            j.order[j.n_order++] = i;
+        }
+    /* in pack order: sequential reads through the direct windows */
+    if (j.n_order)
+        qsort_r(j.order, j.n_order, sizeof(size_t), cmp_slot, &needed);
     nw = repo_threads(r);
     ws = vmsh_calloc_array(nw, sizeof(*ws));
     if (!ws) {
@@ -237,6 +258,7 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
         ws[i].j = &j;
         if ((rc = chunk_reader_new(&ws[i].cr, r, err)) < 0)
             goto out;
+        chunk_reader_set_direct(ws[i].cr, true);
         if (!(ws[i].buf = malloc(CHUNK_SIZE))) {
             rc = vmsh_error_set(err, -ENOMEM, "out of memory");
             goto out;
@@ -313,6 +335,7 @@ out:
             free(j.bad_msgs[i]);
     free(j.bad_msgs);
     free(j.status);
+    free(j.order);
     for (size_t f = 0; f < n_files; f++) {
         free(files[f].name);
         vmsh_file_index_free(files[f].idx);
