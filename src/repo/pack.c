@@ -43,8 +43,15 @@ struct pack_writer {
     char name[33];
     char *final_path, *tmp_path, *dir;
     uint8_t *buf;   /* being filled */
-    uint8_t *spare; /* being written by a thread outside the lock when busy */
+    uint8_t *spare; /* being written by the I/O thread when busy */
     bool busy;
+    /* the I/O thread: writes the spare buffer so that the threads that hash
+     * and compress never wait on the disk */
+    pthread_t io;
+    bool io_started, io_quit;
+    int job_fd;
+    size_t job_len;
+    uint64_t job_off;
     size_t fill;
     /* add and flush may be called from several threads: one lock; the
      * 8 MiB writes happen outside it so that the others keep computing */
@@ -120,23 +127,41 @@ static int flush_aligned(pack_writer *w, bool all, vmsh_error **err)
     w->fill = keep;
     w->written += len;
     w->busy = true;
-    int fd = w->fd;
-    pthread_mutex_unlock(&w->mu);
-    int r = write_full_at(fd, full, len, off);
-    pthread_mutex_lock(&w->mu);
-    w->busy = false;
+    w->job_fd = w->fd;
+    w->job_len = len;
+    w->job_off = off;
     pthread_cond_broadcast(&w->cv);
-    if (r < 0) {
-        vmsh_error *e = NULL;
-        write_error(w, r, &e);
-        if (w->async_rc == 0) {
+    return 0;
+}
+
+static void *io_main(void *arg)
+{
+    pack_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->busy && !w->io_quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->busy && w->io_quit)
+            break;
+        int fd = w->job_fd;
+        const uint8_t *buf = w->spare;
+        size_t len = w->job_len;
+        uint64_t off = w->job_off;
+        pthread_mutex_unlock(&w->mu);
+        int r = write_full_at(fd, buf, len, off);
+        pthread_mutex_lock(&w->mu);
+        if (r < 0 && w->async_rc == 0) {
+            vmsh_error *e = NULL;
+            write_error(w, r, &e);
             w->async_rc = r;
             w->async_msg = e ? strdup(e->message) : NULL;
+            vmsh_error_free(e);
         }
-        vmsh_error_propagate(err, &e);
-        return r;
+        w->busy = false;
+        pthread_cond_broadcast(&w->cv);
     }
-    return 0;
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
 }
 
 static int append(pack_writer *w, const void *data, size_t len, vmsh_error **err)
@@ -181,6 +206,11 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
         pack_writer_free(w);
         return rc;
     }
+    if (pthread_create(&w->io, NULL, io_main, w) != 0) {
+        pack_writer_free(w);
+        return vmsh_error_set(err, -EAGAIN, "cannot start the pack writer thread");
+    }
+    w->io_started = true;
     *out = w;
     return 0;
 }
@@ -364,7 +394,11 @@ void pack_writer_free(pack_writer *w)
         return;
     pthread_mutex_lock(&w->mu);
     wait_idle(w);
+    w->io_quit = true;
+    pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
+    if (w->io_started)
+        pthread_join(w->io, NULL);
     close_open(w, true);
     crypto_ctx_free(w->crypto);
     free(w->entries);
