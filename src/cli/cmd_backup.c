@@ -24,165 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the writers and providers of this host ---- */
-
-typedef struct broken_writer {
-    char *path, *name, *message;
-    char id[37];
-} broken_writer;
-
-typedef struct host_writers {
-    vmsh_writer_ops **w;
-    size_t n;
-    vmsh_provider_ops **p;
-    size_t np;
-    vmsh_writer_ops *vm_writer; /* also in w[] */
-    broken_writer *broken;      /* script writer files that do not load */
-    size_t n_broken;
-    char **paths; /* script writer file of w[i], NULL for the VM writer */
-} host_writers;
-
-static void host_writers_clear(host_writers *h)
-{
-    for (size_t i = 0; i < h->n; i++) {
-        vmsh_writer_free(h->w[i]);
-        if (h->paths)
-            free(h->paths[i]);
-    }
-    for (size_t i = 0; i < h->np; i++)
-        vmsh_provider_free(h->p[i]);
-    for (size_t i = 0; i < h->n_broken; i++) {
-        free(h->broken[i].path);
-        free(h->broken[i].name);
-        free(h->broken[i].message);
-    }
-    free(h->w);
-    free(h->p);
-    free(h->paths);
-    free(h->broken);
-    memset(h, 0, sizeof(*h));
-}
-
-static int add_writer(host_writers *h, vmsh_writer_ops *w, const char *path)
-{
-    vmsh_writer_ops **a = vmsh_realloc_array(h->w, h->n + 1, sizeof(*a));
-    if (!a)
-        return -ENOMEM;
-    h->w = a;
-    char **p = vmsh_realloc_array(h->paths, h->n + 1, sizeof(*p));
-    if (!p)
-        return -ENOMEM;
-    h->paths = p;
-    h->paths[h->n] = path ? strdup(path) : NULL;
-    h->w[h->n++] = w;
-    return 0;
-}
-
-static int add_provider(host_writers *h, vmsh_provider_ops *pr)
-{
-    vmsh_provider_ops **a = vmsh_realloc_array(h->p, h->np + 1, sizeof(*a));
-    if (!a)
-        return -ENOMEM;
-    h->p = a;
-    h->p[h->np++] = pr;
-    return 0;
-}
-
-/* THE place where the writers of a set are built: the VM writer (with the
- * pull provider it captures disks through) first, then every script writer
- * of the writers directory in file-name order. With `strict`, a script
- * writer file that does not load fails the call (a backup must not run
- * without a configured writer); otherwise it is kept in h->broken. */
-static int build_writers(vmsh_cli *cli, bool strict, host_writers *h, vmsh_error **err)
-{
-    memset(h, 0, sizeof(*h));
-    int r;
-    long agent_timeout = 0;
-    if ((r = vmsh_kvconf_get_int(cli->config, "agent-timeout", 1, 300, &agent_timeout, err)) < 0)
-        return r;
-    vmsh_provider_ops *pull = NULL;
-    if ((r = vmsh_pull_provider_new(&pull, cli->uri, err)) < 0)
-        goto fail;
-    if (add_provider(h, pull) < 0) {
-        vmsh_provider_free(pull);
-        r = vmsh_error_set(err, -ENOMEM, "out of memory");
-        goto fail;
-    }
-    vmsh_vm_writer_config vc = {
-        .uri = cli->uri,
-        .state_dir = cli->state_dir,
-        .agent_timeout_s = (int)agent_timeout,
-    };
-    vmsh_writer_ops *vmw = NULL;
-    if ((r = vmsh_vm_writer_new(&vmw, &vc, pull, err)) < 0)
-        goto fail;
-    if (add_writer(h, vmw, NULL) < 0) {
-        vmsh_writer_free(vmw);
-        r = vmsh_error_set(err, -ENOMEM, "out of memory");
-        goto fail;
-    }
-    h->vm_writer = vmw;
-
-    char **paths = NULL;
-    size_t np = 0;
-    if ((r = vmsh_script_writer_paths(cli->writers_dir, &paths, &np, err)) < 0)
-        goto fail;
-    for (size_t i = 0; i < np; i++) {
-        vmsh_writer_ops *sw = NULL;
-        vmsh_error *e = NULL;
-        if (vmsh_script_writer_load(paths[i], &sw, &e) < 0) {
-            if (strict) {
-                vmsh_error_propagate(err, &e);
-                vmsh_error_prefix(err, "script writer");
-                r = -EINVAL;
-                vmsh_script_writer_paths_free(paths);
-                goto fail;
-            }
-            broken_writer *b = vmsh_realloc_array(h->broken, h->n_broken + 1, sizeof(*b));
-            if (b) {
-                h->broken = b;
-                b = &h->broken[h->n_broken++];
-                memset(b, 0, sizeof(*b));
-                b->path = strdup(paths[i]);
-                b->name = vmsh_script_writer_default_name(paths[i]);
-                b->message = strdup(e->message);
-                if (!b->name || vmsh_script_writer_id(b->name, b->id, NULL) < 0)
-                    b->id[0] = '\0';
-            }
-            vmsh_error_free(e);
-            continue;
-        }
-        if (add_writer(h, sw, paths[i]) < 0) {
-            vmsh_writer_free(sw);
-            vmsh_script_writer_paths_free(paths);
-            r = vmsh_error_set(err, -ENOMEM, "out of memory");
-            goto fail;
-        }
-    }
-    vmsh_script_writer_paths_free(paths);
-    return 0;
-fail:
-    host_writers_clear(h);
-    return r;
-}
-
-static int coord_config(vmsh_cli *cli, vmsh_coord_config *cfg, vmsh_error **err)
-{
-    long event_timeout = VMSH_DEFAULT_EVENT_TIMEOUT_MS / 1000;
-    long freeze_limit = VMSH_DEFAULT_FREEZE_LIMIT_MS / 1000;
-    int r;
-    if ((r = vmsh_kvconf_get_int(cli->config, "event-timeout", 1, 86400, &event_timeout, err)) <
-            0 ||
-        (r = vmsh_kvconf_get_int(cli->config, "freeze-limit", 1, 3600, &freeze_limit, err)) < 0)
-        return r;
-    *cfg = (vmsh_coord_config){
-        .state_dir = cli->state_dir,
-        .event_timeout_ms = event_timeout * 1000,
-        .freeze_limit_ms = freeze_limit * 1000,
-    };
-    return 0;
-}
-
 /* ---- recovery (R7) ---- */
 
 static const char *item_owner(const vmsh_recover_item *it)
@@ -194,18 +35,18 @@ static const char *item_owner(const vmsh_recover_item *it)
  * or, before other commands, only when something was found. */
 static int run_recover(vmsh_cli *cli, bool report, vmsh_recover_report **out, vmsh_error **err)
 {
-    host_writers h;
+    vmsh_cli_host_writers h;
     vmsh_coord_config cfg;
-    int r = coord_config(cli, &cfg, err);
+    int r = vmsh_cli_coord_config(cli, &cfg, err);
     if (r < 0)
         return r;
-    if ((r = build_writers(cli, false, &h, err)) < 0)
+    if ((r = vmsh_cli_build_writers(cli, false, &h, err)) < 0)
         return r;
     for (size_t i = 0; i < h.n_broken; i++)
         vmsh_cli_warn(cli, "script writer %s does not load: %s", h.broken[i].path,
                       h.broken[i].message);
     r = vmsh_coord_recover(&cfg, h.w, h.n, h.p, h.np, out, err);
-    host_writers_clear(&h);
+    vmsh_cli_host_writers_clear(&h);
     if (!*out)
         return r;
     for (size_t i = 0; i < (*out)->n_items; i++) {
@@ -362,17 +203,10 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     cli_requestor *q = (cli_requestor *)self;
     /* Unique within the backup: writer, component, file. The VM writer's
      * files go under the VM's name alone, as `show` and `extract` name them. */
-    _cleanup_free_ char *name = NULL;
+    _cleanup_free_ char *name = vmsh_cli_repo_file_name(md, c, f);
     int r;
-    if (strcmp(vmsh_metadata_writer_id(md), VMSH_VM_WRITER_ID) == 0)
-        r = asprintf(&name, "%s/%s", vmsh_component_name(c), vmsh_file_name(f));
-    else
-        r = asprintf(&name, "%s/%s/%s", vmsh_metadata_writer_name(md), vmsh_component_name(c),
-                     vmsh_file_name(f));
-    if (r < 0) {
-        name = NULL;
+    if (!name)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    }
     vmsh_source *src = NULL;
     if ((r = open_source(f, &src, err)) < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
@@ -582,7 +416,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
 
     vmsh_error *err = NULL;
     vmsh_coord_config cfg;
-    host_writers h = {0};
+    vmsh_cli_host_writers h = {0};
     cli_requestor q = {.ops = {.version = VMSH_REQUESTOR_OPS_VERSION,
                                .copy_file = req_copy,
                                .commit = req_commit,
@@ -592,7 +426,8 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
     int r;
     /* Everything that can fail before a writer is touched comes first: the
      * configuration, the writers, the repository and its write lock. */
-    if ((r = coord_config(cli, &cfg, &err)) < 0 || (r = build_writers(cli, true, &h, &err)) < 0 ||
+    if ((r = vmsh_cli_coord_config(cli, &cfg, &err)) < 0 ||
+        (r = vmsh_cli_build_writers(cli, true, &h, &err)) < 0 ||
         (r = vmsh_repo_open(&q.repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"), &err)) <
             0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
@@ -649,7 +484,7 @@ out:;
     vmsh_set_free(set);
     vmsh_backup_free(q.backup);
     vmsh_repo_free(q.repo);
-    host_writers_clear(&h);
+    vmsh_cli_host_writers_clear(&h);
     if (r < 0)
         return vmsh_cli_fail(cli, &err);
     return VMSH_EXIT_OK;

@@ -375,3 +375,68 @@ int vmsh_hv_job_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
     virDomainFree(d);
     return r;
 }
+
+int vmsh_hv_stop(vmsh_hv *hv, const char *vm, int grace_s, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    int st = 0, reason = 0;
+    if (virDomainGetState(d, &st, &reason, 0) == 0 && st == VIR_DOMAIN_SHUTOFF)
+        goto out;
+    if (st == VIR_DOMAIN_RUNNING && grace_s > 0 && virDomainShutdown(d) == 0) {
+        for (int i = 0; i < grace_s * 10; i++) {
+            if (virDomainGetState(d, &st, &reason, 0) == 0 && st == VIR_DOMAIN_SHUTOFF)
+                goto out;
+            usleep(100 * 1000);
+        }
+    }
+    if (virDomainDestroy(d) < 0 &&
+        !(virDomainGetState(d, &st, &reason, 0) == 0 && st == VIR_DOMAIN_SHUTOFF))
+        r = lv_fail(err, vm, "stopping");
+out:
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_undefine(vmsh_hv *hv, const char *vm, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    unsigned flags = VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                     VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | VIR_DOMAIN_UNDEFINE_KEEP_NVRAM |
+                     VIR_DOMAIN_UNDEFINE_KEEP_TPM;
+    if (virDomainUndefineFlags(d, flags) < 0)
+        r = lv_fail(err, vm, "deleting (undefining)");
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_define(vmsh_hv *hv, const char *xml, vmsh_error **err)
+{
+    virDomainPtr d = virDomainDefineXML(vmsh_hv_conn(hv), xml);
+    if (!d)
+        return lv_fail(err, "(new)", "registering (defining)");
+    virDomainFree(d);
+    return 0;
+}
+
+int vmsh_hv_save_image_define_xml(vmsh_hv *hv, const char *path, const char *xml, vmsh_error **err)
+{
+    if (virDomainSaveImageDefineXML(vmsh_hv_conn(hv), path, xml, 0) < 0)
+        return lv_fail(err, path, "rewriting the XML of the state file");
+    return 0;
+}
+
+int vmsh_hv_network_active(vmsh_hv *hv, const char *name, vmsh_error **err)
+{
+    virNetworkPtr n = virNetworkLookupByName(vmsh_hv_conn(hv), name);
+    if (!n)
+        return 0;
+    int r = virNetworkIsActive(n);
+    virNetworkFree(n);
+    return r == 1;
+}

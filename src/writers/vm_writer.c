@@ -29,35 +29,7 @@
 
 #include <json-c/json.h>
 
-typedef struct vm_item {
-    char *name;
-    vmsh_vm_state prior;
-    vmsh_method method;
-    vmsh_component *comp;
-    char **targets; /* captured disks */
-    size_t n_targets;
-    char *state_file;
-    char *xml_file;
-    uint64_t seq_freeze, seq_save;
-    bool frozen, saved;
-    int64_t down_start, down_end;
-} vm_item;
-
-typedef struct vm_writer {
-    vmsh_writer_ops ops; /* first: the coordinator hands it back as self */
-    char *uri, *state_dir, *scratch_dir;
-    int agent_timeout_s, freeze_timeout_s;
-    vmsh_provider_ops *provider;
-    vmsh_hv *hv;
-    char *set_id;
-    char *run_dir;
-    char *sock_dir; /* NBD sockets: short enough for sun_path */
-    uint64_t seq_run_dir;
-    bool have_run_dir;
-    vm_item *items;
-    size_t n_items;
-    int64_t freeze_start, freeze_end;
-} vm_writer;
+#include "vm_writer_private.h"
 
 static void item_clear(vm_item *it)
 {
@@ -85,7 +57,7 @@ static void reset(vm_writer *w)
     w->have_run_dir = false;
 }
 
-static int hv_ready(vm_writer *w, vmsh_error **err)
+int vmsh_vmw_hv_ready(vm_writer *w, vmsh_error **err)
 {
     return w->hv ? 0 : vmsh_hv_open(&w->hv, w->uri, err);
 }
@@ -138,6 +110,7 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
         return r;
     it->method = mc.method;
     it->prior = vm->state;
+    it->persistent = vm->persistent;
     vmsh_component *c = NULL;
     if ((r = vmsh_metadata_add_component(md, vm->name, &c, err)) < 0)
         goto out;
@@ -247,7 +220,7 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
     if (o->method && vmsh_method_parse(o->method, &requested) < 0)
         return vmsh_error_set(err, -EINVAL, "unknown method '%s' (auto, saved-state, guest)",
                               o->method);
-    int r = hv_ready(w, err);
+    int r = vmsh_vmw_hv_ready(w, err);
     if (r < 0)
         return r;
     vmsh_vm **vms = NULL;
@@ -313,7 +286,9 @@ static int journal_simple(vmsh_set *set, const char *owner, const char *action, 
 static int write_domain_xml(vm_writer *w, vm_item *it, size_t idx, vmsh_error **err)
 {
     _cleanup_free_ char *xml = NULL;
-    int r = vmsh_hv_domain_xml(w->hv, it->name, it->prior == VMSH_VM_SHUTOFF, &xml, err);
+    /* the persistent definition is what a restore registers again; a
+     * transient VM has only its live one */
+    int r = vmsh_hv_domain_xml(w->hv, it->name, it->persistent, &xml, err);
     if (r < 0)
         return r;
     char name[32];
@@ -554,7 +529,7 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
     vm_writer *w = (vm_writer *)ops;
     if (w->n_items == 0)
         return 0;
-    int r = hv_ready(w, err);
+    int r = vmsh_vmw_hv_ready(w, err);
     if (r < 0)
         return r;
     _cleanup_free_ char *runs = vmsh_path_join(w->state_dir, "run");
@@ -642,7 +617,7 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
 
 /* ------------------------------------------------------------------- undo */
 
-static const char *data_str(const json_object *data, const char *key)
+const char *vmsh_vmw_data_str(const json_object *data, const char *key)
 {
     json_object *v = NULL;
     if (!data || !json_object_object_get_ex(data, key, &v) ||
@@ -668,8 +643,9 @@ static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
 
 static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 {
-    const char *vm = data_str(data, "vm"), *state_file = data_str(data, "state_file");
-    const char *prior = data_str(data, "prior");
+    const char *vm = vmsh_vmw_data_str(data, "vm"),
+               *state_file = vmsh_vmw_data_str(data, "state_file");
+    const char *prior = vmsh_vmw_data_str(data, "prior");
     if (!vm || !state_file || !prior)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'save' is missing members");
     bool prior_running = strcmp(prior, "running") == 0;
@@ -706,7 +682,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 
 static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 {
-    const char *vm = data_str(data, "vm");
+    const char *vm = vmsh_vmw_data_str(data, "vm");
     if (!vm)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'freeze' has no VM");
     vmsh_error *e = NULL;
@@ -730,8 +706,8 @@ static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
  * written to it before it stopped), then removed. */
 static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 {
-    const char *vm = data_str(data, "vm"), *target = data_str(data, "target");
-    const char *overlay = data_str(data, "overlay");
+    const char *vm = vmsh_vmw_data_str(data, "vm"), *target = vmsh_vmw_data_str(data, "target");
+    const char *overlay = vmsh_vmw_data_str(data, "overlay");
     if (!vm || !target || !overlay)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'overlay' is missing members");
     if (access(overlay, F_OK) < 0)
@@ -772,10 +748,10 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
  * the 'save' undo may remove those, once the VM is back. */
 static int undo_run_dir(const json_object *data, vmsh_error **err)
 {
-    const char *dir = data_str(data, "path");
+    const char *dir = vmsh_vmw_data_str(data, "path");
     if (!dir)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'run-dir' has no path");
-    const char *socks = data_str(data, "sockets");
+    const char *socks = vmsh_vmw_data_str(data, "sockets");
     if (socks) {
         DIR *s = opendir(socks);
         struct dirent *se;
@@ -806,9 +782,12 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
 static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
+    int q = vmsh_vmw_undo_restore(w, entry, err);
+    if (q != -ENOSYS)
+        return q;
     if (strcmp(entry->action, "run-dir") == 0)
         return undo_run_dir(entry->data, err);
-    int r = hv_ready(w, err);
+    int r = vmsh_vmw_hv_ready(w, err);
     if (r < 0)
         return r;
     if (strcmp(entry->action, "freeze") == 0)
@@ -902,6 +881,8 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
         .post_snapshot = vmw_post_snapshot,
         .backup_complete = vmw_backup_complete,
         .abort = vmw_abort,
+        .pre_restore = vmsh_vmw_pre_restore,
+        .post_restore = vmsh_vmw_post_restore,
         .undo = vmw_undo,
         .free = vmw_free,
     };

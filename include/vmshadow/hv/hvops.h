@@ -77,4 +77,17 @@ int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, v
 /* 1 when any job (save, backup, migration...) runs on the VM, 0 when none. */
 int vmsh_hv_job_active(vmsh_hv *hv, const char *vm, vmsh_error **err);
 
+/* Stops a VM: a clean shutdown request, then, after `grace_s` seconds, a
+ * hard stop. 0 when it is shut off (also when it already was). */
+int vmsh_hv_stop(vmsh_hv *hv, const char *vm, int grace_s, vmsh_error **err);
+/* Undefines a persistent VM with its managed save image and snapshot and
+ * checkpoint metadata; firmware variables and TPM state stay. */
+int vmsh_hv_undefine(vmsh_hv *hv, const char *vm, vmsh_error **err);
+/* Defines (registers) a VM from XML. */
+int vmsh_hv_define(vmsh_hv *hv, const char *xml, vmsh_error **err);
+/* Replaces the domain XML stored in a state file (host-side details only). */
+int vmsh_hv_save_image_define_xml(vmsh_hv *hv, const char *path, const char *xml, vmsh_error **err);
+/* 1 when a libvirt network of that name exists and is active, 0 when not. */
+int vmsh_hv_network_active(vmsh_hv *hv, const char *name, vmsh_error **err);
+
 #endif

@@ -35,4 +35,14 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
  * thaw or resume; -1 when no VM was frozen or saved. */
 int64_t vmsh_vm_writer_freeze_window_ms(const vmsh_writer_ops *w);
 
+/* Plans a restore without changing anything (`restore --dry-run`): for
+ * each component of `md` selected for restore (vmsh_component_selected),
+ * whether it replaces an existing VM, where each file goes, what is linked,
+ * which disks are re-pathed; with its domain XML (xmls[i] for component i,
+ * may be NULL) also which interfaces are re-wired or left disconnected
+ * (R14) and which host devices are not attached. *out is a JSON array. */
+int vmsh_vm_writer_restore_plan(vmsh_writer_ops *w, vmsh_metadata *md, const vmsh_set_options *o,
+                                const char *const *xmls, struct json_object **out,
+                                vmsh_error **err);
+
 #endif

@@ -1,0 +1,659 @@
+/* vm_restore.c - the VM writer's restore (SPEC R8-R15), entirely on the host.
+ *
+ * PreRestore (R9): plan every selected VM (where each file goes, what is
+ * linked, re-pathed, re-wired); refuse before touching anything when a VM to
+ * be replaced exists and --force was not given; then stop and undefine the
+ * VMs being replaced (journalled with their old XML) and hand the requestor,
+ * per file, a temporary name beside its final place (R10).
+ * PostRestore (R11-R15): a VM with any file not restored intact is reported
+ * with those files, its temporary files are removed and it is not
+ * registered. Otherwise its files are moved into place (disks converted back
+ * to their format), its XML re-pathed (R13), re-wired (R14), stripped of host
+ * devices unless asked, registered (R12), default places linked (R12), and a
+ * saved state becomes its managed saved state, so that `virsh start` resumes
+ * it (R15).
+ *
+ * Journal actions (owner: the VM writer): `undefine` {vm, xml} — undo defines
+ * the old VM again when no VM of that name exists; `restore-files` {paths} —
+ * undo removes those temporary files.
+ */
+#include <vmshadow/hv/domxml.h>
+#include <vmshadow/hv/domxml_edit.h>
+#include <vmshadow/hv/hvops.h>
+#include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/proc.h>
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vm_writer_private.h"
+
+/* Where libvirt (qemu:///system) keeps what it places itself (R12). */
+#define LIBVIRT_SAVE_DIR  "/var/lib/libvirt/qemu/save"
+#define LIBVIRT_NVRAM_DIR "/var/lib/libvirt/qemu/nvram"
+#define TMP_SUFFIX        ".vmshadow-restore"
+#define STOP_GRACE_S      10
+
+static json_object *jstr(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
+}
+
+/* The format a disk had (from the VM writer's Identify record). */
+static const char *disk_format(const vmsh_component *c, const char *target)
+{
+    json_object *extra = vmsh_component_extra(c), *disks = NULL;
+    if (!extra || !json_object_object_get_ex(extra, "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array))
+        return "raw";
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *d = json_object_array_get_idx(disks, i), *t = NULL, *f = NULL;
+        if (json_object_object_get_ex(d, "target", &t) &&
+            strcmp(json_object_get_string(t), target) == 0 &&
+            json_object_object_get_ex(d, "format", &f) && json_object_is_type(f, json_type_string))
+            return json_object_get_string(f);
+    }
+    return "raw";
+}
+
+/* The restored VM's name: --as, else the component's. */
+static const char *new_name(const vmsh_set_options *o, const vmsh_component *c)
+{
+    return o->restore_as ? o->restore_as : vmsh_component_name(c);
+}
+
+/* Where a file of the component goes for good. A name from the backup is
+ * never used as a path component unchecked: a backup may be hostile. */
+static int final_path(const vmsh_set_options *o, const vmsh_component *c, const vmsh_file *f,
+                      char **out, vmsh_error **err)
+{
+    const char *name = new_name(o, c);
+    const char *kind = vmsh_file_kind(f);
+    const char *orig = vmsh_file_path(f);
+    *out = NULL;
+    if (!vmsh_name_is_safe(name))
+        return vmsh_error_set(err, -EINVAL, "VM name '%s' cannot be used as a file name", name);
+    if (strcmp(kind, "config") == 0)
+        return 0; /* read by PostRestore, never placed */
+    if (strcmp(kind, "saved-state") == 0) {
+        if (o->restore_as)
+            return 0; /* a copy never resumes the original's memory */
+        int n = o->restore_dir ? asprintf(out, "%s/%s/%s.save", o->restore_dir, name, name)
+                               : asprintf(out, "%s/%s.save", LIBVIRT_SAVE_DIR, name);
+        return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
+    }
+    if (!orig || orig[0] != '/')
+        return vmsh_error_set(err, -EINVAL, "VM %s: file %s has no absolute path in the backup",
+                              vmsh_component_name(c), vmsh_file_name(f));
+    _cleanup_free_ char *copy = strdup(orig);
+    if (!copy)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    const char *base = basename(copy);
+    if (!vmsh_name_is_safe(base))
+        return vmsh_error_set(err, -EINVAL, "VM %s: file name '%s' is not safe",
+                              vmsh_component_name(c), base);
+    int n;
+    if (o->restore_dir) {
+        n = asprintf(out, "%s/%s/%s", o->restore_dir, name, base);
+    } else if (o->restore_as) {
+        _cleanup_free_ char *dir = vmsh_path_dirname(orig);
+        n = dir ? asprintf(out, "%s/%s-%s", dir, name, base) : -1;
+    } else {
+        n = asprintf(out, "%s", orig);
+    }
+    return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+/* Where the requestor writes a file: beside its final place (so that the
+ * move is a rename), or in the set's directory for the XML. */
+static int temp_path(vm_writer *w, const char *set_id, const vmsh_component *c, const vmsh_file *f,
+                     const char *final, char **out, vmsh_error **err)
+{
+    int n;
+    *out = NULL;
+    if (!set_id)
+        return 0; /* a plan only */
+    if (final)
+        n = asprintf(out, "%s" TMP_SUFFIX, final);
+    else if (strcmp(vmsh_file_kind(f), "config") == 0)
+        n = asprintf(out, "%s/restore-%s/%s.xml", w->state_dir, set_id, vmsh_component_name(c));
+    else
+        n = asprintf(out, "%s/restore-%s/%s.%s.unused", w->state_dir, set_id,
+                     vmsh_component_name(c), vmsh_file_kind(f));
+    return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+static bool bridge_exists(const char *br)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof(p), "/sys/class/net/%s/bridge", br);
+    return vmsh_name_is_safe(br) && access(p, F_OK) == 0;
+}
+
+/* R14: what becomes of each interface of the backed-up XML. */
+static int plan_ifaces(vm_writer *w, const vmsh_domxml *x, vmsh_iface_action *acts,
+                       json_object *report)
+{
+    for (size_t i = 0; i < x->n_ifaces; i++) {
+        const vmsh_domxml_iface *f = &x->ifaces[i];
+        bool keep = true;
+        const char *what = "kept as it was";
+        if (f->type && strcmp(f->type, "network") == 0) {
+            keep = f->source && vmsh_hv_network_active(w->hv, f->source, NULL) == 1;
+            what =
+                keep ? "connected to libvirt network" : "left disconnected: libvirt network gone";
+        } else if (f->type && strcmp(f->type, "bridge") == 0) {
+            keep = f->source && bridge_exists(f->source);
+            what = keep ? "connected to host bridge" : "left disconnected: host bridge gone";
+        }
+        acts[i] = keep ? VMSH_IFACE_KEEP : VMSH_IFACE_DISCONNECT;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "mac", jstr(f->mac));
+        json_object_object_add(o, "type", jstr(f->type));
+        json_object_object_add(o, "source", jstr(f->source));
+        json_object_object_add(o, "connected", json_object_new_boolean(keep));
+        json_object_object_add(o, "action", jstr(what));
+        json_object_array_add(report, o);
+    }
+    return 0;
+}
+
+/* Plans one component: its files' final and temporary places, in the
+ * component's extra "restore" object (also the dry-run's output). */
+static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *set_id,
+                          vmsh_component *c, json_object **out, vmsh_error **err)
+{
+    json_object *plan = json_object_new_object(), *files = json_object_new_array();
+    json_object_object_add(plan, "vm", jstr(vmsh_component_name(c)));
+    json_object_object_add(plan, "restore_as", jstr(new_name(o, c)));
+    vmsh_vm *existing = NULL;
+    vmsh_error *e = NULL;
+    int r = vmsh_hv_get_vm(w->hv, new_name(o, c), &existing, &e);
+    vmsh_error_free(e);
+    json_object_object_add(plan, "replaces_existing", json_object_new_boolean(r == 0));
+    json_object_object_add(plan, "existing_state",
+                           r == 0 ? jstr(vmsh_vm_state_name(existing->state)) : NULL);
+    vmsh_vm_free(existing);
+    r = 0;
+    for (size_t i = 0; i < vmsh_component_file_count(c) && r == 0; i++) {
+        vmsh_file *f = vmsh_component_file(c, i);
+        _cleanup_free_ char *final = NULL, *tmp = NULL;
+        if ((r = final_path(o, c, f, &final, err)) < 0)
+            break;
+        json_object *fo = json_object_new_object();
+        json_object_object_add(fo, "file", jstr(vmsh_file_name(f)));
+        json_object_object_add(fo, "kind", jstr(vmsh_file_kind(f)));
+        json_object_object_add(fo, "to", jstr(final));
+        const char *link = NULL;
+        _cleanup_free_ char *link_buf = NULL;
+        if (final && strcmp(vmsh_file_kind(f), "saved-state") == 0 && o->restore_dir) {
+            if (asprintf(&link_buf, "%s/%s.save", LIBVIRT_SAVE_DIR, new_name(o, c)) >= 0)
+                link = link_buf;
+        } else if (final && strcmp(vmsh_file_kind(f), "nvram") == 0 && o->restore_dir &&
+                   !o->restore_as) {
+            link = vmsh_file_path(f); /* the XML keeps its default place */
+        }
+        json_object_object_add(fo, "link", jstr(link));
+        if (strcmp(vmsh_file_kind(f), "disk") == 0) {
+            json_object_object_add(fo, "format", jstr(disk_format(c, vmsh_file_name(f) + 5)));
+            json_object_object_add(fo, "repath",
+                                   json_object_new_boolean(strcmp(final, vmsh_file_path(f)) != 0));
+        }
+        if (!final && strcmp(vmsh_file_kind(f), "saved-state") == 0)
+            json_object_object_add(fo, "note",
+                                   jstr("not used: a copy under a new name boots "
+                                        "from its disks"));
+        if ((r = temp_path(w, set_id, c, f, final, &tmp, err)) == 0 && tmp)
+            json_object_object_add(fo, "temporary", jstr(tmp));
+        json_object_array_add(files, fo);
+    }
+    json_object_object_add(plan, "files", files);
+    if (r < 0) {
+        json_object_put(plan);
+        return r;
+    }
+    *out = plan;
+    return 0;
+}
+
+/* ------------------------------------------------------------ pre-restore */
+
+static bool is_sel(const vmsh_component *c)
+{
+    return vmsh_component_selected(c);
+}
+
+int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    vmsh_metadata *md = vmsh_set_metadata(set, ops);
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    int r = vmsh_vmw_hv_ready(w, err);
+    if (r < 0)
+        return r;
+    size_t n_sel = 0;
+    for (size_t i = 0; md && i < vmsh_metadata_component_count(md); i++)
+        n_sel += is_sel(vmsh_metadata_component(md, i));
+    if (o->restore_as && n_sel != 1)
+        return vmsh_error_set(err, -EINVAL, "--as restores exactly one VM; name it");
+    /* Plan everything and check every VM before anything changes (R9). */
+    for (size_t i = 0; md && i < vmsh_metadata_component_count(md) && r == 0; i++) {
+        vmsh_component *c = vmsh_metadata_component(md, i);
+        if (!is_sel(c))
+            continue;
+        json_object *plan = NULL;
+        if ((r = plan_component(w, o, vmsh_set_id(set), c, &plan, err)) < 0)
+            break;
+        json_object *rep = NULL;
+        json_object_object_get_ex(plan, "replaces_existing", &rep);
+        if (json_object_get_boolean(rep) && !o->force)
+            r = vmsh_error_set(err, -EEXIST,
+                               "VM %s exists; restoring would shut it down and delete it (R9): "
+                               "give --force to replace it, or --as NAME to restore beside it",
+                               new_name(o, c));
+        json_object *extra = vmsh_component_extra(c);
+        if (extra)
+            json_object_object_add(extra, "restore", plan);
+        else
+            json_object_put(plan);
+    }
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *xmldir = NULL;
+    if (asprintf(&xmldir, "%s/restore-%s", w->state_dir, vmsh_set_id(set)) < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if ((r = vmsh_fs_mkdir_p(xmldir, 0700, err)) < 0)
+        return r;
+    for (size_t i = 0; md && i < vmsh_metadata_component_count(md) && r == 0; i++) {
+        vmsh_component *c = vmsh_metadata_component(md, i);
+        if (!is_sel(c))
+            continue;
+        json_object *plan = NULL, *files = NULL, *rep = NULL;
+        json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan);
+        json_object_object_get_ex(plan, "files", &files);
+        json_object_object_get_ex(plan, "replaces_existing", &rep);
+        /* Temporary files first in the journal: a killed run leaves none. */
+        json_object *paths = json_object_new_array(), *data = json_object_new_object();
+        for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
+            json_object *fo = json_object_array_get_idx(files, k), *tmp = NULL, *to = NULL;
+            json_object_object_get_ex(fo, "temporary", &tmp);
+            json_object_object_get_ex(fo, "to", &to);
+            json_object_array_add(paths, json_object_get(tmp));
+            if (to) {
+                _cleanup_free_ char *dir = vmsh_path_dirname(json_object_get_string(to));
+                if (!dir || (r = vmsh_fs_mkdir_p(dir, 0755, err)) < 0)
+                    break;
+            }
+            vmsh_file_set_restored(vmsh_component_file(c, k), VMSH_RESTORE_PENDING,
+                                   json_object_get_string(tmp), NULL);
+        }
+        json_object_object_add(data, "paths", paths);
+        json_object_object_add(data, "dir", jstr(xmldir));
+        uint64_t seq = 0;
+        if (r == 0)
+            r = vmsh_set_journal_begin(set, ops->id, "restore-files", data, &seq, err);
+        json_object_put(data);
+        if (r < 0 || !json_object_get_boolean(rep))
+            continue;
+        /* R9: shut down and delete the VM being replaced; its XML is kept in
+         * the journal, so that a killed restore can define it back. */
+        const char *name = new_name(o, c);
+        _cleanup_free_ char *old_xml = NULL;
+        if ((r = vmsh_hv_domain_xml(w->hv, name, true, &old_xml, err)) < 0)
+            break;
+        data = json_object_new_object();
+        json_object_object_add(data, "vm", jstr(name));
+        json_object_object_add(data, "xml", jstr(old_xml));
+        r = vmsh_set_journal_begin(set, ops->id, "undefine", data, &seq, err);
+        json_object_put(data);
+        if (r == 0)
+            r = vmsh_hv_stop(w->hv, name, STOP_GRACE_S, err);
+        if (r == 0)
+            r = vmsh_hv_undefine(w->hv, name, err);
+        if (r == 0)
+            r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
+    }
+    return r;
+}
+
+/* ----------------------------------------------------------- post-restore */
+
+static int run_tool(char *const argv[], const char *what, vmsh_error **err)
+{
+    vmsh_proc_result res;
+    int r = vmsh_proc_run(argv, NULL, 3600 * 1000, &res, err);
+    if (r < 0)
+        return r;
+    if (res.exit_code != 0) {
+        char buf[96];
+        return vmsh_error_set(err, -EIO, "%s failed: %s %s", what, argv[0],
+                              vmsh_proc_describe(&res, buf, sizeof(buf)));
+    }
+    return 0;
+}
+
+/* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
+ * from the restored raw image (sparse in, sparse out). */
+static int place_disk(const char *tmp, const char *final, const char *format, vmsh_error **err)
+{
+    if (strcmp(format, "raw") != 0) {
+        _cleanup_free_ char *conv = NULL;
+        if (asprintf(&conv, "%s.convert", tmp) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        char *argv[] = {
+            (char *)"qemu-img", (char *)"convert", (char *)"-q", (char *)"-f", (char *)"raw",
+            (char *)"-O",       (char *)format,    (char *)tmp,  conv,         NULL};
+        int r = run_tool(argv, "converting the restored disk", err);
+        if (r == 0 && rename(conv, tmp) < 0)
+            r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
+        if (r < 0) {
+            unlink(conv);
+            return r;
+        }
+    }
+    if (rename(tmp, final) < 0)
+        return vmsh_error_set(err, -errno, "cannot move %s into place: %s", final, strerror(errno));
+    return 0;
+}
+
+/* R12: a symbolic link at `link` to `target`, never over another VM's file:
+ * only a missing path, a link, or a file of the VM being restored (`ours`). */
+static int make_link(const char *link, const char *target, bool ours, vmsh_error **err)
+{
+    struct stat st;
+    if (lstat(link, &st) == 0) {
+        if (!S_ISLNK(st.st_mode) && !ours)
+            return vmsh_error_set(err, -EEXIST,
+                                  "%s exists and belongs to another VM: not replaced by a link "
+                                  "to %s",
+                                  link, target);
+        if (unlink(link) < 0)
+            return vmsh_error_set(err, -errno, "cannot replace %s: %s", link, strerror(errno));
+    }
+    _cleanup_free_ char *dir = vmsh_path_dirname(link);
+    int r = dir ? vmsh_fs_mkdir_p(dir, 0755, err) : -ENOMEM;
+    if (r < 0)
+        return r;
+    if (symlink(target, link) < 0)
+        return vmsh_error_set(err, -errno, "cannot link %s to %s: %s", link, target,
+                              strerror(errno));
+    return 0;
+}
+
+static void remove_temps(vmsh_component *c)
+{
+    for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
+        const char *p = vmsh_file_restored_path(vmsh_component_file(c, k));
+        if (p)
+            unlink(p);
+    }
+}
+
+/* Registers one VM whose files are all intact; fills `report`. */
+static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, json_object *plan,
+                       json_object *report, vmsh_error **err)
+{
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    json_object *files = NULL;
+    json_object_object_get_ex(plan, "files", &files);
+    _cleanup_free_ char *xml = NULL;
+    size_t xml_len = 0;
+    const char *state_final = NULL, *state_link = NULL, *nvram_final = NULL;
+    vmsh_disk_repath rp[64];
+    size_t n_rp = 0;
+    int r = 0;
+    for (size_t k = 0; k < vmsh_component_file_count(c) && r == 0; k++) {
+        vmsh_file *f = vmsh_component_file(c, k);
+        json_object *fo = json_object_array_get_idx(files, k), *to = NULL, *link = NULL,
+                    *fmt = NULL;
+        json_object_object_get_ex(fo, "to", &to);
+        json_object_object_get_ex(fo, "link", &link);
+        json_object_object_get_ex(fo, "format", &fmt);
+        const char *kind = vmsh_file_kind(f), *tmp = vmsh_file_restored_path(f);
+        const char *final = to ? json_object_get_string(to) : NULL;
+        if (strcmp(kind, "config") == 0) {
+            r = vmsh_fs_read_all(tmp, VMSH_DOMXML_MAX_BYTES, &xml, &xml_len, err);
+            unlink(tmp);
+        } else if (!final) {
+            unlink(tmp);
+        } else if (strcmp(kind, "disk") == 0) {
+            r = place_disk(tmp, final, json_object_get_string(fmt), err);
+            if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
+                rp[n_rp++] = (vmsh_disk_repath){.target = vmsh_file_name(f) + 5,
+                                                .path = final,
+                                                .format = json_object_get_string(fmt)};
+        } else {
+            if (rename(tmp, final) < 0)
+                r = vmsh_error_set(err, -errno, "cannot move %s into place: %s", final,
+                                   strerror(errno));
+            if (r == 0 && strcmp(kind, "nvram") == 0)
+                nvram_final = final;
+            if (r == 0 && strcmp(kind, "saved-state") == 0) {
+                state_final = final;
+                state_link = link ? json_object_get_string(link) : NULL;
+            } else if (r == 0 && link) {
+                r = make_link(json_object_get_string(link), final, true, err);
+            }
+        }
+    }
+    if (r == 0 && !xml)
+        r = vmsh_error_set(err, -ENOENT, "VM %s: the backup has no domain XML",
+                           vmsh_component_name(c));
+    if (r < 0)
+        return r;
+    vmsh_domxml *x = NULL;
+    if ((r = vmsh_domxml_parse(&x, xml, xml_len, err)) < 0)
+        return vmsh_error_prefix(err, "VM %s: the backed-up XML", vmsh_component_name(c));
+    vmsh_iface_action acts[64] = {0};
+    json_object *ifaces = json_object_new_array();
+    plan_ifaces(w, x, acts, ifaces);
+    json_object_object_add(report, "interfaces", ifaces);
+    size_t n_ifaces = x->n_ifaces < VMSH_ARRAY_SIZE(acts) ? x->n_ifaces : VMSH_ARRAY_SIZE(acts);
+    vmsh_domxml_free(x);
+    vmsh_domxml_edit e = {
+        .name = o->restore_as,
+        .new_uuid = o->restore_as != NULL,
+        .new_macs = o->restore_as != NULL,
+        .disks = rp,
+        .n_disks = n_rp,
+        .ifaces = acts,
+        .n_ifaces = n_ifaces,
+        .drop_host_devices = !o->host_devices,
+        /* --as: the copy's own firmware variables; otherwise the XML keeps
+         * the default place, linked to the restored file (R12) */
+        .nvram = o->restore_as ? nvram_final : NULL,
+    };
+    _cleanup_free_ char *new_xml = NULL;
+    if ((r = vmsh_domxml_edit_apply(xml, xml_len, &e, &new_xml, err)) < 0)
+        return r;
+    /* R15: the saved state becomes the VM's managed saved state; its own XML
+     * must name the restored disks (it named the overlays of the backup). */
+    if (state_final) {
+        _cleanup_free_ char *sx = NULL, *sx2 = NULL;
+        vmsh_domxml_edit se = {.disks = rp,
+                               .n_disks = n_rp,
+                               .ifaces = acts,
+                               .n_ifaces = n_ifaces,
+                               .drop_host_devices = !o->host_devices};
+        if ((r = vmsh_hv_save_image_xml(w->hv, state_final, &sx, err)) < 0 ||
+            (r = vmsh_domxml_edit_apply(sx, strlen(sx), &se, &sx2, err)) < 0 ||
+            (r = vmsh_hv_save_image_define_xml(w->hv, state_final, sx2, err)) < 0)
+            return vmsh_error_prefix(err, "VM %s: the saved state", vmsh_component_name(c));
+    }
+    if ((r = vmsh_hv_define(w->hv, new_xml, err)) < 0)
+        return vmsh_error_prefix(err, "VM %s", new_name(o, c));
+    if (state_final && state_link && (r = make_link(state_link, state_final, true, err)) < 0)
+        return r;
+    json_object_object_add(report, "registered", json_object_new_boolean(true));
+    json_object_object_add(report, "saved_state", json_object_new_boolean(state_final != NULL));
+    return 0;
+}
+
+int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    vmsh_metadata *md = vmsh_set_metadata(set, ops);
+    int first = 0;
+    vmsh_journal *j = vmsh_set_journal(set);
+    for (size_t i = 0; md && i < vmsh_metadata_component_count(md); i++) {
+        vmsh_component *c = vmsh_metadata_component(md, i);
+        if (!is_sel(c))
+            continue;
+        json_object *plan = NULL;
+        json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan);
+        json_object *report = json_object_new_object();
+        json_object_object_add(plan, "result", report);
+        /* R11: every file intact, or the VM is not registered. */
+        json_object *bad = json_object_new_array();
+        for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
+            const vmsh_file *f = vmsh_component_file(c, k);
+            if (vmsh_file_restore_status(f) != VMSH_RESTORE_OK) {
+                json_object *b = json_object_new_object();
+                json_object_object_add(b, "file", jstr(vmsh_file_name(f)));
+                json_object_object_add(
+                    b, "error",
+                    jstr(vmsh_file_restore_error(f) ? vmsh_file_restore_error(f) : "not restored"));
+                json_object_array_add(bad, b);
+            }
+        }
+        json_object_object_add(report, "failed_files", bad);
+        vmsh_error *e = NULL;
+        int r = 0;
+        if (json_object_array_length(bad) > 0) {
+            remove_temps(c);
+            json_object *b0 = json_object_array_get_idx(bad, 0), *bf = NULL, *be = NULL;
+            json_object_object_get_ex(b0, "file", &bf);
+            json_object_object_get_ex(b0, "error", &be);
+            r = vmsh_error_set(&e, -EIO,
+                               "VM %s was not restored and not registered (R11): %zu file(s) "
+                               "not intact, first %s: %s",
+                               vmsh_component_name(c), json_object_array_length(bad),
+                               json_object_get_string(bf), json_object_get_string(be));
+        } else {
+            r = register_vm(w, set, c, plan, report, &e);
+            if (r < 0)
+                remove_temps(c);
+        }
+        json_object_object_add(report, "registered", json_object_new_boolean(r == 0));
+        json_object_object_add(report, "error", e ? jstr(e->message) : NULL);
+        if (r < 0 && first == 0)
+            first = r;
+        vmsh_error_propagate(err, &e);
+        /* The journal's undo is for a killed run; this one ended: what was
+         * replaced stays replaced, temporary files are gone. */
+        for (size_t k = 0; j && k < vmsh_journal_count(j); k++) {
+            const vmsh_journal_entry *en = vmsh_journal_entry_at(j, k);
+            const char *vm = vmsh_vmw_data_str(en->data, "vm");
+            if (strcmp(en->owner, ops->id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
+                continue;
+            if (strcmp(en->action, "restore-files") == 0 ||
+                (strcmp(en->action, "undefine") == 0 && r == 0 && vm &&
+                 strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0))
+                vmsh_set_journal_mark(set, en->seq, VMSH_JOURNAL_UNDONE, NULL);
+        }
+    }
+    return first;
+}
+
+/* ------------------------------------------------------------------- undo */
+
+int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_error **err)
+{
+    if (strcmp(entry->action, "restore-files") == 0) {
+        json_object *paths = NULL;
+        if (entry->data && json_object_object_get_ex(entry->data, "paths", &paths) &&
+            json_object_is_type(paths, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(paths); i++) {
+                json_object *p = json_object_array_get_idx(paths, i);
+                if (!json_object_is_type(p, json_type_string))
+                    continue;
+                const char *s = json_object_get_string(p);
+                /* only names this writer made: a journal is no licence to
+                 * delete arbitrary files */
+                size_t n = strlen(s), m = strlen(TMP_SUFFIX);
+                if ((n > m && strcmp(s + n - m, TMP_SUFFIX) == 0) || strstr(s, "/restore-")) {
+                    unlink(s);
+                    _cleanup_free_ char *conv = NULL;
+                    if (asprintf(&conv, "%s.convert", s) >= 0)
+                        unlink(conv);
+                }
+            }
+        const char *dir = vmsh_vmw_data_str(entry->data, "dir");
+        if (dir)
+            rmdir(dir);
+        return 0;
+    }
+    if (strcmp(entry->action, "undefine") == 0) {
+        const char *vm = vmsh_vmw_data_str(entry->data, "vm");
+        const char *xml = vmsh_vmw_data_str(entry->data, "xml");
+        if (!vm || !xml)
+            return vmsh_error_set(err, -EBADMSG, "journal entry 'undefine' is missing members");
+        int r = vmsh_vmw_hv_ready(w, err);
+        if (r < 0)
+            return r;
+        vmsh_vm *v = NULL;
+        if (vmsh_hv_get_vm(w->hv, vm, &v, NULL) == 0) {
+            vmsh_vm_free(v);
+            return 0; /* it exists (never undefined, or the restore registered it) */
+        }
+        return vmsh_hv_define(w->hv, xml, err);
+    }
+    return -ENOSYS;
+}
+
+/* ------------------------------------------------------------------- plan */
+
+int vmsh_vm_writer_restore_plan(vmsh_writer_ops *ops, vmsh_metadata *md, const vmsh_set_options *o,
+                                const char *const *xmls, json_object **out, vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    int r = vmsh_vmw_hv_ready(w, err);
+    if (r < 0)
+        return r;
+    json_object *vms = json_object_new_array();
+    for (size_t i = 0; md && i < vmsh_metadata_component_count(md) && r == 0; i++) {
+        vmsh_component *c = vmsh_metadata_component(md, i);
+        if (!is_sel(c))
+            continue;
+        json_object *plan = NULL;
+        if ((r = plan_component(w, o, NULL, c, &plan, err)) < 0)
+            break;
+        vmsh_domxml *x = NULL;
+        if (xmls && xmls[i] && vmsh_domxml_parse(&x, xmls[i], strlen(xmls[i]), NULL) == 0) {
+            vmsh_iface_action acts[64];
+            json_object *ifaces = json_object_new_array();
+            vmsh_domxml iface_view = *x;
+            if (iface_view.n_ifaces > VMSH_ARRAY_SIZE(acts))
+                iface_view.n_ifaces = VMSH_ARRAY_SIZE(acts);
+            plan_ifaces(w, &iface_view, acts, ifaces);
+            json_object_object_add(plan, "interfaces", ifaces);
+            json_object *dropped = json_object_new_array();
+            for (size_t k = 0; !o->host_devices && k < x->n_disks; k++) {
+                const vmsh_domxml_disk *d = &x->disks[k];
+                if (d->kind == VMSH_DISK_FILE || d->kind == VMSH_DISK_EMPTY ||
+                    d->kind == VMSH_DISK_UNKNOWN)
+                    continue;
+                char buf[512];
+                snprintf(buf, sizeof(buf), "%s (%s %s)", d->target ? d->target : "?",
+                         vmsh_disk_kind_name(d->kind), d->source ? d->source : "");
+                json_object_array_add(dropped, json_object_new_string(buf));
+            }
+            json_object_object_add(plan, "host_devices_not_attached", dropped);
+            vmsh_domxml_free(x);
+        }
+        json_object_array_add(vms, plan);
+    }
+    if (r < 0) {
+        json_object_put(vms);
+        return r;
+    }
+    *out = vms;
+    return 0;
+}
