@@ -6,6 +6,8 @@
 # any test failed.
 #   VMSH_TEST_SANITIZE=0   skip the sanitizer pass
 #   VMSH_TEST_FILTER=RE    only tests matching RE (ctest -R)
+#   VMSH_TEST_FUZZ=0       skip the libFuzzer pass (clang build; each fuzz
+#                          target runs VMSH_FUZZ_SECONDS, default 17 s)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -41,6 +43,22 @@ run_pass "warnings-as-errors build" build-ci/release -DCMAKE_BUILD_TYPE=RelWithD
 if [ "${VMSH_TEST_SANITIZE:-1}" = 1 ]; then
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
         run_pass "ASan+UBSan build" build-ci/sanitize -DCMAKE_BUILD_TYPE=Debug -DVMSH_SANITIZE=ON
+fi
+if [ "${VMSH_TEST_FUZZ:-1}" = 1 ]; then
+    # docs/reliability.md, "Fuzzing": every target briefly, from its corpus;
+    # a finding fails the run (the input is printed with the stack).
+    echo "=== libFuzzer build (clang): fuzz each target ${VMSH_FUZZ_SECONDS:-17}s"
+    if CC=clang cmake -S . -B build-ci/fuzz -G Ninja -DVMSH_FUZZ=ON -DVMSH_E2E=OFF \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo >build-ci/fuzz.configure.log 2>&1 &&
+        ninja -C build-ci/fuzz fuzzers; then
+        VMSH_FUZZ_WORK=$top/build-ci/fuzz-work scripts/fuzz.sh build-ci/fuzz \
+            "${VMSH_FUZZ_SECONDS:-17}" | tee build-ci/fuzz.log
+        passed=$((passed + $(grep -c ', no finding$' build-ci/fuzz.log)))
+        failed=$((failed + $(grep -c ': FINDING' build-ci/fuzz.log)))
+    else
+        cat build-ci/fuzz.configure.log
+        failed=$((failed + 1))
+    fi
 fi
 echo
 echo "$passed passed, $failed failed"

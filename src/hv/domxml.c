@@ -170,7 +170,11 @@ static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
     }
     if (lun && d->kind == VMSH_DISK_FILE)
         d->kind = VMSH_DISK_PASSTHROUGH;
-    return d->device ? 0 : -ENOMEM;
+    if (!d->device)
+        return -ENOMEM;
+    /* libvirt never gives a disk without one, but a backup's XML may: every
+     * user of the disk (file names, repaths) needs it. */
+    return d->target && *d->target ? 0 : -EINVAL;
 }
 
 /* <hostdev mode='subsystem' type='pci|scsi|usb|scsi_host|mdev'> */
@@ -304,7 +308,9 @@ int vmsh_domxml_parse(vmsh_domxml **out, const char *xml, size_t len, vmsh_error
             x->tpm_backend = attr(child(n, "backend"), "type");
         }
     }
-    if (r < 0)
+    if (r == -EINVAL)
+        r = vmsh_error_set(err, r, "domain XML of %s: a <disk> has no <target dev=...>", x->name);
+    else if (r < 0)
         r = vmsh_error_set(err, r, "out of memory parsing domain XML");
 out:
     xmlFreeDoc(doc);

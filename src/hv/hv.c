@@ -1,4 +1,5 @@
 /* hv.c - libvirt connection, domain listing and the guest agent. */
+#include <vmshadow/hv/agent_reply.h>
 #include <vmshadow/hv/hv.h>
 #include <vmshadow/util/mem.h>
 
@@ -216,103 +217,29 @@ void vmsh_agent_info_free(vmsh_agent_info *a)
 {
     if (!a)
         return;
-    for (size_t i = 0; i < a->n_fs; i++) {
-        free(a->fs[i].mountpoint);
-        free(a->fs[i].type);
-        for (size_t j = 0; j < a->fs[i].n_devs; j++)
-            free(a->fs[i].devs[j]);
-        free(a->fs[i].devs);
-    }
-    free(a->fs);
+    vmsh_agent_fs_array_free(a->fs, a->n_fs);
     free(a->error);
     free(a);
 }
 
-/* Runs one agent command; returns the parsed "return" member (caller puts
- * it) or NULL with *why set. The reply is the guest's: parsed defensively. */
-static json_object *agent_call(virDomainPtr d, const char *cmd, int timeout_s, char **why)
+/* Runs one agent command; returns its reply (caller frees) or NULL with
+ * *why set. The reply is the guest's: agent_reply.c parses it. */
+static char *agent_call(virDomainPtr d, const char *cmd, int timeout_s, char **why)
 {
     char *reply = virDomainQemuAgentCommand(d, cmd, timeout_s, 0);
     if (!reply) {
         free(*why);
         *why = strdup(lv_msg());
-        return NULL;
     }
-    json_object *doc = json_tokener_parse(reply);
-    free(reply);
-    json_object *ret = NULL;
-    if (!doc || !json_object_object_get_ex(doc, "return", &ret)) {
-        free(*why);
-        *why = strdup("the guest agent sent a reply that is not valid JSON");
-        json_object_put(doc);
-        return NULL;
-    }
-    json_object_get(ret);
-    json_object_put(doc);
-    return ret;
+    return reply;
 }
 
-static bool command_enabled(json_object *info, const char *name)
+/* Keeps a parse error as the probe's "why" (replacing an earlier one). */
+static void set_why(char **why, vmsh_error *e)
 {
-    json_object *cmds = NULL;
-    if (!json_object_object_get_ex(info, "supported_commands", &cmds) ||
-        !json_object_is_type(cmds, json_type_array))
-        return false;
-    size_t n = json_object_array_length(cmds);
-    for (size_t i = 0; i < n; i++) {
-        json_object *c = json_object_array_get_idx(cmds, i), *nm = NULL, *en = NULL;
-        if (json_object_object_get_ex(c, "name", &nm) &&
-            json_object_is_type(nm, json_type_string) &&
-            strcmp(json_object_get_string(nm), name) == 0)
-            return json_object_object_get_ex(c, "enabled", &en) && json_object_get_boolean(en);
-    }
-    return false;
-}
-
-static char *json_str(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return strdup(json_object_get_string(v));
-}
-
-/* Guest filesystems; bounded so a hostile agent cannot make us allocate
- * without limit. */
-#define AGENT_MAX_FS   256
-#define AGENT_MAX_DEVS 64
-
-static int read_fsinfo(vmsh_agent_info *a, json_object *list)
-{
-    if (!json_object_is_type(list, json_type_array))
-        return -EINVAL;
-    size_t n = json_object_array_length(list);
-    if (n > AGENT_MAX_FS)
-        n = AGENT_MAX_FS;
-    a->fs = vmsh_calloc_array(n, sizeof(*a->fs));
-    if (!a->fs)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        json_object *f = json_object_array_get_idx(list, i), *disks = NULL;
-        vmsh_agent_fs *fs = &a->fs[a->n_fs++];
-        fs->mountpoint = json_str(f, "mountpoint");
-        fs->type = json_str(f, "type");
-        if (json_object_object_get_ex(f, "disk", &disks) &&
-            json_object_is_type(disks, json_type_array)) {
-            size_t nd = json_object_array_length(disks);
-            if (nd > AGENT_MAX_DEVS)
-                nd = AGENT_MAX_DEVS;
-            fs->devs = vmsh_calloc_array(nd, sizeof(char *));
-            if (!fs->devs)
-                return -ENOMEM;
-            for (size_t j = 0; j < nd; j++) {
-                char *dev = json_str(json_object_array_get_idx(disks, j), "dev");
-                if (dev)
-                    fs->devs[fs->n_devs++] = dev;
-            }
-        }
-    }
-    return 0;
+    free(*why);
+    *why = strdup(e ? e->message : "out of memory");
+    vmsh_error_free(e);
 }
 
 int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_agent_info **out,
@@ -340,26 +267,29 @@ int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_ag
         a->error = strdup("the guest agent is not connected (not installed or not started in "
                           "the guest)");
     } else {
-        json_object *ping = agent_call(d, "{\"execute\":\"guest-ping\"}", timeout_s, &a->error);
-        a->reachable = ping != NULL;
-        json_object_put(ping);
+        char *ping = agent_call(d, "{\"execute\":\"guest-ping\"}", timeout_s, &a->error);
+        vmsh_error *e = NULL;
+        a->reachable = ping && vmsh_agent_reply_return(ping, strlen(ping), NULL, &e) == 0;
+        if (ping && !a->reachable)
+            set_why(&a->error, e);
+        free(ping);
     }
     if (a->reachable) {
-        json_object *info = agent_call(d, "{\"execute\":\"guest-info\"}", timeout_s, &a->error);
-        a->can_freeze = info && command_enabled(info, "guest-fsfreeze-freeze") &&
-                        command_enabled(info, "guest-fsfreeze-thaw");
-        bool has_fsinfo = info && command_enabled(info, "guest-get-fsinfo");
-        json_object_put(info);
-        if (has_fsinfo) {
-            json_object *fsl =
-                agent_call(d, "{\"execute\":\"guest-get-fsinfo\"}", timeout_s, &a->error);
+        char *info = agent_call(d, "{\"execute\":\"guest-info\"}", timeout_s, &a->error);
+        vmsh_agent_caps caps = {0};
+        vmsh_error *e = NULL;
+        if (info && vmsh_agent_parse_info(info, strlen(info), &caps, &e) < 0)
+            set_why(&a->error, e);
+        free(info);
+        a->can_freeze = caps.can_freeze;
+        if (caps.has_fsinfo) {
+            char *fsl = agent_call(d, "{\"execute\":\"guest-get-fsinfo\"}", timeout_s, &a->error);
             if (fsl) {
-                int r = read_fsinfo(a, fsl);
-                a->fs_known = r == 0;
-                if (r == -EINVAL && !a->error)
-                    a->error = strdup("the guest agent's filesystem list is malformed");
+                a->fs_known = vmsh_agent_parse_fsinfo(fsl, strlen(fsl), &a->fs, &a->n_fs, &e) == 0;
+                if (!a->fs_known)
+                    set_why(&a->error, e);
             }
-            json_object_put(fsl);
+            free(fsl);
         }
     }
     vmsh_domxml_free(x);

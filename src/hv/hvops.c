@@ -1,4 +1,5 @@
 /* hvops.c - operations that change a VM. */
+#include <vmshadow/hv/agent_reply.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/mem.h>
 
@@ -88,14 +89,9 @@ int vmsh_hv_fsfreeze_status(vmsh_hv *hv, const char *vm, vmsh_error **err)
     if (!reply) {
         r = lv_fail(err, vm, "asking the agent for the freeze status");
     } else {
-        json_object *doc = json_tokener_parse(reply), *ret = NULL;
-        if (doc && json_object_object_get_ex(doc, "return", &ret) &&
-            json_object_is_type(ret, json_type_string))
-            r = strcmp(json_object_get_string(ret), "frozen") == 0;
-        else
-            r = vmsh_error_set(err, -EBADMSG, "VM %s: the agent's freeze status is not valid JSON",
-                               vm);
-        json_object_put(doc);
+        r = vmsh_agent_parse_freeze_status(reply, strlen(reply), err);
+        if (r < 0)
+            vmsh_error_prefix(err, "VM %s", vm);
         free(reply);
     }
     virDomainFree(d);

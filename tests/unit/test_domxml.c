@@ -273,11 +273,28 @@ static void edit_for_restore(void **state)
     free(text);
 }
 
+/* Found by fuzz/fuzz_domxml.c: a <disk> without <target dev> (libvirt never
+ * gives one, a backup may) was accepted with a NULL target, which the VM
+ * writer copies with strdup and puts in file names. */
+static void rejects_disk_without_target(void **state)
+{
+    static const char xml[] = "<domain type='kvm'><name>t</name><devices>"
+                              "<disk type='file' device='disk'><source file='/a.img'/></disk>"
+                              "</devices></domain>";
+    vmsh_domxml *x = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, xml, sizeof(xml) - 1, &err), -EINVAL);
+    assert_null(x);
+    assert_non_null(strstr(err->message, "target"));
+    vmsh_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(classifies_every_kind),
         cmocka_unit_test(rejects_bad_xml),
+        cmocka_unit_test(rejects_disk_without_target),
         cmocka_unit_test(method_falls_back_with_reason),
         cmocka_unit_test(edit_for_restore),
     };

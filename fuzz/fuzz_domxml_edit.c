@@ -1,0 +1,70 @@
+/* fuzz_domxml_edit.c - rewriting a backup's domain XML for a restore
+ * (hv/domxml_edit.h). The first byte chooses the edits (new name, UUID,
+ * MACs, disk paths, firmware file, interface actions, dropping host
+ * devices); the rest is the XML. A rewritten document must parse again. */
+#include "fuzz.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vmshadow/hv/domxml.h>
+#include <vmshadow/hv/domxml_edit.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    uint8_t sel = data[0];
+    data++, size--;
+    static const vmsh_disk_repath disks[] = {
+        {"vda", "/var/lib/vmshadow/restore/vda.qcow2", "qcow2"},
+        {"sda", "/var/lib/vmshadow/restore/sda.img", NULL},
+        {"hdc", "/tmp/x'\"<&>.raw", "raw"},
+    };
+    static const vmsh_iface_action ifaces[] = {VMSH_IFACE_DISCONNECT, VMSH_IFACE_KEEP,
+                                               VMSH_IFACE_DISCONNECT};
+    vmsh_domxml_edit e = {
+        .name = sel & 1 ? "restored-<&>'\"" : NULL,
+        .new_uuid = sel & 2,
+        .new_macs = sel & 4,
+        .disks = sel & 8 ? disks : NULL,
+        .n_disks = sel & 8 ? 3 : 0,
+        .nvram = sel & 16 ? "/var/lib/libvirt/qemu/nvram/restored_VARS.fd" : NULL,
+        .ifaces = sel & 32 ? ifaces : NULL,
+        .n_ifaces = sel & 32 ? 3 : 0,
+        .drop_host_devices = sel & 64,
+    };
+    char *out = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_edit_apply((const char *)data, size, &e, &out, &err) < 0) {
+        vmsh_error_free(err);
+        return 0;
+    }
+    /* What we hand to libvirt must at least be a domain we can read. */
+    vmsh_domxml *x = NULL;
+    if (vmsh_domxml_parse(&x, out, strlen(out), &err) < 0) {
+        vmsh_domxml *orig = NULL;
+        vmsh_error *e2 = NULL;
+        int was_ok = vmsh_domxml_parse(&orig, (const char *)data, size, &e2) == 0;
+        vmsh_domxml_free(orig);
+        vmsh_error_free(e2);
+        if (was_ok) {
+            fprintf(stderr, "the rewritten XML does not parse: %s\n", err->message);
+            abort();
+        }
+        vmsh_error_free(err);
+    } else if (e.drop_host_devices) {
+        for (size_t i = 0; i < x->n_disks; i++)
+            if (x->disks[i].kind == VMSH_DISK_BLOCK || x->disks[i].kind == VMSH_DISK_NETWORK ||
+                x->disks[i].kind == VMSH_DISK_PASSTHROUGH ||
+                strcmp(x->disks[i].device, "hostdev") == 0) {
+                fprintf(stderr, "host device %s kept despite drop_host_devices\n",
+                        x->disks[i].target);
+                abort();
+            }
+    }
+    vmsh_domxml_free(x);
+    free(out);
+    return 0;
+}

@@ -1,0 +1,50 @@
+#!/bin/bash
+# fuzz.sh - runs libFuzzer targets (docs/reliability.md, "Fuzzing").
+#   scripts/fuzz.sh BUILD-DIR SECONDS [NAME...]
+# BUILD-DIR was configured with clang and -DVMSH_FUZZ=ON and built with
+# `ninja fuzzers`. Each NAME (default: every fuzz/fuzz_*.c) runs for SECONDS
+# from its seed corpus fuzz/corpus/NAME (read only: new inputs go to a scratch
+# corpus, $VMSH_FUZZ_WORK/NAME, default a temporary directory). A finding
+# (crash, leak, timeout, out-of-memory) leaves its input in
+# $VMSH_FUZZ_WORK/NAME/crash-* and fails the run. Prints one line per target:
+# name, seconds, executions, result.
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 2 ] || { echo "usage: $0 BUILD-DIR SECONDS [NAME...]" >&2; exit 2; }
+build=$1 secs=$2
+shift 2
+names=("$@")
+if [ ${#names[@]} = 0 ]; then
+    for f in "$top"/fuzz/fuzz_*.c; do
+        n=$(basename "$f" .c)
+        names+=("${n#fuzz_}")
+    done
+fi
+work=${VMSH_FUZZ_WORK:-$(mktemp -d)}
+failed=0
+for n in "${names[@]}"; do
+    bin=$build/fuzz/fuzz_$n
+    [ -x "$bin" ] || { echo "fuzz.sh: $bin is missing (ninja -C $build fuzzers)" >&2; failed=1; continue; }
+    mkdir -p "$work/$n/corpus"
+    rm -f "$work/$n"/crash-* "$work/$n"/leak-* "$work/$n"/timeout-* "$work/$n"/oom-*
+    log=$work/$n/log
+    # The CLI prints on every run: its output would fill the log.
+    extra=()
+    [ "$n" = cli ] && extra=(-close_fd_mask=3)
+    # rss/malloc limits catch unbounded allocation; -timeout catches hangs.
+    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1536 -malloc_limit_mb=1024 \
+        -print_final_stats=1 "${extra[@]}" -artifact_prefix="$work/$n/" "$work/$n/corpus" "$top/fuzz/corpus/$n" \
+        >"$log" 2>&1
+    rc=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    if [ $rc = 0 ]; then
+        echo "fuzz $n: ${secs}s, ${execs:-?} executions, no finding"
+    else
+        failed=1
+        echo "fuzz $n: FINDING (exit $rc) after ${execs:-?} executions; input: $(ls "$work/$n"/crash-* "$work/$n"/leak-* "$work/$n"/timeout-* "$work/$n"/oom-* 2>/dev/null | head -1)"
+        grep -E "ERROR|SUMMARY|runtime error|^    #[0-9] " "$log" | head -20
+    fi
+done
+[ -n "${VMSH_FUZZ_WORK:-}" ] || rm -rf "$work"
+exit $failed
