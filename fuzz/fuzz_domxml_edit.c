@@ -18,9 +18,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t sel = data[0];
     data++, size--;
     static const vmsh_disk_repath disks[] = {
-        {"vda", "/var/lib/vmshadow/restore/vda.qcow2", "qcow2"},
-        {"sda", "/var/lib/vmshadow/restore/sda.img", NULL},
-        {"hdc", "/tmp/x'\"<&>.raw", "raw"},
+        {.target = "vda", .path = "/var/lib/vmshadow/restore/vda.qcow2", .format = "qcow2"},
+        {.target = "sda", .path = "/var/lib/vmshadow/restore/sda.img"},
+        {.target = "hdc", .path = "/tmp/x'\"<&>.raw", .format = "raw"},
+        {.target = "vdb",
+         .path = "/var/lib/vmshadow/restore/vdb.overlay.qcow2",
+         .format = "qcow2",
+         .backing = "/var/lib/vmshadow/restore/vdb.base.raw",
+         .backing_format = "raw"},
     };
     static const vmsh_iface_action ifaces[] = {VMSH_IFACE_DISCONNECT, VMSH_IFACE_KEEP,
                                                VMSH_IFACE_DISCONNECT};
@@ -29,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .new_uuid = sel & 2,
         .new_macs = sel & 4,
         .disks = sel & 8 ? disks : NULL,
-        .n_disks = sel & 8 ? 3 : 0,
+        .n_disks = sel & 8 ? sizeof(disks) / sizeof(disks[0]) : 0,
         .nvram = sel & 16 ? "/var/lib/libvirt/qemu/nvram/restored_VARS.fd" : NULL,
         .ifaces = sel & 32 ? ifaces : NULL,
         .n_ifaces = sel & 32 ? 3 : 0,
