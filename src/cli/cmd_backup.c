@@ -82,7 +82,7 @@ int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow recover\n\nUndoes what an interrupted run left behind "
                    "(frozen guests, paused or saved VMs,\noverlays, backup jobs, scratch files, "
@@ -385,7 +385,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
     };
     vmsh_set_options so = {.method = "auto"};
     int c;
-    while ((c = getopt_long(argc, argv, "+:am:fh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":am:fh", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             so.all = true;
@@ -571,7 +571,7 @@ int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow writers\n\nEach writer (the VM writer and the script writers "
                    "of the writers\ndirectory): name, writer ID, kind, state and last error of "

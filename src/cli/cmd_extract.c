@@ -27,7 +27,7 @@ int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv)
     };
     bool force = false;
     int c;
-    while ((c = getopt_long(argc, argv, "+fh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             force = true;

@@ -95,7 +95,7 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
     bool encrypt = false;
     const char *key_file = NULL;
     int level = 0, c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'e':
             encrypt = true;
@@ -250,7 +250,7 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow list\n\nLists backups, oldest first: ID, time, VMs with "
                    "their method, full or incremental, size.\n");
@@ -305,7 +305,7 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow show BACKUP\n\nShows a backup: its files with sizes and "
                    "index hashes, and its backup document.\nBACKUP is an ID, a unique prefix, "
@@ -361,7 +361,7 @@ int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow verify [BACKUP...]\n\nReads back and re-hashes every chunk "
                    "the backups (all by default) need;\nnames each damaged backup and file. "
@@ -463,7 +463,7 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv)
     vmsh_retention pol = {0};
     bool dry = false;
     int c, u = 0;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'l':
             u = parse_count(cli, "--keep-last", optarg, &pol.keep_last);
@@ -535,7 +535,7 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             printf("Usage: vmshadow gc\n\nFrees chunks no backup needs, and what interrupted "
                    "backups left behind.\nIt holds the repository's write lock: beside a "

@@ -107,7 +107,9 @@ static vmsh_metadata *vm_part(const vmsh_backup_doc *doc)
 static void print_plan_text(json_object *vms, bool dry)
 {
     for (size_t i = 0; i < json_object_array_length(vms); i++) {
-        json_object *p = json_object_array_get_idx(vms, i), *v;
+        json_object *p = json_object_array_get_idx(vms, i), *v, *result = NULL;
+        if (!dry && !json_object_object_get_ex(p, "result", &result))
+            continue; /* the restore stopped before this VM: nothing was done to it */
         const char *vm = json_object_object_get_ex(p, "vm", &v) ? json_object_get_string(v) : "?";
         const char *as =
             json_object_object_get_ex(p, "restore_as", &v) ? json_object_get_string(v) : vm;
@@ -205,7 +207,7 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
     vmsh_set_options so = {0};
     bool dry = false;
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 't':
             so.restore_dir = optarg;

@@ -79,7 +79,7 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
     };
     vmsh_method requested = VMSH_METHOD_AUTO;
     int c;
-    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             if (vmsh_method_parse(optarg, &requested) < 0)

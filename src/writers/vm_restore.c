@@ -387,12 +387,18 @@ static int make_link(const char *link, const char *target, bool ours, vmsh_error
     return 0;
 }
 
+/* Removes a VM's temporary files, and the directories PreRestore made for
+ * it when they are left empty: nothing of a failed VM stays (R11). */
 static void remove_temps(vmsh_component *c)
 {
     for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
         const char *p = vmsh_file_restored_path(vmsh_component_file(c, k));
-        if (p)
-            unlink(p);
+        if (!p)
+            continue;
+        unlink(p);
+        _cleanup_free_ char *dir = vmsh_path_dirname(p);
+        if (dir)
+            rmdir(dir); /* fails, as it should, unless empty */
     }
 }
 
@@ -546,17 +552,27 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         if (r < 0 && first == 0)
             first = r;
         vmsh_error_propagate(err, &e);
-        /* The journal's undo is for a killed run; this one ended: what was
-         * replaced stays replaced, temporary files are gone. */
+        /* This VM's journal entries end here: temporary files are gone; a
+         * VM it replaced stays replaced when the restore registered the new
+         * one, and is defined again as it was when it did not (its disks
+         * were never touched: the restored files went to temporary names). */
         for (size_t k = 0; j && k < vmsh_journal_count(j); k++) {
             const vmsh_journal_entry *en = vmsh_journal_entry_at(j, k);
             const char *vm = vmsh_vmw_data_str(en->data, "vm");
             if (strcmp(en->owner, ops->id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
                 continue;
-            if (strcmp(en->action, "restore-files") == 0 ||
-                (strcmp(en->action, "undefine") == 0 && r == 0 && vm &&
-                 strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0))
-                vmsh_set_journal_mark(set, en->seq, VMSH_JOURNAL_UNDONE, NULL);
+            uint64_t seq = en->seq;
+            if (strcmp(en->action, "restore-files") == 0) {
+                vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
+            } else if (strcmp(en->action, "undefine") == 0 && vm &&
+                       strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0) {
+                bool back = r < 0 && vmsh_vmw_undo_restore(w, en, NULL) == 0;
+                if (back)
+                    json_object_object_add(report, "previous_vm_defined_again",
+                                           json_object_new_boolean(true));
+                if (r == 0 || back)
+                    vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
+            }
         }
     }
     return first;
