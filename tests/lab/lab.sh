@@ -39,10 +39,10 @@ lab_libvirt_up() {
     command -v libvirtd >/dev/null || lab_die "libvirtd is not installed (run scripts/install-deps.sh)"
     mkdir -p "$LAB_RUN"
     if ! { [ -f "$LAB_RUN/virtlogd.pid" ] && kill -0 "$(cat "$LAB_RUN/virtlogd.pid")" 2>/dev/null; }; then
-        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/virtlogd.log" virtlogd -d -p "$LAB_RUN/virtlogd.pid" ||
+        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/virtlogd.log" virtlogd -d -p "$LAB_RUN/virtlogd.pid" 9>&- ||
             lab_die "virtlogd did not start"
     fi
-    LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" ||
+    LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" 9>&- ||
         lab_die "libvirtd did not start; see $LAB_RUN/libvirtd.log"
     LAB_STARTED_DAEMON=1
     local i
@@ -94,6 +94,11 @@ lab_init() {
     LAB_TEST=$(basename "${0%.sh}")
     LAB_ID="vmsh-${LAB_TEST#t-}-$$"
     mkdir -p "$LAB_DIR"
+    # One lab user at a time on this machine (tests of several checkouts,
+    # the demo, benchmarks): each uses at most two guests, and two guests are
+    # the most two cores run well. The lock dies with the shell.
+    exec 9>"$LAB_DIR/guests.lock"
+    flock 9
     LAB_WORK=$(mktemp -d "$LAB_DIR/work.${LAB_TEST}.XXXXXX")
     chmod 0755 "$LAB_DIR" "$LAB_WORK"
     trap lab_cleanup EXIT
