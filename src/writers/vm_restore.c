@@ -89,6 +89,26 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
                                : asprintf(out, "%s/%s.save", LIBVIRT_SAVE_DIR, name);
         return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
     }
+    if (strcmp(kind, "tpm") == 0) {
+        if (o->restore_as)
+            return 0; /* a copy gets a TPM of its own: libvirt makes it */
+        /* "tpm/<subdir>/<file>": each part must be a plain name */
+        const char *rel = vmsh_file_name(f) + 4;
+        _cleanup_free_ char *relc = strdup(rel);
+        for (char *tok = relc ? strtok(relc, "/") : NULL; tok; tok = strtok(NULL, "/"))
+            if (!vmsh_name_is_safe(tok))
+                return vmsh_error_set(err, -EINVAL, "VM %s: TPM file name '%s' is not safe",
+                                      vmsh_component_name(c), rel);
+        if (!relc || strncmp(vmsh_file_name(f), "tpm/", 4) != 0)
+            return vmsh_error_set(err, -EINVAL, "VM %s: bad TPM file name", vmsh_component_name(c));
+        if (!o->restore_dir &&
+            (!orig || strncmp(orig, VMSH_SWTPM_DIR "/", sizeof(VMSH_SWTPM_DIR)) != 0))
+            return vmsh_error_set(err, -EINVAL, "VM %s: TPM state path %s is not libvirt's",
+                                  vmsh_component_name(c), orig ? orig : "(none)");
+        int n = o->restore_dir ? asprintf(out, "%s/%s/tpm/%s", o->restore_dir, name, rel)
+                               : asprintf(out, "%s", orig);
+        return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
+    }
     if (!orig || orig[0] != '/')
         return vmsh_error_set(err, -EINVAL, "VM %s: file %s has no absolute path in the backup",
                               vmsh_component_name(c), vmsh_file_name(f));
@@ -196,9 +216,11 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         if (final && strcmp(vmsh_file_kind(f), "saved-state") == 0 && o->restore_dir) {
             if (asprintf(&link_buf, "%s/%s.save", LIBVIRT_SAVE_DIR, new_name(o, c)) >= 0)
                 link = link_buf;
-        } else if (final && strcmp(vmsh_file_kind(f), "nvram") == 0 && o->restore_dir &&
-                   !o->restore_as) {
-            link = vmsh_file_path(f); /* the XML keeps its default place */
+        } else if (final &&
+                   (strcmp(vmsh_file_kind(f), "nvram") == 0 ||
+                    strcmp(vmsh_file_kind(f), "tpm") == 0) &&
+                   o->restore_dir && !o->restore_as) {
+            link = vmsh_file_path(f); /* libvirt looks at its default place */
         }
         json_object_object_add(fo, "link", jstr(link));
         if (strcmp(vmsh_file_kind(f), "disk") == 0) {
@@ -210,6 +232,9 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             json_object_object_add(fo, "note",
                                    jstr("not used: a copy under a new name boots "
                                         "from its disks"));
+        if (!final && strcmp(vmsh_file_kind(f), "tpm") == 0)
+            json_object_object_add(fo, "note",
+                                   jstr("not used: a copy under a new name gets a TPM of its own"));
         if ((r = temp_path(w, set_id, c, f, final, &tmp, err)) == 0 && tmp)
             json_object_object_add(fo, "temporary", jstr(tmp));
         json_object_array_add(files, fo);

@@ -87,6 +87,50 @@ static json_object *jstr(const char *s)
     return s ? json_object_new_string(s) : NULL;
 }
 
+/* The state of an emulated TPM (swtpm), which libvirt keeps in a place of
+ * its own: <VMSH_SWTPM_DIR>/<uuid>/, e.g. tpm2/tpm2-00.permall. Each regular
+ * file becomes a file "tpm/<relative path>" of the component. A TPM that is
+ * not emulated (pass-through) is the host's: excluded (R6). */
+static int describe_tpm(vmsh_component *c, const vmsh_vm *vm, vmsh_error **err)
+{
+    if (strcmp(vm->xml->tpm_backend, "emulator") != 0)
+        return vmsh_component_add_excluded(c, "tpm", "a host TPM passed through (R6)") < 0
+                   ? vmsh_error_set(err, -ENOMEM, "out of memory")
+                   : 0;
+    if (!vm->uuid)
+        return 0;
+    _cleanup_free_ char *dir = vmsh_path_join(VMSH_SWTPM_DIR, vm->uuid);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    static const char *const subdirs[] = {"tpm2", "."}; /* TPM 2.0, TPM 1.2 */
+    for (size_t s = 0; s < VMSH_ARRAY_SIZE(subdirs); s++) {
+        _cleanup_free_ char *sub = vmsh_path_join(dir, subdirs[s]);
+        DIR *d = sub ? opendir(sub) : NULL;
+        struct dirent *de;
+        int r = 0;
+        while (d && r == 0 && (de = readdir(d))) {
+            if (de->d_name[0] == '.' || de->d_type != DT_REG)
+                continue; /* ".lock" and the like are swtpm's, not state */
+            _cleanup_free_ char *path = vmsh_path_join(sub, de->d_name), *name = NULL;
+            vmsh_file *f = NULL;
+            if (!path || asprintf(&name, "tpm/%s%s%s", strcmp(subdirs[s], ".") ? subdirs[s] : "",
+                                  strcmp(subdirs[s], ".") ? "/" : "", de->d_name) < 0) {
+                r = vmsh_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            if ((r = vmsh_component_add_file(c, name, "tpm", &f, err)) == 0) {
+                vmsh_file_set_path(f, path);
+                vmsh_file_set_source_file(f, path, "raw");
+            }
+        }
+        if (d)
+            closedir(d);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
                        vm_item *it, vmsh_error **err)
 {
@@ -182,12 +226,8 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
         vmsh_file_set_path(f, vm->xml->nvram);
         vmsh_file_set_source_file(f, vm->xml->nvram, "raw");
     }
-    if (vm->xml->tpm_backend && vmsh_component_add_excluded(c, "tpm",
-                                                            "TPM state is not backed up "
-                                                            "yet") < 0) {
-        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (vm->xml->tpm_backend && (r = describe_tpm(c, vm, err)) < 0)
         goto out;
-    }
     for (size_t i = 0; i < vm->xml->n_ifaces; i++) {
         const vmsh_domxml_iface *ifc = &vm->xml->ifaces[i];
         json_object *o = json_object_new_object();

@@ -111,10 +111,10 @@ lab_domname() { echo "$LAB_ID-$1"; }
 lab_disk() { echo "$LAB_WORK/$1.data.${2:-qcow2}"; }
 
 # lab_guest_define NAME [--no-agent] [--raw] [--cmdline ARGS] [--block DEV]
-#                  [--network NET] [--bridge BR] [--mac MAC] [--mem MIB]
+#                  [--network NET] [--bridge BR] [--mem MIB] [--tpm]
 lab_guest_define() {
     local name=$1; shift
-    local agent=1 fmt=qcow2 cmdline="" block="" nets="" mem=128
+    local agent=1 fmt=qcow2 cmdline="" block="" nets="" mem=128 tpm=""
     while [ $# -gt 0 ]; do
         case $1 in
         --no-agent) agent=0 ;;
@@ -124,6 +124,7 @@ lab_guest_define() {
         --network) nets="$nets<interface type='network'><source network='$2'/><model type='virtio'/></interface>"; shift ;;
         --bridge) nets="$nets<interface type='bridge'><source bridge='$2'/><model type='virtio'/></interface>"; shift ;;
         --mem) mem=$2; shift ;;
+        --tpm) tpm="<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>" ;;
         *) lab_die "lab_guest_define: unknown option $1" ;;
         esac
         shift
@@ -163,6 +164,7 @@ lab_guest_define() {
     </disk>
     $extra
     $nets
+    $tpm
     <serial type='file'><source path='$LAB_WORK/$name.console.log' append='on'/><target port='0'/></serial>
     <controller type='usb' model='none'/>
     <controller type='pci' index='0' model='pcie-root'/>

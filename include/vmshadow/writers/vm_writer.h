@@ -16,6 +16,9 @@
 #include <vmshadow/coord/coord.h>
 #include <vmshadow/writers/identity.h>
 
+/* Where libvirt (qemu:///system) keeps an emulated TPM's state, per VM UUID. */
+#define VMSH_SWTPM_DIR "/var/lib/libvirt/swtpm"
+
 typedef struct vmsh_vm_writer_config {
     const char *uri;         /* libvirt connection; NULL: default */
     const char *state_dir;   /* run files: state files, NBD sockets, domain XML */
