@@ -1,7 +1,8 @@
 #!/bin/bash
-# An emulated TPM's state is part of the VM (issue 5 item 1): it is backed up
-# and restored to libvirt's place for it (or under --to, linked from there,
-# R12), and a copy restored with --as gets a TPM of its own.
+# Firmware variables (NVRAM) and an emulated TPM's state are part of the VM
+# (issue 5 item 1): they are backed up and restored to libvirt's place for
+# them, or under --to with a link from that place (R12); a copy restored with
+# --as gets a TPM of its own.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
@@ -46,4 +47,26 @@ check "the VM starts through the link" test "$(lab_state t)" = running
 # --as: a copy gets a TPM of its own.
 vsh --json restore "$ID" "$T" --as "$T-copy" --dry-run
 check "the plan says the copy gets a TPM of its own" jq -e '.vms[0].files[] | select(.kind == "tpm") | .note | test("TPM of its own")' <<<"$OUT"
+# NVRAM of a shut-off VM (no firmware needs to run: the files are read as
+# they are, SPEC R1 "shut off -> untouched").
+lab_guest_define n
+N=$(lab_domname n)
+echo "not firmware" > "$LAB_WORK/CODE.fd"
+NV=/var/lib/libvirt/qemu/nvram/${N}_VARS.fd
+mkdir -p /var/lib/libvirt/qemu/nvram
+head -c 131072 /dev/urandom > "$NV"
+cp "$NV" "$LAB_WORK/nvram.orig"
+lab_virsh dumpxml "$N" | sed "s|</initrd>|</initrd><loader readonly='yes' type='pflash'>$LAB_WORK/CODE.fd</loader><nvram>$NV</nvram>|" > "$LAB_WORK/n2.xml"
+lab_virsh define "$LAB_WORK/n2.xml" >/dev/null || fail "define with nvram"
+vsh --json backup "$N"
+NID=$(jq -r .backup <<<"$OUT")
+check "backup of a VM with firmware variables" test "$RC" = 0 -a "$NID" != null
+head -c 131072 /dev/urandom > "$NV" # the variables change after the backup
+vsh restore "$NID" --force --to "$LAB_WORK/to"
+check "restore --to exits 0" test "$RC" = 0
+check "the variables are restored under --to" cmp -s "$LAB_WORK/nvram.orig" "$LAB_WORK/to/$N/${N}_VARS.fd"
+check "the default place links to them (R12)" test "$(readlink "$NV")" = "$LAB_WORK/to/$N/${N}_VARS.fd"
+check "the XML keeps the default place" grep -q "<nvram>$NV</nvram>" <<<"$(lab_virsh dumpxml "$N")"
+lab_virsh undefine "$N" --nvram >/dev/null 2>&1
+rm -f "$NV"
 e2e_done
