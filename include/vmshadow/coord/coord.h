@@ -56,10 +56,10 @@ typedef struct vmsh_coord_config {
 typedef struct vmsh_set_options {
     const char *const *targets; /* e.g. VM names; may be NULL when n_targets is 0 */
     size_t n_targets;
-    bool all;           /* every target the writers know (e.g. --all) */
-    const char *method; /* "auto", "saved-state", "guest"; NULL: "auto" */
-    bool full;          /* no incremental */
-    bool force;         /* restore: may replace existing objects (R9) */
+    bool all;                /* every target the writers know (e.g. --all) */
+    const char *method;      /* "auto", "saved-state", "guest"; NULL: "auto" */
+    bool full;               /* no incremental */
+    bool force;              /* restore: may replace existing objects (R9) */
     const char *restore_dir; /* restore: put files under this directory (--to) */
     const char *restore_as;  /* restore: one component under a new name (--as) */
     bool host_devices;       /* restore: keep host devices of the backup's config */
