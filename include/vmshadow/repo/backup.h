@@ -10,6 +10,11 @@
  * Thread-safety: one thread at a time per pending backup; the library runs
  * its own worker threads inside add_file. Only one pending backup per
  * repository at a time (the write lock; -EBUSY otherwise).
+ *
+ * Memory: a few MiB of buffers per thread, plus ~110 bytes per chunk stored
+ * in the repository (the chunk map) and 40 bytes per stored chunk of the file
+ * being added (its index): ~10 MiB for a 4 GiB image; a repository holding
+ * 100 GiB of chunks needs ~170 MiB.
  */
 #ifndef VMSH_REPO_BACKUP_H
 #define VMSH_REPO_BACKUP_H
@@ -51,7 +56,9 @@ typedef struct vmsh_add_opts {
     const vmsh_file_index *base;
     const vmsh_extent *changed; /* flags ignored */
     size_t n_changed;
-    vmsh_progress_fn progress; /* may be NULL; bytes of the file done */
+    /* may be NULL; called from the calling thread with (bytes read so far,
+     * bytes to read): holes, zero extents and unchanged ranges excluded */
+    vmsh_progress_fn progress;
     void *progress_opaque;
 } vmsh_add_opts;
 
