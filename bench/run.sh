@@ -7,13 +7,15 @@
 # growth and the ratios. Results go to stdout and $WORK/results.md.
 #
 # usage: bench/run.sh [BUILD_DIR]    (default: ./build)
-# env:   WORK=/var/tmp/vmshadow-bench  SIZE=4294967296  SEED=1  SKIP_OTHERS=1
+# env:   WORK=/var/tmp/vmshadow-bench  SIZE=4294967296  SEED=1  REPEAT=3
+#        SKIP_OTHERS=1 (vmshadow only)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BUILD=${1:-$here/../build}
 TOOL=$BUILD/bench/vmshadow-repo-tool
 WORK=${WORK:-/var/tmp/vmshadow-bench}
 SIZE=${SIZE:-$((4 << 30))}
+REPEAT=${REPEAT:-3}
 [ -x "$TOOL" ] || { echo "build first: $TOOL is missing" >&2; exit 1; }
 mkdir -p "$WORK"
 IMG=$WORK/images-$SIZE
@@ -33,7 +35,7 @@ measure() {
     /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" ||
         { echo "$tool $op failed:" >&2; cat "$WORK/cmd.err" >&2; exit 1; }
     read -r wall user sys rss < "$WORK/time.out"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$op" "$wall" "$(echo "$user + $sys" | bc)" "$rss" >> "$RES"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$op" "$wall" "$(echo "$user + $sys" | bc)" "$rss" "$ROUND" >> "$RES"
 }
 du_b() { du -sb "$1" | cut -f1; }
 grow() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$WORK/growth.tsv"; }
@@ -60,23 +62,26 @@ print(out[0])
 PY
 )
 
-# ---- vmshadow ----
-R=$WORK/vmshadow-repo
-rm -rf "$R" "$WORK/restore"
-: > "$WORK/empty.conf"
-"$BUILD/src/vmshadow" --config "$WORK/empty.conf" -r "$R" init > /dev/null
-s0=$(du_b "$R")
-measure vmshadow day1 "$TOOL" backup "$R" vda="$IMG/day1.raw"
-s1=$(du_b "$R"); grow vmshadow day1 $((s1 - s0))
-measure vmshadow day2 "$TOOL" backup "$R" vda="$IMG/day2.raw"
-s2=$(du_b "$R"); grow vmshadow day2 $((s2 - s1))
-mkdir -p "$WORK/restore"
-measure vmshadow restore "$TOOL" restore "$R" latest vda "$WORK/restore/day2.raw"
-cmp "$IMG/day2.raw" "$WORK/restore/day2.raw" || { echo "vmshadow restore differs!" >&2; exit 1; }
-alloc_v=$(( $(stat -c %b "$WORK/restore/day2.raw") * 512 ))
-rm -rf "$WORK/restore"
+run_vmshadow() {
+    # ---- vmshadow ----
+    R=$WORK/vmshadow-repo
+    rm -rf "$R" "$WORK/restore"
+    : > "$WORK/empty.conf"
+    "$BUILD/src/vmshadow" --config "$WORK/empty.conf" -r "$R" init > /dev/null
+    s0=$(du_b "$R")
+    measure vmshadow day1 "$TOOL" backup "$R" vda="$IMG/day1.raw"
+    s1=$(du_b "$R"); grow vmshadow day1 $((s1 - s0))
+    measure vmshadow day2 "$TOOL" backup "$R" vda="$IMG/day2.raw"
+    s2=$(du_b "$R"); grow vmshadow day2 $((s2 - s1))
+    mkdir -p "$WORK/restore"
+    measure vmshadow restore "$TOOL" restore "$R" latest vda "$WORK/restore/day2.raw"
+    cmp "$IMG/day2.raw" "$WORK/restore/day2.raw" || { echo "vmshadow restore differs!" >&2; exit 1; }
+    alloc_v=$(( $(stat -c %b "$WORK/restore/day2.raw") * 512 ))
+    rm -rf "$WORK/restore"
 
-if [ -z "${SKIP_OTHERS:-}" ]; then
+}
+
+run_restic() {
     # ---- restic ----
     export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic-repo RESTIC_CACHE_DIR=$WORK/restic-cache
     rm -rf "$RESTIC_REPOSITORY" "$RESTIC_CACHE_DIR"
@@ -91,6 +96,9 @@ if [ -z "${SKIP_OTHERS:-}" ]; then
     cmp "$IMG/day2.raw" "$WORK/restore/$IMG/day2.raw" || { echo "restic restore differs" >&2; exit 1; }
     rm -rf "$WORK/restore" "$RESTIC_REPOSITORY" "$RESTIC_CACHE_DIR"
 
+}
+
+run_borg() {
     # ---- borg ----
     export BORG_REPO=$WORK/borg-repo BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
     export BORG_BASE_DIR=$WORK/borg-base
@@ -105,23 +113,42 @@ if [ -z "${SKIP_OTHERS:-}" ]; then
     (cd "$WORK/restore" && measure borg restore borg extract --sparse ::day2)
     cmp "$IMG/day2.raw" "$WORK/restore/${IMG#/}/day2.raw" || { echo "borg restore differs" >&2; exit 1; }
     rm -rf "$WORK/restore" "$BORG_REPO" "$BORG_BASE_DIR"
-fi
+}
+
+# Each round runs every tool once (fresh repositories); the table shows the
+# median of the rounds, which tames the noise of a shared machine.
+for round in $(seq "$REPEAT"); do
+    ROUND=$round
+    : > "$WORK/growth.tsv"
+    run_vmshadow
+    if [ -z "${SKIP_OTHERS:-}" ]; then
+        run_restic
+        run_borg
+    fi
+done
 
 python3 - "$RES" "$WORK/growth.tsv" "$SIZE" "$changed_z" "$alloc_v" "$IMG/changes.json" <<'PY' | tee "$WORK/results.md"
 import json, sys
 res, growth, size, changed_z, alloc_v, ch = sys.argv[1:7]
 size = int(size); changed_z = int(changed_z)
-t = {}
+import statistics
+runs = {}
 for line in open(res):
-    tool, op, wall, cpu, rss = line.split("\t")
-    t[(tool, op)] = (float(wall), float(cpu), int(rss) / 1024)
+    tool, op, wall, cpu, rss, rnd = line.split("\t")
+    runs.setdefault((tool, op), []).append((float(wall), float(cpu), int(rss) / 1024))
+t = {}
+for k, v in runs.items():
+    t[k] = (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+            max(x[2] for x in v))
+rounds = max(len(v) for v in runs.values())
 g = {}
 for line in open(growth):
     tool, op, b = line.split("\t")
     g[(tool, op)] = int(b)
 changed = json.load(open(ch))["changed_bytes"]
 print(f"images: {size / 2**30:.1f} GiB logical; day 2 changed {changed / 1e6:.0f} MB "
-      f"({changed_z / 1e6:.1f} MB with zstd -3)\n")
+      f"({changed_z / 1e6:.1f} MB with zstd -3); median of {rounds} rounds "
+      f"(wall: min-max in brackets)\n")
 print("| tool | operation | wall s | MB/s | CPU s | peak RSS MiB | repository growth MB |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for tool in ("vmshadow", "restic", "borg"):
@@ -130,7 +157,9 @@ for tool in ("vmshadow", "restic", "borg"):
             continue
         w, c, m = t[(tool, op)]
         gr = f"{g[(tool, op)] / 1e6:.0f}" if (tool, op) in g else ""
-        print(f"| {tool} | {op} | {w:.2f} | {size / w / 1e6:.0f} | {c:.1f} | {m:.0f} | {gr} |")
+        ws = [x[0] for x in runs[(tool, op)]]
+        print(f"| {tool} | {op} | {w:.2f} [{min(ws):.2f}-{max(ws):.2f}] | {size / w / 1e6:.0f} | "
+              f"{c:.1f} | {m:.0f} | {gr} |")
 print()
 v = lambda op: t[("vmshadow", op)][0]
 for other in ("restic", "borg"):
