@@ -1,0 +1,179 @@
+/* Unit tests of the block-source table (vmsh_source_ops): a custom kind
+ * plugs in; a source whose reads fail mid-way fails only its own file and
+ * leaves the pending backup usable; a source that reports dirty extents
+ * drives an incremental; a source that returns bad extents is refused. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/repo.h>
+#include <vmshadow/repo/source.h>
+
+#include "test_repo_helpers.h"
+
+#define SIZE (2u << 20)
+
+typedef struct fake {
+    uint8_t *data;
+    uint64_t fail_at;  /* a read touching this offset fails (UINT64_MAX: never) */
+    bool bad_extents;  /* report an extent that does not start where asked */
+    uint64_t dirty_lo; /* dirty range [lo, hi) */
+    uint64_t dirty_hi;
+    uint64_t reads;
+} fake;
+
+static int fake_extents(void *impl, uint64_t offset, uint64_t length, vmsh_extent *out, size_t max,
+                        vmsh_error **err)
+{
+    fake *f = impl;
+    out[0] = (vmsh_extent){offset + (f->bad_extents ? 1 : 0), length, 0};
+    return 1;
+}
+
+static int fake_dirty(void *impl, uint64_t offset, uint64_t length, vmsh_extent *out, size_t max,
+                      vmsh_error **err)
+{
+    fake *f = impl;
+    uint64_t end = offset + length;
+    if (offset < f->dirty_lo) {
+        uint64_t e = f->dirty_lo < end ? f->dirty_lo : end;
+        out[0] = (vmsh_extent){offset, e - offset, VMSH_EXTENT_ZERO};
+    } else if (offset < f->dirty_hi) {
+        uint64_t e = f->dirty_hi < end ? f->dirty_hi : end;
+        out[0] = (vmsh_extent){offset, e - offset, 0};
+    } else {
+        out[0] = (vmsh_extent){offset, length, VMSH_EXTENT_ZERO};
+    }
+    return 1;
+}
+
+static int fake_pread(void *impl, void *buf, size_t len, uint64_t off, vmsh_error **err)
+{
+    fake *f = impl;
+    __atomic_add_fetch(&f->reads, len, __ATOMIC_RELAXED);
+    if (f->fail_at >= off && f->fail_at < off + len)
+        return vmsh_error_set(err, -EIO, "fake device error at %llu",
+                              (unsigned long long)f->fail_at);
+    memcpy(buf, f->data + off, len);
+    return 0;
+}
+
+static const vmsh_source_ops fake_ops = {
+    .version = VMSH_SOURCE_OPS_VERSION,
+    .kind = "fake",
+    .extents = fake_extents,
+    .pread = fake_pread,
+    .dirty_extents = fake_dirty,
+};
+
+static uint8_t *fake_data(uint64_t seed)
+{
+    uint8_t *d = malloc(SIZE);
+    uint64_t s = seed;
+    fill_random(d, SIZE, &s);
+    return d;
+}
+
+static void custom_kind_and_failing_reads(void **state)
+{
+    char *dir = make_tmpdir(), *repo = path2(dir, "repo");
+    assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
+    vmsh_repo *r = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+
+    vmsh_source *bad = NULL;
+    vmsh_error *err = NULL;
+    vmsh_source_ops v2 = fake_ops;
+    v2.version = 99;
+    fake f = {.data = fake_data(1), .fail_at = 1500000, .dirty_hi = 0};
+    assert_int_equal(vmsh_source_new(&bad, &v2, &f, SIZE, "v2", &err), -EINVAL);
+    vmsh_error_free(err);
+    err = NULL;
+
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_new(&src, &fake_ops, &f, SIZE, "fake0", &err), 0);
+    assert_string_equal(vmsh_source_kind(src), "fake");
+    assert_true(vmsh_source_has_dirty(src));
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "broken", src, NULL, NULL, &err), -EIO);
+    assert_non_null(strstr(err->message, "broken"));
+    assert_non_null(strstr(err->message, "fake device error"));
+    vmsh_error_free(err);
+    err = NULL;
+    /* the pending backup goes on: another file, then commit */
+    f.fail_at = UINT64_MAX;
+    assert_int_equal(vmsh_backup_add_file(b, "good", src, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+    vmsh_backup_info *info = NULL;
+    assert_int_equal(vmsh_repo_backup_info(r, "latest", &info, &err), 0);
+    assert_int_equal(info->n_files, 1);
+    assert_null(vmsh_backup_info_file(info, "broken"));
+    vmsh_backup_info_free(info);
+    char *got = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "good", SIZE, &got, &len, &err), 0);
+    assert_int_equal(len, SIZE);
+    assert_memory_equal(got, f.data, SIZE);
+    free(got);
+    vmsh_verify_report *rep = NULL;
+    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, &err), 0);
+    vmsh_verify_report_free(rep);
+
+    /* bad extents from a kind are refused, not trusted */
+    f.bad_extents = true;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "x", src, NULL, NULL, &err), -EIO);
+    assert_non_null(strstr(err->message, "inconsistent"));
+    vmsh_error_free(err);
+    err = NULL;
+    vmsh_backup_free(b);
+    f.bad_extents = false;
+
+    /* an incremental from the source's dirty extents reads only those */
+    uint8_t *d2 = malloc(SIZE);
+    memcpy(d2, f.data, SIZE);
+    memset(d2 + 700000, 0x42, 5000);
+    fake f2 = {.data = d2, .fail_at = UINT64_MAX, .dirty_lo = 700000, .dirty_hi = 705000};
+    vmsh_source *src2 = NULL;
+    assert_int_equal(vmsh_source_new(&src2, &fake_ops, &f2, SIZE, "fake2", &err), 0);
+    vmsh_file_index *base = NULL;
+    assert_int_equal(vmsh_file_index_load(&base, r, "latest", "good", &err), 0);
+    vmsh_add_opts o = {.base = base};
+    vmsh_add_stats st = {0};
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "good", src2, &o, &st, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "incremental", &err), 0);
+    vmsh_backup_free(b);
+    /* 700000..705000 lies in chunk 10 only */
+    assert_int_equal(f2.reads, 65536);
+    assert_int_equal(st.new_chunks, 1);
+    assert_int_equal(st.base_chunks, SIZE / 65536 - 1);
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "good", SIZE, &got, &len, &err), 0);
+    assert_memory_equal(got, d2, SIZE);
+    free(got);
+
+    vmsh_file_index_free(base);
+    vmsh_source_free(src2); /* the kind has no free: the test owns f, f2 */
+    vmsh_source_free(src);
+    free(d2);
+    free(f.data);
+    vmsh_repo_free(r);
+    rm_rf(dir);
+    free(repo);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(custom_kind_and_failing_reads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
