@@ -192,6 +192,9 @@ struct vmsh_repo {
     size_t n_packs, cap_packs;
     pthread_mutex_t lock; /* guards map and packs while workers run */
     bool backup_pending;
+    uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
+    size_t pack_flush;         /* 0: 8 MiB writes; tests make it small (≥ 4096) */
+    unsigned pack_io_delay_us; /* tests: the pack writer thread sleeps before each write */
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);

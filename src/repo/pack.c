@@ -36,6 +36,7 @@ struct pack_writer {
     vmsh_repo *repo;
     crypto_ctx *crypto;
     uint64_t target;
+    size_t flush_at; /* hand the buffer to the writer thread at this fill */
     /* the open pack; fd < 0 when none */
     int fd;
     bool direct;
@@ -147,7 +148,10 @@ static void *io_main(void *arg)
         const uint8_t *buf = w->spare;
         size_t len = w->job_len;
         uint64_t off = w->job_off;
+        unsigned delay = w->repo->pack_io_delay_us;
         pthread_mutex_unlock(&w->mu);
+        if (delay) /* tests: a slow disk widens every race with this thread */
+            usleep(delay);
         int r = write_full_at(fd, buf, len, off);
         pthread_mutex_lock(&w->mu);
         if (r < 0 && w->async_rc == 0) {
@@ -174,7 +178,7 @@ static int append(pack_writer *w, const void *data, size_t len, vmsh_error **err
         w->fill += n;
         p += n;
         len -= n;
-        if (w->fill >= WBUF_FLUSH) {
+        if (w->fill >= w->flush_at) {
             int r = flush_aligned(w, false, err);
             if (r < 0)
                 return r;
@@ -190,7 +194,8 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     w->repo = r;
     w->fd = -1;
-    w->target = PACK_TARGET_DEFAULT;
+    w->target = r->pack_target ? r->pack_target : PACK_TARGET_DEFAULT;
+    w->flush_at = r->pack_flush && r->pack_flush <= WBUF_FLUSH ? r->pack_flush : WBUF_FLUSH;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     if (posix_memalign((void **)&w->buf, ALIGN, WBUF_CAP) != 0 ||
@@ -279,6 +284,12 @@ static int flush_locked(pack_writer *w, vmsh_error **err);
 static int add_locked(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err)
 {
     int r;
+    /* Wait for the writer thread now if this blob will fill the buffer: from
+     * the moment a blob gets its offset until its table entry is recorded the
+     * lock must stay held, or another thread could finish the pack in
+     * between and leave the blob out of the table. */
+    while (w->busy && w->fill + loc->stored_len >= w->flush_at)
+        pthread_cond_wait(&w->cv, &w->mu);
     if (w->async_rc < 0)
         return vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "write failed");
     if (w->fd < 0 && (r = start_pack(w, err)) < 0) {

@@ -254,6 +254,49 @@ static void source_extents_of_sparse_file(void **state)
     free(dir);
 }
 
+/* Many threads, tiny packs: every pack rollover races with appends and with
+ * the writer thread; every chunk must still be in some pack's table. */
+static void packs_roll_over_under_load(void **state)
+{
+    char *dir = make_tmpdir(), *repo = path2(dir, "repo");
+    assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
+    vmsh_repo *r = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+    /* writes of 64 KiB and packs of 256 KiB: every pack ends as its buffer is
+     * handed to the writer thread, as the default 64 MiB packs of 8 MiB writes
+     * do, and it happens hundreds of times */
+    r->pack_target = 256u << 10;
+    r->pack_flush = 64u << 10;
+    r->pack_io_delay_us = 300;
+    vmsh_repo_set_threads(r, 4);
+    size_t len = 32u << 20;
+    uint8_t *data = malloc(len);
+    uint64_t s = 5;
+    fill_random(data, len, &s);
+    for (int round = 0; round < 4; round++) {
+        data[round * 70000] ^= 1; /* a new chunk each round, the rest deduplicated */
+        if (round == 2)
+            fill_random(data, len, &s); /* and once, all new */
+        char *id = new_backup(r, "blob", data, len);
+        vmsh_verify_report *rep = NULL;
+        assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, NULL), 0);
+        assert_int_equal(rep->n_damage, 0);
+        vmsh_verify_report_free(rep);
+        char *got = NULL;
+        size_t n = 0;
+        assert_int_equal(vmsh_repo_read_file(r, id, "blob", len, &got, &n, NULL), 0);
+        assert_int_equal(n, len);
+        assert_memory_equal(got, data, len);
+        free(got);
+        free(id);
+    }
+    free(data);
+    vmsh_repo_free(r);
+    rm_rf(dir);
+    free(repo);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +304,7 @@ int main(void)
         cmocka_unit_test(gc_rewrites_mostly_dead_packs),
         cmocka_unit_test(encryption_keys),
         cmocka_unit_test(source_extents_of_sparse_file),
+        cmocka_unit_test(packs_roll_over_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
