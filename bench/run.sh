@@ -9,6 +9,8 @@
 # usage: bench/run.sh [BUILD_DIR]    (default: ./build)
 # env:   WORK=/var/tmp/vmshadow-bench  SIZE=4294967296  SEED=1  REPEAT=3
 #        SKIP_OTHERS=1 (vmshadow only)
+#        COLD=1: drop the page cache before every operation (root), as when the
+#        images and repositories are not in memory; default: images cached
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BUILD=${1:-$here/../build}
@@ -23,15 +25,16 @@ if [ ! -s "$IMG/changes.json" ]; then
     echo "building images in $IMG ..." >&2
     OUTDIR=$IMG SIZE=$SIZE python3 "$here/make_images.py"
 fi
-# the images in the page cache for every tool alike
-cat "$IMG/day1.raw" "$IMG/day2.raw" > /dev/null
+# the images in the page cache for every tool alike (unless COLD)
+[ -n "${COLD:-}" ] || cat "$IMG/day1.raw" "$IMG/day2.raw" > /dev/null
 
-RES=$WORK/results.tsv
+RES=$WORK/results${COLD:+-cold}.tsv
 : > "$RES"
 # measure TOOL OP CMD...: wall, user+sys CPU, peak RSS, appended to $RES
 measure() {
     local tool=$1 op=$2; shift 2
     sync
+    if [ -n "${COLD:-}" ]; then echo 3 > /proc/sys/vm/drop_caches; fi
     /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" ||
         { echo "$tool $op failed:" >&2; cat "$WORK/cmd.err" >&2; exit 1; }
     read -r wall user sys rss < "$WORK/time.out"
@@ -127,7 +130,7 @@ for round in $(seq "$REPEAT"); do
     fi
 done
 
-python3 - "$RES" "$WORK/growth.tsv" "$SIZE" "$changed_z" "$alloc_v" "$IMG/changes.json" <<'PY' | tee "$WORK/results.md"
+python3 - "$RES" "$WORK/growth.tsv" "$SIZE" "$changed_z" "$alloc_v" "$IMG/changes.json" <<'PY' | tee "$WORK/results${COLD:+-cold}.md"
 import json, sys
 res, growth, size, changed_z, alloc_v, ch = sys.argv[1:7]
 size = int(size); changed_z = int(changed_z)
