@@ -265,20 +265,29 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
     if (vmsh_cli_repo_open(cli, &r, &err) < 0)
         return vmsh_cli_fail(cli, &err);
     vmsh_backup_info *a = NULL;
-    size_t n = 0;
-    if (vmsh_repo_list(r, &a, &n, &err) < 0) {
+    vmsh_damage *dmg = NULL;
+    size_t n = 0, nd = 0;
+    if (vmsh_repo_list_tolerant(r, &a, &n, &dmg, &nd, &err) < 0) {
         vmsh_repo_free(r);
         return vmsh_cli_fail(cli, &err);
     }
     if (cli->json) {
-        json_object *arr = json_object_new_array();
+        json_object *arr = json_object_new_array(), *darr = json_object_new_array();
         for (size_t i = 0; i < n; i++)
             json_object_array_add(arr, backup_json(&a[i]));
+        for (size_t i = 0; i < nd; i++) {
+            json_object *x = json_object_new_object();
+            json_object_object_add(x, "backup", json_object_new_string(dmg[i].backup));
+            json_object_object_add(x, "what",
+                                   json_object_new_string(dmg[i].what ? dmg[i].what : "?"));
+            json_object_array_add(darr, x);
+        }
         json_object *o = json_object_new_object();
         json_object_object_add(o, "repo", json_object_new_string(cli->repo));
         json_object_object_add(o, "backups", arr);
+        json_object_object_add(o, "damaged", darr);
         vmsh_cli_print_json(o);
-    } else if (n == 0) {
+    } else if (n == 0 && nd == 0) {
         vmsh_cli_info(cli, "no backups in %s", cli->repo);
     } else {
         printf("%-16s  %-20s  %-11s  %10s  %10s  %s\n", "ID", "TIME", "KIND", "SIZE", "STORED",
@@ -295,10 +304,21 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
                    s2, vms[0] ? vms : "-");
             json_object_put(doc);
         }
+        for (size_t i = 0; i < nd; i++)
+            printf("%-16s  DAMAGED: %s\n", dmg[i].backup, dmg[i].what ? dmg[i].what : "?");
     }
+    int rc = VMSH_EXIT_OK;
+    if (nd) {
+        fprintf(stderr,
+                "%s: error: %zu backup%s of %s cannot be read (damaged manifest); run "
+                "'vmshadow verify'\n",
+                cli->prog, nd, nd == 1 ? "" : "s", cli->repo);
+        rc = VMSH_EXIT_DAMAGED;
+    }
+    vmsh_damage_array_free(dmg, nd);
     vmsh_backup_info_array_free(a, n);
     vmsh_repo_free(r);
-    return VMSH_EXIT_OK;
+    return rc;
 }
 
 int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)

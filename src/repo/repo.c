@@ -813,15 +813,31 @@ static int cmp_info(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
-int vmsh_repo_list(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_error **err)
+void vmsh_damage_array_free(vmsh_damage *d, size_t n)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(d[i].file);
+        free(d[i].what);
+    }
+    free(d);
+}
+
+/* damaged == NULL: the first damaged manifest fails the call. */
+static int list_impl(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_damage **damaged,
+                     size_t *n_damaged, vmsh_error **err)
 {
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
-    size_t n = 0;
+    size_t n = 0, nd = 0;
     int rc = repo_list_ids(r, &ids, &n, err);
     if (rc < 0)
         return rc;
     vmsh_backup_info *a = vmsh_calloc_array(n ? n : 1, sizeof(*a));
-    if (!a) {
+    vmsh_damage *d = damaged ? vmsh_calloc_array(n ? n : 1, sizeof(*d)) : NULL;
+    if (!a || (damaged && !d)) {
+        free(a);
+        free(d);
         free(ids);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
@@ -834,9 +850,17 @@ int vmsh_repo_list(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_err
             vmsh_error_free(e);
             continue;
         }
+        if (rc < 0 && damaged && rc != -ENOMEM) {
+            memcpy(d[nd].backup, ids[i], VMSH_BACKUP_ID_LEN + 1);
+            d[nd].what = strdup(e ? e->message : "unreadable manifest");
+            nd++;
+            vmsh_error_free(e);
+            continue;
+        }
         if (rc < 0) {
             vmsh_error_propagate(err, &e);
             vmsh_backup_info_array_free(a, got);
+            vmsh_damage_array_free(d, nd);
             free(ids);
             return rc;
         }
@@ -844,10 +868,26 @@ int vmsh_repo_list(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_err
         free(b);
     }
     free(ids);
-    qsort(a, got, sizeof(*a), cmp_info);
+    if (got)
+        qsort(a, got, sizeof(*a), cmp_info);
     *out = a;
     *n_out = got;
+    if (damaged) {
+        *damaged = d;
+        *n_damaged = nd;
+    }
     return 0;
+}
+
+int vmsh_repo_list(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out, vmsh_error **err)
+{
+    return list_impl(r, out, n_out, NULL, NULL, err);
+}
+
+int vmsh_repo_list_tolerant(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out,
+                            vmsh_damage **damaged, size_t *n_damaged, vmsh_error **err)
+{
+    return list_impl(r, out, n_out, damaged, n_damaged, err);
 }
 
 int vmsh_repo_resolve(vmsh_repo *r, const char *spec, char out_id[VMSH_BACKUP_ID_LEN + 1],

@@ -81,8 +81,12 @@ expect_damage "truncated index" "$A" disk
 fresh
 flip "$VMSHADOW_REPO/backups/$A" 60
 expect_damage "bit flip in a manifest" "$A"
-run "$VMSHADOW" list; [ $RC = 3 ] && [[ $ERR == *"$A"* ]] || fail "list with a damaged manifest: $RC $ERR"
-pass "list names the damaged manifest and exits 3"
+run "$VMSHADOW" list
+[ $RC = 3 ] && [[ $OUT == *"$A  DAMAGED"* ]] && [[ $OUT == *"$B  "* ]] || fail "list with a damaged manifest: $RC $OUT $ERR"
+pass "list shows the sound backups, names the damaged manifest and exits 3"
+run "$VMSHADOW" --json list
+echo "$OUT" | python3 -c "import json,sys; d=json.load(sys.stdin); assert [b['id'] for b in d['backups']]==['$B'] and d['damaged'][0]['backup']=='$A'" || fail "list --json with a damaged manifest: $OUT"
+pass "list --json reports the damaged manifest"
 
 fresh
 truncate -s 30 "$VMSHADOW_REPO/backups/$B"

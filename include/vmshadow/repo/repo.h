@@ -153,6 +153,14 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
                      vmsh_error **err);
 void vmsh_verify_report_free(vmsh_verify_report *rep);
 
+/* Like vmsh_repo_list, but a damaged manifest does not stop the listing: it
+ * is left out of *out and reported in *damaged (backup set, file NULL, what;
+ * free with vmsh_damage_array_free). Returns 0 then; the caller decides
+ * (the CLI's `list` prints the sound backups and exits 3). */
+int vmsh_repo_list_tolerant(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out,
+                            vmsh_damage **damaged, size_t *n_damaged, vmsh_error **err);
+void vmsh_damage_array_free(vmsh_damage *d, size_t n);
+
 typedef struct vmsh_retention {
     unsigned keep_last, keep_daily, keep_weekly, keep_monthly; /* 0: rule unused */
 } vmsh_retention;
