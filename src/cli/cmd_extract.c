@@ -43,7 +43,7 @@ int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv)
         return vmsh_cli_usage_error(cli, "extract", "needs BACKUP FILE DEST");
     vmsh_error *err = NULL;
     vmsh_repo *repo = NULL;
-    if (vmsh_repo_open(&repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"), &err) < 0)
+    if (vmsh_cli_repo_open(cli, &repo, &err) < 0)
         return vmsh_cli_fail(cli, &err);
     vmsh_restore_stats st = {0};
     int r = vmsh_repo_restore_file(repo, argv[optind], argv[optind + 1], argv[optind + 2], force,
