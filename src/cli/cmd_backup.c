@@ -186,15 +186,82 @@ static void event_debug(void *opaque, const vmsh_set *set, size_t writer, vmsh_e
                    vmsh_event_name(ev), result == 0 ? "ok" : strerror(-result), (long long)ms);
 }
 
-static int open_source(const vmsh_file *f, vmsh_source **out, vmsh_error **err)
+static int open_source(const vmsh_file *f, const char *dirty_context, vmsh_source **out,
+                       vmsh_error **err)
 {
     if (vmsh_file_source_type(f) == VMSH_SOURCE_NBD)
         return vmsh_source_open_nbd(out, vmsh_file_source_socket(f), vmsh_file_source_export(f),
-                                    NULL, err);
+                                    dirty_context, err);
     const char *fmt = vmsh_file_source_format(f);
     if (!fmt || strcmp(fmt, "raw") == 0)
         return vmsh_source_open_file(out, vmsh_file_source_path(f), err);
     return vmsh_source_open_qemu_image(out, vmsh_file_source_path(f), fmt, err);
+}
+
+static const char *jmember_str(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+/* The VM writer's plan for a disk file (its component extra.disks entry:
+ * "read", "read_reason", "base_backup", "dirty_context"), or NULL. */
+static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f)
+{
+    const char *fname = vmsh_file_name(f);
+    json_object *disks = NULL;
+    if (strcmp(vmsh_metadata_writer_id(md), VMSH_VM_WRITER_ID) != 0 ||
+        strncmp(fname, "disk/", 5) != 0 || !vmsh_component_extra(c) ||
+        !json_object_object_get_ex(vmsh_component_extra(c), "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array))
+        return NULL;
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *d = json_object_array_get_idx(disks, i);
+        const char *t = jmember_str(d, "target");
+        if (t && strcmp(t, fname + 5) == 0)
+            return d;
+    }
+    return NULL;
+}
+
+/* Opens the source of a disk for an incremental read when the writer
+ * planned one (issue 7): the dirty bitmap of the job's export, and the last
+ * backup's index of the same file as the base. Anything missing makes it a
+ * full read, and *why says what. */
+static int open_incremental(cli_requestor *q, const char *name, const vmsh_file *f,
+                            json_object *plan, vmsh_source **src, vmsh_file_index **base,
+                            char **why, vmsh_error **err)
+{
+    const char *ctx = jmember_str(plan, "dirty_context");
+    const char *base_id = jmember_str(plan, "base_backup");
+    vmsh_error *e = NULL;
+    if (!ctx || !base_id || vmsh_file_source_type(f) != VMSH_SOURCE_NBD)
+        return 1;
+    if (vmsh_file_index_load(base, q->repo, base_id, name, &e) < 0) {
+        if (asprintf(why, "the last backup's index of %s cannot be read: %s", name, e->message) < 0)
+            *why = NULL;
+        vmsh_error_free(e);
+        return 1;
+    }
+    int r = open_source(f, ctx, src, &e);
+    if (r == -ENOTSUP) {
+        if (asprintf(why, "the export offers no dirty bitmap: %s", e->message) < 0)
+            *why = NULL;
+        vmsh_error_free(e);
+        vmsh_file_index_free(*base);
+        *base = NULL;
+        return 1;
+    }
+    if (r < 0) {
+        vmsh_file_index_free(*base);
+        *base = NULL;
+        vmsh_error_propagate(err, &e);
+        return r;
+    }
+    return 0;
 }
 
 static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata *md,
@@ -208,12 +275,30 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     if (!name)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     vmsh_source *src = NULL;
-    if ((r = open_source(f, &src, err)) < 0)
+    vmsh_file_index *base = NULL;
+    json_object *plan = disk_plan(md, c, f);
+    const char *read_mode = jmember_str(plan, "read");
+    _cleanup_free_ char *why = NULL;
+    r = 1;
+    if (read_mode && strcmp(read_mode, "incremental") == 0 &&
+        (r = open_incremental(q, name, f, plan, &src, &base, &why, err)) < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
-    vmsh_cli_debug(q->cli, "copying %s", name);
+    if (r > 0) {
+        if (read_mode && strcmp(read_mode, "incremental") == 0)
+            read_mode = "full";
+        else if (read_mode && !why)
+            why =
+                jmember_str(plan, "read_reason") ? strdup(jmember_str(plan, "read_reason")) : NULL;
+        if ((r = open_source(f, NULL, &src, err)) < 0)
+            return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
+    } else {
+        why = jmember_str(plan, "read_reason") ? strdup(jmember_str(plan, "read_reason")) : NULL;
+    }
+    vmsh_cli_debug(q->cli, "copying %s%s%s", name, read_mode ? ", read " : "",
+                   read_mode ? read_mode : "");
     vmsh_add_stats st = {0};
     copy_progress cp = {.cli = q->cli, .name = name};
-    vmsh_add_opts ao = {0};
+    vmsh_add_opts ao = {.base = base};
     if (q->cli->progress) {
         ao.progress = show_progress;
         ao.progress_opaque = &cp;
@@ -222,6 +307,8 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     if (cp.shown)
         fputc('\n', stderr);
     vmsh_source_free(src);
+    bool had_base = base != NULL;
+    vmsh_file_index_free(base);
     if (r < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
     json_object *stored = json_object_new_object();
@@ -231,6 +318,17 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     json_object_object_add(stored, "size", json_object_new_int64((int64_t)st.size));
     json_object_object_add(stored, "bytes_stored", json_object_new_int64((int64_t)st.bytes_stored));
     json_object_object_add(stored, "new_chunks", json_object_new_int64((int64_t)st.new_chunks));
+    json_object_object_add(stored, "bytes_read", json_object_new_int64((int64_t)st.bytes_read));
+    if (read_mode) {
+        /* issue 7: how the disk was read, and why */
+        json_object_object_add(stored, "read", json_object_new_string(read_mode));
+        json_object_object_add(stored, "read_reason", why ? json_object_new_string(why) : NULL);
+        if (had_base)
+            json_object_object_add(stored, "base",
+                                   json_object_new_string(jmember_str(plan, "base_backup")));
+        json_object_object_add(stored, "base_chunks",
+                               json_object_new_int64((int64_t)st.base_chunks));
+    }
     vmsh_file_set_stored(f, stored, st.bytes_read, st.bytes_stored);
     json_object_put(stored);
     if (vmsh_file_size(f) < 0)
@@ -333,10 +431,75 @@ static json_object *vms_json(const vmsh_set *set)
             json_object *extra = vmsh_component_extra(comp), *dt = NULL;
             if (extra && json_object_object_get_ex(extra, "downtime_ms", &dt))
                 json_object_object_add(o, "downtime_ms", json_object_get(dt));
+            /* issue 7: per disk, full or incremental, why, bytes read */
+            json_object *disks = json_object_new_array();
+            bool incremental = false;
+            for (size_t k = 0; k < vmsh_component_file_count(comp); k++) {
+                const vmsh_file *f = vmsh_component_file(comp, k);
+                json_object *st = vmsh_file_stored(f);
+                const char *mode = jmember_str(st, "read");
+                if (!mode)
+                    continue;
+                json_object *d = json_object_new_object();
+                const char *fn = vmsh_file_name(f);
+                json_object_object_add(d, "name", jstr(strncmp(fn, "disk/", 5) == 0 ? fn + 5 : fn));
+                json_object_object_add(d, "read", jstr(mode));
+                json_object_object_add(d, "reason", jstr(jmember_str(st, "read_reason")));
+                json_object_object_add(d, "bytes_read",
+                                       json_object_new_int64((int64_t)vmsh_file_bytes_read(f)));
+                json_object_array_add(disks, d);
+                incremental = incremental || strcmp(mode, "incremental") == 0;
+            }
+            json_object_object_add(o, "incremental", json_object_new_boolean(incremental));
+            json_object_object_add(o, "disks", disks);
             json_object_array_add(a, o);
         }
     }
     return a;
+}
+
+/* Issue 7: for the VM writer's chain checks, the last backup of each VM in
+ * this repository with its component extra (the checkpoint it left):
+ * {vm: {"backup": ID, "extra": {...}}}. Newest backups first. */
+static int repo_history(vmsh_repo *repo, json_object **out, vmsh_error **err)
+{
+    vmsh_backup_info *a = NULL;
+    size_t n = 0;
+    int r = vmsh_repo_list(repo, &a, &n, err);
+    if (r < 0)
+        return r;
+    json_object *h = json_object_new_object();
+    for (size_t i = n; h && i-- > 0;) {
+        json_object *doc = a[i].document ? json_tokener_parse(a[i].document) : NULL, *ws = NULL;
+        if (doc && json_object_object_get_ex(doc, "writers", &ws) &&
+            json_object_is_type(ws, json_type_array)) {
+            for (size_t k = 0; k < json_object_array_length(ws); k++) {
+                json_object *wm = json_object_array_get_idx(ws, k), *wr = NULL, *cs = NULL;
+                if (!json_object_object_get_ex(wm, "writer", &wr) || !jmember_str(wr, "id") ||
+                    strcmp(jmember_str(wr, "id"), VMSH_VM_WRITER_ID) != 0 ||
+                    !json_object_object_get_ex(wm, "components", &cs) ||
+                    !json_object_is_type(cs, json_type_array))
+                    continue;
+                for (size_t c = 0; c < json_object_array_length(cs); c++) {
+                    json_object *comp = json_object_array_get_idx(cs, c), *ex = NULL;
+                    const char *name = jmember_str(comp, "name");
+                    if (!name || json_object_object_get_ex(h, name, NULL))
+                        continue;
+                    json_object *e = json_object_new_object();
+                    json_object_object_add(e, "backup", json_object_new_string(a[i].id));
+                    if (json_object_object_get_ex(comp, "extra", &ex))
+                        json_object_object_add(e, "extra", json_object_get(ex));
+                    json_object_object_add(h, name, e);
+                }
+            }
+        }
+        json_object_put(doc);
+    }
+    vmsh_backup_info_array_free(a, n);
+    if (!h)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    *out = h;
+    return 0;
 }
 
 /* R6: disks the VM writer leaves out are backed up from inside the guest;
@@ -432,6 +595,22 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
             0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
         goto out;
+    if (h.vm_writer) {
+        json_object *hist = NULL;
+        vmsh_error *e = NULL;
+        if (repo_history(q.repo, &hist, &e) < 0) {
+            vmsh_cli_warn(cli,
+                          "every disk is read in full: the repository's backups cannot be "
+                          "listed: %s",
+                          e->message);
+            vmsh_error_free(e);
+            e = NULL;
+        }
+        r = vmsh_vm_writer_set_history(h.vm_writer, vmsh_repo_id(q.repo), hist, &err);
+        json_object_put(hist);
+        if (r < 0)
+            goto out;
+    }
     struct sigaction old_sa[3];
     backup_cancel = 0;
     cfg.cancel = &backup_cancel;

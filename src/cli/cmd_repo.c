@@ -194,8 +194,12 @@ static void vms_summary(json_object *doc, char *buf, size_t cap)
             continue;
         const char *method =
             json_object_object_get_ex(v, "method", &m) && m ? json_object_get_string(m) : NULL;
-        int w = snprintf(buf + used, cap - used, "%s%s%s%s", used ? " " : "",
-                         json_object_get_string(n), method ? ":" : "", method ? method : "");
+        json_object *inc = NULL;
+        bool incremental = json_object_object_get_ex(v, "incremental", &inc) &&
+                           json_object_get_boolean(inc); /* issue 7 */
+        int w = snprintf(buf + used, cap - used, "%s%s%s%s%s", used ? " " : "",
+                         json_object_get_string(n), method ? ":" : "", method ? method : "",
+                         incremental ? "+incremental" : "");
         if (w < 0 || (size_t)w >= cap - used)
             break;
         used += (size_t)w;
@@ -353,8 +357,33 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
         char s1[32], s2[32];
         vmsh_cli_format_bytes(size, s1, sizeof(s1));
         vmsh_cli_format_bytes(stored, s2, sizeof(s2));
-        printf("backup %s\ntime   %s\nsize   %s (%s new in the repository)\nfiles:\n", b->id,
-               b->time, s1, s2);
+        json_object *d0 = document_json(b->document), *vms = NULL;
+        printf("backup %s\ntime   %s\nkind   %s\nsize   %s (%s new in the repository)\n", b->id,
+               b->time, doc_kind(d0), s1, s2);
+        /* issue 7: how each disk was read, and why */
+        if (d0 && json_object_is_type(d0, json_type_object) &&
+            json_object_object_get_ex(d0, "vms", &vms) && json_object_is_type(vms, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(vms); i++) {
+                json_object *v = json_object_array_get_idx(vms, i), *ds = NULL, *n = NULL;
+                if (!json_object_object_get_ex(v, "disks", &ds) ||
+                    !json_object_is_type(ds, json_type_array))
+                    continue;
+                json_object_object_get_ex(v, "name", &n);
+                for (size_t k = 0; k < json_object_array_length(ds); k++) {
+                    json_object *dk = json_object_array_get_idx(ds, k), *dn = NULL, *rd = NULL,
+                                *rs = NULL, *br = NULL;
+                    json_object_object_get_ex(dk, "name", &dn);
+                    json_object_object_get_ex(dk, "read", &rd);
+                    json_object_object_get_ex(dk, "reason", &rs);
+                    json_object_object_get_ex(dk, "bytes_read", &br);
+                    vmsh_cli_format_bytes((uint64_t)json_object_get_int64(br), s1, sizeof(s1));
+                    printf("  %s %s: %s, %s read (%s)\n", json_object_get_string(n),
+                           json_object_get_string(dn), json_object_get_string(rd), s1,
+                           rs ? json_object_get_string(rs) : "-");
+                }
+            }
+        json_object_put(d0);
+        printf("files:\n");
         for (size_t i = 0; i < b->n_files; i++) {
             vmsh_cli_format_bytes(b->files[i].size, s1, sizeof(s1));
             printf("  %-32s %-6s %10s  index %.16s\n", b->files[i].name, b->files[i].kind, s1,

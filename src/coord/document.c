@@ -22,8 +22,54 @@ struct vmsh_backup_doc {
 
 /* The "vms" summary: one entry per component of a "vm" writer, the shape of
  * `backup --json` (CLI.md), so that `list` needs no knowledge of writers. */
+static const char *stored_str(struct json_object *st, const char *key)
+{
+    struct json_object *v = NULL;
+    if (!st || !json_object_object_get_ex(st, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+/* Issue 7: "incremental" (a disk was read only where it changed) and
+ * "disks" ([{name, read, reason, bytes_read}]) from what the requestor
+ * recorded in each file's "stored" ("read", "read_reason"). */
+static int add_reads(struct json_object *o, const vmsh_component *comp, bool *any_incremental)
+{
+    struct json_object *disks = json_object_new_array();
+    bool incremental = false;
+    int bad = !disks;
+    for (size_t k = 0; !bad && k < vmsh_component_file_count(comp); k++) {
+        const vmsh_file *f = vmsh_component_file(comp, k);
+        struct json_object *st = vmsh_file_stored(f);
+        const char *mode = stored_str(st, "read"), *fn = vmsh_file_name(f);
+        if (!mode)
+            continue;
+        struct json_object *d = json_object_new_object(), *br = NULL;
+        int64_t bytes_read = (int64_t)vmsh_file_bytes_read(f);
+        if (json_object_object_get_ex(st, "bytes_read", &br) &&
+            json_object_is_type(br, json_type_int))
+            bytes_read = json_object_get_int64(br);
+        bad = !d || vmsh_json_add_str(d, "name", strncmp(fn, "disk/", 5) == 0 ? fn + 5 : fn) ||
+              vmsh_json_add_str(d, "read", mode) ||
+              vmsh_json_add_str(d, "reason", stored_str(st, "read_reason")) ||
+              json_object_object_add(d, "bytes_read", json_object_new_int64(bytes_read));
+        if (bad || json_object_array_add(disks, d)) {
+            json_object_put(d);
+            bad = 1;
+        }
+        incremental = incremental || strcmp(mode, "incremental") == 0;
+    }
+    if (bad || json_object_object_add(o, "incremental", json_object_new_boolean(incremental)) ||
+        json_object_object_add(o, "disks", disks)) {
+        json_object_put(disks);
+        return 1;
+    }
+    *any_incremental = *any_incremental || incremental;
+    return 0;
+}
+
 static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *const *kinds,
-                                       size_t n)
+                                       size_t n, bool *any_incremental)
 {
     struct json_object *a = json_object_new_array();
     for (size_t i = 0; a && kinds && i < n; i++) {
@@ -48,6 +94,8 @@ static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *co
                 bad = json_object_object_add(o, "excluded_disks", ex);
                 ex = NULL;
             }
+            if (!bad)
+                bad = add_reads(o, comp, any_incremental);
             if (!bad)
                 bad = json_object_array_add(a, o);
             json_object_put(ex);
@@ -98,8 +146,10 @@ int vmsh_backup_doc_build(const vmsh_backup_doc_info *info, vmsh_metadata *const
         req = NULL;
     }
     if (!bad) {
-        struct json_object *vms = vms_summary(mds, kinds, n);
-        bad = !vms || json_object_object_add(o, "vms", vms);
+        bool incremental = false;
+        struct json_object *vms = vms_summary(mds, kinds, n, &incremental);
+        bad = !vms || json_object_object_add(o, "vms", vms) ||
+              json_object_object_add(o, "incremental", json_object_new_boolean(incremental));
     }
     int r = 0;
     for (size_t i = 0; !bad && i < n; i++) {

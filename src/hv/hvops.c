@@ -287,8 +287,13 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
         append(&x, "'/><disks>");
     for (size_t i = 0; i < n_disks && q == 0; i++)
         q = append(&x, "<disk name='") ?: append_escaped(&x, disks[i].target) ?:
-            append(&x, "' backup='yes' type='file'><scratch file='") ?:
-            append_escaped(&x, disks[i].scratch) ?: append(&x, "'/></disk>");
+            append(&x, "' backup='yes' type='file'") ?:
+            (disks[i].incremental ? append(&x, " backupmode='incremental' incremental='") ?:
+                                        append_escaped(&x, disks[i].incremental) ?:
+                                        append(&x, "'")
+                                  : 0) ?:
+            append(&x, "><scratch file='") ?: append_escaped(&x, disks[i].scratch) ?:
+            append(&x, "'/></disk>");
     for (size_t i = 0; i < dx->n_disks && q == 0; i++) {
         const vmsh_domxml_disk *dk = &dx->disks[i];
         if (strcmp(dk->device, "hostdev") == 0 || !dk->target || listed(disks, n_disks, dk->target))
@@ -342,6 +347,137 @@ int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err)
         r = lv_fail(err, vm, "ending the backup job");
     virDomainFree(d);
     return r;
+}
+
+int vmsh_hv_domain_id(vmsh_hv *hv, const char *vm, int *out, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    unsigned id = virDomainGetID(d);
+    *out = id == (unsigned)-1 ? -1 : (int)id;
+    virDomainFree(d);
+    return 0;
+}
+
+int vmsh_hv_checkpoint_exists(vmsh_hv *hv, const char *vm, const char *name, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(d, name, 0);
+    if (cp) {
+        r = 1;
+        virDomainCheckpointFree(cp);
+    } else {
+        virErrorPtr e = virGetLastError();
+        r = e && e->code == VIR_ERR_NO_DOMAIN_CHECKPOINT
+                ? 0
+                : lv_fail(err, vm, "looking up a checkpoint");
+    }
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_checkpoint_list(vmsh_hv *hv, const char *vm, const char *prefix, char ***out, size_t *n,
+                            vmsh_error **err)
+{
+    *out = NULL;
+    *n = 0;
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virDomainCheckpointPtr *cps = NULL;
+    int k = virDomainListAllCheckpoints(d, &cps, 0);
+    if (k < 0) {
+        r = lv_fail(err, vm, "listing the checkpoints");
+        virDomainFree(d);
+        return r;
+    }
+    char **names = vmsh_calloc_array((size_t)k + 1, sizeof(char *));
+    if (!names)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (int i = 0; i < k; i++) {
+        const char *nm = virDomainCheckpointGetName(cps[i]);
+        if (r == 0 && nm && strncmp(nm, prefix, strlen(prefix)) == 0) {
+            if (!(names[*n] = strdup(nm)))
+                r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            else
+                (*n)++;
+        }
+        virDomainCheckpointFree(cps[i]);
+    }
+    free(cps);
+    virDomainFree(d);
+    if (r < 0) {
+        for (size_t i = 0; names && i < *n; i++)
+            free(names[i]);
+        free(names);
+        *n = 0;
+        return r;
+    }
+    *out = names;
+    return 0;
+}
+
+int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, bool metadata_fallback,
+                              vmsh_error **err)
+{
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+    if (!d)
+        return 0; /* no VM, no checkpoint */
+    int r = 0;
+    virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(d, name, 0);
+    if (cp) {
+        if (virDomainCheckpointDelete(cp, 0) < 0) {
+            if (!metadata_fallback ||
+                virDomainCheckpointDelete(cp, VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) < 0)
+                r = lv_fail(err, vm, "deleting a checkpoint");
+        }
+        virDomainCheckpointFree(cp);
+    }
+    virDomainFree(d);
+    if (r < 0)
+        vmsh_error_prefix(err, "checkpoint %s", name);
+    return r;
+}
+
+int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
+                           const char *const *targets, size_t n_targets, char **out,
+                           vmsh_error **err)
+{
+    _cleanup_free_ char *dxml = NULL;
+    int r = vmsh_hv_domain_xml(hv, vm, false, &dxml, err);
+    if (r < 0)
+        return r;
+    vmsh_domxml *dx = NULL;
+    if ((r = vmsh_domxml_parse(&dx, dxml, strlen(dxml), err)) < 0)
+        return r;
+    char *x = NULL;
+    int q = append(&x, "<domaincheckpoint><name>") ?: append_escaped(&x, name) ?:
+            append(&x, "</name><description>vmshadow: the point of a backup; the next backup "
+                       "reads only what changed since</description><disks>");
+    for (size_t i = 0; i < dx->n_disks && q == 0; i++) {
+        const vmsh_domxml_disk *dk = &dx->disks[i];
+        if (strcmp(dk->device, "hostdev") == 0 || !dk->target)
+            continue;
+        bool bitmap = false;
+        for (size_t k = 0; k < n_targets && !bitmap; k++)
+            bitmap = strcmp(targets[k], dk->target) == 0;
+        q = append(&x, "<disk name='") ?: append_escaped(&x, dk->target) ?:
+            append(&x, bitmap ? "' checkpoint='bitmap'/>" : "' checkpoint='no'/>");
+    }
+    q = q ?: append(&x, "</disks></domaincheckpoint>");
+    vmsh_domxml_free(dx);
+    if (q < 0) {
+        free(x);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    *out = x;
+    return 0;
 }
 
 int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err)

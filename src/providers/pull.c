@@ -14,9 +14,14 @@ typedef struct pull_vm {
     char *socket;
     char **targets;
     char **scratch;
+    char **incremental; /* per disk: checkpoint to export changes since, or NULL */
     size_t n;
     bool started;
     uint64_t seq;
+    char *cp_name, *cp_xml; /* the checkpoint created with the job (issue 7) */
+    uint64_t seq_cp;
+    bool cp_journalled;
+    char *fallback; /* why libvirt refused the incremental job (it then ran full) */
 } pull_vm;
 
 typedef struct pull_provider {
@@ -35,9 +40,14 @@ static void vm_clear(pull_vm *v)
     for (size_t i = 0; i < v->n; i++) {
         free(v->targets[i]);
         free(v->scratch[i]);
+        free(v->incremental[i]);
     }
     free(v->targets);
     free(v->scratch);
+    free(v->incremental);
+    free(v->cp_name);
+    free(v->cp_xml);
+    free(v->fallback);
 }
 
 static void reset(pull_provider *p)
@@ -76,16 +86,49 @@ int vmsh_pull_provider_add(vmsh_provider_ops *ops, const vmsh_set *set, const ch
     v->socket = strdup(socket_path);
     v->targets = vmsh_calloc_array(n_disks, sizeof(char *));
     v->scratch = vmsh_calloc_array(n_disks, sizeof(char *));
-    if (!v->vm || !v->socket || !v->targets || !v->scratch)
+    v->incremental = vmsh_calloc_array(n_disks, sizeof(char *));
+    if (!v->vm || !v->socket || !v->targets || !v->scratch || !v->incremental)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; i < n_disks; i++) {
         v->targets[i] = strdup(disks[i].target);
         v->scratch[i] = strdup(disks[i].scratch);
+        v->incremental[i] = disks[i].incremental ? strdup(disks[i].incremental) : NULL;
         v->n++;
-        if (!v->targets[i] || !v->scratch[i])
+        if (!v->targets[i] || !v->scratch[i] || (disks[i].incremental && !v->incremental[i]))
             return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     return 0;
+}
+
+static pull_vm *find_vm(pull_provider *p, const vmsh_set *set, const char *vm)
+{
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
+        return NULL;
+    for (size_t i = 0; i < p->n_vms; i++)
+        if (strcmp(p->vms[i].vm, vm) == 0)
+            return &p->vms[i];
+    return NULL;
+}
+
+int vmsh_pull_provider_add_checkpoint(vmsh_provider_ops *ops, const vmsh_set *set, const char *vm,
+                                      const char *name, const char *xml, vmsh_error **err)
+{
+    pull_vm *v = find_vm((pull_provider *)ops, set, vm);
+    if (!v)
+        return vmsh_error_set(err, -ENOENT, "VM %s is not registered with the pull provider", vm);
+    free(v->cp_name);
+    free(v->cp_xml);
+    v->cp_name = strdup(name);
+    v->cp_xml = strdup(xml);
+    if (!v->cp_name || !v->cp_xml)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return 0;
+}
+
+const char *vmsh_pull_provider_fallback(vmsh_provider_ops *ops, const vmsh_set *set, const char *vm)
+{
+    pull_vm *v = find_vm((pull_provider *)ops, set, vm);
+    return v ? v->fallback : NULL;
 }
 
 static json_object *job_data(const pull_vm *v)
@@ -122,12 +165,45 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
             break;
         }
-        for (size_t k = 0; k < v->n; k++)
-            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k], .scratch = v->scratch[k]};
+        bool incremental = false;
+        for (size_t k = 0; k < v->n; k++) {
+            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
+                                             .scratch = v->scratch[k],
+                                             .incremental = v->incremental[k]};
+            incremental = incremental || v->incremental[k];
+        }
+        if (v->cp_name) {
+            /* the checkpoint is created with the job: journalled first, so
+             * that an abort or a recover deletes it (issue 7) */
+            json_object *cd = json_object_new_object();
+            json_object_object_add(cd, "vm", json_object_new_string(v->vm));
+            json_object_object_add(cd, "name", json_object_new_string(v->cp_name));
+            r = vmsh_set_journal_begin(set, ops->id, "checkpoint", cd, &v->seq_cp, err);
+            json_object_put(cd);
+            if (r < 0)
+                break;
+            v->cp_journalled = true;
+        }
         v->started = true; /* from here on a job may exist: abort ends it */
-        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, NULL, err);
+        vmsh_error *e = NULL;
+        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, v->cp_xml, &e);
+        if (r < 0 && incremental) {
+            /* libvirt checks each bitmap of the chain (missing, or
+             * inconsistent after QEMU stopped without storing it): the job
+             * then runs full, at the same point, and the reason is kept */
+            free(v->fallback);
+            v->fallback = strdup(e && e->message ? e->message : "refused");
+            vmsh_error_free(e);
+            e = NULL;
+            for (size_t k = 0; k < v->n; k++)
+                disks[k].incremental = NULL;
+            r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, v->cp_xml, &e);
+        }
+        vmsh_error_propagate(err, &e);
         if (r == 0)
             r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_DONE, err);
+        if (r == 0 && v->cp_journalled)
+            r = vmsh_set_journal_mark(set, v->seq_cp, VMSH_JOURNAL_DONE, err);
     }
     free(disks);
     return r;
@@ -152,22 +228,35 @@ static int end_job(vmsh_hv *hv, const char *vm, char *const *scratch, size_t n, 
     return r < 0 ? r : 0;
 }
 
-static int end_all(pull_provider *p, vmsh_set *set, vmsh_error **err)
+/* `keep`: the copies are done, the checkpoints stay for the next backup
+ * (release); else they go with the job (abort). The job ends first: it
+ * holds the checkpoint's bitmap. */
+static int end_all(pull_provider *p, vmsh_set *set, bool keep, vmsh_error **err)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
     int first = 0;
     for (size_t i = 0; i < p->n_vms; i++) {
         pull_vm *v = &p->vms[i];
-        if (!v->started)
-            continue;
         vmsh_error *e = NULL;
-        int r = hv_ready(p, &e);
-        if (r == 0)
-            r = end_job(p->hv, v->vm, v->scratch, v->n, &e);
-        if (r == 0) {
-            v->started = false;
-            r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_UNDONE, &e);
+        int r = 0;
+        if (v->started) {
+            r = hv_ready(p, &e);
+            if (r == 0)
+                r = end_job(p->hv, v->vm, v->scratch, v->n, &e);
+            if (r == 0) {
+                v->started = false;
+                r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_UNDONE, &e);
+            }
+        }
+        if (r == 0 && v->cp_journalled) {
+            r = hv_ready(p, &e);
+            if (r == 0 && !keep)
+                r = vmsh_hv_checkpoint_delete(p->hv, v->vm, v->cp_name, true, &e);
+            if (r == 0) {
+                v->cp_journalled = false;
+                r = vmsh_set_journal_mark(set, v->seq_cp, VMSH_JOURNAL_UNDONE, &e);
+            }
         }
         if (r < 0 && first == 0)
             first = r;
@@ -180,21 +269,38 @@ static int end_all(pull_provider *p, vmsh_set *set, vmsh_error **err)
 
 static int pull_release(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 {
-    return end_all((pull_provider *)ops, set, err);
+    return end_all((pull_provider *)ops, set, true, err);
 }
 
 static int pull_abort(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 {
-    return end_all((pull_provider *)ops, set, err);
+    return end_all((pull_provider *)ops, set, false, err);
 }
 
 static int pull_undo(vmsh_provider_ops *ops, const vmsh_journal_entry *entry, vmsh_error **err)
 {
     pull_provider *p = (pull_provider *)ops;
+    json_object *vmj = NULL, *sj = NULL, *nj = NULL;
+    if (strcmp(entry->action, "checkpoint") == 0) {
+        /* a set that did not complete: its checkpoint marks no backup */
+        if (!entry->data || !json_object_object_get_ex(entry->data, "vm", &vmj) ||
+            !json_object_object_get_ex(entry->data, "name", &nj) ||
+            !json_object_is_type(vmj, json_type_string) ||
+            !json_object_is_type(nj, json_type_string))
+            return vmsh_error_set(err, -EBADMSG, "%s: journal entry %llu is missing members",
+                                  ops->name, (unsigned long long)entry->seq);
+        int r = hv_ready(p, err);
+        if (r < 0)
+            return r;
+        /* the backup job holds the checkpoint's bitmap: it ends first */
+        if ((r = end_job(p->hv, json_object_get_string(vmj), NULL, 0, err)) < 0)
+            return r;
+        return vmsh_hv_checkpoint_delete(p->hv, json_object_get_string(vmj),
+                                         json_object_get_string(nj), true, err);
+    }
     if (strcmp(entry->action, "backup-job") != 0)
         return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
                               entry->action);
-    json_object *vmj = NULL, *sj = NULL;
     if (!entry->data || !json_object_object_get_ex(entry->data, "vm", &vmj) ||
         !json_object_is_type(vmj, json_type_string))
         return vmsh_error_set(err, -EBADMSG, "%s: journal entry %llu has no VM name", ops->name,

@@ -39,6 +39,7 @@ static void item_clear(vm_item *it)
     free(it->targets);
     free(it->state_file);
     free(it->xml_file);
+    free(it->new_cp);
 }
 
 static void reset(vm_writer *w)
@@ -524,8 +525,10 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
  * points the disk files at its NBD export; other VMs read their images. */
 static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
 {
-    if (it->method != VMSH_METHOD_GUEST)
+    if (it->method != VMSH_METHOD_GUEST) {
+        vmsh_vmw_plan_direct_reads(w, set, it);
         return it->saved ? 0 : sources_from_images(it, err);
+    }
     if (it->n_targets == 0)
         return 0;
     char name[32];
@@ -555,8 +558,13 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
         bd[i] = (vmsh_hv_backup_disk){.target = it->targets[i], .scratch = scratch[i]};
         r = vmsh_file_set_source_nbd(f, sock, it->targets[i]);
     }
+    _cleanup_free_ char *cp_xml = NULL;
+    if (r == 0)
+        r = vmsh_vmw_plan_job_reads(w, set, it, bd, it->n_targets, &cp_xml, err);
     if (r == 0)
         r = vmsh_pull_provider_add(w->provider, set, it->name, sock, bd, it->n_targets, err);
+    if (r == 0 && cp_xml)
+        r = vmsh_pull_provider_add_checkpoint(w->provider, set, it->name, it->new_cp, cp_xml, err);
     for (size_t i = 0; scratch && i < it->n_targets; i++)
         free(scratch[i]);
     free(scratch);
@@ -628,6 +636,8 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
                 r = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_UNDONE, &e);
             }
         }
+        if (it->method == VMSH_METHOD_GUEST)
+            vmsh_vmw_note_job_fallback(w, set, it);
         vmsh_vm_state now = it->prior;
         if (r >= 0 && it->prior != VMSH_VM_SHUTOFF)
             vmsh_hv_state(w->hv, it->name, &now, NULL);
@@ -868,6 +878,9 @@ static int vmw_backup_complete(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error *
 {
     vm_writer *w = (vm_writer *)ops;
     int r = undo_open(w, set, err); /* VMs are back: removes state files and the run dir */
+    if (r == 0 && w->hv)
+        for (size_t i = 0; i < w->n_items; i++)
+            vmsh_vmw_prune_checkpoints(w, &w->items[i]);
     reset(w);
     return r;
 }
@@ -889,6 +902,8 @@ static void vmw_free(vmsh_writer_ops *ops)
         return;
     reset(w);
     vmsh_hv_free(w->hv);
+    free(w->repo_id);
+    json_object_put(w->history);
     free(w->uri);
     free(w->state_dir);
     free(w->scratch_dir);

@@ -9,6 +9,7 @@
 #include <json-c/json.h>
 
 #include <vmshadow/hv/hv.h>
+#include <vmshadow/hv/hvops.h>
 #include <vmshadow/writers/method.h>
 #include <vmshadow/writers/vm_writer.h>
 
@@ -24,6 +25,7 @@ typedef struct vm_item {
     uint64_t seq_freeze, seq_save;
     bool frozen, saved, persistent;
     int64_t down_start, down_end;
+    char *new_cp; /* checkpoint created with this set's job (issue 7) */
 } vm_item;
 
 typedef struct vm_writer {
@@ -40,11 +42,29 @@ typedef struct vm_writer {
     vm_item *items;
     size_t n_items;
     int64_t freeze_start, freeze_end;
+    char *repo_id;        /* issue 7: the repository of the backup */
+    json_object *history; /* {vm: {backup, extra}} of that repository */
 } vm_writer;
 
 int vmsh_vmw_hv_ready(vm_writer *w, vmsh_error **err);
 /* A string member of a journal entry's data, or NULL. */
 const char *vmsh_vmw_data_str(const json_object *data, const char *key);
+
+/* Incremental reads (vm_incr.c, issue 7). */
+/* A VM whose images are read directly (R1, shut off): every disk in full,
+ * with the reason, in its extra.disks entry ("read", "read_reason"). */
+void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it);
+/* A guest-method VM: chooses per disk of `bd` (its job's disks) incremental
+ * (sets bd[i].incremental, borrowed from the history) or full, records it in
+ * extra.disks; *cp_xml (malloc'ed, NULL when no disk can have a bitmap) is
+ * the new checkpoint it->new_cp to create with the job. */
+int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_backup_disk *bd,
+                            size_t n, char **cp_xml, vmsh_error **err);
+/* After commit: disks whose incremental job libvirt refused become full. */
+void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it);
+/* BackupComplete: deletes vmshadow's checkpoints of the VM except the one
+ * this set made (the one the next backup needs). Never fails the set. */
+void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it);
 
 /* Restore (vm_restore.c). */
 int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err);

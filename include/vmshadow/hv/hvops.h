@@ -55,12 +55,17 @@ int vmsh_hv_state(vmsh_hv *hv, const char *vm, vmsh_vm_state *out, vmsh_error **
 typedef struct vmsh_hv_backup_disk {
     const char *target;  /* "vda" */
     const char *scratch; /* scratch file for the pull backup (libvirt creates it) */
+    /* Issue 7: a checkpoint to export this disk's changes since (libvirt's
+     * per-disk backupmode='incremental'; the NBD export then offers the meta
+     * context "qemu:dirty-bitmap:backup-<target>"); NULL: full. */
+    const char *incremental;
 } vmsh_hv_backup_disk;
 
 /* Starts a pull-mode backup job: every disk in `disks` is exported
  * point-in-time over NBD on the Unix socket `socket_path` (export name = the
  * target); every other disk of the VM gets backup='no'. `incremental` names
- * a checkpoint to export dirty bitmaps from (NULL: none); `checkpoint_xml`
+ * a checkpoint to export dirty bitmaps of every disk from (NULL: none; each
+ * disk may name its own in vmsh_hv_backup_disk.incremental); `checkpoint_xml`
  * creates a checkpoint atomically with the job (NULL: none). */
 int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
                          const vmsh_hv_backup_disk *disks, size_t n_disks, const char *incremental,
@@ -69,6 +74,30 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
 int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* 1 when a backup job runs on the VM, 0 when not. */
 int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err);
+
+/* ---- Checkpoints (issue 7: incremental backups from dirty bitmaps) ---- */
+
+/* libvirt's domain ID of the running VM (a new one each time its QEMU
+ * starts); -1 when it is shut off. -ENOENT when no such VM. */
+int vmsh_hv_domain_id(vmsh_hv *hv, const char *vm, int *out, vmsh_error **err);
+/* 1 when the VM has a checkpoint named `name` in libvirt, 0 when not. */
+int vmsh_hv_checkpoint_exists(vmsh_hv *hv, const char *vm, const char *name, vmsh_error **err);
+/* The names of the VM's checkpoints that begin with `prefix` (*out: array
+ * of malloc'ed strings, free each and the array). */
+int vmsh_hv_checkpoint_list(vmsh_hv *hv, const char *vm, const char *prefix, char ***out, size_t *n,
+                            vmsh_error **err);
+/* Deletes checkpoint `name` of the VM: libvirt merges its bitmaps into its
+ * parent's and removes them from the images. When that is refused (e.g. the
+ * VM is shut off) and `metadata_fallback`, forgets libvirt's metadata only
+ * (the bitmaps stay in the qcow2). 0 also when no such checkpoint or VM. */
+int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, bool metadata_fallback,
+                              vmsh_error **err);
+/* The <domaincheckpoint> XML for a new checkpoint `name` of the running VM
+ * with a bitmap on each disk of `targets` and none on every other disk
+ * (*out malloc'ed): the checkpoint_xml of vmsh_hv_backup_begin. */
+int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
+                           const char *const *targets, size_t n_targets, char **out,
+                           vmsh_error **err);
 
 /* The VM's domain XML (*out malloc'ed): the persistent definition when
  * `inactive`, else the live one. */

@@ -30,4 +30,16 @@ int vmsh_pull_provider_add(vmsh_provider_ops *p, const vmsh_set *set, const char
                            const char *socket_path, const vmsh_hv_backup_disk *disks,
                            size_t n_disks, vmsh_error **err);
 
+/* Issue 7: the VM's job (registered with vmsh_pull_provider_add) also
+ * creates checkpoint `name` from `xml` (vmsh_hv_checkpoint_xml), atomically
+ * with the job. It is journalled ("checkpoint") and deleted on abort and by
+ * recover; release keeps it for the next backup. Strings are copied. */
+int vmsh_pull_provider_add_checkpoint(vmsh_provider_ops *p, const vmsh_set *set, const char *vm,
+                                      const char *name, const char *xml, vmsh_error **err);
+
+/* After commit: why libvirt refused the VM's incremental job (a bitmap of
+ * the chain missing or inconsistent), which then ran in full at the same
+ * point; NULL when it did not (borrowed, valid until the next set). */
+const char *vmsh_pull_provider_fallback(vmsh_provider_ops *p, const vmsh_set *set, const char *vm);
+
 #endif

@@ -38,6 +38,15 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
  * thaw or resume; -1 when no VM was frozen or saved. */
 int64_t vmsh_vm_writer_freeze_window_ms(const vmsh_writer_ops *w);
 
+/* Issue 7: what the repository the next backup goes to knows, for the
+ * chain health checks of incremental reads. `repo_id` is the repository's
+ * ID; `last` (may be NULL; a reference is taken) maps each VM name to the
+ * last backup of that VM in that repository:
+ *   { "<vm>": { "backup": "<backup ID>", "extra": <its component extra> } }
+ * Without it every disk is read in full. Call before vmsh_coord_backup. */
+int vmsh_vm_writer_set_history(vmsh_writer_ops *w, const char *repo_id, struct json_object *last,
+                               vmsh_error **err);
+
 /* Plans a restore without changing anything (`restore --dry-run`): for
  * each component of `md` selected for restore (vmsh_component_selected),
  * whether it replaces an existing VM, where each file goes, what is linked,

@@ -1,0 +1,312 @@
+/* vm_incr.c - incremental reads of the VM writer (issue 7): which disks of a
+ * VM are read only where they changed, from a libvirt checkpoint's dirty
+ * bitmaps, and which are read in full, with the reason.
+ *
+ * A disk is read incrementally only when all of these hold (chain health):
+ *   - the VM uses the guest method (R2): its disks are exported by a pull
+ *     backup job, which can export a bitmap; the saved-state method (R1) and
+ *     shut-off VMs read the images themselves (full, with the reason);
+ *   - the disk is qcow2 (raw disks carry no bitmap);
+ *   - `--full` was not given;
+ *   - the repository holds an earlier backup of this VM, and that backup
+ *     (the last one of the VM in this repository) recorded the checkpoint it
+ *     created, for this repository, this VM UUID and this disk;
+ *   - libvirt still has that checkpoint (a restore or a redefinition drops
+ *     it), and the VM has not been stopped since (same domain ID): a stop
+ *     that did not store the bitmaps leaves them incomplete, and after a
+ *     stop we cannot tell a clean one from another;
+ *   - libvirt accepts the bitmap when the job starts (it refuses missing or
+ *     inconsistent ones: QEMU's own view); if not, the job runs in full at
+ *     the same point (pull.c) and PostSnapshot records why.
+ * Every backup of a qcow2 disk of a guest-method VM creates a new checkpoint
+ * atomically with its job, full read or not, so that the next one can be
+ * incremental. The base of an incremental read is the previous backup's
+ * index of the file: the new index is complete (no chain to restore).
+ */
+#include <vmshadow/hv/hvops.h>
+#include <vmshadow/providers/pull.h>
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "vm_writer_private.h"
+
+#define CP_PREFIX "vmshadow-"
+
+int vmsh_vm_writer_set_history(vmsh_writer_ops *ops, const char *repo_id, json_object *last,
+                               vmsh_error **err)
+{
+    vm_writer *w = (vm_writer *)ops;
+    char *id = repo_id ? strdup(repo_id) : NULL;
+    if (repo_id && !id)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    free(w->repo_id);
+    w->repo_id = id;
+    json_object_put(w->history);
+    w->history = last ? json_object_get(last) : NULL;
+    return 0;
+}
+
+static json_object *member(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v))
+        return NULL;
+    return v;
+}
+
+static const char *member_str(json_object *o, const char *key)
+{
+    json_object *v = member(o, key);
+    return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a && b && strcmp(a, b) == 0;
+}
+
+static bool array_has(json_object *a, const char *s)
+{
+    if (!a || !json_object_is_type(a, json_type_array))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(a); i++)
+        if (str_eq(json_object_get_string(json_object_array_get_idx(a, i)), s))
+            return true;
+    return false;
+}
+
+/* The extra.disks entry of `target`. */
+static json_object *disk_json(const vm_item *it, const char *target)
+{
+    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
+    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+        json_object *d = json_object_array_get_idx(disks, i);
+        if (str_eq(member_str(d, "target"), target))
+            return d;
+    }
+    return NULL;
+}
+
+static void set_read(json_object *dj, const char *mode, const char *reason)
+{
+    if (!dj)
+        return;
+    json_object_object_add(dj, "read", json_object_new_string(mode));
+    json_object_object_add(dj, "read_reason", reason ? json_object_new_string(reason) : NULL);
+}
+
+void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
+{
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
+    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+        json_object *dj = json_object_array_get_idx(disks, i);
+        const char *fmt = member_str(dj, "format");
+        const char *why;
+        if (o->full)
+            why = "--full was given";
+        else if (!str_eq(fmt, "qcow2"))
+            why = "raw disks carry no bitmap";
+        else if (it->prior == VMSH_VM_SHUTOFF)
+            why = "the VM is shut off: its image is read directly, without a dirty bitmap "
+                  "(incremental reads come from the guest method's backup job)";
+        else
+            why = "saved-state method (R1): the image is read directly, without a dirty bitmap "
+                  "(incremental reads come from the guest method's backup job)";
+        set_read(dj, "full", why);
+    }
+}
+
+/* Why the VM's last backup's checkpoint cannot be used, or NULL when it can
+ * (then *cp is that checkpoint record and *prev the history entry). */
+static char *chain_problem(vm_writer *w, vmsh_set *set, vm_item *it, json_object **prev,
+                           json_object **cp)
+{
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    char *why = NULL;
+    *prev = member(w->history, it->name);
+    *cp = member(member(*prev, "extra"), "checkpoint");
+    const char *backup = member_str(*prev, "backup");
+    const char *name = member_str(*cp, "name");
+    const char *uuid = member_str(vmsh_component_extra(it->comp), "uuid");
+    if (o->full)
+        return strdup("--full was given");
+    if (!w->repo_id || !*prev || !backup)
+        return strdup("first backup of this VM in this repository");
+    if (!*cp || !name) {
+        if (asprintf(&why, "the last backup of this VM in this repository (%s) left no checkpoint",
+                     backup) < 0)
+            why = NULL;
+        return why;
+    }
+    if (!str_eq(member_str(*cp, "repo"), w->repo_id)) {
+        if (asprintf(&why, "checkpoint %s was made for repository %s, not this one (%s)", name,
+                     member_str(*cp, "repo") ? member_str(*cp, "repo") : "?", w->repo_id) < 0)
+            why = NULL;
+        return why;
+    }
+    if (!str_eq(member_str(*cp, "vm_uuid"), uuid)) {
+        if (asprintf(&why, "the last backup (%s) was of another VM of this name (UUID %s, now %s)",
+                     backup, member_str(*cp, "vm_uuid") ? member_str(*cp, "vm_uuid") : "?",
+                     uuid ? uuid : "?") < 0)
+            why = NULL;
+        return why;
+    }
+    vmsh_error *e = NULL;
+    int r = vmsh_hv_checkpoint_exists(w->hv, it->name, name, &e);
+    if (r <= 0) {
+        if (asprintf(&why,
+                     r == 0 ? "checkpoint %s of the last backup (%s) no longer exists in libvirt "
+                              "(deleted, or the VM was restored or defined again)%s"
+                            : "checkpoint %s of the last backup (%s) cannot be looked up: %s",
+                     name, backup, r == 0 ? "" : e->message) < 0)
+            why = NULL;
+        vmsh_error_free(e);
+        return why;
+    }
+    int id = -1;
+    json_object *pid = member(*cp, "domain_id");
+    if (vmsh_hv_domain_id(w->hv, it->name, &id, NULL) < 0 || !pid ||
+        !json_object_is_type(pid, json_type_int) || json_object_get_int(pid) != id) {
+        if (asprintf(&why,
+                     "the VM was stopped and started since the last backup (%s): a stop that "
+                     "did not store the dirty bitmaps (virsh destroy, a crash) leaves them "
+                     "incomplete, and it cannot be told apart afterwards",
+                     backup) < 0)
+            why = NULL;
+        return why;
+    }
+    return NULL;
+}
+
+int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_backup_disk *bd,
+                            size_t n, char **cp_xml, vmsh_error **err)
+{
+    *cp_xml = NULL;
+    json_object *prev = NULL, *cp = NULL;
+    _cleanup_free_ char *vm_why = chain_problem(w, set, it, &prev, &cp);
+    const char *base_cp = member_str(cp, "name"), *base_backup = member_str(prev, "backup");
+    const char **cp_targets = vmsh_calloc_array(n ? n : 1, sizeof(char *));
+    if (!cp_targets)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t n_cp = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *dj = disk_json(it, bd[i].target);
+        bd[i].incremental = NULL;
+        if (!str_eq(member_str(dj, "format"), "qcow2")) {
+            set_read(dj, "full", "raw disks carry no bitmap");
+            continue;
+        }
+        cp_targets[n_cp++] = bd[i].target;
+        _cleanup_free_ char *why = NULL;
+        if (vm_why) {
+            set_read(dj, "full", vm_why);
+        } else if (!array_has(member(cp, "disks"), bd[i].target)) {
+            if (asprintf(&why, "disk %s has no bitmap in checkpoint %s of the last backup",
+                         bd[i].target, base_cp) < 0)
+                why = NULL;
+            set_read(dj, "full", why ? why : "no bitmap in the last checkpoint");
+        } else {
+            bd[i].incremental = base_cp;
+            _cleanup_free_ char *ctx = NULL;
+            if (asprintf(&why, "changes since checkpoint %s of backup %s", base_cp, base_backup) <
+                    0 ||
+                asprintf(&ctx, "qemu:dirty-bitmap:backup-%s", bd[i].target) < 0) {
+                free(cp_targets);
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            }
+            set_read(dj, "incremental", why);
+            json_object_object_add(dj, "base_backup", json_object_new_string(base_backup));
+            json_object_object_add(dj, "base_checkpoint", json_object_new_string(base_cp));
+            json_object_object_add(dj, "dirty_context", json_object_new_string(ctx));
+        }
+    }
+    int r = 0;
+    if (n_cp > 0) {
+        int id = -1;
+        free(it->new_cp);
+        if (asprintf(&it->new_cp, CP_PREFIX "%s", w->set_id) < 0) {
+            it->new_cp = NULL;
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (r == 0)
+            r = vmsh_hv_domain_id(w->hv, it->name, &id, err);
+        if (r == 0)
+            r = vmsh_hv_checkpoint_xml(w->hv, it->name, it->new_cp, cp_targets, n_cp, cp_xml, err);
+        if (r == 0) {
+            /* what the next backup checks (chain_problem) */
+            json_object *rec = json_object_new_object(), *ds = json_object_new_array();
+            json_object_object_add(rec, "name", json_object_new_string(it->new_cp));
+            json_object_object_add(rec, "repo",
+                                   w->repo_id ? json_object_new_string(w->repo_id) : NULL);
+            const char *uuid = member_str(vmsh_component_extra(it->comp), "uuid");
+            json_object_object_add(rec, "vm_uuid", uuid ? json_object_new_string(uuid) : NULL);
+            json_object_object_add(rec, "domain_id", json_object_new_int(id));
+            for (size_t i = 0; i < n_cp; i++)
+                json_object_array_add(ds, json_object_new_string(cp_targets[i]));
+            json_object_object_add(rec, "disks", ds);
+            json_object_object_add(vmsh_component_extra(it->comp), "checkpoint", rec);
+        }
+    }
+    free(cp_targets);
+    return r;
+}
+
+void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
+{
+    const char *msg = vmsh_pull_provider_fallback(w->provider, set, it->name);
+    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
+    if (!msg || !disks)
+        return;
+    _cleanup_free_ char *why = NULL;
+    if (asprintf(&why, "libvirt refused the dirty bitmap (missing or inconsistent): %s", msg) < 0)
+        why = NULL;
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *dj = json_object_array_get_idx(disks, i);
+        if (str_eq(member_str(dj, "read"), "incremental")) {
+            set_read(dj, "full", why ? why : "libvirt refused the dirty bitmap");
+            json_object_object_del(dj, "base_backup");
+            json_object_object_del(dj, "base_checkpoint");
+            json_object_object_del(dj, "dirty_context");
+        }
+    }
+}
+
+void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
+{
+    vmsh_vm_state st = VMSH_VM_SHUTOFF;
+    /* libvirt deletes bitmaps only of a running VM; a shut-off VM keeps
+     * its checkpoints until a later backup of it running */
+    if (vmsh_hv_state(w->hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
+        return;
+    char **names = NULL;
+    size_t n = 0;
+    vmsh_error *e = NULL;
+    json_object *extra = vmsh_component_extra(it->comp);
+    int r = vmsh_hv_checkpoint_list(w->hv, it->name, CP_PREFIX, &names, &n, &e);
+    size_t deleted = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r == 0 && !str_eq(names[i], it->new_cp)) {
+            r = vmsh_hv_checkpoint_delete(w->hv, it->name, names[i], false, &e);
+            if (r == 0)
+                deleted++;
+        }
+        free(names[i]);
+    }
+    free(names);
+    if (extra && deleted)
+        json_object_object_add(extra, "checkpoints_deleted",
+                               json_object_new_int64((int64_t)deleted));
+    /* not a reason to fail a backup that is complete: recorded, retried
+     * by the next backup */
+    if (extra && r < 0 && e)
+        json_object_object_add(extra, "checkpoint_cleanup_error",
+                               json_object_new_string(e->message));
+    vmsh_error_free(e);
+}
