@@ -1,0 +1,130 @@
+#!/bin/bash
+# Incremental backups from dirty bitmaps (issue 7), on a real guest:
+#  - the first backup of a qcow2 disk reads it in full and leaves a libvirt
+#    checkpoint; after a 1 MiB write in the guest, the next backup reads only
+#    about what changed (bytes_read counted), and its index is complete: the
+#    disk extracted from it is byte-identical to a --full backup taken right
+#    after it with nothing written between them (the guest's filesystem is
+#    remounted read-only across both backups, so neither the guest nor the
+#    freeze hook writes to the disk), and to the live disk itself;
+#  - only the checkpoint the next backup needs is kept;
+#  - after `virsh destroy` + start (an unclean stop) the next backup reads in
+#    full and says why; the one after is incremental again;
+#  - after a restore that replaces the VM, libvirt has no checkpoint of it
+#    left and the next backup is full, with the reason;
+#  - raw disks and shut-off VMs are read in full, with the reason;
+#  - `list` and `show` say which backups were incremental.
+set -u
+. "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
+. "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
+lab_init
+e2e_env
+
+lab_guest_define g
+lab_guest_define r --raw
+lab_guest_define o
+lab_guest_start g
+G=$(lab_domname g); R=$(lab_domname r); O=$(lab_domname o)
+MiB=$((1024 * 1024))
+
+vsh init
+check "init" test "$RC" = 0
+# 32 MiB of data that does not compress, so that a full read is large
+lab_gexec g 'dd if=/dev/urandom of=/mnt/data/big bs=1M count=32 2>/dev/null; sync' ||
+    fail "guest write"
+
+disk() { jq -e --arg v "$1" --arg d "${2:-vda}" '.vms[] | select(.name == $v) | .disks[] | select(.name == $d)' <<<"$OUT"; }
+read_of() { disk "$@" | jq -r .read; }
+why_of() { disk "$@" | jq -r .reason; }
+bytes_of() { disk "$@" | jq -r .bytes_read; }
+cps() { lab_virsh checkpoint-list "$G" --name | grep -c .; }
+
+vsh --json backup "$G"
+check "first backup" test "$RC" = 0
+B1=$(jq -r .backup <<<"$OUT")
+check "first backup reads in full" test "$(read_of "$G")" = full
+check "... because it is the first" grep -q "first backup" <<<"$(why_of "$G")"
+full_bytes=$(bytes_of "$G")
+check "the full read read the data ($full_bytes bytes)" test "$full_bytes" -ge $((32 * MiB))
+check "it left one checkpoint" test "$(cps)" = 1
+
+# 1 MiB rewritten in the middle of the file, then the filesystem goes
+# read-only: from here to the --full backup nothing writes to the disk.
+lab_gexec g 'dd if=/dev/urandom of=/mnt/data/big bs=1M count=1 seek=10 conv=notrunc 2>/dev/null; sync; mount -o remount,ro /mnt/data' ||
+    fail "guest rewrite"
+vsh --json backup "$G"
+check "second backup" test "$RC" = 0
+B2=$(jq -r .backup <<<"$OUT")
+check "second backup is incremental" test "$(read_of "$G")" = incremental
+check "... from the first one's checkpoint" grep -q "changes since checkpoint vmshadow-.* of backup $B1" <<<"$(why_of "$G")"
+incr_bytes=$(bytes_of "$G")
+echo "  full read: $full_bytes bytes, incremental read: $incr_bytes bytes"
+check "the incremental read about what changed (1 MiB written, $incr_bytes read)" \
+    test "$incr_bytes" -ge $MiB -a "$incr_bytes" -le $((3 * MiB))
+check "the VM is marked incremental" test "$(jq -r --arg v "$G" '.vms[] | select(.name == $v) | .incremental' <<<"$OUT")" = true
+
+vsh --json backup "$G" --full
+check "--full backup" test "$RC" = 0
+B3=$(jq -r .backup <<<"$OUT")
+check "--full reads in full" test "$(read_of "$G")" = full
+check "... and says so" grep -q -- "--full" <<<"$(why_of "$G")"
+check "--full read everything again" test "$(bytes_of "$G")" -ge $((32 * MiB))
+B3_SET=$(jq -r .set_id <<<"$OUT")
+
+vsh extract "$B2" "$G/disk/vda" "$LAB_WORK/incr.raw"
+check "extract the incremental" test "$RC" = 0
+vsh extract "$B3" "$G/disk/vda" "$LAB_WORK/full.raw"
+check "extract the full" test "$RC" = 0
+check "the disk from the incremental is byte-identical to the full backup's" cmp "$LAB_WORK/incr.raw" "$LAB_WORK/full.raw"
+qemu-img convert -U -f qcow2 -O raw "$(lab_disk g)" "$LAB_WORK/live.raw"
+check "... and to the live disk (read-only in the guest)" cmp "$LAB_WORK/incr.raw" "$LAB_WORK/live.raw"
+check "the incremental's filesystem passes e2fsck -fn" e2fsck -fn "$LAB_WORK/incr.raw"
+rm -f "$LAB_WORK/incr.raw" "$LAB_WORK/full.raw" "$LAB_WORK/live.raw"
+check "only the checkpoint the next backup needs is kept" \
+    test "$(lab_virsh checkpoint-list "$G" --name | tr -d ' ')" = "vmshadow-$B3_SET"
+
+# An unclean stop: the next backup must not trust the bitmap.
+lab_virsh destroy "$G" >/dev/null
+lab_virsh start "$G" >/dev/null
+lab_wait_ready g
+lab_gexec g 'echo x > /mnt/data/after-destroy; sync' || fail "guest write after destroy"
+vsh --json backup "$G"
+check "backup after virsh destroy + start" test "$RC" = 0
+check "it reads in full" test "$(read_of "$G")" = full
+check "... because the VM was stopped" grep -q "stopped and started" <<<"$(why_of "$G")"
+lab_gexec g 'echo y > /mnt/data/again; sync' || fail "guest write"
+vsh --json backup "$G"
+B5=$(jq -r .backup <<<"$OUT")
+check "the chain starts again: the next is incremental" test "$(read_of "$G")" = incremental
+check "... reading little" test "$(bytes_of "$G")" -le $((2 * MiB))
+
+# list and show
+vsh list
+check "list says the second backup was incremental" grep -q "^$B2 .* incremental " <<<"$OUT"
+check "list says the first was full" grep -q "^$B1 .* full " <<<"$OUT"
+vsh show "$B2"
+check "show says the disk was read incrementally" grep -q "$G vda: incremental" <<<"$OUT"
+
+# A restore replaces the VM: its checkpoints are gone, the chain starts over.
+vsh --json restore "$B5" --force
+check "restore over the VM" test "$RC" = 0
+check "libvirt has no checkpoint of the restored VM" test "$(cps)" = 0
+[ "$(lab_state g)" = running ] || { lab_virsh start "$G" >/dev/null; lab_wait_ready g; }
+vsh --json backup "$G"
+check "backup after the restore" test "$RC" = 0
+check "it reads in full" test "$(read_of "$G")" = full
+check "... because the checkpoint is gone" grep -q "no longer exists" <<<"$(why_of "$G")"
+check "it left a checkpoint for the next" test "$(cps)" = 1
+
+# Raw disks and shut-off VMs: full, with the reason.
+vsh --json backup "$R" "$O"
+check "backup of a raw and a shut-off VM" test "$RC" = 0
+check "raw: full" test "$(read_of "$R")" = full
+check "... raw disks carry no bitmap" grep -q "raw disks carry no bitmap" <<<"$(why_of "$R")"
+check "shut off: full, with the reason" grep -q "shut off" <<<"$(why_of "$O")"
+vsh --json backup "$R"
+check "a second raw backup stores next to nothing (dedup)" test "$(jq -r .bytes_stored <<<"$OUT")" -lt $((64 * 1024))
+
+vsh verify
+check "verify passes" test "$RC" = 0
+e2e_done
