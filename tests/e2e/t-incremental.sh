@@ -98,6 +98,18 @@ B5=$(jq -r .backup <<<"$OUT")
 check "the chain starts again: the next is incremental" test "$(read_of "$G")" = incremental
 check "... reading little" test "$(bytes_of "$G")" -le $((2 * MiB))
 
+# The saved-state method (R1) reads the images in full; it stops the VM, so
+# the guest method's next backup cannot trust the bitmap either.
+vsh --json backup "$G" --method saved-state
+check "saved-state backup of a VM with a checkpoint" test "$RC" = 0
+check "it reads in full, saying why" grep -q "saved-state method" <<<"$(why_of "$G")"
+vsh --json backup "$G"
+check "the guest method's next backup reads in full" test "$(read_of "$G")" = full
+lab_gexec g 'echo z > /mnt/data/again; sync' || fail "guest write"
+vsh --json backup "$G"
+B5=$(jq -r .backup <<<"$OUT")
+check "and the one after is incremental" test "$(read_of "$G")" = incremental
+
 # list and show
 vsh list
 check "list says the second backup was incremental" grep -q "^$B2 .* incremental " <<<"$OUT"
