@@ -41,7 +41,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 vmshadow_backup() { # prints "ms read bytes_read"
     local t0 t1 out
     t0=$(ms)
-    out=$("$VMSHADOW" --json backup "$D") || { echo "incr-bench: vmshadow backup failed: $out" >&2; exit 1; }
+    out=$("$VMSHADOW" -v --json backup "$D" 2>"$LAB_WORK/last.stderr") || { echo "incr-bench: vmshadow backup failed: $out" >&2; exit 1; }
     t1=$(ms)
     echo "$((t1 - t0)) $(jq -r '.vms[0].disks[] | select(.name == "vdb") | "\(.read) \(.bytes_read)"' <<<"$out")"
 }
@@ -61,17 +61,19 @@ rewrite() {
 read -r full_ms full_mode full_read <<<"$(vmshadow_backup)"
 restic1_ms=$(restic_backup)
 echo "incr-bench: full $full_ms ms ($full_mode, $full_read bytes read); restic first $restic1_ms ms" >&2
-: > "$LAB_WORK/inc"; : > "$LAB_WORK/restic"
+: > "$LAB_WORK/inc"; : > "$LAB_WORK/restic.ms"
 for i in $(seq "$ROUNDS"); do
     rewrite "$i"
     read -r inc_ms inc_mode inc_read <<<"$(vmshadow_backup)"
     [ "$inc_mode" = incremental ] || { echo "incr-bench: round $i was not incremental" >&2; exit 1; }
     r_ms=$(restic_backup)
     echo "incr-bench: round $i: incremental $inc_ms ms ($inc_read bytes read), restic $r_ms ms" >&2
-    echo "$inc_ms" >> "$LAB_WORK/inc"; echo "$r_ms" >> "$LAB_WORK/restic"
+    echo "$inc_ms" >> "$LAB_WORK/inc"; echo "$r_ms" >> "$LAB_WORK/restic.ms"
     echo "$inc_read" >> "$LAB_WORK/inc_read"
 done
-inc=$(median < "$LAB_WORK/inc"); rs=$(median < "$LAB_WORK/restic"); ird=$(median < "$LAB_WORK/inc_read")
+echo "incr-bench: where the last incremental's time went (vmshadow -v):" >&2
+grep -E "ok \(|copied" "$LAB_WORK/last.stderr" | sed 's/^vmshadow: debug: /  /' >&2
+inc=$(median < "$LAB_WORK/inc"); rs=$(median < "$LAB_WORK/restic.ms"); ird=$(median < "$LAB_WORK/inc_read")
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", 100 * a / b}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
 echo
@@ -83,4 +85,4 @@ printf '%-40s %10s\n' "restic second backup (ms)" "$rs"
 printf '%-40s %10s\n' "bytes read: full / incremental" "$full_read / $ird"
 printf '%-40s %9s%% (target <= 5%%)\n' "incremental / full" "$(pct "$inc" "$full_ms")"
 printf '%-40s %9sx (target >= 10x)\n' "restic second / incremental" "$(ratio "$rs" "$inc")"
-echo "raw: incremental [$(tr '\n' ' ' < "$LAB_WORK/inc")] restic [$(tr '\n' ' ' < "$LAB_WORK/restic")]"
+echo "raw: incremental [$(tr '\n' ' ' < "$LAB_WORK/inc")] restic [$(tr '\n' ' ' < "$LAB_WORK/restic.ms")]"

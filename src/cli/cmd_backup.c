@@ -303,7 +303,11 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
         ao.progress = show_progress;
         ao.progress_opaque = &cp;
     }
+    int64_t t0 = vmsh_now_ms();
     r = vmsh_backup_add_file(q->backup, name, src, &ao, &st, err);
+    vmsh_cli_debug(q->cli, "copied %s: %llu bytes read, %llu chunks from the base, %lld ms", name,
+                   (unsigned long long)st.bytes_read, (unsigned long long)st.base_chunks,
+                   (long long)(vmsh_now_ms() - t0));
     if (cp.shown)
         fputc('\n', stderr);
     vmsh_source_free(src);
