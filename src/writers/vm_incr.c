@@ -293,7 +293,9 @@ void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
     size_t deleted = 0;
     for (size_t i = 0; i < n; i++) {
         if (r == 0 && !str_eq(names[i], it->new_cp)) {
-            r = vmsh_hv_checkpoint_delete(w->hv, it->name, names[i], false, &e);
+            /* metadata only when libvirt cannot remove the bitmaps (one
+             * lost behind its back): a checkpoint it cannot use must go */
+            r = vmsh_hv_checkpoint_delete(w->hv, it->name, names[i], true, &e);
             if (r == 0)
                 deleted++;
         }
