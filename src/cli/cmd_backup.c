@@ -468,10 +468,15 @@ static json_object *vms_json(const vmsh_set *set)
 static int repo_history(vmsh_repo *repo, json_object **out, vmsh_error **err)
 {
     vmsh_backup_info *a = NULL;
-    size_t n = 0;
-    int r = vmsh_repo_list(repo, &a, &n, err);
+    vmsh_damage *damaged = NULL;
+    size_t n = 0, n_damaged = 0;
+    /* A damaged manifest is left out: an older backup's checkpoint is then
+     * either gone (full read) or still a correct base, as its bitmap holds
+     * every change since that backup. */
+    int r = vmsh_repo_list_tolerant(repo, &a, &n, &damaged, &n_damaged, err);
     if (r < 0)
         return r;
+    vmsh_damage_array_free(damaged, n_damaged);
     json_object *h = json_object_new_object();
     for (size_t i = n; h && i-- > 0;) {
         json_object *doc = a[i].document ? json_tokener_parse(a[i].document) : NULL, *ws = NULL;
