@@ -314,6 +314,13 @@ int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
     int r = lookup(hv, vm, &d, err);
     if (r < 0)
         return r;
+    /* A VM that is not running has no job: it may have shut itself down
+     * mid-backup, and libvirt refuses to read the job state of a VM that
+     * is off (R7: its undo must not stay stuck on that). */
+    if (virDomainIsActive(d) == 0) {
+        virDomainFree(d);
+        return 0;
+    }
     virTypedParameterPtr params = NULL;
     int nparams = 0, type = 0;
     if (virDomainGetJobStats(d, &type, &params, &nparams, 0) < 0) {
