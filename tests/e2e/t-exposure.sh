@@ -48,8 +48,7 @@ EOW
 cat >"$T/snap.sh" <<EOS
 #!/bin/sh
 for p in /proc/[0-9]*; do
-    tr '\\0' ' ' <\$p/cmdline 2>/dev/null; echo
-    tr '\\0' '\\n' <\$p/environ 2>/dev/null
+    { tr '\\0' ' ' <\$p/cmdline; echo; tr '\\0' '\\n' <\$p/environ; } 2>/dev/null
 done >$T/procs.txt
 ps -eo args | grep -c '[q]emu-nbd' >$T/nbd.count
 for d in $VMSHADOW_STATE_DIR $VMSHADOW_STATE_DIR/run/* /run/vmshadow-*; do
@@ -57,7 +56,8 @@ for d in $VMSHADOW_STATE_DIR $VMSHADOW_STATE_DIR/run/* /run/vmshadow-*; do
 done >$T/modes.txt
 EOS
 chmod +x "$T/snap.sh"
-gdb -q -batch -nx -ex 'set pagination off' -ex 'break vmsh_backup_add_file if (long)strstr(name, "/disk/") != 0' -ex run \
+N=$((${#Q} + 1)) # the disk's file name is "$Q/disk/vda": stop there, not at the XML
+gdb -q -batch -nx -ex 'set pagination off' -ex "break vmsh_backup_add_file if name[$N] == 'd' && name[$((N + 1))] == 'i'" -ex run \
     -ex "shell $T/snap.sh" -ex 'delete' -ex continue \
     --args "$VMSHADOW" -v --json backup "$Q" >"$T/gdb.out" 2>"$T/gdb.err" </dev/null
 grep -Eq "(^|hit )Breakpoint 1, .*vmsh_backup_add_file" "$T/gdb.out" || { tail -n 20 "$T/gdb.out" "$T/gdb.err" >&2; fail "the backup never copied"; }
