@@ -54,6 +54,7 @@ ps -eo args | grep -c '[q]emu-nbd' >$T/nbd.count
 for d in $VMSHADOW_STATE_DIR $VMSHADOW_STATE_DIR/run/* /run/vmshadow-*; do
     [ -e "\$d" ] && stat -c '%a %U %n' "\$d"
 done >$T/modes.txt
+find $VMSHADOW_STATE_DIR/run -type f -perm -o=r >$T/readable.txt
 EOS
 chmod +x "$T/snap.sh"
 N=$((${#Q} + 1)) # the disk's file name is "$Q/disk/vda": stop there, not at the XML
@@ -74,7 +75,10 @@ check "the key is not in the repository" sh -c "! grep -rqF '$SECRET' '$VMSHADOW
 check "the key is not in the libvirt logs" sh -c "! grep -rqsF '$SECRET' /var/log/libvirt '$LAB_RUN'"
 echo "  modes during the copy:"; sed 's/^/    /' "$T/modes.txt"
 check "the state directory is private (0700)" grep -q "^700 root $VMSHADOW_STATE_DIR\$" "$T/modes.txt"
-check "no run or socket directory is open to others" sh -c "! awk '{print \$1}' '$T/modes.txt' | grep -qv '00\$'"
+# the run directory is 0711 on purpose (traversal only: libvirt reads the
+# state files in it by name); nothing may be listed, read or written by others
+check "no run or socket directory can be listed or written by others" sh -c "! awk '{print \$1}' '$T/modes.txt' | grep -qv '[01]\$'"
+check "no file of the run directory (domain XML, state files; 0711) was readable by others during the copy" test ! -s "$T/readable.txt"
 check "after a backup no repository file or directory is open to others" test -z "$(others "$VMSHADOW_REPO")"
 check "no state file is open to others" test -z "$(find "$VMSHADOW_STATE_DIR" -perm -o=w)"
 

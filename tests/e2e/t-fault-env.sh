@@ -100,7 +100,7 @@ n0=$(nbackups)
 packs0=$(find "$VMSHADOW_REPO" -type f | wc -l)
 start_backup "$G"
 wait_held
-vsh prune --keep-last 0
+vsh prune --keep-last 1
 check "prune beside a running backup exits 4" test "$RC" = 4
 vsh gc
 check "gc beside a running backup exits 4" test "$RC" = 4
