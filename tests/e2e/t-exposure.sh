@@ -57,11 +57,12 @@ done >$T/modes.txt
 find $VMSHADOW_STATE_DIR/run -type f -perm -o=r >$T/readable.txt
 EOS
 chmod +x "$T/snap.sh"
-N=$((${#Q} + 1)) # the disk's file name is "$Q/disk/vda": stop there, not at the XML
-gdb -q -batch -nx -ex 'set pagination off' -ex "break vmsh_backup_add_file if name[$N] == 'd' && name[$((N + 1))] == 'i'" -ex run \
-    -ex "shell $T/snap.sh" -ex 'delete' -ex continue \
+# qemu-nbd runs once the qcow2 image's source is open (function symbols
+# suffice: no debug information needed)
+gdb -q -batch -nx -ex 'set pagination off' -ex "break vmsh_source_open_qemu_image" -ex run \
+    -ex finish -ex "shell $T/snap.sh" -ex 'delete' -ex continue \
     --args "$VMSHADOW" -v --json backup "$Q" >"$T/gdb.out" 2>"$T/gdb.err" </dev/null
-grep -Eq "(^|hit )Breakpoint 1, .*vmsh_backup_add_file" "$T/gdb.out" || { tail -n 20 "$T/gdb.out" "$T/gdb.err" >&2; fail "the backup never copied"; }
+grep -Eq "(^|hit )Breakpoint 1, .*vmsh_source_open_qemu_image" "$T/gdb.out" || { tail -n 20 "$T/gdb.out" "$T/gdb.err" >&2; fail "the backup never copied"; }
 grep -q '"backup": *"[0-9a-f]' "$T/gdb.out" || { tail -n 20 "$T/gdb.out" "$T/gdb.err" >&2; fail "the backup did not complete"; }
 pass "encrypted backup of $Q, inspected while it copied"
 check "a qemu-nbd was running during the copy" test "$(cat "$T/nbd.count")" -ge 1
