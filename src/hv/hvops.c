@@ -20,16 +20,21 @@
 static int lookup(vmsh_hv *hv, const char *vm, virDomainPtr *out, vmsh_error **err)
 {
     *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+    virErrorPtr e = *out ? NULL : virGetLastError();
+    /* a connection to a libvirtd that restarted is seen dead only once it
+     * failed a call: then vmsh_hv_conn reconnects, and one retry follows */
+    if (!*out && e && e->code != VIR_ERR_NO_DOMAIN) {
+        *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+        e = *out ? NULL : virGetLastError();
+    }
     if (*out)
         return 0;
     /* only "no such domain" means the VM is gone: callers take -ENOENT as
      * "nothing left to undo", which a dead connection must not pass for */
-    virErrorPtr e = virGetLastError();
     if (e && e->code != VIR_ERR_NO_DOMAIN)
         return vmsh_error_set(err, -EIO, "cannot look up VM %s on %s: %s", vm, vmsh_hv_uri(hv),
                               e->message ? e->message : "unknown libvirt error");
     return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm, vmsh_hv_uri(hv));
-    return 0;
 }
 
 /* A libvirt failure as an error: timeouts and refusals of the agent get
