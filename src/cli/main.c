@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,6 +156,10 @@ static const char *first_of(const char *a, const char *b, const char *c, const c
 
 int main(int argc, char **argv)
 {
+    /* A peer that goes away (libvirtd restarted mid-backup, an NBD server,
+     * a reader of our output) must be an error we handle (abort the set,
+     * undo, say why), not a silent death by SIGPIPE that strands VMs. */
+    signal(SIGPIPE, SIG_IGN);
     vmsh_cli cli = {.prog = "vmshadow"};
     const char *opt_repo = NULL, *opt_config = NULL;
     static const struct option opts[] = {

@@ -87,6 +87,17 @@ const char *vmsh_hv_uri(const vmsh_hv *hv)
 
 virConnectPtr vmsh_hv_conn(vmsh_hv *hv)
 {
+    /* libvirtd may have restarted since the connection was opened (a local
+     * check, no round trip): reconnect, so that ending a backup job or
+     * thawing a guest still reaches the VM (R7). On failure the dead
+     * connection stays and the call reports libvirt's error. */
+    if (virConnectIsAlive(hv->conn) == 0) {
+        virConnectPtr c = virConnectOpen(hv->uri);
+        if (c) {
+            virConnectClose(hv->conn);
+            hv->conn = c;
+        }
+    }
     return hv->conn;
 }
 
@@ -172,7 +183,7 @@ static int cmp_vm(const void *a, const void *b)
 int vmsh_hv_list_vms(vmsh_hv *hv, vmsh_vm ***out, size_t *n, vmsh_error **err)
 {
     virDomainPtr *doms = NULL;
-    int nd = virConnectListAllDomains(hv->conn, &doms, 0);
+    int nd = virConnectListAllDomains(vmsh_hv_conn(hv), &doms, 0);
     if (nd < 0)
         return vmsh_error_set(err, -EIO, "cannot list the VMs of %s: %s", hv->uri, lv_msg());
     vmsh_vm **vms = vmsh_calloc_array((size_t)nd, sizeof(*vms));
@@ -204,7 +215,7 @@ int vmsh_hv_list_vms(vmsh_hv *hv, vmsh_vm ***out, size_t *n, vmsh_error **err)
 
 int vmsh_hv_get_vm(vmsh_hv *hv, const char *name, vmsh_vm **out, vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(hv->conn, name);
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), name);
     if (!d)
         return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s (see 'vmshadow vms')", name,
                               hv->uri);
@@ -245,7 +256,7 @@ static void set_why(char **why, vmsh_error *e)
 int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_agent_info **out,
                         vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(hv->conn, vm_name);
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm_name);
     if (!d)
         return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm_name, hv->uri);
     vmsh_agent_info *a = calloc(1, sizeof(*a));

@@ -20,9 +20,21 @@
 static int lookup(vmsh_hv *hv, const char *vm, virDomainPtr *out, vmsh_error **err)
 {
     *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
-    if (!*out)
-        return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm, vmsh_hv_uri(hv));
-    return 0;
+    virErrorPtr e = *out ? NULL : virGetLastError();
+    /* a connection to a libvirtd that restarted is seen dead only once it
+     * failed a call: then vmsh_hv_conn reconnects, and one retry follows */
+    if (!*out && e && e->code != VIR_ERR_NO_DOMAIN) {
+        *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+        e = *out ? NULL : virGetLastError();
+    }
+    if (*out)
+        return 0;
+    /* only "no such domain" means the VM is gone: callers take -ENOENT as
+     * "nothing left to undo", which a dead connection must not pass for */
+    if (e && e->code != VIR_ERR_NO_DOMAIN)
+        return vmsh_error_set(err, -EIO, "cannot look up VM %s on %s: %s", vm, vmsh_hv_uri(hv),
+                              e->message ? e->message : "unknown libvirt error");
+    return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm, vmsh_hv_uri(hv));
 }
 
 /* A libvirt failure as an error: timeouts and refusals of the agent get
@@ -319,6 +331,13 @@ int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
     int r = lookup(hv, vm, &d, err);
     if (r < 0)
         return r;
+    /* A VM that is not running has no job: it may have shut itself down
+     * mid-backup, and libvirt refuses to read the job state of a VM that
+     * is off (R7: its undo must not stay stuck on that). */
+    if (virDomainIsActive(d) == 0) {
+        virDomainFree(d);
+        return 0;
+    }
     virTypedParameterPtr params = NULL;
     int nparams = 0, type = 0;
     if (virDomainGetJobStats(d, &type, &params, &nparams, 0) < 0) {

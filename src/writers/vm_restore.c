@@ -24,7 +24,10 @@
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -61,6 +64,24 @@ static const char *disk_format(const vmsh_component *c, const char *target)
             return json_object_get_string(f);
     }
     return "raw";
+}
+
+/* An absolute path with no "." or ".." component and no empty one: a
+ * backup names where its files were; a name that climbs out of a directory
+ * is hostile (or damaged), never taken as is. */
+static bool path_is_clean(const char *p)
+{
+    if (!p || p[0] != '/')
+        return false;
+    for (const char *c = p + 1; *c;) {
+        size_t n = strcspn(c, "/");
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return false;
+        c += n;
+        if (*c == '/' && !*++c)
+            return false; /* a trailing slash names a directory */
+    }
+    return true;
 }
 
 /* The restored VM's name: --as, else the component's. */
@@ -112,6 +133,11 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     if (!orig || orig[0] != '/')
         return vmsh_error_set(err, -EINVAL, "VM %s: file %s has no absolute path in the backup",
                               vmsh_component_name(c), vmsh_file_name(f));
+    if (!o->restore_dir && !path_is_clean(orig))
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: file %s has the path '%s' in the backup, with '.' or '..' "
+                              "components: not restored in place (use --to DIR)",
+                              vmsh_component_name(c), vmsh_file_name(f), orig);
     _cleanup_free_ char *copy = strdup(orig);
     if (!copy)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -372,6 +398,14 @@ static int place_disk(const char *tmp, const char *final, const char *format, vm
         _cleanup_free_ char *conv = NULL;
         if (asprintf(&conv, "%s.convert", tmp) < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
+        /* qemu-img follows a symbolic link at its output path: make the
+         * file ourselves first (O_EXCL, O_NOFOLLOW), so that a link or file
+         * planted there is removed, never written through. */
+        unlink(conv);
+        int cfd = open(conv, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (cfd < 0)
+            return vmsh_error_set(err, -errno, "cannot create %s: %s", conv, strerror(errno));
+        close(cfd);
         char *argv[] = {
             (char *)"qemu-img", (char *)"convert", (char *)"-q", (char *)"-f", (char *)"raw",
             (char *)"-O",       (char *)format,    (char *)tmp,  conv,         NULL};
@@ -605,6 +639,33 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ------------------------------------------------------------------- undo */
 
+/* The repository writes `path` as `path.tmp.<pid>` and renames it when
+ * complete (vmsh_repo_restore_file); a restore killed during the write
+ * leaves that file, which the journal does not name. Removes `path.tmp.N`
+ * files (N digits only) beside `path`: names only the restore makes. */
+static void remove_write_temps(const char *path)
+{
+    _cleanup_free_ char *dir = vmsh_path_dirname(path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    DIR *d = dir ? opendir(dir) : NULL;
+    if (!d)
+        return;
+    size_t n = strlen(base);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *rest = de->d_name + n;
+        if (strncmp(de->d_name, base, n) != 0 || strncmp(rest, ".tmp.", 5) != 0 || !rest[5])
+            continue;
+        bool digits = true;
+        for (const char *q = rest + 5; *q && digits; q++)
+            digits = isdigit((unsigned char)*q);
+        if (digits)
+            unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+}
+
 int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_error **err)
 {
     if (strcmp(entry->action, "restore-files") == 0) {
@@ -621,6 +682,7 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
                 size_t n = strlen(s), m = strlen(TMP_SUFFIX);
                 if ((n > m && strcmp(s + n - m, TMP_SUFFIX) == 0) || strstr(s, "/restore-")) {
                     unlink(s);
+                    remove_write_temps(s);
                     _cleanup_free_ char *conv = NULL;
                     if (asprintf(&conv, "%s.convert", s) >= 0)
                         unlink(conv);

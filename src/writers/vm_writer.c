@@ -691,7 +691,12 @@ static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
                           "VM %s still runs a job after 60 s; run 'vmshadow recover' again", vm);
 }
 
-static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+/* `resumed`: the save is marked done, which save_vm does only once the VM
+ * runs again from the state file (on its overlays). A VM found shut off
+ * then has shut itself down (or was stopped) since: its disks have moved
+ * on, and starting the old memory on them would corrupt its filesystems.
+ * It stays off; only the state file goes (R7 is about what vmshadow did). */
+static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_error **err)
 {
     const char *vm = vmsh_vmw_data_str(data, "vm"),
                *state_file = vmsh_vmw_data_str(data, "state_file");
@@ -712,7 +717,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, vmsh_error **err)
         vmsh_error_propagate(err, &e);
         return r;
     }
-    if (st == VMSH_VM_SHUTOFF) {
+    if (st == VMSH_VM_SHUTOFF && !resumed) {
         if (access(state_file, R_OK) < 0)
             return vmsh_error_set(err, -ENOENT,
                                   "VM %s is shut off and its saved state %s is gone; start it "
@@ -843,7 +848,7 @@ static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_
     if (strcmp(entry->action, "freeze") == 0)
         return undo_freeze(w->hv, entry->data, err);
     if (strcmp(entry->action, "save") == 0)
-        return undo_save(w->hv, entry->data, err);
+        return undo_save(w->hv, entry->data, entry->state == VMSH_JOURNAL_DONE, err);
     if (strcmp(entry->action, "overlay") == 0)
         return undo_overlay(w->hv, entry->data, err);
     return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
