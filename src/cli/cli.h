@@ -41,6 +41,10 @@ typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);
 /* Reports an error on stderr as "vmshadow: <message>" and returns the exit
  * code that fits it (-EBUSY: 4, -EBADMSG/-EUCLEAN: 3, else 1). Frees *err. */
 int vmsh_cli_fail(vmsh_cli *cli, vmsh_error **err);
+/* The option parsing of a command whose only option is --help: prints `help`
+ * and returns VMSH_EXIT_OK for --help, a usage error for any other option,
+ * and -1 when the command goes on (optind then points at its arguments). */
+int vmsh_cli_only_help(vmsh_cli *cli, int argc, char **argv, const char *cmd, const char *help);
 /* Prints a usage error for `cmd` and returns VMSH_EXIT_USAGE. */
 int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

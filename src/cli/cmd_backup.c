@@ -80,18 +80,14 @@ int vmsh_cli_recover_first(vmsh_cli *cli)
 
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow recover\n\nUndoes what an interrupted run left behind "
-                   "(frozen guests, paused or saved VMs,\noverlays, backup jobs, scratch files, "
-                   "script writers' prepare-snapshot), from\nthe journals in the state "
-                   "directory (R7). Every other command does this first.\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "recover", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "recover",
+        "Usage: vmshadow recover\n\nUndoes what an interrupted run left behind "
+        "(frozen guests, paused or saved VMs,\noverlays, backup jobs, scratch files, "
+        "script writers' prepare-snapshot), from\nthe journals in the state "
+        "directory (R7). Every other command does this first.\n");
+    if (done >= 0)
+        return done;
     if (optind < argc)
         return vmsh_cli_usage_error(cli, "recover", "takes no arguments");
     vmsh_recover_report *rep = NULL;
@@ -757,17 +753,13 @@ static void print_writer(vmsh_cli *cli, json_object *arr, const char *name, cons
 
 int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow writers\n\nEach writer (the VM writer and the script writers "
-                   "of the writers\ndirectory): name, writer ID, kind, state and last error of "
-                   "its most\nrecent run (R17).\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "writers", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "writers",
+        "Usage: vmshadow writers\n\nEach writer (the VM writer and the script writers "
+        "of the writers\ndirectory): name, writer ID, kind, state and last error of "
+        "its most\nrecent run (R17).\n");
+    if (done >= 0)
+        return done;
     if (optind < argc)
         return vmsh_cli_usage_error(cli, "writers", "takes no arguments");
     vmsh_error *err = NULL;

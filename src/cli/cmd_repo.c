@@ -252,16 +252,12 @@ static json_object *backup_json(const vmsh_backup_info *b)
 
 int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow list\n\nLists backups, oldest first: ID, time, VMs with "
-                   "their method, full or incremental, size.\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "list", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "list",
+        "Usage: vmshadow list\n\nLists backups, oldest first: ID, time, VMs with "
+        "their method, full or incremental, size.\n");
+    if (done >= 0)
+        return done;
     if (optind < argc)
         return vmsh_cli_usage_error(cli, "list", "unexpected argument '%s'", argv[optind]);
     vmsh_error *err = NULL;
@@ -327,17 +323,13 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
 
 int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow show BACKUP\n\nShows a backup: its files with sizes and "
-                   "index hashes, and its backup document.\nBACKUP is an ID, a unique prefix, "
-                   "or latest.\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "show", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "show",
+        "Usage: vmshadow show BACKUP\n\nShows a backup: its files with sizes and "
+        "index hashes, and its backup document.\nBACKUP is an ID, a unique prefix, "
+        "or latest.\n");
+    if (done >= 0)
+        return done;
     if (argc - optind != 1)
         return vmsh_cli_usage_error(cli, "show", "give exactly one BACKUP");
     vmsh_error *err = NULL;
@@ -408,17 +400,13 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
 
 int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow verify [BACKUP...]\n\nReads back and re-hashes every chunk "
-                   "the backups (all by default) need;\nnames each damaged backup and file. "
-                   "Exit code 3 when anything is damaged.\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "verify", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "verify",
+        "Usage: vmshadow verify [BACKUP...]\n\nReads back and re-hashes every chunk "
+        "the backups (all by default) need;\nnames each damaged backup and file. "
+        "Exit code 3 when anything is damaged.\n");
+    if (done >= 0)
+        return done;
     vmsh_error *err = NULL;
     vmsh_repo *r = NULL;
     if (vmsh_cli_repo_open(cli, &r, &err) < 0)
@@ -582,17 +570,13 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv)
 
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            printf("Usage: vmshadow gc\n\nFrees chunks no backup needs, and what interrupted "
-                   "backups left behind.\nIt holds the repository's write lock: beside a "
-                   "running backup it stops\nwith exit code 4 and deletes nothing.\n");
-            return VMSH_EXIT_OK;
-        }
-        return vmsh_cli_usage_error(cli, "gc", "unknown option '%s'", argv[optind - 1]);
-    }
+    int done = vmsh_cli_only_help(
+        cli, argc, argv, "gc",
+        "Usage: vmshadow gc\n\nFrees chunks no backup needs, and what interrupted "
+        "backups left behind.\nIt holds the repository's write lock: beside a "
+        "running backup it stops\nwith exit code 4 and deletes nothing.\n");
+    if (done >= 0)
+        return done;
     if (optind < argc)
         return vmsh_cli_usage_error(cli, "gc", "unexpected argument '%s'", argv[optind]);
     vmsh_error *err = NULL;

@@ -134,6 +134,19 @@ int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
     return VMSH_EXIT_USAGE;
 }
 
+int vmsh_cli_only_help(vmsh_cli *cli, int argc, char **argv, const char *cmd, const char *help)
+{
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+    int c = getopt_long(argc, argv, "h", opts, NULL);
+    if (c == -1)
+        return -1;
+    if (c == 'h') {
+        fputs(help, stdout);
+        return VMSH_EXIT_OK;
+    }
+    return vmsh_cli_usage_error(cli, cmd, "unknown option '%s'", argv[optind - 1]);
+}
+
 void vmsh_cli_print_json(struct json_object *doc)
 {
     fputs(json_object_to_json_string_ext(doc,
