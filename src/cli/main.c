@@ -236,7 +236,10 @@ int main(int argc, char **argv)
     /* The configuration file: an explicitly named one must exist; the default may not. */
     cli.config_path = first_of(opt_config, getenv("VMSHADOW_CONFIG"), NULL, DEFAULT_CONFIG);
     vmsh_error *err = NULL;
-    int r = vmsh_kvconf_load(&cli.config, cli.config_path, &err);
+    /* /dev/null names "no configuration", as it does for other tools */
+    int r = strcmp(cli.config_path, "/dev/null") == 0
+                ? 0
+                : vmsh_kvconf_load(&cli.config, cli.config_path, &err);
     if (r == -ENOENT && !opt_config && !getenv("VMSHADOW_CONFIG")) {
         vmsh_error_free(err);
         err = NULL;
