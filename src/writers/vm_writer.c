@@ -20,6 +20,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -394,8 +395,19 @@ static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref 
     return p;
 }
 
+/* Creates the overlay file ourselves, exclusively and without following a
+ * link (a link planted at the name must not make qemu-img overwrite its
+ * target), then lets qemu-img write the qcow2 header into that very inode
+ * through /dev/fd/N. */
 static int create_overlay(const char *overlay, const disk_ref *d, vmsh_error **err)
 {
+    /* not O_CLOEXEC: qemu-img inherits it */
+    int fd = open(overlay, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno, "cannot create the overlay %s: %s", overlay,
+                              strerror(errno));
+    char target[32];
+    snprintf(target, sizeof(target), "/dev/fd/%d", fd);
     char *argv[] = {(char *)"qemu-img",
                     (char *)"create",
                     (char *)"-q",
@@ -405,18 +417,19 @@ static int create_overlay(const char *overlay, const disk_ref *d, vmsh_error **e
                     (char *)d->path,
                     (char *)"-F",
                     (char *)d->format,
-                    (char *)overlay,
+                    target,
                     NULL};
     vmsh_proc_result res;
     int r = vmsh_proc_run(argv, NULL, 60 * 1000, &res, err);
-    if (r < 0)
-        return r;
-    if (res.exit_code != 0) {
+    close(fd);
+    if (r == 0 && res.exit_code != 0) {
         char buf[96];
-        return vmsh_error_set(err, -EIO, "qemu-img could not create the overlay %s on %s: %s",
-                              overlay, d->path, vmsh_proc_describe(&res, buf, sizeof(buf)));
+        r = vmsh_error_set(err, -EIO, "qemu-img could not create the overlay %s on %s: %s", overlay,
+                           d->path, vmsh_proc_describe(&res, buf, sizeof(buf)));
     }
-    return 0;
+    if (r < 0)
+        unlink(overlay);
+    return r;
 }
 
 /* R1: the VM's memory goes to the state file and the VM stops; each captured
