@@ -4,18 +4,8 @@
 # backup, every writer gets `abort`, Thaw follows Freeze, and `writers` shows
 # the failing writer's state and error.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
-T=$(mktemp -d /tmp/t-coord-abort.XXXXXX); trap 'rm -rf "$T"' EXIT
-export VMSHADOW_STATE_DIR=$T/state VMSHADOW_WRITERS_DIR=$T/writers.d VMSHADOW_REPO=$T/repo
-export VMSHADOW_CONFIG=$T/vmshadow.conf LIBVIRT_DEFAULT_URI=test:///default
-: > "$VMSHADOW_CONFIG"
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
-jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 
-mkdir -p "$VMSHADOW_WRITERS_DIR"
 # writer NAME [EVENT COMMAND]: logs every event, runs COMMAND at EVENT.
 writer() {
     local ev name=$1 bad_ev=${2:-} bad_cmd=${3:-} f=$VMSHADOW_WRITERS_DIR/$1.conf

@@ -4,20 +4,10 @@
 # the first one completes unharmed. The recovery every command runs first
 # leaves the live set's journal alone.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
-T=$(mktemp -d /tmp/t-coord-busy.XXXXXX)
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 first=
-cleanup() { [ -n "$first" ] && kill "$first" 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
-export VMSHADOW_STATE_DIR=$T/state VMSHADOW_WRITERS_DIR=$T/writers.d VMSHADOW_REPO=$T/repo
-export VMSHADOW_CONFIG=$T/vmshadow.conf LIBVIRT_DEFAULT_URI=test:///default
-: > "$VMSHADOW_CONFIG"
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
+scratch_stop() { [ -n "$first" ] && kill "$first" 2>/dev/null; return 0; }
 
-mkdir -p "$VMSHADOW_WRITERS_DIR"
 # The freeze command signals that the set is under way, then waits for the
 # test to let it go (a file), so the first set is live for as long as needed.
 cat > "$VMSHADOW_WRITERS_DIR/slow.conf" <<CONF

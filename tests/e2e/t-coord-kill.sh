@@ -4,24 +4,13 @@
 # the script writers' thaw and abort commands run for the dead set, the
 # journal goes, the writers' state says "interrupted", and no backup exists.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
-T=$(mktemp -d /tmp/t-coord-kill.XXXXXX)
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 pid=
-cleanup() {
+scratch_stop() {
     [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
     [ -s "$T/sleeper" ] && kill -9 "$(cat "$T/sleeper")" 2>/dev/null
-    rm -rf "$T"
+    return 0
 }
-trap cleanup EXIT
-export VMSHADOW_STATE_DIR=$T/state VMSHADOW_WRITERS_DIR=$T/writers.d VMSHADOW_REPO=$T/repo
-export VMSHADOW_CONFIG=$T/vmshadow.conf LIBVIRT_DEFAULT_URI=test:///default
-: > "$VMSHADOW_CONFIG"
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
-jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-mkdir -p "$VMSHADOW_WRITERS_DIR"
 run "$VMSHADOW" init; [ $RC = 0 ] || fail "init: $ERR"
 
 # writer NAME STUCK_EVENT: logs "<name> <event> <set>"; at STUCK_EVENT it
