@@ -224,17 +224,21 @@ static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, 
 }
 
 /* Opens the source of a disk for an incremental read when the writer
- * planned one (issue 7): the dirty bitmap of the job's export, and the last
- * backup's index of the same file as the base. Anything missing makes it a
- * full read, and *why says what. */
+ * planned one (issue 7): the dirty bitmap of the job's export, or for a
+ * shut-off VM the persistent bitmap in its qcow2 image (qemu-nbd --bitmap);
+ * and the last backup's index of the same file as the base. Anything
+ * missing or refused makes it a full read, and *why says what. */
 static int open_incremental(cli_requestor *q, const char *name, const vmsh_file *f,
                             json_object *plan, vmsh_source **src, vmsh_file_index **base,
                             char **why, vmsh_error **err)
 {
     const char *ctx = jmember_str(plan, "dirty_context");
+    const char *bitmap = jmember_str(plan, "bitmap");
     const char *base_id = jmember_str(plan, "base_backup");
+    const char *fmt = vmsh_file_source_format(f);
+    bool nbd = vmsh_file_source_type(f) == VMSH_SOURCE_NBD;
     vmsh_error *e = NULL;
-    if (!ctx || !base_id || vmsh_file_source_type(f) != VMSH_SOURCE_NBD)
+    if (!ctx || !base_id || (!nbd && (!bitmap || !fmt || strcmp(fmt, "qcow2") != 0)))
         return 1;
     if (vmsh_file_index_load(base, q->repo, base_id, name, &e) < 0) {
         if (asprintf(why, "the last backup's index of %s cannot be read: %s", name, e->message) < 0)
@@ -242,9 +246,16 @@ static int open_incremental(cli_requestor *q, const char *name, const vmsh_file 
         vmsh_error_free(e);
         return 1;
     }
-    int r = open_source(f, ctx, src, &e);
-    if (r == -ENOTSUP) {
-        if (asprintf(why, "the export offers no dirty bitmap: %s", e->message) < 0)
+    int r =
+        nbd ? open_source(f, ctx, src, &e)
+            : vmsh_source_open_qemu_image_bitmap(src, vmsh_file_source_path(f), fmt, bitmap, &e);
+    /* The export has no such bitmap, or QEMU refused the image's: the
+     * image itself may still be read in full (and its own error shows
+     * there if it cannot). */
+    if (r == -ENOTSUP || (!nbd && r < 0)) {
+        if (asprintf(why, "%s: %s",
+                     nbd ? "the export offers no dirty bitmap" : "QEMU refused the bitmap",
+                     e->message) < 0)
             *why = NULL;
         vmsh_error_free(e);
         vmsh_file_index_free(*base);

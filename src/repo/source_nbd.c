@@ -153,6 +153,15 @@ static const vmsh_source_ops qemu_ops = {
     .free = nbd_src_free,
 };
 
+static const vmsh_source_ops qemu_dirty_ops = {
+    .version = VMSH_SOURCE_OPS_VERSION,
+    .kind = "qemu-image",
+    .extents = nbd_extents,
+    .pread = nbd_src_pread,
+    .dirty_extents = nbd_dirty,
+    .free = nbd_src_free,
+};
+
 static int finish(vmsh_source **out, nbd_src *s, const vmsh_source_ops *ops, vmsh_error **err)
 {
     int r = nbd_can_meta_context(s->h, ALLOCATION);
@@ -215,22 +224,25 @@ int vmsh_source_open_nbd(vmsh_source **out, const char *socket_path, const char 
     return finish(out, s, dirty_context ? &nbd_dirty_ops : &nbd_ops, err);
 }
 
-int vmsh_source_open_qemu_image(vmsh_source **out, const char *path, const char *format,
-                                vmsh_error **err)
+static int open_qemu_image(vmsh_source **out, const char *path, const char *format,
+                           const char *bitmap, vmsh_error **err)
 {
     if (access(path, R_OK) < 0)
         return vmsh_error_set(err, -errno, "cannot read image %s: %s", path, strerror(errno));
-    nbd_src *s = nbd_src_new(path, NULL, err);
-    if (!s)
-        return -ENOMEM;
-    _cleanup_free_ char *fmt = NULL;
-    if (format && asprintf(&fmt, "--format=%s", format) < 0) {
-        fmt = NULL;
-        nbd_src_free(s);
+    _cleanup_free_ char *fmt = NULL, *ctx = NULL, *bm = NULL;
+    if ((format && asprintf(&fmt, "--format=%s", format) < 0) ||
+        (bitmap && (asprintf(&ctx, "qemu:dirty-bitmap:%s", bitmap) < 0 ||
+                    asprintf(&bm, "--bitmap=%s", bitmap) < 0))) {
+        fmt = ctx = bm = NULL;
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
+    nbd_src *s = nbd_src_new(path, ctx, err);
+    if (!s)
+        return -ENOMEM;
     /* --shared=1: only we connect; --read-only: the image is never changed;
-     * no cache option: the page cache serves repeated backups. */
+     * no cache option: the page cache serves repeated backups. --bitmap
+     * exports a persistent dirty bitmap of the image: QEMU refuses one
+     * that is inconsistent (in use when its QEMU stopped). */
     char *argv[8];
     int i = 0;
     argv[i++] = (char *)"qemu-nbd";
@@ -238,15 +250,31 @@ int vmsh_source_open_qemu_image(vmsh_source **out, const char *path, const char 
     argv[i++] = (char *)"--shared=1";
     if (fmt)
         argv[i++] = fmt;
+    if (bm)
+        argv[i++] = bm;
     argv[i++] = (char *)path;
     argv[i] = NULL;
     if (nbd_connect_systemd_socket_activation(s->h, argv) == -1) {
-        int rc = vmsh_error_set(err, -EINVAL,
-                                "QEMU cannot open %s%s%s: %s (is qemu-nbd installed, and is the "
-                                "format right?)",
-                                path, format ? " as " : "", format ? format : "", nbd_get_error());
+        int rc =
+            vmsh_error_set(err, -EINVAL,
+                           "QEMU cannot open %s%s%s%s%s: %s (is qemu-nbd installed, and is the "
+                           "format right?)",
+                           path, format ? " as " : "", format ? format : "",
+                           bitmap ? " with bitmap " : "", bitmap ? bitmap : "", nbd_get_error());
         nbd_src_free(s);
         return rc;
     }
-    return finish(out, s, &qemu_ops, err);
+    return finish(out, s, bitmap ? &qemu_dirty_ops : &qemu_ops, err);
+}
+
+int vmsh_source_open_qemu_image(vmsh_source **out, const char *path, const char *format,
+                                vmsh_error **err)
+{
+    return open_qemu_image(out, path, format, NULL, err);
+}
+
+int vmsh_source_open_qemu_image_bitmap(vmsh_source **out, const char *path, const char *format,
+                                       const char *bitmap, vmsh_error **err)
+{
+    return open_qemu_image(out, path, format, bitmap, err);
 }

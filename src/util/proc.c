@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -264,7 +265,7 @@ int vmsh_proc_run_opts(char *const argv[], char *const env[], const vmsh_proc_op
             if (nul != STDIN_FILENO)
                 close(nul);
         }
-        dup2(STDERR_FILENO, STDOUT_FILENO);
+        dup2(opts && opts->out_fd > 0 ? opts->out_fd : STDERR_FILENO, STDOUT_FILENO);
         execvpe(argv[0], argv, envp);
         int e = errno;
         ssize_t wr = write(pfd[1], &e, sizeof(e));
@@ -314,6 +315,45 @@ int vmsh_proc_run_opts(char *const argv[], char *const env[], const vmsh_proc_op
     else if (WIFSIGNALED(status))
         res.signal = WTERMSIG(status);
     *out = res;
+    return 0;
+}
+
+int vmsh_proc_capture(char *const argv[], int64_t timeout_ms, size_t max, char **out, size_t *len,
+                      vmsh_error **err)
+{
+    *out = NULL;
+    *len = 0;
+    _cleanup_close_ int fd = memfd_create("vmshadow-output", MFD_CLOEXEC);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno, "cannot create a memory file: %s", strerror(errno));
+    vmsh_proc_opts o = {.timeout_ms = timeout_ms, .out_fd = fd};
+    vmsh_proc_result res;
+    int r = vmsh_proc_run_opts(argv, NULL, &o, &res, err);
+    if (r < 0)
+        return r;
+    if (res.exit_code != 0) {
+        char buf[96];
+        return vmsh_error_set(err, -EIO, "%s %s", argv[0],
+                              vmsh_proc_describe(&res, buf, sizeof(buf)));
+    }
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (size < 0)
+        return vmsh_error_set(err, -errno, "cannot read the output of %s: %s", argv[0],
+                              strerror(errno));
+    if ((uint64_t)size > max)
+        return vmsh_error_set(err, -EFBIG, "%s printed %lld bytes, more than the %zu expected",
+                              argv[0], (long long)size, max);
+    char *buf = malloc((size_t)size + 1);
+    if (!buf)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    ssize_t got = pread(fd, buf, (size_t)size, 0);
+    if (got != (ssize_t)size) {
+        free(buf);
+        return vmsh_error_set(err, -EIO, "cannot read the output of %s", argv[0]);
+    }
+    buf[size] = '\0';
+    *out = buf;
+    *len = (size_t)size;
     return 0;
 }
 

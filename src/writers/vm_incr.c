@@ -4,28 +4,37 @@
  *
  * A disk is read incrementally only when all of these hold (chain health):
  *   - the VM uses the guest method (R2): its disks are exported by a pull
- *     backup job, which can export a bitmap; the saved-state method (R1) and
- *     shut-off VMs read the images themselves (full, with the reason);
+ *     backup job, which can export a bitmap; or it is shut off, and the
+ *     checkpoint's persistent bitmap in the qcow2 image is consistent in
+ *     QEMU's view (`qemu-img info`: not "in-use", which a crash or a kill
+ *     leaves, and enabled): the image is read through `qemu-nbd --bitmap`.
+ *     The saved-state method (R1) on a running VM reads the images while
+ *     the VM writes to overlays: full, with the reason;
  *   - the disk is qcow2 (raw disks carry no bitmap);
  *   - `--full` was not given;
  *   - the repository holds an earlier backup of this VM, and that backup
  *     (the last one of the VM in this repository) recorded the checkpoint it
  *     created, for this repository, this VM UUID and this disk;
  *   - libvirt still has that checkpoint (a restore or a redefinition drops
- *     it), and the VM has not been stopped since (same domain ID): a stop
- *     that did not store the bitmaps leaves them incomplete, and after a
- *     stop we cannot tell a clean one from another;
+ *     it), and a running VM has not been stopped since (same domain ID): a
+ *     stop that did not store the bitmaps leaves them incomplete, and once
+ *     the VM runs again we cannot tell a clean stop from another;
  *   - libvirt accepts the bitmap when the job starts (it refuses missing or
  *     inconsistent ones: QEMU's own view); if not, the job runs in full at
  *     the same point (pull.c) and PostSnapshot records why.
  * Every backup of a qcow2 disk of a guest-method VM creates a new checkpoint
  * atomically with its job, full read or not, so that the next one can be
- * incremental. The base of an incremental read is the previous backup's
- * index of the file: the new index is complete (no chain to restore).
+ * incremental. libvirt cannot create a checkpoint of a shut-off VM, so a
+ * shut-off VM's backup records the checkpoint it read from again: its bitmap
+ * holds every change since that checkpoint, a superset of the changes since
+ * this backup, so the next backup may read from it too (while the VM stays
+ * off; once it runs, its domain ID differs and the next backup is full). The base of an incremental
+ * read is the previous backup's index of the file: the new index is complete (no chain to restore).
  */
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/proc.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -101,42 +110,17 @@ static void set_read(json_object *dj, const char *mode, const char *reason)
     json_object_object_add(dj, "read_reason", reason ? json_object_new_string(reason) : NULL);
 }
 
-void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
-{
-    const vmsh_set_options *o = vmsh_set_options_of(set);
-    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
-    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
-        json_object *dj = json_object_array_get_idx(disks, i);
-        const char *fmt = member_str(dj, "format");
-        const char *why;
-        if (o->full)
-            why = "--full was given";
-        else if (!str_eq(fmt, "qcow2"))
-            why = "raw disks carry no bitmap";
-        else if (it->prior == VMSH_VM_SHUTOFF)
-            why = "the VM is shut off: its image is read directly, without a dirty bitmap "
-                  "(incremental reads come from the guest method's backup job)";
-        else
-            why = "saved-state method (R1): the image is read directly, without a dirty bitmap "
-                  "(incremental reads come from the guest method's backup job)";
-        set_read(dj, "full", why);
-    }
-}
-
 /* Why the VM's last backup's checkpoint cannot be used, or NULL when it can
  * (then *cp is that checkpoint record and *prev the history entry). */
-static char *chain_problem(vm_writer *w, vmsh_set *set, vm_item *it, json_object **prev,
+static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object **prev,
                            json_object **cp)
 {
-    const vmsh_set_options *o = vmsh_set_options_of(set);
     char *why = NULL;
     *prev = member(w->history, it->name);
     *cp = member(member(*prev, "extra"), "checkpoint");
     const char *backup = member_str(*prev, "backup");
     const char *name = member_str(*cp, "name");
     const char *uuid = member_str(vmsh_component_extra(it->comp), "uuid");
-    if (o->full)
-        return strdup("--full was given");
     if (!w->repo_id || !*prev || !backup)
         return strdup("first backup of this VM in this repository");
     if (!*cp || !name) {
@@ -170,6 +154,8 @@ static char *chain_problem(vm_writer *w, vmsh_set *set, vm_item *it, json_object
         vmsh_error_free(e);
         return why;
     }
+    if (!running)
+        return NULL;
     int id = -1;
     json_object *pid = member(*cp, "domain_id");
     if (vmsh_hv_domain_id(w->hv, it->name, &id, NULL) < 0 || !pid ||
@@ -185,12 +171,143 @@ static char *chain_problem(vm_writer *w, vmsh_set *set, vm_item *it, json_object
     return NULL;
 }
 
+/* Why the persistent bitmap `name` of the qcow2 image `path` cannot be
+ * trusted, as QEMU sees it (qemu-img info), or NULL when it can. */
+static char *image_bitmap_problem(const char *path, const char *name)
+{
+    char *argv[] = {(char *)"qemu-img",
+                    (char *)"info",
+                    (char *)"--output=json",
+                    (char *)"--force-share",
+                    (char *)"-f",
+                    (char *)"qcow2",
+                    (char *)path,
+                    NULL};
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    char *why = NULL;
+    vmsh_error *e = NULL;
+    if (vmsh_proc_capture(argv, 60000, 16u << 20, &text, &len, &e) < 0) {
+        if (asprintf(&why, "the bitmaps of %s cannot be read: %s", path, e->message) < 0)
+            why = NULL;
+        vmsh_error_free(e);
+        return why;
+    }
+    json_object *info = json_tokener_parse(text);
+    json_object *bitmaps = member(member(member(info, "format-specific"), "data"), "bitmaps");
+    json_object *found = NULL;
+    for (size_t i = 0; bitmaps && json_object_is_type(bitmaps, json_type_array) &&
+                       i < json_object_array_length(bitmaps);
+         i++) {
+        json_object *b = json_object_array_get_idx(bitmaps, i);
+        if (str_eq(member_str(b, "name"), name))
+            found = b;
+    }
+    json_object *flags = member(found, "flags");
+    int r = 0;
+    if (!found)
+        r = asprintf(&why, "the image %s holds no bitmap %s", path, name);
+    else if (array_has(flags, "in-use"))
+        r = asprintf(&why,
+                     "bitmap %s in %s is inconsistent: its QEMU did not store it when it stopped "
+                     "(killed, crashed, or the host failed)",
+                     name, path);
+    else if (!array_has(flags, "auto"))
+        r = asprintf(&why, "bitmap %s in %s is disabled: it did not record every write", name,
+                     path);
+    if (r < 0)
+        why = NULL;
+    json_object_put(info);
+    return why;
+}
+
+void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
+{
+    const vmsh_set_options *o = vmsh_set_options_of(set);
+    json_object *extra = vmsh_component_extra(it->comp);
+    json_object *disks = member(extra, "disks");
+    bool off = it->prior == VMSH_VM_SHUTOFF;
+    json_object *prev = NULL, *cp = NULL;
+    /* A shut-off VM: the persistent bitmaps of the last backup's checkpoint,
+     * when libvirt still has it and it belongs to this VM and repository. */
+    _cleanup_free_ char *vm_why = off ? chain_problem(w, it, false, &prev, &cp) : NULL;
+    const char *cp_name = vm_why ? NULL : member_str(cp, "name");
+    json_object *carried = cp_name ? json_object_new_array() : NULL;
+    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+        json_object *dj = json_object_array_get_idx(disks, i);
+        const char *fmt = member_str(dj, "format"), *target = member_str(dj, "target");
+        _cleanup_free_ char *why = NULL;
+        if (!str_eq(fmt, "qcow2")) {
+            set_read(dj, "full", "raw disks carry no bitmap");
+            continue;
+        }
+        if (!off) {
+            set_read(dj, "full",
+                     o->full ? "--full was given"
+                             : "saved-state method (R1): the image is read directly while the VM "
+                               "writes to an overlay, without a dirty bitmap (incremental reads "
+                               "come from the guest method's backup job)");
+            continue;
+        }
+        if (vm_why) {
+            set_read(dj, "full", o->full ? "--full was given" : vm_why);
+            continue;
+        }
+        if (!array_has(member(cp, "disks"), target)) {
+            if (asprintf(&why, "disk %s has no bitmap in checkpoint %s of the last backup", target,
+                         cp_name) < 0)
+                why = NULL;
+            set_read(dj, "full", why ? why : "no bitmap in the last checkpoint");
+            continue;
+        }
+        if ((why = image_bitmap_problem(member_str(dj, "path"), cp_name))) {
+            set_read(dj, "full", why);
+            continue;
+        }
+        json_object_array_add(carried, json_object_new_string(target));
+        if (o->full) {
+            set_read(dj, "full", "--full was given");
+            continue;
+        }
+        _cleanup_free_ char *ctx = NULL;
+        if (asprintf(&why,
+                     "changes since checkpoint %s of backup %s, from the bitmap in the image "
+                     "(the VM is shut off)",
+                     cp_name, member_str(prev, "backup")) < 0 ||
+            asprintf(&ctx, "qemu:dirty-bitmap:%s", cp_name) < 0) {
+            set_read(dj, "full", "out of memory");
+            continue;
+        }
+        set_read(dj, "incremental", why);
+        json_object_object_add(dj, "base_backup",
+                               json_object_new_string(member_str(prev, "backup")));
+        json_object_object_add(dj, "base_checkpoint", json_object_new_string(cp_name));
+        json_object_object_add(dj, "bitmap", json_object_new_string(cp_name));
+        json_object_object_add(dj, "dirty_context", json_object_new_string(ctx));
+    }
+    /* The checkpoint goes on: the next backup may read from it as long as
+     * the VM stays off (its domain ID stops a running VM's backup). */
+    if (carried && json_object_array_length(carried) > 0) {
+        json_object *rec = json_object_new_object();
+        json_object_object_foreach(cp, k, v)
+        {
+            if (strcmp(k, "disks") != 0)
+                json_object_object_add(rec, k, json_object_get(v));
+        }
+        json_object_object_add(rec, "disks", json_object_get(carried));
+        json_object_object_add(extra, "checkpoint", rec);
+    }
+    json_object_put(carried);
+}
+
 int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_backup_disk *bd,
                             size_t n, char **cp_xml, vmsh_error **err)
 {
     *cp_xml = NULL;
     json_object *prev = NULL, *cp = NULL;
-    _cleanup_free_ char *vm_why = chain_problem(w, set, it, &prev, &cp);
+    _cleanup_free_ char *vm_why = vmsh_set_options_of(set)->full
+                                      ? strdup("--full was given")
+                                      : chain_problem(w, it, true, &prev, &cp);
     const char *base_cp = member_str(cp, "name"), *base_backup = member_str(prev, "backup");
     const char **cp_targets = vmsh_calloc_array(n ? n : 1, sizeof(char *));
     if (!cp_targets)

@@ -147,6 +147,32 @@ static void stop_callback_ends_the_command(void **state)
     assert_non_null(strstr(vmsh_proc_describe(&r, buf, sizeof(buf)), "stopped"));
 }
 
+/* stdout captured in memory; a failing or too talkative command is an error */
+static void capture_returns_stdout(void **state)
+{
+    (void)state;
+    char *argv[] = {"printf", "a b\\nc", NULL};
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_proc_capture(argv, 10000, 100, &out, &len, NULL), 0);
+    assert_int_equal(len, 5);
+    assert_string_equal(out, "a b\nc");
+    free(out);
+
+    char *fail[] = {"sh", "-c", "echo partial; exit 3", NULL};
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_proc_capture(fail, 10000, 100, &out, &len, &err), -EIO);
+    assert_null(out);
+    assert_non_null(strstr(err->message, "status 3"));
+    vmsh_error_free(err);
+    err = NULL;
+
+    char *big[] = {"head", "-c", "5000", "/dev/zero", NULL};
+    assert_int_equal(vmsh_proc_capture(big, 10000, 4999, &out, &len, &err), -EFBIG);
+    assert_null(out);
+    vmsh_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -155,6 +181,7 @@ int main(void)
         cmocka_unit_test(run_passes_env_and_status),
         cmocka_unit_test(timeout_kills_the_whole_group),
         cmocka_unit_test(stop_callback_ends_the_command),
+        cmocka_unit_test(capture_returns_stdout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

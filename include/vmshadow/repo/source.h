@@ -87,6 +87,14 @@ int vmsh_source_open_nbd(vmsh_source **out, const char *socket_path, const char 
 int vmsh_source_open_qemu_image(vmsh_source **out, const char *path, const char *format,
                                 vmsh_error **err);
 
+/* vmsh_source_open_qemu_image with the image's persistent dirty bitmap
+ * `bitmap` exported too (`qemu-nbd --bitmap`): dirty_extents reports the
+ * areas written since the bitmap was created (issue 7: a shut-off VM's
+ * incremental read). -EINVAL when QEMU cannot open the image or refuses the
+ * bitmap (missing, or inconsistent: in use when its QEMU stopped). */
+int vmsh_source_open_qemu_image_bitmap(vmsh_source **out, const char *path, const char *format,
+                                       const char *bitmap, vmsh_error **err);
+
 uint64_t vmsh_source_size(const vmsh_source *s);
 const char *vmsh_source_name(const vmsh_source *s);
 const char *vmsh_source_kind(const vmsh_source *s);

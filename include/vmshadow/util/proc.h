@@ -52,9 +52,19 @@ typedef struct vmsh_proc_opts {
     int64_t timeout_ms;
     bool (*stop)(void *opaque);
     void *opaque;
+    int out_fd; /* > 0: the command's stdout goes to this descriptor */
 } vmsh_proc_opts;
 int vmsh_proc_run_opts(char *const argv[], char *const env[], const vmsh_proc_opts *opts,
                        vmsh_proc_result *out, vmsh_error **err);
+
+/* Runs argv like vmsh_proc_run and returns what it printed on stdout in
+ * *out (NUL-terminated, *len bytes; free it) when it exited with status 0.
+ * The output goes to an anonymous memory file, never to a named one. Expected
+ * errors: those of vmsh_proc_run; -EIO when the command did not exit with
+ * status 0 (the message says how it ended); -EFBIG when it printed more than
+ * `max` bytes. */
+int vmsh_proc_capture(char *const argv[], int64_t timeout_ms, size_t max, char **out, size_t *len,
+                      vmsh_error **err);
 
 /* One line describing a result that was not a success ("exited with status 3",
  * "killed by signal 9", "timed out after 5000 ms"); a static or
