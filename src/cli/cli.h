@@ -34,6 +34,7 @@ typedef struct vmsh_cli {
     int verbosity;       /* 0 normal, <0 quiet, >0 verbose */
     bool progress;       /* stderr is a terminal and not quiet */
     vmsh_kvconf *config; /* may be NULL when no config file exists */
+    int64_t start_ms;    /* vmsh_now_ms() when main began (debug lines show the time since) */
 } vmsh_cli;
 
 typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);

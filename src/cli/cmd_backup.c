@@ -56,7 +56,10 @@ static int run_recover(vmsh_cli *cli, bool report, vmsh_recover_report **out, vm
                 vmsh_cli_info(cli, "recover: undid %s of %s left by interrupted set %s", it->action,
                               item_owner(it), it->set_id);
         } else {
-            vmsh_cli_warn(cli, "recover: could not undo %s of %s (set %s): %s",
+            vmsh_cli_warn(cli,
+                          "recover: could not undo %s of %s (set %s): %s; the journal keeps it: "
+                          "fix the cause and run 'vmshadow recover' again (every command "
+                          "retries it first)",
                           it->action ? it->action : "a journal", item_owner(it),
                           it->set_id ? it->set_id : "?", it->error ? it->error : "?");
         }
@@ -351,9 +354,11 @@ static int req_commit(vmsh_requestor_ops *self, vmsh_set *set, const char *docum
                       vmsh_error **err)
 {
     cli_requestor *q = (cli_requestor *)self;
+    vmsh_cli_debug(q->cli, "committing the backup");
     int r = vmsh_backup_commit(q->backup, document, err);
     if (r < 0)
         return r;
+    vmsh_cli_debug(q->cli, "backup %s committed", vmsh_backup_id(q->backup));
     *out_id = strdup(vmsh_backup_id(q->backup));
     return *out_id ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
 }
@@ -611,6 +616,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
             0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
         goto out;
+    vmsh_cli_debug(cli, "repository %s open for backup %s", cli->repo, vmsh_backup_id(q.backup));
     if (h.vm_writer) {
         json_object *hist = NULL;
         vmsh_error *e = NULL;

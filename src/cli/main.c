@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <vmshadow/util/version.h>
+#include <vmshadow/util/timeutil.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -101,9 +102,13 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...)
 {
     if (cli->verbosity <= 0)
         return;
+    /* the time since the command started: where a slow run spends it */
+    char prefix[48];
+    snprintf(prefix, sizeof(prefix), "debug: [+%lld ms] ",
+             (long long)(vmsh_now_ms() - cli->start_ms));
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, "debug: ", fmt, ap);
+    vmsg(cli, prefix, fmt, ap);
     va_end(ap);
 }
 
@@ -173,7 +178,7 @@ int main(int argc, char **argv)
      * a reader of our output) must be an error we handle (abort the set,
      * undo, say why), not a silent death by SIGPIPE that strands VMs. */
     signal(SIGPIPE, SIG_IGN);
-    vmsh_cli cli = {.prog = "vmshadow"};
+    vmsh_cli cli = {.prog = "vmshadow", .start_ms = vmsh_now_ms()};
     const char *opt_repo = NULL, *opt_config = NULL;
     static const struct option opts[] = {
         {"connect", required_argument, NULL, 'c'},

@@ -526,10 +526,24 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
     it->frozen = true; /* a freeze that failed half-way is thawed by abort */
     if (!w->freeze_start)
         w->freeze_start = vmsh_now_ms();
-    if ((r = vmsh_hv_fsfreeze(w->hv, it->name, err)) < 0) {
-        if (r == -ETIMEDOUT)
-            vmsh_error_set_retryable(err, true);
-        return vmsh_error_prefix(err, "guest method (R2)");
+    vmsh_error *e = NULL;
+    if ((r = vmsh_hv_fsfreeze(w->hv, it->name, &e)) < 0) {
+        if (r != -ETIMEDOUT) {
+            vmsh_error_propagate(err, &e);
+            return vmsh_error_prefix(err, "guest method (R2)");
+        }
+        /* A hung agent or fsfreeze hook: retrying the same way tends to
+         * hang again, so say what to look at instead. */
+        r = vmsh_error_set(err, -ETIMEDOUT,
+                           "guest method (R2): the guest agent of VM %s did not finish freezing "
+                           "its filesystems within %d s (%s); the set is aborted and a thaw is "
+                           "sent (should the agent stay hung, 'vmshadow recover' thaws it once "
+                           "it answers). Check qemu-guest-agent and its fsfreeze hook scripts "
+                           "in the guest, raise freeze-limit in the config file, or back the VM "
+                           "up with --method saved-state",
+                           it->name, w->freeze_timeout_s, e ? e->message : "timed out");
+        vmsh_error_free(e);
+        return r;
     }
     return vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, err);
 }

@@ -31,6 +31,8 @@ check "the backup ended by itself (not killed by the test's 600 s guard)" test "
 check "a hung freeze aborts the set: exit 1" test "$RC" = 1
 check "the message names the VM" grep -q "$H" <<<"$ERR"
 check "and the freeze" grep -qi "freez" <<<"$ERR"
+check "and says what to do (agent, hooks, saved-state method)" grep -q "fsfreeze hook.*--method saved-state" <<<"$ERR"
+check "and does not promise that a retry may succeed" test -z "$(grep "retry may succeed" <<<"$ERR")"
 check "the hook did hang in the guest" grep -q "LAB: hook hangs" "$LAB_WORK/h.console.log"
 vsh --json list
 check "no backup visible" test "$(jq '.backups | length' <<<"$OUT")" = 0
@@ -46,6 +48,7 @@ if [ "$RC" = 0 ]; then
 else
     check "recover with the agent still hung exits 1" test "$RC" = 1
     check "and names the freeze it could not undo" grep -q "could not undo freeze" <<<"$ERR"
+    check "and says to run recover again" grep -q "run 'vmshadow recover' again" <<<"$ERR"
     check "the journal is kept for later" test -n "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
     # the administrator resets the guest; its agent answers again
     lab_virsh reset "$H" >/dev/null || lab_virsh destroy "$H" >/dev/null
