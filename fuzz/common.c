@@ -91,6 +91,35 @@ const char *fuzz_repo_dir(void)
     return dir;
 }
 
+void fuzz_repo_put(const char *rel, uint16_t wrap, const uint8_t *data, size_t size)
+{
+    char path[4600];
+    snprintf(path, sizeof(path), "%s/%s", fuzz_repo_dir(), rel);
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    mkdir(path, 0700); /* exists after the first run */
+    *slash = '/';
+    if (wrap) {
+        size_t len = 0;
+        uint8_t *obj = fuzz_object_wrap(wrap, data, size, &len);
+        fuzz_write_file(path, obj, len);
+        free(obj);
+    } else {
+        fuzz_write_file(path, data, size);
+    }
+}
+
+struct vmsh_repo *fuzz_repo_open(void)
+{
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_repo_open(&r, fuzz_repo_dir(), NULL, &err) < 0) {
+        fprintf(stderr, "cannot open the scratch repository: %s\n", err->message);
+        abort();
+    }
+    return r;
+}
+
 uint8_t *fuzz_object_wrap(uint16_t type, const uint8_t *payload, size_t plen, size_t *len)
 {
     static const char magic[8] = {'V', 'M', 'S', 'H', 'O', 'B', 'J', '1'};

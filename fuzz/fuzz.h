@@ -41,4 +41,14 @@ char *fuzz_strndup(const uint8_t *data, size_t size);
 const char *fuzz_repo_dir(void);
 uint8_t *fuzz_object_wrap(uint16_t type, const uint8_t *payload, size_t plen, size_t *len);
 
+/* The repository targets' common steps. fuzz_repo_put() writes the file
+ * `rel` of the scratch repository (its directory made as needed): the bytes
+ * as they are, or with `wrap` non-zero in a valid object envelope of that
+ * type. fuzz_repo_open() opens the scratch repository and aborts when it
+ * cannot (a broken host, not a finding): the targets then read the file
+ * through the repository's own code. */
+struct vmsh_repo;
+void fuzz_repo_put(const char *rel, uint16_t wrap, const uint8_t *data, size_t size);
+struct vmsh_repo *fuzz_repo_open(void);
+
 #endif

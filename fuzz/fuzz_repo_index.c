@@ -22,32 +22,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t mode = data[0];
     data++, size--;
-    const char *dir = fuzz_repo_dir();
-    static char path[4400];
-    if (!path[0]) {
-        snprintf(path, sizeof(path), "%s/index/a4", dir);
-        mkdir(path, 0700);
-        snprintf(path, sizeof(path), "%s/index/a4/%s", dir, NAME);
-    }
     vmsh_error *err = NULL;
     vmsh_file_index *idx = NULL;
     if (index_parse(data, size, "fuzz", &idx, &err) < 0)
         vmsh_error_free(err), err = NULL;
     vmsh_file_index_free(idx), idx = NULL;
 
-    if (mode & 1) {
-        size_t len = 0;
-        uint8_t *obj = fuzz_object_wrap(OBJ_INDEX, data, size, &len);
-        fuzz_write_file(path, obj, len);
-        free(obj);
-    } else {
-        fuzz_write_file(path, data, size);
-    }
-    vmsh_repo *r = NULL;
-    if (vmsh_repo_open(&r, dir, NULL, &err) < 0) {
-        fprintf(stderr, "cannot open the scratch repository: %s\n", err->message);
-        abort();
-    }
+    fuzz_repo_put("index/a4/" NAME, (mode & 1) ? OBJ_INDEX : 0, data, size);
+    vmsh_repo *r = fuzz_repo_open();
     if (index_load(r, NAME, &idx, &err) < 0) {
         vmsh_error_free(err);
     } else {

@@ -20,24 +20,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t mode = data[0];
     data++, size--;
-    const char *dir = fuzz_repo_dir();
-    static char path[4400];
-    if (!path[0])
-        snprintf(path, sizeof(path), "%s/backups/%s", dir, ID);
-    if (mode & 1) {
-        size_t len = 0;
-        uint8_t *obj = fuzz_object_wrap(OBJ_MANIFEST, data, size, &len);
-        fuzz_write_file(path, obj, len);
-        free(obj);
-    } else {
-        fuzz_write_file(path, data, size);
-    }
-    vmsh_repo *r = NULL;
+    fuzz_repo_put("backups/" ID, (mode & 1) ? OBJ_MANIFEST : 0, data, size);
+    vmsh_repo *r = fuzz_repo_open();
     vmsh_error *err = NULL;
-    if (vmsh_repo_open(&r, dir, NULL, &err) < 0) {
-        fprintf(stderr, "cannot open the scratch repository: %s\n", err->message);
-        abort();
-    }
     /* vmsh_repo_list reads every manifest the way `list` and `prune` do. */
     vmsh_backup_info *list = NULL;
     size_t n = 0;

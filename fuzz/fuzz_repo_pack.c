@@ -21,13 +21,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t mode = data[0];
     data++, size--;
-    const char *dir = fuzz_repo_dir();
-    static char path[4400];
-    if (!path[0]) {
-        snprintf(path, sizeof(path), "%s/packs/5b", dir);
-        mkdir(path, 0700);
-        snprintf(path, sizeof(path), "%s/packs/5b/5bfb63f42e6f2676986cac47ae5f7ded.pack", dir);
-    }
     uint8_t *pack = malloc(size ? size : 1);
     if (!pack)
         abort();
@@ -38,15 +31,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (toff <= size && tlen <= size - toff)
             crypto_sha256(pack + toff, tlen, footer + 24);
     }
-    fuzz_write_file(path, pack, size);
+    fuzz_repo_put("packs/5b/5bfb63f42e6f2676986cac47ae5f7ded.pack", 0, pack, size);
     free(pack);
 
-    vmsh_repo *r = NULL;
+    vmsh_repo *r = fuzz_repo_open();
     vmsh_error *err = NULL;
-    if (vmsh_repo_open(&r, dir, NULL, &err) < 0) {
-        fprintf(stderr, "cannot open the scratch repository: %s\n", err->message);
-        abort();
-    }
     chunk_reader *cr = NULL;
     static uint8_t out[CHUNK_SIZE];
     if (repo_load_map(r, &err) < 0 || chunk_reader_new(&cr, r, &err) < 0) {

@@ -395,37 +395,94 @@ void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
     }
 }
 
-void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
+/* Deletes the VM's vmshadow checkpoints but it->new_cp, through `hv`;
+ * the outcome goes to it->cp_deleted and it->cp_error. */
+static void prune_with(vmsh_hv *hv, vm_item *it)
 {
+    it->pruned = true;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     /* libvirt deletes bitmaps only of a running VM; a shut-off VM keeps
      * its checkpoints until a later backup of it running */
-    if (vmsh_hv_state(w->hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
+    if (vmsh_hv_state(hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
         return;
     char **names = NULL;
     size_t n = 0;
     vmsh_error *e = NULL;
-    json_object *extra = vmsh_component_extra(it->comp);
-    int r = vmsh_hv_checkpoint_list(w->hv, it->name, CP_PREFIX, &names, &n, &e);
-    size_t deleted = 0;
+    int r = vmsh_hv_checkpoint_list(hv, it->name, CP_PREFIX, &names, &n, &e);
     for (size_t i = 0; i < n; i++) {
         if (r == 0 && !str_eq(names[i], it->new_cp)) {
             /* metadata only when libvirt cannot remove the bitmaps (one
              * lost behind its back): a checkpoint it cannot use must go */
-            r = vmsh_hv_checkpoint_delete(w->hv, it->name, names[i], true, &e);
+            r = vmsh_hv_checkpoint_delete(hv, it->name, names[i], true, &e);
             if (r == 0)
-                deleted++;
+                it->cp_deleted++;
         }
         free(names[i]);
     }
     free(names);
-    if (extra && deleted)
+    if (r < 0 && e)
+        it->cp_error = strdup(e->message);
+    vmsh_error_free(e);
+}
+
+static void *prune_main(void *arg)
+{
+    vm_writer *w = arg;
+    vmsh_hv *hv = NULL;
+    vmsh_error *e = NULL;
+    /* its own connection: the writer's is not for two threads at once;
+     * when it cannot open, BackupComplete deletes them as before */
+    if (vmsh_hv_open(&hv, w->uri, &e) < 0) {
+        vmsh_error_free(e);
+        return NULL;
+    }
+    for (size_t i = 0; i < w->n_items; i++)
+        if (w->items[i].prune_async)
+            prune_with(hv, &w->items[i]);
+    vmsh_hv_free(hv);
+    return NULL;
+}
+
+void vmsh_vmw_prune_start(vm_writer *w)
+{
+    if (w->prune_running)
+        return;
+    size_t n = 0;
+    /* the jobs run from the new checkpoints: the older ones are unused. Not
+     * for saved-state VMs: their overlays are merged at BackupComplete,
+     * before their checkpoints are touched. If the set aborts after this,
+     * the next backup of the VM finds no checkpoint and reads in full. */
+    for (size_t i = 0; i < w->n_items; i++) {
+        vm_item *it = &w->items[i];
+        it->prune_async = it->method == VMSH_METHOD_GUEST && it->new_cp && !it->pruned;
+        n += it->prune_async;
+    }
+    if (n > 0 && pthread_create(&w->prune_thread, NULL, prune_main, w) == 0)
+        w->prune_running = true;
+    else
+        for (size_t i = 0; i < w->n_items; i++)
+            w->items[i].prune_async = false;
+}
+
+void vmsh_vmw_prune_join(vm_writer *w)
+{
+    if (!w->prune_running)
+        return;
+    pthread_join(w->prune_thread, NULL);
+    w->prune_running = false;
+}
+
+void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
+{
+    if (!it->pruned)
+        prune_with(w->hv, it);
+    json_object *extra = vmsh_component_extra(it->comp);
+    if (extra && it->cp_deleted)
         json_object_object_add(extra, "checkpoints_deleted",
-                               json_object_new_int64((int64_t)deleted));
+                               json_object_new_int64((int64_t)it->cp_deleted));
     /* not a reason to fail a backup that is complete: recorded, retried
      * by the next backup */
-    if (extra && r < 0 && e)
+    if (extra && it->cp_error)
         json_object_object_add(extra, "checkpoint_cleanup_error",
-                               json_object_new_string(e->message));
-    vmsh_error_free(e);
+                               json_object_new_string(it->cp_error));
 }

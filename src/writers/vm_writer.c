@@ -41,10 +41,12 @@ static void item_clear(vm_item *it)
     free(it->state_file);
     free(it->xml_file);
     free(it->new_cp);
+    free(it->cp_error);
 }
 
 static void reset(vm_writer *w)
 {
+    vmsh_vmw_prune_join(w);
     for (size_t i = 0; i < w->n_items; i++)
         item_clear(&w->items[i]);
     free(w->items);
@@ -689,6 +691,8 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
                                        json_object_new_int64(w->freeze_end - w->freeze_start));
         }
     }
+    if (first == 0)
+        vmsh_vmw_prune_start(w);
     return first;
 }
 
@@ -909,6 +913,7 @@ static int undo_open(vm_writer *w, vmsh_set *set, vmsh_error **err)
 static int vmw_backup_complete(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
+    vmsh_vmw_prune_join(w);
     int r = undo_open(w, set, err); /* VMs are back: removes state files and the run dir */
     if (r == 0 && w->hv)
         for (size_t i = 0; i < w->n_items; i++)
@@ -922,6 +927,7 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     vm_writer *w = (vm_writer *)ops;
     if (w->freeze_start && !w->freeze_end)
         w->freeze_end = vmsh_now_ms();
+    vmsh_vmw_prune_join(w);
     int r = undo_open(w, set, err);
     reset(w);
     return r;

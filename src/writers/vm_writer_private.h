@@ -3,6 +3,7 @@
 #ifndef VMSH_WRITERS_VM_WRITER_PRIVATE_H
 #define VMSH_WRITERS_VM_WRITER_PRIVATE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -26,6 +27,11 @@ typedef struct vm_item {
     bool frozen, saved, persistent;
     int64_t down_start, down_end;
     char *new_cp; /* checkpoint created with this set's job (issue 7) */
+    /* older checkpoints deleted (vmsh_vmw_prune_*): by the cleanup thread
+     * when prune_async, else at BackupComplete */
+    bool prune_async, pruned;
+    size_t cp_deleted;
+    char *cp_error;
 } vm_item;
 
 typedef struct vm_writer {
@@ -42,6 +48,8 @@ typedef struct vm_writer {
     vm_item *items;
     size_t n_items;
     int64_t freeze_start, freeze_end;
+    pthread_t prune_thread; /* deletes older checkpoints while the data is copied */
+    bool prune_running;
     char *repo_id;        /* issue 7: the repository of the backup */
     json_object *history; /* {vm: {backup, extra}} of that repository */
 } vm_writer;
@@ -62,9 +70,18 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
                             size_t n, char **cp_xml, vmsh_error **err);
 /* After commit: disks whose incremental job libvirt refused become full. */
 void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it);
-/* BackupComplete: deletes vmshadow's checkpoints of the VM except the one
- * this set made (the one the next backup needs). Never fails the set. */
+/* Deletes vmshadow's checkpoints of the VM except the one this set made
+ * (the one the next backup needs), unless the cleanup thread did, and
+ * records the outcome in the component's extra. Called at BackupComplete;
+ * never fails the set. */
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it);
+/* PostSnapshot: once the guest-method VMs' jobs run with their new
+ * checkpoints, the older ones can go; a thread with its own libvirt
+ * connection deletes them while the requestor copies (it touches no
+ * component: the outcome waits in the items). vmsh_vmw_prune_join waits
+ * for it; safe to call when none runs. */
+void vmsh_vmw_prune_start(vm_writer *w);
+void vmsh_vmw_prune_join(vm_writer *w);
 
 /* Restore (vm_restore.c). */
 int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err);

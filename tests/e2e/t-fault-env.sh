@@ -60,7 +60,6 @@ clean_after() { # clean_after WHAT: nothing stranded, nothing left
     vsh verify
     check "$1: verify passes" test "$RC" = 0
 }
-wait_off() { for _ in $(seq 300); do [ "$(lab_state g)" = "shut off" ] && return 0; sleep 0.2; done; return 1; }
 
 # ---- 1. guest powers off during the copy phase (guest method, backup job)
 n0=$(nbackups)
@@ -69,7 +68,7 @@ start_backup "$G"
 wait_held
 check "guest method: a backup job runs" sh -c "virsh -c $LAB_URI domjobinfo $G | grep -qi backup"
 lab_gexec g 'poweroff' >/dev/null 2>&1
-check "the guest powered itself off" wait_off
+check "the guest powered itself off" lab_wait_off g
 finish_backup
 check "guest method, guest gone mid-backup: exit 1 (nothing stored)" test "$BRC" = 1
 check "the message names the VM" grep -q "$G" "$LAB_WORK/bg.err"
@@ -84,7 +83,7 @@ start_backup --method saved-state "$G"
 wait_held
 check "saved-state: the VM runs on an overlay" grep -q '\.overlay' <<<"$(lab_virsh domblklist "$G")"
 lab_gexec g 'echo written-on-overlay > /mnt/data/post.txt; sync; poweroff' >/dev/null 2>&1
-check "the guest powered itself off" wait_off
+check "the guest powered itself off" lab_wait_off g
 finish_backup
 echo "  saved-state backup of a VM that powered off mid-backup: exit $BRC"
 check "saved-state, guest gone mid-backup: exit 0 or 1, and a message on failure" \

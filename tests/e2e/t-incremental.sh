@@ -154,8 +154,7 @@ check "one checkpoint is left" test "$(cps)" = 1
 # the qcow2, and the backup reads only what changed from it.
 lab_gexec g 'dd if=/dev/urandom of=/mnt/data/off bs=1M count=1 2>/dev/null; sync' || fail "guest write"
 lab_virsh shutdown "$G" >/dev/null
-for _ in $(seq 300); do [ "$(lab_state g)" = "shut off" ] && break; sleep 0.2; done
-check "the guest shut down cleanly" test "$(lab_state g)" = "shut off"
+check "the guest shut down cleanly" lab_wait_off g
 vsh --json backup "$G"
 check "backup of the shut-off VM" test "$RC" = 0
 B_OFF=$(jq -r .backup <<<"$OUT")
@@ -186,8 +185,7 @@ lab_wait_ready g
 lab_gexec g 'echo k > /mnt/data/k; sync' || fail "guest write"
 qpid=$(cat "/run/libvirt/qemu/$G.pid")
 kill -9 "$qpid"
-for _ in $(seq 150); do [ "$(lab_state g)" = "shut off" ] && break; sleep 0.2; done
-check "the killed VM is shut off" test "$(lab_state g)" = "shut off"
+check "the killed VM is shut off" lab_wait_off g
 vsh --json backup "$G"
 check "backup after a killed QEMU" test "$RC" = 0
 check "it reads in full" test "$(read_of "$G")" = full

@@ -8,6 +8,7 @@
 #                                   # kernel printed "LAB: ready" for --no-agent guests)
 #   lab_gexec NAME 'shell command'  # run in the guest through the agent; prints stdout
 #   lab_disk NAME                   # the data disk's path on the host
+#   lab_state NAME / lab_wait_off NAME  # libvirt's state; wait until shut off
 #
 # Rules it keeps: domains are type='qemu' (TCG; KVM does not work on these
 # machines), names are unique (vmsh-<test>-<pid>-NAME), at most two guests
@@ -233,3 +234,14 @@ lab_gexec() {
 }
 
 lab_state() { lab_virsh domstate "$(lab_domname "$1")" | head -n 1; }
+
+# Waits up to 60 s for a guest to be shut off (it powers off, or its QEMU
+# ended); returns 1 if it is not.
+lab_wait_off() {
+    local _
+    for _ in $(seq 300); do
+        [ "$(lab_state "$1")" = "shut off" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}

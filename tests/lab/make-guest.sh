@@ -15,6 +15,7 @@
 #   lab.ip=A.B.C.D/N  static address on eth0;  lab.gw=A.B.C.D default route
 #   lab.hookfail=1    the fsfreeze hook refuses to freeze (agent freeze fails)
 #   lab.hookhang=1    the fsfreeze hook never returns on freeze (a hung agent)
+#   lab.nohook=1      qemu-ga runs without an fsfreeze hook (Debian's default)
 # The hook writes /mnt/data/FREEZE_MARKER before a freeze, so a backup taken
 # while frozen contains it: proof that the guest's own writers ran.
 # ttyS0 shows "LAB: ready" once set up and "LAB: qga-up" when the agent starts.
@@ -119,6 +120,10 @@ cat > "$ROOT/etc/agent.sh" <<'EOF'
 port=/dev/virtio-ports/org.qemu.guest_agent.0
 if [ ! -e $port ]; then sleep 3600; exit 0; fi   # a guest without an agent channel
 echo "LAB: qga-up" > /dev/ttyS0
+case " $(cat /proc/cmdline) " in
+*" lab.nohook=1 "*) # as Debian's qemu-guest-agent runs by default: no hook
+    exec /usr/sbin/qemu-ga -m virtio-serial -p $port -t /run/qga -l /run/qga.log ;;
+esac
 exec /usr/sbin/qemu-ga -m virtio-serial -p $port -t /run/qga -l /run/qga.log \
     --fsfreeze-hook=/etc/qemu/fsfreeze-hook
 EOF
