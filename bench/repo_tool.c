@@ -8,6 +8,7 @@
  *   vmshadow-repo-tool restore [--key-file F] REPO BACKUP NAME OUT
  *
  * SOURCE: a path; nbd:SOCKET:EXPORT[:DIRTY-CONTEXT]; qemu:FORMAT:PATH;
+ * qemu-bitmap:FORMAT:BITMAP:PATH (the image's persistent dirty bitmap too);
  * buf:TEXT (a small buffer).
  * backup options: --key-file F, --level N, --threads N, --doc TEXT,
  * --base BACKUP (incremental: the base's index of the same NAME, changed
@@ -59,6 +60,20 @@ static int open_source(vmsh_source **out, const char *spec, vmsh_error **err)
                 *ctx++ = 0;
         }
         int rc = vmsh_source_open_nbd(out, sock, exp ? exp : "", ctx, err);
+        free(copy);
+        return rc;
+    }
+    if (strncmp(spec, "qemu-bitmap:", 12) == 0) {
+        char *copy = strdup(spec + 12);
+        char *bitmap = copy ? strchr(copy, ':') : NULL;
+        char *path = bitmap ? strchr(bitmap + 1, ':') : NULL;
+        if (!path) {
+            free(copy);
+            return vmsh_error_set(err, -EINVAL, "qemu-bitmap:FORMAT:BITMAP:PATH expected");
+        }
+        *bitmap++ = 0;
+        *path++ = 0;
+        int rc = vmsh_source_open_qemu_image_bitmap(out, path, copy, bitmap, err);
         free(copy);
         return rc;
     }

@@ -60,6 +60,27 @@ kill "${PIDS[-1]}"; sleep 0.2
 run "$TOOL" backup "$VMSHADOW_REPO" vda=nbd:"$T/nbd.sock":vda; [ $RC = 1 ] || fail "no server: $RC"
 pass "no NBD server is a clear error"
 
+# The image's own persistent bitmap (a shut-off VM's incremental, issue 7):
+# qemu-nbd --bitmap started by vmshadow, no server of ours.
+run "$TOOL" backup --base latest "$VMSHADOW_REPO" vda=qemu-bitmap:qcow2:b1:"$T/d.qcow2"
+[ $RC = 0 ] || fail "incremental from the image's bitmap: $ERR"
+r=$(echo "$OUT" | field bytes_read)
+[ "$r" -le $((3 * 65536)) ] || fail "image-bitmap incremental read $r bytes, not only the dirty extents"
+pass "incremental from the image's persistent bitmap reads only dirty extents ($r bytes)"
+run "$TOOL" restore "$VMSHADOW_REPO" latest vda "$T/r2b.raw"; [ $RC = 0 ] || fail "restore: $ERR"
+cmp "$T/d2.raw" "$T/r2b.raw" || fail "image-bitmap incremental restore differs"
+pass "... and its restore is byte-identical"
+run "$TOOL" backup "$VMSHADOW_REPO" vda=qemu-bitmap:qcow2:nope:"$T/d.qcow2"
+[ $RC = 1 ] && [[ $ERR == *"with bitmap nope"* ]] || fail "missing image bitmap: $RC $ERR"
+# a bitmap left in use: a QEMU that had the image open for writing was killed
+cp "$T/d.qcow2" "$T/k.qcow2"
+qemu-nbd --persistent --format=qcow2 -k "$T/k.sock" "$T/k.qcow2" &
+kpid=$!; wait_sock "$T/k.sock"; kill -9 "$kpid"; wait "$kpid" 2>/dev/null
+qemu-img info --output=json -U "$T/k.qcow2" | grep -q '"in-use"' || fail "the killed qemu-nbd left no in-use bitmap"
+run "$TOOL" backup "$VMSHADOW_REPO" vda=qemu-bitmap:qcow2:b1:"$T/k.qcow2"
+[ $RC = 1 ] && [[ $ERR == *"with bitmap b1"* ]] || fail "inconsistent image bitmap: $RC $ERR"
+pass "a missing or inconsistent image bitmap is a clear error (QEMU refuses it)"
+
 # nbdkit serving the raw file on a Unix socket
 if command -v nbdkit >/dev/null; then
     nbdkit -f -r -U "$T/kit.sock" file "$T/d2.raw" &
