@@ -347,18 +347,20 @@ static void add_vm_backup(const char *path)
     vmsh_repo_free(r);
 }
 
-/* What the master repository holds (path below it, size): when a file of
- * the scratch repository is missing or differs in size, it is copied again. */
+/* What the master repository holds: its files (path below it, size) and
+ * how many entries it has. When a file of the scratch repository is
+ * missing or differs in size, or an entry was added, it is copied again. */
 #define MAX_REPO_FILES 64
 static struct {
     char path[256];
     off_t size;
 } repo_files[MAX_REPO_FILES];
-static size_t n_repo_files;
+static size_t n_repo_files, n_repo_entries, n_seen;
 
 static int note_file(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)ftw;
+    n_repo_entries++;
     if (flag != FTW_F)
         return 0;
     if (n_repo_files == MAX_REPO_FILES)
@@ -369,13 +371,59 @@ static int note_file(const char *path, const struct stat *st, int flag, struct F
     return 0;
 }
 
+static int count_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)path, (void)st, (void)flag, (void)ftw;
+    n_seen++;
+    return 0;
+}
+
 static bool repo_intact(void)
 {
     struct stat st;
     for (size_t i = 0; i < n_repo_files; i++)
-        if (stat(repo_files[i].path, &st) < 0 || st.st_size != repo_files[i].size)
+        if (lstat(repo_files[i].path, &st) < 0 || !S_ISREG(st.st_mode) ||
+            st.st_size != repo_files[i].size)
             return false;
-    return true;
+    n_seen = 0;
+    nftw("repo", count_one, 16, FTW_PHYS);
+    return n_seen == n_repo_entries;
+}
+
+/* Removes every entry of `dir` but those named in `keep`. */
+static void remove_all_but(const char *dir, const char *const *keep, size_t n_keep)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        bool known = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+        for (size_t i = 0; i < n_keep; i++)
+            known |= strcmp(e->d_name, keep[i]) == 0;
+        if (!known) {
+            char p[4400];
+            snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+            nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+/* Writes `text` to `path` unless it holds exactly that (`extract -f -o`
+ * may have overwritten it). */
+static void put_file(const char *path, const char *text)
+{
+    char buf[512];
+    size_t n = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+    }
+    if (f && n == strlen(text) && memcmp(buf, text, n) == 0)
+        return;
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    fuzz_write_file(path, text, strlen(text));
 }
 
 /* The scratch directory: repo/ (a copy of the master repository: the golden
@@ -384,26 +432,28 @@ static bool repo_intact(void)
  * not run) and vmshadow.conf. */
 static void setup(void)
 {
-    static const char *const keep[] = {".", "..", "repo", "state", "writers.d", "vmshadow.conf"};
+    static const char *const keep[] = {"repo", "state", "writers.d", "vmshadow.conf"};
+    static const char *const keep_writer[] = {"app.conf"};
+    static const char writer[] = "name = app\nfreeze = /bin/true\nthaw = /bin/true\n";
+    static const char conf[] = "repo = repo\nconnect = test:///default\n";
     if (!work[0]) {
-        /* The master copy lives beside `work`, out of the commands' reach. */
+        /* The master copy lives beside `work`, out of the commands' reach,
+         * with both lock files the commands create, so that their creation
+         * does not count as a change. */
         snprintf(master, sizeof(master), "%s/cli-repo", fuzz_scratch());
         copy_tree(VMSH_GOLDEN_REPO, master);
         add_vm_backup(master);
+        char p[4400];
+        snprintf(p, sizeof(p), "%s/locks/read", master);
+        fuzz_write_file(p, "", 0);
         nftw(master, note_file, 16, FTW_PHYS);
         snprintf(work, sizeof(work), "%s/cli", fuzz_scratch());
         mkdir(work, 0700);
-        char p[4400];
         snprintf(p, sizeof(p), "%s/state", work);
         mkdir(p, 0700);
         snprintf(p, sizeof(p), "%s/writers.d", work);
         mkdir(p, 0700);
-        snprintf(p, sizeof(p), "%s/writers.d/app.conf", work);
-        static const char writer[] = "name = app\nfreeze = /bin/true\nthaw = /bin/true\n";
-        fuzz_write_file(p, writer, strlen(writer));
         snprintf(p, sizeof(p), "%s/vmshadow.conf", work);
-        static const char conf[] = "repo = repo\nconnect = test:///default\n";
-        fuzz_write_file(p, conf, strlen(conf));
         setenv("VMSHADOW_CONFIG", p, 1);
         snprintf(p, sizeof(p), "%s/state", work);
         setenv("VMSHADOW_STATE_DIR", p, 1);
@@ -418,20 +468,16 @@ static void setup(void)
         if (!freopen("/dev/null", "r", stdin))
             abort();
     }
-    /* Remove what the last run created. */
-    DIR *d = opendir(work);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        bool known = false;
-        for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
-            known |= strcmp(e->d_name, keep[i]) == 0;
-        if (!known) {
-            nftw(e->d_name, rm_one, 16, FTW_DEPTH | FTW_PHYS); /* the cwd is `work` */
-        }
-    }
-    if (d)
-        closedir(d);
-    /* Put the whole repository back when a command changed it (prune, gc). */
+    /* Remove what the last run created (the cwd is `work`), also in the
+     * state and writers directories (`extract -o` and `init -r` can write
+     * there), and put the config files back. */
+    remove_all_but(".", keep, sizeof(keep) / sizeof(keep[0]));
+    remove_all_but("state", NULL, 0);
+    remove_all_but("writers.d", keep_writer, 1);
+    put_file("writers.d/app.conf", writer);
+    put_file("vmshadow.conf", conf);
+    /* Put the whole repository back when a command changed it (prune, gc,
+     * init inside it). */
     if (!repo_intact()) {
         nftw("repo", rm_one, 16, FTW_DEPTH | FTW_PHYS);
         copy_tree(master, "repo");
