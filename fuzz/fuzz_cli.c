@@ -25,8 +25,9 @@
  *    and writers directories come from the environment, which beats both the
  *    command line and the config file;
  *  - the scratch directory is put back after every run: the repository is
- *    copied again when a command changed it, and whatever a command created
- *    is removed.
+ *    copied again when a command changed it, the config file and the
+ *    writers and state directories are restored, and whatever a command
+ *    created is removed.
  * The repository is tests/golden/repo-v1 plus, made once per process through
  * the repository API, a backup with a real VM backup document (two VMs,
  * "web" and "test", the test driver's own VM) for `restore` to plan. */
