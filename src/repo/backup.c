@@ -72,10 +72,13 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     b->time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    if ((rc = repo_load_map(r, err)) < 0 || (rc = pack_writer_new(&b->pw, r, err)) < 0) {
+    if ((rc = pack_writer_new(&b->pw, r, err)) < 0) {
         vmsh_backup_free(b);
         return rc;
     }
+    /* The chunk map loads while the caller prepares its sources (a snapshot
+     * set: identify, freeze, job start); the first file waits for it. */
+    repo_load_map_start(r);
     *out = b;
     return 0;
 }
@@ -94,10 +97,15 @@ void vmsh_backup_free(vmsh_backup *b)
 {
     if (!b)
         return;
+    repo_map_wait(b->repo);
     pack_writer_free(b->pw); /* removes an open temporary pack */
-    if (!b->committed && b->repo->map_loaded) {
+    if (!b->committed) {
         /* The in-memory map may name chunks of packs that were never
-         * completed: forget it; the next user reloads it from disk. */
+         * completed, or be half loaded: forget it; the next user reloads
+         * it from disk. */
+        b->repo->map_rc = 0;
+        vmsh_error_free(b->repo->map_err);
+        b->repo->map_err = NULL;
         chunk_map_clear(&b->repo->map);
         for (size_t i = 0; i < b->repo->n_packs; i++)
             free(b->repo->packs[i].damage);
@@ -439,6 +447,11 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     if (b->broken)
         return vmsh_error_set(
             err, -EIO, "backup %s failed earlier while writing the repository; abort it", b->id);
+    int lr = repo_load_map(r, err);
+    if (lr < 0) {
+        b->broken = true;
+        return vmsh_error_prefix(err, "backup %s: the repository's chunk map", b->id);
+    }
     if (!name_is_valid(name))
         return vmsh_error_set(err, -EINVAL,
                               "file name \"%s\" is not allowed (1-%d bytes, no control "
@@ -657,7 +670,10 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
         document = "";
     if (strlen(document) > MAX_DOCUMENT_LEN)
         return vmsh_error_set(err, -EFBIG, "the backup document is too large");
-    int rc = pack_writer_flush(b->pw, err);
+    int rc = repo_load_map(b->repo, err); /* a backup without files */
+    if (rc < 0)
+        return rc;
+    rc = pack_writer_flush(b->pw, err);
     if (rc < 0) {
         b->broken = true;
         return rc;

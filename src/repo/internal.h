@@ -185,8 +185,13 @@ struct vmsh_repo {
     unsigned threads;
     repo_keys keys;
     crypto_ctx *crypto; /* for the calling thread */
-    /* chunk map, loaded on first need */
+    /* chunk map, loaded on first need; a pending backup loads it in a
+     * thread of its own (repo_load_map_start) that repo_load_map joins */
     bool map_loaded;
+    bool map_thread_on;
+    pthread_t map_thread;
+    int map_rc; /* the thread's result, kept until repo_load_map */
+    vmsh_error *map_err;
     chunk_map map;
     pack_info *packs;
     size_t n_packs, cap_packs;
@@ -198,6 +203,14 @@ struct vmsh_repo {
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
+/* Starts loading the chunk map in a thread (with its own crypto context),
+ * so that it overlaps what the caller does next; nothing may touch the map,
+ * or the packs until
+ * repo_load_map (which returns the thread's error) or repo_map_wait. Falls
+ * back to loading at the next repo_load_map when no thread can start. */
+void repo_load_map_start(vmsh_repo *r);
+/* Waits for that thread, if any; its error stays for repo_load_map. */
+void repo_map_wait(vmsh_repo *r);
 /* Registers a new pack (by the pack writer); returns its number. */
 int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks);
 int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err);

@@ -259,6 +259,7 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         goto out;
     }
     /* a fresh view of the packs */
+    repo_map_wait(r);
     chunk_map_clear(&r->map);
     for (size_t i = 0; i < r->n_packs; i++)
         free(r->packs[i].damage);

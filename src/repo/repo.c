@@ -229,6 +229,8 @@ void vmsh_repo_free(vmsh_repo *r)
 {
     if (!r)
         return;
+    repo_map_wait(r);
+    vmsh_error_free(r->map_err);
     chunk_map_clear(&r->map);
     for (size_t i = 0; i < r->n_packs; i++)
         free(r->packs[i].damage);
@@ -385,7 +387,7 @@ static int cmp_name33(const void *a, const void *b)
     return strcmp((const char *)a, (const char *)b);
 }
 
-int repo_load_map(vmsh_repo *r, vmsh_error **err)
+static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
 {
     if (r->map_loaded)
         return 0;
@@ -402,8 +404,7 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err)
         uint32_t ne = 0;
         uint64_t size = 0;
         vmsh_error *e = NULL;
-        rc = p ? pack_read_table(p, r->crypto, r->keys.encrypted, &entries, &ne, &size, &e)
-               : -ENOMEM;
+        rc = p ? pack_read_table(p, crypto, r->keys.encrypted, &entries, &ne, &size, &e) : -ENOMEM;
         int no = repo_add_pack(r, names[i], size, ne);
         if (no < 0) {
             free(entries);
@@ -438,6 +439,46 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err)
     free(names);
     r->map_loaded = true;
     return 0;
+}
+
+static void *map_thread_main(void *arg)
+{
+    vmsh_repo *r = arg;
+    crypto_ctx *c = NULL;
+    r->map_rc = crypto_ctx_new(&c, &r->keys, &r->map_err);
+    if (r->map_rc == 0)
+        r->map_rc = load_map_now(r, c, &r->map_err);
+    crypto_ctx_free(c);
+    return NULL;
+}
+
+void repo_load_map_start(vmsh_repo *r)
+{
+    if (r->map_loaded || r->map_thread_on || r->map_rc < 0)
+        return;
+    if (pthread_create(&r->map_thread, NULL, map_thread_main, r) == 0)
+        r->map_thread_on = true;
+}
+
+void repo_map_wait(vmsh_repo *r)
+{
+    if (!r->map_thread_on)
+        return;
+    pthread_join(r->map_thread, NULL);
+    r->map_thread_on = false;
+}
+
+int repo_load_map(vmsh_repo *r, vmsh_error **err)
+{
+    repo_map_wait(r);
+    if (r->map_rc < 0) {
+        /* once: a later call tries again from what is loaded */
+        int rc = r->map_rc;
+        r->map_rc = 0;
+        vmsh_error_propagate(err, &r->map_err);
+        return rc;
+    }
+    return load_map_now(r, r->crypto, err);
 }
 
 /* ---- chunk reader ---- */

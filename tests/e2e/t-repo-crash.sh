@@ -64,7 +64,12 @@ pass "backups killed at arbitrary moments are absent or complete; gc leaves no t
 had=$(nbackups)
 "$TOOL" backup --hold-ms 4000 "$VMSHADOW_REPO" x=buf:first >"$T/bg.out" 2>&1 &
 BGPID=$!
-for _ in $(seq 100); do flock -n "$VMSHADOW_REPO/locks/write" true || break; sleep 0.05; done
+# Wait until it holds the lock, looking at its open files: probing with
+# flock would itself hold the lock for an instant and could make it busy.
+holds_lock() { ls -l "/proc/$1/fd" 2>/dev/null | grep -q "locks/write"; }
+for _ in $(seq 100); do holds_lock $BGPID && break; sleep 0.05; done
+holds_lock $BGPID || fail "the first writer did not take the lock: $(cat "$T/bg.out")"
+sleep 0.1 # from open to flock
 run "$TOOL" backup "$VMSHADOW_REPO" y=buf:second; [ $RC = 4 ] && [[ $ERR == *busy* ]] || fail "second writer: $RC $ERR"
 pass "a second writer gets exit code 4 (busy)"
 run "$VMSHADOW" gc; [ $RC = 4 ] || fail "gc beside a backup: $RC $ERR"
