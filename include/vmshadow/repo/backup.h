@@ -31,7 +31,10 @@ typedef struct vmsh_backup vmsh_backup;
 typedef struct vmsh_file_index vmsh_file_index;
 
 /* Starts a pending backup. -EBUSY when another backup, prune or gc holds
- * the repository's write lock. The pending backup borrows `r`. */
+ * the repository's write lock. The pending backup borrows `r`. The chunk
+ * map loads in a thread meanwhile (it overlaps the caller's snapshot): the
+ * first vmsh_backup_add_* (or the commit) waits for it and returns its
+ * error, e.g. -EPROTONOSUPPORT for a pack of a newer format. */
 int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err);
 
 /* The new backup's ID (16 hex digits), known from begin on. */
