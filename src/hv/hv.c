@@ -278,18 +278,16 @@ int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_ag
         a->error = strdup("the guest agent is not connected (not installed or not started in "
                           "the guest)");
     } else {
-        char *ping = agent_call(d, "{\"execute\":\"guest-ping\"}", timeout_s, &a->error);
-        vmsh_error *e = NULL;
-        a->reachable = ping && vmsh_agent_reply_return(ping, strlen(ping), NULL, &e) == 0;
-        if (ping && !a->reachable)
-            set_why(&a->error, e);
-        free(ping);
-    }
-    if (a->reachable) {
+        /* guest-info answers whether the agent is reachable too: one round
+         * trip less than a guest-ping first (each costs a guest-sync as
+         * well, and a TCG guest answers slowly) */
         char *info = agent_call(d, "{\"execute\":\"guest-info\"}", timeout_s, &a->error);
         vmsh_agent_caps caps = {0};
         vmsh_error *e = NULL;
-        if (info && vmsh_agent_parse_info(info, strlen(info), &caps, &e) < 0)
+        a->reachable = info && vmsh_agent_reply_return(info, strlen(info), NULL, &e) == 0;
+        if (info && !a->reachable)
+            set_why(&a->error, e);
+        else if (info && vmsh_agent_parse_info(info, strlen(info), &caps, &e) < 0)
             set_why(&a->error, e);
         free(info);
         a->can_freeze = caps.can_freeze;
