@@ -164,6 +164,8 @@ off_bytes=$(bytes_of "$G")
 check "it read about what changed (1 MiB written, $off_bytes read)" \
     test "$off_bytes" -ge $MiB -a "$off_bytes" -le $((3 * MiB))
 check "the VM is still shut off" test "$(lab_state g)" = "shut off"
+vsh list
+check "list says the shut-off VM's backup was incremental" grep -q "^$B_OFF .* incremental " <<<"$OUT"
 vsh --json backup "$G" --full
 check "--full backup of the shut-off VM" test "$RC" = 0
 B_OFF_FULL=$(jq -r .backup <<<"$OUT")
