@@ -17,27 +17,8 @@ for w in alpha beta; do
     printf 'name = %s\nfreeze = /bin/true\nthaw = /bin/true\ntimeout = 10\n' $w \
         > "$VMSHADOW_WRITERS_DIR/$w.conf"
 done
-n=0 failed=0
-# vg WANT-EXIT ARGS...: runs vmshadow ARGS under valgrind. 99 is valgrind's
-# own exit code (an error or a leak), distinct from vmshadow's 0-4.
-vg() {
-    local want=$1; shift
-    n=$((n + 1))
-    valgrind -q --leak-check=full \
-        --error-exitcode=99 --log-file="$T/vg.$n" \
-        "$VMSHADOW" "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    # "==PID==" lines are valgrind's reports; "--PID--" lines are notes about
-    # itself (valgrind 3.19 does not know pidfd_open, which proc.c then
-    # does without).
-    if [ $rc = 99 ] || grep -q '^==' "$T/vg.$n"; then
-        echo "not ok $n - vmshadow $*: valgrind reports:"; cat "$T/vg.$n"; failed=$((failed + 1))
-    elif [ $rc != "$want" ]; then
-        echo "not ok $n - vmshadow $*: exit $rc, wanted $want"; cat "$T/err"; failed=$((failed + 1))
-    else
-        echo "ok $n - vmshadow $* (exit $rc, no error or leak)"
-    fi
-}
+VG_DIR=$T
+. "$(dirname "$0")/valgrind-common.sh"
 vg 0 init
 vg 0 --json backup
 id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["backup"])' "$T/out" 2>/dev/null)
@@ -71,5 +52,4 @@ vg 0 list
 vg 1 -r "$T/nowhere" list
 vg 2 list --bogus
 vg 2 bogus-command
-echo "$n checks, $failed failed"
-[ $failed = 0 ]
+vg_summary

@@ -18,36 +18,22 @@ lab_guest_define s --no-agent
 lab_guest_start g
 lab_guest_start s
 G=$(lab_domname g); S=$(lab_domname s)
-n=0 failed=0
-vg() {
-    local want=$1; shift
-    n=$((n + 1))
-    valgrind -q --leak-check=full --error-exitcode=99 --log-file="$LAB_WORK/vg.$n" \
-        "$VMSHADOW" "$@" >"$LAB_WORK/out" 2>"$LAB_WORK/err"
-    local rc=$?
-    if [ $rc = 99 ] || grep -q '^==' "$LAB_WORK/vg.$n"; then
-        echo "not ok $n - vmshadow $*: valgrind reports:"; cat "$LAB_WORK/vg.$n"; failed=$((failed + 1))
-    elif [ $rc != "$want" ]; then
-        echo "not ok $n - vmshadow $*: exit $rc, wanted $want"; cat "$LAB_WORK/err"; failed=$((failed + 1))
-    else
-        echo "ok $n - vmshadow $* (exit $rc, no error or leak)"
-    fi
-}
+VG_DIR=$LAB_WORK
+. "$VMSH_SOURCE_DIR/tests/valgrind-common.sh"
 vg 0 init
 vg 0 --json vms
 vg 0 --json backup "$G" "$S"
-B1=$(jq -r .backup "$LAB_WORK/out")
-jq -e '[.vms[].method] | sort == ["guest", "saved-state"]' "$LAB_WORK/out" >/dev/null ||
-    { echo "not ok - the set did not use both methods: $(cat "$LAB_WORK/out")"; failed=$((failed + 1)); }
+B1=$(jq -r .backup "$VG_DIR/out")
+jq -e '[.vms[].method] | sort == ["guest", "saved-state"]' "$VG_DIR/out" >/dev/null ||
+    { echo "not ok - the set did not use both methods: $(cat "$VG_DIR/out")"; failed=$((failed + 1)); }
 lab_gexec g 'echo after > /mnt/data/after; sync' >/dev/null
 vg 0 --json backup "$G"
-jq -e '.vms[0].incremental == true' "$LAB_WORK/out" >/dev/null ||
-    { echo "not ok - the second backup was not incremental: $(cat "$LAB_WORK/out")"; failed=$((failed + 1)); }
+jq -e '.vms[0].incremental == true' "$VG_DIR/out" >/dev/null ||
+    { echo "not ok - the second backup was not incremental: $(cat "$VG_DIR/out")"; failed=$((failed + 1)); }
 vg 0 restore latest "$G" --dry-run
 vg 0 --json restore latest "$G" --force
 [ -n "$(lab_state g)" ] || { echo "not ok - $G is gone after the restore"; failed=$((failed + 1)); }
 vg 0 restore "$B1" "$S" --force
 vg 0 recover
 vg 0 verify
-echo "$n checks, $failed failed"
-[ $failed = 0 ]
+vg_summary

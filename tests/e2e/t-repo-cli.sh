@@ -4,15 +4,9 @@
 # are made with vmshadow-repo-tool, which calls the same library API as the
 # VM writer (include/vmshadow/repo).
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
-T=$(mktemp -d /tmp/t-repo-cli.XXXXXX); trap 'rm -rf "$T"' EXIT
-export VMSHADOW_REPO=$T/repo VMSHADOW_CONFIG=$T/vmshadow.conf
-: > "$VMSHADOW_CONFIG"; unset VMSHADOW_KEY_FILE
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
+unset VMSHADOW_KEY_FILE
 
 # an 8 MiB image: holes, text, random
 truncate -s 8M "$T/a.img"

@@ -5,22 +5,14 @@
 # backup (a clear error, nothing visible, gc cleans up). Needs root for the
 # small tmpfs; skipped (exit 0 with a note) for that part otherwise.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
-T=$(mktemp -d /tmp/t-repo-crash.XXXXXX)
+unset VMSHADOW_KEY_FILE
 MNT=
-cleanup() {
+scratch_stop() {
     [ -n "$MNT" ] && umount "$MNT" 2>/dev/null
     [ -n "${BGPID:-}" ] && kill "$BGPID" 2>/dev/null
-    rm -rf "$T"
 }
-trap cleanup EXIT
-export VMSHADOW_CONFIG=$T/vmshadow.conf VMSHADOW_REPO=$T/repo
-: > "$VMSHADOW_CONFIG"; unset VMSHADOW_KEY_FILE
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
 count() { find "$VMSHADOW_REPO/$1" -type f | wc -l; }
 nbackups() { "$VMSHADOW" --json list | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["backups"]))'; }
 

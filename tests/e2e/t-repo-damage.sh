@@ -4,15 +4,10 @@
 # must find every injected damage, name the backup and file, and exit 3;
 # restores of damaged files fail with exit 3 and leave nothing at the target.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
-T=$(mktemp -d /tmp/t-repo-damage.XXXXXX); trap 'rm -rf "$T"' EXIT
-export VMSHADOW_CONFIG=$T/vmshadow.conf
-: > "$VMSHADOW_CONFIG"; unset VMSHADOW_KEY_FILE
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
+unset VMSHADOW_KEY_FILE
+unset VMSHADOW_REPO # every command names its repository
 flip() { # flip one bit of $1 at byte offset $2
     python3 -c "
 import sys; f=open(sys.argv[1],'r+b'); f.seek(int(sys.argv[2])); b=f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0]^0x10]))" "$1" "$2"

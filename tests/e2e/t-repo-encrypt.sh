@@ -4,15 +4,9 @@
 # names, documents) appears in the repository's files; a missing or wrong
 # key is a clear error; damage is still found by verify (exit 3).
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
-T=$(mktemp -d /tmp/t-repo-encrypt.XXXXXX); trap 'rm -rf "$T"' EXIT
-export VMSHADOW_CONFIG=$T/vmshadow.conf VMSHADOW_REPO=$T/repo
-: > "$VMSHADOW_CONFIG"; unset VMSHADOW_KEY_FILE
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
+unset VMSHADOW_KEY_FILE
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 echo "correct horse battery staple" > "$T/key"

@@ -5,18 +5,11 @@
 # the extents a QEMU dirty bitmap marks. Every restore is compared byte for
 # byte with the image QEMU sees.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
-T=$(mktemp -d /tmp/t-repo-sources.XXXXXX)
+unset VMSHADOW_KEY_FILE
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"; }
-trap cleanup EXIT
-export VMSHADOW_CONFIG=$T/vmshadow.conf VMSHADOW_REPO=$T/repo
-: > "$VMSHADOW_CONFIG"; unset VMSHADOW_KEY_FILE
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
-run() { OUT=$("$@" 2>"$T/err"); RC=$?; ERR=$(cat "$T/err"); }
+scratch_stop() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 wait_sock() { for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done; fail "no socket $1"; }
 
