@@ -28,8 +28,9 @@
  * shut-off VM's backup records the checkpoint it read from again: its bitmap
  * holds every change since that checkpoint, a superset of the changes since
  * this backup, so the next backup may read from it too (while the VM stays
- * off; once it runs, its domain ID differs and the next backup is full). The base of an incremental
- * read is the previous backup's index of the file: the new index is complete (no chain to restore).
+ * off; once it runs, its domain ID differs and the next backup is full).
+ * The base of an incremental read is the previous backup's index of the
+ * file: the new index is complete (no chain to restore).
  */
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/providers/pull.h>
