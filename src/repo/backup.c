@@ -103,14 +103,7 @@ void vmsh_backup_free(vmsh_backup *b)
         /* The in-memory map may name chunks of packs that were never
          * completed, or be half loaded: forget it; the next user reloads
          * it from disk. */
-        b->repo->map_rc = 0;
-        vmsh_error_free(b->repo->map_err);
-        b->repo->map_err = NULL;
-        chunk_map_clear(&b->repo->map);
-        for (size_t i = 0; i < b->repo->n_packs; i++)
-            free(b->repo->packs[i].damage);
-        b->repo->n_packs = 0;
-        b->repo->map_loaded = false;
+        repo_map_forget(b->repo);
     }
     for (size_t i = 0; i < b->n_files; i++)
         free(b->files[i].name);

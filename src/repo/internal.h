@@ -211,6 +211,9 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err);
 void repo_load_map_start(vmsh_repo *r);
 /* Waits for that thread, if any; its error stays for repo_load_map. */
 void repo_map_wait(vmsh_repo *r);
+/* Forgets the in-memory map and packs (after waiting for the thread): the
+ * next repo_load_map reads them from disk again. */
+void repo_map_forget(vmsh_repo *r);
 /* Registers a new pack (by the pack writer); returns its number. */
 int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks);
 int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err);

@@ -259,12 +259,7 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         goto out;
     }
     /* a fresh view of the packs */
-    repo_map_wait(r);
-    chunk_map_clear(&r->map);
-    for (size_t i = 0; i < r->n_packs; i++)
-        free(r->packs[i].damage);
-    r->n_packs = 0;
-    r->map_loaded = false;
+    repo_map_forget(r);
     if ((rc = repo_load_map(r, err)) < 0)
         goto out;
     n_old = r->n_packs;
@@ -384,11 +379,7 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
 out:
     pack_writer_free(pw);
     /* the in-memory view is stale after gc: reload on next need */
-    chunk_map_clear(&r->map);
-    for (size_t i = 0; i < r->n_packs; i++)
-        free(r->packs[i].damage);
-    r->n_packs = 0;
-    r->map_loaded = false;
+    repo_map_forget(r);
     free(dead);
     free(indexes.v);
     chunk_map_clear(&live);

@@ -468,14 +468,30 @@ void repo_map_wait(vmsh_repo *r)
     r->map_thread_on = false;
 }
 
+void repo_map_forget(vmsh_repo *r)
+{
+    repo_map_wait(r);
+    r->map_rc = 0;
+    vmsh_error_free(r->map_err);
+    r->map_err = NULL;
+    chunk_map_clear(&r->map);
+    for (size_t i = 0; i < r->n_packs; i++)
+        free(r->packs[i].damage);
+    r->n_packs = 0;
+    r->map_loaded = false;
+}
+
 int repo_load_map(vmsh_repo *r, vmsh_error **err)
 {
     repo_map_wait(r);
     if (r->map_rc < 0) {
-        /* once: a later call tries again from what is loaded */
+        /* the thread's error, once; what it half loaded goes, so that a
+         * later call starts from nothing */
         int rc = r->map_rc;
-        r->map_rc = 0;
-        vmsh_error_propagate(err, &r->map_err);
+        vmsh_error *e = r->map_err;
+        r->map_err = NULL;
+        repo_map_forget(r);
+        vmsh_error_propagate(err, &e);
         return rc;
     }
     return load_map_now(r, r->crypto, err);

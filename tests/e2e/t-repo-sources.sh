@@ -68,8 +68,12 @@ run "$TOOL" backup "$VMSHADOW_REPO" vda=qemu-bitmap:qcow2:nope:"$T/d.qcow2"
 # a bitmap left in use: a QEMU that had the image open for writing was killed
 cp "$T/d.qcow2" "$T/k.qcow2"
 qemu-nbd --persistent --format=qcow2 -k "$T/k.sock" "$T/k.qcow2" &
-kpid=$!; wait_sock "$T/k.sock"; kill -9 "$kpid"; wait "$kpid" 2>/dev/null
-qemu-img info --output=json -U "$T/k.qcow2" | grep -q '"in-use"' || fail "the killed qemu-nbd left no in-use bitmap"
+kpid=$!; PIDS+=($kpid); wait_sock "$T/k.sock"
+# it marks the bitmap in use once it has the image open for writing
+in_use() { qemu-img info --output=json -U "$T/k.qcow2" | grep -q '"in-use"'; }
+for _ in $(seq 50); do in_use && break; sleep 0.1; done
+kill -9 "$kpid"; wait "$kpid" 2>/dev/null
+in_use || fail "the killed qemu-nbd left no in-use bitmap"
 run "$TOOL" backup "$VMSHADOW_REPO" vda=qemu-bitmap:qcow2:b1:"$T/k.qcow2"
 [ $RC = 1 ] && [[ $ERR == *"with bitmap b1"* ]] || fail "inconsistent image bitmap: $RC $ERR"
 pass "a missing or inconsistent image bitmap is a clear error (QEMU refuses it)"
