@@ -7,6 +7,7 @@
 #include "cli.h"
 
 #include <vmshadow/coord/coord.h>
+#include <vmshadow/coord/document.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/repo/backup.h>
 #include <vmshadow/repo/repo.h>
@@ -430,44 +431,15 @@ static json_object *vms_json(const vmsh_set *set)
         const vmsh_metadata *md = vmsh_set_writer_metadata(set, i);
         for (size_t c = 0; md && c < vmsh_metadata_component_count(md); c++) {
             const vmsh_component *comp = vmsh_metadata_component(md, c);
-            json_object *o = json_object_new_object(), *ex = json_object_new_array();
-            json_object_object_add(o, "name", jstr(vmsh_component_name(comp)));
-            json_object_object_add(o, "method", jstr(vmsh_component_method(comp)));
-            json_object_object_add(o, "reason", jstr(vmsh_component_reason(comp)));
-            json_object_object_add(o, "state_before", jstr(vmsh_component_state_before(comp)));
-            json_object_object_add(o, "state_after", jstr(vmsh_component_state_after(comp)));
-            for (size_t k = 0; k < vmsh_component_excluded_count(comp); k++) {
-                json_object *x = json_object_new_object();
-                json_object_object_add(x, "name", jstr(vmsh_component_excluded_name(comp, k)));
-                json_object_object_add(x, "reason", jstr(vmsh_component_excluded_reason(comp, k)));
-                json_object_array_add(ex, x);
-            }
-            json_object_object_add(o, "excluded_disks", ex);
+            /* the document's summary of the VM (name, method, reason,
+             * states, excluded disks, how each disk was read) */
+            json_object *o = vmsh_backup_doc_vm_json(comp, NULL);
+            if (!o)
+                continue;
             /* measured by the VM writer: how long the VM was stopped (R1) */
             json_object *extra = vmsh_component_extra(comp), *dt = NULL;
             if (extra && json_object_object_get_ex(extra, "downtime_ms", &dt))
                 json_object_object_add(o, "downtime_ms", json_object_get(dt));
-            /* issue 7: per disk, full or incremental, why, bytes read */
-            json_object *disks = json_object_new_array();
-            bool incremental = false;
-            for (size_t k = 0; k < vmsh_component_file_count(comp); k++) {
-                const vmsh_file *f = vmsh_component_file(comp, k);
-                json_object *st = vmsh_file_stored(f);
-                const char *mode = jmember_str(st, "read");
-                if (!mode)
-                    continue;
-                json_object *d = json_object_new_object();
-                const char *fn = vmsh_file_name(f);
-                json_object_object_add(d, "name", jstr(strncmp(fn, "disk/", 5) == 0 ? fn + 5 : fn));
-                json_object_object_add(d, "read", jstr(mode));
-                json_object_object_add(d, "reason", jstr(jmember_str(st, "read_reason")));
-                json_object_object_add(d, "bytes_read",
-                                       json_object_new_int64((int64_t)vmsh_file_bytes_read(f)));
-                json_object_array_add(disks, d);
-                incremental = incremental || strcmp(mode, "incremental") == 0;
-            }
-            json_object_object_add(o, "incremental", json_object_new_boolean(incremental));
-            json_object_object_add(o, "disks", disks);
             json_object_array_add(a, o);
         }
     }

@@ -20,8 +20,6 @@ struct vmsh_backup_doc {
     size_t n;
 };
 
-/* The "vms" summary: one entry per component of a "vm" writer, the shape of
- * `backup --json` (CLI.md), so that `list` needs no knowledge of writers. */
 static const char *stored_str(struct json_object *st, const char *key)
 {
     struct json_object *v = NULL;
@@ -68,6 +66,40 @@ static int add_reads(struct json_object *o, const vmsh_component *comp, bool *an
     return 0;
 }
 
+/* The "vms" summary: one entry per component of a "vm" writer, the shape of
+ * `backup --json` (CLI.md), so that `list` needs no knowledge of writers. */
+struct json_object *vmsh_backup_doc_vm_json(const vmsh_component *comp, bool *incremental)
+{
+    struct json_object *o = json_object_new_object();
+    struct json_object *ex = json_object_new_array();
+    bool any = false;
+    int bad = !o || !ex || vmsh_json_add_str(o, "name", vmsh_component_name(comp)) ||
+              vmsh_json_add_str(o, "method", vmsh_component_method(comp)) ||
+              vmsh_json_add_str(o, "reason", vmsh_component_reason(comp)) ||
+              vmsh_json_add_str(o, "state_before", vmsh_component_state_before(comp)) ||
+              vmsh_json_add_str(o, "state_after", vmsh_component_state_after(comp));
+    for (size_t k = 0; !bad && k < vmsh_component_excluded_count(comp); k++) {
+        struct json_object *x = json_object_new_object();
+        bad = !x || vmsh_json_add_str(x, "name", vmsh_component_excluded_name(comp, k)) ||
+              vmsh_json_add_str(x, "reason", vmsh_component_excluded_reason(comp, k)) ||
+              json_object_array_add(ex, x);
+    }
+    if (!bad) {
+        bad = json_object_object_add(o, "excluded_disks", ex);
+        ex = NULL;
+    }
+    if (!bad)
+        bad = add_reads(o, comp, &any);
+    json_object_put(ex);
+    if (bad) {
+        json_object_put(o);
+        return NULL;
+    }
+    if (incremental && any)
+        *incremental = true;
+    return o;
+}
+
 static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *const *kinds,
                                        size_t n, bool *any_incremental)
 {
@@ -76,30 +108,9 @@ static struct json_object *vms_summary(vmsh_metadata *const *mds, const char *co
         if (!kinds[i] || strcmp(kinds[i], "vm") != 0)
             continue;
         for (size_t c = 0; c < vmsh_metadata_component_count(mds[i]); c++) {
-            const vmsh_component *comp = vmsh_metadata_component(mds[i], c);
-            struct json_object *o = json_object_new_object();
-            struct json_object *ex = json_object_new_array();
-            int bad = !o || !ex || vmsh_json_add_str(o, "name", vmsh_component_name(comp)) ||
-                      vmsh_json_add_str(o, "method", vmsh_component_method(comp)) ||
-                      vmsh_json_add_str(o, "reason", vmsh_component_reason(comp)) ||
-                      vmsh_json_add_str(o, "state_before", vmsh_component_state_before(comp)) ||
-                      vmsh_json_add_str(o, "state_after", vmsh_component_state_after(comp));
-            for (size_t k = 0; !bad && k < vmsh_component_excluded_count(comp); k++) {
-                struct json_object *x = json_object_new_object();
-                bad = !x || vmsh_json_add_str(x, "name", vmsh_component_excluded_name(comp, k)) ||
-                      vmsh_json_add_str(x, "reason", vmsh_component_excluded_reason(comp, k)) ||
-                      json_object_array_add(ex, x);
-            }
-            if (!bad) {
-                bad = json_object_object_add(o, "excluded_disks", ex);
-                ex = NULL;
-            }
-            if (!bad)
-                bad = add_reads(o, comp, any_incremental);
-            if (!bad)
-                bad = json_object_array_add(a, o);
-            json_object_put(ex);
-            if (bad) {
+            struct json_object *o =
+                vmsh_backup_doc_vm_json(vmsh_metadata_component(mds[i], c), any_incremental);
+            if (!o || json_object_array_add(a, o)) {
                 json_object_put(o);
                 json_object_put(a);
                 return NULL;

@@ -42,4 +42,12 @@ vmsh_metadata *vmsh_backup_doc_writer(const vmsh_backup_doc *d, size_t i);
 /* The parsed JSON (borrowed). */
 struct json_object *vmsh_backup_doc_json(const vmsh_backup_doc *d);
 
+/* One VM of the document's "vms" summary, the shape CLI.md gives `backup
+ * --json` too: name, method, reason, state_before, state_after,
+ * excluded_disks, incremental and disks ([{name, read, reason, bytes_read}],
+ * from what the requestor recorded in each file's "stored"). A new object,
+ * or NULL when out of memory. *incremental (may be NULL) is set to true when
+ * a disk of the VM was read incrementally, else left alone. */
+struct json_object *vmsh_backup_doc_vm_json(const vmsh_component *comp, bool *incremental);
+
 #endif
