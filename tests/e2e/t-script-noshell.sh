@@ -7,16 +7,7 @@
 # (exit 1, the message names the operator) or runs with the text as plain
 # arguments.
 set -uo pipefail
-VMSHADOW=${VMSHADOW:-$VMSH_BUILD_DIR/src/vmshadow}
-T=$(mktemp -d /tmp/t-script-noshell.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-export VMSHADOW_STATE_DIR=$T/state VMSHADOW_WRITERS_DIR=$T/writers.d VMSHADOW_REPO=$T/repo
-export VMSHADOW_CONFIG=$T/vmshadow.conf LIBVIRT_DEFAULT_URI=test:///default
-: >"$VMSHADOW_CONFIG"
-mkdir -p "$VMSHADOW_WRITERS_DIR"
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { echo "not ok - $*" >&2; exit 1; }
+. "$VMSH_SOURCE_DIR/tests/e2e/scratch.sh"
 "$VMSHADOW" init >/dev/null 2>&1 || fail "init"
 
 P=$T/pwned
