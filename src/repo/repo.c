@@ -229,11 +229,7 @@ void vmsh_repo_free(vmsh_repo *r)
 {
     if (!r)
         return;
-    repo_map_wait(r);
-    vmsh_error_free(r->map_err);
-    chunk_map_clear(&r->map);
-    for (size_t i = 0; i < r->n_packs; i++)
-        free(r->packs[i].damage);
+    repo_map_forget(r);
     free(r->packs);
     crypto_ctx_free(r->crypto);
     pthread_mutex_destroy(&r->lock);
