@@ -445,10 +445,17 @@ int vmsh_hv_checkpoint_list(vmsh_hv *hv, const char *vm, const char *prefix, cha
 int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, bool metadata_fallback,
                               vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm);
-    if (!d)
-        return 0; /* no VM, no checkpoint */
-    int r = 0;
+    virDomainPtr d = NULL;
+    vmsh_error *e = NULL;
+    int r = lookup(hv, vm, &d, &e);
+    if (r < 0) {
+        if (r == -ENOENT)
+            r = 0; /* no VM, no checkpoint */
+        else
+            vmsh_error_propagate(err, &e);
+        vmsh_error_free(e);
+        return r;
+    }
     virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(d, name, 0);
     if (cp) {
         if (virDomainCheckpointDelete(cp, 0) < 0) {
