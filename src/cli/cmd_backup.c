@@ -8,6 +8,7 @@
 
 #include <vmshadow/coord/coord.h>
 #include <vmshadow/coord/document.h>
+#include <vmshadow/coord/json.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/repo/backup.h>
 #include <vmshadow/repo/repo.h>
@@ -198,15 +199,6 @@ static int open_source(const vmsh_file *f, const char *dirty_context, vmsh_sourc
     return vmsh_source_open_qemu_image(out, vmsh_file_source_path(f), fmt, err);
 }
 
-static const char *jmember_str(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v) ||
-        !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 /* The VM writer's plan for a disk file (its component extra.disks entry:
  * "read", "read_reason", "base_backup", "dirty_context"), or NULL. */
 static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f)
@@ -220,7 +212,7 @@ static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, 
         return NULL;
     for (size_t i = 0; i < json_object_array_length(disks); i++) {
         json_object *d = json_object_array_get_idx(disks, i);
-        const char *t = jmember_str(d, "target");
+        const char *t = vmsh_json_str(d, "target");
         if (t && strcmp(t, fname + 5) == 0)
             return d;
     }
@@ -236,9 +228,9 @@ static int open_incremental(cli_requestor *q, const char *name, const vmsh_file 
                             json_object *plan, vmsh_source **src, vmsh_file_index **base,
                             char **why, vmsh_error **err)
 {
-    const char *ctx = jmember_str(plan, "dirty_context");
-    const char *bitmap = jmember_str(plan, "bitmap");
-    const char *base_id = jmember_str(plan, "base_backup");
+    const char *ctx = vmsh_json_str(plan, "dirty_context");
+    const char *bitmap = vmsh_json_str(plan, "bitmap");
+    const char *base_id = vmsh_json_str(plan, "base_backup");
     const char *fmt = vmsh_file_source_format(f);
     bool nbd = vmsh_file_source_type(f) == VMSH_SOURCE_NBD;
     vmsh_error *e = NULL;
@@ -288,7 +280,7 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     vmsh_source *src = NULL;
     vmsh_file_index *base = NULL;
     json_object *plan = disk_plan(md, c, f);
-    const char *read_mode = jmember_str(plan, "read");
+    const char *read_mode = vmsh_json_str(plan, "read");
     _cleanup_free_ char *why = NULL;
     r = 1;
     if (read_mode && strcmp(read_mode, "incremental") == 0 &&
@@ -298,12 +290,13 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
         if (read_mode && strcmp(read_mode, "incremental") == 0)
             read_mode = "full";
         else if (read_mode && !why)
-            why =
-                jmember_str(plan, "read_reason") ? strdup(jmember_str(plan, "read_reason")) : NULL;
+            why = vmsh_json_str(plan, "read_reason") ? strdup(vmsh_json_str(plan, "read_reason"))
+                                                     : NULL;
         if ((r = open_source(f, NULL, &src, err)) < 0)
             return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
     } else {
-        why = jmember_str(plan, "read_reason") ? strdup(jmember_str(plan, "read_reason")) : NULL;
+        why =
+            vmsh_json_str(plan, "read_reason") ? strdup(vmsh_json_str(plan, "read_reason")) : NULL;
     }
     vmsh_cli_debug(q->cli, "copying %s%s%s", name, read_mode ? ", read " : "",
                    read_mode ? read_mode : "");
@@ -340,7 +333,7 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
         json_object_object_add(stored, "read_reason", why ? json_object_new_string(why) : NULL);
         if (had_base)
             json_object_object_add(stored, "base",
-                                   json_object_new_string(jmember_str(plan, "base_backup")));
+                                   json_object_new_string(vmsh_json_str(plan, "base_backup")));
         json_object_object_add(stored, "base_chunks",
                                json_object_new_int64((int64_t)st.base_chunks));
     }
@@ -468,14 +461,14 @@ static int repo_history(vmsh_repo *repo, json_object **out, vmsh_error **err)
             json_object_is_type(ws, json_type_array)) {
             for (size_t k = 0; k < json_object_array_length(ws); k++) {
                 json_object *wm = json_object_array_get_idx(ws, k), *wr = NULL, *cs = NULL;
-                if (!json_object_object_get_ex(wm, "writer", &wr) || !jmember_str(wr, "id") ||
-                    strcmp(jmember_str(wr, "id"), VMSH_VM_WRITER_ID) != 0 ||
+                if (!json_object_object_get_ex(wm, "writer", &wr) || !vmsh_json_str(wr, "id") ||
+                    strcmp(vmsh_json_str(wr, "id"), VMSH_VM_WRITER_ID) != 0 ||
                     !json_object_object_get_ex(wm, "components", &cs) ||
                     !json_object_is_type(cs, json_type_array))
                     continue;
                 for (size_t c = 0; c < json_object_array_length(cs); c++) {
                     json_object *comp = json_object_array_get_idx(cs, c), *ex = NULL;
-                    const char *name = jmember_str(comp, "name");
+                    const char *name = vmsh_json_str(comp, "name");
                     if (!name || json_object_object_get_ex(h, name, NULL))
                         continue;
                     json_object *e = json_object_new_object();

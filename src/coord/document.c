@@ -1,6 +1,7 @@
 /* document.c - the backup document (include/vmshadow/coord/document.h,
  * docs/formats/backup-document.md). */
 #include <vmshadow/coord/document.h>
+#include <vmshadow/coord/json.h>
 #include <vmshadow/util/mem.h>
 
 #include "document_priv.h"
@@ -20,14 +21,6 @@ struct vmsh_backup_doc {
     size_t n;
 };
 
-static const char *stored_str(struct json_object *st, const char *key)
-{
-    struct json_object *v = NULL;
-    if (!st || !json_object_object_get_ex(st, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 /* Issue 7: "incremental" (a disk was read only where it changed) and
  * "disks" ([{name, read, reason, bytes_read}]) from what the requestor
  * recorded in each file's "stored" ("read", "read_reason"). */
@@ -39,7 +32,7 @@ static int add_reads(struct json_object *o, const vmsh_component *comp, bool *an
     for (size_t k = 0; !bad && k < vmsh_component_file_count(comp); k++) {
         const vmsh_file *f = vmsh_component_file(comp, k);
         struct json_object *st = vmsh_file_stored(f);
-        const char *mode = stored_str(st, "read"), *fn = vmsh_file_name(f);
+        const char *mode = vmsh_json_str(st, "read"), *fn = vmsh_file_name(f);
         if (!mode)
             continue;
         struct json_object *d = json_object_new_object(), *br = NULL;
@@ -49,7 +42,7 @@ static int add_reads(struct json_object *o, const vmsh_component *comp, bool *an
             bytes_read = json_object_get_int64(br);
         bad = !d || vmsh_json_add_str(d, "name", strncmp(fn, "disk/", 5) == 0 ? fn + 5 : fn) ||
               vmsh_json_add_str(d, "read", mode) ||
-              vmsh_json_add_str(d, "reason", stored_str(st, "read_reason")) ||
+              vmsh_json_add_str(d, "reason", vmsh_json_str(st, "read_reason")) ||
               json_object_object_add(d, "bytes_read", json_object_new_int64(bytes_read));
         if (bad || json_object_array_add(disks, d)) {
             json_object_put(d);

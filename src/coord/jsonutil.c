@@ -1,8 +1,19 @@
 /* jsonutil.c - json-c helpers for the coordinator's documents. */
 #include "jsonutil.h"
 
+#include <vmshadow/coord/json.h>
+
 #include <errno.h>
 #include <string.h>
+
+const char *vmsh_json_str(const struct json_object *o, const char *key)
+{
+    struct json_object *v = NULL;
+    if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
 
 int vmsh_json_add_str(struct json_object *o, const char *key, const char *value)
 {

@@ -32,6 +32,7 @@
  * The base of an incremental read is the previous backup's index of the
  * file: the new index is complete (no chain to restore).
  */
+#include <vmshadow/coord/json.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
@@ -70,12 +71,6 @@ static json_object *member(json_object *o, const char *key)
     return v;
 }
 
-static const char *member_str(json_object *o, const char *key)
-{
-    json_object *v = member(o, key);
-    return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-}
-
 static bool str_eq(const char *a, const char *b)
 {
     return a && b && strcmp(a, b) == 0;
@@ -97,7 +92,7 @@ static json_object *disk_json(const vm_item *it, const char *target)
     json_object *disks = member(vmsh_component_extra(it->comp), "disks");
     for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
         json_object *d = json_object_array_get_idx(disks, i);
-        if (str_eq(member_str(d, "target"), target))
+        if (str_eq(vmsh_json_str(d, "target"), target))
             return d;
     }
     return NULL;
@@ -119,9 +114,9 @@ static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object 
     char *why = NULL;
     *prev = member(w->history, it->name);
     *cp = member(member(*prev, "extra"), "checkpoint");
-    const char *backup = member_str(*prev, "backup");
-    const char *name = member_str(*cp, "name");
-    const char *uuid = member_str(vmsh_component_extra(it->comp), "uuid");
+    const char *backup = vmsh_json_str(*prev, "backup");
+    const char *name = vmsh_json_str(*cp, "name");
+    const char *uuid = vmsh_json_str(vmsh_component_extra(it->comp), "uuid");
     if (!w->repo_id || !*prev || !backup)
         return strdup("first backup of this VM in this repository");
     if (!*cp || !name) {
@@ -130,15 +125,15 @@ static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object 
             why = NULL;
         return why;
     }
-    if (!str_eq(member_str(*cp, "repo"), w->repo_id)) {
+    if (!str_eq(vmsh_json_str(*cp, "repo"), w->repo_id)) {
         if (asprintf(&why, "checkpoint %s was made for repository %s, not this one (%s)", name,
-                     member_str(*cp, "repo") ? member_str(*cp, "repo") : "?", w->repo_id) < 0)
+                     vmsh_json_str(*cp, "repo") ? vmsh_json_str(*cp, "repo") : "?", w->repo_id) < 0)
             why = NULL;
         return why;
     }
-    if (!str_eq(member_str(*cp, "vm_uuid"), uuid)) {
+    if (!str_eq(vmsh_json_str(*cp, "vm_uuid"), uuid)) {
         if (asprintf(&why, "the last backup (%s) was of another VM of this name (UUID %s, now %s)",
-                     backup, member_str(*cp, "vm_uuid") ? member_str(*cp, "vm_uuid") : "?",
+                     backup, vmsh_json_str(*cp, "vm_uuid") ? vmsh_json_str(*cp, "vm_uuid") : "?",
                      uuid ? uuid : "?") < 0)
             why = NULL;
         return why;
@@ -201,7 +196,7 @@ static char *image_bitmap_problem(const char *path, const char *name)
                        i < json_object_array_length(bitmaps);
          i++) {
         json_object *b = json_object_array_get_idx(bitmaps, i);
-        if (str_eq(member_str(b, "name"), name))
+        if (str_eq(vmsh_json_str(b, "name"), name))
             found = b;
     }
     json_object *flags = member(found, "flags");
@@ -232,11 +227,11 @@ void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
     /* A shut-off VM: the persistent bitmaps of the last backup's checkpoint,
      * when libvirt still has it and it belongs to this VM and repository. */
     _cleanup_free_ char *vm_why = off ? chain_problem(w, it, false, &prev, &cp) : NULL;
-    const char *cp_name = vm_why ? NULL : member_str(cp, "name");
+    const char *cp_name = vm_why ? NULL : vmsh_json_str(cp, "name");
     json_object *carried = cp_name ? json_object_new_array() : NULL;
     for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
         json_object *dj = json_object_array_get_idx(disks, i);
-        const char *fmt = member_str(dj, "format"), *target = member_str(dj, "target");
+        const char *fmt = vmsh_json_str(dj, "format"), *target = vmsh_json_str(dj, "target");
         _cleanup_free_ char *why = NULL;
         if (!str_eq(fmt, "qcow2")) {
             set_read(dj, "full", "raw disks carry no bitmap");
@@ -261,7 +256,7 @@ void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
             set_read(dj, "full", why ? why : "no bitmap in the last checkpoint");
             continue;
         }
-        if ((why = image_bitmap_problem(member_str(dj, "path"), cp_name))) {
+        if ((why = image_bitmap_problem(vmsh_json_str(dj, "path"), cp_name))) {
             set_read(dj, "full", why);
             continue;
         }
@@ -274,14 +269,14 @@ void vmsh_vmw_plan_direct_reads(vm_writer *w, vmsh_set *set, vm_item *it)
         if (asprintf(&why,
                      "changes since checkpoint %s of backup %s, from the bitmap in the image "
                      "(the VM is shut off)",
-                     cp_name, member_str(prev, "backup")) < 0 ||
+                     cp_name, vmsh_json_str(prev, "backup")) < 0 ||
             asprintf(&ctx, "qemu:dirty-bitmap:%s", cp_name) < 0) {
             set_read(dj, "full", "out of memory");
             continue;
         }
         set_read(dj, "incremental", why);
         json_object_object_add(dj, "base_backup",
-                               json_object_new_string(member_str(prev, "backup")));
+                               json_object_new_string(vmsh_json_str(prev, "backup")));
         json_object_object_add(dj, "base_checkpoint", json_object_new_string(cp_name));
         json_object_object_add(dj, "bitmap", json_object_new_string(cp_name));
         json_object_object_add(dj, "dirty_context", json_object_new_string(ctx));
@@ -309,7 +304,7 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
     _cleanup_free_ char *vm_why = vmsh_set_options_of(set)->full
                                       ? strdup("--full was given")
                                       : chain_problem(w, it, true, &prev, &cp);
-    const char *base_cp = member_str(cp, "name"), *base_backup = member_str(prev, "backup");
+    const char *base_cp = vmsh_json_str(cp, "name"), *base_backup = vmsh_json_str(prev, "backup");
     const char **cp_targets = vmsh_calloc_array(n ? n : 1, sizeof(char *));
     if (!cp_targets)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -317,7 +312,7 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
     for (size_t i = 0; i < n; i++) {
         json_object *dj = disk_json(it, bd[i].target);
         bd[i].incremental = NULL;
-        if (!str_eq(member_str(dj, "format"), "qcow2")) {
+        if (!str_eq(vmsh_json_str(dj, "format"), "qcow2")) {
             set_read(dj, "full", "raw disks carry no bitmap");
             continue;
         }
@@ -363,7 +358,7 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
             json_object_object_add(rec, "name", json_object_new_string(it->new_cp));
             json_object_object_add(rec, "repo",
                                    w->repo_id ? json_object_new_string(w->repo_id) : NULL);
-            const char *uuid = member_str(vmsh_component_extra(it->comp), "uuid");
+            const char *uuid = vmsh_json_str(vmsh_component_extra(it->comp), "uuid");
             json_object_object_add(rec, "vm_uuid", uuid ? json_object_new_string(uuid) : NULL);
             json_object_object_add(rec, "domain_id", json_object_new_int(id));
             for (size_t i = 0; i < n_cp; i++)
@@ -387,7 +382,7 @@ void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
         why = NULL;
     for (size_t i = 0; i < json_object_array_length(disks); i++) {
         json_object *dj = json_object_array_get_idx(disks, i);
-        if (str_eq(member_str(dj, "read"), "incremental")) {
+        if (str_eq(vmsh_json_str(dj, "read"), "incremental")) {
             set_read(dj, "full", why ? why : "libvirt refused the dirty bitmap");
             json_object_object_del(dj, "base_backup");
             json_object_object_del(dj, "base_checkpoint");

@@ -617,7 +617,7 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
          * were never touched: the restored files went to temporary names). */
         for (size_t k = 0; j && k < vmsh_journal_count(j); k++) {
             const vmsh_journal_entry *en = vmsh_journal_entry_at(j, k);
-            const char *vm = vmsh_vmw_data_str(en->data, "vm");
+            const char *vm = vmsh_json_str(en->data, "vm");
             if (strcmp(en->owner, ops->id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
                 continue;
             uint64_t seq = en->seq;
@@ -688,14 +688,14 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
                         unlink(conv);
                 }
             }
-        const char *dir = vmsh_vmw_data_str(entry->data, "dir");
+        const char *dir = vmsh_json_str(entry->data, "dir");
         if (dir)
             rmdir(dir);
         return 0;
     }
     if (strcmp(entry->action, "undefine") == 0) {
-        const char *vm = vmsh_vmw_data_str(entry->data, "vm");
-        const char *xml = vmsh_vmw_data_str(entry->data, "xml");
+        const char *vm = vmsh_json_str(entry->data, "vm");
+        const char *xml = vmsh_json_str(entry->data, "xml");
         if (!vm || !xml)
             return vmsh_error_set(err, -EBADMSG, "journal entry 'undefine' is missing members");
         int r = vmsh_vmw_hv_ready(w, err);

@@ -698,15 +698,6 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
 
 /* ------------------------------------------------------------------- undo */
 
-const char *vmsh_vmw_data_str(const json_object *data, const char *key)
-{
-    json_object *v = NULL;
-    if (!data || !json_object_object_get_ex(data, key, &v) ||
-        !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 /* Waits while a job (a save still being written by libvirtd after our
  * process died) runs on the VM: deciding before it ends could delete the
  * only copy of the VM's memory. */
@@ -729,9 +720,8 @@ static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
  * It stays off; only the state file goes (R7 is about what vmshadow did). */
 static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_error **err)
 {
-    const char *vm = vmsh_vmw_data_str(data, "vm"),
-               *state_file = vmsh_vmw_data_str(data, "state_file");
-    const char *prior = vmsh_vmw_data_str(data, "prior");
+    const char *vm = vmsh_json_str(data, "vm"), *state_file = vmsh_json_str(data, "state_file");
+    const char *prior = vmsh_json_str(data, "prior");
     if (!vm || !state_file || !prior)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'save' is missing members");
     bool prior_running = strcmp(prior, "running") == 0;
@@ -768,7 +758,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_er
 
 static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 {
-    const char *vm = vmsh_vmw_data_str(data, "vm");
+    const char *vm = vmsh_json_str(data, "vm");
     if (!vm)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'freeze' has no VM");
     vmsh_error *e = NULL;
@@ -792,8 +782,8 @@ static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
  * written to it before it stopped), then removed. */
 static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 {
-    const char *vm = vmsh_vmw_data_str(data, "vm"), *target = vmsh_vmw_data_str(data, "target");
-    const char *overlay = vmsh_vmw_data_str(data, "overlay");
+    const char *vm = vmsh_json_str(data, "vm"), *target = vmsh_json_str(data, "target");
+    const char *overlay = vmsh_json_str(data, "overlay");
     if (!vm || !target || !overlay)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'overlay' is missing members");
     if (access(overlay, F_OK) < 0)
@@ -834,10 +824,10 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
  * the 'save' undo may remove those, once the VM is back. */
 static int undo_run_dir(const json_object *data, vmsh_error **err)
 {
-    const char *dir = vmsh_vmw_data_str(data, "path");
+    const char *dir = vmsh_json_str(data, "path");
     if (!dir)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'run-dir' has no path");
-    const char *socks = vmsh_vmw_data_str(data, "sockets");
+    const char *socks = vmsh_json_str(data, "sockets");
     if (socks) {
         DIR *s = opendir(socks);
         struct dirent *se;

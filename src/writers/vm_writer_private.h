@@ -9,6 +9,7 @@
 
 #include <json-c/json.h>
 
+#include <vmshadow/coord/json.h>
 #include <vmshadow/hv/hv.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/writers/method.h>
@@ -55,8 +56,6 @@ typedef struct vm_writer {
 } vm_writer;
 
 int vmsh_vmw_hv_ready(vm_writer *w, vmsh_error **err);
-/* A string member of a journal entry's data, or NULL. */
-const char *vmsh_vmw_data_str(const json_object *data, const char *key);
 
 /* Incremental reads (vm_incr.c, issue 7). */
 /* A VM whose images are read directly (R1, shut off): every disk in full,
