@@ -79,7 +79,7 @@ for i in $(seq "$ROUNDS"); do
     echo "$inc_read" >> "$LAB_WORK/inc_read"
 done
 echo "incr-bench: where the last incremental's time went (vmshadow -v):" >&2
-grep -E "ok \(|copied" "$LAB_WORK/last.stderr" | sed 's/^vmshadow: debug: /  /' >&2
+grep -E "^vmshadow: debug: \[" "$LAB_WORK/last.stderr" | sed 's/^vmshadow: debug: /  /' >&2
 inc=$(median < "$LAB_WORK/inc"); rs=$(median < "$LAB_WORK/restic.ms"); ird=$(median < "$LAB_WORK/inc_read")
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", 100 * a / b}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }

@@ -130,6 +130,18 @@ int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused
     return 0;
 }
 
+int vmsh_hv_managed_save(vmsh_hv *hv, const char *vm, bool running, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainManagedSave(d, running ? VIR_DOMAIN_SAVE_RUNNING : VIR_DOMAIN_SAVE_PAUSED) < 0)
+        r = lv_fail(err, vm, "writing the managed saved state");
+    virDomainFree(d);
+    return r;
+}
+
 int vmsh_hv_save_image_xml(vmsh_hv *hv, const char *path, char **out, vmsh_error **err)
 {
     *out = virDomainSaveImageGetXMLDesc(vmsh_hv_conn(hv), path, VIR_DOMAIN_SAVE_IMAGE_XML_SECURE);

@@ -15,7 +15,9 @@
  *
  * Journal actions (owner: the VM writer): `undefine` {vm, xml} — undo defines
  * the old VM again when no VM of that name exists; `restore-files` {paths} —
- * undo removes those temporary files.
+ * undo removes those temporary files; `register` {vm, state} — undo stops and
+ * undefines the VM PostRestore had begun to register, and removes its saved
+ * state file when that lies behind a link (R12).
  */
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/domxml_edit.h>
@@ -461,8 +463,52 @@ static void remove_temps(vmsh_component *c)
     }
 }
 
+/* Takes a VM that a restore defined out of libvirt again: stopped when it
+ * runs, undefined with its managed saved state; `state` is that state's
+ * file when it lies behind a link at libvirt's place (R12). */
+static int unregister(vm_writer *w, const char *name, const char *state)
+{
+    vmsh_vm *v = NULL;
+    int r = 0;
+    if (vmsh_hv_get_vm(w->hv, name, &v, NULL) == 0) {
+        bool active = v->state != VMSH_VM_SHUTOFF;
+        vmsh_vm_free(v);
+        if (active)
+            r = vmsh_hv_stop(w->hv, name, 0, NULL);
+        if (r == 0)
+            r = vmsh_hv_undefine(w->hv, name, NULL);
+    }
+    if (state)
+        unlink(state);
+    return r;
+}
+
+/* R15: the restored saved state becomes the VM's managed saved state, so
+ * that `virsh start` resumes it. libvirt learns of a managed saved state only
+ * when it writes one itself (or when the daemon starts): a file put in its
+ * place behind its back is resumed by `virsh start`, yet `virsh undefine
+ * --managed-save`, `managedsave-remove` and `dominfo` do not see it. So the
+ * state is loaded paused (the guest runs no instruction) and libvirt saves it
+ * as the managed saved state, running again when started unless it was
+ * paused at the backup (R1). Written through the link at libvirt's place
+ * when the state goes elsewhere (R12). */
+static int register_state(vm_writer *w, const vmsh_component *c, const char *name,
+                          const char *tmp, const char *final, const char *link, vmsh_error **err)
+{
+    int r = 0;
+    if (link && (r = make_link(link, final, true, err)) < 0)
+        return r;
+    bool paused = vmsh_component_state_before(c) &&
+                  strcmp(vmsh_component_state_before(c), "paused") == 0;
+    if ((r = vmsh_hv_restore(w->hv, tmp, NULL, true, err)) < 0 ||
+        (r = vmsh_hv_managed_save(w->hv, name, !paused, err)) < 0)
+        return vmsh_error_prefix(err, "VM %s: registering its saved state", name);
+    unlink(tmp);
+    return 0;
+}
+
 /* Registers one VM whose files are all intact; fills `report`. */
-static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, json_object *plan,
+static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_object *plan,
                        json_object *report, vmsh_error **err)
 {
     const vmsh_set_options *o = vmsh_set_options_of(set);
@@ -470,7 +516,7 @@ static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, jso
     json_object_object_get_ex(plan, "files", &files);
     _cleanup_free_ char *xml = NULL;
     size_t xml_len = 0;
-    const char *state_final = NULL, *state_link = NULL, *nvram_final = NULL;
+    const char *state_tmp = NULL, *state_final = NULL, *state_link = NULL, *nvram_final = NULL;
     vmsh_disk_repath rp[64];
     size_t n_rp = 0;
     int r = 0;
@@ -488,6 +534,12 @@ static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, jso
             unlink(tmp);
         } else if (!final) {
             unlink(tmp);
+        } else if (strcmp(kind, "saved-state") == 0) {
+            /* stays at its temporary name: libvirt writes the managed saved
+             * state itself (register_state) */
+            state_tmp = tmp;
+            state_final = final;
+            state_link = link ? json_object_get_string(link) : NULL;
         } else if (strcmp(kind, "disk") == 0) {
             r = place_disk(tmp, final, json_object_get_string(fmt), err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
@@ -500,12 +552,8 @@ static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, jso
                                    strerror(errno));
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
-            if (r == 0 && strcmp(kind, "saved-state") == 0) {
-                state_final = final;
-                state_link = link ? json_object_get_string(link) : NULL;
-            } else if (r == 0 && link) {
+            if (r == 0 && link)
                 r = make_link(json_object_get_string(link), final, true, err);
-            }
         }
     }
     if (r == 0 && !xml)
@@ -547,14 +595,29 @@ static int register_vm(vm_writer *w, const vmsh_set *set, vmsh_component *c, jso
                                .ifaces = acts,
                                .n_ifaces = n_ifaces,
                                .drop_host_devices = !o->host_devices};
-        if ((r = vmsh_hv_save_image_xml(w->hv, state_final, &sx, err)) < 0 ||
+        if ((r = vmsh_hv_save_image_xml(w->hv, state_tmp, &sx, err)) < 0 ||
             (r = vmsh_domxml_edit_apply(sx, strlen(sx), &se, &sx2, err)) < 0 ||
-            (r = vmsh_hv_save_image_define_xml(w->hv, state_final, sx2, err)) < 0)
+            (r = vmsh_hv_save_image_define_xml(w->hv, state_tmp, sx2, err)) < 0)
             return vmsh_error_prefix(err, "VM %s: the saved state", vmsh_component_name(c));
     }
+    /* From here the VM exists in libvirt: a failure, or a run killed before
+     * PostRestore ends, takes it out again (R11), so that the VM it replaced
+     * is defined back (journal action "register"). */
+    const char *name = new_name(o, c);
+    json_object *data = json_object_new_object();
+    json_object_object_add(data, "vm", jstr(name));
+    json_object_object_add(data, "state", state_link ? jstr(state_final) : NULL);
+    uint64_t seq = 0;
+    r = vmsh_set_journal_begin(set, w->ops.id, "register", data, &seq, err);
+    json_object_put(data);
+    if (r < 0)
+        return r;
     if ((r = vmsh_hv_define(w->hv, new_xml, err)) < 0)
-        return vmsh_error_prefix(err, "VM %s", new_name(o, c));
-    if (state_final && state_link && (r = make_link(state_link, state_final, true, err)) < 0)
+        vmsh_error_prefix(err, "VM %s", name);
+    else if (state_tmp &&
+             (r = register_state(w, c, name, state_tmp, state_final, state_link, err)) < 0)
+        unregister(w, name, state_link ? state_final : NULL);
+    if (r < 0)
         return r;
     json_object_object_add(report, "registered", json_object_new_boolean(true));
     json_object_object_add(report, "saved_state", json_object_new_boolean(state_final != NULL));
@@ -621,7 +684,11 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
             if (strcmp(en->owner, ops->id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
                 continue;
             uint64_t seq = en->seq;
-            if (strcmp(en->action, "restore-files") == 0) {
+            if (strcmp(en->action, "restore-files") == 0 ||
+                (strcmp(en->action, "register") == 0 && vm &&
+                 strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0)) {
+                /* files: gone or in place; register: kept, or already
+                 * taken out by register_vm */
                 vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
             } else if (strcmp(en->action, "undefine") == 0 && vm &&
                        strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0) {
@@ -692,6 +759,24 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
         if (dir)
             rmdir(dir);
         return 0;
+    }
+    if (strcmp(entry->action, "register") == 0) {
+        const char *vm = vmsh_json_str(entry->data, "vm");
+        const char *state = vmsh_json_str(entry->data, "state");
+        if (!vm)
+            return vmsh_error_set(err, -EBADMSG, "journal entry 'register' is missing members");
+        /* only a state file of the name this writer gives one (R12) */
+        _cleanup_free_ char *want = NULL;
+        if (state && asprintf(&want, "/%s.save", vm) >= 0 &&
+            !(strlen(state) > strlen(want) &&
+              strcmp(state + strlen(state) - strlen(want), want) == 0))
+            state = NULL;
+        int r = vmsh_vmw_hv_ready(w, err);
+        if (r == 0 && unregister(w, vm, state) < 0)
+            r = vmsh_error_set(err, -EIO, "VM %s, registered by a restore that did not finish, "
+                                          "cannot be taken out: remove it with virsh undefine",
+                               vm);
+        return r;
     }
     if (strcmp(entry->action, "undefine") == 0) {
         const char *vm = vmsh_json_str(entry->data, "vm");

@@ -8,7 +8,8 @@
 #   backup: prepare (agent probe in Identify), capture start (pull backup
 #           job begun, guest still frozen), saved-state capture (VM restarted
 #           on its overlays), commit (repository commit of the document)
-#   restore: after undefine, during the file write, after define
+#   restore: after undefine, during the file write, after define, with a
+#            saved state loaded paused (before libvirt saved it as managed)
 # The freeze, the save and the data copy are covered by t-backup-kill.sh.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
@@ -121,6 +122,27 @@ kill_at vmsh_hv_define finish restore "$RID" --force
 no_restore_leftovers "restore killed after define"
 check "the disk holds the backup (files were in place before define)" \
     test "$(dd if="$RDISK" bs=1M skip=20 count=1 status=none | head -c 9)" = BACKED-UP
+
+# A saved state is registered by loading it paused and letting libvirt save
+# it as the managed saved state: killed with the VM loaded (paused), recover
+# takes the half-registered VM out and defines the replaced one as it was.
+vsh backup --method saved-state "$G"
+SID=$OUT
+check "saved-state backup of $G" test "$RC" = 0 -a -n "$SID"
+gxml_before=$(lab_virsh dumpxml --inactive "$G")
+kill_at vmsh_hv_restore finish restore "$SID" --force
+check "state registration: the VM was loaded paused when vmshadow died" test "$(lab_state g)" = paused
+vsh recover
+check "state registration: recover exits 0" test "$RC" = 0
+check "state registration: $G is not left paused or running" test "$(lab_state g)" = "shut off"
+check "state registration: $G is defined as it was" test "$(lab_virsh dumpxml --inactive "$G")" = "$gxml_before"
+check "state registration: no managed saved state" sh -c "! ls /var/lib/libvirt/qemu/save/$G.save* 2>/dev/null"
+check "state registration: no temporary file of the restore is left" \
+    test -z "$(find "$LAB_WORK" /var/lib/libvirt/qemu/save "$VMSHADOW_STATE_DIR" -name '*.vmshadow-restore*' -o -name 'restore-*')"
+check "state registration: no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+vsh restore "$SID" --force
+check "the saved-state restore then works" test "$RC" = 0
+check "and libvirt knows the managed saved state" grep -q "Managed save: *yes" <<<"$(lab_virsh dominfo "$G")"
 
 vsh restore "$RID" --force
 check "a restore after all this works" test "$RC" = 0

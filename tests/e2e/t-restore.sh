@@ -8,7 +8,8 @@
 #  - a saved-state backup resumes from its memory when started: its uptime
 #    continues from the backup instead of starting over (R15);
 #  - --to puts the files under the directory and the XML follows (R13), the
-#    managed saved state is linked from its default place (R12);
+#    managed saved state is linked from its default place (R12), and libvirt
+#    knows it (virsh dominfo);
 #  - an interface whose host bridge is gone is left disconnected, with a
 #    message, while one whose bridge exists is re-wired (R14);
 #  - --as restores a copy beside the original: new name, UUID and MACs;
@@ -89,6 +90,9 @@ check "the disk is under --to" test -s "$LAB_WORK/to/$S/s.data.qcow2"
 check "the XML follows the disk (R13)" grep -q "$LAB_WORK/to/$S/s.data.qcow2" <<<"$(lab_virsh domblklist "$S")"
 check "the managed saved state is a link to the file under --to (R12)" \
     test "$(readlink "/var/lib/libvirt/qemu/save/$S.save")" = "$LAB_WORK/to/$S/$S.save"
+check "libvirt knows the managed saved state (dominfo)" \
+    grep -q "Managed save: *yes" <<<"$(lab_virsh dominfo "$S")"
+check "no temporary state file is left" test -z "$(find "$LAB_WORK/to" /var/lib/libvirt/qemu/save -name '*.vmshadow-restore*')"
 lab_virsh start "$S" >/dev/null
 lab_wait_ready s
 up_after=$(lab_gexec s 'cut -d. -f1 /proc/uptime')

@@ -74,8 +74,10 @@ lab_cleanup() {
     local d
     for d in "${LAB_DOMAINS[@]}"; do
         lab_virsh destroy "$d" >/dev/null 2>&1
-        lab_virsh undefine "$d" --managed-save --snapshots-metadata --checkpoints-metadata --nvram >/dev/null 2>&1 ||
-            lab_virsh undefine "$d" >/dev/null 2>&1
+        local why
+        why=$(lab_virsh undefine "$d" --managed-save --snapshots-metadata --checkpoints-metadata --nvram 2>&1 >/dev/null) ||
+            lab_virsh undefine "$d" >/dev/null 2>&1 ||
+            { lab_virsh dominfo "$d" >/dev/null 2>&1 && lab_log "cleanup: cannot undefine $d: $why"; }
     done
     if [ $rc != 0 ] && [ -n "${LAB_WORK:-}" ]; then
         for d in "$LAB_WORK"/*.console.log; do

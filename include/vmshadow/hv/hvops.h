@@ -34,6 +34,10 @@ int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err
  * start, e.g. to run the VM on overlays (only host-side details such as disk
  * paths may differ). */
 int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused, vmsh_error **err);
+/* Saves the running or paused VM as its managed saved state (libvirt's
+ * own place, which libvirt then knows of); `running`: it runs again when
+ * started, else it comes back paused. */
+int vmsh_hv_managed_save(vmsh_hv *hv, const char *vm, bool running, vmsh_error **err);
 /* The domain XML stored in a state file (*out malloc'ed), with secure details. */
 int vmsh_hv_save_image_xml(vmsh_hv *hv, const char *path, char **out, vmsh_error **err);
 
