@@ -492,14 +492,14 @@ static int unregister(vm_writer *w, const char *name, const char *state)
  * as the managed saved state, running again when started unless it was
  * paused at the backup (R1). Written through the link at libvirt's place
  * when the state goes elsewhere (R12). */
-static int register_state(vm_writer *w, const vmsh_component *c, const char *name,
-                          const char *tmp, const char *final, const char *link, vmsh_error **err)
+static int register_state(vm_writer *w, const vmsh_component *c, const char *name, const char *tmp,
+                          const char *final, const char *link, vmsh_error **err)
 {
     int r = 0;
     if (link && (r = make_link(link, final, true, err)) < 0)
         return r;
-    bool paused = vmsh_component_state_before(c) &&
-                  strcmp(vmsh_component_state_before(c), "paused") == 0;
+    bool paused =
+        vmsh_component_state_before(c) && strcmp(vmsh_component_state_before(c), "paused") == 0;
     if ((r = vmsh_hv_restore(w->hv, tmp, NULL, true, err)) < 0 ||
         (r = vmsh_hv_managed_save(w->hv, name, !paused, err)) < 0)
         return vmsh_error_prefix(err, "VM %s: registering its saved state", name);
@@ -773,8 +773,9 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
             state = NULL;
         int r = vmsh_vmw_hv_ready(w, err);
         if (r == 0 && unregister(w, vm, state) < 0)
-            r = vmsh_error_set(err, -EIO, "VM %s, registered by a restore that did not finish, "
-                                          "cannot be taken out: remove it with virsh undefine",
+            r = vmsh_error_set(err, -EIO,
+                               "VM %s, registered by a restore that did not finish, "
+                               "cannot be taken out: remove it with virsh undefine",
                                vm);
         return r;
     }
