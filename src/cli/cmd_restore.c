@@ -166,6 +166,19 @@ static void print_plan_text(json_object *vms, bool dry)
                                                    : "; boots from its disks when started");
             else
                 printf("  NOT restored: %s\n", e ? json_object_get_string(e) : "failed");
+            json_object *cp = NULL, *cpn = NULL, *cpd = NULL, *cpe = NULL;
+            json_object_object_get_ex(res, "checkpoint", &cp);
+            json_object_object_get_ex(cp, "name", &cpn);
+            json_object_object_get_ex(cp, "redefined", &cpd);
+            json_object_object_get_ex(cp, "error", &cpe);
+            if (cp && json_object_get_boolean(ok) && json_object_get_boolean(cpd))
+                printf("  checkpoint %s of the backup defined again, its bitmap in the restored "
+                       "disks\n",
+                       json_object_get_string(cpn));
+            else if (cp && json_object_get_boolean(ok))
+                printf("  checkpoint %s not defined again (%s): the next backup reads in full\n",
+                       json_object_get_string(cpn),
+                       cpe ? json_object_get_string(cpe) : "no qcow2 disk to carry its bitmap");
         }
     }
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -483,9 +484,11 @@ int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, boo
     return r;
 }
 
-int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
-                           const char *const *targets, size_t n_targets, char **out,
-                           vmsh_error **err)
+/* The <domaincheckpoint> XML; `created` (seconds since the epoch) is given
+ * only to a redefinition, which libvirt refuses without it. */
+static int checkpoint_xml_at(vmsh_hv *hv, const char *vm, const char *name,
+                             const char *const *targets, size_t n_targets, long long created,
+                             char **out, vmsh_error **err)
 {
     _cleanup_free_ char *dxml = NULL;
     int r = vmsh_hv_domain_xml(hv, vm, false, &dxml, err);
@@ -495,8 +498,12 @@ int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
     if ((r = vmsh_domxml_parse(&dx, dxml, strlen(dxml), err)) < 0)
         return r;
     char *x = NULL;
+    char ct[64] = "";
+    if (created > 0)
+        snprintf(ct, sizeof(ct), "<creationTime>%lld</creationTime>", created);
     int q = append(&x, "<domaincheckpoint><name>") ?: append_escaped(&x, name) ?:
-            append(&x, "</name><description>vmshadow: the point of a backup; the next backup "
+            append(&x, "</name>") ?: append(&x, ct) ?:
+            append(&x, "<description>vmshadow: the point of a backup; the next backup "
                        "reads only what changed since</description><disks>");
     for (size_t i = 0; i < dx->n_disks && q == 0; i++) {
         const vmsh_domxml_disk *dk = &dx->disks[i];
@@ -516,6 +523,32 @@ int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
     }
     *out = x;
     return 0;
+}
+
+int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
+                           const char *const *targets, size_t n_targets, char **out,
+                           vmsh_error **err)
+{
+    return checkpoint_xml_at(hv, vm, name, targets, n_targets, 0, out, err);
+}
+
+int vmsh_hv_checkpoint_redefine(vmsh_hv *hv, const char *vm, const char *name,
+                                const char *const *targets, size_t n_targets, vmsh_error **err)
+{
+    _cleanup_free_ char *x = NULL;
+    virDomainPtr d = NULL;
+    /* its bitmap was made now: it records changes from now on */
+    int r = checkpoint_xml_at(hv, vm, name, targets, n_targets, (long long)time(NULL), &x, err);
+    if (r < 0 || (r = lookup(hv, vm, &d, err)) < 0)
+        return r;
+    virDomainCheckpointPtr cp =
+        virDomainCheckpointCreateXML(d, x, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
+    if (!cp)
+        r = lv_fail(err, vm, "defining the checkpoint of the backup again");
+    else
+        virDomainCheckpointFree(cp);
+    virDomainFree(d);
+    return r;
 }
 
 int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err)

@@ -15,8 +15,10 @@
  *   - the repository holds an earlier backup of this VM, and that backup
  *     (the last one of the VM in this repository) recorded the checkpoint it
  *     created, for this repository, this VM UUID and this disk;
- *   - libvirt still has that checkpoint (a restore or a redefinition drops
- *     it), and a running VM has not been stopped since (same domain ID): a
+ *   - libvirt still has that checkpoint (a restore defines the restored
+ *     backup's checkpoint again, with a new empty bitmap in the restored
+ *     qcow2: vm_restore.c), and a running VM has not been stopped since (same
+ *     domain ID; a restored VM that runs has a new one): a
  *     stop that did not store the bitmaps leaves them incomplete, and once
  *     the VM runs again we cannot tell a clean stop from another;
  *   - libvirt accepts the bitmap when the job starts (it refuses missing or
@@ -157,9 +159,9 @@ static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object 
     if (vmsh_hv_domain_id(w->hv, it->name, &id, NULL) < 0 || !pid ||
         !json_object_is_type(pid, json_type_int) || json_object_get_int(pid) != id) {
         if (asprintf(&why,
-                     "the VM was stopped and started since the last backup (%s): a stop that "
-                     "did not store the dirty bitmaps (virsh destroy, a crash) leaves them "
-                     "incomplete, and it cannot be told apart afterwards",
+                     "the VM was stopped and started (or restored) since the last backup (%s): "
+                     "a stop that did not store the dirty bitmaps (virsh destroy, a crash) "
+                     "leaves them incomplete, and it cannot be told apart afterwards",
                      backup) < 0)
             why = NULL;
         return why;

@@ -507,6 +507,62 @@ static int register_state(vm_writer *w, const vmsh_component *c, const char *nam
     return 0;
 }
 
+/* Runs `qemu-img bitmap OP -f qcow2 PATH NAME`; 0 or -1 with *why set. */
+static int image_bitmap(const char *op, const char *path, const char *name, vmsh_error **err)
+{
+    char *argv[] = {(char *)"qemu-img", (char *)"bitmap", (char *)op,   (char *)"-f",
+                    (char *)"qcow2",    (char *)path,     (char *)name, NULL};
+    return run_tool(argv, "qemu-img bitmap", err);
+}
+
+/* Issue 7 (point 3): the checkpoint of the backup travels with it (the VM
+ * writer's "checkpoint" record) and comes back with the VM. The restored disk
+ * holds exactly the data of the backup's point, so a new, empty, enabled
+ * bitmap of that name in the restored qcow2 records every change from that
+ * point on, as the original did. Only for a VM restored as itself (a copy
+ * made with --as is another VM) and its qcow2 disks. Adds the bitmaps before
+ * QEMU first opens the images; fills `targets` (the disks that got one) and
+ * returns how many, with the outcome in *cpr (NULL: nothing to do). */
+static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component *c,
+                                 const vmsh_disk_repath *rp, size_t n_rp, const char **targets,
+                                 size_t max, json_object **cpr)
+{
+    json_object *cp = NULL, *disks = NULL;
+    *cpr = NULL;
+    json_object_object_get_ex(vmsh_component_extra(c), "checkpoint", &cp);
+    const char *name = vmsh_json_str(cp, "name");
+    if (o->restore_as || !name || !json_object_object_get_ex(cp, "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array))
+        return 0;
+    size_t n = 0;
+    json_object *skipped = json_object_new_array();
+    for (size_t i = 0; i < json_object_array_length(disks) && n < max; i++) {
+        const char *t = json_object_get_string(json_object_array_get_idx(disks, i));
+        const vmsh_disk_repath *d = NULL;
+        for (size_t k = 0; k < n_rp && !d; k++)
+            if (t && strcmp(rp[k].target, t) == 0)
+                d = &rp[k];
+        vmsh_error *e = NULL;
+        if (!d || !d->format || strcmp(d->format, "qcow2") != 0) {
+            json_object_array_add(skipped, jstr(t));
+        } else if (image_bitmap("--add", d->path, name, &e) < 0) {
+            json_object_array_add(skipped, jstr(t));
+            vmsh_error_free(e);
+        } else {
+            targets[n++] = d->target;
+        }
+    }
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "name", jstr(name));
+    json_object *got = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(got, jstr(targets[i]));
+    json_object_object_add(r, "disks", got);
+    json_object_object_add(r, "disks_without_bitmap", skipped);
+    *cpr = r;
+    return n;
+}
+
 /* Registers one VM whose files are all intact; fills `report`. */
 static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_object *plan,
                        json_object *report, vmsh_error **err)
@@ -561,6 +617,11 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
                            vmsh_component_name(c));
     if (r < 0)
         return r;
+    const char *cp_targets[VMSH_ARRAY_SIZE(rp)];
+    json_object *cpr = NULL;
+    size_t n_cp = checkpoint_bitmaps(o, c, rp, n_rp, cp_targets, VMSH_ARRAY_SIZE(cp_targets), &cpr);
+    if (cpr)
+        json_object_object_add(report, "checkpoint", cpr);
     vmsh_domxml *x = NULL;
     if ((r = vmsh_domxml_parse(&x, xml, xml_len, err)) < 0)
         return vmsh_error_prefix(err, "VM %s: the backed-up XML", vmsh_component_name(c));
@@ -619,6 +680,20 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
         unregister(w, name, state_link ? state_final : NULL);
     if (r < 0)
         return r;
+    if (n_cp > 0) {
+        /* not a reason to fail the restore: the next backup reads in full
+         * and says why (the checkpoint is missing) */
+        vmsh_error *ce = NULL;
+        const char *cp_name = vmsh_json_str(cpr, "name");
+        bool ok = vmsh_hv_checkpoint_redefine(w->hv, name, cp_name, cp_targets, n_cp, &ce) == 0;
+        json_object_object_add(cpr, "redefined", json_object_new_boolean(ok));
+        json_object_object_add(cpr, "error", ce ? jstr(ce->message) : NULL);
+        for (size_t i = 0; !ok && i < n_rp; i++)
+            for (size_t k = 0; k < n_cp; k++)
+                if (strcmp(rp[i].target, cp_targets[k]) == 0)
+                    image_bitmap("--remove", rp[i].path, cp_name, NULL);
+        vmsh_error_free(ce);
+    }
     json_object_object_add(report, "registered", json_object_new_boolean(true));
     json_object_object_add(report, "saved_state", json_object_new_boolean(state_final != NULL));
     return 0;

@@ -10,8 +10,11 @@
 #  - only the checkpoint the next backup needs is kept;
 #  - after `virsh destroy` + start (an unclean stop) the next backup reads in
 #    full and says why; the one after is incremental again;
-#  - after a restore that replaces the VM, libvirt has no checkpoint of it
-#    left and the next backup is full, with the reason;
+#  - a restore that replaces the VM defines the checkpoint of the restored
+#    backup again, with its bitmap (new, empty) in the restored qcow2: a
+#    backup while the VM stays off is incremental and identical to the
+#    restored backup; once the VM runs, the next backup is full, with the
+#    reason, and the chain starts over;
 #  - a VM shut down cleanly is read incrementally from the persistent bitmap
 #    QEMU stored in its qcow2 (qemu-nbd --bitmap), byte-identical to a --full
 #    backup of it; it stays incremental while the VM stays off; after its
@@ -122,15 +125,36 @@ check "list says the first was full" grep -q "^$B1 .* full " <<<"$OUT"
 vsh show "$B2"
 check "show says the disk was read incrementally" grep -q "$G vda: incremental" <<<"$OUT"
 
-# A restore replaces the VM: its checkpoints are gone, the chain starts over.
+# A restore replaces the VM and defines the checkpoint of the restored
+# backup again (point 3), with a new empty bitmap of that name in the
+# restored qcow2: the disk holds exactly the backup's data, so the bitmap
+# records every change from that point on.
+cp5=$(lab_virsh checkpoint-list "$G" --name | tr -d ' ' | grep .)
 vsh --json restore "$B5" --force
 check "restore over the VM" test "$RC" = 0
-check "libvirt has no checkpoint of the restored VM" test "$(cps)" = 0
-[ "$(lab_state g)" = running ] || { lab_virsh start "$G" >/dev/null; lab_wait_ready g; }
+check "the restore reports the checkpoint defined again" \
+    test "$(jq -r '.vms[0].result.checkpoint.redefined' <<<"$OUT")" = true
+check "libvirt has the checkpoint of the restored backup, and only it" \
+    test "$(lab_virsh checkpoint-list "$G" --name | tr -d ' ' | grep .)" = "$cp5"
+check "the restored qcow2 carries its bitmap, enabled" \
+    jq -e --arg b "$cp5" '.["format-specific"].data.bitmaps | any(.name == $b and (.flags | index("auto")))' \
+    <<<"$(qemu-img info -U --output=json "$(lab_disk g)")"
+check "the restored VM is shut off" test "$(lab_state g)" = "shut off"
 vsh --json backup "$G"
-check "backup after the restore" test "$RC" = 0
-check "it reads in full" test "$(read_of "$G")" = full
-check "... because the checkpoint is gone" grep -q "no longer exists" <<<"$(why_of "$G")"
+B_RST=$(jq -r .backup <<<"$OUT")
+check "backup of the restored VM, still off" test "$RC" = 0
+check "it is incremental from the restored backup's checkpoint" test "$(read_of "$G")" = incremental
+check "... reading next to nothing" test "$(bytes_of "$G")" -le $MiB
+vsh extract "$B5" "$G/disk/vda" "$LAB_WORK/b5.raw"
+vsh extract "$B_RST" "$G/disk/vda" "$LAB_WORK/rst.raw"
+check "... and is byte-identical to the restored backup" cmp "$LAB_WORK/b5.raw" "$LAB_WORK/rst.raw"
+rm -f "$LAB_WORK/b5.raw" "$LAB_WORK/rst.raw"
+lab_virsh start "$G" >/dev/null
+lab_wait_ready g
+vsh --json backup "$G"
+check "backup after the restored VM started" test "$RC" = 0
+check "it reads in full: the chain starts over" test "$(read_of "$G")" = full
+check "... because the VM was started since" grep -q "stopped and started" <<<"$(why_of "$G")"
 check "it left a checkpoint for the next" test "$(cps)" = 1
 
 # QEMU's view: a bitmap that is gone while libvirt still lists its

@@ -96,6 +96,11 @@ int vmsh_hv_checkpoint_list(vmsh_hv *hv, const char *vm, const char *prefix, cha
  * (the bitmaps stay in the qcow2). 0 also when no such checkpoint or VM. */
 int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, bool metadata_fallback,
                               vmsh_error **err);
+/* Defines checkpoint `name` of the VM again (libvirt's REDEFINE: metadata
+ * only; its bitmap `name` must already be in each of `targets`' images), with
+ * a bitmap on those disks and none on the others. Issue 7: a restore. */
+int vmsh_hv_checkpoint_redefine(vmsh_hv *hv, const char *vm, const char *name,
+                                const char *const *targets, size_t n_targets, vmsh_error **err);
 /* The <domaincheckpoint> XML for a new checkpoint `name` of the running VM
  * with a bitmap on each disk of `targets` and none on every other disk
  * (*out malloc'ed): the checkpoint_xml of vmsh_hv_backup_begin. */
