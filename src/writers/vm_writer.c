@@ -250,6 +250,41 @@ out:
     return r;
 }
 
+static int cmp_vm_name(const void *a, const void *b)
+{
+    return strcmp((*(vmsh_vm *const *)a)->name, (*(vmsh_vm *const *)b)->name);
+}
+
+/* The VMs of the set, sorted by name: every VM of the host for --all, else
+ * the named ones, each looked up by its name (a host with many VMs is not
+ * listed, nor their XML read, for a backup of a few). */
+static int set_vms(vm_writer *w, const vmsh_set_options *o, vmsh_vm ***out, size_t *n,
+                   vmsh_error **err)
+{
+    if (o->all)
+        return vmsh_hv_list_vms(w->hv, out, n, err);
+    vmsh_vm **vms = vmsh_calloc_array(o->n_targets ? o->n_targets : 1, sizeof(*vms));
+    if (!vms)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t got = 0;
+    int r = 0;
+    for (size_t t = 0; t < o->n_targets && r == 0; t++) {
+        bool dup = false;
+        for (size_t k = 0; k < t && !dup; k++)
+            dup = strcmp(o->targets[k], o->targets[t]) == 0;
+        if (!dup && (r = vmsh_hv_get_vm(w->hv, o->targets[t], &vms[got], err)) == 0)
+            got++;
+    }
+    if (r < 0) {
+        vmsh_vm_list_free(vms, got);
+        return r;
+    }
+    qsort(vms, got, sizeof(*vms), cmp_vm_name);
+    *out = vms;
+    *n = got;
+    return 0;
+}
+
 static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
@@ -269,16 +304,8 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
         return r;
     vmsh_vm **vms = NULL;
     size_t n = 0;
-    if ((r = vmsh_hv_list_vms(w->hv, &vms, &n, err)) < 0)
+    if ((r = set_vms(w, o, &vms, &n, err)) < 0)
         return r;
-    for (size_t t = 0; t < o->n_targets && r == 0; t++) {
-        bool found = false;
-        for (size_t i = 0; i < n && !found; i++)
-            found = strcmp(vms[i]->name, o->targets[t]) == 0;
-        if (!found)
-            r = vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s (see 'vmshadow vms')",
-                               o->targets[t], vmsh_hv_uri(w->hv));
-    }
     w->items = vmsh_calloc_array(n, sizeof(*w->items));
     if (!w->items && r == 0)
         r = vmsh_error_set(err, -ENOMEM, "out of memory");
