@@ -41,7 +41,6 @@
 #include "vm_writer_private.h"
 
 /* Where libvirt (qemu:///system) keeps what it places itself (R12). */
-#define LIBVIRT_SAVE_DIR  "/var/lib/libvirt/qemu/save"
 #define LIBVIRT_NVRAM_DIR "/var/lib/libvirt/qemu/nvram"
 #define TMP_SUFFIX        ".vmshadow-restore"
 #define STOP_GRACE_S      10
@@ -109,7 +108,7 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
         if (o->restore_as)
             return 0; /* a copy never resumes the original's memory */
         int n = o->restore_dir ? asprintf(out, "%s/%s/%s.save", o->restore_dir, name, name)
-                               : asprintf(out, "%s/%s.save", LIBVIRT_SAVE_DIR, name);
+                               : asprintf(out, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, name);
         return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
     }
     if (strcmp(kind, "tpm") == 0) {
@@ -242,7 +241,7 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         const char *link = NULL;
         _cleanup_free_ char *link_buf = NULL;
         if (final && strcmp(vmsh_file_kind(f), "saved-state") == 0 && o->restore_dir) {
-            if (asprintf(&link_buf, "%s/%s.save", LIBVIRT_SAVE_DIR, new_name(o, c)) >= 0)
+            if (asprintf(&link_buf, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, new_name(o, c)) >= 0)
                 link = link_buf;
         } else if (final &&
                    (strcmp(vmsh_file_kind(f), "nvram") == 0 ||

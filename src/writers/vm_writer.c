@@ -135,6 +135,29 @@ static int describe_tpm(vmsh_component *c, const vmsh_vm *vm, vmsh_error **err)
     return 0;
 }
 
+/* A shut-off VM with a managed saved state (virsh managedsave, or
+ * libvirt-guests at host shutdown) is, for its owner, a VM at rest in memory:
+ * its disks are consistent with that memory, not with a clean shutdown. The
+ * state is part of its backup (untouched, R1: read from libvirt's place),
+ * so that a restore brings it back resumable (R15) instead of booting its
+ * disks as after a crash. */
+static int describe_managed_save(vmsh_component *c, const vmsh_vm *vm, vmsh_error **err)
+{
+    _cleanup_free_ char *path = NULL;
+    struct stat st;
+    if (asprintf(&path, VMSH_LIBVIRT_SAVE_DIR "/%s.save", vm->name) < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return 0; /* not libvirt's system place (a session daemon): disks only */
+    vmsh_file *f = NULL;
+    int r = vmsh_component_add_file(c, "saved-state", "saved-state", &f, err);
+    if (r < 0)
+        return r;
+    vmsh_file_set_path(f, path);
+    vmsh_file_set_size(f, (uint64_t)st.st_size);
+    return vmsh_file_set_source_file(f, path, "raw");
+}
+
 static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
                        vm_item *it, vmsh_error **err)
 {
@@ -244,6 +267,9 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     }
     if (it->method == VMSH_METHOD_SAVED_STATE && vm->state != VMSH_VM_SHUTOFF &&
         (r = vmsh_component_add_file(c, "saved-state", "saved-state", &f, err)) < 0)
+        goto out;
+    if (vm->state == VMSH_VM_SHUTOFF && vm->managed_save &&
+        (r = describe_managed_save(c, vm, err)) < 0)
         goto out;
 out:
     vmsh_method_choice_clear(&mc);

@@ -13,6 +13,9 @@
 #  - an interface whose host bridge is gone is left disconnected, with a
 #    message, while one whose bridge exists is re-wired (R14);
 #  - --as restores a copy beside the original: new name, UUID and MACs;
+#  - a VM shut off in a managed saved state is backed up with that state
+#    (read from libvirt's place, left as it was) and resumes from it after a
+#    restore;
 #  - a damaged chunk makes the restore fail cleanly: exit 3, the VM is not
 #    registered and nothing of it is left half in place (R11).
 set -u
@@ -111,6 +114,36 @@ check "with a new UUID" test "$(lab_virsh domuuid "$S-copy")" != "$(lab_virsh do
 check "its disk is a file of its own" grep -q "$S-copy-s.data.qcow2" <<<"$(lab_virsh domblklist "$S-copy")"
 check "the original is untouched" grep -q "$LAB_WORK/to/$S/s.data.qcow2" <<<"$(lab_virsh domblklist "$S")"
 lab_virsh undefine "$S-copy" >/dev/null
+
+# A VM at rest in a managed saved state (virsh managedsave, as
+# libvirt-guests does at host shutdown): its state is part of the backup,
+# and the restored VM resumes from it.
+lab_virsh start "$S" >/dev/null
+lab_wait_ready s
+# /run is a tmpfs in the guest: the marker there lives in its memory only
+lab_gexec s 'echo resting > /mnt/data/resting.txt; sync; echo in-memory > /run/resting' ||
+    fail "guest write"
+boots_rest=$(grep -c 'LAB: ready' "$LAB_WORK/s.console.log")
+lab_virsh managedsave "$S" >/dev/null || fail "virsh managedsave"
+vsh --json backup "$S"
+MID=$(jq -r .backup <<<"$OUT")
+check "backup of the managed-saved VM" test "$RC" = 0 -a "$MID" != null
+check "the VM was left as it was (shut off, managed saved state)" \
+    sh -c "virsh -q -c $LAB_URI dominfo $S | grep -q 'Managed save: *yes'"
+vsh show "$MID"
+check "its backup holds the saved state" grep -q "$S/saved-state" <<<"$OUT"
+lab_virsh managedsave-remove "$S" >/dev/null
+vsh --json restore "$MID" --force
+check "restore of the managed-saved VM exits 0" test "$RC" = 0
+check "the restored VM has its managed saved state again" \
+    grep -q "Managed save: *yes" <<<"$(lab_virsh dominfo "$S")"
+lab_virsh start "$S" >/dev/null
+lab_wait_ready s
+check "it resumed from its memory (the in-memory marker is there)" \
+    test "$(lab_gexec s 'cat /run/resting 2>/dev/null')" = in-memory
+check "and did not boot again" test "$(grep -c 'LAB: ready' "$LAB_WORK/s.console.log")" = "$boots_rest"
+check "with its data" test "$(lab_gexec s 'cat /mnt/data/resting.txt')" = resting
+lab_virsh destroy "$S" >/dev/null
 
 # A damaged chunk: the VM is not registered and nothing of it is left.
 export VMSHADOW_REPO=$LAB_WORK/repo2

@@ -18,6 +18,8 @@
 
 /* Where libvirt (qemu:///system) keeps an emulated TPM's state, per VM UUID. */
 #define VMSH_SWTPM_DIR "/var/lib/libvirt/swtpm"
+/* Where libvirt (qemu:///system) keeps managed saved states (VM.save). */
+#define VMSH_LIBVIRT_SAVE_DIR "/var/lib/libvirt/qemu/save"
 
 typedef struct vmsh_vm_writer_config {
     const char *uri;         /* libvirt connection; NULL: default */
