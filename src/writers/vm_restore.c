@@ -534,7 +534,7 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
         !json_object_is_type(disks, json_type_array))
         return 0;
     size_t n = 0;
-    json_object *skipped = json_object_new_array();
+    json_object *skipped = json_object_new_array(), *bitmap_error = NULL;
     for (size_t i = 0; i < json_object_array_length(disks) && n < max; i++) {
         const char *t = json_object_get_string(json_object_array_get_idx(disks, i));
         const vmsh_disk_repath *d = NULL;
@@ -546,6 +546,8 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
             json_object_array_add(skipped, jstr(t));
         } else if (image_bitmap("--add", d->path, name, &e) < 0) {
             json_object_array_add(skipped, jstr(t));
+            if (!bitmap_error)
+                bitmap_error = jstr(e->message);
             vmsh_error_free(e);
         } else {
             targets[n++] = d->target;
@@ -558,6 +560,7 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
         json_object_array_add(got, jstr(targets[i]));
     json_object_object_add(r, "disks", got);
     json_object_object_add(r, "disks_without_bitmap", skipped);
+    json_object_object_add(r, "bitmap_error", bitmap_error);
     *cpr = r;
     return n;
 }
