@@ -550,9 +550,16 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         for (size_t i = 0; i < o->base->count; i++)
             if (o->base->entries[i].chunk < nchunks && !bit_get(changed, o->base->entries[i].chunk))
                 n_entries++;
+    index_entry *fresh = NULL;
+    size_t n_fresh = 0;
     if (!j.err) {
+        size_t n_read = 0;
+        for (unsigned i = 0; i < nw; i++)
+            n_read += ws[i].n_out;
         idx.entries = vmsh_calloc_array(n_entries ? n_entries : 1, sizeof(index_entry));
-        if (!idx.entries) {
+        fresh =
+            incremental ? vmsh_calloc_array(n_read ? n_read : 1, sizeof(index_entry)) : idx.entries;
+        if (!idx.entries || !fresh) {
             vmsh_error *e = NULL;
             vmsh_error_set(&e, -ENOMEM, "out of memory");
             job_fail(&j, -ENOMEM, &e);
@@ -561,41 +568,58 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     if (!j.err) {
         for (unsigned i = 0; i < nw; i++) {
             if (ws[i].n_out)
-                memcpy(idx.entries + idx.count, ws[i].out, ws[i].n_out * sizeof(index_entry));
-            idx.count += ws[i].n_out;
+                memcpy(fresh + n_fresh, ws[i].out, ws[i].n_out * sizeof(index_entry));
+            n_fresh += ws[i].n_out;
         }
-        if (incremental)
-            for (size_t i = 0; i < o->base->count; i++) {
-                const index_entry *be = &o->base->entries[i];
-                if (be->chunk < nchunks && !bit_get(changed, be->chunk)) {
-                    idx.entries[idx.count++] = *be;
-                    st.base_chunks++;
-                }
-            }
-        qsort(idx.entries, idx.count, sizeof(index_entry), cmp_entry);
+        /* Only what was read needs sorting: the base is sorted (index_load
+         * checks it), and an incremental merges the two. */
+        qsort(fresh, n_fresh, sizeof(index_entry), cmp_entry);
+        idx.count = n_fresh;
     }
     for (unsigned i = 0; i < nw; i++)
         worker_fini(&ws[i]);
     free(ws);
     pthread_mutex_destroy(&j.err_mu);
     if (j.err) {
+        if (fresh != idx.entries)
+            free(fresh);
         free(idx.entries);
         rc = j.code;
         vmsh_error_propagate(err, &j.err);
         vmsh_error_prefix(err, "backup of %s", name);
         return rc;
     }
-    /* Base chunks must still exist: an incremental never names a chunk the
-     * repository does not hold. */
-    if (incremental)
-        for (size_t i = 0; i < idx.count; i++)
-            if (!chunk_map_find(&r->map, idx.entries[i].id)) {
-                free(idx.entries);
-                return vmsh_error_set(err, -EBADMSG,
-                                      "%s: the base backup names chunk %llu that the repository "
-                                      "no longer holds; run a full backup",
-                                      name, (unsigned long long)idx.entries[i].chunk);
+    if (incremental) {
+        /* Base chunks must still exist: an incremental never names a chunk
+         * the repository does not hold. What was read was stored or found
+         * in the map just now. */
+        size_t k = 0, n = 0;
+        rc = 0;
+        for (size_t i = 0; i < o->base->count && rc == 0; i++) {
+            const index_entry *be = &o->base->entries[i];
+            if (be->chunk >= nchunks || bit_get(changed, be->chunk))
+                continue;
+            if (!chunk_map_find(&r->map, be->id)) {
+                rc = vmsh_error_set(err, -EBADMSG,
+                                    "%s: the base backup names chunk %llu that the repository "
+                                    "no longer holds; run a full backup",
+                                    name, (unsigned long long)be->chunk);
+                break;
             }
+            while (k < n_fresh && fresh[k].chunk < be->chunk)
+                idx.entries[n++] = fresh[k++];
+            idx.entries[n++] = *be;
+            st.base_chunks++;
+        }
+        while (rc == 0 && k < n_fresh)
+            idx.entries[n++] = fresh[k++];
+        idx.count = n;
+        free(fresh);
+        if (rc < 0) {
+            free(idx.entries);
+            return rc;
+        }
+    }
     if (b->n_files == b->cap_files) {
         size_t ncap = b->cap_files ? b->cap_files * 2 : 8;
         file_rec *nf = vmsh_realloc_array(b->files, ncap, sizeof(*nf));
