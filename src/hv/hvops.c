@@ -288,8 +288,7 @@ static bool listed(const vmsh_hv_backup_disk *disks, size_t n, const char *targe
 }
 
 int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
-                         const vmsh_hv_backup_disk *disks, size_t n_disks, const char *incremental,
-                         const char *checkpoint_xml, vmsh_error **err)
+                         const vmsh_hv_backup_disk *disks, size_t n_disks, vmsh_error **err)
 {
     virDomainPtr d = NULL;
     int r = lookup(hv, vm, &d, err);
@@ -304,11 +303,7 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
         return vmsh_error_set(err, -EIO, "cannot read the XML of VM %s", vm);
     }
     _cleanup_free_ char *x = NULL;
-    int q = append(&x, "<domainbackup mode='pull'>");
-    if (incremental && q == 0)
-        q = append(&x, "<incremental>") ?: append_escaped(&x, incremental) ?:
-            append(&x, "</incremental>");
-    q = q ?: append(&x, "<server transport='unix' socket='") ?: append_escaped(&x, socket_path) ?:
+    int q = append(&x, "<domainbackup mode='pull'>") ?: append(&x, "<server transport='unix' socket='") ?: append_escaped(&x, socket_path) ?:
         append(&x, "'/><disks>");
     for (size_t i = 0; i < n_disks && q == 0; i++)
         q = append(&x, "<disk name='") ?: append_escaped(&x, disks[i].target) ?:
@@ -332,7 +327,7 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
         virDomainFree(d);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    if (virDomainBackupBegin(d, x, checkpoint_xml, 0) < 0)
+    if (virDomainBackupBegin(d, x, NULL, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL) < 0)
         r = lv_fail(err, vm, "starting the backup job");
     virDomainFree(d);
     return r;
@@ -530,6 +525,37 @@ int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
                            vmsh_error **err)
 {
     return checkpoint_xml_at(hv, vm, name, targets, n_targets, 0, out, err);
+}
+
+int vmsh_hv_checkpoint_create(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virDomainCheckpointPtr cp = virDomainCheckpointCreateXML(d, xml, 0);
+    if (!cp)
+        r = lv_fail(err, vm, "creating the checkpoint");
+    else
+        virDomainCheckpointFree(cp);
+    virDomainFree(d);
+    return r;
+}
+
+int vmsh_hv_disk_capacity(vmsh_hv *hv, const char *vm, const char *target, uint64_t *out,
+                          vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    virDomainBlockInfo info;
+    if (virDomainGetBlockInfo(d, target, &info, 0) < 0)
+        r = lv_fail(err, vm, "reading the size of a disk");
+    else
+        *out = info.capacity;
+    virDomainFree(d);
+    return r;
 }
 
 int vmsh_hv_checkpoint_redefine(vmsh_hv *hv, const char *vm, const char *name,

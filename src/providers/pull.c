@@ -3,6 +3,7 @@
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,15 +15,25 @@ typedef struct pull_vm {
     char *socket;
     char **targets;
     char **scratch;
+    uint64_t *capacity; /* per disk: its size, the scratch image's */
     char **incremental; /* per disk: checkpoint to export changes since, or NULL */
     size_t n;
-    bool started;
+    bool journalled; /* "backup-job" begun: scratch images or a job may exist */
     uint64_t seq;
-    char *cp_name, *cp_xml; /* the checkpoint created with the job (issue 7) */
+    char *cp_name, *cp_xml; /* the checkpoint made for the next backup (issue 7) */
     uint64_t seq_cp;
     bool cp_journalled;
     char *fallback; /* why libvirt refused the incremental job (it then ran full) */
 } pull_vm;
+
+/* Work done beside the guests' freeze (vmsh_pull_provider_start): one thread
+ * makes the checkpoints, one the scratch images; prepare joins them. */
+typedef struct bg_task {
+    struct pull_provider *p;
+    pthread_t thread;
+    int rc;
+    vmsh_error *err;
+} bg_task;
 
 typedef struct pull_provider {
     vmsh_provider_ops ops; /* first: the coordinator hands it back as self */
@@ -31,6 +42,8 @@ typedef struct pull_provider {
     char *set_id;
     pull_vm *vms;
     size_t n_vms;
+    bg_task checkpoints, scratch;
+    bool bg_running;
 } pull_provider;
 
 static void vm_clear(pull_vm *v)
@@ -44,14 +57,36 @@ static void vm_clear(pull_vm *v)
     }
     free(v->targets);
     free(v->scratch);
+    free(v->capacity);
     free(v->incremental);
     free(v->cp_name);
     free(v->cp_xml);
     free(v->fallback);
 }
 
+/* Waits for the background work of vmsh_pull_provider_start; its outcome
+ * stays in p->checkpoints and p->scratch. */
+static void bg_join(pull_provider *p)
+{
+    if (!p->bg_running)
+        return;
+    pthread_join(p->checkpoints.thread, NULL);
+    pthread_join(p->scratch.thread, NULL);
+    p->bg_running = false;
+}
+
+static void bg_clear(pull_provider *p)
+{
+    bg_join(p);
+    vmsh_error_free(p->checkpoints.err);
+    vmsh_error_free(p->scratch.err);
+    p->checkpoints = (bg_task){0};
+    p->scratch = (bg_task){0};
+}
+
 static void reset(pull_provider *p)
 {
+    bg_clear(p);
     for (size_t i = 0; i < p->n_vms; i++)
         vm_clear(&p->vms[i]);
     free(p->vms);
@@ -86,12 +121,14 @@ int vmsh_pull_provider_add(vmsh_provider_ops *ops, const vmsh_set *set, const ch
     v->socket = strdup(socket_path);
     v->targets = vmsh_calloc_array(n_disks, sizeof(char *));
     v->scratch = vmsh_calloc_array(n_disks, sizeof(char *));
+    v->capacity = vmsh_calloc_array(n_disks, sizeof(uint64_t));
     v->incremental = vmsh_calloc_array(n_disks, sizeof(char *));
-    if (!v->vm || !v->socket || !v->targets || !v->scratch || !v->incremental)
+    if (!v->vm || !v->socket || !v->targets || !v->scratch || !v->capacity || !v->incremental)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; i < n_disks; i++) {
         v->targets[i] = strdup(disks[i].target);
         v->scratch[i] = strdup(disks[i].scratch);
+        v->capacity[i] = disks[i].capacity;
         v->incremental[i] = disks[i].incremental ? strdup(disks[i].incremental) : NULL;
         v->n++;
         if (!v->targets[i] || !v->scratch[i] || (disks[i].incremental && !v->incremental[i]))
@@ -143,6 +180,94 @@ static json_object *job_data(const pull_vm *v)
     return o;
 }
 
+/* The checkpoints of the set's VMs, on the provider's own connection (the
+ * writer's is busy with the freeze). A bitmap begun a little before the
+ * point of the backup is safe: it records a superset of the changes since. */
+static void *make_checkpoints(void *arg)
+{
+    bg_task *t = arg;
+    pull_provider *p = t->p;
+    t->rc = hv_ready(p, &t->err);
+    for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        if (v->cp_name && (t->rc = vmsh_hv_checkpoint_create(p->hv, v->vm, v->cp_xml, &t->err)) < 0)
+            vmsh_error_prefix(&t->err, "checkpoint %s for the next incremental backup", v->cp_name);
+    }
+    return NULL;
+}
+
+static void *make_scratch(void *arg)
+{
+    bg_task *t = arg;
+    pull_provider *p = t->p;
+    for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        for (size_t k = 0; k < v->n && t->rc == 0; k++)
+            if ((t->rc = vmsh_hv_image_create(v->scratch[k], NULL, NULL, v->capacity[k], &t->err)) <
+                0)
+                vmsh_error_prefix(&t->err, "the scratch image of disk %s of VM %s", v->targets[k],
+                                  v->vm);
+    }
+    return NULL;
+}
+
+int vmsh_pull_provider_start(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0 || p->bg_running)
+        return 0; /* no VM of this set needs a job, or started already */
+    int r = 0;
+    for (size_t i = 0; i < p->n_vms && r == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        json_object *data = job_data(v);
+        r = vmsh_set_journal_begin(set, ops->id, "backup-job", data, &v->seq, err);
+        json_object_put(data);
+        if (r < 0)
+            break;
+        v->journalled = true; /* from here on scratch images may exist */
+        if (v->cp_name) {
+            /* journalled before it exists: an abort or a recover deletes it */
+            json_object *cd = json_object_new_object();
+            json_object_object_add(cd, "vm", json_object_new_string(v->vm));
+            json_object_object_add(cd, "name", json_object_new_string(v->cp_name));
+            r = vmsh_set_journal_begin(set, ops->id, "checkpoint", cd, &v->seq_cp, err);
+            json_object_put(cd);
+            if (r == 0)
+                v->cp_journalled = true;
+        }
+    }
+    if (r < 0)
+        return r;
+    p->checkpoints = (bg_task){.p = p};
+    p->scratch = (bg_task){.p = p};
+    if (pthread_create(&p->checkpoints.thread, NULL, make_checkpoints, &p->checkpoints) != 0)
+        return vmsh_error_set(err, -EAGAIN, "cannot start a thread");
+    if (pthread_create(&p->scratch.thread, NULL, make_scratch, &p->scratch) != 0) {
+        pthread_join(p->checkpoints.thread, NULL);
+        return vmsh_error_set(err, -EAGAIN, "cannot start a thread");
+    }
+    p->bg_running = true;
+    return 0;
+}
+
+/* After every writer's PrepareForSnapshot (the guests are frozen): the
+ * checkpoints and scratch images are ready, or the set fails. */
+static int pull_prepare(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    pull_provider *p = (pull_provider *)ops;
+    if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
+        return 0;
+    bg_join(p);
+    bg_task *failed = p->scratch.rc < 0       ? &p->scratch
+                      : p->checkpoints.rc < 0 ? &p->checkpoints
+                                              : NULL;
+    if (!failed)
+        return 0;
+    int r = failed->rc;
+    vmsh_error_propagate(err, &failed->err);
+    return r;
+}
+
 static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     pull_provider *p = (pull_provider *)ops;
@@ -154,11 +279,6 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
     vmsh_hv_backup_disk *disks = NULL;
     for (size_t i = 0; i < p->n_vms && r == 0; i++) {
         pull_vm *v = &p->vms[i];
-        json_object *data = job_data(v);
-        r = vmsh_set_journal_begin(set, ops->id, "backup-job", data, &v->seq, err);
-        json_object_put(data);
-        if (r < 0)
-            break;
         free(disks);
         disks = vmsh_calloc_array(v->n, sizeof(*disks));
         if (!disks) {
@@ -169,24 +289,12 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
         for (size_t k = 0; k < v->n; k++) {
             disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
                                              .scratch = v->scratch[k],
+                                             .capacity = v->capacity[k],
                                              .incremental = v->incremental[k]};
             incremental = incremental || v->incremental[k];
         }
-        if (v->cp_name) {
-            /* the checkpoint is created with the job: journalled first, so
-             * that an abort or a recover deletes it (issue 7) */
-            json_object *cd = json_object_new_object();
-            json_object_object_add(cd, "vm", json_object_new_string(v->vm));
-            json_object_object_add(cd, "name", json_object_new_string(v->cp_name));
-            r = vmsh_set_journal_begin(set, ops->id, "checkpoint", cd, &v->seq_cp, err);
-            json_object_put(cd);
-            if (r < 0)
-                break;
-            v->cp_journalled = true;
-        }
-        v->started = true; /* from here on a job may exist: abort ends it */
         vmsh_error *e = NULL;
-        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, v->cp_xml, &e);
+        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
         if (r < 0 && incremental) {
             /* libvirt checks each bitmap of the chain (missing, or
              * inconsistent after QEMU stopped without storing it): the job
@@ -197,7 +305,7 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
             e = NULL;
             for (size_t k = 0; k < v->n; k++)
                 disks[k].incremental = NULL;
-            r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, NULL, v->cp_xml, &e);
+            r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
         }
         vmsh_error_propagate(err, &e);
         if (r == 0)
@@ -235,17 +343,18 @@ static int end_all(pull_provider *p, vmsh_set *set, bool keep, vmsh_error **err)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
+    bg_join(p); /* the threads may still be making checkpoints and images */
     int first = 0;
     for (size_t i = 0; i < p->n_vms; i++) {
         pull_vm *v = &p->vms[i];
         vmsh_error *e = NULL;
         int r = 0;
-        if (v->started) {
+        if (v->journalled) {
             r = hv_ready(p, &e);
             if (r == 0)
                 r = end_job(p->hv, v->vm, v->scratch, v->n, &e);
             if (r == 0) {
-                v->started = false;
+                v->journalled = false;
                 r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_UNDONE, &e);
             }
         }
@@ -273,6 +382,11 @@ static int pull_release(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 }
 
 static int pull_abort(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
+{
+    return end_all((pull_provider *)ops, set, false, err);
+}
+
+int vmsh_pull_provider_cancel(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     return end_all((pull_provider *)ops, set, false, err);
 }
@@ -342,6 +456,7 @@ int vmsh_pull_provider_new(vmsh_provider_ops **out, const char *uri, vmsh_error 
         .version = VMSH_PROVIDER_OPS_VERSION,
         .name = VMSH_PULL_PROVIDER_NAME,
         .id = VMSH_PULL_PROVIDER_ID,
+        .prepare = pull_prepare,
         .commit = pull_commit,
         .release = pull_release,
         .abort = pull_abort,

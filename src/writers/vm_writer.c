@@ -450,43 +450,6 @@ static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref 
     return p;
 }
 
-/* Creates the overlay file ourselves, exclusively and without following a
- * link (a link planted at the name must not make qemu-img overwrite its
- * target), then lets qemu-img write the qcow2 header into that very inode
- * through /dev/fd/N. */
-static int create_overlay(const char *overlay, const disk_ref *d, vmsh_error **err)
-{
-    /* not O_CLOEXEC: qemu-img inherits it */
-    int fd = open(overlay, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return vmsh_error_set(err, -errno, "cannot create the overlay %s: %s", overlay,
-                              strerror(errno));
-    char target[32];
-    snprintf(target, sizeof(target), "/dev/fd/%d", fd);
-    char *argv[] = {(char *)"qemu-img",
-                    (char *)"create",
-                    (char *)"-q",
-                    (char *)"-f",
-                    (char *)"qcow2",
-                    (char *)"-b",
-                    (char *)d->path,
-                    (char *)"-F",
-                    (char *)d->format,
-                    target,
-                    NULL};
-    vmsh_proc_result res;
-    int r = vmsh_proc_run(argv, NULL, 60 * 1000, &res, err);
-    close(fd);
-    if (r == 0 && res.exit_code != 0) {
-        char buf[96];
-        r = vmsh_error_set(err, -EIO, "qemu-img could not create the overlay %s on %s: %s", overlay,
-                           d->path, vmsh_proc_describe(&res, buf, sizeof(buf)));
-    }
-    if (r < 0)
-        unlink(overlay);
-    return r;
-}
-
 /* R1: the VM's memory goes to the state file and the VM stops; each captured
  * disk gets a qcow2 overlay on its image; the VM is started again from the
  * state file on the overlays, in the state it had. The images keep the saved
@@ -524,8 +487,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         uint64_t seq = 0;
         r = vmsh_set_journal_begin(set, w->ops.id, "overlay", data, &seq, err);
         json_object_put(data);
-        if (r == 0)
-            r = create_overlay(overlays[i], &d[i], err);
+        if (r == 0 && (r = vmsh_hv_image_create(overlays[i], d[i].path, d[i].format, 0, err)) < 0)
+            vmsh_error_prefix(err, "the overlay of disk %s (on %s)", d[i].target, d[i].path);
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
         rp[i] = (vmsh_disk_repath){.target = d[i].target,
@@ -603,6 +566,29 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
     return vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, err);
 }
 
+/* The size of the VM's disk `target` (the size of its scratch image): read
+ * from the image, which costs neither a libvirt call nor three QEMU queries;
+ * libvirt is asked only for a format read nowhere else. */
+static int disk_capacity(vm_writer *w, const vm_item *it, const char *target, uint64_t *out,
+                         vmsh_error **err)
+{
+    disk_ref d[MAX_DISKS];
+    size_t n = disk_refs(it, d, MAX_DISKS);
+    for (size_t i = 0; i < n; i++) {
+        if (!d[i].target || strcmp(d[i].target, target) != 0 || !d[i].path)
+            continue;
+        vmsh_error *e = NULL;
+        int r = vmsh_hv_image_size(d[i].path, d[i].format, out, &e);
+        if (r != -ENOTSUP) {
+            vmsh_error_propagate(err, &e);
+            return r < 0 ? vmsh_error_prefix(err, "disk %s of VM %s", target, it->name) : 0;
+        }
+        vmsh_error_free(e);
+        break;
+    }
+    return vmsh_hv_disk_capacity(w->hv, it->name, target, out, err);
+}
+
 /* Registers a running guest-method VM's captured disks with the provider and
  * points the disk files at its NBD export; other VMs read their images. */
 static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_error **err)
@@ -638,7 +624,9 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
             break;
         }
         bd[i] = (vmsh_hv_backup_disk){.target = it->targets[i], .scratch = scratch[i]};
-        r = vmsh_file_set_source_nbd(f, sock, it->targets[i]);
+        r = disk_capacity(w, it, it->targets[i], &bd[i].capacity, err);
+        if (r == 0)
+            r = vmsh_file_set_source_nbd(f, sock, it->targets[i]);
     }
     _cleanup_free_ char *cp_xml = NULL;
     if (r == 0)
@@ -692,6 +680,11 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
     }
     for (size_t i = 0; i < w->n_items && r == 0; i++)
         r = plan_disks(w, set, &w->items[i], i, err);
+    /* The provider makes the checkpoints and scratch images while the
+     * guests freeze (each freeze is the guest's own work); its prepare,
+     * after this event, waits for them. */
+    if (r == 0)
+        r = vmsh_pull_provider_start(w->provider, set, err);
     for (size_t i = 0; i < w->n_items && r == 0; i++) {
         vm_item *it = &w->items[i];
         if (it->method == VMSH_METHOD_GUEST)
@@ -971,7 +964,14 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     if (w->freeze_start && !w->freeze_end)
         w->freeze_end = vmsh_now_ms();
     vmsh_vmw_prune_join(w);
+    /* a set that failed before the providers' prepare: the coordinator
+     * aborts no provider, but this writer started the pull provider's work */
+    vmsh_error *pe = NULL;
+    int pr = vmsh_pull_provider_cancel(w->provider, set, &pe);
     int r = undo_open(w, set, err);
+    if (r == 0 && pr < 0)
+        r = pr;
+    vmsh_error_propagate(err, &pe);
     reset(w);
     return r;
 }

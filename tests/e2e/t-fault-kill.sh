@@ -5,9 +5,11 @@
 # the most to undo) and delivers SIGKILL; then `vmshadow recover` must leave
 # no VM stranded (R7), nothing half-visible (R5), no temporary file, and the
 # VM's definition and disk as they were before the run.
-#   backup: prepare (agent probe in Identify), capture start (pull backup
-#           job begun, guest still frozen), saved-state capture (VM restarted
-#           on its overlays), commit (repository commit of the document)
+#   backup: prepare (agent probe in Identify), the checkpoint made beside
+#           the freeze (a provider thread; scratch images being made), capture
+#           start (pull backup job begun, guest still frozen), saved-state
+#           capture (VM restarted on its overlays), commit (repository commit
+#           of the document)
 #   restore: after undefine, during the file write, after define, with a
 #            saved state loaded paused (before libvirt saved it as managed)
 # The freeze, the save and the data copy are covered by t-backup-kill.sh.
@@ -57,6 +59,11 @@ no_backup_leftovers() {
         test -z "$(find "$LAB_WORK" "$VMSHADOW_STATE_DIR" -name '*.overlay' -o -name '*.scratch*' -o -name '*.save')"
     check "$1: no run directory or socket left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)"
     check "$1: no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+    # past BackupComplete (the commit cell) release kept the set's checkpoint
+    # for the next backup: it marks no backup then, and that next backup
+    # deletes it (checked after the commit cell)
+    [ "$2" = 0 ] && [ "${3:-}" != kept ] && check "$1: no checkpoint left (it would mark no backup)" \
+        test -z "$(lab_virsh checkpoint-list "$G" --name)"
     vsh --json list
     check "$1: no backup visible (R5)" test "$(jq '.backups | length' <<<"$OUT")" = "$2"
     vsh verify
@@ -66,6 +73,9 @@ no_backup_leftovers() {
 # ---- backup
 kill_at vmsh_hv_agent_probe entry backup "$G"
 no_backup_leftovers "killed in prepare (agent probe)" 0
+
+kill_at vmsh_hv_checkpoint_create finish backup "$G"
+no_backup_leftovers "killed with the checkpoint made, beside the freeze" 0
 
 kill_at vmsh_hv_backup_begin finish backup "$G"
 check "capture start: the guest was frozen when vmshadow died" grep -q '"frozen"' <<<"$(frozen_status)"
@@ -77,7 +87,13 @@ check "saved-state capture: the VM ran on its overlay when vmshadow died" \
 no_backup_leftovers "killed at saved-state capture (overlays)" 0
 
 kill_at vmsh_backup_commit entry backup "$G"
-no_backup_leftovers "killed at commit" 0
+no_backup_leftovers "killed at commit" 0 kept
+vsh --json backup "$G"
+check "after the commit kill: the next backup reads in full (the kept checkpoint marks no backup)" \
+    test "$(jq -r '.vms[0].disks[0].read' <<<"$OUT")" = full
+check "after the commit kill: the next backup leaves only its own checkpoint" \
+    test "$(lab_virsh checkpoint-list "$G" --name | grep -c .)" = 1 -a \
+    "$(lab_virsh checkpoint-list "$G" --name | grep .)" = "vmshadow-$(jq -r .set_id <<<"$OUT")"
 vsh gc
 check "gc after the killed commit exits 0" test "$RC" = 0
 

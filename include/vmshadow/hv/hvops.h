@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <vmshadow/hv/hv.h>
 
@@ -57,8 +58,11 @@ int vmsh_hv_resume(vmsh_hv *hv, const char *vm, vmsh_error **err);
 int vmsh_hv_state(vmsh_hv *hv, const char *vm, vmsh_vm_state *out, vmsh_error **err);
 
 typedef struct vmsh_hv_backup_disk {
-    const char *target;  /* "vda" */
-    const char *scratch; /* scratch file for the pull backup (libvirt creates it) */
+    const char *target; /* "vda" */
+    /* scratch file for the pull backup: an empty qcow2 of the disk's size
+     * (vmsh_hv_image_create) that libvirt attaches as it is */
+    const char *scratch;
+    uint64_t capacity; /* the disk's size in bytes: the scratch image's size */
     /* Issue 7: a checkpoint to export this disk's changes since (libvirt's
      * per-disk backupmode='incremental'; the NBD export then offers the meta
      * context "qemu:dirty-bitmap:backup-<target>"); NULL: full. */
@@ -67,13 +71,12 @@ typedef struct vmsh_hv_backup_disk {
 
 /* Starts a pull-mode backup job: every disk in `disks` is exported
  * point-in-time over NBD on the Unix socket `socket_path` (export name = the
- * target); every other disk of the VM gets backup='no'. `incremental` names
- * a checkpoint to export dirty bitmaps of every disk from (NULL: none; each
- * disk may name its own in vmsh_hv_backup_disk.incremental); `checkpoint_xml`
- * creates a checkpoint atomically with the job (NULL: none). */
+ * target); every other disk of the VM gets backup='no'. The scratch images
+ * must exist (libvirt's REUSE_EXTERNAL: it attaches them instead of creating
+ * them with two QEMU jobs per disk, which made the guest wait frozen) and
+ * stay the caller's to remove. */
 int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
-                         const vmsh_hv_backup_disk *disks, size_t n_disks, const char *incremental,
-                         const char *checkpoint_xml, vmsh_error **err);
+                         const vmsh_hv_backup_disk *disks, size_t n_disks, vmsh_error **err);
 /* Ends the VM's backup job (pull jobs end only this way). 0 when none runs. */
 int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* 1 when a backup job runs on the VM, 0 when not. */
@@ -103,10 +106,34 @@ int vmsh_hv_checkpoint_redefine(vmsh_hv *hv, const char *vm, const char *name,
                                 const char *const *targets, size_t n_targets, vmsh_error **err);
 /* The <domaincheckpoint> XML for a new checkpoint `name` of the running VM
  * with a bitmap on each disk of `targets` and none on every other disk
- * (*out malloc'ed): the checkpoint_xml of vmsh_hv_backup_begin. */
+ * (*out malloc'ed), for vmsh_hv_checkpoint_create. */
 int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
                            const char *const *targets, size_t n_targets, char **out,
                            vmsh_error **err);
+
+/* Creates a checkpoint of the running VM from `xml` (a new, enabled bitmap
+ * on each of its disks). Not validated against libvirt's schema: the XML is
+ * ours (vmsh_hv_checkpoint_xml), and compiling that schema costs ~16 ms. */
+int vmsh_hv_checkpoint_create(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err);
+/* The size in bytes of the VM's disk `target` as the VM sees it. */
+int vmsh_hv_disk_capacity(vmsh_hv *hv, const char *vm, const char *target, uint64_t *out,
+                          vmsh_error **err);
+
+/* Creates the qcow2 image `path`: on `backing` (format `backing_format`) when
+ * it is not NULL, else empty and `size` bytes large. The file is made here,
+ * exclusively and without following a link (a link planted at the name must
+ * not make qemu-img overwrite its target), and qemu-img writes into that
+ * very inode through /dev/fd/N. Removed again on failure. Thread-safe.
+ * Expected errors: -EEXIST (the name exists), -EIO (qemu-img failed). */
+int vmsh_hv_image_create(const char *path, const char *backing, const char *backing_format,
+                         uint64_t size, vmsh_error **err);
+
+/* The size in bytes of a disk image as a VM sees it, read from the image
+ * itself (no libvirt call, no process): the virtual size in a qcow2 header,
+ * the size of a raw file or block device. Thread-safe. Expected errors:
+ * -ENOTSUP (another format: ask vmsh_hv_disk_capacity), -EINVAL (not a
+ * qcow2 image). */
+int vmsh_hv_image_size(const char *path, const char *format, uint64_t *out, vmsh_error **err);
 
 /* The VM's domain XML (*out malloc'ed): the persistent definition when
  * `inactive`, else the live one. */
