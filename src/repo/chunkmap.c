@@ -1,7 +1,8 @@
 /* chunkmap.c - chunk ID → location, an open-addressing hash table. Chunk IDs
  * are cryptographic hashes, so their first 8 bytes are already a uniform
  * hash: no second hash function is needed. ~112 bytes per chunk at the
- * load factor kept here (≤ 1/2): 1 TiB of stored 64 KiB chunks is 1.8 GB,
+ * load factor kept here (≤ 1/2; a loaded map keeps room for an eighth
+ * more, up to twice that when it crosses a power of two): 1 TiB of stored 64 KiB chunks is 1.8 GB,
  * a 4 GiB image ~5 MB. */
 #include "internal.h"
 
@@ -65,6 +66,14 @@ static int grow(chunk_map *m)
     m->slots = ns;
     m->used = nu;
     m->cap = ncap;
+    return 0;
+}
+
+int chunk_map_reserve(chunk_map *m, size_t n)
+{
+    while ((n + 1) * 2 > m->cap)
+        if (grow(m) < 0)
+            return -ENOMEM;
     return 0;
 }
 

@@ -127,6 +127,8 @@ chunk_loc *chunk_map_find(const chunk_map *m, const uint8_t id[ID_LEN]);
 /* Inserts when absent; *out points at the slot (existing or new). 1 when
  * inserted, 0 when present, -ENOMEM. Pointers die at the next insert. */
 int chunk_map_insert(chunk_map *m, const chunk_loc *loc, chunk_loc **out);
+/* Room for `n` entries without growing (-ENOMEM). */
+int chunk_map_reserve(chunk_map *m, size_t n);
 
 /* ---- packs (pack.c) ---- */
 typedef struct pack_info {
