@@ -527,19 +527,25 @@ int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
     return checkpoint_xml_at(hv, vm, name, targets, n_targets, 0, out, err);
 }
 
-int vmsh_hv_checkpoint_create(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err)
+static int create_checkpoint(vmsh_hv *hv, const char *vm, const char *xml, unsigned flags,
+                             const char *what, vmsh_error **err)
 {
     virDomainPtr d = NULL;
     int r = lookup(hv, vm, &d, err);
     if (r < 0)
         return r;
-    virDomainCheckpointPtr cp = virDomainCheckpointCreateXML(d, xml, 0);
+    virDomainCheckpointPtr cp = virDomainCheckpointCreateXML(d, xml, flags);
     if (!cp)
-        r = lv_fail(err, vm, "creating the checkpoint");
+        r = lv_fail(err, vm, what);
     else
         virDomainCheckpointFree(cp);
     virDomainFree(d);
     return r;
+}
+
+int vmsh_hv_checkpoint_create(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err)
+{
+    return create_checkpoint(hv, vm, xml, 0, "creating the checkpoint", err);
 }
 
 int vmsh_hv_disk_capacity(vmsh_hv *hv, const char *vm, const char *target, uint64_t *out,
@@ -562,19 +568,12 @@ int vmsh_hv_checkpoint_redefine(vmsh_hv *hv, const char *vm, const char *name,
                                 const char *const *targets, size_t n_targets, vmsh_error **err)
 {
     _cleanup_free_ char *x = NULL;
-    virDomainPtr d = NULL;
     /* its bitmap was made now: it records changes from now on */
     int r = checkpoint_xml_at(hv, vm, name, targets, n_targets, (long long)time(NULL), &x, err);
-    if (r < 0 || (r = lookup(hv, vm, &d, err)) < 0)
+    if (r < 0)
         return r;
-    virDomainCheckpointPtr cp =
-        virDomainCheckpointCreateXML(d, x, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
-    if (!cp)
-        r = lv_fail(err, vm, "defining the checkpoint of the backup again");
-    else
-        virDomainCheckpointFree(cp);
-    virDomainFree(d);
-    return r;
+    return create_checkpoint(hv, vm, x, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE,
+                             "defining the checkpoint of the backup again", err);
 }
 
 int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err)
