@@ -568,7 +568,7 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
 
 /* The size of the VM's disk `target` (the size of its scratch image): read
  * from the image, which costs neither a libvirt call nor three QEMU queries;
- * libvirt is asked only for a format read nowhere else. */
+ * libvirt is asked only for formats other than qcow2 and raw. */
 static int disk_capacity(vm_writer *w, const vm_item *it, const char *target, uint64_t *out,
                          vmsh_error **err)
 {
@@ -581,7 +581,9 @@ static int disk_capacity(vm_writer *w, const vm_item *it, const char *target, ui
         int r = vmsh_hv_image_size(d[i].path, d[i].format, out, &e);
         if (r != -ENOTSUP) {
             vmsh_error_propagate(err, &e);
-            return r < 0 ? vmsh_error_prefix(err, "disk %s of VM %s", target, it->name) : 0;
+            if (r < 0)
+                vmsh_error_prefix(err, "disk %s of VM %s", target, it->name);
+            return r;
         }
         vmsh_error_free(e);
         break;
