@@ -303,8 +303,8 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
         return vmsh_error_set(err, -EIO, "cannot read the XML of VM %s", vm);
     }
     _cleanup_free_ char *x = NULL;
-    int q = append(&x, "<domainbackup mode='pull'>") ?: append(&x, "<server transport='unix' socket='") ?: append_escaped(&x, socket_path) ?:
-        append(&x, "'/><disks>");
+    int q = append(&x, "<domainbackup mode='pull'><server transport='unix' socket='") ?:
+            append_escaped(&x, socket_path) ?: append(&x, "'/><disks>");
     for (size_t i = 0; i < n_disks && q == 0; i++)
         q = append(&x, "<disk name='") ?: append_escaped(&x, disks[i].target) ?:
             append(&x, "' backup='yes' type='file'") ?:

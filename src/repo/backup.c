@@ -545,6 +545,7 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         st.zero_chunks += ws[i].st.zero_chunks;
         n_entries += ws[i].n_out;
     }
+    size_t n_read = n_entries; /* the base's entries come on top */
     vmsh_file_index idx = {.size = size};
     if (!j.err && incremental)
         for (size_t i = 0; i < o->base->count; i++)
@@ -553,9 +554,6 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     index_entry *fresh = NULL;
     size_t n_fresh = 0;
     if (!j.err) {
-        size_t n_read = 0;
-        for (unsigned i = 0; i < nw; i++)
-            n_read += ws[i].n_out;
         idx.entries = vmsh_calloc_array(n_entries ? n_entries : 1, sizeof(index_entry));
         fresh =
             incremental ? vmsh_calloc_array(n_read ? n_read : 1, sizeof(index_entry)) : idx.entries;

@@ -1,9 +1,9 @@
 /* chunkmap.c - chunk ID → location, an open-addressing hash table. Chunk IDs
  * are cryptographic hashes, so their first 8 bytes are already a uniform
  * hash: no second hash function is needed. ~112 bytes per chunk at the
- * load factor kept here (≤ 1/2; a loaded map keeps room for an eighth
- * more, up to twice that when it crosses a power of two): 1 TiB of stored 64 KiB chunks is 1.8 GB,
- * a 4 GiB image ~5 MB. */
+ * load factor kept here (≤ 1/2; a map loaded for a backup keeps room for
+ * an eighth more, up to twice that when it crosses a power of two): 1 TiB
+ * of stored 64 KiB chunks is 1.8 GB, a 4 GiB image ~5 MB. */
 #include "internal.h"
 
 #include <vmshadow/util/mem.h>

@@ -433,11 +433,13 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
         free(entries);
     }
     free(names);
-    /* Room for a backup's new chunks: a map that grows during the copy
-     * rehashes every entry into fresh memory under the lock the hashing
+    /* Room for a pending backup's new chunks: a map that grows during the
+     * copy rehashes every entry into fresh memory under the lock the hashing
      * threads share (~5 ms at 130,000 chunks); here, in the loader, it is
-     * off their path. An eighth more, at least 4096. */
-    if (chunk_map_reserve(&r->map, r->map.count + r->map.count / 8 + 4096) < 0)
+     * off their path. An eighth more, at least 4096. Only a backup inserts:
+     * verify, gc and restore keep the map as loaded. (backup_pending is set
+     * before the loader thread starts and cleared after it is joined.) */
+    if (r->backup_pending && chunk_map_reserve(&r->map, r->map.count + r->map.count / 8 + 4096) < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
     r->map_loaded = true;
     return 0;
