@@ -41,14 +41,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (repo_load_map(r, &err) < 0 || chunk_reader_new(&cr, r, &err) < 0) {
         vmsh_error_free(err);
     } else {
-        size_t read = 0;
-        for (size_t i = 0; i < r->map.cap && read < 16; i++) {
-            if (!r->map.used[i])
-                continue;
-            read++;
-            if (chunk_reader_read(cr, &r->map.slots[i], out, &err) < 0)
+        for (size_t i = 0; i < r->map.count && i < 16; i++)
+            if (chunk_reader_read(cr, &r->map.locs[i], out, &err) < 0)
                 vmsh_error_free(err), err = NULL;
-        }
     }
     chunk_reader_free(cr);
     vmsh_repo_free(r);

@@ -116,16 +116,17 @@ typedef struct chunk_loc {
 #define CHUNK_PENDING UINT32_MAX
 
 typedef struct chunk_map {
-    chunk_loc *slots; /* open addressing; an all-zero id never occurs as key... */
-    uint8_t *used;
-    size_t cap, count;
+    chunk_loc *locs; /* count entries in insertion order, room for locs_cap */
+    uint64_t *slots; /* cap (a power of two) slots; see chunkmap.c */
+    size_t count, locs_cap, cap;
 } chunk_map;
 
 void chunk_map_init(chunk_map *m);
 void chunk_map_clear(chunk_map *m);
 chunk_loc *chunk_map_find(const chunk_map *m, const uint8_t id[ID_LEN]);
-/* Inserts when absent; *out points at the slot (existing or new). 1 when
- * inserted, 0 when present, -ENOMEM. Pointers die at the next insert. */
+/* Inserts when absent; *out points at the location (existing or new). 1 when
+ * inserted, 0 when present, -ENOMEM. Pointers die at the next insert or
+ * reserve. */
 int chunk_map_insert(chunk_map *m, const chunk_loc *loc, chunk_loc **out);
 /* Room for `n` entries without growing (-ENOMEM). */
 int chunk_map_reserve(chunk_map *m, size_t n);

@@ -383,6 +383,18 @@ static int cmp_name33(const void *a, const void *b)
     return strcmp((const char *)a, (const char *)b);
 }
 
+typedef struct pack_table {
+    chunk_loc *entries;
+    uint32_t n;
+} pack_table;
+
+static void free_tables(pack_table *t, size_t n)
+{
+    for (size_t i = 0; t && i < n; i++)
+        free(t[i].entries);
+    free(t);
+}
+
 static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
 {
     if (r->map_loaded)
@@ -394,22 +406,30 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
         return rc;
     if (n)
         qsort(names, n, sizeof(*names), cmp_name33);
+    /* Every table first, then the map sized once for all of them: growing
+     * it pack by pack rehashed it ~8 times and touched as much memory again
+     * in tables thrown away (a third of the load's time at 80,000 chunks). */
+    pack_table *tables = vmsh_calloc_array(n ? n : 1, sizeof(*tables));
+    if (!tables) {
+        free(names);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         _cleanup_free_ char *p = pack_path(r->path, names[i]);
-        chunk_loc *entries = NULL;
-        uint32_t ne = 0;
         uint64_t size = 0;
         vmsh_error *e = NULL;
-        rc = p ? pack_read_table(p, crypto, r->keys.encrypted, &entries, &ne, &size, &e) : -ENOMEM;
-        int no = repo_add_pack(r, names[i], size, ne);
-        if (no < 0) {
-            free(entries);
-            vmsh_error_free(e);
+        rc = p ? pack_read_table(p, crypto, r->keys.encrypted, &tables[i].entries, &tables[i].n,
+                                 &size, &e)
+               : -ENOMEM;
+        int no = repo_add_pack(r, names[i], size, tables[i].n);
+        if (no < 0 || rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
+            free_tables(tables, n);
             free(names);
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        }
-        if (rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
-            free(names);
+            if (no < 0) {
+                vmsh_error_free(e);
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            }
             vmsh_error_propagate(err, &e);
             return rc;
         }
@@ -420,26 +440,28 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
             r->packs[no].damaged = true;
             r->packs[no].damage = strdup(e ? e->message : "unreadable");
             vmsh_error_free(e);
+            free(tables[i].entries);
+            tables[i] = (pack_table){0};
             continue;
         }
-        for (uint32_t j = 0; j < ne; j++) {
-            entries[j].pack = (uint32_t)no;
-            if (chunk_map_insert(&r->map, &entries[j], NULL) < 0) {
-                free(entries);
-                free(names);
-                return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
-            }
-        }
-        free(entries);
+        for (uint32_t j = 0; j < tables[i].n; j++)
+            tables[i].entries[j].pack = (uint32_t)no;
+        total += tables[i].n;
     }
     free(names);
-    /* Room for a pending backup's new chunks: a map that grows during the
-     * copy rehashes every entry into fresh memory under the lock the hashing
-     * threads share (~5 ms at 130,000 chunks); here, in the loader, it is
-     * off their path. An eighth more, at least 4096. Only a backup inserts:
-     * verify, gc and restore keep the map as loaded. (backup_pending is set
-     * before the loader thread starts and cleared after it is joined.) */
-    if (r->backup_pending && chunk_map_reserve(&r->map, r->map.count + r->map.count / 8 + 4096) < 0)
+    /* Room for a pending backup's new chunks too: a map that grows during
+     * the copy rehashes under the lock the hashing threads share; here, in
+     * the loader, it is off their path. An eighth more, at least 4096. Only
+     * a backup inserts: verify, gc and restore keep the map as loaded.
+     * (backup_pending is set before the loader thread starts and cleared
+     * after it is joined.) */
+    size_t room = r->backup_pending ? total / 8 + 4096 : 0;
+    rc = chunk_map_reserve(&r->map, r->map.count + total + room);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        for (uint32_t j = 0; j < tables[i].n && rc == 0; j++)
+            rc = chunk_map_insert(&r->map, &tables[i].entries[j], NULL) < 0 ? -ENOMEM : 0;
+    free_tables(tables, n);
+    if (rc < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
     r->map_loaded = true;
     return 0;

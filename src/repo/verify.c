@@ -25,18 +25,15 @@ typedef struct vjob {
     chunk_map *needed; /* locations copied from the repository's map */
     atomic_size_t next;
     atomic_uint_fast64_t bytes, chunks;
-    char **bad_msgs; /* per slot, first message for a bad chunk */
-    uint8_t *status; /* per slot: ST_* */
-    size_t *order;   /* slots of stored chunks, by pack and offset */
+    char **bad_msgs; /* per map entry, first message for a bad chunk */
+    uint8_t *status; /* per map entry: ST_* */
+    size_t *order;   /* entries of stored chunks, by pack and offset */
     size_t n_order;
 } vjob;
 
-static void check_slot(vjob *j, chunk_reader *cr, uint8_t *buf, size_t i)
+static void check_entry(vjob *j, chunk_reader *cr, uint8_t *buf, size_t i)
 {
-    chunk_map *m = j->needed;
-    if (!m->used[i])
-        return;
-    chunk_loc *loc = &m->slots[i];
+    chunk_loc *loc = &j->needed->locs[i];
     if (loc->pack == CHUNK_PENDING) /* missing from every pack: judged later */
         return;
     vmsh_error *e = NULL;
@@ -67,7 +64,7 @@ static bool vstep(vworker *w)
         return false;
     size_t end = i + VBATCH < w->j->n_order ? i + VBATCH : w->j->n_order;
     for (; i < end; i++)
-        check_slot(w->j, w->cr, w->buf, w->j->order[i]);
+        check_entry(w->j, w->cr, w->buf, w->j->order[i]);
     return true;
 }
 
@@ -78,10 +75,10 @@ static void *vworker_main(void *arg)
     return NULL;
 }
 
-static int cmp_slot(const void *a, const void *b, void *map)
+static int cmp_entry(const void *a, const void *b, void *map)
 {
-    const chunk_loc *x = &((chunk_map *)map)->slots[*(const size_t *)a];
-    const chunk_loc *y = &((chunk_map *)map)->slots[*(const size_t *)b];
+    const chunk_loc *x = &((chunk_map *)map)->locs[*(const size_t *)a];
+    const chunk_loc *y = &((chunk_map *)map)->locs[*(const size_t *)b];
     if (x->pack != y->pack)
         return x->pack < y->pack ? -1 : 1;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
@@ -225,8 +222,8 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
         vmsh_backup_info_free(info);
     }
     /* read every needed chunk once, on all cores */
-    j.bad_msgs = vmsh_calloc_array(needed.cap ? needed.cap : 1, sizeof(char *));
-    j.status = calloc(needed.cap ? needed.cap : 1, 1);
+    j.bad_msgs = vmsh_calloc_array(needed.count ? needed.count : 1, sizeof(char *));
+    j.status = calloc(needed.count ? needed.count : 1, 1);
     if (!j.bad_msgs || !j.status) {
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
@@ -240,14 +237,14 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < needed.cap; i++)
-        if (needed.used[i] && needed.slots[i].pack != CHUNK_PENDING) {
-            total += needed.slots[i].stored_len;
+    for (size_t i = 0; i < needed.count; i++)
+        if (needed.locs[i].pack != CHUNK_PENDING) {
+            total += needed.locs[i].stored_len;
             j.order[j.n_order++] = i;
         }
     /* in pack order: sequential reads through the direct windows */
     if (j.n_order)
-        qsort_r(j.order, j.n_order, sizeof(size_t), cmp_slot, &needed);
+        qsort_r(j.order, j.n_order, sizeof(size_t), cmp_entry, &needed);
     nw = repo_threads(r);
     ws = vmsh_calloc_array(nw, sizeof(*ws));
     if (!ws) {
@@ -289,15 +286,14 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
                                 ? idx->size - chunk * CHUNK_SIZE
                                 : CHUNK_SIZE;
             bool is_missing = !c || c->pack == CHUNK_PENDING;
-            bool is_bad =
-                !is_missing && (j.status[c - needed.slots] != ST_OK || c->raw_len != want);
+            bool is_bad = !is_missing && (j.status[c - needed.locs] != ST_OK || c->raw_len != want);
             if (!is_missing && !is_bad)
                 continue;
             if (missing + bad == 0) {
                 first = chunk;
-                first_msg = is_missing                             ? "missing from every pack"
-                            : j.status[c - needed.slots] == ST_BAD ? j.bad_msgs[c - needed.slots]
-                                                                   : "has the wrong length";
+                first_msg = is_missing                            ? "missing from every pack"
+                            : j.status[c - needed.locs] == ST_BAD ? j.bad_msgs[c - needed.locs]
+                                                                  : "has the wrong length";
             }
             if (is_missing)
                 missing++;
@@ -331,7 +327,7 @@ out:
         free(ws);
     }
     if (j.bad_msgs)
-        for (size_t i = 0; i < needed.cap; i++)
+        for (size_t i = 0; i < needed.count; i++)
             free(j.bad_msgs[i]);
     free(j.bad_msgs);
     free(j.status);
