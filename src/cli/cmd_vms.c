@@ -119,7 +119,7 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
         if (!wanted)
             continue;
         vmsh_agent_info *agent = NULL;
-        if (vmsh_hv_agent_probe(hv, vm->name, (int)agent_timeout, &agent, &err) < 0) {
+        if (vmsh_hv_agent_probe(hv, vm, (int)agent_timeout, &agent, &err) < 0) {
             vmsh_cli_warn(cli, "%s", err->message);
             vmsh_error_free(err);
             err = NULL;

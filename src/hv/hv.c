@@ -253,28 +253,28 @@ static void set_why(char **why, vmsh_error *e)
     vmsh_error_free(e);
 }
 
-int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_agent_info **out,
+int vmsh_hv_agent_probe(vmsh_hv *hv, const vmsh_vm *vm, int timeout_s, vmsh_agent_info **out,
                         vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm_name);
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm->name);
     if (!d)
-        return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm_name, hv->uri);
+        return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm->name, hv->uri);
     vmsh_agent_info *a = calloc(1, sizeof(*a));
     if (!a) {
         virDomainFree(d);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    char *xml = virDomainGetXMLDesc(d, 0);
-    vmsh_domxml *x = NULL;
-    if (xml && vmsh_domxml_parse(&x, xml, strlen(xml), NULL) == 0)
+    /* The channel and its state as get_vm/list_vms read them a moment ago:
+     * asking again costs two round trips and a parse (the agent's own
+     * answer below is what counts). */
+    const vmsh_domxml *x = vm->xml;
+    if (x)
         a->channel = x->agent_channel;
-    int st = 0, reason = 0;
-    virDomainGetState(d, &st, &reason, 0);
     if (!a->channel) {
         a->error = strdup("the VM has no guest agent channel");
-    } else if (st != VIR_DOMAIN_RUNNING) {
+    } else if (vm->libvirt_state != VIR_DOMAIN_RUNNING) {
         a->error = strdup("the VM is not running");
-    } else if (x && x->agent_connected == 0) {
+    } else if (x->agent_connected == 0) {
         a->error = strdup("the guest agent is not connected (not installed or not started in "
                           "the guest)");
     } else {
@@ -301,8 +301,6 @@ int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_ag
             free(fsl);
         }
     }
-    vmsh_domxml_free(x);
-    free(xml);
     virDomainFree(d);
     *out = a;
     return 0;

@@ -77,11 +77,13 @@ typedef struct vmsh_agent_info {
 void vmsh_agent_info_free(vmsh_agent_info *a);
 
 /* Asks the agent of a running VM: ping, supported commands, filesystems.
+ * Whether the VM has an agent channel, connected, comes from vm (its
+ * domain XML and state as vmsh_hv_get_vm or vmsh_hv_list_vms read them).
  * Each query waits at most `timeout_s` seconds, so a hung agent costs at most
  * a few timeouts. Not an error when the agent does not answer: the answer is
  * in *out (reachable false, error set). Errors only for ENOMEM and a VM that
  * vanished (-ENOENT). */
-int vmsh_hv_agent_probe(vmsh_hv *hv, const char *vm_name, int timeout_s, vmsh_agent_info **out,
+int vmsh_hv_agent_probe(vmsh_hv *hv, const vmsh_vm *vm, int timeout_s, vmsh_agent_info **out,
                         vmsh_error **err);
 
 #endif
