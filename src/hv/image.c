@@ -1,6 +1,7 @@
-/* image.c - qcow2 images made with qemu-img (include/vmshadow/hv/hvops.h):
- * the overlays of the saved-state method (R1) and the scratch images of the
- * pull provider; and the size of an image as its VM sees it. */
+/* image.c - qcow2 images (include/vmshadow/hv/hvops.h): the empty scratch
+ * images of the pull provider, written here; the overlays of the saved-state
+ * method (R1), made with qemu-img; and the size of an image as its VM sees
+ * it. */
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/proc.h>
 
@@ -9,21 +10,123 @@
 #include <inttypes.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* ---- an empty qcow2 image (docs/formats/qcow2-scratch.md) ---- */
+
+enum {
+    QCOW2_CLUSTER_BITS = 16,
+    QCOW2_CLUSTER = 1 << QCOW2_CLUSTER_BITS,
+    QCOW2_HEADER_LENGTH = 104, /* version 3 without optional fields */
+    /* QEMU's limit on the L1 table (QCOW_MAX_L1_SIZE, 32 MiB): 2 PiB */
+    QCOW2_MAX_L1_ENTRIES = (32 << 20) / 8,
+};
+
+static void put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+int vmsh_qcow2_empty_layout(uint64_t size, uint32_t *l1_entries, uint32_t *clusters)
+{
+    /* one L2 table maps QCOW2_CLUSTER / 8 clusters: an L1 entry, 512 MiB */
+    uint64_t per_l1 = (uint64_t)QCOW2_CLUSTER * (QCOW2_CLUSTER / 8);
+    uint64_t l1 = size / per_l1 + (size % per_l1 != 0);
+    if (l1 > QCOW2_MAX_L1_ENTRIES)
+        return -EFBIG;
+    *l1_entries = (uint32_t)l1;
+    /* header, refcount table, refcount block, then the L1 table */
+    *clusters = 3 + (uint32_t)((l1 * 8 + QCOW2_CLUSTER - 1) / QCOW2_CLUSTER);
+    return 0;
+}
+
+int vmsh_qcow2_empty_write(int fd, uint64_t size, vmsh_error **err)
+{
+    /* QEMU counts a disk in 512-byte sectors: rounded up, as qemu-img does */
+    size = size > UINT64_MAX - 511 ? UINT64_MAX : (size + 511) & ~(uint64_t)511;
+    uint32_t l1 = 0, clusters = 0;
+    if (vmsh_qcow2_empty_layout(size, &l1, &clusters) < 0)
+        return vmsh_error_set(err, -EFBIG, "an image of %" PRIu64 " bytes is too large for qcow2",
+                              size);
+    uint8_t *b = calloc(3, QCOW2_CLUSTER);
+    if (!b)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    /* cluster 0: the header (big-endian; docs/interop/qcow2.txt in QEMU) */
+    memcpy(b, "QFI\xfb", 4);
+    put_be32(b + 4, 3);                     /* version */
+    put_be32(b + 20, QCOW2_CLUSTER_BITS);   /* cluster_bits */
+    put_be64(b + 24, size);                 /* size */
+    put_be32(b + 36, l1);                   /* l1_size */
+    put_be64(b + 40, 3 * QCOW2_CLUSTER);    /* l1_table_offset */
+    put_be64(b + 48, 1 * QCOW2_CLUSTER);    /* refcount_table_offset */
+    put_be32(b + 56, 1);                    /* refcount_table_clusters */
+    put_be32(b + 96, 4);                    /* refcount_order: 16-bit counts */
+    put_be32(b + 100, QCOW2_HEADER_LENGTH); /* header_length */
+    /* at 104: the end of the header extensions (type 0), already zero */
+    /* cluster 1: the refcount table; its one entry, the block at cluster 2 */
+    put_be64(b + QCOW2_CLUSTER, 2 * QCOW2_CLUSTER);
+    /* cluster 2: every cluster of the file is used once */
+    for (uint32_t i = 0; i < clusters; i++)
+        put_be16(b + 2 * QCOW2_CLUSTER + 2 * i, 1);
+    int r = 0;
+    size_t len = 3 * QCOW2_CLUSTER;
+    for (size_t done = 0; done < len && r == 0;) {
+        ssize_t n = pwrite(fd, b + done, len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = -(n < 0 ? errno : EIO);
+        else
+            done += (size_t)n;
+    }
+    free(b);
+    /* the L1 table: zeros (no cluster of the disk is allocated), a hole */
+    if (r == 0 && ftruncate(fd, (off_t)clusters * QCOW2_CLUSTER) < 0)
+        r = -errno;
+    if (r < 0)
+        return vmsh_error_set(err, r, "cannot write the qcow2 image: %s", strerror(-r));
+    return 0;
+}
+
 int vmsh_hv_image_create(const char *path, const char *backing, const char *backing_format,
                          uint64_t size, vmsh_error **err)
 {
-    /* not O_CLOEXEC: qemu-img inherits it */
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    /* not O_CLOEXEC when qemu-img inherits it */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | (backing ? 0 : O_CLOEXEC), 0600);
     if (fd < 0)
         return vmsh_error_set(err, -errno, "cannot create %s: %s", path, strerror(errno));
-    char target[32], size_s[24];
+    if (!backing) {
+        /* an empty image is three clusters we write ourselves: a qemu-img
+         * per disk cost 20-25 ms beside the guests' freeze (two for the
+         * bench VM), more CPU for the 2 cores the freeze competes for */
+        int r = vmsh_qcow2_empty_write(fd, size, err);
+        if (close(fd) < 0 && r == 0)
+            r = vmsh_error_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
+        if (r < 0) {
+            vmsh_error_prefix(err, "%s", path);
+            unlink(path);
+        }
+        return r;
+    }
+    char target[32];
     snprintf(target, sizeof(target), "/dev/fd/%d", fd);
-    snprintf(size_s, sizeof(size_s), "%" PRIu64, size);
     char *argv[12];
     size_t n = 0;
     argv[n++] = (char *)"qemu-img";
@@ -31,15 +134,11 @@ int vmsh_hv_image_create(const char *path, const char *backing, const char *back
     argv[n++] = (char *)"-q";
     argv[n++] = (char *)"-f";
     argv[n++] = (char *)"qcow2";
-    if (backing) {
-        argv[n++] = (char *)"-b";
-        argv[n++] = (char *)backing;
-        argv[n++] = (char *)"-F";
-        argv[n++] = (char *)backing_format;
-    }
+    argv[n++] = (char *)"-b";
+    argv[n++] = (char *)backing;
+    argv[n++] = (char *)"-F";
+    argv[n++] = (char *)backing_format;
     argv[n++] = target;
-    if (!backing)
-        argv[n++] = size_s;
     argv[n] = NULL;
     vmsh_proc_result res;
     int r = vmsh_proc_run(argv, NULL, 60 * 1000, &res, err);

@@ -1,8 +1,11 @@
 /* The qcow2 images of the hypervisor layer: vmsh_hv_image_create makes an
- * empty image of a size, or one on a backing file, with the real qemu-img,
- * refuses a name that exists (a link planted there is never followed) and
- * leaves nothing behind when qemu-img fails; vmsh_hv_image_size reads the
- * size a VM sees (qcow2 header, raw file) and refuses what it cannot read. */
+ * empty image of a size (written by vmsh_qcow2_empty_write: the golden
+ * tests/golden/qcow2/empty-5g512.txt, the header fields qemu-img writes, and
+ * the real qemu-img check and qemu-io reading and writing it), or one on a
+ * backing file with the real qemu-img; refuses a name that exists (a link
+ * planted there is never followed) and leaves nothing behind when it fails;
+ * vmsh_hv_image_size reads the size a VM sees (qcow2 header, raw file) and
+ * refuses what it cannot read. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -58,6 +62,151 @@ static void empty_image_of_a_size(void **state)
     assert_int_equal(stat(path("s.qcow2"), &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     assert_true(st.st_size < 1024 * 1024); /* empty: metadata only */
+}
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...)
+{
+    char cmd[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static uint8_t *slurp(const char *p, size_t *len)
+{
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    assert_true(n >= 0);
+    rewind(f);
+    uint8_t *b = malloc((size_t)n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    b[n] = 0;
+    *len = (size_t)n;
+    return b;
+}
+
+/* The image as text: its length, then each run of non-zero bytes as
+ * "offset: hex" (the golden file's form). */
+static char *nonzero_runs(const uint8_t *b, size_t n)
+{
+    size_t cap = 64 + n * 3, len = 0;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    len += (size_t)snprintf(out, cap, "length %zu\n", n);
+    for (size_t i = 0; i < n;) {
+        if (!b[i]) {
+            i++;
+            continue;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%zu:", i);
+        /* a run ends at 8 zero bytes or more */
+        size_t end = i;
+        for (size_t z = 0; end < n && z < 8; end++)
+            z = b[end] ? 0 : z + 1;
+        while (end > i && !b[end - 1])
+            end--;
+        for (; i < end; i++)
+            len += (size_t)snprintf(out + len, cap - len, " %02x", b[i]);
+        len += (size_t)snprintf(out + len, cap - len, "\n");
+    }
+    return out;
+}
+
+static void empty_image_is_the_golden_one(void **state)
+{
+    (void)state;
+    vmsh_error *err = NULL;
+    uint64_t size = 5ull * 1024 * 1024 * 1024 + 512;
+    assert_int_equal(vmsh_hv_image_create(path("g.qcow2"), NULL, NULL, size, &err), 0);
+    size_t n = 0, gn = 0;
+    uint8_t *b = slurp(path("g.qcow2"), &n);
+    char *text = nonzero_runs(b, n);
+    const char *gdir = getenv("VMSH_GOLDEN_DIR");
+    assert_non_null(gdir);
+    char gp[512];
+    snprintf(gp, sizeof(gp), "%s/qcow2/empty-5g512.txt", gdir);
+    char *golden = (char *)slurp(gp, &gn);
+    if (strcmp(text, golden) != 0)
+        fprintf(stderr, "made:\n%s\ngolden:\n%s\n", text, golden);
+    assert_string_equal(text, golden);
+    /* qemu-img's own image of that size: the same header fields (up to
+     * header_length at 100, where it keeps 8 more bytes and a feature name
+     * table), the same refcount table and refcount block */
+    assert_int_equal(
+        run("qemu-img create -q -f qcow2 %s %llu", path("ref.qcow2"), (unsigned long long)size), 0);
+    size_t rn = 0;
+    uint8_t *ref = slurp(path("ref.qcow2"), &rn);
+    assert_true(rn > 3 * 65536 && n >= rn);
+    assert_memory_equal(b, ref, 100);
+    assert_memory_equal(b + 65536, ref + 65536, 2 * 65536);
+    free(ref);
+    free(golden);
+    free(text);
+    free(b);
+}
+
+static void qemu_checks_reads_and_writes_the_empty_image(void **state)
+{
+    (void)state;
+    vmsh_error *err = NULL;
+    /* 513 MiB: an L1 table of two entries, the last L2 table partly used */
+    uint64_t size = 513ull * 1024 * 1024;
+    assert_int_equal(vmsh_hv_image_create(path("q.qcow2"), NULL, NULL, size, &err), 0);
+    assert_int_equal(run("qemu-img check -q %s", path("q.qcow2")), 0);
+    assert_int_equal(run("qemu-img info --output=json %s | grep -q '\"virtual-size\": %llu,'",
+                         path("q.qcow2"), (unsigned long long)size),
+                     0);
+    /* a pattern at the start and across the last 512 MiB boundary, zeros
+     * between, read back by QEMU's qcow2 driver; still consistent after */
+    assert_int_equal(run("qemu-io -f qcow2 -c 'write -q -P 0xab 0 1M' -c 'write -q -P 0xcd 511M "
+                         "2M' -c 'read -q -P 0xab 0 1M' -c 'read -q -P 0 1M 510M' -c 'read -q -P "
+                         "0xcd 511M 2M' %s 2>&1 | grep -q .",
+                         path("q.qcow2")),
+                     1); /* qemu-io -q prints only a failed pattern check */
+    assert_int_equal(run("qemu-img check -q %s", path("q.qcow2")), 0);
+    assert_int_equal(
+        run("qemu-img compare -q -f qcow2 -F raw %s /dev/null 2>/dev/null", path("q.qcow2")),
+        1); /* not empty any more: differs */
+}
+
+static void empty_image_layout_and_limits(void **state)
+{
+    (void)state;
+    uint32_t l1 = 0, clusters = 0;
+    const uint64_t MiB = 1024 * 1024;
+    assert_int_equal(vmsh_qcow2_empty_layout(0, &l1, &clusters), 0);
+    assert_int_equal(l1, 0);
+    assert_int_equal(clusters, 3);
+    assert_int_equal(vmsh_qcow2_empty_layout(512 * MiB, &l1, &clusters), 0);
+    assert_int_equal(l1, 1);
+    assert_int_equal(clusters, 4);
+    assert_int_equal(vmsh_qcow2_empty_layout(512 * MiB + 512, &l1, &clusters), 0);
+    assert_int_equal(l1, 2);
+    /* 4 TiB: 8192 entries, one cluster of L1; one more entry, a second */
+    assert_int_equal(vmsh_qcow2_empty_layout(4 * 1024 * 1024 * MiB, &l1, &clusters), 0);
+    assert_int_equal(l1, 8192);
+    assert_int_equal(clusters, 4);
+    assert_int_equal(vmsh_qcow2_empty_layout(4 * 1024 * 1024 * MiB + 1, &l1, &clusters), 0);
+    assert_int_equal(clusters, 5);
+    /* QEMU's largest L1 table (32 MiB): 2 PiB, and not a byte more */
+    assert_int_equal(vmsh_qcow2_empty_layout(1ull << 51, &l1, &clusters), 0);
+    assert_int_equal(clusters, 3 + 512);
+    assert_int_equal(vmsh_qcow2_empty_layout((1ull << 51) + 1, &l1, &clusters), -EFBIG);
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_hv_image_create(path("big.qcow2"), NULL, NULL, (1ull << 51) + 1, &err),
+                     -EFBIG);
+    assert_non_null(err);
+    assert_non_null(strstr(err->message, "big.qcow2"));
+    vmsh_error_free(err);
+    assert_int_equal(access(path("big.qcow2"), F_OK), -1); /* nothing left */
 }
 
 static void image_on_a_backing_file(void **state)
@@ -139,6 +288,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(empty_image_of_a_size),
+        cmocka_unit_test(empty_image_is_the_golden_one),
+        cmocka_unit_test(qemu_checks_reads_and_writes_the_empty_image),
+        cmocka_unit_test(empty_image_layout_and_limits),
         cmocka_unit_test(image_on_a_backing_file),
         cmocka_unit_test(existing_name_and_planted_link_refused),
         cmocka_unit_test(failed_qemu_img_leaves_nothing),

@@ -120,13 +120,25 @@ int vmsh_hv_disk_capacity(vmsh_hv *hv, const char *vm, const char *target, uint6
                           vmsh_error **err);
 
 /* Creates the qcow2 image `path`: on `backing` (format `backing_format`) when
- * it is not NULL, else empty and `size` bytes large. The file is made here,
- * exclusively and without following a link (a link planted at the name must
- * not make qemu-img overwrite its target), and qemu-img writes into that
- * very inode through /dev/fd/N. Removed again on failure. Thread-safe.
- * Expected errors: -EEXIST (the name exists), -EIO (qemu-img failed). */
+ * it is not NULL, made by qemu-img, else empty and `size` bytes large, written
+ * here (vmsh_qcow2_empty_write). The file is made here, exclusively and
+ * without following a link (a link planted at the name must not make
+ * qemu-img overwrite its target), and qemu-img writes into that very inode
+ * through /dev/fd/N. Removed again on failure. Thread-safe.
+ * Expected errors: -EEXIST (the name exists), -EIO (qemu-img failed), -EFBIG
+ * (larger than qcow2 allows), and a write's errno (-ENOSPC). */
 int vmsh_hv_image_create(const char *path, const char *backing, const char *backing_format,
                          uint64_t size, vmsh_error **err);
+
+/* An empty qcow2 image (version 3, 64 KiB clusters, 16-bit refcounts; the
+ * layout of docs/formats/qcow2-scratch.md): `l1_entries` in its L1 table and
+ * `clusters`, the file's length in clusters. -EFBIG past QEMU's limit on the
+ * L1 table (2 PiB). */
+int vmsh_qcow2_empty_layout(uint64_t size, uint32_t *l1_entries, uint32_t *clusters);
+/* Writes that image of `size` bytes (rounded up to 512, as qemu-img does)
+ * into the empty file `fd` (from offset 0;
+ * the file ends up (clusters * 64 KiB) long, its L1 table a hole). */
+int vmsh_qcow2_empty_write(int fd, uint64_t size, vmsh_error **err);
 
 /* The size in bytes of a disk image as a VM sees it, read from the image
  * itself (no libvirt call, no process): the virtual size in a qcow2 header,
