@@ -197,9 +197,15 @@ static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, 
 static void *fetch_main(void *arg)
 {
     cli_requestor *q = arg;
-    for (size_t i = 0; i < q->n_fetch; i++)
-        vmsh_file_index_load(&q->fetch[i].idx, q->repo, q->fetch[i].base_id, q->fetch[i].name,
-                             &q->fetch[i].err);
+    for (size_t i = 0; i < q->n_fetch; i++) {
+        base_fetch *bf = &q->fetch[i];
+        /* the base's chunks are looked up here too, not after the copy */
+        if (vmsh_file_index_load(&bf->idx, q->repo, bf->base_id, bf->name, &bf->err) == 0 &&
+            vmsh_file_index_check_chunks(bf->idx, q->repo, bf->name, &bf->err) < 0) {
+            vmsh_file_index_free(bf->idx);
+            bf->idx = NULL;
+        }
+    }
     return NULL;
 }
 
@@ -345,7 +351,7 @@ static int open_incremental(cli_requestor *q, const char *name, const vmsh_file 
     if (!ctx || !base_id || (!nbd && (!bitmap || !fmt || strcmp(fmt, "qcow2") != 0)))
         return 1;
     if (base_index(q, name, base_id, base, &e) < 0) {
-        if (asprintf(why, "the last backup's index of %s cannot be read: %s", name, e->message) < 0)
+        if (asprintf(why, "the last backup's index of %s cannot be used: %s", name, e->message) < 0)
             *why = NULL;
         vmsh_error_free(e);
         return 1;

@@ -15,9 +15,29 @@
 
 #include "hv_private.h"
 
+/* Domains looked up by name in this connection's life: a backup asks
+ * libvirt about the same VM a dozen times, each lookup a round trip
+ * (0.2-3 ms while libvirtd is busy with the guest's freeze). A domain
+ * pointer names the VM by UUID: it stays good across stops, starts and
+ * restores, and what changes a VM's identity here (define, undefine, a
+ * restore of a saved state, a new connection) empties the cache. The
+ * domain ID is read afresh (vmsh_hv_domain_id): a cached pointer keeps the
+ * ID of its lookup. One thread per vmsh_hv, as for the connection.
+ * Off unless asked for (vmsh_hv_cache_domains): a lookup is also how a
+ * connection to a libvirtd that restarted is found dead and renewed, which
+ * undo and recovery need (R7); the snapshot path turns it on and an abort
+ * off again. */
+#define DOMAIN_CACHE 8
+
 struct vmsh_hv {
     virConnectPtr conn;
     char *uri;
+    struct {
+        char *name;
+        virDomainPtr d;
+    } doms[DOMAIN_CACHE];
+    size_t n_doms;
+    bool cache_on;
 };
 
 /* libvirt prints every error on stderr by default; the library must not
@@ -70,10 +90,54 @@ int vmsh_hv_open(vmsh_hv **out, const char *uri, vmsh_error **err)
     return 0;
 }
 
+void vmsh_hv_forget_domains(vmsh_hv *hv)
+{
+    for (size_t i = 0; i < hv->n_doms; i++) {
+        free(hv->doms[i].name);
+        virDomainFree(hv->doms[i].d);
+    }
+    hv->n_doms = 0;
+}
+
+void vmsh_hv_cache_domains(vmsh_hv *hv, bool on)
+{
+    hv->cache_on = on;
+    if (!on)
+        vmsh_hv_forget_domains(hv);
+}
+
+virDomainPtr vmsh_hv_lookup(vmsh_hv *hv, const char *name)
+{
+    if (!hv->cache_on)
+        return virDomainLookupByName(vmsh_hv_conn(hv), name);
+    for (size_t i = 0; i < hv->n_doms; i++)
+        if (strcmp(hv->doms[i].name, name) == 0 && virDomainRef(hv->doms[i].d) == 0)
+            return hv->doms[i].d;
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), name);
+    if (!d)
+        return NULL;
+    if (hv->n_doms == DOMAIN_CACHE) { /* the oldest goes */
+        free(hv->doms[0].name);
+        virDomainFree(hv->doms[0].d);
+        memmove(&hv->doms[0], &hv->doms[1], (DOMAIN_CACHE - 1) * sizeof(hv->doms[0]));
+        hv->n_doms--;
+    }
+    char *n = strdup(name);
+    if (n && virDomainRef(d) == 0) {
+        hv->doms[hv->n_doms].name = n;
+        hv->doms[hv->n_doms].d = d;
+        hv->n_doms++;
+    } else {
+        free(n);
+    }
+    return d;
+}
+
 void vmsh_hv_free(vmsh_hv *hv)
 {
     if (!hv)
         return;
+    vmsh_hv_forget_domains(hv);
     if (hv->conn)
         virConnectClose(hv->conn);
     free(hv->uri);
@@ -94,6 +158,7 @@ virConnectPtr vmsh_hv_conn(vmsh_hv *hv)
     if (virConnectIsAlive(hv->conn) == 0) {
         virConnectPtr c = virConnectOpen(hv->uri);
         if (c) {
+            vmsh_hv_forget_domains(hv); /* they belong to the old connection */
             virConnectClose(hv->conn);
             hv->conn = c;
         }
@@ -215,7 +280,7 @@ int vmsh_hv_list_vms(vmsh_hv *hv, vmsh_vm ***out, size_t *n, vmsh_error **err)
 
 int vmsh_hv_get_vm(vmsh_hv *hv, const char *name, vmsh_vm **out, vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), name);
+    virDomainPtr d = vmsh_hv_lookup(hv, name);
     if (!d)
         return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s (see 'vmshadow vms')", name,
                               hv->uri);
@@ -256,7 +321,7 @@ static void set_why(char **why, vmsh_error *e)
 int vmsh_hv_agent_probe(vmsh_hv *hv, const vmsh_vm *vm, int timeout_s, vmsh_agent_info **out,
                         vmsh_error **err)
 {
-    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm->name);
+    virDomainPtr d = vmsh_hv_lookup(hv, vm->name);
     if (!d)
         return vmsh_error_set(err, -ENOENT, "no VM named '%s' on %s", vm->name, hv->uri);
     vmsh_agent_info *a = calloc(1, sizeof(*a));

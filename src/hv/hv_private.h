@@ -8,5 +8,10 @@
 
 virConnectPtr vmsh_hv_conn(vmsh_hv *hv);
 vmsh_vm_state vmsh_hv_map_state(int libvirt_state);
+/* The domain named `name` (a new reference: virDomainFree it), from the
+ * connection's cache or looked up; NULL with libvirt's error set. */
+virDomainPtr vmsh_hv_lookup(vmsh_hv *hv, const char *name);
+/* Empties that cache: after define, undefine or a restore. */
+void vmsh_hv_forget_domains(vmsh_hv *hv);
 
 #endif

@@ -20,12 +20,12 @@
 
 static int lookup(vmsh_hv *hv, const char *vm, virDomainPtr *out, vmsh_error **err)
 {
-    *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+    *out = vmsh_hv_lookup(hv, vm);
     virErrorPtr e = *out ? NULL : virGetLastError();
     /* a connection to a libvirtd that restarted is seen dead only once it
      * failed a call: then vmsh_hv_conn reconnects, and one retry follows */
     if (!*out && e && e->code != VIR_ERR_NO_DOMAIN) {
-        *out = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+        *out = vmsh_hv_lookup(hv, vm);
         e = *out ? NULL : virGetLastError();
     }
     if (*out)
@@ -126,6 +126,7 @@ int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err
 int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused, vmsh_error **err)
 {
     unsigned flags = paused ? VIR_DOMAIN_SAVE_PAUSED : VIR_DOMAIN_SAVE_RUNNING;
+    vmsh_hv_forget_domains(hv); /* the XML given may name another VM */
     if (virDomainRestoreFlags(vmsh_hv_conn(hv), path, dxml, flags) < 0)
         return lv_fail(err, path, "restoring from the state file");
     return 0;
@@ -287,9 +288,11 @@ static bool listed(const vmsh_hv_backup_disk *disks, size_t n, const char *targe
     return false;
 }
 
-int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
-                         const vmsh_hv_backup_disk *disks, size_t n_disks, vmsh_error **err)
+int vmsh_hv_backup_xml(vmsh_hv *hv, const char *vm, const char *socket_path,
+                       const vmsh_hv_backup_disk *disks, size_t n_disks, char **out,
+                       vmsh_error **err)
 {
+    *out = NULL;
     virDomainPtr d = NULL;
     int r = lookup(hv, vm, &d, err);
     if (r < 0)
@@ -297,12 +300,11 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
     /* Every disk of the VM must be named: those not captured get
      * backup='no', or libvirt would export them too. */
     _cleanup_free_ char *dxml_text = virDomainGetXMLDesc(d, 0);
+    virDomainFree(d);
     vmsh_domxml *dx = NULL;
-    if (!dxml_text || vmsh_domxml_parse(&dx, dxml_text, strlen(dxml_text), err) < 0) {
-        virDomainFree(d);
+    if (!dxml_text || vmsh_domxml_parse(&dx, dxml_text, strlen(dxml_text), err) < 0)
         return vmsh_error_set(err, -EIO, "cannot read the XML of VM %s", vm);
-    }
-    _cleanup_free_ char *x = NULL;
+    char *x = NULL;
     int q = append(&x, "<domainbackup mode='pull'><server transport='unix' socket='") ?:
             append_escaped(&x, socket_path) ?: append(&x, "'/><disks>");
     for (size_t i = 0; i < n_disks && q == 0; i++)
@@ -324,13 +326,31 @@ int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
     q = q ?: append(&x, "</disks></domainbackup>");
     vmsh_domxml_free(dx);
     if (q < 0) {
-        virDomainFree(d);
+        free(x);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    if (virDomainBackupBegin(d, x, NULL, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL) < 0)
+    *out = x;
+    return 0;
+}
+
+int vmsh_hv_backup_begin_xml(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err)
+{
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
+    if (r < 0)
+        return r;
+    if (virDomainBackupBegin(d, xml, NULL, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL) < 0)
         r = lv_fail(err, vm, "starting the backup job");
     virDomainFree(d);
     return r;
+}
+
+int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
+                         const vmsh_hv_backup_disk *disks, size_t n_disks, vmsh_error **err)
+{
+    _cleanup_free_ char *x = NULL;
+    int r = vmsh_hv_backup_xml(hv, vm, socket_path, disks, n_disks, &x, err);
+    return r < 0 ? r : vmsh_hv_backup_begin_xml(hv, vm, x, err);
 }
 
 int vmsh_hv_backup_active(vmsh_hv *hv, const char *vm, vmsh_error **err)
@@ -378,8 +398,9 @@ int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err)
 
 int vmsh_hv_domain_id(vmsh_hv *hv, const char *vm, int *out, vmsh_error **err)
 {
-    virDomainPtr d = NULL;
-    int r = lookup(hv, vm, &d, err);
+    /* looked up afresh: a kept domain pointer has the ID of its lookup */
+    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm);
+    int r = d ? 0 : lookup(hv, vm, &d, err);
     if (r < 0)
         return r;
     unsigned id = virDomainGetID(d);
@@ -640,11 +661,13 @@ int vmsh_hv_undefine(vmsh_hv *hv, const char *vm, vmsh_error **err)
     if (virDomainUndefineFlags(d, flags) < 0)
         r = lv_fail(err, vm, "deleting (undefining)");
     virDomainFree(d);
+    vmsh_hv_forget_domains(hv);
     return r;
 }
 
 int vmsh_hv_define(vmsh_hv *hv, const char *xml, vmsh_error **err)
 {
+    vmsh_hv_forget_domains(hv); /* a VM of that name may be another now */
     virDomainPtr d = virDomainDefineXML(vmsh_hv_conn(hv), xml);
     if (!d)
         return lv_fail(err, "(new)", "registering (defining)");

@@ -24,6 +24,7 @@ typedef struct pull_vm {
     uint64_t seq_cp;
     bool cp_journalled;
     char *fallback; /* why libvirt refused the incremental job (it then ran full) */
+    char *job_xml;  /* the job's XML, made beside the freeze (NULL: at commit) */
 } pull_vm;
 
 /* Work done beside the guests' freeze (vmsh_pull_provider_start): one thread
@@ -50,6 +51,7 @@ static void vm_clear(pull_vm *v)
 {
     free(v->vm);
     free(v->socket);
+    free(v->job_xml);
     for (size_t i = 0; i < v->n; i++) {
         free(v->targets[i]);
         free(v->scratch[i]);
@@ -188,10 +190,28 @@ static void *make_checkpoints(void *arg)
     bg_task *t = arg;
     pull_provider *p = t->p;
     t->rc = hv_ready(p, &t->err);
+    if (t->rc == 0) /* the snapshot path: the job and its end look the VMs up again */
+        vmsh_hv_cache_domains(p->hv, true);
     for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
         pull_vm *v = &p->vms[i];
         if (v->cp_name && (t->rc = vmsh_hv_checkpoint_create(p->hv, v->vm, v->cp_xml, &t->err)) < 0)
             vmsh_error_prefix(&t->err, "checkpoint %s for the next incremental backup", v->cp_name);
+    }
+    /* The jobs' XML too (the VM's XML read and parsed: 1-4 ms that were
+     * spent inside the freeze window). Best effort: commit makes what is
+     * missing. */
+    for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        vmsh_hv_backup_disk *disks = vmsh_calloc_array(v->n ? v->n : 1, sizeof(*disks));
+        for (size_t k = 0; disks && k < v->n; k++)
+            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
+                                             .scratch = v->scratch[k],
+                                             .capacity = v->capacity[k],
+                                             .incremental = v->incremental[k]};
+        vmsh_error *e = NULL;
+        if (disks && vmsh_hv_backup_xml(p->hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
+            vmsh_error_free(e);
+        free(disks);
     }
     return NULL;
 }
@@ -294,7 +314,8 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
             incremental = incremental || v->incremental[k];
         }
         vmsh_error *e = NULL;
-        r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
+        r = v->job_xml ? vmsh_hv_backup_begin_xml(p->hv, v->vm, v->job_xml, &e)
+                       : vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
         if (r < 0 && incremental) {
             /* libvirt checks each bitmap of the chain (missing, or
              * inconsistent after QEMU stopped without storing it): the job
@@ -343,7 +364,9 @@ static int end_all(pull_provider *p, vmsh_set *set, bool keep, vmsh_error **err)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
-    bg_join(p); /* the threads may still be making checkpoints and images */
+    bg_join(p);         /* the threads may still be making checkpoints and images */
+    if (!keep && p->hv) /* an abort may follow a libvirtd restart: renew the connection */
+        vmsh_hv_cache_domains(p->hv, false);
     int first = 0;
     for (size_t i = 0; i < p->n_vms; i++) {
         pull_vm *v = &p->vms[i];
@@ -395,6 +418,8 @@ static int pull_undo(vmsh_provider_ops *ops, const vmsh_journal_entry *entry, vm
 {
     pull_provider *p = (pull_provider *)ops;
     json_object *vmj = NULL, *sj = NULL, *nj = NULL;
+    if (p->hv)
+        vmsh_hv_cache_domains(p->hv, false);
     if (strcmp(entry->action, "checkpoint") == 0) {
         /* a set that did not complete: its checkpoint marks no backup */
         if (!entry->data || !json_object_object_get_ex(entry->data, "vm", &vmj) ||

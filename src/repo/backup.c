@@ -593,11 +593,12 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
          * in the map just now. */
         size_t k = 0, n = 0;
         rc = 0;
+        bool checked = o->base->checked_repo == r && o->base->checked_gen == r->map_gen;
         for (size_t i = 0; i < o->base->count && rc == 0; i++) {
             const index_entry *be = &o->base->entries[i];
             if (be->chunk >= nchunks || bit_get(changed, be->chunk))
                 continue;
-            if (!chunk_map_find(&r->map, be->id)) {
+            if (!checked && !chunk_map_find(&r->map, be->id)) {
                 rc = vmsh_error_set(err, -EBADMSG,
                                     "%s: the base backup names chunk %llu that the repository "
                                     "no longer holds; run a full backup",
@@ -650,6 +651,23 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     b->totals.base_chunks += st.base_chunks;
     if (stats_out)
         *stats_out = st;
+    return 0;
+}
+
+int vmsh_file_index_check_chunks(vmsh_file_index *idx, vmsh_repo *r, const char *name,
+                                 vmsh_error **err)
+{
+    int rc = repo_load_map(r, err);
+    if (rc < 0)
+        return vmsh_error_prefix(err, "the repository's chunk map");
+    for (size_t i = 0; i < idx->count; i++)
+        if (!chunk_map_find(&r->map, idx->entries[i].id))
+            return vmsh_error_set(err, -EBADMSG,
+                                  "%s: the base backup names chunk %llu that the repository "
+                                  "no longer holds",
+                                  name, (unsigned long long)idx->entries[i].chunk);
+    idx->checked_repo = r;
+    idx->checked_gen = r->map_gen;
     return 0;
 }
 

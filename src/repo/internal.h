@@ -170,6 +170,11 @@ struct vmsh_file_index {
     uint64_t size;
     size_t count;
     index_entry *entries;
+    /* vmsh_file_index_check_chunks found every chunk in this repository's
+     * map, of this generation (the map only grows while a backup is
+     * pending; forgetting it starts a new generation) */
+    const vmsh_repo *checked_repo;
+    uint64_t checked_gen;
 };
 int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
                 vmsh_error **err);
@@ -193,7 +198,8 @@ struct vmsh_repo {
     bool map_loaded;
     bool map_thread_on;
     pthread_t map_thread;
-    int map_rc; /* the thread's result, kept until repo_load_map */
+    int map_rc;       /* the thread's result, kept until repo_load_map */
+    uint64_t map_gen; /* counts repo_map_forget */
     vmsh_error *map_err;
     chunk_map map;
     pack_info *packs;

@@ -505,6 +505,7 @@ void repo_map_forget(vmsh_repo *r)
         free(r->packs[i].damage);
     r->n_packs = 0;
     r->map_loaded = false;
+    r->map_gen++;
 }
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err)

@@ -328,6 +328,7 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
     int r = vmsh_vmw_hv_ready(w, err);
     if (r < 0)
         return r;
+    vmsh_hv_cache_domains(w->hv, true); /* off again at an abort */
     vmsh_vm **vms = NULL;
     size_t n = 0;
     if ((r = set_vms(w, o, &vms, &n, err)) < 0)
@@ -971,6 +972,8 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     if (w->freeze_start && !w->freeze_end)
         w->freeze_end = vmsh_now_ms();
     vmsh_vmw_prune_join(w);
+    if (w->hv) /* undo renews a connection to a libvirtd that restarted (R7) */
+        vmsh_hv_cache_domains(w->hv, false);
     /* a set that failed before the providers' prepare: the coordinator
      * aborts no provider, but this writer started the pull provider's work */
     vmsh_error *pe = NULL;

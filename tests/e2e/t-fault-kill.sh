@@ -77,7 +77,7 @@ no_backup_leftovers "killed in prepare (agent probe)" 0
 kill_at vmsh_hv_checkpoint_create finish backup "$G"
 no_backup_leftovers "killed with the checkpoint made, beside the freeze" 0
 
-kill_at vmsh_hv_backup_begin finish backup "$G"
+kill_at vmsh_hv_backup_begin_xml finish backup "$G"
 check "capture start: the guest was frozen when vmshadow died" grep -q '"frozen"' <<<"$(frozen_status)"
 no_backup_leftovers "killed at capture start (backup job begun)" 0
 

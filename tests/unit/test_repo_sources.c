@@ -79,6 +79,87 @@ static uint8_t *fake_data(uint64_t seed)
     return d;
 }
 
+/* A base whose chunks the repository does not hold (here: the index of
+ * another repository) is refused, checked ahead or in the backup itself;
+ * a check made before the map was forgotten is not trusted after. */
+static void base_chunks_must_exist(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir(), *ra = path2(dir, "a"), *rb = path2(dir, "b");
+    assert_int_equal(vmsh_repo_init(ra, NULL, NULL), 0);
+    assert_int_equal(vmsh_repo_init(rb, NULL, NULL), 0);
+    vmsh_repo *a = NULL, *bb = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&a, ra, NULL, NULL), 0);
+    assert_int_equal(vmsh_repo_open(&bb, rb, NULL, NULL), 0);
+    fake fa = {.data = fake_data(7), .fail_at = UINT64_MAX};
+    fake fb = {.data = fake_data(8), .fail_at = UINT64_MAX, .dirty_lo = 0, .dirty_hi = 1000};
+    vmsh_source *sa = NULL, *sb = NULL;
+    assert_int_equal(vmsh_source_new(&sa, &fake_ops, &fa, SIZE, "fa", &err), 0);
+    assert_int_equal(vmsh_source_new(&sb, &fake_ops, &fb, SIZE, "fb", &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, a, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "disk", sa, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+    assert_int_equal(vmsh_backup_begin(&b, bb, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "disk", sb, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+
+    vmsh_file_index *foreign = NULL, *own = NULL;
+    assert_int_equal(vmsh_file_index_load(&foreign, bb, "latest", "disk", &err), 0);
+    assert_int_equal(vmsh_file_index_load(&own, a, "latest", "disk", &err), 0);
+    assert_int_equal(vmsh_backup_begin(&b, a, &err), 0);
+    assert_int_equal(vmsh_file_index_check_chunks(foreign, a, "disk", &err), -EBADMSG);
+    assert_non_null(strstr(err->message, "no longer holds"));
+    vmsh_error_free(err);
+    err = NULL;
+    /* unchecked: the backup looks them up itself and refuses the file */
+    vmsh_add_opts o = {.base = foreign};
+    assert_int_equal(vmsh_backup_add_file(b, "disk", sb, &o, NULL, &err), -EBADMSG);
+    assert_non_null(strstr(err->message, "run a full backup"));
+    vmsh_error_free(err);
+    err = NULL;
+    vmsh_backup_free(b); /* not committed: the map is forgotten */
+
+    /* checked against repository a, then a's map forgotten (an aborted
+     * backup): the next backup looks the chunks up again; checked
+     * against b, it means nothing for a */
+    assert_int_equal(vmsh_backup_begin(&b, bb, &err), 0);
+    assert_int_equal(vmsh_file_index_check_chunks(foreign, bb, "disk", &err), 0);
+    vmsh_backup_free(b);
+    assert_int_equal(vmsh_backup_begin(&b, a, &err), 0);
+    o.base = foreign;
+    assert_int_equal(vmsh_backup_add_file(b, "disk", sb, &o, NULL, &err), -EBADMSG);
+    vmsh_error_free(err);
+    err = NULL;
+    vmsh_backup_free(b);
+    assert_int_equal(vmsh_backup_begin(&b, a, &err), 0);
+    assert_int_equal(vmsh_file_index_check_chunks(own, a, "disk", &err), 0);
+    vmsh_backup_free(b); /* forgets a's map: the check is stale */
+    assert_int_equal(vmsh_backup_begin(&b, a, &err), 0);
+    o.base = own;
+    fa.dirty_lo = 0;
+    fa.dirty_hi = 1000;
+    assert_int_equal(vmsh_backup_add_file(b, "disk", sa, &o, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+
+    vmsh_file_index_free(foreign);
+    vmsh_file_index_free(own);
+    vmsh_source_free(sa);
+    vmsh_source_free(sb);
+    free(fa.data);
+    free(fb.data);
+    vmsh_repo_free(a);
+    vmsh_repo_free(bb);
+    rm_rf(dir);
+    free(ra);
+    free(rb);
+    free(dir);
+}
+
 static void custom_kind_and_failing_reads(void **state)
 {
     char *dir = make_tmpdir(), *repo = path2(dir, "repo");
@@ -148,6 +229,9 @@ static void custom_kind_and_failing_reads(void **state)
     vmsh_add_opts o = {.base = base};
     vmsh_add_stats st = {0};
     assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    /* the base's chunks checked ahead (as the CLI's fetch thread does):
+     * the incremental then trusts them and is still restored exactly */
+    assert_int_equal(vmsh_file_index_check_chunks(base, r, "good", &err), 0);
     assert_int_equal(vmsh_backup_add_file(b, "good", src2, &o, &st, &err), 0);
     assert_int_equal(vmsh_backup_commit(b, "incremental", &err), 0);
     vmsh_backup_free(b);
@@ -174,6 +258,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(custom_kind_and_failing_reads),
+        cmocka_unit_test(base_chunks_must_exist),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

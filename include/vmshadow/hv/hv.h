@@ -46,6 +46,11 @@ void vmsh_vm_list_free(vmsh_vm **vms, size_t n);
  * what to do. */
 int vmsh_hv_open(vmsh_hv **out, const char *uri, vmsh_error **err);
 void vmsh_hv_free(vmsh_hv *hv);
+/* Keeps the domains it looks up (one round trip each less) while `on`;
+ * off (the default) every call looks its VM up again, which also renews a
+ * connection to a libvirtd that restarted: undo and recovery run with it
+ * off. Turning it off forgets what was kept. */
+void vmsh_hv_cache_domains(vmsh_hv *hv, bool on);
 const char *vmsh_hv_uri(const vmsh_hv *hv);
 
 /* Every VM of the connection (defined and transient), sorted by name.

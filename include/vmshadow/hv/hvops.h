@@ -77,6 +77,13 @@ typedef struct vmsh_hv_backup_disk {
  * stay the caller's to remove. */
 int vmsh_hv_backup_begin(vmsh_hv *hv, const char *vm, const char *socket_path,
                          const vmsh_hv_backup_disk *disks, size_t n_disks, vmsh_error **err);
+/* The same in two steps: the job's XML (reads the VM's XML for the disks
+ * not captured; *out malloc'ed), made ahead of the point in time, and the
+ * job's start from it. */
+int vmsh_hv_backup_xml(vmsh_hv *hv, const char *vm, const char *socket_path,
+                       const vmsh_hv_backup_disk *disks, size_t n_disks, char **out,
+                       vmsh_error **err);
+int vmsh_hv_backup_begin_xml(vmsh_hv *hv, const char *vm, const char *xml, vmsh_error **err);
 /* Ends the VM's backup job (pull jobs end only this way). 0 when none runs. */
 int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* 1 when a backup job runs on the VM, 0 when not. */

@@ -99,5 +99,12 @@ uint64_t vmsh_file_index_size(const vmsh_file_index *idx);
 /* Number of stored (non-zero) chunks. */
 size_t vmsh_file_index_count(const vmsh_file_index *idx);
 void vmsh_file_index_free(vmsh_file_index *idx);
+/* Checks that the repository holds every chunk `idx` names, as an
+ * incremental backup on this base must (else -EBADMSG: run a full backup).
+ * For a pending backup of `r`, ahead of its vmsh_backup_add_*: the check
+ * is not repeated there (~5 ms for a 4 GiB disk). Waits for the chunk map.
+ * Not for use beside a vmsh_backup_add_* of `r` in another thread. */
+int vmsh_file_index_check_chunks(vmsh_file_index *idx, vmsh_repo *r, const char *name,
+                                 vmsh_error **err);
 
 #endif
