@@ -90,20 +90,25 @@ int vmsh_hv_open(vmsh_hv **out, const char *uri, vmsh_error **err)
     return 0;
 }
 
-void vmsh_hv_forget_domains(vmsh_hv *hv)
+void vmsh_hv_forget_domains(vmsh_hv *hv, const char *name)
 {
+    size_t kept = 0;
     for (size_t i = 0; i < hv->n_doms; i++) {
+        if (name && strcmp(hv->doms[i].name, name) != 0) {
+            hv->doms[kept++] = hv->doms[i];
+            continue;
+        }
         free(hv->doms[i].name);
         virDomainFree(hv->doms[i].d);
     }
-    hv->n_doms = 0;
+    hv->n_doms = kept;
 }
 
 void vmsh_hv_cache_domains(vmsh_hv *hv, bool on)
 {
     hv->cache_on = on;
     if (!on)
-        vmsh_hv_forget_domains(hv);
+        vmsh_hv_forget_domains(hv, NULL);
 }
 
 virDomainPtr vmsh_hv_lookup(vmsh_hv *hv, const char *name)
@@ -137,7 +142,7 @@ void vmsh_hv_free(vmsh_hv *hv)
 {
     if (!hv)
         return;
-    vmsh_hv_forget_domains(hv);
+    vmsh_hv_forget_domains(hv, NULL);
     if (hv->conn)
         virConnectClose(hv->conn);
     free(hv->uri);
@@ -158,7 +163,7 @@ virConnectPtr vmsh_hv_conn(vmsh_hv *hv)
     if (virConnectIsAlive(hv->conn) == 0) {
         virConnectPtr c = virConnectOpen(hv->uri);
         if (c) {
-            vmsh_hv_forget_domains(hv); /* they belong to the old connection */
+            vmsh_hv_forget_domains(hv, NULL); /* they belong to the old connection */
             virConnectClose(hv->conn);
             hv->conn = c;
         }

@@ -11,7 +11,8 @@ vmsh_vm_state vmsh_hv_map_state(int libvirt_state);
 /* The domain named `name` (a new reference: virDomainFree it), from the
  * connection's cache or looked up; NULL with libvirt's error set. */
 virDomainPtr vmsh_hv_lookup(vmsh_hv *hv, const char *name);
-/* Empties that cache: after define, undefine or a restore. */
-void vmsh_hv_forget_domains(vmsh_hv *hv);
+/* Forgets the kept domain `name` (NULL: every one): after define,
+ * undefine or a restore, and before reading what a lookup alone gives. */
+void vmsh_hv_forget_domains(vmsh_hv *hv, const char *name);
 
 #endif

@@ -126,7 +126,7 @@ int vmsh_hv_save(vmsh_hv *hv, const char *vm, const char *path, vmsh_error **err
 int vmsh_hv_restore(vmsh_hv *hv, const char *path, const char *dxml, bool paused, vmsh_error **err)
 {
     unsigned flags = paused ? VIR_DOMAIN_SAVE_PAUSED : VIR_DOMAIN_SAVE_RUNNING;
-    vmsh_hv_forget_domains(hv); /* the XML given may name another VM */
+    vmsh_hv_forget_domains(hv, NULL); /* the XML given may name another VM */
     if (virDomainRestoreFlags(vmsh_hv_conn(hv), path, dxml, flags) < 0)
         return lv_fail(err, path, "restoring from the state file");
     return 0;
@@ -399,8 +399,9 @@ int vmsh_hv_backup_end(vmsh_hv *hv, const char *vm, vmsh_error **err)
 int vmsh_hv_domain_id(vmsh_hv *hv, const char *vm, int *out, vmsh_error **err)
 {
     /* looked up afresh: a kept domain pointer has the ID of its lookup */
-    virDomainPtr d = virDomainLookupByName(vmsh_hv_conn(hv), vm);
-    int r = d ? 0 : lookup(hv, vm, &d, err);
+    vmsh_hv_forget_domains(hv, vm);
+    virDomainPtr d = NULL;
+    int r = lookup(hv, vm, &d, err);
     if (r < 0)
         return r;
     unsigned id = virDomainGetID(d);
@@ -661,13 +662,13 @@ int vmsh_hv_undefine(vmsh_hv *hv, const char *vm, vmsh_error **err)
     if (virDomainUndefineFlags(d, flags) < 0)
         r = lv_fail(err, vm, "deleting (undefining)");
     virDomainFree(d);
-    vmsh_hv_forget_domains(hv);
+    vmsh_hv_forget_domains(hv, NULL);
     return r;
 }
 
 int vmsh_hv_define(vmsh_hv *hv, const char *xml, vmsh_error **err)
 {
-    vmsh_hv_forget_domains(hv); /* a VM of that name may be another now */
+    vmsh_hv_forget_domains(hv, NULL); /* a VM of that name may be another now */
     virDomainPtr d = virDomainDefineXML(vmsh_hv_conn(hv), xml);
     if (!d)
         return lv_fail(err, "(new)", "registering (defining)");

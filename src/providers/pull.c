@@ -182,6 +182,19 @@ static json_object *job_data(const pull_vm *v)
     return o;
 }
 
+/* The VM's disks as its job takes them (malloc'ed; borrows from `v`), or
+ * NULL when out of memory. */
+static vmsh_hv_backup_disk *job_disks(const pull_vm *v)
+{
+    vmsh_hv_backup_disk *disks = vmsh_calloc_array(v->n ? v->n : 1, sizeof(*disks));
+    for (size_t k = 0; disks && k < v->n; k++)
+        disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
+                                         .scratch = v->scratch[k],
+                                         .capacity = v->capacity[k],
+                                         .incremental = v->incremental[k]};
+    return disks;
+}
+
 /* The checkpoints of the set's VMs, on the provider's own connection (the
  * writer's is busy with the freeze). A bitmap begun a little before the
  * point of the backup is safe: it records a superset of the changes since. */
@@ -202,12 +215,7 @@ static void *make_checkpoints(void *arg)
      * missing. */
     for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
         pull_vm *v = &p->vms[i];
-        vmsh_hv_backup_disk *disks = vmsh_calloc_array(v->n ? v->n : 1, sizeof(*disks));
-        for (size_t k = 0; disks && k < v->n; k++)
-            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
-                                             .scratch = v->scratch[k],
-                                             .capacity = v->capacity[k],
-                                             .incremental = v->incremental[k]};
+        vmsh_hv_backup_disk *disks = job_disks(v);
         vmsh_error *e = NULL;
         if (disks && vmsh_hv_backup_xml(p->hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
             vmsh_error_free(e);
@@ -300,19 +308,13 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
     for (size_t i = 0; i < p->n_vms && r == 0; i++) {
         pull_vm *v = &p->vms[i];
         free(disks);
-        disks = vmsh_calloc_array(v->n, sizeof(*disks));
-        if (!disks) {
+        if (!(disks = job_disks(v))) {
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
             break;
         }
         bool incremental = false;
-        for (size_t k = 0; k < v->n; k++) {
-            disks[k] = (vmsh_hv_backup_disk){.target = v->targets[k],
-                                             .scratch = v->scratch[k],
-                                             .capacity = v->capacity[k],
-                                             .incremental = v->incremental[k]};
+        for (size_t k = 0; k < v->n; k++)
             incremental = incremental || v->incremental[k];
-        }
         vmsh_error *e = NULL;
         r = v->job_xml ? vmsh_hv_backup_begin_xml(p->hv, v->vm, v->job_xml, &e)
                        : vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
