@@ -37,6 +37,24 @@ typedef struct file_rec {
     uint64_t stored_bytes, new_chunks;
 } file_rec;
 
+/* The index of the file added last is written by a thread of its own while
+ * the caller goes on (the next file's copy; the end of the VMs' backup jobs):
+ * for a 4 GiB disk 2.6 MB, two hashes and two fsyncs, ~10 ms that were on
+ * the critical path of an incremental. Joined before the next index, at the
+ * commit (after the pack's flush) and the free; a failure fails the backup
+ * there, naming the file. */
+typedef struct index_writer {
+    pthread_t thread;
+    bool running;
+    atomic_bool done;
+    crypto_ctx *crypto;  /* the thread's own */
+    vmsh_file_index idx; /* owns its entries until the join */
+    size_t file;         /* files[file].index is filled at the join */
+    char name[65];
+    int rc;
+    vmsh_error *err;
+} index_writer;
+
 struct vmsh_backup {
     vmsh_repo *repo;
     vmsh_lock *wlock;
@@ -47,7 +65,76 @@ struct vmsh_backup {
     file_rec *files;
     size_t n_files, cap_files;
     vmsh_add_stats totals;
+    index_writer ix;
 };
+
+static void *index_main(void *arg)
+{
+    vmsh_backup *b = arg;
+    index_writer *ix = &b->ix;
+    ix->rc = index_store(b->repo, ix->crypto, &ix->idx, ix->name, &ix->err);
+    atomic_store(&ix->done, true);
+    return NULL;
+}
+
+/* Waits for the index being written; its error (or NULL err: dropped). */
+static int index_join(vmsh_backup *b, vmsh_error **err)
+{
+    index_writer *ix = &b->ix;
+    if (!ix->running)
+        return 0;
+    pthread_join(ix->thread, NULL);
+    ix->running = false;
+    free(ix->idx.entries);
+    ix->idx.entries = NULL;
+    file_rec *f = &b->files[ix->file];
+    if (ix->rc == 0) {
+        memcpy(f->index, ix->name, sizeof(f->index));
+        return 0;
+    }
+    b->broken = true;
+    int rc = ix->rc;
+    if (err) {
+        vmsh_error_propagate(err, &ix->err);
+        vmsh_error_prefix(err, "backup %s: the index of %s", b->id, f->name);
+    }
+    vmsh_error_free(ix->err);
+    ix->err = NULL;
+    return rc;
+}
+
+/* Hands the index of files[file] (its entries taken) to the thread; written
+ * here and now when no thread can run. */
+static int index_start(vmsh_backup *b, size_t file, vmsh_file_index *idx, vmsh_error **err)
+{
+    index_writer *ix = &b->ix;
+    int rc = index_join(b, err);
+    if (rc < 0) {
+        free(idx->entries);
+        return rc;
+    }
+    vmsh_error *e = NULL;
+    if (!ix->crypto && crypto_ctx_new(&ix->crypto, &b->repo->keys, &e) < 0)
+        vmsh_error_free(e);
+    if (ix->crypto) {
+        ix->idx = *idx;
+        ix->file = file;
+        ix->rc = 0;
+        atomic_store(&ix->done, false);
+        if (pthread_create(&ix->thread, NULL, index_main, b) == 0) {
+            ix->running = true;
+            return 0;
+        }
+        ix->idx.entries = NULL;
+    }
+    rc = index_store(b->repo, b->repo->crypto, idx, b->files[file].index, err);
+    free(idx->entries);
+    if (rc < 0) {
+        b->broken = true;
+        vmsh_error_prefix(err, "backup %s: the index of %s", b->id, b->files[file].name);
+    }
+    return rc;
+}
 
 int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
 {
@@ -97,6 +184,8 @@ void vmsh_backup_free(vmsh_backup *b)
 {
     if (!b)
         return;
+    index_join(b, NULL);
+    crypto_ctx_free(b->ix.crypto);
     repo_map_wait(b->repo);
     pack_writer_free(b->pw); /* removes an open temporary pack */
     if (!b->committed) {
@@ -435,8 +524,11 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
                       const vmsh_add_opts *opts, vmsh_add_stats *stats_out, vmsh_error **err)
 {
     vmsh_repo *r = b->repo;
+    int rc;
     if (b->committed)
         return vmsh_error_set(err, -EINVAL, "backup %s is already committed", b->id);
+    if (b->ix.running && atomic_load(&b->ix.done) && (rc = index_join(b, err)) < 0)
+        return rc;
     if (b->broken)
         return vmsh_error_set(
             err, -EIO, "backup %s failed earlier while writing the repository; abort it", b->id);
@@ -458,7 +550,6 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     const vmsh_add_opts *o = opts ? opts : &none;
     uint64_t size = vmsh_source_size(src);
     uint64_t nchunks = size / CHUNK_SIZE + (size % CHUNK_SIZE != 0);
-    int rc;
 
     _cleanup_free_ uint8_t *changed = NULL;
     bool incremental = o->base && (o->changed || vmsh_source_has_dirty(src));
@@ -631,17 +722,17 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     }
     file_rec *f = &b->files[b->n_files];
     memset(f, 0, sizeof(*f));
-    rc = index_store(r, r->crypto, &idx, f->index, err);
-    free(idx.entries);
-    if (rc < 0)
-        return vmsh_error_prefix(err, "%s", name);
-    if (!(f->name = strdup(name)))
+    if (!(f->name = strdup(name))) {
+        free(idx.entries);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
     f->kind = kind;
     f->size = size;
     f->stored_bytes = st.bytes_stored;
     f->new_chunks = st.new_chunks;
     b->n_files++;
+    if ((rc = index_start(b, b->n_files - 1, &idx, err)) < 0)
+        return rc;
     b->totals.size += st.size;
     b->totals.bytes_read += st.bytes_read;
     b->totals.bytes_stored += st.bytes_stored;
@@ -706,11 +797,14 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     int rc = repo_load_map(b->repo, err); /* a backup without files */
     if (rc < 0)
         return rc;
-    rc = pack_writer_flush(b->pw, err);
+    rc = pack_writer_flush(b->pw, err); /* beside the last index's write */
     if (rc < 0) {
         b->broken = true;
+        index_join(b, NULL);
         return rc;
     }
+    if ((rc = index_join(b, err)) < 0)
+        return rc;
     json_object *m = json_object_new_object();
     json_object *files = json_object_new_array();
     char time_s[21];

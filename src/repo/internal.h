@@ -157,6 +157,13 @@ void pack_writer_free(pack_writer *w); /* abort: removes the open temp file */
 /* ---- objects (object.c) ---- */
 int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payload, size_t len,
                  vmsh_error **err);
+/* A buffer for an object of `len` payload bytes that the caller fills at
+ * buf + OBJ_HEADER_LEN, then object_write_buf with the calling thread's
+ * crypto context (no copy unless encrypted): NULL when out of memory or too
+ * large. */
+uint8_t *object_buf_new(size_t len);
+int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
+                     size_t len, vmsh_error **err);
 int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,
                 vmsh_error **err);
 
@@ -178,8 +185,10 @@ struct vmsh_file_index {
 };
 int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
                 vmsh_error **err);
-int index_serialize(const vmsh_file_index *idx, uint8_t **out, size_t *len);
-/* Writes the index object; out_name: 64 hex + NUL. */
+/* The payload's length, and the payload written at p (that many bytes). */
+size_t index_payload_len(const vmsh_file_index *idx);
+void index_serialize_into(const vmsh_file_index *idx, uint8_t *p);
+/* Writes the index object with crypto context c; out_name: 64 hex + NUL. */
 int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char out_name[65],
                 vmsh_error **err);
 int index_load(vmsh_repo *r, const char *name, vmsh_file_index **out, vmsh_error **err);

@@ -11,29 +11,17 @@
 
 static const char obj_magic[8] = {'V', 'M', 'S', 'H', 'O', 'B', 'J', '1'};
 
-int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payload, size_t len,
-                 vmsh_error **err)
+/* The envelope around a payload already at buf + OBJ_HEADER_LEN (`stored`
+ * bytes, sealed when encrypted), then the file. */
+static int finish_write(vmsh_repo *r, const char *path, uint16_t type, uint8_t *buf, size_t stored,
+                        vmsh_error **err)
 {
     bool enc = r->keys.encrypted;
-    size_t stored = len + (enc ? GCM_OVERHEAD : 0);
-    if (stored > OBJ_MAX_PAYLOAD)
-        return vmsh_error_set(err, -EFBIG, "object %s would be too large (%zu bytes)", path,
-                              stored);
-    size_t total = OBJ_HEADER_LEN + stored + 32;
-    _cleanup_free_ uint8_t *buf = malloc(total);
-    if (!buf)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
     memcpy(buf, obj_magic, 8);
     le16_put(buf + 8, 1);
     le16_put(buf + 10, type);
     le32_put(buf + 12, enc ? 1 : 0);
     le64_put(buf + 16, stored);
-    if (enc) {
-        if (crypto_seal(r->crypto, payload, len, buf, OBJ_HEADER_LEN, buf + OBJ_HEADER_LEN) < 0)
-            return vmsh_error_set(err, -EIO, "cannot encrypt %s", path);
-    } else if (len) {
-        memcpy(buf + OBJ_HEADER_LEN, payload, len);
-    }
     crypto_sha256(buf, OBJ_HEADER_LEN + stored, buf + OBJ_HEADER_LEN + stored);
     _cleanup_free_ char *dir = vmsh_path_dirname(path);
     if (!dir)
@@ -41,7 +29,52 @@ int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payl
     int rc = vmsh_fs_mkdir_p(dir, 0700, err);
     if (rc < 0)
         return rc;
-    return vmsh_fs_write_atomic(path, buf, total, 0600, err);
+    return vmsh_fs_write_atomic(path, buf, OBJ_HEADER_LEN + stored + 32, 0600, err);
+}
+
+static int write_with(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type,
+                      const void *payload, size_t len, vmsh_error **err)
+{
+    bool enc = r->keys.encrypted;
+    size_t stored = len + (enc ? GCM_OVERHEAD : 0);
+    if (stored > OBJ_MAX_PAYLOAD)
+        return vmsh_error_set(err, -EFBIG, "object %s would be too large (%zu bytes)", path,
+                              stored);
+    _cleanup_free_ uint8_t *buf = malloc(OBJ_HEADER_LEN + stored + 32);
+    if (!buf)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (enc) {
+        /* the header is the AAD: its fields first */
+        memcpy(buf, obj_magic, 8);
+        le16_put(buf + 8, 1);
+        le16_put(buf + 10, type);
+        le32_put(buf + 12, 1);
+        le64_put(buf + 16, stored);
+        if (crypto_seal(c, payload, len, buf, OBJ_HEADER_LEN, buf + OBJ_HEADER_LEN) < 0)
+            return vmsh_error_set(err, -EIO, "cannot encrypt %s", path);
+    } else if (len) {
+        memcpy(buf + OBJ_HEADER_LEN, payload, len);
+    }
+    return finish_write(r, path, type, buf, stored, err);
+}
+
+int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payload, size_t len,
+                 vmsh_error **err)
+{
+    return write_with(r, r->crypto, path, type, payload, len, err);
+}
+
+uint8_t *object_buf_new(size_t len)
+{
+    return len > OBJ_MAX_PAYLOAD ? NULL : malloc(OBJ_HEADER_LEN + len + 32);
+}
+
+int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
+                     size_t len, vmsh_error **err)
+{
+    if (r->keys.encrypted) /* sealed into a buffer of its own */
+        return write_with(r, c, path, type, buf + OBJ_HEADER_LEN, len, err);
+    return finish_write(r, path, type, buf, len, err);
 }
 
 int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,

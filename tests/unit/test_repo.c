@@ -184,6 +184,47 @@ static void abort_leaves_nothing_visible(void **state)
     vmsh_repo_free(r);
 }
 
+/* An index is written beside the next file's copy (backup.c, index_writer):
+ * when that write fails, the backup fails, at the latest at its commit, with
+ * the file's name, and nothing becomes visible. */
+static void failed_index_write_fails_the_backup(void **state)
+{
+    fixture *f = *state;
+    char *ixdir = path2(f->repo, "index");
+    rm_rf(ixdir);
+    FILE *blocker = fopen(ixdir, "w"); /* index/xx/... cannot be made */
+    assert_non_null(blocker);
+    fclose(blocker);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, f->img, &err), 0);
+    int rc = vmsh_backup_add_file(b, "vm1/vda.img", src, NULL, NULL, &err);
+    if (rc == 0) /* the write ran on its thread: the commit reports it */
+        rc = vmsh_backup_commit(b, "doc", &err);
+    assert_true(rc < 0);
+    assert_non_null(err);
+    assert_non_null(strstr(err->message, "the index of vm1/vda.img"));
+    vmsh_error_free(err);
+    err = NULL;
+    /* and a commit tried again still refuses */
+    assert_true(vmsh_backup_commit(b, "doc", &err) < 0);
+    vmsh_error_free(err);
+    err = NULL;
+    vmsh_backup_free(b);
+    vmsh_backup_info *list = NULL;
+    size_t n = 7;
+    assert_int_equal(vmsh_repo_list(r, &list, &n, &err), 0);
+    assert_int_equal(n, 0);
+    vmsh_backup_info_array_free(list, n);
+    vmsh_source_free(src);
+    vmsh_repo_free(r);
+    free(ixdir);
+}
+
 static void second_writer_is_busy(void **state)
 {
     fixture *f = *state;
@@ -317,6 +358,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(backup_list_restore_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(second_backup_deduplicates, setup, teardown),
         cmocka_unit_test_setup_teardown(abort_leaves_nothing_visible, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_index_write_fails_the_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(second_writer_is_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(incremental_from_base, setup, teardown),
         cmocka_unit_test_setup_teardown(refuses_newer_version_and_garbage, setup, teardown),
