@@ -159,8 +159,8 @@ int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payl
                  vmsh_error **err);
 /* A buffer for an object of `len` payload bytes that the caller fills at
  * buf + OBJ_HEADER_LEN, then object_write_buf with the calling thread's
- * crypto context (no copy unless encrypted): NULL when out of memory or too
- * large. */
+ * crypto context (no copy unless encrypted; too large: -EFBIG, as
+ * object_write): NULL when out of memory. */
 uint8_t *object_buf_new(size_t len);
 int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
                      size_t len, vmsh_error **err);

@@ -6,22 +6,32 @@
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char obj_magic[8] = {'V', 'M', 'S', 'H', 'O', 'B', 'J', '1'};
 
-/* The envelope around a payload already at buf + OBJ_HEADER_LEN (`stored`
- * bytes, sealed when encrypted), then the file. */
-static int finish_write(vmsh_repo *r, const char *path, uint16_t type, uint8_t *buf, size_t stored,
-                        vmsh_error **err)
+static void put_header(uint8_t *buf, uint16_t type, bool enc, size_t stored)
 {
-    bool enc = r->keys.encrypted;
     memcpy(buf, obj_magic, 8);
     le16_put(buf + 8, 1);
     le16_put(buf + 10, type);
     le32_put(buf + 12, enc ? 1 : 0);
     le64_put(buf + 16, stored);
+}
+
+static int too_large(const char *path, size_t stored, vmsh_error **err)
+{
+    return vmsh_error_set(err, -EFBIG, "object %s would be too large (%zu bytes)", path, stored);
+}
+
+/* The header and checksum around a payload already at buf + OBJ_HEADER_LEN
+ * (`stored` bytes, sealed when encrypted), then the file. */
+static int finish_write(vmsh_repo *r, const char *path, uint16_t type, uint8_t *buf, size_t stored,
+                        vmsh_error **err)
+{
+    put_header(buf, type, r->keys.encrypted, stored);
     crypto_sha256(buf, OBJ_HEADER_LEN + stored, buf + OBJ_HEADER_LEN + stored);
     _cleanup_free_ char *dir = vmsh_path_dirname(path);
     if (!dir)
@@ -38,18 +48,12 @@ static int write_with(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t ty
     bool enc = r->keys.encrypted;
     size_t stored = len + (enc ? GCM_OVERHEAD : 0);
     if (stored > OBJ_MAX_PAYLOAD)
-        return vmsh_error_set(err, -EFBIG, "object %s would be too large (%zu bytes)", path,
-                              stored);
+        return too_large(path, stored, err);
     _cleanup_free_ uint8_t *buf = malloc(OBJ_HEADER_LEN + stored + 32);
     if (!buf)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     if (enc) {
-        /* the header is the AAD: its fields first */
-        memcpy(buf, obj_magic, 8);
-        le16_put(buf + 8, 1);
-        le16_put(buf + 10, type);
-        le32_put(buf + 12, 1);
-        le64_put(buf + 16, stored);
+        put_header(buf, type, true, stored); /* the header is the AAD */
         if (crypto_seal(c, payload, len, buf, OBJ_HEADER_LEN, buf + OBJ_HEADER_LEN) < 0)
             return vmsh_error_set(err, -EIO, "cannot encrypt %s", path);
     } else if (len) {
@@ -66,7 +70,7 @@ int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payl
 
 uint8_t *object_buf_new(size_t len)
 {
-    return len > OBJ_MAX_PAYLOAD ? NULL : malloc(OBJ_HEADER_LEN + len + 32);
+    return len > SIZE_MAX - OBJ_HEADER_LEN - 32 ? NULL : malloc(OBJ_HEADER_LEN + len + 32);
 }
 
 int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
@@ -74,6 +78,8 @@ int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t typ
 {
     if (r->keys.encrypted) /* sealed into a buffer of its own */
         return write_with(r, c, path, type, buf + OBJ_HEADER_LEN, len, err);
+    if (len > OBJ_MAX_PAYLOAD)
+        return too_large(path, len, err);
     return finish_write(r, path, type, buf, len, err);
 }
 

@@ -147,25 +147,39 @@ static void second_backup_deduplicates(void **state)
     free(id2);
 }
 
-static void abort_leaves_nothing_visible(void **state)
+/* A repository handle, a pending backup on it and the image as a source. */
+static void begin_backup_of(const char *repo, const char *img, vmsh_repo **r, vmsh_backup **b,
+                            vmsh_source **src)
 {
-    fixture *f = *state;
-    vmsh_repo *r = NULL;
     vmsh_error *err = NULL;
-    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
-    vmsh_backup *b = NULL;
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
-    vmsh_source *src = NULL;
-    assert_int_equal(vmsh_source_open_file(&src, f->img, &err), 0);
-    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, NULL, &err), 0);
-    char id[17];
-    strcpy(id, vmsh_backup_id(b));
-    vmsh_backup_free(b); /* abort (SPEC R5) */
+    assert_int_equal(vmsh_repo_open(r, repo, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_begin(b, *r, &err), 0);
+    assert_int_equal(vmsh_source_open_file(src, img, &err), 0);
+}
+
+static void assert_no_backups(vmsh_repo *r)
+{
+    vmsh_error *err = NULL;
     vmsh_backup_info *list = NULL;
     size_t n = 7;
     assert_int_equal(vmsh_repo_list(r, &list, &n, &err), 0);
     assert_int_equal(n, 0);
     vmsh_backup_info_array_free(list, n);
+}
+
+static void abort_leaves_nothing_visible(void **state)
+{
+    fixture *f = *state;
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    vmsh_backup *b = NULL;
+    vmsh_source *src = NULL;
+    begin_backup_of(f->repo, f->img, &r, &b, &src);
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, NULL, &err), 0);
+    char id[17];
+    strcpy(id, vmsh_backup_id(b));
+    vmsh_backup_free(b); /* abort (SPEC R5) */
+    assert_no_backups(r);
     char full[17];
     assert_int_equal(vmsh_repo_resolve(r, id, full, &err), -ENOENT);
     vmsh_error_free(err);
@@ -197,11 +211,9 @@ static void failed_index_write_fails_the_backup(void **state)
     fclose(blocker);
     vmsh_repo *r = NULL;
     vmsh_error *err = NULL;
-    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
     vmsh_backup *b = NULL;
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
     vmsh_source *src = NULL;
-    assert_int_equal(vmsh_source_open_file(&src, f->img, &err), 0);
+    begin_backup_of(f->repo, f->img, &r, &b, &src);
     int rc = vmsh_backup_add_file(b, "vm1/vda.img", src, NULL, NULL, &err);
     if (rc == 0) /* the write ran on its thread: the commit reports it */
         rc = vmsh_backup_commit(b, "doc", &err);
@@ -215,11 +227,7 @@ static void failed_index_write_fails_the_backup(void **state)
     vmsh_error_free(err);
     err = NULL;
     vmsh_backup_free(b);
-    vmsh_backup_info *list = NULL;
-    size_t n = 7;
-    assert_int_equal(vmsh_repo_list(r, &list, &n, &err), 0);
-    assert_int_equal(n, 0);
-    vmsh_backup_info_array_free(list, n);
+    assert_no_backups(r);
     vmsh_source_free(src);
     vmsh_repo_free(r);
     free(ixdir);
