@@ -26,6 +26,12 @@ typedef struct vm_item {
     char *xml_file;
     uint64_t seq_freeze, seq_save;
     bool frozen, saved, persistent;
+    /* PostSnapshot's thaw, on the thaw thread (vm_writer.c): its outcome
+     * waits here until BackupComplete or Abort joins the thread */
+    bool thaw_pending;
+    int thaw_rc;
+    vmsh_error *thaw_err;
+    vmsh_vm_state after; /* the VM's state once thawed */
     int64_t down_start, down_end;
     char *new_cp; /* checkpoint created with this set's job (issue 7) */
     /* older checkpoints deleted (vmsh_vmw_prune_*): by the cleanup thread
@@ -49,6 +55,8 @@ typedef struct vm_writer {
     vm_item *items;
     size_t n_items;
     int64_t freeze_start, freeze_end;
+    pthread_t thaw_thread; /* thaws the guests while the data is copied */
+    bool thaw_running;
     pthread_t prune_thread; /* deletes older checkpoints while the data is copied */
     bool prune_running;
     char *repo_id;        /* issue 7: the repository of the backup */

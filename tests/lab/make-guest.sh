@@ -144,6 +144,10 @@ if [ "$1" = freeze ]; then
         sync
     fi
 fi
+# thawed already: the failure makes qemu-ga report the thaw as failed
+case "$1 $(cat /proc/cmdline) " in
+thaw*" lab.thawfail=1 "*) echo "LAB: hook fails after the thaw" > /dev/ttyS0; exit 1 ;;
+esac
 exit 0
 EOF
 
