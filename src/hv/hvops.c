@@ -501,8 +501,50 @@ int vmsh_hv_checkpoint_delete(vmsh_hv *hv, const char *vm, const char *name, boo
     return r;
 }
 
-/* The <domaincheckpoint> XML; `created` (seconds since the epoch) is given
- * only to a redefinition, which libvirt refuses without it. */
+/* The <domaincheckpoint> XML over the VM's disks `disks`: a bitmap on those
+ * of `targets`, none on the others. `created` (seconds since the epoch) is
+ * given only to a redefinition, which libvirt refuses without it. */
+static int checkpoint_xml_build(const char *name, long long created, const char *const *disks,
+                                size_t n_disks, const char *const *targets, size_t n_targets,
+                                char **out, vmsh_error **err)
+{
+    char *x = NULL;
+    char ct[64] = "";
+    if (created > 0)
+        snprintf(ct, sizeof(ct), "<creationTime>%lld</creationTime>", created);
+    int q = append(&x, "<domaincheckpoint><name>") ?: append_escaped(&x, name) ?:
+            append(&x, "</name>") ?: append(&x, ct) ?:
+            append(&x, "<description>vmshadow: the point of a backup; the next backup "
+                       "reads only what changed since</description><disks>");
+    for (size_t i = 0; i < n_disks && q == 0; i++) {
+        bool bitmap = false;
+        for (size_t k = 0; k < n_targets && !bitmap; k++)
+            bitmap = strcmp(targets[k], disks[i]) == 0;
+        q = append(&x, "<disk name='") ?: append_escaped(&x, disks[i]) ?:
+            append(&x, bitmap ? "' checkpoint='bitmap'/>" : "' checkpoint='no'/>");
+    }
+    q = q ?: append(&x, "</disks></domaincheckpoint>");
+    if (q < 0) {
+        free(x);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    *out = x;
+    return 0;
+}
+
+int vmsh_hv_checkpoint_disks(const vmsh_domxml *dx, const char ***out, size_t *n)
+{
+    *n = 0;
+    *out = vmsh_calloc_array(dx->n_disks ? dx->n_disks : 1, sizeof(char *));
+    if (!*out)
+        return -ENOMEM;
+    for (size_t i = 0; i < dx->n_disks; i++)
+        if (dx->disks[i].target && strcmp(dx->disks[i].device, "hostdev") != 0)
+            (*out)[(*n)++] = dx->disks[i].target;
+    return 0;
+}
+
+/* checkpoint_xml_build over the disks of the VM's live definition */
 static int checkpoint_xml_at(vmsh_hv *hv, const char *vm, const char *name,
                              const char *const *targets, size_t n_targets, long long created,
                              char **out, vmsh_error **err)
@@ -514,39 +556,22 @@ static int checkpoint_xml_at(vmsh_hv *hv, const char *vm, const char *name,
     vmsh_domxml *dx = NULL;
     if ((r = vmsh_domxml_parse(&dx, dxml, strlen(dxml), err)) < 0)
         return r;
-    char *x = NULL;
-    char ct[64] = "";
-    if (created > 0)
-        snprintf(ct, sizeof(ct), "<creationTime>%lld</creationTime>", created);
-    int q = append(&x, "<domaincheckpoint><name>") ?: append_escaped(&x, name) ?:
-            append(&x, "</name>") ?: append(&x, ct) ?:
-            append(&x, "<description>vmshadow: the point of a backup; the next backup "
-                       "reads only what changed since</description><disks>");
-    for (size_t i = 0; i < dx->n_disks && q == 0; i++) {
-        const vmsh_domxml_disk *dk = &dx->disks[i];
-        if (strcmp(dk->device, "hostdev") == 0 || !dk->target)
-            continue;
-        bool bitmap = false;
-        for (size_t k = 0; k < n_targets && !bitmap; k++)
-            bitmap = strcmp(targets[k], dk->target) == 0;
-        q = append(&x, "<disk name='") ?: append_escaped(&x, dk->target) ?:
-            append(&x, bitmap ? "' checkpoint='bitmap'/>" : "' checkpoint='no'/>");
-    }
-    q = q ?: append(&x, "</disks></domaincheckpoint>");
+    const char **disks = NULL;
+    size_t n = 0;
+    if (vmsh_hv_checkpoint_disks(dx, &disks, &n) < 0)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    else
+        r = checkpoint_xml_build(name, created, disks, n, targets, n_targets, out, err);
+    free(disks);
     vmsh_domxml_free(dx);
-    if (q < 0) {
-        free(x);
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    }
-    *out = x;
-    return 0;
+    return r;
 }
 
-int vmsh_hv_checkpoint_xml(vmsh_hv *hv, const char *vm, const char *name,
+int vmsh_hv_checkpoint_xml(const char *name, const char *const *disks, size_t n_disks,
                            const char *const *targets, size_t n_targets, char **out,
                            vmsh_error **err)
 {
-    return checkpoint_xml_at(hv, vm, name, targets, n_targets, 0, out, err);
+    return checkpoint_xml_build(name, 0, disks, n_disks, targets, n_targets, out, err);
 }
 
 static int create_checkpoint(vmsh_hv *hv, const char *vm, const char *xml, unsigned flags,

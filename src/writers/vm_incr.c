@@ -353,7 +353,8 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
         if (r == 0)
             r = vmsh_hv_domain_id(w->hv, it->name, &id, err);
         if (r == 0)
-            r = vmsh_hv_checkpoint_xml(w->hv, it->name, it->new_cp, cp_targets, n_cp, cp_xml, err);
+            r = vmsh_hv_checkpoint_xml(it->new_cp, (const char *const *)it->cp_disks,
+                                       it->n_cp_disks, cp_targets, n_cp, cp_xml, err);
         if (r == 0) {
             /* what the next backup checks (chain_problem) */
             json_object *rec = json_object_new_object(), *ds = json_object_new_array();
@@ -423,28 +424,8 @@ static void prune_with(vmsh_hv *hv, vm_item *it)
     vmsh_error_free(e);
 }
 
-static void *prune_main(void *arg)
+size_t vmsh_vmw_prune_plan(vm_writer *w)
 {
-    vm_writer *w = arg;
-    vmsh_hv *hv = NULL;
-    vmsh_error *e = NULL;
-    /* its own connection: the writer's is not for two threads at once;
-     * when it cannot open, BackupComplete deletes them as before */
-    if (vmsh_hv_open(&hv, w->uri, &e) < 0) {
-        vmsh_error_free(e);
-        return NULL;
-    }
-    for (size_t i = 0; i < w->n_items; i++)
-        if (w->items[i].prune_async)
-            prune_with(hv, &w->items[i]);
-    vmsh_hv_free(hv);
-    return NULL;
-}
-
-void vmsh_vmw_prune_start(vm_writer *w)
-{
-    if (w->prune_running)
-        return;
     size_t n = 0;
     /* the jobs run from the new checkpoints: the older ones are unused. Not
      * for saved-state VMs: their overlays are merged at BackupComplete,
@@ -455,19 +436,14 @@ void vmsh_vmw_prune_start(vm_writer *w)
         it->prune_async = it->method == VMSH_METHOD_GUEST && it->new_cp && !it->pruned;
         n += it->prune_async;
     }
-    if (n > 0 && pthread_create(&w->prune_thread, NULL, prune_main, w) == 0)
-        w->prune_running = true;
-    else
-        for (size_t i = 0; i < w->n_items; i++)
-            w->items[i].prune_async = false;
+    return n;
 }
 
-void vmsh_vmw_prune_join(vm_writer *w)
+void vmsh_vmw_prune_planned(vm_writer *w)
 {
-    if (!w->prune_running)
-        return;
-    pthread_join(w->prune_thread, NULL);
-    w->prune_running = false;
+    for (size_t i = 0; i < w->n_items; i++)
+        if (w->items[i].prune_async)
+            prune_with(w->hv, &w->items[i]);
 }
 
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)

@@ -38,6 +38,9 @@ static void item_clear(vm_item *it)
     for (size_t i = 0; i < it->n_targets; i++)
         free(it->targets[i]);
     free(it->targets);
+    for (size_t i = 0; i < it->n_cp_disks; i++)
+        free(it->cp_disks[i]);
+    free(it->cp_disks);
     free(it->state_file);
     free(it->xml_file);
     free(it->new_cp);
@@ -51,7 +54,6 @@ static void reset(vm_writer *w)
         pthread_join(w->thaw_thread, NULL);
         w->thaw_running = false;
     }
-    vmsh_vmw_prune_join(w);
     for (size_t i = 0; i < w->n_items; i++)
         item_clear(&w->items[i]);
     free(w->items);
@@ -248,10 +250,24 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     json_object_put(extra);
     if (r < 0)
         goto out;
-    if (!it->targets) {
+    /* the checkpoint of a guest-method job names every disk (a bitmap on
+     * the captured ones): kept from this definition, not read again */
+    const char **cpd = NULL;
+    size_t ncpd = 0;
+    if (!it->targets || vmsh_hv_checkpoint_disks(vm->xml, &cpd, &ncpd) < 0 ||
+        !(it->cp_disks = vmsh_calloc_array(ncpd ? ncpd : 1, sizeof(char *)))) {
+        free(cpd);
         r = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
+    for (size_t i = 0; i < ncpd && r == 0; i++)
+        if ((it->cp_disks[i] = strdup(cpd[i])))
+            it->n_cp_disks++;
+        else
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    free(cpd);
+    if (r < 0)
+        goto out;
     if (vm->xml->nvram && access(vm->xml->nvram, R_OK) == 0) {
         if ((r = vmsh_component_add_file(c, "nvram", "nvram", &f, err)) < 0)
             goto out;
@@ -718,6 +734,7 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
 static void *thaw_main(void *arg)
 {
     vm_writer *w = arg;
+    bool thawed = true;
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
         if (!it->thaw_pending)
@@ -731,12 +748,17 @@ static void *thaw_main(void *arg)
         }
         it->thaw_rc = r;
         it->thaw_err = e;
+        thawed = thawed && r >= 0;
         if (r >= 0) {
             w->freeze_end = vmsh_now_ms();
             it->after = it->prior;
             vmsh_hv_state(w->hv, it->name, &it->after, NULL);
         }
     }
+    /* then the older checkpoints (a set whose thaw failed aborts: they
+     * stay, and so does the chain) */
+    if (thawed)
+        vmsh_vmw_prune_planned(w);
     return NULL;
 }
 
@@ -819,12 +841,13 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
             vmsh_hv_state(w->hv, it->name, &now, NULL);
         component_after(it, now);
     }
+    /* guest-method VMs are frozen ones: their pruning is the thread's */
+    vmsh_vmw_prune_plan(w);
     if (frozen > 0) {
         w->thaw_running = pthread_create(&w->thaw_thread, NULL, thaw_main, w) == 0;
         if (!w->thaw_running)
             thaw_main(w); /* no thread: thawed here, recorded at the join */
     }
-    vmsh_vmw_prune_start(w);
     return 0;
 }
 
@@ -1037,8 +1060,7 @@ static int vmw_backup_complete(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error *
     vm_writer *w = (vm_writer *)ops;
     int r = thaw_join(w, set, err);
     if (r < 0)
-        return r; /* the abort that follows thaws again */
-    vmsh_vmw_prune_join(w);
+        return r;               /* the abort that follows thaws again */
     r = undo_open(w, set, err); /* VMs are back: removes state files and the run dir */
     if (r == 0 && w->hv)
         for (size_t i = 0; i < w->n_items; i++)
@@ -1055,7 +1077,6 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     vmsh_error_free(te);
     if (w->freeze_start && !w->freeze_end)
         w->freeze_end = vmsh_now_ms();
-    vmsh_vmw_prune_join(w);
     if (w->hv) /* undo renews a connection to a libvirtd that restarted (R7) */
         vmsh_hv_cache_domains(w->hv, false);
     /* a set that failed before the providers' prepare: the coordinator

@@ -22,6 +22,8 @@ typedef struct vm_item {
     vmsh_component *comp;
     char **targets; /* captured disks */
     size_t n_targets;
+    char **cp_disks; /* the disks a checkpoint names (vmsh_hv_checkpoint_disks) */
+    size_t n_cp_disks;
     char *state_file;
     char *xml_file;
     uint64_t seq_freeze, seq_save;
@@ -34,7 +36,7 @@ typedef struct vm_item {
     vmsh_vm_state after; /* the VM's state once thawed */
     int64_t down_start, down_end;
     char *new_cp; /* checkpoint created with this set's job (issue 7) */
-    /* older checkpoints deleted (vmsh_vmw_prune_*): by the cleanup thread
+    /* older checkpoints deleted (vmsh_vmw_prune_*): by the thaw thread
      * when prune_async, else at BackupComplete */
     bool prune_async, pruned;
     size_t cp_deleted;
@@ -55,10 +57,10 @@ typedef struct vm_writer {
     vm_item *items;
     size_t n_items;
     int64_t freeze_start, freeze_end;
-    pthread_t thaw_thread; /* thaws the guests while the data is copied */
+    /* thaws the guests, then deletes older checkpoints, while the data is
+     * copied; it has the connection `hv` to itself until it is joined */
+    pthread_t thaw_thread;
     bool thaw_running;
-    pthread_t prune_thread; /* deletes older checkpoints while the data is copied */
-    bool prune_running;
     char *repo_id;        /* issue 7: the repository of the backup */
     json_object *history; /* {vm: {backup, extra}} of that repository */
 } vm_writer;
@@ -78,17 +80,18 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
 /* After commit: disks whose incremental job libvirt refused become full. */
 void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it);
 /* Deletes vmshadow's checkpoints of the VM except the one this set made
- * (the one the next backup needs), unless the cleanup thread did, and
+ * (the one the next backup needs), unless the thaw thread did, and
  * records the outcome in the component's extra. Called at BackupComplete;
  * never fails the set. */
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it);
 /* PostSnapshot: once the guest-method VMs' jobs run with their new
- * checkpoints, the older ones can go; a thread with its own libvirt
- * connection deletes them while the requestor copies (it touches no
- * component: the outcome waits in the items). vmsh_vmw_prune_join waits
- * for it; safe to call when none runs. */
-void vmsh_vmw_prune_start(vm_writer *w);
-void vmsh_vmw_prune_join(vm_writer *w);
+ * checkpoints, the older ones can go. vmsh_vmw_prune_plan marks the VMs
+ * whose older checkpoints the thaw thread deletes (vm_writer.c), through
+ * the writer's connection, after the thaw and while the requestor copies
+ * (it touches no component: the outcome waits in the items), and returns
+ * how many; vmsh_vmw_prune_planned deletes them. */
+size_t vmsh_vmw_prune_plan(vm_writer *w);
+void vmsh_vmw_prune_planned(vm_writer *w);
 
 /* Restore (vm_restore.c). */
 int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err);

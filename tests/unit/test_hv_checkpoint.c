@@ -36,17 +36,18 @@ static void checkpoints(void **state)
     assert_int_equal(vmsh_hv_open(&hv, "test:///default", &err), 0);
 
     const char *targets[] = {"vda"};
+    const char *disks[] = {"vda"};
     char *xml = NULL;
-    assert_int_equal(vmsh_hv_checkpoint_xml(hv, "test", "vmshadow-1", targets, 1, &xml, &err), 0);
+    assert_int_equal(vmsh_hv_checkpoint_xml("vmshadow-1", disks, 1, targets, 1, &xml, &err), 0);
     assert_non_null(strstr(xml, "<name>vmshadow-1</name>"));
     assert_non_null(strstr(xml, "<disk name='vda' checkpoint='bitmap'/>"));
     create(hv, xml);
     free(xml);
     /* no target: the disk gets no bitmap */
-    assert_int_equal(vmsh_hv_checkpoint_xml(hv, "test", "vmshadow-2", NULL, 0, &xml, &err), 0);
+    assert_int_equal(vmsh_hv_checkpoint_xml("vmshadow-2", disks, 1, NULL, 0, &xml, &err), 0);
     assert_non_null(strstr(xml, "<disk name='vda' checkpoint='no'/>"));
     free(xml);
-    assert_int_equal(vmsh_hv_checkpoint_xml(hv, "test", "vmshadow-2", targets, 1, &xml, &err), 0);
+    assert_int_equal(vmsh_hv_checkpoint_xml("vmshadow-2", disks, 1, targets, 1, &xml, &err), 0);
     create(hv, xml);
     free(xml);
     create(hv, "<domaincheckpoint><name>users-own</name></domaincheckpoint>");
