@@ -556,51 +556,87 @@ static json_object *vms_json(const vmsh_set *set)
     return a;
 }
 
-/* Issue 7: for the VM writer's chain checks, the last backup of each VM in
- * this repository with its component extra (the checkpoint it left):
- * {vm: {"backup": ID, "extra": {...}}}. Newest backups first. */
-static int repo_history(vmsh_repo *repo, json_object **out, vmsh_error **err)
+/* Adds to `h` the VM components of backup `id` (its document) that `h` has
+ * no entry for yet: {vm: {"backup": ID, "extra": {...}}}. */
+static void history_add(json_object *h, const char *id, const char *document)
 {
+    json_object *doc = document ? json_tokener_parse(document) : NULL, *ws = NULL;
+    if (doc && json_object_object_get_ex(doc, "writers", &ws) &&
+        json_object_is_type(ws, json_type_array)) {
+        for (size_t k = 0; k < json_object_array_length(ws); k++) {
+            json_object *wm = json_object_array_get_idx(ws, k), *wr = NULL, *cs = NULL;
+            if (!json_object_object_get_ex(wm, "writer", &wr) || !vmsh_json_str(wr, "id") ||
+                strcmp(vmsh_json_str(wr, "id"), VMSH_VM_WRITER_ID) != 0 ||
+                !json_object_object_get_ex(wm, "components", &cs) ||
+                !json_object_is_type(cs, json_type_array))
+                continue;
+            for (size_t c = 0; c < json_object_array_length(cs); c++) {
+                json_object *comp = json_object_array_get_idx(cs, c), *ex = NULL;
+                const char *name = vmsh_json_str(comp, "name");
+                if (!name || json_object_object_get_ex(h, name, NULL))
+                    continue;
+                json_object *e = json_object_new_object();
+                json_object_object_add(e, "backup", json_object_new_string(id));
+                if (json_object_object_get_ex(comp, "extra", &ex))
+                    json_object_object_add(e, "extra", json_object_get(ex));
+                json_object_object_add(h, name, e);
+            }
+        }
+    }
+    json_object_put(doc);
+}
+
+typedef struct history_walk {
+    json_object *h;
+    const vmsh_set_options *so;
+} history_walk;
+
+static int history_visit(void *opaque, const vmsh_backup_info *b)
+{
+    history_walk *hw = opaque;
+    history_add(hw->h, b->id, b->document);
+    for (size_t i = 0; i < hw->so->n_targets; i++)
+        if (!json_object_object_get_ex(hw->h, hw->so->targets[i], NULL))
+            return 0;
+    return 1; /* every VM of the set has its last backup */
+}
+
+/* Issue 7: for the VM writer's chain checks, the last backup of each VM of
+ * the set in this repository with its component extra (the checkpoint it
+ * left): {vm: {"backup": ID, "extra": {...}}}. For named VMs the manifests
+ * are read newest first until each VM has one, not all of them (a backup
+ * would otherwise read every manifest of a repository that keeps thousands:
+ * ~0.1 ms each). Either order is safe: a backup picked that is not the
+ * last has, at most, a checkpoint that still exists, whose bitmap holds
+ * every change since that backup (its index plus those changes is the disk
+ * now), else the chain check reads in full. A damaged manifest is left out
+ * for the same reason. --all reads them all, in the order of their times. */
+static int repo_history(vmsh_repo *repo, const vmsh_set_options *so, json_object **out,
+                        vmsh_error **err)
+{
+    json_object *h = json_object_new_object();
+    if (!h)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int r = 0;
+    if (!so->all) {
+        history_walk hw = {h, so};
+        if (so->n_targets > 0 && (r = vmsh_repo_each_recent(repo, history_visit, &hw, err)) < 0)
+            json_object_put(h);
+        else
+            *out = h;
+        return r;
+    }
     vmsh_backup_info *a = NULL;
     vmsh_damage *damaged = NULL;
     size_t n = 0, n_damaged = 0;
-    /* A damaged manifest is left out: an older backup's checkpoint is then
-     * either gone (full read) or still a correct base, as its bitmap holds
-     * every change since that backup. */
-    int r = vmsh_repo_list_tolerant(repo, &a, &n, &damaged, &n_damaged, err);
-    if (r < 0)
+    if ((r = vmsh_repo_list_tolerant(repo, &a, &n, &damaged, &n_damaged, err)) < 0) {
+        json_object_put(h);
         return r;
-    vmsh_damage_array_free(damaged, n_damaged);
-    json_object *h = json_object_new_object();
-    for (size_t i = n; h && i-- > 0;) {
-        json_object *doc = a[i].document ? json_tokener_parse(a[i].document) : NULL, *ws = NULL;
-        if (doc && json_object_object_get_ex(doc, "writers", &ws) &&
-            json_object_is_type(ws, json_type_array)) {
-            for (size_t k = 0; k < json_object_array_length(ws); k++) {
-                json_object *wm = json_object_array_get_idx(ws, k), *wr = NULL, *cs = NULL;
-                if (!json_object_object_get_ex(wm, "writer", &wr) || !vmsh_json_str(wr, "id") ||
-                    strcmp(vmsh_json_str(wr, "id"), VMSH_VM_WRITER_ID) != 0 ||
-                    !json_object_object_get_ex(wm, "components", &cs) ||
-                    !json_object_is_type(cs, json_type_array))
-                    continue;
-                for (size_t c = 0; c < json_object_array_length(cs); c++) {
-                    json_object *comp = json_object_array_get_idx(cs, c), *ex = NULL;
-                    const char *name = vmsh_json_str(comp, "name");
-                    if (!name || json_object_object_get_ex(h, name, NULL))
-                        continue;
-                    json_object *e = json_object_new_object();
-                    json_object_object_add(e, "backup", json_object_new_string(a[i].id));
-                    if (json_object_object_get_ex(comp, "extra", &ex))
-                        json_object_object_add(e, "extra", json_object_get(ex));
-                    json_object_object_add(h, name, e);
-                }
-            }
-        }
-        json_object_put(doc);
     }
+    vmsh_damage_array_free(damaged, n_damaged);
+    for (size_t i = n; i-- > 0;)
+        history_add(h, a[i].id, a[i].document);
     vmsh_backup_info_array_free(a, n);
-    if (!h)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
     *out = h;
     return 0;
 }
@@ -702,7 +738,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
     if (h.vm_writer) {
         json_object *hist = NULL;
         vmsh_error *e = NULL;
-        if (repo_history(q.repo, &hist, &e) < 0) {
+        if (repo_history(q.repo, &so, &hist, &e) < 0) {
             vmsh_cli_warn(cli,
                           "every disk is read in full: the repository's backups cannot be "
                           "listed: %s",

@@ -974,6 +974,67 @@ int vmsh_repo_list_tolerant(vmsh_repo *r, vmsh_backup_info **out, size_t *n_out,
     return list_impl(r, out, n_out, damaged, n_damaged, err);
 }
 
+typedef struct recent_id {
+    char id[VMSH_BACKUP_ID_LEN + 1];
+    int64_t mtime_ns;
+} recent_id;
+
+static int cmp_recent(const void *a, const void *b)
+{
+    const recent_id *x = a, *y = b;
+    if (x->mtime_ns != y->mtime_ns)
+        return x->mtime_ns > y->mtime_ns ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+int vmsh_repo_each_recent(vmsh_repo *r, vmsh_backup_visit_fn fn, void *opaque, vmsh_error **err)
+{
+    char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
+    size_t n = 0;
+    int rc = repo_list_ids(r, &ids, &n, err);
+    if (rc < 0)
+        return rc;
+    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
+    recent_id *v = vmsh_calloc_array(n ? n : 1, sizeof(*v));
+    int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (!dir || !v || dfd < 0) {
+        rc = !dir || !v ? vmsh_error_set(err, -ENOMEM, "out of memory")
+                        : vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+        free(ids);
+        free(v);
+        return rc;
+    }
+    /* a stat per backup, not a read and a parse: the order costs little */
+    for (size_t i = 0; i < n; i++) {
+        struct stat st;
+        memcpy(v[i].id, ids[i], sizeof(v[i].id));
+        v[i].mtime_ns = fstatat(dfd, ids[i], &st, 0) == 0
+                            ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec
+                            : 0;
+    }
+    close(dfd);
+    free(ids);
+    qsort(v, n, sizeof(*v), cmp_recent);
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        vmsh_backup_info *b = NULL;
+        vmsh_error *e = NULL;
+        int lr = manifest_load(r, v[i].id, &b, &e);
+        if (lr == -ENOMEM) {
+            vmsh_error_propagate(err, &e);
+            rc = lr;
+            break;
+        }
+        vmsh_error_free(e);
+        if (lr < 0)
+            continue; /* pruned meanwhile, or damaged: `list` and `verify` say so */
+        rc = fn(opaque, b);
+        vmsh_backup_info_free(b);
+    }
+    free(v);
+    return rc < 0 ? rc : 0;
+}
+
 int vmsh_repo_resolve(vmsh_repo *r, const char *spec, char out_id[VMSH_BACKUP_ID_LEN + 1],
                       vmsh_error **err)
 {

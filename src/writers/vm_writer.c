@@ -799,7 +799,7 @@ static int thaw_join(vm_writer *w, vmsh_set *set, vmsh_error **err)
         } else {
             component_after(it, it->prior);
             vmsh_error_prefix(&e,
-                              "VM %s: the thaw failed twice (the abort sends it once more; "
+                              "VM %s: thawing its filesystems failed (the abort tries once more; "
                               "should the guest stay frozen, 'vmshadow recover' thaws it once "
                               "its agent answers)",
                               it->name);

@@ -7,7 +7,8 @@
 #  - a running guest without an agent falls back to saved state with the
 #    reason; its state file is in the backup; it runs again afterwards without
 #    a reboot; a paused VM stays paused; a shut-off VM is untouched;
-#  - verify passes.
+#  - verify passes; backup --all takes every VM, each with its own last
+#    backup as the base of an incremental read.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
@@ -101,4 +102,27 @@ vsh verify
 check "verify passes" test "$RC" = 0
 vsh --json list
 check "three backups listed" test "$(jq '.backups | length' <<<"$OUT")" = 3
+
+# --all: every VM of the host, each with its last backup in this repository
+# as the chain's base (the guest-method VM's is the first set, two backups
+# back). Only where this test's two VMs are the daemon's only ones: --all
+# never touches VMs that are not the lab's.
+others=$(lab_virsh list --all --name | grep -v -x -e "$G" -e "$S" | grep -c .)
+if [ "$others" = 0 ]; then
+    vsh --json backup --all
+    check "backup --all exits 0" test "$RC" = 0
+    check "it took both VMs" test "$(jq -r '[.vms[].name] | sort | join(" ")' <<<"$OUT")" = \
+        "$(printf '%s\n' "$G" "$S" | sort | paste -sd ' ')"
+    check "the guest-method VM's disk is read from its last backup's checkpoint" \
+        test "$(vmj "$G" | jq -r '.disks[] | select(.name == "vda") | .read')" = incremental
+    check "the shut-off VM is read from its image" test "$(vmj "$S" | jq -r .method)" = saved-state
+    ALL=$(jq -r .backup <<<"$OUT")
+    # named: the manifests are read newest first until G has its last
+    vsh --json backup "$G"
+    check "then a backup of the one VM" test "$RC" = 0
+    check "reads from the --all set's checkpoint" \
+        grep -q "of backup $ALL" <<<"$(vmj "$G" | jq -r '.disks[] | select(.name == "vda") | .reason')"
+else
+    echo "# SKIP backup --all: the libvirt daemon has $others VMs that are not this test's"
+fi
 e2e_done

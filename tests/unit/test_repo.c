@@ -7,6 +7,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -295,6 +299,76 @@ static void incremental_from_base(void **state)
     vmsh_repo_free(r);
 }
 
+typedef struct visits {
+    char ids[4][VMSH_BACKUP_ID_LEN + 1];
+    size_t n, stop_after;
+} visits;
+
+static int visit(void *opaque, const vmsh_backup_info *b)
+{
+    visits *v = opaque;
+    assert_true(v->n < 4);
+    snprintf(v->ids[v->n++], sizeof(v->ids[0]), "%s", b->id);
+    assert_non_null(b->document);
+    return v->n == v->stop_after;
+}
+
+static void set_mtime(const char *repo, const char *id, time_t t)
+{
+    char *dir = path2(repo, "backups"), *p = path2(dir, id);
+    struct timespec ts[2] = {{t, 0}, {t, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+    free(p);
+    free(dir);
+}
+
+/* vmsh_repo_each_recent: newest manifest first (by its file's time, not by
+ * the order of the backups' IDs), stops when asked, skips a damaged one. */
+static void each_recent_newest_first(void **state)
+{
+    fixture *f = *state;
+    char *id[3];
+    for (int i = 0; i < 3; i++)
+        id[i] = backup_file(f->repo, NULL, "vda", f->img, "{\"n\":1}", NULL);
+    /* times not in the order of creation: 1, then 2, then 0 */
+    set_mtime(f->repo, id[0], 1000);
+    set_mtime(f->repo, id[1], 3000);
+    set_mtime(f->repo, id[2], 2000);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    visits v = {.stop_after = 0};
+    assert_int_equal(vmsh_repo_each_recent(r, visit, &v, &err), 0);
+    assert_int_equal(v.n, 3);
+    assert_string_equal(v.ids[0], id[1]);
+    assert_string_equal(v.ids[1], id[2]);
+    assert_string_equal(v.ids[2], id[0]);
+    /* the visitor has what it needs after the first: no other is read */
+    v = (visits){.stop_after = 1};
+    assert_int_equal(vmsh_repo_each_recent(r, visit, &v, &err), 0);
+    assert_int_equal(v.n, 1);
+    assert_string_equal(v.ids[0], id[1]);
+    /* a damaged manifest is left out, the walk goes on */
+    char *dir = path2(f->repo, "backups"), *p = path2(dir, id[2]);
+    FILE *fp = fopen(p, "r+");
+    assert_non_null(fp);
+    fseek(fp, 40, SEEK_SET);
+    fputc('#', fp);
+    fclose(fp);
+    set_mtime(f->repo, id[2], 2000);
+    v = (visits){.stop_after = 0};
+    assert_int_equal(vmsh_repo_each_recent(r, visit, &v, &err), 0);
+    assert_int_equal(v.n, 2);
+    assert_string_equal(v.ids[0], id[1]);
+    assert_string_equal(v.ids[1], id[0]);
+    assert_null(err);
+    free(p);
+    free(dir);
+    vmsh_repo_free(r);
+    for (int i = 0; i < 3; i++)
+        free(id[i]);
+}
+
 static void refuses_newer_version_and_garbage(void **state)
 {
     fixture *f = *state;
@@ -369,6 +443,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(failed_index_write_fails_the_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(second_writer_is_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(incremental_from_base, setup, teardown),
+        cmocka_unit_test_setup_teardown(each_recent_newest_first, setup, teardown),
         cmocka_unit_test_setup_teardown(refuses_newer_version_and_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_names_and_duplicates, setup, teardown),
     };

@@ -153,6 +153,17 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
                      vmsh_error **err);
 void vmsh_verify_report_free(vmsh_verify_report *rep);
 
+/* Calls fn for each readable backup of the repository, newest first by the
+ * time its manifest was written (the file's modification time), until fn
+ * returns > 0 (fn < 0 stops too and is returned). Damaged manifests and
+ * backups pruned meanwhile are skipped. Reads only as many manifests as fn
+ * needs, where vmsh_repo_list reads them all: for "the last backup of each
+ * of these VMs" in a repository of thousands of backups. The order is a
+ * hint only (a repository copied without its files' times may have any):
+ * callers must stay correct with any order. */
+typedef int (*vmsh_backup_visit_fn)(void *opaque, const vmsh_backup_info *b);
+int vmsh_repo_each_recent(vmsh_repo *r, vmsh_backup_visit_fn fn, void *opaque, vmsh_error **err);
+
 /* Like vmsh_repo_list, but a damaged manifest does not stop the listing: it
  * is left out of *out and reported in *damaged (backup set, file NULL, what;
  * free with vmsh_damage_array_free). Returns 0 then; the caller decides
