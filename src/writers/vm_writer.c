@@ -166,8 +166,10 @@ static int describe_managed_save(vmsh_component *c, const vmsh_vm *vm, vmsh_erro
 }
 
 static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
-                       vm_item *it, vmsh_error **err)
+                       vm_item *it, vmsh_agent_info *agent, vmsh_error **err)
 {
+    if (vm->state == VMSH_VM_OTHER || !vm->xml)
+        vmsh_agent_info_free(agent); /* not probed by the prefetch: it checks the same */
     if (vm->state == VMSH_VM_OTHER)
         return vmsh_error_set(err, -EINVAL,
                               "VM %s is neither running, paused nor shut off (libvirt state %d): "
@@ -176,9 +178,8 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     if (!vm->xml)
         return vmsh_error_set(err, -EINVAL, "VM %s: its domain XML cannot be read: %s", vm->name,
                               vm->xml_error ? vm->xml_error : "unknown");
-    vmsh_agent_info *agent = NULL;
-    int r = 0;
-    if (vm->state == VMSH_VM_RUNNING &&
+    int r = 0; /* `agent`: probed by the prefetch, or NULL */
+    if (!agent && vm->state == VMSH_VM_RUNNING &&
         (r = vmsh_hv_agent_probe(w->hv, vm, w->agent_timeout_s, &agent, err)) < 0)
         return r;
     vmsh_method_choice mc = {0};
@@ -332,9 +333,104 @@ static int set_vms(vm_writer *w, const vmsh_set_options *o, vmsh_vm ***out, size
     return 0;
 }
 
+/* Every entry point that may use the connection waits for the prefetch
+ * first (a recover of a dead set runs undo before Identify). */
+static void prefetch_join(vm_writer *w)
+{
+    if (w->pre_running) {
+        pthread_join(w->pre_thread, NULL);
+        w->pre_running = false;
+    }
+}
+
+static void prefetch_clear(vm_writer *w)
+{
+    prefetch_join(w);
+    for (size_t i = 0; i < w->pre_n; i++)
+        free(w->pre_targets[i]);
+    free(w->pre_targets);
+    for (size_t i = 0; w->pre_agents && i < w->pre_nvms; i++)
+        vmsh_agent_info_free(w->pre_agents[i]);
+    free(w->pre_agents);
+    vmsh_vm_list_free(w->pre_vms, w->pre_nvms);
+    vmsh_error_free(w->pre_err);
+    w->pre_targets = NULL;
+    w->pre_n = 0;
+    w->pre_agents = NULL;
+    w->pre_vms = NULL;
+    w->pre_nvms = 0;
+    w->pre_err = NULL;
+    w->pre_rc = 0;
+}
+
+static void *prefetch_main(void *arg)
+{
+    vm_writer *w = arg;
+    vmsh_set_options o = {.targets = (const char *const *)w->pre_targets, .n_targets = w->pre_n};
+    if ((w->pre_rc = vmsh_vmw_hv_ready(w, &w->pre_err)) < 0)
+        return NULL;
+    vmsh_hv_cache_domains(w->hv, true);
+    if ((w->pre_rc = set_vms(w, &o, &w->pre_vms, &w->pre_nvms, &w->pre_err)) < 0)
+        return NULL;
+    if (!(w->pre_agents =
+              vmsh_calloc_array(w->pre_nvms ? w->pre_nvms : 1, sizeof(*w->pre_agents)))) {
+        w->pre_rc = vmsh_error_set(&w->pre_err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    /* as describe_vm would: a running VM whose definition was read */
+    for (size_t i = 0; i < w->pre_nvms && w->pre_rc == 0; i++) {
+        const vmsh_vm *vm = w->pre_vms[i];
+        if (vm->state == VMSH_VM_RUNNING && vm->xml)
+            w->pre_rc =
+                vmsh_hv_agent_probe(w->hv, vm, w->agent_timeout_s, &w->pre_agents[i], &w->pre_err);
+    }
+    return NULL;
+}
+
+void vmsh_vm_writer_prefetch(vmsh_writer_ops *ops, const char *const *targets, size_t n)
+{
+    vm_writer *w = (vm_writer *)ops;
+    prefetch_clear(w);
+    if (n == 0 || !(w->pre_targets = vmsh_calloc_array(n, sizeof(char *))))
+        return;
+    for (size_t i = 0; i < n; i++)
+        if ((w->pre_targets[w->pre_n] = strdup(targets[i])))
+            w->pre_n++;
+    if (w->pre_n == n && pthread_create(&w->pre_thread, NULL, prefetch_main, w) == 0)
+        w->pre_running = true;
+    else
+        prefetch_clear(w); /* Identify reads as usual */
+}
+
+/* The prefetch's results when it read this set's VMs, else NULL (and what it
+ * read is dropped). */
+static bool prefetch_take(vm_writer *w, const vmsh_set_options *o, vmsh_vm ***vms, size_t *n,
+                          vmsh_agent_info ***agents, int *rc, vmsh_error **err)
+{
+    bool same = w->pre_targets && !o->all && o->n_targets == w->pre_n;
+    for (size_t i = 0; same && i < o->n_targets; i++)
+        same = strcmp(o->targets[i], w->pre_targets[i]) == 0;
+    prefetch_join(w);
+    if (!same) {
+        prefetch_clear(w);
+        return false;
+    }
+    *rc = w->pre_rc;
+    vmsh_error_propagate(err, &w->pre_err);
+    *vms = w->pre_vms;
+    *n = w->pre_nvms;
+    *agents = w->pre_agents;
+    w->pre_vms = NULL;
+    w->pre_nvms = 0;
+    w->pre_agents = NULL;
+    prefetch_clear(w);
+    return true;
+}
+
 static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
+    prefetch_join(w);
     reset(w);
     w->freeze_start = w->freeze_end = 0;
     const vmsh_set_options *o = vmsh_set_options_of(set);
@@ -346,28 +442,45 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
     if (o->method && vmsh_method_parse(o->method, &requested) < 0)
         return vmsh_error_set(err, -EINVAL, "unknown method '%s' (auto, saved-state, guest)",
                               o->method);
-    int r = vmsh_vmw_hv_ready(w, err);
-    if (r < 0)
-        return r;
-    vmsh_hv_cache_domains(w->hv, true); /* off again at an abort */
     vmsh_vm **vms = NULL;
     size_t n = 0;
-    if ((r = set_vms(w, o, &vms, &n, err)) < 0)
+    vmsh_agent_info **agents = NULL;
+    int r = 0;
+    if (prefetch_take(w, o, &vms, &n, &agents, &r, err)) {
+        if (r < 0) {
+            vmsh_vm_list_free(vms, n);
+            for (size_t i = 0; agents && i < n; i++)
+                vmsh_agent_info_free(agents[i]);
+            free(agents);
+            return r;
+        }
+    } else if ((r = vmsh_vmw_hv_ready(w, err)) < 0 || (r = set_vms(w, o, &vms, &n, err)) < 0) {
         return r;
-    w->items = vmsh_calloc_array(n, sizeof(*w->items));
+    }
+    vmsh_hv_cache_domains(w->hv, true); /* off again at an abort */
+    w->items = vmsh_calloc_array(n ? n : 1, sizeof(*w->items));
     if (!w->items && r == 0)
         r = vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; i < n && r == 0; i++) {
-        if (!selected(o, vms[i]->name))
+        vmsh_agent_info *agent = agents ? agents[i] : NULL;
+        if (agents)
+            agents[i] = NULL; /* describe_vm frees it */
+        if (!selected(o, vms[i]->name)) {
+            vmsh_agent_info_free(agent);
             continue;
+        }
         vm_item *it = &w->items[w->n_items];
         if (!(it->name = strdup(vms[i]->name))) {
+            vmsh_agent_info_free(agent);
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
             break;
         }
         w->n_items++;
-        r = describe_vm(w, md, vms[i], requested, it, err);
+        r = describe_vm(w, md, vms[i], requested, it, agent, err);
     }
+    for (size_t i = 0; agents && i < n; i++)
+        vmsh_agent_info_free(agents[i]);
+    free(agents);
     vmsh_vm_list_free(vms, n);
     return r;
 }
@@ -1013,6 +1126,7 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
 static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
+    prefetch_join(w);
     int q = vmsh_vmw_undo_restore(w, entry, err);
     if (q != -ENOSYS)
         return q;
@@ -1072,6 +1186,7 @@ static int vmw_backup_complete(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error *
 static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
+    prefetch_join(w);
     vmsh_error *te = NULL;
     thaw_join(w, set, &te); /* a failed thaw: the undo below thaws again */
     vmsh_error_free(te);
@@ -1096,6 +1211,7 @@ static void vmw_free(vmsh_writer_ops *ops)
     vm_writer *w = (vm_writer *)ops;
     if (!w)
         return;
+    prefetch_clear(w);
     reset(w);
     vmsh_hv_free(w->hv);
     free(w->repo_id);

@@ -61,6 +61,19 @@ typedef struct vm_writer {
      * copied; it has the connection `hv` to itself until it is joined */
     pthread_t thaw_thread;
     bool thaw_running;
+    /* vmsh_vm_writer_prefetch: Identify's reads of named VMs (lookups,
+     * definitions, agent probes), begun on a thread while the requestor
+     * opens the repository; the connection `hv` is the thread's until
+     * Identify joins it */
+    pthread_t pre_thread;
+    bool pre_running;
+    char **pre_targets;
+    size_t pre_n;
+    vmsh_vm **pre_vms;
+    size_t pre_nvms;
+    vmsh_agent_info **pre_agents; /* per VM of pre_vms; NULL: not probed */
+    int pre_rc;
+    vmsh_error *pre_err;
     char *repo_id;        /* issue 7: the repository of the backup */
     json_object *history; /* {vm: {backup, extra}} of that repository */
 } vm_writer;

@@ -49,6 +49,13 @@ int64_t vmsh_vm_writer_freeze_window_ms(const vmsh_writer_ops *w);
 int vmsh_vm_writer_set_history(vmsh_writer_ops *w, const char *repo_id, struct json_object *last,
                                vmsh_error **err);
 
+/* Begins on a thread of its own what Identify reads of the named VMs
+ * `targets` (lookups, definitions, agent probes; nothing is changed), so
+ * that it runs while the requestor opens the repository. Identify of a set
+ * with the same targets takes the results (and their errors), any other
+ * set reads afresh. Optional; for `backup` of named VMs. */
+void vmsh_vm_writer_prefetch(vmsh_writer_ops *w, const char *const *targets, size_t n);
+
 /* Plans a restore without changing anything (`restore --dry-run`): for
  * each component of `md` selected for restore (vmsh_component_selected),
  * whether it replaces an existing VM, where each file goes, what is linked,
