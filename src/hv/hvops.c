@@ -152,15 +152,20 @@ int vmsh_hv_save_image_xml(vmsh_hv *hv, const char *path, char **out, vmsh_error
     return 0;
 }
 
-int vmsh_hv_disk_source(vmsh_hv *hv, const char *vm, const char *target, char **out,
-                        vmsh_error **err)
+/* The VM's live definition, parsed (*out: vmsh_domxml_free). */
+static int live_definition(vmsh_hv *hv, const char *vm, vmsh_domxml **out, vmsh_error **err)
 {
     _cleanup_free_ char *xml = NULL;
     int r = vmsh_hv_domain_xml(hv, vm, false, &xml, err);
-    if (r < 0)
-        return r;
+    return r < 0 ? r : vmsh_domxml_parse(out, xml, strlen(xml), err);
+}
+
+int vmsh_hv_disk_source(vmsh_hv *hv, const char *vm, const char *target, char **out,
+                        vmsh_error **err)
+{
     vmsh_domxml *x = NULL;
-    if ((r = vmsh_domxml_parse(&x, xml, strlen(xml), err)) < 0)
+    int r = live_definition(hv, vm, &x, err);
+    if (r < 0)
         return r;
     r = vmsh_error_set(err, -ENOENT, "VM %s has no disk %s", vm, target);
     for (size_t i = 0; i < x->n_disks; i++) {
@@ -549,12 +554,9 @@ static int checkpoint_xml_at(vmsh_hv *hv, const char *vm, const char *name,
                              const char *const *targets, size_t n_targets, long long created,
                              char **out, vmsh_error **err)
 {
-    _cleanup_free_ char *dxml = NULL;
-    int r = vmsh_hv_domain_xml(hv, vm, false, &dxml, err);
-    if (r < 0)
-        return r;
     vmsh_domxml *dx = NULL;
-    if ((r = vmsh_domxml_parse(&dx, dxml, strlen(dxml), err)) < 0)
+    int r = live_definition(hv, vm, &dx, err);
+    if (r < 0)
         return r;
     const char **disks = NULL;
     size_t n = 0;

@@ -424,9 +424,8 @@ static void prune_with(vmsh_hv *hv, vm_item *it)
     vmsh_error_free(e);
 }
 
-size_t vmsh_vmw_prune_plan(vm_writer *w)
+void vmsh_vmw_prune_plan(vm_writer *w)
 {
-    size_t n = 0;
     /* the jobs run from the new checkpoints: the older ones are unused. Not
      * for saved-state VMs: their overlays are merged at BackupComplete,
      * before their checkpoints are touched. If the set aborts after this,
@@ -434,9 +433,7 @@ size_t vmsh_vmw_prune_plan(vm_writer *w)
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
         it->prune_async = it->method == VMSH_METHOD_GUEST && it->new_cp && !it->pruned;
-        n += it->prune_async;
     }
-    return n;
 }
 
 void vmsh_vmw_prune_planned(vm_writer *w)

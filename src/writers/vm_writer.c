@@ -48,12 +48,17 @@ static void item_clear(vm_item *it)
     vmsh_error_free(it->thaw_err);
 }
 
-static void reset(vm_writer *w)
+static void thaw_wait(vm_writer *w)
 {
-    if (w->thaw_running) { /* BackupComplete and Abort join it first */
+    if (w->thaw_running) {
         pthread_join(w->thaw_thread, NULL);
         w->thaw_running = false;
     }
+}
+
+static void reset(vm_writer *w)
+{
+    thaw_wait(w); /* BackupComplete and Abort join it first (thaw_join) */
     for (size_t i = 0; i < w->n_items; i++)
         item_clear(&w->items[i]);
     free(w->items);
@@ -166,10 +171,8 @@ static int describe_managed_save(vmsh_component *c, const vmsh_vm *vm, vmsh_erro
 }
 
 static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
-                       vm_item *it, vmsh_agent_info *agent, vmsh_error **err)
+                       vm_item *it, const vmsh_agent_info *prefetched, vmsh_error **err)
 {
-    if (vm->state == VMSH_VM_OTHER || !vm->xml)
-        vmsh_agent_info_free(agent); /* not probed by the prefetch: it checks the same */
     if (vm->state == VMSH_VM_OTHER)
         return vmsh_error_set(err, -EINVAL,
                               "VM %s is neither running, paused nor shut off (libvirt state %d): "
@@ -178,13 +181,15 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     if (!vm->xml)
         return vmsh_error_set(err, -EINVAL, "VM %s: its domain XML cannot be read: %s", vm->name,
                               vm->xml_error ? vm->xml_error : "unknown");
-    int r = 0; /* `agent`: probed by the prefetch, or NULL */
-    if (!agent && vm->state == VMSH_VM_RUNNING &&
-        (r = vmsh_hv_agent_probe(w->hv, vm, w->agent_timeout_s, &agent, err)) < 0)
+    vmsh_agent_info *probed = NULL;
+    int r = 0;
+    if (!prefetched && vm->state == VMSH_VM_RUNNING &&
+        (r = vmsh_hv_agent_probe(w->hv, vm, w->agent_timeout_s, &probed, err)) < 0)
         return r;
     vmsh_method_choice mc = {0};
-    r = vmsh_method_choose(vm, agent, w->scratch_dir, requested, &mc, err);
-    vmsh_agent_info_free(agent);
+    r = vmsh_method_choose(vm, prefetched ? prefetched : probed, w->scratch_dir, requested, &mc,
+                           err);
+    vmsh_agent_info_free(probed);
     if (r < 0)
         return r;
     it->method = mc.method;
@@ -402,8 +407,8 @@ void vmsh_vm_writer_prefetch(vmsh_writer_ops *ops, const char *const *targets, s
         prefetch_clear(w); /* Identify reads as usual */
 }
 
-/* The prefetch's results when it read this set's VMs, else NULL (and what it
- * read is dropped). */
+/* True, with the prefetch's results and its outcome *rc, when it read this
+ * set's VMs; else false (and what it read is dropped). */
 static bool prefetch_take(vm_writer *w, const vmsh_set_options *o, vmsh_vm ***vms, size_t *n,
                           vmsh_agent_info ***agents, int *rc, vmsh_error **err)
 {
@@ -446,37 +451,24 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
     size_t n = 0;
     vmsh_agent_info **agents = NULL;
     int r = 0;
-    if (prefetch_take(w, o, &vms, &n, &agents, &r, err)) {
-        if (r < 0) {
-            vmsh_vm_list_free(vms, n);
-            for (size_t i = 0; agents && i < n; i++)
-                vmsh_agent_info_free(agents[i]);
-            free(agents);
-            return r;
-        }
-    } else if ((r = vmsh_vmw_hv_ready(w, err)) < 0 || (r = set_vms(w, o, &vms, &n, err)) < 0) {
+    if (!prefetch_take(w, o, &vms, &n, &agents, &r, err) &&
+        ((r = vmsh_vmw_hv_ready(w, err)) < 0 || (r = set_vms(w, o, &vms, &n, err)) < 0))
         return r;
+    if (r == 0) {
+        vmsh_hv_cache_domains(w->hv, true); /* off again at an abort */
+        if (!(w->items = vmsh_calloc_array(n ? n : 1, sizeof(*w->items))))
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    vmsh_hv_cache_domains(w->hv, true); /* off again at an abort */
-    w->items = vmsh_calloc_array(n ? n : 1, sizeof(*w->items));
-    if (!w->items && r == 0)
-        r = vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; i < n && r == 0; i++) {
-        vmsh_agent_info *agent = agents ? agents[i] : NULL;
-        if (agents)
-            agents[i] = NULL; /* describe_vm frees it */
-        if (!selected(o, vms[i]->name)) {
-            vmsh_agent_info_free(agent);
+        if (!selected(o, vms[i]->name))
             continue;
-        }
         vm_item *it = &w->items[w->n_items];
         if (!(it->name = strdup(vms[i]->name))) {
-            vmsh_agent_info_free(agent);
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
             break;
         }
         w->n_items++;
-        r = describe_vm(w, md, vms[i], requested, it, agent, err);
+        r = describe_vm(w, md, vms[i], requested, it, agents ? agents[i] : NULL, err);
     }
     for (size_t i = 0; agents && i < n; i++)
         vmsh_agent_info_free(agents[i]);
@@ -890,10 +882,7 @@ static void component_after(vm_item *it, vmsh_vm_state now)
  * first failed thaw is the error. */
 static int thaw_join(vm_writer *w, vmsh_set *set, vmsh_error **err)
 {
-    if (w->thaw_running) {
-        pthread_join(w->thaw_thread, NULL);
-        w->thaw_running = false;
-    }
+    thaw_wait(w);
     int first = 0;
     bool any = false;
     for (size_t i = 0; i < w->n_items; i++) {

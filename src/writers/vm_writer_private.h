@@ -101,9 +101,9 @@ void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it);
  * checkpoints, the older ones can go. vmsh_vmw_prune_plan marks the VMs
  * whose older checkpoints the thaw thread deletes (vm_writer.c), through
  * the writer's connection, after the thaw and while the requestor copies
- * (it touches no component: the outcome waits in the items), and returns
- * how many; vmsh_vmw_prune_planned deletes them. */
-size_t vmsh_vmw_prune_plan(vm_writer *w);
+ * (it touches no component: the outcome waits in the items);
+ * vmsh_vmw_prune_planned deletes them. */
+void vmsh_vmw_prune_plan(vm_writer *w);
 void vmsh_vmw_prune_planned(vm_writer *w);
 
 /* Restore (vm_restore.c). */
