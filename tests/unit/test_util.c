@@ -18,6 +18,7 @@
 #include <vmshadow/util/kvconf.h>
 #include <vmshadow/util/lock.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/text.h>
 
 static void error_first_wins_and_prefix(void **state)
 {
@@ -164,6 +165,85 @@ static void lock_second_holder_gets_ebusy(void **state)
     rmdir(dir);
 }
 
+/* issue 20 point 10: names from documents and libvirt printed safely */
+static void text_utf8_validation(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        bool valid;
+    } cases[] = {
+        {"", true},
+        {"web-01", true},
+        {"caf\xc3\xa9", true},       /* U+00E9 */
+        {"\xe2\x82\xac", true},      /* U+20AC */
+        {"\xf0\x9f\x98\x80", true},  /* U+1F600 */
+        {"\xf4\x8f\xbf\xbf", true},  /* U+10FFFF */
+        {"\xff", false},             /* never in UTF-8 */
+        {"web\xc3", false},          /* truncated */
+        {"\xc0\xaf", false},         /* overlong '/' */
+        {"\xe0\x80\xaf", false},     /* overlong '/' */
+        {"\xed\xa0\x80", false},     /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", false}, /* above U+10FFFF */
+        {"\x80", false},             /* lone continuation */
+        {"\xe2\x82", false},         /* truncated */
+        {"a\xe2\x28\xa1", false},    /* bad continuation */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (vmsh_utf8_valid_str(cases[i].s) != cases[i].valid)
+            fail_msg("case %zu: expected %s", i, cases[i].valid ? "valid" : "invalid");
+        assert_int_equal(vmsh_text_needs_escape(cases[i].s, 0), !cases[i].valid);
+    }
+    assert_true(vmsh_utf8_valid_str(NULL));
+}
+
+static void text_escape(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        unsigned flags;
+        const char *out;
+    } cases[] = {
+        {"web", VMSH_TEXT_CONTROLS, "web"},
+        {"caf\xc3\xa9", VMSH_TEXT_CONTROLS, "caf\xc3\xa9"},
+        {"a\tb\nc\rd", VMSH_TEXT_CONTROLS, "a\\tb\\nc\\rd"},
+        {"\x1b[31mred", VMSH_TEXT_CONTROLS, "\\x1b[31mred"},
+        {"del\x7f", VMSH_TEXT_CONTROLS, "del\\x7f"},
+        {"csi\xc2\x9b"
+         "2J",
+         VMSH_TEXT_CONTROLS, "csi\\u009b2J"},
+        {"nbsp\xc2\xa0", VMSH_TEXT_CONTROLS, "nbsp\xc2\xa0"},
+        {"bad\xff", VMSH_TEXT_CONTROLS, "bad\\xff"},
+        {"bad\xffz\xc3", 0, "bad\\xffz\\xc3"},
+        /* controls stay for JSON (json-c escapes them); bytes that are not
+         * UTF-8 become \\xHH inside the string literal */
+        {"a\x1b\xff", VMSH_TEXT_JSON, "a\x1b\\\\xff"},
+        {"\xed\xa0\x80", VMSH_TEXT_JSON, "\\\\xed\\\\xa0\\\\x80"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len = 0;
+        char *o = vmsh_text_escape(cases[i].in, strlen(cases[i].in), cases[i].flags, &len);
+        assert_non_null(o);
+        assert_string_equal(o, cases[i].out);
+        assert_int_equal(len, strlen(cases[i].out));
+        assert_int_equal(vmsh_text_needs_escape(cases[i].in, cases[i].flags),
+                         strcmp(cases[i].in, cases[i].out) != 0);
+        free(o);
+    }
+    /* the escaped text is always valid UTF-8, whatever the input */
+    char all[256];
+    for (int i = 1; i < 256; i++)
+        all[i - 1] = (char)i;
+    all[255] = 0;
+    char *o = vmsh_text_escape(all, 255, VMSH_TEXT_CONTROLS, NULL);
+    assert_non_null(o);
+    assert_true(vmsh_utf8_valid_str(o));
+    for (const char *c = o; *c; c++)
+        assert_false((unsigned char)*c < 0x20 || *c == 0x7f);
+    free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +253,8 @@ int main(void)
         cmocka_unit_test(fs_atomic_write_and_read),
         cmocka_unit_test(path_helpers),
         cmocka_unit_test(lock_second_holder_gets_ebusy),
+        cmocka_unit_test(text_utf8_validation),
+        cmocka_unit_test(text_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
