@@ -4,6 +4,7 @@
 #ifndef VMSH_CLI_H
 #define VMSH_CLI_H
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,34 +32,59 @@ typedef struct vmsh_cli {
     const char *state_dir;   /* $VMSHADOW_STATE_DIR / config "state-dir" / default */
     const char *writers_dir; /* $VMSHADOW_WRITERS_DIR / config "writers-dir" / default */
     bool json;
-    int verbosity;       /* 0 normal, <0 quiet, >0 verbose */
-    bool progress;       /* stderr is a terminal and not quiet */
-    vmsh_kvconf *config; /* may be NULL when no config file exists */
-    int64_t start_ms;    /* vmsh_now_ms() when main began (debug lines show the time since) */
+    int verbosity;            /* 0 normal, <0 quiet, >0 verbose */
+    bool progress;            /* stderr is a terminal and not quiet */
+    vmsh_kvconf *config;      /* may be NULL when no config file exists */
+    int64_t start_ms;         /* vmsh_now_ms() when main began (debug lines show the time since) */
+    bool key_file_set;        /* a command decided the key file (init: its --key-file or none) */
+    const char *key_file_opt; /* then this one, else $VMSHADOW_KEY_FILE, else the config's */
+    char **pool;              /* vmsh_cli_safe's copies, freed when main returns */
+    size_t n_pool;
 } vmsh_cli;
 
 typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);
 
 /* Reports an error on stderr as "vmshadow: <message>" and returns the exit
- * code that fits it (-EBUSY: 4, -EBADMSG/-EUCLEAN: 3, else 1). Frees *err. */
+ * code that fits it (vmsh_cli_exit_code). Frees *err. With --json, also
+ * prints {"error": ...} (vmsh_cli_error_json) on stdout unless the command
+ * already printed its document (issue 20 point 10). */
 int vmsh_cli_fail(vmsh_cli *cli, vmsh_error **err);
+/* The exit code of a failure with error code `code`: -EBUSY 4,
+ * -EBADMSG/-EUCLEAN 3, else 1. */
+int vmsh_cli_exit_code(int code);
+/* The `error` member of a --json document: {"code": "failed"|"usage"|
+ * "damaged"|"busy", "exit_code", "errno": "ENOENT"|null, "message"}. */
+json_object *vmsh_cli_error_json(int exit_code, int code, const char *message);
+/* `s` as it may be printed as text: control characters and bytes that are
+ * not UTF-8 escaped (\t, \x1b, ...); `s` itself when nothing needs it. The
+ * copy lives until main returns. For every name that comes from libvirt, a
+ * backup document or the repository. */
+const char *vmsh_cli_safe(vmsh_cli *cli, const char *s);
 /* The option parsing of a command whose only option is --help: prints `help`
  * and returns VMSH_EXIT_OK for --help, a usage error for any other option,
  * and -1 when the command goes on (optind then points at its arguments). */
 int vmsh_cli_only_help(vmsh_cli *cli, int argc, char **argv, const char *cmd, const char *help);
-/* Prints a usage error for `cmd` and returns VMSH_EXIT_USAGE. */
+/* Prints a usage error for `cmd` (with --json also as a document) and
+ * returns VMSH_EXIT_USAGE. */
 int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Messages for the user on stderr; info is hidden by -q, debug shown by -v. */
 void vmsh_cli_info(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void vmsh_cli_warn(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prints one JSON document on stdout and releases it. */
+/* Prints one JSON document on stdout and releases it: an object gets
+ * `"error": null` unless it has an `error`; bytes that are not UTF-8 in its
+ * strings are written as the text \\xHH. */
 void vmsh_cli_print_json(struct json_object *doc);
 
 /* Replays the journals of interrupted runs (R7) before a command; reports
  * what it undid, warns about what it could not. Always returns 0 (cmd_backup.c). */
 int vmsh_cli_recover_first(vmsh_cli *cli);
+
+/* The getopt_long tables of the commands with options of their own (main
+ * takes the global options out of a command's words with them). */
+extern const struct option vmsh_cli_opts_vms[], vmsh_cli_opts_init[], vmsh_cli_opts_backup[],
+    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[];
 
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
@@ -74,12 +100,22 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
 
-/* Repository helpers (cmd_repo.c), for every command that opens the
- * repository: the key file comes from $VMSHADOW_KEY_FILE, else the config
- * key `key-file`; the config key `compression-level` applies to backups. */
+/* Repository helpers (cmd_repo.c). vmsh_cli_repo_open is THE way every
+ * command opens the repository (issue 21): the key file comes from the
+ * command's --key-file (cli->key_file_opt), else $VMSHADOW_KEY_FILE, else
+ * the config key `key-file`; the config key `compression-level` applies to
+ * what is written through it. */
 struct vmsh_repo;
 const char *vmsh_cli_key_file(vmsh_cli *cli);
 int vmsh_cli_repo_open(vmsh_cli *cli, struct vmsh_repo **out, vmsh_error **err);
+/* Text layout (cmd_repo.c): the width of stdout's terminal, else
+ * $COLUMNS, else 0 (not a terminal: lines are not wrapped); the width of a
+ * UTF-8 string in columns (one per character); `text` printed from column
+ * `col` (already reached) up to `width`, wrapped at spaces onto lines
+ * indented by `indent`, ending with a newline. */
+int vmsh_cli_columns(void);
+int vmsh_cli_text_width(const char *s);
+void vmsh_cli_print_wrapped(const char *text, int col, int indent, int width);
 /* "1.5 GiB" */
 void vmsh_cli_format_bytes(uint64_t n, char *buf, size_t cap);
 /* A vmsh_progress_fn printing "what: 42% (x of y)" on stderr at most 4 times

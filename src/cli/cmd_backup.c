@@ -14,6 +14,7 @@
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/repo/source.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/identity.h>
 #include <vmshadow/writers/script_writer.h>
@@ -131,6 +132,12 @@ int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
                                json_object_new_int64((int64_t)rep->journals_removed));
         json_object_object_add(o, "runs_in_progress",
                                json_object_new_int64((int64_t)rep->journals_busy));
+        if (r < 0)
+            json_object_object_add(
+                o, "error",
+                vmsh_cli_error_json(VMSH_EXIT_FAILED, r,
+                                    err ? err->message
+                                        : "an action of an interrupted run could not be undone"));
         vmsh_cli_print_json(o);
     } else if (rep->n_items == 0 && rep->journals_busy == 0) {
         vmsh_cli_info(cli, "nothing to recover");
@@ -676,18 +683,19 @@ static json_object *writers_json(const vmsh_set *set)
     return a;
 }
 
+const struct option vmsh_cli_opts_backup[] = {
+    {"all", no_argument, NULL, 'a'},
+    {"method", required_argument, NULL, 'm'},
+    {"full", no_argument, NULL, 'f'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"all", no_argument, NULL, 'a'},
-        {"method", required_argument, NULL, 'm'},
-        {"full", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     vmsh_set_options so = {.method = "auto"};
     int c;
-    while ((c = getopt_long(argc, argv, ":am:fh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":am:fh", vmsh_cli_opts_backup, NULL)) != -1) {
         switch (c) {
         case 'a':
             so.all = true;
@@ -715,6 +723,14 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
     so.n_targets = (size_t)(argc - optind);
     if (so.all && so.n_targets)
         return vmsh_cli_usage_error(cli, "backup", "give VM names or --all, not both");
+    /* Names are stored as UTF-8 text (backup document, repository file
+     * names): refused here, before any writer is touched (issue 20). */
+    for (size_t i = 0; i < so.n_targets; i++)
+        if (!vmsh_utf8_valid_str(so.targets[i]))
+            return vmsh_cli_usage_error(cli, "backup",
+                                        "VM name '%s' is not valid UTF-8: vmshadow keeps names "
+                                        "as UTF-8 text",
+                                        so.targets[i]);
 
     vmsh_error *err = NULL;
     vmsh_coord_config cfg;
@@ -736,8 +752,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
      * repository opens and the coordinator sets up; it changes nothing. */
     if (h.vm_writer && !so.all && so.n_targets > 0)
         vmsh_vm_writer_prefetch(h.vm_writer, so.targets, so.n_targets);
-    if ((r = vmsh_repo_open(&q.repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"), &err)) <
-            0 ||
+    if ((r = vmsh_cli_repo_open(cli, &q.repo, &err)) < 0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
         goto out;
     vmsh_cli_debug(cli, "repository %s open for backup %s", cli->repo, vmsh_backup_id(q.backup));
@@ -786,7 +801,10 @@ out:;
             o, "bytes_stored",
             json_object_new_int64(set ? (int64_t)vmsh_set_bytes_stored(set) : 0));
         json_object_object_add(o, "writers", writers_json(set));
-        json_object_object_add(o, "error", err ? jstr(err->message) : NULL);
+        json_object_object_add(
+            o, "error",
+            r < 0 ? vmsh_cli_error_json(vmsh_cli_exit_code(r), r, err ? err->message : "failed")
+                  : NULL);
         vmsh_cli_print_json(o);
     } else if (r == 0) {
         printf("%s\n", vmsh_set_backup_id(set));
@@ -880,17 +898,19 @@ static void print_writer(vmsh_cli *cli, json_object *arr, const char *name, cons
         json_object_array_add(arr, o);
         return;
     }
-    printf("%-24s %s  %-10s %s\n", name, id, kind, state);
+    printf("%-24s %s  %-10s %s\n", vmsh_cli_safe(cli, name), vmsh_cli_safe(cli, id),
+           vmsh_cli_safe(cli, kind), vmsh_cli_safe(cli, state));
     if (rec && rec->set_id)
-        printf("    last run: %s %s, %s (set %s)\n", rec->operation, rec->result, rec->time,
-               rec->set_id);
+        printf("    last run: %s %s, %s (set %s)\n", vmsh_cli_safe(cli, rec->operation),
+               vmsh_cli_safe(cli, rec->result), vmsh_cli_safe(cli, rec->time),
+               vmsh_cli_safe(cli, rec->set_id));
     else
         printf("    last run: none\n");
     if (invalid)
-        printf("    error: %s\n", invalid);
+        printf("    error: %s\n", vmsh_cli_safe(cli, invalid));
     else if (rec && rec->has_error)
-        printf("    last error (%s): %s%s\n", rec->error_event, rec->error_message,
-               rec->error_retryable ? " [retryable]" : "");
+        printf("    last error (%s): %s%s\n", vmsh_cli_safe(cli, rec->error_event),
+               vmsh_cli_safe(cli, rec->error_message), rec->error_retryable ? " [retryable]" : "");
 }
 
 int vmsh_cmd_writers(vmsh_cli *cli, int argc, char **argv)

@@ -18,16 +18,17 @@ static void usage(FILE *f)
                "when complete and intact. --force replaces an existing DEST.\n");
 }
 
+const struct option vmsh_cli_opts_extract[] = {
+    {"force", no_argument, NULL, 'f'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"force", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     bool force = false;
     int c;
-    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "fh", vmsh_cli_opts_extract, NULL)) != -1) {
         switch (c) {
         case 'f':
             force = true;

@@ -5,6 +5,8 @@
 
 #include <vmshadow/repo/backup.h>
 #include <vmshadow/repo/repo.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 
 #include <errno.h>
@@ -13,12 +15,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 /* ---- helpers other commands use too (cli.h) ---- */
 
 const char *vmsh_cli_key_file(vmsh_cli *cli)
 {
+    if (cli->key_file_set)
+        return cli->key_file_opt;
+    /* main refuses a set but empty $VMSHADOW_KEY_FILE (issue 20 point 9) */
     const char *k = getenv("VMSHADOW_KEY_FILE");
     if (k && *k)
         return k;
@@ -39,6 +45,62 @@ int vmsh_cli_repo_open(vmsh_cli *cli, struct vmsh_repo **out, vmsh_error **err)
         *out = NULL;
     }
     return rc;
+}
+
+int vmsh_cli_columns(void)
+{
+    struct winsize ws;
+    if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    const char *c = getenv("COLUMNS");
+    char *end = NULL;
+    long v = c && *c ? strtol(c, &end, 10) : 0;
+    return end && !*end && v > 0 && v < 10000 ? (int)v : 0;
+}
+
+int vmsh_cli_text_width(const char *s)
+{
+    int w = 0;
+    for (; s && *s; s++)
+        if (((unsigned char)*s & 0xc0) != 0x80) /* not a continuation byte */
+            w++;
+    return w;
+}
+
+void vmsh_cli_print_wrapped(const char *text, int col, int indent, int width)
+{
+    if (!text)
+        text = "-";
+    /* too narrow to be worth it: indent less, or not at all */
+    if (width > 0 && width - indent < 24)
+        indent = width > 28 ? 4 : 0;
+    if (width <= 0 || col + vmsh_cli_text_width(text) <= width) {
+        printf("%s\n", text);
+        return;
+    }
+    const char *p = text;
+    bool first = true;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        const char *w = p;
+        while (*p && *p != ' ')
+            p++;
+        if (w == p)
+            break;
+        int ww = 0;
+        for (const char *c = w; c < p; c++)
+            ww += ((unsigned char)*c & 0xc0) != 0x80;
+        if (!first && col + 1 + ww > width) {
+            printf("\n%*s", indent, "");
+            col = indent;
+            first = true;
+        }
+        printf("%s%.*s", first ? "" : " ", (int)(p - w), w);
+        col += ww + (first ? 0 : 1);
+        first = false;
+    }
+    putchar('\n');
 }
 
 void vmsh_cli_format_bytes(uint64_t n, char *buf, size_t cap)
@@ -83,19 +145,20 @@ void vmsh_cli_progress_end(vmsh_cli_progress_state *p)
 
 /* ---- init ---- */
 
+const struct option vmsh_cli_opts_init[] = {
+    {"encrypt", no_argument, NULL, 'e'},
+    {"key-file", required_argument, NULL, 'k'},
+    {"compression-level", required_argument, NULL, 'l'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"encrypt", no_argument, NULL, 'e'},
-        {"key-file", required_argument, NULL, 'k'},
-        {"compression-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     bool encrypt = false;
     const char *key_file = NULL;
     int level = 0, c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_init, NULL)) != -1) {
         switch (c) {
         case 'e':
             encrypt = true;
@@ -139,7 +202,10 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
     if (vmsh_repo_init(cli->repo, &o, &err) < 0)
         return vmsh_cli_fail(cli, &err);
     vmsh_repo *r = NULL;
-    if (vmsh_repo_open(&r, cli->repo, key_file, &err) < 0)
+    /* the repository just made: with the key it was made with, or none */
+    cli->key_file_set = true;
+    cli->key_file_opt = key_file;
+    if (vmsh_cli_repo_open(cli, &r, &err) < 0)
         return vmsh_cli_fail(cli, &err);
     if (cli->json) {
         json_object *o2 = json_object_new_object();
@@ -286,6 +352,12 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
         json_object_object_add(o, "repo", json_object_new_string(cli->repo));
         json_object_object_add(o, "backups", arr);
         json_object_object_add(o, "damaged", darr);
+        if (nd)
+            json_object_object_add(
+                o, "error",
+                vmsh_cli_error_json(VMSH_EXIT_DAMAGED, -EBADMSG,
+                                    "a backup of the repository cannot be read (damaged "
+                                    "manifest); run 'vmshadow verify'"));
         vmsh_cli_print_json(o);
     } else if (n == 0 && nd == 0) {
         vmsh_cli_info(cli, "no backups in %s", cli->repo);
@@ -300,19 +372,21 @@ int vmsh_cmd_list(vmsh_cli *cli, int argc, char **argv)
             vmsh_cli_format_bytes(stored, s2, sizeof(s2));
             json_object *doc = document_json(a[i].document);
             vms_summary(doc, vms, sizeof(vms));
-            printf("%-16s  %-20s  %-11s  %10s  %10s  %s\n", a[i].id, a[i].time, doc_kind(doc), s1,
-                   s2, vms[0] ? vms : "-");
+            printf("%-16s  %-20s  %-11s  %10s  %10s  %s\n", vmsh_cli_safe(cli, a[i].id),
+                   vmsh_cli_safe(cli, a[i].time), vmsh_cli_safe(cli, doc_kind(doc)), s1, s2,
+                   vms[0] ? vmsh_cli_safe(cli, vms) : "-");
             json_object_put(doc);
         }
         for (size_t i = 0; i < nd; i++)
-            printf("%-16s  DAMAGED: %s\n", dmg[i].backup, dmg[i].what ? dmg[i].what : "?");
+            printf("%-16s  DAMAGED: %s\n", vmsh_cli_safe(cli, dmg[i].backup),
+                   dmg[i].what ? vmsh_cli_safe(cli, dmg[i].what) : "?");
     }
     int rc = VMSH_EXIT_OK;
     if (nd) {
         fprintf(stderr,
                 "%s: error: %zu backup%s of %s cannot be read (damaged manifest); run "
                 "'vmshadow verify'\n",
-                cli->prog, nd, nd == 1 ? "" : "s", cli->repo);
+                cli->prog, nd, nd == 1 ? "" : "s", vmsh_cli_safe(cli, cli->repo));
         rc = VMSH_EXIT_DAMAGED;
     }
     vmsh_damage_array_free(dmg, nd);
@@ -350,8 +424,9 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
         vmsh_cli_format_bytes(size, s1, sizeof(s1));
         vmsh_cli_format_bytes(stored, s2, sizeof(s2));
         json_object *d0 = document_json(b->document), *vms = NULL;
-        printf("backup %s\ntime   %s\nkind   %s\nsize   %s (%s new in the repository)\n", b->id,
-               b->time, doc_kind(d0), s1, s2);
+        printf("backup %s\ntime   %s\nkind   %s\nsize   %s (%s new in the repository)\n",
+               vmsh_cli_safe(cli, b->id), vmsh_cli_safe(cli, b->time),
+               vmsh_cli_safe(cli, doc_kind(d0)), s1, s2);
         /* issue 7: how each disk was read, and why */
         if (d0 && json_object_is_type(d0, json_type_object) &&
             json_object_object_get_ex(d0, "vms", &vms) && json_object_is_type(vms, json_type_array))
@@ -369,25 +444,39 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
                     json_object_object_get_ex(dk, "reason", &rs);
                     json_object_object_get_ex(dk, "bytes_read", &br);
                     vmsh_cli_format_bytes((uint64_t)json_object_get_int64(br), s1, sizeof(s1));
-                    printf("  %s %s: %s, %s read (%s)\n", json_object_get_string(n),
-                           json_object_get_string(dn), json_object_get_string(rd), s1,
-                           rs ? json_object_get_string(rs) : "-");
+                    printf("  %s %s: %s, %s read (%s)\n",
+                           vmsh_cli_safe(cli, json_object_get_string(n)),
+                           vmsh_cli_safe(cli, json_object_get_string(dn)),
+                           vmsh_cli_safe(cli, json_object_get_string(rd)), s1,
+                           rs ? vmsh_cli_safe(cli, json_object_get_string(rs)) : "-");
                 }
             }
         json_object_put(d0);
         printf("files:\n");
+        /* the name column as wide as the longest name (issue 24) */
+        int name_w = 4;
+        for (size_t i = 0; i < b->n_files; i++) {
+            int w = vmsh_cli_text_width(vmsh_cli_safe(cli, b->files[i].name));
+            name_w = w > name_w ? w : name_w;
+        }
         for (size_t i = 0; i < b->n_files; i++) {
             vmsh_cli_format_bytes(b->files[i].size, s1, sizeof(s1));
-            printf("  %-32s %-6s %10s  index %.16s\n", b->files[i].name, b->files[i].kind, s1,
-                   b->files[i].index);
+            const char *fn = vmsh_cli_safe(cli, b->files[i].name);
+            printf("  %s%*s %-11s %10s  index %.16s\n", fn, name_w - vmsh_cli_text_width(fn), "",
+                   vmsh_cli_safe(cli, b->files[i].kind), s1, vmsh_cli_safe(cli, b->files[i].index));
         }
         json_object *doc = document_json(b->document);
         if (doc && !json_object_is_type(doc, json_type_string)) {
-            printf("document:\n%s\n",
-                   json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY |
-                                                           JSON_C_TO_STRING_NOSLASHESCAPE));
+            /* json-c escapes control characters; bytes that are not UTF-8
+             * are escaped here (issue 20) */
+            const char *t = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY |
+                                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
+            _cleanup_free_ char *fixed = vmsh_utf8_valid_str(t)
+                                             ? NULL
+                                             : vmsh_text_escape(t, strlen(t), VMSH_TEXT_JSON, NULL);
+            printf("document:\n%s\n", fixed ? fixed : t);
         } else if (b->document && *b->document) {
-            printf("document:\n%s\n", b->document);
+            printf("document:\n%s\n", vmsh_cli_safe(cli, b->document));
         }
         json_object_put(doc);
     }
@@ -444,16 +533,22 @@ int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv)
             json_object_array_add(d, x);
         }
         json_object_object_add(o, "damage", d);
+        if (rep->n_damage)
+            json_object_object_add(o, "error",
+                                   vmsh_cli_error_json(VMSH_EXIT_DAMAGED, -EBADMSG,
+                                                       err ? err->message : "repository damaged"));
         vmsh_cli_print_json(o);
     } else {
         for (size_t i = 0; i < rep->n_damage; i++) {
             const vmsh_damage *d = &rep->damage[i];
+            const char *what = vmsh_cli_safe(cli, d->what ? d->what : "?");
             if (d->backup[0] && d->file)
-                printf("DAMAGED backup %s, file %s: %s\n", d->backup, d->file, d->what);
+                printf("DAMAGED backup %s, file %s: %s\n", vmsh_cli_safe(cli, d->backup),
+                       vmsh_cli_safe(cli, d->file), what);
             else if (d->backup[0])
-                printf("DAMAGED backup %s: %s\n", d->backup, d->what);
+                printf("DAMAGED backup %s: %s\n", vmsh_cli_safe(cli, d->backup), what);
             else
-                printf("DAMAGED repository: %s\n", d->what);
+                printf("DAMAGED repository: %s\n", what);
         }
         char b[32];
         vmsh_cli_format_bytes(rep->bytes_checked, b, sizeof(b));
@@ -466,7 +561,7 @@ int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv)
     if (damaged) {
         if (!cli->json)
             fprintf(stderr, "%s: error: %s\n", cli->prog,
-                    err ? err->message : "repository damaged");
+                    vmsh_cli_safe(cli, err ? err->message : "repository damaged"));
         vmsh_error_free(err);
         return VMSH_EXIT_DAMAGED;
     }
@@ -486,21 +581,22 @@ static int parse_count(vmsh_cli *cli, const char *opt, const char *s, unsigned *
     return 0;
 }
 
+const struct option vmsh_cli_opts_prune[] = {
+    {"keep-last", required_argument, NULL, 'l'},
+    {"keep-daily", required_argument, NULL, 'd'},
+    {"keep-weekly", required_argument, NULL, 'w'},
+    {"keep-monthly", required_argument, NULL, 'm'},
+    {"dry-run", no_argument, NULL, 'n'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"keep-last", required_argument, NULL, 'l'},
-        {"keep-daily", required_argument, NULL, 'd'},
-        {"keep-weekly", required_argument, NULL, 'w'},
-        {"keep-monthly", required_argument, NULL, 'm'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     vmsh_retention pol = {0};
     bool dry = false;
     int c, u = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_prune, NULL)) != -1) {
         switch (c) {
         case 'l':
             u = parse_count(cli, "--keep-last", optarg, &pol.keep_last);
@@ -555,9 +651,9 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv)
         vmsh_cli_print_json(o);
     } else {
         for (size_t i = 0; i < res->n_keep; i++)
-            printf("keep    %s\n", res->keep[i]);
+            printf("keep    %s\n", vmsh_cli_safe(cli, res->keep[i]));
         for (size_t i = 0; i < res->n_forget; i++)
-            printf("%s  %s\n", dry ? "would forget" : "forget", res->forget[i]);
+            printf("%s  %s\n", dry ? "would forget" : "forget", vmsh_cli_safe(cli, res->forget[i]));
         printf("%zu kept, %zu %s%s\n", res->n_keep, res->n_forget,
                dry ? "would be forgotten (dry run)" : "forgotten",
                !dry && res->n_forget ? "; run 'vmshadow gc' to free their space" : "");

@@ -206,21 +206,22 @@ static bool confirm(vmsh_cli *cli, json_object *plan)
     return fgets(line, sizeof(line), stdin) && (line[0] == 'y' || line[0] == 'Y');
 }
 
+const struct option vmsh_cli_opts_restore[] = {
+    {"to", required_argument, NULL, 't'},
+    {"as", required_argument, NULL, 'a'},
+    {"force", no_argument, NULL, 'f'},
+    {"dry-run", no_argument, NULL, 'n'},
+    {"host-devices", no_argument, NULL, 'H'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"to", required_argument, NULL, 't'},
-        {"as", required_argument, NULL, 'a'},
-        {"force", no_argument, NULL, 'f'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"host-devices", no_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     vmsh_set_options so = {0};
     bool dry = false;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_restore, NULL)) != -1) {
         switch (c) {
         case 't':
             so.restore_dir = optarg;
@@ -338,7 +339,11 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "backup", json_object_new_string(q.id));
         json_object_object_add(o, "vms", done);
-        json_object_object_add(o, "error", err ? json_object_new_string(err->message) : NULL);
+        json_object_object_add(
+            o, "error",
+            r < 0 ? vmsh_cli_error_json(vmsh_cli_exit_code(q.damaged ? -EBADMSG : r), r,
+                                        err ? err->message : "failed")
+                  : NULL);
         vmsh_cli_print_json(o);
     } else {
         print_plan_text(done, false);

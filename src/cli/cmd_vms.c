@@ -6,6 +6,7 @@
 #include <vmshadow/hv/hv.h>
 #include <vmshadow/writers/method.h>
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,6 +62,16 @@ static json_object *agent_json(const vmsh_agent_info *a)
     return o;
 }
 
+static bool wanted(const vmsh_vm *vm, int argc, char **argv)
+{
+    if (optind >= argc)
+        return true;
+    for (int k = optind; k < argc; k++)
+        if (strcmp(argv[k], vm->name) == 0)
+            return true;
+    return false;
+}
+
 static const char *agent_word(const vmsh_agent_info *a)
 {
     if (!a || !a->channel)
@@ -70,16 +81,17 @@ static const char *agent_word(const vmsh_agent_info *a)
     return "unreachable";
 }
 
+const struct option vmsh_cli_opts_vms[] = {
+    {"method", required_argument, NULL, 'm'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"method", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
     vmsh_method requested = VMSH_METHOD_AUTO;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_vms, NULL)) != -1) {
         switch (c) {
         case 'm':
             if (vmsh_method_parse(optarg, &requested) < 0)
@@ -107,16 +119,34 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
         vmsh_hv_free(hv);
         return vmsh_cli_fail(cli, &err);
     }
+    /* A name that is no VM is an error, as for backup (issue 24): an empty
+     * list would read as "nothing to do". */
+    for (int k = optind; k < argc; k++) {
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++)
+            found = strcmp(argv[k], vms[i]->name) == 0;
+        if (!found) {
+            vmsh_error_set(&err, -ENOENT, "no VM named '%s' on %s", argv[k], vmsh_hv_uri(hv));
+            vmsh_vm_list_free(vms, n);
+            vmsh_hv_free(hv);
+            return vmsh_cli_fail(cli, &err);
+        }
+    }
     int rc = VMSH_EXIT_OK;
     json_object *list = json_object_new_array();
+    /* Text: the name column as wide as the widest name shown. */
+    int name_w = 4;
+    for (size_t i = 0; i < n; i++) {
+        int w = vmsh_cli_text_width(vmsh_cli_safe(cli, vms[i]->name));
+        if (w > name_w && wanted(vms[i], argc, argv))
+            name_w = w;
+    }
+    int width = vmsh_cli_columns(), reason_col = name_w + 1 + 9 + 1 + 11 + 1 + 11 + 1;
     if (!cli->json)
-        printf("%-28s %-9s %-12s %-12s %s\n", "NAME", "STATE", "AGENT", "METHOD", "REASON");
+        printf("%-*s %-9s %-11s %-11s %s\n", name_w, "NAME", "STATE", "AGENT", "METHOD", "REASON");
     for (size_t i = 0; i < n; i++) {
         vmsh_vm *vm = vms[i];
-        bool wanted = optind >= argc;
-        for (int k = optind; k < argc && !wanted; k++)
-            wanted = strcmp(argv[k], vm->name) == 0;
-        if (!wanted)
+        if (!wanted(vm, argc, argv))
             continue;
         vmsh_agent_info *agent = NULL;
         if (vmsh_hv_agent_probe(hv, vm, (int)agent_timeout, &agent, &err) < 0) {
@@ -151,22 +181,32 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             json_object_object_add(o, "reason", jstr(reason));
             json_object_array_add(list, o);
         } else {
-            printf("%-28s %-9s %-12s %-12s %s\n", vm->name, vmsh_vm_state_name(vm->state),
-                   agent_word(agent), method, reason);
-            if (vm->xml_error)
-                printf("    ! domain XML not understood: %s\n", vm->xml_error);
+            const char *nm = vmsh_cli_safe(cli, vm->name);
+            printf("%s%*s %-9s %-11s %-11s ", nm, name_w - vmsh_cli_text_width(nm), "",
+                   vmsh_vm_state_name(vm->state), agent_word(agent), method);
+            vmsh_cli_print_wrapped(vmsh_cli_safe(cli, reason), reason_col, reason_col, width);
+            if (vm->xml_error) {
+                fputs("    ! domain XML not understood: ", stdout);
+                vmsh_cli_print_wrapped(vmsh_cli_safe(cli, vm->xml_error), 32, 6, width);
+            }
             for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++) {
                 const vmsh_domxml_disk *dk = &vm->xml->disks[d];
                 const char *excl = vmsh_method_disk_exclusion(dk);
-                printf("    %-8s %-11s %-6s %s%s%s\n", dk->target ? dk->target : "?",
-                       vmsh_disk_kind_name(dk->kind), dk->format ? dk->format : "-",
-                       dk->source ? dk->source : "-", excl ? "  [excluded: " : "",
-                       excl ? excl : "");
-                if (excl)
-                    fputs("]\n", stdout);
+                printf("    %-8s %-11s %-6s %s\n",
+                       dk->target ? vmsh_cli_safe(cli, dk->target) : "?",
+                       vmsh_disk_kind_name(dk->kind),
+                       dk->format ? vmsh_cli_safe(cli, dk->format) : "-",
+                       dk->source ? vmsh_cli_safe(cli, dk->source) : "-");
+                /* R6: why it is left out, on its own line under the source */
+                if (excl) {
+                    printf("%*sexcluded: ", 33, "");
+                    vmsh_cli_print_wrapped(vmsh_cli_safe(cli, excl), 43, 43, width);
+                }
             }
-            if (agent && agent->channel && !agent->reachable && agent->error)
-                printf("    agent: %s\n", agent->error);
+            if (agent && agent->channel && !agent->reachable && agent->error) {
+                fputs("    agent: ", stdout);
+                vmsh_cli_print_wrapped(vmsh_cli_safe(cli, agent->error), 11, 11, width);
+            }
         }
         vmsh_error_free(merr);
         vmsh_method_choice_clear(&mc);
