@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <json-c/json.h>
+#include <libxml/xmlerror.h>
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
@@ -65,17 +66,57 @@ const char *vmsh_vm_state_name(vmsh_vm_state s)
     return "other";
 }
 
+/* libxml2 prints its warnings (e.g. "I/O warning: failed to load external
+ * entity" for a test:///FILE URI) on stderr unless told otherwise. */
+static void silent_xml_error(void *ctx, const char *msg, ...) {}
+
+/* Why a connection could not be opened, in the user's terms (issue 24):
+ * the file a test:/// URI names, the daemon's socket, permission. */
+static int open_error(const char *uri, vmsh_error **err)
+{
+    virErrorPtr e = virGetLastError();
+    const char *m = lv_msg();
+    int len = (int)strcspn(m, "\n"); /* libvirt quotes the file's line below */
+    const char *u = uri ? uri : "the default URI";
+    int sys = e && e->code == VIR_ERR_SYSTEM_ERROR ? e->int1 : 0;
+    if (e && (e->code == VIR_ERR_XML_ERROR || e->code == VIR_ERR_XML_DETAIL))
+        return vmsh_error_set(err, -EINVAL,
+                              "cannot connect to libvirt at %s: the file it names cannot be read "
+                              "or parsed as a libvirt test driver definition: %.*s",
+                              u, len, m);
+    if (sys == ENOENT || sys == ECONNREFUSED)
+        return vmsh_error_set(err, -ECONNREFUSED,
+                              "cannot connect to libvirt at %s: the libvirt daemon is not running "
+                              "(%.*s); start it (systemctl start libvirtd) or check -c/--connect "
+                              "and LIBVIRT_DEFAULT_URI",
+                              u, len, m);
+    if (sys == EACCES || sys == EPERM ||
+        (e && (e->code == VIR_ERR_AUTH_FAILED || e->code == VIR_ERR_AUTH_CANCELLED ||
+               e->code == VIR_ERR_AUTH_UNAVAILABLE || e->code == VIR_ERR_OPERATION_DENIED)))
+        return vmsh_error_set(err, -EACCES,
+                              "cannot connect to libvirt at %s: permission denied (%.*s); run "
+                              "as root or as a member of the libvirt group",
+                              u, len, m);
+    if (e && e->code == VIR_ERR_NO_CONNECT)
+        return vmsh_error_set(err, -EINVAL,
+                              "cannot connect to libvirt at %s: no libvirt driver for this URI "
+                              "(%.*s); check -c/--connect and LIBVIRT_DEFAULT_URI",
+                              u, len, m);
+    return vmsh_error_set(err, -ECONNREFUSED,
+                          "cannot connect to libvirt at %s: %.*s (check -c/--connect and "
+                          "LIBVIRT_DEFAULT_URI)",
+                          u, len, m);
+}
+
 int vmsh_hv_open(vmsh_hv **out, const char *uri, vmsh_error **err)
 {
     virSetErrorFunc(NULL, silent_error);
+    xmlSetGenericErrorFunc(NULL, silent_xml_error);
     if (virInitialize() < 0)
         return vmsh_error_set(err, -EIO, "cannot initialise libvirt: %s", lv_msg());
     virConnectPtr c = virConnectOpen(uri);
     if (!c)
-        return vmsh_error_set(err, -ECONNREFUSED,
-                              "cannot connect to libvirt at %s: %s (is libvirtd running? "
-                              "check -c/--connect or LIBVIRT_DEFAULT_URI)",
-                              uri ? uri : "the default URI", lv_msg());
+        return open_error(uri, err);
     vmsh_hv *hv = calloc(1, sizeof(*hv));
     char *u = virConnectGetURI(c);
     if (!hv || !u) {

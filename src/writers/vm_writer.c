@@ -14,6 +14,7 @@
 #include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
+#include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/method.h>
 #include <vmshadow/writers/vm_writer.h>
@@ -181,6 +182,16 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     if (!vm->xml)
         return vmsh_error_set(err, -EINVAL, "VM %s: its domain XML cannot be read: %s", vm->name,
                               vm->xml_error ? vm->xml_error : "unknown");
+    /* The backup document and the repository keep names as UTF-8 text
+     * (issue 20): a name or path that is not cannot be recorded faithfully. */
+    bool utf8 = vmsh_utf8_valid_str(vm->name);
+    for (size_t i = 0; utf8 && i < vm->xml->n_disks; i++)
+        utf8 = vmsh_utf8_valid_str(vm->xml->disks[i].source);
+    if (!utf8)
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: its name or a disk path is not valid UTF-8; vmshadow keeps "
+                              "names as UTF-8 text: rename it or move the disk",
+                              vm->name);
     vmsh_agent_info *probed = NULL;
     int r = 0;
     if (!prefetched && vm->state == VMSH_VM_RUNNING &&
