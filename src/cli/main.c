@@ -424,6 +424,14 @@ static int check_config_values(vmsh_cli *cli)
     return 0;
 }
 
+static bool asks_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}
+
 static void cli_clear(vmsh_cli *cli)
 {
     vmsh_kvconf_free(cli->config);
@@ -526,8 +534,9 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     cli->progress = isatty(STDERR_FILENO) && cli->verbosity >= 0;
 
     /* Every command first undoes what an interrupted run left behind (R7);
-     * `recover` does only that, and reports it. */
-    if (strcmp(name, "recover") != 0)
+     * `recover` does only that, and reports it. A command's --help does
+     * nothing else. */
+    if (strcmp(name, "recover") != 0 && !asks_help(cmd_argc, argv + cmd_index))
         vmsh_cli_recover_first(cli);
     /* getopt must be reset for the command (optind = 0 re-initialises glibc's). */
     optind = 0;
