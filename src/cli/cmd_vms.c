@@ -199,8 +199,8 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
                        dk->source ? vmsh_cli_safe(cli, dk->source) : "-");
                 /* R6: why it is left out, on its own line under the source */
                 if (excl) {
-                    printf("%*sexcluded: ", 33, "");
-                    vmsh_cli_print_wrapped(vmsh_cli_safe(cli, excl), 43, 43, width);
+                    printf("%*sexcluded: ", 32, "");
+                    vmsh_cli_print_wrapped(vmsh_cli_safe(cli, excl), 42, 42, width);
                 }
             }
             if (agent && agent->channel && !agent->reachable && agent->error) {
