@@ -447,6 +447,11 @@ static int run(vmsh_cli *cli, int argc, char **argv)
 {
     global_vals g = {0};
     int c;
+    /* --json anywhere (before `--`) makes every error a document, also a
+     * usage error met before it on the command line (issue 20 point 10). */
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--json") == 0)
+            cli->json = true;
     opterr = 0;
     /* '+': stop at the command name; its own options are parsed by it. */
     while ((c = getopt_long(argc, argv, "+:c:r:qvhV", global_opts, NULL)) != -1) {
