@@ -6,8 +6,8 @@
  * Input: a command index byte, then NUL-separated words. The words before
  * the first empty word are global words (before the command), the rest
  * follow the command (where global options are taken too: main's
- * take_globals, issue 24; the corpus has both placements). Safety, so that millions of random command lines
- * cannot touch this host:
+ * take_globals, issue 24; the corpus has both placements). Safety, so that millions of random
+ * command lines cannot touch this host:
  *  - every libvirt connection is forced to test:///default (the in-process
  *    test driver: --wrap=virConnectOpen), whatever -c says;
  *  - the coordinator is never run: vmsh_coord_backup and vmsh_coord_restore
