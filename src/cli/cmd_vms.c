@@ -4,11 +4,13 @@
 #include "cli.h"
 
 #include <vmshadow/hv/hv.h>
+#include <vmshadow/util/mem.h>
 #include <vmshadow/writers/method.h>
 
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DEFAULT_AGENT_TIMEOUT_S 3
@@ -192,16 +194,21 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++) {
                 const vmsh_domxml_disk *dk = &vm->xml->disks[d];
                 const char *excl = vmsh_method_disk_exclusion(dk);
-                printf("    %-8s %-11s %-6s %s\n",
-                       dk->target ? vmsh_cli_safe(cli, dk->target) : "?",
-                       vmsh_disk_kind_name(dk->kind),
-                       dk->format ? vmsh_cli_safe(cli, dk->format) : "-",
-                       dk->source ? vmsh_cli_safe(cli, dk->source) : "-");
-                /* R6: why it is left out, on its own line under the source */
-                if (excl) {
-                    printf("%*sexcluded: ", 32, "");
-                    vmsh_cli_print_wrapped(vmsh_cli_safe(cli, excl), 42, 42, width);
+                const char *src = dk->source ? vmsh_cli_safe(cli, dk->source) : "-";
+                /* R6: an excluded disk says why on its own line, "]" included
+                 * (issue 24: the "]" used to come on a line of its own) */
+                int col = printf("    %-8s %-11s %-6s ",
+                                 dk->target ? vmsh_cli_safe(cli, dk->target) : "?",
+                                 vmsh_disk_kind_name(dk->kind),
+                                 dk->format ? vmsh_cli_safe(cli, dk->format) : "-");
+                if (!excl) {
+                    printf("%s\n", src);
+                    continue;
                 }
+                _cleanup_free_ char *text = NULL;
+                if (asprintf(&text, "%s  [excluded: %s]", src, vmsh_cli_safe(cli, excl)) < 0)
+                    text = NULL;
+                vmsh_cli_print_wrapped(text ? text : src, col, col, width);
             }
             if (agent && agent->channel && !agent->reachable && agent->error) {
                 fputs("    agent: ", stdout);

@@ -87,8 +87,9 @@ static int open_error(const char *uri, vmsh_error **err)
     if (sys == ENOENT || sys == ECONNREFUSED)
         return vmsh_error_set(err, -ECONNREFUSED,
                               "cannot connect to libvirt at %s: the libvirt daemon is not running "
-                              "(%.*s); start it (systemctl start libvirtd) or check -c/--connect "
-                              "and LIBVIRT_DEFAULT_URI",
+                              "or not listening there (%.*s): is libvirtd running? Start it "
+                              "(systemctl start libvirtd) or check -c/--connect and "
+                              "LIBVIRT_DEFAULT_URI",
                               u, len, m);
     if (sys == EACCES || sys == EPERM ||
         (e && (e->code == VIR_ERR_AUTH_FAILED || e->code == VIR_ERR_AUTH_CANCELLED ||

@@ -126,7 +126,8 @@ check "vms of a VM whose name holds control characters" test "$RC" = 0
 check "  no raw tab or C1 control on stdout" sh -c '! printf "%s" "$1" | grep -q "$(printf "\t")\|$(printf "\302\233")"' _ "$OUT"
 check "  the name is shown escaped" grep -qF -- "-ev\\t\\u009b2J" <<<"$OUT"
 # 4 (layout): the exclusion reason on its own line, no "]" alone
-check "an excluded disk's reason is on a line of its own" grep -q '^ *excluded: .*block device' <<<"$OUT"
+check "an excluded disk's reason closes on the disk's line" \
+    grep -q '^ *vdb  *block .*/dev/null  \[excluded: .*block device.*(R6)\]$' <<<"$OUT"
 check "  and no line is a lone ']'" sh -c '! printf "%s\n" "$1" | grep -qx " *\]"' _ "$OUT"
 vsh --json vms "$EVIL_NAME"
 check "vms --json of it: one document with the name intact" \
