@@ -10,7 +10,7 @@
 #     and file names) are printed escaped; bytes that are not UTF-8 are
 #     escaped in JSON; a VM name that is not UTF-8 is refused by backup;
 #  4. global options after the command; unknown VM names are errors;
-#     an excluded disk's reason has its own line (no stray "]");
+#     an excluded disk's reason closes on its line (no stray "]");
 #  5. connection errors say what failed, without libxml2's noise;
 #  6. backup opens the repository like every command: VMSHADOW_KEY_FILE,
 #     the config's compression-level; the config's scratch-dir is accepted
