@@ -228,7 +228,8 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
             if ((rc = index_load(r, b->files[f].index, &idx, &e)) == 0 &&
                 idx->size != b->files[f].size)
                 rc = vmsh_error_set(&e, -EBADMSG,
-                                    "index %s holds %llu bytes but the manifest says %llu",
+                                    "index size does not match the manifest: index %s holds "
+                                    "%llu bytes, the manifest says %llu",
                                     b->files[f].index, (unsigned long long)idx->size,
                                     (unsigned long long)b->files[f].size);
             if (rc < 0) {
