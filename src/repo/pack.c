@@ -488,6 +488,12 @@ int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc *
                               "understands (1); upgrade vmshadow",
                               path, le32_get(hdr + 8));
     uint32_t flags = le32_get(hdr + 12);
+    if (flags == 1 && !encrypted)
+        return vmsh_error_set(err, -EKEYREJECTED,
+                              "pack %s is encrypted but the repository's config says unencrypted: "
+                              "the config was altered (encryption removed) or the pack comes "
+                              "from another repository; refusing",
+                              path);
     if (flags > 1 || (flags == 1) != encrypted)
         return vmsh_error_set(err, -EBADMSG, "pack %s: flags %#x do not match the repository", path,
                               flags);

@@ -560,7 +560,17 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
                                  &size, &e)
                : -ENOMEM;
         int no = repo_add_pack(r, names[i], size, tables[i].n);
-        if (no < 0 || rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
+        bool fatal = rc == -EPROTONOSUPPORT || rc == -ENOMEM || rc == -EKEYREJECTED;
+        if (rc == -EKEYREJECTED) {
+            /* An encrypted pack under a config that says unencrypted: the
+             * config lost its encryption (a downgrade). Nothing goes on
+             * through it, a backup least of all (it would store plaintext
+             * where the owner expects ciphertext). */
+            rc = -EBADMSG;
+            if (e)
+                e->code = rc;
+        }
+        if (no < 0 || fatal) {
             free_tables(tables, n);
             free(names);
             if (no < 0) {
