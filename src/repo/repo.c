@@ -973,10 +973,11 @@ static int parse_manifest(const char *text, size_t len, const char *id, const ch
     }
     if (mid && strcmp(mid, id) != 0) {
         /* bound to its file name: a manifest copied over another's is refused */
+        bool shown = strlen(mid) == VMSH_BACKUP_ID_LEN && is_hex(mid, VMSH_BACKUP_ID_LEN);
         rc = vmsh_error_set(err, -EBADMSG,
-                            "manifest %s names backup %.16s, not %s: another backup's manifest "
+                            "manifest %s names backup %s, not %s: another backup's manifest "
                             "was copied over it, or it is damaged",
-                            path, mid, id);
+                            path, shown ? mid : "(not an ID)", id);
         goto out;
     }
     if (version != 1 || !mid || !time_s || strlen(time_s) != 20 || !doc ||
