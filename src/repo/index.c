@@ -117,6 +117,21 @@ int index_load(vmsh_repo *r, const char *name, vmsh_file_index **out, vmsh_error
         vmsh_error_propagate(err, &e);
         return rc;
     }
+    /* Content-addressed: the name must be the chunk-ID function of the
+     * payload, re-checked on every read, so that an index copied over
+     * another (or written under a wrong name) is never taken for it. In an
+     * encrypted repository the function is keyed: only the key's holder can
+     * make a matching pair (docs/formats/repository.md, "Object binding"). */
+    uint8_t want[ID_LEN], got[ID_LEN];
+    if (vmsh_unhex(name, want, ID_LEN) < 0)
+        return vmsh_error_set(err, -EBADMSG, "index name %s is not a content ID", path);
+    if (crypto_chunk_id(r->crypto, p, len, got) < 0)
+        return vmsh_error_set(err, -EIO, "cannot hash an index");
+    if (memcmp(want, got, ID_LEN) != 0)
+        return vmsh_error_set(err, -EBADMSG,
+                              "index %s does not match its name (content ID): another index was "
+                              "copied over it, or it is damaged",
+                              path);
     return index_parse(p, len, path, out, err);
 }
 

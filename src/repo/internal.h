@@ -99,10 +99,17 @@ int crypto_random(void *buf, size_t len);
 /* Key setup for config (crypto.c). `enc_json` is the config's "encryption"
  * object (json-c). */
 struct json_object;
+/* `version` is the repository's format version: the wrapped key's additional
+ * data names it from version 2 on ("vmshadow-key-v2:" + id), so a config
+ * whose version was lowered no longer unlocks (keys_unlock says so). */
 int keys_create(const char *key_file, struct json_object **enc_out, const char *repo_id,
-                repo_keys *k, vmsh_error **err);
-int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id,
+                int version, repo_keys *k, vmsh_error **err);
+int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id, int version,
                 const char *repo_path, repo_keys *k, vmsh_error **err);
+/* The config's MAC (format version 2, docs/formats/repository.md "Config
+ * authentication"): HMAC-SHA-256 of `msg` under a key derived from the master
+ * key. -EIO when OpenSSL fails. */
+int keys_config_mac(const repo_keys *k, const void *msg, size_t len, uint8_t out[32]);
 
 /* ---- chunk map (chunkmap.c): chunk ID → location ---- */
 typedef struct chunk_loc {
@@ -164,6 +171,9 @@ int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payl
 uint8_t *object_buf_new(size_t len);
 int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
                      size_t len, vmsh_error **err);
+/* The object's name (the last component of `path`: an index's content ID,
+ * a manifest's backup ID) is bound to it in a version 2 repository's
+ * encrypted objects (docs/formats/repository.md, "Object binding"). */
 int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,
                 vmsh_error **err);
 
@@ -198,6 +208,7 @@ char *index_path(const char *repo, const char *name);
 struct vmsh_repo {
     char *path;
     char id[33];
+    int version; /* the config's format version (1 or 2): objects are written and read in it */
     int compression_level;
     unsigned threads;
     repo_keys keys;

@@ -187,6 +187,30 @@ static void sweep_tmp(const char *dir, int depth, vmsh_gc_stats *st)
     closedir(d);
 }
 
+/* gc's refusal: what verify would report as damage in a manifest or an
+ * index (unreadable, fails its checksum or authentication, not bound to its
+ * name, sizes that disagree) stops gc before anything is deleted, since a
+ * live set read from objects it cannot trust could delete chunks a backup
+ * needs (docs/formats/repository.md, "gc"). -EBADMSG stays -EBADMSG (CLI exit
+ * 3); other errors (no memory, I/O) keep their code. */
+static int gc_refuse(vmsh_error **err, vmsh_error **e, int rc, const char *backup, const char *file)
+{
+    const char *msg = *e ? (*e)->message : "unreadable";
+    if (file)
+        rc = vmsh_error_set(err, rc,
+                            "gc stopped, nothing deleted: backup %s, file %s: %s; run 'vmshadow "
+                            "verify' to see every damaged backup",
+                            backup, file, msg);
+    else
+        rc = vmsh_error_set(err, rc,
+                            "gc stopped, nothing deleted: backup %s: %s; run 'vmshadow verify' "
+                            "to see every damaged backup",
+                            backup, msg);
+    vmsh_error_free(*e);
+    *e = NULL;
+    return rc;
+}
+
 static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_error **err)
 {
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
@@ -194,15 +218,23 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
     int rc = repo_list_ids(r, &ids, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         vmsh_backup_info *b = NULL;
-        if ((rc = manifest_load(r, ids[i], &b, err)) < 0) {
-            vmsh_error_prefix(err, "gc stopped, nothing deleted");
+        vmsh_error *e = NULL;
+        if ((rc = manifest_load(r, ids[i], &b, &e)) < 0) {
+            rc = gc_refuse(err, &e, rc, ids[i], NULL);
             break;
         }
         for (size_t f = 0; rc == 0 && f < b->n_files; f++) {
             vmsh_file_index *idx = NULL;
-            if ((rc = index_load(r, b->files[f].index, &idx, err)) < 0) {
-                vmsh_error_prefix(err, "gc stopped, nothing deleted: backup %s, file %s", b->id,
-                                  b->files[f].name);
+            if ((rc = index_load(r, b->files[f].index, &idx, &e)) == 0 &&
+                idx->size != b->files[f].size)
+                rc = vmsh_error_set(&e, -EBADMSG,
+                                    "index size does not match the manifest: index %s holds "
+                                    "%llu bytes, the manifest says %llu",
+                                    b->files[f].index, (unsigned long long)idx->size,
+                                    (unsigned long long)b->files[f].size);
+            if (rc < 0) {
+                vmsh_file_index_free(idx);
+                rc = gc_refuse(err, &e, rc, b->id, b->files[f].name);
                 break;
             }
             if (name_add(indexes, b->files[f].index) < 0)

@@ -488,14 +488,23 @@ int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc *
                               "understands (1); upgrade vmshadow",
                               path, le32_get(hdr + 8));
     uint32_t flags = le32_get(hdr + 12);
+    if (flags == 1 && !encrypted)
+        return vmsh_error_set(err, -EKEYREJECTED,
+                              "pack %s is encrypted but the repository's config says unencrypted: "
+                              "the config was altered (encryption removed) or the pack comes "
+                              "from another repository; refusing",
+                              path);
     if (flags > 1 || (flags == 1) != encrypted)
         return vmsh_error_set(err, -EBADMSG, "pack %s: flags %#x do not match the repository", path,
                               flags);
     uint64_t toff = le64_get(footer), tlen = le64_get(footer + 8);
     uint32_t n = le32_get(footer + 16);
     uint64_t want = (uint64_t)n * PACK_ENTRY_LEN + (encrypted ? GCM_OVERHEAD : 0);
-    if (n > PACK_MAX_CHUNKS || tlen != want || toff < PACK_HEADER_LEN ||
-        toff + tlen != size - PACK_FOOTER_LEN)
+    /* size ≥ header + footer above; written so that nothing wraps (a
+     * table offset near 2^64 plus its length must not come out equal) */
+    uint64_t end = size - PACK_FOOTER_LEN;
+    if (n > PACK_MAX_CHUNKS || tlen != want || toff < PACK_HEADER_LEN || toff > end ||
+        tlen != end - toff)
         return vmsh_error_set(err, -EBADMSG, "pack %s: table bounds are damaged", path);
     _cleanup_free_ uint8_t *table = malloc(tlen ? tlen : 1);
     _cleanup_free_ uint8_t *plain = NULL;
@@ -529,8 +538,9 @@ int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc *
         e[i].raw_len = le32_get(p + 44);
         e[i].kind = le32_get(p + 48);
         if (e[i].offset < PACK_HEADER_LEN || e[i].stored_len == 0 ||
-            e[i].stored_len > 2 * CHUNK_SIZE || e[i].offset + e[i].stored_len > toff ||
-            e[i].raw_len == 0 || e[i].raw_len > CHUNK_SIZE || e[i].kind > BLOB_ZSTD) {
+            e[i].stored_len > 2 * CHUNK_SIZE || e[i].offset > toff ||
+            e[i].stored_len > toff - e[i].offset || e[i].raw_len == 0 ||
+            e[i].raw_len > CHUNK_SIZE || e[i].kind > BLOB_ZSTD) {
             free(e);
             return vmsh_error_set(err, -EBADMSG, "pack %s: table entry %u is damaged", path, i);
         }

@@ -46,6 +46,85 @@ static bool is_hex(const char *s, size_t n)
     return s[n] == '\0';
 }
 
+/* ---- config authentication (format version 2) ---- */
+
+/* The members the config MAC covers, in this order (docs/formats/
+ * repository.md, "Config authentication"); "encryption." ones are inside the
+ * encryption object. Everything a reader acts on is here: a member outside
+ * the list is never read. */
+static const char *const mac_members[] = {
+    "format",
+    "version",
+    "id",
+    "created",
+    "chunk_size",
+    "pack_size",
+    "hash",
+    "compression",
+    "compression_level",
+    "encryption.cipher",
+    "encryption.kdf",
+    "encryption.kdf_n",
+    "encryption.kdf_r",
+    "encryption.kdf_p",
+    "encryption.salt",
+    "encryption.wrapped_key",
+};
+
+/* Each member as `name SP tag SP length ":" text LF`: tag s (a string, text =
+ * its bytes), j (another JSON value, text = its plain JSON) or - (absent,
+ * empty text). The lengths make the encoding unambiguous. */
+static char *config_canonical(json_object *cfg, size_t *len)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f)
+        return NULL;
+    fputs("vmshadow-config-v2\n", f);
+    json_object *enc = NULL;
+    json_object_object_get_ex(cfg, "encryption", &enc);
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(mac_members); i++) {
+        const char *name = mac_members[i];
+        json_object *o = cfg, *v = NULL;
+        if (strncmp(name, "encryption.", 11) == 0) {
+            o = enc && json_object_is_type(enc, json_type_object) ? enc : NULL;
+            name += 11;
+        }
+        char tag = '-';
+        const char *text = "";
+        size_t tl = 0;
+        if (o && json_object_object_get_ex(o, name, &v)) {
+            tag = json_object_is_type(v, json_type_string) ? 's' : 'j';
+            text = tag == 's' ? json_object_get_string(v)
+                              : json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+            tl = tag == 's' ? (size_t)json_object_get_string_len(v) : strlen(text);
+        }
+        fprintf(f, "%s %c %zu:", mac_members[i], tag, tl);
+        fwrite(text, 1, tl, f);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int config_mac_hex(const repo_keys *k, json_object *cfg, char out[65])
+{
+    size_t len = 0;
+    _cleanup_free_ char *canon = config_canonical(cfg, &len);
+    uint8_t mac[32];
+    if (!canon)
+        return -ENOMEM;
+    if (keys_config_mac(k, canon, len, mac) < 0)
+        return -EIO;
+    vmsh_hex(mac, sizeof(mac), out);
+    return 0;
+}
+
 /* ---- init ---- */
 
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err)
@@ -103,13 +182,21 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     if (opts && opts->key_file) {
         json_object *enc = NULL;
         repo_keys k;
-        r = keys_create(opts->key_file, &enc, id, &k, err);
-        memset(&k, 0, sizeof(k));
+        r = keys_create(opts->key_file, &enc, id, VMSH_REPO_FORMAT_VERSION, &k, err);
         if (r < 0) {
+            memset(&k, 0, sizeof(k));
             json_object_put(cfg);
             return r;
         }
         json_object_object_add(cfg, "encryption", enc);
+        char mac[65];
+        r = config_mac_hex(&k, cfg, mac);
+        memset(&k, 0, sizeof(k));
+        if (r < 0) {
+            json_object_put(cfg);
+            return vmsh_error_set(err, r, "cannot authenticate the new config");
+        }
+        json_object_object_add(cfg, "mac", json_object_new_string(mac));
     } else {
         json_object_object_add(cfg, "encryption", NULL);
     }
@@ -142,6 +229,52 @@ static int64_t cfg_int(json_object *o, const char *key, int64_t dflt)
     if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
         return dflt;
     return json_object_get_int64(v);
+}
+
+/* An encrypted version 2 config: its MAC must match, now that the key is
+ * known (-EBADMSG: altered). */
+static int config_check_mac(vmsh_repo *r, json_object *cfg, vmsh_error **err)
+{
+    const char *mac = cfg_str(cfg, "mac");
+    char want[65];
+    int rc = config_mac_hex(&r->keys, cfg, want);
+    if (rc < 0)
+        return vmsh_error_set(err, rc, "cannot authenticate the config of %s", r->path);
+    /* compared in constant time: the time must not tell a forger how much
+     * of a guessed MAC was right */
+    unsigned diff = !mac || strlen(mac) != 64;
+    for (size_t i = 0; !diff && i < 64; i++)
+        diff |= (unsigned)(mac[i] ^ want[i]);
+    if (diff)
+        return vmsh_error_set(err, -EBADMSG,
+                              "repository %s: config fails authentication (%s): it was altered "
+                              "or damaged; refusing to use it (restore the original config)",
+                              r->path, mac ? "wrong MAC" : "no MAC");
+    return 0;
+}
+
+/* A config that says unencrypted cannot be authenticated: a key file given
+ * for it, or traces of encryption in it, mean it may have had its
+ * encryption removed (a downgrade), and it is refused. Objects and packs
+ * carry their own encryption flag, which readers check too. */
+static int config_check_plain(json_object *cfg, const char *path, const char *key_file,
+                              vmsh_error **err)
+{
+    if (key_file)
+        return vmsh_error_set(err, -EACCES,
+                              "repository %s is not encrypted (its config says \"encryption\": "
+                              "null) but a key file was given (%s): refusing. If it was created "
+                              "encrypted, its config has been altered; if not, give no key file "
+                              "for it",
+                              path, key_file);
+    json_object *v = NULL;
+    if (json_object_object_get_ex(cfg, "mac", &v) ||
+        strcmp(cfg_str(cfg, "hash") ? cfg_str(cfg, "hash") : "sha256", "sha256") != 0)
+        return vmsh_error_set(err, -EBADMSG,
+                              "repository %s: config says unencrypted but has the hash or MAC "
+                              "of an encrypted repository: its encryption was removed; refusing",
+                              path);
+    return 0;
 }
 
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err)
@@ -199,19 +332,23 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     pthread_mutex_init(&r->lock, NULL);
     r->path = strdup(path);
     memcpy(r->id, id, 33);
+    r->version = (int)version;
     int64_t level = cfg_int(cfg, "compression_level", 1);
     r->compression_level = level >= 1 && level <= 19 ? (int)level : 1;
     chunk_map_init(&r->map);
     json_object *enc = NULL;
     if (json_object_object_get_ex(cfg, "encryption", &enc) && enc) {
-        rc = keys_unlock(key_file, enc, r->id, path, &r->keys, err);
-        if (rc < 0) {
-            json_object_put(cfg);
-            vmsh_repo_free(r);
-            return rc;
-        }
+        rc = keys_unlock(key_file, enc, r->id, r->version, path, &r->keys, err);
+        if (rc == 0 && r->version >= 2)
+            rc = config_check_mac(r, cfg, err);
+    } else {
+        rc = config_check_plain(cfg, path, key_file, err);
     }
     json_object_put(cfg);
+    if (rc < 0) {
+        vmsh_repo_free(r);
+        return rc;
+    }
     if (!r->path) {
         vmsh_repo_free(r);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -423,7 +560,17 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
                                  &size, &e)
                : -ENOMEM;
         int no = repo_add_pack(r, names[i], size, tables[i].n);
-        if (no < 0 || rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
+        bool fatal = rc == -EPROTONOSUPPORT || rc == -ENOMEM || rc == -EKEYREJECTED;
+        if (rc == -EKEYREJECTED) {
+            /* An encrypted pack under a config that says unencrypted: the
+             * config lost its encryption (a downgrade). Nothing goes on
+             * through it, a backup least of all (it would store plaintext
+             * where the owner expects ciphertext). */
+            rc = -EBADMSG;
+            if (e)
+                e->code = rc;
+        }
+        if (no < 0 || fatal) {
             free_tables(tables, n);
             free(names);
             if (no < 0) {
@@ -648,8 +795,8 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
         window *w = NULL, *lru = &cr->win[0];
         for (int i = 0; i < WINDOWS; i++) {
             window *c = &cr->win[i];
-            if (c->used && c->pack == loc->pack && loc->offset >= c->off &&
-                loc->offset + len <= c->off + c->len)
+            if (c->used && c->pack == loc->pack && loc->offset >= c->off && len <= c->len &&
+                loc->offset - c->off <= c->len - len)
                 w = c;
             if (c->used < lru->used)
                 lru = c;
@@ -677,7 +824,7 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
                 if (w->len % 4096) /* the end of the file */
                     break;
             }
-            if (loc->offset + len > w->off + w->len)
+            if (len > w->len || loc->offset - w->off > w->len - len) /* off ≤ offset */
                 return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
         }
         w->used = ++cr->tick;
@@ -824,7 +971,16 @@ static int parse_manifest(const char *text, size_t len, const char *id, const ch
                             path, (long long)version);
         goto out;
     }
-    if (version != 1 || !mid || strcmp(mid, id) != 0 || !time_s || strlen(time_s) != 20 || !doc ||
+    if (mid && strcmp(mid, id) != 0) {
+        /* bound to its file name: a manifest copied over another's is refused */
+        bool shown = strlen(mid) == VMSH_BACKUP_ID_LEN && is_hex(mid, VMSH_BACKUP_ID_LEN);
+        rc = vmsh_error_set(err, -EBADMSG,
+                            "manifest %s names backup %s, not %s: another backup's manifest "
+                            "was copied over it, or it is damaged",
+                            path, shown ? mid : "(not an ID)", id);
+        goto out;
+    }
+    if (version != 1 || !mid || !time_s || strlen(time_s) != 20 || !doc ||
         !json_object_object_get_ex(m, "files", &files) ||
         !json_object_is_type(files, json_type_array)) {
         rc = vmsh_error_set(err, -EBADMSG, "manifest %s lacks required members (damaged)", path);

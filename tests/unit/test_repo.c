@@ -379,9 +379,9 @@ static void refuses_newer_version_and_garbage(void **state)
     size_t cap = 0;
     assert_true(getdelim(&text, &cap, 0, fp) > 0);
     fclose(fp);
-    char *v = strstr(text, "\"version\": 1");
+    char *v = strstr(text, "\"version\": 2");
     assert_non_null(v);
-    v[11] = '2';
+    v[11] = '3';
     assert_int_equal(write_text_file(cfg, text), 0);
     vmsh_repo *r = NULL;
     vmsh_error *err = NULL;

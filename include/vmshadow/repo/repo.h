@@ -24,7 +24,7 @@
 
 typedef struct vmsh_repo vmsh_repo;
 
-#define VMSH_REPO_FORMAT_VERSION 1
+#define VMSH_REPO_FORMAT_VERSION 2
 #define VMSH_REPO_CHUNK_SIZE     65536
 #define VMSH_BACKUP_ID_LEN       16 /* hex digits */
 
@@ -43,9 +43,13 @@ typedef struct vmsh_repo_init_opts {
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err);
 
 /* Opens a repository for reading and writing backups. `key_file` is needed
- * for an encrypted repository (-EACCES when missing or wrong) and ignored
- * otherwise. Takes no lock (calls that need one take it). -ENOENT, -EINVAL
- * (not a repository), -EPROTONOSUPPORT (newer version). */
+ * for an encrypted repository (-EACCES when missing or wrong) and refused
+ * for one whose config says unencrypted (-EACCES: a config with its
+ * encryption removed must not be used silently). An encrypted version 2
+ * config is authenticated with the key (-EBADMSG when altered). Opens
+ * versions 1 and 2 (docs/formats/repository.md, "Versions"). Takes no lock
+ * (calls that need one take it). -ENOENT, -EINVAL (not a repository),
+ * -EPROTONOSUPPORT (newer version). */
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err);
 
 /* Closes; accepts NULL. Pending backups must be freed first. */
