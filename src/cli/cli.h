@@ -73,6 +73,10 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_status(vmsh_cli *cli, int argc, char **argv); /* cmd_status.c */
+/* After a backup, verify, prune or gc (argv: the command's), records the
+ * run for `status` and writes the metrics-dir files (metrics.c). */
+void vmsh_cli_metrics_after(vmsh_cli *cli, int argc, char **argv, int rc);
 
 /* Repository helpers (cmd_repo.c), for every command that opens the
  * repository: the key file comes from $VMSHADOW_KEY_FILE, else the config

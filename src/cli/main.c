@@ -35,12 +35,16 @@ static const struct {
     {"gc", vmsh_cmd_gc, "free chunks no backup needs"},
     {"recover", vmsh_cmd_recover, "undo what an interrupted run left behind"},
     {"extract", vmsh_cmd_extract, "write one file of a backup (e.g. a disk image)"},
+    {"status", vmsh_cmd_status, "last runs, repository size, oldest/newest backup per VM"},
 };
 
-/* Config keys (docs/config.md). */
+/* Config keys (docs/config.md; the scheduled jobs' and metrics' from schedule-vms on, issue 24). */
 static const char *const config_keys[] = {
-    "repo",          "connect",           "state-dir", "writers-dir",   "freeze-limit",
-    "event-timeout", "compression-level", "key-file",  "agent-timeout", NULL,
+    "repo",          "connect",        "state-dir",         "writers-dir",
+    "freeze-limit",  "event-timeout",  "compression-level", "key-file",
+    "agent-timeout", "schedule-vms",   "keep-last",         "keep-daily",
+    "keep-weekly",   "keep-monthly",   "backup-schedule",   "verify-schedule",
+    "gc-schedule",   "verify-backups", "metrics-dir",       NULL,
 };
 
 static void print_help(FILE *f)
@@ -275,6 +279,7 @@ int main(int argc, char **argv)
         vmsh_cli_recover_first(&cli);
     optind = 0;
     int rc = fn(&cli, argc - cmd_index, argv + cmd_index);
+    vmsh_cli_metrics_after(&cli, argc - cmd_index, argv + cmd_index, rc);
     vmsh_kvconf_free(cli.config);
     return rc;
 }
