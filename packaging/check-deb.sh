@@ -2,9 +2,10 @@
 # check-deb.sh WORKDIR - the Debian package as CI checks it (issue 24;
 # scripts/test.sh runs it): builds vmshadow_*.deb with
 # `dpkg-buildpackage -b -us -uc` in a copy of the tree (the checkout stays
-# clean), fails on any lintian error, unpacks the .deb into an empty root,
-# runs the unpacked `vmshadow --version`, formats the unpacked man page with
-# `man -l`, runs `systemd-analyze verify` on the unpacked units (with that
+# clean), fails on any lintian error, installs the .deb into an empty root
+# (`dpkg --root`), runs the installed `vmshadow --version`, formats the
+# installed man page with `man -l`, runs `systemd-analyze verify` on the
+# installed units (with that
 # root, so ExecStart= must name a program the package ships), and loads the
 # bash completion. Everything it makes stays in WORKDIR; logs in WORKDIR/*.log.
 set -euo pipefail
@@ -32,28 +33,37 @@ lintian --fail-on error "$deb" 2>&1 | grep -v 'running with root privileges' | t
     true
 lintian --fail-on error "$deb" >/dev/null 2>&1 || die "lintian reports errors ($work/lintian.log)"
 
-step "unpacking the .deb into an empty root"
-dpkg-deb -x "$deb" "$work/root"
-dpkg-deb -e "$deb" "$work/root/DEBIAN"
-grep -qx /etc/vmshadow/vmshadow.conf "$work/root/DEBIAN/conffiles" ||
+step "installing the .deb into an empty root (dpkg --root, maintainer scripts with DPKG_ROOT)"
+mkdir -p "$work/root/var/lib/dpkg/info" "$work/root/var/lib/dpkg/updates"
+: >"$work/root/var/lib/dpkg/status"
+# the root has no other package: the dependencies cannot be met there
+dpkg --root="$work/root" --force-depends --force-script-chrootless -i "$deb" \
+    >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; die "dpkg --root -i"; }
+dpkg --root="$work/root" -s vmshadow | grep -qx 'Status: install ok installed' ||
+    die "the package is not installed in the root"
+dpkg --root="$work/root" -L vmshadow >/dev/null
+grep -qx /etc/vmshadow/vmshadow.conf "$work/root/var/lib/dpkg/info/vmshadow.conffiles" ||
     die "the example config is not a conffile"
+# a fresh install enables no timer: the config must first say what to back up
+[ -z "$(find "$work/root/etc/systemd" -name 'vmshadow-*' 2>/dev/null)" ] ||
+    die "the package enabled units on install"
 [ -d "$work/root/etc/vmshadow/writers.d" ] || die "no /etc/vmshadow/writers.d"
 dpkg-deb -f "$deb" Depends | grep -q qemu-utils || die "Depends lacks qemu-utils"
 dpkg-deb -f "$deb" Depends | grep -Eq 'libvirt-daemon-system|libvirt-clients' ||
     die "Depends lacks libvirt"
 
-step "the unpacked binary runs"
+step "the installed binary runs"
 v=$("$work/root/usr/bin/vmshadow" --version) || die "vmshadow --version failed"
 want=$(dpkg-deb -f "$deb" Version)
 [ "$v" = "vmshadow ${want%%-*}" ] || die "vmshadow --version says '$v', the package is $want"
 echo "  $v"
 
-step "man -l on the unpacked man page"
+step "man -l on the installed man page"
 page=$(ls "$work"/root/usr/share/man/man1/vmshadow.1*)
 MANPAGER=cat MANWIDTH=80 man -l "$page" >"$work/man.txt" 2>"$work/man.err" || die "man -l failed"
 grep -q 'vmshadow' "$work/man.txt" || die "man page renders empty"
 
-step "systemd-analyze verify on the unpacked units"
+step "systemd-analyze verify on the installed units"
 units=$(cd "$work/root" && ls lib/systemd/system/vmshadow-* usr/lib/systemd/system/vmshadow-* 2>/dev/null || true)
 [ "$(echo "$units" | grep -c .)" -ge 7 ] || die "expected 7 units, got: $units"
 # verify resolves dependencies (sysinit.target, ...) and ExecStart= in the
