@@ -116,6 +116,18 @@ check "status: newest and oldest backup of $A" test "$(jq -r --arg v "$A" '.repo
 vsh status
 check "status text lists the VM" grep -q "^$A .* ${ids[1]} " <<<"$OUT"
 
+# The bash completion (as installed): VM names from virsh, backup IDs from
+# `vmshadow list --json`, with the -r given on the line.
+COMP=$(find "$DEST" -path '*bash-completion/completions/vmshadow' | head -n 1)
+[ -n "$COMP" ] || fail "bash completion not installed"
+complete_line() { # complete_line WORDS...: the completions of the last word
+    PATH=$(dirname "$VMSHADOW"):$PATH LIBVIRT_DEFAULT_URI=$LAB_URI VMSHADOW_REPO=/nonexistent \
+        bash -c '. "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _vmshadow; printf "%s\n" "${COMPREPLY[@]}" | sort' _ "$COMP" "$@"
+}
+check "completion: VM names for backup" test "$(complete_line vmshadow backup "$LAB_ID-")" = "$(printf '%s\n' "$A" "$B" | sort)"
+check "completion: backup IDs for show" test "$(complete_line vmshadow -r "$VMSHADOW_REPO" show '')" = "$(printf '%s\n' "${ids[1]}" "${ids[2]}" latest | sort)"
+check "completion: options of prune" test "$(complete_line vmshadow prune --keep-w)" = "--keep-weekly"
+
 # A failing backup: no prune, an error counted, the last success kept.
 write_conf "$A $LAB_ID-no-such-vm"
 run_service
