@@ -53,11 +53,11 @@ mkdir -p build-ci
 run_pass "warnings-as-errors build" build-ci/release $'-LE e2e\n-L smoke' \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
 # The Debian package (issue 24): built from a copy of the tree (the clone
-# stays clean), lintian errors fail, unpacked into an empty root where its
+# stays clean), lintian errors fail, installed into an empty root (dpkg --root) where its
 # vmshadow --version, man -l and systemd-analyze verify run
 # (packaging/check-deb.sh; logs in build-ci/deb/).
 if [ -z "${VMSH_TEST_FILTER:-}" ]; then
-    echo "=== Debian package: build, lintian, unpack into a clean root, run"
+    echo "=== Debian package: build, lintian, install into a clean root, run"
     if packaging/check-deb.sh build-ci/deb >build-ci/deb.log 2>&1; then
         cat build-ci/deb.log
         echo "Debian package: passed"
