@@ -18,6 +18,13 @@ cat >"$W/vmshadow" <<'EOF'
 #!/bin/sh
 echo "$*" >>"$CALLS"
 [ "$1" = backup ] && [ -n "${FAIL_BACKUP:-}" ] && exit 1
+if [ "$1" = verify ] && [ -n "${DAMAGED:-}" ]; then
+    echo "DAMAGED backup 0123, file vm/disk/vda: bad chunk"
+    echo "vmshadow: warning: a warning" >&2
+    echo "vmshadow: an info line" >&2
+    echo "vmshadow: error: the repository is damaged" >&2
+    exit 3
+fi
 exit 0
 EOF
 chmod +x "$W/vmshadow"
@@ -72,6 +79,17 @@ conf "verify-backups = some"
 job verify
 [ "$RC" = 2 ] && [ -z "$GOT" ] || fail "verify bad value: $RC '$GOT'"
 ok "verify: all, latest by default, anything else refused"
+
+conf "verify-backups = latest"
+: >"$CALLS"
+DAMAGED=1 "$S" verify >"$W/stdout" 2>"$W/stderr"
+RC=$?
+[ "$RC" = 3 ] || fail "verify's exit code not passed on: $RC"
+[ "$(cat "$W/stdout")" = "DAMAGED backup 0123, file vm/disk/vda: bad chunk" ] ||
+    fail "verify's stdout: $(cat "$W/stdout")"
+[ "$(cat "$W/stderr")" = $'<4>vmshadow: warning: a warning\nvmshadow: an info line\n<3>vmshadow: error: the repository is damaged' ] ||
+    fail "verify's stderr: $(cat "$W/stderr")"
+ok "vmshadow's exit code and stdout pass through; its errors and warnings get journald priorities"
 
 job gc
 [ "$RC" = 0 ] && [ "$GOT" = "gc" ] || fail "gc: $RC '$GOT'"

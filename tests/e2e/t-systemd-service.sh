@@ -12,7 +12,8 @@
 #    time, bytes read and stored per run and per VM, the repository's
 #    backups per VM; the prune's run is recorded too; `status --json` agrees;
 #  - a run whose backup fails (a VM that does not exist) prunes nothing,
-#    exits non-zero, counts an error and keeps the last success time;
+#    exits non-zero, logs the error with journald's error priority, counts
+#    an error and keeps the last success time;
 #  - without schedule-vms the service fails with a message saying the key;
 #  - the generator turns backup-schedule into the timer's OnCalendar=.
 set -u
@@ -132,6 +133,7 @@ check "completion: options of prune" test "$(complete_line vmshadow prune --keep
 write_conf "$A $LAB_ID-no-such-vm"
 run_service
 check "a failing scheduled backup fails the service" test "$SRC" != 0
+check "its error reaches the journal at error priority" grep -q '^<3>vmshadow: error: ' <<<"$SOUT"
 vsh --json list
 check "a failing backup prunes nothing" test "$(jq '.backups | length' <<<"$OUT")" = 2
 check "error counted" test "$(metric 'vmshadow_errors_total{command="backup"}' $P)" = 1
