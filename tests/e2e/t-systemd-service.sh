@@ -5,9 +5,12 @@
 # ExecStart= runs with only the unit's Environment= (and systemd's default
 # PATH), in a private mount namespace where /usr and /etc show the installed
 # files and the test's /etc/vmshadow/vmshadow.conf over the host's (read-only
-# overlays: the host sees nothing). Against two shut-off lab guests:
+# overlays: the host sees nothing) and the unit's UMask=. Against a running
+# lab guest (with its agent) and a shut-off one:
 #  - three runs back up the config's schedule-vms and prune by keep-last 2:
-#    the repository holds the two newest backups, each of both VMs;
+#    the repository holds the two newest backups, each of both VMs; the
+#    running guest runs on afterwards (the hardened unit's umask does not
+#    keep QEMU out of what vmshadow hands it);
 #  - the metrics files it leaves match `list --json`: the last backup's ID,
 #    time, bytes read and stored per run and per VM, the repository's
 #    backups per VM; the prune's run is recorded too; `status --json` agrees;
@@ -24,6 +27,7 @@ e2e_env
 
 lab_guest_define a
 lab_guest_define b --raw
+lab_guest_start a
 A=$(lab_domname a); B=$(lab_domname b)
 vsh init
 check "init" test "$RC" = 0
@@ -36,6 +40,8 @@ UNIT=$(find "$DEST" -name vmshadow-backup.service | head -n 1)
 [ -n "$UNIT" ] || fail "no vmshadow-backup.service installed under $DEST"
 read -r -a EXEC <<<"$(sed -n 's/^ExecStart=//p' "$UNIT")"
 mapfile -t UNIT_ENV < <(sed -n 's/^Environment=//p' "$UNIT")
+UMASK=$(sed -n 's/^UMask=//p' "$UNIT")
+check "the unit sets a umask" test -n "$UMASK"
 check "the unit sets VMSHADOW_CONFIG" grep -qx 'VMSHADOW_CONFIG=/etc/vmshadow/vmshadow.conf' <<<"${UNIT_ENV[*]}"
 [ -x "$DEST${EXEC[0]}" ] || fail "ExecStart program ${EXEC[0]} is not installed"
 
@@ -59,11 +65,12 @@ write_conf() { # write_conf VMS: the service's config, pointing at this test's r
 # stdout+stderr in $SOUT, exit code in $SRC
 run_service() {
     SOUT=$(unshare -m --propagation private bash -c '
-        dest=$1 etc=$2; shift 2
+        dest=$1 etc=$2 mask=$3; shift 3
         mount -t overlay overlay -o "lowerdir=$dest/usr:/usr" /usr &&
             mount -t overlay overlay -o "lowerdir=$etc:/etc" /etc || exit 99
+        umask "$mask"
         exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-    ' _ "$DEST" "$LAB_WORK/etc" "${UNIT_ENV[@]}" "${EXEC[@]}" 2>&1)
+    ' _ "$DEST" "$LAB_WORK/etc" "$UMASK" "${UNIT_ENV[@]}" "${EXEC[@]}" 2>&1)
     SRC=$?
     printf '  service: %s\n' "$SOUT" | tail -n 15 >&2
 }
@@ -80,6 +87,8 @@ pass "three scheduled runs succeed"
 vsh --json list
 LIST=$OUT
 check "prune kept the two newest backups" test "$(jq -c '[.backups[].id]' <<<"$LIST")" = "$(jq -nc --arg a "${ids[1]}" --arg b "${ids[2]}" '[$a,$b]')"
+check "the running guest runs on" test "$(lab_state a)" = running
+check "the running guest was captured while running" test "$(jq -r --arg v "$A" '[.backups[-1].document.vms[] | select(.name == $v) | .state_before] | first' <<<"$LIST")" = running
 check "each backup holds both VMs" test "$(jq -c '[.backups[] | [.document.vms[].name] | sort | join(" ")] | unique' <<<"$LIST")" = "$(jq -nc --arg v "$(printf '%s\n' "$A" "$B" | sort | paste -sd' ')" '[$v]')"
 check "the service's output says what prune kept" grep -q "keep" <<<"$SOUT"
 
