@@ -99,6 +99,10 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_status(vmsh_cli *cli, int argc, char **argv); /* cmd_status.c */
+/* After a backup, verify, prune or gc (argv: the command's), records the
+ * run for `status` and writes the metrics-dir files (metrics.c). */
+void vmsh_cli_metrics_after(vmsh_cli *cli, int argc, char **argv, int rc);
 
 /* Repository helpers (cmd_repo.c). vmsh_cli_repo_open is THE way every
  * command opens the repository (issue 21): the key file comes from the

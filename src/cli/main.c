@@ -40,9 +40,10 @@ static const struct {
     {"recover", vmsh_cmd_recover, "undo what an interrupted run left behind", NULL},
     {"extract", vmsh_cmd_extract, "write one file of a backup (e.g. a disk image)",
      vmsh_cli_opts_extract},
+    {"status", vmsh_cmd_status, "last runs, repository size, oldest/newest backup per VM", NULL},
 };
 
-/* Config keys (docs/config.md). */
+/* Config keys (docs/config.md; the scheduled jobs' and metrics' from schedule-vms on, issue 24). */
 static const char *const config_keys[] = {
     "repo",
     "connect",
@@ -54,12 +55,23 @@ static const char *const config_keys[] = {
     "key-file",
     "agent-timeout",
     "scratch-dir",
+    /* the scheduled jobs' and the metrics' (issue 24) */
+    "schedule-vms",
+    "keep-last",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "backup-schedule",
+    "verify-schedule",
+    "gc-schedule",
+    "verify-backups",
+    "metrics-dir",
     NULL,
 };
 /* Config keys that name a place: an empty value would silently mean the
  * default (issue 20 point 9), so it is refused. */
 static const char *const config_path_keys[] = {
-    "repo", "connect", "state-dir", "writers-dir", "key-file", "scratch-dir", NULL,
+    "repo", "connect", "state-dir", "writers-dir", "key-file", "scratch-dir", "metrics-dir", NULL,
 };
 
 static void print_help(FILE *f)
@@ -546,6 +558,7 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     /* getopt must be reset for the command (optind = 0 re-initialises glibc's). */
     optind = 0;
     int rc = fn(cli, cmd_argc, argv + cmd_index);
+    vmsh_cli_metrics_after(cli, cmd_argc, argv + cmd_index, rc);
     /* One JSON document also when a command failed without one (CLI.md). */
     if (cli->json && rc != VMSH_EXIT_OK)
         print_error_json(rc, 0, "failed: the messages on stderr say why");
