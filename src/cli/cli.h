@@ -35,6 +35,8 @@ typedef struct vmsh_cli {
     bool progress;       /* stderr is a terminal and not quiet */
     vmsh_kvconf *config; /* may be NULL when no config file exists */
     int64_t start_ms;    /* vmsh_now_ms() when main began (debug lines show the time since) */
+    /* --allow-foreign-repo: VMSH_REPO_OPEN_ALLOW_FOREIGN for every repository opened */
+    bool allow_foreign_repo;
 } vmsh_cli;
 
 typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);

@@ -736,7 +736,8 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
      * repository opens and the coordinator sets up; it changes nothing. */
     if (h.vm_writer && !so.all && so.n_targets > 0)
         vmsh_vm_writer_prefetch(h.vm_writer, so.targets, so.n_targets);
-    if ((r = vmsh_repo_open(&q.repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"), &err)) <
+    if ((r = vmsh_repo_open_ex(&q.repo, cli->repo, vmsh_kvconf_get(cli->config, "key-file"),
+                               cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0, &err)) <
             0 ||
         (r = vmsh_backup_begin(&q.backup, q.repo, &err)) < 0)
         goto out;

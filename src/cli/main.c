@@ -59,6 +59,7 @@ static void print_help(FILE *f)
         "      --config FILE   configuration file (default $VMSHADOW_CONFIG, else " DEFAULT_CONFIG
         ")\n"
         "      --json          one JSON document on stdout; messages go to stderr\n"
+        "      --allow-foreign-repo  accept a repository others can write\n"
         "  -q, --quiet         print less\n"
         "  -v, --verbose       print more\n"
         "  -h, --help          this help; COMMAND --help for a command's\n"
@@ -189,6 +190,7 @@ int main(int argc, char **argv)
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
+        {"allow-foreign-repo", no_argument, NULL, 'F'},
         {0},
     };
     int c;
@@ -207,6 +209,9 @@ int main(int argc, char **argv)
             break;
         case 'j':
             cli.json = true;
+            break;
+        case 'F':
+            cli.allow_foreign_repo = true;
             break;
         case 'q':
             cli.verbosity--;
