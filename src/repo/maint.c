@@ -6,7 +6,6 @@
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

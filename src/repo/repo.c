@@ -6,7 +6,6 @@
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
