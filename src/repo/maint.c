@@ -300,8 +300,10 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         goto out;
     }
     for (size_t p = 0; p < n_old; p++) {
-        if (r->packs[p].damaged)
-            continue; /* unknown contents: never deleted by gc; verify reports it */
+        if (r->packs[p].damaged) {
+            st.skipped++; /* unknown contents: never deleted by gc; verify reports it */
+            continue;
+        }
         _cleanup_free_ char *path = pack_path(r->path, r->packs[p].name);
         chunk_loc *e = NULL;
         uint32_t ne = 0;

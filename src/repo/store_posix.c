@@ -616,7 +616,7 @@ static int p_lock(repo_store *st, const char *which, bool exclusive, vmsh_lock *
     }
     const int fl = O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
     int fd = openat(dfd, which, O_RDWR | fl);
-    if (fd < 0 && (errno == EROFS || errno == EACCES))
+    if (fd < 0 && !exclusive && (errno == EROFS || errno == EACCES))
         fd = openat(dfd, which, O_RDONLY | fl); /* flock works on a read-only descriptor */
     if (fd < 0 && errno == ENOENT) {
         fd = openat(dfd, which, O_RDWR | O_CREAT | O_EXCL | fl, 0600);
