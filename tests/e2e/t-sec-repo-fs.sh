@@ -110,6 +110,7 @@ for how in link fifolink fifo foreign; do
             run_cmd "$cmd"
             what="$cmd with a $how at ${PATHOF[$kind]}"
             [ $RC != 124 ] || fail "$what hangs"
+            case $ERR in *AddressSanitizer* | *"runtime error:"* | *LeakSanitizer*) fail "$what: sanitizer report: $ERR" ;; esac
             [ "$(snapshot)" = "$before" ] || fail "$what changed something outside the repository"
             if [ -n "$link_before" ] && [ -L "$REPO/${PATHOF[$kind]}" ]; then
                 [ "$(readlink "$REPO/${PATHOF[$kind]}")" = "$link_before" ] || fail "$what rewrote the link"
