@@ -260,14 +260,16 @@ static int start_pack(pack_writer *w, vmsh_error **err)
     const repo_store_ops *ops = w->repo->store->ops;
     const char *rel = repo_rel(w->repo, w->final_path);
     w->direct = true;
-    int r = ops->create(w->repo->store, rel, REPO_STORE_DIRECT, &w->fd, err);
-    if (r == -EINVAL && !w->fd) {
-        /* tmpfs and some others refuse O_DIRECT */
+    vmsh_error *e = NULL;
+    int r = ops->create(w->repo->store, rel, REPO_STORE_DIRECT, &w->fd, &e);
+    if (r == -EINVAL && !e) {
+        /* tmpfs and some others refuse O_DIRECT (the store says so without a message) */
         w->direct = false;
-        r = ops->create(w->repo->store, rel, 0, &w->fd, err);
+        r = ops->create(w->repo->store, rel, 0, &w->fd, &e);
     }
     if (r < 0) {
         w->fd = NULL;
+        vmsh_error_propagate(err, &e);
         return r;
     }
     uint8_t hdr[PACK_HEADER_LEN] = {0};
