@@ -187,7 +187,8 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
         sub.dir = p;
         sub.depth--;
         vmsh_error *e = NULL;
-        if (sw->r->store->ops->list(sw->r->store, p, sweep_entry, &sub, &e) < 0)
+        if (sw->r->store->ops->list(sw->r->store, p, REPO_STORE_LIST_STAT, sweep_entry, &sub, &e) <
+            0)
             sw->st->skipped++; /* replaced meanwhile: left alone */
         vmsh_error_free(e);
         return 0;
@@ -215,7 +216,8 @@ static void sweep_tmp(vmsh_repo *r, const char *dir, int depth, const name_set *
 {
     sweep sw = {.r = r, .dir = dir, .depth = depth, .st = st, .indexes = indexes};
     vmsh_error *e = NULL;
-    if (r->store->ops->list(r->store, dir, sweep_entry, &sw, &e) < 0 && e && e->code != -ENOENT)
+    if (r->store->ops->list(r->store, dir, REPO_STORE_LIST_STAT, sweep_entry, &sw, &e) < 0 && e &&
+        e->code != -ENOENT)
         st->skipped++;
     vmsh_error_free(e);
 }

@@ -83,7 +83,7 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     if (r < 0)
         return r;
     size_t entries = 0;
-    if ((r = s->ops->list(s, "", count_entry, &entries, err)) < 0) {
+    if ((r = s->ops->list(s, "", 0, count_entry, &entries, err)) < 0) {
         repo_store_free(s);
         return r;
     }
@@ -401,13 +401,13 @@ static int fan_entry(void *opaque, const char *name, repo_store_kind kind,
     l->fan = name;
     /* a fan-out "directory" that is a link or a file stops the load with
      * the store's message: its packs would be read from elsewhere */
-    return l->store->ops->list(l->store, dir, pack_entry, l, l->err);
+    return l->store->ops->list(l->store, dir, 0, pack_entry, l, l->err);
 }
 
 static int pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err)
 {
     name_list l = {.store = r->store, .err = err};
-    int rc = r->store->ops->list(r->store, "packs", fan_entry, &l, err);
+    int rc = r->store->ops->list(r->store, "packs", 0, fan_entry, &l, err);
     if (rc < 0) {
         free(l.names);
         l.names = NULL;
@@ -809,7 +809,7 @@ static int id_entry(void *opaque, const char *name, repo_store_kind kind, const 
 int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err)
 {
     id_list l = {.err = err};
-    int rc = r->store->ops->list(r->store, "backups", id_entry, &l, err);
+    int rc = r->store->ops->list(r->store, "backups", 0, id_entry, &l, err);
     if (rc < 0) {
         free(l.ids);
         l.ids = NULL;

@@ -30,6 +30,9 @@
 #define REPO_STORE_ALLOW_FOREIGN 1u /* VMSH_REPO_OPEN_ALLOW_FOREIGN */
 #define REPO_STORE_CREATE        2u /* init: create the root (and accept it empty) */
 
+/* list flags */
+#define REPO_STORE_LIST_STAT 1u /* kinds with the owner check, sizes and times */
+
 typedef struct repo_store repo_store;
 typedef struct repo_store_file repo_store_file; /* an open file: a pack being read or written */
 
@@ -66,8 +69,12 @@ typedef struct repo_store_ops {
      * what a link points at). Durable after sync of its directory. */
     int (*del)(repo_store *s, const char *name, vmsh_error **err);
     /* Lists the entries of directory `dir` ("" is the root); "." and ".."
-     * are never passed. -ENOENT when dir is absent. */
-    int (*list)(repo_store *s, const char *dir, repo_store_list_fn fn, void *opaque,
+     * are never passed. -ENOENT when dir is absent. With
+     * REPO_STORE_LIST_STAT each entry's kind includes the owner check and
+     * st is filled; without it the kind is the entry's type only (a
+     * listing of names: whatever is then opened is checked) and st is
+     * zero. */
+    int (*list)(repo_store *s, const char *dir, unsigned flags, repo_store_list_fn fn, void *opaque,
                 vmsh_error **err);
     /* Makes the renames and deletes in directory `dir` durable. */
     int (*sync)(repo_store *s, const char *dir, vmsh_error **err);

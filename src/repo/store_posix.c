@@ -26,9 +26,15 @@
 #define NAME_MAX_LEN 512
 #define MAX_DEPTH    4
 
+static const char *const top_dirs[] = {"locks", "packs", "index", "backups"};
+#define N_TOP 4
+
 typedef struct posix_store {
     repo_store base;
     int rootfd;
+    /* the top directories, opened and checked once (-1: absent then): each
+     * operation walks from here, a dup instead of an openat and an fstat */
+    int topfd[N_TOP];
     uid_t owner;
     bool any_owner; /* --allow-foreign-repo: files of any owner */
 } posix_store;
@@ -130,19 +136,26 @@ static int bad_name(vmsh_error **err, const char *name)
     return vmsh_error_set(err, -EINVAL, "invalid repository file name \"%s\"", name);
 }
 
-/* Opens directory `dir` (relative, "" for the root) component by component
- * without following links; with `create` missing components are made
- * (0700). Returns the descriptor or -errno. */
-static int open_dir(posix_store *s, const char *dir, bool create, vmsh_error **err)
+static int walk_dir(posix_store *s, const char *dir, bool create, bool *borrowed, vmsh_error **err)
 {
     if (!valid_name(dir, true))
         return bad_name(err, dir);
-    int cur = fcntl(s->rootfd, F_DUPFD_CLOEXEC, 3);
-    if (cur < 0)
-        return failf(err, s, "", -errno, "cannot open");
-    char buf[NAME_MAX_LEN + 1];
-    snprintf(buf, sizeof(buf), "%s", dir);
+    int cur = s->rootfd;
+    bool owned = false;
+    const char *rest = dir;
     size_t done = 0;
+    for (size_t i = 0; i < N_TOP; i++) {
+        size_t n = strlen(top_dirs[i]);
+        if (s->topfd[i] >= 0 && strncmp(dir, top_dirs[i], n) == 0 &&
+            (dir[n] == '\0' || dir[n] == '/')) {
+            cur = s->topfd[i];
+            rest = dir[n] ? dir + n + 1 : dir + n;
+            done = n;
+            break;
+        }
+    }
+    char buf[NAME_MAX_LEN + 1];
+    snprintf(buf, sizeof(buf), "%s", rest);
     for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
         /* the name so far, for messages */
         char sofar[NAME_MAX_LEN + 1];
@@ -152,7 +165,8 @@ static int open_dir(posix_store *s, const char *dir, bool create, vmsh_error **e
         if (fd < 0 && errno == ENOENT && create) {
             if (mkdirat(cur, c, 0700) < 0 && errno != EEXIST) {
                 int e = -errno;
-                close(cur);
+                if (owned)
+                    close(cur);
                 return failf(err, s, sofar, e, "cannot create directory");
             }
             fd = openat(cur, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -163,18 +177,60 @@ static int open_dir(posix_store *s, const char *dir, bool create, vmsh_error **e
                 rc = refuse(err, s, cur, c, sofar, true);
             else
                 rc = failf(err, s, sofar, -e, "cannot open directory");
-            close(cur);
+            if (owned)
+                close(cur);
             return rc;
         }
-        close(cur);
+        if (owned)
+            close(cur);
         cur = fd;
+        owned = true;
         int rc = check_fd(err, s, cur, sofar, true);
         if (rc < 0) {
             close(cur);
             return rc;
         }
     }
+    if (!owned && !borrowed) {
+        /* a description of its own (a dup would share the listing offset) */
+        cur = openat(cur, ".", O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
+        if (cur < 0)
+            return failf(err, s, dir, -errno, "cannot open directory");
+        owned = true;
+    }
+    if (borrowed)
+        *borrowed = !owned;
     return cur;
+}
+
+/* Opens directory `dir` (relative, "" for the root) component by component
+ * without following links, from the root or the top directory's descriptor;
+ * with `create` missing components are made (0700). Returns a descriptor
+ * the caller closes, or -errno. */
+static int open_dir(posix_store *s, const char *dir, bool create, vmsh_error **err)
+{
+    return walk_dir(s, dir, create, NULL, err);
+}
+
+/* The same for a short use: the root's or a top directory's own descriptor
+ * when `dir` is one of them (*borrowed: do not close it), saving a syscall
+ * per object read. */
+typedef struct dir_ref {
+    int fd;
+    bool borrowed;
+} dir_ref;
+
+static void dir_ref_close(dir_ref *d)
+{
+    if (d->fd >= 0 && !d->borrowed)
+        close(d->fd);
+}
+#define _cleanup_dir_ __attribute__((cleanup(dir_ref_close)))
+
+static int ref_dir(posix_store *s, const char *dir, dir_ref *out, vmsh_error **err)
+{
+    out->fd = walk_dir(s, dir, false, &out->borrowed, err);
+    return out->fd;
 }
 
 /* Splits name into its directory ("" for the root) and last component. */
@@ -196,16 +252,18 @@ static int split(const char *name, char dir[NAME_MAX_LEN + 1], const char **base
 /* Opens regular file `name` for reading: no link followed, a FIFO does not
  * block the open, then fstat says it is a regular file of the owner and the
  * descriptor becomes blocking again. */
-static int open_reg(posix_store *s, const char *name, int extra, vmsh_error **err)
+static int open_reg(posix_store *s, const char *name, int extra, struct stat *st_out,
+                    vmsh_error **err)
 {
     char dir[NAME_MAX_LEN + 1];
     const char *base;
     int rc = split(name, dir, &base, err);
     if (rc < 0)
         return rc;
-    _cleanup_close_ int dfd = open_dir(s, dir, false, err);
-    if (dfd < 0)
-        return dfd;
+    _cleanup_dir_ dir_ref dr = {-1, false};
+    if (ref_dir(s, dir, &dr, err) < 0)
+        return dr.fd;
+    int dfd = dr.fd;
     _cleanup_close_ int fd =
         openat(dfd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | extra);
     if (fd < 0) {
@@ -215,11 +273,16 @@ static int open_reg(posix_store *s, const char *name, int extra, vmsh_error **er
             return -EINVAL; /* no O_DIRECT here: the caller reads buffered */
         return failf(err, s, name, -errno, "cannot open");
     }
-    if ((rc = check_fd(err, s, fd, name, false)) < 0)
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return failf(err, s, name, -errno, "cannot stat");
+    if ((rc = check_st(err, s, &st, name, false)) < 0)
         return rc;
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+    /* blocking again: F_SETFL sets exactly the status flags given */
+    if (fcntl(fd, F_SETFL, extra & O_DIRECT) < 0)
         return failf(err, s, name, -errno, "cannot open");
+    if (st_out)
+        *st_out = st;
     return VMSH_TAKE_FD(fd);
 }
 
@@ -281,12 +344,10 @@ static int p_get(repo_store *st, const char *name, size_t max, char **out, size_
                  vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
-    _cleanup_close_ int fd = open_reg(s, name, 0, err);
+    struct stat sb;
+    _cleanup_close_ int fd = open_reg(s, name, 0, &sb, err);
     if (fd < 0)
         return fd;
-    struct stat sb;
-    if (fstat(fd, &sb) < 0)
-        return failf(err, s, name, -errno, "cannot stat");
     _cleanup_free_ char *d = display(s, name);
     const char *dn = d ? d : name;
     if ((unsigned long long)sb.st_size > max)
@@ -331,9 +392,10 @@ static int p_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_e
     int rc = split(name, dir, &base, err);
     if (rc < 0)
         return rc;
-    _cleanup_close_ int dfd = open_dir(s, dir, false, err);
-    if (dfd < 0)
-        return dfd;
+    _cleanup_dir_ dir_ref dr = {-1, false};
+    if (ref_dir(s, dir, &dr, err) < 0)
+        return dr.fd;
+    int dfd = dr.fd;
     struct stat sb;
     if (fstatat(dfd, base, &sb, AT_SYMLINK_NOFOLLOW) < 0)
         return failf(err, s, name, -errno, "cannot stat");
@@ -356,9 +418,10 @@ static int p_del(repo_store *st, const char *name, vmsh_error **err)
     int rc = split(name, dir, &base, err);
     if (rc < 0)
         return rc;
-    _cleanup_close_ int dfd = open_dir(s, dir, false, err);
-    if (dfd < 0)
-        return dfd;
+    _cleanup_dir_ dir_ref dr = {-1, false};
+    if (ref_dir(s, dir, &dr, err) < 0)
+        return dr.fd;
+    int dfd = dr.fd;
     struct stat sb;
     if (fstatat(dfd, base, &sb, AT_SYMLINK_NOFOLLOW) < 0)
         return failf(err, s, name, -errno, "cannot delete");
@@ -369,8 +432,8 @@ static int p_del(repo_store *st, const char *name, vmsh_error **err)
     return 0;
 }
 
-static int p_list(repo_store *st, const char *dirname, repo_store_list_fn fn, void *opaque,
-                  vmsh_error **err)
+static int p_list(repo_store *st, const char *dirname, unsigned flags, repo_store_list_fn fn,
+                  void *opaque, vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
     int dfd = open_dir(s, dirname, false, err);
@@ -390,7 +453,12 @@ static int p_list(repo_store *st, const char *dirname, repo_store_list_fn fn, vo
         struct stat sb;
         repo_store_stat rs = {0};
         repo_store_kind kind = REPO_STORE_OTHER;
-        if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (!(flags & REPO_STORE_LIST_STAT) && de->d_type != DT_UNKNOWN) {
+            /* names only: the type is enough; what is opened is checked */
+            kind = de->d_type == DT_REG   ? REPO_STORE_REG
+                   : de->d_type == DT_DIR ? REPO_STORE_DIR
+                                          : REPO_STORE_OTHER;
+        } else if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
             if ((S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)) &&
                 (s->any_owner || sb.st_uid == s->owner))
                 kind = S_ISREG(sb.st_mode) ? REPO_STORE_REG : REPO_STORE_DIR;
@@ -408,9 +476,10 @@ static int p_list(repo_store *st, const char *dirname, repo_store_list_fn fn, vo
 static int p_sync(repo_store *st, const char *dir, vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
-    _cleanup_close_ int dfd = open_dir(s, dir, false, err);
-    if (dfd < 0)
-        return dfd;
+    _cleanup_dir_ dir_ref dr = {-1, false};
+    if (ref_dir(s, dir, &dr, err) < 0)
+        return dr.fd;
+    int dfd = dr.fd;
     if (fsync(dfd) < 0)
         return failf(err, s, dir, -errno, "cannot fsync directory");
     return 0;
@@ -458,7 +527,7 @@ static int p_open(repo_store *st, const char *name, unsigned flags, repo_store_f
                   vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
-    int fd = open_reg(s, name, flags & REPO_STORE_DIRECT ? O_DIRECT : 0, err);
+    int fd = open_reg(s, name, flags & REPO_STORE_DIRECT ? O_DIRECT : 0, NULL, err);
     if (fd < 0)
         return fd;
     repo_store_file *f = file_new(s, name);
@@ -655,6 +724,9 @@ static void p_free(repo_store *st)
     posix_store *s = (posix_store *)st;
     if (s->rootfd >= 0)
         close(s->rootfd);
+    for (size_t i = 0; i < N_TOP; i++)
+        if (s->topfd[i] >= 0)
+            close(s->topfd[i]);
     free(s->base.root);
     free(s);
 }
@@ -686,7 +758,7 @@ static const repo_store_ops posix_ops = {
  * says they trust it. */
 static int check_writers(posix_store *s, vmsh_error **err)
 {
-    static const char *const top[] = {"", "locks", "packs", "index", "backups"};
+    static const char *const top[] = {"", "locks", "packs", "index", "backups"}; /* top_dirs */
     uid_t me = geteuid();
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(top); i++) {
         struct stat sb;
@@ -738,6 +810,8 @@ int repo_store_posix_open(repo_store **out, const char *root, unsigned flags, vm
     }
     s->base.ops = &posix_ops;
     s->rootfd = -1;
+    for (size_t i = 0; i < N_TOP; i++)
+        s->topfd[i] = -1;
     s->any_owner = flags & REPO_STORE_ALLOW_FOREIGN;
     /* the root itself is the user's choice: links in its path are followed */
     if (flags & REPO_STORE_CREATE) {
@@ -765,6 +839,15 @@ int repo_store_posix_open(repo_store **out, const char *root, unsigned flags, vm
     if (rc < 0) {
         p_free(&s->base);
         return rc;
+    }
+    for (size_t i = 0; i < N_TOP; i++) {
+        int fd = openat(s->rootfd, top_dirs[i],
+                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0 && check_fd(NULL, s, fd, top_dirs[i], true) < 0) {
+            close(fd); /* each operation walks and reports it */
+            fd = -1;
+        }
+        s->topfd[i] = fd;
     }
     *out = &s->base;
     return 0;

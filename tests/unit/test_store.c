@@ -167,7 +167,7 @@ static void list_names_kinds_without_following(void **state)
     plant_symlink(f, "backups/link", f->out);
     plant_fifo(f, "backups/fifo");
     seen s = {0};
-    assert_int_equal(f->s->ops->list(f->s, "backups", collect, &s, NULL), 0);
+    assert_int_equal(f->s->ops->list(f->s, "backups", REPO_STORE_LIST_STAT, collect, &s, NULL), 0);
     assert_int_equal(s.n, 5);
     assert_int_equal(kind_of(&s, "a"), REPO_STORE_REG);
     assert_int_equal(kind_of(&s, "b"), REPO_STORE_REG);
@@ -178,7 +178,8 @@ static void list_names_kinds_without_following(void **state)
     plant_symlink(f, "packs", f->out);
     vmsh_error *err = NULL;
     seen s2 = {0};
-    assert_int_equal(f->s->ops->list(f->s, "packs", collect, &s2, &err), -ELOOP);
+    assert_int_equal(f->s->ops->list(f->s, "packs", REPO_STORE_LIST_STAT, collect, &s2, &err),
+                     -ELOOP);
     assert_non_null(strstr(err->message, "symbolic link"));
     vmsh_error_free(err);
     assert_int_equal(s2.n, 0);
@@ -256,7 +257,7 @@ static void pack_writer_commit_and_abort(void **state)
     assert_int_equal(f->s->ops->pwrite(w, buf, 100, 0), 100);
     f->s->ops->abort(w);
     seen s = {0};
-    assert_int_equal(f->s->ops->list(f->s, "packs/cd", collect, &s, NULL), 0);
+    assert_int_equal(f->s->ops->list(f->s, "packs/cd", REPO_STORE_LIST_STAT, collect, &s, NULL), 0);
     assert_int_equal(s.n, 1);
     assert_string_equal(s.names[0], "new.pack");
     /* a fan-out directory that is a link: the writer never creates through it */
