@@ -328,7 +328,8 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
             /* mostly dead: copy the live blobs as stored into new packs */
             repo_store_file *fd = NULL;
             _cleanup_free_ uint8_t *blob = malloc(2 * CHUNK_SIZE + GCM_OVERHEAD);
-            if (!blob || (rc = r->store->ops->open(r->store, repo_rel(r, path), 0, &fd, err)) < 0) {
+            if (!blob ||
+                (rc = r->store->ops->open_file(r->store, repo_rel(r, path), 0, &fd, err)) < 0) {
                 free(e);
                 rc = rc < 0 ? rc : vmsh_error_set(err, -ENOMEM, "cannot read pack %s", path);
                 goto out;

@@ -459,7 +459,7 @@ int pack_read_table(vmsh_repo *r, const char *path, crypto_ctx *c, bool encrypte
 {
     repo_store_file *fd = NULL;
     vmsh_error *e = NULL;
-    int rc = r->store->ops->open(r->store, repo_rel(r, path), 0, &fd, &e);
+    int rc = r->store->ops->open_file(r->store, repo_rel(r, path), 0, &fd, &e);
     if (rc == -ENOENT) {
         vmsh_error_free(e);
         return vmsh_error_set(err, -EBADMSG, "cannot open pack %s: %s", path, strerror(ENOENT));

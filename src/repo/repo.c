@@ -665,11 +665,11 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vms
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     vmsh_error *e = NULL;
-    int rc = ops->open(cr->repo->store, repo_rel(cr->repo, p), cr->direct ? REPO_STORE_DIRECT : 0,
-                       out, &e);
+    int rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p),
+                            cr->direct ? REPO_STORE_DIRECT : 0, out, &e);
     if (rc == -EINVAL && cr->direct && !e) {
         cr->direct = false; /* a filesystem without O_DIRECT: buffered reads */
-        rc = ops->open(cr->repo->store, repo_rel(cr->repo, p), 0, out, &e);
+        rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p), 0, out, &e);
     }
     if (rc == -ENOENT) {
         vmsh_error_free(e);

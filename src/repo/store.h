@@ -83,8 +83,8 @@ typedef struct repo_store_ops {
 
     /* Ranged reads: open a file for reading (REPO_STORE_DIRECT: O_DIRECT,
      * buffers and offsets then aligned to 4096), read at offsets, close. */
-    int (*open)(repo_store *s, const char *name, unsigned flags, repo_store_file **out,
-                vmsh_error **err);
+    int (*open_file)(repo_store *s, const char *name, unsigned flags, repo_store_file **out,
+                     vmsh_error **err);
     /* Reads up to len bytes at off: bytes read (0 at the end), or -errno. */
     int64_t (*pread)(repo_store_file *f, void *buf, size_t len, uint64_t off);
     int (*fstat)(repo_store_file *f, repo_store_stat *st);

@@ -193,7 +193,7 @@ static void ranged_reads(void **state)
         buf[i] = (uint8_t)(i * 7);
     assert_int_equal(f->s->ops->put(f->s, "packs/00/p.pack", buf, sizeof(buf), NULL), 0);
     repo_store_file *h = NULL;
-    assert_int_equal(f->s->ops->open(f->s, "packs/00/p.pack", 0, &h, NULL), 0);
+    assert_int_equal(f->s->ops->open_file(f->s, "packs/00/p.pack", 0, &h, NULL), 0);
     repo_store_stat st;
     assert_int_equal(f->s->ops->fstat(h, &st), 0);
     assert_int_equal(st.size, sizeof(buf));
@@ -296,7 +296,7 @@ static void links_and_fifos_refused_everywhere(void **state)
         vmsh_error_free(err);
         err = NULL;
         repo_store_file *h = NULL;
-        assert_int_equal(f->s->ops->open(f->s, kinds[i], 0, &h, &err), -ELOOP);
+        assert_int_equal(f->s->ops->open_file(f->s, kinds[i], 0, &h, &err), -ELOOP);
         vmsh_error_free(err);
         err = NULL;
         assert_true(f->s->ops->stat(f->s, kinds[i], NULL, NULL) < 0);
@@ -306,7 +306,7 @@ static void links_and_fifos_refused_everywhere(void **state)
         assert_non_null(strstr(err->message, "not a regular file"));
         vmsh_error_free(err);
         err = NULL;
-        assert_int_equal(f->s->ops->open(f->s, kinds[i], 0, &h, &err), -EINVAL);
+        assert_int_equal(f->s->ops->open_file(f->s, kinds[i], 0, &h, &err), -EINVAL);
         vmsh_error_free(err);
         /* a put replaces the planted entry, it does not write through it */
         put_str(f, kinds[i], "again");
