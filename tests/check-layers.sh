@@ -32,5 +32,16 @@ for layer in util repo coord hv writers providers cli; do
         fi
     done
 done
+# The repository reaches its files only through its store (src/repo/store.h,
+# issue 21 point 3 / issue 20 point 6): no file-system call on repository
+# paths outside src/repo/store_*.c. restore.c writes the user's output files
+# and source*.c reads block sources, neither of them repository paths.
+for f in repo/*.c; do
+    case $f in repo/store_*.c|repo/restore.c|repo/source*.c) continue ;; esac
+    if grep -nE '(^|[^_[:alnum:]>.])(open|openat|creat|rename|renameat|unlink|unlinkat|opendir|fdopendir|fsync|fdatasync|mkdir|mkdirat|rmdir|access|lstat|stat|fstatat|flock|ftruncate|pread|pwrite|vmsh_fs_[a-z_]*|vmsh_lock_take[a-z_]*)[[:space:]]*\(' "$f" |
+        grep -vE '^[0-9]+:[[:space:]]*(/?\*|//)' | grep -v 'vmsh_fs_read_all(key_file'; then
+        echo "$f: file-system access outside the repository's store (src/repo/store_*.c)"; bad=1
+    fi
+done
 [ $bad = 0 ] && echo "layers ok"
 exit $bad

@@ -40,6 +40,8 @@ typedef struct vmsh_cli {
     const char *key_file_opt; /* then this one, else $VMSHADOW_KEY_FILE, else the config's */
     char **pool;              /* vmsh_cli_safe's copies, freed when main returns */
     size_t n_pool;
+    /* --allow-foreign-repo: VMSH_REPO_OPEN_ALLOW_FOREIGN for every repository opened */
+    bool allow_foreign_repo;
 } vmsh_cli;
 
 typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);

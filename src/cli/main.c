@@ -90,6 +90,7 @@ static void print_help(FILE *f)
         "      --config FILE   configuration file (default $VMSHADOW_CONFIG, else " DEFAULT_CONFIG
         ")\n"
         "      --json          one JSON document on stdout; messages go to stderr\n"
+        "      --allow-foreign-repo  accept a repository others can write\n"
         "  -q, --quiet         print less\n"
         "  -v, --verbose       print more\n"
         "  -h, --help          this help; COMMAND --help for a command's\n"
@@ -289,6 +290,7 @@ static const struct option global_opts[] = {
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
+    {"allow-foreign-repo", no_argument, NULL, 'F'},
     {0},
 };
 
@@ -317,6 +319,9 @@ static int apply_global(vmsh_cli *cli, global_vals *g, int c, const char *val)
         break;
     case 'j':
         cli->json = true;
+        break;
+    case 'F':
+        cli->allow_foreign_repo = true;
         break;
     case 'q':
         cli->verbosity--;
@@ -472,6 +477,7 @@ static int run(vmsh_cli *cli, int argc, char **argv)
         case 'r':
         case 'C':
         case 'j':
+        case 'F':
         case 'q':
         case 'v': {
             int r = apply_global(cli, &g, c, optarg);

@@ -95,7 +95,7 @@ int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char ou
     if (!path)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     /* Content-addressed: an existing object is this one (written once). */
-    if (access(path, F_OK) == 0)
+    if (r->store->ops->stat(r->store, repo_rel(r, path), NULL, NULL) == 0)
         return 0;
     return object_write_buf(r, c, path, OBJ_INDEX, buf, len, err);
 }

@@ -14,6 +14,8 @@
 #include <vmshadow/util/error.h>
 #include <vmshadow/util/lock.h>
 
+#include "store.h"
+
 #define CHUNK_SIZE          VMSH_REPO_CHUNK_SIZE
 #define ID_LEN              32
 #define PACK_TARGET_DEFAULT (64u << 20)
@@ -138,6 +140,8 @@ int chunk_map_insert(chunk_map *m, const chunk_loc *loc, chunk_loc **out);
 /* Room for `n` entries without growing (-ENOMEM). */
 int chunk_map_reserve(chunk_map *m, size_t n);
 
+typedef struct vmsh_repo vmsh_repo;
+
 /* ---- packs (pack.c) ---- */
 typedef struct pack_info {
     char name[33];     /* 32 hex */
@@ -149,11 +153,10 @@ typedef struct pack_info {
 
 char *pack_path(const char *repo, const char *name);
 /* Reads a pack's table into *entries (n entries). -EBADMSG when damaged. */
-int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc **entries,
-                    uint32_t *n, uint64_t *file_size, vmsh_error **err);
+int pack_read_table(vmsh_repo *r, const char *path, crypto_ctx *c, bool encrypted,
+                    chunk_loc **entries, uint32_t *n, uint64_t *file_size, vmsh_error **err);
 
 typedef struct pack_writer pack_writer;
-typedef struct vmsh_repo vmsh_repo;
 int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err);
 /* Appends one blob; the entry's offset is filled in. Packs roll over at the target. */
 int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err);
@@ -207,6 +210,7 @@ char *index_path(const char *repo, const char *name);
 /* ---- the repository handle ---- */
 struct vmsh_repo {
     char *path;
+    repo_store *store; /* every file of the repository is reached through it (store.h) */
     char id[33];
     int version; /* the config's format version (1 or 2): objects are written and read in it */
     int compression_level;
@@ -261,6 +265,9 @@ void chunk_reader_free(chunk_reader *cr);
 void chunk_reader_set_direct(chunk_reader *cr, bool direct);
 
 unsigned repo_threads(const vmsh_repo *r);
+/* The store name of a path built under r->path (pack_path, index_path,
+ * manifest_path keep the full path for messages). */
+const char *repo_rel(const vmsh_repo *r, const char *path);
 bool name_is_valid(const char *name);
 
 #endif

@@ -53,13 +53,8 @@ static int finish_write(vmsh_repo *r, const char *path, uint16_t type, uint8_t *
 {
     put_header(r, buf, type, r->keys.encrypted, stored);
     crypto_sha256(buf, OBJ_HEADER_LEN + stored, buf + OBJ_HEADER_LEN + stored);
-    _cleanup_free_ char *dir = vmsh_path_dirname(path);
-    if (!dir)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int rc = vmsh_fs_mkdir_p(dir, 0700, err);
-    if (rc < 0)
-        return rc;
-    return vmsh_fs_write_atomic(path, buf, OBJ_HEADER_LEN + stored + 32, 0600, err);
+    /* the store's atomic put makes the fan-out directory too */
+    return r->store->ops->put(r->store, repo_rel(r, path), buf, OBJ_HEADER_LEN + stored + 32, err);
 }
 
 static int write_with(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type,
@@ -111,7 +106,8 @@ int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload
     _cleanup_free_ char *buf = NULL;
     size_t n = 0;
     vmsh_error *e = NULL;
-    int rc = vmsh_fs_read_all(path, OBJ_HEADER_LEN + OBJ_MAX_PAYLOAD + 32, &buf, &n, &e);
+    int rc = r->store->ops->get(r->store, repo_rel(r, path), OBJ_HEADER_LEN + OBJ_MAX_PAYLOAD + 32,
+                                &buf, &n, &e);
     if (rc < 0) {
         if (rc == -EFBIG) {
             vmsh_error_free(e);

@@ -6,7 +6,6 @@
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -125,6 +124,31 @@ static int config_mac_hex(const repo_keys *k, json_object *cfg, char out[65])
     return 0;
 }
 
+const char *repo_rel(const vmsh_repo *r, const char *path)
+{
+    size_t n = strlen(r->path);
+    if (strncmp(path, r->path, n) != 0)
+        return path; /* not under the root: the store refuses it */
+    while (path[n] == '/')
+        n++;
+    return path + n;
+}
+
+static unsigned store_flags(unsigned open_flags)
+{
+    return open_flags & VMSH_REPO_OPEN_ALLOW_FOREIGN ? REPO_STORE_ALLOW_FOREIGN : 0;
+}
+
+static int count_entry(void *opaque, const char *name, repo_store_kind kind,
+                       const repo_store_stat *st)
+{
+    (void)name;
+    (void)kind;
+    (void)st;
+    ++*(size_t *)opaque;
+    return 0;
+}
+
 /* ---- init ---- */
 
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err)
@@ -132,35 +156,29 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     int level = opts && opts->compression_level ? opts->compression_level : 1;
     if (level < 1 || level > 19)
         return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
-    struct stat st;
-    if (stat(path, &st) == 0) {
-        if (!S_ISDIR(st.st_mode))
-            return vmsh_error_set(err, -EEXIST, "%s exists and is not a directory", path);
-        DIR *d = opendir(path);
-        if (!d)
-            return vmsh_error_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
-        struct dirent *de;
-        bool empty = true;
-        while ((de = readdir(d)))
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-                empty = false;
-        closedir(d);
-        if (!empty)
-            return vmsh_error_set(err, -EEXIST,
-                                  "%s is not empty: a repository is created in a new or empty "
-                                  "directory",
-                                  path);
-    }
-    int r = vmsh_fs_mkdir_p(path, 0700, err);
+    repo_store *s = NULL;
+    int r = repo_store_posix_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0),
+                                  err);
     if (r < 0)
         return r;
+    size_t entries = 0;
+    if ((r = s->ops->list(s, "", 0, count_entry, &entries, err)) < 0) {
+        repo_store_free(s);
+        return r;
+    }
+    if (entries) {
+        repo_store_free(s);
+        return vmsh_error_set(err, -EEXIST,
+                              "%s is not empty: a repository is created in a new or empty "
+                              "directory",
+                              path);
+    }
     static const char *const dirs[] = {"locks", "packs", "index", "backups"};
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(dirs); i++) {
-        _cleanup_free_ char *d = vmsh_path_join(path, dirs[i]);
-        if (!d)
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        if ((r = vmsh_fs_mkdir_p(d, 0700, err)) < 0)
+        if ((r = s->ops->mkdir(s, dirs[i], err)) < 0) {
+            repo_store_free(s);
             return r;
+        }
     }
     uint8_t raw[16];
     char id[33], created[21];
@@ -186,6 +204,7 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
         if (r < 0) {
             memset(&k, 0, sizeof(k));
             json_object_put(cfg);
+            repo_store_free(s);
             return r;
         }
         json_object_object_add(cfg, "encryption", enc);
@@ -202,15 +221,17 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     }
     const char *text = json_object_to_json_string_ext(
         cfg, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
     _cleanup_free_ char *body = NULL;
-    if (!cfg_path || asprintf(&body, "%s\n", text) < 0) {
+    if (asprintf(&body, "%s\n", text) < 0) {
         body = NULL;
         json_object_put(cfg);
+        repo_store_free(s);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     json_object_put(cfg);
-    return vmsh_fs_write_atomic(cfg_path, body, strlen(body), 0600, err);
+    r = s->ops->put(s, "config", body, strlen(body), err);
+    repo_store_free(s);
+    return r;
 }
 
 /* ---- open ---- */
@@ -279,27 +300,37 @@ static int config_check_plain(json_object *cfg, const char *path, const char *ke
 
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err)
 {
-    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
-    if (!cfg_path)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return vmsh_repo_open_ex(out, path, key_file, 0, err);
+}
+
+int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
+                      vmsh_error **err)
+{
     _cleanup_free_ char *text = NULL;
     size_t len = 0;
     vmsh_error *e = NULL;
-    int rc = vmsh_fs_read_all(cfg_path, CONFIG_MAX, &text, &len, &e);
+    repo_store *store = NULL;
+    int rc = repo_store_posix_open(&store, path, store_flags(flags), &e);
+    if (rc == 0)
+        rc = store->ops->get(store, "config", CONFIG_MAX, &text, &len, &e);
     if (rc < 0) {
-        vmsh_error_free(e);
-        if (rc == -ENOENT)
+        repo_store_free(store);
+        if (rc == -ENOENT) {
+            vmsh_error_free(e);
             return vmsh_error_set(err, -ENOENT,
                                   "no repository at %s (no config file); create one with "
                                   "'vmshadow init' or give the right --repo",
                                   path);
-        return vmsh_error_set(err, rc, "cannot read %s: %s", cfg_path, strerror(-rc));
+        }
+        vmsh_error_propagate(err, &e);
+        return rc;
     }
     json_object *cfg = json_tokener_parse(text);
     const char *format = cfg ? cfg_str(cfg, "format") : NULL;
     if (!cfg || !json_object_is_type(cfg, json_type_object) || !format ||
         strcmp(format, "vmshadow-repository") != 0) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EINVAL, "%s is not a vmshadow repository (bad config file)",
                               path);
     }
@@ -308,6 +339,7 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     const char *id = cfg_str(cfg, "id");
     if (version > VMSH_REPO_FORMAT_VERSION) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EPROTONOSUPPORT,
                               "repository %s has format version %lld, newer than this vmshadow "
                               "supports (%d); upgrade vmshadow",
@@ -315,10 +347,12 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     }
     if (version < 1 || !id || strlen(id) != 32 || !is_hex(id, 32)) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EINVAL, "%s: config is damaged (version or id)", path);
     }
     if (chunk != CHUNK_SIZE) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EPROTONOSUPPORT,
                               "repository %s uses chunk size %lld; this vmshadow supports only "
                               "%d",
@@ -327,8 +361,10 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     vmsh_repo *r = calloc(1, sizeof(*r));
     if (!r) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
+    r->store = store;
     pthread_mutex_init(&r->lock, NULL);
     r->path = strdup(path);
     memcpy(r->id, id, 33);
@@ -369,6 +405,7 @@ void vmsh_repo_free(vmsh_repo *r)
     repo_map_forget(r);
     free(r->packs);
     crypto_ctx_free(r->crypto);
+    repo_store_free(r->store);
     pthread_mutex_destroy(&r->lock);
     memset(&r->keys, 0, sizeof(r->keys));
     free(r->path);
@@ -424,16 +461,7 @@ unsigned repo_threads(const vmsh_repo *r)
 
 int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err)
 {
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "locks");
-    _cleanup_free_ char *p = dir ? vmsh_path_join(dir, which) : NULL;
-    if (!p)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int rc = vmsh_fs_mkdir_p(dir, 0700, err);
-    if (rc < 0)
-        return rc;
-    char what[64];
-    snprintf(what, sizeof(what), "the repository (%s lock)", which);
-    return vmsh_lock_take(out, p, exclusive, false, what, err);
+    return r->store->ops->lock(r->store, which, exclusive, out, err);
 }
 
 /* ---- the chunk map ---- */
@@ -461,58 +489,70 @@ int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chun
     return no;
 }
 
-static int pack_names(const char *repo, char (**names)[33], size_t *n, vmsh_error **err)
+typedef struct name_list {
+    char (*names)[33];
+    size_t n, cap;
+    repo_store *store;
+    const char *fan; /* the fan-out directory being listed */
+    vmsh_error **err;
+} name_list;
+
+static int pack_entry(void *opaque, const char *name, repo_store_kind kind,
+                      const repo_store_stat *st)
 {
-    *names = NULL;
-    *n = 0;
-    size_t cap = 0;
-    _cleanup_free_ char *packs = vmsh_path_join(repo, "packs");
-    if (!packs)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    DIR *d = opendir(packs);
-    if (!d)
-        return vmsh_error_set(err, -errno, "cannot read %s: %s", packs, strerror(errno));
-    struct dirent *de;
-    int rc = 0;
-    while (rc == 0 && (de = readdir(d))) {
-        if (strlen(de->d_name) != 2 || !is_hex(de->d_name, 2))
-            continue;
-        _cleanup_free_ char *sub = vmsh_path_join(packs, de->d_name);
-        DIR *sd = sub ? opendir(sub) : NULL;
-        if (!sd)
-            continue;
-        struct dirent *se;
-        while ((se = readdir(sd))) {
-            /* 32 hex + ".pack"; temporary files end in ".tmp.<pid>" and are skipped */
-            if (strlen(se->d_name) != 37 || strcmp(se->d_name + 32, ".pack") != 0 ||
-                strncmp(se->d_name, de->d_name, 2) != 0)
-                continue;
-            char nm[33];
-            memcpy(nm, se->d_name, 32);
-            nm[32] = 0;
-            if (!is_hex(nm, 32))
-                continue;
-            if (*n == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                char(*nn)[33] = vmsh_realloc_array(*names, ncap, sizeof(**names));
-                if (!nn) {
-                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
-                    break;
-                }
-                *names = nn;
-                cap = ncap;
-            }
-            memcpy((*names)[(*n)++], nm, 33);
-        }
-        closedir(sd);
+    (void)kind;
+    (void)st;
+    name_list *l = opaque;
+    /* 32 hex + ".pack"; temporary files end in ".tmp.<pid>" and are skipped.
+     * A pack that is not a regular file is listed all the same: reading
+     * its table fails and it counts as damaged (verify says why). */
+    if (strlen(name) != 37 || strcmp(name + 32, ".pack") != 0 || strncmp(name, l->fan, 2) != 0)
+        return 0;
+    char nm[33];
+    memcpy(nm, name, 32);
+    nm[32] = 0;
+    if (!is_hex(nm, 32))
+        return 0;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        char(*nn)[33] = vmsh_realloc_array(l->names, ncap, sizeof(*l->names));
+        if (!nn)
+            return vmsh_error_set(l->err, -ENOMEM, "out of memory");
+        l->names = nn;
+        l->cap = ncap;
     }
-    closedir(d);
+    memcpy(l->names[l->n++], nm, 33);
+    return 0;
+}
+
+static int fan_entry(void *opaque, const char *name, repo_store_kind kind,
+                     const repo_store_stat *st)
+{
+    (void)kind;
+    (void)st;
+    name_list *l = opaque;
+    if (strlen(name) != 2 || !is_hex(name, 2))
+        return 0;
+    char dir[16];
+    snprintf(dir, sizeof(dir), "packs/%s", name);
+    l->fan = name;
+    /* a fan-out "directory" that is a link or a file stops the load with
+     * the store's message: its packs would be read from elsewhere */
+    return l->store->ops->list(l->store, dir, 0, pack_entry, l, l->err);
+}
+
+static int pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err)
+{
+    name_list l = {.store = r->store, .err = err};
+    int rc = r->store->ops->list(r->store, "packs", 0, fan_entry, &l, err);
     if (rc < 0) {
-        free(*names);
-        *names = NULL;
-        *n = 0;
+        free(l.names);
+        l.names = NULL;
+        l.n = 0;
     }
-    return rc;
+    *names = l.names;
+    *n = l.n;
+    return rc < 0 ? rc : 0;
 }
 
 static int cmp_name33(const void *a, const void *b)
@@ -538,7 +578,7 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
         return 0;
     char(*names)[33] = NULL;
     size_t n = 0;
-    int rc = pack_names(r->path, &names, &n, err);
+    int rc = pack_names(r, &names, &n, err);
     if (rc < 0)
         return rc;
     if (n)
@@ -556,7 +596,7 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
         _cleanup_free_ char *p = pack_path(r->path, names[i]);
         uint64_t size = 0;
         vmsh_error *e = NULL;
-        rc = p ? pack_read_table(p, crypto, r->keys.encrypted, &tables[i].entries, &tables[i].n,
+        rc = p ? pack_read_table(r, p, crypto, r->keys.encrypted, &tables[i].entries, &tables[i].n,
                                  &size, &e)
                : -ENOMEM;
         int no = repo_add_pack(r, names[i], size, tables[i].n);
@@ -692,7 +732,7 @@ struct chunk_reader {
     vmsh_repo *repo;
     crypto_ctx *crypto;
     ZSTD_DCtx *dctx;
-    int *fds;
+    repo_store_file **fds; /* open packs, by number; NULL when closed */
     size_t n_fds, open_fds;
     uint8_t *blob, *plain;
     bool direct;
@@ -732,8 +772,8 @@ void chunk_reader_free(chunk_reader *cr)
     if (!cr)
         return;
     for (size_t i = 0; i < cr->n_fds; i++)
-        if (cr->fds[i] >= 0)
-            close(cr->fds[i]);
+        if (cr->fds[i])
+            cr->repo->store->ops->close(cr->fds[i]);
     free(cr->fds);
     ZSTD_freeDCtx(cr->dctx);
     crypto_ctx_free(cr->crypto);
@@ -744,51 +784,61 @@ void chunk_reader_free(chunk_reader *cr)
     free(cr);
 }
 
-static int reader_fd(chunk_reader *cr, uint32_t pack, vmsh_error **err)
+static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vmsh_error **err)
 {
+    const repo_store_ops *ops = cr->repo->store->ops;
     if (pack >= cr->n_fds) {
         size_t n = cr->repo->n_packs > pack ? cr->repo->n_packs : pack + 1;
-        int *nf = vmsh_realloc_array(cr->fds, n, sizeof(int));
+        repo_store_file **nf = vmsh_realloc_array(cr->fds, n, sizeof(*nf));
         if (!nf)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
         for (size_t i = cr->n_fds; i < n; i++)
-            nf[i] = -1;
+            nf[i] = NULL;
         cr->fds = nf;
         cr->n_fds = n;
     }
-    if (cr->fds[pack] >= 0)
-        return cr->fds[pack];
+    if ((*out = cr->fds[pack]))
+        return 0;
     if (cr->open_fds >= 256) {
         /* keep well under RLIMIT_NOFILE: a crude but sufficient cache */
         for (size_t i = 0; i < cr->n_fds; i++)
-            if (cr->fds[i] >= 0) {
-                close(cr->fds[i]);
-                cr->fds[i] = -1;
+            if (cr->fds[i]) {
+                ops->close(cr->fds[i]);
+                cr->fds[i] = NULL;
             }
         cr->open_fds = 0;
     }
     _cleanup_free_ char *p = pack_path(cr->repo->path, cr->repo->packs[pack].name);
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int fd = open(p, O_RDONLY | O_CLOEXEC | (cr->direct ? O_DIRECT : 0));
-    if (fd < 0 && cr->direct && errno == EINVAL) {
+    vmsh_error *e = NULL;
+    int rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p),
+                            cr->direct ? REPO_STORE_DIRECT : 0, out, &e);
+    if (rc == -EINVAL && cr->direct && !e) {
         cr->direct = false; /* a filesystem without O_DIRECT: buffered reads */
-        fd = open(p, O_RDONLY | O_CLOEXEC);
+        rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p), 0, out, &e);
     }
-    if (fd < 0)
-        return vmsh_error_set(err, errno == ENOENT ? -EBADMSG : -errno, "cannot open pack %s: %s",
-                              p, strerror(errno));
-    cr->fds[pack] = fd;
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        return vmsh_error_set(err, -EBADMSG, "cannot open pack %s: %s", p, strerror(ENOENT));
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return rc;
+    }
+    cr->fds[pack] = *out;
     cr->open_fds++;
-    return fd;
+    return 0;
 }
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
 {
     const char *pname = cr->repo->packs[loc->pack].name;
-    int fd = reader_fd(cr, loc->pack, err);
-    if (fd < 0)
-        return fd;
+    repo_store_file *fd = NULL;
+    int rc = reader_fd(cr, loc->pack, &fd, err);
+    if (rc < 0)
+        return rc;
+    int64_t (*const rd)(repo_store_file *, void *, size_t, uint64_t) = cr->repo->store->ops->pread;
     size_t len = loc->stored_len;
     const uint8_t *data = NULL;
     if (cr->direct) {
@@ -812,12 +862,10 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
             w->len = 0;
             w->used = 0;
             while (w->len < WIN_SIZE) {
-                ssize_t n = pread(fd, w->buf + w->len, WIN_SIZE - w->len, (off_t)(w->off + w->len));
-                if (n < 0 && errno == EINTR)
-                    continue;
+                int64_t n = rd(fd, w->buf + w->len, WIN_SIZE - w->len, w->off + w->len);
                 if (n < 0)
-                    return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
-                                          strerror(errno));
+                    return vmsh_error_set(err, (int)n, "cannot read pack %s: %s", pname,
+                                          strerror((int)-n));
                 if (n == 0)
                     break;
                 w->len += (size_t)n;
@@ -831,12 +879,10 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
         data = w->buf + (loc->offset - w->off);
     } else {
         for (size_t done = 0; done < len;) {
-            ssize_t n = pread(fd, cr->blob + done, len - done, (off_t)(loc->offset + done));
-            if (n < 0 && errno == EINTR)
-                continue;
+            int64_t n = rd(fd, cr->blob + done, len - done, loc->offset + done);
             if (n < 0)
-                return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
-                                      strerror(errno));
+                return vmsh_error_set(err, (int)n, "cannot read pack %s: %s", pname,
+                                      strerror((int)-n));
             if (n == 0)
                 return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
             done += (size_t)n;
@@ -882,38 +928,43 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
 
 /* ---- manifests ---- */
 
+typedef struct id_list {
+    char (*ids)[VMSH_BACKUP_ID_LEN + 1];
+    size_t n, cap;
+    vmsh_error **err;
+} id_list;
+
+static int id_entry(void *opaque, const char *name, repo_store_kind kind, const repo_store_stat *st)
+{
+    (void)kind; /* a manifest that is not a regular file fails to load, with the reason */
+    (void)st;
+    id_list *l = opaque;
+    if (strlen(name) != VMSH_BACKUP_ID_LEN || !is_hex(name, VMSH_BACKUP_ID_LEN))
+        return 0;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 32;
+        char(*ni)[VMSH_BACKUP_ID_LEN + 1] = vmsh_realloc_array(l->ids, ncap, sizeof(*l->ids));
+        if (!ni)
+            return vmsh_error_set(l->err, -ENOMEM, "out of memory");
+        l->ids = ni;
+        l->cap = ncap;
+    }
+    memcpy(l->ids[l->n++], name, VMSH_BACKUP_ID_LEN + 1);
+    return 0;
+}
+
 int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err)
 {
-    *ids = NULL;
-    *n = 0;
-    size_t cap = 0;
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
-    if (!dir)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    DIR *d = opendir(dir);
-    if (!d)
-        return vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (strlen(de->d_name) != VMSH_BACKUP_ID_LEN || !is_hex(de->d_name, VMSH_BACKUP_ID_LEN))
-            continue;
-        if (*n == cap) {
-            size_t ncap = cap ? cap * 2 : 32;
-            char(*ni)[VMSH_BACKUP_ID_LEN + 1] = vmsh_realloc_array(*ids, ncap, sizeof(**ids));
-            if (!ni) {
-                closedir(d);
-                free(*ids);
-                *ids = NULL;
-                *n = 0;
-                return vmsh_error_set(err, -ENOMEM, "out of memory");
-            }
-            *ids = ni;
-            cap = ncap;
-        }
-        memcpy((*ids)[(*n)++], de->d_name, VMSH_BACKUP_ID_LEN + 1);
+    id_list l = {.err = err};
+    int rc = r->store->ops->list(r->store, "backups", 0, id_entry, &l, err);
+    if (rc < 0) {
+        free(l.ids);
+        l.ids = NULL;
+        l.n = 0;
     }
-    closedir(d);
-    return 0;
+    *ids = l.ids;
+    *n = l.n;
+    return rc < 0 ? rc : 0;
 }
 
 void vmsh_backup_info_free(vmsh_backup_info *b)
@@ -1150,25 +1201,19 @@ int vmsh_repo_each_recent(vmsh_repo *r, vmsh_backup_visit_fn fn, void *opaque, v
     int rc = repo_list_ids(r, &ids, &n, err);
     if (rc < 0)
         return rc;
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
     recent_id *v = vmsh_calloc_array(n ? n : 1, sizeof(*v));
-    int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (!dir || !v || dfd < 0) {
-        rc = !dir || !v ? vmsh_error_set(err, -ENOMEM, "out of memory")
-                        : vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+    if (!v) {
         free(ids);
-        free(v);
-        return rc;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     /* a stat per backup, not a read and a parse: the order costs little */
     for (size_t i = 0; i < n; i++) {
-        struct stat st;
+        repo_store_stat st;
+        char name[8 + VMSH_BACKUP_ID_LEN + 1];
         memcpy(v[i].id, ids[i], sizeof(v[i].id));
-        v[i].mtime_ns = fstatat(dfd, ids[i], &st, 0) == 0
-                            ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec
-                            : 0;
+        snprintf(name, sizeof(name), "backups/%s", ids[i]);
+        v[i].mtime_ns = r->store->ops->stat(r->store, name, &st, NULL) == 0 ? st.mtime_ns : 0;
     }
-    close(dfd);
     free(ids);
     qsort(v, n, sizeof(*v), cmp_recent);
     rc = 0;

@@ -15,9 +15,16 @@ struct vmsh_lock {
 int vmsh_lock_take(vmsh_lock **out, const char *path, bool exclusive, bool wait, const char *what,
                    vmsh_error **err)
 {
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return vmsh_error_set(err, -errno, "cannot open lock file %s: %s", path, strerror(errno));
+    return vmsh_lock_take_fd(out, fd, path, exclusive, wait, what, err);
+}
+
+int vmsh_lock_take_fd(vmsh_lock **out, int fd_in, const char *path, bool exclusive, bool wait,
+                      const char *what, vmsh_error **err)
+{
+    _cleanup_close_ int fd = fd_in;
     int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
     while (flock(fd, op) < 0) {
         if (errno == EINTR)

@@ -460,8 +460,12 @@ static void craft_pack(const char *path, uint64_t entry_off, uint64_t table_off,
 
 static void pack_offsets_cannot_wrap(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = path2(dir, "p.pack");
+    /* the pack lies in a repository: tables are read through its store */
+    fx *f = make(false);
+    vmsh_repo *r = open_ok(f);
+    char *dir = path2(f->repo, "packs/ee");
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char *path = path2(dir, "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.pack");
     repo_keys k = {0};
     crypto_ctx *c = NULL;
     assert_int_equal(crypto_ctx_new(&c, &k, NULL), 0);
@@ -470,24 +474,25 @@ static void pack_offsets_cannot_wrap(void **state)
     uint64_t size = 0;
     vmsh_error *err = NULL;
     craft_pack(path, 0, 0, 1);
-    assert_int_equal(pack_read_table(path, c, false, &e, &n, &size, &err), 0);
+    assert_int_equal(pack_read_table(r, path, c, false, &e, &n, &size, &err), 0);
     assert_int_equal(n, 1);
     free(e), e = NULL;
     /* a blob at 2^64 - 2: offset + length wraps to 3, "inside" the blobs */
     craft_pack(path, UINT64_MAX - 1, 0, 1);
-    assert_int_equal(pack_read_table(path, c, false, &e, &n, &size, &err), -EBADMSG);
+    assert_int_equal(pack_read_table(r, path, c, false, &e, &n, &size, &err), -EBADMSG);
     assert_non_null(strstr(err->message, "table entry 0 is damaged"));
     vmsh_error_free(err), err = NULL;
     /* a footer claiming two entries (112 bytes) at 2^64 - 35: offset +
      * length wraps to the table's true end (77) */
     craft_pack(path, 0, (uint64_t)0 - 35, 2);
-    assert_int_equal(pack_read_table(path, c, false, &e, &n, &size, &err), -EBADMSG);
+    assert_int_equal(pack_read_table(r, path, c, false, &e, &n, &size, &err), -EBADMSG);
     assert_non_null(strstr(err->message, "table bounds are damaged"));
     vmsh_error_free(err);
     crypto_ctx_free(c);
-    rm_rf(dir);
+    vmsh_repo_free(r);
     free(dir);
     free(path);
+    fx_free(f);
 }
 
 /* ---- version 1 repositories ---- */

@@ -32,9 +32,17 @@ typedef struct vmsh_repo vmsh_repo;
  * calling thread. */
 typedef void (*vmsh_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
+/* Open flags. By default a repository that others can write (its root or a
+ * top directory not owned by the caller, or group/world-writable) is
+ * refused (-EPERM), and so is every file in it of another owner; with this
+ * flag they are accepted (links, FIFOs and devices never are):
+ * docs/formats/repository.md, "Stores". */
+#define VMSH_REPO_OPEN_ALLOW_FOREIGN 1u
+
 typedef struct vmsh_repo_init_opts {
     int compression_level; /* zstd level 1..19; 0: the default (1) */
     const char *key_file;  /* non-NULL: encrypt; the file holds the passphrase */
+    unsigned flags;        /* VMSH_REPO_OPEN_* for the directory it is created in */
 } vmsh_repo_init_opts;
 
 /* Creates a repository at `path` (created if missing; an existing directory
@@ -51,6 +59,11 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
  * (calls that need one take it). -ENOENT, -EINVAL (not a repository),
  * -EPROTONOSUPPORT (newer version). */
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err);
+/* The same with VMSH_REPO_OPEN_* flags (vmsh_repo_open: none). -EPERM for a
+ * repository others can write; -ELOOP / -EINVAL for a link or a special
+ * file where the repository needs a directory or a file. */
+int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
+                      vmsh_error **err);
 
 /* Closes; accepts NULL. Pending backups must be freed first. */
 void vmsh_repo_free(vmsh_repo *r);
@@ -196,6 +209,9 @@ void vmsh_prune_result_free(vmsh_prune_result *p);
 typedef struct vmsh_gc_stats {
     uint64_t packs_deleted, packs_rewritten, indexes_deleted, tmp_deleted;
     uint64_t bytes_freed;
+    /* entries the sweep left alone: links, FIFOs, other owners' files
+     * (never followed, entered or deleted) */
+    uint64_t skipped;
 } vmsh_gc_stats;
 
 /* Deletes garbage (format doc, "gc"): unreferenced packs, indexes and
