@@ -359,6 +359,17 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
 }
 
+int vmsh_vm_writer_restore_place(const vmsh_set_options *o, const vmsh_component *c,
+                                 const vmsh_file *f, char **out, char **link, vmsh_error **err)
+{
+    int r = final_path(o, c, f, out, link, err);
+    if (r < 0) {
+        free(*out), free(*link);
+        *out = *link = NULL;
+    }
+    return r;
+}
+
 /* Where the requestor writes a file: beside its final place (so that the
  * move is a rename), or in the set's directory for the XML. */
 static int temp_path(vm_writer *w, const char *set_id, const vmsh_component *c, const vmsh_file *f,
