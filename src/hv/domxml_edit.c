@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <libxml/parser.h>
@@ -293,23 +294,26 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
             victim = n;
         }
     } else if (strcmp(el, "interface") == 0) {
-        /* libvirt runs a script an interface names, as root */
-        xmlNodePtr s = child(n, "script");
-        if (!s)
-            s = child(n, "downscript");
-        _cleanup_xmlfree_ char *path = prop(s, "path");
-        if (s) {
-            snprintf(buf, sizeof(buf), "interface %s %s", (const char *)s->name, path ? path : "");
-            victim = s;
-        } else if (type && (strcmp(type, "hostdev") == 0 || strcmp(type, "vdpa") == 0 ||
-                            strcmp(type, "vhostuser") == 0)) {
-            _cleanup_xmlfree_ char *dev = prop(src, "dev");
-            _cleanup_xmlfree_ char *sock = prop(src, "path");
-            if (strcmp(type, "vhostuser") == 0 && libvirt_socket(sock))
-                return NULL;
-            snprintf(buf, sizeof(buf), "interface (%s %s)", type, dev ? dev : sock ? sock : "");
+        /* a host device behind the NIC; a script libvirt runs as root */
+        xmlNodePtr sc = child(n, "script");
+        if (!sc)
+            sc = child(n, "downscript");
+        _cleanup_xmlfree_ char *script = prop(sc, "path");
+        _cleanup_xmlfree_ char *dev = prop(src, "dev");
+        _cleanup_xmlfree_ char *sock = prop(src, "path");
+        bool hostdev = type && (strcmp(type, "hostdev") == 0 || strcmp(type, "vdpa") == 0 ||
+                                (strcmp(type, "vhostuser") == 0 && !libvirt_socket(sock)));
+        if (hostdev)
+            snprintf(buf, sizeof(buf), "interface (%s %s)%s%s", type,
+                     dev    ? dev
+                     : sock ? sock
+                            : "",
+                     sc ? " with a script " : "", script ? script : "");
+        else if (sc)
+            snprintf(buf, sizeof(buf), "interface %s %s", (const char *)sc->name,
+                     script ? script : "");
+        if (hostdev || sc)
             victim = n;
-        }
     }
     if (victim)
         *what = strdup(buf); /* NULL: out of memory */
@@ -355,6 +359,16 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
         xmlSetProp(drv, (const xmlChar *)"type", (const xmlChar *)rp->format);
     }
     return 0;
+}
+
+static void drop_all(xmlNodePtr n, const char *name)
+{
+    xmlNodePtr next = NULL;
+    for (xmlNodePtr c = n->children; c; c = next) {
+        next = c->next;
+        if (is_el(c, name))
+            drop(c);
+    }
 }
 
 /* A character device connected to nothing: only what the guest sees of
@@ -404,14 +418,24 @@ static int strip_host(xmlNodePtr root, const vmsh_domxml_edit *e, bool apply, ch
             if (!apply)
                 continue;
             if (v == c && is_el(c, "interface")) {
-                drop(child(c, "driver"));
-                if (disconnect(c) < 0)
-                    return -ENOMEM;
+                _cleanup_xmlfree_ char *type = prop(c, "type");
+                drop_all(c, "script");
+                drop_all(c, "downscript");
+                if (type && strcmp(type, "ethernet") != 0) {
+                    drop_all(c, "driver");
+                    if (disconnect(c) < 0)
+                        return -ENOMEM;
+                }
             } else if (v == c &&
                        (is_el(c, "serial") || is_el(c, "parallel") || is_el(c, "console"))) {
                 /* the port stays (the guest's hardware, a saved state's
                  * devices), connected to nothing */
                 to_null(c);
+            } else if (v != c) {
+                /* a part: every one of its kind (a second <log>...) */
+                char name[64];
+                snprintf(name, sizeof(name), "%s", (const char *)v->name);
+                drop_all(c, name);
             } else {
                 drop(v);
             }
