@@ -1197,15 +1197,13 @@ int vmsh_vm_writer_restore_plan(vmsh_writer_ops *ops, vmsh_metadata *md, const v
         vmsh_component *c = vmsh_metadata_component(md, i);
         if (!is_sel(c))
             continue;
+        /* a definition naming another VM is refused before anything
+         * changes (R9) */
+        if (xmls && xmls[i] && (r = check_identity(c, xmls[i], strlen(xmls[i]), err)) < 0)
+            break;
         json_object *plan = NULL;
         if ((r = plan_component(w, o, NULL, c, &plan, err)) < 0)
             break;
-        /* a definition naming another VM is refused before anything
-         * changes (R9) */
-        if (xmls && xmls[i] && (r = check_identity(c, xmls[i], strlen(xmls[i]), err)) < 0) {
-            json_object_put(plan);
-            break;
-        }
         vmsh_domxml *x = NULL;
         if (xmls && xmls[i] && vmsh_domxml_parse(&x, xmls[i], strlen(xmls[i]), NULL) == 0) {
             vmsh_iface_action acts[64];
