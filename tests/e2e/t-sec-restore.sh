@@ -216,7 +216,10 @@ if part 3; then
     # -- names agree (R9)
     xml_a=$(lab_virsh dumpxml --inactive "$A")
     xml_b=$(lab_virsh dumpxml --inactive "$B")
-    sed "s|<name>$A</name>|<name>$B</name>|" "$T/domain.xml" >"$T/named-b.xml"
+    UB=$(lab_virsh domuuid "$B")
+    UA=$(lab_virsh domuuid "$A")
+    # $B's name and UUID: libvirt would take it as a new definition of $B
+    sed "s|<name>$A</name>|<name>$B</name>|; s|<uuid>$UA</uuid>|<uuid>$UB</uuid>|" "$T/domain.xml" >"$T/named-b.xml"
     ID=$(craft . "$T/named-b.xml")
     check "crafted: a backup of $A whose definition names $B" test -n "$ID" -a "$ID" != null
     vsh restore "$ID" --force
@@ -230,8 +233,6 @@ if part 3; then
     vsh --json restore "$ID" --force --dry-run
     check "--dry-run: refused as well" test "$RC" != 0
     # the UUID of another VM
-    UB=$(lab_virsh domuuid "$B")
-    UA=$(lab_virsh domuuid "$A")
     sed "s|<uuid>$UA</uuid>|<uuid>$UB</uuid>|" "$T/domain.xml" >"$T/uuid-b.xml"
     ID=$(craft "(($comp).extra.uuid) = \"$UB\"" "$T/uuid-b.xml")
     vsh restore "$ID" --force
