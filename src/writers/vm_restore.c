@@ -352,7 +352,8 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     } else if (o->restore_as && nvram) {
         n = asprintf(out, "%s/%s_VARS.fd", LIBVIRT_NVRAM_DIR, name);
     } else if (o->restore_as) {
-        n = asprintf(out, "%s/%s-%s", dir, name, base);
+        /* "/" for a file at the root: no "//" (found by fuzz_document) */
+        n = asprintf(out, "%s/%s-%s", strcmp(dir, "/") == 0 ? "" : dir, name, base);
     } else {
         n = asprintf(out, "%s", orig);
     }

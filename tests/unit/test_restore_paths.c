@@ -123,6 +123,8 @@ static void places_in_place_and_as(void **state)
     /* --as: new names derived by vmshadow */
     expect(NULL, "copy", "web", "disk/vda", "disk", "/srv/vm/web.qcow2", "/srv/vm/copy-web.qcow2",
            NULL);
+    /* a file at the root: no "//" (found by fuzz_document) */
+    expect(NULL, "copy", "web", "disk/vda", "disk", "/x", "/copy-x", NULL);
     expect(NULL, "copy", "web", "nvram", "nvram", "/etc/passwd", NV "/copy_VARS.fd", NULL);
     expect(NULL, "copy", "web", "tpm/tpm2/tpm2-00.permall", "tpm", TPM, NULL, NULL);
     expect(NULL, "copy", "web", "saved-state", "saved-state", NULL, NULL, NULL);
