@@ -134,6 +134,7 @@ static bool uuid_shaped(const char *s, size_t n)
  * a link never replaces anything else (R12, issue 20). */
 typedef struct cur_vm {
     bool exists;
+    vmsh_vm_state state;
     char *name, *uuid;
     char **paths;
     size_t n_paths;
@@ -176,6 +177,7 @@ static void cur_vm_load(vm_writer *w, const char *name, cur_vm *v)
     if (vmsh_hv_get_vm(w->hv, name, &vm, NULL) < 0)
         return;
     v->exists = true;
+    v->state = vm->state;
     v->name = strdup(vm->name);
     v->uuid = vm->uuid ? strdup(vm->uuid) : NULL;
     cur_vm_add_xml(v, vm->xml);
@@ -481,14 +483,9 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         return lr;
     }
     json_object_object_add(plan, "replaces_existing", json_object_new_boolean(cur.exists));
-    vmsh_vm *existing = NULL;
-    vmsh_error *e = NULL;
-    int r = cur.exists ? vmsh_hv_get_vm(w->hv, new_name(o, c), &existing, &e) : -ENOENT;
-    vmsh_error_free(e);
     json_object_object_add(plan, "existing_state",
-                           r == 0 ? jstr(vmsh_vm_state_name(existing->state)) : NULL);
-    vmsh_vm_free(existing);
-    r = 0;
+                           cur.exists ? jstr(vmsh_vm_state_name(cur.state)) : NULL);
+    int r = 0;
     for (size_t i = 0; i < vmsh_component_file_count(c) && r == 0; i++) {
         vmsh_file *f = vmsh_component_file(c, i);
         const char *kind = vmsh_file_kind(f);
