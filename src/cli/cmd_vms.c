@@ -3,6 +3,7 @@
  * method a backup would use and why (CLI.md; SPEC R2, R6). */
 #include "cli.h"
 
+#include <vmshadow/hv/cluster.h>
 #include <vmshadow/hv/hv.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/writers/method.h>
@@ -21,7 +22,9 @@ static void usage(FILE *f)
                "\n"
                "Lists VMs: state, disks (target, source, format, kind), whether the guest\n"
                "agent answers, and the backup method a backup would use, with the reason.\n"
-               "With --method guest, VMs that cannot use it show why (SPEC R2).\n");
+               "With --method guest, VMs that cannot use it show why (SPEC R2).\n"
+               "A VM that a Pacemaker cluster manages shows its resource, node and\n"
+               "managed/maintenance state (SPEC R16).\n");
 }
 
 static json_object *jstr(const char *s)
@@ -61,6 +64,28 @@ static json_object *agent_json(const vmsh_agent_info *a)
         }
         json_object_object_add(o, "filesystems", fsl);
     }
+    return o;
+}
+
+/* Issue 22 (SPEC R16): the Pacemaker resource that manages the VM, or null. */
+static json_object *cluster_json(const vmsh_cluster *c, const vmsh_cluster_rsc *r, bool mismatch)
+{
+    if (!r)
+        return NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "resource", jstr(r->id));
+    json_object_object_add(o, "node", jstr(r->node));
+    json_object_object_add(o, "role", jstr(r->role));
+    const char *mode = vmsh_cluster_rsc_mode(c, r);
+    json_object_object_add(o, "mode", jstr(mode));
+    json_object_object_add(o, "managed", json_object_new_boolean(strcmp(mode, "managed") == 0));
+    json_object_object_add(o, "maintenance",
+                           json_object_new_boolean(strcmp(mode, "maintenance") == 0));
+    json_object_object_add(o, "failed", json_object_new_boolean(r->failed));
+    json_object_object_add(o, "fail_count", json_object_new_int(r->fail_count));
+    json_object_object_add(o, "config", jstr(r->config));
+    json_object_object_add(o, "config_names_other_domain", json_object_new_boolean(mismatch));
+    json_object_object_add(o, "quorum", json_object_new_boolean(c->quorum));
     return o;
 }
 
@@ -134,6 +159,14 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             return vmsh_cli_fail(cli, &err);
         }
     }
+    /* Nothing at all on a host without Pacemaker; a cluster that does not
+     * answer is a warning, not a failure of the listing. */
+    vmsh_cluster *cluster = NULL;
+    if (vmsh_cluster_probe(&cluster, &err) < 0) {
+        vmsh_cli_warn(cli, "%s", err->message);
+        vmsh_error_free(err);
+        err = NULL;
+    }
     int rc = VMSH_EXIT_OK;
     json_object *list = json_object_new_array();
     /* Text: the name column as wide as the widest name shown. */
@@ -156,6 +189,8 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             vmsh_error_free(err);
             err = NULL;
         }
+        bool mismatch = false;
+        const vmsh_cluster_rsc *crsc = vmsh_cluster_find(cluster, vm->name, vm->uuid, &mismatch);
         vmsh_method_choice mc = {0};
         const char *method = NULL, *reason = NULL;
         vmsh_error *merr = NULL;
@@ -181,6 +216,7 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             json_object_object_add(o, "agent", agent_json(agent));
             json_object_object_add(o, "method", jstr(method));
             json_object_object_add(o, "reason", jstr(reason));
+            json_object_object_add(o, "cluster", cluster_json(cluster, crsc, mismatch));
             json_object_array_add(list, o);
         } else {
             const char *nm = vmsh_cli_safe(cli, vm->name);
@@ -210,6 +246,19 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
                     text = NULL;
                 vmsh_cli_print_wrapped(text ? text : src, col, col, width);
             }
+            if (crsc) {
+                printf("    cluster: resource %s", vmsh_cli_safe(cli, crsc->id));
+                printf(" on %s", crsc->node ? vmsh_cli_safe(cli, crsc->node) : "no node");
+                printf(", %s, %s", vmsh_cli_safe(cli, crsc->role ? crsc->role : "?"),
+                       vmsh_cluster_rsc_mode(cluster, crsc));
+                if (crsc->failed || crsc->fail_count)
+                    printf(", failed (fail count %d)", crsc->fail_count);
+                if (!cluster->quorum)
+                    printf(", no quorum");
+                if (mismatch)
+                    printf(", its config names another domain");
+                putchar('\n');
+            }
             if (agent && agent->channel && !agent->reachable && agent->error) {
                 fputs("    agent: ", stdout);
                 vmsh_cli_print_wrapped(vmsh_cli_safe(cli, agent->error), 11, 11, width);
@@ -227,6 +276,7 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
     } else {
         json_object_put(list);
     }
+    vmsh_cluster_free(cluster);
     vmsh_vm_list_free(vms, n);
     vmsh_hv_free(hv);
     return rc;
