@@ -319,7 +319,8 @@ static int cib_socket_present(void)
     int found = 0;
     while (!found && fgets(line, sizeof(line), f)) {
         char *at = strstr(line, " @cib_ro");
-        found = at && (at[8] == '\n' || at[8] == '\0' || at[8] == ' ');
+        /* the kernel shows an abstract name's NUL padding as '@' */
+        found = at && (at[8] == '\n' || at[8] == '\0' || at[8] == ' ' || at[8] == '@');
     }
     fclose(f);
     return found;
