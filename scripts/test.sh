@@ -18,7 +18,22 @@ scripts/install-deps.sh || exit 1
 # if this script started it.
 . tests/lab/lab.sh
 lab_libvirt_up
-trap lab_libvirt_down EXIT
+# One single-node Pacemaker cluster for the run (tests/lab/pcmk.sh, issue 22)
+# when an end-to-end test that needs it is selected and none answers yet;
+# stopped at the end by the PIDs it recorded, only when this script started
+# it. A test that finds no cluster starts its own.
+. tests/lab/pcmk.sh
+PCMK_STARTED=0
+if [ -z "${VMSH_TEST_FILTER:-}" ] || grep -q cluster <<<"$VMSH_TEST_FILTER"; then
+    if command -v corosync >/dev/null && ! pcmk_answers; then
+        pcmk_up && PCMK_STARTED=1
+    fi
+fi
+test_sh_cleanup() {
+    [ "$PCMK_STARTED" = 1 ] && pcmk_down
+    lab_libvirt_down
+}
+trap test_sh_cleanup EXIT
 
 jobs=$(nproc)
 passed=0
