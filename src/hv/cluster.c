@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -441,7 +442,10 @@ static bool reached(const vmsh_cluster_rsc *r, vmsh_cluster_wait_for what, const
 {
     switch (what) {
     case VMSH_CLUSTER_WAIT_UNMANAGED:
-        return r->meta_is_managed && !truthy(r->meta_is_managed) && !r->managed;
+        /* in the CIB, and in effect */
+        return (truthy(r->meta_maintenance) ||
+                (r->meta_is_managed && !truthy(r->meta_is_managed))) &&
+               !r->managed;
     case VMSH_CLUSTER_WAIT_MANAGED:
         return r->managed;
     case VMSH_CLUSTER_WAIT_STOPPED:
@@ -551,5 +555,64 @@ int vmsh_cluster_check(const vmsh_cluster *c, const vmsh_cluster_rsc *r, const c
                                   "restored VM; nothing was changed",
                                   r->id, r->config);
     }
+    return 0;
+}
+
+int vmsh_cluster_hold(const char *id, int64_t timeout_ms, vmsh_error **err)
+{
+    int r = vmsh_cluster_set_meta(id, "maintenance", "true", err);
+    if (r == 0)
+        r = vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_UNMANAGED, NULL, timeout_ms, err);
+    if (r < 0)
+        return r;
+    /* crm_mon shows the configuration at once; the controller cancels the
+     * recurring monitor in a transition of its own. A monitor still running
+     * when the VM is saved would record a failure, so wait until the
+     * cluster has settled (no action pending). */
+    char secs[24];
+    snprintf(secs, sizeof(secs), "%llds",
+             (long long)(timeout_ms / 1000 > 0 ? timeout_ms / 1000 : 1));
+    char *const argv[] = {"crm_resource", "--wait", "--timeout", secs, NULL};
+    _cleanup_free_ char *out = NULL;
+    if ((r = run_tool(argv, &out, err)) < 0)
+        return vmsh_error_prefix(err,
+                                 "resource %s is in maintenance, but the cluster did not "
+                                 "settle",
+                                 id);
+    return 0;
+}
+
+int vmsh_cluster_release(const char *id, const char *prior, int64_t timeout_ms, vmsh_error **err)
+{
+    int r = vmsh_cluster_set_meta(id, "maintenance", prior, err);
+    if (r == 0 && !truthy(prior))
+        r = vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_MANAGED, NULL, timeout_ms, err);
+    return r;
+}
+
+int vmsh_cluster_stop(const char *id, int64_t timeout_ms, vmsh_error **err)
+{
+    int r = vmsh_cluster_set_meta(id, "target-role", "Stopped", err);
+    if (r == 0)
+        r = vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_STOPPED, NULL, timeout_ms, err);
+    return r;
+}
+
+int vmsh_cluster_start(const char *id, const char *prior, const char *node, int64_t timeout_ms,
+                       vmsh_error **err)
+{
+    int r = vmsh_cluster_set_meta(id, "target-role", prior, err);
+    if (r == 0 && !(prior && strcasecmp(prior, "Stopped") == 0))
+        r = vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_STARTED, node, timeout_ms, err);
+    return r;
+}
+
+int vmsh_cluster_write_config(const char *path, const char *xml, vmsh_error **err)
+{
+    struct stat st;
+    mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 07777) : 0600;
+    int r = vmsh_fs_write_atomic(path, xml, strlen(xml), mode, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "cannot rewrite the cluster resource's config file");
     return 0;
 }

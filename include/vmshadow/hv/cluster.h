@@ -111,4 +111,30 @@ int vmsh_cluster_wait(const char *id, vmsh_cluster_wait_for what, const char *no
 int vmsh_cluster_check(const vmsh_cluster *c, const vmsh_cluster_rsc *r, const char *vm,
                        const char *uuid, bool need_config_writable, vmsh_error **err);
 
+/* --- the steps a backup or restore of a clustered VM takes (issue 22
+ * points 2-3). Each is one cluster change that the caller journals first
+ * (STYLE.md, "Rollback"); the journal data is what the matching undo needs:
+ * the resource and the meta attribute's prior value. */
+
+/* Puts resource `id` in maintenance (meta maintenance=true: the cluster
+ * neither monitors, recovers nor stops it; is-managed=false would leave the
+ * monitor running, which records a failure for a VM that a save shut off)
+ * and waits until the CIB holds it and crm_mon reports the resource
+ * unmanaged, at most `timeout_ms`. */
+int vmsh_cluster_hold(const char *id, int64_t timeout_ms, vmsh_error **err);
+/* Gives control back: meta maintenance back to `prior` (NULL: deleted, as
+ * it was not set), then waits until crm_mon reports it managed again. */
+int vmsh_cluster_release(const char *id, const char *prior, int64_t timeout_ms, vmsh_error **err);
+/* Stops resource `id` through the cluster (target-role=Stopped) and waits
+ * until crm_mon reports it stopped on every node. Never a ban or location
+ * constraint. */
+int vmsh_cluster_stop(const char *id, int64_t timeout_ms, vmsh_error **err);
+/* Puts back the target-role the resource had (`prior` NULL: deleted) and,
+ * when that lets it run, waits until it is started on `node`. */
+int vmsh_cluster_start(const char *id, const char *prior, const char *node, int64_t timeout_ms,
+                       vmsh_error **err);
+/* Replaces the resource's config file with `xml` atomically (a temporary
+ * file beside it, renamed over it), keeping its mode. */
+int vmsh_cluster_write_config(const char *path, const char *xml, vmsh_error **err);
+
 #endif
