@@ -62,8 +62,8 @@ int ci_key_init(ci_key *k, const struct repo_keys *keys)
 }
 
 /* The tag of file block `fno` (0: the header) of run `name`. */
-static void block_tag(const ci_key *k, const char *name, uint64_t fno, const uint8_t *blk,
-                      uint8_t out[32])
+void ci_block_tag(const ci_key *k, const char *name, uint64_t fno, const uint8_t *blk,
+                  uint8_t out[32])
 {
     enum { LBL = sizeof(TAG_LABEL) - 1, MSG = LBL + 32 + 1 + 8 + CI_TAG_OFF };
     uint8_t buf[64 + MSG];
@@ -82,7 +82,7 @@ static void block_tag(const ci_key *k, const char *name, uint64_t fno, const uin
 static int tag_ok(const ci_key *k, const char *name, uint64_t fno, const uint8_t *blk)
 {
     uint8_t t[32];
-    block_tag(k, name, fno, blk, t);
+    ci_block_tag(k, name, fno, blk, t);
     unsigned d = 0;
     for (int i = 0; i < 32; i++)
         d |= (unsigned)(t[i] ^ blk[CI_TAG_OFF + i]);
@@ -554,7 +554,7 @@ static int flush_block(ci_writer *w, vmsh_error **err)
     memset(w->blk + 16, 0, CI_BLOCK_HDR - 16);
     size_t used = CI_BLOCK_HDR + (size_t)w->in_blk * CI_ENTRY_LEN;
     memset(w->blk + used, 0, CI_TAG_OFF - used);
-    block_tag(&w->key, w->name, w->blocks + 1, w->blk, w->blk + CI_TAG_OFF);
+    ci_block_tag(&w->key, w->name, w->blocks + 1, w->blk, w->blk + CI_TAG_OFF);
     int rc = write_at(w, w->blk, CI_BLOCK, (1 + w->blocks) * CI_BLOCK, err);
     w->blocks++;
     w->in_blk = 0;
@@ -627,7 +627,7 @@ int ci_writer_commit(ci_writer *w, char name_out[33], vmsh_error **err)
         le64_put(page + 48, 8 * f);
         le32_put(page + 56, CI_PER_BLOCK);
         le32_put(page + 60, CI_FENCES_PER_PAGE);
-        block_tag(&w->key, w->name, 0, page, page + CI_TAG_OFF);
+        ci_block_tag(&w->key, w->name, 0, page, page + CI_TAG_OFF);
         rc = write_at(w, page, CI_BLOCK, 0, err);
     }
     free(page);

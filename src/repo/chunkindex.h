@@ -43,6 +43,11 @@ typedef struct ci_key {
 } ci_key;
 int ci_key_init(ci_key *k, const struct repo_keys *keys);
 
+/* The tag of file block `fno` (0: the header; data block i: i + 1) of run
+ * `name` (32 hex): written at blk + CI_TAG_OFF. */
+void ci_block_tag(const ci_key *k, const char *name, uint64_t fno, const uint8_t *blk,
+                  uint8_t out[32]);
+
 typedef struct ci_header {
     uint64_t n_entries, n_blocks, n_pages;
     bool keyed;
