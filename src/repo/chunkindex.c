@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char run_magic[8] = {'V', 'M', 'S', 'H', 'R', 'U', 'N', '1'};
 #define TAG_LABEL "vmshadow-run-v1:"
@@ -669,6 +670,22 @@ int ci_write_entries(vmsh_repo *r, const ci_key *k, ci_entry *e, size_t n, vmsh_
 
 /* ---- merging ---- */
 
+/* Test hook (tests/e2e/t-repo-index.sh): VMSHADOW_TEST_MERGE_DELAY_MS makes
+ * a merge sleep after every block it writes and between the deletions of
+ * the runs it replaced, so that a test can kill it at either step. */
+static void merge_test_delay(void)
+{
+    static long ms = -1;
+    if (ms < 0) {
+        const char *s = getenv("VMSHADOW_TEST_MERGE_DELAY_MS");
+        ms = s ? strtol(s, NULL, 10) : 0;
+        if (ms < 0 || ms > 10000)
+            ms = 0;
+    }
+    if (ms > 0)
+        usleep((useconds_t)ms * 1000);
+}
+
 typedef struct cursor {
     ci_run *run;
     uint64_t blk;
@@ -698,6 +715,7 @@ static int unlink_runs(vmsh_repo *r, const run_names *l, const char *ext)
     for (size_t i = 0; i < l->n; i++) {
         char path[64];
         snprintf(path, sizeof(path), CI_DIR "/%s%s", l->v[i], ext);
+        merge_test_delay();
         r->store->ops->del(r->store, path, NULL);
     }
     return r->store->ops->sync(r->store, CI_DIR, NULL);
@@ -753,8 +771,11 @@ static int merge_named(vmsh_repo *r, const ci_key *k, const run_names *l, const 
         if (!m)
             break;
         const ci_entry *e = &m->e[m->pos];
-        if (!keep || keep(opaque, e))
+        if (!keep || keep(opaque, e)) {
             rc = ci_writer_add(w, e, err);
+            if (w->in_blk == 0)
+                merge_test_delay();
+        }
         m->pos++;
         if (rc == 0)
             rc = cursor_fill(m, k, buf, err);
