@@ -92,6 +92,19 @@ static int open_source(vmsh_source **out, const char *spec, vmsh_error **err)
     return vmsh_source_open_file(out, spec, err);
 }
 
+/* when the first run of chunks was read and stored: bench/scale-bench.sh's
+ * "time to first byte" (issue 27), from t0 */
+static double first_progress;
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    (void)opaque;
+    (void)done;
+    (void)total;
+    if (first_progress == 0)
+        first_progress = now_s();
+}
+
 static int cmd_backup(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -174,7 +187,7 @@ static int cmd_backup(int argc, char **argv)
             rc = fail(&err);
             break;
         }
-        vmsh_add_opts o = {.base = bi};
+        vmsh_add_opts o = {.base = bi, .progress = on_progress};
         vmsh_add_stats st = {0};
         if (vmsh_backup_add_file(b, name, src, &o, &st, &err) < 0)
             rc = fail(&err);
@@ -197,10 +210,11 @@ static int cmd_backup(int argc, char **argv)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         printf("{\"backup\":%s%s%s,\"seconds\":%.3f,\"size\":%" PRIu64 ",\"bytes_read\":%" PRIu64
-               ",\"bytes_stored\":%" PRIu64 ",\"new_chunks\":%" PRIu64 ",\"max_rss_kib\":%ld}\n",
+               ",\"bytes_stored\":%" PRIu64 ",\"new_chunks\":%" PRIu64
+               ",\"max_rss_kib\":%ld,\"first_progress_s\":%.3f}\n",
                do_abort ? "" : "\"", do_abort ? "null" : vmsh_backup_id(b), do_abort ? "" : "\"",
                now_s() - t0, tot.size, tot.bytes_read, tot.bytes_stored, tot.new_chunks,
-               ru.ru_maxrss);
+               ru.ru_maxrss, first_progress > 0 ? first_progress - t0 : -1.0);
     }
     vmsh_backup_free(b);
     vmsh_repo_free(r);
