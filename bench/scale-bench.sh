@@ -1,0 +1,147 @@
+#!/bin/bash
+# scale-bench.sh - issue 27: memory and start-up flat in the repository's
+# size. Run as root from the project's root:
+#
+#   VMSHADOW=build/src/vmshadow bench/scale-bench.sh
+#
+# Builds a synthetic repository of CHUNKS (default 100 million) stored
+# chunks - chunk index runs only, written by bench/scale_gen.c with the
+# library's own run writer; their packs hold no data - and measures a backup
+# of the benchmark image (bench/make_images.py, IMG_SIZE, default 4 GiB) into
+# it against the same backup into an empty repository: peak RSS (GNU time),
+# time to first progress (the first run of chunks read and stored) and total
+# time, median of ROUNDS (3). Then verify, prune and gc on the big
+# repository, each with its peak RSS, and gc merging it when MERGE=1 (the
+# 100 M entries split over 9 runs). Then today's code (OLD_REV, default
+# main's commit before issue 27: the merge base) built in a temporary
+# directory, measured the same way on a repository of OLD_CHUNKS (default
+# 4 million) entries in pack tables, which it loads whole; its memory is
+# extrapolated to CHUNKS. Last line: chunks=N peak_rss_mib=X time_ratio=Y
+# (X: the largest peak RSS of backup, verify, prune and gc on the big
+# repository; Y: the larger of the first-progress and total time ratios,
+# big repository against empty). Needs ~8 GB free under WORK per 100 M
+# chunks, plus the image and two backups of it.
+set -euo pipefail
+: "${VMSHADOW:?VMSHADOW must name the vmshadow binary}"
+VMSHADOW=$(readlink -f "$VMSHADOW")
+BUILD=${BUILD:-$(dirname "$(dirname "$VMSHADOW")")}
+TOOL=${TOOL:-$BUILD/bench/vmshadow-repo-tool}
+GEN=${GEN:-$BUILD/bench/vmshadow-scale-gen}
+CHUNKS=${CHUNKS:-100000000}
+OLD_CHUNKS=${OLD_CHUNKS:-4000000}
+IMG_SIZE=${IMG_SIZE:-4294967296}
+ROUNDS=${ROUNDS:-3}
+MERGE=${MERGE:-0}
+WORK=${WORK:-/var/tmp/vmshadow-scale}
+SRC=$(pwd)
+OLD_REV=${OLD_REV:-$(git merge-base HEAD main 2>/dev/null || echo HEAD~1)}
+for f in "$VMSHADOW" "$TOOL" "$GEN"; do [ -x "$f" ] || { echo "missing $f" >&2; exit 1; }; done
+[ -x /usr/bin/time ] || { echo "needs GNU time (/usr/bin/time)" >&2; exit 1; }
+mkdir -p "$WORK"
+LOG=$WORK/results.txt
+: > "$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+t_start=$(date +%s)
+
+# --- the image ---
+IMG=$WORK/img/day1.raw
+if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" != "$IMG_SIZE" ]; then
+    rm -rf "$WORK/img"
+    OUTDIR=$WORK/img SIZE=$IMG_SIZE python3 bench/make_images.py >/dev/null
+fi
+cat "$IMG" > /dev/null # from the page cache for every round
+
+# rss_of CMD...: runs it under GNU time; sets RSS_KIB, WALL, OUT
+rss_of() {
+    /usr/bin/time -f "%M %e" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || {
+        cat "$WORK/cmd.err" >&2
+        return 1
+    }
+    read -r RSS_KIB WALL < "$WORK/time.out"
+    OUT=$(cat "$WORK/cmd.out")
+}
+jf() { echo "$OUT" | python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', -1))"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# backup_rounds TOOL REPO PREFIX: ROUNDS backups of the image into REPO,
+# each undone afterwards (the files it added removed), so that every round
+# backs up into the same repository. Sets <PREFIX>_RSS (max, KiB),
+# <PREFIX>_T1 and <PREFIX>_T (medians, s), <PREFIX>_ALL (the rounds).
+backup_rounds() {
+    local tool=$1 repo=$2 p=$3 rss=0 t1s=() ts=() all=""
+    (cd "$repo" && find . -type f | sort) > "$WORK/before.lst"
+    for i in $(seq "$ROUNDS"); do
+        sync
+        rss_of "$tool" backup "$repo" "disk=$IMG"
+        [ "$RSS_KIB" -gt "$rss" ] && rss=$RSS_KIB
+        t1s+=("$(jf first_progress_s)")
+        ts+=("$(jf seconds)")
+        all="$all $(jf seconds)/$(jf first_progress_s)/${RSS_KIB}k"
+        (cd "$repo" && find . -type f | sort) > "$WORK/after.lst"
+        comm -13 "$WORK/before.lst" "$WORK/after.lst" | (cd "$repo" && xargs -r rm -f)
+    done
+    printf -v "${p}_RSS" '%s' "$rss"
+    printf -v "${p}_T1" '%s' "$(median "${t1s[@]}")"
+    printf -v "${p}_T" '%s' "$(median "${ts[@]}")"
+    printf -v "${p}_ALL" '%s' "$all"
+}
+
+# --- new code: empty repository and CHUNKS-chunk repository ---
+EMPTY=$WORK/empty BIG=$WORK/big
+rm -rf "$EMPTY" "$BIG"
+VMSHADOW_REPO=$EMPTY "$VMSHADOW" init >/dev/null
+VMSHADOW_REPO=$BIG "$VMSHADOW" init >/dev/null
+k=1
+[ "$MERGE" = 1 ] && k=9
+t0=$(date +%s.%N)
+"$GEN" runs "$BIG" "$CHUNKS" "$k" >/dev/null
+gen_s=$(echo "$(date +%s.%N) - $t0" | bc)
+say "generated $CHUNKS index entries in $k run(s): $(printf %.1f "$gen_s") s, $(du -sh "$BIG/index/runs" | cut -f1)"
+
+backup_rounds "$TOOL" "$EMPTY" E
+backup_rounds "$TOOL" "$BIG" B
+say "backup into an empty repository: peak RSS $((E_RSS / 1024)) MiB, first progress ${E_T1} s, total ${E_T} s (rounds s/first/rss:${E_ALL})"
+say "backup into $CHUNKS chunks:     peak RSS $((B_RSS / 1024)) MiB, first progress ${B_T1} s, total ${B_T} s (rounds:${B_ALL})"
+# one backup stays, for verify, prune and gc
+rss_of "$TOOL" backup "$BIG" "disk=$IMG"
+VER_RSS=0 PRU_RSS=0 GC_RSS=0
+VMSHADOW_REPO=$BIG rss_of "$VMSHADOW" verify && VER_RSS=$RSS_KIB VER_T=$WALL
+VMSHADOW_REPO=$BIG rss_of "$VMSHADOW" prune --keep-last 1 && PRU_RSS=$RSS_KIB PRU_T=$WALL
+VMSHADOW_REPO=$BIG rss_of "$VMSHADOW" gc && GC_RSS=$RSS_KIB GC_T=$WALL
+nruns=$(find "$BIG/index/runs" -name '*.run' | wc -l)
+say "on $CHUNKS chunks: verify $((VER_RSS / 1024)) MiB ${VER_T} s, prune $((PRU_RSS / 1024)) MiB ${PRU_T} s, gc $((GC_RSS / 1024)) MiB ${GC_T} s (runs after gc: $nruns)"
+peak=$(printf '%s\n' "$B_RSS" "$VER_RSS" "$PRU_RSS" "$GC_RSS" | sort -n | tail -1)
+r1=$(echo "scale=3; $B_T1 / $E_T1" | bc)
+rt=$(echo "scale=3; $B_T / $E_T" | bc)
+say "ratios (big/empty): first progress $r1, total $rt"
+rm -rf "$BIG" "$EMPTY"
+
+# --- today's code (before issue 27) ---
+OLD=$WORK/old-src
+if [ "${SKIP_OLD:-0}" != 1 ]; then
+    rm -rf "$OLD"
+    git -C "$SRC" worktree add -f --detach "$OLD" "$OLD_REV" >/dev/null 2>&1 \
+        || git clone -q "$SRC" "$OLD"
+    git -C "$OLD" checkout -q "$OLD_REV"
+    cmake -S "$OLD" -B "$OLD/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    ninja -C "$OLD/build" bench/vmshadow-repo-tool src/vmshadow >/dev/null
+    OE=$WORK/old-empty OB=$WORK/old-big
+    rm -rf "$OE" "$OB"
+    VMSHADOW_REPO=$OE "$OLD/build/src/vmshadow" init >/dev/null
+    VMSHADOW_REPO=$OB "$OLD/build/src/vmshadow" init >/dev/null
+    "$GEN" packs "$OB" "$OLD_CHUNKS" >/dev/null
+    backup_rounds "$OLD/build/bench/vmshadow-repo-tool" "$OE" OE
+    backup_rounds "$OLD/build/bench/vmshadow-repo-tool" "$OB" OB
+    VMSHADOW_REPO=$OB rss_of "$OLD/build/src/vmshadow" verify
+    OV_RSS=$RSS_KIB
+    say "today's code ($(git -C "$SRC" rev-parse --short "$OLD_REV")), empty repository: peak RSS $((OE_RSS / 1024)) MiB, total ${OE_T} s"
+    say "today's code, $OLD_CHUNKS chunks in pack tables: backup peak RSS $((OB_RSS / 1024)) MiB, total ${OB_T} s (rounds:${OB_ALL}); verify $((OV_RSS / 1024)) MiB"
+    per=$(echo "scale=1; ($OB_RSS - $OE_RSS) * 1024 / $OLD_CHUNKS" | bc)
+    ext=$(echo "scale=0; ($OE_RSS * 1024 + $per * $CHUNKS) / 1048576" | bc)
+    say "today's code: $per bytes of RSS per stored chunk; extrapolated to $CHUNKS chunks: ~$ext MiB, total time ratio at $OLD_CHUNKS already $(echo "scale=3; $OB_T / $OE_T" | bc)"
+    rm -rf "$OE" "$OB"
+    git -C "$SRC" worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"
+fi
+say "bench time: $(($(date +%s) - t_start)) s"
+ratio=$(printf '%s\n' "$r1" "$rt" | sort -g | tail -1)
+echo "chunks=$CHUNKS peak_rss_mib=$((peak / 1024)) time_ratio=$ratio"
