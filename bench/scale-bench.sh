@@ -8,10 +8,11 @@
 # chunks - chunk index runs only, written by bench/scale_gen.c with the
 # library's own run writer; their packs hold no data - and measures a backup
 # of the benchmark image (bench/make_images.py, IMG_SIZE, default 4 GiB) into
-# it against the same backup into an empty repository: peak RSS (GNU time),
-# time to first progress (the first run of chunks read and stored) and total
-# time, median of ROUNDS (3) backups of the image; time to first progress
-# also as the median of TTFB_ROUNDS (9) backups of its first 256 MiB. Then verify, prune and gc on the big
+# it against the same backup into an empty repository: peak RSS (GNU time)
+# and total time over ROUNDS (5) pairs of backups, one into each repository
+# in turn (time ratio: the median of the pairs' ratios), and the time to
+# first progress (the first run of chunks read and stored) as the median of
+# TTFB_ROUNDS (9) backups of the image's first 256 MiB. Then verify, prune and gc on the big
 # repository, each with its peak RSS, and gc merging it when MERGE=1 (the
 # 100 M entries split over 9 runs). Then today's code (OLD_REV, default
 # main's commit before issue 27: the merge base) built in a temporary
@@ -31,7 +32,7 @@ GEN=${GEN:-$BUILD/bench/vmshadow-scale-gen}
 CHUNKS=${CHUNKS:-100000000}
 OLD_CHUNKS=${OLD_CHUNKS:-4000000}
 IMG_SIZE=${IMG_SIZE:-4294967296}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 TTFB_ROUNDS=${TTFB_ROUNDS:-9}
 MERGE=${MERGE:-0}
 WORK=${WORK:-/var/tmp/vmshadow-scale}
@@ -55,37 +56,58 @@ cat "$IMG" > /dev/null # from the page cache for every round
 
 # rss_of CMD...: runs it under GNU time; sets RSS_KIB, WALL, OUT
 rss_of() {
-    /usr/bin/time -f "%M %e" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || {
+    /usr/bin/time -f "%M %e %U %S" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || {
         cat "$WORK/cmd.err" >&2
         return 1
     }
-    read -r RSS_KIB WALL < "$WORK/time.out"
+    read -r RSS_KIB WALL CPU_U CPU_S < "$WORK/time.out"
+    CPU=$(echo "$CPU_U + $CPU_S" | bc)
     OUT=$(cat "$WORK/cmd.out")
 }
 jf() { echo "$OUT" | python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', -1))"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# backup_rounds TOOL REPO PREFIX: ROUNDS backups of the image into REPO,
-# each undone afterwards (the files it added removed), so that every round
-# backs up into the same repository. Sets <PREFIX>_RSS (max, KiB),
-# <PREFIX>_T1 and <PREFIX>_T (medians, s), <PREFIX>_ALL (the rounds).
-backup_rounds() {
-    local tool=$1 repo=$2 p=$3 rss=0 t1s=() ts=() all=""
+# backup_once TOOL REPO: one backup of the image into REPO, undone
+# afterwards (the files it added removed), so that every round backs up
+# into the same repository. Sets RSS_KIB, T (s), CPU (user+sys s).
+backup_once() {
+    local tool=$1 repo=$2
     (cd "$repo" && find . -type f | sort) > "$WORK/before.lst"
+    sync
+    rss_of "$tool" backup "$repo" "disk=$IMG"
+    T=$(jf seconds)
+    (cd "$repo" && find . -type f | sort) > "$WORK/after.lst"
+    comm -13 "$WORK/before.lst" "$WORK/after.lst" | (cd "$repo" && xargs -r rm -f)
+}
+
+# pair_rounds TOOL1 REPO1 TOOL2 REPO2 PREFIX: ROUNDS pairs of backups, one
+# into each repository in turn (the machine's load, shared with others,
+# then weighs on both alike). Sets <PREFIX>_RSS1/_RSS2 (max KiB), _T1/_T2
+# (median s), _RATIO (median of the pairs' ratios T2/T1), _CPU1/_CPU2
+# (median user+sys s) and _ALL.
+pair_rounds() {
+    local rss1=0 rss2=0 t1=() t2=() c1=() c2=() rs=() all=""
     for i in $(seq "$ROUNDS"); do
-        sync
-        rss_of "$tool" backup "$repo" "disk=$IMG"
-        [ "$RSS_KIB" -gt "$rss" ] && rss=$RSS_KIB
-        t1s+=("$(jf first_progress_s)")
-        ts+=("$(jf seconds)")
-        all="$all $(jf seconds)/$(jf first_progress_s)/${RSS_KIB}k"
-        (cd "$repo" && find . -type f | sort) > "$WORK/after.lst"
-        comm -13 "$WORK/before.lst" "$WORK/after.lst" | (cd "$repo" && xargs -r rm -f)
+        backup_once "$1" "$2"
+        [ "$RSS_KIB" -gt "$rss1" ] && rss1=$RSS_KIB
+        local a=$T
+        t1+=("$T")
+        c1+=("$CPU")
+        backup_once "$3" "$4"
+        [ "$RSS_KIB" -gt "$rss2" ] && rss2=$RSS_KIB
+        t2+=("$T")
+        c2+=("$CPU")
+        rs+=("$(echo "scale=3; $T / $a" | bc)")
+        all="$all $a/$T"
     done
-    printf -v "${p}_RSS" '%s' "$rss"
-    printf -v "${p}_T1" '%s' "$(median "${t1s[@]}")"
-    printf -v "${p}_T" '%s' "$(median "${ts[@]}")"
-    printf -v "${p}_ALL" '%s' "$all"
+    printf -v "${5}_RSS1" '%s' "$rss1"
+    printf -v "${5}_RSS2" '%s' "$rss2"
+    printf -v "${5}_T1" '%s' "$(median "${t1[@]}")"
+    printf -v "${5}_T2" '%s' "$(median "${t2[@]}")"
+    printf -v "${5}_CPU1" '%s' "$(median "${c1[@]}")"
+    printf -v "${5}_CPU2" '%s' "$(median "${c2[@]}")"
+    printf -v "${5}_RATIO" '%s' "$(median "${rs[@]}")"
+    printf -v "${5}_ALL" '%s' "$all"
 }
 
 # ttfb_rounds TOOL REPO PREFIX: TTFB_ROUNDS backups of the image's first
@@ -119,13 +141,13 @@ t0=$(date +%s.%N)
 gen_s=$(echo "$(date +%s.%N) - $t0" | bc)
 say "generated $CHUNKS index entries in $k run(s): $(printf %.1f "$gen_s") s, $(du -sh "$BIG/index/runs" | cut -f1)"
 
-backup_rounds "$TOOL" "$EMPTY" E
-backup_rounds "$TOOL" "$BIG" B
+pair_rounds "$TOOL" "$EMPTY" "$TOOL" "$BIG" N
 ttfb_rounds "$TOOL" "$EMPTY" E
 ttfb_rounds "$TOOL" "$BIG" B
 say "time to first progress (256 MiB prefix, median of $TTFB_ROUNDS): empty ${E_F} s (${E_FALL} ), $CHUNKS chunks ${B_F} s (${B_FALL} )"
-say "backup into an empty repository: peak RSS $((E_RSS / 1024)) MiB, first progress ${E_T1} s, total ${E_T} s (rounds s/first/rss:${E_ALL})"
-say "backup into $CHUNKS chunks:     peak RSS $((B_RSS / 1024)) MiB, first progress ${B_T1} s, total ${B_T} s (rounds:${B_ALL})"
+say "backup of the image, empty repository: peak RSS $((N_RSS1 / 1024)) MiB, total ${N_T1} s, CPU ${N_CPU1} s"
+say "backup of the image, $CHUNKS chunks:     peak RSS $((N_RSS2 / 1024)) MiB, total ${N_T2} s, CPU ${N_CPU2} s"
+say "  rounds empty/big (s):${N_ALL}; median ratio of the pairs ${N_RATIO}"
 # one backup stays, for verify, prune and gc
 rss_of "$TOOL" backup "$BIG" "disk=$IMG"
 VER_RSS=0 PRU_RSS=0 GC_RSS=0
@@ -134,9 +156,9 @@ VMSHADOW_REPO=$BIG rss_of "$VMSHADOW" prune --keep-last 1 && PRU_RSS=$RSS_KIB PR
 VMSHADOW_REPO=$BIG rss_of "$VMSHADOW" gc && GC_RSS=$RSS_KIB GC_T=$WALL
 nruns=$(find "$BIG/index/runs" -name '*.run' | wc -l)
 say "on $CHUNKS chunks: verify $((VER_RSS / 1024)) MiB ${VER_T} s, prune $((PRU_RSS / 1024)) MiB ${PRU_T} s, gc $((GC_RSS / 1024)) MiB ${GC_T} s (runs after gc: $nruns)"
-peak=$(printf '%s\n' "$B_RSS" "$VER_RSS" "$PRU_RSS" "$GC_RSS" | sort -n | tail -1)
+peak=$(printf '%s\n' "$N_RSS2" "$VER_RSS" "$PRU_RSS" "$GC_RSS" | sort -n | tail -1)
 r1=$(echo "scale=3; $B_F / $E_F" | bc)
-rt=$(echo "scale=3; $B_T / $E_T" | bc)
+rt=$N_RATIO
 say "ratios (big/empty): first progress $r1, total $rt"
 rm -rf "$BIG" "$EMPTY"
 
@@ -154,15 +176,15 @@ if [ "${SKIP_OLD:-0}" != 1 ]; then
     VMSHADOW_REPO=$OE "$OLD/build/src/vmshadow" init >/dev/null
     VMSHADOW_REPO=$OB "$OLD/build/src/vmshadow" init >/dev/null
     "$GEN" packs "$OB" "$OLD_CHUNKS" >/dev/null
-    backup_rounds "$OLD/build/bench/vmshadow-repo-tool" "$OE" OE
-    backup_rounds "$OLD/build/bench/vmshadow-repo-tool" "$OB" OB
+    OT=$OLD/build/bench/vmshadow-repo-tool
+    pair_rounds "$OT" "$OE" "$OT" "$OB" O
     VMSHADOW_REPO=$OB rss_of "$OLD/build/src/vmshadow" verify
     OV_RSS=$RSS_KIB
-    say "today's code ($(git -C "$SRC" rev-parse --short "$OLD_REV")), empty repository: peak RSS $((OE_RSS / 1024)) MiB, total ${OE_T} s"
-    say "today's code, $OLD_CHUNKS chunks in pack tables: backup peak RSS $((OB_RSS / 1024)) MiB, total ${OB_T} s (rounds:${OB_ALL}); verify $((OV_RSS / 1024)) MiB"
-    per=$(echo "scale=1; ($OB_RSS - $OE_RSS) * 1024 / $OLD_CHUNKS" | bc)
-    ext=$(echo "scale=0; ($OE_RSS * 1024 + $per * $CHUNKS) / 1048576" | bc)
-    say "today's code: $per bytes of RSS per stored chunk; extrapolated to $CHUNKS chunks: ~$ext MiB, total time ratio at $OLD_CHUNKS already $(echo "scale=3; $OB_T / $OE_T" | bc)"
+    say "today's code ($(git -C "$SRC" rev-parse --short "$OLD_REV")), empty repository: backup peak RSS $((O_RSS1 / 1024)) MiB, total ${O_T1} s, CPU ${O_CPU1} s"
+    say "today's code, $OLD_CHUNKS chunks in pack tables: backup peak RSS $((O_RSS2 / 1024)) MiB, total ${O_T2} s, CPU ${O_CPU2} s (pairs:${O_ALL}; median ratio ${O_RATIO}); verify $((OV_RSS / 1024)) MiB"
+    per=$(echo "scale=1; ($O_RSS2 - $O_RSS1) * 1024 / $OLD_CHUNKS" | bc)
+    ext=$(echo "scale=0; ($O_RSS1 * 1024 + $per * $CHUNKS) / 1048576" | bc)
+    say "today's code: $per bytes of RSS per stored chunk; extrapolated to $CHUNKS chunks: ~$ext MiB"
     rm -rf "$OE" "$OB"
     git -C "$SRC" worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"
 fi
