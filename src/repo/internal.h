@@ -149,6 +149,11 @@ typedef struct pack_info {
     uint32_t n_chunks; /* entries in its table */
     bool damaged;
     char *damage; /* what is wrong, when damaged */
+    /* index mode (issue 27): packs are checked when first used, not all at
+     * open: stat_ok when it exists as a regular file of the repository
+     * (before a backup dedupes against it), table_ok when its table was
+     * read and found sound (before a reader reads a blob of it) */
+    bool stat_ok, table_ok;
 } pack_info;
 
 char *pack_path(const char *repo, const char *name);

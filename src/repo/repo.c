@@ -697,6 +697,7 @@ static int load_tables(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
             tables[i] = (pack_table){0};
             continue;
         }
+        r->packs[no].stat_ok = r->packs[no].table_ok = true;
         for (uint32_t j = 0; j < tables[i].n; j++)
             tables[i].entries[j].pack = (uint32_t)no;
         total += tables[i].n;
@@ -765,6 +766,44 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
     return 0;
 }
 
+/* A pack that a run names is checked once before anything relies on it:
+ * it must exist as a regular file of the repository (the store refuses a
+ * link or a special file on the way, with a message saying so). 1 usable,
+ * 0 absent (its entries are misses), < 0 refused. */
+static int pack_usable(vmsh_repo *r, int no, vmsh_error **err)
+{
+    char name[33];
+    pthread_mutex_lock(&r->lock);
+    bool ok = r->packs[no].stat_ok, dmg = r->packs[no].damaged;
+    memcpy(name, r->packs[no].name, sizeof(name));
+    pthread_mutex_unlock(&r->lock);
+    if (ok)
+        return 1;
+    if (dmg)
+        return 0;
+    char path[64];
+    snprintf(path, sizeof(path), "packs/%.2s/%s.pack", name, name);
+    vmsh_error *e = NULL;
+    int rc = r->store->ops->stat(r->store, path, NULL, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        pthread_mutex_lock(&r->lock);
+        r->packs[no].damaged = true;
+        if (!r->packs[no].damage)
+            r->packs[no].damage = strdup("missing");
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return vmsh_error_prefix(err, "pack %s, named by the chunk index", name);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->packs[no].stat_ok = true;
+    pthread_mutex_unlock(&r->lock);
+    return 1;
+}
+
 int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
                     vmsh_error **err)
 {
@@ -785,6 +824,10 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
             int no = repo_pack_no(r, e.pack);
             if (no < 0)
                 return vmsh_error_set(err, -ENOMEM, "out of memory");
+            if ((rc = pack_usable(r, no, err)) < 0)
+                return rc;
+            if (rc == 0)
+                goto miss;
             memcpy(out->id, e.id, ID_LEN);
             out->pack = (uint32_t)no;
             out->offset = e.offset;
@@ -794,6 +837,7 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
             return 1;
         }
     }
+miss:
     if (!fallback || legacy || r->no_fallback)
         return 0;
     /* A chunk no run names: written by a vmshadow without runs after the
@@ -970,12 +1014,52 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vms
         cr->open_fds = 0;
     }
     char pname[33];
-    pthread_mutex_lock(&cr->repo->lock); /* packs[] may move: another thread registers one */
-    memcpy(pname, cr->repo->packs[pack].name, sizeof(pname));
-    pthread_mutex_unlock(&cr->repo->lock);
+    vmsh_repo *r = cr->repo;
+    pthread_mutex_lock(&r->lock); /* packs[] may move: another thread registers one */
+    memcpy(pname, r->packs[pack].name, sizeof(pname));
+    bool table_ok = r->packs[pack].table_ok;
+    char *damage =
+        r->packs[pack].damaged && r->packs[pack].damage ? strdup(r->packs[pack].damage) : NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (damage) {
+        vmsh_error_set(err, -EBADMSG, "pack %s: %s", pname, damage);
+        free(damage);
+        return -EBADMSG;
+    }
     _cleanup_free_ char *p = pack_path(cr->repo->path, pname);
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (!table_ok) {
+        /* index mode: the pack's table is checked before its first blob is
+         * read, as the map load did for every pack ("Pack file": a pack
+         * whose footer, table or bounds are wrong is damaged, its chunks
+         * missing) */
+        chunk_loc *t = NULL;
+        uint32_t nt = 0;
+        uint64_t size = 0;
+        vmsh_error *e = NULL;
+        int trc = pack_read_table(r, p, cr->crypto, r->keys.encrypted, &t, &nt, &size, &e);
+        free(t);
+        if (trc == -ENOMEM || trc == -EPROTONOSUPPORT) {
+            vmsh_error_propagate(err, &e);
+            return trc;
+        }
+        if (trc < 0) {
+            const char *msg = e ? e->message : "damaged pack";
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[pack].damaged) {
+                r->packs[pack].damaged = true;
+                r->packs[pack].damage = strdup(msg);
+            }
+            pthread_mutex_unlock(&r->lock);
+            vmsh_error_set(err, -EBADMSG, "%s", msg);
+            vmsh_error_free(e);
+            return -EBADMSG;
+        }
+        pthread_mutex_lock(&r->lock);
+        r->packs[pack].table_ok = r->packs[pack].stat_ok = true;
+        pthread_mutex_unlock(&r->lock);
+    }
     vmsh_error *e = NULL;
     int rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p),
                             cr->direct ? REPO_STORE_DIRECT : 0, out, &e);

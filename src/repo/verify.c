@@ -139,6 +139,18 @@ static int report_damaged_packs(vmsh_repo *r, vmsh_verify_report *rep, vmsh_erro
         }
         if (trc < 0 && add_damage(rep, NULL, NULL, "%s", e ? e->message : "unreadable") < 0)
             rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        /* what the chunk reader would find out again, pack by pack */
+        int no = rc == 0 ? repo_add_pack(r, names[i], size, nt) : -1;
+        if (no >= 0) {
+            pthread_mutex_lock(&r->lock);
+            if (trc < 0 && !r->packs[no].damaged) {
+                r->packs[no].damaged = true;
+                r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            } else if (trc == 0) {
+                r->packs[no].table_ok = r->packs[no].stat_ok = true;
+            }
+            pthread_mutex_unlock(&r->lock);
+        }
         vmsh_error_free(e);
     }
     free(names);
