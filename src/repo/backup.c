@@ -707,6 +707,13 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         size_t k = 0, n = 0;
         rc = 0;
         bool checked = o->base->checked_repo == r && o->base->checked_gen == r->map_gen;
+        if (!checked && o->base->from_repo == r) {
+            /* its manifest still there, under our write lock: its chunks
+             * are kept (docs/formats/repository.md, "Chunk index runs") */
+            char mp[32];
+            snprintf(mp, sizeof(mp), "backups/%s", o->base->from_backup);
+            checked = r->store->ops->stat(r->store, mp, NULL, NULL) == 0;
+        }
         for (size_t i = 0; i < o->base->count && rc == 0; i++) {
             const index_entry *be = &o->base->entries[i];
             if (be->chunk >= nchunks || bit_get(changed, be->chunk))

@@ -200,6 +200,12 @@ struct vmsh_file_index {
      * pending; forgetting it starts a new generation) */
     const vmsh_repo *checked_repo;
     uint64_t checked_gen;
+    /* loaded by vmsh_file_index_load from this repository's backup: while
+     * that manifest exists and a backup holds the write lock, every chunk
+     * the index names exists (gc keeps them and only gc deletes), so an
+     * incremental need not look its base chunks up (issue 27) */
+    const vmsh_repo *from_repo;
+    char from_backup[VMSH_BACKUP_ID_LEN + 1];
 };
 int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
                 vmsh_error **err);

@@ -690,8 +690,12 @@ static int load_tables(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
             /* A damaged pack does not stop the repository from opening: its
              * chunks count as missing; verify names what needs them, and a new
              * backup stores them again. */
-            r->packs[no].damaged = true;
-            r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[no].damaged) { /* a reader may have found it already */
+                r->packs[no].damaged = true;
+                r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            }
+            pthread_mutex_unlock(&r->lock);
             vmsh_error_free(e);
             free(tables[i].entries);
             tables[i] = (pack_table){0};
