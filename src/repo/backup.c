@@ -915,5 +915,14 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     if (rc < 0)
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
     b->committed = true;
+    if (b->repo->ci) {
+        /* Keep the number of runs a lookup reads small between gcs: above
+         * 16, the small runs of recent backups (up to 4 Mi entries each,
+         * 256 MiB of run) are merged into one. The backup is committed
+         * already: a failure here only leaves the runs as they were. */
+        ci_key key;
+        ci_key_init(&key, &b->repo->keys);
+        ci_merge_small(b->repo, &key, 2 * CI_MERGE_RUNS, 4u << 20, NULL);
+    }
     return 0;
 }

@@ -399,22 +399,15 @@ int ci_count_runs(vmsh_repo *r, size_t *n, vmsh_error **err)
     return rc;
 }
 
-int ci_set_open(vmsh_repo *r, ci_set **out, vmsh_error **err)
+static int set_open_once(vmsh_repo *r, ci_set *s, bool *vanished, vmsh_error **err)
 {
-    ci_set *s = calloc(1, sizeof(*s));
-    if (!s)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    ci_key_init(&s->key, &r->keys);
     run_names l;
     int rc = list_runs(r, ".run", &l, err);
-    if (rc < 0) {
-        free(s);
+    if (rc < 0)
         return rc;
-    }
     s->runs = calloc(l.n ? l.n : 1, sizeof(*s->runs));
     if (!s->runs) {
         free(l.v);
-        free(s);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < l.n; i++) {
@@ -429,18 +422,42 @@ int ci_set_open(vmsh_repo *r, ci_set **out, vmsh_error **err)
         if (fatal) {
             vmsh_error_propagate(err, &e);
             free(l.v);
-            ci_set_free(s);
             return rc;
         }
         vmsh_error_free(e);
         if (rc == 0)
             s->n++;
-        /* a run that vanished (gc's merge) or is damaged is left out: its
-         * entries are misses, covered by the readers' fallback */
+        else if (rc == -ENOENT)
+            *vanished = true; /* merged away between the listing and the open */
+        /* a damaged run is left out: its entries are misses, covered by
+         * the readers' fallback */
     }
     free(l.v);
-    *out = s;
     return 0;
+}
+
+int ci_set_open(vmsh_repo *r, ci_set **out, vmsh_error **err)
+{
+    /* A merge writes its run before it deletes the runs it merged: a
+     * listing that names a run gone by the time it is opened may miss the
+     * new one, so it is taken again (a few times: merges are rare). */
+    for (int attempt = 0;; attempt++) {
+        ci_set *s = calloc(1, sizeof(*s));
+        if (!s)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        ci_key_init(&s->key, &r->keys);
+        bool vanished = false;
+        int rc = set_open_once(r, s, &vanished, err);
+        if (rc < 0) {
+            ci_set_free(s);
+            return rc;
+        }
+        if (!vanished || attempt == 3) {
+            *out = s;
+            return 0;
+        }
+        ci_set_free(s);
+    }
 }
 
 void ci_set_free(ci_set *s)
@@ -802,6 +819,35 @@ int ci_merge_all(vmsh_repo *r, const ci_key *k, ci_filter_fn keep, void *opaque,
         return rc;
     rc = merge_named(r, k, &l, ".run", keep, opaque, err);
     free(l.v);
+    return rc;
+}
+
+int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t small, vmsh_error **err)
+{
+    run_names l;
+    int rc = list_runs(r, ".run", &l, err);
+    if (rc < 0 || l.n <= max_runs) {
+        free(l.v);
+        return rc;
+    }
+    /* the small runs only: the cost stays bounded by `small` entries each,
+     * whatever the size of the big merged run */
+    run_names pick = {.v = vmsh_calloc_array(l.n, sizeof(*l.v))};
+    if (!pick.v) {
+        free(l.v);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        ci_run *run = NULL;
+        vmsh_error *e = NULL;
+        if (run_open(r, k, l.v[i], &run, &e) == 0 && run->h.n_entries <= small)
+            memcpy(pick.v[pick.n++], l.v[i], 33);
+        vmsh_error_free(e);
+        run_free(run);
+    }
+    free(l.v);
+    rc = pick.n >= 2 ? merge_named(r, k, &pick, ".run", NULL, NULL, err) : 0;
+    free(pick.v);
     return rc;
 }
 

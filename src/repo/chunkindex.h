@@ -108,6 +108,11 @@ int ci_merge_all(vmsh_repo *r, const ci_key *k, ci_filter_fn keep, void *opaque,
 struct crypto_ctx;
 int ci_build_from_packs(vmsh_repo *r, struct crypto_ctx *c, const ci_key *k, ci_filter_fn keep,
                         void *opaque, vmsh_error **err);
+/* When there are more than max_runs runs, merges those of at most `small`
+ * entries into one (a backup's commit: lookups read every run, and each
+ * backup adds one; gc merges them all). */
+int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t small,
+                   vmsh_error **err);
 /* Removes leftover .part files (a build killed midway). */
 void ci_remove_parts(vmsh_repo *r);
 

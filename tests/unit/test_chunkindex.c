@@ -460,6 +460,20 @@ static void backups_through_runs(void **state)
     vmsh_repo_free(r);
     assert_int_equal(count_runs(repo), 1);
     verify_ok(repo, NULL, true);
+    /* between gcs, commits keep the runs at most 16 (+ the big one) by
+     * merging the small ones */
+    for (int round = 0; round < 20; round++) {
+        vmsh_repo *w = open_repo(repo);
+        vmsh_backup *b = NULL;
+        assert_int_equal(vmsh_backup_begin(&b, w, &err), 0);
+        data[round * 4096] ^= 0x5a;
+        assert_int_equal(vmsh_backup_add_buffer(b, "d", data, len, &err), 0);
+        assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
+        vmsh_backup_free(b);
+        vmsh_repo_free(w);
+        assert_true(count_runs(repo) <= 2 * CI_MERGE_RUNS);
+    }
+    verify_ok(repo, NULL, true);
     free(data);
     rm_rf(dir);
     free(dir);
