@@ -10,9 +10,9 @@
 # of the benchmark image (bench/make_images.py, IMG_SIZE, default 4 GiB) into
 # it against the same backup into an empty repository: peak RSS (GNU time)
 # and total time over ROUNDS (5) pairs of backups, one into each repository
-# in turn (time ratio: the median of the pairs' ratios), and the time to
-# first progress (the first run of chunks read and stored) as the median of
-# TTFB_ROUNDS (9) backups of the image's first 256 MiB. Then verify, prune and gc on the big
+# in turn (time ratio: the median of the pairs' ratios), and the time to the
+# first byte read from the source (and to the first run of chunks stored)
+# as the median of TTFB_ROUNDS (15) backups of the image's first 256 MiB. Then verify, prune and gc on the big
 # repository, each with its peak RSS, and gc merging it when MERGE=1 (the
 # 100 M entries split over 9 runs). Then today's code (OLD_REV, default
 # main's commit before issue 27: the merge base) built in a temporary
@@ -20,7 +20,7 @@
 # 4 million) entries in pack tables, which it loads whole; its memory is
 # extrapolated to CHUNKS. Last line: chunks=N peak_rss_mib=X time_ratio=Y
 # (X: the largest peak RSS of backup, verify, prune and gc on the big
-# repository; Y: the larger of the first-progress and total time ratios,
+# repository; Y: the larger of the first-byte and total time ratios,
 # big repository against empty). Needs ~8 GB free under WORK per 100 M
 # chunks, plus the image and two backups of it.
 set -euo pipefail
@@ -33,7 +33,7 @@ CHUNKS=${CHUNKS:-100000000}
 OLD_CHUNKS=${OLD_CHUNKS:-4000000}
 IMG_SIZE=${IMG_SIZE:-4294967296}
 ROUNDS=${ROUNDS:-5}
-TTFB_ROUNDS=${TTFB_ROUNDS:-9}
+TTFB_ROUNDS=${TTFB_ROUNDS:-15}
 MERGE=${MERGE:-0}
 WORK=${WORK:-/var/tmp/vmshadow-scale}
 SRC=$(pwd)
@@ -111,20 +111,24 @@ pair_rounds() {
 }
 
 # ttfb_rounds TOOL REPO PREFIX: TTFB_ROUNDS backups of the image's first
-# 256 MiB (time to first progress does not depend on the image's size, and
-# tens of milliseconds need many rounds on a busy machine), undone as above.
-# Sets <PREFIX>_F (median, s) and <PREFIX>_FALL.
+# 256 MiB (time to first byte does not depend on the image's size, and
+# milliseconds need many rounds on a busy machine), undone as above, with
+# the tool's source wrapped to note its first read (VMSH_TOOL_TIME_READ).
+# Sets <PREFIX>_F (median time to the first byte read, s), <PREFIX>_P
+# (median time to the first progress report) and <PREFIX>_FALL.
 ttfb_rounds() {
-    local tool=$1 repo=$2 p=$3 fs=() all=""
+    local tool=$1 repo=$2 p=$3 fs=() ps=() all=""
     (cd "$repo" && find . -type f | sort) > "$WORK/before.lst"
     for i in $(seq "$TTFB_ROUNDS"); do
-        rss_of "$tool" backup "$repo" "disk=$WORK/img/head.raw"
-        fs+=("$(jf first_progress_s)")
-        all="$all $(jf first_progress_s)"
+        VMSH_TOOL_TIME_READ=1 rss_of "$tool" backup "$repo" "disk=$WORK/img/head.raw"
+        fs+=("$(jf first_read_s)")
+        ps+=("$(jf first_progress_s)")
+        all="$all $(jf first_read_s)"
         (cd "$repo" && find . -type f | sort) > "$WORK/after.lst"
         comm -13 "$WORK/before.lst" "$WORK/after.lst" | (cd "$repo" && xargs -r rm -f)
     done
     printf -v "${p}_F" '%s' "$(median "${fs[@]}")"
+    printf -v "${p}_P" '%s' "$(median "${ps[@]}")"
     printf -v "${p}_FALL" '%s' "$all"
 }
 head -c 256M "$IMG" > "$WORK/img/head.raw"
@@ -144,7 +148,8 @@ say "generated $CHUNKS index entries in $k run(s): $(printf %.1f "$gen_s") s, $(
 pair_rounds "$TOOL" "$EMPTY" "$TOOL" "$BIG" N
 ttfb_rounds "$TOOL" "$EMPTY" E
 ttfb_rounds "$TOOL" "$BIG" B
-say "time to first progress (256 MiB prefix, median of $TTFB_ROUNDS): empty ${E_F} s (${E_FALL} ), $CHUNKS chunks ${B_F} s (${B_FALL} )"
+say "time to first byte read (256 MiB prefix, median of $TTFB_ROUNDS): empty ${E_F} s (${E_FALL} ), $CHUNKS chunks ${B_F} s (${B_FALL} )"
+say "time to first progress (the first run of chunks stored, median): empty ${E_P} s, $CHUNKS chunks ${B_P} s"
 say "backup of the image, empty repository: peak RSS $((N_RSS1 / 1024)) MiB, total ${N_T1} s, CPU ${N_CPU1} s"
 say "backup of the image, $CHUNKS chunks:     peak RSS $((N_RSS2 / 1024)) MiB, total ${N_T2} s, CPU ${N_CPU2} s"
 say "  rounds empty/big (s):${N_ALL}; median ratio of the pairs ${N_RATIO}"
@@ -159,7 +164,7 @@ say "on $CHUNKS chunks: verify $((VER_RSS / 1024)) MiB ${VER_T} s, prune $((PRU_
 peak=$(printf '%s\n' "$N_RSS2" "$VER_RSS" "$PRU_RSS" "$GC_RSS" | sort -n | tail -1)
 r1=$(echo "scale=3; $B_F / $E_F" | bc)
 rt=$N_RATIO
-say "ratios (big/empty): first progress $r1, total $rt"
+say "ratios (big/empty): first byte $r1, total $rt"
 rm -rf "$BIG" "$EMPTY"
 
 # --- today's code (before issue 27) ---
