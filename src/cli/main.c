@@ -1,6 +1,7 @@
 /* main.c - global options, configuration and command dispatch (CLI.md). */
 #include "cli.h"
 
+#include <vmshadow/repo/repo.h>
 #include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/util/version.h>
@@ -55,6 +56,17 @@ static const char *const config_keys[] = {
     "key-file",
     "agent-timeout",
     "scratch-dir",
+    /* the object stores' (issue 26): vmsh_repo_store_setopt */
+    "store-threads",
+    "store-timeout",
+    "store-readahead",
+    "store-lease-seconds",
+    "ceph-conf",
+    "ceph-user",
+    "ceph-keyring",
+    "s3-region",
+    "s3-credentials-file",
+    "s3-addressing",
     /* the scheduled jobs' and the metrics' (issue 24) */
     "schedule-vms",
     "keep-last",
@@ -541,6 +553,10 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     }
     if ((r = check_config_values(cli)))
         return r;
+    for (size_t i = 0; cli->config && config_keys[i]; i++)
+        if (strncmp(config_keys[i], "store-", 6) == 0 || strncmp(config_keys[i], "ceph-", 5) == 0 ||
+            strncmp(config_keys[i], "s3-", 3) == 0)
+            vmsh_repo_store_setopt(config_keys[i], vmsh_kvconf_get(cli->config, config_keys[i]));
     cli->repo = first_of(g.repo, getenv("VMSHADOW_REPO"), vmsh_kvconf_get(cli->config, "repo"),
                          DEFAULT_REPO);
     if (!cli->uri) {
