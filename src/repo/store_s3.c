@@ -35,6 +35,7 @@
 typedef struct s3_store {
     obj_store o;
     char *scheme, *host, *bucket, *prefix; /* prefix "" or "PREFIX/" */
+    char *disp;                            /* the bucket's URL, for messages: keys follow */
     bool virtual_host;
     char *access, *secret, *token, *region;
     unsigned timeout_s, lease_s;
@@ -58,6 +59,11 @@ typedef struct sink {
     size_t len, cap, max;
     bool fixed; /* buf is the caller's, cap bytes */
     bool overflow;
+    /* a fixed sink's reply that is an error: its document goes here */
+    CURL *c;
+    bool checked, is_err;
+    char *ebuf;
+    size_t elen;
 } sink;
 
 typedef struct reply {
@@ -76,6 +82,23 @@ static size_t on_body(char *p, size_t sz, size_t n, void *opaque)
 {
     sink *k = opaque;
     size_t len = sz * n;
+    if (k->fixed && !k->checked) {
+        long st = 0;
+        curl_easy_getinfo(k->c, CURLINFO_RESPONSE_CODE, &st);
+        k->checked = true;
+        k->is_err = st >= 300;
+    }
+    if (k->is_err) {
+        if (k->elen + len > ERR_MAX)
+            return len; /* the start of it is enough */
+        char *nb = realloc(k->ebuf, k->elen + len + 1);
+        if (!nb)
+            return 0;
+        memcpy(nb + k->elen, p, len);
+        k->ebuf = nb;
+        k->elen += len;
+        return len;
+    }
     if (k->len + len > k->cap) {
         if (k->fixed || k->len + len > k->max) {
             k->overflow = true;
@@ -159,10 +182,12 @@ static void handle_put(s3_store *s, CURL *c)
 static void error_code(const sink *k, char *out, size_t n)
 {
     out[0] = 0;
-    if (!k->buf || !k->len)
+    const char *buf = k->is_err ? k->ebuf : k->buf;
+    size_t len = k->is_err ? k->elen : k->len;
+    if (!buf || !len)
         return;
-    const char *b = memmem(k->buf, k->len, "<Code>", 6);
-    const char *e = b ? memmem(b, k->len - (size_t)(b - k->buf), "</Code>", 7) : NULL;
+    const char *b = memmem(buf, len, "<Code>", 6);
+    const char *e = b ? memmem(b, len - (size_t)(b - buf), "</Code>", 7) : NULL;
     if (b && e)
         snprintf(out, n, "%.*s", (int)(e - b - 6), b + 6);
 }
@@ -243,6 +268,11 @@ static int attempt(s3_store *s, const req *q, sink *k, reply *r, bool *transient
         hl = curl_slist_append(hl, "If-None-Match: *");
     hl = curl_slist_append(hl, "Expect:");
     source src = {q->body, q->body_len, 0};
+    k->c = c;
+    k->checked = k->is_err = false;
+    free(k->ebuf);
+    k->ebuf = NULL;
+    k->elen = 0;
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
@@ -316,10 +346,9 @@ static int request(s3_store *s, const req *q, sink *k, reply *r, vmsh_error **er
                 if (rc == -ENOMEM)
                     return vmsh_error_set(err, rc, "out of memory");
                 if (rc == -EFBIG)
-                    return vmsh_error_set(err, rc, "%s/%s: the reply is too large", s->o.base.root,
-                                          what);
-                return vmsh_error_set(err, rc, "S3 %s %s/%s failed%s: %s%s", q->method,
-                                      s->o.base.root, what, i > 1 ? " after retries" : "", cerr,
+                    return vmsh_error_set(err, rc, "%s/%s: the reply is too large", s->disp, what);
+                return vmsh_error_set(err, rc, "S3 %s %s/%s failed%s: %s%s", q->method, s->disp,
+                                      what, i > 1 ? " after retries" : "", cerr,
                                       rc == -ETIMEDOUT ? " (the store stalled; store-timeout)"
                                       : rc == -EPERM
                                           ? " (the endpoint's certificate is not trusted)"
@@ -349,8 +378,8 @@ static int status_error(s3_store *s, const req *q, const reply *r, const sink *k
         bool creds =
             strcmp(code, "InvalidAccessKeyId") == 0 || strcmp(code, "SignatureDoesNotMatch") == 0;
         return vmsh_error_set(
-            err, -EACCES, "S3 %s %s/%s refused (%ld %s)%s", q->method, s->o.base.root, what,
-            r->status, *code ? code : "Forbidden",
+            err, -EACCES, "S3 %s %s/%s refused (%ld %s)%s", q->method, s->disp, what, r->status,
+            *code ? code : "Forbidden",
             creds ? ": wrong credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the "
                     "s3-credentials-file)"
             : strcmp(code, "RequestTimeTooSkewed") == 0
@@ -360,7 +389,7 @@ static int status_error(s3_store *s, const req *q, const reply *r, const sink *k
     if (r->status == 412)
         return -EEXIST;
     return vmsh_error_set(err, r->status >= 500 ? -EIO : -EPROTO, "S3 %s %s/%s failed: HTTP %ld %s",
-                          q->method, s->o.base.root, what, r->status, code);
+                          q->method, s->disp, what, r->status, code);
 }
 
 static char *skey(s3_store *s, const char *key)
@@ -409,12 +438,10 @@ static int get_raw(s3_store *s, const char *k, uint64_t off, size_t len, void *b
         return st;
     if (st == 416)
         return 0; /* at or past the end */
-    if (st / 100 != 2) {
-        /* the error document went into buf: read its code from there */
-        return status_error(s, &q, &r, &sk, err);
-    }
-    *got = sk.len;
-    return 0;
+    int rc = st / 100 != 2 ? status_error(s, &q, &r, &sk, err) : 0;
+    free(sk.ebuf);
+    *got = rc == 0 ? sk.len : 0;
+    return rc;
 }
 
 static int s_read(obj_store *os, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
@@ -690,9 +717,9 @@ static int busy(vmsh_error **err, s3_store *s, const char *key)
 {
     return vmsh_error_set(err, -EBUSY,
                           "the repository (%s lock) is busy: another vmshadow process holds "
-                          "the lease %s/%s; wait for it to finish and retry (a lease of a "
+                          "the lease %s/%s%s; wait for it to finish and retry (a lease of a "
                           "process that died expires after %u s)",
-                          key + 6, s->o.base.root, key, s->lease_s);
+                          key + 6, s->disp, s->prefix, key, s->lease_s);
 }
 
 static int s_lock(obj_store *os, const char *key, bool exclusive, vmsh_lock **out, vmsh_error **err)
@@ -801,6 +828,7 @@ static void s_free(obj_store *os)
         curl_easy_cleanup(s->idle[i]);
     pthread_mutex_destroy(&s->hmu);
     free(s->scheme);
+    free(s->disp);
     free(s->host);
     free(s->bucket);
     free(s->prefix);
@@ -904,7 +932,10 @@ int repo_store_s3_open(repo_store **out, const char *url, unsigned flags, vmsh_e
     } else {
         s->prefix = strdup("");
     }
-    if (!s->scheme || !s->host || !s->bucket || !s->prefix) {
+    if (s->host && s->bucket &&
+        asprintf(&s->disp, "%.*s%s/%s", (int)(p - url), url, s->host, s->bucket) < 0)
+        s->disp = NULL;
+    if (!s->scheme || !s->host || !s->bucket || !s->prefix || !s->disp) {
         s_free(&s->o);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
