@@ -6,6 +6,7 @@
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/fs.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,11 +54,24 @@ int vmsh_repo_store_setopt(const char *key, const char *value)
     return -ENOENT;
 }
 
+/* The config's value (vmsh_repo_store_setopt), else the environment's
+ * VMSHADOW_<KEY> (store-timeout: VMSHADOW_STORE_TIMEOUT), for programs
+ * without a config file (the repository tool, tests). */
 const char *obj_store_opt(const char *key)
 {
-    for (size_t i = 0; opt_keys[i]; i++)
-        if (strcmp(opt_keys[i], key) == 0)
+    for (size_t i = 0; opt_keys[i]; i++) {
+        if (strcmp(opt_keys[i], key) != 0)
+            continue;
+        if (opt_vals[i])
             return opt_vals[i]; /* set before any store opens, never changed after */
+        char env[64] = "VMSHADOW_";
+        size_t n = strlen(env);
+        for (const char *c = key; *c && n + 1 < sizeof(env); c++)
+            env[n++] = *c == '-' ? '_' : (char)toupper((unsigned char)*c);
+        env[n] = 0;
+        const char *v = getenv(env);
+        return v && *v ? v : NULL;
+    }
     return NULL;
 }
 
