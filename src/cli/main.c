@@ -97,8 +97,9 @@ static void print_help(FILE *f)
         "Options:\n"
         "  -c, --connect URI   libvirt connection (default $LIBVIRT_DEFAULT_URI, else "
         "qemu:///system)\n"
-        "  -r, --repo DIR      repository (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO
-        ")\n"
+        "  -r, --repo REPO     repository: a directory, rados://POOL[/PREFIX] or\n"
+        "                      s3://HOST[:PORT]/BUCKET[/PREFIX] (s3+http:// for plain HTTP)\n"
+        "                      (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO ")\n"
         "      --config FILE   configuration file (default $VMSHADOW_CONFIG, else " DEFAULT_CONFIG
         ")\n"
         "      --json          one JSON document on stdout; messages go to stderr\n"
