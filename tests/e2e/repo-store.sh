@@ -181,7 +181,7 @@ check "nothing of the failed backup is visible" test "$(jq -c '[.backups[].id] |
 vsh verify
 check "verify after the failure: no damage" test "$RC" = 0
 tool_backup b
-check "the next backup succeeds" test "$RC" = 0
+check "the next backup succeeds ($ERR)" test "$RC" = 0
 "$TOOL" restore "$VMSHADOW_REPO" "$BID" vm/disk.img "$LAB_WORK/out.img" 2>/dev/null
 check "and restores byte-identical" cmp -s "$LAB_WORK/b.img" "$LAB_WORK/out.img"
 vsh --json gc

@@ -122,7 +122,17 @@ _cl_start_rgw() {
 }
 
 _cl_start_osd() {
-    ceph-osd -i 0 2>>"$CEPH_LAB_DIR/log/osd.0.start.err" && _cl_wait_osd
+    ceph-osd -i 0 2>>"$CEPH_LAB_DIR/log/osd.0.start.err" && _cl_wait_osd || return 1
+    # after a restart the monitor may still show the old OSD up: wait until
+    # the pool really takes a write (not on the first start: no pool yet)
+    ceph osd pool ls 2>/dev/null | grep -qx "$CEPH_LAB_POOL" || return 0
+    local i
+    for i in $(seq 1 60); do
+        timeout 15 rados -p "$CEPH_LAB_POOL" put lab-probe /proc/self/stat 2>/dev/null && return 0
+        sleep 1
+    done
+    _cl_log "the restarted OSD takes no writes after 60 tries"
+    return 1
 }
 
 # Stops the daemons named by PID files (only if the PID is one of ours).
