@@ -66,4 +66,16 @@ int vmsh_vm_writer_restore_plan(vmsh_writer_ops *w, vmsh_metadata *md, const vms
                                 const char *const *xmls, struct json_object **out,
                                 vmsh_error **err);
 
+/* Where a restore puts one file `f` of the component `c` (SPEC R10, R12;
+ * issue 20), decided from the document alone (pure: nothing is looked up or
+ * changed): *out its final place (NULL: not placed, e.g. the XML, or a
+ * copy's TPM), *link the default place of libvirt's that links to it
+ * (NULL: none); both malloc'ed. Under --to every *out is inside
+ * DIR/<vm>/; a *link lies only in libvirt's per-VM places; no path has a
+ * '.' or '..' component. Expected errors: -EINVAL (a name or path of the
+ * backup that is not safe). The restore checks in addition what exists at
+ * these places (only what the replaced VM owns is replaced). */
+int vmsh_vm_writer_restore_place(const vmsh_set_options *o, const vmsh_component *c,
+                                 const vmsh_file *f, char **out, char **link, vmsh_error **err);
+
 #endif
