@@ -232,7 +232,7 @@ static int attempt(s3_store *s, const req *q, sink *k, reply *r, bool *transient
         return -ENOMEM;
     char sha[65], date[17];
     sigv4_sha256_hex(q->body ? q->body : "", q->body_len, sha);
-    amz_date(s->skew, date);
+    amz_date(__atomic_load_n(&s->skew, __ATOMIC_RELAXED), date);
     sigv4_header h[4] = {{"host", hosth}, {"x-amz-content-sha256", sha}, {"x-amz-date", date}, {0}};
     size_t nh = 3;
     if (s->token)
@@ -304,8 +304,8 @@ static int attempt(s3_store *s, const req *q, sink *k, reply *r, bool *transient
     int rc = 0;
     if (cc == CURLE_OK) {
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-        if (r->date > 0)
-            s->skew = r->date - (int64_t)time(NULL); /* a race of equal values */
+        if (r->date > 0) /* several threads: any recent value will do */
+            __atomic_store_n(&s->skew, r->date - (int64_t)time(NULL), __ATOMIC_RELAXED);
     } else if (cc == CURLE_WRITE_ERROR && k->overflow) {
         rc = -EFBIG;
     } else {
@@ -621,7 +621,7 @@ typedef struct s3_lease {
 
 static int64_t now_store(s3_store *s)
 {
-    return (int64_t)time(NULL) + s->skew;
+    return (int64_t)time(NULL) + __atomic_load_n(&s->skew, __ATOMIC_RELAXED);
 }
 
 static int lease_write(s3_lease *l, bool if_none_match, vmsh_error **err)
