@@ -478,6 +478,15 @@ static int s_stat(obj_store *os, const char *key, repo_store_stat *st, vmsh_erro
                                   s->bucket, s->o.base.root);
         }
     }
+    if (rc == 403) {
+        /* a HEAD's refusal has no error document to say why (wrong
+         * credentials, a skewed clock, a policy): a one-byte GET has */
+        char one[1];
+        size_t got = 0;
+        free(sk.buf);
+        int g = get_raw(s, k, 0, 1, one, &got, err);
+        return g < 0 ? g : vmsh_error_set(err, -EACCES, "S3 HEAD %s/%s refused (403)", s->disp, k);
+    }
     if (rc >= 0 && rc / 100 != 2) {
         rc = rc == 404 ? -ENOENT : status_error(s, &q, &r, &sk, err);
     } else if (rc >= 0) {
