@@ -26,6 +26,14 @@ store_cleanup() {
     # a daemon this test stopped comes back for the next test
     if [ "${RESTART:-}" = osd ]; then "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" start-osd >/dev/null 2>&1; fi
     if [ "${RESTART:-}" = rgw ]; then "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" start-rgw >/dev/null 2>&1; fi
+    # the test's repository goes (the pool and the gateway are shared)
+    if [ -n "${U:-}" ] && [ "$CEPH_LAB_OWNED" = 0 ] && [ -n "${VMSH_CEPH_POOL:-}" ]; then
+        if [ "$STORE" = rados ]; then
+            rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U/" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm
+        else
+            radosgw-admin bucket rm --bucket="$U" --purge-objects >/dev/null 2>&1
+        fi
+    fi
     ceph_lab_release
     lab_cleanup
 }
@@ -213,10 +221,4 @@ while True:
     echo "# stalled store gave up after $(($(date +%s) - t0)) s: $ERR"
 fi
 
-# the test's repository goes (the pool and the gateway are shared)
-if [ "$STORE" = rados ]; then
-    rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U/" | while read -r o; do rados -p "$VMSH_CEPH_POOL" rm "$o"; done
-else
-    radosgw-admin bucket rm --bucket="$U" --purge-objects >/dev/null 2>&1
-fi
 e2e_done
