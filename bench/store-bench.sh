@@ -55,7 +55,7 @@ run_vmshadow s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo"
 if command -v restic >/dev/null; then
     export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://$VMSH_S3_ENDPOINT/$U-restic
     restic init >/dev/null 2>&1
-    measure restic backup restic backup --no-scan "$IMG/day1.raw"
+    measure restic backup restic backup "$IMG/day1.raw"
     measure restic restore restic restore latest --target "$WORK/restic-out"
     rm -rf "$WORK/restic-out"
 fi

@@ -156,14 +156,29 @@ check "a bad URL is refused" test "$RC" != 0
 check "with the URL's form" grep -qi "want\|bad repository URL\|unknown repository" <<<"$ERR"
 
 # ---- the store goes away in the middle of a backup ----
-# big enough to be mid-upload when the daemon goes (S3 moves ~100 MB/s here)
-head -c "$([ "$STORE" = s3 ] && echo 256M || echo 96M)" /dev/urandom >"$LAB_WORK/big.img"
+# The daemon goes once the backup has stored its first pack: mid-backup
+# (512 MiB of random data is 8 packs; one upload thread).
+head -c 512M /dev/urandom >"$LAB_WORK/big.img"
+packs() {
+    if [ "$STORE" = rados ]; then
+        rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep -c "^$U/packs/"
+    else
+        radosgw-admin bucket list --bucket="$U" --max-entries=10000 2>/dev/null | grep -c '"name": "repo/packs/'
+    fi
+}
 vsh --json list
 before=$(jq -c '[.backups[].id] | sort' <<<"$OUT")
-"$TOOL" backup --doc '{"vms":[{"name":"vm-big","method":"saved-state"}]}' "$VMSHADOW_REPO" \
+p0=$(packs)
+VMSHADOW_STORE_THREADS=1 "$TOOL" backup --doc '{"vms":[{"name":"vm-big","method":"saved-state"}]}' "$VMSHADOW_REPO" \
     "vm/disk.img=$LAB_WORK/big.img" >"$LAB_WORK/big.out" 2>"$LAB_WORK/big.err" &
 BG_PID=$!
-sleep 1
+for _ in $(seq 300); do
+    [ "$(packs)" -gt "$p0" ] && break
+    kill -0 "$BG_PID" 2>/dev/null || break
+    sleep 0.1
+done
+kill -0 "$BG_PID" 2>/dev/null || fail "the backup ended before its first pack was seen: $(cat "$LAB_WORK/big.err")"
+np=$(($(packs) - p0))
 if [ "$STORE" = rados ]; then
     RESTART=osd
     "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" stop-osd
@@ -171,6 +186,7 @@ else
     RESTART=rgw
     "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" stop-rgw
 fi
+pass "the $([ "$STORE" = rados ] && echo OSD || echo gateway) went away after $np of the backup's packs"
 t0=$(date +%s)
 wait "$BG_PID"
 brc=$?
