@@ -311,12 +311,13 @@ static int attempt(s3_store *s, const req *q, sink *k, reply *r, bool *transient
     } else {
         snprintf(cerr, cerr_n, "%s", *ebuf ? ebuf : curl_easy_strerror(cc));
         *transient = cc != CURLE_SSL_CACERT && cc != CURLE_PEER_FAILED_VERIFICATION &&
-                     cc != CURLE_URL_MALFORMAT && cc != CURLE_UNSUPPORTED_PROTOCOL &&
-                     cc != CURLE_COULDNT_RESOLVE_HOST;
+                     cc != CURLE_SSL_CONNECT_ERROR && cc != CURLE_URL_MALFORMAT &&
+                     cc != CURLE_UNSUPPORTED_PROTOCOL && cc != CURLE_COULDNT_RESOLVE_HOST;
         rc = cc == CURLE_OPERATION_TIMEDOUT         ? -ETIMEDOUT
              : cc == CURLE_COULDNT_CONNECT          ? -ECONNREFUSED
              : cc == CURLE_PEER_FAILED_VERIFICATION ? -EPERM
              : cc == CURLE_SSL_CACERT               ? -EPERM
+             : cc == CURLE_SSL_CONNECT_ERROR        ? -EPROTO
                                                     : -EIO;
     }
     handle_put(s, c);
@@ -347,12 +348,14 @@ static int request(s3_store *s, const req *q, sink *k, reply *r, vmsh_error **er
                     return vmsh_error_set(err, rc, "out of memory");
                 if (rc == -EFBIG)
                     return vmsh_error_set(err, rc, "%s/%s: the reply is too large", s->disp, what);
-                return vmsh_error_set(err, rc, "S3 %s %s/%s failed%s: %s%s", q->method, s->disp,
-                                      what, i > 1 ? " after retries" : "", cerr,
-                                      rc == -ETIMEDOUT ? " (the store stalled; store-timeout)"
-                                      : rc == -EPERM
-                                          ? " (the endpoint's certificate is not trusted)"
-                                          : "");
+                return vmsh_error_set(
+                    err, rc, "S3 %s %s/%s failed%s: %s%s", q->method, s->disp, what,
+                    i > 1 ? " after retries" : "", cerr,
+                    rc == -ETIMEDOUT ? " (the store stalled; store-timeout)"
+                    : rc == -EPERM   ? " (the endpoint's certificate is not trusted)"
+                    : rc == -EPROTO  ? " (no TLS there? s3+http:// is for plain-HTTP "
+                                       "endpoints)"
+                                     : "");
             }
             return (int)r->status;
         }
