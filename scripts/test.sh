@@ -18,7 +18,19 @@ scripts/install-deps.sh || exit 1
 # if this script started it.
 . tests/lab/lab.sh
 lab_libvirt_up
-trap lab_libvirt_down EXIT
+# One single-node Ceph (RADOS and radosgw) for the whole run, shared by the
+# object-store tests (issue 26; tests/lab/ceph.sh): started here unless one
+# runs, stopped at the end only if this script started it.
+. tests/lab/ceph.sh
+ceph_started=0
+if ! ceph_lab_running; then
+    if ceph_lab_up; then ceph_started=1; else ceph_lab_down; echo "test.sh: no Ceph lab: the store tests start their own" >&2; fi
+fi
+test_exit() {
+    [ "$ceph_started" = 1 ] && ceph_lab_down
+    lab_libvirt_down
+}
+trap test_exit EXIT
 
 jobs=$(nproc)
 passed=0

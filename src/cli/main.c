@@ -1,6 +1,7 @@
 /* main.c - global options, configuration and command dispatch (CLI.md). */
 #include "cli.h"
 
+#include <vmshadow/repo/repo.h>
 #include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/util/version.h>
@@ -56,6 +57,17 @@ static const char *const config_keys[] = {
     "key-file",
     "agent-timeout",
     "scratch-dir",
+    /* the object stores' (issue 26): vmsh_repo_store_setopt */
+    "store-threads",
+    "store-timeout",
+    "store-readahead",
+    "store-lease-seconds",
+    "ceph-conf",
+    "ceph-user",
+    "ceph-keyring",
+    "s3-region",
+    "s3-credentials-file",
+    "s3-addressing",
     /* the scheduled jobs' and the metrics' (issue 24) */
     "schedule-vms",
     "keep-last",
@@ -86,8 +98,9 @@ static void print_help(FILE *f)
         "Options:\n"
         "  -c, --connect URI   libvirt connection (default $LIBVIRT_DEFAULT_URI, else "
         "qemu:///system)\n"
-        "  -r, --repo DIR      repository (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO
-        ")\n"
+        "  -r, --repo REPO     repository: a directory, rados://POOL[/PREFIX] or\n"
+        "                      s3://HOST[:PORT]/BUCKET[/PREFIX] (s3+http:// for plain HTTP)\n"
+        "                      (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO ")\n"
         "      --config FILE   configuration file (default $VMSHADOW_CONFIG, else " DEFAULT_CONFIG
         ")\n"
         "      --json          one JSON document on stdout; messages go to stderr\n"
@@ -566,6 +579,10 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     }
     if ((r = check_config_values(cli)))
         return r;
+    for (size_t i = 0; cli->config && config_keys[i]; i++)
+        if (strncmp(config_keys[i], "store-", 6) == 0 || strncmp(config_keys[i], "ceph-", 5) == 0 ||
+            strncmp(config_keys[i], "s3-", 3) == 0)
+            vmsh_repo_store_setopt(config_keys[i], vmsh_kvconf_get(cli->config, config_keys[i]));
     cli->repo = first_of(g.repo, getenv("VMSHADOW_REPO"), vmsh_kvconf_get(cli->config, "repo"),
                          DEFAULT_REPO);
     if (!cli->uri) {

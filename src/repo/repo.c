@@ -1,6 +1,7 @@
 /* repo.c - creating and opening repositories, the chunk map, manifests and
  * listing (docs/formats/repository.md). */
 #include "internal.h"
+#include "store_obj.h"
 
 #include "chunkindex.h"
 
@@ -141,6 +142,23 @@ static unsigned store_flags(unsigned open_flags)
     return open_flags & VMSH_REPO_OPEN_ALLOW_FOREIGN ? REPO_STORE_ALLOW_FOREIGN : 0;
 }
 
+/* The store of a repository location (issue 26, point 1): a URL's scheme
+ * chooses it, anything else is a directory. The one place that does. */
+static int store_open(repo_store **out, const char *path, unsigned flags, vmsh_error **err)
+{
+    if (strncmp(path, "rados://", 8) == 0)
+        return repo_store_rados_open(out, path, flags, err);
+    if (strncmp(path, "s3://", 5) == 0 || strncmp(path, "s3+http://", 10) == 0)
+        return repo_store_s3_open(out, path, flags, err);
+    const char *sep = strstr(path, "://");
+    if (sep && sep > path && !memchr(path, '/', (size_t)(sep - path)))
+        return vmsh_error_set(err, -EINVAL,
+                              "unknown repository URL %s: a directory, rados://POOL[/PREFIX], "
+                              "s3://HOST[:PORT]/BUCKET[/PREFIX] or s3+http://...",
+                              path);
+    return repo_store_posix_open(out, path, flags, err);
+}
+
 static int count_entry(void *opaque, const char *name, repo_store_kind kind,
                        const repo_store_stat *st)
 {
@@ -159,8 +177,7 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     if (level < 1 || level > 19)
         return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
     repo_store *s = NULL;
-    int r = repo_store_posix_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0),
-                                  err);
+    int r = store_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0), err);
     if (r < 0)
         return r;
     size_t entries = 0;
@@ -312,7 +329,7 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
     size_t len = 0;
     vmsh_error *e = NULL;
     repo_store *store = NULL;
-    int rc = repo_store_posix_open(&store, path, store_flags(flags), &e);
+    int rc = store_open(&store, path, store_flags(flags), &e);
     if (rc == 0)
         rc = store->ops->get(store, "config", CONFIG_MAX, &text, &len, &e);
     if (rc < 0) {
