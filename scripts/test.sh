@@ -18,6 +18,14 @@ scripts/install-deps.sh || exit 1
 # if this script started it.
 . tests/lab/lab.sh
 lab_libvirt_up
+# One single-node Ceph (RADOS and radosgw) for the whole run, shared by the
+# object-store tests (issue 26; tests/lab/ceph.sh): started here unless one
+# runs, stopped at the end only if this script started it.
+. tests/lab/ceph.sh
+ceph_started=0
+if ! ceph_lab_running; then
+    if ceph_lab_up; then ceph_started=1; else ceph_lab_down; echo "test.sh: no Ceph lab: the store tests start their own" >&2; fi
+fi
 # One single-node Pacemaker cluster for the run (tests/lab/pcmk.sh, issue 22)
 # when an end-to-end test that needs it is selected and none answers yet;
 # stopped at the end by the PIDs it recorded, only when this script started
@@ -29,11 +37,12 @@ if [ -z "${VMSH_TEST_FILTER:-}" ] || grep -q cluster <<<"$VMSH_TEST_FILTER"; the
         pcmk_up && PCMK_STARTED=1
     fi
 fi
-test_sh_cleanup() {
+test_exit() {
+    [ "$ceph_started" = 1 ] && ceph_lab_down
     [ "$PCMK_STARTED" = 1 ] && pcmk_down
     lab_libvirt_down
 }
-trap test_sh_cleanup EXIT
+trap test_exit EXIT
 
 jobs=$(nproc)
 passed=0

@@ -167,6 +167,10 @@ int vmsh_file_index_load(vmsh_file_index **out, vmsh_repo *r, const char *spec, 
         return rc;
     }
     rc = index_load(r, f->index, out, err);
+    if (rc == 0) {
+        (*out)->from_repo = r;
+        snprintf((*out)->from_backup, sizeof((*out)->from_backup), "%s", b->id);
+    }
     if (rc == 0 && (*out)->size != f->size) {
         vmsh_file_index_free(*out);
         *out = NULL;

@@ -149,6 +149,11 @@ typedef struct pack_info {
     uint32_t n_chunks; /* entries in its table */
     bool damaged;
     char *damage; /* what is wrong, when damaged */
+    /* index mode (issue 27): packs are checked when first used, not all at
+     * open: stat_ok when it exists as a regular file of the repository
+     * (before a backup dedupes against it), table_ok when its table was
+     * read and found sound (before a reader reads a blob of it) */
+    bool stat_ok, table_ok;
 } pack_info;
 
 char *pack_path(const char *repo, const char *name);
@@ -195,6 +200,12 @@ struct vmsh_file_index {
      * pending; forgetting it starts a new generation) */
     const vmsh_repo *checked_repo;
     uint64_t checked_gen;
+    /* loaded by vmsh_file_index_load from this repository's backup: while
+     * that manifest exists and a backup holds the write lock, every chunk
+     * the index names exists (gc keeps them and only gc deletes), so an
+     * incremental need not look its base chunks up (issue 27) */
+    const vmsh_repo *from_repo;
+    char from_backup[VMSH_BACKUP_ID_LEN + 1];
 };
 int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
                 vmsh_error **err);
@@ -229,6 +240,15 @@ struct vmsh_repo {
     pack_info *packs;
     size_t n_packs, cap_packs;
     pthread_mutex_t lock; /* guards map and packs while workers run */
+    /* the on-disk chunk index (chunkindex.c), opened by repo_load_map; NULL
+     * in the legacy mode, where `map` holds every pack's table (a
+     * repository without runs opened by a reader, or a reader's fallback) */
+    struct ci_set *ci;
+    pthread_mutex_t fallback_lock; /* one fallback load at a time */
+    bool legacy;                   /* map holds every pack table */
+    bool no_fallback;              /* tests: never fall back to the pack tables */
+    uint32_t *pack_slots;          /* pack name -> packs[] index + 1 (index mode) */
+    size_t pack_slots_cap;
     bool backup_pending;
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
     size_t pack_flush;         /* 0: 8 MiB writes; tests make it small (≥ 4096) */
@@ -236,6 +256,17 @@ struct vmsh_repo {
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
+/* The location of chunk `id` (after repo_load_map): this process's new
+ * chunks (the map), then the chunk index's runs. With `fallback`, a miss
+ * loads every pack table once (a chunk written by a vmshadow without runs,
+ * or a damaged run) and looks again. 1 found, 0 absent, < 0 error. */
+int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
+                    vmsh_error **err);
+/* The number in packs[] of the pack named by 16 binary bytes (registered
+ * on first use). */
+int repo_pack_no(vmsh_repo *r, const uint8_t name[16]);
+/* Every pack's name (32 hex), unsorted. */
+int repo_pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err);
 /* Starts loading the chunk map in a thread (with its own crypto context),
  * so that it overlaps what the caller does next; nothing may touch the map,
  * or the packs until

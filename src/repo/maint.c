@@ -3,6 +3,8 @@
  * backup: gc may then treat everything no manifest needs as garbage. */
 #include "internal.h"
 
+#include "chunkindex.h"
+
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
@@ -304,6 +306,76 @@ static int pread_all(vmsh_repo *r, repo_store_file *fd, void *buf, size_t len, u
     return 0;
 }
 
+static int cmp16(const void *a, const void *b)
+{
+    return memcmp(a, b, 16);
+}
+
+typedef struct dead_set {
+    uint8_t (*v)[16];
+    size_t n;
+} dead_set;
+
+static bool keep_live_pack(void *opaque, const ci_entry *e)
+{
+    const dead_set *d = opaque;
+    return !(d->n && bsearch(e->pack, d->v, d->n, sizeof(*d->v), cmp16));
+}
+
+/* The chunk index after gc's repack (docs/formats/repository.md, "Chunk
+ * index runs"): a run for the new packs, then every run merged into one
+ * without the entries of the packs about to be deleted, written before the
+ * old runs go, and all of it before any pack goes; or, in a repository
+ * without runs, the runs built from the pack tables (the upgrade). */
+static int gc_runs(vmsh_repo *r, size_t first_new, dead_set *dead, vmsh_error **err)
+{
+    ci_key k;
+    ci_key_init(&k, &r->keys);
+    ci_remove_parts(r);
+    size_t nruns = 0;
+    int rc = ci_count_runs(r, &nruns, err);
+    if (rc < 0)
+        return rc;
+    if (dead->n)
+        qsort(dead->v, dead->n, sizeof(*dead->v), cmp16);
+    if (nruns == 0)
+        return ci_build_from_packs(r, r->crypto, &k, keep_live_pack, dead, err);
+    for (size_t p = first_new; p < r->n_packs; p++) {
+        if (r->packs[p].n_chunks == 0)
+            continue; /* opened by the pack writer, never written */
+        _cleanup_free_ char *path = pack_path(r->path, r->packs[p].name);
+        chunk_loc *t = NULL;
+        uint32_t nt = 0;
+        uint64_t size = 0;
+        if (!path)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        if ((rc = pack_read_table(r, path, r->crypto, r->keys.encrypted, &t, &nt, &size, err)) < 0)
+            return rc;
+        ci_entry *e = vmsh_calloc_array(nt ? nt : 1, sizeof(*e));
+        if (!e) {
+            free(t);
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        for (uint32_t i = 0; i < nt; i++) {
+            memcpy(e[i].id, t[i].id, ID_LEN);
+            vmsh_unhex(r->packs[p].name, e[i].pack, 16);
+            e[i].offset = t[i].offset;
+            e[i].stored_len = t[i].stored_len;
+            e[i].raw_len = t[i].raw_len;
+            e[i].kind = t[i].kind;
+        }
+        free(t);
+        rc = ci_write_entries(r, &k, e, nt, err);
+        free(e);
+        if (rc < 0)
+            return rc;
+        nruns++;
+    }
+    if (dead->n == 0 && nruns <= CI_MERGE_RUNS)
+        return 0;
+    return ci_merge_all(r, &k, keep_live_pack, dead, err);
+}
+
 int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
 {
     vmsh_gc_stats st = {0};
@@ -313,7 +385,9 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     name_set indexes = {0};
     pack_writer *pw = NULL;
     bool *dead = NULL;
-    size_t n_old = 0;
+    dead_set ds = {0};
+    char(*names)[33] = NULL;
+    size_t n_old = 0, first_new = 0;
     int rc = repo_lock(r, "write", true, &wl, err);
     if (rc < 0)
         return rc;
@@ -323,29 +397,38 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         vmsh_error_prefix(err, "a restore or verify is running");
         goto out;
     }
-    /* a fresh view of the packs */
+    /* a fresh view of the packs: their names, then one table at a time */
     repo_map_forget(r);
-    if ((rc = repo_load_map(r, err)) < 0)
+    if ((rc = repo_pack_names(r, &names, &n_old, err)) < 0)
         goto out;
-    n_old = r->n_packs;
+    first_new = r->n_packs;
     dead = calloc(n_old ? n_old : 1, sizeof(bool));
-    if (!dead || (rc = pack_writer_new(&pw, r, err)) < 0) {
+    ds.v = vmsh_calloc_array(n_old ? n_old : 1, sizeof(*ds.v));
+    if (!dead || !ds.v || (rc = pack_writer_new(&pw, r, err)) < 0) {
         rc = rc < 0 ? rc : vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
     for (size_t p = 0; p < n_old; p++) {
-        if (r->packs[p].damaged) {
-            st.skipped++; /* unknown contents: never deleted by gc; verify reports it */
-            continue;
-        }
-        _cleanup_free_ char *path = pack_path(r->path, r->packs[p].name);
+        _cleanup_free_ char *path = pack_path(r->path, names[p]);
         chunk_loc *e = NULL;
         uint32_t ne = 0;
         uint64_t size = 0;
         if (!path)
             continue;
-        if ((rc = pack_read_table(r, path, r->crypto, r->keys.encrypted, &e, &ne, &size, err)) < 0)
-            goto out;
+        vmsh_error *te = NULL;
+        if ((rc = pack_read_table(r, path, r->crypto, r->keys.encrypted, &e, &ne, &size, &te)) <
+            0) {
+            if (rc == -ENOMEM || rc == -EPROTONOSUPPORT || rc == -EKEYREJECTED) {
+                rc = rc == -EKEYREJECTED ? -EBADMSG : rc;
+                if (te)
+                    te->code = rc;
+                vmsh_error_propagate(err, &te);
+                goto out;
+            }
+            vmsh_error_free(te);
+            st.skipped++; /* unknown contents: never deleted by gc; verify reports it */
+            continue;
+        }
         uint64_t live_bytes = 0, all_bytes = 0;
         for (uint32_t i = 0; i < ne; i++) {
             all_bytes += e[i].stored_len;
@@ -397,10 +480,16 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     /* new packs are durable before any old one goes */
     if ((rc = pack_writer_flush(pw, err)) < 0)
         goto out;
+    for (size_t p = 0; p < n_old; p++)
+        if (dead[p])
+            vmsh_unhex(names[p], ds.v[ds.n++], 16);
+    /* and the chunk index no longer names a pack about to go */
+    if ((rc = gc_runs(r, first_new, &ds, err)) < 0)
+        goto out;
     for (size_t p = 0; p < n_old; p++) {
         if (!dead[p])
             continue;
-        _cleanup_free_ char *path = pack_path(r->path, r->packs[p].name);
+        _cleanup_free_ char *path = pack_path(r->path, names[p]);
         vmsh_error *de = NULL;
         if (path && (rc = r->store->ops->del(r->store, repo_rel(r, path), &de)) < 0 &&
             rc != -ENOENT) {
@@ -409,7 +498,7 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         }
         vmsh_error_free(de);
     }
-    for (size_t p = n_old; p < r->n_packs; p++)
+    for (size_t p = first_new; p < r->n_packs; p++)
         st.bytes_freed -= st.bytes_freed >= r->packs[p].size ? r->packs[p].size : st.bytes_freed;
     /* unreferenced index objects */
     sweep_tmp(r, "index", 1, &indexes, &st);
@@ -423,6 +512,8 @@ out:
     /* the in-memory view is stale after gc: reload on next need */
     repo_map_forget(r);
     free(dead);
+    free(ds.v);
+    free(names);
     free(indexes.v);
     chunk_map_clear(&live);
     vmsh_lock_free(rl);

@@ -1,6 +1,9 @@
 /* repo.c - creating and opening repositories, the chunk map, manifests and
  * listing (docs/formats/repository.md). */
 #include "internal.h"
+#include "store_obj.h"
+
+#include "chunkindex.h"
 
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
@@ -139,6 +142,23 @@ static unsigned store_flags(unsigned open_flags)
     return open_flags & VMSH_REPO_OPEN_ALLOW_FOREIGN ? REPO_STORE_ALLOW_FOREIGN : 0;
 }
 
+/* The store of a repository location (issue 26, point 1): a URL's scheme
+ * chooses it, anything else is a directory. The one place that does. */
+static int store_open(repo_store **out, const char *path, unsigned flags, vmsh_error **err)
+{
+    if (strncmp(path, "rados://", 8) == 0)
+        return repo_store_rados_open(out, path, flags, err);
+    if (strncmp(path, "s3://", 5) == 0 || strncmp(path, "s3+http://", 10) == 0)
+        return repo_store_s3_open(out, path, flags, err);
+    const char *sep = strstr(path, "://");
+    if (sep && sep > path && !memchr(path, '/', (size_t)(sep - path)))
+        return vmsh_error_set(err, -EINVAL,
+                              "unknown repository URL %s: a directory, rados://POOL[/PREFIX], "
+                              "s3://HOST[:PORT]/BUCKET[/PREFIX] or s3+http://...",
+                              path);
+    return repo_store_posix_open(out, path, flags, err);
+}
+
 static int count_entry(void *opaque, const char *name, repo_store_kind kind,
                        const repo_store_stat *st)
 {
@@ -157,8 +177,7 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     if (level < 1 || level > 19)
         return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
     repo_store *s = NULL;
-    int r = repo_store_posix_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0),
-                                  err);
+    int r = store_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0), err);
     if (r < 0)
         return r;
     size_t entries = 0;
@@ -310,7 +329,7 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
     size_t len = 0;
     vmsh_error *e = NULL;
     repo_store *store = NULL;
-    int rc = repo_store_posix_open(&store, path, store_flags(flags), &e);
+    int rc = store_open(&store, path, store_flags(flags), &e);
     if (rc == 0)
         rc = store->ops->get(store, "config", CONFIG_MAX, &text, &len, &e);
     if (rc < 0) {
@@ -365,7 +384,12 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     r->store = store;
+    /* test hook (tests/e2e/t-repo-index.sh): chunks are looked up through
+     * the chunk index alone, never the pack tables, so that a test sees an
+     * index that lost entries */
+    r->no_fallback = getenv("VMSHADOW_TEST_INDEX_ONLY") != NULL;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->fallback_lock, NULL);
     r->path = strdup(path);
     memcpy(r->id, id, 33);
     r->version = (int)version;
@@ -407,6 +431,7 @@ void vmsh_repo_free(vmsh_repo *r)
     crypto_ctx_free(r->crypto);
     repo_store_free(r->store);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->fallback_lock);
     memset(&r->keys, 0, sizeof(r->keys));
     free(r->path);
     free(r);
@@ -466,16 +491,60 @@ int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, 
 
 /* ---- the chunk map ---- */
 
-int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+/* Pack numbers by name: an open-addressing table of packs[] indexes + 1,
+ * hashed by the name's first 16 hex digits (random bits). In index mode
+ * only the packs a command touches are registered, so this grows with the
+ * work done, not with the repository. Called with r->lock held. */
+static uint64_t pack_hash(const char *hex)
 {
-    pthread_mutex_lock(&r->lock);
+    uint64_t h = 0;
+    for (int i = 0; i < 16; i++)
+        h = h << 4 | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return h;
+}
+
+static size_t pack_probe(const vmsh_repo *r, const char *name)
+{
+    size_t m = r->pack_slots_cap - 1;
+    for (size_t i = (size_t)pack_hash(name) & m;; i = (i + 1) & m) {
+        uint32_t s = r->pack_slots[i];
+        if (s == 0 || strcmp(r->packs[s - 1].name, name) == 0)
+            return i;
+    }
+}
+
+static int pack_slots_grow(vmsh_repo *r)
+{
+    size_t nc = r->pack_slots_cap ? r->pack_slots_cap * 2 : 256;
+    uint32_t *ns = vmsh_calloc_array(nc, sizeof(*ns));
+    if (!ns)
+        return -ENOMEM;
+    free(r->pack_slots);
+    r->pack_slots = ns;
+    r->pack_slots_cap = nc;
+    for (size_t k = 0; k < r->n_packs; k++)
+        r->pack_slots[pack_probe(r, r->packs[k].name)] = (uint32_t)(k + 1);
+    return 0;
+}
+
+static int add_pack_locked(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+{
+    if ((r->n_packs + 1) * 2 > r->pack_slots_cap && pack_slots_grow(r) < 0)
+        return -ENOMEM;
+    size_t slot = pack_probe(r, name);
+    if (r->pack_slots[slot]) {
+        int no = (int)r->pack_slots[slot] - 1;
+        if (size)
+            r->packs[no].size = size;
+        if (n_chunks)
+            r->packs[no].n_chunks = n_chunks;
+        return no;
+    }
     if (r->n_packs == r->cap_packs) {
         size_t ncap = r->cap_packs ? r->cap_packs * 2 : 64;
         pack_info *np = vmsh_realloc_array(r->packs, ncap, sizeof(*np));
-        if (!np) {
-            pthread_mutex_unlock(&r->lock);
+        if (!np)
             return -ENOMEM;
-        }
         r->packs = np;
         r->cap_packs = ncap;
     }
@@ -484,9 +553,23 @@ int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chun
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->size = size;
     p->n_chunks = n_chunks;
-    int no = (int)r->n_packs++;
+    r->pack_slots[slot] = (uint32_t)(r->n_packs + 1);
+    return (int)r->n_packs++;
+}
+
+int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+{
+    pthread_mutex_lock(&r->lock);
+    int no = add_pack_locked(r, name, size, n_chunks);
     pthread_mutex_unlock(&r->lock);
     return no;
+}
+
+int repo_pack_no(vmsh_repo *r, const uint8_t name[16])
+{
+    char hex[33];
+    vmsh_hex(name, 16, hex);
+    return repo_add_pack(r, hex, 0, 0);
 }
 
 typedef struct name_list {
@@ -541,7 +624,7 @@ static int fan_entry(void *opaque, const char *name, repo_store_kind kind,
     return l->store->ops->list(l->store, dir, 0, pack_entry, l, l->err);
 }
 
-static int pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err)
+int repo_pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err)
 {
     name_list l = {.store = r->store, .err = err};
     int rc = r->store->ops->list(r->store, "packs", 0, fan_entry, &l, err);
@@ -572,13 +655,13 @@ static void free_tables(pack_table *t, size_t n)
     free(t);
 }
 
-static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
+/* The legacy mode: every pack's table into the map (a repository without
+ * runs opened by a reader; a reader's fallback). */
+static int load_tables(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
 {
-    if (r->map_loaded)
-        return 0;
     char(*names)[33] = NULL;
     size_t n = 0;
-    int rc = pack_names(r, &names, &n, err);
+    int rc = repo_pack_names(r, &names, &n, err);
     if (rc < 0)
         return rc;
     if (n)
@@ -624,13 +707,18 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
             /* A damaged pack does not stop the repository from opening: its
              * chunks count as missing; verify names what needs them, and a new
              * backup stores them again. */
-            r->packs[no].damaged = true;
-            r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[no].damaged) { /* a reader may have found it already */
+                r->packs[no].damaged = true;
+                r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            }
+            pthread_mutex_unlock(&r->lock);
             vmsh_error_free(e);
             free(tables[i].entries);
             tables[i] = (pack_table){0};
             continue;
         }
+        r->packs[no].stat_ok = r->packs[no].table_ok = true;
         for (uint32_t j = 0; j < tables[i].n; j++)
             tables[i].entries[j].pack = (uint32_t)no;
         total += tables[i].n;
@@ -643,15 +731,145 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
      * (backup_pending is set before the loader thread starts and cleared
      * after it is joined.) */
     size_t room = r->backup_pending ? total / 8 + 4096 : 0;
+    pthread_mutex_lock(&r->lock);
     rc = chunk_map_reserve(&r->map, r->map.count + total + room);
     for (size_t i = 0; i < n && rc == 0; i++)
         for (uint32_t j = 0; j < tables[i].n && rc == 0; j++)
             rc = chunk_map_insert(&r->map, &tables[i].entries[j], NULL) < 0 ? -ENOMEM : 0;
+    if (rc == 0)
+        r->legacy = true;
+    pthread_mutex_unlock(&r->lock);
     free_tables(tables, n);
     if (rc < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
+    return 0;
+}
+
+/* Opens the chunk index (docs/formats/repository.md, "Chunk index runs").
+ * A repository with runs, or without packs: index mode, nothing loaded but
+ * the runs' summaries. Packs but no runs (written by a vmshadow before
+ * issue 27): a writer (a pending backup) upgrades it in place by building
+ * runs from the pack tables, once; a reader reads it as before. */
+static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
+{
+    if (r->map_loaded)
+        return 0;
+    size_t nruns = 0;
+    int rc = ci_count_runs(r, &nruns, err);
+    if (rc < 0)
+        return rc;
+    if (nruns == 0) {
+        char(*names)[33] = NULL;
+        size_t np = 0;
+        if ((rc = repo_pack_names(r, &names, &np, err)) < 0)
+            return rc;
+        free(names);
+        if (np > 0 && !r->backup_pending) {
+            if ((rc = load_tables(r, crypto, err)) < 0)
+                return rc;
+            r->map_loaded = true;
+            return 0;
+        }
+        if (np > 0) {
+            ci_key k;
+            ci_key_init(&k, &r->keys);
+            if ((rc = ci_build_from_packs(r, crypto, &k, NULL, NULL, err)) < 0)
+                return vmsh_error_prefix(err, "upgrading the repository's chunk index");
+        }
+    }
+    ci_set *s = NULL;
+    if ((rc = ci_set_open(r, &s, err)) < 0)
+        return rc;
+    pthread_mutex_lock(&r->lock);
+    r->ci = s;
+    pthread_mutex_unlock(&r->lock);
     r->map_loaded = true;
     return 0;
+}
+
+/* A pack that a run names is checked once before anything relies on it:
+ * it must exist as a regular file of the repository (the store refuses a
+ * link or a special file on the way, with a message saying so). 1 usable,
+ * 0 absent (its entries are misses), < 0 refused. */
+static int pack_usable(vmsh_repo *r, int no, vmsh_error **err)
+{
+    char name[33];
+    pthread_mutex_lock(&r->lock);
+    bool ok = r->packs[no].stat_ok, dmg = r->packs[no].damaged;
+    memcpy(name, r->packs[no].name, sizeof(name));
+    pthread_mutex_unlock(&r->lock);
+    if (ok)
+        return 1;
+    if (dmg)
+        return 0;
+    char path[64];
+    snprintf(path, sizeof(path), "packs/%.2s/%s.pack", name, name);
+    vmsh_error *e = NULL;
+    int rc = r->store->ops->stat(r->store, path, NULL, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        pthread_mutex_lock(&r->lock);
+        r->packs[no].damaged = true;
+        if (!r->packs[no].damage)
+            r->packs[no].damage = strdup("missing");
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return vmsh_error_prefix(err, "pack %s, named by the chunk index", name);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->packs[no].stat_ok = true;
+    pthread_mutex_unlock(&r->lock);
+    return 1;
+}
+
+int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
+                    vmsh_error **err)
+{
+    pthread_mutex_lock(&r->lock);
+    const chunk_loc *l = chunk_map_find(&r->map, id);
+    if (l)
+        *out = *l;
+    bool legacy = r->legacy;
+    pthread_mutex_unlock(&r->lock);
+    if (l)
+        return 1;
+    if (r->ci) {
+        ci_entry e;
+        int rc = ci_set_lookup(r->ci, id, &e, err);
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            int no = repo_pack_no(r, e.pack);
+            if (no < 0)
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            if ((rc = pack_usable(r, no, err)) < 0)
+                return rc;
+            if (rc == 0)
+                goto miss;
+            memcpy(out->id, e.id, ID_LEN);
+            out->pack = (uint32_t)no;
+            out->offset = e.offset;
+            out->stored_len = e.stored_len;
+            out->raw_len = e.raw_len;
+            out->kind = e.kind;
+            return 1;
+        }
+    }
+miss:
+    if (!fallback || legacy || r->no_fallback)
+        return 0;
+    /* A chunk no run names: written by a vmshadow without runs after the
+     * upgrade, or a damaged run. Read every pack table once (the old cost)
+     * rather than call the chunk missing. */
+    pthread_mutex_lock(&r->fallback_lock);
+    int rc = r->legacy ? 0 : load_tables(r, r->crypto, err);
+    pthread_mutex_unlock(&r->fallback_lock);
+    if (rc < 0)
+        return rc;
+    return repo_find_chunk(r, id, out, false, err);
 }
 
 static void *map_thread_main(void *arg)
@@ -691,6 +909,12 @@ void repo_map_forget(vmsh_repo *r)
     for (size_t i = 0; i < r->n_packs; i++)
         free(r->packs[i].damage);
     r->n_packs = 0;
+    ci_set_free(r->ci);
+    r->ci = NULL;
+    r->legacy = false;
+    free(r->pack_slots);
+    r->pack_slots = NULL;
+    r->pack_slots_cap = 0;
     r->map_loaded = false;
     r->map_gen++;
 }
@@ -788,7 +1012,9 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vms
 {
     const repo_store_ops *ops = cr->repo->store->ops;
     if (pack >= cr->n_fds) {
+        pthread_mutex_lock(&cr->repo->lock);
         size_t n = cr->repo->n_packs > pack ? cr->repo->n_packs : pack + 1;
+        pthread_mutex_unlock(&cr->repo->lock);
         repo_store_file **nf = vmsh_realloc_array(cr->fds, n, sizeof(*nf));
         if (!nf)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -808,9 +1034,53 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vms
             }
         cr->open_fds = 0;
     }
-    _cleanup_free_ char *p = pack_path(cr->repo->path, cr->repo->packs[pack].name);
+    char pname[33];
+    vmsh_repo *r = cr->repo;
+    pthread_mutex_lock(&r->lock); /* packs[] may move: another thread registers one */
+    memcpy(pname, r->packs[pack].name, sizeof(pname));
+    bool table_ok = r->packs[pack].table_ok;
+    char *damage =
+        r->packs[pack].damaged && r->packs[pack].damage ? strdup(r->packs[pack].damage) : NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (damage) {
+        vmsh_error_set(err, -EBADMSG, "pack %s: %s", pname, damage);
+        free(damage);
+        return -EBADMSG;
+    }
+    _cleanup_free_ char *p = pack_path(cr->repo->path, pname);
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (!table_ok) {
+        /* index mode: the pack's table is checked before its first blob is
+         * read, as the map load did for every pack ("Pack file": a pack
+         * whose footer, table or bounds are wrong is damaged, its chunks
+         * missing) */
+        chunk_loc *t = NULL;
+        uint32_t nt = 0;
+        uint64_t size = 0;
+        vmsh_error *e = NULL;
+        int trc = pack_read_table(r, p, cr->crypto, r->keys.encrypted, &t, &nt, &size, &e);
+        free(t);
+        if (trc == -ENOMEM || trc == -EPROTONOSUPPORT) {
+            vmsh_error_propagate(err, &e);
+            return trc;
+        }
+        if (trc < 0) {
+            const char *msg = e ? e->message : "damaged pack";
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[pack].damaged) {
+                r->packs[pack].damaged = true;
+                r->packs[pack].damage = strdup(msg);
+            }
+            pthread_mutex_unlock(&r->lock);
+            vmsh_error_set(err, -EBADMSG, "%s", msg);
+            vmsh_error_free(e);
+            return -EBADMSG;
+        }
+        pthread_mutex_lock(&r->lock);
+        r->packs[pack].table_ok = r->packs[pack].stat_ok = true;
+        pthread_mutex_unlock(&r->lock);
+    }
     vmsh_error *e = NULL;
     int rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p),
                             cr->direct ? REPO_STORE_DIRECT : 0, out, &e);
@@ -833,7 +1103,10 @@ static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vms
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
 {
-    const char *pname = cr->repo->packs[loc->pack].name;
+    char pname[33];
+    pthread_mutex_lock(&cr->repo->lock);
+    memcpy(pname, cr->repo->packs[loc->pack].name, sizeof(pname));
+    pthread_mutex_unlock(&cr->repo->lock);
     repo_store_file *fd = NULL;
     int rc = reader_fd(cr, loc->pack, &fd, err);
     if (rc < 0)

@@ -10,7 +10,22 @@
 
 struct vmsh_lock {
     int fd;
+    /* a lock of another kind (a store's lease, issue 26): released by this */
+    void (*release)(void *opaque);
+    void *opaque;
 };
+
+int vmsh_lock_custom(vmsh_lock **out, void (*release)(void *opaque), void *opaque)
+{
+    vmsh_lock *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->fd = -1;
+    l->release = release;
+    l->opaque = opaque;
+    *out = l;
+    return 0;
+}
 
 int vmsh_lock_take(vmsh_lock **out, const char *path, bool exclusive, bool wait, const char *what,
                    vmsh_error **err)
@@ -50,5 +65,7 @@ void vmsh_lock_free(vmsh_lock *l)
         return;
     if (l->fd >= 0)
         close(l->fd); /* closing drops the flock */
+    if (l->release)
+        l->release(l->opaque);
     free(l);
 }

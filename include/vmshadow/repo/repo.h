@@ -78,6 +78,11 @@ int vmsh_repo_compression_level(const vmsh_repo *r);
  * of worker threads for backups, restores and verify (0: one per CPU). */
 int vmsh_repo_set_compression_level(vmsh_repo *r, int level, vmsh_error **err);
 void vmsh_repo_set_threads(vmsh_repo *r, unsigned n);
+/* An option of the object stores (issue 26; docs/config.md): store-threads,
+ * store-timeout, store-readahead, store-lease-seconds, ceph-conf,
+ * ceph-user, ceph-keyring, s3-region, s3-credentials-file, s3-addressing.
+ * Set before a repository is opened. -ENOENT: not such a key. */
+int vmsh_repo_store_setopt(const char *key, const char *value);
 
 /* ---- Reading backups ---- */
 
