@@ -1,7 +1,9 @@
 #!/bin/sh
 # Enforces the layering of docs/ARCHITECTURE.md: a source file in src/LAYER
 # may include only the public headers of LAYER and of the layers below it.
-#   util < repo < coord < hv < writers, providers < cli
+#   util < repo < coord < hv < writers, providers < requestor < cli
+# The command line includes only the requestor's, the repository's and
+# util's public headers (issue 21): it parses, calls the requestor, prints.
 top=${1:-.}
 cd "$top/src" || exit 1
 allowed() {
@@ -11,15 +13,19 @@ allowed() {
     coord) echo "util repo coord" ;;
     hv) echo "util repo coord hv" ;;
     writers|providers) echo "util repo coord hv writers providers" ;;
-    cli) echo "util repo coord hv writers providers" ;;
+    requestor) echo "util repo coord hv writers providers requestor" ;;
+    cli) echo "util repo requestor" ;;
     esac
 }
 bad=0
-for layer in util repo coord hv writers providers cli; do
+for layer in util repo coord hv writers providers requestor cli; do
     [ -d "$layer" ] || continue
-    ok=$(allowed $layer)
     for f in "$layer"/*.[ch]; do
         [ -f "$f" ] || continue
+        ok=$(allowed $layer)
+        # Known exception, to go next: `vms` lists the host's VMs and their
+        # methods straight from hv/ and writers/method.h (issue 21, left).
+        [ "$f" = cli/cmd_vms.c ] && ok="$ok hv writers"
         for used in $(sed -n 's|^[[:space:]]*#[[:space:]]*include[[:space:]]*<vmshadow/\([a-z]*\)/.*|\1|p' "$f" | sort -u); do
             case " $ok " in *" $used "*) ;; *) echo "$f: layer '$layer' must not include vmshadow/$used/"; bad=1 ;; esac
         done
