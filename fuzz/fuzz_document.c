@@ -12,22 +12,8 @@
 
 #include <vmshadow/coord/document.h>
 #include <vmshadow/coord/metadata.h>
+#include <vmshadow/util/fs.h>
 #include <vmshadow/writers/vm_writer.h>
-
-static bool clean(const char *p)
-{
-    if (!p || p[0] != '/')
-        return false;
-    for (const char *c = p + 1; *c;) {
-        size_t n = strcspn(c, "/");
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
-        c += n;
-        if (*c == '/')
-            c++;
-    }
-    return true;
-}
 
 static void check_place(const vmsh_component *c, const vmsh_file *f)
 {
@@ -50,7 +36,7 @@ static void check_place(const vmsh_component *c, const vmsh_file *f)
             continue;
         }
         const char *name = o->restore_as ? o->restore_as : vmsh_component_name(c);
-        if (out && !clean(out)) {
+        if (out && !vmsh_path_is_clean(out)) {
             fprintf(stderr, "placed at an unclean path: %s\n", out);
             abort();
         }
@@ -63,7 +49,7 @@ static void check_place(const vmsh_component *c, const vmsh_file *f)
         bool in_libvirt = false;
         for (size_t k = 0; link && k < sizeof(link_dirs) / sizeof(link_dirs[0]); k++)
             in_libvirt |= strncmp(link, link_dirs[k], strlen(link_dirs[k])) == 0;
-        if (link && (!clean(link) || !in_libvirt || !o->restore_dir || !out)) {
+        if (link && (!vmsh_path_is_clean(link) || !in_libvirt || !o->restore_dir || !out)) {
             fprintf(stderr, "linked from %s\n", link);
             abort();
         }

@@ -37,22 +37,28 @@ static void usage(FILE *f)
                "                  backed-up configuration; off by default\n");
 }
 
-static void print_plan_text(json_object *vms, bool dry)
+/* A member of the plan as text: names in a plan come from the backup's
+ * document and from libvirt, so they are printed escaped (issue 20). */
+static const char *txt(vmsh_cli *cli, json_object *o)
+{
+    return vmsh_cli_safe(cli, json_object_get_string(o));
+}
+
+static void print_plan_text(vmsh_cli *cli, json_object *vms, bool dry)
 {
     for (size_t i = 0; i < json_object_array_length(vms); i++) {
         json_object *p = json_object_array_get_idx(vms, i), *v, *result = NULL;
         if (!dry && !json_object_object_get_ex(p, "result", &result))
             continue; /* the restore stopped before this VM: nothing was done to it */
-        const char *vm = json_object_object_get_ex(p, "vm", &v) ? json_object_get_string(v) : "?";
-        const char *as =
-            json_object_object_get_ex(p, "restore_as", &v) ? json_object_get_string(v) : vm;
+        const char *vm = json_object_object_get_ex(p, "vm", &v) ? txt(cli, v) : "?";
+        const char *as = json_object_object_get_ex(p, "restore_as", &v) ? txt(cli, v) : vm;
         json_object *rep = NULL, *st = NULL;
         json_object_object_get_ex(p, "replaces_existing", &rep);
         json_object_object_get_ex(p, "existing_state", &st);
         printf("VM %s%s%s\n", vm, strcmp(vm, as) ? " as " : "", strcmp(vm, as) ? as : "");
         if (json_object_get_boolean(rep))
             printf("  %s VM %s (%s): shut down and delete\n", dry ? "would replace" : "replaced",
-                   as, json_object_get_string(st));
+                   as, txt(cli, st));
         json_object *files = NULL;
         json_object_object_get_ex(p, "files", &files);
         for (size_t k = 0; files && k < json_object_array_length(files); k++) {
@@ -60,15 +66,14 @@ static void print_plan_text(json_object *vms, bool dry)
             json_object_object_get_ex(f, "file", &fn);
             if (!json_object_object_get_ex(f, "to", &to) || !to) {
                 if (json_object_object_get_ex(f, "note", &note) && note)
-                    printf("  %-18s %s\n", json_object_get_string(fn),
-                           json_object_get_string(note));
+                    printf("  %-18s %s\n", txt(cli, fn), txt(cli, note));
                 continue;
             }
-            printf("  %-18s -> %s", json_object_get_string(fn), json_object_get_string(to));
+            printf("  %-18s -> %s", txt(cli, fn), txt(cli, to));
             if (json_object_object_get_ex(f, "format", &fmt) && fmt)
-                printf(" (%s)", json_object_get_string(fmt));
+                printf(" (%s)", txt(cli, fmt));
             if (json_object_object_get_ex(f, "link", &link) && link)
-                printf(", linked from %s", json_object_get_string(link));
+                printf(", linked from %s", txt(cli, link));
             printf("\n");
         }
         json_object *ifaces = NULL, *res = NULL;
@@ -80,14 +85,14 @@ static void print_plan_text(json_object *vms, bool dry)
             json_object_object_get_ex(f, "mac", &mac);
             json_object_object_get_ex(f, "action", &act);
             json_object_object_get_ex(f, "source", &src);
-            printf("  interface %s: %s %s\n", mac ? json_object_get_string(mac) : "(new MAC)",
-                   json_object_get_string(act), src ? json_object_get_string(src) : "");
+            printf("  interface %s: %s %s\n", mac ? txt(cli, mac) : "(new MAC)", txt(cli, act),
+                   src ? txt(cli, src) : "");
         }
         json_object *dropped = NULL;
         json_object_object_get_ex(p, "host_devices_not_attached", &dropped);
         for (size_t k = 0; dropped && k < json_object_array_length(dropped); k++)
             printf("  host device not attached: %s (--host-devices keeps it)\n",
-                   json_object_get_string(json_object_array_get_idx(dropped, k)));
+                   txt(cli, json_object_array_get_idx(dropped, k)));
         if (res) {
             json_object *ok = NULL, *e = NULL, *ss = NULL;
             json_object_object_get_ex(res, "registered", &ok);
@@ -98,7 +103,7 @@ static void print_plan_text(json_object *vms, bool dry)
                        json_object_get_boolean(ss) ? "; resumes from its saved state when started"
                                                    : "; boots from its disks when started");
             else
-                printf("  NOT restored: %s\n", e ? json_object_get_string(e) : "failed");
+                printf("  NOT restored: %s\n", e ? txt(cli, e) : "failed");
             json_object *cp = NULL, *cpn = NULL, *cpd = NULL, *cpe = NULL;
             json_object_object_get_ex(res, "checkpoint", &cp);
             json_object_object_get_ex(cp, "name", &cpn);
@@ -107,11 +112,10 @@ static void print_plan_text(json_object *vms, bool dry)
             if (cp && json_object_get_boolean(ok) && json_object_get_boolean(cpd))
                 printf("  checkpoint %s of the backup defined again, its bitmap in the restored "
                        "disks\n",
-                       json_object_get_string(cpn));
+                       txt(cli, cpn));
             else if (cp && json_object_get_boolean(ok))
                 printf("  checkpoint %s not defined again (%s): the next backup reads in full\n",
-                       json_object_get_string(cpn),
-                       cpe ? json_object_get_string(cpe) : "no qcow2 disk to carry its bitmap");
+                       txt(cli, cpn), cpe ? txt(cli, cpe) : "no qcow2 disk to carry its bitmap");
         }
     }
 }
@@ -126,8 +130,7 @@ static bool confirm(void *opaque, json_object *plan)
         json_object_object_get_ex(json_object_array_get_idx(plan, i), "replaces_existing", &rep);
         json_object_object_get_ex(json_object_array_get_idx(plan, i), "restore_as", &as);
         if (json_object_get_boolean(rep)) {
-            fprintf(stderr, "VM %s exists and will be shut down and deleted.\n",
-                    json_object_get_string(as));
+            fprintf(stderr, "VM %s exists and will be shut down and deleted.\n", txt(cli, as));
             n++;
         }
     }
@@ -221,7 +224,7 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
             vmsh_cli_print_json(o);
         } else {
             printf("restore plan for backup %s (dry run: nothing is changed)\n", res->backup_id);
-            print_plan_text(res->plan, true);
+            print_plan_text(cli, res->plan, true);
         }
         rc = VMSH_EXIT_OK;
         goto out;
@@ -238,7 +241,7 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
                   : NULL);
         vmsh_cli_print_json(o);
     } else {
-        print_plan_text(done, false);
+        print_plan_text(cli, done, false);
     }
     if (done != res->done)
         json_object_put(done);

@@ -1,5 +1,6 @@
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/domxml_edit.h>
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
@@ -67,23 +68,6 @@ static char *prop(xmlNodePtr n, const char *name)
     return n ? (char *)xmlGetProp(n, (const xmlChar *)name) : NULL;
 }
 
-/* No "." or ".." component, absolute: a trusted prefix means nothing
- * before a path is known not to climb out of it. */
-static bool clean_abs(const char *p)
-{
-    if (!p || p[0] != '/')
-        return false;
-    for (const char *c = p + 1; *c;) {
-        size_t n = strcspn(c, "/");
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
-        c += n;
-        if (*c == '/')
-            c++;
-    }
-    return true;
-}
-
 static bool has_prefix(const char *s, const char *prefix)
 {
     return s && strncmp(s, prefix, strlen(prefix)) == 0;
@@ -91,7 +75,7 @@ static bool has_prefix(const char *s, const char *prefix)
 
 static bool is_default_emulator(const char *path)
 {
-    if (!clean_abs(path))
+    if (!vmsh_path_is_clean(path))
         return false;
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(default_emulators); i++) {
         const char *d = default_emulators[i];
@@ -116,7 +100,7 @@ static bool libvirt_socket(const char *path)
 {
     if (!path)
         return true;
-    if (!clean_abs(path))
+    if (!vmsh_path_is_clean(path))
         return false;
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(libvirt_socket_dirs); i++)
         if (has_prefix(path, libvirt_socket_dirs[i]))

@@ -349,39 +349,7 @@ static int p_get(repo_store *st, const char *name, size_t max, char **out, size_
     if (fd < 0)
         return fd;
     _cleanup_free_ char *d = display(s, name);
-    const char *dn = d ? d : name;
-    if ((unsigned long long)sb.st_size > max)
-        return vmsh_error_set(err, -EFBIG, "%s is too large (%lld bytes, limit %zu)", dn,
-                              (long long)sb.st_size, max);
-    size_t cap = (size_t)sb.st_size + 1, len = 0;
-    _cleanup_free_ char *buf = malloc(cap);
-    if (!buf)
-        return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", dn);
-    for (;;) {
-        if (len + 1 >= cap) {
-            if (cap > max)
-                return vmsh_error_set(err, -EFBIG, "%s grew past %zu bytes while read", dn, max);
-            char *nb = realloc(buf, cap * 2);
-            if (!nb)
-                return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", dn);
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t n = read(fd, buf + len, cap - 1 - len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return vmsh_error_set(err, -errno, "cannot read %s: %s", dn, strerror(errno));
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    buf[len] = '\0';
-    *out = VMSH_TAKE_PTR(buf);
-    if (out_len)
-        *out_len = len;
-    return 0;
+    return vmsh_fs_read_fd(fd, (uint64_t)sb.st_size, max, d ? d : name, out, out_len, err);
 }
 
 static int p_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_error **err)

@@ -74,24 +74,6 @@ static const char *disk_format(const vmsh_component *c, const char *target)
     return "raw";
 }
 
-/* An absolute path with no "." or ".." component and no empty one: a
- * backup names where its files were; a name that climbs out of a directory
- * is hostile (or damaged), never taken as is. */
-static bool path_is_clean(const char *p)
-{
-    if (!p || p[0] != '/')
-        return false;
-    for (const char *c = p + 1; *c;) {
-        size_t n = strcspn(c, "/");
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
-        c += n;
-        if (*c == '/' && !*++c)
-            return false; /* a trailing slash names a directory */
-    }
-    return true;
-}
-
 /* The restored VM's name: --as, else the component's. */
 static const char *new_name(const vmsh_set_options *o, const vmsh_component *c)
 {
@@ -213,7 +195,7 @@ static int may_replace(const cur_vm *v, const vmsh_component *c, const char *pat
 {
     struct stat st;
     *exists = false;
-    if (!path_is_clean(path))
+    if (!vmsh_path_is_clean(path))
         return vmsh_error_set(err, -EINVAL,
                               "VM %s: the %s path '%s' of the backup is not a clean absolute path "
                               "('.' or '..' components): refused",
@@ -327,7 +309,7 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     if (!orig || orig[0] != '/')
         return vmsh_error_set(err, -EINVAL, "VM %s: file %s has no absolute path in the backup",
                               vmsh_component_name(c), vmsh_file_name(f));
-    if (!o->restore_dir && !path_is_clean(orig))
+    if (!o->restore_dir && !vmsh_path_is_clean(orig))
         return vmsh_error_set(err, -EINVAL,
                               "VM %s: file %s has the path '%s' in the backup, with '.' or '..' "
                               "components: not restored in place (use --to DIR)",
@@ -344,7 +326,7 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     if (!dir)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     /* libvirt's own place for firmware variables: <nvram dir>/<file> */
-    bool libvirt_nvram = nvram && path_is_clean(orig) && strcmp(dir, LIBVIRT_NVRAM_DIR) == 0;
+    bool libvirt_nvram = nvram && vmsh_path_is_clean(orig) && strcmp(dir, LIBVIRT_NVRAM_DIR) == 0;
     if (o->restore_dir) {
         n = asprintf(out, "%s/%s/%s", o->restore_dir, name, base);
         /* the default place links to it; firmware variables kept

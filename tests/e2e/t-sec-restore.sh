@@ -118,6 +118,23 @@ if part 1; then
     check "--to: the file is untouched" untouched "$T/tpm-victim"
     check "$A is defined as it was" a_unchanged
 
+    # -- short names (issue 20 point 7): a TPM file named "t" and a disk
+    # named "x" were sliced past their ends ("tpm/", "disk/" taken as
+    # there); now each is refused by name, and nothing changes
+    for short in "tpm t /var/lib/libvirt/swtpm/$(lab_virsh domuuid "$A")/t" "disk x /dev/null"; do
+        set -- $short
+        doc=$(jq -c "(($comp).files) += [{\"name\": \"$2\", \"kind\": \"$1\", \"path\": \"$3\"}]" "$T/doc.json")
+        ID=$("$TOOL" backup --doc "$doc" "$VMSHADOW_REPO" "$A/disk/vda=$T/vda" \
+            "$A/config/domain.xml=$T/domain.xml" "$A/nvram=$T/nvram" "$A/$2=$T/tpmstate" \
+            2>"$T/craft.err" | jq -r .backup)
+        check "crafted: a $1 file named '$2'" test -n "$ID" -a "$ID" != null
+        vsh restore "$ID" --force --to "$T/to-short-$2"
+        check "  --to: refused with exit 1 (no crash)" test "$RC" = 1
+        check "  and the message names the file" grep -q "'$2'" <<<"$ERR"
+        check "  nothing written under the target" test -z "$(find "$T/to-short-$2" -type f 2>/dev/null)"
+        check "  $A is defined as it was" a_unchanged
+    done
+
     # -- disk whose place is an unrelated host file
     victim "$T/disk-victim"
     ID=$(craft "$(set_path disk "$T/disk-victim")")
