@@ -29,6 +29,11 @@ for layer in util repo coord hv writers providers requestor cli; do
         for used in $(sed -n 's|^[[:space:]]*#[[:space:]]*include[[:space:]]*<vmshadow/\([a-z]*\)/.*|\1|p' "$f" | sort -u); do
             case " $ok " in *" $used "*) ;; *) echo "$f: layer '$layer' must not include vmshadow/$used/"; bad=1 ;; esac
         done
+        # Writers reach providers only through interfaces (coord/writer.h's
+        # provider table, writers/capture.h), never a provider's header.
+        if [ "$layer" = writers ] && grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*<vmshadow/providers/' "$f"; then
+            echo "$f: writers reach providers only through the provider interface"; bad=1
+        fi
         if grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"\.\./' "$f"; then
             echo "$f: reaches into another layer's private headers"; bad=1
         fi

@@ -93,7 +93,7 @@ int req_host_build(const vmsh_requestor_config *cfg, bool strict, req_host *h, v
         .agent_timeout_s = (int)agent_timeout,
     };
     vmsh_writer_ops *vmw = NULL;
-    if ((r = vmsh_vm_writer_new(&vmw, &vc, pull, err)) < 0)
+    if ((r = vmsh_vm_writer_new(&vmw, &vc, pull, &vmsh_pull_capture_ops, err)) < 0)
         goto fail;
     if (add_writer(h, vmw) < 0) {
         vmsh_writer_free(vmw);

@@ -36,7 +36,6 @@
  */
 #include <vmshadow/coord/json.h>
 #include <vmshadow/hv/hvops.h>
-#include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 
@@ -376,7 +375,7 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
 
 void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
 {
-    const char *msg = vmsh_pull_provider_fallback(w->provider, set, it->name);
+    const char *msg = w->capture->fallback(w->provider, set, it->name);
     json_object *disks = member(vmsh_component_extra(it->comp), "disks");
     if (!msg || !disks)
         return;

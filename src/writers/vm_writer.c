@@ -9,7 +9,6 @@
  * to its prior state, then removes what the set made.
  */
 #include <vmshadow/hv/hvops.h>
-#include <vmshadow/providers/pull.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/util/mem.h>
@@ -770,9 +769,9 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
     if (r == 0)
         r = vmsh_vmw_plan_job_reads(w, set, it, bd, it->n_targets, &cp_xml, err);
     if (r == 0)
-        r = vmsh_pull_provider_add(w->provider, set, it->name, sock, bd, it->n_targets, err);
+        r = w->capture->add(w->provider, set, it->name, sock, bd, it->n_targets, err);
     if (r == 0 && cp_xml)
-        r = vmsh_pull_provider_add_checkpoint(w->provider, set, it->name, it->new_cp, cp_xml, err);
+        r = w->capture->add_checkpoint(w->provider, set, it->name, it->new_cp, cp_xml, err);
     for (size_t i = 0; scratch && i < it->n_targets; i++)
         free(scratch[i]);
     free(scratch);
@@ -829,7 +828,7 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
      * guests freeze (each freeze is the guest's own work); its prepare,
      * after this event, waits for them. */
     if (r == 0)
-        r = vmsh_pull_provider_start(w->provider, set, err);
+        r = w->capture->start(w->provider, set, err);
     for (size_t i = 0; i < w->n_items && r == 0; i++) {
         vm_item *it = &w->items[i];
         if (it->method == VMSH_METHOD_GUEST)
@@ -1197,7 +1196,7 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     /* a set that failed before the providers' prepare: the coordinator
      * aborts no provider, but this writer started the pull provider's work */
     vmsh_error *pe = NULL;
-    int pr = vmsh_pull_provider_cancel(w->provider, set, &pe);
+    int pr = w->capture->cancel(w->provider, set, &pe);
     int r = undo_open(w, set, err);
     if (r == 0 && pr < 0)
         r = pr;
@@ -1223,7 +1222,8 @@ static void vmw_free(vmsh_writer_ops *ops)
 }
 
 int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
-                       vmsh_provider_ops *provider, vmsh_error **err)
+                       vmsh_provider_ops *provider, const vmsh_capture_ops *capture,
+                       vmsh_error **err)
 {
     vm_writer *w = calloc(1, sizeof(*w));
     if (!w)
@@ -1234,6 +1234,7 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
     w->agent_timeout_s = cfg->agent_timeout_s > 0 ? cfg->agent_timeout_s : 3;
     w->freeze_timeout_s = cfg->freeze_timeout_s > 0 ? cfg->freeze_timeout_s : 60;
     w->provider = provider;
+    w->capture = capture;
     if ((cfg->uri && !w->uri) || !w->state_dir || (cfg->scratch_dir && !w->scratch_dir)) {
         vmw_free(&w->ops);
         return vmsh_error_set(err, -ENOMEM, "out of memory");

@@ -48,6 +48,7 @@ typedef struct vm_writer {
     char *uri, *state_dir, *scratch_dir;
     int agent_timeout_s, freeze_timeout_s;
     vmsh_provider_ops *provider;
+    const vmsh_capture_ops *capture; /* the provider's, for disk captures */
     vmsh_hv *hv;
     char *set_id;
     char *run_dir;
