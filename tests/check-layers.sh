@@ -54,5 +54,10 @@ for f in repo/*.c; do
         echo "$f: file-system access outside the repository's store (src/repo/store_*.c)"; bad=1
     fi
 done
+# Image operations (qemu-img) run only in src/hv (issue 21 point 3): no
+# argument vector names it elsewhere.
+if grep -rnE '"qemu-img"[[:space:]]*[,;}]' --include='*.c' . | grep -v '^\./hv/'; then
+    echo "qemu-img is run outside src/hv (use src/hv/image.c)"; bad=1
+fi
 [ $bad = 0 ] && echo "layers ok"
 exit $bad

@@ -172,19 +172,10 @@ static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object 
  * trusted, as QEMU sees it (qemu-img info), or NULL when it can. */
 static char *image_bitmap_problem(const char *path, const char *name)
 {
-    char *argv[] = {(char *)"qemu-img",
-                    (char *)"info",
-                    (char *)"--output=json",
-                    (char *)"--force-share",
-                    (char *)"-f",
-                    (char *)"qcow2",
-                    (char *)path,
-                    NULL};
     _cleanup_free_ char *text = NULL;
-    size_t len = 0;
     char *why = NULL;
     vmsh_error *e = NULL;
-    if (vmsh_proc_capture(argv, 60000, 16u << 20, &text, &len, &e) < 0) {
+    if (vmsh_hv_image_info(path, "qcow2", &text, &e) < 0) {
         if (asprintf(&why, "the bitmaps of %s cannot be read: %s", path, e->message) < 0)
             why = NULL;
         vmsh_error_free(e);

@@ -619,20 +619,6 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ----------------------------------------------------------- post-restore */
 
-static int run_tool(char *const argv[], const char *what, vmsh_error **err)
-{
-    vmsh_proc_result res;
-    int r = vmsh_proc_run(argv, NULL, 3600 * 1000, &res, err);
-    if (r < 0)
-        return r;
-    if (res.exit_code != 0) {
-        char buf[96];
-        return vmsh_error_set(err, -EIO, "%s failed: %s %s", what, argv[0],
-                              vmsh_proc_describe(&res, buf, sizeof(buf)));
-    }
-    return 0;
-}
-
 /* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
  * from the restored raw image (sparse in, sparse out). */
 static int place_disk(const char *tmp, const char *final, const char *format, vmsh_error **err)
@@ -641,18 +627,12 @@ static int place_disk(const char *tmp, const char *final, const char *format, vm
         _cleanup_free_ char *conv = NULL;
         if (asprintf(&conv, "%s.convert", tmp) < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
-        /* qemu-img follows a symbolic link at its output path: make the
-         * file ourselves first (O_EXCL, O_NOFOLLOW), so that a link or file
-         * planted there is removed, never written through. */
-        unlink(conv);
-        int cfd = open(conv, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (cfd < 0)
-            return vmsh_error_set(err, -errno, "cannot create %s: %s", conv, strerror(errno));
-        close(cfd);
-        char *argv[] = {
-            (char *)"qemu-img", (char *)"convert", (char *)"-q", (char *)"-f", (char *)"raw",
-            (char *)"-O",       (char *)format,    (char *)tmp,  conv,         NULL};
-        int r = run_tool(argv, "converting the restored disk", err);
+        /* vmsh_hv_image_convert makes `conv` itself (O_EXCL, O_NOFOLLOW)
+         * before qemu-img, which follows a symbolic link at its output
+         * path: a link or file planted there is removed, never written
+         * through. */
+        int r =
+            vmsh_hv_image_convert(tmp, "raw", conv, format, "converting the restored disk", err);
         if (r == 0 && rename(conv, tmp) < 0)
             r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
         if (r < 0) {
@@ -751,12 +731,10 @@ static int register_state(vm_writer *w, const vmsh_component *c, const char *nam
     return 0;
 }
 
-/* Runs `qemu-img bitmap OP -f qcow2 PATH NAME`; 0 or -1 with *why set. */
+/* `qemu-img bitmap OP -f qcow2 PATH NAME` (src/hv/image.c). */
 static int image_bitmap(const char *op, const char *path, const char *name, vmsh_error **err)
 {
-    char *argv[] = {(char *)"qemu-img", (char *)"bitmap", (char *)op,   (char *)"-f",
-                    (char *)"qcow2",    (char *)path,     (char *)name, NULL};
-    return run_tool(argv, "qemu-img bitmap", err);
+    return vmsh_hv_image_bitmap(op, path, name, err);
 }
 
 /* Issue 7 (point 3): the checkpoint of the backup travels with it (the VM

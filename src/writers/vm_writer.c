@@ -1068,18 +1068,14 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
         if ((r = vmsh_hv_block_commit_pivot(hv, vm, target, 600, err)) < 0)
             return r;
     } else {
-        char *argv[] = {(char *)"qemu-img", (char *)"commit", (char *)"-q", (char *)"-f",
-                        (char *)"qcow2",    (char *)overlay,  NULL};
-        vmsh_proc_result res;
-        if ((r = vmsh_proc_run(argv, NULL, 600 * 1000, &res, err)) < 0)
-            return r;
-        if (res.exit_code != 0) {
-            char buf[96];
+        char buf[96];
+        if ((r = vmsh_hv_image_commit(overlay, 600, buf, sizeof(buf), err)) == -EIO)
             return vmsh_error_set(err, -EIO,
                                   "cannot merge overlay %s of VM %s back into its image: qemu-img "
                                   "%s; merge it with 'qemu-img commit %s' before starting the VM",
-                                  overlay, vm, vmsh_proc_describe(&res, buf, sizeof(buf)), overlay);
-        }
+                                  overlay, vm, buf, overlay);
+        if (r < 0)
+            return r;
     }
     if (unlink(overlay) < 0 && errno != ENOENT)
         return vmsh_error_set(err, -errno, "cannot remove overlay %s: %s", overlay,
