@@ -386,13 +386,13 @@ void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
 
 /* Deletes the VM's vmshadow checkpoints but it->new_cp, through `hv`;
  * the outcome goes to it->cp_deleted and it->cp_error. */
-static void prune_with(vmsh_hv *hv, vm_item *it)
+static void prune_with(const vmsh_host_ops *host, vmsh_hv *hv, vm_item *it)
 {
     it->pruned = true;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     /* libvirt deletes bitmaps only of a running VM; a shut-off VM keeps
      * its checkpoints until a later backup of it running */
-    if (vmsh_hv_state(hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
+    if (vmsh_host_state(host, hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
         return;
     char **names = NULL;
     size_t n = 0;
@@ -430,13 +430,13 @@ void vmsh_vmw_prune_planned(vm_writer *w)
 {
     for (size_t i = 0; i < w->n_items; i++)
         if (w->items[i].prune_async)
-            prune_with(w->hv, &w->items[i]);
+            prune_with(w->host, w->hv, &w->items[i]);
 }
 
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
 {
     if (!it->pruned)
-        prune_with(w->hv, it);
+        prune_with(w->host, w->hv, it);
     json_object *extra = vmsh_component_extra(it->comp);
     if (extra && it->cp_deleted)
         json_object_object_add(extra, "checkpoints_deleted",

@@ -606,9 +606,9 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         r = vmsh_set_journal_begin(set, ops->id, "undefine", data, &seq, err);
         json_object_put(data);
         if (r == 0)
-            r = vmsh_hv_stop(w->hv, name, STOP_GRACE_S, err);
+            r = vmsh_host_stop(w->host, w->hv, name, STOP_GRACE_S, err);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, err);
+            r = vmsh_host_undefine(w->host, w->hv, name, err);
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
     }
@@ -698,9 +698,9 @@ static int unregister(vm_writer *w, const char *name, const char *state)
         bool active = v->state != VMSH_VM_SHUTOFF;
         vmsh_vm_free(v);
         if (active)
-            r = vmsh_hv_stop(w->hv, name, 0, NULL);
+            r = vmsh_host_stop(w->host, w->hv, name, 0, NULL);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, NULL);
+            r = vmsh_host_undefine(w->host, w->hv, name, NULL);
     }
     if (state)
         unlink(state);
@@ -724,8 +724,8 @@ static int register_state(vm_writer *w, const vmsh_component *c, const char *nam
         return r;
     bool paused =
         vmsh_component_state_before(c) && strcmp(vmsh_component_state_before(c), "paused") == 0;
-    if ((r = vmsh_hv_restore(w->hv, tmp, NULL, true, err)) < 0 ||
-        (r = vmsh_hv_managed_save(w->hv, name, !paused, err)) < 0)
+    if ((r = vmsh_host_restore(w->host, w->hv, name, tmp, NULL, true, err)) < 0 ||
+        (r = vmsh_host_managed_save(w->host, w->hv, name, !paused, err)) < 0)
         return vmsh_error_prefix(err, "VM %s: registering its saved state", name);
     unlink(tmp);
     return 0;
@@ -932,7 +932,7 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
     json_object_put(data);
     if (r < 0)
         return r;
-    if ((r = vmsh_hv_define(w->hv, new_xml, err)) < 0)
+    if ((r = vmsh_host_define(w->host, w->hv, new_xml, err)) < 0)
         vmsh_error_prefix(err, "VM %s", name);
     else if (state_tmp && (r = register_state(w, c, name, state_tmp, state_final, state_link,
                                               state_link_ours, err)) < 0)
@@ -1136,7 +1136,7 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
             vmsh_vm_free(v);
             return 0; /* it exists (never undefined, or the restore registered it) */
         }
-        return vmsh_hv_define(w->hv, xml, err);
+        return vmsh_host_define(w->host, w->hv, xml, err);
     }
     return -ENOSYS;
 }

@@ -604,7 +604,7 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         return r;
     it->saved = true; /* from here on abort must look at this VM */
     it->down_start = vmsh_now_ms();
-    if ((r = vmsh_hv_save(w->hv, it->name, it->state_file, err)) < 0)
+    if ((r = vmsh_host_save(w->host, w->hv, it->name, it->state_file, err)) < 0)
         return r;
     int64_t saved_at = vmsh_now_ms();
     disk_ref d[MAX_DISKS];
@@ -646,7 +646,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
     if (r < 0)
         return r; /* abort restores the VM from the state file, on its images */
     int64_t restore_at = vmsh_now_ms();
-    if ((r = vmsh_hv_restore(w->hv, it->state_file, dxml, it->prior == VMSH_VM_PAUSED, err)) < 0)
+    if ((r = vmsh_host_restore(w->host, w->hv, it->name, it->state_file, dxml,
+                               it->prior == VMSH_VM_PAUSED, err)) < 0)
         return vmsh_error_prefix(err, "VM %s was saved to %s but not started on its overlays",
                                  it->name, it->state_file);
     it->down_end = vmsh_now_ms();
@@ -867,7 +868,7 @@ static void *thaw_main(void *arg)
         if (r >= 0) {
             w->freeze_end = vmsh_now_ms();
             it->after = it->prior;
-            vmsh_hv_state(w->hv, it->name, &it->after, NULL);
+            vmsh_host_state(w->host, w->hv, it->name, &it->after, NULL);
         }
     }
     /* then the older checkpoints (a set whose thaw failed aborts: they
@@ -950,7 +951,7 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
         }
         vmsh_vm_state now = it->prior;
         if (it->prior != VMSH_VM_SHUTOFF)
-            vmsh_hv_state(w->hv, it->name, &now, NULL);
+            vmsh_host_state(w->host, w->hv, it->name, &now, NULL);
         component_after(it, now);
     }
     /* guest-method VMs are frozen ones: their pruning is the thread's */
@@ -985,7 +986,8 @@ static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
  * then has shut itself down (or was stopped) since: its disks have moved
  * on, and starting the old memory on them would corrupt its filesystems.
  * It stays off; only the state file goes (R7 is about what vmshadow did). */
-static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_error **err)
+static int undo_save(const vmsh_host_ops *host, vmsh_hv *hv, const json_object *data, bool resumed,
+                     vmsh_error **err)
 {
     const char *vm = vmsh_json_str(data, "vm"), *state_file = vmsh_json_str(data, "state_file");
     const char *prior = vmsh_json_str(data, "prior");
@@ -997,7 +999,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_er
         return r;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     vmsh_error *e = NULL;
-    r = vmsh_hv_state(hv, vm, &st, &e);
+    r = vmsh_host_state(host, hv, vm, &st, &e);
     if (r == -ENOENT) { /* a transient VM that was saved: it exists only in the file */
         vmsh_error_free(e);
         st = VMSH_VM_SHUTOFF;
@@ -1011,10 +1013,10 @@ static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_er
                                   "VM %s is shut off and its saved state %s is gone; start it "
                                   "with 'virsh start %s'",
                                   vm, state_file, vm);
-        if ((r = vmsh_hv_restore(hv, state_file, NULL, !prior_running, err)) < 0)
+        if ((r = vmsh_host_restore(host, hv, vm, state_file, NULL, !prior_running, err)) < 0)
             return r;
     } else if (st == VMSH_VM_PAUSED && prior_running) {
-        if ((r = vmsh_hv_resume(hv, vm, err)) < 0)
+        if ((r = vmsh_host_resume(host, hv, vm, err)) < 0)
             return r;
     }
     if (unlink(state_file) < 0 && errno != ENOENT)
@@ -1047,7 +1049,8 @@ static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 /* A VM running on an overlay is switched back to its image with the overlay
  * merged in; an overlay no VM runs on is merged offline (a guest may have
  * written to it before it stopped), then removed. */
-static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+static int undo_overlay(const vmsh_host_ops *host, vmsh_hv *hv, const json_object *data,
+                        vmsh_error **err)
 {
     const char *vm = vmsh_json_str(data, "vm"), *target = vmsh_json_str(data, "target");
     const char *overlay = vmsh_json_str(data, "overlay");
@@ -1060,7 +1063,7 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
         return r;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     vmsh_error *e = NULL;
-    r = vmsh_hv_state(hv, vm, &st, &e);
+    r = vmsh_host_state(host, hv, vm, &st, &e);
     vmsh_error_free(e);
     _cleanup_free_ char *cur = NULL;
     if (r == 0 && st != VMSH_VM_SHUTOFF && vmsh_hv_disk_source(hv, vm, target, &cur, NULL) == 0 &&
@@ -1133,9 +1136,9 @@ static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_
     if (strcmp(entry->action, "freeze") == 0)
         return undo_freeze(w->hv, entry->data, err);
     if (strcmp(entry->action, "save") == 0)
-        return undo_save(w->hv, entry->data, entry->state == VMSH_JOURNAL_DONE, err);
+        return undo_save(w->host, w->hv, entry->data, entry->state == VMSH_JOURNAL_DONE, err);
     if (strcmp(entry->action, "overlay") == 0)
-        return undo_overlay(w->hv, entry->data, err);
+        return undo_overlay(w->host, w->hv, entry->data, err);
     return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
                           entry->action);
 }
@@ -1231,6 +1234,7 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
     w->freeze_timeout_s = cfg->freeze_timeout_s > 0 ? cfg->freeze_timeout_s : 60;
     w->provider = provider;
     w->capture = capture;
+    w->host = cfg->host_ops ? cfg->host_ops : vmsh_host_ops_libvirt();
     if ((cfg->uri && !w->uri) || !w->state_dir || (cfg->scratch_dir && !w->scratch_dir)) {
         vmw_free(&w->ops);
         return vmsh_error_set(err, -ENOMEM, "out of memory");

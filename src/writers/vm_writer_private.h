@@ -49,6 +49,7 @@ typedef struct vm_writer {
     int agent_timeout_s, freeze_timeout_s;
     vmsh_provider_ops *provider;
     const vmsh_capture_ops *capture; /* the provider's, for disk captures */
+    const vmsh_host_ops *host;       /* VM lifecycle (hv/hostops.h) */
     vmsh_hv *hv;
     char *set_id;
     char *run_dir;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include <vmshadow/coord/coord.h>
+#include <vmshadow/hv/hostops.h>
 #include <vmshadow/writers/capture.h>
 #include <vmshadow/writers/identity.h>
 
@@ -28,6 +29,9 @@ typedef struct vmsh_vm_writer_config {
     const char *scratch_dir; /* NULL: scratch files beside each disk image (R2 (c)) */
     int agent_timeout_s;     /* each agent query while choosing the method; <= 0: 3 */
     int freeze_timeout_s;    /* the agent's freeze/thaw reply; <= 0: 60 */
+    /* The VM host operations (state, stop, save, restore, define, ...) and
+     * their hooks; NULL: libvirt's (vmsh_host_ops_libvirt). Borrowed. */
+    const vmsh_host_ops *host_ops;
 } vmsh_vm_writer_config;
 
 /* A new VM writer that registers its disks with `provider` through its
