@@ -53,8 +53,6 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     p->cb->progress(p->cb->opaque, p->name, done, total);
 }
 
-static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f);
-
 static void *fetch_main(void *arg)
 {
     req_run *q = arg;
@@ -87,10 +85,9 @@ static void fetch_start(req_run *q, const vmsh_set *set)
             const vmsh_component *c = vmsh_metadata_component(md, i);
             for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
                 const vmsh_file *f = vmsh_component_file(c, k);
-                json_object *plan = disk_plan(md, c, f);
-                const char *mode = vmsh_json_str(plan, "read");
-                const char *base = vmsh_json_str(plan, "base_backup");
-                if (!mode || strcmp(mode, "incremental") != 0 || !base)
+                const vmsh_disk_plan *plan = vmsh_file_plan(f);
+                const char *base = plan ? plan->base_backup : NULL;
+                if (!plan || plan->mode != VMSH_READ_INCREMENTAL || !base)
                     continue;
                 base_fetch *nf = vmsh_realloc_array(q->fetch, q->n_fetch + 1, sizeof(*nf));
                 if (!nf)
@@ -173,37 +170,18 @@ static int open_source(const vmsh_file *f, const char *dirty_context, vmsh_sourc
     return vmsh_source_open_qemu_image(out, vmsh_file_source_path(f), fmt, err);
 }
 
-/* The VM writer's plan for a disk file (its component extra.disks entry:
- * "read", "read_reason", "base_backup", "dirty_context"), or NULL. */
-static json_object *disk_plan(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f)
-{
-    const char *fname = vmsh_file_name(f);
-    json_object *disks = NULL;
-    if (strcmp(vmsh_metadata_writer_id(md), VMSH_VM_WRITER_ID) != 0 ||
-        strncmp(fname, "disk/", 5) != 0 || !vmsh_component_extra(c) ||
-        !json_object_object_get_ex(vmsh_component_extra(c), "disks", &disks) ||
-        !json_object_is_type(disks, json_type_array))
-        return NULL;
-    for (size_t i = 0; i < json_object_array_length(disks); i++) {
-        json_object *d = json_object_array_get_idx(disks, i);
-        const char *t = vmsh_json_str(d, "target");
-        if (t && strcmp(t, fname + 5) == 0)
-            return d;
-    }
-    return NULL;
-}
-
 /* Opens the source of a disk for an incremental read when the writer
  * planned one (issue 7): the dirty bitmap of the job's export, or for a
  * shut-off VM the persistent bitmap in its qcow2 image (qemu-nbd --bitmap);
  * and the last backup's index of the same file as the base. Anything
  * missing or refused makes it a full read, and *why says what. */
-static int open_incremental(req_run *q, const char *name, const vmsh_file *f, json_object *plan,
-                            vmsh_source **src, vmsh_file_index **base, char **why, vmsh_error **err)
+static int open_incremental(req_run *q, const char *name, const vmsh_file *f,
+                            const vmsh_disk_plan *plan, vmsh_source **src, vmsh_file_index **base,
+                            char **why, vmsh_error **err)
 {
-    const char *ctx = vmsh_json_str(plan, "dirty_context");
-    const char *bitmap = vmsh_json_str(plan, "bitmap");
-    const char *base_id = vmsh_json_str(plan, "base_backup");
+    const char *ctx = plan->dirty_context;
+    const char *bitmap = plan->bitmap;
+    const char *base_id = plan->base_backup;
     const char *fmt = vmsh_file_source_format(f);
     bool nbd = vmsh_file_source_type(f) == VMSH_SOURCE_NBD;
     vmsh_error *e = NULL;
@@ -253,27 +231,28 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     vmsh_source *src = NULL;
     vmsh_file_index *base = NULL;
-    json_object *plan = disk_plan(md, c, f);
-    const char *read_mode = vmsh_json_str(plan, "read");
+    /* the writer's typed plan (issue 21), e.g. the VM writer's for a disk */
+    const vmsh_disk_plan *plan = vmsh_file_plan(f);
+    vmsh_read_mode read_mode = plan ? plan->mode : VMSH_READ_UNPLANNED;
     _cleanup_free_ char *why = NULL;
     r = 1;
-    if (read_mode && strcmp(read_mode, "incremental") == 0 &&
+    if (read_mode == VMSH_READ_INCREMENTAL &&
         (r = open_incremental(q, name, f, plan, &src, &base, &why, err)) < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
     if (r > 0) {
-        if (read_mode && strcmp(read_mode, "incremental") == 0)
-            read_mode = "full";
-        else if (read_mode && !why)
-            why = vmsh_json_str(plan, "read_reason") ? strdup(vmsh_json_str(plan, "read_reason"))
-                                                     : NULL;
+        if (read_mode == VMSH_READ_INCREMENTAL)
+            read_mode = VMSH_READ_FULL;
+        else if (read_mode != VMSH_READ_UNPLANNED && !why)
+            why = plan->reason ? strdup(plan->reason) : NULL;
         if ((r = open_source(f, NULL, &src, err)) < 0)
             return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
     } else {
-        why =
-            vmsh_json_str(plan, "read_reason") ? strdup(vmsh_json_str(plan, "read_reason")) : NULL;
+        why = plan->reason ? strdup(plan->reason) : NULL;
     }
-    req_debug(q->cb, "copying %s%s%s", name, read_mode ? ", read " : "",
-              read_mode ? read_mode : "");
+    req_debug(q->cb, "copying %s%s", name,
+              read_mode == VMSH_READ_INCREMENTAL ? ", read incremental"
+              : read_mode == VMSH_READ_FULL      ? ", read full"
+                                                 : "");
     vmsh_add_stats st = {0};
     copy_progress cp = {.cb = q->cb, .name = name};
     vmsh_add_opts ao = {.base = base};
@@ -296,26 +275,17 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
     vmsh_file_index_free(base);
     if (r < 0)
         return vmsh_error_prefix(err, "%s: %s", vmsh_component_name(c), vmsh_file_name(f));
-    json_object *stored = json_object_new_object();
-    if (!stored)
+    vmsh_file_stored_record rec = {.file = name,
+                                   .size = st.size,
+                                   .bytes_stored = st.bytes_stored,
+                                   .new_chunks = st.new_chunks,
+                                   .bytes_read = st.bytes_read,
+                                   .read = read_mode,
+                                   .read_reason = why,
+                                   .base = had_base ? plan->base_backup : NULL,
+                                   .base_chunks = st.base_chunks};
+    if (vmsh_file_set_stored_record(f, &rec) < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    json_object_object_add(stored, "file", json_object_new_string(name));
-    json_object_object_add(stored, "size", json_object_new_int64((int64_t)st.size));
-    json_object_object_add(stored, "bytes_stored", json_object_new_int64((int64_t)st.bytes_stored));
-    json_object_object_add(stored, "new_chunks", json_object_new_int64((int64_t)st.new_chunks));
-    json_object_object_add(stored, "bytes_read", json_object_new_int64((int64_t)st.bytes_read));
-    if (read_mode) {
-        /* issue 7: how the disk was read, and why */
-        json_object_object_add(stored, "read", json_object_new_string(read_mode));
-        json_object_object_add(stored, "read_reason", why ? json_object_new_string(why) : NULL);
-        if (had_base)
-            json_object_object_add(stored, "base",
-                                   json_object_new_string(vmsh_json_str(plan, "base_backup")));
-        json_object_object_add(stored, "base_chunks",
-                               json_object_new_int64((int64_t)st.base_chunks));
-    }
-    vmsh_file_set_stored(f, stored, st.bytes_read, st.bytes_stored);
-    json_object_put(stored);
     if (vmsh_file_size(f) < 0)
         vmsh_file_set_size(f, (int64_t)st.size);
     return 0;

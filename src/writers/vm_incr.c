@@ -447,3 +447,35 @@ void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
         json_object_object_add(extra, "checkpoint_cleanup_error",
                                json_object_new_string(it->cp_error));
 }
+
+static vmsh_read_mode read_mode_of(const char *s)
+{
+    return !s                              ? VMSH_READ_UNPLANNED
+           : strcmp(s, "incremental") == 0 ? VMSH_READ_INCREMENTAL
+                                           : VMSH_READ_FULL;
+}
+
+int vmsh_vmw_publish_plans(vm_item *it)
+{
+    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
+    int r = 0;
+    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+        json_object *dj = json_object_array_get_idx(disks, i);
+        const char *target = vmsh_json_str(dj, "target");
+        _cleanup_free_ char *fname = NULL;
+        if (!target || asprintf(&fname, "disk/%s", target) < 0)
+            continue;
+        vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+        if (!f)
+            continue;
+        const char *mode = vmsh_json_str(dj, "read");
+        vmsh_disk_plan p = {.mode = read_mode_of(mode),
+                            .reason = vmsh_json_str(dj, "read_reason"),
+                            .base_backup = vmsh_json_str(dj, "base_backup"),
+                            .bitmap = vmsh_json_str(dj, "bitmap"),
+                            .dirty_context = vmsh_json_str(dj, "dirty_context")};
+        if (vmsh_file_set_plan(f, mode ? &p : NULL) < 0)
+            r = -ENOMEM;
+    }
+    return r;
+}

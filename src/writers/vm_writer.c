@@ -733,6 +733,8 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
 {
     if (it->method != VMSH_METHOD_GUEST) {
         vmsh_vmw_plan_direct_reads(w, set, it);
+        if (vmsh_vmw_publish_plans(it) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
         return it->saved ? 0 : sources_from_images(it, err);
     }
     if (it->n_targets == 0)
@@ -769,6 +771,8 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
     _cleanup_free_ char *cp_xml = NULL;
     if (r == 0)
         r = vmsh_vmw_plan_job_reads(w, set, it, bd, it->n_targets, &cp_xml, err);
+    if (r == 0 && vmsh_vmw_publish_plans(it) < 0)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
     if (r == 0)
         r = w->capture->add(w->provider, set, it->name, sock, bd, it->n_targets, err);
     if (r == 0 && cp_xml)
@@ -943,8 +947,10 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
      * thread's from its start to its join */
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
-        if (it->method == VMSH_METHOD_GUEST)
+        if (it->method == VMSH_METHOD_GUEST) {
             vmsh_vmw_note_job_fallback(w, set, it);
+            vmsh_vmw_publish_plans(it); /* out of memory: the earlier plan, the export's own */
+        }
         if ((it->thaw_pending = it->frozen)) {
             frozen++;
             continue;

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include <json-c/json.h>
+
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/requestor/requestor.h>
 #include <vmshadow/writers/identity.h>
@@ -382,6 +384,63 @@ static void test_restore(void **state)
     free(id);
 }
 
+/* The typed record serializes as the requestor's JSON did before issue 21
+ * (member order included): the document format stays byte-compatible. */
+static void test_stored_record_json(void **state)
+{
+    vmsh_metadata *md = NULL;
+    vmsh_component *c = NULL;
+    vmsh_file *f = NULL, *g = NULL;
+    assert_int_equal(vmsh_metadata_new(&md, "id", "w", NULL), 0);
+    assert_int_equal(vmsh_metadata_add_component(md, "vm1", &c, NULL), 0);
+    assert_int_equal(vmsh_component_add_file(c, "disk/vda", "disk", &f, NULL), 0);
+    assert_int_equal(vmsh_component_add_file(c, "nvram", "nvram", &g, NULL), 0);
+    vmsh_file_stored_record rec = {.file = "vm1/disk/vda",
+                                   .size = 10,
+                                   .bytes_stored = 5,
+                                   .new_chunks = 1,
+                                   .bytes_read = 4,
+                                   .read = VMSH_READ_INCREMENTAL,
+                                   .read_reason = "why",
+                                   .base = "B",
+                                   .base_chunks = 3};
+    assert_int_equal(vmsh_file_set_stored_record(f, &rec), 0);
+    assert_string_equal(
+        json_object_to_json_string_ext(vmsh_file_stored(f),
+                                       JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+        "{\"file\":\"vm1/disk/vda\",\"size\":10,\"bytes_stored\":5,\"new_chunks\":1,"
+        "\"bytes_read\":4,\"read\":\"incremental\",\"read_reason\":\"why\",\"base\":"
+        "\"B\",\"base_chunks\":3}");
+    assert_int_equal(vmsh_file_read_mode(f), VMSH_READ_INCREMENTAL);
+    assert_string_equal(vmsh_file_read_reason(f), "why");
+    assert_int_equal(vmsh_file_stored_bytes_read(f), 4);
+    assert_int_equal(vmsh_file_bytes_read(f), 4);
+    rec = (vmsh_file_stored_record){.file = "vm1/disk/vda", .read = VMSH_READ_FULL};
+    assert_int_equal(vmsh_file_set_stored_record(f, &rec), 0);
+    assert_string_equal(
+        json_object_to_json_string_ext(vmsh_file_stored(f),
+                                       JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+        "{\"file\":\"vm1/disk/vda\",\"size\":0,\"bytes_stored\":0,\"new_chunks\":0,"
+        "\"bytes_read\":0,\"read\":\"full\",\"read_reason\":null,\"base_chunks\":0}");
+    rec = (vmsh_file_stored_record){.file = "vm1/nvram", .size = 7};
+    assert_int_equal(vmsh_file_set_stored_record(g, &rec), 0);
+    assert_string_equal(
+        json_object_to_json_string_ext(vmsh_file_stored(g),
+                                       JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+        "{\"file\":\"vm1/nvram\",\"size\":7,\"bytes_stored\":0,\"new_chunks\":0,"
+        "\"bytes_read\":0}");
+    assert_int_equal(vmsh_file_read_mode(g), VMSH_READ_UNPLANNED);
+    /* a typed plan is copied and cleared */
+    vmsh_disk_plan p = {.mode = VMSH_READ_INCREMENTAL, .base_backup = "B", .dirty_context = "ctx"};
+    assert_int_equal(vmsh_file_set_plan(f, &p), 0);
+    assert_string_equal(vmsh_file_plan(f)->base_backup, "B");
+    assert_null(vmsh_file_plan(f)->bitmap);
+    assert_int_equal(vmsh_file_set_plan(f, NULL), 0);
+    assert_null(vmsh_file_plan(f));
+    assert_int_equal(vmsh_file_set_plan(g, &p), 0); /* freed with the file */
+    vmsh_metadata_free(md);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +448,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_between_steps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_writer_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
+        cmocka_unit_test(test_stored_record_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
