@@ -57,9 +57,11 @@ typedef struct vmsh_requestor_config {
     const char *writers_dir; /* script writers */
     const vmsh_kvconf
         *conf; /* agent-timeout, scratch-dir, event-timeout, freeze-limit; may be NULL */
-    /* The run stops between steps, and the copy between chunks' runs, once
-     * *cancel is non-zero (e.g. set by a SIGINT handler): the set is aborted
-     * and nothing is stored (R5). May be NULL. */
+    /* The run stops between steps (before each event, provider step and
+     * file copied) once *cancel is non-zero (e.g. set by a SIGINT handler):
+     * the set is aborted and nothing is stored (R5). A file's copy already
+     * under way runs to its end (the repository's add has no cancel yet).
+     * May be NULL. */
     volatile sig_atomic_t *cancel;
     /* Instead of the host's writers and providers (borrowed): for tests and
      * embedders. When writers is NULL, the VM writer, its pull provider
