@@ -432,7 +432,7 @@ static int repo_history(vmsh_repo *repo, const vmsh_set_options *so, json_object
 }
 
 /* R6: disks the VM writer leaves out are backed up from inside the guest;
- * say so on every backup, also with --json (stderr). */
+ * say so on every backup (a warning: the CLI shows it also with --json). */
 static void warn_excluded(const vmsh_requestor_callbacks *cb, const vmsh_set *set)
 {
     for (size_t i = 0; set && i < vmsh_set_writer_count(set); i++) {
