@@ -154,6 +154,19 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
                            vmsh_repo *repo, const vmsh_requestor_restore_options *opts,
                            vmsh_requestor_restore_result **out, vmsh_error **err);
 
+/* `vmshadow vms`: every VM of the connection, or the named ones (-ENOENT
+ * for a name that is no VM), with state, disks (and R6's exclusions), guest
+ * agent, and the method a backup with `method` ("auto", "saved-state",
+ * "guest"; NULL: auto; -EINVAL for another) would use and why (R2), as the
+ * document of `vmshadow --json vms`: {"uri", "vms": [{name, uuid, state,
+ * persistent, managed_save, disks: [{target, source, format, kind, device,
+ * readonly, excluded, exclusion_reason}], xml_error, agent: {channel,
+ * reachable, can_freeze, error, filesystems?}, method, reason}]}. An agent
+ * that cannot be probed is a warning. */
+int vmsh_requestor_vms(const vmsh_requestor_config *cfg, const vmsh_requestor_callbacks *cb,
+                       const char *const *names, size_t n_names, const char *method,
+                       struct json_object **out, vmsh_error **err);
+
 /* The writers known on this host, for `vmshadow writers`: the VM writer's
  * identity first, then each script writer file (loaded or not). */
 typedef struct vmsh_requestor_writer_info {
