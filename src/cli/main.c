@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_REPO        "/var/lib/vmshadow/repo"
@@ -125,7 +126,30 @@ const char *vmsh_cli_safe(vmsh_cli *cli, const char *s)
     return e;
 }
 
-static void vmsg(vmsh_cli *cli, const char *prefix, const char *fmt, va_list ap)
+/* Under systemd, stderr is the journal (JOURNAL_STREAM names its device
+ * and inode, systemd.exec(5)): each line then starts with its priority,
+ * "<3>" error, "<4>" warning, "<6>" information, "<7>" debug (sd-daemon(3)),
+ * so that `journalctl -p err` finds what failed. Elsewhere lines are plain. */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    return js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+           (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+static const char *priority(int level)
+{
+    static int journal = -1;
+    static const char *const prefixes[] = {"<3>", "<4>", "<6>", "<7>"};
+    if (journal < 0)
+        journal = stderr_is_journal();
+    return journal ? prefixes[level] : "";
+}
+enum { PRIO_ERR, PRIO_WARNING, PRIO_INFO, PRIO_DEBUG };
+
+static void vmsg(vmsh_cli *cli, int prio, const char *prefix, const char *fmt, va_list ap)
 {
     /* Messages carry names from libvirt and from backup documents: no
      * control character of theirs reaches the terminal. */
@@ -133,7 +157,7 @@ static void vmsg(vmsh_cli *cli, const char *prefix, const char *fmt, va_list ap)
     if (vasprintf(&m, fmt, ap) < 0)
         m = NULL;
     char *e = m ? vmsh_text_escape(m, strlen(m), VMSH_TEXT_CONTROLS, NULL) : NULL;
-    fprintf(stderr, "%s: %s%s\n", cli->prog, prefix, e ? e : "(out of memory)");
+    fprintf(stderr, "%s%s: %s%s\n", priority(prio), cli->prog, prefix, e ? e : "(out of memory)");
     free(e);
     free(m);
 }
@@ -144,7 +168,7 @@ void vmsh_cli_info(vmsh_cli *cli, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, "", fmt, ap);
+    vmsg(cli, PRIO_INFO, "", fmt, ap);
     va_end(ap);
 }
 
@@ -152,7 +176,7 @@ void vmsh_cli_warn(vmsh_cli *cli, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, "warning: ", fmt, ap);
+    vmsg(cli, PRIO_WARNING, "warning: ", fmt, ap);
     va_end(ap);
 }
 
@@ -166,7 +190,7 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...)
              (long long)(vmsh_now_ms() - cli->start_ms));
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, prefix, fmt, ap);
+    vmsg(cli, PRIO_DEBUG, prefix, fmt, ap);
     va_end(ap);
 }
 
@@ -208,7 +232,7 @@ int vmsh_cli_fail(vmsh_cli *cli, vmsh_error **err)
     int code = err && *err ? (*err)->code : -EIO;
     const char *msg = err && *err ? (*err)->message : "unknown failure";
     int rc = vmsh_cli_exit_code(code);
-    fprintf(stderr, "%s: error: %s\n", cli->prog, vmsh_cli_safe(cli, msg));
+    fprintf(stderr, "%s%s: error: %s\n", priority(PRIO_ERR), cli->prog, vmsh_cli_safe(cli, msg));
     if (cli->json)
         print_error_json(rc, code, msg);
     if (err) {
@@ -226,8 +250,9 @@ int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
     if (vasprintf(&m, fmt, ap) < 0)
         m = NULL;
     va_end(ap);
-    fprintf(stderr, "%s%s%s: %s\nTry '%s%s%s --help'.\n", cli->prog, cmd ? " " : "", cmd ? cmd : "",
-            m ? vmsh_cli_safe(cli, m) : "usage error", cli->prog, cmd ? " " : "", cmd ? cmd : "");
+    fprintf(stderr, "%s%s%s%s: %s\n%sTry '%s%s%s --help'.\n", priority(PRIO_ERR), cli->prog,
+            cmd ? " " : "", cmd ? cmd : "", m ? vmsh_cli_safe(cli, m) : "usage error",
+            priority(PRIO_INFO), cli->prog, cmd ? " " : "", cmd ? cmd : "");
     if (cli->json)
         print_error_json(VMSH_EXIT_USAGE, -EINVAL, m ? m : "usage error");
     free(m);
