@@ -11,7 +11,7 @@
 
 #include <json-c/json.h>
 
-#include <vmshadow/coord/coord.h>
+#include <vmshadow/requestor/requestor.h>
 #include <vmshadow/util/error.h>
 #include <vmshadow/util/kvconf.h>
 
@@ -135,32 +135,17 @@ typedef struct vmsh_cli_progress_state {
 void vmsh_cli_progress(void *opaque, uint64_t done, uint64_t total);
 void vmsh_cli_progress_end(vmsh_cli_progress_state *p);
 
-typedef struct broken_writer {
-    char *path, *name, *message;
-    char id[37];
-} broken_writer;
-
-typedef struct vmsh_cli_host_writers {
-    vmsh_writer_ops **w;
-    size_t n;
-    vmsh_provider_ops **p;
-    size_t np;
-    vmsh_writer_ops *vm_writer; /* also in w[] */
-    broken_writer *broken;      /* script writer files that do not load */
-    size_t n_broken;
-    char **paths; /* script writer file of w[i], NULL for the VM writer */
-} vmsh_cli_host_writers;
-
-/* THE place where the writers of a set are built: the VM writer (with the
- * pull provider it captures disks through) first, then every script writer
- * of the writers directory in file-name order. With `strict`, a script
- * writer file that does not load fails the call; otherwise it is kept in
- * h->broken. */
-int vmsh_cli_build_writers(vmsh_cli *cli, bool strict, vmsh_cli_host_writers *h, vmsh_error **err);
-void vmsh_cli_host_writers_clear(vmsh_cli_host_writers *h);
-/* The coordinator's configuration from the config file. */
-int vmsh_cli_coord_config(vmsh_cli *cli, vmsh_coord_config *cfg, vmsh_error **err);
-/* A file's name in the repository (malloc'ed; NULL on ENOMEM). */
-char *vmsh_cli_repo_file_name(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f);
+/* The requestor's configuration from the command line's (host.c). */
+void vmsh_cli_requestor_config(vmsh_cli *cli, vmsh_requestor_config *cfg);
+/* Callbacks that print what the requestor tells: warnings, -v detail, a
+ * progress line per file at a terminal (backup's or restore's layout). */
+typedef struct vmsh_cli_events {
+    vmsh_cli *cli;
+    bool restore;
+    int64_t last_ms;
+    bool shown;
+} vmsh_cli_events;
+void vmsh_cli_callbacks(vmsh_cli *cli, vmsh_cli_events *ev, bool restore,
+                        vmsh_requestor_callbacks *cb);
 
 #endif

@@ -126,7 +126,7 @@ void vmsh_cli_backup_vm_bytes(const vmsh_backup_info *b, const char *vm, uint64_
 {
     *read = *stored = *logical = 0;
     size_t n = strlen(vm);
-    /* the VM writer's files are named VM/... (vmsh_cli_repo_file_name) */
+    /* the VM writer's files are named VM/... (req_file_name, src/requestor/host.c) */
     for (size_t i = 0; i < b->n_files; i++)
         if (strncmp(b->files[i].name, vm, n) == 0 && b->files[i].name[n] == '/') {
             *stored += b->files[i].stored_bytes;

@@ -606,9 +606,9 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         r = vmsh_set_journal_begin(set, ops->id, "undefine", data, &seq, err);
         json_object_put(data);
         if (r == 0)
-            r = vmsh_hv_stop(w->hv, name, STOP_GRACE_S, err);
+            r = vmsh_host_stop(w->host, w->hv, name, STOP_GRACE_S, err);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, err);
+            r = vmsh_host_undefine(w->host, w->hv, name, err);
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
     }
@@ -619,20 +619,6 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ----------------------------------------------------------- post-restore */
 
-static int run_tool(char *const argv[], const char *what, vmsh_error **err)
-{
-    vmsh_proc_result res;
-    int r = vmsh_proc_run(argv, NULL, 3600 * 1000, &res, err);
-    if (r < 0)
-        return r;
-    if (res.exit_code != 0) {
-        char buf[96];
-        return vmsh_error_set(err, -EIO, "%s failed: %s %s", what, argv[0],
-                              vmsh_proc_describe(&res, buf, sizeof(buf)));
-    }
-    return 0;
-}
-
 /* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
  * from the restored raw image (sparse in, sparse out). */
 static int place_disk(const char *tmp, const char *final, const char *format, vmsh_error **err)
@@ -641,18 +627,12 @@ static int place_disk(const char *tmp, const char *final, const char *format, vm
         _cleanup_free_ char *conv = NULL;
         if (asprintf(&conv, "%s.convert", tmp) < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
-        /* qemu-img follows a symbolic link at its output path: make the
-         * file ourselves first (O_EXCL, O_NOFOLLOW), so that a link or file
-         * planted there is removed, never written through. */
-        unlink(conv);
-        int cfd = open(conv, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (cfd < 0)
-            return vmsh_error_set(err, -errno, "cannot create %s: %s", conv, strerror(errno));
-        close(cfd);
-        char *argv[] = {
-            (char *)"qemu-img", (char *)"convert", (char *)"-q", (char *)"-f", (char *)"raw",
-            (char *)"-O",       (char *)format,    (char *)tmp,  conv,         NULL};
-        int r = run_tool(argv, "converting the restored disk", err);
+        /* vmsh_hv_image_convert makes `conv` itself (O_EXCL, O_NOFOLLOW)
+         * before qemu-img, which follows a symbolic link at its output
+         * path: a link or file planted there is removed, never written
+         * through. */
+        int r =
+            vmsh_hv_image_convert(tmp, "raw", conv, format, "converting the restored disk", err);
         if (r == 0 && rename(conv, tmp) < 0)
             r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
         if (r < 0) {
@@ -718,9 +698,9 @@ static int unregister(vm_writer *w, const char *name, const char *state)
         bool active = v->state != VMSH_VM_SHUTOFF;
         vmsh_vm_free(v);
         if (active)
-            r = vmsh_hv_stop(w->hv, name, 0, NULL);
+            r = vmsh_host_stop(w->host, w->hv, name, 0, NULL);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, NULL);
+            r = vmsh_host_undefine(w->host, w->hv, name, NULL);
     }
     if (state)
         unlink(state);
@@ -744,19 +724,17 @@ static int register_state(vm_writer *w, const vmsh_component *c, const char *nam
         return r;
     bool paused =
         vmsh_component_state_before(c) && strcmp(vmsh_component_state_before(c), "paused") == 0;
-    if ((r = vmsh_hv_restore(w->hv, tmp, NULL, true, err)) < 0 ||
-        (r = vmsh_hv_managed_save(w->hv, name, !paused, err)) < 0)
+    if ((r = vmsh_host_restore(w->host, w->hv, name, tmp, NULL, true, err)) < 0 ||
+        (r = vmsh_host_managed_save(w->host, w->hv, name, !paused, err)) < 0)
         return vmsh_error_prefix(err, "VM %s: registering its saved state", name);
     unlink(tmp);
     return 0;
 }
 
-/* Runs `qemu-img bitmap OP -f qcow2 PATH NAME`; 0 or -1 with *why set. */
+/* `qemu-img bitmap OP -f qcow2 PATH NAME` (src/hv/image.c). */
 static int image_bitmap(const char *op, const char *path, const char *name, vmsh_error **err)
 {
-    char *argv[] = {(char *)"qemu-img", (char *)"bitmap", (char *)op,   (char *)"-f",
-                    (char *)"qcow2",    (char *)path,     (char *)name, NULL};
-    return run_tool(argv, "qemu-img bitmap", err);
+    return vmsh_hv_image_bitmap(op, path, name, err);
 }
 
 /* Issue 7 (point 3): the checkpoint of the backup travels with it (the VM
@@ -954,7 +932,7 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
     json_object_put(data);
     if (r < 0)
         return r;
-    if ((r = vmsh_hv_define(w->hv, new_xml, err)) < 0)
+    if ((r = vmsh_host_define(w->host, w->hv, new_xml, err)) < 0)
         vmsh_error_prefix(err, "VM %s", name);
     else if (state_tmp && (r = register_state(w, c, name, state_tmp, state_final, state_link,
                                               state_link_ours, err)) < 0)
@@ -1158,7 +1136,7 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
             vmsh_vm_free(v);
             return 0; /* it exists (never undefined, or the restore registered it) */
         }
-        return vmsh_hv_define(w->hv, xml, err);
+        return vmsh_host_define(w->host, w->hv, xml, err);
     }
     return -ENOSYS;
 }
