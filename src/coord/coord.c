@@ -18,7 +18,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,13 +40,6 @@ typedef struct slot {
     bool got_abort;
     vmsh_event_record *events;
     size_t n_events;
-    /* call_writers_at_once: the outcome of this writer's call */
-    vmsh_set *par_set;
-    vmsh_event par_event;
-    int64_t par_deadline;
-    pthread_t par_thread;
-    int par_rc;
-    vmsh_error *par_err;
 } slot;
 
 typedef struct pslot {
@@ -80,13 +72,6 @@ struct vmsh_set {
     char *backup_id, *document;
     uint64_t bytes_read, bytes_stored;
     char started[21];
-    /* Issue 27 point 4: Freeze and Thaw go to the writers at once
-     * (call_writers_at_once). While they run, `event` and `deadline` are
-     * the same for all and set before; `mu` serialises what the writers
-     * and the callbacks share: the journal, the noted window, on_step and
-     * on_event. */
-    bool at_once;
-    pthread_mutex_t mu;
 };
 
 static int check_cancel(const vmsh_set *s, vmsh_error **err);
@@ -216,21 +201,14 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     default:
         break;
     }
-    if (!s->at_once) {
-        s->event = ev;
-        s->deadline = deadline;
-    }
-    /* Once cancelled, only what undoes (Thaw, Abort) is still sent, and a
-     * Freeze already promised (got_freeze: it will get its Thaw). */
-    if (ev != VMSH_EVENT_THAW && ev != VMSH_EVENT_ABORT &&
-        !(ev == VMSH_EVENT_FREEZE && sl->got_freeze) && vmsh_set_cancelled(s))
+    s->event = ev;
+    s->deadline = deadline;
+    /* Once cancelled, only what undoes (Thaw, Abort) is still sent. */
+    if (ev != VMSH_EVENT_THAW && ev != VMSH_EVENT_ABORT && vmsh_set_cancelled(s))
         return check_cancel(s, err);
     vmsh_error *e = NULL;
-    if (s->on_step) {
-        pthread_mutex_lock(&s->mu);
+    if (s->on_step)
         s->on_step(s->on_event_opaque, s, false, w->name, vmsh_event_name(ev), false, 0, 0);
-        pthread_mutex_unlock(&s->mu);
-    }
     int64_t t0 = vmsh_now_ms();
     int r = 0;
     if (ev == VMSH_EVENT_IDENTIFY)
@@ -248,13 +226,11 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     if (r < 0 && !e)
         vmsh_error_set(&e, r, "failed: %s", strerror(-r));
     note_event(sl, ev, r >= 0 ? "ok" : r == -ETIMEDOUT ? "timed-out" : "failed", t1 - t0);
-    pthread_mutex_lock(&s->mu);
     if (s->on_step)
         s->on_step(s->on_event_opaque, s, false, w->name, vmsh_event_name(ev), true, r < 0 ? r : 0,
                    t1 - t0);
     if (s->on_event)
         s->on_event(s->on_event_opaque, s, (size_t)(sl - s->slots), ev, r < 0 ? r : 0, t1 - t0);
-    pthread_mutex_unlock(&s->mu);
     if (r >= 0)
         return 0;
     vmsh_error_prefix(&e, "writer %s at %s", w->name, vmsh_event_name(ev));
@@ -326,7 +302,6 @@ static int set_new(vmsh_set **out, const vmsh_coord_config *cfg, const char *ope
     s->on_event_opaque = cfg->on_event_opaque;
     s->on_step = cfg->on_step;
     s->req = req;
-    pthread_mutex_init(&s->mu, NULL);
     if (opts)
         s->opts = *opts;
     s->slots = vmsh_calloc_array(n ? n : 1, sizeof(*s->slots));
@@ -388,7 +363,6 @@ void vmsh_set_free(vmsh_set *s)
         if (sl->md_owned)
             vmsh_metadata_free(sl->md);
         vmsh_error_free(sl->error);
-        vmsh_error_free(sl->par_err);
         for (size_t k = 0; k < sl->n_events; k++) {
             free(sl->events[k].event);
             free(sl->events[k].result);
@@ -401,7 +375,6 @@ void vmsh_set_free(vmsh_set *s)
     free(s->state_dir);
     free(s->backup_id);
     free(s->document);
-    pthread_mutex_destroy(&s->mu);
     free(s);
 }
 
@@ -482,20 +455,14 @@ int vmsh_set_journal_begin(vmsh_set *s, const char *owner, const char *action,
 {
     if (!s->journal)
         return vmsh_error_set(err, -EINVAL, "the set %s has no journal any more", s->id);
-    pthread_mutex_lock(&s->mu);
-    int r = vmsh_journal_begin(s->journal, owner, action, data, out_seq, err);
-    pthread_mutex_unlock(&s->mu);
-    return r;
+    return vmsh_journal_begin(s->journal, owner, action, data, out_seq, err);
 }
 
 int vmsh_set_journal_mark(vmsh_set *s, uint64_t seq, vmsh_journal_state state, vmsh_error **err)
 {
     if (!s->journal)
         return vmsh_error_set(err, -EINVAL, "the set %s has no journal any more", s->id);
-    pthread_mutex_lock(&s->mu);
-    int r = vmsh_journal_mark(s->journal, seq, state, err);
-    pthread_mutex_unlock(&s->mu);
-    return r;
+    return vmsh_journal_mark(s->journal, seq, state, err);
 }
 
 vmsh_journal *vmsh_set_journal(vmsh_set *s)
@@ -505,10 +472,8 @@ vmsh_journal *vmsh_set_journal(vmsh_set *s)
 
 void vmsh_set_note_window_ms(vmsh_set *s, int64_t ms)
 {
-    pthread_mutex_lock(&s->mu);
     if (ms > s->noted_window_ms)
         s->noted_window_ms = ms;
-    pthread_mutex_unlock(&s->mu);
 }
 
 bool vmsh_set_aborted(const vmsh_set *s)
@@ -698,78 +663,6 @@ static int build_document(vmsh_set *s, vmsh_error **err)
     return r;
 }
 
-static void *writer_main(void *arg)
-{
-    slot *sl = arg;
-    sl->par_rc = call_writer(sl->par_set, sl, sl->par_event, sl->par_deadline, &sl->par_err);
-    return NULL;
-}
-
-/* Issue 27 point 4: sends `ev` to every writer `take` selects at once, one
- * thread per writer but the first, which runs here, so that a set's Freeze
- * (and Thaw) lasts as long as its slowest writer's, not the sum of all.
- * Returns when every call has ended, each outcome in its slot (par_rc,
- * par_err). A thread that cannot start sends its event here, after the
- * others: slower, never wrong. */
-static void call_writers_at_once(vmsh_set *s, vmsh_event ev, int64_t deadline,
-                                 bool (*take)(const slot *))
-{
-    bool *started = vmsh_calloc_array(s->n ? s->n : 1, sizeof(*started));
-    slot *first = NULL;
-    s->event = ev;
-    s->deadline = deadline;
-    s->at_once = true;
-    for (size_t i = 0; i < s->n; i++) {
-        slot *sl = &s->slots[i];
-        if (!take(sl))
-            continue;
-        sl->par_set = s;
-        sl->par_event = ev;
-        sl->par_deadline = deadline;
-        sl->par_rc = 0;
-        vmsh_error_free(sl->par_err);
-        sl->par_err = NULL;
-        if (!first)
-            first = sl;
-        else if (started)
-            started[i] = pthread_create(&sl->par_thread, NULL, writer_main, sl) == 0;
-    }
-    if (first)
-        writer_main(first);
-    for (size_t i = 0; i < s->n; i++) {
-        slot *sl = &s->slots[i];
-        if (!take(sl) || sl == first)
-            continue;
-        if (started && started[i])
-            pthread_join(sl->par_thread, NULL);
-        else
-            writer_main(sl);
-    }
-    s->at_once = false;
-    free(started);
-}
-
-static bool got_freeze(const slot *sl)
-{
-    return sl->got_freeze;
-}
-
-/* The first failure of call_writers_at_once, in the set's order of
- * writers, goes to *err (unless it holds one); 0 when none failed. */
-static int first_par_error(vmsh_set *s, bool (*take)(const slot *), vmsh_error **err)
-{
-    int r = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        slot *sl = &s->slots[i];
-        if (!take(sl))
-            continue;
-        if (sl->par_rc < 0 && r == 0)
-            r = sl->par_rc;
-        vmsh_error_propagate(err, &sl->par_err);
-    }
-    return r;
-}
-
 static int run_backup(vmsh_set *s, vmsh_error **err)
 {
     int r;
@@ -799,34 +692,29 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
     /* Freeze ... Thaw, bounded by the freeze limit. */
     int64_t freeze_start = vmsh_now_ms();
     int64_t freeze_end = freeze_start + s->freeze_limit_ms;
-    /* Freeze goes to every writer at once: each is sent it (and so gets
-     * its Thaw) or, cancelled before, none is (R5, R7). */
-    int fr = check_cancel(s, err);
-    if (fr == 0) {
-        for (size_t i = 0; i < s->n; i++)
-            s->slots[i].got_freeze = true;
-        call_writers_at_once(s, VMSH_EVENT_FREEZE, min64(ev_deadline(s), freeze_end), got_freeze);
-        for (size_t i = 0; i < s->n; i++)
-            if (s->slots[i].par_rc == 0)
-                s->slots[i].state = VMSH_WSTATE_WAITING_FOR_THAW;
-        fr = first_par_error(s, got_freeze, err);
+    int fr = 0;
+    for (size_t i = 0; i < s->n && fr == 0; i++) {
+        slot *sl = &s->slots[i];
+        if ((fr = check_cancel(s, err)) < 0)
+            break; /* not sent Freeze: gets no Thaw */
+        sl->got_freeze = true;
+        fr = call_writer(s, sl, VMSH_EVENT_FREEZE, min64(ev_deadline(s), freeze_end), err);
+        if (fr == 0)
+            sl->state = VMSH_WSTATE_WAITING_FOR_THAW;
     }
     for (size_t i = 0; i < s->np && fr == 0; i++)
         fr = call_provider(s, &s->pslots[i], P_COMMIT, min64(ev_deadline(s), freeze_end), err);
-    /* Thaw goes to every writer Freeze was sent to, at once, whatever
-     * happened since (also past the freeze limit: thawing late beats
-     * staying frozen). */
-    call_writers_at_once(s, VMSH_EVENT_THAW, ev_deadline(s), got_freeze);
-    for (size_t i = 0; i < s->n; i++) {
+    /* Thaw goes to every writer Freeze was sent to, whatever happened since
+     * (also past the freeze limit: thawing late beats staying frozen). */
+    for (size_t i = s->n; i-- > 0;) {
         slot *sl = &s->slots[i];
         if (!sl->got_freeze)
             continue;
-        if (sl->par_rc < 0)
+        if (call_writer(s, sl, VMSH_EVENT_THAW, ev_deadline(s), err) < 0)
             fr = fr ? fr : -EIO;
         else if (!slot_failed(sl))
             sl->state = VMSH_WSTATE_WAITING_FOR_POST_SNAPSHOT;
     }
-    first_par_error(s, got_freeze, err);
     s->freeze_window_ms = vmsh_now_ms() - freeze_start;
     if (fr == 0)
         fr = check_cancel(s, err);

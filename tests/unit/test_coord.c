@@ -4,7 +4,6 @@
  * recorded writer states (R17), the journal and recovery (R7), restore. */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,18 +27,14 @@
 /* ---- a shared log of everything the fakes were sent ---- */
 
 static char event_log[8192];
-/* Freeze and Thaw reach the writers at once, from threads (issue 27) */
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void logf_(const char *fmt, ...)
 {
-    pthread_mutex_lock(&log_mu);
     size_t l = strlen(event_log);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(event_log + l, sizeof(event_log) - l, fmt, ap);
     va_end(ap);
-    pthread_mutex_unlock(&log_mu);
 }
 
 /* ---- fake writer ---- */
@@ -52,7 +47,6 @@ typedef struct fake_writer {
     int sleep_at; /* event that sleeps sleep_ms, or -1 */
     int sleep_ms;
     int cancel_at; /* event at which the requestor is asked to stop, or -1 */
-    int meet_at;   /* event at which it waits (up to 3 s) for every writer to be in it, or -1 */
     bool retryable;
     int calls[VMSH_EVENT_COUNT];
     int order[VMSH_EVENT_COUNT]; /* position in the global order of calls */
@@ -62,8 +56,6 @@ typedef struct fake_writer {
 
 static int call_counter;
 static volatile sig_atomic_t cancel_flag;
-/* meet_at: how many writers are in their event, and how many must be */
-static int met[VMSH_EVENT_COUNT], meet_want;
 
 static void sleep_ms(int ms)
 {
@@ -71,37 +63,11 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Waits until meet_want writers are in event `ev` at the same time: true
- * when they met, false when 3 s went by first (they were sent it one after
- * the other). */
-static bool meet(vmsh_event ev)
-{
-    pthread_mutex_lock(&log_mu);
-    met[ev]++;
-    pthread_mutex_unlock(&log_mu);
-    for (int i = 0; i < 300; i++) {
-        pthread_mutex_lock(&log_mu);
-        bool all = met[ev] >= meet_want;
-        pthread_mutex_unlock(&log_mu);
-        if (all)
-            return true;
-        sleep_ms(10);
-    }
-    return false;
-}
-
 static int fake_event(fake_writer *f, vmsh_set *set, vmsh_event ev, vmsh_error **err)
 {
-    pthread_mutex_lock(&log_mu);
     f->calls[ev]++;
     f->order[ev] = ++call_counter;
-    pthread_mutex_unlock(&log_mu);
     logf_("%s:%s ", f->name, vmsh_event_name(ev));
-    if (f->meet_at == (int)ev && !meet(ev)) {
-        vmsh_error_set(err, -ETIME, "%s was alone in %s: the writers were not sent it at once",
-                       f->name, vmsh_event_name(ev));
-        return -ETIME;
-    }
     if (f->sleep_at == (int)ev)
         sleep_ms(f->sleep_ms);
     if (f->cancel_at == (int)ev)
@@ -234,7 +200,7 @@ static fake_writer *fake_writer_new(const char *name, const char *id)
     assert_non_null(f);
     snprintf(f->name, sizeof(f->name), "%s", name);
     snprintf(f->id, sizeof(f->id), "%s", id);
-    f->fail_at = f->sleep_at = f->cancel_at = f->meet_at = -1;
+    f->fail_at = f->sleep_at = f->cancel_at = -1;
     f->ops = (vmsh_writer_ops){
         .version = VMSH_WRITER_OPS_VERSION,
         .name = f->name,
@@ -401,8 +367,6 @@ static int setup(void **state)
     fake_req_init(&x->q);
     event_log[0] = '\0';
     call_counter = 0;
-    memset(met, 0, sizeof(met));
-    meet_want = 0;
     *state = x;
     return 0;
 }
@@ -458,16 +422,10 @@ static void good_set_sends_events_in_order(void **state)
     vmsh_error *err = NULL;
     assert_int_equal(run(x, &set, &err), 0);
     assert_null(err);
-    /* Freeze and Thaw go to both writers at once: either may log first. */
-    char *p;
-    if ((p = strstr(event_log, "B:freeze A:freeze ")))
-        memcpy(p, "A:freeze B:freeze ", 18);
-    if ((p = strstr(event_log, "B:thaw A:thaw ")))
-        memcpy(p, "A:thaw B:thaw ", 14);
     assert_string_equal(
         event_log,
         "A:identify B:identify A:prepare-backup B:prepare-backup A:prepare-snapshot "
-        "B:prepare-snapshot P:prepare A:freeze B:freeze P:commit A:thaw B:thaw A:post-snapshot "
+        "B:prepare-snapshot P:prepare A:freeze B:freeze P:commit B:thaw A:thaw A:post-snapshot "
         "B:post-snapshot R:copy R:copy P:release A:backup-complete B:backup-complete R:commit ");
     assert_false(vmsh_set_aborted(set));
     assert_string_equal(vmsh_set_backup_id(set), "backup-1");
@@ -697,74 +655,12 @@ static void cancel_aborts_after_thaw(void **state)
     assert_int_equal(rc, -ECANCELED);
     assert_non_null(strstr(err->message, "interrupted"));
     check_aborted(x, set, rc, NULL, NULL);
-    /* A, frozen, is thawed; B, sent Freeze at the same time, is thawed
-     * too (check_aborted: a Thaw for every Freeze sent); the provider is
-     * not committed; both abort. */
-    assert_non_null(strstr(event_log, "P:prepare A:freeze ")
-                        ?: strstr(event_log, "P:prepare B:freeze "));
-    assert_null(strstr(event_log, "P:commit"));
-    assert_non_null(strstr(event_log, "A:thaw "));
-    assert_int_equal(x->w[1]->calls[VMSH_EVENT_FREEZE], 1);
-    assert_non_null(strstr(event_log, " P:abort B:abort A:abort R:abort "));
+    /* A, frozen, is thawed; B is sent neither Freeze nor Thaw; both abort. */
+    assert_string_equal(event_log, "A:identify B:identify A:prepare-backup B:prepare-backup "
+                                   "A:prepare-snapshot B:prepare-snapshot P:prepare A:freeze "
+                                   "A:thaw P:abort B:abort A:abort R:abort ");
     vmsh_error_free(err);
     vmsh_set_free(set);
-}
-
-/* Issue 27 point 4: every writer of the set is in Freeze at the same time,
- * and in Thaw at the same time (each waits for the other: sent one after
- * the other, the first would wait alone and fail). */
-static void freeze_and_thaw_reach_all_writers_at_once(void **state)
-{
-    fx *x = *state;
-    meet_want = 2;
-    for (int ev = VMSH_EVENT_FREEZE; ev <= VMSH_EVENT_THAW; ev++) {
-        x->w[0]->meet_at = x->w[1]->meet_at = ev;
-        event_log[0] = '\0';
-        vmsh_set *set = NULL;
-        vmsh_error *err = NULL;
-        int rc = run(x, &set, &err);
-        if (rc < 0)
-            print_message("%s\n", err ? err->message : "?");
-        assert_int_equal(rc, 0);
-        assert_null(err);
-        assert_false(vmsh_set_aborted(set));
-        vmsh_set_free(set);
-        x->w[0]->meet_at = x->w[1]->meet_at = -1;
-        free(x->q.doc);
-        x->q.doc = NULL;
-    }
-    assert_int_equal(met[VMSH_EVENT_FREEZE], 2);
-    assert_int_equal(met[VMSH_EVENT_THAW], 2);
-}
-
-/* A writer whose Freeze fails while the other's, at the same time,
- * succeeds: both are thawed and aborted, nothing is committed, and the
- * error is the failing writer's (R5, R7). */
-static void one_failed_freeze_thaws_every_writer(void **state)
-{
-    for (int who = 0; who < 2; who++) {
-        void *st = NULL;
-        assert_int_equal(setup(&st), 0);
-        fx *x = st;
-        meet_want = 2;
-        x->w[0]->meet_at = x->w[1]->meet_at = VMSH_EVENT_FREEZE;
-        x->w[who]->fail_at = VMSH_EVENT_FREEZE;
-        vmsh_set *set = NULL;
-        vmsh_error *err = NULL;
-        int rc = run(x, &set, &err);
-        assert_int_equal(rc, -EIO);
-        assert_non_null(strstr(err->message, x->w[who]->name));
-        assert_int_equal(met[VMSH_EVENT_FREEZE], 2); /* both were in Freeze together */
-        check_aborted(x, set, rc, x->w[who]->name, "failed-at-freeze");
-        for (int i = 0; i < 2; i++) {
-            assert_int_equal(x->w[i]->calls[VMSH_EVENT_THAW], 1);
-            assert_int_equal(x->w[i]->calls[VMSH_EVENT_ABORT], 1);
-        }
-        assert_int_equal(x->p.calls[PV_COMMIT], 0);
-        vmsh_error_free(err);
-        vmsh_set_free(set);
-        assert_int_equal(teardown(&st), 0);
-    }
 }
 
 static void second_set_is_busy_at_once(void **state)
@@ -970,8 +866,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(freeze_past_the_limit_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_writer_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(cancel_aborts_after_thaw, setup, teardown),
-        cmocka_unit_test_setup_teardown(freeze_and_thaw_reach_all_writers_at_once, setup, teardown),
-        cmocka_unit_test(one_failed_freeze_thaws_every_writer),
         cmocka_unit_test_setup_teardown(second_set_is_busy_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(duplicate_writer_ids_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(recover_undoes_an_interrupted_run, setup, teardown),
