@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <json-c/json.h>
 
@@ -84,7 +85,7 @@ int vmsh_cli_recover_first(vmsh_cli *cli);
 /* The getopt_long tables of the commands with options of their own (main
  * takes the global options out of a command's words with them). */
 extern const struct option vmsh_cli_opts_vms[], vmsh_cli_opts_init[], vmsh_cli_opts_backup[],
-    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[];
+    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[];
 
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
@@ -99,6 +100,28 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv);
+
+/* Serving a backed-up disk over NBD (cmd_serve.c, issue 23), for `serve`
+ * and what builds on it (instant restore, `files`). The disks of `vm` in a
+ * backup document (the VM writer's component; only `disk` when non-NULL):
+ * -ENOENT naming the VMs or disks there are. */
+typedef struct vmsh_cli_disk {
+    char *disk; /* the target, e.g. "vda" */
+    char *file; /* the file's name in the repository, e.g. "web/disk/vda" */
+} vmsh_cli_disk;
+int vmsh_cli_backup_disks(const char *document, const char *backup_id, const char *vm,
+                          const char *disk, vmsh_cli_disk **out, size_t *n_out, vmsh_error **err);
+void vmsh_cli_disks_free(vmsh_cli_disk *d, size_t n);
+/* Starts nbdkit with vmshadow's plugin serving `file` of backup `backup_id`
+ * (full ID) of cli's repository read-only on the unix socket `socket_path`
+ * (must not exist) and returns once it accepts connections (*pid: the
+ * server, a child that dies with this process). The key file goes to it by
+ * path. vmsh_cli_serve_stop ends it (SIGTERM, then SIGKILL after 10 s),
+ * reaps it and removes the socket. */
+int vmsh_cli_serve_start(vmsh_cli *cli, const char *backup_id, const char *file,
+                         const char *socket_path, pid_t *pid, vmsh_error **err);
+void vmsh_cli_serve_stop(pid_t pid, const char *socket_path);
 
 /* Repository helpers (cmd_repo.c). vmsh_cli_repo_open is THE way every
  * command opens the repository (issue 21): the key file comes from the
