@@ -41,7 +41,7 @@ static void usage(FILE *f)
                "only DISK (its target, e.g. vda), read-only over NBD on unix sockets until\n"
                "interrupted (SIGINT or SIGTERM), printing each disk's socket and NBD URI\n"
                "(nbd+unix:///?socket=PATH). Holds the repository's read lock meanwhile: gc\n"
-               "waits. Runs nbdkit with vmshadow's plugin.\n"
+               "refuses meanwhile. Runs nbdkit with vmshadow's plugin.\n"
                "\n"
                "Options:\n"
                "  --socket PATH   the socket of the one disk served (default: DISK.sock in\n"
