@@ -282,11 +282,6 @@ int vmsh_cli_serve_start(vmsh_cli *cli, const char *backup_id, const char *file,
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         dup2(STDERR_FILENO, STDOUT_FILENO); /* stdout is ours (--json) */
-#ifdef VMSH_NBDKIT_PRELOAD
-        /* a sanitizer build: its plugin needs the runtime loaded first */
-        setenv("LD_PRELOAD", VMSH_NBDKIT_PRELOAD, 1);
-        setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-#endif
         execvp("nbdkit", argv);
         fprintf(stderr, "vmshadow: cannot run nbdkit: %s%s\n", strerror(errno),
                 errno == ENOENT ? " (install nbdkit)" : "");
