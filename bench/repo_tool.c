@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,49 @@ static int open_source(vmsh_source **out, const char *spec, vmsh_error **err)
     }
     return vmsh_source_open_file(out, spec, err);
 }
+
+/* when the first run of chunks was read and stored: bench/scale-bench.sh's
+ * "time to first byte" (issue 27), from t0 */
+static double first_progress;
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    (void)opaque;
+    (void)done;
+    (void)total;
+    if (first_progress == 0)
+        first_progress = now_s();
+}
+
+/* VMSH_TOOL_TIME_READ=1: the source is wrapped to note when its first
+ * byte is read (bench/scale-bench.sh's time to first byte, issue 27). */
+static _Atomic double first_read;
+
+static int timed_extents(void *impl, uint64_t off, uint64_t len, vmsh_extent *out, size_t max,
+                         vmsh_error **err)
+{
+    return vmsh_source_extents(impl, off, len, out, max, err);
+}
+
+static int timed_pread(void *impl, void *buf, size_t len, uint64_t off, vmsh_error **err)
+{
+    double zero = 0;
+    atomic_compare_exchange_strong(&first_read, &zero, now_s());
+    return vmsh_source_pread(impl, buf, len, off, err);
+}
+
+static void timed_free(void *impl)
+{
+    vmsh_source_free(impl);
+}
+
+static const vmsh_source_ops timed_ops = {
+    .version = VMSH_SOURCE_OPS_VERSION,
+    .kind = "timed",
+    .extents = timed_extents,
+    .pread = timed_pread,
+    .free = timed_free,
+};
 
 static int cmd_backup(int argc, char **argv)
 {
@@ -168,13 +212,23 @@ static int cmd_backup(int argc, char **argv)
             rc = fail(&err);
             break;
         }
+        const char *tr = getenv("VMSH_TOOL_TIME_READ");
+        if (tr && *tr == '1' && !vmsh_source_has_dirty(src)) {
+            vmsh_source *w = NULL;
+            if (vmsh_source_new(&w, &timed_ops, src, vmsh_source_size(src), name, &err) < 0) {
+                vmsh_source_free(src);
+                rc = fail(&err);
+                break;
+            }
+            src = w;
+        }
         vmsh_file_index *bi = NULL;
         if (base && vmsh_file_index_load(&bi, r, base, name, &err) < 0) {
             vmsh_source_free(src);
             rc = fail(&err);
             break;
         }
-        vmsh_add_opts o = {.base = bi};
+        vmsh_add_opts o = {.base = bi, .progress = on_progress};
         vmsh_add_stats st = {0};
         if (vmsh_backup_add_file(b, name, src, &o, &st, &err) < 0)
             rc = fail(&err);
@@ -197,10 +251,12 @@ static int cmd_backup(int argc, char **argv)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         printf("{\"backup\":%s%s%s,\"seconds\":%.3f,\"size\":%" PRIu64 ",\"bytes_read\":%" PRIu64
-               ",\"bytes_stored\":%" PRIu64 ",\"new_chunks\":%" PRIu64 ",\"max_rss_kib\":%ld}\n",
+               ",\"bytes_stored\":%" PRIu64 ",\"new_chunks\":%" PRIu64
+               ",\"max_rss_kib\":%ld,\"first_progress_s\":%.3f,\"first_read_s\":%.4f}\n",
                do_abort ? "" : "\"", do_abort ? "null" : vmsh_backup_id(b), do_abort ? "" : "\"",
                now_s() - t0, tot.size, tot.bytes_read, tot.bytes_stored, tot.new_chunks,
-               ru.ru_maxrss);
+               ru.ru_maxrss, first_progress > 0 ? first_progress - t0 : -1.0,
+               first_read > 0 ? first_read - t0 : -1.0);
     }
     vmsh_backup_free(b);
     vmsh_repo_free(r);

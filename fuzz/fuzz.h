@@ -41,6 +41,20 @@ char *fuzz_strndup(const uint8_t *data, size_t size);
 const char *fuzz_repo_dir(void);
 uint8_t *fuzz_object_wrap(uint16_t type, const uint8_t *payload, size_t plen, size_t *len);
 
+/* Format version 2 (issue 20): the same scratch layout at fuzz_repo_dir_v2()
+ * with a version 2 config; fuzz_object_wrap_v() writes an envelope of the
+ * given version. fuzz_repo_put_v() and fuzz_repo_open_v() take the version
+ * (1 or 2). fuzz_repo_encrypted() is an encrypted version 2 repository,
+ * made and opened once per process (its key derivation is slow) and kept
+ * open: a target writes sealed objects into it with object_write (bound to
+ * their names) to reach the parsers behind authentication. */
+const char *fuzz_repo_dir_v2(void);
+uint8_t *fuzz_object_wrap_v(int version, uint16_t type, const uint8_t *payload, size_t plen,
+                            size_t *len);
+void fuzz_repo_put_v(int version, const char *rel, uint16_t wrap, const uint8_t *data, size_t size);
+struct vmsh_repo *fuzz_repo_open_v(int version);
+struct vmsh_repo *fuzz_repo_encrypted(void);
+
 /* The repository targets' common steps. fuzz_repo_put() writes the file
  * `rel` of the scratch repository (its directory made as needed): the bytes
  * as they are, or with `wrap` non-zero in a valid object envelope of that

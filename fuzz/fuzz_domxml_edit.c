@@ -1,7 +1,9 @@
 /* fuzz_domxml_edit.c - rewriting a backup's domain XML for a restore
  * (hv/domxml_edit.h). The first byte chooses the edits (new name, UUID,
  * MACs, disk paths, firmware file, interface actions, dropping host
- * devices); the rest is the XML. A rewritten document must parse again. */
+ * devices); the rest is the XML. A rewritten document must parse again;
+ * what the edit took out of the host's is what vmsh_domxml_host_resources
+ * lists, and the rewritten document holds nothing more of it (issue 20). */
 #include "fuzz.h"
 
 #include <stdio.h>
@@ -10,6 +12,13 @@
 
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/domxml_edit.h>
+
+static void free_list(char **l, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(l[i]);
+    free(l);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -40,12 +49,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .n_ifaces = sel & 32 ? 3 : 0,
         .drop_host_devices = sel & 64,
     };
+    char **stripped = NULL, **listed = NULL;
+    size_t n_stripped = 0, n_listed = 0;
+    e.stripped = &stripped;
+    e.n_stripped = &n_stripped;
     char *out = NULL;
     vmsh_error *err = NULL;
+    int lr = vmsh_domxml_host_resources((const char *)data, size, &e, &listed, &n_listed, &err);
+    vmsh_error_free(err);
+    err = NULL;
     if (vmsh_domxml_edit_apply((const char *)data, size, &e, &out, &err) < 0) {
         vmsh_error_free(err);
+        free_list(listed, n_listed);
         return 0;
     }
+    if (e.drop_host_devices) {
+        /* the dry run lists what the restore takes out, one for one */
+        if (lr < 0 || n_listed != n_stripped) {
+            fprintf(stderr, "listed %zu, stripped %zu\n", n_listed, n_stripped);
+            abort();
+        }
+        for (size_t i = 0; i < n_listed; i++)
+            if (strcmp(listed[i], stripped[i]) != 0)
+                abort();
+        /* and nothing of the host is left to take out */
+        char **again = NULL;
+        size_t n_again = 0;
+        vmsh_domxml_edit e2 = {.disks = e.disks, .n_disks = e.n_disks, .drop_host_devices = true};
+        if (vmsh_domxml_host_resources(out, strlen(out), &e2, &again, &n_again, NULL) == 0 &&
+            n_again > 0) {
+            fprintf(stderr, "still in the rewritten definition: %s\n", again[0]);
+            abort();
+        }
+        free_list(again, n_again);
+    } else if (n_stripped != 0) {
+        abort();
+    }
+    free_list(listed, n_listed);
+    free_list(stripped, n_stripped);
     /* What we hand to libvirt must at least be a domain we can read. */
     vmsh_domxml *x = NULL;
     if (vmsh_domxml_parse(&x, out, strlen(out), &err) < 0) {

@@ -12,7 +12,7 @@
 
 #include <json-c/json.h>
 
-#include <vmshadow/coord/coord.h>
+#include <vmshadow/requestor/requestor.h>
 #include <vmshadow/util/error.h>
 #include <vmshadow/util/kvconf.h>
 
@@ -41,6 +41,8 @@ typedef struct vmsh_cli {
     const char *key_file_opt; /* then this one, else $VMSHADOW_KEY_FILE, else the config's */
     char **pool;              /* vmsh_cli_safe's copies, freed when main returns */
     size_t n_pool;
+    /* --allow-foreign-repo: VMSH_REPO_OPEN_ALLOW_FOREIGN for every repository opened */
+    bool allow_foreign_repo;
 } vmsh_cli;
 
 typedef int (*vmsh_cli_cmd_fn)(vmsh_cli *cli, int argc, char **argv);
@@ -100,28 +102,11 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
-int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv);
-
-/* Serving a backed-up disk over NBD (cmd_serve.c, issue 23), for `serve`
- * and what builds on it (instant restore, `files`). The disks of `vm` in a
- * backup document (the VM writer's component; only `disk` when non-NULL):
- * -ENOENT naming the VMs or disks there are. */
-typedef struct vmsh_cli_disk {
-    char *disk; /* the target, e.g. "vda" */
-    char *file; /* the file's name in the repository, e.g. "web/disk/vda" */
-} vmsh_cli_disk;
-int vmsh_cli_backup_disks(const char *document, const char *backup_id, const char *vm,
-                          const char *disk, vmsh_cli_disk **out, size_t *n_out, vmsh_error **err);
-void vmsh_cli_disks_free(vmsh_cli_disk *d, size_t n);
-/* Starts nbdkit with vmshadow's plugin serving `file` of backup `backup_id`
- * (full ID) of cli's repository read-only on the unix socket `socket_path`
- * (must not exist) and returns once it accepts connections (*pid: the
- * server, a child that dies with this process). The key file goes to it by
- * path. vmsh_cli_serve_stop ends it (SIGTERM, then SIGKILL after 10 s),
- * reaps it and removes the socket. */
-int vmsh_cli_serve_start(vmsh_cli *cli, const char *backup_id, const char *file,
-                         const char *socket_path, pid_t *pid, vmsh_error **err);
-void vmsh_cli_serve_stop(pid_t pid, const char *socket_path);
+int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv);  /* cmd_serve.c, issue 23 */
+int vmsh_cmd_status(vmsh_cli *cli, int argc, char **argv); /* cmd_status.c */
+/* After a backup, verify, prune or gc (argv: the command's), records the
+ * run for `status` and writes the metrics-dir files (metrics.c). */
+void vmsh_cli_metrics_after(vmsh_cli *cli, int argc, char **argv, int rc);
 
 /* Repository helpers (cmd_repo.c). vmsh_cli_repo_open is THE way every
  * command opens the repository (issue 21): the key file comes from the
@@ -152,32 +137,17 @@ typedef struct vmsh_cli_progress_state {
 void vmsh_cli_progress(void *opaque, uint64_t done, uint64_t total);
 void vmsh_cli_progress_end(vmsh_cli_progress_state *p);
 
-typedef struct broken_writer {
-    char *path, *name, *message;
-    char id[37];
-} broken_writer;
-
-typedef struct vmsh_cli_host_writers {
-    vmsh_writer_ops **w;
-    size_t n;
-    vmsh_provider_ops **p;
-    size_t np;
-    vmsh_writer_ops *vm_writer; /* also in w[] */
-    broken_writer *broken;      /* script writer files that do not load */
-    size_t n_broken;
-    char **paths; /* script writer file of w[i], NULL for the VM writer */
-} vmsh_cli_host_writers;
-
-/* THE place where the writers of a set are built: the VM writer (with the
- * pull provider it captures disks through) first, then every script writer
- * of the writers directory in file-name order. With `strict`, a script
- * writer file that does not load fails the call; otherwise it is kept in
- * h->broken. */
-int vmsh_cli_build_writers(vmsh_cli *cli, bool strict, vmsh_cli_host_writers *h, vmsh_error **err);
-void vmsh_cli_host_writers_clear(vmsh_cli_host_writers *h);
-/* The coordinator's configuration from the config file. */
-int vmsh_cli_coord_config(vmsh_cli *cli, vmsh_coord_config *cfg, vmsh_error **err);
-/* A file's name in the repository (malloc'ed; NULL on ENOMEM). */
-char *vmsh_cli_repo_file_name(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f);
+/* The requestor's configuration from the command line's (host.c). */
+void vmsh_cli_requestor_config(vmsh_cli *cli, vmsh_requestor_config *cfg);
+/* Callbacks that print what the requestor tells: warnings, -v detail, a
+ * progress line per file at a terminal (backup's or restore's layout). */
+typedef struct vmsh_cli_events {
+    vmsh_cli *cli;
+    bool restore;
+    int64_t last_ms;
+    bool shown;
+} vmsh_cli_events;
+void vmsh_cli_callbacks(vmsh_cli *cli, vmsh_cli_events *ev, bool restore,
+                        vmsh_requestor_callbacks *cb);
 
 #endif

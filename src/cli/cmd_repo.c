@@ -33,7 +33,8 @@ const char *vmsh_cli_key_file(vmsh_cli *cli)
 
 int vmsh_cli_repo_open(vmsh_cli *cli, struct vmsh_repo **out, vmsh_error **err)
 {
-    int rc = vmsh_repo_open(out, cli->repo, vmsh_cli_key_file(cli), err);
+    int rc = vmsh_repo_open_ex(out, cli->repo, vmsh_cli_key_file(cli),
+                               cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0, err);
     if (rc < 0)
         return rc;
     long level = 0;
@@ -198,7 +199,8 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
         level = (int)l;
     }
     vmsh_error *err = NULL;
-    vmsh_repo_init_opts o = {.compression_level = level, .key_file = key_file};
+    unsigned fl = cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0;
+    vmsh_repo_init_opts o = {.compression_level = level, .key_file = key_file, .flags = fl};
     if (vmsh_repo_init(cli->repo, &o, &err) < 0)
         return vmsh_cli_fail(cli, &err);
     vmsh_repo *r = NULL;
@@ -694,6 +696,7 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
                                json_object_new_int64((int64_t)st.indexes_deleted));
         json_object_object_add(o, "tmp_deleted", json_object_new_int64((int64_t)st.tmp_deleted));
         json_object_object_add(o, "bytes_freed", json_object_new_int64((int64_t)st.bytes_freed));
+        json_object_object_add(o, "skipped", json_object_new_int64((int64_t)st.skipped));
         vmsh_cli_print_json(o);
     } else {
         char b[32];
@@ -702,5 +705,10 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
                " indexes and %" PRIu64 " temporary files deleted; %s freed\n",
                st.packs_deleted, st.packs_rewritten, st.indexes_deleted, st.tmp_deleted, b);
     }
+    if (st.skipped)
+        vmsh_cli_warn(cli,
+                      "gc left alone %" PRIu64 " entries of the repository that are links, "
+                      "special files or another owner's files (never followed or deleted)",
+                      st.skipped);
     return VMSH_EXIT_OK;
 }

@@ -1,11 +1,10 @@
 /* cmd_vms.c - `vmshadow vms`: every VM of the connection with its state,
  * disks (target, source, format, kind), whether its agent answers, and the
- * method a backup would use and why (CLI.md; SPEC R2, R6). */
+ * method a backup would use and why (CLI.md; SPEC R2, R6). The requestor
+ * (src/requestor/vms.c) reads them; this prints (issue 21). */
 #include "cli.h"
 
-#include <vmshadow/hv/hv.h>
 #include <vmshadow/util/mem.h>
-#include <vmshadow/writers/method.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -13,74 +12,104 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DEFAULT_AGENT_TIMEOUT_S 3
-
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: vmshadow vms [--method auto|saved-state|guest] [VM...]\n"
                "\n"
                "Lists VMs: state, disks (target, source, format, kind), whether the guest\n"
                "agent answers, and the backup method a backup would use, with the reason.\n"
-               "With --method guest, VMs that cannot use it show why (SPEC R2).\n");
+               "With --method guest, VMs that cannot use it show why (SPEC R2).\n"
+               "A VM that a Pacemaker cluster manages shows its resource, node and\n"
+               "managed/maintenance state (SPEC R16).\n");
 }
 
-static json_object *jstr(const char *s)
+static const char *str(json_object *o, const char *key)
 {
-    return s ? json_object_new_string(s) : NULL;
+    json_object *v = NULL;
+    return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : NULL;
 }
 
-static json_object *disk_json(const vmsh_domxml_disk *d)
+static bool flag(json_object *o, const char *key)
 {
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "target", jstr(d->target));
-    json_object_object_add(o, "source", jstr(d->source));
-    json_object_object_add(o, "format", jstr(d->format));
-    json_object_object_add(o, "kind", jstr(vmsh_disk_kind_name(d->kind)));
-    json_object_object_add(o, "device", jstr(d->device));
-    json_object_object_add(o, "readonly", json_object_new_boolean(d->readonly));
-    const char *excl = vmsh_method_disk_exclusion(d);
-    json_object_object_add(o, "excluded", json_object_new_boolean(excl != NULL));
-    json_object_object_add(o, "exclusion_reason", jstr(excl));
-    return o;
+    json_object *v = NULL;
+    return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
 }
 
-static json_object *agent_json(const vmsh_agent_info *a)
+static const char *agent_word(json_object *a)
 {
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "channel", json_object_new_boolean(a && a->channel));
-    json_object_object_add(o, "reachable", json_object_new_boolean(a && a->reachable));
-    json_object_object_add(o, "can_freeze", json_object_new_boolean(a && a->can_freeze));
-    json_object_object_add(o, "error", jstr(a ? a->error : "not probed"));
-    if (a && a->fs_known) {
-        json_object *fsl = json_object_new_array();
-        for (size_t i = 0; i < a->n_fs; i++) {
-            json_object *f = json_object_new_object();
-            json_object_object_add(f, "mountpoint", jstr(a->fs[i].mountpoint));
-            json_object_object_add(f, "type", jstr(a->fs[i].type));
-            json_object_array_add(fsl, f);
-        }
-        json_object_object_add(o, "filesystems", fsl);
-    }
-    return o;
-}
-
-static bool wanted(const vmsh_vm *vm, int argc, char **argv)
-{
-    if (optind >= argc)
-        return true;
-    for (int k = optind; k < argc; k++)
-        if (strcmp(argv[k], vm->name) == 0)
-            return true;
-    return false;
-}
-
-static const char *agent_word(const vmsh_agent_info *a)
-{
-    if (!a || !a->channel)
+    if (!flag(a, "channel"))
         return "none";
-    if (a->reachable)
-        return a->can_freeze ? "reachable" : "no-freeze";
+    if (flag(a, "reachable"))
+        return flag(a, "can_freeze") ? "reachable" : "no-freeze";
     return "unreachable";
+}
+
+static void print_text(vmsh_cli *cli, json_object *list)
+{
+    size_t n = json_object_array_length(list);
+    /* Text: the name column as wide as the widest name shown. */
+    int name_w = 4;
+    for (size_t i = 0; i < n; i++) {
+        int w = vmsh_cli_text_width(
+            vmsh_cli_safe(cli, str(json_object_array_get_idx(list, i), "name")));
+        if (w > name_w)
+            name_w = w;
+    }
+    int width = vmsh_cli_columns(), reason_col = name_w + 1 + 9 + 1 + 11 + 1 + 11 + 1;
+    printf("%-*s %-9s %-11s %-11s %s\n", name_w, "NAME", "STATE", "AGENT", "METHOD", "REASON");
+    for (size_t i = 0; i < n; i++) {
+        json_object *vm = json_object_array_get_idx(list, i), *agent = NULL, *disks = NULL;
+        json_object_object_get_ex(vm, "agent", &agent);
+        json_object_object_get_ex(vm, "disks", &disks);
+        const char *nm = vmsh_cli_safe(cli, str(vm, "name"));
+        printf("%s%*s %-9s %-11s %-11s ", nm, name_w - vmsh_cli_text_width(nm), "",
+               str(vm, "state"), agent_word(agent), str(vm, "method"));
+        vmsh_cli_print_wrapped(vmsh_cli_safe(cli, str(vm, "reason")), reason_col, reason_col,
+                               width);
+        if (str(vm, "xml_error")) {
+            fputs("    ! domain XML not understood: ", stdout);
+            vmsh_cli_print_wrapped(vmsh_cli_safe(cli, str(vm, "xml_error")), 32, 6, width);
+        }
+        for (size_t d = 0; disks && d < json_object_array_length(disks); d++) {
+            json_object *dk = json_object_array_get_idx(disks, d);
+            const char *excl = str(dk, "exclusion_reason");
+            const char *src = str(dk, "source") ? vmsh_cli_safe(cli, str(dk, "source")) : "-";
+            /* R6: an excluded disk says why on its own line, "]" included
+             * (issue 24: the "]" used to come on a line of its own) */
+            int col = printf("    %-8s %-11s %-6s ",
+                             str(dk, "target") ? vmsh_cli_safe(cli, str(dk, "target")) : "?",
+                             str(dk, "kind"),
+                             str(dk, "format") ? vmsh_cli_safe(cli, str(dk, "format")) : "-");
+            if (!excl) {
+                printf("%s\n", src);
+                continue;
+            }
+            _cleanup_free_ char *text = NULL;
+            if (asprintf(&text, "%s  [excluded: %s]", src, vmsh_cli_safe(cli, excl)) < 0)
+                text = NULL;
+            vmsh_cli_print_wrapped(text ? text : src, col, col, width);
+        }
+        json_object *cl = NULL;
+        if (json_object_object_get_ex(vm, "cluster", &cl) && cl) {
+            json_object *fc = NULL;
+            json_object_object_get_ex(cl, "fail_count", &fc);
+            printf("    cluster: resource %s", vmsh_cli_safe(cli, str(cl, "resource")));
+            printf(" on %s", str(cl, "node") ? vmsh_cli_safe(cli, str(cl, "node")) : "no node");
+            printf(", %s, %s", str(cl, "role") ? vmsh_cli_safe(cli, str(cl, "role")) : "?",
+                   str(cl, "mode"));
+            if (flag(cl, "failed") || json_object_get_int(fc))
+                printf(", failed (fail count %d)", json_object_get_int(fc));
+            if (!flag(cl, "quorum"))
+                printf(", no quorum");
+            if (flag(cl, "config_names_other_domain"))
+                printf(", its config names another domain");
+            putchar('\n');
+        }
+        if (flag(agent, "channel") && !flag(agent, "reachable") && str(agent, "error")) {
+            fputs("    agent: ", stdout);
+            vmsh_cli_print_wrapped(vmsh_cli_safe(cli, str(agent, "error")), 11, 11, width);
+        }
+    }
 }
 
 const struct option vmsh_cli_opts_vms[] = {
@@ -91,13 +120,14 @@ const struct option vmsh_cli_opts_vms[] = {
 
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
 {
-    vmsh_method requested = VMSH_METHOD_AUTO;
+    const char *method = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_vms, NULL)) != -1) {
         switch (c) {
         case 'm':
-            if (vmsh_method_parse(optarg, &requested) < 0)
+            if (strcmp(optarg, "auto") && strcmp(optarg, "saved-state") && strcmp(optarg, "guest"))
                 return vmsh_cli_usage_error(cli, "vms", "unknown method '%s'", optarg);
+            method = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -106,128 +136,23 @@ int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv)
             return vmsh_cli_usage_error(cli, "vms", "unknown option '%s'", argv[optind - 1]);
         }
     }
-    long agent_timeout = DEFAULT_AGENT_TIMEOUT_S;
     vmsh_error *err = NULL;
-    if (vmsh_kvconf_get_int(cli->config, "agent-timeout", 1, 300, &agent_timeout, &err) < 0)
+    vmsh_requestor_config cfg;
+    vmsh_requestor_callbacks cb;
+    vmsh_cli_events ev;
+    json_object *doc = NULL;
+    vmsh_cli_requestor_config(cli, &cfg);
+    vmsh_cli_callbacks(cli, &ev, false, &cb);
+    if (vmsh_requestor_vms(&cfg, &cb, (const char *const *)(argv + optind), (size_t)(argc - optind),
+                           method, &doc, &err) < 0)
         return vmsh_cli_fail(cli, &err);
-    const char *scratch_dir = vmsh_kvconf_get(cli->config, "scratch-dir");
-
-    vmsh_hv *hv = NULL;
-    if (vmsh_hv_open(&hv, cli->uri, &err) < 0)
-        return vmsh_cli_fail(cli, &err);
-    vmsh_vm **vms = NULL;
-    size_t n = 0;
-    if (vmsh_hv_list_vms(hv, &vms, &n, &err) < 0) {
-        vmsh_hv_free(hv);
-        return vmsh_cli_fail(cli, &err);
-    }
-    /* A name that is no VM is an error, as for backup (issue 24): an empty
-     * list would read as "nothing to do". */
-    for (int k = optind; k < argc; k++) {
-        bool found = false;
-        for (size_t i = 0; i < n && !found; i++)
-            found = strcmp(argv[k], vms[i]->name) == 0;
-        if (!found) {
-            vmsh_error_set(&err, -ENOENT, "no VM named '%s' on %s", argv[k], vmsh_hv_uri(hv));
-            vmsh_vm_list_free(vms, n);
-            vmsh_hv_free(hv);
-            return vmsh_cli_fail(cli, &err);
-        }
-    }
-    int rc = VMSH_EXIT_OK;
-    json_object *list = json_object_new_array();
-    /* Text: the name column as wide as the widest name shown. */
-    int name_w = 4;
-    for (size_t i = 0; i < n; i++) {
-        int w = vmsh_cli_text_width(vmsh_cli_safe(cli, vms[i]->name));
-        if (w > name_w && wanted(vms[i], argc, argv))
-            name_w = w;
-    }
-    int width = vmsh_cli_columns(), reason_col = name_w + 1 + 9 + 1 + 11 + 1 + 11 + 1;
-    if (!cli->json)
-        printf("%-*s %-9s %-11s %-11s %s\n", name_w, "NAME", "STATE", "AGENT", "METHOD", "REASON");
-    for (size_t i = 0; i < n; i++) {
-        vmsh_vm *vm = vms[i];
-        if (!wanted(vm, argc, argv))
-            continue;
-        vmsh_agent_info *agent = NULL;
-        if (vmsh_hv_agent_probe(hv, vm, (int)agent_timeout, &agent, &err) < 0) {
-            vmsh_cli_warn(cli, "%s", err->message);
-            vmsh_error_free(err);
-            err = NULL;
-        }
-        vmsh_method_choice mc = {0};
-        const char *method = NULL, *reason = NULL;
-        vmsh_error *merr = NULL;
-        if (vmsh_method_choose(vm, agent, scratch_dir, requested, &mc, &merr) < 0) {
-            method = "none";
-            reason = merr->message;
-        } else {
-            method = vmsh_method_name(mc.method);
-            reason = mc.reason;
-        }
-        if (cli->json) {
-            json_object *o = json_object_new_object();
-            json_object_object_add(o, "name", jstr(vm->name));
-            json_object_object_add(o, "uuid", jstr(vm->uuid));
-            json_object_object_add(o, "state", jstr(vmsh_vm_state_name(vm->state)));
-            json_object_object_add(o, "persistent", json_object_new_boolean(vm->persistent));
-            json_object_object_add(o, "managed_save", json_object_new_boolean(vm->managed_save));
-            json_object *disks = json_object_new_array();
-            for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++)
-                json_object_array_add(disks, disk_json(&vm->xml->disks[d]));
-            json_object_object_add(o, "disks", disks);
-            json_object_object_add(o, "xml_error", jstr(vm->xml_error));
-            json_object_object_add(o, "agent", agent_json(agent));
-            json_object_object_add(o, "method", jstr(method));
-            json_object_object_add(o, "reason", jstr(reason));
-            json_object_array_add(list, o);
-        } else {
-            const char *nm = vmsh_cli_safe(cli, vm->name);
-            printf("%s%*s %-9s %-11s %-11s ", nm, name_w - vmsh_cli_text_width(nm), "",
-                   vmsh_vm_state_name(vm->state), agent_word(agent), method);
-            vmsh_cli_print_wrapped(vmsh_cli_safe(cli, reason), reason_col, reason_col, width);
-            if (vm->xml_error) {
-                fputs("    ! domain XML not understood: ", stdout);
-                vmsh_cli_print_wrapped(vmsh_cli_safe(cli, vm->xml_error), 32, 6, width);
-            }
-            for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++) {
-                const vmsh_domxml_disk *dk = &vm->xml->disks[d];
-                const char *excl = vmsh_method_disk_exclusion(dk);
-                const char *src = dk->source ? vmsh_cli_safe(cli, dk->source) : "-";
-                /* R6: an excluded disk says why on its own line, "]" included
-                 * (issue 24: the "]" used to come on a line of its own) */
-                int col = printf("    %-8s %-11s %-6s ",
-                                 dk->target ? vmsh_cli_safe(cli, dk->target) : "?",
-                                 vmsh_disk_kind_name(dk->kind),
-                                 dk->format ? vmsh_cli_safe(cli, dk->format) : "-");
-                if (!excl) {
-                    printf("%s\n", src);
-                    continue;
-                }
-                _cleanup_free_ char *text = NULL;
-                if (asprintf(&text, "%s  [excluded: %s]", src, vmsh_cli_safe(cli, excl)) < 0)
-                    text = NULL;
-                vmsh_cli_print_wrapped(text ? text : src, col, col, width);
-            }
-            if (agent && agent->channel && !agent->reachable && agent->error) {
-                fputs("    agent: ", stdout);
-                vmsh_cli_print_wrapped(vmsh_cli_safe(cli, agent->error), 11, 11, width);
-            }
-        }
-        vmsh_error_free(merr);
-        vmsh_method_choice_clear(&mc);
-        vmsh_agent_info_free(agent);
-    }
     if (cli->json) {
-        json_object *doc = json_object_new_object();
-        json_object_object_add(doc, "uri", jstr(vmsh_hv_uri(hv)));
-        json_object_object_add(doc, "vms", list);
         vmsh_cli_print_json(doc);
     } else {
-        json_object_put(list);
+        json_object *list = NULL;
+        json_object_object_get_ex(doc, "vms", &list);
+        print_text(cli, list);
+        json_object_put(doc);
     }
-    vmsh_vm_list_free(vms, n);
-    vmsh_hv_free(hv);
-    return rc;
+    return VMSH_EXIT_OK;
 }

@@ -1,6 +1,7 @@
 /* main.c - global options, configuration and command dispatch (CLI.md). */
 #include "cli.h"
 
+#include <vmshadow/repo/repo.h>
 #include <vmshadow/util/text.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/util/version.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_REPO        "/var/lib/vmshadow/repo"
@@ -42,9 +44,10 @@ static const struct {
      vmsh_cli_opts_extract},
     {"serve", vmsh_cmd_serve, "serve a VM's disks of a backup read-only over NBD",
      vmsh_cli_opts_serve},
+    {"status", vmsh_cmd_status, "last runs, repository size, oldest/newest backup per VM", NULL},
 };
 
-/* Config keys (docs/config.md). */
+/* Config keys (docs/config.md; the scheduled jobs' and metrics' from schedule-vms on, issue 24). */
 static const char *const config_keys[] = {
     "repo",
     "connect",
@@ -56,12 +59,34 @@ static const char *const config_keys[] = {
     "key-file",
     "agent-timeout",
     "scratch-dir",
+    /* the object stores' (issue 26): vmsh_repo_store_setopt */
+    "store-threads",
+    "store-timeout",
+    "store-readahead",
+    "store-lease-seconds",
+    "ceph-conf",
+    "ceph-user",
+    "ceph-keyring",
+    "s3-region",
+    "s3-credentials-file",
+    "s3-addressing",
+    /* the scheduled jobs' and the metrics' (issue 24) */
+    "schedule-vms",
+    "keep-last",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "backup-schedule",
+    "verify-schedule",
+    "gc-schedule",
+    "verify-backups",
+    "metrics-dir",
     NULL,
 };
 /* Config keys that name a place: an empty value would silently mean the
  * default (issue 20 point 9), so it is refused. */
 static const char *const config_path_keys[] = {
-    "repo", "connect", "state-dir", "writers-dir", "key-file", "scratch-dir", NULL,
+    "repo", "connect", "state-dir", "writers-dir", "key-file", "scratch-dir", "metrics-dir", NULL,
 };
 
 static void print_help(FILE *f)
@@ -75,11 +100,13 @@ static void print_help(FILE *f)
         "Options:\n"
         "  -c, --connect URI   libvirt connection (default $LIBVIRT_DEFAULT_URI, else "
         "qemu:///system)\n"
-        "  -r, --repo DIR      repository (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO
-        ")\n"
+        "  -r, --repo REPO     repository: a directory, rados://POOL[/PREFIX] or\n"
+        "                      s3://HOST[:PORT]/BUCKET[/PREFIX] (s3+http:// for plain HTTP)\n"
+        "                      (default $VMSHADOW_REPO, the config's, else " DEFAULT_REPO ")\n"
         "      --config FILE   configuration file (default $VMSHADOW_CONFIG, else " DEFAULT_CONFIG
         ")\n"
         "      --json          one JSON document on stdout; messages go to stderr\n"
+        "      --allow-foreign-repo  accept a repository others can write\n"
         "  -q, --quiet         print less\n"
         "  -v, --verbose       print more\n"
         "  -h, --help          this help; COMMAND --help for a command's\n"
@@ -114,7 +141,30 @@ const char *vmsh_cli_safe(vmsh_cli *cli, const char *s)
     return e;
 }
 
-static void vmsg(vmsh_cli *cli, const char *prefix, const char *fmt, va_list ap)
+/* Under systemd, stderr is the journal (JOURNAL_STREAM names its device
+ * and inode, systemd.exec(5)): each line then starts with its priority,
+ * "<3>" error, "<4>" warning, "<6>" information, "<7>" debug (sd-daemon(3)),
+ * so that `journalctl -p err` finds what failed. Elsewhere lines are plain. */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    return js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+           (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+static const char *priority(int level)
+{
+    static int journal = -1;
+    static const char *const prefixes[] = {"<3>", "<4>", "<6>", "<7>"};
+    if (journal < 0)
+        journal = stderr_is_journal();
+    return journal ? prefixes[level] : "";
+}
+enum { PRIO_ERR, PRIO_WARNING, PRIO_INFO, PRIO_DEBUG };
+
+static void vmsg(vmsh_cli *cli, int prio, const char *prefix, const char *fmt, va_list ap)
 {
     /* Messages carry names from libvirt and from backup documents: no
      * control character of theirs reaches the terminal. */
@@ -122,7 +172,7 @@ static void vmsg(vmsh_cli *cli, const char *prefix, const char *fmt, va_list ap)
     if (vasprintf(&m, fmt, ap) < 0)
         m = NULL;
     char *e = m ? vmsh_text_escape(m, strlen(m), VMSH_TEXT_CONTROLS, NULL) : NULL;
-    fprintf(stderr, "%s: %s%s\n", cli->prog, prefix, e ? e : "(out of memory)");
+    fprintf(stderr, "%s%s: %s%s\n", priority(prio), cli->prog, prefix, e ? e : "(out of memory)");
     free(e);
     free(m);
 }
@@ -133,7 +183,7 @@ void vmsh_cli_info(vmsh_cli *cli, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, "", fmt, ap);
+    vmsg(cli, PRIO_INFO, "", fmt, ap);
     va_end(ap);
 }
 
@@ -141,7 +191,7 @@ void vmsh_cli_warn(vmsh_cli *cli, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, "warning: ", fmt, ap);
+    vmsg(cli, PRIO_WARNING, "warning: ", fmt, ap);
     va_end(ap);
 }
 
@@ -155,7 +205,7 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...)
              (long long)(vmsh_now_ms() - cli->start_ms));
     va_list ap;
     va_start(ap, fmt);
-    vmsg(cli, prefix, fmt, ap);
+    vmsg(cli, PRIO_DEBUG, prefix, fmt, ap);
     va_end(ap);
 }
 
@@ -197,7 +247,7 @@ int vmsh_cli_fail(vmsh_cli *cli, vmsh_error **err)
     int code = err && *err ? (*err)->code : -EIO;
     const char *msg = err && *err ? (*err)->message : "unknown failure";
     int rc = vmsh_cli_exit_code(code);
-    fprintf(stderr, "%s: error: %s\n", cli->prog, vmsh_cli_safe(cli, msg));
+    fprintf(stderr, "%s%s: error: %s\n", priority(PRIO_ERR), cli->prog, vmsh_cli_safe(cli, msg));
     if (cli->json)
         print_error_json(rc, code, msg);
     if (err) {
@@ -215,8 +265,9 @@ int vmsh_cli_usage_error(vmsh_cli *cli, const char *cmd, const char *fmt, ...)
     if (vasprintf(&m, fmt, ap) < 0)
         m = NULL;
     va_end(ap);
-    fprintf(stderr, "%s%s%s: %s\nTry '%s%s%s --help'.\n", cli->prog, cmd ? " " : "", cmd ? cmd : "",
-            m ? vmsh_cli_safe(cli, m) : "usage error", cli->prog, cmd ? " " : "", cmd ? cmd : "");
+    fprintf(stderr, "%s%s%s%s: %s\n%sTry '%s%s%s --help'.\n", priority(PRIO_ERR), cli->prog,
+            cmd ? " " : "", cmd ? cmd : "", m ? vmsh_cli_safe(cli, m) : "usage error",
+            priority(PRIO_INFO), cli->prog, cmd ? " " : "", cmd ? cmd : "");
     if (cli->json)
         print_error_json(VMSH_EXIT_USAGE, -EINVAL, m ? m : "usage error");
     free(m);
@@ -279,6 +330,7 @@ static const struct option global_opts[] = {
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
+    {"allow-foreign-repo", no_argument, NULL, 'F'},
     {0},
 };
 
@@ -307,6 +359,9 @@ static int apply_global(vmsh_cli *cli, global_vals *g, int c, const char *val)
         break;
     case 'j':
         cli->json = true;
+        break;
+    case 'F':
+        cli->allow_foreign_repo = true;
         break;
     case 'q':
         cli->verbosity--;
@@ -462,6 +517,7 @@ static int run(vmsh_cli *cli, int argc, char **argv)
         case 'r':
         case 'C':
         case 'j':
+        case 'F':
         case 'q':
         case 'v': {
             int r = apply_global(cli, &g, c, optarg);
@@ -525,6 +581,10 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     }
     if ((r = check_config_values(cli)))
         return r;
+    for (size_t i = 0; cli->config && config_keys[i]; i++)
+        if (strncmp(config_keys[i], "store-", 6) == 0 || strncmp(config_keys[i], "ceph-", 5) == 0 ||
+            strncmp(config_keys[i], "s3-", 3) == 0)
+            vmsh_repo_store_setopt(config_keys[i], vmsh_kvconf_get(cli->config, config_keys[i]));
     cli->repo = first_of(g.repo, getenv("VMSHADOW_REPO"), vmsh_kvconf_get(cli->config, "repo"),
                          DEFAULT_REPO);
     if (!cli->uri) {
@@ -548,6 +608,7 @@ static int run(vmsh_cli *cli, int argc, char **argv)
     /* getopt must be reset for the command (optind = 0 re-initialises glibc's). */
     optind = 0;
     int rc = fn(cli, cmd_argc, argv + cmd_index);
+    vmsh_cli_metrics_after(cli, cmd_argc, argv + cmd_index, rc);
     /* One JSON document also when a command failed without one (CLI.md). */
     if (cli->json && rc != VMSH_EXIT_OK)
         print_error_json(rc, 0, "failed: the messages on stderr say why");

@@ -56,6 +56,7 @@ struct vmsh_set {
     volatile sig_atomic_t *cancel;
     void (*on_event)(void *, const vmsh_set *, size_t, vmsh_event, int, int64_t);
     void *on_event_opaque;
+    void (*on_step)(void *, const vmsh_set *, bool, const char *, const char *, bool, int, int64_t);
     vmsh_set_options opts; /* valid during the run only */
     slot *slots;
     size_t n;
@@ -206,6 +207,8 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     if (ev != VMSH_EVENT_THAW && ev != VMSH_EVENT_ABORT && vmsh_set_cancelled(s))
         return check_cancel(s, err);
     vmsh_error *e = NULL;
+    if (s->on_step)
+        s->on_step(s->on_event_opaque, s, false, w->name, vmsh_event_name(ev), false, 0, 0);
     int64_t t0 = vmsh_now_ms();
     int r = 0;
     if (ev == VMSH_EVENT_IDENTIFY)
@@ -223,6 +226,9 @@ static int call_writer(vmsh_set *s, slot *sl, vmsh_event ev, int64_t deadline, v
     if (r < 0 && !e)
         vmsh_error_set(&e, r, "failed: %s", strerror(-r));
     note_event(sl, ev, r >= 0 ? "ok" : r == -ETIMEDOUT ? "timed-out" : "failed", t1 - t0);
+    if (s->on_step)
+        s->on_step(s->on_event_opaque, s, false, w->name, vmsh_event_name(ev), true, r < 0 ? r : 0,
+                   t1 - t0);
     if (s->on_event)
         s->on_event(s->on_event_opaque, s, (size_t)(sl - s->slots), ev, r < 0 ? r : 0, t1 - t0);
     if (r >= 0)
@@ -253,9 +259,13 @@ static int call_provider(vmsh_set *s, pslot *ps, pstep step, int64_t deadline, v
     if (step != P_ABORT && vmsh_set_cancelled(s))
         return check_cancel(s, err);
     vmsh_error *e = NULL;
+    if (s->on_step)
+        s->on_step(s->on_event_opaque, s, true, p->name, names[step], false, 0, 0);
     int64_t t0 = vmsh_now_ms();
     int r = fn ? fn(p, s, &e) : 0;
     int64_t t1 = vmsh_now_ms();
+    if (s->on_step)
+        s->on_step(s->on_event_opaque, s, true, p->name, names[step], true, r < 0 ? r : 0, t1 - t0);
     if (r >= 0 && t1 > deadline) {
         r = vmsh_error_set(&e, -ETIMEDOUT, "took %lld ms, past its deadline", (long long)(t1 - t0));
         vmsh_error_set_retryable(&e, true);
@@ -290,6 +300,7 @@ static int set_new(vmsh_set **out, const vmsh_coord_config *cfg, const char *ope
     s->cancel = cfg->cancel;
     s->on_event = cfg->on_event;
     s->on_event_opaque = cfg->on_event_opaque;
+    s->on_step = cfg->on_step;
     s->req = req;
     if (opts)
         s->opts = *opts;

@@ -23,7 +23,8 @@ struct vmsh_backup_doc {
 
 /* Issue 7: "incremental" (a disk was read only where it changed) and
  * "disks" ([{name, read, reason, bytes_read}]) from what the requestor
- * recorded in each file's "stored" ("read", "read_reason"). */
+ * recorded for each file (vmsh_file_set_stored_record, or a parsed
+ * document's "stored": "read", "read_reason", "bytes_read"). */
 static int add_reads(struct json_object *o, const vmsh_component *comp, bool *any_incremental)
 {
     struct json_object *disks = json_object_new_array();
@@ -31,18 +32,15 @@ static int add_reads(struct json_object *o, const vmsh_component *comp, bool *an
     int bad = !disks;
     for (size_t k = 0; !bad && k < vmsh_component_file_count(comp); k++) {
         const vmsh_file *f = vmsh_component_file(comp, k);
-        struct json_object *st = vmsh_file_stored(f);
-        const char *mode = vmsh_json_str(st, "read"), *fn = vmsh_file_name(f);
+        const char *mode = vmsh_file_read_name(f), *fn = vmsh_file_name(f);
         if (!mode)
             continue;
-        struct json_object *d = json_object_new_object(), *br = NULL;
-        int64_t bytes_read = (int64_t)vmsh_file_bytes_read(f);
-        if (json_object_object_get_ex(st, "bytes_read", &br) &&
-            json_object_is_type(br, json_type_int))
-            bytes_read = json_object_get_int64(br);
+        struct json_object *d = json_object_new_object();
+        int64_t bytes_read = vmsh_file_stored_bytes_read(f) >= 0 ? vmsh_file_stored_bytes_read(f)
+                                                                 : (int64_t)vmsh_file_bytes_read(f);
         bad = !d || vmsh_json_add_str(d, "name", strncmp(fn, "disk/", 5) == 0 ? fn + 5 : fn) ||
               vmsh_json_add_str(d, "read", mode) ||
-              vmsh_json_add_str(d, "reason", vmsh_json_str(st, "read_reason")) ||
+              vmsh_json_add_str(d, "reason", vmsh_file_read_reason(f)) ||
               json_object_object_add(d, "bytes_read", json_object_new_int64(bytes_read));
         if (bad || json_object_array_add(disks, d)) {
             json_object_put(d);

@@ -1,5 +1,6 @@
 /* metadata.c - the writer metadata document (include/vmshadow/coord/metadata.h,
  * docs/formats/writer-metadata.md). */
+#include <vmshadow/coord/json.h>
 #include <vmshadow/coord/metadata.h>
 #include <vmshadow/util/mem.h>
 
@@ -17,6 +18,12 @@ struct vmsh_file {
     char *src_path, *src_format, *src_socket, *src_export;
     struct json_object *stored;
     uint64_t bytes_read, bytes_stored;
+    /* typed (issue 21): the writer's plan, and the stored record's reading */
+    bool has_plan;
+    vmsh_disk_plan plan; /* strings owned */
+    vmsh_read_mode read;
+    char *read_name, *read_reason;
+    int64_t stored_bytes_read;
     vmsh_restore_status restore;
     char *restored_path, *restore_error;
 };
@@ -69,6 +76,9 @@ static void file_free(vmsh_file *f)
     free(f->src_socket);
     free(f->src_export);
     json_object_put(f->stored);
+    vmsh_file_set_plan(f, NULL);
+    free(f->read_name);
+    free(f->read_reason);
     free(f->restored_path);
     free(f->restore_error);
     free(f);
@@ -319,6 +329,7 @@ int vmsh_component_add_file(vmsh_component *c, const char *name, const char *kin
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     f->size = -1;
+    f->stored_bytes_read = -1;
     c->files[c->n_files++] = f;
     if (out)
         *out = f;
@@ -423,6 +434,18 @@ const char *vmsh_file_source_export(const vmsh_file *f)
     return f->src_export;
 }
 
+static vmsh_read_mode mode_of(const char *s)
+{
+    return !s                              ? VMSH_READ_UNPLANNED
+           : strcmp(s, "incremental") == 0 ? VMSH_READ_INCREMENTAL
+                                           : VMSH_READ_FULL;
+}
+
+static const char *mode_name(vmsh_read_mode m)
+{
+    return m == VMSH_READ_INCREMENTAL ? "incremental" : m == VMSH_READ_FULL ? "full" : NULL;
+}
+
 void vmsh_file_set_stored(vmsh_file *f, struct json_object *stored, uint64_t bytes_read,
                           uint64_t bytes_stored)
 {
@@ -430,6 +453,94 @@ void vmsh_file_set_stored(vmsh_file *f, struct json_object *stored, uint64_t byt
     f->stored = stored ? json_object_get(stored) : NULL;
     f->bytes_read = bytes_read;
     f->bytes_stored = bytes_stored;
+    /* a parsed document's record, read once here for the document's summary */
+    struct json_object *br = NULL;
+    free(f->read_name);
+    free(f->read_reason);
+    f->read = mode_of(vmsh_json_str(stored, "read"));
+    f->read_name = vmsh_json_str(stored, "read") ? strdup(vmsh_json_str(stored, "read")) : NULL;
+    f->read_reason =
+        vmsh_json_str(stored, "read_reason") ? strdup(vmsh_json_str(stored, "read_reason")) : NULL;
+    f->stored_bytes_read = stored && json_object_object_get_ex(stored, "bytes_read", &br) &&
+                                   json_object_is_type(br, json_type_int)
+                               ? json_object_get_int64(br)
+                               : -1;
+}
+
+int vmsh_file_set_stored_record(vmsh_file *f, const vmsh_file_stored_record *s)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return -ENOMEM;
+    int bad =
+        json_object_object_add(o, "file", s->file ? json_object_new_string(s->file) : NULL) ||
+        json_object_object_add(o, "size", json_object_new_int64((int64_t)s->size)) ||
+        json_object_object_add(o, "bytes_stored",
+                               json_object_new_int64((int64_t)s->bytes_stored)) ||
+        json_object_object_add(o, "new_chunks", json_object_new_int64((int64_t)s->new_chunks)) ||
+        json_object_object_add(o, "bytes_read", json_object_new_int64((int64_t)s->bytes_read));
+    if (!bad && s->read != VMSH_READ_UNPLANNED) {
+        /* issue 7: how the disk was read, and why */
+        bad =
+            json_object_object_add(o, "read", json_object_new_string(mode_name(s->read))) ||
+            json_object_object_add(
+                o, "read_reason", s->read_reason ? json_object_new_string(s->read_reason) : NULL) ||
+            (s->base && json_object_object_add(o, "base", json_object_new_string(s->base))) ||
+            json_object_object_add(o, "base_chunks",
+                                   json_object_new_int64((int64_t)s->base_chunks));
+    }
+    if (!bad)
+        vmsh_file_set_stored(f, o, s->bytes_read, s->bytes_stored);
+    json_object_put(o);
+    return bad ? -ENOMEM : 0;
+}
+
+vmsh_read_mode vmsh_file_read_mode(const vmsh_file *f)
+{
+    return f->read;
+}
+
+const char *vmsh_file_read_name(const vmsh_file *f)
+{
+    return f->read_name;
+}
+
+const char *vmsh_file_read_reason(const vmsh_file *f)
+{
+    return f->read_reason;
+}
+
+int64_t vmsh_file_stored_bytes_read(const vmsh_file *f)
+{
+    return f->stored_bytes_read;
+}
+
+int vmsh_file_set_plan(vmsh_file *f, const vmsh_disk_plan *plan)
+{
+    free((char *)f->plan.reason);
+    free((char *)f->plan.base_backup);
+    free((char *)f->plan.bitmap);
+    free((char *)f->plan.dirty_context);
+    memset(&f->plan, 0, sizeof(f->plan));
+    f->has_plan = false;
+    if (!plan)
+        return 0;
+    f->has_plan = true;
+    f->plan.mode = plan->mode;
+#define DUP(m)                                                                                     \
+    if (plan->m && !(f->plan.m = strdup(plan->m)))                                                 \
+        return -ENOMEM;
+    DUP(reason)
+    DUP(base_backup)
+    DUP(bitmap)
+    DUP(dirty_context)
+#undef DUP
+    return 0;
+}
+
+const vmsh_disk_plan *vmsh_file_plan(const vmsh_file *f)
+{
+    return f->has_plan ? &f->plan : NULL;
 }
 
 struct json_object *vmsh_file_stored(const vmsh_file *f)

@@ -493,3 +493,12 @@ int vmsh_pull_provider_new(vmsh_provider_ops **out, const char *uri, vmsh_error 
     *out = &p->ops;
     return 0;
 }
+
+const vmsh_capture_ops vmsh_pull_capture_ops = {
+    .version = VMSH_CAPTURE_OPS_VERSION,
+    .add = vmsh_pull_provider_add,
+    .add_checkpoint = vmsh_pull_provider_add_checkpoint,
+    .start = vmsh_pull_provider_start,
+    .cancel = vmsh_pull_provider_cancel,
+    .fallback = vmsh_pull_provider_fallback,
+};

@@ -13,6 +13,8 @@
  * stored chunk). */
 #include "internal.h"
 
+#include "chunkindex.h"
+
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
@@ -66,6 +68,7 @@ struct vmsh_backup {
     size_t n_files, cap_files;
     vmsh_add_stats totals;
     index_writer ix;
+    size_t map_mark; /* the map's entries from here on are this backup's new chunks */
 };
 
 static void *index_main(void *arg)
@@ -149,7 +152,13 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
         free(b);
         return rc;
     }
+    /* A writer works in index mode (a reader of this handle may have
+     * loaded the pack tables of a repository without runs: forget them, so
+     * that the load below upgrades the repository instead) */
+    if (r->map_loaded && !r->ci)
+        repo_map_forget(r);
     r->backup_pending = true;
+    b->map_mark = r->map.count;
     uint8_t raw[VMSH_BACKUP_ID_LEN / 2];
     if (crypto_random(raw, sizeof(raw)) < 0) {
         vmsh_backup_free(b);
@@ -342,11 +351,24 @@ static int do_run(worker *w, const run *ru, vmsh_error **err)
         uint8_t id[ID_LEN];
         if (crypto_chunk_id(w->crypto, data, clen, id) < 0)
             return vmsh_error_set(err, -EIO, "cannot hash a chunk");
-        chunk_loc pending = {.pack = CHUNK_PENDING};
-        memcpy(pending.id, id, ID_LEN);
-        pthread_mutex_lock(&r->lock);
-        int ins = chunk_map_insert(&r->map, &pending, NULL);
-        pthread_mutex_unlock(&r->lock);
+        /* the chunk index first (no lock: runs are immutable), then this
+         * backup's own new chunks, where a placeholder claims the chunk
+         * for one worker */
+        int ins = 0;
+        if (r->ci) {
+            chunk_loc found;
+            ins = repo_find_chunk(r, id, &found, false, err);
+            if (ins < 0)
+                return ins;
+            ins = !ins; /* 0: present */
+        }
+        if (!r->ci || ins) {
+            chunk_loc pending = {.pack = CHUNK_PENDING};
+            memcpy(pending.id, id, ID_LEN);
+            pthread_mutex_lock(&r->lock);
+            ins = chunk_map_insert(&r->map, &pending, NULL);
+            pthread_mutex_unlock(&r->lock);
+        }
         if (ins < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
         if (ins == 0) {
@@ -685,11 +707,24 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         size_t k = 0, n = 0;
         rc = 0;
         bool checked = o->base->checked_repo == r && o->base->checked_gen == r->map_gen;
+        if (!checked && o->base->from_repo == r) {
+            /* its manifest still there, under our write lock: its chunks
+             * are kept (docs/formats/repository.md, "Chunk index runs") */
+            char mp[32];
+            snprintf(mp, sizeof(mp), "backups/%s", o->base->from_backup);
+            checked = r->store->ops->stat(r->store, mp, NULL, NULL) == 0;
+        }
         for (size_t i = 0; i < o->base->count && rc == 0; i++) {
             const index_entry *be = &o->base->entries[i];
             if (be->chunk >= nchunks || bit_get(changed, be->chunk))
                 continue;
-            if (!checked && !chunk_map_find(&r->map, be->id)) {
+            chunk_loc found;
+            int fr = checked ? 1 : repo_find_chunk(r, be->id, &found, true, err);
+            if (fr < 0) {
+                rc = fr;
+                break;
+            }
+            if (!fr) {
                 rc = vmsh_error_set(err, -EBADMSG,
                                     "%s: the base backup names chunk %llu that the repository "
                                     "no longer holds; run a full backup",
@@ -751,12 +786,17 @@ int vmsh_file_index_check_chunks(vmsh_file_index *idx, vmsh_repo *r, const char 
     int rc = repo_load_map(r, err);
     if (rc < 0)
         return vmsh_error_prefix(err, "the repository's chunk map");
-    for (size_t i = 0; i < idx->count; i++)
-        if (!chunk_map_find(&r->map, idx->entries[i].id))
+    for (size_t i = 0; i < idx->count; i++) {
+        chunk_loc found;
+        int fr = repo_find_chunk(r, idx->entries[i].id, &found, true, err);
+        if (fr < 0)
+            return fr;
+        if (!fr)
             return vmsh_error_set(err, -EBADMSG,
                                   "%s: the base backup names chunk %llu that the repository "
                                   "no longer holds",
                                   name, (unsigned long long)idx->entries[i].chunk);
+    }
     idx->checked_repo = r;
     idx->checked_gen = r->map_gen;
     return 0;
@@ -783,6 +823,38 @@ int vmsh_backup_add_buffer(vmsh_backup *b, const char *name, const void *buf, si
     return rc;
 }
 
+/* The chunk index's run of this backup's new chunks (issue 27), durable
+ * before the manifest: a backup that exists has its chunks indexed. Each
+ * backup adds a run of its own; nothing shared is rewritten. */
+static int write_run(vmsh_backup *b, vmsh_error **err)
+{
+    vmsh_repo *r = b->repo;
+    if (!r->ci)
+        return 0; /* legacy mode: no runs in this repository yet */
+    size_t n = r->map.count > b->map_mark ? r->map.count - b->map_mark : 0;
+    ci_entry *e = vmsh_calloc_array(n ? n : 1, sizeof(*e));
+    if (!e)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = b->map_mark; i < r->map.count; i++) {
+        const chunk_loc *l = &r->map.locs[i];
+        if (l->pack == CHUNK_PENDING || l->pack >= r->n_packs)
+            continue;
+        memcpy(e[k].id, l->id, ID_LEN);
+        vmsh_unhex(r->packs[l->pack].name, e[k].pack, 16);
+        e[k].offset = l->offset;
+        e[k].stored_len = l->stored_len;
+        e[k].raw_len = l->raw_len;
+        e[k].kind = l->kind;
+        k++;
+    }
+    ci_key key;
+    ci_key_init(&key, &r->keys);
+    int rc = k ? ci_write_entries(r, &key, e, k, err) : 0;
+    free(e);
+    return rc;
+}
+
 int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
 {
     if (b->committed)
@@ -805,6 +877,10 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     }
     if ((rc = index_join(b, err)) < 0)
         return rc;
+    if ((rc = write_run(b, err)) < 0) {
+        b->broken = true;
+        return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
+    }
     json_object *m = json_object_new_object();
     json_object *files = json_object_new_array();
     char time_s[21];
@@ -839,5 +915,14 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     if (rc < 0)
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
     b->committed = true;
+    if (b->repo->ci) {
+        /* Keep the number of runs a lookup reads small between gcs: above
+         * 16, the small runs of recent backups (up to 4 Mi entries each,
+         * 256 MiB of run) are merged into one. The backup is committed
+         * already: a failure here only leaves the runs as they were. */
+        ci_key key;
+        ci_key_init(&key, &b->repo->keys);
+        ci_merge_small(b->repo, &key, 2 * CI_MERGE_RUNS, 4u << 20, NULL);
+    }
     return 0;
 }

@@ -232,13 +232,41 @@ static int derive_kek(const char *pass, size_t pass_len, const uint8_t *salt, ui
     return 0;
 }
 
-static void aad_for(const char *repo_id, char *buf, size_t cap)
+/* Version 1: "vmshadow-key-v1:" + id; from version 2 the version is the
+ * one in the config, so lowering it in the config makes the key fail. */
+static void aad_for(const char *repo_id, int version, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "vmshadow-key-v1:%s", repo_id);
+    snprintf(buf, cap, "vmshadow-key-v%d:%s", version < 2 ? 1 : version, repo_id);
+}
+
+static int hmac_sha256(const void *key, size_t key_len, const void *msg, size_t len,
+                       uint8_t out[32])
+{
+    size_t outl = 0;
+    if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, msg, len, out, 32, &outl) ||
+        outl != 32)
+        return -EIO;
+    return 0;
+}
+
+int keys_config_mac(const repo_keys *k, const void *msg, size_t len, uint8_t out[32])
+{
+    /* A key of its own, derived from the whole master key: the config MAC
+     * never uses the data or ID key directly. */
+    static const char label[] = "vmshadow-config-mac-v2";
+    uint8_t master[64], mk[32];
+    memcpy(master, k->data_key, 32);
+    memcpy(master + 32, k->id_key, 32);
+    int r = hmac_sha256(master, sizeof(master), label, strlen(label), mk);
+    if (r == 0)
+        r = hmac_sha256(mk, sizeof(mk), msg, len, out);
+    OPENSSL_cleanse(master, sizeof(master));
+    OPENSSL_cleanse(mk, sizeof(mk));
+    return r;
 }
 
 int keys_create(const char *key_file, struct json_object **enc_out, const char *repo_id,
-                repo_keys *k, vmsh_error **err)
+                int version, repo_keys *k, vmsh_error **err)
 {
     _cleanup_free_ char *pass = NULL;
     size_t pass_len = 0;
@@ -251,7 +279,7 @@ int keys_create(const char *key_file, struct json_object **enc_out, const char *
     if (derive_kek(pass, pass_len, salt, KDF_N, KDF_R, KDF_P, kek) < 0)
         return vmsh_error_set(err, -EIO, "key derivation (scrypt) failed");
     char aad[64];
-    aad_for(repo_id, aad, sizeof(aad));
+    aad_for(repo_id, version, aad, sizeof(aad));
     EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
     r = cx ? seal_with(cx, kek, master, sizeof(master), aad, strlen(aad), wrapped) : -ENOMEM;
     EVP_CIPHER_CTX_free(cx);
@@ -293,7 +321,7 @@ static const char *get_str(json_object *o, const char *key)
     return json_object_get_string(v);
 }
 
-int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id,
+int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id, int version,
                 const char *repo_path, repo_keys *k, vmsh_error **err)
 {
     const char *cipher = get_str(enc, "cipher"), *kdf = get_str(enc, "kdf");
@@ -324,11 +352,27 @@ int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_
     if (derive_kek(pass, pass_len, salt, (uint64_t)n, (uint64_t)rr, (uint64_t)p, kek) < 0)
         return vmsh_error_set(err, -EIO, "key derivation (scrypt) failed");
     char aad[64];
-    aad_for(repo_id, aad, sizeof(aad));
+    aad_for(repo_id, version, aad, sizeof(aad));
     EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
     r = cx ? open_with(cx, kek, wrapped, sizeof(wrapped), aad, strlen(aad), master) : -ENOMEM;
+    int other = version < 2 ? 2 : 1;
+    if (r == -EBADMSG) {
+        /* The key of the other format version: the config's version was
+         * changed (a downgrade would drop the object binding). */
+        aad_for(repo_id, other, aad, sizeof(aad));
+        if (open_with(cx, kek, wrapped, sizeof(wrapped), aad, strlen(aad), master) == 0)
+            r = -EUCLEAN;
+    }
     EVP_CIPHER_CTX_free(cx);
     OPENSSL_cleanse(kek, sizeof(kek));
+    if (r == -EUCLEAN) {
+        OPENSSL_cleanse(master, sizeof(master));
+        return vmsh_error_set(err, -EBADMSG,
+                              "repository %s: config was altered: it says format version %d but "
+                              "its key was made for version %d; refusing (restore the original "
+                              "config)",
+                              repo_path, version, other);
+    }
     if (r < 0)
         return vmsh_error_set(err, -EACCES,
                               "wrong key for repository %s: the passphrase in %s does not unlock "

@@ -95,7 +95,7 @@ int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char ou
     if (!path)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     /* Content-addressed: an existing object is this one (written once). */
-    if (access(path, F_OK) == 0)
+    if (r->store->ops->stat(r->store, repo_rel(r, path), NULL, NULL) == 0)
         return 0;
     return object_write_buf(r, c, path, OBJ_INDEX, buf, len, err);
 }
@@ -117,6 +117,21 @@ int index_load(vmsh_repo *r, const char *name, vmsh_file_index **out, vmsh_error
         vmsh_error_propagate(err, &e);
         return rc;
     }
+    /* Content-addressed: the name must be the chunk-ID function of the
+     * payload, re-checked on every read, so that an index copied over
+     * another (or written under a wrong name) is never taken for it. In an
+     * encrypted repository the function is keyed: only the key's holder can
+     * make a matching pair (docs/formats/repository.md, "Object binding"). */
+    uint8_t want[ID_LEN], got[ID_LEN];
+    if (vmsh_unhex(name, want, ID_LEN) < 0)
+        return vmsh_error_set(err, -EBADMSG, "index name %s is not a content ID", path);
+    if (crypto_chunk_id(r->crypto, p, len, got) < 0)
+        return vmsh_error_set(err, -EIO, "cannot hash an index");
+    if (memcmp(want, got, ID_LEN) != 0)
+        return vmsh_error_set(err, -EBADMSG,
+                              "index %s does not match its name (content ID): another index was "
+                              "copied over it, or it is damaged",
+                              path);
     return index_parse(p, len, path, out, err);
 }
 
@@ -152,6 +167,10 @@ int vmsh_file_index_load(vmsh_file_index **out, vmsh_repo *r, const char *spec, 
         return rc;
     }
     rc = index_load(r, f->index, out, err);
+    if (rc == 0) {
+        (*out)->from_repo = r;
+        snprintf((*out)->from_backup, sizeof((*out)->from_backup), "%s", b->id);
+    }
     if (rc == 0 && (*out)->size != f->size) {
         vmsh_file_index_free(*out);
         *out = NULL;

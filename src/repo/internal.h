@@ -14,6 +14,8 @@
 #include <vmshadow/util/error.h>
 #include <vmshadow/util/lock.h>
 
+#include "store.h"
+
 #define CHUNK_SIZE          VMSH_REPO_CHUNK_SIZE
 #define ID_LEN              32
 #define PACK_TARGET_DEFAULT (64u << 20)
@@ -99,10 +101,17 @@ int crypto_random(void *buf, size_t len);
 /* Key setup for config (crypto.c). `enc_json` is the config's "encryption"
  * object (json-c). */
 struct json_object;
+/* `version` is the repository's format version: the wrapped key's additional
+ * data names it from version 2 on ("vmshadow-key-v2:" + id), so a config
+ * whose version was lowered no longer unlocks (keys_unlock says so). */
 int keys_create(const char *key_file, struct json_object **enc_out, const char *repo_id,
-                repo_keys *k, vmsh_error **err);
-int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id,
+                int version, repo_keys *k, vmsh_error **err);
+int keys_unlock(const char *key_file, struct json_object *enc, const char *repo_id, int version,
                 const char *repo_path, repo_keys *k, vmsh_error **err);
+/* The config's MAC (format version 2, docs/formats/repository.md "Config
+ * authentication"): HMAC-SHA-256 of `msg` under a key derived from the master
+ * key. -EIO when OpenSSL fails. */
+int keys_config_mac(const repo_keys *k, const void *msg, size_t len, uint8_t out[32]);
 
 /* ---- chunk map (chunkmap.c): chunk ID → location ---- */
 typedef struct chunk_loc {
@@ -131,6 +140,8 @@ int chunk_map_insert(chunk_map *m, const chunk_loc *loc, chunk_loc **out);
 /* Room for `n` entries without growing (-ENOMEM). */
 int chunk_map_reserve(chunk_map *m, size_t n);
 
+typedef struct vmsh_repo vmsh_repo;
+
 /* ---- packs (pack.c) ---- */
 typedef struct pack_info {
     char name[33];     /* 32 hex */
@@ -138,15 +149,19 @@ typedef struct pack_info {
     uint32_t n_chunks; /* entries in its table */
     bool damaged;
     char *damage; /* what is wrong, when damaged */
+    /* index mode (issue 27): packs are checked when first used, not all at
+     * open: stat_ok when it exists as a regular file of the repository
+     * (before a backup dedupes against it), table_ok when its table was
+     * read and found sound (before a reader reads a blob of it) */
+    bool stat_ok, table_ok;
 } pack_info;
 
 char *pack_path(const char *repo, const char *name);
 /* Reads a pack's table into *entries (n entries). -EBADMSG when damaged. */
-int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc **entries,
-                    uint32_t *n, uint64_t *file_size, vmsh_error **err);
+int pack_read_table(vmsh_repo *r, const char *path, crypto_ctx *c, bool encrypted,
+                    chunk_loc **entries, uint32_t *n, uint64_t *file_size, vmsh_error **err);
 
 typedef struct pack_writer pack_writer;
-typedef struct vmsh_repo vmsh_repo;
 int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err);
 /* Appends one blob; the entry's offset is filled in. Packs roll over at the target. */
 int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err);
@@ -164,6 +179,9 @@ int object_write(vmsh_repo *r, const char *path, uint16_t type, const void *payl
 uint8_t *object_buf_new(size_t len);
 int object_write_buf(vmsh_repo *r, crypto_ctx *c, const char *path, uint16_t type, uint8_t *buf,
                      size_t len, vmsh_error **err);
+/* The object's name (the last component of `path`: an index's content ID,
+ * a manifest's backup ID) is bound to it in a version 2 repository's
+ * encrypted objects (docs/formats/repository.md, "Object binding"). */
 int object_read(vmsh_repo *r, const char *path, uint16_t type, uint8_t **payload, size_t *len,
                 vmsh_error **err);
 
@@ -182,6 +200,12 @@ struct vmsh_file_index {
      * pending; forgetting it starts a new generation) */
     const vmsh_repo *checked_repo;
     uint64_t checked_gen;
+    /* loaded by vmsh_file_index_load from this repository's backup: while
+     * that manifest exists and a backup holds the write lock, every chunk
+     * the index names exists (gc keeps them and only gc deletes), so an
+     * incremental need not look its base chunks up (issue 27) */
+    const vmsh_repo *from_repo;
+    char from_backup[VMSH_BACKUP_ID_LEN + 1];
 };
 int index_parse(const uint8_t *p, size_t len, const char *what, vmsh_file_index **out,
                 vmsh_error **err);
@@ -197,7 +221,9 @@ char *index_path(const char *repo, const char *name);
 /* ---- the repository handle ---- */
 struct vmsh_repo {
     char *path;
+    repo_store *store; /* every file of the repository is reached through it (store.h) */
     char id[33];
+    int version; /* the config's format version (1 or 2): objects are written and read in it */
     int compression_level;
     unsigned threads;
     repo_keys keys;
@@ -214,6 +240,15 @@ struct vmsh_repo {
     pack_info *packs;
     size_t n_packs, cap_packs;
     pthread_mutex_t lock; /* guards map and packs while workers run */
+    /* the on-disk chunk index (chunkindex.c), opened by repo_load_map; NULL
+     * in the legacy mode, where `map` holds every pack's table (a
+     * repository without runs opened by a reader, or a reader's fallback) */
+    struct ci_set *ci;
+    pthread_mutex_t fallback_lock; /* one fallback load at a time */
+    bool legacy;                   /* map holds every pack table */
+    bool no_fallback;              /* tests: never fall back to the pack tables */
+    uint32_t *pack_slots;          /* pack name -> packs[] index + 1 (index mode) */
+    size_t pack_slots_cap;
     bool backup_pending;
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
     size_t pack_flush;         /* 0: 8 MiB writes; tests make it small (≥ 4096) */
@@ -221,6 +256,17 @@ struct vmsh_repo {
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
+/* The location of chunk `id` (after repo_load_map): this process's new
+ * chunks (the map), then the chunk index's runs. With `fallback`, a miss
+ * loads every pack table once (a chunk written by a vmshadow without runs,
+ * or a damaged run) and looks again. 1 found, 0 absent, < 0 error. */
+int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
+                    vmsh_error **err);
+/* The number in packs[] of the pack named by 16 binary bytes (registered
+ * on first use). */
+int repo_pack_no(vmsh_repo *r, const uint8_t name[16]);
+/* Every pack's name (32 hex), unsorted. */
+int repo_pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err);
 /* Starts loading the chunk map in a thread (with its own crypto context),
  * so that it overlaps what the caller does next; nothing may touch the map,
  * or the packs until
@@ -250,6 +296,9 @@ void chunk_reader_free(chunk_reader *cr);
 void chunk_reader_set_direct(chunk_reader *cr, bool direct);
 
 unsigned repo_threads(const vmsh_repo *r);
+/* The store name of a path built under r->path (pack_path, index_path,
+ * manifest_path keep the full path for messages). */
+const char *repo_rel(const vmsh_repo *r, const char *path);
 bool name_is_valid(const char *name);
 
 #endif

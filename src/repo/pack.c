@@ -37,8 +37,8 @@ struct pack_writer {
     crypto_ctx *crypto;
     uint64_t target;
     size_t flush_at; /* hand the buffer to the writer thread at this fill */
-    /* the open pack; fd < 0 when none */
-    int fd;
+    /* the open pack (the store's streaming writer); NULL when none */
+    repo_store_file *fd;
     bool direct;
     uint32_t pack_no;
     char name[33];
@@ -54,7 +54,7 @@ struct pack_writer {
      * ms per MiB here in page faults, which the hashing threads would pay
      * under the lock (an incremental writes its first 16 MiB there) */
     bool warm;
-    int job_fd;
+    repo_store_file *job_fd;
     size_t job_len;
     uint64_t job_off;
     size_t fill;
@@ -70,16 +70,14 @@ struct pack_writer {
     size_t n, cap;
 };
 
-static int write_full_at(int fd, const void *buf, size_t len, uint64_t off)
+static int write_full_at(const vmsh_repo *r, repo_store_file *fd, const void *buf, size_t len,
+                         uint64_t off)
 {
     const uint8_t *p = buf;
     while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
+        int64_t n = r->store->ops->pwrite(fd, p, len, off);
+        if (n < 0)
+            return (int)n;
         if (n == 0)
             return -EIO;
         p += n;
@@ -117,7 +115,7 @@ static int flush_aligned(pack_writer *w, bool all, vmsh_error **err)
     size_t keep = len > w->fill ? 0 : w->fill - len;
     uint64_t off = w->written;
     if (all || w->finishing) {
-        int r = write_full_at(w->fd, w->buf, len, off);
+        int r = write_full_at(w->repo, w->fd, w->buf, len, off);
         if (r < 0)
             return write_error(w, r, err);
         w->written += len;
@@ -152,7 +150,7 @@ static void *io_main(void *arg)
             pthread_cond_wait(&w->cv, &w->mu);
         if (!w->busy && w->io_quit)
             break;
-        int fd = w->job_fd;
+        repo_store_file *fd = w->job_fd;
         const uint8_t *buf = w->spare;
         size_t len = w->job_len;
         uint64_t off = w->job_off;
@@ -160,7 +158,7 @@ static void *io_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         if (delay) /* tests: a slow disk widens every race with this thread */
             usleep(delay);
-        int r = write_full_at(fd, buf, len, off);
+        int r = write_full_at(w->repo, fd, buf, len, off);
         pthread_mutex_lock(&w->mu);
         if (r < 0 && w->async_rc == 0) {
             vmsh_error *e = NULL;
@@ -201,7 +199,7 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
     if (!w)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     w->repo = r;
-    w->fd = -1;
+    w->fd = NULL;
     w->target = r->pack_target ? r->pack_target : PACK_TARGET_DEFAULT;
     w->flush_at = r->pack_flush && r->pack_flush <= WBUF_FLUSH ? r->pack_flush : WBUF_FLUSH;
     pthread_mutex_init(&w->mu, NULL);
@@ -230,11 +228,12 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
 
 static void close_open(pack_writer *w, bool remove_tmp)
 {
-    if (w->fd >= 0)
-        close(w->fd);
-    w->fd = -1;
-    if (remove_tmp && w->tmp_path)
-        unlink(w->tmp_path);
+    /* after a commit the store has closed the file already */
+    if (w->fd && remove_tmp)
+        w->repo->store->ops->abort(w->fd);
+    else if (w->fd)
+        w->repo->store->ops->close(w->fd);
+    w->fd = NULL;
     free(w->tmp_path);
     free(w->final_path);
     free(w->dir);
@@ -257,19 +256,22 @@ static int start_pack(pack_writer *w, vmsh_error **err)
         w->tmp_path = NULL;
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    int r = vmsh_fs_mkdir_p(w->dir, 0700, err);
-    if (r < 0)
-        return r;
+    /* the store makes the fan-out directory and the temporary file */
+    const repo_store_ops *ops = w->repo->store->ops;
+    const char *rel = repo_rel(w->repo, w->final_path);
     w->direct = true;
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600);
-    if (w->fd < 0 && errno == EINVAL) {
-        /* tmpfs and some others refuse O_DIRECT */
+    vmsh_error *e = NULL;
+    int r = ops->create(w->repo->store, rel, REPO_STORE_DIRECT, &w->fd, &e);
+    if (r == -EINVAL && !e) {
+        /* tmpfs and some others refuse O_DIRECT (the store says so without a message) */
         w->direct = false;
-        w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        r = ops->create(w->repo->store, rel, 0, &w->fd, &e);
     }
-    if (w->fd < 0)
-        return vmsh_error_set(err, -errno, "cannot create pack %s: %s", w->tmp_path,
-                              strerror(errno));
+    if (r < 0) {
+        w->fd = NULL;
+        vmsh_error_propagate(err, &e);
+        return r;
+    }
     uint8_t hdr[PACK_HEADER_LEN] = {0};
     memcpy(hdr, pack_magic, 8);
     le32_put(hdr + 8, 1);
@@ -309,7 +311,7 @@ static int add_locked(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_err
         pthread_cond_wait(&w->cv, &w->mu);
     if (w->async_rc < 0)
         return vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "write failed");
-    if (w->fd < 0 && (r = start_pack(w, err)) < 0) {
+    if (!w->fd && (r = start_pack(w, err)) < 0) {
         close_open(w, true);
         return r;
     }
@@ -351,7 +353,7 @@ int pack_writer_flush(pack_writer *w, vmsh_error **err)
 static int flush_locked(pack_writer *w, vmsh_error **err)
 {
     wait_idle(w);
-    if (w->fd < 0)
+    if (!w->fd)
         return 0;
     bool enc = w->repo->keys.encrypted;
     size_t plain_len = w->n * PACK_ENTRY_LEN;
@@ -391,17 +393,11 @@ static int flush_locked(pack_writer *w, vmsh_error **err)
     uint64_t total = w->written + w->fill;
     if (r == 0)
         r = flush_aligned(w, true, err);
-    if (r == 0 && ftruncate(w->fd, (off_t)total) < 0)
-        r = vmsh_error_set(err, -errno, "cannot size pack %s: %s", w->tmp_path, strerror(errno));
-    if (r == 0 && fsync(w->fd) < 0)
-        r = vmsh_error_set(err, -errno, "cannot fsync pack %s: %s", w->tmp_path, strerror(errno));
-    if (r == 0 && rename(w->tmp_path, w->final_path) < 0)
-        r = vmsh_error_set(err, -errno, "cannot rename pack %s: %s", w->tmp_path, strerror(errno));
-    if (r == 0)
-        r = vmsh_fs_fsync_dir(w->dir, err);
+    /* size, fsync, rename, fsync the directory and packs/: the store's
+     * commit, which closes the file whatever it returns */
     if (r == 0) {
-        _cleanup_free_ char *packs = vmsh_path_join(w->repo->path, "packs");
-        r = packs ? vmsh_fs_fsync_dir(packs, err) : -ENOMEM;
+        r = w->repo->store->ops->commit(w->fd, total, err);
+        w->fd = NULL;
     }
     w->finishing = false;
     if (r < 0) {
@@ -438,16 +434,13 @@ void pack_writer_free(pack_writer *w)
     free(w);
 }
 
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+static int pread_full(const vmsh_repo *r, repo_store_file *fd, void *buf, size_t len, uint64_t off)
 {
     uint8_t *p = buf;
     while (len > 0) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
+        int64_t n = r->store->ops->pread(fd, p, len, off);
+        if (n < 0)
+            return (int)n;
         if (n == 0)
             return -ENODATA;
         p += n;
@@ -457,25 +450,45 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc **entries,
-                    uint32_t *n_out, uint64_t *file_size, vmsh_error **err)
+static int read_table(vmsh_repo *rp, repo_store_file *fd, const char *path, crypto_ctx *c,
+                      bool encrypted, chunk_loc **entries, uint32_t *n_out, uint64_t *file_size,
+                      vmsh_error **err);
+
+int pack_read_table(vmsh_repo *r, const char *path, crypto_ctx *c, bool encrypted,
+                    chunk_loc **entries, uint32_t *n_out, uint64_t *file_size, vmsh_error **err)
 {
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return vmsh_error_set(err, errno == ENOENT ? -EBADMSG : -errno, "cannot open pack %s: %s",
-                              path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0)
+    repo_store_file *fd = NULL;
+    vmsh_error *e = NULL;
+    int rc = r->store->ops->open_file(r->store, repo_rel(r, path), 0, &fd, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        return vmsh_error_set(err, -EBADMSG, "cannot open pack %s: %s", path, strerror(ENOENT));
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return rc;
+    }
+    rc = read_table(r, fd, path, c, encrypted, entries, n_out, file_size, err);
+    r->store->ops->close(fd);
+    return rc;
+}
+
+static int read_table(vmsh_repo *rp, repo_store_file *fd, const char *path, crypto_ctx *c,
+                      bool encrypted, chunk_loc **entries, uint32_t *n_out, uint64_t *file_size,
+                      vmsh_error **err)
+{
+    repo_store_stat st;
+    if (rp->store->ops->fstat(fd, &st) < 0)
         return vmsh_error_set(err, -errno, "cannot stat %s: %s", path, strerror(errno));
-    uint64_t size = (uint64_t)st.st_size;
+    uint64_t size = st.size;
     *file_size = size;
     if (size < PACK_HEADER_LEN + PACK_FOOTER_LEN)
         return vmsh_error_set(err, -EBADMSG, "pack %s is truncated (%llu bytes)", path,
                               (unsigned long long)size);
     uint8_t hdr[PACK_HEADER_LEN], footer[PACK_FOOTER_LEN];
-    int r = pread_full(fd, hdr, sizeof(hdr), 0);
+    int r = pread_full(rp, fd, hdr, sizeof(hdr), 0);
     if (r == 0)
-        r = pread_full(fd, footer, sizeof(footer), size - PACK_FOOTER_LEN);
+        r = pread_full(rp, fd, footer, sizeof(footer), size - PACK_FOOTER_LEN);
     if (r < 0)
         return vmsh_error_set(err, r == -ENODATA ? -EBADMSG : r, "cannot read pack %s: %s", path,
                               strerror(-r));
@@ -488,20 +501,29 @@ int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc *
                               "understands (1); upgrade vmshadow",
                               path, le32_get(hdr + 8));
     uint32_t flags = le32_get(hdr + 12);
+    if (flags == 1 && !encrypted)
+        return vmsh_error_set(err, -EKEYREJECTED,
+                              "pack %s is encrypted but the repository's config says unencrypted: "
+                              "the config was altered (encryption removed) or the pack comes "
+                              "from another repository; refusing",
+                              path);
     if (flags > 1 || (flags == 1) != encrypted)
         return vmsh_error_set(err, -EBADMSG, "pack %s: flags %#x do not match the repository", path,
                               flags);
     uint64_t toff = le64_get(footer), tlen = le64_get(footer + 8);
     uint32_t n = le32_get(footer + 16);
     uint64_t want = (uint64_t)n * PACK_ENTRY_LEN + (encrypted ? GCM_OVERHEAD : 0);
-    if (n > PACK_MAX_CHUNKS || tlen != want || toff < PACK_HEADER_LEN ||
-        toff + tlen != size - PACK_FOOTER_LEN)
+    /* size ≥ header + footer above; written so that nothing wraps (a
+     * table offset near 2^64 plus its length must not come out equal) */
+    uint64_t end = size - PACK_FOOTER_LEN;
+    if (n > PACK_MAX_CHUNKS || tlen != want || toff < PACK_HEADER_LEN || toff > end ||
+        tlen != end - toff)
         return vmsh_error_set(err, -EBADMSG, "pack %s: table bounds are damaged", path);
     _cleanup_free_ uint8_t *table = malloc(tlen ? tlen : 1);
     _cleanup_free_ uint8_t *plain = NULL;
     if (!table)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    r = pread_full(fd, table, tlen, toff);
+    r = pread_full(rp, fd, table, tlen, toff);
     if (r < 0)
         return vmsh_error_set(err, r == -ENODATA ? -EBADMSG : r, "cannot read pack %s: %s", path,
                               strerror(-r));
@@ -529,8 +551,9 @@ int pack_read_table(const char *path, crypto_ctx *c, bool encrypted, chunk_loc *
         e[i].raw_len = le32_get(p + 44);
         e[i].kind = le32_get(p + 48);
         if (e[i].offset < PACK_HEADER_LEN || e[i].stored_len == 0 ||
-            e[i].stored_len > 2 * CHUNK_SIZE || e[i].offset + e[i].stored_len > toff ||
-            e[i].raw_len == 0 || e[i].raw_len > CHUNK_SIZE || e[i].kind > BLOB_ZSTD) {
+            e[i].stored_len > 2 * CHUNK_SIZE || e[i].offset > toff ||
+            e[i].stored_len > toff - e[i].offset || e[i].raw_len == 0 ||
+            e[i].raw_len > CHUNK_SIZE || e[i].kind > BLOB_ZSTD) {
             free(e);
             return vmsh_error_set(err, -EBADMSG, "pack %s: table entry %u is damaged", path, i);
         }

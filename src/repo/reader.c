@@ -143,7 +143,12 @@ static void pool_put(vmsh_reader *rd, chunk_reader *cr)
 static int decode(vmsh_reader *rd, const index_entry *e, uint8_t *out, vmsh_error **err)
 {
     const vmsh_file_index *idx = rd->idx;
-    const chunk_loc *loc = chunk_map_find(&rd->repo->map, e->id);
+    /* the chunk index's runs (issue 27), then every pack table once */
+    chunk_loc found;
+    int fr = repo_find_chunk(rd->repo, e->id, &found, true, err);
+    if (fr < 0)
+        return fr;
+    const chunk_loc *loc = fr ? &found : NULL;
     uint64_t off = e->chunk * CHUNK_SIZE;
     uint64_t want = idx->size - off < CHUNK_SIZE ? idx->size - off : CHUNK_SIZE;
     if (!loc || loc->pack == CHUNK_PENDING)

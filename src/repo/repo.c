@@ -1,12 +1,14 @@
 /* repo.c - creating and opening repositories, the chunk map, manifests and
  * listing (docs/formats/repository.md). */
 #include "internal.h"
+#include "store_obj.h"
+
+#include "chunkindex.h"
 
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -46,6 +48,127 @@ static bool is_hex(const char *s, size_t n)
     return s[n] == '\0';
 }
 
+/* ---- config authentication (format version 2) ---- */
+
+/* The members the config MAC covers, in this order (docs/formats/
+ * repository.md, "Config authentication"); "encryption." ones are inside the
+ * encryption object. Everything a reader acts on is here: a member outside
+ * the list is never read. */
+static const char *const mac_members[] = {
+    "format",
+    "version",
+    "id",
+    "created",
+    "chunk_size",
+    "pack_size",
+    "hash",
+    "compression",
+    "compression_level",
+    "encryption.cipher",
+    "encryption.kdf",
+    "encryption.kdf_n",
+    "encryption.kdf_r",
+    "encryption.kdf_p",
+    "encryption.salt",
+    "encryption.wrapped_key",
+};
+
+/* Each member as `name SP tag SP length ":" text LF`: tag s (a string, text =
+ * its bytes), j (another JSON value, text = its plain JSON) or - (absent,
+ * empty text). The lengths make the encoding unambiguous. */
+static char *config_canonical(json_object *cfg, size_t *len)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f)
+        return NULL;
+    fputs("vmshadow-config-v2\n", f);
+    json_object *enc = NULL;
+    json_object_object_get_ex(cfg, "encryption", &enc);
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(mac_members); i++) {
+        const char *name = mac_members[i];
+        json_object *o = cfg, *v = NULL;
+        if (strncmp(name, "encryption.", 11) == 0) {
+            o = enc && json_object_is_type(enc, json_type_object) ? enc : NULL;
+            name += 11;
+        }
+        char tag = '-';
+        const char *text = "";
+        size_t tl = 0;
+        if (o && json_object_object_get_ex(o, name, &v)) {
+            tag = json_object_is_type(v, json_type_string) ? 's' : 'j';
+            text = tag == 's' ? json_object_get_string(v)
+                              : json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+            tl = tag == 's' ? (size_t)json_object_get_string_len(v) : strlen(text);
+        }
+        fprintf(f, "%s %c %zu:", mac_members[i], tag, tl);
+        fwrite(text, 1, tl, f);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int config_mac_hex(const repo_keys *k, json_object *cfg, char out[65])
+{
+    size_t len = 0;
+    _cleanup_free_ char *canon = config_canonical(cfg, &len);
+    uint8_t mac[32];
+    if (!canon)
+        return -ENOMEM;
+    if (keys_config_mac(k, canon, len, mac) < 0)
+        return -EIO;
+    vmsh_hex(mac, sizeof(mac), out);
+    return 0;
+}
+
+const char *repo_rel(const vmsh_repo *r, const char *path)
+{
+    size_t n = strlen(r->path);
+    if (strncmp(path, r->path, n) != 0)
+        return path; /* not under the root: the store refuses it */
+    while (path[n] == '/')
+        n++;
+    return path + n;
+}
+
+static unsigned store_flags(unsigned open_flags)
+{
+    return open_flags & VMSH_REPO_OPEN_ALLOW_FOREIGN ? REPO_STORE_ALLOW_FOREIGN : 0;
+}
+
+/* The store of a repository location (issue 26, point 1): a URL's scheme
+ * chooses it, anything else is a directory. The one place that does. */
+static int store_open(repo_store **out, const char *path, unsigned flags, vmsh_error **err)
+{
+    if (strncmp(path, "rados://", 8) == 0)
+        return repo_store_rados_open(out, path, flags, err);
+    if (strncmp(path, "s3://", 5) == 0 || strncmp(path, "s3+http://", 10) == 0)
+        return repo_store_s3_open(out, path, flags, err);
+    const char *sep = strstr(path, "://");
+    if (sep && sep > path && !memchr(path, '/', (size_t)(sep - path)))
+        return vmsh_error_set(err, -EINVAL,
+                              "unknown repository URL %s: a directory, rados://POOL[/PREFIX], "
+                              "s3://HOST[:PORT]/BUCKET[/PREFIX] or s3+http://...",
+                              path);
+    return repo_store_posix_open(out, path, flags, err);
+}
+
+static int count_entry(void *opaque, const char *name, repo_store_kind kind,
+                       const repo_store_stat *st)
+{
+    (void)name;
+    (void)kind;
+    (void)st;
+    ++*(size_t *)opaque;
+    return 0;
+}
+
 /* ---- init ---- */
 
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err)
@@ -53,35 +176,28 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     int level = opts && opts->compression_level ? opts->compression_level : 1;
     if (level < 1 || level > 19)
         return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
-    struct stat st;
-    if (stat(path, &st) == 0) {
-        if (!S_ISDIR(st.st_mode))
-            return vmsh_error_set(err, -EEXIST, "%s exists and is not a directory", path);
-        DIR *d = opendir(path);
-        if (!d)
-            return vmsh_error_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
-        struct dirent *de;
-        bool empty = true;
-        while ((de = readdir(d)))
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-                empty = false;
-        closedir(d);
-        if (!empty)
-            return vmsh_error_set(err, -EEXIST,
-                                  "%s is not empty: a repository is created in a new or empty "
-                                  "directory",
-                                  path);
-    }
-    int r = vmsh_fs_mkdir_p(path, 0700, err);
+    repo_store *s = NULL;
+    int r = store_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0), err);
     if (r < 0)
         return r;
+    size_t entries = 0;
+    if ((r = s->ops->list(s, "", 0, count_entry, &entries, err)) < 0) {
+        repo_store_free(s);
+        return r;
+    }
+    if (entries) {
+        repo_store_free(s);
+        return vmsh_error_set(err, -EEXIST,
+                              "%s is not empty: a repository is created in a new or empty "
+                              "directory",
+                              path);
+    }
     static const char *const dirs[] = {"locks", "packs", "index", "backups"};
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(dirs); i++) {
-        _cleanup_free_ char *d = vmsh_path_join(path, dirs[i]);
-        if (!d)
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        if ((r = vmsh_fs_mkdir_p(d, 0700, err)) < 0)
+        if ((r = s->ops->mkdir(s, dirs[i], err)) < 0) {
+            repo_store_free(s);
             return r;
+        }
     }
     uint8_t raw[16];
     char id[33], created[21];
@@ -103,27 +219,38 @@ int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error
     if (opts && opts->key_file) {
         json_object *enc = NULL;
         repo_keys k;
-        r = keys_create(opts->key_file, &enc, id, &k, err);
-        memset(&k, 0, sizeof(k));
+        r = keys_create(opts->key_file, &enc, id, VMSH_REPO_FORMAT_VERSION, &k, err);
         if (r < 0) {
+            memset(&k, 0, sizeof(k));
             json_object_put(cfg);
+            repo_store_free(s);
             return r;
         }
         json_object_object_add(cfg, "encryption", enc);
+        char mac[65];
+        r = config_mac_hex(&k, cfg, mac);
+        memset(&k, 0, sizeof(k));
+        if (r < 0) {
+            json_object_put(cfg);
+            return vmsh_error_set(err, r, "cannot authenticate the new config");
+        }
+        json_object_object_add(cfg, "mac", json_object_new_string(mac));
     } else {
         json_object_object_add(cfg, "encryption", NULL);
     }
     const char *text = json_object_to_json_string_ext(
         cfg, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
     _cleanup_free_ char *body = NULL;
-    if (!cfg_path || asprintf(&body, "%s\n", text) < 0) {
+    if (asprintf(&body, "%s\n", text) < 0) {
         body = NULL;
         json_object_put(cfg);
+        repo_store_free(s);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     json_object_put(cfg);
-    return vmsh_fs_write_atomic(cfg_path, body, strlen(body), 0600, err);
+    r = s->ops->put(s, "config", body, strlen(body), err);
+    repo_store_free(s);
+    return r;
 }
 
 /* ---- open ---- */
@@ -144,29 +271,85 @@ static int64_t cfg_int(json_object *o, const char *key, int64_t dflt)
     return json_object_get_int64(v);
 }
 
+/* An encrypted version 2 config: its MAC must match, now that the key is
+ * known (-EBADMSG: altered). */
+static int config_check_mac(vmsh_repo *r, json_object *cfg, vmsh_error **err)
+{
+    const char *mac = cfg_str(cfg, "mac");
+    char want[65];
+    int rc = config_mac_hex(&r->keys, cfg, want);
+    if (rc < 0)
+        return vmsh_error_set(err, rc, "cannot authenticate the config of %s", r->path);
+    /* compared in constant time: the time must not tell a forger how much
+     * of a guessed MAC was right */
+    unsigned diff = !mac || strlen(mac) != 64;
+    for (size_t i = 0; !diff && i < 64; i++)
+        diff |= (unsigned)(mac[i] ^ want[i]);
+    if (diff)
+        return vmsh_error_set(err, -EBADMSG,
+                              "repository %s: config fails authentication (%s): it was altered "
+                              "or damaged; refusing to use it (restore the original config)",
+                              r->path, mac ? "wrong MAC" : "no MAC");
+    return 0;
+}
+
+/* A config that says unencrypted cannot be authenticated: a key file given
+ * for it, or traces of encryption in it, mean it may have had its
+ * encryption removed (a downgrade), and it is refused. Objects and packs
+ * carry their own encryption flag, which readers check too. */
+static int config_check_plain(json_object *cfg, const char *path, const char *key_file,
+                              vmsh_error **err)
+{
+    if (key_file)
+        return vmsh_error_set(err, -EACCES,
+                              "repository %s is not encrypted (its config says \"encryption\": "
+                              "null) but a key file was given (%s): refusing. If it was created "
+                              "encrypted, its config has been altered; if not, give no key file "
+                              "for it",
+                              path, key_file);
+    json_object *v = NULL;
+    if (json_object_object_get_ex(cfg, "mac", &v) ||
+        strcmp(cfg_str(cfg, "hash") ? cfg_str(cfg, "hash") : "sha256", "sha256") != 0)
+        return vmsh_error_set(err, -EBADMSG,
+                              "repository %s: config says unencrypted but has the hash or MAC "
+                              "of an encrypted repository: its encryption was removed; refusing",
+                              path);
+    return 0;
+}
+
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err)
 {
-    _cleanup_free_ char *cfg_path = vmsh_path_join(path, "config");
-    if (!cfg_path)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return vmsh_repo_open_ex(out, path, key_file, 0, err);
+}
+
+int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
+                      vmsh_error **err)
+{
     _cleanup_free_ char *text = NULL;
     size_t len = 0;
     vmsh_error *e = NULL;
-    int rc = vmsh_fs_read_all(cfg_path, CONFIG_MAX, &text, &len, &e);
+    repo_store *store = NULL;
+    int rc = store_open(&store, path, store_flags(flags), &e);
+    if (rc == 0)
+        rc = store->ops->get(store, "config", CONFIG_MAX, &text, &len, &e);
     if (rc < 0) {
-        vmsh_error_free(e);
-        if (rc == -ENOENT)
+        repo_store_free(store);
+        if (rc == -ENOENT) {
+            vmsh_error_free(e);
             return vmsh_error_set(err, -ENOENT,
                                   "no repository at %s (no config file); create one with "
                                   "'vmshadow init' or give the right --repo",
                                   path);
-        return vmsh_error_set(err, rc, "cannot read %s: %s", cfg_path, strerror(-rc));
+        }
+        vmsh_error_propagate(err, &e);
+        return rc;
     }
     json_object *cfg = json_tokener_parse(text);
     const char *format = cfg ? cfg_str(cfg, "format") : NULL;
     if (!cfg || !json_object_is_type(cfg, json_type_object) || !format ||
         strcmp(format, "vmshadow-repository") != 0) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EINVAL, "%s is not a vmshadow repository (bad config file)",
                               path);
     }
@@ -175,6 +358,7 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     const char *id = cfg_str(cfg, "id");
     if (version > VMSH_REPO_FORMAT_VERSION) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EPROTONOSUPPORT,
                               "repository %s has format version %lld, newer than this vmshadow "
                               "supports (%d); upgrade vmshadow",
@@ -182,10 +366,12 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     }
     if (version < 1 || !id || strlen(id) != 32 || !is_hex(id, 32)) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EINVAL, "%s: config is damaged (version or id)", path);
     }
     if (chunk != CHUNK_SIZE) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -EPROTONOSUPPORT,
                               "repository %s uses chunk size %lld; this vmshadow supports only "
                               "%d",
@@ -194,24 +380,35 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
     vmsh_repo *r = calloc(1, sizeof(*r));
     if (!r) {
         json_object_put(cfg);
+        repo_store_free(store);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
+    r->store = store;
+    /* test hook (tests/e2e/t-repo-index.sh): chunks are looked up through
+     * the chunk index alone, never the pack tables, so that a test sees an
+     * index that lost entries */
+    r->no_fallback = getenv("VMSHADOW_TEST_INDEX_ONLY") != NULL;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->fallback_lock, NULL);
     r->path = strdup(path);
     memcpy(r->id, id, 33);
+    r->version = (int)version;
     int64_t level = cfg_int(cfg, "compression_level", 1);
     r->compression_level = level >= 1 && level <= 19 ? (int)level : 1;
     chunk_map_init(&r->map);
     json_object *enc = NULL;
     if (json_object_object_get_ex(cfg, "encryption", &enc) && enc) {
-        rc = keys_unlock(key_file, enc, r->id, path, &r->keys, err);
-        if (rc < 0) {
-            json_object_put(cfg);
-            vmsh_repo_free(r);
-            return rc;
-        }
+        rc = keys_unlock(key_file, enc, r->id, r->version, path, &r->keys, err);
+        if (rc == 0 && r->version >= 2)
+            rc = config_check_mac(r, cfg, err);
+    } else {
+        rc = config_check_plain(cfg, path, key_file, err);
     }
     json_object_put(cfg);
+    if (rc < 0) {
+        vmsh_repo_free(r);
+        return rc;
+    }
     if (!r->path) {
         vmsh_repo_free(r);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -232,7 +429,9 @@ void vmsh_repo_free(vmsh_repo *r)
     repo_map_forget(r);
     free(r->packs);
     crypto_ctx_free(r->crypto);
+    repo_store_free(r->store);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->fallback_lock);
     memset(&r->keys, 0, sizeof(r->keys));
     free(r->path);
     free(r);
@@ -287,30 +486,65 @@ unsigned repo_threads(const vmsh_repo *r)
 
 int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err)
 {
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "locks");
-    _cleanup_free_ char *p = dir ? vmsh_path_join(dir, which) : NULL;
-    if (!p)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int rc = vmsh_fs_mkdir_p(dir, 0700, err);
-    if (rc < 0)
-        return rc;
-    char what[64];
-    snprintf(what, sizeof(what), "the repository (%s lock)", which);
-    return vmsh_lock_take(out, p, exclusive, false, what, err);
+    return r->store->ops->lock(r->store, which, exclusive, out, err);
 }
 
 /* ---- the chunk map ---- */
 
-int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+/* Pack numbers by name: an open-addressing table of packs[] indexes + 1,
+ * hashed by the name's first 16 hex digits (random bits). In index mode
+ * only the packs a command touches are registered, so this grows with the
+ * work done, not with the repository. Called with r->lock held. */
+static uint64_t pack_hash(const char *hex)
 {
-    pthread_mutex_lock(&r->lock);
+    uint64_t h = 0;
+    for (int i = 0; i < 16; i++)
+        h = h << 4 | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return h;
+}
+
+static size_t pack_probe(const vmsh_repo *r, const char *name)
+{
+    size_t m = r->pack_slots_cap - 1;
+    for (size_t i = (size_t)pack_hash(name) & m;; i = (i + 1) & m) {
+        uint32_t s = r->pack_slots[i];
+        if (s == 0 || strcmp(r->packs[s - 1].name, name) == 0)
+            return i;
+    }
+}
+
+static int pack_slots_grow(vmsh_repo *r)
+{
+    size_t nc = r->pack_slots_cap ? r->pack_slots_cap * 2 : 256;
+    uint32_t *ns = vmsh_calloc_array(nc, sizeof(*ns));
+    if (!ns)
+        return -ENOMEM;
+    free(r->pack_slots);
+    r->pack_slots = ns;
+    r->pack_slots_cap = nc;
+    for (size_t k = 0; k < r->n_packs; k++)
+        r->pack_slots[pack_probe(r, r->packs[k].name)] = (uint32_t)(k + 1);
+    return 0;
+}
+
+static int add_pack_locked(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+{
+    if ((r->n_packs + 1) * 2 > r->pack_slots_cap && pack_slots_grow(r) < 0)
+        return -ENOMEM;
+    size_t slot = pack_probe(r, name);
+    if (r->pack_slots[slot]) {
+        int no = (int)r->pack_slots[slot] - 1;
+        if (size)
+            r->packs[no].size = size;
+        if (n_chunks)
+            r->packs[no].n_chunks = n_chunks;
+        return no;
+    }
     if (r->n_packs == r->cap_packs) {
         size_t ncap = r->cap_packs ? r->cap_packs * 2 : 64;
         pack_info *np = vmsh_realloc_array(r->packs, ncap, sizeof(*np));
-        if (!np) {
-            pthread_mutex_unlock(&r->lock);
+        if (!np)
             return -ENOMEM;
-        }
         r->packs = np;
         r->cap_packs = ncap;
     }
@@ -319,63 +553,89 @@ int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chun
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->size = size;
     p->n_chunks = n_chunks;
-    int no = (int)r->n_packs++;
+    r->pack_slots[slot] = (uint32_t)(r->n_packs + 1);
+    return (int)r->n_packs++;
+}
+
+int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks)
+{
+    pthread_mutex_lock(&r->lock);
+    int no = add_pack_locked(r, name, size, n_chunks);
     pthread_mutex_unlock(&r->lock);
     return no;
 }
 
-static int pack_names(const char *repo, char (**names)[33], size_t *n, vmsh_error **err)
+int repo_pack_no(vmsh_repo *r, const uint8_t name[16])
 {
-    *names = NULL;
-    *n = 0;
-    size_t cap = 0;
-    _cleanup_free_ char *packs = vmsh_path_join(repo, "packs");
-    if (!packs)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    DIR *d = opendir(packs);
-    if (!d)
-        return vmsh_error_set(err, -errno, "cannot read %s: %s", packs, strerror(errno));
-    struct dirent *de;
-    int rc = 0;
-    while (rc == 0 && (de = readdir(d))) {
-        if (strlen(de->d_name) != 2 || !is_hex(de->d_name, 2))
-            continue;
-        _cleanup_free_ char *sub = vmsh_path_join(packs, de->d_name);
-        DIR *sd = sub ? opendir(sub) : NULL;
-        if (!sd)
-            continue;
-        struct dirent *se;
-        while ((se = readdir(sd))) {
-            /* 32 hex + ".pack"; temporary files end in ".tmp.<pid>" and are skipped */
-            if (strlen(se->d_name) != 37 || strcmp(se->d_name + 32, ".pack") != 0 ||
-                strncmp(se->d_name, de->d_name, 2) != 0)
-                continue;
-            char nm[33];
-            memcpy(nm, se->d_name, 32);
-            nm[32] = 0;
-            if (!is_hex(nm, 32))
-                continue;
-            if (*n == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                char(*nn)[33] = vmsh_realloc_array(*names, ncap, sizeof(**names));
-                if (!nn) {
-                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
-                    break;
-                }
-                *names = nn;
-                cap = ncap;
-            }
-            memcpy((*names)[(*n)++], nm, 33);
-        }
-        closedir(sd);
+    char hex[33];
+    vmsh_hex(name, 16, hex);
+    return repo_add_pack(r, hex, 0, 0);
+}
+
+typedef struct name_list {
+    char (*names)[33];
+    size_t n, cap;
+    repo_store *store;
+    const char *fan; /* the fan-out directory being listed */
+    vmsh_error **err;
+} name_list;
+
+static int pack_entry(void *opaque, const char *name, repo_store_kind kind,
+                      const repo_store_stat *st)
+{
+    (void)kind;
+    (void)st;
+    name_list *l = opaque;
+    /* 32 hex + ".pack"; temporary files end in ".tmp.<pid>" and are skipped.
+     * A pack that is not a regular file is listed all the same: reading
+     * its table fails and it counts as damaged (verify says why). */
+    if (strlen(name) != 37 || strcmp(name + 32, ".pack") != 0 || strncmp(name, l->fan, 2) != 0)
+        return 0;
+    char nm[33];
+    memcpy(nm, name, 32);
+    nm[32] = 0;
+    if (!is_hex(nm, 32))
+        return 0;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        char(*nn)[33] = vmsh_realloc_array(l->names, ncap, sizeof(*l->names));
+        if (!nn)
+            return vmsh_error_set(l->err, -ENOMEM, "out of memory");
+        l->names = nn;
+        l->cap = ncap;
     }
-    closedir(d);
+    memcpy(l->names[l->n++], nm, 33);
+    return 0;
+}
+
+static int fan_entry(void *opaque, const char *name, repo_store_kind kind,
+                     const repo_store_stat *st)
+{
+    (void)kind;
+    (void)st;
+    name_list *l = opaque;
+    if (strlen(name) != 2 || !is_hex(name, 2))
+        return 0;
+    char dir[16];
+    snprintf(dir, sizeof(dir), "packs/%s", name);
+    l->fan = name;
+    /* a fan-out "directory" that is a link or a file stops the load with
+     * the store's message: its packs would be read from elsewhere */
+    return l->store->ops->list(l->store, dir, 0, pack_entry, l, l->err);
+}
+
+int repo_pack_names(vmsh_repo *r, char (**names)[33], size_t *n, vmsh_error **err)
+{
+    name_list l = {.store = r->store, .err = err};
+    int rc = r->store->ops->list(r->store, "packs", 0, fan_entry, &l, err);
     if (rc < 0) {
-        free(*names);
-        *names = NULL;
-        *n = 0;
+        free(l.names);
+        l.names = NULL;
+        l.n = 0;
     }
-    return rc;
+    *names = l.names;
+    *n = l.n;
+    return rc < 0 ? rc : 0;
 }
 
 static int cmp_name33(const void *a, const void *b)
@@ -395,13 +655,13 @@ static void free_tables(pack_table *t, size_t n)
     free(t);
 }
 
-static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
+/* The legacy mode: every pack's table into the map (a repository without
+ * runs opened by a reader; a reader's fallback). */
+static int load_tables(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
 {
-    if (r->map_loaded)
-        return 0;
     char(*names)[33] = NULL;
     size_t n = 0;
-    int rc = pack_names(r->path, &names, &n, err);
+    int rc = repo_pack_names(r, &names, &n, err);
     if (rc < 0)
         return rc;
     if (n)
@@ -419,11 +679,21 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
         _cleanup_free_ char *p = pack_path(r->path, names[i]);
         uint64_t size = 0;
         vmsh_error *e = NULL;
-        rc = p ? pack_read_table(p, crypto, r->keys.encrypted, &tables[i].entries, &tables[i].n,
+        rc = p ? pack_read_table(r, p, crypto, r->keys.encrypted, &tables[i].entries, &tables[i].n,
                                  &size, &e)
                : -ENOMEM;
         int no = repo_add_pack(r, names[i], size, tables[i].n);
-        if (no < 0 || rc == -EPROTONOSUPPORT || rc == -ENOMEM) {
+        bool fatal = rc == -EPROTONOSUPPORT || rc == -ENOMEM || rc == -EKEYREJECTED;
+        if (rc == -EKEYREJECTED) {
+            /* An encrypted pack under a config that says unencrypted: the
+             * config lost its encryption (a downgrade). Nothing goes on
+             * through it, a backup least of all (it would store plaintext
+             * where the owner expects ciphertext). */
+            rc = -EBADMSG;
+            if (e)
+                e->code = rc;
+        }
+        if (no < 0 || fatal) {
             free_tables(tables, n);
             free(names);
             if (no < 0) {
@@ -437,13 +707,18 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
             /* A damaged pack does not stop the repository from opening: its
              * chunks count as missing; verify names what needs them, and a new
              * backup stores them again. */
-            r->packs[no].damaged = true;
-            r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[no].damaged) { /* a reader may have found it already */
+                r->packs[no].damaged = true;
+                r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            }
+            pthread_mutex_unlock(&r->lock);
             vmsh_error_free(e);
             free(tables[i].entries);
             tables[i] = (pack_table){0};
             continue;
         }
+        r->packs[no].stat_ok = r->packs[no].table_ok = true;
         for (uint32_t j = 0; j < tables[i].n; j++)
             tables[i].entries[j].pack = (uint32_t)no;
         total += tables[i].n;
@@ -456,15 +731,145 @@ static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
      * (backup_pending is set before the loader thread starts and cleared
      * after it is joined.) */
     size_t room = r->backup_pending ? total / 8 + 4096 : 0;
+    pthread_mutex_lock(&r->lock);
     rc = chunk_map_reserve(&r->map, r->map.count + total + room);
     for (size_t i = 0; i < n && rc == 0; i++)
         for (uint32_t j = 0; j < tables[i].n && rc == 0; j++)
             rc = chunk_map_insert(&r->map, &tables[i].entries[j], NULL) < 0 ? -ENOMEM : 0;
+    if (rc == 0)
+        r->legacy = true;
+    pthread_mutex_unlock(&r->lock);
     free_tables(tables, n);
     if (rc < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory for the chunk map");
+    return 0;
+}
+
+/* Opens the chunk index (docs/formats/repository.md, "Chunk index runs").
+ * A repository with runs, or without packs: index mode, nothing loaded but
+ * the runs' summaries. Packs but no runs (written by a vmshadow before
+ * issue 27): a writer (a pending backup) upgrades it in place by building
+ * runs from the pack tables, once; a reader reads it as before. */
+static int load_map_now(vmsh_repo *r, crypto_ctx *crypto, vmsh_error **err)
+{
+    if (r->map_loaded)
+        return 0;
+    size_t nruns = 0;
+    int rc = ci_count_runs(r, &nruns, err);
+    if (rc < 0)
+        return rc;
+    if (nruns == 0) {
+        char(*names)[33] = NULL;
+        size_t np = 0;
+        if ((rc = repo_pack_names(r, &names, &np, err)) < 0)
+            return rc;
+        free(names);
+        if (np > 0 && !r->backup_pending) {
+            if ((rc = load_tables(r, crypto, err)) < 0)
+                return rc;
+            r->map_loaded = true;
+            return 0;
+        }
+        if (np > 0) {
+            ci_key k;
+            ci_key_init(&k, &r->keys);
+            if ((rc = ci_build_from_packs(r, crypto, &k, NULL, NULL, err)) < 0)
+                return vmsh_error_prefix(err, "upgrading the repository's chunk index");
+        }
+    }
+    ci_set *s = NULL;
+    if ((rc = ci_set_open(r, &s, err)) < 0)
+        return rc;
+    pthread_mutex_lock(&r->lock);
+    r->ci = s;
+    pthread_mutex_unlock(&r->lock);
     r->map_loaded = true;
     return 0;
+}
+
+/* A pack that a run names is checked once before anything relies on it:
+ * it must exist as a regular file of the repository (the store refuses a
+ * link or a special file on the way, with a message saying so). 1 usable,
+ * 0 absent (its entries are misses), < 0 refused. */
+static int pack_usable(vmsh_repo *r, int no, vmsh_error **err)
+{
+    char name[33];
+    pthread_mutex_lock(&r->lock);
+    bool ok = r->packs[no].stat_ok, dmg = r->packs[no].damaged;
+    memcpy(name, r->packs[no].name, sizeof(name));
+    pthread_mutex_unlock(&r->lock);
+    if (ok)
+        return 1;
+    if (dmg)
+        return 0;
+    char path[64];
+    snprintf(path, sizeof(path), "packs/%.2s/%s.pack", name, name);
+    vmsh_error *e = NULL;
+    int rc = r->store->ops->stat(r->store, path, NULL, &e);
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        pthread_mutex_lock(&r->lock);
+        r->packs[no].damaged = true;
+        if (!r->packs[no].damage)
+            r->packs[no].damage = strdup("missing");
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return vmsh_error_prefix(err, "pack %s, named by the chunk index", name);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->packs[no].stat_ok = true;
+    pthread_mutex_unlock(&r->lock);
+    return 1;
+}
+
+int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
+                    vmsh_error **err)
+{
+    pthread_mutex_lock(&r->lock);
+    const chunk_loc *l = chunk_map_find(&r->map, id);
+    if (l)
+        *out = *l;
+    bool legacy = r->legacy;
+    pthread_mutex_unlock(&r->lock);
+    if (l)
+        return 1;
+    if (r->ci) {
+        ci_entry e;
+        int rc = ci_set_lookup(r->ci, id, &e, err);
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            int no = repo_pack_no(r, e.pack);
+            if (no < 0)
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+            if ((rc = pack_usable(r, no, err)) < 0)
+                return rc;
+            if (rc == 0)
+                goto miss;
+            memcpy(out->id, e.id, ID_LEN);
+            out->pack = (uint32_t)no;
+            out->offset = e.offset;
+            out->stored_len = e.stored_len;
+            out->raw_len = e.raw_len;
+            out->kind = e.kind;
+            return 1;
+        }
+    }
+miss:
+    if (!fallback || legacy || r->no_fallback)
+        return 0;
+    /* A chunk no run names: written by a vmshadow without runs after the
+     * upgrade, or a damaged run. Read every pack table once (the old cost)
+     * rather than call the chunk missing. */
+    pthread_mutex_lock(&r->fallback_lock);
+    int rc = r->legacy ? 0 : load_tables(r, r->crypto, err);
+    pthread_mutex_unlock(&r->fallback_lock);
+    if (rc < 0)
+        return rc;
+    return repo_find_chunk(r, id, out, false, err);
 }
 
 static void *map_thread_main(void *arg)
@@ -504,6 +909,12 @@ void repo_map_forget(vmsh_repo *r)
     for (size_t i = 0; i < r->n_packs; i++)
         free(r->packs[i].damage);
     r->n_packs = 0;
+    ci_set_free(r->ci);
+    r->ci = NULL;
+    r->legacy = false;
+    free(r->pack_slots);
+    r->pack_slots = NULL;
+    r->pack_slots_cap = 0;
     r->map_loaded = false;
     r->map_gen++;
 }
@@ -545,7 +956,7 @@ struct chunk_reader {
     vmsh_repo *repo;
     crypto_ctx *crypto;
     ZSTD_DCtx *dctx;
-    int *fds;
+    repo_store_file **fds; /* open packs, by number; NULL when closed */
     size_t n_fds, open_fds;
     uint8_t *blob, *plain;
     bool direct;
@@ -585,8 +996,8 @@ void chunk_reader_free(chunk_reader *cr)
     if (!cr)
         return;
     for (size_t i = 0; i < cr->n_fds; i++)
-        if (cr->fds[i] >= 0)
-            close(cr->fds[i]);
+        if (cr->fds[i])
+            cr->repo->store->ops->close(cr->fds[i]);
     free(cr->fds);
     ZSTD_freeDCtx(cr->dctx);
     crypto_ctx_free(cr->crypto);
@@ -597,59 +1008,118 @@ void chunk_reader_free(chunk_reader *cr)
     free(cr);
 }
 
-static int reader_fd(chunk_reader *cr, uint32_t pack, vmsh_error **err)
+static int reader_fd(chunk_reader *cr, uint32_t pack, repo_store_file **out, vmsh_error **err)
 {
+    const repo_store_ops *ops = cr->repo->store->ops;
     if (pack >= cr->n_fds) {
+        pthread_mutex_lock(&cr->repo->lock);
         size_t n = cr->repo->n_packs > pack ? cr->repo->n_packs : pack + 1;
-        int *nf = vmsh_realloc_array(cr->fds, n, sizeof(int));
+        pthread_mutex_unlock(&cr->repo->lock);
+        repo_store_file **nf = vmsh_realloc_array(cr->fds, n, sizeof(*nf));
         if (!nf)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
         for (size_t i = cr->n_fds; i < n; i++)
-            nf[i] = -1;
+            nf[i] = NULL;
         cr->fds = nf;
         cr->n_fds = n;
     }
-    if (cr->fds[pack] >= 0)
-        return cr->fds[pack];
+    if ((*out = cr->fds[pack]))
+        return 0;
     if (cr->open_fds >= 256) {
         /* keep well under RLIMIT_NOFILE: a crude but sufficient cache */
         for (size_t i = 0; i < cr->n_fds; i++)
-            if (cr->fds[i] >= 0) {
-                close(cr->fds[i]);
-                cr->fds[i] = -1;
+            if (cr->fds[i]) {
+                ops->close(cr->fds[i]);
+                cr->fds[i] = NULL;
             }
         cr->open_fds = 0;
     }
-    _cleanup_free_ char *p = pack_path(cr->repo->path, cr->repo->packs[pack].name);
+    char pname[33];
+    vmsh_repo *r = cr->repo;
+    pthread_mutex_lock(&r->lock); /* packs[] may move: another thread registers one */
+    memcpy(pname, r->packs[pack].name, sizeof(pname));
+    bool table_ok = r->packs[pack].table_ok;
+    char *damage =
+        r->packs[pack].damaged && r->packs[pack].damage ? strdup(r->packs[pack].damage) : NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (damage) {
+        vmsh_error_set(err, -EBADMSG, "pack %s: %s", pname, damage);
+        free(damage);
+        return -EBADMSG;
+    }
+    _cleanup_free_ char *p = pack_path(cr->repo->path, pname);
     if (!p)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int fd = open(p, O_RDONLY | O_CLOEXEC | (cr->direct ? O_DIRECT : 0));
-    if (fd < 0 && cr->direct && errno == EINVAL) {
-        cr->direct = false; /* a filesystem without O_DIRECT: buffered reads */
-        fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (!table_ok) {
+        /* index mode: the pack's table is checked before its first blob is
+         * read, as the map load did for every pack ("Pack file": a pack
+         * whose footer, table or bounds are wrong is damaged, its chunks
+         * missing) */
+        chunk_loc *t = NULL;
+        uint32_t nt = 0;
+        uint64_t size = 0;
+        vmsh_error *e = NULL;
+        int trc = pack_read_table(r, p, cr->crypto, r->keys.encrypted, &t, &nt, &size, &e);
+        free(t);
+        if (trc == -ENOMEM || trc == -EPROTONOSUPPORT) {
+            vmsh_error_propagate(err, &e);
+            return trc;
+        }
+        if (trc < 0) {
+            const char *msg = e ? e->message : "damaged pack";
+            pthread_mutex_lock(&r->lock);
+            if (!r->packs[pack].damaged) {
+                r->packs[pack].damaged = true;
+                r->packs[pack].damage = strdup(msg);
+            }
+            pthread_mutex_unlock(&r->lock);
+            vmsh_error_set(err, -EBADMSG, "%s", msg);
+            vmsh_error_free(e);
+            return -EBADMSG;
+        }
+        pthread_mutex_lock(&r->lock);
+        r->packs[pack].table_ok = r->packs[pack].stat_ok = true;
+        pthread_mutex_unlock(&r->lock);
     }
-    if (fd < 0)
-        return vmsh_error_set(err, errno == ENOENT ? -EBADMSG : -errno, "cannot open pack %s: %s",
-                              p, strerror(errno));
-    cr->fds[pack] = fd;
+    vmsh_error *e = NULL;
+    int rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p),
+                            cr->direct ? REPO_STORE_DIRECT : 0, out, &e);
+    if (rc == -EINVAL && cr->direct && !e) {
+        cr->direct = false; /* a filesystem without O_DIRECT: buffered reads */
+        rc = ops->open_file(cr->repo->store, repo_rel(cr->repo, p), 0, out, &e);
+    }
+    if (rc == -ENOENT) {
+        vmsh_error_free(e);
+        return vmsh_error_set(err, -EBADMSG, "cannot open pack %s: %s", p, strerror(ENOENT));
+    }
+    if (rc < 0) {
+        vmsh_error_propagate(err, &e);
+        return rc;
+    }
+    cr->fds[pack] = *out;
     cr->open_fds++;
-    return fd;
+    return 0;
 }
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
 {
-    const char *pname = cr->repo->packs[loc->pack].name;
-    int fd = reader_fd(cr, loc->pack, err);
-    if (fd < 0)
-        return fd;
+    char pname[33];
+    pthread_mutex_lock(&cr->repo->lock);
+    memcpy(pname, cr->repo->packs[loc->pack].name, sizeof(pname));
+    pthread_mutex_unlock(&cr->repo->lock);
+    repo_store_file *fd = NULL;
+    int rc = reader_fd(cr, loc->pack, &fd, err);
+    if (rc < 0)
+        return rc;
+    int64_t (*const rd)(repo_store_file *, void *, size_t, uint64_t) = cr->repo->store->ops->pread;
     size_t len = loc->stored_len;
     const uint8_t *data = NULL;
     if (cr->direct) {
         window *w = NULL, *lru = &cr->win[0];
         for (int i = 0; i < WINDOWS; i++) {
             window *c = &cr->win[i];
-            if (c->used && c->pack == loc->pack && loc->offset >= c->off &&
-                loc->offset + len <= c->off + c->len)
+            if (c->used && c->pack == loc->pack && loc->offset >= c->off && len <= c->len &&
+                loc->offset - c->off <= c->len - len)
                 w = c;
             if (c->used < lru->used)
                 lru = c;
@@ -665,31 +1135,27 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
             w->len = 0;
             w->used = 0;
             while (w->len < WIN_SIZE) {
-                ssize_t n = pread(fd, w->buf + w->len, WIN_SIZE - w->len, (off_t)(w->off + w->len));
-                if (n < 0 && errno == EINTR)
-                    continue;
+                int64_t n = rd(fd, w->buf + w->len, WIN_SIZE - w->len, w->off + w->len);
                 if (n < 0)
-                    return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
-                                          strerror(errno));
+                    return vmsh_error_set(err, (int)n, "cannot read pack %s: %s", pname,
+                                          strerror((int)-n));
                 if (n == 0)
                     break;
                 w->len += (size_t)n;
                 if (w->len % 4096) /* the end of the file */
                     break;
             }
-            if (loc->offset + len > w->off + w->len)
+            if (len > w->len || loc->offset - w->off > w->len - len) /* off ≤ offset */
                 return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
         }
         w->used = ++cr->tick;
         data = w->buf + (loc->offset - w->off);
     } else {
         for (size_t done = 0; done < len;) {
-            ssize_t n = pread(fd, cr->blob + done, len - done, (off_t)(loc->offset + done));
-            if (n < 0 && errno == EINTR)
-                continue;
+            int64_t n = rd(fd, cr->blob + done, len - done, loc->offset + done);
             if (n < 0)
-                return vmsh_error_set(err, -errno, "cannot read pack %s: %s", pname,
-                                      strerror(errno));
+                return vmsh_error_set(err, (int)n, "cannot read pack %s: %s", pname,
+                                      strerror((int)-n));
             if (n == 0)
                 return vmsh_error_set(err, -EBADMSG, "pack %s is truncated", pname);
             done += (size_t)n;
@@ -735,38 +1201,43 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
 
 /* ---- manifests ---- */
 
+typedef struct id_list {
+    char (*ids)[VMSH_BACKUP_ID_LEN + 1];
+    size_t n, cap;
+    vmsh_error **err;
+} id_list;
+
+static int id_entry(void *opaque, const char *name, repo_store_kind kind, const repo_store_stat *st)
+{
+    (void)kind; /* a manifest that is not a regular file fails to load, with the reason */
+    (void)st;
+    id_list *l = opaque;
+    if (strlen(name) != VMSH_BACKUP_ID_LEN || !is_hex(name, VMSH_BACKUP_ID_LEN))
+        return 0;
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 32;
+        char(*ni)[VMSH_BACKUP_ID_LEN + 1] = vmsh_realloc_array(l->ids, ncap, sizeof(*l->ids));
+        if (!ni)
+            return vmsh_error_set(l->err, -ENOMEM, "out of memory");
+        l->ids = ni;
+        l->cap = ncap;
+    }
+    memcpy(l->ids[l->n++], name, VMSH_BACKUP_ID_LEN + 1);
+    return 0;
+}
+
 int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err)
 {
-    *ids = NULL;
-    *n = 0;
-    size_t cap = 0;
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
-    if (!dir)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    DIR *d = opendir(dir);
-    if (!d)
-        return vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (strlen(de->d_name) != VMSH_BACKUP_ID_LEN || !is_hex(de->d_name, VMSH_BACKUP_ID_LEN))
-            continue;
-        if (*n == cap) {
-            size_t ncap = cap ? cap * 2 : 32;
-            char(*ni)[VMSH_BACKUP_ID_LEN + 1] = vmsh_realloc_array(*ids, ncap, sizeof(**ids));
-            if (!ni) {
-                closedir(d);
-                free(*ids);
-                *ids = NULL;
-                *n = 0;
-                return vmsh_error_set(err, -ENOMEM, "out of memory");
-            }
-            *ids = ni;
-            cap = ncap;
-        }
-        memcpy((*ids)[(*n)++], de->d_name, VMSH_BACKUP_ID_LEN + 1);
+    id_list l = {.err = err};
+    int rc = r->store->ops->list(r->store, "backups", 0, id_entry, &l, err);
+    if (rc < 0) {
+        free(l.ids);
+        l.ids = NULL;
+        l.n = 0;
     }
-    closedir(d);
-    return 0;
+    *ids = l.ids;
+    *n = l.n;
+    return rc < 0 ? rc : 0;
 }
 
 void vmsh_backup_info_free(vmsh_backup_info *b)
@@ -824,7 +1295,16 @@ static int parse_manifest(const char *text, size_t len, const char *id, const ch
                             path, (long long)version);
         goto out;
     }
-    if (version != 1 || !mid || strcmp(mid, id) != 0 || !time_s || strlen(time_s) != 20 || !doc ||
+    if (mid && strcmp(mid, id) != 0) {
+        /* bound to its file name: a manifest copied over another's is refused */
+        bool shown = strlen(mid) == VMSH_BACKUP_ID_LEN && is_hex(mid, VMSH_BACKUP_ID_LEN);
+        rc = vmsh_error_set(err, -EBADMSG,
+                            "manifest %s names backup %s, not %s: another backup's manifest "
+                            "was copied over it, or it is damaged",
+                            path, shown ? mid : "(not an ID)", id);
+        goto out;
+    }
+    if (version != 1 || !mid || !time_s || strlen(time_s) != 20 || !doc ||
         !json_object_object_get_ex(m, "files", &files) ||
         !json_object_is_type(files, json_type_array)) {
         rc = vmsh_error_set(err, -EBADMSG, "manifest %s lacks required members (damaged)", path);
@@ -994,25 +1474,19 @@ int vmsh_repo_each_recent(vmsh_repo *r, vmsh_backup_visit_fn fn, void *opaque, v
     int rc = repo_list_ids(r, &ids, &n, err);
     if (rc < 0)
         return rc;
-    _cleanup_free_ char *dir = vmsh_path_join(r->path, "backups");
     recent_id *v = vmsh_calloc_array(n ? n : 1, sizeof(*v));
-    int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (!dir || !v || dfd < 0) {
-        rc = !dir || !v ? vmsh_error_set(err, -ENOMEM, "out of memory")
-                        : vmsh_error_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+    if (!v) {
         free(ids);
-        free(v);
-        return rc;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     /* a stat per backup, not a read and a parse: the order costs little */
     for (size_t i = 0; i < n; i++) {
-        struct stat st;
+        repo_store_stat st;
+        char name[8 + VMSH_BACKUP_ID_LEN + 1];
         memcpy(v[i].id, ids[i], sizeof(v[i].id));
-        v[i].mtime_ns = fstatat(dfd, ids[i], &st, 0) == 0
-                            ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec
-                            : 0;
+        snprintf(name, sizeof(name), "backups/%s", ids[i]);
+        v[i].mtime_ns = r->store->ops->stat(r->store, name, &st, NULL) == 0 ? st.mtime_ns : 0;
     }
-    close(dfd);
     free(ids);
     qsort(v, n, sizeof(*v), cmp_recent);
     rc = 0;

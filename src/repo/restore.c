@@ -93,7 +93,11 @@ static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
 static int decode_entry(rworker *w, const index_entry *e, size_t slot, vmsh_error **err)
 {
     rjob *j = w->j;
-    const chunk_loc *loc = chunk_map_find(&j->r->map, e->id);
+    chunk_loc found;
+    int fr = repo_find_chunk(j->r, e->id, &found, true, err);
+    if (fr < 0)
+        return fr;
+    const chunk_loc *loc = fr ? &found : NULL;
     uint64_t off = e->chunk * CHUNK_SIZE;
     uint64_t want = j->idx->size - off < CHUNK_SIZE ? j->idx->size - off : CHUNK_SIZE;
     if (!loc || loc->pack == CHUNK_PENDING)
@@ -352,7 +356,13 @@ int vmsh_repo_read_file(vmsh_repo *r, const char *spec, const char *name, size_t
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < idx->count; i++) {
         const index_entry *e = &idx->entries[i];
-        const chunk_loc *loc = chunk_map_find(&r->map, e->id);
+        chunk_loc found;
+        int fr = repo_find_chunk(r, e->id, &found, true, err);
+        if (fr < 0) {
+            rc = fr;
+            break;
+        }
+        const chunk_loc *loc = fr ? &found : NULL;
         uint64_t off = e->chunk * CHUNK_SIZE;
         uint64_t want = idx->size - off < CHUNK_SIZE ? idx->size - off : CHUNK_SIZE;
         if (!loc || loc->raw_len != want)

@@ -107,6 +107,56 @@ static int add_damage(vmsh_verify_report *rep, const char *backup, const char *f
     return 0;
 }
 
+/* Every pack table is read and checked, one pack at a time (memory: one
+ * table, not the repository's map). In the legacy mode the map load
+ * already read them and marked the damaged ones. */
+static int report_damaged_packs(vmsh_repo *r, vmsh_verify_report *rep, vmsh_error **err)
+{
+    if (r->legacy) {
+        for (size_t i = 0; i < r->n_packs; i++)
+            if (r->packs[i].damaged && add_damage(rep, NULL, NULL, "%s", r->packs[i].damage) < 0)
+                return vmsh_error_set(err, -ENOMEM, "out of memory");
+        return 0;
+    }
+    char(*names)[33] = NULL;
+    size_t n = 0;
+    int rc = repo_pack_names(r, &names, &n, err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        _cleanup_free_ char *p = pack_path(r->path, names[i]);
+        chunk_loc *t = NULL;
+        uint32_t nt = 0;
+        uint64_t size = 0;
+        vmsh_error *e = NULL;
+        int trc =
+            p ? pack_read_table(r, p, r->crypto, r->keys.encrypted, &t, &nt, &size, &e) : -ENOMEM;
+        free(t);
+        if (trc == -ENOMEM || trc == -EPROTONOSUPPORT || trc == -EKEYREJECTED) {
+            rc = trc == -EKEYREJECTED ? -EBADMSG : trc;
+            if (e)
+                e->code = rc;
+            vmsh_error_propagate(err, &e);
+            break;
+        }
+        if (trc < 0 && add_damage(rep, NULL, NULL, "%s", e ? e->message : "unreadable") < 0)
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        /* what the chunk reader would find out again, pack by pack */
+        int no = rc == 0 ? repo_add_pack(r, names[i], size, nt) : -1;
+        if (no >= 0) {
+            pthread_mutex_lock(&r->lock);
+            if (trc < 0 && !r->packs[no].damaged) {
+                r->packs[no].damaged = true;
+                r->packs[no].damage = strdup(e ? e->message : "unreadable");
+            } else if (trc == 0) {
+                r->packs[no].table_ok = r->packs[no].stat_ok = true;
+            }
+            pthread_mutex_unlock(&r->lock);
+        }
+        vmsh_error_free(e);
+    }
+    free(names);
+    return rc;
+}
+
 void vmsh_verify_report_free(vmsh_verify_report *rep)
 {
     if (!rep)
@@ -157,11 +207,8 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
             if ((rc = vmsh_repo_resolve(r, specs[i], ids[i], err)) < 0)
                 goto out;
     }
-    for (size_t i = 0; i < r->n_packs; i++)
-        if (r->packs[i].damaged && add_damage(rep, NULL, NULL, "%s", r->packs[i].damage) < 0) {
-            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
-            goto out;
-        }
+    if ((rc = report_damaged_packs(r, rep, err)) < 0)
+        goto out;
     /* manifests and indexes; collect the needed chunks */
     for (size_t b = 0; b < n_ids; b++) {
         vmsh_backup_info *info = NULL;
@@ -207,10 +254,18 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
             }
             files[n_files++] = (vfile){b, strdup(info->files[f].name), idx};
             for (size_t k = 0; k < idx->count; k++) {
-                const chunk_loc *loc = chunk_map_find(&r->map, idx->entries[k].id);
                 chunk_loc c = {.pack = CHUNK_PENDING};
-                if (loc)
-                    c = *loc;
+                if (chunk_map_find(&needed, idx->entries[k].id))
+                    continue; /* shared with a file seen before */
+                chunk_loc found;
+                int fr = repo_find_chunk(r, idx->entries[k].id, &found, true, err);
+                if (fr < 0) {
+                    vmsh_backup_info_free(info);
+                    rc = fr;
+                    goto out;
+                }
+                if (fr == 1)
+                    c = found;
                 memcpy(c.id, idx->entries[k].id, ID_LEN);
                 if (chunk_map_insert(&needed, &c, NULL) < 0) {
                     vmsh_backup_info_free(info);

@@ -2,6 +2,7 @@
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -43,6 +44,21 @@ int vmsh_name_is_safe(const char *name)
             return 0;
     }
     return n <= 255;
+}
+
+bool vmsh_path_is_clean(const char *path)
+{
+    if (!path || path[0] != '/')
+        return false;
+    for (const char *c = path + 1; *c;) {
+        size_t n = strcspn(c, "/");
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return false;
+        c += n;
+        if (*c == '/' && !*++c)
+            return false; /* a trailing slash names a directory */
+    }
+    return true;
 }
 
 int vmsh_fs_fsync_dir(const char *dir, vmsh_error **err)
@@ -108,20 +124,26 @@ int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, 
         return vmsh_error_set(err, -errno, "cannot stat %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return vmsh_error_set(err, -EINVAL, "%s is not a regular file", path);
-    if ((unsigned long long)st.st_size > max)
-        return vmsh_error_set(err, -EFBIG, "%s is too large (%lld bytes, limit %zu)", path,
-                              (long long)st.st_size, max);
-    size_t cap = (size_t)st.st_size + 1, len = 0;
+    return vmsh_fs_read_fd(fd, (uint64_t)st.st_size, max, path, out, out_len, err);
+}
+
+int vmsh_fs_read_fd(int fd, uint64_t size, size_t max, const char *what, char **out,
+                    size_t *out_len, vmsh_error **err)
+{
+    if (size > max)
+        return vmsh_error_set(err, -EFBIG, "%s is too large (%llu bytes, limit %zu)", what,
+                              (unsigned long long)size, max);
+    size_t cap = (size_t)size + 1, len = 0;
     _cleanup_free_ char *buf = malloc(cap);
     if (!buf)
-        return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", path);
+        return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", what);
     for (;;) {
         if (len + 1 >= cap) {
             if (cap > max)
-                return vmsh_error_set(err, -EFBIG, "%s grew past %zu bytes while read", path, max);
+                return vmsh_error_set(err, -EFBIG, "%s grew past %zu bytes while read", what, max);
             char *nb = realloc(buf, cap * 2);
             if (!nb)
-                return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", path);
+                return vmsh_error_set(err, -ENOMEM, "out of memory reading %s", what);
             buf = nb;
             cap *= 2;
         }
@@ -129,7 +151,7 @@ int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, 
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return vmsh_error_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
+            return vmsh_error_set(err, -errno, "cannot read %s: %s", what, strerror(errno));
         }
         if (n == 0)
             break;

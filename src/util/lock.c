@@ -13,6 +13,9 @@
 
 struct vmsh_lock {
     int fd;
+    /* a lock of another kind (a store's lease, issue 26): released by this */
+    void (*release)(void *opaque);
+    void *opaque;
 };
 
 /* The PID holding a flock on the file open as `fd`, from /proc/locks
@@ -44,12 +47,31 @@ static long lock_holder(int fd)
     return pid;
 }
 
+int vmsh_lock_custom(vmsh_lock **out, void (*release)(void *opaque), void *opaque)
+{
+    vmsh_lock *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->fd = -1;
+    l->release = release;
+    l->opaque = opaque;
+    *out = l;
+    return 0;
+}
+
 int vmsh_lock_take(vmsh_lock **out, const char *path, bool exclusive, bool wait, const char *what,
                    vmsh_error **err)
 {
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return vmsh_error_set(err, -errno, "cannot open lock file %s: %s", path, strerror(errno));
+    return vmsh_lock_take_fd(out, fd, path, exclusive, wait, what, err);
+}
+
+int vmsh_lock_take_fd(vmsh_lock **out, int fd_in, const char *path, bool exclusive, bool wait,
+                      const char *what, vmsh_error **err)
+{
+    _cleanup_close_ int fd = fd_in;
     int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
     while (flock(fd, op) < 0) {
         if (errno == EINTR)
@@ -80,5 +102,7 @@ void vmsh_lock_free(vmsh_lock *l)
         return;
     if (l->fd >= 0)
         close(l->fd); /* closing drops the flock */
+    if (l->release)
+        l->release(l->opaque);
     free(l);
 }

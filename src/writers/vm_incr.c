@@ -36,7 +36,6 @@
  */
 #include <vmshadow/coord/json.h>
 #include <vmshadow/hv/hvops.h>
-#include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 
@@ -173,19 +172,10 @@ static char *chain_problem(vm_writer *w, vm_item *it, bool running, json_object 
  * trusted, as QEMU sees it (qemu-img info), or NULL when it can. */
 static char *image_bitmap_problem(const char *path, const char *name)
 {
-    char *argv[] = {(char *)"qemu-img",
-                    (char *)"info",
-                    (char *)"--output=json",
-                    (char *)"--force-share",
-                    (char *)"-f",
-                    (char *)"qcow2",
-                    (char *)path,
-                    NULL};
     _cleanup_free_ char *text = NULL;
-    size_t len = 0;
     char *why = NULL;
     vmsh_error *e = NULL;
-    if (vmsh_proc_capture(argv, 60000, 16u << 20, &text, &len, &e) < 0) {
+    if (vmsh_hv_image_info(path, "qcow2", &text, &e) < 0) {
         if (asprintf(&why, "the bitmaps of %s cannot be read: %s", path, e->message) < 0)
             why = NULL;
         vmsh_error_free(e);
@@ -376,7 +366,7 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
 
 void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
 {
-    const char *msg = vmsh_pull_provider_fallback(w->provider, set, it->name);
+    const char *msg = w->capture->fallback(w->provider, set, it->name);
     json_object *disks = member(vmsh_component_extra(it->comp), "disks");
     if (!msg || !disks)
         return;
@@ -396,13 +386,13 @@ void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
 
 /* Deletes the VM's vmshadow checkpoints but it->new_cp, through `hv`;
  * the outcome goes to it->cp_deleted and it->cp_error. */
-static void prune_with(vmsh_hv *hv, vm_item *it)
+static void prune_with(const vmsh_host_ops *host, vmsh_hv *hv, vm_item *it)
 {
     it->pruned = true;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     /* libvirt deletes bitmaps only of a running VM; a shut-off VM keeps
      * its checkpoints until a later backup of it running */
-    if (vmsh_hv_state(hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
+    if (vmsh_host_state(host, hv, it->name, &st, NULL) < 0 || st == VMSH_VM_SHUTOFF)
         return;
     char **names = NULL;
     size_t n = 0;
@@ -440,13 +430,13 @@ void vmsh_vmw_prune_planned(vm_writer *w)
 {
     for (size_t i = 0; i < w->n_items; i++)
         if (w->items[i].prune_async)
-            prune_with(w->hv, &w->items[i]);
+            prune_with(w->host, w->hv, &w->items[i]);
 }
 
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
 {
     if (!it->pruned)
-        prune_with(w->hv, it);
+        prune_with(w->host, w->hv, it);
     json_object *extra = vmsh_component_extra(it->comp);
     if (extra && it->cp_deleted)
         json_object_object_add(extra, "checkpoints_deleted",
@@ -456,4 +446,36 @@ void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
     if (extra && it->cp_error)
         json_object_object_add(extra, "checkpoint_cleanup_error",
                                json_object_new_string(it->cp_error));
+}
+
+static vmsh_read_mode read_mode_of(const char *s)
+{
+    return !s                              ? VMSH_READ_UNPLANNED
+           : strcmp(s, "incremental") == 0 ? VMSH_READ_INCREMENTAL
+                                           : VMSH_READ_FULL;
+}
+
+int vmsh_vmw_publish_plans(vm_item *it)
+{
+    json_object *disks = member(vmsh_component_extra(it->comp), "disks");
+    int r = 0;
+    for (size_t i = 0; disks && i < json_object_array_length(disks); i++) {
+        json_object *dj = json_object_array_get_idx(disks, i);
+        const char *target = vmsh_json_str(dj, "target");
+        _cleanup_free_ char *fname = NULL;
+        if (!target || asprintf(&fname, "disk/%s", target) < 0)
+            continue;
+        vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+        if (!f)
+            continue;
+        const char *mode = vmsh_json_str(dj, "read");
+        vmsh_disk_plan p = {.mode = read_mode_of(mode),
+                            .reason = vmsh_json_str(dj, "read_reason"),
+                            .base_backup = vmsh_json_str(dj, "base_backup"),
+                            .bitmap = vmsh_json_str(dj, "bitmap"),
+                            .dirty_context = vmsh_json_str(dj, "dirty_context")};
+        if (vmsh_file_set_plan(f, mode ? &p : NULL) < 0)
+            r = -ENOMEM;
+    }
+    return r;
 }

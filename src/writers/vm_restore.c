@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +49,12 @@
 static json_object *jstr(const char *s)
 {
     return s ? json_object_new_string(s) : NULL;
+}
+
+static bool jbool(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
 }
 
 /* The format a disk had (from the VM writer's Identify record). */
@@ -67,39 +74,205 @@ static const char *disk_format(const vmsh_component *c, const char *target)
     return "raw";
 }
 
-/* An absolute path with no "." or ".." component and no empty one: a
- * backup names where its files were; a name that climbs out of a directory
- * is hostile (or damaged), never taken as is. */
-static bool path_is_clean(const char *p)
-{
-    if (!p || p[0] != '/')
-        return false;
-    for (const char *c = p + 1; *c;) {
-        size_t n = strcspn(c, "/");
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
-        c += n;
-        if (*c == '/' && !*++c)
-            return false; /* a trailing slash names a directory */
-    }
-    return true;
-}
-
 /* The restored VM's name: --as, else the component's. */
 static const char *new_name(const vmsh_set_options *o, const vmsh_component *c)
 {
     return o->restore_as ? o->restore_as : vmsh_component_name(c);
 }
 
-/* Where a file of the component goes for good. A name from the backup is
- * never used as a path component unchecked: a backup may be hostile. */
+/* The rest of `s` after `prefix`, or NULL when `s` does not begin with it
+ * or nothing follows: a name from a document is checked before it is
+ * sliced (issue 20: a disk named "x" read past its end). */
+static const char *after(const char *s, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return s && strlen(s) > n && memcmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+/* A disk file's target ("vda" of "disk/vda"), or NULL when the name is
+ * not one a disk may have. */
+static const char *disk_target(const vmsh_file *f)
+{
+    const char *t = after(vmsh_file_name(f), "disk/");
+    return t && vmsh_name_is_safe(t) ? t : NULL;
+}
+
+/* 36 characters of hex digits and dashes in the 8-4-4-4-12 layout. */
+static bool uuid_shaped(const char *s, size_t n)
+{
+    if (n != 36)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
+/* What the VM a restore replaces owns: the files its current definition
+ * names (disks, firmware variables), its TPM state directory (by UUID) and
+ * its managed saved state (by name). In place, only these are replaced, and
+ * a link never replaces anything else (R12, issue 20). */
+typedef struct cur_vm {
+    bool exists;
+    vmsh_vm_state state;
+    char *name, *uuid;
+    char **paths;
+    size_t n_paths;
+} cur_vm;
+
+static void cur_vm_clear(cur_vm *v)
+{
+    free(v->name);
+    free(v->uuid);
+    for (size_t i = 0; i < v->n_paths; i++)
+        free(v->paths[i]);
+    free(v->paths);
+    *v = (cur_vm){0};
+}
+
+static void cur_vm_add(cur_vm *v, const char *path)
+{
+    char **np = path ? realloc(v->paths, (v->n_paths + 1) * sizeof(char *)) : NULL;
+    if (!np)
+        return; /* out of memory owns less: refuses more, never less */
+    v->paths = np;
+    if ((np[v->n_paths] = strdup(path)))
+        v->n_paths++;
+}
+
+static void cur_vm_add_xml(cur_vm *v, const vmsh_domxml *x)
+{
+    for (size_t i = 0; x && i < x->n_disks; i++)
+        if (x->disks[i].kind == VMSH_DISK_FILE)
+            cur_vm_add(v, x->disks[i].source);
+    if (x)
+        cur_vm_add(v, x->nvram);
+}
+
+/* Reads the current definitions (live and persistent) of the VM `name`. */
+static void cur_vm_load(vm_writer *w, const char *name, cur_vm *v)
+{
+    *v = (cur_vm){0};
+    vmsh_vm *vm = NULL;
+    if (vmsh_hv_get_vm(w->hv, name, &vm, NULL) < 0)
+        return;
+    v->exists = true;
+    v->state = vm->state;
+    v->name = strdup(vm->name);
+    v->uuid = vm->uuid ? strdup(vm->uuid) : NULL;
+    cur_vm_add_xml(v, vm->xml);
+    _cleanup_free_ char *text = NULL;
+    vmsh_domxml *x = NULL;
+    if (vm->persistent && vmsh_hv_domain_xml(w->hv, name, true, &text, NULL) == 0 &&
+        vmsh_domxml_parse(&x, text, strlen(text), NULL) == 0)
+        cur_vm_add_xml(v, x);
+    vmsh_domxml_free(x);
+    vmsh_vm_free(vm);
+}
+
+static bool cur_vm_owns(const cur_vm *v, const char *path)
+{
+    if (!v->exists || !path)
+        return false;
+    for (size_t i = 0; i < v->n_paths; i++)
+        if (strcmp(v->paths[i], path) == 0)
+            return true;
+    const char *rest = v->uuid ? after(path, VMSH_SWTPM_DIR "/") : NULL;
+    if (rest && strncmp(rest, v->uuid, strlen(v->uuid)) == 0 && rest[strlen(v->uuid)] == '/')
+        return true;
+    _cleanup_free_ char *save = NULL;
+    return v->name && asprintf(&save, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, v->name) >= 0 &&
+           strcmp(save, path) == 0;
+}
+
+/* R10, R12: may the restore put its file (or a link) at `path`, outside
+ * --to's directory? Only where nothing is, or over what the VM it replaces
+ * owns; *exists says whether something is there now. */
+static int may_replace(const cur_vm *v, const vmsh_component *c, const char *path, const char *what,
+                       bool *exists, vmsh_error **err)
+{
+    struct stat st;
+    *exists = false;
+    if (!vmsh_path_is_clean(path))
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: the %s path '%s' of the backup is not a clean absolute path "
+                              "('.' or '..' components): refused",
+                              vmsh_component_name(c), what, path ? path : "(none)");
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return vmsh_error_set(err, -errno, "VM %s: %s: %s", vmsh_component_name(c), path,
+                              strerror(errno));
+    }
+    *exists = true;
+    if (cur_vm_owns(v, path))
+        return 0;
+    return vmsh_error_set(err, -EEXIST,
+                          "VM %s: the backup puts its %s at %s, which exists and belongs to no VM "
+                          "this restore replaces: not replaced (R12); restore with --to DIR",
+                          vmsh_component_name(c), what, path);
+}
+
+/* A TPM state file's place at libvirt's (R12): "<swtpm>/<uuid>/<rel>" for
+ * the file "tpm/<rel>", each part of <rel> a plain name, <uuid> a UUID.
+ * The backup's path must be exactly that (no '..' after the trusted
+ * prefix); *out is it (malloc'ed). */
+static int tpm_place(const vmsh_component *c, const vmsh_file *f, char **out, const char **relp,
+                     vmsh_error **err)
+{
+    const char *rel = after(vmsh_file_name(f), "tpm/");
+    const char *orig = vmsh_file_path(f);
+    *out = NULL;
+    if (!rel)
+        return vmsh_error_set(err, -EINVAL, "VM %s: bad TPM file name '%s'", vmsh_component_name(c),
+                              vmsh_file_name(f));
+    _cleanup_free_ char *relc = strdup(rel);
+    if (!relc)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (rel[strlen(rel) - 1] == '/' || strstr(rel, "//"))
+        return vmsh_error_set(err, -EINVAL, "VM %s: TPM file name '%s' is not safe",
+                              vmsh_component_name(c), rel);
+    char *save = NULL;
+    for (char *tok = strtok_r(relc, "/", &save); tok; tok = strtok_r(NULL, "/", &save))
+        if (!vmsh_name_is_safe(tok))
+            return vmsh_error_set(err, -EINVAL, "VM %s: TPM file name '%s' is not safe",
+                                  vmsh_component_name(c), rel);
+    const char *u = after(orig, VMSH_SWTPM_DIR "/");
+    const char *slash = u ? strchr(u, '/') : NULL;
+    if (!slash || !uuid_shaped(u, (size_t)(slash - u)) || strcmp(slash + 1, rel) != 0)
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: TPM state path '%s' is not libvirt's place for the file "
+                              "%s (" VMSH_SWTPM_DIR "/<uuid>/%s): refused",
+                              vmsh_component_name(c), orig ? orig : "(none)", vmsh_file_name(f),
+                              rel);
+    const char *want = vmsh_json_str(vmsh_component_extra(c), "uuid");
+    if (want && strncasecmp(u, want, 36) != 0)
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: TPM state path '%s' names another UUID than the VM's (%s): "
+                              "refused",
+                              vmsh_component_name(c), orig, want);
+    *relp = rel;
+    if (!(*out = strdup(orig)))
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return 0;
+}
+
+/* Where a file of the component goes for good (*out; NULL: not placed)
+ * and where libvirt's default place links to it (*link; NULL: none). Every
+ * path is vmshadow's decision: under --to inside DIR/<vm>/, a link only in
+ * libvirt's own per-VM places, in place only over what the VM being
+ * replaced owns (may_replace). A name from the backup is never used as a
+ * path component unchecked: a backup may be hostile (issue 8, issue 20). */
 static int final_path(const vmsh_set_options *o, const vmsh_component *c, const vmsh_file *f,
-                      char **out, vmsh_error **err)
+                      char **out, char **link, vmsh_error **err)
 {
     const char *name = new_name(o, c);
     const char *kind = vmsh_file_kind(f);
     const char *orig = vmsh_file_path(f);
-    *out = NULL;
+    int n = 0;
+    *out = *link = NULL;
     if (!vmsh_name_is_safe(name))
         return vmsh_error_set(err, -EINVAL, "VM name '%s' cannot be used as a file name", name);
     if (strcmp(kind, "config") == 0)
@@ -107,34 +280,36 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     if (strcmp(kind, "saved-state") == 0) {
         if (o->restore_as)
             return 0; /* a copy never resumes the original's memory */
-        int n = o->restore_dir ? asprintf(out, "%s/%s/%s.save", o->restore_dir, name, name)
+        if (o->restore_dir && (n = asprintf(link, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, name)) < 0)
+            *link = NULL;
+        if (n >= 0)
+            n = o->restore_dir ? asprintf(out, "%s/%s/%s.save", o->restore_dir, name, name)
                                : asprintf(out, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, name);
         return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
     }
     if (strcmp(kind, "tpm") == 0) {
         if (o->restore_as)
             return 0; /* a copy gets a TPM of its own: libvirt makes it */
-        /* "tpm/<subdir>/<file>": each part must be a plain name */
-        const char *rel = vmsh_file_name(f) + 4;
-        _cleanup_free_ char *relc = strdup(rel);
-        for (char *tok = relc ? strtok(relc, "/") : NULL; tok; tok = strtok(NULL, "/"))
-            if (!vmsh_name_is_safe(tok))
-                return vmsh_error_set(err, -EINVAL, "VM %s: TPM file name '%s' is not safe",
-                                      vmsh_component_name(c), rel);
-        if (!relc || strncmp(vmsh_file_name(f), "tpm/", 4) != 0)
-            return vmsh_error_set(err, -EINVAL, "VM %s: bad TPM file name", vmsh_component_name(c));
-        if (!o->restore_dir &&
-            (!orig || strncmp(orig, VMSH_SWTPM_DIR "/", sizeof(VMSH_SWTPM_DIR)) != 0))
-            return vmsh_error_set(err, -EINVAL, "VM %s: TPM state path %s is not libvirt's",
-                                  vmsh_component_name(c), orig ? orig : "(none)");
-        int n = o->restore_dir ? asprintf(out, "%s/%s/tpm/%s", o->restore_dir, name, rel)
-                               : asprintf(out, "%s", orig);
+        const char *rel = NULL;
+        _cleanup_free_ char *place = NULL;
+        int r = tpm_place(c, f, &place, &rel, err);
+        if (r < 0)
+            return r;
+        if (!o->restore_dir) {
+            *out = place, place = NULL;
+            return 0;
+        }
+        *link = place, place = NULL;
+        n = asprintf(out, "%s/%s/tpm/%s", o->restore_dir, name, rel);
         return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
     }
+    if (strcmp(kind, "disk") == 0 && !disk_target(f))
+        return vmsh_error_set(err, -EINVAL, "VM %s: bad disk file name '%s'",
+                              vmsh_component_name(c), vmsh_file_name(f));
     if (!orig || orig[0] != '/')
         return vmsh_error_set(err, -EINVAL, "VM %s: file %s has no absolute path in the backup",
                               vmsh_component_name(c), vmsh_file_name(f));
-    if (!o->restore_dir && !path_is_clean(orig))
+    if (!o->restore_dir && !vmsh_path_is_clean(orig))
         return vmsh_error_set(err, -EINVAL,
                               "VM %s: file %s has the path '%s' in the backup, with '.' or '..' "
                               "components: not restored in place (use --to DIR)",
@@ -146,16 +321,38 @@ static int final_path(const vmsh_set_options *o, const vmsh_component *c, const 
     if (!vmsh_name_is_safe(base))
         return vmsh_error_set(err, -EINVAL, "VM %s: file name '%s' is not safe",
                               vmsh_component_name(c), base);
-    int n;
+    bool nvram = strcmp(kind, "nvram") == 0;
+    _cleanup_free_ char *dir = vmsh_path_dirname(orig);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    /* libvirt's own place for firmware variables: <nvram dir>/<file> */
+    bool libvirt_nvram = nvram && vmsh_path_is_clean(orig) && strcmp(dir, LIBVIRT_NVRAM_DIR) == 0;
     if (o->restore_dir) {
         n = asprintf(out, "%s/%s/%s", o->restore_dir, name, base);
+        /* the default place links to it; firmware variables kept
+         * elsewhere are re-pathed in the XML instead */
+        if (n >= 0 && libvirt_nvram && !o->restore_as && !(*link = strdup(orig)))
+            n = -1;
+    } else if (o->restore_as && nvram) {
+        n = asprintf(out, "%s/%s_VARS.fd", LIBVIRT_NVRAM_DIR, name);
     } else if (o->restore_as) {
-        _cleanup_free_ char *dir = vmsh_path_dirname(orig);
-        n = dir ? asprintf(out, "%s/%s-%s", dir, name, base) : -1;
+        /* "/" for a file at the root: no "//" (found by fuzz_document) */
+        n = asprintf(out, "%s/%s-%s", strcmp(dir, "/") == 0 ? "" : dir, name, base);
     } else {
         n = asprintf(out, "%s", orig);
     }
     return n < 0 ? vmsh_error_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+int vmsh_vm_writer_restore_place(const vmsh_set_options *o, const vmsh_component *c,
+                                 const vmsh_file *f, char **out, char **link, vmsh_error **err)
+{
+    int r = final_path(o, c, f, out, link, err);
+    if (r < 0) {
+        free(*out), free(*link);
+        *out = *link = NULL;
+    }
+    return r;
 }
 
 /* Where the requestor writes a file: beside its final place (so that the
@@ -212,60 +409,103 @@ static int plan_ifaces(vm_writer *w, const vmsh_domxml *x, vmsh_iface_action *ac
     return 0;
 }
 
+/* Issue 20 point 3 (R9): the component's name and UUID, the name and UUID in
+ * its domain XML must agree, so that a backup cannot redefine a VM it does
+ * not name (libvirt defines the XML's name, and keys a VM by its UUID). */
+static int check_identity(const vmsh_component *c, const char *xml, size_t len, vmsh_error **err)
+{
+    vmsh_domxml *x = NULL;
+    int r = vmsh_domxml_parse(&x, xml, len, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "VM %s: the backed-up XML", vmsh_component_name(c));
+    const char *uuid = vmsh_json_str(vmsh_component_extra(c), "uuid");
+    if (strcmp(x->name, vmsh_component_name(c)) != 0)
+        r = vmsh_error_set(err, -EINVAL,
+                           "VM %s: the backup's domain XML defines a VM named '%s', not %s: "
+                           "refused (R9)",
+                           vmsh_component_name(c), x->name, vmsh_component_name(c));
+    else if (uuid && (!x->uuid || strcasecmp(x->uuid, uuid) != 0))
+        r = vmsh_error_set(err, -EINVAL,
+                           "VM %s: the backup's domain XML has the UUID %s, the backup's VM %s: "
+                           "refused (R9)",
+                           vmsh_component_name(c), x->uuid ? x->uuid : "(none)", uuid);
+    vmsh_domxml_free(x);
+    return r;
+}
+
 /* Plans one component: its files' final and temporary places, in the
- * component's extra "restore" object (also the dry-run's output). */
+ * component's extra "restore" object (also the dry-run's output). Refuses
+ * any place the restore may not write (R10, R12). */
 static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *set_id,
                           vmsh_component *c, json_object **out, vmsh_error **err)
 {
     json_object *plan = json_object_new_object(), *files = json_object_new_array();
     json_object_object_add(plan, "vm", jstr(vmsh_component_name(c)));
     json_object_object_add(plan, "restore_as", jstr(new_name(o, c)));
-    vmsh_vm *existing = NULL;
-    vmsh_error *e = NULL;
-    int r = vmsh_hv_get_vm(w->hv, new_name(o, c), &existing, &e);
-    vmsh_error_free(e);
-    json_object_object_add(plan, "replaces_existing", json_object_new_boolean(r == 0));
+    cur_vm cur;
+    cur_vm_load(w, new_name(o, c), &cur);
+    /* R9: the backup's UUID must not be another VM's: libvirt keys a VM by
+     * its UUID, and the restore replaces only the VM it names */
+    const char *uuid = vmsh_json_str(vmsh_component_extra(c), "uuid");
+    vmsh_vm **all = NULL;
+    size_t n_all = 0;
+    int lr = !o->restore_as && uuid ? vmsh_hv_list_vms(w->hv, &all, &n_all, NULL) : -1;
+    for (size_t i = 0; lr == 0 && i < n_all; i++)
+        if (all[i]->uuid && strcasecmp(all[i]->uuid, uuid) == 0 &&
+            strcmp(all[i]->name, new_name(o, c)) != 0)
+            lr = vmsh_error_set(err, -EEXIST,
+                                "VM %s: the backup's UUID %s is the one of VM %s, which this "
+                                "restore does not replace: refused (R9); restore with --as NAME",
+                                vmsh_component_name(c), uuid, all[i]->name);
+    vmsh_vm_list_free(all, n_all);
+    if (lr == -EEXIST) {
+        cur_vm_clear(&cur);
+        json_object_put(plan);
+        json_object_put(files);
+        return lr;
+    }
+    json_object_object_add(plan, "replaces_existing", json_object_new_boolean(cur.exists));
     json_object_object_add(plan, "existing_state",
-                           r == 0 ? jstr(vmsh_vm_state_name(existing->state)) : NULL);
-    vmsh_vm_free(existing);
-    r = 0;
+                           cur.exists ? jstr(vmsh_vm_state_name(cur.state)) : NULL);
+    int r = 0;
     for (size_t i = 0; i < vmsh_component_file_count(c) && r == 0; i++) {
         vmsh_file *f = vmsh_component_file(c, i);
-        _cleanup_free_ char *final = NULL, *tmp = NULL;
-        if ((r = final_path(o, c, f, &final, err)) < 0)
+        const char *kind = vmsh_file_kind(f);
+        _cleanup_free_ char *final = NULL, *tmp = NULL, *link = NULL;
+        if ((r = final_path(o, c, f, &final, &link, err)) < 0)
+            break;
+        bool exists = false, link_exists = false;
+        /* outside --to's directory: only where nothing is, or over what
+         * the VM being replaced owns */
+        if (final && !o->restore_dir && (r = may_replace(&cur, c, final, kind, &exists, err)) < 0)
+            break;
+        if (link && (r = may_replace(&cur, c, link, kind, &link_exists, err)) < 0)
             break;
         json_object *fo = json_object_new_object();
         json_object_object_add(fo, "file", jstr(vmsh_file_name(f)));
-        json_object_object_add(fo, "kind", jstr(vmsh_file_kind(f)));
+        json_object_object_add(fo, "kind", jstr(kind));
         json_object_object_add(fo, "to", jstr(final));
-        const char *link = NULL;
-        _cleanup_free_ char *link_buf = NULL;
-        if (final && strcmp(vmsh_file_kind(f), "saved-state") == 0 && o->restore_dir) {
-            if (asprintf(&link_buf, "%s/%s.save", VMSH_LIBVIRT_SAVE_DIR, new_name(o, c)) >= 0)
-                link = link_buf;
-        } else if (final &&
-                   (strcmp(vmsh_file_kind(f), "nvram") == 0 ||
-                    strcmp(vmsh_file_kind(f), "tpm") == 0) &&
-                   o->restore_dir && !o->restore_as) {
-            link = vmsh_file_path(f); /* libvirt looks at its default place */
-        }
         json_object_object_add(fo, "link", jstr(link));
-        if (strcmp(vmsh_file_kind(f), "disk") == 0) {
-            json_object_object_add(fo, "format", jstr(disk_format(c, vmsh_file_name(f) + 5)));
+        /* PostRestore replaces only what was there, and was checked, now */
+        json_object_object_add(fo, "replaces", json_object_new_boolean(exists));
+        json_object_object_add(fo, "link_replaces", json_object_new_boolean(link_exists));
+        if (strcmp(kind, "disk") == 0) {
+            json_object_object_add(fo, "format", jstr(disk_format(c, disk_target(f))));
             json_object_object_add(fo, "repath",
                                    json_object_new_boolean(strcmp(final, vmsh_file_path(f)) != 0));
         }
-        if (!final && strcmp(vmsh_file_kind(f), "saved-state") == 0)
+        if (!final && strcmp(kind, "saved-state") == 0)
             json_object_object_add(fo, "note",
                                    jstr("not used: a copy under a new name boots "
                                         "from its disks"));
-        if (!final && strcmp(vmsh_file_kind(f), "tpm") == 0)
+        if (!final && strcmp(kind, "tpm") == 0)
             json_object_object_add(fo, "note",
                                    jstr("not used: a copy under a new name gets a TPM of its own"));
         if ((r = temp_path(w, set_id, c, f, final, &tmp, err)) == 0 && tmp)
             json_object_object_add(fo, "temporary", jstr(tmp));
         json_object_array_add(files, fo);
     }
+    cur_vm_clear(&cur);
     json_object_object_add(plan, "files", files);
     if (r < 0) {
         json_object_put(plan);
@@ -366,30 +606,18 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         r = vmsh_set_journal_begin(set, ops->id, "undefine", data, &seq, err);
         json_object_put(data);
         if (r == 0)
-            r = vmsh_hv_stop(w->hv, name, STOP_GRACE_S, err);
+            r = vmsh_host_stop(w->host, w->hv, name, STOP_GRACE_S, err);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, err);
+            r = vmsh_host_undefine(w->host, w->hv, name, err);
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
     }
+    if (r < 0)
+        rmdir(xmldir); /* nothing was written in it yet: gone unless it is not empty */
     return r;
 }
 
 /* ----------------------------------------------------------- post-restore */
-
-static int run_tool(char *const argv[], const char *what, vmsh_error **err)
-{
-    vmsh_proc_result res;
-    int r = vmsh_proc_run(argv, NULL, 3600 * 1000, &res, err);
-    if (r < 0)
-        return r;
-    if (res.exit_code != 0) {
-        char buf[96];
-        return vmsh_error_set(err, -EIO, "%s failed: %s %s", what, argv[0],
-                              vmsh_proc_describe(&res, buf, sizeof(buf)));
-    }
-    return 0;
-}
 
 /* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
  * from the restored raw image (sparse in, sparse out). */
@@ -399,18 +627,12 @@ static int place_disk(const char *tmp, const char *final, const char *format, vm
         _cleanup_free_ char *conv = NULL;
         if (asprintf(&conv, "%s.convert", tmp) < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
-        /* qemu-img follows a symbolic link at its output path: make the
-         * file ourselves first (O_EXCL, O_NOFOLLOW), so that a link or file
-         * planted there is removed, never written through. */
-        unlink(conv);
-        int cfd = open(conv, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (cfd < 0)
-            return vmsh_error_set(err, -errno, "cannot create %s: %s", conv, strerror(errno));
-        close(cfd);
-        char *argv[] = {
-            (char *)"qemu-img", (char *)"convert", (char *)"-q", (char *)"-f", (char *)"raw",
-            (char *)"-O",       (char *)format,    (char *)tmp,  conv,         NULL};
-        int r = run_tool(argv, "converting the restored disk", err);
+        /* vmsh_hv_image_convert makes `conv` itself (O_EXCL, O_NOFOLLOW)
+         * before qemu-img, which follows a symbolic link at its output
+         * path: a link or file planted there is removed, never written
+         * through. */
+        int r =
+            vmsh_hv_image_convert(tmp, "raw", conv, format, "converting the restored disk", err);
         if (r == 0 && rename(conv, tmp) < 0)
             r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
         if (r < 0) {
@@ -423,16 +645,19 @@ static int place_disk(const char *tmp, const char *final, const char *format, vm
     return 0;
 }
 
-/* R12: a symbolic link at `link` to `target`, never over another VM's file:
- * only a missing path, a link, or a file of the VM being restored (`ours`). */
+/* R12: a symbolic link at `link` to `target`, never over another VM's file,
+ * nor over a file of no VM: only a missing path, or what the VM being
+ * replaced owns (`ours`: PreRestore found it there and checked it,
+ * may_replace). A link is replaced only then as well: it may be another
+ * VM's (issue 20). */
 static int make_link(const char *link, const char *target, bool ours, vmsh_error **err)
 {
     struct stat st;
     if (lstat(link, &st) == 0) {
-        if (!S_ISLNK(st.st_mode) && !ours)
+        if (!ours)
             return vmsh_error_set(err, -EEXIST,
-                                  "%s exists and belongs to another VM: not replaced by a link "
-                                  "to %s",
+                                  "%s exists and belongs to no VM this restore replaces: not "
+                                  "replaced by a link to %s (R12)",
                                   link, target);
         if (unlink(link) < 0)
             return vmsh_error_set(err, -errno, "cannot replace %s: %s", link, strerror(errno));
@@ -473,9 +698,9 @@ static int unregister(vm_writer *w, const char *name, const char *state)
         bool active = v->state != VMSH_VM_SHUTOFF;
         vmsh_vm_free(v);
         if (active)
-            r = vmsh_hv_stop(w->hv, name, 0, NULL);
+            r = vmsh_host_stop(w->host, w->hv, name, 0, NULL);
         if (r == 0)
-            r = vmsh_hv_undefine(w->hv, name, NULL);
+            r = vmsh_host_undefine(w->host, w->hv, name, NULL);
     }
     if (state)
         unlink(state);
@@ -492,26 +717,24 @@ static int unregister(vm_writer *w, const char *name, const char *state)
  * paused at the backup (R1). Written through the link at libvirt's place
  * when the state goes elsewhere (R12). */
 static int register_state(vm_writer *w, const vmsh_component *c, const char *name, const char *tmp,
-                          const char *final, const char *link, vmsh_error **err)
+                          const char *final, const char *link, bool link_ours, vmsh_error **err)
 {
     int r = 0;
-    if (link && (r = make_link(link, final, true, err)) < 0)
+    if (link && (r = make_link(link, final, link_ours, err)) < 0)
         return r;
     bool paused =
         vmsh_component_state_before(c) && strcmp(vmsh_component_state_before(c), "paused") == 0;
-    if ((r = vmsh_hv_restore(w->hv, tmp, NULL, true, err)) < 0 ||
-        (r = vmsh_hv_managed_save(w->hv, name, !paused, err)) < 0)
+    if ((r = vmsh_host_restore(w->host, w->hv, name, tmp, NULL, true, err)) < 0 ||
+        (r = vmsh_host_managed_save(w->host, w->hv, name, !paused, err)) < 0)
         return vmsh_error_prefix(err, "VM %s: registering its saved state", name);
     unlink(tmp);
     return 0;
 }
 
-/* Runs `qemu-img bitmap OP -f qcow2 PATH NAME`; 0 or -1 with *why set. */
+/* `qemu-img bitmap OP -f qcow2 PATH NAME` (src/hv/image.c). */
 static int image_bitmap(const char *op, const char *path, const char *name, vmsh_error **err)
 {
-    char *argv[] = {(char *)"qemu-img", (char *)"bitmap", (char *)op,   (char *)"-f",
-                    (char *)"qcow2",    (char *)path,     (char *)name, NULL};
-    return run_tool(argv, "qemu-img bitmap", err);
+    return vmsh_hv_image_bitmap(op, path, name, err);
 }
 
 /* Issue 7 (point 3): the checkpoint of the backup travels with it (the VM
@@ -575,9 +798,25 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
     _cleanup_free_ char *xml = NULL;
     size_t xml_len = 0;
     const char *state_tmp = NULL, *state_final = NULL, *state_link = NULL, *nvram_final = NULL;
+    bool state_link_ours = false, nvram_linked = false;
     vmsh_disk_repath rp[64];
     size_t n_rp = 0;
     int r = 0;
+    /* The definition first: nothing is moved into place for a backup whose
+     * XML names another VM (R9). */
+    for (size_t k = 0; k < vmsh_component_file_count(c) && r == 0 && !xml; k++) {
+        vmsh_file *f = vmsh_component_file(c, k);
+        if (strcmp(vmsh_file_kind(f), "config") == 0) {
+            r = vmsh_fs_read_all(vmsh_file_restored_path(f), VMSH_DOMXML_MAX_BYTES, &xml, &xml_len,
+                                 err);
+            unlink(vmsh_file_restored_path(f));
+        }
+    }
+    if (r == 0 && !xml)
+        r = vmsh_error_set(err, -ENOENT, "VM %s: the backup has no domain XML",
+                           vmsh_component_name(c));
+    if (r == 0)
+        r = check_identity(c, xml, xml_len, err);
     for (size_t k = 0; k < vmsh_component_file_count(c) && r == 0; k++) {
         vmsh_file *f = vmsh_component_file(c, k);
         json_object *fo = json_object_array_get_idx(files, k), *to = NULL, *link = NULL,
@@ -587,9 +826,16 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
         json_object_object_get_ex(fo, "format", &fmt);
         const char *kind = vmsh_file_kind(f), *tmp = vmsh_file_restored_path(f);
         const char *final = to ? json_object_get_string(to) : NULL;
+        struct stat st;
         if (strcmp(kind, "config") == 0) {
-            r = vmsh_fs_read_all(tmp, VMSH_DOMXML_MAX_BYTES, &xml, &xml_len, err);
-            unlink(tmp);
+            continue;
+        } else if (final && !o->restore_dir && !jbool(fo, "replaces") && lstat(final, &st) == 0) {
+            /* PreRestore found nothing there (may_replace): what appeared
+             * since is no file of this VM */
+            r = vmsh_error_set(err, -EEXIST,
+                               "VM %s: %s appeared during the restore and belongs to no VM it "
+                               "replaces: not replaced",
+                               vmsh_component_name(c), final);
         } else if (!final) {
             unlink(tmp);
         } else if (strcmp(kind, "saved-state") == 0) {
@@ -598,12 +844,12 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             state_tmp = tmp;
             state_final = final;
             state_link = link ? json_object_get_string(link) : NULL;
+            state_link_ours = jbool(fo, "link_replaces");
         } else if (strcmp(kind, "disk") == 0) {
             r = place_disk(tmp, final, json_object_get_string(fmt), err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
-                rp[n_rp++] = (vmsh_disk_repath){.target = vmsh_file_name(f) + 5,
-                                                .path = final,
-                                                .format = json_object_get_string(fmt)};
+                rp[n_rp++] = (vmsh_disk_repath){
+                    .target = disk_target(f), .path = final, .format = json_object_get_string(fmt)};
         } else {
             if (rename(tmp, final) < 0)
                 r = vmsh_error_set(err, -errno, "cannot move %s into place: %s", final,
@@ -611,12 +857,11 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
             if (r == 0 && link)
-                r = make_link(json_object_get_string(link), final, true, err);
+                r = make_link(json_object_get_string(link), final, jbool(fo, "link_replaces"), err);
+            if (r == 0 && link && strcmp(kind, "nvram") == 0)
+                nvram_linked = true;
         }
     }
-    if (r == 0 && !xml)
-        r = vmsh_error_set(err, -ENOENT, "VM %s: the backup has no domain XML",
-                           vmsh_component_name(c));
     if (r < 0)
         return r;
     const char *cp_targets[VMSH_ARRAY_SIZE(rp)];
@@ -644,11 +889,23 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
         .drop_host_devices = !o->host_devices,
         /* --as: the copy's own firmware variables; otherwise the XML keeps
          * the default place, linked to the restored file (R12) */
-        .nvram = o->restore_as ? nvram_final : NULL,
+        .nvram = o->restore_as || !nvram_linked ? nvram_final : NULL,
     };
+    char **stripped = NULL;
+    size_t n_stripped = 0;
+    e.stripped = &stripped;
+    e.n_stripped = &n_stripped;
     _cleanup_free_ char *new_xml = NULL;
     if ((r = vmsh_domxml_edit_apply(xml, xml_len, &e, &new_xml, err)) < 0)
         return r;
+    /* what the restore left out of the definition (issue 20 point 2) */
+    json_object *dropped = json_object_new_array();
+    for (size_t i = 0; i < n_stripped; i++) {
+        json_object_array_add(dropped, jstr(stripped[i]));
+        free(stripped[i]);
+    }
+    free(stripped);
+    json_object_object_add(plan, "host_devices_not_attached", dropped);
     /* R15: the saved state becomes the VM's managed saved state; its own XML
      * must name the restored disks (it named the overlays of the backup). */
     if (state_final) {
@@ -675,10 +932,10 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
     json_object_put(data);
     if (r < 0)
         return r;
-    if ((r = vmsh_hv_define(w->hv, new_xml, err)) < 0)
+    if ((r = vmsh_host_define(w->host, w->hv, new_xml, err)) < 0)
         vmsh_error_prefix(err, "VM %s", name);
-    else if (state_tmp &&
-             (r = register_state(w, c, name, state_tmp, state_final, state_link, err)) < 0)
+    else if (state_tmp && (r = register_state(w, c, name, state_tmp, state_final, state_link,
+                                              state_link_ours, err)) < 0)
         unregister(w, name, state_link ? state_final : NULL);
     if (r < 0)
         return r;
@@ -699,6 +956,15 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
     json_object_object_add(report, "registered", json_object_new_boolean(true));
     json_object_object_add(report, "saved_state", json_object_new_boolean(state_final != NULL));
     return 0;
+}
+
+/* The set's directory in the state directory (the XML and unused files go
+ * there): removed when empty, whatever the outcome (issue 20 point 10). */
+static void rm_set_dir(vm_writer *w, vmsh_set *set)
+{
+    _cleanup_free_ char *dir = NULL;
+    if (vmsh_set_id(set) && asprintf(&dir, "%s/restore-%s", w->state_dir, vmsh_set_id(set)) >= 0)
+        rmdir(dir);
 }
 
 int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
@@ -778,6 +1044,7 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
             }
         }
     }
+    rm_set_dir(w, set);
     return first;
 }
 
@@ -869,7 +1136,7 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
             vmsh_vm_free(v);
             return 0; /* it exists (never undefined, or the restore registered it) */
         }
-        return vmsh_hv_define(w->hv, xml, err);
+        return vmsh_host_define(w->host, w->hv, xml, err);
     }
     return -ENOSYS;
 }
@@ -888,6 +1155,10 @@ int vmsh_vm_writer_restore_plan(vmsh_writer_ops *ops, vmsh_metadata *md, const v
         vmsh_component *c = vmsh_metadata_component(md, i);
         if (!is_sel(c))
             continue;
+        /* a definition naming another VM is refused before anything
+         * changes (R9) */
+        if (xmls && xmls[i] && (r = check_identity(c, xmls[i], strlen(xmls[i]), err)) < 0)
+            break;
         json_object *plan = NULL;
         if ((r = plan_component(w, o, NULL, c, &plan, err)) < 0)
             break;
@@ -900,16 +1171,27 @@ int vmsh_vm_writer_restore_plan(vmsh_writer_ops *ops, vmsh_metadata *md, const v
                 iface_view.n_ifaces = VMSH_ARRAY_SIZE(acts);
             plan_ifaces(w, &iface_view, acts, ifaces);
             json_object_object_add(plan, "interfaces", ifaces);
+            /* issue 20 point 2: everything of the host the definition
+             * holds and the restore leaves out, as register_vm does */
             json_object *dropped = json_object_new_array();
-            for (size_t k = 0; !o->host_devices && k < x->n_disks; k++) {
-                const vmsh_domxml_disk *d = &x->disks[k];
-                if (d->kind == VMSH_DISK_FILE || d->kind == VMSH_DISK_EMPTY ||
-                    d->kind == VMSH_DISK_UNKNOWN)
-                    continue;
-                char buf[512];
-                snprintf(buf, sizeof(buf), "%s (%s %s)", d->target ? d->target : "?",
-                         vmsh_disk_kind_name(d->kind), d->source ? d->source : "");
-                json_object_array_add(dropped, json_object_new_string(buf));
+            vmsh_disk_repath rp[64];
+            size_t n_rp = 0;
+            for (size_t k = 0; k < vmsh_component_file_count(c) && n_rp < VMSH_ARRAY_SIZE(rp);
+                 k++) {
+                const vmsh_file *f = vmsh_component_file(c, k);
+                if (strcmp(vmsh_file_kind(f), "disk") == 0 && disk_target(f))
+                    rp[n_rp++] = (vmsh_disk_repath){.target = disk_target(f), .path = "/"};
+            }
+            vmsh_domxml_edit e = {.disks = rp, .n_disks = n_rp, .drop_host_devices = true};
+            char **items = NULL;
+            size_t n_items = 0;
+            if (!o->host_devices && vmsh_domxml_host_resources(xmls[i], strlen(xmls[i]), &e, &items,
+                                                               &n_items, NULL) == 0) {
+                for (size_t k = 0; k < n_items; k++) {
+                    json_object_array_add(dropped, jstr(items[k]));
+                    free(items[k]);
+                }
+                free(items);
             }
             json_object_object_add(plan, "host_devices_not_attached", dropped);
             vmsh_domxml_free(x);

@@ -9,7 +9,6 @@
  * to its prior state, then removes what the set made.
  */
 #include <vmshadow/hv/hvops.h>
-#include <vmshadow/providers/pull.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/util/mem.h>
@@ -605,7 +604,7 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         return r;
     it->saved = true; /* from here on abort must look at this VM */
     it->down_start = vmsh_now_ms();
-    if ((r = vmsh_hv_save(w->hv, it->name, it->state_file, err)) < 0)
+    if ((r = vmsh_host_save(w->host, w->hv, it->name, it->state_file, err)) < 0)
         return r;
     int64_t saved_at = vmsh_now_ms();
     disk_ref d[MAX_DISKS];
@@ -647,7 +646,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
     if (r < 0)
         return r; /* abort restores the VM from the state file, on its images */
     int64_t restore_at = vmsh_now_ms();
-    if ((r = vmsh_hv_restore(w->hv, it->state_file, dxml, it->prior == VMSH_VM_PAUSED, err)) < 0)
+    if ((r = vmsh_host_restore(w->host, w->hv, it->name, it->state_file, dxml,
+                               it->prior == VMSH_VM_PAUSED, err)) < 0)
         return vmsh_error_prefix(err, "VM %s was saved to %s but not started on its overlays",
                                  it->name, it->state_file);
     it->down_end = vmsh_now_ms();
@@ -733,6 +733,8 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
 {
     if (it->method != VMSH_METHOD_GUEST) {
         vmsh_vmw_plan_direct_reads(w, set, it);
+        if (vmsh_vmw_publish_plans(it) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
         return it->saved ? 0 : sources_from_images(it, err);
     }
     if (it->n_targets == 0)
@@ -769,10 +771,12 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
     _cleanup_free_ char *cp_xml = NULL;
     if (r == 0)
         r = vmsh_vmw_plan_job_reads(w, set, it, bd, it->n_targets, &cp_xml, err);
+    if (r == 0 && vmsh_vmw_publish_plans(it) < 0)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
     if (r == 0)
-        r = vmsh_pull_provider_add(w->provider, set, it->name, sock, bd, it->n_targets, err);
+        r = w->capture->add(w->provider, set, it->name, sock, bd, it->n_targets, err);
     if (r == 0 && cp_xml)
-        r = vmsh_pull_provider_add_checkpoint(w->provider, set, it->name, it->new_cp, cp_xml, err);
+        r = w->capture->add_checkpoint(w->provider, set, it->name, it->new_cp, cp_xml, err);
     for (size_t i = 0; scratch && i < it->n_targets; i++)
         free(scratch[i]);
     free(scratch);
@@ -829,7 +833,7 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
      * guests freeze (each freeze is the guest's own work); its prepare,
      * after this event, waits for them. */
     if (r == 0)
-        r = vmsh_pull_provider_start(w->provider, set, err);
+        r = w->capture->start(w->provider, set, err);
     for (size_t i = 0; i < w->n_items && r == 0; i++) {
         vm_item *it = &w->items[i];
         if (it->method == VMSH_METHOD_GUEST)
@@ -868,7 +872,7 @@ static void *thaw_main(void *arg)
         if (r >= 0) {
             w->freeze_end = vmsh_now_ms();
             it->after = it->prior;
-            vmsh_hv_state(w->hv, it->name, &it->after, NULL);
+            vmsh_host_state(w->host, w->hv, it->name, &it->after, NULL);
         }
     }
     /* then the older checkpoints (a set whose thaw failed aborts: they
@@ -943,15 +947,17 @@ static int vmw_post_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **e
      * thread's from its start to its join */
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
-        if (it->method == VMSH_METHOD_GUEST)
+        if (it->method == VMSH_METHOD_GUEST) {
             vmsh_vmw_note_job_fallback(w, set, it);
+            vmsh_vmw_publish_plans(it); /* out of memory: the earlier plan, the export's own */
+        }
         if ((it->thaw_pending = it->frozen)) {
             frozen++;
             continue;
         }
         vmsh_vm_state now = it->prior;
         if (it->prior != VMSH_VM_SHUTOFF)
-            vmsh_hv_state(w->hv, it->name, &now, NULL);
+            vmsh_host_state(w->host, w->hv, it->name, &now, NULL);
         component_after(it, now);
     }
     /* guest-method VMs are frozen ones: their pruning is the thread's */
@@ -986,7 +992,8 @@ static int wait_no_job(vmsh_hv *hv, const char *vm, vmsh_error **err)
  * then has shut itself down (or was stopped) since: its disks have moved
  * on, and starting the old memory on them would corrupt its filesystems.
  * It stays off; only the state file goes (R7 is about what vmshadow did). */
-static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_error **err)
+static int undo_save(const vmsh_host_ops *host, vmsh_hv *hv, const json_object *data, bool resumed,
+                     vmsh_error **err)
 {
     const char *vm = vmsh_json_str(data, "vm"), *state_file = vmsh_json_str(data, "state_file");
     const char *prior = vmsh_json_str(data, "prior");
@@ -998,7 +1005,7 @@ static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_er
         return r;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     vmsh_error *e = NULL;
-    r = vmsh_hv_state(hv, vm, &st, &e);
+    r = vmsh_host_state(host, hv, vm, &st, &e);
     if (r == -ENOENT) { /* a transient VM that was saved: it exists only in the file */
         vmsh_error_free(e);
         st = VMSH_VM_SHUTOFF;
@@ -1012,10 +1019,10 @@ static int undo_save(vmsh_hv *hv, const json_object *data, bool resumed, vmsh_er
                                   "VM %s is shut off and its saved state %s is gone; start it "
                                   "with 'virsh start %s'",
                                   vm, state_file, vm);
-        if ((r = vmsh_hv_restore(hv, state_file, NULL, !prior_running, err)) < 0)
+        if ((r = vmsh_host_restore(host, hv, vm, state_file, NULL, !prior_running, err)) < 0)
             return r;
     } else if (st == VMSH_VM_PAUSED && prior_running) {
-        if ((r = vmsh_hv_resume(hv, vm, err)) < 0)
+        if ((r = vmsh_host_resume(host, hv, vm, err)) < 0)
             return r;
     }
     if (unlink(state_file) < 0 && errno != ENOENT)
@@ -1048,7 +1055,8 @@ static int undo_freeze(vmsh_hv *hv, const json_object *data, vmsh_error **err)
 /* A VM running on an overlay is switched back to its image with the overlay
  * merged in; an overlay no VM runs on is merged offline (a guest may have
  * written to it before it stopped), then removed. */
-static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
+static int undo_overlay(const vmsh_host_ops *host, vmsh_hv *hv, const json_object *data,
+                        vmsh_error **err)
 {
     const char *vm = vmsh_json_str(data, "vm"), *target = vmsh_json_str(data, "target");
     const char *overlay = vmsh_json_str(data, "overlay");
@@ -1061,7 +1069,7 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
         return r;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
     vmsh_error *e = NULL;
-    r = vmsh_hv_state(hv, vm, &st, &e);
+    r = vmsh_host_state(host, hv, vm, &st, &e);
     vmsh_error_free(e);
     _cleanup_free_ char *cur = NULL;
     if (r == 0 && st != VMSH_VM_SHUTOFF && vmsh_hv_disk_source(hv, vm, target, &cur, NULL) == 0 &&
@@ -1069,18 +1077,14 @@ static int undo_overlay(vmsh_hv *hv, const json_object *data, vmsh_error **err)
         if ((r = vmsh_hv_block_commit_pivot(hv, vm, target, 600, err)) < 0)
             return r;
     } else {
-        char *argv[] = {(char *)"qemu-img", (char *)"commit", (char *)"-q", (char *)"-f",
-                        (char *)"qcow2",    (char *)overlay,  NULL};
-        vmsh_proc_result res;
-        if ((r = vmsh_proc_run(argv, NULL, 600 * 1000, &res, err)) < 0)
-            return r;
-        if (res.exit_code != 0) {
-            char buf[96];
+        char buf[96];
+        if ((r = vmsh_hv_image_commit(overlay, 600, buf, sizeof(buf), err)) == -EIO)
             return vmsh_error_set(err, -EIO,
                                   "cannot merge overlay %s of VM %s back into its image: qemu-img "
                                   "%s; merge it with 'qemu-img commit %s' before starting the VM",
-                                  overlay, vm, vmsh_proc_describe(&res, buf, sizeof(buf)), overlay);
-        }
+                                  overlay, vm, buf, overlay);
+        if (r < 0)
+            return r;
     }
     if (unlink(overlay) < 0 && errno != ENOENT)
         return vmsh_error_set(err, -errno, "cannot remove overlay %s: %s", overlay,
@@ -1138,9 +1142,9 @@ static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_
     if (strcmp(entry->action, "freeze") == 0)
         return undo_freeze(w->hv, entry->data, err);
     if (strcmp(entry->action, "save") == 0)
-        return undo_save(w->hv, entry->data, entry->state == VMSH_JOURNAL_DONE, err);
+        return undo_save(w->host, w->hv, entry->data, entry->state == VMSH_JOURNAL_DONE, err);
     if (strcmp(entry->action, "overlay") == 0)
-        return undo_overlay(w->hv, entry->data, err);
+        return undo_overlay(w->host, w->hv, entry->data, err);
     return vmsh_error_set(err, -EINVAL, "%s: unknown journal action '%s'", ops->name,
                           entry->action);
 }
@@ -1197,7 +1201,7 @@ static int vmw_abort(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
     /* a set that failed before the providers' prepare: the coordinator
      * aborts no provider, but this writer started the pull provider's work */
     vmsh_error *pe = NULL;
-    int pr = vmsh_pull_provider_cancel(w->provider, set, &pe);
+    int pr = w->capture->cancel(w->provider, set, &pe);
     int r = undo_open(w, set, err);
     if (r == 0 && pr < 0)
         r = pr;
@@ -1223,7 +1227,8 @@ static void vmw_free(vmsh_writer_ops *ops)
 }
 
 int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
-                       vmsh_provider_ops *provider, vmsh_error **err)
+                       vmsh_provider_ops *provider, const vmsh_capture_ops *capture,
+                       vmsh_error **err)
 {
     vm_writer *w = calloc(1, sizeof(*w));
     if (!w)
@@ -1234,6 +1239,8 @@ int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
     w->agent_timeout_s = cfg->agent_timeout_s > 0 ? cfg->agent_timeout_s : 3;
     w->freeze_timeout_s = cfg->freeze_timeout_s > 0 ? cfg->freeze_timeout_s : 60;
     w->provider = provider;
+    w->capture = capture;
+    w->host = cfg->host_ops ? cfg->host_ops : vmsh_host_ops_libvirt();
     if ((cfg->uri && !w->uri) || !w->state_dir || (cfg->scratch_dir && !w->scratch_dir)) {
         vmw_free(&w->ops);
         return vmsh_error_set(err, -ENOMEM, "out of memory");

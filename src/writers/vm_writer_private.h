@@ -48,6 +48,8 @@ typedef struct vm_writer {
     char *uri, *state_dir, *scratch_dir;
     int agent_timeout_s, freeze_timeout_s;
     vmsh_provider_ops *provider;
+    const vmsh_capture_ops *capture; /* the provider's, for disk captures */
+    const vmsh_host_ops *host;       /* VM lifecycle (hv/hostops.h) */
     vmsh_hv *hv;
     char *set_id;
     char *run_dir;
@@ -92,6 +94,10 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
                             size_t n, char **cp_xml, vmsh_error **err);
 /* After commit: disks whose incremental job libvirt refused become full. */
 void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it);
+/* Issue 21: each disk file's typed plan (vmsh_file_set_plan) from the
+ * VM's extra.disks entries, which the backup document keeps; the
+ * requestor reads only the typed plan. 0 or -ENOMEM. */
+int vmsh_vmw_publish_plans(vm_item *it);
 /* Deletes vmshadow's checkpoints of the VM except the one this set made
  * (the one the next backup needs), unless the thaw thread did, and
  * records the outcome in the component's extra. Called at BackupComplete;

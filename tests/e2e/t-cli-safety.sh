@@ -262,4 +262,19 @@ check "  nor beside the disk" test -z "$(ls -A "$LAB_WORK" | grep -F .overlay)"
 check "  the VM is paused again" test "$(lab_state p)" = paused
 rm -f "$VMSHADOW_WRITERS_DIR/observer.conf"
 : >"$VMSHADOW_CONFIG"
+# ---- journald priorities (issue 24 point 3): under systemd, whose
+# JOURNAL_STREAM names stderr's device and inode, each line starts with its
+# priority; anywhere else the lines are plain
+JF=$T/journal-stream
+exec 7>"$JF"
+JS="$(stat -c %d "$JF"):$(stat -c %i "$JF")"
+JOURNAL_STREAM=$JS "$VMSHADOW" -r "$NOREPO" list >/dev/null 2>&7
+JOURNAL_STREAM=$JS "$VMSHADOW" --no-such-option >/dev/null 2>&7
+JOURNAL_STREAM=1:1 "$VMSHADOW" -r "$NOREPO" list >/dev/null 2>&7
+exec 7>&-
+check "stderr is the journal: an error line starts with <3>" grep -q "^<3>vmshadow: error: no repository" "$JF"
+check "  and a usage error too" grep -q "^<3>vmshadow: unknown option" "$JF"
+check "stderr is something else (JOURNAL_STREAM names another file): plain lines" \
+    grep -q "^vmshadow: error: no repository" "$JF"
+
 e2e_done

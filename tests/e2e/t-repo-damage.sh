@@ -94,7 +94,7 @@ run "$VMSHADOW" gc; [ $RC = 3 ] && [[ $ERR == *"nothing deleted"* ]] || fail "gc
 pass "gc refuses to run on a damaged manifest (exit 3, nothing deleted)"
 
 fresh
-sed -i 's/"version": 1/"version": 2/' "$VMSHADOW_REPO/config"
+sed -i 's/"version": 2/"version": 3/' "$VMSHADOW_REPO/config"
 run "$VMSHADOW" list; [ $RC = 1 ] && [[ $ERR == *"newer"* ]] && [[ $ERR == *"upgrade"* ]] || fail "newer version: $RC $ERR"
 pass "a repository of a newer version is refused with a clear message"
 

@@ -46,6 +46,8 @@ lab_gexec g 'echo after > /mnt/data/after.txt; sync' || fail "guest write"
 # cannot pass for a resumed one.
 for _ in $(seq 60); do [ "$(lab_gexec s 'cut -d. -f1 /proc/uptime')" -ge 20 ] && break; sleep 1; done
 up_before=$(lab_gexec s 'cut -d. -f1 /proc/uptime')
+# /run is a tmpfs in the guest: a marker there survives only in its memory
+lab_gexec s 'echo before-backup > /run/saved-marker' || fail "guest write"
 vsh --json backup --method saved-state "$S"
 SID=$(jq -r .backup <<<"$OUT")
 check "saved-state backup of $S" test "$RC" = 0 -a "$SID" != null
@@ -101,7 +103,11 @@ lab_wait_ready s
 up_after=$(lab_gexec s 'cut -d. -f1 /proc/uptime')
 echo "  uptime at backup: $up_before s; right after the restored VM started: $up_after s"
 check "the saved-state VM resumed from its memory (uptime continues)" test "$up_after" -ge "$up_before"
-check "and did not boot again" test "$(grep -c 'LAB: ready' "$LAB_WORK/s.console.log")" = 1
+# (The restored definition has no serial log file any more: without
+# --host-devices a <serial type='file'> on a host path becomes 'null', issue
+# 20; so the memory itself is the witness that the guest did not boot.)
+check "and did not boot again (its in-memory marker is there)" \
+    test "$(lab_gexec s 'cat /run/saved-marker 2>/dev/null')" = before-backup
 check "the managed saved state was consumed" test ! -e "/var/lib/libvirt/qemu/save/$S.save"
 
 # --as: a copy beside the original.
@@ -123,7 +129,6 @@ lab_wait_ready s
 # /run is a tmpfs in the guest: the marker there lives in its memory only
 lab_gexec s 'echo resting > /mnt/data/resting.txt; sync; echo in-memory > /run/resting' ||
     fail "guest write"
-boots_rest=$(grep -c 'LAB: ready' "$LAB_WORK/s.console.log")
 lab_virsh managedsave "$S" >/dev/null || fail "virsh managedsave"
 vsh --json backup "$S"
 MID=$(jq -r .backup <<<"$OUT")
@@ -141,7 +146,6 @@ lab_virsh start "$S" >/dev/null
 lab_wait_ready s
 check "it resumed from its memory (the in-memory marker is there)" \
     test "$(lab_gexec s 'cat /run/resting 2>/dev/null')" = in-memory
-check "and did not boot again" test "$(grep -c 'LAB: ready' "$LAB_WORK/s.console.log")" = "$boots_rest"
 check "with its data" test "$(lab_gexec s 'cat /mnt/data/resting.txt')" = resting
 lab_virsh destroy "$S" >/dev/null
 

@@ -273,6 +273,177 @@ static void edit_for_restore(void **state)
     free(text);
 }
 
+static char *golden_file(const char *name, size_t *len)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/domxml/%s", getenv("VMSH_GOLDEN_DIR"), name);
+    char *text = NULL;
+    assert_int_equal(vmsh_fs_read_all(path, 1 << 20, &text, len, NULL), 0);
+    return text;
+}
+
+static bool listed(char **items, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strstr(items[i], what))
+            return true;
+    return false;
+}
+
+static void free_list(char **items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+}
+
+/* Issue 20 point 2: a hostile definition holds one of each kind of host
+ * resource; without --host-devices none reaches libvirt, each is listed
+ * (what --dry-run prints), and nothing else of the definition changes. */
+static void strips_every_host_resource(void **state)
+{
+    size_t len = 0;
+    char *text = golden_file("host-resources.xml", &len);
+    const vmsh_disk_repath disks[] = {{.target = "vda", .path = "/restore/evil/evil.raw"}};
+    /* one fragment per kind: each must be listed, and gone from the XML */
+    static const struct {
+        const char *listed, *gone;
+    } want[] = {
+        {"emulator /tmp/evil/qemu-system-x86_64", "/tmp/evil/qemu"},
+        {"disk vdb (file /dev/sda", "dev=\"vdb\""},
+        {"disk vdc (file /etc/shadow", "/etc/shadow"},
+        {"disk sda (file /root/secret.iso", "/root/secret.iso"},
+        {"disk vdd (block /dev/vg0/root)", "/dev/vg0/root"},
+        {"disk sdc (block lun /dev/sdx)", "/dev/sdx"},
+        {"hostdev (subsystem pci)", "<hostdev"},
+        {"filesystem (mount /)", "hostroot"},
+        {"tpm (passthrough /dev/tpm0)", "/dev/tpm0"},
+        {"input (evdev /dev/input/event0)", "event0"},
+        {"input (passthrough /dev/input/event1)", "event1"},
+        {"serial (file /etc/cron.d/evil)", "/etc/cron.d/evil"},
+        {"serial (dev /dev/ttyS0)", "/dev/ttyS0"},
+        {"parallel (pipe /tmp/evil-pipe)", "/tmp/evil-pipe"},
+        {"console log file /etc/profile.d/evil.sh", "/etc/profile.d"},
+        {"channel (unix /run/docker.sock)", "docker.sock"},
+        {"channel (unix /var/lib/libvirt/qemu/../../../../run/evil.sock)", "evil.sock"},
+        {"channel (tcp 127.0.0.1)", "service="},
+        {"interface script /tmp/evil.sh", "/tmp/evil.sh"},
+        {"interface (hostdev", "bus=\"0x04\""},
+        {"shmem evil-shm", "evil-shm"},
+        {"rng (random /dev/sda)", ">/dev/sda<"},
+        {"qemu:commandline", "commandline"},
+        {"qemu:override", "override"},
+    };
+    char **items = NULL, **items2 = NULL;
+    size_t n = 0, n2 = 0;
+    vmsh_domxml_edit e = {.disks = disks,
+                          .n_disks = 1,
+                          .drop_host_devices = true,
+                          .stripped = &items2,
+                          .n_stripped = &n2};
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_host_resources(text, len, &e, &items, &n, &err) < 0)
+        fail_msg("%s", err->message);
+    char *out = NULL;
+    if (vmsh_domxml_edit_apply(text, len, &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(want); i++) {
+        if (!listed(items, n, want[i].listed))
+            fail_msg("not listed: %s", want[i].listed);
+        if (!listed(items2, n2, want[i].listed))
+            fail_msg("not reported by the edit: %s", want[i].listed);
+        if (strstr(out, want[i].gone))
+            fail_msg("still in the definition: %s (%s)", want[i].listed, want[i].gone);
+    }
+    /* and nothing else is listed */
+    for (size_t i = 0; i < n; i++) {
+        bool known = false;
+        for (size_t k = 0; k < VMSH_ARRAY_SIZE(want) && !known; k++)
+            known = strstr(items[i], want[k].listed) != NULL;
+        if (!known)
+            fail_msg("listed, not expected: %s", items[i]);
+    }
+    assert_int_equal(n, VMSH_ARRAY_SIZE(want));
+    assert_int_equal(n2, n);
+    /* what is the guest's stays */
+    static const char *const kept[] = {
+        "metadata stays",
+        "/restore/evil/evil.raw",
+        "dev=\"sdb\"",
+        "<filesystem type=\"ram\"",
+        "<input type=\"tablet\"",
+        "org.qemu.guest_agent.0",
+        "com.redhat.spice.0",
+        "network=\"default\"",
+        "52:54:00:aa:bb:01",
+        ">/dev/urandom<",
+        "<memballoon",
+        "<console type=\"pty\"",
+        "<serial type=\"null\">",
+        "<target port=\"1\"/>",
+        "<parallel type=\"null\">",
+        "dev=\"sda\"", /* the CD-ROM drive, empty */
+        "0d9a3b55-1c1e-4f0e-9d39-52c4fd1f0a01",
+        "<name>evil</name>",
+    };
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(kept); i++)
+        if (!strstr(out, kept[i]))
+            fail_msg("lost: %s\n%s", kept[i], out);
+    /* both serial ports stay, connected to nothing */
+    const char *sp = strstr(out, "<serial type=\"null\">");
+    assert_non_null(sp);
+    assert_non_null(strstr(sp + 1, "<serial type=\"null\">"));
+    /* the interfaces keep their order: the host device one is disconnected */
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_ifaces, 3);
+    assert_string_equal(x->ifaces[2].type, "ethernet");
+    assert_int_equal(x->n_disks, 3); /* vda, the empty sda and sdb */
+    vmsh_domxml_free(x);
+    free(out);
+    free_list(items, n);
+    free_list(items2, n2);
+
+    /* --host-devices: all of it stays */
+    e.drop_host_devices = false;
+    items2 = NULL, n2 = 0;
+    assert_int_equal(vmsh_domxml_edit_apply(text, len, &e, &out, NULL), 0);
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(want); i++)
+        if (!strstr(out, want[i].gone) && strcmp(want[i].gone, "<hostdev") != 0)
+            fail_msg("dropped with --host-devices: %s", want[i].listed);
+    assert_int_equal(n2, 0);
+    free(out);
+    free(text);
+}
+
+/* The default emulators stay; a path that climbs out of one does not. */
+static void keeps_default_emulator(void **state)
+{
+    static const char *const ok[] = {"/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-aarch64",
+                                     "/usr/libexec/qemu-kvm", "/usr/bin/kvm"};
+    static const char *const bad[] = {"/usr/bin/qemu-system-x86_64/../../../tmp/q",
+                                      "/usr/bin/qemu-system-", "/usr/bin/qemu-system-x86_64 -x",
+                                      "/usr/libexec/qemu-kvm2", "qemu-kvm"};
+    for (int pass = 0; pass < 2; pass++) {
+        const char *const *list = pass ? bad : ok;
+        size_t cnt = pass ? VMSH_ARRAY_SIZE(bad) : VMSH_ARRAY_SIZE(ok);
+        for (size_t i = 0; i < cnt; i++) {
+            char xml[512];
+            snprintf(xml, sizeof(xml),
+                     "<domain type='kvm'><name>t</name><devices><emulator>%s</emulator>"
+                     "</devices></domain>",
+                     list[i]);
+            char **items = NULL;
+            size_t n = 0;
+            vmsh_domxml_edit e = {.drop_host_devices = true};
+            assert_int_equal(vmsh_domxml_host_resources(xml, strlen(xml), &e, &items, &n, NULL), 0);
+            if (n != (size_t)pass)
+                fail_msg("emulator %s: %zu listed", list[i], n);
+            free_list(items, n);
+        }
+    }
+}
+
 /* Found by fuzz/fuzz_domxml.c: a <disk> without <target dev> (libvirt never
  * gives one, a backup may) was accepted with a NULL target, which the VM
  * writer copies with strdup and puts in file names. */
@@ -297,6 +468,8 @@ int main(void)
         cmocka_unit_test(rejects_disk_without_target),
         cmocka_unit_test(method_falls_back_with_reason),
         cmocka_unit_test(edit_for_restore),
+        cmocka_unit_test(strips_every_host_resource),
+        cmocka_unit_test(keeps_default_emulator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

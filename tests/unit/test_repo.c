@@ -208,11 +208,18 @@ static void abort_leaves_nothing_visible(void **state)
 static void failed_index_write_fails_the_backup(void **state)
 {
     fixture *f = *state;
+    /* index/xx/... cannot be made: every fan-out name is a file (a top
+     * directory that is not one makes the repository refuse to open) */
     char *ixdir = path2(f->repo, "index");
-    rm_rf(ixdir);
-    FILE *blocker = fopen(ixdir, "w"); /* index/xx/... cannot be made */
-    assert_non_null(blocker);
-    fclose(blocker);
+    for (int i = 0; i < 256; i++) {
+        char nm[3];
+        snprintf(nm, sizeof(nm), "%02x", i);
+        char *p = path2(ixdir, nm);
+        FILE *blocker = fopen(p, "w");
+        assert_non_null(blocker);
+        fclose(blocker);
+        free(p);
+    }
     vmsh_repo *r = NULL;
     vmsh_error *err = NULL;
     vmsh_backup *b = NULL;
@@ -379,9 +386,9 @@ static void refuses_newer_version_and_garbage(void **state)
     size_t cap = 0;
     assert_true(getdelim(&text, &cap, 0, fp) > 0);
     fclose(fp);
-    char *v = strstr(text, "\"version\": 1");
+    char *v = strstr(text, "\"version\": 2");
     assert_non_null(v);
-    v[11] = '2';
+    v[11] = '3';
     assert_int_equal(write_text_file(cfg, text), 0);
     vmsh_repo *r = NULL;
     vmsh_error *err = NULL;

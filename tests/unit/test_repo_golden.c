@@ -1,6 +1,8 @@
-/* The golden repositories (tests/golden/repo-v1, repo-v1-encrypted): made
- * once by vmshadow 0.1 (VMSH_GOLDEN_GENERATE=1 runs this program in
- * generate mode), committed, and read back by every later version. Besides
+/* The golden repositories (tests/golden/repo-v1, repo-v1-encrypted: made
+ * once by vmshadow 0.1; repo-v2, repo-v2-encrypted: format version 2, issue
+ * 20; VMSH_GOLDEN_GENERATE=1 runs this program in generate mode and makes
+ * the copies of the current version), committed, and read back by every
+ * later version. Besides
  * reading them through the library, this test parses their bytes with its
  * own small parser written from docs/formats/repository.md, so the format
  * document and the files cannot drift apart. */
@@ -156,6 +158,16 @@ static void golden_encrypted_reads_back(void **state)
     read_back("repo-v1-encrypted", GOLDEN_PASS);
 }
 
+static void golden_v2_plain_reads_back(void **state)
+{
+    read_back("repo-v2", NULL);
+}
+
+static void golden_v2_encrypted_reads_back(void **state)
+{
+    read_back("repo-v2-encrypted", GOLDEN_PASS);
+}
+
 /* ---- an independent reading of the bytes, from the format document ---- */
 
 static uint64_t le(const uint8_t *p, int n)
@@ -220,13 +232,14 @@ static char *find_one(const char *dir, const char *sub, const char *suffix, int 
     return found;
 }
 
-static const uint8_t *envelope(const uint8_t *p, size_t n, uint16_t type, uint64_t *len)
+static const uint8_t *envelope(const uint8_t *p, size_t n, int version, uint16_t type,
+                               uint32_t flags, uint64_t *len)
 {
     assert_true(n >= 56);
     assert_memory_equal(p, "VMSHOBJ1", 8);
-    assert_int_equal(le(p + 8, 2), 1);
+    assert_int_equal(le(p + 8, 2), version);
     assert_int_equal(le(p + 10, 2), type);
-    assert_int_equal(le(p + 12, 4), 0);
+    assert_int_equal(le(p + 12, 4), flags);
     *len = le(p + 16, 8);
     assert_int_equal(24 + *len + 32, n);
     uint8_t h[32];
@@ -235,9 +248,9 @@ static const uint8_t *envelope(const uint8_t *p, size_t n, uint16_t type, uint64
     return p + 24;
 }
 
-static void golden_bytes_match_format_doc(void **state)
+static void bytes_match_format_doc(const char *name, int version)
 {
-    char *repo = path2(golden_dir(), "repo-v1");
+    char *repo = path2(golden_dir(), name);
     /* config */
     char *cfgp = path2(repo, "config");
     size_t n = 0;
@@ -248,7 +261,7 @@ static void golden_bytes_match_format_doc(void **state)
     assert_true(json_object_object_get_ex(cfg, "format", &v));
     assert_string_equal(json_object_get_string(v), "vmshadow-repository");
     assert_true(json_object_object_get_ex(cfg, "version", &v));
-    assert_int_equal(json_object_get_int(v), 1);
+    assert_int_equal(json_object_get_int(v), version);
     assert_true(json_object_object_get_ex(cfg, "chunk_size", &v));
     assert_int_equal(json_object_get_int(v), 65536);
     assert_true(json_object_object_get_ex(cfg, "encryption", &v));
@@ -301,7 +314,7 @@ static void golden_bytes_match_format_doc(void **state)
     assert_non_null(manp);
     uint8_t *mb = slurp(manp, &n);
     uint64_t plen = 0;
-    const uint8_t *payload = envelope(mb, n, 2, &plen);
+    const uint8_t *payload = envelope(mb, n, version, 2, 0, &plen);
     char *text = strndup((const char *)payload, plen);
     json_object *m = json_tokener_parse(text);
     assert_non_null(m);
@@ -319,7 +332,7 @@ static void golden_bytes_match_format_doc(void **state)
     char *ip = NULL;
     assert_true(asprintf(&ip, "%s/index/%.2s/%s", repo, iname, iname) > 0);
     uint8_t *ib = slurp(ip, &n);
-    const uint8_t *ipl = envelope(ib, n, 1, &plen);
+    const uint8_t *ipl = envelope(ib, n, version, 1, 0, &plen);
     sha256(ipl, plen, h); /* named by its content ID */
     char hex[65];
     for (int i = 0; i < 32; i++)
@@ -349,14 +362,249 @@ static void golden_bytes_match_format_doc(void **state)
     free(repo);
 }
 
+/* ---- the encrypted version 2 copy, read with OpenSSL only ---- */
+
+static void unhex(const char *h, uint8_t *out, size_t n)
+{
+    assert_int_equal(strlen(h), 2 * n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned x = 0;
+        assert_int_equal(sscanf(h + 2 * i, "%2x", &x), 1);
+        out[i] = (uint8_t)x;
+    }
+}
+
+static void tohex(const uint8_t *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", p[i]);
+}
+
+/* nonce(12) | ciphertext | tag(16) → out (len - 28 bytes); 0 when authentic */
+static int gcm_open(const uint8_t key[32], const uint8_t *in, size_t len, const void *aad,
+                    size_t aad_len, uint8_t *out)
+{
+    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+    int outl = 0, ok = len >= 28 && EVP_DecryptInit_ex(cx, EVP_aes_256_gcm(), NULL, key, in) &&
+                       EVP_DecryptUpdate(cx, NULL, &outl, aad, (int)aad_len) &&
+                       EVP_DecryptUpdate(cx, out, &outl, in + 12, (int)(len - 28)) &&
+                       EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_SET_TAG, 16, (void *)(in + len - 16)) &&
+                       EVP_DecryptFinal_ex(cx, out + outl, &outl) > 0;
+    EVP_CIPHER_CTX_free(cx);
+    return ok ? 0 : -1;
+}
+
+static void hmac(const void *key, size_t klen, const void *msg, size_t len, uint8_t out[32])
+{
+    size_t outl = 0;
+    assert_non_null(
+        EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, klen, msg, len, out, 32, &outl));
+    assert_int_equal(outl, 32);
+}
+
+/* the config's canonical text, from the format document's rule */
+static char *canonical(json_object *cfg, size_t *len)
+{
+    static const char *const names[] = {"format",
+                                        "version",
+                                        "id",
+                                        "created",
+                                        "chunk_size",
+                                        "pack_size",
+                                        "hash",
+                                        "compression",
+                                        "compression_level",
+                                        "encryption.cipher",
+                                        "encryption.kdf",
+                                        "encryption.kdf_n",
+                                        "encryption.kdf_r",
+                                        "encryption.kdf_p",
+                                        "encryption.salt",
+                                        "encryption.wrapped_key"};
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    fputs("vmshadow-config-v2\n", f);
+    json_object *enc = NULL, *v = NULL;
+    json_object_object_get_ex(cfg, "encryption", &enc);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        const char *n = names[i];
+        json_object *o = cfg;
+        if (strncmp(n, "encryption.", 11) == 0)
+            o = enc, n += 11;
+        if (!json_object_object_get_ex(o, n, &v)) {
+            fprintf(f, "%s - 0:\n", names[i]);
+            continue;
+        }
+        bool str = json_object_is_type(v, json_type_string);
+        const char *t = str ? json_object_get_string(v) : json_object_to_json_string_ext(v, 0);
+        fprintf(f, "%s %c %zu:%s\n", names[i], str ? 's' : 'j', strlen(t), t);
+    }
+    fclose(f);
+    return buf;
+}
+
+/* an encrypted version 2 object: its payload, opened with the name bound */
+static uint8_t *open_object(const char *path, uint16_t type, const char *kind,
+                            const uint8_t key[32], size_t *plen)
+{
+    size_t n = 0;
+    uint8_t *b = slurp(path, &n);
+    uint64_t stored = 0;
+    const uint8_t *sealed = envelope(b, n, 2, type, 1, &stored);
+    char aad[24 + 128];
+    memcpy(aad, b, 24);
+    int al = snprintf(aad + 24, sizeof(aad) - 24, "vmshadow-object-v2:%s:%s", kind,
+                      strrchr(path, '/') + 1);
+    uint8_t *out = malloc(stored + 1);
+    assert_int_equal(gcm_open(key, sealed, stored, aad, 24 + (size_t)al, out), 0);
+    /* the same bytes under the name of another object do not open */
+    aad[24 + al - 1] ^= 1;
+    assert_int_equal(gcm_open(key, sealed, stored, aad, 24 + (size_t)al, out), -1);
+    free(b);
+    *plen = stored - 28;
+    out[*plen] = 0;
+    return out;
+}
+
+static void golden_v2_encrypted_bytes_match_format_doc(void **state)
+{
+    char *repo = path2(golden_dir(), "repo-v2-encrypted");
+    char *cfgp = path2(repo, "config");
+    size_t n = 0;
+    uint8_t *cfgb = slurp(cfgp, &n);
+    json_object *cfg = json_tokener_parse((char *)cfgb), *enc = NULL, *v = NULL;
+    assert_non_null(cfg);
+    assert_true(json_object_object_get_ex(cfg, "version", &v));
+    assert_int_equal(json_object_get_int(v), 2);
+    assert_true(json_object_object_get_ex(cfg, "id", &v));
+    const char *id = json_object_get_string(v);
+    assert_true(json_object_object_get_ex(cfg, "encryption", &enc));
+    /* KEK = scrypt(passphrase, salt, N, r, p); the master key unwrapped with
+     * the additional data "vmshadow-key-v2:" + id */
+    uint8_t salt[16], wrapped[92], kek[32], master[64];
+    assert_true(json_object_object_get_ex(enc, "salt", &v));
+    unhex(json_object_get_string(v), salt, sizeof(salt));
+    assert_true(json_object_object_get_ex(enc, "wrapped_key", &v));
+    unhex(json_object_get_string(v), wrapped, sizeof(wrapped));
+    int64_t kn = 0, kr = 0, kp = 0;
+    assert_true(json_object_object_get_ex(enc, "kdf_n", &v));
+    kn = json_object_get_int64(v);
+    assert_true(json_object_object_get_ex(enc, "kdf_r", &v));
+    kr = json_object_get_int64(v);
+    assert_true(json_object_object_get_ex(enc, "kdf_p", &v));
+    kp = json_object_get_int64(v);
+    const char *pass = "vmshadow golden key"; /* GOLDEN_PASS without its newline */
+    assert_int_equal(EVP_PBE_scrypt(pass, strlen(pass), salt, sizeof(salt), (uint64_t)kn,
+                                    (uint64_t)kr, (uint64_t)kp, 64u << 20, kek, sizeof(kek)),
+                     1);
+    char aad[64];
+    snprintf(aad, sizeof(aad), "vmshadow-key-v2:%s", id);
+    assert_int_equal(gcm_open(kek, wrapped, sizeof(wrapped), aad, strlen(aad), master), 0);
+    /* the config MAC: HMAC-SHA-256 under HMAC-SHA-256(master, label) */
+    uint8_t mk[32], mac[32];
+    char machex[65];
+    hmac(master, 64, "vmshadow-config-mac-v2", strlen("vmshadow-config-mac-v2"), mk);
+    size_t clen = 0;
+    char *canon = canonical(cfg, &clen);
+    hmac(mk, 32, canon, clen, mac);
+    tohex(mac, 32, machex);
+    assert_true(json_object_object_get_ex(cfg, "mac", &v));
+    assert_string_equal(json_object_get_string(v), machex);
+    free(canon);
+
+    /* the manifest, bound to its backup ID */
+    char *bdir = path2(repo, "backups");
+    DIR *d = opendir(bdir);
+    struct dirent *de;
+    char *manp = NULL;
+    while ((de = readdir(d)))
+        if (strlen(de->d_name) == 16)
+            manp = path2(bdir, de->d_name);
+    closedir(d);
+    size_t plen = 0;
+    uint8_t *mtext = open_object(manp, 2, "manifest", master, &plen);
+    json_object *m = json_tokener_parse((char *)mtext), *files, *f0, *iname;
+    assert_non_null(m);
+    assert_true(json_object_object_get_ex(m, "id", &v));
+    assert_string_equal(json_object_get_string(v), strrchr(manp, '/') + 1);
+    assert_true(json_object_object_get_ex(m, "document", &v));
+    assert_string_equal(json_object_get_string(v), GOLDEN_DOC);
+    assert_true(json_object_object_get_ex(m, "files", &files));
+    f0 = json_object_array_get_idx(files, 0);
+    assert_true(json_object_object_get_ex(f0, "index", &iname));
+    const char *in = json_object_get_string(iname);
+    /* the index: bound to its name, which is the keyed content ID */
+    char *ip = NULL;
+    assert_true(asprintf(&ip, "%s/index/%.2s/%s", repo, in, in) > 0);
+    uint8_t *ipl = open_object(ip, 1, "index", master, &plen);
+    uint8_t h[32];
+    char hex[65];
+    hmac(master + 32, 32, ipl, plen, h);
+    tohex(h, 32, hex);
+    assert_string_equal(hex, in);
+    assert_int_equal(le(ipl + 8, 8), GOLDEN_SIZE);
+    assert_int_equal(le(ipl + 16, 8), 4);
+
+    /* the pack: table sealed with the header as additional data, blobs with
+     * their chunk ID */
+    char *packp = find_one(repo, "packs", ".pack", 1);
+    uint8_t *pk = slurp(packp, &n);
+    assert_int_equal(le(pk + 8, 4), 1);
+    assert_int_equal(le(pk + 12, 4), 1);
+    const uint8_t *ft = pk + n - 64;
+    uint64_t toff = le(ft, 8), tlen = le(ft + 8, 8), count = le(ft + 16, 4);
+    assert_int_equal(tlen, 56 * count + 28);
+    uint8_t *table = malloc(tlen);
+    assert_int_equal(gcm_open(master, pk + toff, tlen, pk, 16, table), 0);
+    for (uint64_t i = 0; i < count; i++) {
+        const uint8_t *e = table + 56 * i;
+        uint64_t off = le(e + 32, 8), stored = le(e + 40, 4), raw = le(e + 44, 4);
+        uint8_t *blob = malloc(stored), *plain = malloc(65536);
+        assert_int_equal(gcm_open(master, pk + off, stored, e, 32, blob), 0);
+        if (le(e + 48, 4) == 1)
+            assert_int_equal(ZSTD_decompress(plain, 65536, blob, stored - 28), raw);
+        else
+            memcpy(plain, blob, raw);
+        hmac(master + 32, 32, plain, raw, h);
+        assert_memory_equal(h, e, 32);
+        free(blob);
+        free(plain);
+    }
+    free(table);
+    free(pk);
+    free(packp);
+    free(ipl);
+    free(ip);
+    json_object_put(m);
+    free(mtext);
+    free(manp);
+    free(bdir);
+    json_object_put(cfg);
+    free(cfgb);
+    free(cfgp);
+    free(repo);
+}
+
+static void golden_bytes_match_format_doc(void **state)
+{
+    bytes_match_format_doc("repo-v1", 1);
+}
+
+static void golden_v2_bytes_match_format_doc(void **state)
+{
+    bytes_match_format_doc("repo-v2", 2);
+}
+
 int main(void)
 {
     if (getenv("VMSH_GOLDEN_GENERATE")) {
-        char *key = path2(golden_dir(), "repo-v1-encrypted.key");
+        /* the current version's copies; repo-v1* were made by vmshadow 0.1
+         * and stay as they are */
+        char *key = path2(golden_dir(), "repo-v2-encrypted.key");
         if (write_text_file(key, GOLDEN_PASS) < 0)
             return 1;
-        generate("repo-v1", NULL);
-        generate("repo-v1-encrypted", key);
+        generate("repo-v2", NULL);
+        generate("repo-v2-encrypted", key);
         free(key);
         return 0;
     }
@@ -364,6 +612,10 @@ int main(void)
         cmocka_unit_test(golden_plain_reads_back),
         cmocka_unit_test(golden_encrypted_reads_back),
         cmocka_unit_test(golden_bytes_match_format_doc),
+        cmocka_unit_test(golden_v2_plain_reads_back),
+        cmocka_unit_test(golden_v2_encrypted_reads_back),
+        cmocka_unit_test(golden_v2_bytes_match_format_doc),
+        cmocka_unit_test(golden_v2_encrypted_bytes_match_format_doc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

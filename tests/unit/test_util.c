@@ -244,6 +244,25 @@ static void text_escape(void **state)
     free(o);
 }
 
+/* Paths from backups are trusted under a prefix only when they cannot climb
+ * out of it (issue 20: /var/lib/libvirt/swtpm/../../.. was taken as
+ * libvirt's own place). */
+static void path_is_clean(void **state)
+{
+    (void)state;
+    assert_true(vmsh_path_is_clean("/var/lib/libvirt/qemu/nvram/a_VARS.fd"));
+    assert_true(vmsh_path_is_clean("/a..b/.c/d."));
+    assert_false(vmsh_path_is_clean(NULL));
+    assert_false(vmsh_path_is_clean(""));
+    assert_false(vmsh_path_is_clean("relative/x"));
+    assert_false(vmsh_path_is_clean("/var/lib/libvirt/swtpm/../../../etc/shadow"));
+    assert_false(vmsh_path_is_clean("/a/./b"));
+    assert_false(vmsh_path_is_clean("/a//b"));
+    assert_false(vmsh_path_is_clean("/a/b/"));
+    assert_false(vmsh_path_is_clean("/a/.."));
+    assert_true(vmsh_path_is_clean("/")); /* the root itself: no component to climb with */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +271,7 @@ int main(void)
         cmocka_unit_test(kvconf_rejects_bad_input),
         cmocka_unit_test(fs_atomic_write_and_read),
         cmocka_unit_test(path_helpers),
+        cmocka_unit_test(path_is_clean),
         cmocka_unit_test(lock_second_holder_gets_ebusy),
         cmocka_unit_test(text_utf8_validation),
         cmocka_unit_test(text_escape),

@@ -50,6 +50,13 @@ typedef struct vmsh_coord_config {
     void (*on_event)(void *opaque, const vmsh_set *set, size_t writer, vmsh_event ev, int result,
                      int64_t ms);
     void *on_event_opaque;
+    /* Called before and after each event sent to a writer and each step of
+     * a provider (may be NULL; issue 21: the requestor's step callbacks):
+     * `who` is its name, `step` the event or step name; at the end, `result`
+     * is 0 or the negative errno and `ms` how long it took. Shares
+     * on_event_opaque. */
+    void (*on_step)(void *opaque, const vmsh_set *set, bool provider, const char *who,
+                    const char *step, bool end, int result, int64_t ms);
 } vmsh_coord_config;
 
 /* What the requestor asked for; writers read it through vmsh_set_options. */

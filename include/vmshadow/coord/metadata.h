@@ -124,6 +124,48 @@ const char *vmsh_file_source_export(const vmsh_file *f); /* NBD */
 void vmsh_file_set_stored(vmsh_file *f, struct json_object *stored, uint64_t bytes_read,
                           uint64_t bytes_stored);
 struct json_object *vmsh_file_stored(const vmsh_file *f); /* borrowed, may be NULL */
+
+/* Issue 21: typed plans. How a disk file is read, as its writer planned it
+ * (the VM writer, issue 7), and what the requestor stored: C structs, so
+ * that no layer re-parses another's JSON. */
+typedef enum vmsh_read_mode {
+    VMSH_READ_UNPLANNED = 0, /* not a planned disk */
+    VMSH_READ_FULL,
+    VMSH_READ_INCREMENTAL,
+} vmsh_read_mode;
+
+typedef struct vmsh_disk_plan {
+    vmsh_read_mode mode;
+    const char *reason;        /* why this mode */
+    const char *base_backup;   /* incremental: the backup whose index is the base */
+    const char *bitmap;        /* incremental of a shut-off VM: the image's persistent bitmap */
+    const char *dirty_context; /* incremental: the NBD meta context of the dirty extents */
+} vmsh_disk_plan;
+
+/* Writer: the plan of a file (strings copied; NULL clears it). */
+int vmsh_file_set_plan(vmsh_file *f, const vmsh_disk_plan *plan);
+/* The plan, or NULL when the file has none (borrowed, until the next set). */
+const vmsh_disk_plan *vmsh_file_plan(const vmsh_file *f);
+
+/* What the requestor stored for a file. */
+typedef struct vmsh_file_stored {
+    const char *file; /* its name in the repository */
+    uint64_t size, bytes_stored, new_chunks, bytes_read;
+    vmsh_read_mode read;     /* a planned disk: how it was read */
+    const char *read_reason; /* and why (may be NULL) */
+    const char *base;        /* the base backup, when an incremental used one */
+    uint64_t base_chunks;
+} vmsh_file_stored_record;
+
+/* Requestor: records `s` (the one serializer of the document's "stored"
+ * member, docs/formats/backup-document.md) with its bytes read and stored. */
+int vmsh_file_set_stored_record(vmsh_file *f, const vmsh_file_stored_record *s);
+/* How the file was read (from the record, or a parsed document's "stored"),
+ * why (may be NULL), and the bytes read (-1 when not recorded). */
+vmsh_read_mode vmsh_file_read_mode(const vmsh_file *f);
+const char *vmsh_file_read_name(const vmsh_file *f); /* "full", "incremental", as recorded */
+const char *vmsh_file_read_reason(const vmsh_file *f);
+int64_t vmsh_file_stored_bytes_read(const vmsh_file *f);
 uint64_t vmsh_file_bytes_read(const vmsh_file *f);
 uint64_t vmsh_file_bytes_stored(const vmsh_file *f);
 

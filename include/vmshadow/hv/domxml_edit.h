@@ -34,11 +34,45 @@ typedef struct vmsh_domxml_edit {
     /* per <interface>, in document order; NULL or fewer entries: keep */
     const vmsh_iface_action *ifaces;
     size_t n_ifaces;
-    /* Drop host devices: <hostdev> and disks of kind block, network,
-     * passthrough. A backup may come from another host or an attacker: it
-     * must not attach this host's devices without being told (issue 8). */
+    /* Take out everything of the host the restore did not create (issue 8,
+     * issue 20): a backup may come from another host or an attacker, and
+     * must not reach this host's devices, files or programs without being
+     * told (`restore --host-devices`). Taken out:
+     *  - <hostdev>; disks of type block, network, volume, nvme, and LUNs;
+     *  - image-file disks whose target is not in `disks` (a host file or
+     *    device node the backup does not hold; a CD-ROM or floppy stays,
+     *    empty);
+     *  - <filesystem> other than type ram; a TPM other than the emulator;
+     *    <input> of type evdev or passthrough; <redirdev> and <smartcard>
+     *    other than through spicevmc; <shmem>; <memory> on a host file;
+     *    <rng> other than builtin or /dev/{u,}random, /dev/hwrng;
+     *  - character devices on anything but a pty, vc, null, the display's
+     *    channels, or a unix socket in libvirt's own directories (no path,
+     *    or under /var/lib/libvirt/qemu/, /run/libvirt/qemu/): <serial>,
+     *    <parallel> and <console> become type null (the port stays),
+     *    <channel> goes; the <log file> of any of them goes;
+     *  - interfaces of type hostdev, vdpa, vhostuser (a socket outside
+     *    libvirt's directories) are disconnected; <script>/<downscript>
+     *    go (libvirt runs them as root);
+     *  - every element of the qemu namespace (<qemu:commandline>,
+     *    <qemu:override>, ...);
+     *  - an <emulator> that is not a distribution's default
+     *    (/usr/bin/qemu-system-ARCH, /usr/libexec/qemu-kvm, /usr/bin/qemu-kvm,
+     *    /usr/bin/kvm): libvirt picks the host's default. */
     bool drop_host_devices;
+    /* Optional: what drop_host_devices took out, one description each
+     * (vmsh_domxml_host_resources); the caller frees each and the array. */
+    char ***stripped;
+    size_t *n_stripped;
 } vmsh_domxml_edit;
+
+/* What `e` (its drop_host_devices rule, its `disks`) would take out of
+ * `xml`, one description each ("disk vdc (block /dev/vg0/logs)"), changing
+ * nothing: what `restore --dry-run` lists. *items (malloc'ed, each string
+ * too) is NULL when nothing would be. Expected errors: -EINVAL (not a
+ * domain), -EFBIG. */
+int vmsh_domxml_host_resources(const char *xml, size_t len, const vmsh_domxml_edit *e,
+                               char ***items, size_t *n, vmsh_error **err);
 
 /* Applies `e` to `xml`; *out is the new XML (malloc'ed). Expected errors:
  * -EINVAL (not a domain, a disk target in `e` that the XML lacks). Runtime

@@ -162,6 +162,29 @@ int vmsh_qcow2_empty_write(int fd, uint64_t size, vmsh_error **err);
  * qcow2 image). */
 int vmsh_hv_image_size(const char *path, const char *format, uint64_t *out, vmsh_error **err);
 
+/* Image operations by qemu-img, here only (issue 21: hypervisor access goes
+ * through hv/). Each returns 0, a negative errno when the tool could not
+ * run (err set), or -EIO when it failed: then `tool` (may be NULL, `cap`
+ * bytes) receives how, e.g. "exited with status 1: <stderr line>", and err
+ * says "WHAT failed: qemu-img HOW" (commit: err is left to the caller,
+ * whose message names the VM). */
+/* `qemu-img commit -q -f qcow2 OVERLAY`: merges the overlay into its
+ * backing image; `timeout_s` bounds it. */
+int vmsh_hv_image_commit(const char *overlay, int timeout_s, char *tool, size_t cap,
+                         vmsh_error **err);
+/* `qemu-img info --output=json --force-share -f FORMAT PATH`: the JSON text
+ * (*out malloc'ed, at most 16 MiB). */
+int vmsh_hv_image_info(const char *path, const char *format, char **out, vmsh_error **err);
+/* `qemu-img convert -q -f SRC_FORMAT -O FORMAT SRC DST`. DST is made first
+ * by us, O_CREAT|O_EXCL|O_NOFOLLOW after removing what is at its name
+ * (qemu-img follows a link at its output: a link or file planted there is
+ * removed, never written through); removed again on failure. `what` names
+ * the operation in the error. */
+int vmsh_hv_image_convert(const char *src, const char *src_format, const char *dst,
+                          const char *format, const char *what, vmsh_error **err);
+/* `qemu-img bitmap OP -f qcow2 PATH NAME` (OP: "--add", "--remove", ...). */
+int vmsh_hv_image_bitmap(const char *op, const char *path, const char *name, vmsh_error **err);
+
 /* The VM's domain XML (*out malloc'ed): the persistent definition when
  * `inactive`, else the live one. */
 int vmsh_hv_domain_xml(vmsh_hv *hv, const char *vm, bool inactive, char **out, vmsh_error **err);

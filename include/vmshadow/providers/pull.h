@@ -20,6 +20,7 @@
 
 #include <vmshadow/coord/coord.h>
 #include <vmshadow/hv/hvops.h>
+#include <vmshadow/writers/capture.h>
 
 #define VMSH_PULL_PROVIDER_ID   "0c7e1f7e-5a43-4d5e-9a2b-6f3d2c1b8e90"
 #define VMSH_PULL_PROVIDER_NAME "libvirt pull-backup provider"
@@ -59,5 +60,8 @@ int vmsh_pull_provider_cancel(vmsh_provider_ops *p, vmsh_set *set, vmsh_error **
  * the chain missing or inconsistent), which then ran in full at the same
  * point; NULL when it did not (borrowed, valid until the next set). */
 const char *vmsh_pull_provider_fallback(vmsh_provider_ops *p, const vmsh_set *set, const char *vm);
+
+/* The calls above as the table the VM writer holds (writers/capture.h). */
+extern const vmsh_capture_ops vmsh_pull_capture_ops;
 
 #endif

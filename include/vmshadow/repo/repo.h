@@ -24,7 +24,7 @@
 
 typedef struct vmsh_repo vmsh_repo;
 
-#define VMSH_REPO_FORMAT_VERSION 1
+#define VMSH_REPO_FORMAT_VERSION 2
 #define VMSH_REPO_CHUNK_SIZE     65536
 #define VMSH_BACKUP_ID_LEN       16 /* hex digits */
 
@@ -32,9 +32,17 @@ typedef struct vmsh_repo vmsh_repo;
  * calling thread. */
 typedef void (*vmsh_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
+/* Open flags. By default a repository that others can write (its root or a
+ * top directory not owned by the caller, or group/world-writable) is
+ * refused (-EPERM), and so is every file in it of another owner; with this
+ * flag they are accepted (links, FIFOs and devices never are):
+ * docs/formats/repository.md, "Stores". */
+#define VMSH_REPO_OPEN_ALLOW_FOREIGN 1u
+
 typedef struct vmsh_repo_init_opts {
     int compression_level; /* zstd level 1..19; 0: the default (1) */
     const char *key_file;  /* non-NULL: encrypt; the file holds the passphrase */
+    unsigned flags;        /* VMSH_REPO_OPEN_* for the directory it is created in */
 } vmsh_repo_init_opts;
 
 /* Creates a repository at `path` (created if missing; an existing directory
@@ -43,10 +51,19 @@ typedef struct vmsh_repo_init_opts {
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err);
 
 /* Opens a repository for reading and writing backups. `key_file` is needed
- * for an encrypted repository (-EACCES when missing or wrong) and ignored
- * otherwise. Takes no lock (calls that need one take it). -ENOENT, -EINVAL
- * (not a repository), -EPROTONOSUPPORT (newer version). */
+ * for an encrypted repository (-EACCES when missing or wrong) and refused
+ * for one whose config says unencrypted (-EACCES: a config with its
+ * encryption removed must not be used silently). An encrypted version 2
+ * config is authenticated with the key (-EBADMSG when altered). Opens
+ * versions 1 and 2 (docs/formats/repository.md, "Versions"). Takes no lock
+ * (calls that need one take it). -ENOENT, -EINVAL (not a repository),
+ * -EPROTONOSUPPORT (newer version). */
 int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh_error **err);
+/* The same with VMSH_REPO_OPEN_* flags (vmsh_repo_open: none). -EPERM for a
+ * repository others can write; -ELOOP / -EINVAL for a link or a special
+ * file where the repository needs a directory or a file. */
+int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
+                      vmsh_error **err);
 
 /* Closes; accepts NULL. Pending backups must be freed first. */
 void vmsh_repo_free(vmsh_repo *r);
@@ -61,6 +78,11 @@ int vmsh_repo_compression_level(const vmsh_repo *r);
  * of worker threads for backups, restores and verify (0: one per CPU). */
 int vmsh_repo_set_compression_level(vmsh_repo *r, int level, vmsh_error **err);
 void vmsh_repo_set_threads(vmsh_repo *r, unsigned n);
+/* An option of the object stores (issue 26; docs/config.md): store-threads,
+ * store-timeout, store-readahead, store-lease-seconds, ceph-conf,
+ * ceph-user, ceph-keyring, s3-region, s3-credentials-file, s3-addressing.
+ * Set before a repository is opened. -ENOENT: not such a key. */
+int vmsh_repo_store_setopt(const char *key, const char *value);
 
 /* ---- Reading backups ---- */
 
@@ -192,6 +214,9 @@ void vmsh_prune_result_free(vmsh_prune_result *p);
 typedef struct vmsh_gc_stats {
     uint64_t packs_deleted, packs_rewritten, indexes_deleted, tmp_deleted;
     uint64_t bytes_freed;
+    /* entries the sweep left alone: links, FIFOs, other owners' files
+     * (never followed, entered or deleted) */
+    uint64_t skipped;
 } vmsh_gc_stats;
 
 /* Deletes garbage (format doc, "gc"): unreferenced packs, indexes and

@@ -4,7 +4,9 @@
 #ifndef VMSH_UTIL_FS_H
 #define VMSH_UTIL_FS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <vmshadow/util/error.h>
@@ -19,6 +21,11 @@ int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t m
 /* Reads a whole regular file of at most `max` bytes into a NUL-terminated
  * buffer (*out, caller frees; *out_len excludes the NUL). -EFBIG when larger. */
 int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, vmsh_error **err);
+/* The rest of an open file, whose size was `size` when opened, into a
+ * malloc'ed NUL-terminated buffer (the NUL not counted in *out_len); -EFBIG
+ * when it is or grows larger than `max`. `what` names it in messages. */
+int vmsh_fs_read_fd(int fd, uint64_t size, size_t max, const char *what, char **out,
+                    size_t *out_len, vmsh_error **err);
 
 /* mkdir -p with `mode` for the directories it creates. */
 int vmsh_fs_mkdir_p(const char *path, mode_t mode, vmsh_error **err);
@@ -35,5 +42,10 @@ char *vmsh_path_dirname(const char *path);
 /* True when `name` is a safe single path component: non-empty, not "." or
  * "..", no '/', no NUL, no control characters, at most 255 bytes. */
 int vmsh_name_is_safe(const char *name);
+
+/* True when `path` is absolute with no empty, "." or ".." component and no
+ * trailing slash: a path from a backup or a definition is trusted to stay
+ * under a prefix only once it cannot climb out of it (issue 20). */
+bool vmsh_path_is_clean(const char *path);
 
 #endif

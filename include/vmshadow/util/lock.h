@@ -17,6 +17,13 @@ typedef struct vmsh_lock vmsh_lock;
 int vmsh_lock_take(vmsh_lock **out, const char *path, bool exclusive, bool wait, const char *what,
                    vmsh_error **err);
 
+/* The same on a file the caller opened (fd: read-only is enough for flock);
+ * takes over fd, also on failure. `path` names it in messages. */
+int vmsh_lock_take_fd(vmsh_lock **out, int fd, const char *path, bool exclusive, bool wait,
+                      const char *what, vmsh_error **err);
+/* A lock held by other means (an object store's lease, issue 26):
+ * vmsh_lock_free calls release(opaque). -ENOMEM. */
+int vmsh_lock_custom(vmsh_lock **out, void (*release)(void *opaque), void *opaque);
 /* Releases the lock and frees it; accepts NULL. */
 void vmsh_lock_free(vmsh_lock *l);
 

@@ -14,6 +14,8 @@
 #include <stdint.h>
 
 #include <vmshadow/coord/coord.h>
+#include <vmshadow/hv/hostops.h>
+#include <vmshadow/writers/capture.h>
 #include <vmshadow/writers/identity.h>
 
 /* Where libvirt (qemu:///system) keeps an emulated TPM's state, per VM UUID. */
@@ -27,13 +29,18 @@ typedef struct vmsh_vm_writer_config {
     const char *scratch_dir; /* NULL: scratch files beside each disk image (R2 (c)) */
     int agent_timeout_s;     /* each agent query while choosing the method; <= 0: 3 */
     int freeze_timeout_s;    /* the agent's freeze/thaw reply; <= 0: 60 */
+    /* The VM host operations (state, stop, save, restore, define, ...) and
+     * their hooks; NULL: libvirt's (vmsh_host_ops_libvirt). Borrowed. */
+    const vmsh_host_ops *host_ops;
 } vmsh_vm_writer_config;
 
-/* A new VM writer that registers its disks with `provider` (a pull provider,
- * borrowed: it must outlive the writer). Connects to libvirt lazily, so that
+/* A new VM writer that registers its disks with `provider` through its
+ * `capture` table (e.g. the pull provider and vmsh_pull_capture_ops; both
+ * borrowed: they must outlive the writer). Connects to libvirt lazily, so that
  * `vmshadow writers` and a recover with nothing to do never need it. */
 int vmsh_vm_writer_new(vmsh_writer_ops **out, const vmsh_vm_writer_config *cfg,
-                       vmsh_provider_ops *provider, vmsh_error **err);
+                       vmsh_provider_ops *provider, const vmsh_capture_ops *capture,
+                       vmsh_error **err);
 
 /* After a set: the longest time any guest of it stayed frozen or any VM
  * stayed stopped (ms), measured from the first freeze or save to the last
@@ -65,5 +72,17 @@ void vmsh_vm_writer_prefetch(vmsh_writer_ops *w, const char *const *targets, siz
 int vmsh_vm_writer_restore_plan(vmsh_writer_ops *w, vmsh_metadata *md, const vmsh_set_options *o,
                                 const char *const *xmls, struct json_object **out,
                                 vmsh_error **err);
+
+/* Where a restore puts one file `f` of the component `c` (SPEC R10, R12;
+ * issue 20), decided from the document alone (pure: nothing is looked up or
+ * changed): *out its final place (NULL: not placed, e.g. the XML, or a
+ * copy's TPM), *link the default place of libvirt's that links to it
+ * (NULL: none); both malloc'ed. Under --to every *out is inside
+ * DIR/<vm>/; a *link lies only in libvirt's per-VM places; no path has a
+ * '.' or '..' component. Expected errors: -EINVAL (a name or path of the
+ * backup that is not safe). The restore checks in addition what exists at
+ * these places (only what the replaced VM owns is replaced). */
+int vmsh_vm_writer_restore_place(const vmsh_set_options *o, const vmsh_component *c,
+                                 const vmsh_file *f, char **out, char **link, vmsh_error **err);
 
 #endif

@@ -1,0 +1,366 @@
+/* store_rados.c - the repository in a Ceph RADOS pool, rados://POOL[/PREFIX]
+ * (issue 26; docs/formats/repository.md, "Stores").
+ *
+ * Repository file `name` is the object PREFIX/name of POOL (or `name`
+ * without a prefix). A put is one write_full: RADOS applies the writes of
+ * one operation on one object atomically, so a reader sees the old object
+ * (none) or all of the new one; a pack is built in memory and put the same
+ * way (store_obj.c), so a pack under its final name is always complete
+ * (invariant 1) without a rename, which RADOS does not have. Locks are
+ * cls_lock advisory locks with a duration (leases), renewed by a thread
+ * while held. */
+#include "store_obj.h"
+
+#include <vmshadow/util/mem.h>
+
+#include <errno.h>
+#include <rados/librados.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct rados_store {
+    obj_store o;
+    rados_t cluster;
+    rados_ioctx_t io;
+    bool connected;
+    char *pool, *prefix; /* prefix "" or "PREFIX/" */
+    unsigned lease_s;
+} rados_store;
+
+static char *okey(rados_store *s, const char *key)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s%s", s->prefix, key) < 0)
+        return NULL;
+    return p;
+}
+
+static int fail(vmsh_error **err, rados_store *s, const char *key, int rc, const char *what)
+{
+    const char *hint = rc == -ETIMEDOUT ? " (the Ceph cluster did not answer in time: are its "
+                                          "monitors and OSDs up?)"
+                       : rc == -EACCES || rc == -EPERM
+                           ? " (the Ceph user lacks the capability; check ceph-user and "
+                             "its keyring)"
+                           : "";
+    return vmsh_error_set(err, rc, "cannot %s %s/%s: %s%s", what, s->o.base.root, key,
+                          strerror(-rc), hint);
+}
+
+static int r_put(obj_store *os, const char *key, const void *buf, size_t len, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int rc = rados_write_full(s->io, k, buf, len);
+    return rc < 0 ? fail(err, s, key, rc, "write") : 0;
+}
+
+static int r_read(obj_store *os, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
+                  vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t done = 0;
+    while (done < len) {
+        /* one read of at most 32 MiB: the OSD's message size limits */
+        size_t n = len - done > (32u << 20) ? (32u << 20) : len - done;
+        int rc = rados_read(s->io, k, (char *)buf + done, n, off + done);
+        if (rc < 0)
+            return rc == -ENOENT ? rc : fail(err, s, key, rc, "read");
+        done += (size_t)rc;
+        if ((size_t)rc < n)
+            break;
+    }
+    *got = done;
+    return 0;
+}
+
+static int r_stat(obj_store *os, const char *key, repo_store_stat *st, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    uint64_t size = 0;
+    time_t mtime = 0;
+    int rc = rados_stat(s->io, k, &size, &mtime);
+    if (rc == -ENOENT)
+        return rc; /* the callers say what is missing */
+    if (rc < 0)
+        return fail(err, s, key, rc, "stat");
+    st->size = size;
+    st->mtime_ns = (int64_t)mtime * 1000000000;
+    return 0;
+}
+
+static int r_del(obj_store *os, const char *key, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int rc = rados_remove(s->io, k);
+    return rc < 0 ? fail(err, s, key, rc, "delete") : 0;
+}
+
+/* The pool's object listing, filtered by the key prefix on this side:
+ * RADOS lists a pool in placement-group order and has no server-side
+ * prefix filter in the C API short of object-class filters. Fine for the
+ * repository's sizes (gc lists once per run; a listing of 100 000 objects
+ * takes about a second); an omap index would cost a second write per
+ * object on the backup's path. */
+static int r_list(obj_store *os, const char *prefix, obj_list_fn fn, void *opaque, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *full = okey(s, prefix);
+    if (!full)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t plen = strlen(full), skip = strlen(s->prefix);
+    rados_list_ctx_t ctx;
+    int rc = rados_nobjects_list_open(s->io, &ctx);
+    if (rc < 0)
+        return fail(err, s, prefix, rc, "list");
+    for (;;) {
+        const char *entry = NULL;
+        rc = rados_nobjects_list_next(ctx, &entry, NULL, NULL);
+        if (rc == -ENOENT) {
+            rc = 0;
+            break;
+        }
+        if (rc < 0) {
+            fail(err, s, prefix, rc, "list");
+            break;
+        }
+        if (strncmp(entry, full, plen) != 0)
+            continue;
+        if ((rc = fn(opaque, entry + skip, 0, -1)) < 0)
+            break;
+    }
+    rados_nobjects_list_close(ctx);
+    return rc;
+}
+
+/* ---- leases ---- */
+
+typedef struct rados_lease {
+    rados_store *s;
+    char *oid;
+    char cookie[40];
+    bool exclusive;
+    pthread_t renewer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+} rados_lease;
+
+#define LOCK_NAME "vmshadow"
+
+static int lease_take(rados_lease *l, unsigned flags)
+{
+    struct timeval tv = {(time_t)l->s->lease_s, 0};
+    if (l->exclusive)
+        return rados_lock_exclusive(l->s->io, l->oid, LOCK_NAME, l->cookie, "vmshadow", &tv,
+                                    (uint8_t)flags);
+    return rados_lock_shared(l->s->io, l->oid, LOCK_NAME, l->cookie, "", "vmshadow", &tv,
+                             (uint8_t)flags);
+}
+
+/* Renews the lease every third of its duration while held. */
+static void *renew_main(void *arg)
+{
+    rados_lease *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += l->s->lease_s / 3 ? l->s->lease_s / 3 : 1;
+        pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+        if (l->stop)
+            break;
+        pthread_mutex_unlock(&l->mu);
+        lease_take(l, LIBRADOS_LOCK_FLAG_RENEW); /* a failure: it expires; documented */
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void lease_release(void *opaque)
+{
+    rados_lease *l = opaque;
+    pthread_mutex_lock(&l->mu);
+    l->stop = true;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    pthread_join(l->renewer, NULL);
+    rados_unlock(l->s->io, l->oid, LOCK_NAME, l->cookie);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv);
+    free(l->oid);
+    free(l);
+}
+
+static int r_lock(obj_store *os, const char *key, bool exclusive, vmsh_lock **out, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    rados_lease *l = calloc(1, sizeof(*l));
+    if (!l || !(l->oid = okey(s, key))) {
+        free(l);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    l->s = s;
+    l->exclusive = exclusive;
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(l->cookie, sizeof(l->cookie), "%.20s.%ld.%p", host, (long)getpid(), (void *)l);
+    int rc = lease_take(l, 0);
+    if (rc < 0) {
+        free(l->oid);
+        free(l);
+        if (rc == -EBUSY || rc == -EEXIST)
+            return vmsh_error_set(err, -EBUSY,
+                                  "the repository (%s lock) is busy: another vmshadow process "
+                                  "holds %s/%s; wait for it to finish and retry (a lease of a "
+                                  "process that died expires after %u s)",
+                                  key + 6, s->o.base.root, key, s->lease_s);
+        return fail(err, s, key, rc, "lock");
+    }
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    if (pthread_create(&l->renewer, NULL, renew_main, l) != 0) {
+        rados_unlock(s->io, l->oid, LOCK_NAME, l->cookie);
+        free(l->oid);
+        free(l);
+        return vmsh_error_set(err, -EAGAIN, "cannot start the lease renewal thread");
+    }
+    if (vmsh_lock_custom(out, lease_release, l) < 0) {
+        lease_release(l);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static void r_free(obj_store *os)
+{
+    rados_store *s = (rados_store *)os;
+    if (s->connected) {
+        rados_ioctx_destroy(s->io);
+        rados_shutdown(s->cluster);
+    }
+    free(s->pool);
+    free(s->prefix);
+    free(s);
+}
+
+static const obj_backend_ops rados_be = {
+    .put = r_put,
+    .read = r_read,
+    .stat = r_stat,
+    .del = r_del,
+    .list = r_list,
+    .lock = r_lock,
+    .free = r_free,
+};
+
+int repo_store_rados_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err)
+{
+    (void)flags; /* no owners in a pool: the Ceph user's capabilities decide */
+    const char *p = url + strlen("rados://");
+    const char *slash = strchr(p, '/');
+    rados_store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    s->pool = slash ? strndup(p, (size_t)(slash - p)) : strdup(p);
+    if (slash && slash[1]) {
+        size_t n = strlen(slash + 1);
+        while (n && slash[1 + n - 1] == '/')
+            n--;
+        if (asprintf(&s->prefix, "%.*s/", (int)n, slash + 1) < 0)
+            s->prefix = NULL;
+    } else {
+        s->prefix = strdup("");
+    }
+    if (!s->pool || !s->prefix) {
+        r_free(&s->o);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    char pfx[600];
+    snprintf(pfx, sizeof(pfx), "%.*s", s->prefix[0] ? (int)strlen(s->prefix) - 1 : 0, s->prefix);
+    if (!*s->pool || strlen(pfx) > 256 || (*pfx && !obj_name_valid(pfx, false))) {
+        r_free(&s->o);
+        return vmsh_error_set(err, -EINVAL,
+                              "bad repository URL %s: want rados://POOL[/PREFIX] (PREFIX of "
+                              "plain names separated by '/')",
+                              url);
+    }
+    s->lease_s = obj_store_opt_uint("store-lease-seconds", 30, 5, 3600);
+    unsigned timeout = obj_store_opt_uint("store-timeout", 30, 1, 3600);
+    const char *user = obj_store_opt("ceph-user");
+    int rc = rados_create2(&s->cluster, "ceph", user ? user : "client.admin", 0);
+    if (rc < 0) {
+        r_free(&s->o);
+        return vmsh_error_set(err, rc, "cannot set up the Ceph client: %s", strerror(-rc));
+    }
+    /* CEPH_CONF, then /etc/ceph/ceph.conf and the other usual places */
+    const char *conf = obj_store_opt("ceph-conf");
+    rc = rados_conf_read_file(s->cluster, conf);
+    if (rc < 0 && conf) {
+        rados_shutdown(s->cluster);
+        r_free(&s->o);
+        return vmsh_error_set(err, rc, "cannot read the Ceph configuration %s: %s", conf,
+                              strerror(-rc));
+    }
+    rados_conf_parse_env(s->cluster, NULL);
+    const char *keyring = obj_store_opt("ceph-keyring");
+    if (keyring)
+        rados_conf_set(s->cluster, "keyring", keyring);
+    /* never a hang: a cluster that does not answer fails the operation */
+    char t[16];
+    snprintf(t, sizeof(t), "%u", timeout);
+    rados_conf_set(s->cluster, "rados_osd_op_timeout", t);
+    rados_conf_set(s->cluster, "rados_mon_op_timeout", t);
+    rados_conf_set(s->cluster, "client_mount_timeout", t);
+    rados_conf_set(s->cluster, "log_to_stderr", "false");
+    rados_conf_set(s->cluster, "err_to_stderr", "false");
+    rc = rados_connect(s->cluster);
+    if (rc < 0) {
+        rados_shutdown(s->cluster);
+        r_free(&s->o);
+        return vmsh_error_set(err, rc, "cannot connect to the Ceph cluster for %s: %s%s", url,
+                              strerror(-rc),
+                              rc == -EACCES || rc == -EPERM || rc == -EINVAL
+                                  ? " (wrong Ceph user or key: check ceph-user and ceph-keyring)"
+                              : rc == -ETIMEDOUT || rc == -ENOENT
+                                  ? " (are the monitors up, and is the Ceph configuration "
+                                    "right? CEPH_CONF or ceph-conf)"
+                                  : "");
+    }
+    rc = rados_ioctx_create(s->cluster, s->pool, &s->io);
+    if (rc < 0) {
+        if (rc == -ENOENT)
+            vmsh_error_set(err, -ENODEV,
+                           "no Ceph pool \"%s\" for %s: create it first (ceph osd pool create "
+                           "%s)",
+                           s->pool, url, s->pool);
+        else
+            vmsh_error_set(err, rc, "cannot open the Ceph pool of %s: %s", url, strerror(-rc));
+        rados_shutdown(s->cluster);
+        r_free(&s->o);
+        return rc == -ENOENT ? -ENODEV : rc;
+    }
+    s->connected = true;
+    rc = obj_store_init(&s->o, &rados_be, url, err);
+    if (rc < 0) {
+        obj_store_fini(&s->o);
+        r_free(&s->o);
+        return rc;
+    }
+    *out = &s->o.base;
+    return 0;
+}

@@ -1,0 +1,203 @@
+/* restore.c - the requestor's restore (SPEC R8-R15; issue 21: moved from
+ * the command line): finds the backup, asks the VM writer for its plan,
+ * asks the caller before replacing VMs (R9), then the coordinator sends
+ * PreRestore, the requestor writes each file where the VM writer planned it
+ * (every chunk checked), and PostRestore checks and registers. */
+#include "requestor_priv.h"
+
+#include <vmshadow/coord/document.h>
+#include <vmshadow/util/mem.h>
+#include <vmshadow/util/timeutil.h>
+#include <vmshadow/writers/identity.h>
+#include <vmshadow/writers/vm_writer.h>
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct req_restorer {
+    vmsh_requestor_ops ops; /* first */
+    const vmsh_requestor_callbacks *cb;
+    vmsh_repo *repo;
+    const char *id;
+    bool damaged; /* a chunk or index was missing or damaged (exit code 3) */
+} req_restorer;
+
+typedef struct restore_progress {
+    const vmsh_requestor_callbacks *cb;
+    const char *name;
+} restore_progress;
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    restore_progress *p = opaque;
+    p->cb->progress(p->cb->opaque, p->name, done, total);
+}
+
+static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata *md,
+                       const vmsh_component *c, vmsh_file *f, vmsh_error **err)
+{
+    req_restorer *q = (req_restorer *)self;
+    const char *dest = vmsh_file_restored_path(f);
+    if (!dest) {
+        vmsh_file_set_restored(f, VMSH_RESTORE_FAILED, NULL, "no place planned for it");
+        return 0;
+    }
+    _cleanup_free_ char *name = req_file_name(md, c, f);
+    _cleanup_free_ char *step = NULL;
+    if (!name || asprintf(&step, "restore %s", name) < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    restore_progress ps = {.cb = q->cb, .name = name};
+    bool show = q->cb && q->cb->progress;
+    vmsh_restore_stats st = {0};
+    vmsh_error *e = NULL;
+    req_step(q->cb, step, false, 0, 0);
+    int64_t t0 = vmsh_now_ms();
+    int r = vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? on_progress : NULL,
+                                   show ? &ps : NULL, &st, &e);
+    req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
+    if (r < 0) {
+        /* recorded, not returned: PostRestore reports this VM (R11) and the
+         * other VMs of the backup still come back */
+        if (e && (e->code == -EBADMSG || e->code == -EUCLEAN))
+            q->damaged = true;
+        vmsh_file_set_restored(f, VMSH_RESTORE_FAILED, dest, e ? e->message : strerror(-r));
+        vmsh_error_free(e);
+        return 0;
+    }
+    req_debug(q->cb, "restored %s to %s (%llu bytes)", name, dest,
+              (unsigned long long)st.bytes_written);
+    return vmsh_file_set_restored(f, VMSH_RESTORE_OK, dest, NULL) < 0
+               ? vmsh_error_set(err, -ENOMEM, "out of memory")
+               : 0;
+}
+
+static bool selected(const char *const *names, size_t n, const char *name)
+{
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* The VM writer's part of the backup, or NULL. */
+static vmsh_metadata *vm_part(const vmsh_backup_doc *doc)
+{
+    for (size_t i = 0; i < vmsh_backup_doc_writer_count(doc); i++) {
+        vmsh_metadata *md = vmsh_backup_doc_writer(doc, i);
+        if (strcmp(vmsh_metadata_writer_id(md), VMSH_VM_WRITER_ID) == 0)
+            return md;
+    }
+    return NULL;
+}
+
+void vmsh_requestor_restore_result_free(vmsh_requestor_restore_result *r)
+{
+    if (!r)
+        return;
+    free(r->backup_id);
+    json_object_put(r->plan);
+    json_object_put(r->done);
+    free(r);
+}
+
+int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_callbacks *cb,
+                           vmsh_repo *repo, const vmsh_requestor_restore_options *opts,
+                           vmsh_requestor_restore_result **out, vmsh_error **err)
+{
+    vmsh_set_options so = {.targets = opts->targets,
+                           .n_targets = opts->n_targets,
+                           .force = opts->force,
+                           .restore_dir = opts->restore_dir,
+                           .restore_as = opts->restore_as,
+                           .host_devices = opts->host_devices};
+    vmsh_requestor_restore_result *res = calloc(1, sizeof(*res));
+    if (!res)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    *out = res;
+    req_restorer q = {.ops = {.version = VMSH_REQUESTOR_OPS_VERSION, .restore_file = req_restore},
+                      .cb = cb,
+                      .repo = repo};
+    vmsh_backup_info *bi = NULL;
+    vmsh_backup_doc *doc = NULL;
+    req_host h = {0};
+    vmsh_set *set = NULL;
+    char **xmls = NULL;
+    int r;
+    vmsh_coord_config ccfg;
+    vmsh_metadata *md = NULL;
+    size_t nc = 0;
+    if ((r = req_coord_config(cfg, &ccfg, err)) < 0 ||
+        (r = vmsh_repo_backup_info(repo, opts->backup, &bi, err)) < 0)
+        goto out;
+    if (!(res->backup_id = strdup(bi->id))) {
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    q.id = res->backup_id;
+    if ((r = vmsh_backup_doc_parse(bi->document, strlen(bi->document), &doc, err)) < 0) {
+        vmsh_error_prefix(err, "backup %s", q.id);
+        goto out;
+    }
+    md = vm_part(doc);
+    nc = md ? vmsh_metadata_component_count(md) : 0;
+    for (size_t i = 0; i < opts->n_targets; i++)
+        if (!md || !vmsh_metadata_find_component(md, opts->targets[i])) {
+            r = vmsh_error_set(err, -ENOENT, "VM %s is not in backup %s (see 'vmshadow show %s')",
+                               opts->targets[i], q.id, q.id);
+            goto out;
+        }
+    if (nc == 0) {
+        r = vmsh_error_set(err, -ENOENT, "backup %s holds no VM", q.id);
+        goto out;
+    }
+    if ((r = req_host_build(cfg, false, &h, err)) < 0)
+        goto out;
+    /* The plan: what --dry-run prints, and what a confirmation asks about. */
+    xmls = vmsh_calloc_array(nc, sizeof(char *));
+    for (size_t i = 0; xmls && i < nc; i++) {
+        vmsh_component *comp = vmsh_metadata_component(md, i);
+        vmsh_component_set_selected(
+            comp, selected(opts->targets, opts->n_targets, vmsh_component_name(comp)));
+        vmsh_file *f = vmsh_component_find_file(comp, "config/domain.xml");
+        _cleanup_free_ char *fname = f ? req_file_name(md, comp, f) : NULL;
+        size_t len = 0;
+        if (fname && vmsh_component_selected(comp))
+            vmsh_repo_read_file(repo, q.id, fname, 4u << 20, &xmls[i], &len, NULL);
+    }
+    /* The caller's own writers (cfg->writers) plan in PreRestore. */
+    if (!h.vm_writer)
+        res->plan = json_object_new_array();
+    else if ((r = vmsh_vm_writer_restore_plan(h.vm_writer, md, &so, (const char *const *)xmls,
+                                              &res->plan, err)) < 0)
+        goto out;
+    if (opts->dry_run)
+        goto out;
+    if (!so.force && opts->confirm && opts->confirm(opts->confirm_opaque, res->plan))
+        so.force = true;
+    ccfg.on_step = NULL;
+    r = vmsh_coord_restore(&ccfg, h.w, h.n, &q.ops, doc, &so, &set, err);
+    /* The outcome per VM, from the VM writer's records. */
+    res->done = json_object_new_array();
+    for (size_t i = 0; res->done && i < nc; i++) {
+        vmsh_component *comp = vmsh_metadata_component(md, i);
+        json_object *p = NULL;
+        if (vmsh_component_selected(comp) &&
+            json_object_object_get_ex(vmsh_component_extra(comp), "restore", &p))
+            json_object_array_add(res->done, json_object_get(p));
+    }
+    res->damaged = q.damaged;
+out:
+    for (size_t i = 0; xmls && i < nc; i++)
+        free(xmls[i]);
+    free(xmls);
+    vmsh_set_free(set);
+    req_host_clear(&h);
+    vmsh_backup_doc_free(doc);
+    vmsh_backup_info_free(bi);
+    return r;
+}
