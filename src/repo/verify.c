@@ -6,7 +6,8 @@
  * Memory does not grow with the number of chunks the backups reference
  * (issue 27 point 2): the chunk IDs of every index go through an external
  * sort (runs of at most 512 Ki IDs, 16 MiB, sorted and written to unlinked
- * temporary files under TMPDIR or /var/tmp, then merged), so that each
+ * temporary files under TMPDIR or /var/tmp, merged into one whenever there
+ * are 256, then merged), so that each
  * distinct ID comes out once, in order; its location is asked of the chunk
  * index (repo_find_chunk, on disk) and the chunks are read in batches of
  * 64 Ki, each sorted by pack and offset. What is kept across the run is
@@ -27,8 +28,9 @@
 
 enum { ST_UNCHECKED = 0, ST_OK = 1, ST_BAD = 2 };
 
-#define RUN_IDS_DEFAULT (512u * 1024)
-#define CHECK_BATCH     65536
+#define RUN_IDS_DEFAULT  (512u * 1024)
+#define MAX_RUNS_DEFAULT 256 /* open files while merging, far below the usual 1024 */
+#define CHECK_BATCH      65536
 
 typedef struct vfile {
     size_t backup; /* index into ids */
@@ -190,9 +192,11 @@ typedef struct id_sorter {
     uint8_t (*buf)[ID_LEN];
     size_t n, cap;
     FILE **runs;
-    size_t n_runs;
+    size_t n_runs, max_runs;
     uint64_t distinct_bound; /* the sum of the runs' lengths: at least the distinct IDs */
 } id_sorter;
+
+static int collapse_runs(id_sorter *s, vmsh_error **err);
 
 static int cmp_id(const void *a, const void *b)
 {
@@ -256,7 +260,7 @@ static int sorter_flush(id_sorter *s, vmsh_error **err)
                               strerror(errno));
     s->distinct_bound += s->n;
     s->n = 0;
-    return 0;
+    return s->n_runs >= s->max_runs ? collapse_runs(s, err) : 0;
 }
 
 static int sorter_add(id_sorter *s, const uint8_t id[ID_LEN], vmsh_error **err)
@@ -372,6 +376,47 @@ static void merger_free(merger *m)
 {
     free(m->src);
     free(m->heap);
+}
+
+/* Merges every run into one (a second level of the sort), so that the
+ * files open at once stay under max_runs however many IDs there are. */
+static int collapse_runs(id_sorter *s, vmsh_error **err)
+{
+    FILE *out = temp_file();
+    if (!out)
+        return vmsh_error_set(err, -errno,
+                              "cannot create a temporary file for verify's sort of chunk IDs "
+                              "(TMPDIR, else /var/tmp): %s",
+                              strerror(errno));
+    size_t keep = s->n; /* the buffer is empty here: no source of the merge */
+    s->n = 0;
+    merger m;
+    int rc = merger_start(&m, s, err);
+    uint8_t id[ID_LEN];
+    bool have = false;
+    uint64_t written = 0;
+    while (rc == 0 && (rc = merger_next(&m, id, &have, err)) == 1) {
+        rc = fwrite(id, ID_LEN, 1, out) == 1
+                 ? 0
+                 : vmsh_error_set(err, -EIO, "cannot write verify's sort of chunk IDs: %s",
+                                  strerror(errno));
+        written++;
+    }
+    merger_free(&m);
+    s->n = keep;
+    if (rc == 0 && (fflush(out) != 0 || fseeko(out, 0, SEEK_SET) != 0))
+        rc = vmsh_error_set(err, -EIO, "cannot write verify's sort of chunk IDs: %s",
+                            strerror(errno));
+    if (rc < 0) {
+        fclose(out);
+        return rc;
+    }
+    for (size_t i = 0; i < s->n_runs; i++)
+        fclose(s->runs[i]);
+    s->runs[0] = out;
+    s->n_runs = 1;
+    s->distinct_bound = written;
+    return 0;
 }
 
 /* ---- checking the chunks, batch by batch ---- */
@@ -555,7 +600,8 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
     size_t n_ids = 0;
     vfile *files = NULL;
     size_t n_files = 0, cap_files = 0;
-    id_sorter sorter = {.cap = r->verify_run_ids ? r->verify_run_ids : RUN_IDS_DEFAULT};
+    id_sorter sorter = {.cap = r->verify_run_ids ? r->verify_run_ids : RUN_IDS_DEFAULT,
+                        .max_runs = r->verify_max_runs > 1 ? r->verify_max_runs : MAX_RUNS_DEFAULT};
     vstate v = {.r = r, .progress = progress, .opaque = opaque};
     chunk_map_init(&v.damaged);
     chunk_map_init(&v.shorter);

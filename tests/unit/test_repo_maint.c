@@ -324,12 +324,17 @@ static void verify_merges_sorted_runs_of_ids(void **state)
     assert_int_equal(one->backups_checked, 3);
     assert_int_equal(one->chunks_checked, 49 + 2);
     r->verify_run_ids = 7;
-    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &many, NULL), 0);
-    assert_int_equal(many->chunks_checked, one->chunks_checked);
-    assert_int_equal(many->bytes_checked, one->bytes_checked);
+    for (int merged = 0; merged < 2; merged++) {
+        /* and with the runs merged into one whenever there are 3 */
+        r->verify_max_runs = merged ? 3 : 0;
+        assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &many, NULL), 0);
+        assert_int_equal(many->chunks_checked, one->chunks_checked);
+        assert_int_equal(many->bytes_checked, one->bytes_checked);
+        vmsh_verify_report_free(many);
+        many = NULL;
+    }
     vmsh_verify_report_free(one);
-    vmsh_verify_report_free(many);
-    one = many = NULL;
+    one = NULL;
     /* a pack goes: both ways name the same backups, files and chunks */
     char(*names)[33] = NULL;
     size_t n = 0;
@@ -344,6 +349,7 @@ static void verify_merges_sorted_runs_of_ids(void **state)
         r = NULL;
         assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
         r->verify_run_ids = k ? 7 : 0;
+        r->verify_max_runs = k ? 3 : 0;
         vmsh_error *err = NULL;
         assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, k ? &many : &one, &err),
                          -EBADMSG);
