@@ -16,15 +16,14 @@
  * damaged files. */
 #include "internal.h"
 
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 enum { ST_UNCHECKED = 0, ST_OK = 1, ST_BAD = 2 };
 
@@ -216,31 +215,6 @@ static void sort_unique(id_sorter *s)
     s->n = k;
 }
 
-/* An unlinked temporary file in TMPDIR, else /var/tmp (not /tmp: often a
- * tmpfs, which would hold the runs in memory). */
-static FILE *temp_file(void)
-{
-    const char *dir = getenv("TMPDIR");
-    if (!dir || !*dir)
-        dir = "/var/tmp";
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        char *p = NULL;
-        if (asprintf(&p, "%s/vmshadow-verify-XXXXXX", dir) < 0)
-            return NULL;
-        fd = mkostemp(p, O_CLOEXEC);
-        if (fd >= 0)
-            unlink(p);
-        free(p);
-    }
-    if (fd < 0)
-        return NULL;
-    FILE *f = fdopen(fd, "w+");
-    if (!f)
-        close(fd);
-    return f;
-}
-
 static int sorter_flush(id_sorter *s, vmsh_error **err)
 {
     sort_unique(s);
@@ -248,12 +222,9 @@ static int sorter_flush(id_sorter *s, vmsh_error **err)
     if (!nr)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     s->runs = nr;
-    FILE *f = temp_file();
+    FILE *f = vmsh_scratch_stream("verify's sort of chunk IDs", err);
     if (!f)
-        return vmsh_error_set(err, -errno,
-                              "cannot create a temporary file for verify's sort of chunk IDs "
-                              "(TMPDIR, else /var/tmp): %s",
-                              strerror(errno));
+        return err && *err ? (*err)->code : -EIO;
     s->runs[s->n_runs++] = f;
     if (fwrite(s->buf, ID_LEN, s->n, f) != s->n || fflush(f) != 0 || fseeko(f, 0, SEEK_SET) != 0)
         return vmsh_error_set(err, -EIO, "cannot write verify's sort of chunk IDs: %s",
@@ -382,12 +353,9 @@ static void merger_free(merger *m)
  * files open at once stay under max_runs however many IDs there are. */
 static int collapse_runs(id_sorter *s, vmsh_error **err)
 {
-    FILE *out = temp_file();
+    FILE *out = vmsh_scratch_stream("verify's sort of chunk IDs", err);
     if (!out)
-        return vmsh_error_set(err, -errno,
-                              "cannot create a temporary file for verify's sort of chunk IDs "
-                              "(TMPDIR, else /var/tmp): %s",
-                              strerror(errno));
+        return err && *err ? (*err)->code : -EIO;
     size_t keep = s->n; /* the buffer is empty here: no source of the merge */
     s->n = 0;
     merger m;
