@@ -722,6 +722,7 @@ static void each_vm_at_once(vm_writer *w, bool (*want)(const vm_item *),
     }
     free(started);
 }
+
 static bool is_guest(const vm_item *it)
 {
     return it->method == VMSH_METHOD_GUEST;
