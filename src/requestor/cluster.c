@@ -104,7 +104,7 @@ int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so, vmsh
 typedef struct rvm {
     char *vm, *rsc, *prior, *node, *config, *backup;
     uint64_t seq_stop, seq_cfg;
-    bool stopping, cfg_journaled;
+    bool stopping, cfg_journaled, cfg_done;
 } rvm;
 
 struct req_cluster_restore {
@@ -316,6 +316,7 @@ static int rewrite(vmsh_hv *hv, req_cluster_restore *rc, rvm *x, const vmsh_requ
         return r;
     if ((r = vmsh_journal_mark(rc->j, x->seq_cfg, VMSH_JOURNAL_DONE, err)) < 0)
         return r;
+    x->cfg_done = true;
     vmsh_vm *v = NULL;
     if (vmsh_hv_get_vm(hv, x->vm, &v, NULL) == 0) {
         if (v->managed_save)
@@ -324,8 +325,14 @@ static int rewrite(vmsh_hv *hv, req_cluster_restore *rc, rvm *x, const vmsh_requ
                      "the restored disks); its restored memory state is not resumed",
                      x->vm);
         vmsh_vm_free(v);
-        if ((r = vmsh_hv_undefine(hv, x->vm, err)) < 0)
-            return vmsh_error_prefix(err, "VM %s: handing it to the cluster", x->vm);
+        /* Not fatal: the agent undefines it itself before each start. */
+        vmsh_error *e = NULL;
+        if (vmsh_hv_undefine(hv, x->vm, &e) < 0)
+            req_warn(cb,
+                     "VM %s: its libvirt definition stays (%s); the cluster's agent removes it "
+                     "at the next start",
+                     x->vm, e->message);
+        vmsh_error_free(e);
     }
     return 0;
 }
@@ -347,6 +354,24 @@ int req_cluster_restore_end(const vmsh_requestor_config *cfg, const vmsh_request
          * otherwise the cluster starts what it had (rolled back). */
         if (hr == 0 && registered(done, x->vm))
             q = rewrite(hv, rc, x, cb, &e);
+        if (q < 0 && x->cfg_journaled && !x->cfg_done && access(x->backup, F_OK) == 0 &&
+            rename(x->backup, x->config) == 0) {
+            /* The prior file is back: the cluster starts the prior
+             * definition rather than leave the VM stopped (R7); the error
+             * still says what failed. */
+            x->cfg_journaled = false;
+            vmsh_journal_mark(rc->j, x->seq_cfg, VMSH_JOURNAL_UNDONE, NULL);
+            req_warn(cb, "VM %s: %s; the prior %s is back and the cluster starts it", x->vm,
+                     e ? e->message : "the config file was not rewritten", x->config);
+            vmsh_error_free(e);
+            e = NULL;
+            q = 0;
+            if (r == 0)
+                r = vmsh_error_set(err, -EIO,
+                                   "VM %s was restored, but the config file of cluster resource "
+                                   "%s was not rewritten: the cluster starts its prior definition",
+                                   x->vm, x->rsc);
+        }
         if (q == 0) {
             req_step(cb, "cluster start", false, 0, 0);
             q = vmsh_cluster_start(x->rsc, x->prior, x->node, VMSH_CLUSTER_TIMEOUT_MS, &e);
