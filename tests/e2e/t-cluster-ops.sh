@@ -14,8 +14,9 @@
 #    resource is managed again, nothing is left in the journal;
 #  - refusals that change nothing: a failed resource (made by the negative
 #    control: a bare `virsh save` + `virsh restore` behind the cluster's back,
-#    which the cluster does record as a failure), no quorum, a config file
-#    that cannot be written (immutable);
+#    which the cluster does record as a failure), no quorum (expected votes
+#    raised by a configuration reload), a config file that cannot be written
+#    (immutable), a config file that names another domain (another UUID);
 #  - restore --dry-run lists the cluster steps; a restore stops the resource
 #    through the cluster, rewrites its config file with the restored
 #    definition (memory 128 MiB, changed to 160 MiB after the backup), and the
@@ -224,6 +225,20 @@ if chattr +i "$CFG" 2>/dev/null; then
 else
     echo "# unwritable config: chattr +i is not supported here; tests/unit/test_cluster.c covers the refusal"
 fi
+# (d) a config file that names another domain: same name, another UUID (the
+#     agent's monitor goes by the name only, so the cluster sees no change)
+cp "$CFG" "$LAB_WORK/cfg.saved"
+sed -i "s|<uuid>[^<]*</uuid>|<uuid>$(cat /proc/sys/kernel/random/uuid)</uuid>|" "$CFG"
+pid6=$(qemu_pid)
+vsh backup --method saved-state "$G"
+check "config of another domain: saved-state backup refused" test "$RC" != 0
+check "the error names the other domain's UUID" grep -q "names domain $G (UUID" <<<"$ERR"
+vsh restore --force "$GID" "$G"
+check "config of another domain: restore refused" test "$RC" != 0
+cp "$LAB_WORK/cfg.saved" "$CFG"
+check "config of another domain: the VM was not touched" test "$(qemu_pid)" = "$pid6"
+check "config of another domain: the resource was not touched" \
+    test -z "$(meta maintenance)$(meta target-role)"
 check "after the refusals: started, managed, no failure" mon_ok
 
 # --- restore (point 3)
