@@ -490,7 +490,12 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         json_object_object_add(fo, "replaces", json_object_new_boolean(exists));
         json_object_object_add(fo, "link_replaces", json_object_new_boolean(link_exists));
         if (strcmp(kind, "disk") == 0) {
-            json_object_object_add(fo, "format", jstr(disk_format(c, disk_target(f))));
+            const char *fmt = disk_format(c, disk_target(f));
+            json_object_object_add(fo, "format", jstr(fmt));
+            /* issue 27 point 3: the requestor writes the disk straight in
+             * its format (an image served by qemu-nbd), once */
+            if (strcmp(fmt, "raw") != 0)
+                json_object_object_add(fo, "write_as", jstr(fmt));
             json_object_object_add(fo, "repath",
                                    json_object_new_boolean(strcmp(final, vmsh_file_path(f)) != 0));
         }
@@ -619,30 +624,20 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ----------------------------------------------------------- post-restore */
 
-/* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
- * from the restored raw image (sparse in, sparse out). */
-static int place_disk(const char *tmp, const char *final, const char *format, vmsh_error **err)
+/* Moves a restored file into place and makes the move durable: the file
+ * itself was synced when written (the requestor's sink), the rename is on
+ * stable storage once its directory is synced; all before the VM is
+ * defined (issue 27 point 3). A disk comes already in its format: the plan
+ * asks the requestor to write it so ("write_as"), never a raw file converted
+ * afterwards (written twice, and qemu-img convert never flushed). */
+static int place_file(const char *tmp, const char *final, vmsh_error **err)
 {
-    if (strcmp(format, "raw") != 0) {
-        _cleanup_free_ char *conv = NULL;
-        if (asprintf(&conv, "%s.convert", tmp) < 0)
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        /* vmsh_hv_image_convert makes `conv` itself (O_EXCL, O_NOFOLLOW)
-         * before qemu-img, which follows a symbolic link at its output
-         * path: a link or file planted there is removed, never written
-         * through. */
-        int r =
-            vmsh_hv_image_convert(tmp, "raw", conv, format, "converting the restored disk", err);
-        if (r == 0 && rename(conv, tmp) < 0)
-            r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
-        if (r < 0) {
-            unlink(conv);
-            return r;
-        }
-    }
     if (rename(tmp, final) < 0)
         return vmsh_error_set(err, -errno, "cannot move %s into place: %s", final, strerror(errno));
-    return 0;
+    _cleanup_free_ char *dir = vmsh_path_dirname(final);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return vmsh_fs_fsync_dir(dir, err);
 }
 
 /* R12: a symbolic link at `link` to `target`, never over another VM's file,
@@ -846,14 +841,12 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             state_link = link ? json_object_get_string(link) : NULL;
             state_link_ours = jbool(fo, "link_replaces");
         } else if (strcmp(kind, "disk") == 0) {
-            r = place_disk(tmp, final, json_object_get_string(fmt), err);
+            r = place_file(tmp, final, err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
                 rp[n_rp++] = (vmsh_disk_repath){
                     .target = disk_target(f), .path = final, .format = json_object_get_string(fmt)};
         } else {
-            if (rename(tmp, final) < 0)
-                r = vmsh_error_set(err, -errno, "cannot move %s into place: %s", final,
-                                   strerror(errno));
+            r = place_file(tmp, final, err);
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
             if (r == 0 && link)
