@@ -1,10 +1,21 @@
 /* storage.c - the restore plan of one disk on storage of its kind
- * (include/vmshadow/hv/storage.h, issue 25 point 4). Pure decisions over
- * the probes' answers: nothing here changes the host. */
+ * (include/vmshadow/hv/storage.h, issue 25 point 4): pure decisions over the
+ * probes' answers, and the host's probes (read only: nothing here changes
+ * the host). */
 #include <vmshadow/hv/storage.h>
 #include <vmshadow/util/fs.h>
+#include <vmshadow/util/proc.h>
+
+#include "hv_private.h"
+
+#include <libvirt/virterror.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -337,4 +348,248 @@ int vmsh_stg_plan_disk(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
     if (r < 0)
         vmsh_stg_plan_clear(out);
     return r;
+}
+
+/* ------------------------------------------------------------ host probes */
+
+int vmsh_stg_lv_path(const char *dev, char **vg, char **lv)
+{
+    *vg = *lv = NULL;
+    char v[256], l[256];
+    size_t nv = 0, nl = 0;
+    const char *s;
+    if ((s = strncmp(dev, "/dev/mapper/", 12) == 0 ? dev + 12 : NULL)) {
+        /* VG-LV, a '-' inside a name doubled */
+        bool in_lv = false;
+        for (; *s; s++) {
+            if (*s == '-' && s[1] == '-') {
+                s++;
+            } else if (*s == '-' && !in_lv) {
+                in_lv = true;
+                continue;
+            }
+            if (in_lv ? nl + 1 >= sizeof(l) : nv + 1 >= sizeof(v))
+                return -EINVAL;
+            if (in_lv)
+                l[nl++] = *s;
+            else
+                v[nv++] = *s;
+        }
+        if (!in_lv)
+            return -ENOENT;
+    } else if ((s = strncmp(dev, "/dev/", 5) == 0 ? dev + 5 : NULL)) {
+        const char *slash = strchr(s, '/');
+        if (!slash || strchr(slash + 1, '/') || (size_t)(slash - s) >= sizeof(v) ||
+            strlen(slash + 1) >= sizeof(l))
+            return -ENOENT;
+        nv = (size_t)(slash - s);
+        memcpy(v, s, nv);
+        nl = strlen(slash + 1);
+        memcpy(l, slash + 1, nl);
+    } else {
+        return -ENOENT;
+    }
+    v[nv] = l[nl] = 0;
+    /* the directories of /dev that are no VG */
+    static const char *const not_vg[] = {"mapper", "disk", "block", "char",  "pts",
+                                         "shm",    "md",   "bus",   "input", "net"};
+    for (size_t i = 0; i < sizeof(not_vg) / sizeof(not_vg[0]); i++)
+        if (strcmp(v, not_vg[i]) == 0)
+            return -ENOENT;
+    if (!nv || !nl || !vmsh_name_is_safe(v) || !vmsh_name_is_safe(l) || v[0] == '-' || l[0] == '-')
+        return -ENOENT;
+    *vg = strdup(v);
+    *lv = strdup(l);
+    if (!*vg || !*lv) {
+        free(*vg), free(*lv);
+        *vg = *lv = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Environment of the Ceph commands: a cluster that does not answer makes
+ * them fail within seconds instead of hanging (the "pool down" refusal). */
+static char *const ceph_env[] = {
+    (char *)"CEPH_ARGS=--client-mount-timeout=10 --rados-mon-op-timeout=10 "
+            "--rados-osd-op-timeout=10",
+    NULL};
+
+/* Runs argv with env: *code is its exit status (-1: timed out, killed). */
+static int run_status(char *const argv[], char *const env[], int *code, vmsh_error **err)
+{
+    vmsh_proc_result res;
+    int r = vmsh_proc_run(argv, env, 30000, &res, err);
+    if (r < 0)
+        return r;
+    *code = res.timed_out || res.signal ? -1 : res.exit_code;
+    return 0;
+}
+
+static int host_block(void *opaque, const char *dev, const char *vm, uint64_t *size, char **used_by,
+                      vmsh_error **err)
+{
+    vmsh_hv *hv = opaque;
+    *used_by = NULL;
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT
+                   ? -ENOENT
+                   : vmsh_error_set(err, -errno, "cannot open %s: %s", dev, strerror(errno));
+    struct stat st;
+    int r = 0;
+    if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode))
+        r = vmsh_error_set(err, -ENOTBLK, "%s is not a block device: refused", dev);
+    else if (ioctl(fd, BLKGETSIZE64, size) < 0)
+        r = vmsh_error_set(err, -errno, "cannot read the size of %s: %s", dev, strerror(errno));
+    close(fd);
+    if (r < 0 || !hv)
+        return r;
+    /* another VM whose definition names the device (by its path or by the
+     * same device number) */
+    vmsh_vm **all = NULL;
+    size_t n = 0;
+    if ((r = vmsh_hv_list_vms(hv, &all, &n, err)) < 0)
+        return vmsh_error_prefix(err, "checking which VM uses %s", dev);
+    for (size_t i = 0; i < n && !*used_by; i++) {
+        if (vm && strcmp(all[i]->name, vm) == 0)
+            continue;
+        for (size_t k = 0; all[i]->xml && k < all[i]->xml->n_disks && !*used_by; k++) {
+            const char *src = all[i]->xml->disks[k].source;
+            struct stat o;
+            if (src && (strcmp(src, dev) == 0 ||
+                        (stat(src, &o) == 0 && S_ISBLK(o.st_mode) && o.st_rdev == st.st_rdev)))
+                *used_by = strdup(all[i]->name);
+        }
+    }
+    vmsh_vm_list_free(all, n);
+    return 0;
+}
+
+static int host_lv(void *opaque, const char *dev, char **vg, char **lv, uint64_t *vg_free,
+                   vmsh_error **err)
+{
+    (void)opaque;
+    int r = vmsh_stg_lv_path(dev, vg, lv);
+    if (r < 0)
+        return r == -ENOMEM ? oom(err) : -ENOENT;
+    char *argv[] = {(char *)"vgs", (char *)"--noheadings", (char *)"--nosuffix", (char *)"--units",
+                    (char *)"b",   (char *)"-o",           (char *)"vg_free",    *vg,
+                    NULL};
+    char *out = NULL;
+    size_t len = 0;
+    vmsh_error *e = NULL;
+    /* no VG of that name (or no LVM here): not an LV this host can make */
+    if (vmsh_proc_capture(argv, 30000, 4096, &out, &len, &e) < 0 ||
+        sscanf(out, " %" SCNu64, vg_free) != 1) {
+        vmsh_error_free(e);
+        free(out);
+        free(*vg), free(*lv);
+        *vg = *lv = NULL;
+        return -ENOENT;
+    }
+    free(out);
+    return 0;
+}
+
+static int host_rbd_pool(void *opaque, const char *pool, vmsh_error **err)
+{
+    (void)opaque;
+    char *argv[] = {(char *)"ceph", (char *)"osd", (char *)"pool", (char *)"ls", NULL};
+    char *out = NULL;
+    int code = 0;
+    vmsh_error *e = NULL;
+    /* the monitors answer (within 30 s, vmsh_proc_capture's timeout): the pool is there or not */
+    int r = vmsh_proc_capture(argv, 30000, 1u << 20, &out, &(size_t){0}, &e);
+    vmsh_error_free(e);
+    if (r < 0)
+        return -EHOSTDOWN;
+    bool found = false;
+    for (char *save = NULL, *t = strtok_r(out, "\n", &save); t && !found;
+         t = strtok_r(NULL, "\n", &save))
+        found = strcmp(t, pool) == 0;
+    free(out);
+    if (!found)
+        return -ENOENT;
+    /* the OSDs answer: listing the pool's images works within the timeout */
+    char *ls[] = {(char *)"rbd", (char *)"ls", (char *)"-p", (char *)pool, NULL};
+    if ((r = run_status(ls, ceph_env, &code, err)) < 0)
+        return r;
+    return code == 0 ? 0 : -EHOSTDOWN;
+}
+
+static int host_rbd_image(void *opaque, const char *pool, const char *image, uint64_t *size,
+                          vmsh_error **err)
+{
+    (void)opaque;
+    char spec[512];
+    snprintf(spec, sizeof(spec), "%s/%s", pool, image);
+    char *argv[] = {(char *)"rbd", (char *)"info", (char *)"--format", (char *)"json", spec, NULL};
+    char *out = NULL;
+    size_t len = 0;
+    vmsh_error *e = NULL;
+    int r = vmsh_proc_capture(argv, 30000, 1u << 20, &out, &len, &e);
+    if (r < 0) {
+        /* rbd exits 2 (ENOENT) for an image that is not there; the pool
+         * answered a moment ago (host_rbd_pool) */
+        bool absent = e && strstr(e->message, "status 2");
+        if (absent) {
+            vmsh_error_free(e);
+            return -ENOENT;
+        }
+        vmsh_error_propagate(err, &e);
+        return vmsh_error_prefix(err, "rbd info %s", spec);
+    }
+    const char *p = strstr(out, "\"size\":");
+    r = p && sscanf(p + 7, " %" SCNu64, size) == 1
+            ? 0
+            : vmsh_error_set(err, -EBADMSG, "rbd info %s: no size in its answer", spec);
+    free(out);
+    return r;
+}
+
+static int host_pool(void *opaque, const char *pool, vmsh_error **err)
+{
+    vmsh_hv *hv = opaque;
+    virStoragePoolPtr p = virStoragePoolLookupByName(vmsh_hv_conn(hv), pool);
+    if (!p)
+        return -ENOENT;
+    int active = virStoragePoolIsActive(p);
+    virStoragePoolFree(p);
+    (void)err;
+    return active == 1 ? 0 : -ENOENT;
+}
+
+static int host_volume(void *opaque, const char *pool, const char *vol, uint64_t *size, char **path,
+                       vmsh_error **err)
+{
+    vmsh_hv *hv = opaque;
+    virStoragePoolPtr p = virStoragePoolLookupByName(vmsh_hv_conn(hv), pool);
+    if (!p)
+        return -ENOENT;
+    virStoragePoolRefresh(p, 0);
+    virStorageVolPtr v = virStorageVolLookupByName(p, vol);
+    virStoragePoolFree(p);
+    if (!v)
+        return -ENOENT;
+    virStorageVolInfo info;
+    int r = 0;
+    if (virStorageVolGetInfo(v, &info) < 0 || !(*path = virStorageVolGetPath(v)))
+        r = vmsh_error_set(err, -EIO, "cannot read the volume %s of pool %s: %s", vol, pool,
+                           virGetLastErrorMessage());
+    else
+        *size = info.capacity;
+    virStorageVolFree(v);
+    return r;
+}
+
+void vmsh_stg_host_probes(vmsh_hv *hv, vmsh_stg_probes *out)
+{
+    *out = (vmsh_stg_probes){.opaque = hv,
+                             .block = host_block,
+                             .lv = host_lv,
+                             .rbd_pool = host_rbd_pool,
+                             .rbd_image = host_rbd_image,
+                             .pool = host_pool,
+                             .volume = host_volume};
 }

@@ -48,7 +48,7 @@ check "the plan wrote the disk as qcow2" \
 check "qemu-nbd wrote the disk" grep -q 'execve("[^"]*qemu-nbd"' "$TRACE"
 check "no qemu-img convert ran (the disk was written once)" \
     bash -c "! grep -E 'execve\\(\"[^\"]*qemu-img\", \\[[^]]*\"convert\"' '$TRACE'"
-check "no qemu-nbd is left" bash -c "! pgrep -f 'qemu-nbd.*$(basename "$DISK")'"
+check "no qemu-nbd is left" bash -c "! pgrep -f '[q]emu-nbd.*$(basename "$DISK")'"
 check "no temporary file is left" test -z "$(find "$LAB_WORK" -name '*.vmshadow-restore*')"
 
 # Durable before the definition, in this order.

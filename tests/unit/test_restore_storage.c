@@ -349,6 +349,44 @@ static void hostile_names_and_formats(void **state)
     assert_int_equal(h.calls, 0);
 }
 
+/* The VG and LV of a device path, as LVM names them (the lvcreate plan's
+ * input), and the block probe on what is no block device. */
+static void lv_paths_and_block_probe(void **state)
+{
+    (void)state;
+    struct {
+        const char *dev, *vg, *lv;
+    } ok[] = {
+        {"/dev/vg0/web-data", "vg0", "web-data"},
+        {"/dev/mapper/vg0-web--data", "vg0", "web-data"},
+        {"/dev/mapper/my--vg-root", "my-vg", "root"},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        char *vg = NULL, *lv = NULL;
+        assert_int_equal(vmsh_stg_lv_path(ok[i].dev, &vg, &lv), 0);
+        assert_string_equal(vg, ok[i].vg);
+        assert_string_equal(lv, ok[i].lv);
+        free(vg), free(lv);
+    }
+    const char *no[] = {"/dev/sdb1",   "/dev/disk/by-id/x",  "/dev/mapper/mpatha", "/dev/vg0/a/b",
+                        "/srv/vg0/lv", "/dev/../etc/passwd", "/dev/vg0/..",        "/dev/-x/y"};
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        char *vg = NULL, *lv = NULL;
+        assert_int_equal(vmsh_stg_lv_path(no[i], &vg, &lv), -ENOENT);
+        assert_null(vg);
+        assert_null(lv);
+    }
+    vmsh_stg_probes p;
+    vmsh_stg_host_probes(NULL, &p);
+    vmsh_error *err = NULL;
+    uint64_t size = 0;
+    char *used = NULL;
+    assert_int_equal(p.block(p.opaque, "/nonexistent/dev", "vm", &size, &used, &err), -ENOENT);
+    assert_int_equal(p.block(p.opaque, "/etc/hostname", "vm", &size, &used, &err), -ENOTBLK);
+    assert_non_null(strstr(err->message, "not a block device"));
+    vmsh_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -357,6 +395,7 @@ int main(void)
         cmocka_unit_test(rbd),
         cmocka_unit_test(volumes),
         cmocka_unit_test(hostile_names_and_formats),
+        cmocka_unit_test(lv_paths_and_block_probe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,15 @@ typedef struct vmsh_stg_plan {
 int vmsh_stg_plan_disk(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vmsh_stg_probes *p,
                        vmsh_stg_plan *out, vmsh_error **err);
 void vmsh_stg_plan_clear(vmsh_stg_plan *p);
+/* The real probes: block devices by ioctl (and which other VM's definition
+ * names one), LVM by `vgs`, Ceph by `ceph osd pool ls` / `rbd` (with client
+ * timeouts: a cluster that does not answer is "down"), storage pools and
+ * volumes by libvirt. */
+struct vmsh_hv;
+void vmsh_stg_host_probes(struct vmsh_hv *hv, vmsh_stg_probes *out);
+/* The VG and LV a device path names (/dev/VG/LV, /dev/mapper/VG-LV with '-'
+ * doubled inside names): 0, -ENOENT when it names none, -ENOMEM. */
+int vmsh_stg_lv_path(const char *dev, char **vg, char **lv);
 /* "written", "created", "converted" */
 const char *vmsh_stg_action_name(vmsh_stg_action a);
 
