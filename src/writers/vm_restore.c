@@ -571,8 +571,12 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             (r = plan_storage(w, o, set_id, c, f, &sp, &storage, err)) < 0)
             break;
         if (storage) {
-            /* onto storage of its kind, or an image file under --to */
-            final = sp.target, sp.target = NULL;
+            /* onto storage of its kind (what QEMU opens: a device, a
+             * volume's path, rbd:POOL/IMAGE), or an image file under --to */
+            if (sp.qemu_target)
+                final = sp.qemu_target, sp.qemu_target = NULL;
+            else
+                final = sp.target, sp.target = NULL;
             vmsh_stg_plan_clear(&sp);
         } else if ((r = final_path(o, c, f, &final, &link, err)) < 0) {
             break;
