@@ -175,8 +175,21 @@ static void sink_free(void *impl)
     /* a failed restore: the server goes, what it wrote is removed by the
      * caller */
     if (s->pid > 0) {
+        /* SIGTERM, and SIGKILL when it does not go within 5 s: qemu-nbd
+         * may wait on a connection it was still accepting (seen) */
         kill(s->pid, SIGTERM);
-        waitpid(s->pid, NULL, 0);
+        int waited = 0;
+        while (waitpid(s->pid, NULL, WNOHANG) == 0) {
+            if (waited >= 5000) {
+                kill(s->pid, SIGKILL);
+                waitpid(s->pid, NULL, 0);
+                break;
+            }
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            waited += 10;
+        }
+        s->pid = -1;
     }
     rm_dir(s);
     free(s->path);
@@ -240,8 +253,19 @@ static int start_server(nbd_sink *s, const char *format, vmsh_error **err)
     posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     /* nothing else of ours: no lock nor repository descriptor */
     posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    /* default dispositions and no blocked signal: the command line blocks
+     * or ignores some (SIGPIPE), which a child inherits */
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = -1;
-    int rc = posix_spawnp(&pid, "qemu-nbd", &fa, NULL, argv, environ);
+    int rc = posix_spawnp(&pid, "qemu-nbd", &fa, &at, argv, environ);
+    posix_spawnattr_destroy(&at);
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0)
         return vmsh_error_set(err, -rc, "cannot start qemu-nbd for %s: %s", s->path, strerror(rc));
@@ -264,12 +288,24 @@ static int start_server(nbd_sink *s, const char *format, vmsh_error **err)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    for (int k = 0; k < NBD_CONNS; k++) {
+    for (int k = 0, waited = 0; k < NBD_CONNS;) {
         if (!(s->conns[k] = nbd_create()))
             return vmsh_error_set(err, -ENOMEM, "cannot create an NBD handle: %s", nbd_get_error());
-        if (nbd_connect_unix(s->conns[k], sock) == -1)
+        if (nbd_connect_unix(s->conns[k], sock) == 0) {
+            k++;
+            continue;
+        }
+        /* the socket exists from bind(), connections are accepted from
+         * listen(): refused in between (seen on a loaded machine) */
+        int e = nbd_get_errno();
+        if ((e != ECONNREFUSED && e != EAGAIN) || waited >= START_WAIT_MS)
             return vmsh_error_set(err, -EIO, "cannot connect to qemu-nbd serving %s: %s", s->path,
                                   nbd_get_error());
+        nbd_close(s->conns[k]);
+        s->conns[k] = NULL;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        waited += 10;
     }
     s->h = s->conns[0];
     return 0;
