@@ -79,7 +79,7 @@ vsh restore "$B" --dry-run
 check "a block device another VM uses: refused" test "$RC" != 0
 check "... naming that VM" grep -q "used by VM $(lab_domname o)" <<<"$ERR"
 lab_virsh undefine "$(lab_domname o)" >/dev/null
-vsh restore "$B" --dry-run --as "$G-copy"
+vsh restore "$B" "$G" --dry-run --as "$G-copy"
 check "--as of a plain block device: refused" test "$RC" != 0
 check "... asking for --to" grep -q -- "--to DIR" <<<"$ERR"
 # a real restore in place stops before any change
@@ -109,7 +109,7 @@ check "... from a volume XML of the disk's size" grep -q "<capacity unit='bytes'
 lab_virsh vol-create-as "$POOL" v.img "$SIZE" --format raw >/dev/null || fail "vol-create-as"
 vsh --json restore "$V" --dry-run
 check "an existing volume: written" test "$(storage | jq -r '.action + " " + .target')" = "written v.img"
-vsh --json restore "$V" --dry-run --as "$G-copy"
+vsh --json restore "$V" "$G" --dry-run --as "$G-copy"
 check "--as: a new volume from the name" test "$(storage | jq -r '.action + " " + .target')" = "created $G-copy-v.img"
 V2=$(craft ".kind = \"volume\" | .pool = \"vmsh-gone-$$\" | .volume = \"v.img\" | .path = \"/nonexistent/v.img\"")
 vsh restore "$V2" --dry-run
