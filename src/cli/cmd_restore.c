@@ -80,6 +80,21 @@ static void print_plan_text(vmsh_cli *cli, json_object *vms, bool dry)
                 printf(" (%s)", txt(cli, fmt));
             if (json_object_object_get_ex(f, "link", &link) && link)
                 printf(", linked from %s", txt(cli, link));
+            /* issue 25: a disk on storage of its kind: written, created or
+             * converted, and how it would be created */
+            json_object *stg = NULL, *act = NULL, *snote = NULL, *cmd = NULL, *xml = NULL;
+            if (json_object_object_get_ex(f, "storage", &stg) && stg) {
+                json_object_object_get_ex(stg, "action", &act);
+                json_object_object_get_ex(stg, "note", &snote);
+                printf(", %s: %s", txt(cli, act), txt(cli, snote));
+                if (json_object_object_get_ex(stg, "create_command", &cmd) && cmd) {
+                    printf("\n      create:");
+                    for (size_t a = 0; a < json_object_array_length(cmd); a++)
+                        printf(" %s", txt(cli, json_object_array_get_idx(cmd, a)));
+                }
+                if (json_object_object_get_ex(stg, "create_xml", &xml) && xml)
+                    printf("\n      create: %s", txt(cli, xml));
+            }
             printf("\n");
         }
         json_object *ifaces = NULL, *res = NULL;

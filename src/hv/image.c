@@ -266,5 +266,14 @@ int vmsh_hv_image_bitmap(const char *op, const char *path, const char *name, vms
 {
     char *argv[] = {(char *)"qemu-img", (char *)"bitmap", (char *)op,   (char *)"-f",
                     (char *)"qcow2",    (char *)path,     (char *)name, NULL};
-    return run_img_named(argv, "qemu-img bitmap", err);
+    int r = run_img_named(argv, "qemu-img bitmap", err);
+    /* the image changed: on stable storage before a VM is defined on it
+     * (issue 27 point 3), whatever qemu-img's cache mode did */
+    int fd = r == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+        if (fsync(fd) < 0)
+            r = vmsh_error_set(err, -errno, "cannot fsync %s: %s", path, strerror(errno));
+        close(fd);
+    }
+    return r;
 }

@@ -1,13 +1,17 @@
-/* restore.c - writing a backed-up file back: sparse, every chunk checked
- * before it is written, O_DIRECT where the filesystem allows (PERF.md:
- * buffered writes of fresh data cost ~2 CPU-s per GiB, O_DIRECT 2.3 GB/s). */
+/* restore.c - writing a backed-up file back into a sink (sink.h): sparse,
+ * every chunk checked before it is written, O_DIRECT where the filesystem
+ * allows (PERF.md: buffered writes of fresh data cost ~2 CPU-s per GiB,
+ * O_DIRECT 2.3 GB/s); the file and block device sinks. */
 #include "internal.h"
 
+#include <vmshadow/repo/sink.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +27,7 @@ typedef struct rjob {
     vmsh_repo *r;
     const vmsh_file_index *idx;
     const char *backup, *file;
-    int fd;
-    bool direct;
+    const vmsh_sink *sink;
     atomic_size_t next;
     atomic_bool failed;
     atomic_uint_fast64_t written, chunks;
@@ -67,22 +70,18 @@ static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
     uint64_t last_off = off + len;
     len += j->idx->size - last_off < CHUNK_SIZE ? (size_t)(j->idx->size - last_off) : CHUNK_SIZE;
     size_t data = len;
-    if (j->direct && len % 4096) {
+    if (j->sink->direct && len % 4096) {
         /* O_DIRECT writes whole blocks: pad; the final ftruncate trims. */
         size_t padded = (len + 4095) / 4096 * 4096;
         memset(w->buf + len, 0, padded - len);
         len = padded;
     }
-    for (size_t done = 0; done < len;) {
-        ssize_t n = pwrite(j->fd, w->buf + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return vmsh_error_set(err, n < 0 ? -errno : -EIO, "cannot write %s: %s%s", j->file,
-                                  strerror(n < 0 ? errno : EIO),
-                                  n < 0 && errno == ENOSPC ? " (the target filesystem is full)"
-                                                           : "");
-        done += (size_t)n;
+    size_t step = j->sink->max_write ? j->sink->max_write : len;
+    for (size_t done = 0; done < len; done += step) {
+        size_t n = len - done < step ? len - done : step;
+        int rc = j->sink->ops->pwrite(j->sink->impl, w->buf + done, n, off + done, err);
+        if (rc < 0)
+            return vmsh_error_prefix(err, "restoring %s", j->file);
     }
     atomic_fetch_add(&j->written, data);
     atomic_fetch_add(&j->chunks, count);
@@ -144,44 +143,57 @@ static void *rworker_main(void *arg)
     return NULL;
 }
 
-static int restore_index(vmsh_repo *r, const char *backup, const char *file,
-                         const vmsh_file_index *idx, int fd, vmsh_progress_fn progress,
-                         void *opaque, vmsh_restore_stats *stats, vmsh_error **err)
+/* Makes the gaps between stored chunks (holes and zero chunks of the
+ * backup) read as zeros on a sink that does not already. */
+static int zero_gaps(const vmsh_file_index *idx, const vmsh_sink *s, const char *file,
+                     vmsh_error **err)
 {
-    int fl = fcntl(fd, F_GETFL);
-    rjob j = {.r = r,
-              .idx = idx,
-              .backup = backup,
-              .file = file,
-              .fd = fd,
-              .direct = fl >= 0 && (fl & O_DIRECT)};
+    uint8_t *zeros = NULL;
+    uint64_t pos = 0;
+    int rc = 0;
+    for (size_t i = 0; i <= idx->count && rc == 0; i++) {
+        uint64_t end = i < idx->count ? idx->entries[i].chunk * CHUNK_SIZE : idx->size;
+        if (end > idx->size)
+            end = idx->size;
+        if (end > pos) {
+            rc = s->ops->zero ? s->ops->zero(s->impl, pos, end - pos, err) : -EOPNOTSUPP;
+            if (rc == -EOPNOTSUPP) {
+                /* no zeroing request: write zeros (correctness first) */
+                rc = 0;
+                if (!zeros && !(zeros = calloc(1, CHUNK_SIZE)))
+                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+                for (uint64_t o = pos; rc == 0 && o < end; o += CHUNK_SIZE) {
+                    size_t n = end - o < CHUNK_SIZE ? (size_t)(end - o) : CHUNK_SIZE;
+                    rc = s->ops->pwrite(s->impl, zeros, n, o, err);
+                }
+            }
+            if (rc < 0)
+                vmsh_error_prefix(err, "restoring %s: zeroing its holes", file);
+        }
+        if (i < idx->count)
+            pos = (idx->entries[i].chunk + 1) * CHUNK_SIZE;
+    }
+    free(zeros);
+    return rc;
+}
+
+static int restore_index(vmsh_repo *r, const char *backup, const char *file,
+                         const vmsh_file_index *idx, const vmsh_sink *sink,
+                         vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
+                         vmsh_error **err)
+{
+    if (sink->size != idx->size)
+        return vmsh_error_set(err, -EINVAL, "%s: the target has %llu bytes, the file %llu",
+                              sink->what ? sink->what : file, (unsigned long long)sink->size,
+                              (unsigned long long)idx->size);
+    rjob j = {.r = r, .idx = idx, .backup = backup, .file = file, .sink = sink};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
     atomic_init(&j.written, 0);
     atomic_init(&j.chunks, 0);
     pthread_mutex_init(&j.mu, NULL);
-    if (ftruncate(fd, (off_t)idx->size) < 0) {
-        pthread_mutex_destroy(&j.mu);
-        return vmsh_error_set(err, -errno, "cannot size %s: %s", file, strerror(errno));
-    }
     /* Restores wait on the disk (synchronous O_DIRECT reads and writes): twice
      * as many threads as CPUs keep both busy, unless the caller chose. */
-    /* Allocate the data ranges first: writes into allocated (unwritten)
-     * extents run in parallel, where ext4 serialises O_DIRECT writes that
-     * must allocate. Holes stay holes. Best effort: not every filesystem
-     * has fallocate. */
-    for (size_t i = 0; i < idx->count;) {
-        size_t k = i + 1;
-        while (k < idx->count && idx->entries[k].chunk == idx->entries[k - 1].chunk + 1)
-            k++;
-        uint64_t off = idx->entries[i].chunk * CHUNK_SIZE;
-        uint64_t end = (idx->entries[k - 1].chunk + 1) * CHUNK_SIZE;
-        if (end > idx->size)
-            end = idx->size;
-        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)(end - off)) < 0)
-            break;
-        i = k;
-    }
     unsigned nw = r->threads ? repo_threads(r) : 2 * repo_threads(r);
     rworker *ws = vmsh_calloc_array(nw, sizeof(*ws));
     if (!ws) {
@@ -226,8 +238,11 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
         vmsh_error_propagate(err, &j.err);
         return j.code;
     }
-    if (j.direct && ftruncate(fd, (off_t)idx->size) < 0)
-        return vmsh_error_set(err, -errno, "cannot size %s: %s", file, strerror(errno));
+    if (!sink->reads_zero) {
+        int rc = zero_gaps(idx, sink, file, err);
+        if (rc < 0)
+            return rc;
+    }
     if (stats) {
         stats->bytes_written = atomic_load(&j.written);
         stats->chunks = atomic_load(&j.chunks);
@@ -264,9 +279,133 @@ static int open_file(vmsh_repo *r, const char *spec, const char *name, char id[1
     return rc;
 }
 
-int vmsh_repo_restore_fd(vmsh_repo *r, const char *spec, const char *name, int fd,
-                         vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
-                         vmsh_error **err)
+/* ---- the file and block device sink ---- */
+
+typedef struct fd_sink {
+    int fd;
+    bool block;
+    const char *what;
+} fd_sink;
+
+static int fd_pwrite(void *impl, const void *buf, size_t len, uint64_t off, vmsh_error **err)
+{
+    fd_sink *s = impl;
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(s->fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return vmsh_error_set(err, n < 0 ? -errno : -EIO, "cannot write %s: %s%s", s->what,
+                                  strerror(n < 0 ? errno : EIO),
+                                  n < 0 && errno == ENOSPC ? " (the target filesystem is full)"
+                                                           : "");
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static int fd_zero(void *impl, uint64_t off, uint64_t len, vmsh_error **err)
+{
+    fd_sink *s = impl;
+    (void)err;
+    if (s->block) {
+        /* the device zeroes (or unmaps with zeroing guaranteed) itself */
+        uint64_t range[2] = {off, len};
+        return ioctl(s->fd, BLKZEROOUT, range) == 0 ? 0 : -EOPNOTSUPP;
+    }
+    return fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0
+               ? 0
+               : -EOPNOTSUPP;
+}
+
+static int fd_flush(void *impl, vmsh_error **err)
+{
+    fd_sink *s = impl;
+    if (fsync(s->fd) < 0)
+        return vmsh_error_set(err, -errno, "cannot flush %s: %s", s->what, strerror(errno));
+    return 0;
+}
+
+static int fd_finish(void *impl, vmsh_error **err)
+{
+    int r = fd_flush(impl, err);
+    free(impl);
+    return r;
+}
+
+static const vmsh_sink_ops fd_ops = {
+    .version = VMSH_SINK_OPS_VERSION,
+    .kind = "file",
+    .pwrite = fd_pwrite,
+    .zero = fd_zero,
+    .flush = fd_flush,
+    .finish = fd_finish,
+    .free = free,
+};
+
+int vmsh_sink_open_fd(int fd, uint64_t size, const char *what, vmsh_sink **out, vmsh_error **err)
+{
+    *out = NULL;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return vmsh_error_set(err, -errno, "%s: %s", what, strerror(errno));
+    bool block = S_ISBLK(st.st_mode);
+    if (!block && !S_ISREG(st.st_mode))
+        return vmsh_error_set(err, -EINVAL, "%s is neither a file nor a block device", what);
+    if (block) {
+        uint64_t have = 0;
+        if (ioctl(fd, BLKGETSIZE64, &have) < 0)
+            return vmsh_error_set(err, -errno, "cannot read the size of %s: %s", what,
+                                  strerror(errno));
+        if (have < size)
+            return vmsh_error_set(err, -ENOSPC,
+                                  "block device %s has %llu bytes, the disk needs %llu: too small",
+                                  what, (unsigned long long)have, (unsigned long long)size);
+    } else if (ftruncate(fd, (off_t)size) < 0) {
+        return vmsh_error_set(err, -errno, "cannot size %s: %s", what, strerror(errno));
+    }
+    vmsh_sink *s = calloc(1, sizeof(*s));
+    fd_sink *f = calloc(1, sizeof(*f));
+    if (!s || !f) {
+        free(s), free(f);
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    int fl = fcntl(fd, F_GETFL);
+    *f = (fd_sink){.fd = fd, .block = block, .what = what};
+    /* a regular file the caller made empty reads as zeros; a device holds
+     * what was there before */
+    *s = (vmsh_sink){.ops = &fd_ops,
+                     .impl = f,
+                     .size = size,
+                     .reads_zero = !block && st.st_size == 0,
+                     .direct = !block && fl >= 0 && (fl & O_DIRECT)};
+    *out = s;
+    return 0;
+}
+
+int vmsh_sink_finish(vmsh_sink *s, vmsh_error **err)
+{
+    if (!s)
+        return 0;
+    int r = s->ops->finish ? s->ops->finish(s->impl, err) : 0;
+    free(s);
+    return r;
+}
+
+void vmsh_sink_free(vmsh_sink *s)
+{
+    if (!s)
+        return;
+    if (s->ops->free)
+        s->ops->free(s->impl);
+    free(s);
+}
+
+/* ---- restores ---- */
+
+int vmsh_repo_restore_sink(vmsh_repo *r, const char *spec, const char *name, vmsh_sink *sink,
+                           vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
+                           vmsh_error **err)
 {
     vmsh_lock *rl = NULL;
     int rc = repo_lock(r, "read", false, &rl, err);
@@ -278,7 +417,56 @@ int vmsh_repo_restore_fd(vmsh_repo *r, const char *spec, const char *name, int f
     if (rc == 0)
         rc = repo_load_map(r, err);
     if (rc == 0)
-        rc = restore_index(r, id, name, idx, fd, progress, opaque, stats, err);
+        rc = restore_index(r, id, name, idx, sink, progress, opaque, stats, err);
+    vmsh_file_index_free(idx);
+    vmsh_lock_free(rl);
+    return rc;
+}
+
+/* Allocates the data ranges of a regular file first: writes into allocated
+ * (unwritten) extents run in parallel, where ext4 serialises O_DIRECT writes
+ * that must allocate. Holes stay holes. Best effort: not every filesystem
+ * has fallocate. */
+static void preallocate(int fd, const vmsh_file_index *idx)
+{
+    for (size_t i = 0; i < idx->count;) {
+        size_t k = i + 1;
+        while (k < idx->count && idx->entries[k].chunk == idx->entries[k - 1].chunk + 1)
+            k++;
+        uint64_t off = idx->entries[i].chunk * CHUNK_SIZE;
+        uint64_t end = (idx->entries[k - 1].chunk + 1) * CHUNK_SIZE;
+        if (end > idx->size)
+            end = idx->size;
+        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)(end - off)) < 0)
+            break;
+        i = k;
+    }
+}
+
+int vmsh_repo_restore_fd(vmsh_repo *r, const char *spec, const char *name, int fd,
+                         vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
+                         vmsh_error **err)
+{
+    vmsh_lock *rl = NULL;
+    int rc = repo_lock(r, "read", false, &rl, err);
+    if (rc < 0)
+        return rc;
+    char id[VMSH_BACKUP_ID_LEN + 1];
+    vmsh_file_index *idx = NULL;
+    vmsh_sink *sink = NULL;
+    rc = open_file(r, spec, name, id, &idx, err);
+    if (rc == 0)
+        rc = repo_load_map(r, err);
+    if (rc == 0)
+        rc = vmsh_sink_open_fd(fd, idx->size, name, &sink, err);
+    if (rc == 0 && !((fd_sink *)sink->impl)->block)
+        preallocate(fd, idx);
+    if (rc == 0)
+        rc = restore_index(r, id, name, idx, sink, progress, opaque, stats, err);
+    /* O_DIRECT wrote the tail as a whole block: trimmed back */
+    if (rc == 0 && sink->direct && ftruncate(fd, (off_t)idx->size) < 0)
+        rc = vmsh_error_set(err, -errno, "cannot size %s: %s", name, strerror(errno));
+    vmsh_sink_free(sink);
     vmsh_file_index_free(idx);
     vmsh_lock_free(rl);
     return rc;

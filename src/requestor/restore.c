@@ -6,6 +6,9 @@
 #include "requestor_priv.h"
 
 #include <vmshadow/coord/document.h>
+#include <vmshadow/coord/json.h>
+#include <vmshadow/hv/sink.h>
+#include <vmshadow/repo/sink.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/identity.h>
@@ -22,6 +25,7 @@ typedef struct req_restorer {
     const vmsh_requestor_callbacks *cb;
     vmsh_repo *repo;
     const char *id;
+    const vmsh_backup_info *bi;
     bool damaged; /* a chunk or index was missing or damaged (exit code 3) */
 } req_restorer;
 
@@ -34,6 +38,49 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
     restore_progress *p = opaque;
     p->cb->progress(p->cb->opaque, p->name, done, total);
+}
+
+/* The format the VM writer's plan asks a file to be written in ("write_as"
+ * of its entry in the component's "restore" plan; NULL: as stored, raw). */
+static const char *write_as(const vmsh_component *c, const vmsh_file *f)
+{
+    json_object *plan = NULL, *files = NULL;
+    if (!json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan) ||
+        !json_object_object_get_ex(plan, "files", &files) ||
+        !json_object_is_type(files, json_type_array))
+        return NULL;
+    for (size_t i = 0; i < json_object_array_length(files); i++) {
+        json_object *fo = json_object_array_get_idx(files, i);
+        const char *n = vmsh_json_str(fo, "file");
+        if (n && strcmp(n, vmsh_file_name(f)) == 0)
+            return vmsh_json_str(fo, "write_as");
+    }
+    return NULL;
+}
+
+/* Writes one file straight into an image of `format` at `dest` (issue 27
+ * point 3: once, in its format, flushed and synced with its directory). */
+static int restore_image(req_restorer *q, const char *name, const char *dest, const char *format,
+                         vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *st,
+                         vmsh_error **err)
+{
+    const vmsh_backup_file *bf = vmsh_backup_info_file(q->bi, name);
+    if (!bf)
+        return vmsh_error_set(err, -ENOENT, "backup %s has no file named \"%s\"", q->id, name);
+    /* a leftover of an earlier, killed run at the temporary name */
+    unlink(dest);
+    vmsh_sink *sink = NULL;
+    int r = vmsh_hv_image_sink_create(dest, format, bf->size, &sink, err);
+    if (r == 0)
+        r = vmsh_repo_restore_sink(q->repo, q->id, name, sink, progress, opaque, st, err);
+    if (r == 0) {
+        r = vmsh_sink_finish(sink, err);
+        sink = NULL;
+    }
+    vmsh_sink_free(sink);
+    if (r < 0)
+        unlink(dest);
+    return r;
 }
 
 static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata *md,
@@ -55,8 +102,11 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
     vmsh_error *e = NULL;
     req_step(q->cb, step, false, 0, 0);
     int64_t t0 = vmsh_now_ms();
-    int r = vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? on_progress : NULL,
-                                   show ? &ps : NULL, &st, &e);
+    const char *fmt = write_as(c, f);
+    int r = fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
+                                &st, &e)
+                : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,
+                                         show ? on_progress : NULL, show ? &ps : NULL, &st, &e);
     req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     if (r < 0) {
         /* recorded, not returned: PostRestore reports this VM (R11) and the
@@ -140,6 +190,7 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
         goto out;
     }
     q.id = res->backup_id;
+    q.bi = bi;
     if ((r = vmsh_backup_doc_parse(bi->document, strlen(bi->document), &doc, err)) < 0) {
         vmsh_error_prefix(err, "backup %s", q.id);
         goto out;

@@ -22,6 +22,7 @@
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/hv/hvops.h>
+#include <vmshadow/hv/storage.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
@@ -72,6 +73,22 @@ static const char *disk_format(const vmsh_component *c, const char *target)
             return json_object_get_string(f);
     }
     return "raw";
+}
+
+/* The VM writer's Identify record of the disk `target`, or NULL. */
+static json_object *disk_record(const vmsh_component *c, const char *target)
+{
+    json_object *extra = vmsh_component_extra(c), *disks = NULL;
+    if (!target || !extra || !json_object_object_get_ex(extra, "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array))
+        return NULL;
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *d = json_object_array_get_idx(disks, i);
+        const char *t = vmsh_json_str(d, "target");
+        if (t && strcmp(t, target) == 0)
+            return d;
+    }
+    return NULL;
 }
 
 /* The restored VM's name: --as, else the component's. */
@@ -433,6 +450,82 @@ static int check_identity(const vmsh_component *c, const char *xml, size_t len, 
     return r;
 }
 
+/* Issue 25 point 4: a disk stored elsewhere than in an image file (a block
+ * device, an RBD image, a pool volume; the Identify record's "kind") goes
+ * back onto storage of its kind, or into an image file under --to. Fills
+ * *out with the plan (NULL: an image file, planned by final_path) and
+ * refuses before anything changes what cannot be done. */
+static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set_id,
+                        const vmsh_component *c, const vmsh_file *f, vmsh_stg_plan *plan,
+                        json_object **out, vmsh_error **err)
+{
+    *out = NULL;
+    json_object *d = disk_record(c, disk_target(f));
+    const char *kind = vmsh_json_str(d, "kind");
+    if (!kind || strcmp(kind, "file") == 0)
+        return 0;
+    const char *proto = vmsh_json_str(d, "protocol");
+    vmsh_stg_disk sd = {.target = disk_target(f),
+                        .format = disk_format(c, disk_target(f)),
+                        .source = vmsh_json_str(d, "path"),
+                        .size = vmsh_file_size(f) > 0 ? (uint64_t)vmsh_file_size(f) : 0};
+    if (strcmp(kind, "block") == 0) {
+        sd.kind = VMSH_STG_BLOCK;
+    } else if (strcmp(kind, "volume") == 0) {
+        sd.kind = VMSH_STG_VOLUME;
+        sd.pool = vmsh_json_str(d, "pool");
+        sd.source = vmsh_json_str(d, "volume");
+    } else if (strcmp(kind, "network") == 0 && proto && strcmp(proto, "rbd") == 0) {
+        sd.kind = VMSH_STG_RBD;
+    } else if (!o->restore_dir) {
+        return vmsh_error_set(err, -ENOTSUP,
+                              "VM %s: disk %s is a %s disk%s%s, which the restore cannot put "
+                              "back onto its storage: restore with --to DIR (it becomes an image "
+                              "file there)",
+                              vmsh_component_name(c), sd.target, kind, proto ? " over " : "",
+                              proto ? proto : "");
+    } else {
+        sd.kind = VMSH_STG_BLOCK; /* --to: any kind becomes a file */
+    }
+    vmsh_stg_options so = {
+        .vm = new_name(o, c), .as_copy = o->restore_as != NULL, .to_dir = o->restore_dir};
+    vmsh_stg_probes probes;
+    vmsh_stg_host_probes(w->hv, &probes);
+    int r = vmsh_stg_plan_disk(&sd, &so, &probes, plan, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "VM %s", vmsh_component_name(c));
+    static const char *const kinds[] = {"file", "block", "rbd", "volume"};
+    json_object *st = json_object_new_object();
+    json_object_object_add(st, "kind", jstr(kind));
+    json_object_object_add(st, "restored_as", jstr(kinds[plan->kind]));
+    json_object_object_add(st, "action", jstr(vmsh_stg_action_name(plan->action)));
+    json_object_object_add(st, "target", jstr(plan->target));
+    json_object_object_add(st, "pool", jstr(plan->pool));
+    json_object_object_add(st, "note", jstr(plan->note));
+    json_object *argv = plan->create_argv ? json_object_new_array() : NULL;
+    for (size_t i = 0; argv && plan->create_argv[i]; i++)
+        json_object_array_add(argv, jstr(plan->create_argv[i]));
+    json_object_object_add(st, "create_command", argv);
+    json_object_object_add(st, "create_xml", jstr(plan->create_xml));
+    *out = st;
+    /* Written straight onto a device, an RBD image or a volume: the plan
+     * above is decided and shown (--dry-run), the write itself is not wired
+     * yet; an image file under --to is (the usual file path). */
+    if (set_id && plan->action != VMSH_STG_CONVERT && plan->kind != VMSH_STG_FILE) {
+        r = vmsh_error_set(err, -ENOTSUP,
+                           "VM %s: disk %s would be %s onto %s (%s); writing onto block "
+                           "devices, RBD images and pool volumes is not implemented yet: "
+                           "restore with --to DIR (it becomes an image file there)",
+                           vmsh_component_name(c), sd.target, vmsh_stg_action_name(plan->action),
+                           plan->target, kinds[plan->kind]);
+        json_object_put(st);
+        *out = NULL;
+        vmsh_stg_plan_clear(plan);
+        return r;
+    }
+    return 0;
+}
+
 /* Plans one component: its files' final and temporary places, in the
  * component's extra "restore" object (also the dry-run's output). Refuses
  * any place the restore may not write (R10, R12). */
@@ -472,12 +565,27 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         vmsh_file *f = vmsh_component_file(c, i);
         const char *kind = vmsh_file_kind(f);
         _cleanup_free_ char *final = NULL, *tmp = NULL, *link = NULL;
-        if ((r = final_path(o, c, f, &final, &link, err)) < 0)
+        vmsh_stg_plan sp = {0};
+        json_object *storage = NULL;
+        if (strcmp(kind, "disk") == 0 && disk_target(f) &&
+            (r = plan_storage(w, o, set_id, c, f, &sp, &storage, err)) < 0)
             break;
+        if (storage) {
+            /* onto storage of its kind (what QEMU opens: a device, a
+             * volume's path, rbd:POOL/IMAGE), or an image file under --to */
+            if (sp.qemu_target)
+                final = sp.qemu_target, sp.qemu_target = NULL;
+            else
+                final = sp.target, sp.target = NULL;
+            vmsh_stg_plan_clear(&sp);
+        } else if ((r = final_path(o, c, f, &final, &link, err)) < 0) {
+            break;
+        }
         bool exists = false, link_exists = false;
         /* outside --to's directory: only where nothing is, or over what
          * the VM being replaced owns */
-        if (final && !o->restore_dir && (r = may_replace(&cur, c, final, kind, &exists, err)) < 0)
+        if (final && !o->restore_dir && !storage &&
+            (r = may_replace(&cur, c, final, kind, &exists, err)) < 0)
             break;
         if (link && (r = may_replace(&cur, c, link, kind, &link_exists, err)) < 0)
             break;
@@ -489,8 +597,14 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         /* PostRestore replaces only what was there, and was checked, now */
         json_object_object_add(fo, "replaces", json_object_new_boolean(exists));
         json_object_object_add(fo, "link_replaces", json_object_new_boolean(link_exists));
+        json_object_object_add(fo, "storage", storage);
         if (strcmp(kind, "disk") == 0) {
-            json_object_object_add(fo, "format", jstr(disk_format(c, disk_target(f))));
+            const char *fmt = disk_format(c, disk_target(f));
+            json_object_object_add(fo, "format", jstr(fmt));
+            /* issue 27 point 3: the requestor writes the disk straight in
+             * its format (an image served by qemu-nbd), once */
+            if (strcmp(fmt, "raw") != 0)
+                json_object_object_add(fo, "write_as", jstr(fmt));
             json_object_object_add(fo, "repath",
                                    json_object_new_boolean(strcmp(final, vmsh_file_path(f)) != 0));
         }
@@ -619,30 +733,20 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ----------------------------------------------------------- post-restore */
 
-/* Moves a restored disk into place in its format: a qcow2 disk is rebuilt
- * from the restored raw image (sparse in, sparse out). */
-static int place_disk(const char *tmp, const char *final, const char *format, vmsh_error **err)
+/* Moves a restored file into place and makes the move durable: the file
+ * itself was synced when written (the requestor's sink), the rename is on
+ * stable storage once its directory is synced; all before the VM is
+ * defined (issue 27 point 3). A disk comes already in its format: the plan
+ * asks the requestor to write it so ("write_as"), never a raw file converted
+ * afterwards (written twice, and qemu-img convert never flushed). */
+static int place_file(const char *tmp, const char *final, vmsh_error **err)
 {
-    if (strcmp(format, "raw") != 0) {
-        _cleanup_free_ char *conv = NULL;
-        if (asprintf(&conv, "%s.convert", tmp) < 0)
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        /* vmsh_hv_image_convert makes `conv` itself (O_EXCL, O_NOFOLLOW)
-         * before qemu-img, which follows a symbolic link at its output
-         * path: a link or file planted there is removed, never written
-         * through. */
-        int r =
-            vmsh_hv_image_convert(tmp, "raw", conv, format, "converting the restored disk", err);
-        if (r == 0 && rename(conv, tmp) < 0)
-            r = vmsh_error_set(err, -errno, "cannot rename %s: %s", conv, strerror(errno));
-        if (r < 0) {
-            unlink(conv);
-            return r;
-        }
-    }
     if (rename(tmp, final) < 0)
         return vmsh_error_set(err, -errno, "cannot move %s into place: %s", final, strerror(errno));
-    return 0;
+    _cleanup_free_ char *dir = vmsh_path_dirname(final);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return vmsh_fs_fsync_dir(dir, err);
 }
 
 /* R12: a symbolic link at `link` to `target`, never over another VM's file,
@@ -846,14 +950,12 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             state_link = link ? json_object_get_string(link) : NULL;
             state_link_ours = jbool(fo, "link_replaces");
         } else if (strcmp(kind, "disk") == 0) {
-            r = place_disk(tmp, final, json_object_get_string(fmt), err);
+            r = place_file(tmp, final, err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
                 rp[n_rp++] = (vmsh_disk_repath){
                     .target = disk_target(f), .path = final, .format = json_object_get_string(fmt)};
         } else {
-            if (rename(tmp, final) < 0)
-                r = vmsh_error_set(err, -errno, "cannot move %s into place: %s", final,
-                                   strerror(errno));
+            r = place_file(tmp, final, err);
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
             if (r == 0 && link)

@@ -1,0 +1,108 @@
+/* storage.h - where a restored disk goes on storage of its kind (issue 25
+ * point 4): the restore plan of one disk, decided before anything changes.
+ *
+ * In place, a block device (LVM LV, partition), an RBD image or a storage
+ * pool volume is written back when it exists and is large enough; a missing
+ * one is created where its VG / Ceph pool / storage pool exists (lvcreate,
+ * rbd create, virStorageVolCreateXML), else the plan says why. `--to DIR`
+ * turns any disk into an image file there (type='file'); `--as NAME` never
+ * touches the original's storage: a new LV / RBD image / volume named from
+ * NAME; a plain block device cannot be created, so that disk needs --to.
+ * Refused before any change: a device too small, a device another VM uses,
+ * an unreachable Ceph pool.
+ *
+ * What exists on the host comes through a table of probes, so that the
+ * plan is unit-tested with synthetic hosts (LVM cannot run on the lab's
+ * kernel: no device-mapper); vmsh_stg_host_probes are the real ones (block
+ * devices by ioctl, LVM by `lvs`/`vgs`, RBD by `rbd`, volumes by libvirt).
+ */
+#ifndef VMSH_HV_STORAGE_H
+#define VMSH_HV_STORAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <vmshadow/util/error.h>
+
+typedef enum {
+    VMSH_STG_FILE,   /* an image file (type='file') */
+    VMSH_STG_BLOCK,  /* a host block device (type='block', or an LV) */
+    VMSH_STG_RBD,    /* a Ceph RBD image QEMU opens (type='network' protocol='rbd') */
+    VMSH_STG_VOLUME, /* a storage pool volume (type='volume') */
+} vmsh_stg_kind;
+
+/* A disk as the backup describes it (hostile input: checked here). */
+typedef struct vmsh_stg_disk {
+    const char *target; /* "vda" */
+    vmsh_stg_kind kind;
+    const char *source; /* file or device path; RBD "POOL/IMAGE"; volume name */
+    const char *pool;   /* storage pool of a volume */
+    const char *format; /* "raw", "qcow2" */
+    uint64_t size;      /* bytes the restored disk needs on its storage */
+} vmsh_stg_disk;
+
+/* The restore's options that choose the place. */
+typedef struct vmsh_stg_options {
+    const char *vm;     /* the restored VM's name (--as, else the VM's) */
+    bool as_copy;       /* --as: never the original's storage */
+    const char *to_dir; /* --to DIR */
+} vmsh_stg_options;
+
+/* What the host has. Each returns 0 (found), -ENOENT (absent), or another
+ * negative errno with *err set (could not tell: the plan refuses). */
+typedef struct vmsh_stg_probes {
+    void *opaque;
+    /* a block device: its size, and the VM other than `vm` using it (NULL) */
+    int (*block)(void *opaque, const char *dev, const char *vm, uint64_t *size, char **used_by,
+                 vmsh_error **err);
+    /* the VG and LV of a device path that names an LV (/dev/VG/LV,
+     * /dev/mapper/VG-LV) when its VG exists, with the VG's free bytes */
+    int (*lv)(void *opaque, const char *dev, char **vg, char **lv, uint64_t *vg_free,
+              vmsh_error **err);
+    /* a Ceph pool: 0 reachable, -ENOENT absent, -EHOSTDOWN down */
+    int (*rbd_pool)(void *opaque, const char *pool, vmsh_error **err);
+    int (*rbd_image)(void *opaque, const char *pool, const char *image, uint64_t *size,
+                     vmsh_error **err);
+    /* a storage pool (0 when active), a volume of it: size and path */
+    int (*pool)(void *opaque, const char *pool, vmsh_error **err);
+    int (*volume)(void *opaque, const char *pool, const char *vol, uint64_t *size, char **path,
+                  vmsh_error **err);
+} vmsh_stg_probes;
+
+typedef enum {
+    VMSH_STG_WRITE,   /* written back onto what exists */
+    VMSH_STG_CREATE,  /* created, then written */
+    VMSH_STG_CONVERT, /* turned into an image file (--to) */
+} vmsh_stg_action;
+
+typedef struct vmsh_stg_plan {
+    vmsh_stg_action action;
+    vmsh_stg_kind kind; /* of the restored disk */
+    char *target;       /* device or file path; RBD "POOL/IMAGE"; volume name */
+    char *pool;         /* storage pool of a volume */
+    char *qemu_target;  /* what QEMU / the sink opens: a path, "rbd:POOL/IMAGE" */
+    char **create_argv; /* the command that creates it (lvcreate, rbd create) */
+    char *create_xml;   /* a volume's XML for virStorageVolCreateXML */
+    char *note;         /* why, for --dry-run */
+} vmsh_stg_plan;
+
+/* Plans one disk. Refusals (-ENOSPC too small, -EBUSY used by another VM,
+ * -EHOSTDOWN Ceph pool down, -ENOENT nowhere to create it, -EINVAL a name
+ * from the backup that is not safe, -ENOTSUP --as on a plain block device)
+ * name the VM's disk and what to do. */
+int vmsh_stg_plan_disk(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vmsh_stg_probes *p,
+                       vmsh_stg_plan *out, vmsh_error **err);
+void vmsh_stg_plan_clear(vmsh_stg_plan *p);
+/* The real probes: block devices by ioctl (and which other VM's definition
+ * names one), LVM by `vgs`, Ceph by `ceph osd pool ls` / `rbd` (with client
+ * timeouts: a cluster that does not answer is "down"), storage pools and
+ * volumes by libvirt. */
+struct vmsh_hv;
+void vmsh_stg_host_probes(struct vmsh_hv *hv, vmsh_stg_probes *out);
+/* The VG and LV a device path names (/dev/VG/LV, /dev/mapper/VG-LV with '-'
+ * doubled inside names): 0, -ENOENT when it names none, -ENOMEM. */
+int vmsh_stg_lv_path(const char *dev, char **vg, char **lv);
+/* "written", "created", "converted" */
+const char *vmsh_stg_action_name(vmsh_stg_action a);
+
+#endif
