@@ -753,7 +753,10 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
     *cpr = NULL;
     json_object_object_get_ex(vmsh_component_extra(c), "checkpoint", &cp);
     const char *name = vmsh_json_str(cp, "name");
-    if (o->restore_as || !name || !json_object_object_get_ex(cp, "disks", &disks) ||
+    /* an instant restore's overlays get no bitmap: the next backup reads
+     * in full (issue 23) */
+    if (o->restore_as || o->overlay_disks || !name ||
+        !json_object_object_get_ex(cp, "disks", &disks) ||
         !json_object_is_type(disks, json_type_array))
         return 0;
     size_t n = 0;
@@ -846,10 +849,13 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             state_link = link ? json_object_get_string(link) : NULL;
             state_link_ours = jbool(fo, "link_replaces");
         } else if (strcmp(kind, "disk") == 0) {
-            r = place_disk(tmp, final, json_object_get_string(fmt), err);
+            /* instant restore (issue 23): a qcow2 overlay, whatever the
+             * disk's format was */
+            const char *format = o->overlay_disks ? "qcow2" : json_object_get_string(fmt);
+            r = place_disk(tmp, final, o->overlay_disks ? "raw" : format, err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
-                rp[n_rp++] = (vmsh_disk_repath){
-                    .target = disk_target(f), .path = final, .format = json_object_get_string(fmt)};
+                rp[n_rp++] =
+                    (vmsh_disk_repath){.target = disk_target(f), .path = final, .format = format};
         } else {
             if (rename(tmp, final) < 0)
                 r = vmsh_error_set(err, -errno, "cannot move %s into place: %s", final,
