@@ -253,6 +253,8 @@ struct vmsh_repo {
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
     size_t pack_flush;         /* 0: 8 MiB writes; tests make it small (≥ 4096) */
     unsigned pack_io_delay_us; /* tests: the pack writer thread sleeps before each write */
+    size_t verify_run_ids;     /* 0: verify sorts runs of 512 Ki chunk IDs; tests make it small */
+    size_t verify_max_runs;    /* 0: verify merges its runs into one at 256; tests make it small */
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
@@ -262,6 +264,13 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err);
  * or a damaged run) and looks again. 1 found, 0 absent, < 0 error. */
 int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
                     vmsh_error **err);
+/* The location of the chunk of index entry `e` of a file of `size` bytes,
+ * for reading it (repo_find_chunk with the fallback): 0 with *out filled;
+ * -EBADMSG naming backup, file and chunk when the chunk is missing, still
+ * in flight, or not of the length its place in the file needs (entries
+ * are bounds-checked by the index parser; this is the map's side). */
+int repo_locate_entry(vmsh_repo *r, const index_entry *e, uint64_t size, const char *backup,
+                      const char *file, chunk_loc *out, vmsh_error **err);
 /* The number in packs[] of the pack named by 16 binary bytes (registered
  * on first use). */
 int repo_pack_no(vmsh_repo *r, const uint8_t name[16]);
