@@ -102,7 +102,15 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
-int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv);  /* cmd_serve.c, issue 23 */
+int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv); /* cmd_serve.c, issue 23 */
+/* Instant restore (cmd_jobs.c, issue 23): `jobs`, `restore --instant`,
+ * the instant part of `recover` (abandon: a VM to tear down, or NULL). */
+int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cli_restore_instant(vmsh_cli *cli, const vmsh_requestor_restore_options *so,
+                             uint64_t bandwidth, bool no_wait);
+int vmsh_cli_instant_recover(vmsh_cli *cli, const char *abandon, size_t *n_done, vmsh_error **err);
+/* "4M", "512K", "1G", "1000" (bytes): -EINVAL otherwise. */
+int vmsh_cli_parse_rate(const char *s, uint64_t *out);
 int vmsh_cmd_status(vmsh_cli *cli, int argc, char **argv); /* cmd_status.c */
 /* After a backup, verify, prune or gc (argv: the command's), records the
  * run for `status` and writes the metrics-dir files (metrics.c). */

@@ -20,6 +20,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: vmshadow restore BACKUP [VM...] [--to DIR] [--as NAME] [--force]\n"
                "                        [--dry-run] [--host-devices]\n"
+               "       vmshadow restore --instant [--bandwidth R] [--no-wait] BACKUP VM\n"
                "\n"
                "Restores the VMs of BACKUP (an ID, a unique prefix or 'latest'), or those\n"
                "named, into libvirt: a VM that exists is shut down and deleted first (only\n"
@@ -34,7 +35,12 @@ static void usage(FILE *f)
                "  --force         replace VMs that exist without asking\n"
                "  --dry-run       print the plan and change nothing\n"
                "  --host-devices  keep the host devices (pass-through, block devices) of the\n"
-               "                  backed-up configuration; off by default\n");
+               "                  backed-up configuration; off by default\n"
+               "  --instant       start the one VM named at once on its disks served from the\n"
+               "                  backup, then pull their data in while it runs (vmshadow jobs)\n"
+               "  --bandwidth R   with --instant: pull at most R bytes/s per disk (e.g. 20M)\n"
+               "  --no-wait       with --instant: return once the VM runs; 'vmshadow recover'\n"
+               "                  finishes the pull\n");
 }
 
 /* A member of the plan as text: names in a plan come from the backup's
@@ -170,6 +176,9 @@ const struct option vmsh_cli_opts_restore[] = {
     {"force", no_argument, NULL, 'f'},
     {"dry-run", no_argument, NULL, 'n'},
     {"host-devices", no_argument, NULL, 'H'},
+    {"instant", no_argument, NULL, 'I'},
+    {"bandwidth", required_argument, NULL, 'B'},
+    {"no-wait", no_argument, NULL, 'W'},
     {"help", no_argument, NULL, 'h'},
     {0},
 };
@@ -177,7 +186,8 @@ const struct option vmsh_cli_opts_restore[] = {
 int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
 {
     vmsh_requestor_restore_options so = {0};
-    bool dry = false;
+    bool dry = false, instant = false, no_wait = false;
+    uint64_t bandwidth = 0;
     int c;
     while ((c = getopt_long(argc, argv, "h", vmsh_cli_opts_restore, NULL)) != -1) {
         switch (c) {
@@ -195,6 +205,17 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
             break;
         case 'H':
             so.host_devices = true;
+            break;
+        case 'I': /* issue 23: cmd_jobs.c */
+            instant = true;
+            break;
+        case 'B':
+            if (vmsh_cli_parse_rate(optarg, &bandwidth) < 0)
+                return vmsh_cli_usage_error(cli, "restore",
+                                            "--bandwidth needs bytes per second (e.g. 20M)");
+            break;
+        case 'W':
+            no_wait = true;
             break;
         case 'h':
             usage(stdout);
@@ -221,6 +242,10 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
     so.dry_run = dry;
     so.confirm = confirm;
     so.confirm_opaque = cli;
+    if ((bandwidth || no_wait) && !instant)
+        return vmsh_cli_usage_error(cli, "restore", "--bandwidth and --no-wait go with --instant");
+    if (instant)
+        return vmsh_cli_restore_instant(cli, &so, bandwidth, no_wait);
 
     vmsh_error *err = NULL;
     vmsh_repo *repo = NULL;

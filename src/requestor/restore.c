@@ -7,6 +7,7 @@
 
 #include <vmshadow/coord/document.h>
 #include <vmshadow/coord/json.h>
+#include <vmshadow/hv/hvops.h>
 #include <vmshadow/hv/sink.h>
 #include <vmshadow/repo/sink.h>
 #include <vmshadow/util/mem.h>
@@ -26,6 +27,7 @@ typedef struct req_restorer {
     vmsh_repo *repo;
     const char *id;
     const vmsh_backup_info *bi;
+    const vmsh_requestor_restore_options *opts;
     bool damaged; /* a chunk or index was missing or damaged (exit code 3) */
 } req_restorer;
 
@@ -102,11 +104,17 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
     vmsh_error *e = NULL;
     req_step(q->cb, step, false, 0, 0);
     int64_t t0 = vmsh_now_ms();
-    const char *fmt = write_as(c, f);
-    int r = fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
-                                &st, &e)
-                : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,
-                                         show ? on_progress : NULL, show ? &ps : NULL, &st, &e);
+    /* instant restore (issue 23): a disk becomes an overlay on its served
+     * copy; otherwise written once, as its image format (issue 27) */
+    const char *backing = q->opts->disk_backing && strcmp(vmsh_file_kind(f), "disk") == 0
+                              ? q->opts->disk_backing(q->opts->disk_backing_opaque, name)
+                              : NULL;
+    const char *fmt = backing ? NULL : write_as(c, f);
+    int r = backing ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
+            : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
+                                  &st, &e)
+                  : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,
+                                           show ? on_progress : NULL, show ? &ps : NULL, &st, &e);
     req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     if (r < 0) {
         /* recorded, not returned: PostRestore reports this VM (R11) and the
@@ -164,14 +172,16 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
                            .force = opts->force,
                            .restore_dir = opts->restore_dir,
                            .restore_as = opts->restore_as,
-                           .host_devices = opts->host_devices};
+                           .host_devices = opts->host_devices,
+                           .overlay_disks = opts->disk_backing != NULL};
     vmsh_requestor_restore_result *res = calloc(1, sizeof(*res));
     if (!res)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     *out = res;
     req_restorer q = {.ops = {.version = VMSH_REQUESTOR_OPS_VERSION, .restore_file = req_restore},
                       .cb = cb,
-                      .repo = repo};
+                      .repo = repo,
+                      .opts = opts};
     vmsh_backup_info *bi = NULL;
     vmsh_backup_doc *doc = NULL;
     req_host h = {0};

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -295,6 +296,9 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
                 log_path ? open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : nul;
             if (logfd >= 0)
                 dup2(logfd, STDERR_FILENO);
+            /* the socket must be connectable by QEMU's user: the
+             * directory it lies in keeps others out (instant.c) */
+            umask(0);
             /* descriptors this process holds (a lab's lock, the
              * repository's lock) must not live on in the server */
             for (int fd = 3; fd < 1024; fd++)
@@ -563,4 +567,45 @@ void vmsh_serve_session_free(vmsh_serve_session *s)
     free(s->repo_path);
     free(s->key_file);
     free(s);
+}
+
+pid_t vmsh_serve_find(const char *socket_path)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    pid_t found = 0;
+    size_t slen = strlen(socket_path);
+    struct dirent *de;
+    while (!found && (de = readdir(d))) {
+        char *end = NULL;
+        long pid = strtol(de->d_name, &end, 10);
+        if (pid <= 0 || *end)
+            continue;
+        char path[64], buf[4096];
+        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+            continue; /* a zombie has none */
+        buf[n] = 0;
+        /* argv: "nbdkit" ... "--unix" SOCKET ...; NUL-separated */
+        if (strcmp(buf, "nbdkit") != 0 && !strstr(buf, "/nbdkit"))
+            continue;
+        for (ssize_t i = 0; i < n;) {
+            const char *arg = buf + i;
+            size_t alen = strlen(arg);
+            if (strcmp(arg, "--unix") == 0 && i + (ssize_t)alen + 1 < n &&
+                strlen(arg + alen + 1) == slen && strcmp(arg + alen + 1, socket_path) == 0) {
+                found = (pid_t)pid;
+                break;
+            }
+            i += (ssize_t)alen + 1;
+        }
+    }
+    closedir(d);
+    return found;
 }

@@ -857,7 +857,10 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
     *cpr = NULL;
     json_object_object_get_ex(vmsh_component_extra(c), "checkpoint", &cp);
     const char *name = vmsh_json_str(cp, "name");
-    if (o->restore_as || !name || !json_object_object_get_ex(cp, "disks", &disks) ||
+    /* an instant restore's overlays get no bitmap: the next backup reads
+     * in full (issue 23) */
+    if (o->restore_as || o->overlay_disks || !name ||
+        !json_object_object_get_ex(cp, "disks", &disks) ||
         !json_object_is_type(disks, json_type_array))
         return 0;
     size_t n = 0;
@@ -950,10 +953,14 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
             state_link = link ? json_object_get_string(link) : NULL;
             state_link_ours = jbool(fo, "link_replaces");
         } else if (strcmp(kind, "disk") == 0) {
+            /* instant restore (issue 23): a qcow2 overlay, whatever the
+             * disk's format was; otherwise the disk was written once in its
+             * own format (issue 27) */
+            const char *format = o->overlay_disks ? "qcow2" : json_object_get_string(fmt);
             r = place_file(tmp, final, err);
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
-                rp[n_rp++] = (vmsh_disk_repath){
-                    .target = disk_target(f), .path = final, .format = json_object_get_string(fmt)};
+                rp[n_rp++] =
+                    (vmsh_disk_repath){.target = disk_target(f), .path = final, .format = format};
         } else {
             r = place_file(tmp, final, err);
             if (r == 0 && strcmp(kind, "nvram") == 0)

@@ -70,6 +70,10 @@ typedef struct vmsh_set_options {
     const char *restore_dir; /* restore: put files under this directory (--to) */
     const char *restore_as;  /* restore: one component under a new name (--as) */
     bool host_devices;       /* restore: keep host devices of the backup's config */
+    /* restore: the requestor wrote each disk as a qcow2 overlay on the
+     * served backup (instant restore, issue 23): moved into place as it
+     * is, and the definition names it qcow2 */
+    bool overlay_disks;
 } vmsh_set_options;
 
 #define VMSH_REQUESTOR_OPS_VERSION 1

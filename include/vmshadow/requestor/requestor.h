@@ -135,6 +135,13 @@ typedef struct vmsh_requestor_restore_options {
      * and !force (R9): true to go on. NULL: do not replace. */
     bool (*confirm)(void *opaque, struct json_object *plan);
     void *confirm_opaque;
+    /* Instant restore (issue 23, requestor/instant.h): the NBD URI the
+     * disk file `file` (its name in the repository) is served at. A disk
+     * it gives one for is written as a qcow2 overlay on that URI (backing
+     * format raw) instead of being restored, and registered as qcow2.
+     * NULL: a normal restore. */
+    const char *(*disk_backing)(void *opaque, const char *file);
+    void *disk_backing_opaque;
 } vmsh_requestor_restore_options;
 
 /* The outcome of a restore; free with vmsh_requestor_restore_result_free. */

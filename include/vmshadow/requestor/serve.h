@@ -51,6 +51,9 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
 /* Ends a server (SIGTERM, then SIGKILL after 10 s), reaps it when it is a
  * child, and removes the socket. pid <= 0: only the socket. */
 void vmsh_serve_stop(pid_t pid, const char *socket_path);
+/* The PID of the nbdkit process serving on `socket_path` (by its command
+ * line in /proc: a journaled PID may have been reused since), or 0. */
+pid_t vmsh_serve_find(const char *socket_path);
 /* Whether a unix socket listens at `path`. */
 bool vmsh_serve_listening(const char *path);
 
