@@ -70,6 +70,9 @@ typedef struct vmsh_set_options {
     const char *restore_dir; /* restore: put files under this directory (--to) */
     const char *restore_as;  /* restore: one component under a new name (--as) */
     bool host_devices;       /* restore: keep host devices of the backup's config */
+    bool include_shared;     /* backup: capture <shareable/> disks too (R6, issue 25) */
+    bool allow_excluded;     /* backup: accept VMs whose disks are all excluded or whose
+                              * firmware variables or TPM state cannot be read (R6) */
 } vmsh_set_options;
 
 #define VMSH_REQUESTOR_OPS_VERSION 1
