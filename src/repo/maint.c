@@ -394,7 +394,8 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     if ((rc = collect_live(r, &live, &indexes, err)) < 0)
         goto out;
     if ((rc = repo_lock(r, "read", true, &rl, err)) < 0) {
-        vmsh_error_prefix(err, "a restore or verify is running");
+        vmsh_error_prefix(err, "a restore, a verify or `vmshadow serve` is reading backups; "
+                               "gc can run when it has finished");
         goto out;
     }
     /* a fresh view of the packs: their names, then one table at a time */

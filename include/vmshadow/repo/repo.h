@@ -65,6 +65,17 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
 int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
                       vmsh_error **err);
 
+/* In-memory repositories, mem://NAME (issue 21: unit tests and programs
+ * that embed the library). vmsh_repo_mem_create registers an empty space
+ * NAME (a plain name, no '/'); vmsh_repo_init("mem://NAME") then makes a
+ * repository there and every call that takes a location opens it, until
+ * vmsh_repo_mem_drop (no handle on it may be open then) or the process
+ * exits. Only registered names open: -ENODEV otherwise, so the command
+ * line (which never registers one) refuses mem:// locations. -EEXIST,
+ * -EINVAL, -ENOMEM. */
+int vmsh_repo_mem_create(const char *name, vmsh_error **err);
+void vmsh_repo_mem_drop(const char *name);
+
 /* Closes; accepts NULL. Pending backups must be freed first. */
 void vmsh_repo_free(vmsh_repo *r);
 void vmsh_repo_freep(vmsh_repo **r);
