@@ -200,7 +200,7 @@ static int check_guest(const vmsh_vm *vm, const vmsh_agent_info *agent, const ch
             return fail(out, 'e', "disk %s has format %s; the provider reads qcow2 and raw",
                         d->target ? d->target : "?", d->format ? d->format : "(none given)");
         /* R2 (c) is about image files: scratch files of a block, network or
-         * pool-volume disk go to the scratch directory or the set's run
+         * pool-volume disk go to the scratch directory or the set's /run
          * directory, never beside a device node */
         if (d->kind != VMSH_DISK_FILE &&
             !(d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_FILE))

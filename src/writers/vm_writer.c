@@ -712,13 +712,15 @@ static int sources_from_images(vm_item *it, vmsh_error **err)
 
 /* Where the scratch files of a disk go: the scratch directory, else beside
  * an image file (R2 (c)); never beside a device node (issue 25): a block or
- * network disk without a scratch directory has them in the set's run
- * directory. */
+ * network disk without a scratch directory has them in the set's private
+ * directory under /run, which QEMU's user may open (the state directory
+ * need not be reachable for it). /run is memory: scratch-dir is the place
+ * for large or busy block devices (docs/config.md). */
 static char *scratch_dir_for(const vm_writer *w, const char *path, bool image_file)
 {
     if (w->scratch_dir)
         return strdup(w->scratch_dir);
-    return image_file ? vmsh_path_dirname(path) : strdup(w->run_dir);
+    return image_file ? vmsh_path_dirname(path) : strdup(w->sock_dir);
 }
 
 static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref *d)
@@ -1255,9 +1257,16 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
     if (socks) {
         DIR *s = opendir(socks);
         struct dirent *se;
-        while (s && (se = readdir(s)))
-            if (se->d_name[0] != '.')
+        while (s && (se = readdir(s))) {
+            /* an overlay (a block device's, issue 25) is the 'overlay'
+             * undo's to merge and remove: one it could not merge holds the
+             * guest's writes and stays (the directory with it) */
+            size_t n = strlen(se->d_name);
+            if (n > 8 && strcmp(se->d_name + n - 8, ".overlay") == 0)
+                continue;
+            if (se->d_name[0] != '.' || strstr(se->d_name, ".scratch"))
                 unlinkat(dirfd(s), se->d_name, 0);
+        }
         if (s)
             closedir(s);
         rmdir(socks);
