@@ -59,6 +59,12 @@ static void print_plan_text(vmsh_cli *cli, json_object *vms, bool dry)
         if (json_object_get_boolean(rep))
             printf("  %s VM %s (%s): shut down and delete\n", dry ? "would replace" : "replaced",
                    as, txt(cli, st));
+        /* Issue 22: the steps through a Pacemaker cluster that runs it. */
+        json_object *cl = NULL, *steps = NULL;
+        if (dry && json_object_object_get_ex(p, "cluster", &cl) &&
+            json_object_object_get_ex(cl, "steps", &steps))
+            for (size_t k = 0; k < json_object_array_length(steps); k++)
+                printf("  cluster: %s\n", txt(cli, json_object_array_get_idx(steps, k)));
         json_object *files = NULL;
         json_object_object_get_ex(p, "files", &files);
         for (size_t k = 0; files && k < json_object_array_length(files); k++) {

@@ -585,9 +585,21 @@ int vmsh_cluster_hold(const char *id, int64_t timeout_ms, vmsh_error **err)
 int vmsh_cluster_release(const char *id, const char *prior, int64_t timeout_ms, vmsh_error **err)
 {
     int r = vmsh_cluster_set_meta(id, "maintenance", prior, err);
-    if (r == 0 && !truthy(prior))
-        r = vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_MANAGED, NULL, timeout_ms, err);
-    return r;
+    if (r < 0 || truthy(prior))
+        return r;
+    /* Managed again, unless something else than our hold keeps it
+     * unmanaged: the admin's is-managed=false or the cluster's
+     * maintenance-mode, which stay as they were. */
+    vmsh_cluster *c = NULL;
+    if ((r = probe(&c, false, false, err)) < 0)
+        return r;
+    const vmsh_cluster_rsc *rs = vmsh_cluster_find_id(c, id);
+    bool other =
+        !c || !rs || c->maintenance_mode || (rs->meta_is_managed && !truthy(rs->meta_is_managed));
+    vmsh_cluster_free(c);
+    if (other)
+        return 0;
+    return vmsh_cluster_wait(id, VMSH_CLUSTER_WAIT_MANAGED, NULL, timeout_ms, err);
 }
 
 int vmsh_cluster_stop(const char *id, int64_t timeout_ms, vmsh_error **err)

@@ -25,6 +25,14 @@ typedef struct pull_vm {
     bool cp_journalled;
     char *fallback; /* why libvirt refused the incremental job (it then ran full) */
     char *job_xml;  /* the job's XML, made beside the freeze (NULL: at commit) */
+    /* Issue 27 point 4: the VMs' checkpoints and job starts run at once,
+     * one thread per VM (each_vm_at_once); a vmsh_hv serves one thread, so
+     * in a set of several VMs each but the first has a connection of its
+     * own, opened before the freeze (NULL: the provider's) */
+    vmsh_hv *own_hv;
+    pthread_t thread;
+    int rc;
+    vmsh_error *err;
 } pull_vm;
 
 /* Work done beside the guests' freeze (vmsh_pull_provider_start): one thread
@@ -64,6 +72,8 @@ static void vm_clear(pull_vm *v)
     free(v->cp_name);
     free(v->cp_xml);
     free(v->fallback);
+    vmsh_error_free(v->err);
+    vmsh_hv_free(v->own_hv);
 }
 
 /* Waits for the background work of vmsh_pull_provider_start; its outcome
@@ -139,6 +149,66 @@ int vmsh_pull_provider_add(vmsh_provider_ops *ops, const vmsh_set *set, const ch
     return 0;
 }
 
+static vmsh_hv *vm_hv(pull_provider *p, pull_vm *v)
+{
+    return v->own_hv ? v->own_hv : p->hv;
+}
+
+typedef struct vm_task {
+    pull_provider *p;
+    pull_vm *v;
+    void (*fn)(pull_provider *p, pull_vm *v);
+} vm_task;
+
+static void *vm_task_main(void *arg)
+{
+    vm_task *t = arg;
+    t->fn(t->p, t->v);
+    return NULL;
+}
+
+/* Runs fn on every VM of the set at once: the first here, the others on
+ * threads of their own (each outcome in v->rc, v->err); returns when all
+ * have ended. A thread that cannot start runs its VM here: slower, never
+ * wrong. */
+static void each_vm_at_once(pull_provider *p, void (*fn)(pull_provider *, pull_vm *))
+{
+    vm_task *t = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*t));
+    bool *started = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*started));
+    for (size_t i = 0; i < p->n_vms; i++) {
+        pull_vm *v = &p->vms[i];
+        v->rc = 0;
+        vmsh_error_free(v->err);
+        v->err = NULL;
+        if (i > 0 && t && started) {
+            t[i] = (vm_task){p, v, fn};
+            started[i] = pthread_create(&v->thread, NULL, vm_task_main, &t[i]) == 0;
+        }
+    }
+    for (size_t i = 0; i < p->n_vms; i++) {
+        if (t && started && started[i])
+            pthread_join(p->vms[i].thread, NULL);
+        else
+            fn(p, &p->vms[i]);
+    }
+    free(t);
+    free(started);
+}
+
+/* The first failure, in the set's order of VMs, goes to *err; the others
+ * are dropped. */
+static int first_vm_error(pull_provider *p, vmsh_error **err)
+{
+    int r = 0;
+    for (size_t i = 0; i < p->n_vms; i++) {
+        pull_vm *v = &p->vms[i];
+        if (v->rc < 0 && r == 0)
+            r = v->rc;
+        vmsh_error_propagate(err, &v->err);
+    }
+    return r;
+}
+
 static pull_vm *find_vm(pull_provider *p, const vmsh_set *set, const char *vm)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
@@ -198,6 +268,23 @@ static vmsh_hv_backup_disk *job_disks(const pull_vm *v)
 /* The checkpoints of the set's VMs, on the provider's own connection (the
  * writer's is busy with the freeze). A bitmap begun a little before the
  * point of the backup is safe: it records a superset of the changes since. */
+static void checkpoint_one(pull_provider *p, pull_vm *v)
+{
+    vmsh_hv *hv = vm_hv(p, v);
+    if (v->cp_name && (v->rc = vmsh_hv_checkpoint_create(hv, v->vm, v->cp_xml, &v->err)) < 0) {
+        vmsh_error_prefix(&v->err, "checkpoint %s for the next incremental backup", v->cp_name);
+        return;
+    }
+    /* The job's XML too (the VM's XML read and parsed: 1-4 ms that were
+     * spent inside the freeze window). Best effort: commit makes what is
+     * missing. */
+    vmsh_hv_backup_disk *disks = job_disks(v);
+    vmsh_error *e = NULL;
+    if (disks && vmsh_hv_backup_xml(hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
+        vmsh_error_free(e);
+    free(disks);
+}
+
 static void *make_checkpoints(void *arg)
 {
     bg_task *t = arg;
@@ -205,21 +292,9 @@ static void *make_checkpoints(void *arg)
     t->rc = hv_ready(p, &t->err);
     if (t->rc == 0) /* the snapshot path: the job and its end look the VMs up again */
         vmsh_hv_cache_domains(p->hv, true);
-    for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
-        pull_vm *v = &p->vms[i];
-        if (v->cp_name && (t->rc = vmsh_hv_checkpoint_create(p->hv, v->vm, v->cp_xml, &t->err)) < 0)
-            vmsh_error_prefix(&t->err, "checkpoint %s for the next incremental backup", v->cp_name);
-    }
-    /* The jobs' XML too (the VM's XML read and parsed: 1-4 ms that were
-     * spent inside the freeze window). Best effort: commit makes what is
-     * missing. */
-    for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
-        pull_vm *v = &p->vms[i];
-        vmsh_hv_backup_disk *disks = job_disks(v);
-        vmsh_error *e = NULL;
-        if (disks && vmsh_hv_backup_xml(p->hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
-            vmsh_error_free(e);
-        free(disks);
+    if (t->rc == 0) {
+        each_vm_at_once(p, checkpoint_one);
+        t->rc = first_vm_error(p, &t->err);
     }
     return NULL;
 }
@@ -264,6 +339,18 @@ int vmsh_pull_provider_start(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error *
                 v->cp_journalled = true;
         }
     }
+    /* the other VMs' own connections (each_vm_at_once), before the freeze */
+    if (r == 0 && p->n_vms > 1 && (r = hv_ready(p, err)) == 0)
+        vmsh_hv_cache_domains(p->hv, true);
+    for (size_t i = 1; i < p->n_vms && r == 0; i++) {
+        pull_vm *v = &p->vms[i];
+        if (v->own_hv)
+            continue;
+        if ((r = vmsh_hv_open(&v->own_hv, vmsh_hv_uri(p->hv), err)) < 0)
+            vmsh_error_prefix(err, "VM %s: a connection of its own for its backup job", v->vm);
+        else
+            vmsh_hv_cache_domains(v->own_hv, true);
+    }
     if (r < 0)
         return r;
     p->checkpoints = (bg_task){.p = p};
@@ -296,6 +383,40 @@ static int pull_prepare(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
     return r;
 }
 
+static void begin_one(pull_provider *p, pull_vm *v)
+{
+    vmsh_hv *hv = vm_hv(p, v);
+    vmsh_hv_backup_disk *disks = job_disks(v);
+    if (!disks) {
+        v->rc = vmsh_error_set(&v->err, -ENOMEM, "out of memory");
+        return;
+    }
+    bool incremental = false;
+    for (size_t k = 0; k < v->n; k++)
+        incremental = incremental || v->incremental[k];
+    vmsh_error *e = NULL;
+    int r = v->job_xml ? vmsh_hv_backup_begin_xml(hv, v->vm, v->job_xml, &e)
+                       : vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
+    if (r < 0 && incremental) {
+        /* libvirt checks each bitmap of the chain (missing, or
+         * inconsistent after QEMU stopped without storing it): the job
+         * then runs full, at the same point, and the reason is kept */
+        free(v->fallback);
+        v->fallback = strdup(e && e->message ? e->message : "refused");
+        vmsh_error_free(e);
+        e = NULL;
+        for (size_t k = 0; k < v->n; k++)
+            disks[k].incremental = NULL;
+        r = vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
+    }
+    free(disks);
+    v->rc = r;
+    v->err = e;
+}
+
+/* Starts every VM's job at once (each_vm_at_once), then journals the jobs
+ * that run; a VM whose job did not start fails the set, and the abort ends
+ * the others' (end_all). */
 static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     pull_provider *p = (pull_provider *)ops;
@@ -304,39 +425,20 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
     int r = hv_ready(p, err);
     if (r < 0)
         return r;
-    vmsh_hv_backup_disk *disks = NULL;
-    for (size_t i = 0; i < p->n_vms && r == 0; i++) {
+    each_vm_at_once(p, begin_one);
+    for (size_t i = 0; i < p->n_vms; i++) {
         pull_vm *v = &p->vms[i];
-        free(disks);
-        if (!(disks = job_disks(v))) {
-            r = vmsh_error_set(err, -ENOMEM, "out of memory");
-            break;
-        }
-        bool incremental = false;
-        for (size_t k = 0; k < v->n; k++)
-            incremental = incremental || v->incremental[k];
-        vmsh_error *e = NULL;
-        r = v->job_xml ? vmsh_hv_backup_begin_xml(p->hv, v->vm, v->job_xml, &e)
-                       : vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
-        if (r < 0 && incremental) {
-            /* libvirt checks each bitmap of the chain (missing, or
-             * inconsistent after QEMU stopped without storing it): the job
-             * then runs full, at the same point, and the reason is kept */
-            free(v->fallback);
-            v->fallback = strdup(e && e->message ? e->message : "refused");
-            vmsh_error_free(e);
-            e = NULL;
-            for (size_t k = 0; k < v->n; k++)
-                disks[k].incremental = NULL;
-            r = vmsh_hv_backup_begin(p->hv, v->vm, v->socket, disks, v->n, &e);
-        }
+        int q = v->rc;
+        vmsh_error *e = v->err;
+        v->err = NULL;
+        if (q == 0)
+            q = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_DONE, &e);
+        if (q == 0 && v->cp_journalled)
+            q = vmsh_set_journal_mark(set, v->seq_cp, VMSH_JOURNAL_DONE, &e);
+        if (q < 0 && r == 0)
+            r = q;
         vmsh_error_propagate(err, &e);
-        if (r == 0)
-            r = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_DONE, err);
-        if (r == 0 && v->cp_journalled)
-            r = vmsh_set_journal_mark(set, v->seq_cp, VMSH_JOURNAL_DONE, err);
     }
-    free(disks);
     return r;
 }
 

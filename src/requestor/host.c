@@ -3,6 +3,8 @@
  * moved here from the command line, which no longer knows the writers). */
 #include "requestor_priv.h"
 
+#include <vmshadow/hv/cluster.h>
+#include <vmshadow/hv/hostops_cluster.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/writers/identity.h>
@@ -17,6 +19,9 @@
 
 void req_host_clear(req_host *h)
 {
+    /* Gives back what a set left held while the VM writer's connection,
+     * which the hooks saw, is still open. */
+    vmsh_cluster_host_finish(h->cluster_host, NULL);
     if (h->owned) {
         for (size_t i = 0; i < h->n; i++)
             vmsh_writer_free(h->w[i]);
@@ -31,6 +36,9 @@ void req_host_clear(req_host *h)
     free(h->w);
     free(h->p);
     free(h->broken);
+    vmsh_cluster_host_free(h->cluster_host);
+    vmsh_cluster_free(h->cluster);
+    vmsh_provider_free(h->cluster_owner);
     memset(h, 0, sizeof(*h));
 }
 
@@ -68,13 +76,39 @@ nomem:
     return vmsh_error_set(err, -ENOMEM, "out of memory");
 }
 
+/* Issue 22: the cluster-aware host operations when a Pacemaker cluster
+ * with a VirtualDomain resource runs here (nothing is spawned on a host
+ * without Pacemaker). A cluster that cannot be read gets them too: their
+ * hook reads it again before a save and refuses the save when it still
+ * cannot (a save behind a cluster's back is what R16 forbids). */
+static int cluster_build(const vmsh_requestor_config *cfg, req_host *h, vmsh_error **err)
+{
+    if (req_cluster_owner_new(cfg->uri, &h->cluster_owner) < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    vmsh_error *e = NULL;
+    int pr = vmsh_cluster_probe(&h->cluster, &e);
+    vmsh_error_free(e);
+    if (pr == 0 && (!h->cluster || h->cluster->n_rscs == 0))
+        return 0;
+    return vmsh_cluster_host_new(&h->cluster_host, cfg->state_dir, 0, err);
+}
+
 int req_host_build(const vmsh_requestor_config *cfg, bool strict, req_host *h, vmsh_error **err)
 {
     memset(h, 0, sizeof(*h));
-    if (cfg->writers)
-        return borrow(cfg, h, err);
-    h->owned = true;
     int r;
+    if (cfg->writers) {
+        if ((r = borrow(cfg, h, err)) < 0)
+            return r;
+        if (req_cluster_owner_new(cfg->uri, &h->cluster_owner) < 0) {
+            req_host_clear(h);
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        return 0;
+    }
+    h->owned = true;
+    if ((r = cluster_build(cfg, h, err)) < 0)
+        goto fail;
     long agent_timeout = 0;
     if ((r = vmsh_kvconf_get_int(cfg->conf, "agent-timeout", 1, 300, &agent_timeout, err)) < 0)
         return r;
@@ -91,6 +125,7 @@ int req_host_build(const vmsh_requestor_config *cfg, bool strict, req_host *h, v
         .state_dir = cfg->state_dir,
         .scratch_dir = vmsh_kvconf_get(cfg->conf, "scratch-dir"),
         .agent_timeout_s = (int)agent_timeout,
+        .host_ops = h->cluster_host ? vmsh_cluster_host_ops(h->cluster_host) : NULL,
     };
     vmsh_writer_ops *vmw = NULL;
     if ((r = vmsh_vm_writer_new(&vmw, &vc, pull, &vmsh_pull_capture_ops, err)) < 0)

@@ -19,7 +19,7 @@ int vmsh_requestor_recover(const vmsh_requestor_config *cfg, const vmsh_requesto
         req_warn(cb, "script writer %s does not load: %s", h.broken[i].path, h.broken[i].message);
     req_step(cb, "recover", false, 0, 0);
     int64_t t0 = vmsh_now_ms();
-    r = vmsh_coord_recover(&ccfg, h.w, h.n, h.p, h.np, out, err);
+    r = req_recover_with_cluster(&ccfg, &h, out, err);
     req_step(cb, "recover", true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     req_host_clear(&h);
     return r;

@@ -20,6 +20,13 @@ typedef struct req_host {
     req_broken *broken;         /* script writer files that do not load */
     size_t n_broken;
     bool owned;
+    /* Issue 22 (R16): this host's Pacemaker cluster when one runs and has a
+     * VirtualDomain resource (else NULL); then the VM writer gets the
+     * cluster-aware host operations (hv/hostops_cluster.h). The owner of
+     * the cluster steps' journal entries is always there, for recover. */
+    struct vmsh_cluster *cluster;
+    struct vmsh_cluster_host *cluster_host;
+    vmsh_provider_ops *cluster_owner;
 } req_host;
 
 /* THE place where the writers of a set are built: the VM writer (with the
@@ -34,6 +41,30 @@ void req_host_clear(req_host *h);
 int req_coord_config(const vmsh_requestor_config *cfg, vmsh_coord_config *out, vmsh_error **err);
 /* A file's name in the repository (malloc'ed; NULL on ENOMEM). */
 char *req_file_name(const vmsh_metadata *md, const vmsh_component *c, const vmsh_file *f);
+
+/* ---- cluster.c: VMs a Pacemaker cluster manages (issue 22, R16) */
+int req_cluster_owner_new(const char *uri, vmsh_provider_ops **out);
+/* vmsh_coord_recover with the host's writers and providers and the owner
+ * of the cluster steps' entries. */
+int req_recover_with_cluster(const vmsh_coord_config *ccfg, const req_host *h,
+                             vmsh_recover_report **out, vmsh_error **err);
+/* Refuses a backup of a named VM that the cluster runs on another node
+ * (naming it), and, for the saved-state method, one in a bad state
+ * (vmsh_cluster_check): before anything changes. */
+int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so, vmsh_error **err);
+/* The cluster steps of a restore: planned (refusals of issue 22 point 4,
+ * the steps added to each VM's plan entry as "cluster"; *out NULL when no
+ * selected VM is the cluster's), the resources stopped through the cluster
+ * before the restore, and after it each restored VM's definition written
+ * to its resource's config file and the resource started again. */
+typedef struct req_cluster_restore req_cluster_restore;
+int req_cluster_restore_plan(const req_host *h, vmsh_metadata *md, const vmsh_set_options *so,
+                             struct json_object *plan, req_cluster_restore **out, vmsh_error **err);
+int req_cluster_restore_stop(const vmsh_requestor_config *cfg, const vmsh_requestor_callbacks *cb,
+                             req_cluster_restore *rc, vmsh_error **err);
+int req_cluster_restore_end(const vmsh_requestor_config *cfg, const vmsh_requestor_callbacks *cb,
+                            req_cluster_restore *rc, struct json_object *done, vmsh_error **err);
+void req_cluster_restore_free(req_cluster_restore *rc);
 
 void req_warn(const vmsh_requestor_callbacks *cb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -127,6 +127,7 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
     req_host h = {0};
     vmsh_set *set = NULL;
     char **xmls = NULL;
+    req_cluster_restore *crs = NULL;
     int r;
     vmsh_coord_config ccfg;
     vmsh_metadata *md = NULL;
@@ -175,12 +176,24 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
     else if ((r = vmsh_vm_writer_restore_plan(h.vm_writer, md, &so, (const char *const *)xmls,
                                               &res->plan, err)) < 0)
         goto out;
+    /* Issue 22 (R16): a VM a Pacemaker cluster manages is stopped through
+     * the cluster first and started by it afterwards, from its rewritten
+     * config file (cluster.c); refusals come here, before any change. */
+    if ((r = req_cluster_restore_plan(&h, md, &so, res->plan, &crs, err)) < 0)
+        goto out;
     if (opts->dry_run)
         goto out;
     if (!so.force && opts->confirm && opts->confirm(opts->confirm_opaque, res->plan))
         so.force = true;
     ccfg.on_step = NULL;
-    r = vmsh_coord_restore(&ccfg, h.w, h.n, &q.ops, doc, &so, &set, err);
+    if (crs && !so.force) {
+        r = vmsh_error_set(err, -EEXIST,
+                           "the restore replaces a VM that a Pacemaker cluster runs: confirm "
+                           "with --force (R9); nothing was changed");
+        goto out;
+    }
+    if ((r = req_cluster_restore_stop(cfg, cb, crs, err)) == 0)
+        r = vmsh_coord_restore(&ccfg, h.w, h.n, &q.ops, doc, &so, &set, err);
     /* The outcome per VM, from the VM writer's records. */
     res->done = json_object_new_array();
     for (size_t i = 0; res->done && i < nc; i++) {
@@ -192,6 +205,18 @@ int vmsh_requestor_restore(const vmsh_requestor_config *cfg, const vmsh_requesto
     }
     res->damaged = q.damaged;
 out:
+    if (crs) {
+        /* Also after a failure: the cluster starts what the resource's
+         * config file holds, the prior VM when the restore was rolled back. */
+        vmsh_error *ce = NULL;
+        int cr = req_cluster_restore_end(cfg, cb, crs, res->done, r < 0 ? &ce : err);
+        if (cr < 0 && r < 0)
+            req_warn(cb, "%s", ce->message);
+        else if (cr < 0)
+            r = cr;
+        vmsh_error_free(ce);
+        req_cluster_restore_free(crs);
+    }
     for (size_t i = 0; xmls && i < nc; i++)
         free(xmls[i]);
     free(xmls);

@@ -186,3 +186,37 @@ int vmsh_fs_mkdir_p(const char *path, mode_t mode, vmsh_error **err)
         return vmsh_error_set(err, -ENOTDIR, "%s exists and is not a directory", path);
     return 0;
 }
+
+FILE *vmsh_scratch_stream(const char *what, vmsh_error **err)
+{
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir)
+        dir = "/var/tmp";
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        /* a file system without O_TMPFILE: a named file, unlinked at once */
+        char *p = NULL;
+        if (asprintf(&p, "%s/vmshadow-scratch-XXXXXX", dir) < 0) {
+            vmsh_error_set(err, -ENOMEM, "out of memory");
+            return NULL;
+        }
+        fd = mkostemp(p, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(p);
+        free(p);
+    }
+    if (fd < 0) {
+        vmsh_error_set(err, -errno,
+                       "cannot create a scratch file for %s in %s: %s (set TMPDIR to a "
+                       "directory with room)",
+                       what, dir, strerror(errno));
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "w+");
+    if (!f) {
+        vmsh_error_set(err, -errno, "cannot create a scratch file for %s: %s", what,
+                       strerror(errno));
+        close(fd);
+    }
+    return f;
+}

@@ -46,6 +46,8 @@ static void item_clear(vm_item *it)
     free(it->new_cp);
     free(it->cp_error);
     vmsh_error_free(it->thaw_err);
+    vmsh_error_free(it->par_err);
+    vmsh_hv_free(it->own_hv);
 }
 
 static void thaw_wait(vm_writer *w)
@@ -818,24 +820,102 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
     return vmsh_set_journal_mark(set, it->seq_save, VMSH_JOURNAL_DONE, err);
 }
 
-static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
+/* The connection that freezes and thaws the VM (vm_item.own_hv). */
+static vmsh_hv *item_hv(vm_writer *w, vm_item *it)
 {
-    int r;
-    if ((r = journal_simple(set, w->ops.id, "freeze", "vm", it->name, NULL, NULL, NULL, NULL,
-                            &it->seq_freeze, err)) < 0)
-        return r;
-    it->frozen = true; /* a freeze that failed half-way is thawed by abort */
+    return it->own_hv ? it->own_hv : w->hv;
+}
+
+static void *item_main(void *arg)
+{
+    vm_item *it = arg;
+    it->par_rc = it->par_fn(it->par_w, it, &it->par_err);
+    return NULL;
+}
+
+/* Issue 27 point 4: runs fn on every item `want` selects at once, one
+ * thread per item but the first, which runs here; returns when all have
+ * ended, each outcome in its item (par_rc, par_err). A thread that cannot
+ * start runs its item here, after the others: slower, never wrong. */
+static void each_vm_at_once(vm_writer *w, bool (*want)(const vm_item *),
+                            int (*fn)(vm_writer *, vm_item *, vmsh_error **))
+{
+    vm_item *first = NULL;
+    bool *started = vmsh_calloc_array(w->n_items ? w->n_items : 1, sizeof(*started));
+    for (size_t i = 0; i < w->n_items; i++) {
+        vm_item *it = &w->items[i];
+        if (!want(it))
+            continue;
+        it->par_w = w;
+        it->par_fn = fn;
+        it->par_rc = 0;
+        vmsh_error_free(it->par_err);
+        it->par_err = NULL;
+        if (!first)
+            first = it;
+        else if (started)
+            started[i] = pthread_create(&it->par_thread, NULL, item_main, it) == 0;
+    }
+    if (first)
+        item_main(first);
+    for (size_t i = 0; i < w->n_items; i++) {
+        vm_item *it = &w->items[i];
+        if (!want(it) || it == first)
+            continue;
+        if (started && started[i])
+            pthread_join(it->par_thread, NULL);
+        else
+            item_main(it);
+    }
+    free(started);
+}
+
+static bool is_guest(const vm_item *it)
+{
+    return it->method == VMSH_METHOD_GUEST;
+}
+
+static int freeze_one(vm_writer *w, vm_item *it, vmsh_error **err)
+{
+    return vmsh_hv_fsfreeze(item_hv(w, it), it->name, err);
+}
+
+/* Freezes every guest-method VM of the set at once (R2; issue 27 point 4):
+ * the set's window is its slowest guest's freeze, not their sum. Every
+ * freeze is journalled, and the VM marked frozen, before any starts: when
+ * one fails or hangs, the abort thaws all of them (R5, R7), whichever
+ * froze. The first failure, in the set's order of VMs, is the error. */
+static int freeze_vms(vm_writer *w, vmsh_set *set, vmsh_error **err)
+{
+    int r = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < w->n_items && r == 0; i++) {
+        vm_item *it = &w->items[i];
+        if (!is_guest(it))
+            continue;
+        if ((r = journal_simple(set, w->ops.id, "freeze", "vm", it->name, NULL, NULL, NULL, NULL,
+                                &it->seq_freeze, err)) < 0)
+            return r;
+        it->frozen = true; /* a freeze that failed half-way is thawed by abort */
+        n++;
+    }
+    if (n == 0)
+        return 0;
     if (!w->freeze_start)
         w->freeze_start = vmsh_now_ms();
-    vmsh_error *e = NULL;
-    if ((r = vmsh_hv_fsfreeze(w->hv, it->name, &e)) < 0) {
-        if (r != -ETIMEDOUT) {
-            vmsh_error_propagate(err, &e);
-            return vmsh_error_prefix(err, "guest method (R2)");
-        }
-        /* A hung agent or fsfreeze hook: retrying the same way tends to
-         * hang again, so say what to look at instead. */
-        r = vmsh_error_set(err, -ETIMEDOUT,
+    each_vm_at_once(w, is_guest, freeze_one);
+    for (size_t i = 0; i < w->n_items; i++) {
+        vm_item *it = &w->items[i];
+        if (!is_guest(it))
+            continue;
+        vmsh_error *e = it->par_err;
+        it->par_err = NULL;
+        int q = it->par_rc;
+        if (q == -ETIMEDOUT) {
+            /* A hung agent or fsfreeze hook: retrying the same way tends to
+             * hang again, so say what to look at instead. */
+            vmsh_error *te = NULL;
+            vmsh_error_set(&te, -ETIMEDOUT,
                            "guest method (R2): the guest agent of VM %s did not finish freezing "
                            "its filesystems within %d s (%s); the set is aborted and a thaw is "
                            "sent (should the agent stay hung, 'vmshadow recover' thaws it once "
@@ -843,10 +923,20 @@ static int freeze_vm(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
                            "in the guest, raise freeze-limit in the config file, or back the VM "
                            "up with --method saved-state",
                            it->name, w->freeze_timeout_s, e ? e->message : "timed out");
-        vmsh_error_free(e);
-        return r;
+            vmsh_error_free(e);
+            e = te;
+        } else if (q < 0) {
+            if (!e)
+                vmsh_error_set(&e, q, "VM %s: freezing failed: %s", it->name, strerror(-q));
+            vmsh_error_prefix(&e, "guest method (R2)");
+        } else if (r == 0) {
+            q = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, &e);
+        }
+        if (q < 0 && r == 0)
+            r = q;
+        vmsh_error_propagate(err, &e);
     }
-    return vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, err);
+    return r;
 }
 
 /* The size of the VM's disk `target` (the size of its scratch image): read
@@ -980,19 +1070,31 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
      * starts: libvirtd sets it under the VM's lock, which the checkpoint the
      * provider makes holds for ~30 ms (measured: 1 ms alone, 10-50 ms beside
      * the checkpoint). */
-    for (size_t i = 0; i < w->n_items && r == 0; i++)
-        if (w->items[i].method == VMSH_METHOD_GUEST)
-            r = vmsh_hv_agent_timeout(w->hv, w->items[i].name, w->freeze_timeout_s, err);
+    bool first_guest = true;
+    for (size_t i = 0; i < w->n_items && r == 0; i++) {
+        vm_item *it = &w->items[i];
+        if (!is_guest(it))
+            continue;
+        /* the second and later guests' own connections (each_vm_at_once),
+         * opened here, before the window; the domain cache makes the
+         * agent timeout's lookup the freeze's too */
+        if (!first_guest && !it->own_hv) {
+            if ((r = vmsh_hv_open(&it->own_hv, vmsh_hv_uri(w->hv), err)) < 0) {
+                vmsh_error_prefix(err, "VM %s: a connection of its own for its freeze", it->name);
+                break;
+            }
+            vmsh_hv_cache_domains(it->own_hv, true);
+        }
+        first_guest = false;
+        r = vmsh_hv_agent_timeout(item_hv(w, it), it->name, w->freeze_timeout_s, err);
+    }
     /* The provider makes the checkpoints and scratch images while the
      * guests freeze (each freeze is the guest's own work); its prepare,
      * after this event, waits for them. */
     if (r == 0)
         r = w->capture->start(w->provider, set, err);
-    for (size_t i = 0; i < w->n_items && r == 0; i++) {
-        vm_item *it = &w->items[i];
-        if (it->method == VMSH_METHOD_GUEST)
-            r = freeze_vm(w, set, it, err);
-    }
+    if (r == 0)
+        r = freeze_vms(w, set, err);
     return r;
 }
 
@@ -1005,29 +1107,45 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
  * again at once, as the abort would (R7: a guest stays frozen no longer
  * than it must); should it still fail, the join fails the set and the
  * abort's undo of the freeze tries once more. */
+static int thaw_one(vm_writer *w, vm_item *it, vmsh_error **err)
+{
+    vmsh_hv *hv = item_hv(w, it);
+    vmsh_error *e = NULL;
+    int r = vmsh_hv_fsthaw(hv, it->name, &e);
+    if (r < 0 && r != -ENOENT) {
+        vmsh_error_free(e);
+        e = NULL;
+        r = vmsh_hv_fsthaw(hv, it->name, &e);
+    }
+    it->thaw_rc = r;
+    it->thaw_err = e;
+    if (r >= 0) {
+        it->thawed_at = vmsh_now_ms();
+        it->after = it->prior;
+        vmsh_host_state(w->host, hv, it->name, &it->after, NULL);
+    }
+    return r;
+}
+
+static bool is_thaw_pending(const vm_item *it)
+{
+    return it->thaw_pending;
+}
+
+/* The guests thaw at once too (each_vm_at_once): the window ends with the
+ * last of them. */
 static void *thaw_main(void *arg)
 {
     vm_writer *w = arg;
+    each_vm_at_once(w, is_thaw_pending, thaw_one);
     bool thawed = true;
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
         if (!it->thaw_pending)
             continue;
-        vmsh_error *e = NULL;
-        int r = vmsh_hv_fsthaw(w->hv, it->name, &e);
-        if (r < 0 && r != -ENOENT) {
-            vmsh_error_free(e);
-            e = NULL;
-            r = vmsh_hv_fsthaw(w->hv, it->name, &e);
-        }
-        it->thaw_rc = r;
-        it->thaw_err = e;
-        thawed = thawed && r >= 0;
-        if (r >= 0) {
-            w->freeze_end = vmsh_now_ms();
-            it->after = it->prior;
-            vmsh_host_state(w->host, w->hv, it->name, &it->after, NULL);
-        }
+        thawed = thawed && it->thaw_rc >= 0;
+        if (it->thaw_rc >= 0 && it->thawed_at > w->freeze_end)
+            w->freeze_end = it->thawed_at;
     }
     /* then the older checkpoints (a set whose thaw failed aborts: they
      * stay, and so does the chain) */

@@ -34,6 +34,18 @@ typedef struct vm_item {
     int thaw_rc;
     vmsh_error *thaw_err;
     vmsh_vm_state after; /* the VM's state once thawed */
+    /* Issue 27 point 4: the guests of a set freeze, and thaw, at once, one
+     * thread per VM (vm_writer.c, each_vm_at_once). A vmsh_hv serves one
+     * thread at a time, so each guest-method VM of a set of several but the
+     * first has a connection of its own, opened before the freeze window;
+     * NULL: the writer's. */
+    vmsh_hv *own_hv;
+    struct vm_writer *par_w;
+    int (*par_fn)(struct vm_writer *w, struct vm_item *it, vmsh_error **err);
+    pthread_t par_thread;
+    int par_rc;
+    vmsh_error *par_err;
+    int64_t thawed_at;
     int64_t down_start, down_end;
     char *new_cp; /* checkpoint created with this set's job (issue 7) */
     /* older checkpoints deleted (vmsh_vmw_prune_*): by the thaw thread

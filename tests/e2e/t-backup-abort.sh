@@ -2,7 +2,8 @@
 # No partial backups (SPEC R5) and disks the host cannot see (R6), issue 5:
 #  - a two-VM set where one guest's freeze fails (its fsfreeze hook refuses,
 #    lab.hookfail=1): exit 1, no backup listed, both VMs running and thawed,
-#    no job, scratch file, state file or journal left;
+#    no job, scratch file, state file or journal left; the other guest froze
+#    at the same time (issue 27) and was thawed;
 #  - --method guest on a VM that cannot use it names the failed condition;
 #  - a VM with a host block device attached: backed up with that disk
 #    (issue 25: every virtual disk is captured), a LUN pass-through of the
@@ -37,6 +38,11 @@ done
 check "no scratch file beside the disks" test -z "$(ls -A "$LAB_WORK" | grep -F .scratch)"
 check "no run directory left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)"
 check "no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+# Issue 27 point 4: the guests of a set freeze at once. $BAD comes first in
+# the set's order, so one VM after the other, $OK was never asked to freeze;
+# at once, it froze beside $BAD's failure and the abort thawed it (R5, R7).
+hook=$(grep -a "LAB: fsfreeze-hook" "$LAB_WORK/ok.console.log" | tr -d '\r' | sed 's/.*fsfreeze-hook //' | tr '\n' ' ')
+check "$OK froze at the same time as $BAD, then thawed (hook: $hook)" test "$hook" = "freeze thaw "
 lab_gexec ok 'echo alive > /mnt/data/alive; sync' >/dev/null
 check "the good guest still writes to its disk" test $? = 0
 vsh verify

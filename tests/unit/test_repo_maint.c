@@ -297,6 +297,84 @@ static void packs_roll_over_under_load(void **state)
     free(dir);
 }
 
+/* Issue 27 point 2: verify sorts the chunk IDs of the indexes on disk in
+ * runs (16 MiB of IDs each by default) and merges them. With runs of 7
+ * IDs, 3 backups sharing most chunks make dozens of runs with the same IDs
+ * in many: every chunk is still read exactly once, and the damage found
+ * (a pack removed) is reported exactly as with one run in memory. */
+static void verify_merges_sorted_runs_of_ids(void **state)
+{
+    char *dir = make_tmpdir(), *repo = path2(dir, "repo");
+    assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
+    vmsh_repo *r = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+    r->pack_target = 256u << 10;
+    r->pack_flush = 64u << 10;
+    size_t len = (3u << 20) + 1000; /* 49 chunks, the last one short */
+    uint8_t *data = malloc(len);
+    uint64_t s = 11;
+    fill_random(data, len, &s);
+    char *ids[3];
+    for (int i = 0; i < 3; i++) {
+        data[i * 100000] ^= 0x5a; /* one new chunk per backup */
+        ids[i] = new_backup(r, "disk", data, len);
+    }
+    vmsh_verify_report *one = NULL, *many = NULL;
+    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &one, NULL), 0);
+    assert_int_equal(one->backups_checked, 3);
+    assert_int_equal(one->chunks_checked, 49 + 2);
+    r->verify_run_ids = 7;
+    for (int merged = 0; merged < 2; merged++) {
+        /* and with the runs merged into one whenever there are 3 */
+        r->verify_max_runs = merged ? 3 : 0;
+        assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &many, NULL), 0);
+        assert_int_equal(many->chunks_checked, one->chunks_checked);
+        assert_int_equal(many->bytes_checked, one->bytes_checked);
+        vmsh_verify_report_free(many);
+        many = NULL;
+    }
+    vmsh_verify_report_free(one);
+    one = NULL;
+    /* a pack goes: both ways name the same backups, files and chunks */
+    char(*names)[33] = NULL;
+    size_t n = 0;
+    assert_int_equal(repo_pack_names(r, &names, &n, NULL), 0);
+    assert_true(n > 2);
+    char *pp = pack_path(repo, names[n / 2]);
+    assert_int_equal(unlink(pp), 0);
+    free(pp);
+    free(names);
+    vmsh_repo_free(r);
+    for (int k = 0; k < 2; k++) {
+        r = NULL;
+        assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+        r->verify_run_ids = k ? 7 : 0;
+        r->verify_max_runs = k ? 3 : 0;
+        vmsh_error *err = NULL;
+        assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, k ? &many : &one, &err),
+                         -EBADMSG);
+        vmsh_error_free(err);
+        vmsh_repo_free(r);
+    }
+    assert_true(one->n_damage >= 3); /* each backup's file, and the pack */
+    assert_int_equal(many->n_damage, one->n_damage);
+    assert_int_equal(many->chunks_checked, one->chunks_checked);
+    for (size_t i = 0; i < one->n_damage; i++) {
+        assert_string_equal(many->damage[i].backup, one->damage[i].backup);
+        assert_string_equal(many->damage[i].file ? many->damage[i].file : "",
+                            one->damage[i].file ? one->damage[i].file : "");
+        assert_string_equal(many->damage[i].what, one->damage[i].what);
+    }
+    vmsh_verify_report_free(one);
+    vmsh_verify_report_free(many);
+    free(data);
+    for (int i = 0; i < 3; i++)
+        free(ids[i]);
+    rm_rf(dir);
+    free(repo);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -305,6 +383,7 @@ int main(void)
         cmocka_unit_test(encryption_keys),
         cmocka_unit_test(source_extents_of_sparse_file),
         cmocka_unit_test(packs_roll_over_under_load),
+        cmocka_unit_test(verify_merges_sorted_runs_of_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

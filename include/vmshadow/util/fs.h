@@ -5,6 +5,7 @@
 #define VMSH_UTIL_FS_H
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -47,5 +48,12 @@ int vmsh_name_is_safe(const char *name);
  * trailing slash: a path from a backup or a definition is trusted to stay
  * under a prefix only once it cannot climb out of it (issue 20). */
 bool vmsh_path_is_clean(const char *path);
+
+/* A scratch file for data too big for memory (issue 27: verify's sort of
+ * chunk IDs), read and written with stdio: unlinked from the start, so it
+ * goes when closed or when the process dies. In TMPDIR, else /var/tmp (not
+ * /tmp: often a tmpfs, whose files are memory). NULL with *err set (what
+ * failed, where, and TMPDIR) on failure; the caller fcloses it. */
+FILE *vmsh_scratch_stream(const char *what, vmsh_error **err);
 
 #endif
