@@ -23,6 +23,8 @@ enum {
     VMSH_EXIT_USAGE = 2,
     VMSH_EXIT_DAMAGED = 3,
     VMSH_EXIT_BUSY = 4,
+    /* backup: stored, complete except what --allow-excluded accepted (R6) */
+    VMSH_EXIT_EXCLUDED = 5,
 };
 
 typedef struct vmsh_cli {

@@ -196,6 +196,7 @@ static void restore_stop_signals(const struct sigaction old[3])
 static void backup_usage(FILE *f)
 {
     fprintf(f, "Usage: vmshadow backup [VM... | --all] [--method auto|saved-state|guest] [--full]\n"
+               "                      [--include-shared] [--allow-excluded]\n"
                "\n"
                "Backs up the VMs as one snapshot set (one consistent point) into one backup,\n"
                "together with every script writer of the writers directory. Prints the\n"
@@ -205,7 +206,11 @@ static void backup_usage(FILE *f)
                "  --all            every VM of the connection\n"
                "  --method M       auto (default: guest when possible, SPEC R2), saved-state, "
                "guest\n"
-               "  --full           read every block, even when an incremental is possible\n");
+               "  --full           read every block, even when an incremental is possible\n"
+               "  --include-shared capture <shareable/> disks too (not consistent across VMs)\n"
+               "  --allow-excluded back up a VM whose disks are all excluded or whose firmware\n"
+               "                   variables or TPM state cannot be read, recording what is\n"
+               "                   left out; exit code 5 when that happened (SPEC R6)\n");
 }
 
 static json_object *jstr(const char *s)
@@ -217,6 +222,8 @@ const struct option vmsh_cli_opts_backup[] = {
     {"all", no_argument, NULL, 'a'},
     {"method", required_argument, NULL, 'm'},
     {"full", no_argument, NULL, 'f'},
+    {"include-shared", no_argument, NULL, 'S'},
+    {"allow-excluded", no_argument, NULL, 'X'},
     {"help", no_argument, NULL, 'h'},
     {0},
 };
@@ -247,6 +254,12 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
             break;
         case 'f':
             so.full = true;
+            break;
+        case 'S':
+            so.include_shared = true;
+            break;
+        case 'X':
+            so.allow_excluded = true;
             break;
         case 'h':
             backup_usage(stdout);
@@ -324,9 +337,19 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
         }
         vmsh_cli_warn(cli, "snapshot set %s was aborted; no backup was stored", res->set_id);
     }
+    size_t accepted = res->accepted_exclusions;
     vmsh_requestor_result_free(res);
     if (r < 0)
         return vmsh_cli_fail(cli, &err);
+    if (accepted > 0) {
+        /* R6: stored, but not everything the VMs need (named above) */
+        if (!cli->json)
+            vmsh_cli_warn(cli,
+                          "backup complete except %zu item(s) left out with --allow-excluded "
+                          "(exit code %d)",
+                          accepted, VMSH_EXIT_EXCLUDED);
+        return VMSH_EXIT_EXCLUDED;
+    }
     return VMSH_EXIT_OK;
 }
 

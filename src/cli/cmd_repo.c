@@ -262,12 +262,20 @@ static void vms_summary(json_object *doc, char *buf, size_t cap)
             continue;
         const char *method =
             json_object_object_get_ex(v, "method", &m) && m ? json_object_get_string(m) : NULL;
-        json_object *inc = NULL;
+        json_object *inc = NULL, *ex = NULL;
         bool incremental = json_object_object_get_ex(v, "incremental", &inc) &&
                            json_object_get_boolean(inc); /* issue 7 */
-        int w = snprintf(buf + used, cap - used, "%s%s%s%s%s", used ? " " : "",
+        /* R6 (issue 25): what the backup does not hold is never silent */
+        size_t n_ex = json_object_object_get_ex(v, "excluded_disks", &ex) &&
+                              json_object_is_type(ex, json_type_array)
+                          ? json_object_array_length(ex)
+                          : 0;
+        char exs[48] = "";
+        if (n_ex)
+            snprintf(exs, sizeof(exs), "(%zu excluded)", n_ex);
+        int w = snprintf(buf + used, cap - used, "%s%s%s%s%s%s", used ? " " : "",
                          json_object_get_string(n), method ? ":" : "", method ? method : "",
-                         incremental ? "+incremental" : "");
+                         incremental ? "+incremental" : "", exs);
         if (w < 0 || (size_t)w >= cap - used)
             break;
         used += (size_t)w;
@@ -434,10 +442,23 @@ int vmsh_cmd_show(vmsh_cli *cli, int argc, char **argv)
             json_object_object_get_ex(d0, "vms", &vms) && json_object_is_type(vms, json_type_array))
             for (size_t i = 0; i < json_object_array_length(vms); i++) {
                 json_object *v = json_object_array_get_idx(vms, i), *ds = NULL, *n = NULL;
+                json_object *ex = NULL;
+                json_object_object_get_ex(v, "name", &n);
+                /* R6 (issue 25): each thing left out, with the reason */
+                if (json_object_object_get_ex(v, "excluded_disks", &ex) &&
+                    json_object_is_type(ex, json_type_array))
+                    for (size_t k = 0; k < json_object_array_length(ex); k++) {
+                        json_object *x = json_object_array_get_idx(ex, k), *xn = NULL, *xr = NULL;
+                        json_object_object_get_ex(x, "name", &xn);
+                        json_object_object_get_ex(x, "reason", &xr);
+                        printf("  %s %s: excluded: %s\n",
+                               vmsh_cli_safe(cli, json_object_get_string(n)),
+                               vmsh_cli_safe(cli, json_object_get_string(xn)),
+                               xr ? vmsh_cli_safe(cli, json_object_get_string(xr)) : "-");
+                    }
                 if (!json_object_object_get_ex(v, "disks", &ds) ||
                     !json_object_is_type(ds, json_type_array))
                     continue;
-                json_object_object_get_ex(v, "name", &n);
                 for (size_t k = 0; k < json_object_array_length(ds); k++) {
                     json_object *dk = json_object_array_get_idx(ds, k), *dn = NULL, *rd = NULL,
                                 *rs = NULL, *br = NULL;

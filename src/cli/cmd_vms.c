@@ -16,7 +16,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: vmshadow vms [--method auto|saved-state|guest] [VM...]\n"
                "\n"
-               "Lists VMs: state, disks (target, source, format, kind), whether the guest\n"
+               "Lists VMs: state, disks (target, kind, format, source; captured or excluded\n"
+               "and why; read in full or incrementally and why), whether the guest\n"
                "agent answers, and the backup method a backup would use, with the reason.\n"
                "With --method guest, VMs that cannot use it show why (SPEC R2).\n"
                "A VM that a Pacemaker cluster manages shows its resource, node and\n"
@@ -80,11 +81,28 @@ static void print_text(vmsh_cli *cli, json_object *list)
                              str(dk, "target") ? vmsh_cli_safe(cli, str(dk, "target")) : "?",
                              str(dk, "kind"),
                              str(dk, "format") ? vmsh_cli_safe(cli, str(dk, "format")) : "-");
+            _cleanup_free_ char *text = NULL;
             if (!excl) {
-                printf("%s\n", src);
+                /* issue 25: captured, and how it will be read */
+                const char *rd = str(dk, "read"), *why = str(dk, "read_reason");
+                _cleanup_free_ char *vol = NULL;
+                if (str(dk, "pool") &&
+                    asprintf(&vol, " (volume %s/%s)", vmsh_cli_safe(cli, str(dk, "pool")),
+                             vmsh_cli_safe(cli, str(dk, "volume"))) < 0)
+                    vol = NULL;
+                int q = !rd ? asprintf(&text, "%s%s  [captured]", src, vol ? vol : "")
+                        : strcmp(rd, "incremental") == 0
+                            ? asprintf(&text, "%s%s  [captured, incremental]", src, vol ? vol : "")
+                        : strcmp(rd, "none") == 0
+                            ? asprintf(&text, "%s%s  [cannot be read: %s]", src, vol ? vol : "",
+                                       vmsh_cli_safe(cli, why))
+                            : asprintf(&text, "%s%s  [captured, %s: %s]", src, vol ? vol : "", rd,
+                                       vmsh_cli_safe(cli, why));
+                if (q < 0)
+                    text = NULL;
+                vmsh_cli_print_wrapped(text ? text : src, col, col, width);
                 continue;
             }
-            _cleanup_free_ char *text = NULL;
             if (asprintf(&text, "%s  [excluded: %s]", src, vmsh_cli_safe(cli, excl)) < 0)
                 text = NULL;
             vmsh_cli_print_wrapped(text ? text : src, col, col, width);

@@ -22,6 +22,8 @@ const char *vmsh_disk_kind_name(vmsh_disk_kind kind)
         return "passthrough";
     case VMSH_DISK_EMPTY:
         return "empty";
+    case VMSH_DISK_VOLUME:
+        return "volume";
     case VMSH_DISK_UNKNOWN:
         break;
     }
@@ -35,6 +37,9 @@ static void disk_clear(vmsh_domxml_disk *d)
     free(d->format);
     free(d->device);
     free(d->type);
+    free(d->protocol);
+    free(d->pool);
+    free(d->volume);
 }
 
 void vmsh_domxml_free(vmsh_domxml *x)
@@ -55,6 +60,10 @@ void vmsh_domxml_free(vmsh_domxml *x)
     free(x->uuid);
     free(x->domain_type);
     free(x->nvram);
+    free(x->nvram_type);
+    free(x->kernel);
+    free(x->initrd);
+    free(x->dtb);
     free(x->tpm_backend);
     free(x);
 }
@@ -145,10 +154,11 @@ static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
         d->kind = d->source ? VMSH_DISK_FILE : VMSH_DISK_EMPTY;
     } else if (strcmp(type, "block") == 0) {
         d->source = attr(src, "dev");
-        d->kind = !d->source ? VMSH_DISK_EMPTY : lun ? VMSH_DISK_PASSTHROUGH : VMSH_DISK_BLOCK;
+        d->kind = d->source ? VMSH_DISK_BLOCK : VMSH_DISK_EMPTY;
     } else if (strcmp(type, "network") == 0) {
+        d->protocol = attr(src, "protocol");
         d->source = src ? network_source(src) : NULL;
-        d->kind = lun ? VMSH_DISK_PASSTHROUGH : VMSH_DISK_NETWORK;
+        d->kind = VMSH_DISK_NETWORK;
     } else if (strcmp(type, "nvme") == 0) {
         xmlNodePtr addr = child(src, "address");
         _cleanup_free_ char *dom = attr(addr, "domain"), *bus = attr(addr, "bus"),
@@ -157,19 +167,36 @@ static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
                      slot ? slot : "?", fn ? fn : "?") < 0)
             d->source = NULL;
         d->kind = VMSH_DISK_PASSTHROUGH;
+    } else if (strcmp(type, "vhostuser") == 0) {
+        /* an external process serves the disk: QEMU never opens its storage */
+        _cleanup_free_ char *path = attr(src, "path");
+        if (asprintf(&d->source, "vhost-user %s", path ? path : "?") < 0)
+            d->source = NULL;
+        d->kind = VMSH_DISK_PASSTHROUGH;
+    } else if (strcmp(type, "vhostvdpa") == 0) {
+        _cleanup_free_ char *dev = attr(src, "dev");
+        if (asprintf(&d->source, "vdpa %s", dev ? dev : "?") < 0)
+            d->source = NULL;
+        d->kind = VMSH_DISK_PASSTHROUGH;
     } else if (strcmp(type, "dir") == 0) {
         d->source = attr(src, "dir");
         d->kind = VMSH_DISK_UNKNOWN;
     } else if (strcmp(type, "volume") == 0) {
-        _cleanup_free_ char *pool = attr(src, "pool"), *vol = attr(src, "volume");
-        if (asprintf(&d->source, "volume %s/%s", pool ? pool : "?", vol ? vol : "?") < 0)
+        d->pool = attr(src, "pool");
+        d->volume = attr(src, "volume");
+        if (asprintf(&d->source, "volume %s/%s", d->pool ? d->pool : "?",
+                     d->volume ? d->volume : "?") < 0)
             d->source = NULL;
-        d->kind = VMSH_DISK_UNKNOWN; /* which kind depends on the pool; not guessed */
+        /* what it is stored on is the pool's business: resolved by the
+         * hypervisor layer (vmsh_domxml_disk_set_volume), never guessed */
+        d->kind = d->pool && d->volume ? VMSH_DISK_VOLUME : VMSH_DISK_UNKNOWN;
     } else {
         d->kind = VMSH_DISK_UNKNOWN;
     }
-    if (lun && d->kind == VMSH_DISK_FILE)
+    /* SCSI pass-through of whatever source: the guest drives the device */
+    if (lun && d->kind != VMSH_DISK_EMPTY)
         d->kind = VMSH_DISK_PASSTHROUGH;
+    d->storage = d->kind == VMSH_DISK_VOLUME ? VMSH_DISK_UNKNOWN : d->kind;
     if (!d->device)
         return -ENOMEM;
     /* libvirt never gives a disk without one, but a backup's XML may: every
@@ -278,11 +305,28 @@ int vmsh_domxml_parse(vmsh_domxml **out, const char *xml, size_t len, vmsh_error
         goto out;
     }
     xmlNodePtr os = child(root, "os");
-    x->nvram = text_of(child(os, "nvram"));
+    xmlNodePtr nv = child(os, "nvram");
+    x->nvram = text_of(nv);
     if (x->nvram && !*x->nvram) {
         free(x->nvram);
         x->nvram = NULL;
     }
+    /* libvirt 8.5+: <nvram type='file|block|network'><source .../></nvram> */
+    x->nvram_type = attr(nv, "type");
+    if (x->nvram_type) {
+        free(x->nvram); /* the element's text is only whitespace then */
+        x->nvram = NULL;
+        xmlNodePtr ns = child(nv, "source");
+        if (strcmp(x->nvram_type, "file") == 0)
+            x->nvram = attr(ns, "file");
+        else if (strcmp(x->nvram_type, "block") == 0)
+            x->nvram = attr(ns, "dev");
+        else if (ns)
+            x->nvram = network_source(ns);
+    }
+    x->kernel = text_of(child(os, "kernel"));
+    x->initrd = text_of(child(os, "initrd"));
+    x->dtb = text_of(child(os, "dtb"));
     size_t hostdevs = 0;
     for (xmlNodePtr n = child(root, "devices") ? child(root, "devices")->children : NULL;
          n && r == 0; n = n->next) {
@@ -319,5 +363,29 @@ out:
         return r;
     }
     *out = x;
+    return 0;
+}
+
+void vmsh_domxml_mark_block_nodes(vmsh_domxml *x, bool (*is_block)(const char *path, void *ctx),
+                                  void *ctx)
+{
+    for (size_t i = 0; x && i < x->n_disks; i++) {
+        vmsh_domxml_disk *d = &x->disks[i];
+        if (d->kind == VMSH_DISK_FILE && d->source && is_block(d->source, ctx))
+            d->kind = d->storage = VMSH_DISK_BLOCK;
+        else if (d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_FILE && d->source &&
+                 is_block(d->source, ctx))
+            d->storage = VMSH_DISK_BLOCK;
+    }
+}
+
+int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk_kind storage)
+{
+    char *p = strdup(path);
+    if (!p)
+        return -ENOMEM;
+    free(d->source);
+    d->source = p;
+    d->storage = storage;
     return 0;
 }

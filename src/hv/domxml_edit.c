@@ -323,10 +323,14 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
             xmlFreeNode(old_chain);
             return -ENOMEM;
         }
-        xmlSetProp(bs, (const xmlChar *)"type", (const xmlChar *)"file");
+        /* QEMU opens a device node with its host_device driver, which
+         * libvirt picks for type='block' (issue 25) */
+        xmlSetProp(bs, (const xmlChar *)"type",
+                   (const xmlChar *)(rp->backing_block ? "block" : "file"));
         xmlSetProp(fmt, (const xmlChar *)"type",
                    (const xmlChar *)(rp->backing_format ? rp->backing_format : "raw"));
-        xmlSetProp(bsrc, (const xmlChar *)"file", (const xmlChar *)rp->backing);
+        xmlSetProp(bsrc, (const xmlChar *)(rp->backing_block ? "dev" : "file"),
+                   (const xmlChar *)rp->backing);
         if (old_chain && child(old_chain, "source"))
             xmlAddChild(bs, old_chain);
         else

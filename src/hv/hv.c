@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 #include <libxml/xmlerror.h>
@@ -246,6 +247,43 @@ vmsh_vm_state vmsh_hv_map_state(int st)
     }
 }
 
+static bool path_is_block(const char *path, void *ctx)
+{
+    (void)ctx;
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+/* Issue 25 (R6): a type='volume' disk is whatever its pool stores it as;
+ * libvirt resolves it. A pool that is not active leaves it unresolved
+ * (storage UNKNOWN), which the VM writer reports as an error. */
+static void resolve_volumes(virConnectPtr conn, vmsh_domxml *x)
+{
+    for (size_t i = 0; conn && x && i < x->n_disks; i++) {
+        vmsh_domxml_disk *dk = &x->disks[i];
+        if (dk->kind != VMSH_DISK_VOLUME || !dk->pool || !dk->volume)
+            continue;
+        virStoragePoolPtr pool = virStoragePoolLookupByName(conn, dk->pool);
+        virStorageVolPtr vol = pool ? virStorageVolLookupByName(pool, dk->volume) : NULL;
+        virStorageVolInfo info;
+        char *path = vol ? virStorageVolGetPath(vol) : NULL;
+        if (path && virStorageVolGetInfo(vol, &info) == 0) {
+            vmsh_disk_kind k = info.type == VIR_STORAGE_VOL_FILE      ? VMSH_DISK_FILE
+                               : info.type == VIR_STORAGE_VOL_BLOCK   ? VMSH_DISK_BLOCK
+                               : info.type == VIR_STORAGE_VOL_NETWORK ? VMSH_DISK_NETWORK
+                                                                      : VMSH_DISK_UNKNOWN;
+            if (k != VMSH_DISK_UNKNOWN)
+                vmsh_domxml_disk_set_volume(dk, path, k); /* ENOMEM: stays unresolved */
+        }
+        free(path);
+        if (vol)
+            virStorageVolFree(vol);
+        if (pool)
+            virStoragePoolFree(pool);
+    }
+    virResetLastError(); /* a missing pool is reported by the writer, not here */
+}
+
 static int vm_from_domain(virDomainPtr d, vmsh_vm **out, vmsh_error **err)
 {
     vmsh_vm *vm = calloc(1, sizeof(*vm));
@@ -278,6 +316,9 @@ static int vm_from_domain(virDomainPtr d, vmsh_vm **out, vmsh_error **err)
     if (vmsh_domxml_parse(&vm->xml, vm->xml_text, strlen(vm->xml_text), &perr) < 0) {
         vm->xml_error = strdup(perr->message);
         vmsh_error_free(perr);
+    } else {
+        resolve_volumes(virDomainGetConnect(d), vm->xml);
+        vmsh_domxml_mark_block_nodes(vm->xml, path_is_block, NULL);
     }
     if (!vm->name) {
         vmsh_vm_free(vm);

@@ -516,6 +516,17 @@ static void fill_result(vmsh_requestor_result *res, const vmsh_set *set, int r, 
     res->bytes_stored = set ? vmsh_set_bytes_stored(set) : 0;
     res->vms = vms_json(set);
     res->writers = writers_json(set);
+    for (size_t i = 0; r == 0 && set && i < vmsh_set_writer_count(set); i++) {
+        if (strcmp(vmsh_set_writer(set, i)->id, VMSH_VM_WRITER_ID) != 0)
+            continue;
+        const vmsh_metadata *md = vmsh_set_writer_metadata(set, i);
+        for (size_t c = 0; md && c < vmsh_metadata_component_count(md); c++) {
+            json_object *acc = NULL;
+            json_object *extra = vmsh_component_extra(vmsh_metadata_component(md, c));
+            if (extra && json_object_object_get_ex(extra, "accepted_exclusions", &acc))
+                res->accepted_exclusions += (size_t)json_object_get_int64(acc);
+        }
+    }
     if (r < 0 && set) {
         size_t n = vmsh_set_writer_count(set);
         res->failures = vmsh_calloc_array(n ? n : 1, sizeof(*res->failures));
@@ -539,7 +550,9 @@ int vmsh_requestor_backup(const vmsh_requestor_config *cfg, const vmsh_requestor
                            .n_targets = opts->n_targets,
                            .all = opts->all,
                            .method = opts->method ? opts->method : "auto",
-                           .full = opts->full};
+                           .full = opts->full,
+                           .include_shared = opts->include_shared,
+                           .allow_excluded = opts->allow_excluded};
     vmsh_requestor_result *res = calloc(1, sizeof(*res));
     if (!res)
         return vmsh_error_set(err, -ENOMEM, "out of memory");

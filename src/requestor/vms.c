@@ -20,7 +20,10 @@ static json_object *jstr(const char *s)
     return s ? json_object_new_string(s) : NULL;
 }
 
-static json_object *disk_json(const vmsh_domxml_disk *d)
+/* One disk: what it is, where it is stored, whether a backup captures it
+ * (R6) and how it would be read (issue 25: full or incremental, and why). */
+static json_object *disk_json(const vmsh_domxml_disk *d, bool have_method, vmsh_method m,
+                              vmsh_vm_state st)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "target", jstr(d->target));
@@ -29,9 +32,35 @@ static json_object *disk_json(const vmsh_domxml_disk *d)
     json_object_object_add(o, "kind", jstr(vmsh_disk_kind_name(d->kind)));
     json_object_object_add(o, "device", jstr(d->device));
     json_object_object_add(o, "readonly", json_object_new_boolean(d->readonly));
-    const char *excl = vmsh_method_disk_exclusion(d);
+    if (d->kind == VMSH_DISK_VOLUME) {
+        json_object_object_add(o, "pool", jstr(d->pool));
+        json_object_object_add(o, "volume", jstr(d->volume));
+        json_object_object_add(
+            o, "storage",
+            jstr(d->storage == VMSH_DISK_UNKNOWN ? "unresolved" : vmsh_disk_kind_name(d->storage)));
+    }
+    json_object_object_add(o, "protocol", jstr(d->protocol));
+    json_object_object_add(o, "shareable", json_object_new_boolean(d->shareable));
+    const char *excl = vmsh_method_disk_exclusion(d, 0);
     json_object_object_add(o, "excluded", json_object_new_boolean(excl != NULL));
     json_object_object_add(o, "exclusion_reason", jstr(excl));
+    const char *read = NULL, *why = NULL;
+    if (!excl && d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_UNKNOWN) {
+        read = "none";
+        why = "the volume cannot be resolved through its pool (is the pool active?): a backup "
+              "fails";
+    } else if (!excl && have_method) {
+        vmsh_disk_kind on = d->kind == VMSH_DISK_VOLUME ? d->storage : d->kind;
+        if (on == VMSH_DISK_NETWORK && m != VMSH_METHOD_GUEST) {
+            read = "none";
+            why = "network disks are read only through the guest method's backup job: a backup "
+                  "by another method fails";
+        } else {
+            read = vmsh_method_disk_read(d, m, st, &why);
+        }
+    }
+    json_object_object_add(o, "read", jstr(read));
+    json_object_object_add(o, "read_reason", jstr(why));
     return o;
 }
 
@@ -143,7 +172,7 @@ int vmsh_requestor_vms(const vmsh_requestor_config *cfg, const vmsh_requestor_ca
         vmsh_method_choice mc = {0};
         const char *m = NULL, *reason = NULL;
         vmsh_error *merr = NULL;
-        if (vmsh_method_choose(vm, agent, scratch_dir, requested, &mc, &merr) < 0) {
+        if (vmsh_method_choose(vm, agent, scratch_dir, 0, requested, &mc, &merr) < 0) {
             m = "none";
             reason = merr->message;
         } else {
@@ -158,7 +187,8 @@ int vmsh_requestor_vms(const vmsh_requestor_config *cfg, const vmsh_requestor_ca
         json_object_object_add(o, "managed_save", json_object_new_boolean(vm->managed_save));
         json_object *disks = json_object_new_array();
         for (size_t d = 0; vm->xml && d < vm->xml->n_disks; d++)
-            json_object_array_add(disks, disk_json(&vm->xml->disks[d]));
+            json_object_array_add(
+                disks, disk_json(&vm->xml->disks[d], merr == NULL, mc.method, vm->state));
         json_object_object_add(o, "disks", disks);
         json_object_object_add(o, "xml_error", jstr(vm->xml_error));
         json_object_object_add(o, "agent", agent_json(agent));

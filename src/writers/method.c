@@ -40,25 +40,97 @@ void vmsh_method_choice_clear(vmsh_method_choice *c)
     c->reason = NULL;
 }
 
-const char *vmsh_method_disk_exclusion(const vmsh_domxml_disk *d)
+static bool removable(const vmsh_domxml_disk *d)
 {
+    return d->device && (strcmp(d->device, "cdrom") == 0 || strcmp(d->device, "floppy") == 0);
+}
+
+static bool type_is(const vmsh_domxml_disk *d, const char *t)
+{
+    return d->type && strcmp(d->type, t) == 0;
+}
+
+/* SPEC R6 as rewritten (issue 25): a virtual disk is captured wherever it is
+ * stored; pass-through is not, shared disks only on request; each reason
+ * says what the disk is, so that the user knows where its data must be
+ * backed up instead. */
+const char *vmsh_method_disk_exclusion(const vmsh_domxml_disk *d, unsigned flags)
+{
+    if (d->kind == VMSH_DISK_EMPTY)
+        return "removable medium: the drive is empty";
+    /* before pass-through: a host CD-ROM drive is a removable medium, not
+     * "a host device to back up from inside the guest" */
+    if (removable(d))
+        return "removable medium (not VM data)";
     switch (d->kind) {
     case VMSH_DISK_FILE:
-        if (strcmp(d->device, "cdrom") == 0 || strcmp(d->device, "floppy") == 0)
-            return "removable medium (not VM data)";
-        return NULL;
     case VMSH_DISK_BLOCK:
-        return "host block device: back it up from inside the guest (R6)";
     case VMSH_DISK_NETWORK:
-        return "network disk: back it up from inside the guest (R6)";
+    case VMSH_DISK_VOLUME:
+        if (d->shareable && !(flags & VMSH_DISKS_INCLUDE_SHARED))
+            return "shared with other VMs (<shareable/>): one VM's backup cannot capture it "
+                   "consistently; --include-shared captures it anyway (R6)";
+        return NULL;
     case VMSH_DISK_PASSTHROUGH:
+        if (strcmp(d->device, "lun") == 0)
+            return "SCSI LUN pass-through (device='lun'): the guest drives the device itself; "
+                   "back it up from inside the guest (R6)";
+        if (strcmp(d->device, "hostdev") == 0)
+            return "host device passed through (<hostdev>): back it up from inside the guest "
+                   "(R6)";
+        if (type_is(d, "vhostuser"))
+            return "vhost-user disk: an external process serves it, QEMU never opens its "
+                   "storage; back it up where that process keeps it or from inside the guest "
+                   "(R6)";
+        if (type_is(d, "vhostvdpa"))
+            return "vDPA device: the hardware serves it; back it up from inside the guest (R6)";
+        if (type_is(d, "nvme"))
+            return "host NVMe controller passed through (type='nvme'): back it up from inside "
+                   "the guest (R6)";
         return "host device passed through: back it up from inside the guest (R6)";
     case VMSH_DISK_EMPTY:
-        return "no medium";
     case VMSH_DISK_UNKNOWN:
         break;
     }
+    if (type_is(d, "dir"))
+        return "a host directory shown to the guest as a disk (type='dir'): back up the "
+               "directory itself";
     return "disk of a kind vmshadow does not know: not backed up";
+}
+
+static bool is_qcow2(const vmsh_domxml_disk *d)
+{
+    return d->format && strcmp(d->format, "qcow2") == 0;
+}
+
+const char *vmsh_method_disk_read(const vmsh_domxml_disk *d, vmsh_method m, vmsh_vm_state st,
+                                  const char **why)
+{
+    vmsh_disk_kind on = d->kind == VMSH_DISK_VOLUME ? d->storage : d->kind;
+    if (!is_qcow2(d)) {
+        /* libvirt refuses checkpoints on them (libvirt 9.0): no dirty bitmap */
+        if (on == VMSH_DISK_BLOCK)
+            *why = "raw block device: only qcow2 images carry dirty bitmaps (libvirt refuses a "
+                   "checkpoint on a raw disk)";
+        else if (on == VMSH_DISK_NETWORK)
+            *why = "raw network disk: only qcow2 images carry dirty bitmaps (libvirt refuses a "
+                   "checkpoint on a raw disk)";
+        else
+            *why = "raw disks carry no dirty bitmap (only qcow2 images do)";
+        return "full";
+    }
+    if (m == VMSH_METHOD_SAVED_STATE && st != VMSH_VM_SHUTOFF) {
+        *why = "saved-state method (R1): the image is read without a dirty bitmap (incremental "
+               "reads come from the guest method's backup job)";
+        return "full";
+    }
+    if (st == VMSH_VM_SHUTOFF && on == VMSH_DISK_NETWORK) {
+        *why = "a shut-off VM's network disk is read in full";
+        return "full";
+    }
+    *why = "qcow2: changes since the last backup's checkpoint (the first backup, or one "
+           "after the chain broke, reads in full)";
+    return "incremental";
 }
 
 /* Guest filesystems that FIFREEZE cannot make consistent: their data lives
@@ -106,7 +178,7 @@ static int fail(vmsh_method_choice *out, char cond, const char *fmt, ...)
 
 /* Returns 1 when a condition failed (out filled), 0 when all hold, <0 ENOMEM. */
 static int check_guest(const vmsh_vm *vm, const vmsh_agent_info *agent, const char *scratch_dir,
-                       vmsh_method_choice *out)
+                       unsigned flags, vmsh_method_choice *out)
 {
     if (vm->state != VMSH_VM_RUNNING)
         return fail(out, 'b', "the VM is %s, not running", vmsh_vm_state_name(vm->state));
@@ -122,17 +194,17 @@ static int check_guest(const vmsh_vm *vm, const vmsh_agent_info *agent, const ch
         return fail(out, 'a', "the guest agent does not support freeze");
     for (size_t i = 0; i < vm->xml->n_disks; i++) {
         const vmsh_domxml_disk *d = &vm->xml->disks[i];
-        const char *excl = vmsh_method_disk_exclusion(d);
-        if (excl && d->kind == VMSH_DISK_FILE)
-            continue; /* removable media are not captured by either method */
-        if (excl && d->kind == VMSH_DISK_EMPTY)
-            continue;
-        if (excl)
-            return fail(out, 'e', "disk %s is %s, not a file image the provider can snapshot",
-                        d->target ? d->target : "?", vmsh_disk_kind_name(d->kind));
+        if (vmsh_method_disk_exclusion(d, flags))
+            continue; /* not captured by either method (R6) */
         if (!d->format || (strcmp(d->format, "qcow2") != 0 && strcmp(d->format, "raw") != 0))
-            return fail(out, 'e', "disk %s has format %s; the provider snapshots qcow2 and raw",
+            return fail(out, 'e', "disk %s has format %s; the provider reads qcow2 and raw",
                         d->target ? d->target : "?", d->format ? d->format : "(none given)");
+        /* R2 (c) is about image files: scratch files of a block, network or
+         * pool-volume disk go to the scratch directory or the set's /run
+         * directory, never beside a device node */
+        if (d->kind != VMSH_DISK_FILE &&
+            !(d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_FILE))
+            continue;
         if (scratch_dir) {
             bool same = false;
             if (same_fs(d->source, scratch_dir, &same) < 0)
@@ -157,7 +229,8 @@ static int check_guest(const vmsh_vm *vm, const vmsh_agent_info *agent, const ch
 }
 
 int vmsh_method_choose(const vmsh_vm *vm, const vmsh_agent_info *agent, const char *scratch_dir,
-                       vmsh_method requested, vmsh_method_choice *out, vmsh_error **err)
+                       unsigned flags, vmsh_method requested, vmsh_method_choice *out,
+                       vmsh_error **err)
 {
     memset(out, 0, sizeof(*out));
     if (requested == VMSH_METHOD_SAVED_STATE) {
@@ -165,12 +238,13 @@ int vmsh_method_choose(const vmsh_vm *vm, const vmsh_agent_info *agent, const ch
         out->reason = strdup("saved-state method requested");
         return out->reason ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    int r = check_guest(vm, agent, scratch_dir, out);
+    int r = check_guest(vm, agent, scratch_dir, flags, out);
     if (r < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     if (r == 0) {
         out->method = VMSH_METHOD_GUEST;
-        out->reason = strdup("agent answers and can freeze; every disk is a file image");
+        out->reason =
+            strdup("agent answers and can freeze; the backup job reads every captured disk");
         return out->reason ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     if (requested == VMSH_METHOD_GUEST) {

@@ -109,7 +109,12 @@ static json_object *jstr(const char *s)
  * its own: <VMSH_SWTPM_DIR>/<uuid>/, e.g. tpm2/tpm2-00.permall. Each regular
  * file becomes a file "tpm/<relative path>" of the component. A TPM that is
  * not emulated (pass-through) is the host's: excluded (R6). */
-static int describe_tpm(vmsh_component *c, const vmsh_vm *vm, vmsh_error **err)
+static int exclude_or_fail(const vmsh_set_options *o, vmsh_component *c, const char *vm,
+                           const char *name, const char *reason, size_t *accepted,
+                           vmsh_error **err);
+
+static int describe_tpm(vmsh_component *c, const vmsh_vm *vm, const vmsh_set_options *o,
+                        size_t *accepted, vmsh_error **err)
 {
     if (strcmp(vm->xml->tpm_backend, "emulator") != 0)
         return vmsh_component_add_excluded(c, "tpm", "a host TPM passed through (R6)") < 0
@@ -126,6 +131,16 @@ static int describe_tpm(vmsh_component *c, const vmsh_vm *vm, vmsh_error **err)
         DIR *d = sub ? opendir(sub) : NULL;
         struct dirent *de;
         int r = 0;
+        if (!d && sub && errno != ENOENT) {
+            /* R6: TPM state that exists but cannot be read is not skipped */
+            _cleanup_free_ char *why = NULL;
+            if (asprintf(&why, "its TPM state %s cannot be read: %s", sub, strerror(errno)) < 0)
+                why = NULL;
+            if ((r = exclude_or_fail(o, c, vm->name, "tpm", why ? why : "unreadable TPM state",
+                                     accepted, err)) < 0)
+                return r;
+            continue;
+        }
         while (d && r == 0 && (de = readdir(d))) {
             if (de->d_name[0] == '.' || de->d_type != DT_REG)
                 continue; /* ".lock" and the like are swtpm's, not state */
@@ -172,9 +187,28 @@ static int describe_managed_save(vmsh_component *c, const vmsh_vm *vm, vmsh_erro
     return vmsh_file_set_source_file(f, path, "raw");
 }
 
-static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_method requested,
-                       vm_item *it, const vmsh_agent_info *prefetched, vmsh_error **err)
+/* R6, last paragraph: something the VM needs that is not captured. With
+ * --allow-excluded it is named in the backup document; without, the set
+ * fails with the reason. */
+static int exclude_or_fail(const vmsh_set_options *o, vmsh_component *c, const char *vm,
+                           const char *name, const char *reason, size_t *accepted, vmsh_error **err)
 {
+    (*accepted)++;
+    if (!o->allow_excluded)
+        return vmsh_error_set(err, -EINVAL,
+                              "VM %s: %s: %s; the set fails rather than leave it out silently "
+                              "(R6): fix it, or accept the exclusion with --allow-excluded",
+                              vm, name, reason);
+    return vmsh_component_add_excluded(c, name, reason) < 0
+               ? vmsh_error_set(err, -ENOMEM, "out of memory")
+               : 0;
+}
+
+static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm,
+                       const vmsh_set_options *o, vmsh_method requested, vm_item *it,
+                       const vmsh_agent_info *prefetched, vmsh_error **err)
+{
+    unsigned dflags = o->include_shared ? VMSH_DISKS_INCLUDE_SHARED : 0;
     if (vm->state == VMSH_VM_OTHER)
         return vmsh_error_set(err, -EINVAL,
                               "VM %s is neither running, paused nor shut off (libvirt state %d): "
@@ -199,8 +233,8 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
         (r = vmsh_hv_agent_probe(w->hv, vm, w->agent_timeout_s, &probed, err)) < 0)
         return r;
     vmsh_method_choice mc = {0};
-    r = vmsh_method_choose(vm, prefetched ? prefetched : probed, w->scratch_dir, requested, &mc,
-                           err);
+    r = vmsh_method_choose(vm, prefetched ? prefetched : probed, w->scratch_dir, dflags, requested,
+                           &mc, err);
     vmsh_agent_info_free(probed);
     if (r < 0)
         return r;
@@ -228,9 +262,10 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
         goto out;
     }
     it->targets = vmsh_calloc_array(vm->xml->n_disks, sizeof(char *));
+    size_t n_excluded = 0, accepted = 0;
     for (size_t i = 0; it->targets && i < vm->xml->n_disks && r == 0; i++) {
         const vmsh_domxml_disk *d = &vm->xml->disks[i];
-        const char *excl = vmsh_method_disk_exclusion(d);
+        const char *excl = vmsh_method_disk_exclusion(d, dflags);
         _cleanup_free_ char *label = NULL;
         if (asprintf(&label, "%s (%s %s)", d->target ? d->target : "?",
                      vmsh_disk_kind_name(d->kind), d->source ? d->source : "no source") < 0)
@@ -239,7 +274,31 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
             /* R6: listed as excluded, with the reason; the CLI warns. */
             if (vmsh_component_add_excluded(c, label ? label : "?", excl) < 0)
                 r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            if (d->kind != VMSH_DISK_EMPTY &&
+                !(d->device && (!strcmp(d->device, "cdrom") || !strcmp(d->device, "floppy"))))
+                n_excluded++;
             continue;
+        }
+        if (d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_UNKNOWN) {
+            r = vmsh_error_set(err, -ENOENT,
+                               "VM %s: disk %s is volume '%s' of storage pool '%s', which libvirt "
+                               "cannot resolve (is the pool active, does the volume exist?): "
+                               "start the pool (virsh pool-start %s) and retry",
+                               vm->name, d->target, d->volume, d->pool, d->pool);
+            break;
+        }
+        vmsh_disk_kind on = d->kind == VMSH_DISK_VOLUME ? d->storage : d->kind;
+        /* issue 25: a network disk is read through QEMU's backup job only; a
+         * saved or shut-off VM's network disk would need a QEMU of our own
+         * to open it, which is not built yet: say so rather than skip it */
+        if (on == VMSH_DISK_NETWORK && mc.method != VMSH_METHOD_GUEST) {
+            r = vmsh_error_set(err, -ENOTSUP,
+                               "VM %s: disk %s is a network disk (%s); vmshadow reads network "
+                               "disks only through the guest method's backup job (the VM "
+                               "running, its agent answering; R2), not by the %s method (%s)",
+                               vm->name, d->target, d->source ? d->source : "?",
+                               vmsh_method_name(mc.method), mc.reason ? mc.reason : "");
+            break;
         }
         _cleanup_free_ char *fname = NULL;
         if (asprintf(&fname, "disk/%s", d->target) < 0) {
@@ -250,7 +309,8 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
             break;
         vmsh_file_set_path(f, d->source);
         struct stat st;
-        if (stat(d->source, &st) == 0 && d->format && strcmp(d->format, "raw") == 0)
+        if (on != VMSH_DISK_NETWORK && stat(d->source, &st) == 0 && S_ISREG(st.st_mode) &&
+            d->format && strcmp(d->format, "raw") == 0)
             vmsh_file_set_size(f, st.st_size);
         if (!(it->targets[it->n_targets] = strdup(d->target))) {
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -261,8 +321,23 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
         json_object_object_add(dj, "target", jstr(d->target));
         json_object_object_add(dj, "path", jstr(d->source));
         json_object_object_add(dj, "format", jstr(d->format));
+        /* issue 25: what the disk is stored on, for the restore and for the
+         * reasons of full reads */
+        json_object_object_add(dj, "kind", jstr(vmsh_disk_kind_name(d->kind)));
+        if (d->kind == VMSH_DISK_VOLUME) {
+            json_object_object_add(dj, "storage", jstr(vmsh_disk_kind_name(d->storage)));
+            json_object_object_add(dj, "pool", jstr(d->pool));
+            json_object_object_add(dj, "volume", jstr(d->volume));
+        }
+        if (d->protocol)
+            json_object_object_add(dj, "protocol", jstr(d->protocol));
         json_object_array_add(disks, dj);
     }
+    /* R6: a VM none of whose disks is captured would be a backup of its
+     * configuration only */
+    if (r == 0 && it->n_targets == 0 && n_excluded > 0)
+        r = exclude_or_fail(o, c, vm->name, "every disk",
+                            "all of its disks are excluded (see `vmshadow vms`)", &accepted, err);
     json_object_object_add(extra, "disks", disks);
     vmsh_component_set_extra(c, extra);
     json_object_put(extra);
@@ -286,23 +361,74 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm, vmsh_
     free(cpd);
     if (r < 0)
         goto out;
-    if (vm->xml->nvram && access(vm->xml->nvram, R_OK) == 0) {
+    if (vm->xml->nvram_type && strcmp(vm->xml->nvram_type, "file") != 0) {
+        /* R6: firmware variables that are not a file of this host */
+        _cleanup_free_ char *why = NULL;
+        if (asprintf(&why,
+                     "the firmware variables are a %s source (%s), which vmshadow cannot read",
+                     vm->xml->nvram_type, vm->xml->nvram ? vm->xml->nvram : "?") < 0)
+            why = NULL;
+        if ((r = exclude_or_fail(o, c, vm->name, "nvram", why ? why : "unreadable NVRAM", &accepted,
+                                 err)) < 0)
+            goto out;
+    } else if (vm->xml->nvram && access(vm->xml->nvram, R_OK) == 0) {
         if ((r = vmsh_component_add_file(c, "nvram", "nvram", &f, err)) < 0)
             goto out;
         vmsh_file_set_path(f, vm->xml->nvram);
         vmsh_file_set_source_file(f, vm->xml->nvram, "raw");
+    } else if (vm->xml->nvram && (errno != ENOENT || vm->state != VMSH_VM_SHUTOFF)) {
+        /* a running VM's variables file exists (QEMU has it open); a shut-off
+         * VM's may not exist yet (libvirt makes it at the first start) */
+        _cleanup_free_ char *why = NULL;
+        if (asprintf(&why, "its firmware variables file %s cannot be read: %s", vm->xml->nvram,
+                     strerror(errno)) < 0)
+            why = NULL;
+        if ((r = exclude_or_fail(o, c, vm->name, "nvram", why ? why : "unreadable NVRAM", &accepted,
+                                 err)) < 0)
+            goto out;
+    } else if (vm->xml->nvram) {
+        if (vmsh_component_add_excluded(c, "nvram",
+                                        "no firmware variables file yet: the VM has not run "
+                                        "since it was defined (libvirt creates it at the first "
+                                        "start)") < 0) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
     }
-    if (vm->xml->tpm_backend && (r = describe_tpm(c, vm, err)) < 0)
+    /* R6, last paragraph: a direct-boot VM needs its kernel, initrd and DTB,
+     * which are host files outside libvirt's control: named, never silently
+     * dropped. They are configuration the host provides, so they are
+     * listed as excluded with the path a restore needs. */
+    static const char *const boot_names[] = {"kernel", "initrd", "dtb"};
+    const char *boot_paths[] = {vm->xml->kernel, vm->xml->initrd, vm->xml->dtb};
+    for (size_t k = 0; k < VMSH_ARRAY_SIZE(boot_names); k++) {
+        if (!boot_paths[k] || !*boot_paths[k])
+            continue;
+        _cleanup_free_ char *why = NULL;
+        if (asprintf(&why,
+                     "direct-boot %s %s is a host file, not stored in the backup: a restore on "
+                     "another host needs it there",
+                     boot_names[k], boot_paths[k]) < 0 ||
+            vmsh_component_add_excluded(c, boot_names[k], why) < 0) {
+            r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    if (vm->xml->tpm_backend && (r = describe_tpm(c, vm, o, &accepted, err)) < 0)
         goto out;
+    /* what --allow-excluded accepted: `backup` exits with its own code */
+    if (accepted > 0)
+        json_object_object_add(vmsh_component_extra(c), "accepted_exclusions",
+                               json_object_new_int64((int64_t)accepted));
     for (size_t i = 0; i < vm->xml->n_ifaces; i++) {
         const vmsh_domxml_iface *ifc = &vm->xml->ifaces[i];
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "type", jstr(ifc->type));
-        json_object_object_add(o, "source", jstr(ifc->source));
-        json_object_object_add(o, "mac", jstr(ifc->mac));
-        json_object_object_add(o, "model", jstr(ifc->model));
-        vmsh_component_add_network(c, o);
-        json_object_put(o);
+        json_object *nj = json_object_new_object();
+        json_object_object_add(nj, "type", jstr(ifc->type));
+        json_object_object_add(nj, "source", jstr(ifc->source));
+        json_object_object_add(nj, "mac", jstr(ifc->mac));
+        json_object_object_add(nj, "model", jstr(ifc->model));
+        vmsh_component_add_network(c, nj);
+        json_object_put(nj);
     }
     if (it->method == VMSH_METHOD_SAVED_STATE && vm->state != VMSH_VM_SHUTOFF &&
         (r = vmsh_component_add_file(c, "saved-state", "saved-state", &f, err)) < 0)
@@ -480,7 +606,7 @@ static int vmw_identify(vmsh_writer_ops *ops, vmsh_set *set, vmsh_metadata *md, 
             break;
         }
         w->n_items++;
-        r = describe_vm(w, md, vms[i], requested, it, agents ? agents[i] : NULL, err);
+        r = describe_vm(w, md, vms[i], o, requested, it, agents ? agents[i] : NULL, err);
     }
     for (size_t i = 0; agents && i < n; i++)
         vmsh_agent_info_free(agents[i]);
@@ -540,6 +666,8 @@ static int write_domain_xml(vm_writer *w, vm_item *it, size_t idx, vmsh_error **
 /* The disks the VM writer captures, as recorded at Identify. */
 typedef struct disk_ref {
     const char *target, *path, *format;
+    bool image_file; /* an image file (not a device node, not a network disk) */
+    bool network;
 } disk_ref;
 
 static size_t disk_refs(const vm_item *it, disk_ref *out, size_t max)
@@ -550,11 +678,16 @@ static size_t disk_refs(const vm_item *it, disk_ref *out, size_t max)
         return 0;
     for (size_t i = 0; i < json_object_array_length(disks) && n < max; i++) {
         json_object *d = json_object_array_get_idx(disks, i), *t = NULL, *p = NULL, *f = NULL;
+        json_object *k = NULL, *st = NULL;
         json_object_object_get_ex(d, "target", &t);
         json_object_object_get_ex(d, "path", &p);
         json_object_object_get_ex(d, "format", &f);
+        json_object_object_get_ex(d, "kind", &k);
+        json_object_object_get_ex(d, "storage", &st);
+        const char *on = st ? json_object_get_string(st) : k ? json_object_get_string(k) : "file";
         out[n++] = (disk_ref){json_object_get_string(t), json_object_get_string(p),
-                              f ? json_object_get_string(f) : "raw"};
+                              f ? json_object_get_string(f) : "raw", strcmp(on, "file") == 0,
+                              strcmp(on, "network") == 0};
     }
     return n;
 }
@@ -579,9 +712,22 @@ static int sources_from_images(vm_item *it, vmsh_error **err)
     return 0;
 }
 
+/* Where the scratch files of a disk go: the scratch directory, else beside
+ * an image file (R2 (c)); never beside a device node (issue 25): a block or
+ * network disk without a scratch directory has them in the set's private
+ * directory under /run, which QEMU's user may open (the state directory
+ * need not be reachable for it). /run is memory: scratch-dir is the place
+ * for large or busy block devices (docs/config.md). */
+static char *scratch_dir_for(const vm_writer *w, const char *path, bool image_file)
+{
+    if (w->scratch_dir)
+        return strdup(w->scratch_dir);
+    return image_file ? vmsh_path_dirname(path) : strdup(w->sock_dir);
+}
+
 static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref *d)
 {
-    _cleanup_free_ char *dir = w->scratch_dir ? strdup(w->scratch_dir) : vmsh_path_dirname(d->path);
+    _cleanup_free_ char *dir = scratch_dir_for(w, d->path, d->image_file);
     char *p = NULL;
     if (!dir ||
         asprintf(&p, "%s/.vmshadow-%.8s-%s-%s.overlay", dir, w->set_id, it->name, d->target) < 0)
@@ -634,7 +780,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
                                    .path = overlays[i],
                                    .format = "qcow2",
                                    .backing = d[i].path,
-                                   .backing_format = d[i].format};
+                                   .backing_format = d[i].format,
+                                   .backing_block = !d[i].image_file};
     }
     _cleanup_free_ char *xml = NULL, *dxml = NULL;
     if (r == 0)
@@ -803,6 +950,8 @@ static int disk_capacity(vm_writer *w, const vm_item *it, const char *target, ui
     for (size_t i = 0; i < n; i++) {
         if (!d[i].target || strcmp(d[i].target, target) != 0 || !d[i].path)
             continue;
+        if (d[i].network)
+            break; /* no host path: libvirt knows its size */
         vmsh_error *e = NULL;
         int r = vmsh_hv_image_size(d[i].path, d[i].format, out, &e);
         if (r != -ENOTSUP) {
@@ -845,8 +994,13 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
         /* R2 (c): scratch files live on the disk image's filesystem unless
          * scratch-dir says otherwise. Names carry the set, so they never
          * collide with a file that exists. */
-        _cleanup_free_ char *dir =
-            w->scratch_dir ? strdup(w->scratch_dir) : vmsh_path_dirname(vmsh_file_path(f));
+        disk_ref dr[MAX_DISKS];
+        size_t ndr = disk_refs(it, dr, MAX_DISKS);
+        bool image_file = true;
+        for (size_t k = 0; k < ndr; k++)
+            if (dr[k].target && strcmp(dr[k].target, it->targets[i]) == 0)
+                image_file = dr[k].image_file;
+        _cleanup_free_ char *dir = scratch_dir_for(w, vmsh_file_path(f), image_file);
         if (!dir || asprintf(&scratch[i], "%s/.vmshadow-%.8s-%s-%s.scratch", dir, w->set_id,
                              it->name, it->targets[i]) < 0) {
             scratch[i] = NULL;
@@ -1221,9 +1375,16 @@ static int undo_run_dir(const json_object *data, vmsh_error **err)
     if (socks) {
         DIR *s = opendir(socks);
         struct dirent *se;
-        while (s && (se = readdir(s)))
-            if (se->d_name[0] != '.')
+        while (s && (se = readdir(s))) {
+            /* an overlay (a block device's, issue 25) is the 'overlay'
+             * undo's to merge and remove: one it could not merge holds the
+             * guest's writes and stays (the directory with it) */
+            size_t n = strlen(se->d_name);
+            if (n > 8 && strcmp(se->d_name + n - 8, ".overlay") == 0)
+                continue;
+            if (se->d_name[0] != '.' || strstr(se->d_name, ".scratch"))
                 unlinkat(dirfd(s), se->d_name, 0);
+        }
         if (s)
             closedir(s);
         rmdir(socks);

@@ -5,8 +5,9 @@
 #    no job, scratch file, state file or journal left; the other guest froze
 #    at the same time (issue 27) and was thawed;
 #  - --method guest on a VM that cannot use it names the failed condition;
-#  - a VM with a host block device attached: backed up, that disk excluded
-#    and warned about.
+#  - a VM with a host block device attached: backed up with that disk
+#    (issue 25: every virtual disk is captured), a LUN pass-through of the
+#    same device excluded and warned about.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
@@ -63,11 +64,18 @@ lab_guest_start blk
 BLK=$(lab_domname blk)
 vsh --json backup "$BLK"
 check "backup of a VM with a host block device succeeds" test "$RC" = 0
-check "the block device is excluded" jq -e --arg n "$BLK" '.vms[] | select(.name == $n) | .excluded_disks | map(tostring) | join(" ") | test("vdb")' <<<"$OUT"
-check "and warned about" grep -qi "warning.*vdb" <<<"$ERR"
+check "the block device is not excluded" test -z "$(jq -r --arg n "$BLK" '.vms[] | select(.name == $n) | .excluded_disks | map(tostring) | join(" ") | select(test("vdb"))' <<<"$OUT")"
 ID=$(jq -r .backup <<<"$OUT")
 vsh --json show "$ID"
 check "its image disk is in the backup" jq -e --arg f "$BLK/disk/vda" '.files[] | select(.name == $f)' <<<"$OUT"
-check "the block device is not" test -z "$(jq -r --arg f "$BLK/disk/vdb" '.files[] | select(.name == $f) | .name' <<<"$OUT")"
+check "the block device is too (R6, issue 25)" jq -e --arg f "$BLK/disk/vdb" '.files[] | select(.name == $f)' <<<"$OUT"
 check "the block-device VM is running" test "$(lab_state blk)" = running
+# a LUN pass-through of a block device is the guest's to back up (R6)
+lab_virsh destroy "$BLK" >/dev/null
+lab_guest_define lun --disk-xml "<disk type='block' device='lun'><driver name='qemu' type='raw'/><source dev='$LOOP'/><target dev='sdb' bus='scsi'/></disk>"
+LUN=$(lab_domname lun)
+vsh --json backup "$LUN"
+check "backup of a VM with a LUN pass-through succeeds" test "$RC" = 0
+check "the LUN is excluded" jq -e --arg n "$LUN" '.vms[] | select(.name == $n) | .excluded_disks | map(tostring) | join(" ") | test("sdb")' <<<"$OUT"
+check "and warned about with the reason" grep -qi "warning.*sdb.*LUN pass-through" <<<"$ERR"
 e2e_done

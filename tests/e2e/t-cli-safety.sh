@@ -101,7 +101,7 @@ check "a command that succeeds has error null" \
 
 # ---- 3. names are printed safely (issue 20 point 10)
 # a libvirt VM whose name holds a tab and a C1 control (U+009B, CSI), with
-# a block device disk (excluded, R6); never started
+# a SCSI LUN pass-through disk (excluded, R6); never started
 cp --sparse=always "$LAB_GUEST/data.raw" "$T/evil.raw"
 EVIL_NAME="$LAB_ID-ev"$'\t'$'\xc2\x9b'"2J"
 EVIL_XML_NAME="$LAB_ID-ev&#9;&#x9b;2J"
@@ -114,8 +114,8 @@ cat >"$T/evil.xml" <<EOF
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/>
       <source file='$T/evil.raw'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='block' device='disk'><driver name='qemu' type='raw'/>
-      <source dev='/dev/null'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='block' device='lun'><driver name='qemu' type='raw'/>
+      <source dev='/dev/null'/><target dev='sdb' bus='scsi'/></disk>
   </devices>
 </domain>
 EOF
@@ -127,7 +127,7 @@ check "  no raw tab or C1 control on stdout" sh -c '! printf "%s" "$1" | grep -q
 check "  the name is shown escaped" grep -qF -- "-ev\\t\\u009b2J" <<<"$OUT"
 # 4 (layout): the exclusion reason on its own line, no "]" alone
 check "an excluded disk's reason closes on the disk's line" \
-    grep -q '^ *vdb  *block .*/dev/null  \[excluded: .*block device.*(R6)\]$' <<<"$OUT"
+    grep -q '^ *sdb  *passthrough .*/dev/null  \[excluded: .*LUN pass-through.*(R6)\]$' <<<"$OUT"
 check "  and no line is a lone ']'" sh -c '! printf "%s\n" "$1" | grep -qx " *\]"' _ "$OUT"
 vsh --json vms "$EVIL_NAME"
 check "vms --json of it: one document with the name intact" \

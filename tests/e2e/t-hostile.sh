@@ -131,12 +131,14 @@ check "the qcow2 disk is a file of its own" test -f "$T/symq/$Q/q.data.qcow2" -a
 # ---- 4. host devices are not attached without --host-devices
 truncate -s 16M "$T/blockdev.img"
 LOOP=$(losetup -f --show "$T/blockdev.img") || fail "no loop device"
-lab_guest_define d --raw --block "$LOOP"
+# a SCSI LUN pass-through of it: a host device (a plain block device is a
+# virtual disk and captured since issue 25)
+lab_guest_define d --raw --disk-xml "<disk type='block' device='lun'><driver name='qemu' type='raw'/><source dev='$LOOP'/><target dev='sdb' bus='scsi'/></disk>"
 D=$(lab_domname d)
 vsh --json backup "$D"
 DID=$(jq -r .backup <<<"$OUT")
-check "backup of a VM with a block device" test "$RC" = 0 -a "$DID" != null
-check "the block device was excluded (R6)" grep -q "$LOOP\|vdb" <<<"$ERR$OUT"
+check "backup of a VM with a LUN pass-through" test "$RC" = 0 -a "$DID" != null
+check "the LUN pass-through was excluded (R6)" grep -q "LUN pass-through" <<<"$ERR$OUT"
 vsh --json restore "$DID" --force
 check "restore exits 0" test "$RC" = 0
 check "the restored VM has no block device" sh -c "! virsh -q -c $LAB_URI dumpxml $D | grep -q \"$LOOP\""

@@ -9,6 +9,11 @@
 #   lab_gexec NAME 'shell command'  # run in the guest through the agent; prints stdout
 #   lab_disk NAME                   # the data disk's path on the host
 #   lab_state NAME / lab_wait_off NAME  # libvirt's state; wait until shut off
+#   lab_loop_attach FILE            # a loop device over FILE (prints it); detached at exit
+#   lab_pool_dir NAME DIR           # a libvirt 'dir' storage pool; destroyed at exit
+#   lab_nbd_serve FILE FMT SOCK     # qemu-nbd serving FILE on a unix socket; stopped at exit
+# lab_guest_define also takes --disk-xml '<disk ...>...</disk>' (any extra
+# disk or device element, e.g. a pool volume, an RBD or NBD disk, a LUN).
 #
 # Rules it keeps: domains are type='qemu' (TCG; KVM does not work on these
 # machines), names are unique (vmsh-<test>-<pid>-NAME), at most two guests
@@ -23,6 +28,9 @@ LAB_URI=qemu:///system
 LAB_GUEST=$LAB_DIR/guest
 LAB_RUN=$LAB_DIR/libvirt
 LAB_DOMAINS=()
+LAB_LOOPS=()
+LAB_POOLS=()
+LAB_PIDS=()
 LAB_STARTED_DAEMON=0
 LAB_MAX_RUNNING=2
 export LIBVIRT_DEFAULT_URI=$LAB_URI
@@ -79,6 +87,22 @@ lab_cleanup() {
             lab_virsh undefine "$d" >/dev/null 2>&1 ||
             { lab_virsh dominfo "$d" >/dev/null 2>&1 && lab_log "cleanup: cannot undefine $d: $why"; }
     done
+    # what the test attached, after the domains that used it (issue 25)
+    for d in "${LAB_PIDS[@]}"; do
+        kill "$d" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$d" 2>/dev/null || break; sleep 0.1; done
+    done
+    LAB_PIDS=()
+    for d in "${LAB_POOLS[@]}"; do
+        lab_virsh pool-destroy "$d" >/dev/null 2>&1
+        lab_virsh pool-undefine "$d" >/dev/null 2>&1 ||
+            { lab_virsh pool-info "$d" >/dev/null 2>&1 && lab_log "cleanup: cannot undefine pool $d"; }
+    done
+    LAB_POOLS=()
+    for d in "${LAB_LOOPS[@]}"; do
+        losetup -d "$d" 2>/dev/null || { losetup "$d" >/dev/null 2>&1 && lab_log "cleanup: cannot detach $d"; }
+    done
+    LAB_LOOPS=()
     if [ $rc != 0 ] && [ -n "${LAB_WORK:-}" ]; then
         for d in "$LAB_WORK"/*.console.log; do
             [ -f "$d" ] && { echo "--- $d (last lines)" >&2; tail -n 15 "$d" >&2; }
@@ -117,7 +141,7 @@ lab_disk() { echo "$LAB_WORK/$1.data.${2:-qcow2}"; }
 #                  [--network NET] [--bridge BR] [--mem MIB] [--tpm]
 lab_guest_define() {
     local name=$1; shift
-    local agent=1 fmt=qcow2 cmdline="" block="" nets="" mem=128 tpm=""
+    local agent=1 fmt=qcow2 cmdline="" block="" nets="" mem=128 tpm="" extra_disks=""
     while [ $# -gt 0 ]; do
         case $1 in
         --no-agent) agent=0 ;;
@@ -128,6 +152,7 @@ lab_guest_define() {
         --bridge) nets="$nets<interface type='bridge'><source bridge='$2'/><model type='virtio'/></interface>"; shift ;;
         --mem) mem=$2; shift ;;
         --tpm) tpm="<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>" ;;
+        --disk-xml) extra_disks="$extra_disks$2"; shift ;;
         *) lab_die "lab_guest_define: unknown option $1" ;;
         esac
         shift
@@ -166,6 +191,7 @@ lab_guest_define() {
       <target dev='vda' bus='virtio'/>
     </disk>
     $extra
+    $extra_disks
     $nets
     $tpm
     <serial type='file'><source path='$LAB_WORK/$name.console.log' append='on'/><target port='0'/></serial>
@@ -183,6 +209,34 @@ lab_guest_define() {
 EOF
     lab_virsh define "$LAB_WORK/$name.xml" >/dev/null || lab_die "cannot define $dom"
     LAB_DOMAINS+=("$dom")
+}
+
+# lab_loop_attach FILE: a loop device over FILE, printed; detached at exit
+# (also after a failure: lab_cleanup). Callers run it in the test's shell
+# (not in $(...)), then read LAB_LOOP, so that the list survives.
+lab_loop_attach() {
+    LAB_LOOP=$(losetup -f --show "$1") || lab_die "cannot attach a loop device to $1"
+    LAB_LOOPS+=("$LAB_LOOP")
+}
+
+# lab_pool_dir NAME DIR: a libvirt 'dir' storage pool over DIR, started;
+# destroyed and undefined at exit.
+lab_pool_dir() {
+    mkdir -p "$2"
+    lab_virsh pool-define-as "$1" dir --target "$2" >/dev/null || lab_die "cannot define pool $1"
+    LAB_POOLS+=("$1")
+    lab_virsh pool-start "$1" >/dev/null || lab_die "cannot start pool $1"
+}
+
+# lab_nbd_serve FILE FORMAT SOCKET: qemu-nbd exports FILE on a unix socket
+# that QEMU's user may connect to; stopped at exit. Closes the lab lock's
+# descriptor: a daemon must not hold the lab.
+lab_nbd_serve() {
+    qemu-nbd --persistent --shared=4 --format="$2" --socket="$3" "$1" 9>&- >/dev/null 2>&1 &
+    LAB_PIDS+=("$!")
+    for _ in $(seq 1 100); do [ -S "$3" ] && break; sleep 0.05; done
+    [ -S "$3" ] || lab_die "qemu-nbd did not serve $1 on $3"
+    chmod 0777 "$3"
 }
 
 lab_running_count() { lab_virsh list --name | grep -c . ; }

@@ -64,7 +64,7 @@ static void classifies_every_kind(void **state)
         {"sdc", "file", "raw", "/srv/iso/debian-12.iso"},
         {"sdd", "empty", "raw", NULL},
         {"vdg", "passthrough", "raw", "nvme pci 0x0000:0x01:0x00.0x0"},
-        {"vdh", "unknown", "raw", "volume iscsi-pool/unit:0:0:1"},
+        {"vdh", "volume", "raw", "volume iscsi-pool/unit:0:0:1"},
         {"hostdev0", "passthrough", NULL, "scsi scsi_host0:0:0:1"},
         {"hostdev1", "passthrough", NULL, "pci 0x0000:0x03:0x00.0x0"},
     };
@@ -86,12 +86,18 @@ static void classifies_every_kind(void **state)
     assert_true(disk(x, "sdc")->readonly);
     assert_string_equal(disk(x, "hostdev1")->device, "hostdev");
 
-    /* only the two file images are captured; everything else is excluded */
+    /* R6 as rewritten (issue 25): every virtual disk is captured (the two
+     * files, the block device, the iSCSI, NBD and RBD disks, the volume);
+     * pass-through, the ISO and the empty drive are not */
     size_t captured = 0;
     for (size_t i = 0; i < x->n_disks; i++)
-        captured += vmsh_method_disk_exclusion(&x->disks[i]) == NULL;
-    assert_int_equal(captured, 2);
-    assert_non_null(strstr(vmsh_method_disk_exclusion(disk(x, "vdc")), "R6"));
+        captured += vmsh_method_disk_exclusion(&x->disks[i], 0) == NULL;
+    assert_int_equal(captured, 7);
+    assert_null(vmsh_method_disk_exclusion(disk(x, "vdc"), 0));
+    assert_null(vmsh_method_disk_exclusion(disk(x, "vdf"), 0));
+    assert_non_null(strstr(vmsh_method_disk_exclusion(disk(x, "sda"), 0), "R6"));
+    assert_non_null(strstr(vmsh_method_disk_exclusion(disk(x, "sdb"), 0), "LUN pass-through"));
+    assert_non_null(strstr(vmsh_method_disk_exclusion(disk(x, "sdc"), 0), "removable medium"));
 
     assert_int_equal(x->n_ifaces, 2);
     assert_string_equal(x->ifaces[0].type, "network");
@@ -146,21 +152,32 @@ static void method_falls_back_with_reason(void **state)
     vmsh_agent_info agent = {
         .channel = true, .reachable = true, .can_freeze = true, .fs_known = true};
     vmsh_method_choice mc;
-    /* the block and network disks fail (e) */
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    /* issue 25: block, network and volume disks no longer fail (e): the
+     * backup job reads any disk QEMU has open */
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.method, VMSH_METHOD_GUEST);
+    assert_int_equal(mc.condition, 0);
+    vmsh_method_choice_clear(&mc);
+    /* a captured disk in a format the provider does not read fails (e) */
+    vmsh_domxml_disk *vdc = (vmsh_domxml_disk *)disk(vm->xml, "vdc");
+    char *fmt = vdc->format;
+    vdc->format = (char *)"vmdk";
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.method, VMSH_METHOD_SAVED_STATE);
     assert_int_equal(mc.condition, 'e');
     assert_non_null(strstr(mc.reason, "vdc"));
     vmsh_method_choice_clear(&mc);
     /* --method guest on such a VM is an error naming the condition */
     vmsh_error *err = NULL;
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_GUEST, &mc, &err), -EINVAL);
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_GUEST, &mc, &err),
+                     -EINVAL);
     assert_non_null(strstr(err->message, "R2 (e)"));
     vmsh_error_free(err);
+    vdc->format = fmt;
 
     /* keep only the two file disks: now the guest method applies */
     vm->xml->n_disks = 2;
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.method, VMSH_METHOD_GUEST);
     vmsh_method_choice_clear(&mc);
     /* (d): an NFS mount inside the guest */
@@ -168,25 +185,174 @@ static void method_falls_back_with_reason(void **state)
     vmsh_agent_fs fs = {.mountpoint = mp, .type = ty};
     agent.fs = &fs;
     agent.n_fs = 1;
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.condition, 'd');
     vmsh_method_choice_clear(&mc);
     agent.n_fs = 0;
     /* (a): no freeze support; (a): unreachable */
     agent.can_freeze = false;
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.condition, 'a');
     vmsh_method_choice_clear(&mc);
-    assert_int_equal(vmsh_method_choose(vm, NULL, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(vmsh_method_choose(vm, NULL, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.condition, 'a');
     vmsh_method_choice_clear(&mc);
     /* (b): paused */
     vm->state = VMSH_VM_PAUSED;
     agent.can_freeze = true;
-    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(vmsh_method_choose(vm, &agent, NULL, 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
     assert_int_equal(mc.condition, 'b');
     vmsh_method_choice_clear(&mc);
     vm->xml->n_disks = 14;
+    vmsh_vm_free(vm);
+}
+
+static bool fake_is_block(const char *path, void *ctx)
+{
+    (*(int *)ctx)++;
+    return strncmp(path, "/dev/", 5) == 0;
+}
+
+static const char *excl_of(const vmsh_domxml *x, const char *target, unsigned flags)
+{
+    return vmsh_method_disk_exclusion(disk(x, target), flags);
+}
+
+/* Issue 25, SPEC R6 as rewritten: every virtual disk is captured wherever it
+ * lives (LV, device node, pool volume, RBD, NBD, Gluster); pass-through
+ * (device='lun', <hostdev>, vhost-user, vDPA) is excluded with a reason
+ * that says what it is; removable media say "removable medium"; shared
+ * disks only with --include-shared. */
+static void r6_every_virtual_disk_captured(void **state)
+{
+    vmsh_domxml *x = load_golden("r6-disks.xml");
+    static const struct {
+        const char *target, *kind, *source, *excl; /* excl: NULL captured, else a fragment */
+    } want[] = {
+        {"vda", "block", "/dev/vg0/r6-root", NULL},
+        {"vdb", "block", "/dev/vg0/r6-data", NULL},
+        {"vdc", "file", "/dev/mapper/mpatha", NULL}, /* until marked, below */
+        {"vdd", "volume", "volume default/r6-vol.qcow2", NULL},
+        {"vde", "network", "rbd://192.168.1.10:6789/vms/r6-rbd", NULL},
+        {"vdf", "network", "nbd+unix://export0?socket=/run/nbd/r6.sock", NULL},
+        {"vdg", "network", "gluster://gluster1:24007/gv0/r6.qcow2", NULL},
+        {"vdh", "block", "/dev/vg0/r6-shared", "shared with other VMs"},
+        {"sda", "passthrough", "/dev/sdz", "SCSI LUN pass-through"},
+        {"sdb", "block", "/dev/sr0", "removable medium (not VM data)"},
+        {"fda", "empty", NULL, "removable medium: the drive is empty"},
+        {"vdi", "passthrough", "vhost-user /run/spdk/vhost-blk.0", "vhost-user"},
+        {"vdj", "passthrough", "vdpa /dev/vhost-vdpa-0", "vDPA"},
+        {"vdk", "unknown", "/srv/share", "type='dir'"},
+        {"sdc", "passthrough", "iscsi://10.0.0.5:3260/iqn.2013-07.com.example:storage/3",
+         "SCSI LUN pass-through"},
+        {"hostdev0", "passthrough", "usb 0x0781:0x5567", "<hostdev>"},
+        {"hostdev1", "passthrough", "mdev hostdev", "<hostdev>"},
+    };
+    assert_int_equal(x->n_disks, VMSH_ARRAY_SIZE(want));
+    for (size_t i = 0; i < VMSH_ARRAY_SIZE(want); i++) {
+        const vmsh_domxml_disk *d = disk(x, want[i].target);
+        if (strcmp(vmsh_disk_kind_name(d->kind), want[i].kind) != 0)
+            fail_msg("%s: kind %s, want %s", want[i].target, vmsh_disk_kind_name(d->kind),
+                     want[i].kind);
+        if (want[i].source)
+            assert_string_equal(d->source, want[i].source);
+        else
+            assert_null(d->source);
+        const char *e = vmsh_method_disk_exclusion(d, 0);
+        if (!want[i].excl && e)
+            fail_msg("%s excluded: %s", want[i].target, e);
+        if (want[i].excl && (!e || !strstr(e, want[i].excl)))
+            fail_msg("%s: reason '%s' lacks '%s'", want[i].target, e ? e : "(captured)",
+                     want[i].excl);
+    }
+    /* a pass-through reason never claims the disk is a "host block device
+     * to back up" when it is removable */
+    assert_null(strstr(excl_of(x, "sdb", 0), "inside the guest"));
+    assert_non_null(strstr(excl_of(x, "sda", 0), "inside the guest"));
+    /* --include-shared captures the shared disk, nothing else changes */
+    assert_null(excl_of(x, "vdh", VMSH_DISKS_INCLUDE_SHARED));
+    assert_non_null(excl_of(x, "sda", VMSH_DISKS_INCLUDE_SHARED));
+    assert_non_null(excl_of(x, "sdb", VMSH_DISKS_INCLUDE_SHARED));
+    assert_string_equal(disk(x, "vde")->protocol, "rbd");
+    assert_string_equal(disk(x, "vdd")->pool, "default");
+    assert_string_equal(disk(x, "vdd")->volume, "r6-vol.qcow2");
+    assert_int_equal(disk(x, "vdd")->storage, VMSH_DISK_UNKNOWN);
+    assert_int_equal(disk(x, "vda")->storage, VMSH_DISK_BLOCK);
+
+    /* a type='file' device node is a block device; only file disks (and
+     * volumes stored as files) are asked about */
+    int asked = 0;
+    vmsh_domxml_mark_block_nodes(x, fake_is_block, &asked);
+    assert_int_equal(asked, 1);
+    assert_string_equal(vmsh_disk_kind_name(disk(x, "vdc")->kind), "block");
+    /* a volume resolved through its pool: a file, then one on a device node */
+    vmsh_domxml_disk *vdd = (vmsh_domxml_disk *)disk(x, "vdd");
+    assert_int_equal(
+        vmsh_domxml_disk_set_volume(vdd, "/var/lib/libvirt/images/r6-vol.qcow2", VMSH_DISK_FILE),
+        0);
+    assert_string_equal(vdd->source, "/var/lib/libvirt/images/r6-vol.qcow2");
+    vmsh_domxml_mark_block_nodes(x, fake_is_block, &asked);
+    assert_int_equal(vdd->storage, VMSH_DISK_FILE);
+    assert_int_equal(vmsh_domxml_disk_set_volume(vdd, "/dev/vg1/r6-vol", VMSH_DISK_FILE), 0);
+    vmsh_domxml_mark_block_nodes(x, fake_is_block, &asked);
+    assert_int_equal(vdd->storage, VMSH_DISK_BLOCK);
+    assert_int_equal(vdd->kind, VMSH_DISK_VOLUME);
+
+    /* how each is read, and why when in full (never a silent full read) */
+    const char *why = NULL;
+    assert_string_equal(
+        vmsh_method_disk_read(disk(x, "vdb"), VMSH_METHOD_GUEST, VMSH_VM_RUNNING, &why),
+        "incremental");
+    assert_string_equal(
+        vmsh_method_disk_read(disk(x, "vda"), VMSH_METHOD_GUEST, VMSH_VM_RUNNING, &why), "full");
+    assert_non_null(strstr(why, "raw block device"));
+    assert_string_equal(
+        vmsh_method_disk_read(disk(x, "vde"), VMSH_METHOD_GUEST, VMSH_VM_RUNNING, &why), "full");
+    assert_non_null(strstr(why, "raw network disk"));
+    assert_string_equal(
+        vmsh_method_disk_read(disk(x, "vdb"), VMSH_METHOD_SAVED_STATE, VMSH_VM_RUNNING, &why),
+        "full");
+    assert_non_null(strstr(why, "saved-state"));
+    assert_string_equal(
+        vmsh_method_disk_read(disk(x, "vdb"), VMSH_METHOD_SAVED_STATE, VMSH_VM_SHUTOFF, &why),
+        "incremental");
+    assert_string_equal(vmsh_method_disk_read(vdd, VMSH_METHOD_GUEST, VMSH_VM_RUNNING, &why),
+                        "incremental");
+
+    /* nothing silent: NVRAM of another kind, direct-boot files */
+    assert_string_equal(x->nvram_type, "network");
+    assert_string_equal(x->nvram, "iscsi://10.0.0.9:3260/iqn.2013-07.com.example:nvram/0");
+    assert_string_equal(x->kernel, "/var/lib/libvirt/boot/vmlinuz");
+    assert_string_equal(x->initrd, "/var/lib/libvirt/boot/initrd.img");
+    assert_string_equal(x->dtb, "/var/lib/libvirt/boot/board.dtb");
+    vmsh_domxml_free(x);
+}
+
+/* R2 (c) is about image files: a VM on block and network disks gets the
+ * guest method whatever the scratch directory's filesystem, while an image
+ * file elsewhere than the scratch directory still fails (c). */
+static void scratch_rule_only_for_files(void **state)
+{
+    vmsh_vm *vm = calloc(1, sizeof(*vm));
+    vm->name = strdup("r6");
+    vm->state = VMSH_VM_RUNNING;
+    vm->xml = load_golden("r6-disks.xml");
+    int asked = 0;
+    vmsh_domxml_mark_block_nodes(vm->xml, fake_is_block, &asked); /* vdc: a device node */
+    vmsh_agent_info agent = {
+        .channel = true, .reachable = true, .can_freeze = true, .fs_known = true};
+    vmsh_method_choice mc;
+    assert_int_equal(
+        vmsh_method_choose(vm, &agent, "/nonexistent-scratch", 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    if (mc.method != VMSH_METHOD_GUEST)
+        fail_msg("%s", mc.reason);
+    vmsh_method_choice_clear(&mc);
+    vmsh_vm_free(vm);
+    vm = vm_from_golden(VMSH_VM_RUNNING);
+    assert_int_equal(
+        vmsh_method_choose(vm, &agent, "/nonexistent-scratch", 0, VMSH_METHOD_AUTO, &mc, NULL), 0);
+    assert_int_equal(mc.condition, 'c');
+    vmsh_method_choice_clear(&mc);
     vmsh_vm_free(vm);
 }
 
@@ -467,6 +633,8 @@ int main(void)
         cmocka_unit_test(rejects_bad_xml),
         cmocka_unit_test(rejects_disk_without_target),
         cmocka_unit_test(method_falls_back_with_reason),
+        cmocka_unit_test(r6_every_virtual_disk_captured),
+        cmocka_unit_test(scratch_rule_only_for_files),
         cmocka_unit_test(edit_for_restore),
         cmocka_unit_test(strips_every_host_resource),
         cmocka_unit_test(keeps_default_emulator),

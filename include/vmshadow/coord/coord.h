@@ -74,6 +74,9 @@ typedef struct vmsh_set_options {
      * served backup (instant restore, issue 23): moved into place as it
      * is, and the definition names it qcow2 */
     bool overlay_disks;
+    bool include_shared; /* backup: capture <shareable/> disks too (R6, issue 25) */
+    bool allow_excluded; /* backup: accept VMs whose disks are all excluded or whose
+                          * firmware variables or TPM state cannot be read (R6) */
 } vmsh_set_options;
 
 #define VMSH_REQUESTOR_OPS_VERSION 1

@@ -2,17 +2,23 @@
  * domain XML. Pure functions over a string: no libvirt connection, so the
  * parser is unit-tested and fuzzed on its own.
  *
- * Disk kinds (CLI.md `vms`; SPEC R6):
- *   file         a host-visible image file (type='file'), the only kind the VM
- *                writer captures
- *   block        a host block device (type='block', device disk/cdrom/floppy)
- *   network      a network source (type='network': iSCSI, NBD, RBD, Gluster,
- *                HTTP...; type='volume' of a network pool is reported as unknown)
+ * Disk kinds (CLI.md `vms`; SPEC R6 as rewritten for issue 25: every
+ * virtual disk is captured wherever it lives, only pass-through is not):
+ *   file         a host-visible image file (type='file')
+ *   block        a host block device: type='block' (LVM LV, partition, dm,
+ *                multipath, whole disk), or a type='file' source that is a
+ *                device node (vmsh_domxml_mark_block_nodes)
+ *   network      a network source QEMU opens itself (type='network': RBD,
+ *                iSCSI through QEMU, NBD, Gluster, HTTP...)
+ *   volume       a storage-pool volume (type='volume'), resolved through its
+ *                pool by the hypervisor layer (vmsh_domxml_disk_set_volume):
+ *                `storage` then says what it is stored as (file, block,
+ *                network) and `source` is its path
  *   passthrough  a host device handed to the guest: device='lun' (SCSI
- *                pass-through), type='nvme', <hostdev> of type scsi, pci, usb,
- *                scsi_host or mdev
+ *                pass-through), type='nvme', vhost-user and vDPA backends,
+ *                <hostdev> of type scsi, pci, usb, scsi_host or mdev
  *   empty        a removable drive with no medium
- *   unknown      anything else; reported and excluded, never guessed
+ *   unknown      anything else (type='dir'...); reported and excluded
  * Thread-safe: no shared state.
  */
 #ifndef VMSH_HV_DOMXML_H
@@ -30,9 +36,10 @@ typedef enum {
     VMSH_DISK_PASSTHROUGH,
     VMSH_DISK_EMPTY,
     VMSH_DISK_UNKNOWN,
+    VMSH_DISK_VOLUME,
 } vmsh_disk_kind;
 
-/* "file", "block", "network", "passthrough", "empty", "unknown". */
+/* "file", "block", "network", "passthrough", "empty", "unknown", "volume". */
 const char *vmsh_disk_kind_name(vmsh_disk_kind kind);
 
 typedef struct vmsh_domxml_disk {
@@ -45,6 +52,12 @@ typedef struct vmsh_domxml_disk {
     bool readonly;
     bool shareable;
     bool has_backing_chain; /* a <backingStore> with a source: the image has a backing file */
+    char *protocol;         /* type='network': "rbd", "nbd", "iscsi"...; NULL otherwise */
+    char *pool, *volume;    /* type='volume': the pool and the volume's name */
+    /* What the disk's bytes are stored on: the kind itself, but for a
+     * volume the kind of its pool's storage once resolved (UNKNOWN until
+     * then, and `source` is "volume POOL/VOL"). */
+    vmsh_disk_kind storage;
 } vmsh_domxml_disk;
 
 typedef struct vmsh_domxml_iface {
@@ -62,10 +75,14 @@ typedef struct vmsh_domxml {
     size_t n_disks;
     vmsh_domxml_iface *ifaces;
     size_t n_ifaces;
-    bool agent_channel;  /* an org.qemu.guest_agent.0 channel is configured */
-    int agent_connected; /* live XML only: 1 connected, 0 disconnected, -1 not said */
-    char *nvram;         /* firmware variables file, NULL when none */
-    char *tpm_backend;   /* "emulator", "passthrough"... NULL when no TPM */
+    bool agent_channel;          /* an org.qemu.guest_agent.0 channel is configured */
+    int agent_connected;         /* live XML only: 1 connected, 0 disconnected, -1 not said */
+    char *nvram;                 /* firmware variables file, NULL when none; for a
+                                  * block or network NVRAM its device or URL */
+    char *nvram_type;            /* <nvram type='...'>: "file", "block", "network"; NULL when
+                                  * the path is the element's text (the classic form) */
+    char *kernel, *initrd, *dtb; /* direct boot (<os><kernel>...): host paths or NULL */
+    char *tpm_backend;           /* "emulator", "passthrough"... NULL when no TPM */
 } vmsh_domxml;
 
 /* Largest domain XML accepted: libvirt itself refuses far smaller documents. */
@@ -77,5 +94,17 @@ typedef struct vmsh_domxml {
 int vmsh_domxml_parse(vmsh_domxml **out, const char *xml, size_t len, vmsh_error **err);
 
 void vmsh_domxml_free(vmsh_domxml *x);
+
+/* A type='file' disk whose source is a device node is a host block device
+ * (R6): `is_block(path, ctx)` (a stat, in the hypervisor layer; a fake in
+ * tests) says which. Never called on a backup's XML: its paths are not this
+ * host's. */
+void vmsh_domxml_mark_block_nodes(vmsh_domxml *x, bool (*is_block)(const char *path, void *ctx),
+                                  void *ctx);
+
+/* Records what a type='volume' disk resolved to through its pool: its path
+ * (a file, a device node, or a network name) and the kind of storage.
+ * -ENOMEM. */
+int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk_kind storage);
 
 #endif

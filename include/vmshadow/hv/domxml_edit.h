@@ -22,6 +22,7 @@ typedef struct vmsh_disk_repath {
      * the disk's old backing chain goes below it. */
     const char *backing;
     const char *backing_format;
+    bool backing_block; /* the backing is a host block device (issue 25) */
 } vmsh_disk_repath;
 
 typedef struct vmsh_domxml_edit {

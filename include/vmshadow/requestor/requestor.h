@@ -89,6 +89,10 @@ typedef struct vmsh_requestor_result {
     struct json_object *writers; /* array: {name, id, state, error} per writer */
     vmsh_requestor_failure *failures;
     size_t n_failures;
+    /* R6 (issue 25): what --allow-excluded accepted (VMs with no disk
+     * captured, unreadable firmware variables or TPM state) in a committed
+     * backup; `backup` then exits with its own code */
+    size_t accepted_exclusions;
 } vmsh_requestor_result;
 
 void vmsh_requestor_result_free(vmsh_requestor_result *r);
@@ -100,6 +104,8 @@ typedef struct vmsh_requestor_backup_options {
     bool all;
     const char *method; /* "auto", "saved-state", "guest"; NULL: auto */
     bool full;
+    bool include_shared; /* capture <shareable/> disks too (R6) */
+    bool allow_excluded; /* accept what R6 would fail the set for, recorded as excluded */
     /* Opens the repository the backup goes to (for writing); called once the
      * writers exist, so that the VM writer's lookups run meanwhile. The run
      * owns and frees what it returns. */
