@@ -9,6 +9,7 @@
  * VM; both ends lie outside any one VM operation. */
 #include "requestor_priv.h"
 
+#include <vmshadow/coord/json.h>
 #include <vmshadow/hv/cluster.h>
 #include <vmshadow/hv/hostops_cluster.h>
 #include <vmshadow/hv/hv.h>
@@ -175,11 +176,14 @@ int req_cluster_restore_plan(const req_host *h, vmsh_metadata *md, const vmsh_se
         const char *vm = vmsh_component_name(c);
         if (!vmsh_component_selected(c))
             continue;
-        const vmsh_cluster_rsc *rs = vmsh_cluster_find(h->cluster, vm, NULL, NULL);
+        /* the backed-up VM's UUID: a config file that defines a domain of
+         * the same name with another UUID is another VM's (point 4) */
+        const char *uuid = vmsh_json_str(vmsh_component_extra(c), "uuid");
+        const vmsh_cluster_rsc *rs = vmsh_cluster_find(h->cluster, vm, uuid, NULL);
         if (!rs)
             continue;
         /* Issue 22 point 4: refused before anything changes. */
-        if ((r = vmsh_cluster_check(h->cluster, rs, vm, NULL, true, err)) < 0)
+        if ((r = vmsh_cluster_check(h->cluster, rs, vm, uuid, true, err)) < 0)
             break;
         rvm *a = vmsh_realloc_array(rc->v, rc->n + 1, sizeof(*a));
         if (!a) {
