@@ -822,6 +822,12 @@ int ci_merge_all(vmsh_repo *r, const ci_key *k, ci_filter_fn keep, void *opaque,
     return rc;
 }
 
+static bool keep_uncondemned(void *opaque, const ci_entry *e)
+{
+    const vmsh_repo *r = opaque;
+    return gc_marks_find(&r->condemned, e->pack) == NULL;
+}
+
 int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t small, vmsh_error **err)
 {
     run_names l;
@@ -846,7 +852,12 @@ int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t smal
         run_free(run);
     }
     free(l.v);
-    rc = pick.n >= 2 ? merge_named(r, k, &pick, ".run", NULL, NULL, err) : 0;
+    /* a pending backup's merge leaves out the packs gc condemned: a gc
+     * deleting them merged their entries out already, and this merge must
+     * not bring them back (docs/formats/gc.md) */
+    rc = pick.n >= 2
+             ? merge_named(r, k, &pick, ".run", r->condemned.n ? keep_uncondemned : NULL, r, err)
+             : 0;
     free(pick.v);
     return rc;
 }

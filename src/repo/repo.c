@@ -384,6 +384,7 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     r->store = store;
+    r->gc_grace_ms = r->gc_margin_ms = r->session_ms = -1; /* from the options */
     /* test hook (tests/e2e/t-repo-index.sh): chunks are looked up through
      * the chunk index alone, never the pack tables, so that a test sees an
      * index that lost entries */
@@ -428,6 +429,7 @@ void vmsh_repo_free(vmsh_repo *r)
         return;
     repo_map_forget(r);
     free(r->packs);
+    gc_marks_clear(&r->condemned);
     crypto_ctx_free(r->crypto);
     repo_store_free(r->store);
     pthread_mutex_destroy(&r->lock);
@@ -830,7 +832,11 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
 {
     pthread_mutex_lock(&r->lock);
     const chunk_loc *l = chunk_map_find(&r->map, id);
-    if (l)
+    /* a pending backup never builds on a pack gc condemned: it stores the
+     * chunk again (docs/formats/gc.md) */
+    if (l && repo_pack_condemned(r, l->pack))
+        l = NULL;
+    else if (l)
         *out = *l;
     bool legacy = r->legacy;
     pthread_mutex_unlock(&r->lock);
@@ -845,6 +851,11 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
             int no = repo_pack_no(r, e.pack);
             if (no < 0)
                 return vmsh_error_set(err, -ENOMEM, "out of memory");
+            pthread_mutex_lock(&r->lock);
+            bool condemned = repo_pack_condemned(r, (uint32_t)no);
+            pthread_mutex_unlock(&r->lock);
+            if (condemned)
+                goto miss;
             if ((rc = pack_usable(r, no, err)) < 0)
                 return rc;
             if (rc == 0)

@@ -32,6 +32,10 @@ static const char *const opt_keys[] = {
     "s3-credentials-file",
     "s3-addressing",
     "store-lease-seconds",
+    /* the gc protocol's times (issue 26; docs/formats/gc.md), every store */
+    "store-gc-grace-seconds",
+    "store-gc-margin-seconds",
+    "store-session-seconds",
     NULL,
 };
 static char *opt_vals[VMSH_ARRAY_SIZE(opt_keys)];
