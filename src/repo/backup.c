@@ -181,6 +181,16 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
     return 0;
 }
 
+int backup_flush_for_tests(vmsh_backup *b)
+{
+    return pack_writer_flush(b->pw, NULL);
+}
+
+int backup_pin_for_tests(vmsh_backup *b, const char *backup_id)
+{
+    return repo_session_pin(b->session, backup_id, NULL);
+}
+
 const char *vmsh_backup_id(const vmsh_backup *b)
 {
     return b->id;

@@ -196,6 +196,10 @@ typedef struct gc_sessions {
 int gc_sessions_scan(vmsh_repo *r, int64_t now_ms, const repo_gc_params_t *p, gc_sessions *v,
                      vmsh_error **err);
 void gc_sessions_clear(gc_sessions *v);
+/* Tests (test_repo_gc.c): make the open pack durable; pin a backup as an
+ * incremental's base would. */
+int backup_flush_for_tests(vmsh_backup *b);
+int backup_pin_for_tests(vmsh_backup *b, const char *backup_id);
 /* Whether pack `no` is condemned in a pending backup's view (r->lock held). */
 bool repo_pack_condemned(vmsh_repo *r, uint32_t no);
 
@@ -323,6 +327,9 @@ struct vmsh_repo {
     int64_t (*clock)(void *opaque); /* tests: a fake clock (ms) */
     void *clock_opaque;
     bool no_skew_check; /* tests with a fake clock */
+    /* gc's mark phase: lookups prefer copies outside `condemned` (then
+     * gc's marks), and take a condemned copy rather than none */
+    bool gc_marking;
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);

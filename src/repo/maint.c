@@ -380,7 +380,14 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     repo_map_forget(r);
     if ((rc = ensure_runs(r, err)) < 0 || (rc = repo_load_map(r, err)) < 0)
         goto out;
-    if ((rc = mark_refs(r, &indexes, &missing, err)) < 0)
+    /* lookups prefer a copy outside the marked packs: a chunk a writer
+     * stored again (gc.md) lets the marked pack go */
+    r->condemned = old;
+    r->gc_marking = true;
+    rc = mark_refs(r, &indexes, &missing, err);
+    r->gc_marking = false;
+    r->condemned = (gc_marks){0};
+    if (rc < 0)
         goto out;
     bool may_delete = missing == 0 && !ss.bad_pin;
     for (size_t i = 0; i < ss.n_pins && may_delete; i++) {

@@ -827,6 +827,12 @@ static int pack_usable(vmsh_repo *r, int no, vmsh_error **err)
     return 1;
 }
 
+static bool accept_uncondemned(void *opaque, const ci_entry *e)
+{
+    const vmsh_repo *r = opaque;
+    return gc_marks_find(&r->condemned, e->pack) == NULL;
+}
+
 int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
                     vmsh_error **err)
 {
@@ -844,18 +850,16 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
         return 1;
     if (r->ci) {
         ci_entry e;
-        int rc = ci_set_lookup(r->ci, id, &e, err);
+        int rc =
+            ci_set_lookup_if(r->ci, id, r->condemned.n ? accept_uncondemned : NULL, r, &e, err);
         if (rc < 0)
             return rc;
-        if (rc == 1) {
+        if (rc == 2 && !r->gc_marking)
+            goto miss; /* only in condemned packs: a backup stores it again */
+        if (rc >= 1) {
             int no = repo_pack_no(r, e.pack);
             if (no < 0)
                 return vmsh_error_set(err, -ENOMEM, "out of memory");
-            pthread_mutex_lock(&r->lock);
-            bool condemned = repo_pack_condemned(r, (uint32_t)no);
-            pthread_mutex_unlock(&r->lock);
-            if (condemned)
-                goto miss;
             if ((rc = pack_usable(r, no, err)) < 0)
                 return rc;
             if (rc == 0)

@@ -554,7 +554,7 @@ void gc_sessions_clear(gc_sessions *v)
 bool repo_pack_condemned(vmsh_repo *r, uint32_t no)
 {
     /* r->lock held by the caller */
-    if (no == CHUNK_PENDING || no >= r->n_packs || !r->backup_pending)
+    if (no == CHUNK_PENDING || no >= r->n_packs || !r->backup_pending || r->gc_marking)
         return false;
     pack_info *pi = &r->packs[no];
     if (pi->condemned == 0) {
