@@ -184,6 +184,9 @@ int repo_session_pin(repo_session *s, const char *backup_id, vmsh_error **err);
 /* Before the commit: renews, and fails when the session ever lapsed. */
 int repo_session_check(repo_session *s, vmsh_error **err);
 void repo_session_end(repo_session *s); /* accepts NULL */
+/* Puts `name` and compares its modification time (the store's clock) with
+ * this host's: -ERANGE "clock skew" beyond the margin. */
+int repo_check_clock(vmsh_repo *r, const repo_gc_params_t *p, const char *name, vmsh_error **err);
 
 typedef struct gc_sessions {
     int64_t oldest_start_ms; /* INT64_MAX: none live */

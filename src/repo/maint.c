@@ -428,7 +428,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         const gc_mark *m = gc_marks_find(&old, bin);
         if (m) {
             if (may_delete && m->t_ms >= 0 && now - m->t_ms >= p->grace_ms &&
-                m->t_ms + p->margin_ms < ss.oldest_start_ms) {
+                m->t_ms + 2 * p->margin_ms < ss.oldest_start_ms) {
                 memcpy(ds.v[ds.n++], bin, 16);
                 continue;
             }
@@ -579,6 +579,11 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     int rc = repo_lock(r, "gc", true, &gl, err);
     if (rc < 0)
         return rc == -EBUSY ? vmsh_error_prefix(err, "another gc runs") : rc;
+    /* gc's clock against the store's, as a writer's (docs/formats/gc.md) */
+    if (!r->no_skew_check && (rc = repo_check_clock(r, &p, "locks/gc-clock", err)) < 0) {
+        vmsh_lock_free(gl);
+        return rc;
+    }
     rc = gc_pass(r, &p, &st, err);
     /* a grace of 0 (tests, a repository no other host writes): the marks of
      * this pass are deleted by a second one at once, under the same rules */

@@ -263,19 +263,21 @@ static void *heartbeat_main(void *arg)
     return NULL;
 }
 
-/* The writer's clock against the store's: the session object's modification
- * time is the store's clock (the POSIX store: this kernel's; S3: the
- * server's Last-Modified). Beyond the margin, gc's time rules are void. */
-static int check_skew(repo_session *s, int64_t before, vmsh_error **err)
+/* This host's clock against the store's: the modification time of object
+ * `name`, just put between `before` and now, is the store's clock (the
+ * POSIX store: this kernel's; S3: the server's Last-Modified). Beyond the
+ * margin, gc's time rules are void. */
+static int skew_of(vmsh_repo *r, const repo_gc_params_t *p, const char *name, int64_t before,
+                   vmsh_error **err)
 {
     repo_store_stat st = {0};
-    int rc = s->r->store->ops->stat(s->r->store, s->name, &st, err);
+    int rc = r->store->ops->stat(r->store, name, &st, err);
     if (rc < 0)
         return rc;
-    int64_t after = repo_now_ms(s->r);
+    int64_t after = repo_now_ms(r);
     int64_t store_ms = st.mtime_ns / 1000000;
     /* stores with whole seconds round down */
-    int64_t lo = before - s->p.margin_ms - 1000, hi = after + s->p.margin_ms;
+    int64_t lo = before - p->margin_ms - 1000, hi = after + p->margin_ms;
     if (store_ms >= lo && store_ms <= hi)
         return 0;
     double off = (double)(store_ms < lo ? store_ms - before : store_ms - after) / 1000.0;
@@ -285,7 +287,21 @@ static int check_skew(repo_session *s, int64_t before, vmsh_error **err)
                           " s (store-gc-margin-seconds) that the garbage collection's safety "
                           "rests on (docs/formats/gc.md); fix the host's time (NTP) and retry: "
                           "nothing was written",
-                          -off, s->r->path, s->p.margin_ms / 1000);
+                          -off, r->path, p->margin_ms / 1000);
+}
+
+static int check_skew(repo_session *s, int64_t before, vmsh_error **err)
+{
+    return skew_of(s->r, &s->p, s->name, before, err);
+}
+
+int repo_check_clock(vmsh_repo *r, const repo_gc_params_t *p, const char *name, vmsh_error **err)
+{
+    int64_t before = repo_now_ms(r);
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%" PRId64 "\n", before);
+    int rc = r->store->ops->put(r->store, name, buf, (size_t)n, err);
+    return rc < 0 ? rc : skew_of(r, p, name, before, err);
 }
 
 int repo_session_begin(vmsh_repo *r, repo_session **out, vmsh_error **err)
