@@ -498,6 +498,65 @@ static void damaged_marks_are_refused(void **state)
     vmsh_repo_free(r);
 }
 
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    char *buf = calloc(1, 1 << 16);
+    *len = fread(buf, 1, (1 << 16) - 1, fp);
+    fclose(fp);
+    return buf;
+}
+
+/* The version 1 objects as docs/formats/gc.md describes them
+ * (tests/golden/gc-v1/): every later vmshadow reads them. */
+static void golden_objects_read_back(void **state)
+{
+    fx *f = *state;
+    const char *g = getenv("VMSH_GOLDEN_DIR");
+    char *dir = path2(g ? g : "tests/golden", "gc-v1");
+    char *mp = path2(dir, "marks"), *sp = path2(dir, "session");
+    size_t len = 0;
+    char *text = slurp(mp, &len);
+    gc_marks m = {0};
+    assert_int_equal(gc_marks_parse(text, len, &m, NULL), 0);
+    assert_int_equal(m.n, 2);
+    char hex[33];
+    vmsh_hex(m.v[0].pack, 16, hex);
+    assert_string_equal(hex, "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    assert_int_equal(m.v[0].t_ms, 1796536800000);
+    vmsh_hex(m.v[1].pack, 16, hex);
+    assert_string_equal(hex, "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf");
+    assert_int_equal(m.v[1].t_ms, -1);
+    gc_marks_clear(&m);
+    free(text);
+    /* the session, as gc reads it from a repository */
+    vmsh_repo *r = open_fake(f->repo);
+    text = slurp(sp, &len);
+    assert_int_equal(
+        r->store->ops->put(r->store, "locks/sessions/00112233aabbccdd", text, len, NULL), 0);
+    free(text);
+    repo_gc_params_t p;
+    repo_gc_params(r, &p);
+    gc_sessions v;
+    assert_int_equal(gc_sessions_scan(r, 1796536790000 + 1000, &p, &v, NULL), 0);
+    assert_int_equal(v.n_live, 1);
+    assert_int_equal(v.oldest_start_ms, 1796536700000);
+    assert_int_equal(v.n_pins, 1);
+    assert_string_equal(v.pins[0], "0123456789abcdef");
+    gc_sessions_clear(&v);
+    /* and dead once its heartbeat is older than the session and 2 margins */
+    assert_int_equal(gc_sessions_scan(r, 1796536790000 + SESSION + 2 * MARGIN + 1, &p, &v, NULL),
+                     0);
+    assert_int_equal(v.n_live, 0);
+    assert_int_equal(v.n_dead, 1);
+    gc_sessions_clear(&v);
+    vmsh_repo_free(r);
+    free(mp);
+    free(sp);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -513,6 +572,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(clock_skew_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(one_gc_at_a_time_beside_backups, setup, teardown),
         cmocka_unit_test_setup_teardown(damaged_marks_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(golden_objects_read_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
