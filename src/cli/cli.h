@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <json-c/json.h>
 
@@ -86,7 +87,7 @@ int vmsh_cli_recover_first(vmsh_cli *cli);
 /* The getopt_long tables of the commands with options of their own (main
  * takes the global options out of a command's words with them). */
 extern const struct option vmsh_cli_opts_vms[], vmsh_cli_opts_init[], vmsh_cli_opts_backup[],
-    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[];
+    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[];
 
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
@@ -101,6 +102,7 @@ int vmsh_cmd_prune(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
+int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv);  /* cmd_serve.c, issue 23 */
 int vmsh_cmd_status(vmsh_cli *cli, int argc, char **argv); /* cmd_status.c */
 /* After a backup, verify, prune or gc (argv: the command's), records the
  * run for `status` and writes the metrics-dir files (metrics.c). */

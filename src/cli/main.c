@@ -42,6 +42,8 @@ static const struct {
     {"recover", vmsh_cmd_recover, "undo what an interrupted run left behind", NULL},
     {"extract", vmsh_cmd_extract, "write one file of a backup (e.g. a disk image)",
      vmsh_cli_opts_extract},
+    {"serve", vmsh_cmd_serve, "serve a VM's disks of a backup read-only over NBD",
+     vmsh_cli_opts_serve},
     {"status", vmsh_cmd_status, "last runs, repository size, oldest/newest backup per VM", NULL},
 };
 

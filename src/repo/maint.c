@@ -365,7 +365,6 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     char(*names)[33] = NULL;
     size_t n_names = 0;
     uint64_t missing = 0;
-    vmsh_lock *rl = NULL;
     int64_t now = repo_now_ms(r);
     /* 1. the sessions first: a writer that commits after the manifests are
      * listed below was live here (or started after the marks it reads) */
@@ -460,23 +459,8 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    /* 4. deletions: never under a running restore or verify (they hold the
-     * read lock shared); then they wait for the next gc */
-    if (ds.n) {
-        vmsh_error *le = NULL;
-        if (repo_lock(r, "read", true, &rl, &le) < 0) {
-            vmsh_error_free(le);
-            for (size_t i = 0; i < ds.n && rc == 0; i++)
-                rc = gc_marks_add(&nm, ds.v[i], gc_marks_find(&old, ds.v[i])->t_ms);
-            st->packs_marked += ds.n;
-            st->deletion_held++;
-            ds.n = 0;
-            if (rc < 0) {
-                rc = vmsh_error_set(err, -ENOMEM, "out of memory");
-                goto out;
-            }
-        }
-    }
+    /* 4. deletions (no restore, verify or serve runs: vmsh_repo_gc holds
+     * the read lock) */
     if (ds.n) {
         /* the chunk index no longer names them before any goes */
         qsort(ds.v, ds.n, sizeof(*ds.v), cmp16);
@@ -557,7 +541,6 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         r->store->ops->sync(r->store, dirs[i], NULL);
     rc = 0;
 out:
-    vmsh_lock_free(rl);
     repo_map_forget(r);
     gc_sessions_clear(&ss);
     gc_marks_clear(&old);
@@ -580,8 +563,18 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
     if (rc < 0)
         return rc == -EBUSY ? vmsh_error_prefix(err, "another gc runs") : rc;
     /* gc's clock against the store's, as a writer's (docs/formats/gc.md) */
+    vmsh_lock *rl = NULL;
     if (!r->no_skew_check && (rc = repo_check_clock(r, &p, "locks/gc-clock", err)) < 0) {
         vmsh_lock_free(gl);
+        return rc;
+    }
+    /* never beside a reader of packs (restore, verify, serve): they hold the
+     * read lock shared; backups take none */
+    if ((rc = repo_lock(r, "read", true, &rl, err)) < 0) {
+        vmsh_lock_free(gl);
+        if (rc == -EBUSY)
+            vmsh_error_prefix(err, "a restore, a verify or `vmshadow serve` is reading backups; "
+                                   "gc can run when it has finished");
         return rc;
     }
     rc = gc_pass(r, &p, &st, err);
@@ -591,6 +584,7 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         st.packs_marked = 0;
         rc = gc_pass(r, &p, &st, err);
     }
+    vmsh_lock_free(rl);
     vmsh_lock_free(gl);
     if (rc == 0 && stats)
         *stats = st;

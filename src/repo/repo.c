@@ -150,6 +150,8 @@ static int store_open(repo_store **out, const char *path, unsigned flags, vmsh_e
         return repo_store_rados_open(out, path, flags, err);
     if (strncmp(path, "s3://", 5) == 0 || strncmp(path, "s3+http://", 10) == 0)
         return repo_store_s3_open(out, path, flags, err);
+    if (strncmp(path, "mem://", 6) == 0)
+        return repo_store_mem_open(out, path, flags, err);
     const char *sep = strstr(path, "://");
     if (sep && sep > path && !memchr(path, '/', (size_t)(sep - path)))
         return vmsh_error_set(err, -EINVAL,

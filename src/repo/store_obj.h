@@ -76,5 +76,6 @@ void obj_backoff(unsigned attempt);
 
 int repo_store_rados_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 int repo_store_s3_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
+int repo_store_mem_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 
 #endif

@@ -1,10 +1,12 @@
 /* Unit tests of the requestor (src/requestor, issue 21) with a fake writer
- * and a repository in a temporary directory: the order of the events a
+ * and an in-memory repository (mem://, src/repo/store_mem.c; the first
+ * test once more on a directory): the order of the events a
  * backup reports through its callbacks, a cancel between steps aborts the
  * set with nothing stored (R5), a failing writer aborts it, a restore
  * writes the backed-up bytes where the writer planned them. */
 #include <errno.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -197,17 +199,25 @@ static void fake_init(fake_writer *f, const char *image)
 /* ---- fixture ---- */
 
 typedef struct fixture {
+    char *mem; /* the in-memory repository's name, NULL: a directory */
     char *dir, *repo, *state, *writers, *image, *out;
     fake_writer fw;
     vmsh_writer_ops *wl[1];
     vmsh_requestor_config cfg;
 } fixture;
 
-static int setup(void **state)
+static int setup_in(void **state, bool in_memory)
 {
+    static unsigned serial;
     fixture *fx = calloc(1, sizeof(*fx));
     fx->dir = make_tmpdir();
-    fx->repo = path2(fx->dir, "repo");
+    if (in_memory) {
+        assert_true(asprintf(&fx->mem, "requestor-%u", ++serial) > 0);
+        assert_int_equal(vmsh_repo_mem_create(fx->mem, NULL), 0);
+        assert_true(asprintf(&fx->repo, "mem://%s", fx->mem) > 0);
+    } else {
+        fx->repo = path2(fx->dir, "repo");
+    }
     fx->state = path2(fx->dir, "state");
     fx->writers = path2(fx->dir, "writers");
     fx->image = path2(fx->dir, "disk.img");
@@ -241,9 +251,23 @@ static int setup(void **state)
     return 0;
 }
 
+static int setup(void **state)
+{
+    return setup_in(state, true);
+}
+
+static int setup_dir(void **state)
+{
+    return setup_in(state, false);
+}
+
 static int teardown(void **state)
 {
     fixture *fx = *state;
+    if (fx->mem) {
+        vmsh_repo_mem_drop(fx->mem);
+        free(fx->mem);
+    }
     rm_rf(fx->dir);
     free(fx->dir);
     free(fx->repo);
@@ -441,14 +465,47 @@ static void test_stored_record_json(void **state)
     vmsh_metadata_free(md);
 }
 
+/* mem:// opens only what the program registered: the command line never
+ * registers one, so `-r mem://x` cannot "succeed" into a repository that
+ * is gone at exit. */
+static void test_mem_locations(void **state)
+{
+    (void)state;
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, "mem://never-made", NULL, &err), -ENODEV);
+    assert_non_null(strstr(err->message, "vmsh_repo_mem_create"));
+    vmsh_error_free(err);
+    err = NULL;
+    assert_int_equal(vmsh_repo_mem_create("a/b", NULL), -EINVAL);
+    assert_int_equal(vmsh_repo_mem_create("..", NULL), -EINVAL);
+    assert_int_equal(vmsh_repo_mem_create("", NULL), -EINVAL);
+    assert_int_equal(vmsh_repo_mem_create("twice", NULL), 0);
+    assert_int_equal(vmsh_repo_mem_create("twice", NULL), -EEXIST);
+    vmsh_repo_init_opts io = {0};
+    assert_int_equal(vmsh_repo_init("mem://twice", &io, NULL), 0);
+    assert_int_equal(vmsh_repo_init("mem://twice", &io, NULL), -EEXIST);
+    assert_int_equal(vmsh_repo_open(&r, "mem://twice", NULL, NULL), 0);
+    size_t n = 1;
+    vmsh_backup_info *a = NULL;
+    assert_int_equal(vmsh_repo_list(r, &a, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    vmsh_backup_info_array_free(a, n);
+    vmsh_repo_free(r);
+    vmsh_repo_mem_drop("twice");
+    assert_int_equal(vmsh_repo_open(&r, "mem://twice", NULL, NULL), -ENODEV);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_backup_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backup_order, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_between_steps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_writer_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
         cmocka_unit_test(test_stored_record_json),
+        cmocka_unit_test(test_mem_locations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,6 +65,17 @@ int vmsh_repo_open(vmsh_repo **out, const char *path, const char *key_file, vmsh
 int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, unsigned flags,
                       vmsh_error **err);
 
+/* In-memory repositories, mem://NAME (issue 21: unit tests and programs
+ * that embed the library). vmsh_repo_mem_create registers an empty space
+ * NAME (a plain name, no '/'); vmsh_repo_init("mem://NAME") then makes a
+ * repository there and every call that takes a location opens it, until
+ * vmsh_repo_mem_drop (no handle on it may be open then) or the process
+ * exits. Only registered names open: -ENODEV otherwise, so the command
+ * line (which never registers one) refuses mem:// locations. -EEXIST,
+ * -EINVAL, -ENOMEM. */
+int vmsh_repo_mem_create(const char *name, vmsh_error **err);
+void vmsh_repo_mem_drop(const char *name);
+
 /* Closes; accepts NULL. Pending backups must be freed first. */
 void vmsh_repo_free(vmsh_repo *r);
 void vmsh_repo_freep(vmsh_repo **r);
@@ -220,8 +231,7 @@ typedef struct vmsh_gc_stats {
     /* issue 26 (docs/formats/gc.md): packs marked for deletion by a later
      * gc, writers' sessions live and found dead, and the passes whose
      * deletions were held back (a writer builds on a vanished backup, a
-     * chunk is missing, a restore or verify runs, a writer runs during the
-     * sweep of small objects) */
+     * chunk is missing, a writer runs during the sweep of small objects) */
     uint64_t packs_marked, sessions_live, sessions_dead, deletion_held;
 } vmsh_gc_stats;
 
@@ -230,8 +240,8 @@ typedef struct vmsh_gc_stats {
  * the grace period ago (store-gc-grace-seconds, default 24 h; 0: a second
  * pass at once) that are still unreferenced and older than every live
  * writer's session; index objects and temporary files when no writer runs.
- * One gc at a time (locks/gc: -EBUSY). Deletions wait while a restore or
- * verify runs. -EBADMSG when a manifest or index is unreadable (gc then
+ * One gc at a time (locks/gc: -EBUSY); -EBUSY too beside a restore, verify
+ * or serve (locks/read). -EBADMSG when a manifest or index is unreadable (gc then
  * deletes nothing). */
 int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err);
 
