@@ -220,6 +220,7 @@ void vmsh_backup_free(vmsh_backup *b)
     free(b->files);
     b->repo->backup_pending = false;
     repo_session_end(b->session);
+    gc_marks_clear(&b->repo->condemned);
     free(b);
 }
 

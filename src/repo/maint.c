@@ -381,6 +381,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         goto out;
     /* lookups prefer a copy outside the marked packs: a chunk a writer
      * stored again (gc.md) lets the marked pack go */
+    gc_marks_clear(&r->condemned); /* a backup's view, on this handle */
     r->condemned = old;
     r->gc_marking = true;
     rc = mark_refs(r, &indexes, &missing, err);

@@ -856,7 +856,7 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
             ci_set_lookup_if(r->ci, id, r->condemned.n ? accept_uncondemned : NULL, r, &e, err);
         if (rc < 0)
             return rc;
-        if (rc == 2 && !r->gc_marking)
+        if (rc == 2 && r->backup_pending && !r->gc_marking)
             goto miss; /* only in condemned packs: a backup stores it again */
         if (rc >= 1) {
             int no = repo_pack_no(r, e.pack);
