@@ -908,6 +908,23 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
         b->broken = true;
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
     }
+    /* its index objects are still there (a gc's sweep of unreferenced ones
+     * runs only when no session is live: docs/formats/gc.md, "Why it is
+     * safe", index objects): never a manifest naming a missing one */
+    for (size_t i = 0; i < b->n_files; i++) {
+        char ip[160];
+        snprintf(ip, sizeof(ip), "index/%.2s/%s", b->files[i].index, b->files[i].index);
+        vmsh_error *e = NULL;
+        if ((rc = b->repo->store->ops->stat(b->repo->store, ip, NULL, &e)) < 0) {
+            vmsh_error_free(e);
+            b->broken = true;
+            return vmsh_error_set(err, rc == -ENOENT ? -EAGAIN : rc,
+                                  "cannot commit backup %s: its index of %s (%s) vanished "
+                                  "under a concurrent gc; nothing was committed, run the backup "
+                                  "again",
+                                  b->id, b->files[i].name, ip);
+        }
+    }
     json_object *m = json_object_new_object();
     json_object *files = json_object_new_array();
     char time_s[21];

@@ -159,6 +159,15 @@ static bool is_tmp_name(const char *n)
     return strstr(n, ".tmp.") != NULL;
 }
 
+/* The latest time (ms) a modification time read back may stand for: the
+ * object stores keep whole seconds (RADOS, S3), so a time without a
+ * fraction may be up to 999 ms early. */
+static int64_t latest_ms(const repo_store_stat *st)
+{
+    int64_t ms = st->mtime_ns / 1000000;
+    return st->mtime_ns % 1000000000 == 0 ? ms + 999 : ms;
+}
+
 typedef struct sweep {
     vmsh_repo *r;
     const char *dir; /* relative, "" for the root */
@@ -200,7 +209,7 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
     if (kind == REPO_STORE_REG && sw->indexes && sw->depth == 0 && strlen(name) == 64)
         garbage = !(sw->indexes->n &&
                     bsearch(name, sw->indexes->v, sw->indexes->n, sizeof(*sw->indexes->v), cmp65));
-    if (garbage && s->mtime_ns / 1000000 >= sw->cutoff_ms)
+    if (garbage && latest_ms(s) >= sw->cutoff_ms)
         garbage = false; /* young: a writer's, that started after gc looked */
     if (garbage && sw->r->store->ops->del(sw->r->store, p, NULL) == 0) {
         if (is_tmp_name(name))
@@ -450,7 +459,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
                 st->skipped++;
             continue;
         }
-        if (sst.mtime_ns / 1000000 >= young)
+        if (latest_ms(&sst) >= young)
             continue;
         if ((rc = gc_marks_add(&nm, bin, -1)) < 0)
             break;
@@ -527,8 +536,9 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         vmsh_error *ae = NULL;
         int64_t now2 = repo_now_ms(r);
         if (gc_sessions_scan(r, now2, p, &again, &ae) == 0 && again.n_live == 0) {
-            sweep_tmp(r, "index", 1, &indexes, now - p->margin_ms, st);
-            sweep_tmp(r, "", 2, NULL, now - p->margin_ms, st);
+            int64_t cutoff = now - p->margin_ms;
+            sweep_tmp(r, "index", 1, &indexes, cutoff, st);
+            sweep_tmp(r, "", 2, NULL, cutoff, st);
         } else {
             st->deletion_held++;
         }

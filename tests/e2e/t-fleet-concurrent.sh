@@ -60,6 +60,7 @@ file_writer() {
         out=$(VMSHADOW_STATE_DIR=$LAB_WORK/state-$name timeout 120 "$TOOL" backup \
             "$repo" "vm/disk.img=$img" 2>>"$LAB_WORK/$name.err") || continue
         echo "$(jq -r .backup <<<"$out") $sum" >>"$LAB_WORK/$name.ids"
+        sleep 0.$((RANDOM % 4))
     done
 }
 # vm_writer REPO SECONDS: backs up the real (shut-off) lab VM in a loop
@@ -190,7 +191,7 @@ run_store() {
     check_reported "$repo" "$store, after the kills"
 }
 
-run_store local "$LAB_WORK/repo" 30 25
-run_store rados "rados://$VMSH_CEPH_POOL/$U" 10 25
-run_store s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo" 10 25
+run_store local "$LAB_WORK/repo" 30 15
+run_store rados "rados://$VMSH_CEPH_POOL/$U" 10 15
+run_store s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo" 10 15
 echo "1..$E2E_CHECKS"
