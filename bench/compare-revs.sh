@@ -8,7 +8,8 @@
 #
 #   repository: vmshadow-repo-tool backup of day 1, backup of day 2 (a full
 #               read deduplicated against day 1), restore of day 2: the
-#               library calls the VM writer makes (bench/run.sh's images)
+#               library calls the VM writer makes (bench/run.sh's images);
+#               wall seconds and user+sys CPU seconds (the "-cpu" rows)
 #   vm (VM=1):  bench/vm-bench.sh's freeze window and saved-state downtime
 #               with each build's vmshadow (needs the guest lab; root)
 #
@@ -54,21 +55,26 @@ cat "$IMG/day1.raw" "$IMG/day2.raw" > /dev/null
 RES=$WORK/compare.tsv
 : > "$RES"
 : > "$WORK/empty.conf"
-secs() { # CMD...: wall seconds of one run (fails the script when CMD fails)
-    local t0 t1
+# timed OP LABEL ROUND CMD...: one run's wall seconds (OP) and user+sys CPU
+# seconds (OP-cpu: less disturbed by other load on the machine) into $RES;
+# fails the script when CMD fails
+timed() {
+    local op=$1 label=$2 round=$3 wall user sys
+    shift 3
     sync
-    t0=$(date +%s%N)
-    "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || { cat "$WORK/cmd.err" >&2; exit 1; }
-    t1=$(date +%s%N)
-    echo "scale=3; ($t1 - $t0) / 1000000000" | bc
+    /usr/bin/time -f "%e %U %S" -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" ||
+        { cat "$WORK/cmd.err" >&2; exit 1; }
+    read -r wall user sys < "$WORK/time.out"
+    printf '%s\t%s\t%s\t%s\n' "$label" "$op" "$wall" "$round" >> "$RES"
+    printf '%s\t%s-cpu\t%s\t%s\n' "$label" "$op" "$(echo "$user + $sys" | bc)" "$round" >> "$RES"
 }
 repo_round() { # LABEL BUILD ROUND
     local label=$1 b=$2 round=$3 R=$WORK/cmp-repo-$1 out=$WORK/cmp-restore-$1.raw
     rm -rf "$R" "$out"
     "$b/src/vmshadow" --config "$WORK/empty.conf" -r "$R" init > /dev/null
-    printf '%s\trepo-day1\t%s\t%s\n' "$label" "$(secs "$b/bench/vmshadow-repo-tool" backup "$R" vda="$IMG/day1.raw")" "$round" >> "$RES"
-    printf '%s\trepo-day2\t%s\t%s\n' "$label" "$(secs "$b/bench/vmshadow-repo-tool" backup "$R" vda="$IMG/day2.raw")" "$round" >> "$RES"
-    printf '%s\trepo-restore\t%s\t%s\n' "$label" "$(secs "$b/bench/vmshadow-repo-tool" restore "$R" latest vda "$out")" "$round" >> "$RES"
+    timed repo-day1 "$label" "$round" "$b/bench/vmshadow-repo-tool" backup "$R" vda="$IMG/day1.raw"
+    timed repo-day2 "$label" "$round" "$b/bench/vmshadow-repo-tool" backup "$R" vda="$IMG/day2.raw"
+    timed repo-restore "$label" "$round" "$b/bench/vmshadow-repo-tool" restore "$R" latest vda "$out"
     cmp "$IMG/day2.raw" "$out" || { echo "$label: restore differs from day2.raw" >&2; exit 1; }
     rm -rf "$R" "$out"
 }

@@ -342,6 +342,13 @@ int repo_load_map(vmsh_repo *r, vmsh_error **err);
  * or a damaged run) and looks again. 1 found, 0 absent, < 0 error. */
 int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
                     vmsh_error **err);
+/* The location of the chunk of index entry `e` of a file of `size` bytes,
+ * for reading it (repo_find_chunk with the fallback): 0 with *out filled;
+ * -EBADMSG naming backup, file and chunk when the chunk is missing, still
+ * in flight, or not of the length its place in the file needs (entries
+ * are bounds-checked by the index parser; this is the map's side). */
+int repo_locate_entry(vmsh_repo *r, const index_entry *e, uint64_t size, const char *backup,
+                      const char *file, chunk_loc *out, vmsh_error **err);
 /* The number in packs[] of the pack named by 16 binary bytes (registered
  * on first use). */
 int repo_pack_no(vmsh_repo *r, const uint8_t name[16]);

@@ -144,26 +144,14 @@ static int decode(vmsh_reader *rd, const index_entry *e, uint8_t *out, vmsh_erro
 {
     const vmsh_file_index *idx = rd->idx;
     /* the chunk index's runs (issue 27), then every pack table once */
-    chunk_loc found;
-    int fr = repo_find_chunk(rd->repo, e->id, &found, true, err);
-    if (fr < 0)
-        return fr;
-    const chunk_loc *loc = fr ? &found : NULL;
-    uint64_t off = e->chunk * CHUNK_SIZE;
-    uint64_t want = idx->size - off < CHUNK_SIZE ? idx->size - off : CHUNK_SIZE;
-    if (!loc || loc->pack == CHUNK_PENDING)
-        return vmsh_error_set(err, -EBADMSG,
-                              "backup %s, file %s: chunk %llu is missing from the repository",
-                              rd->id, rd->name, (unsigned long long)e->chunk);
-    if (loc->raw_len != want)
-        return vmsh_error_set(
-            err, -EBADMSG, "backup %s, file %s: chunk %llu has length %u, expected %llu", rd->id,
-            rd->name, (unsigned long long)e->chunk, loc->raw_len, (unsigned long long)want);
-    chunk_reader *cr = NULL;
-    int rc = pool_get(rd, &cr, err);
+    chunk_loc loc;
+    int rc = repo_locate_entry(rd->repo, e, idx->size, rd->id, rd->name, &loc, err);
     if (rc < 0)
         return rc;
-    rc = chunk_reader_read(cr, loc, out, err);
+    chunk_reader *cr = NULL;
+    if ((rc = pool_get(rd, &cr, err)) < 0)
+        return rc;
+    rc = chunk_reader_read(cr, &loc, out, err);
     pool_put(rd, cr);
     if (rc < 0)
         return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", rd->id, rd->name,

@@ -889,6 +889,25 @@ miss:
     return repo_find_chunk(r, id, out, false, err);
 }
 
+int repo_locate_entry(vmsh_repo *r, const index_entry *e, uint64_t size, const char *backup,
+                      const char *file, chunk_loc *out, vmsh_error **err)
+{
+    int fr = repo_find_chunk(r, e->id, out, true, err);
+    if (fr < 0)
+        return fr;
+    uint64_t off = e->chunk * CHUNK_SIZE;
+    uint64_t want = size - off < CHUNK_SIZE ? size - off : CHUNK_SIZE;
+    if (fr == 0 || out->pack == CHUNK_PENDING)
+        return vmsh_error_set(err, -EBADMSG,
+                              "backup %s, file %s: chunk %llu is missing from the repository",
+                              backup, file, (unsigned long long)e->chunk);
+    if (out->raw_len != want)
+        return vmsh_error_set(
+            err, -EBADMSG, "backup %s, file %s: chunk %llu has length %u, expected %llu", backup,
+            file, (unsigned long long)e->chunk, out->raw_len, (unsigned long long)want);
+    return 0;
+}
+
 static void *map_thread_main(void *arg)
 {
     vmsh_repo *r = arg;

@@ -93,23 +93,11 @@ static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
 static int decode_entry(rworker *w, const index_entry *e, size_t slot, vmsh_error **err)
 {
     rjob *j = w->j;
-    chunk_loc found;
-    int fr = repo_find_chunk(j->r, e->id, &found, true, err);
-    if (fr < 0)
-        return fr;
-    const chunk_loc *loc = fr ? &found : NULL;
-    uint64_t off = e->chunk * CHUNK_SIZE;
-    uint64_t want = j->idx->size - off < CHUNK_SIZE ? j->idx->size - off : CHUNK_SIZE;
-    if (!loc || loc->pack == CHUNK_PENDING)
-        return vmsh_error_set(err, -EBADMSG,
-                              "backup %s, file %s: chunk %llu is missing from the repository",
-                              j->backup, j->file, (unsigned long long)e->chunk);
-    if (loc->raw_len != want)
-        return vmsh_error_set(
-            err, -EBADMSG, "backup %s, file %s: chunk %llu has length %u, expected %llu", j->backup,
-            j->file, (unsigned long long)e->chunk, loc->raw_len, (unsigned long long)want);
-    int rc = chunk_reader_read(w->cr, loc, w->buf + slot * CHUNK_SIZE, err);
+    chunk_loc loc;
+    int rc = repo_locate_entry(j->r, e, j->idx->size, j->backup, j->file, &loc, err);
     if (rc < 0)
+        return rc;
+    if ((rc = chunk_reader_read(w->cr, &loc, w->buf + slot * CHUNK_SIZE, err)) < 0)
         return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
                                  (unsigned long long)e->chunk);
     return 0;
@@ -356,20 +344,10 @@ int vmsh_repo_read_file(vmsh_repo *r, const char *spec, const char *name, size_t
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < idx->count; i++) {
         const index_entry *e = &idx->entries[i];
-        chunk_loc found;
-        int fr = repo_find_chunk(r, e->id, &found, true, err);
-        if (fr < 0) {
-            rc = fr;
+        chunk_loc loc;
+        if ((rc = repo_locate_entry(r, e, idx->size, id, name, &loc, err)) < 0)
             break;
-        }
-        const chunk_loc *loc = fr ? &found : NULL;
-        uint64_t off = e->chunk * CHUNK_SIZE;
-        uint64_t want = idx->size - off < CHUNK_SIZE ? idx->size - off : CHUNK_SIZE;
-        if (!loc || loc->raw_len != want)
-            rc = vmsh_error_set(err, -EBADMSG,
-                                "backup %s, file %s: chunk %llu is missing or damaged", id, name,
-                                (unsigned long long)e->chunk);
-        else if ((rc = chunk_reader_read(cr, loc, (uint8_t *)buf + off, err)) < 0)
+        if ((rc = chunk_reader_read(cr, &loc, (uint8_t *)buf + e->chunk * CHUNK_SIZE, err)) < 0)
             vmsh_error_prefix(err, "backup %s, file %s", id, name);
     }
     if (rc == 0) {

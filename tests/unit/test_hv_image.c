@@ -23,6 +23,8 @@
 
 #include <vmshadow/hv/hvops.h>
 
+#include "test_repo_helpers.h"
+
 static char dir[64];
 
 static int setup(void **state)
@@ -76,20 +78,10 @@ static int run(const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static uint8_t *slurp(const char *p, size_t *len)
+static uint8_t *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(p, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    uint8_t *b = malloc((size_t)n + 1);
+    uint8_t *b = read_whole_file(path, len);
     assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    b[n] = 0;
-    *len = (size_t)n;
     return b;
 }
 

@@ -186,17 +186,9 @@ static void sha256(const void *p, size_t n, uint8_t out[32])
 
 static uint8_t *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc((size_t)n + 1);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    p[n] = 0;
-    *len = (size_t)n;
-    return p;
+    uint8_t *b = read_whole_file(path, len);
+    assert_non_null(b);
+    return b;
 }
 
 /* the only regular file under dir/sub/XX/, by suffix */

@@ -127,6 +127,27 @@ static inline uint64_t allocated_bytes(const char *p)
     return (uint64_t)st.st_blocks * 512;
 }
 
+/* The whole file in a malloc'ed buffer, NUL-terminated (not counted in
+ * *len); NULL when it cannot be read. */
+static inline uint8_t *read_whole_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    long n = -1;
+    uint8_t *b = NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (b = malloc((size_t)n + 1)) && fread(b, 1, (size_t)n, f) == (size_t)n) {
+        b[n] = 0;
+        *len = (size_t)n;
+    } else {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    return b;
+}
+
 static inline int write_text_file(const char *p, const char *text)
 {
     FILE *f = fopen(p, "w");
