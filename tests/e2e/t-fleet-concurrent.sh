@@ -55,7 +55,8 @@ file_writer() {
     local name=$1 repo=$2 until=$((SECONDS + $3)) img=$LAB_WORK/$1.img out
     cp --sparse=always "$LAB_WORK/base.img" "$img"
     while [ $SECONDS -lt $until ]; do
-        head -c 64K /dev/urandom | dd of="$img" bs=64K seek=$((RANDOM % 96)) conv=notrunc status=none
+        # a few chunks rewritten over and over: older packs become garbage
+        head -c 64K /dev/urandom | dd of="$img" bs=64K seek=$((48 + RANDOM % 8)) conv=notrunc status=none
         local sum; sum=$(sha256sum <"$img" | cut -c1-64)
         out=$(VMSHADOW_STATE_DIR=$LAB_WORK/state-$name timeout 120 "$TOOL" backup \
             "$repo" "vm/disk.img=$img" 2>>"$LAB_WORK/$name.err") || continue
@@ -202,6 +203,10 @@ run_store() {
     pass "$store: $rounds rounds of SIGKILLed writers and gc; every listing sound"
     # nothing stays locked longer than the lease; the dead sessions go
     sleep $((VMSHADOW_STORE_LEASE_SECONDS + 1))
+    # what the kept backups do not need is garbage now for sure
+    VMSHADOW_REPO=$repo vsh --json prune --keep-last 2
+    [ "$RC" = 0 ] || fail "$store: prune after the kills: $ERR"
+    jq -r '.forget[]' <<<"$OUT" >>"$LAB_WORK/forgotten"
     VMSHADOW_REPO=$repo vsh --json gc
     check "$store: gc after the kills (no lock left past the lease)" test "$RC" = 0
     deleted=$((deleted + $(jq .packs_deleted <<<"$OUT") + $(cat "$LAB_WORK/kill.del" 2>/dev/null | grep -x '[0-9]*' | paste -sd+ | sed 's/^$/0/' | bc)))
