@@ -692,8 +692,9 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
     int done = vmsh_cli_only_help(
         cli, argc, argv, "gc",
         "Usage: vmshadow gc\n\nFrees chunks no backup needs, and what interrupted "
-        "backups left behind.\nIt holds the repository's write lock: beside a "
-        "running backup it stops\nwith exit code 4 and deletes nothing.\n");
+        "backups left behind.\nIt runs beside backups: it marks unreferenced packs and "
+        "deletes them in a\nlater run, after store-gc-grace-seconds (24 h by default). "
+        "One gc at a time:\na second exits 4.\n");
     if (done >= 0)
         return done;
     if (optind < argc)
@@ -718,13 +719,22 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv)
         json_object_object_add(o, "tmp_deleted", json_object_new_int64((int64_t)st.tmp_deleted));
         json_object_object_add(o, "bytes_freed", json_object_new_int64((int64_t)st.bytes_freed));
         json_object_object_add(o, "skipped", json_object_new_int64((int64_t)st.skipped));
+        json_object_object_add(o, "packs_marked", json_object_new_int64((int64_t)st.packs_marked));
+        json_object_object_add(o, "sessions_live",
+                               json_object_new_int64((int64_t)st.sessions_live));
+        json_object_object_add(o, "sessions_dead",
+                               json_object_new_int64((int64_t)st.sessions_dead));
+        json_object_object_add(o, "deletion_held",
+                               json_object_new_int64((int64_t)st.deletion_held));
         vmsh_cli_print_json(o);
     } else {
         char b[32];
         vmsh_cli_format_bytes(st.bytes_freed, b, sizeof(b));
         printf("gc: %" PRIu64 " packs deleted, %" PRIu64 " rewritten, %" PRIu64
-               " indexes and %" PRIu64 " temporary files deleted; %s freed\n",
-               st.packs_deleted, st.packs_rewritten, st.indexes_deleted, st.tmp_deleted, b);
+               " indexes and %" PRIu64 " temporary files deleted; %s freed; %" PRIu64
+               " packs marked for a later gc\n",
+               st.packs_deleted, st.packs_rewritten, st.indexes_deleted, st.tmp_deleted, b,
+               st.packs_marked);
     }
     if (st.skipped)
         vmsh_cli_warn(cli,

@@ -59,7 +59,7 @@ typedef struct index_writer {
 
 struct vmsh_backup {
     vmsh_repo *repo;
-    vmsh_lock *wlock;
+    repo_session *session; /* issue 26: no lock, a session (docs/formats/gc.md) */
     char id[VMSH_BACKUP_ID_LEN + 1];
     int64_t time_us;
     bool committed, broken;
@@ -147,7 +147,9 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
     if (!b)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     b->repo = r;
-    int rc = repo_lock(r, "write", true, &b->wlock, err);
+    /* Concurrent writers (issue 26): no exclusive lock; the session pins
+     * what this backup deduplicates against until it commits or aborts */
+    int rc = repo_session_begin(r, &b->session, err);
     if (rc < 0) {
         free(b);
         return rc;
@@ -179,6 +181,16 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
     return 0;
 }
 
+int backup_flush_for_tests(vmsh_backup *b)
+{
+    return pack_writer_flush(b->pw, NULL);
+}
+
+int backup_pin_for_tests(vmsh_backup *b, const char *backup_id)
+{
+    return repo_session_pin(b->session, backup_id, NULL);
+}
+
 const char *vmsh_backup_id(const vmsh_backup *b)
 {
     return b->id;
@@ -207,7 +219,8 @@ void vmsh_backup_free(vmsh_backup *b)
         free(b->files[i].name);
     free(b->files);
     b->repo->backup_pending = false;
-    vmsh_lock_free(b->wlock);
+    repo_session_end(b->session);
+    gc_marks_clear(&b->repo->condemned);
     free(b);
 }
 
@@ -706,12 +719,18 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
          * in the map just now. */
         size_t k = 0, n = 0;
         rc = 0;
-        bool checked = o->base->checked_repo == r && o->base->checked_gen == r->map_gen;
+        /* (a check made before gc's marks were read may have found a chunk
+         * in a condemned pack) */
+        bool checked =
+            o->base->checked_repo == r && o->base->checked_gen == r->map_gen && r->condemned.n == 0;
         if (!checked && o->base->from_repo == r) {
-            /* its manifest still there, under our write lock: its chunks
-             * are kept (docs/formats/repository.md, "Chunk index runs") */
+            /* its manifest still there, and pinned by our session first:
+             * gc deletes nothing while a live session pins a backup it
+             * cannot read (docs/formats/gc.md), so its chunks are kept */
             char mp[32];
             snprintf(mp, sizeof(mp), "backups/%s", o->base->from_backup);
+            if ((rc = repo_session_pin(b->session, o->base->from_backup, err)) < 0)
+                return rc;
             checked = r->store->ops->stat(r->store, mp, NULL, NULL) == 0;
         }
         for (size_t i = 0; i < o->base->count && rc == 0; i++) {
@@ -880,6 +899,31 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     if ((rc = write_run(b, err)) < 0) {
         b->broken = true;
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
+    }
+    /* every pack and index is durable (the object stores wait for their
+     * uploads at a sync): then the session must never have lapsed, or a gc
+     * may have deleted what this backup builds on */
+    if ((rc = b->repo->store->ops->sync(b->repo->store, "packs", err)) < 0 ||
+        (rc = repo_session_check(b->session, err)) < 0) {
+        b->broken = true;
+        return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
+    }
+    /* its index objects are still there (a gc's sweep of unreferenced ones
+     * runs only when no session is live: docs/formats/gc.md, "Why it is
+     * safe", index objects): never a manifest naming a missing one */
+    for (size_t i = 0; i < b->n_files; i++) {
+        char ip[160];
+        snprintf(ip, sizeof(ip), "index/%.2s/%s", b->files[i].index, b->files[i].index);
+        vmsh_error *e = NULL;
+        if ((rc = b->repo->store->ops->stat(b->repo->store, ip, NULL, &e)) < 0) {
+            vmsh_error_free(e);
+            b->broken = true;
+            return vmsh_error_set(err, rc == -ENOENT ? -EAGAIN : rc,
+                                  "cannot commit backup %s: its index of %s (%s) vanished "
+                                  "under a concurrent gc; nothing was committed, run the backup "
+                                  "again",
+                                  b->id, b->files[i].name, ip);
+        }
     }
     json_object *m = json_object_new_object();
     json_object *files = json_object_new_array();

@@ -480,19 +480,36 @@ uint64_t ci_set_entries(const ci_set *s)
 
 int ci_set_lookup(const ci_set *s, const uint8_t id[32], ci_entry *out, vmsh_error **err)
 {
+    return ci_set_lookup_if(s, id, NULL, NULL, out, err);
+}
+
+int ci_set_lookup_if(const ci_set *s, const uint8_t id[32], ci_accept_fn accept, void *opaque,
+                     ci_entry *out, vmsh_error **err)
+{
+    bool have = false;
+    ci_entry first;
     /* newest runs are small and many; any order is correct */
     for (size_t i = s ? s->n : 0; i-- > 0;) {
         vmsh_error *e = NULL;
         int rc = run_lookup(s->runs[i], &s->key, id, out, &e);
         if (rc == 1) {
             vmsh_error_free(e);
-            return 1;
+            if (!accept || accept(opaque, out))
+                return 1;
+            if (!have)
+                first = *out;
+            have = true;
+            continue;
         }
         if (rc == -ENOMEM || rc == -EIO) {
             vmsh_error_propagate(err, &e);
             return rc;
         }
         vmsh_error_free(e); /* a damaged block: a miss, as a damaged pack */
+    }
+    if (have) {
+        *out = first;
+        return 2;
     }
     return 0;
 }
@@ -822,6 +839,12 @@ int ci_merge_all(vmsh_repo *r, const ci_key *k, ci_filter_fn keep, void *opaque,
     return rc;
 }
 
+static bool keep_uncondemned(void *opaque, const ci_entry *e)
+{
+    const vmsh_repo *r = opaque;
+    return gc_marks_find(&r->condemned, e->pack) == NULL;
+}
+
 int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t small, vmsh_error **err)
 {
     run_names l;
@@ -846,7 +869,12 @@ int ci_merge_small(vmsh_repo *r, const ci_key *k, size_t max_runs, uint64_t smal
         run_free(run);
     }
     free(l.v);
-    rc = pick.n >= 2 ? merge_named(r, k, &pick, ".run", NULL, NULL, err) : 0;
+    /* a pending backup's merge leaves out the packs gc condemned: a gc
+     * deleting them merged their entries out already, and this merge must
+     * not bring them back (docs/formats/gc.md) */
+    rc = pick.n >= 2
+             ? merge_named(r, k, &pick, ".run", r->condemned.n ? keep_uncondemned : NULL, r, err)
+             : 0;
     free(pick.v);
     return rc;
 }

@@ -78,6 +78,12 @@ void ci_set_free(ci_set *s);
 uint64_t ci_set_entries(const ci_set *s);
 /* 1 and *out when found, 0 when absent, < 0 on an I/O error. Thread-safe. */
 int ci_set_lookup(const ci_set *s, const uint8_t id[32], ci_entry *out, vmsh_error **err);
+/* The same, preferring an entry that `accept` takes (issue 26: a copy in
+ * a pack gc did not condemn): 1 such an entry, 2 only entries it refuses
+ * (*out the first of them), 0 absent. */
+typedef bool (*ci_accept_fn)(void *opaque, const ci_entry *e);
+int ci_set_lookup_if(const ci_set *s, const uint8_t id[32], ci_accept_fn accept, void *opaque,
+                     ci_entry *out, vmsh_error **err);
 /* How many runs exist under index/runs/ (0 when the directory is absent). */
 int ci_count_runs(vmsh_repo *r, size_t *n, vmsh_error **err);
 

@@ -94,9 +94,16 @@ int index_store(vmsh_repo *r, crypto_ctx *c, const vmsh_file_index *idx, char ou
     _cleanup_free_ char *path = index_path(r->path, out_name);
     if (!path)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    /* Content-addressed: an existing object is this one (written once). */
-    if (r->store->ops->stat(r->store, repo_rel(r, path), NULL, NULL) == 0)
-        return 0;
+    /* Content-addressed: an existing object is this one (written once).
+     * One older than this backup's session may be garbage that gc's sweep
+     * is about to delete (docs/formats/gc.md): written again, it is young. */
+    repo_store_stat st = {0};
+    if (r->store->ops->stat(r->store, repo_rel(r, path), &st, NULL) == 0) {
+        repo_gc_params_t gp;
+        repo_gc_params(r, &gp);
+        if (!r->backup_pending || st.mtime_ns / 1000000 >= r->session_start_ms + gp.margin_ms)
+            return 0;
+    }
     return object_write_buf(r, c, path, OBJ_INDEX, buf, len, err);
 }
 

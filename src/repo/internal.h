@@ -142,6 +142,70 @@ int chunk_map_reserve(chunk_map *m, size_t n);
 
 typedef struct vmsh_repo vmsh_repo;
 
+/* ---- sessions and gc's marks (session.c; docs/formats/gc.md) ---- */
+#define GC_GRACE_DEFAULT_S  86400 /* store-gc-grace-seconds */
+#define GC_MARGIN_DEFAULT_S 300   /* store-gc-margin-seconds */
+#define SESSION_DEFAULT_S   900   /* store-session-seconds */
+#define SESSION_DIR         "locks/sessions"
+#define GC_MARKS_NAME       "locks/gc-marks"
+
+typedef struct repo_gc_params_t {
+    int64_t grace_ms, margin_ms, session_ms;
+} repo_gc_params_t;
+/* The handle's values (tests), else the options, else the defaults. */
+void repo_gc_params(const vmsh_repo *r, repo_gc_params_t *p);
+/* Milliseconds since the epoch: the handle's clock (tests), else the
+ * real one. */
+int64_t repo_now_ms(const vmsh_repo *r);
+
+typedef struct gc_mark {
+    uint8_t pack[16];
+    int64_t t_ms; /* when condemned; -1: not yet fixed (never deletable) */
+} gc_mark;
+typedef struct gc_marks {
+    gc_mark *v; /* sorted by pack after gc_marks_sort / load */
+    size_t n, cap;
+} gc_marks;
+void gc_marks_clear(gc_marks *m);
+int gc_marks_add(gc_marks *m, const uint8_t pack[16], int64_t t_ms);
+void gc_marks_sort(gc_marks *m);
+const gc_mark *gc_marks_find(const gc_marks *m, const uint8_t pack[16]);
+int gc_marks_parse(const char *text, size_t len, gc_marks *out, vmsh_error **err);
+int gc_marks_load(vmsh_repo *r, gc_marks *out, vmsh_error **err); /* absent: empty */
+int gc_marks_store(vmsh_repo *r, const gc_marks *m, vmsh_error **err);
+
+/* A writer's session: written at begin (after a check of the clock against
+ * the store's), renewed by a heartbeat thread, deleted at the end. */
+typedef struct repo_session repo_session;
+int repo_session_begin(vmsh_repo *r, repo_session **out, vmsh_error **err);
+/* Names a backup the writer builds on without looking its chunks up (an
+ * incremental's base), before it relies on it. */
+int repo_session_pin(repo_session *s, const char *backup_id, vmsh_error **err);
+/* Before the commit: renews, and fails when the session ever lapsed. */
+int repo_session_check(repo_session *s, vmsh_error **err);
+void repo_session_end(repo_session *s); /* accepts NULL */
+/* Puts `name` and compares its modification time (the store's clock) with
+ * this host's: -ERANGE "clock skew" beyond the margin. */
+int repo_check_clock(vmsh_repo *r, const repo_gc_params_t *p, const char *name, vmsh_error **err);
+
+typedef struct gc_sessions {
+    int64_t oldest_start_ms; /* INT64_MAX: none live */
+    size_t n_live, n_dead;
+    bool bad_pin;
+    char (*pins)[VMSH_BACKUP_ID_LEN + 1];
+    size_t n_pins;
+} gc_sessions;
+/* Reads every session; deletes the dead ones. */
+int gc_sessions_scan(vmsh_repo *r, int64_t now_ms, const repo_gc_params_t *p, gc_sessions *v,
+                     vmsh_error **err);
+void gc_sessions_clear(gc_sessions *v);
+/* Tests (test_repo_gc.c): make the open pack durable; pin a backup as an
+ * incremental's base would. */
+int backup_flush_for_tests(vmsh_backup *b);
+int backup_pin_for_tests(vmsh_backup *b, const char *backup_id);
+/* Whether pack `no` is condemned in a pending backup's view (r->lock held). */
+bool repo_pack_condemned(vmsh_repo *r, uint32_t no);
+
 /* ---- packs (pack.c) ---- */
 typedef struct pack_info {
     char name[33];     /* 32 hex */
@@ -154,6 +218,11 @@ typedef struct pack_info {
      * (before a backup dedupes against it), table_ok when its table was
      * read and found sound (before a reader reads a blob of it) */
     bool stat_ok, table_ok;
+    /* gc (maint.c): a manifest references a chunk found in it */
+    bool gc_ref;
+    /* a pending backup's view of gc's marks (session.c): 0 not looked up
+     * yet, 1 not condemned, 2 condemned (never deduplicated against) */
+    uint8_t condemned;
 } pack_info;
 
 char *pack_path(const char *repo, const char *name);
@@ -255,6 +324,17 @@ struct vmsh_repo {
     unsigned pack_io_delay_us; /* tests: the pack writer thread sleeps before each write */
     size_t verify_run_ids;     /* 0: verify sorts runs of 512 Ki chunk IDs; tests make it small */
     size_t verify_max_runs;    /* 0: verify merges its runs into one at 256; tests make it small */
+    /* issue 26: gc's marks as the pending backup read them, and the times
+     * of the gc protocol (-1: from the options; tests set them) */
+    gc_marks condemned;
+    int64_t session_start_ms; /* the pending backup's session */
+    int64_t gc_grace_ms, gc_margin_ms, session_ms;
+    int64_t (*clock)(void *opaque); /* tests: a fake clock (ms) */
+    void *clock_opaque;
+    bool no_skew_check; /* tests with a fake clock */
+    /* gc's mark phase: lookups prefer copies outside `condemned` (then
+     * gc's marks), and take a condemned copy rather than none */
+    bool gc_marking;
 };
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);

@@ -1,6 +1,8 @@
 /* maint.c - prune (retention) and gc (docs/formats/repository.md, "gc" and
- * "prune"). Both hold the repository's write lock, so neither runs beside a
- * backup: gc may then treat everything no manifest needs as garbage. */
+ * "prune"; docs/formats/gc.md). Neither takes the write lock any more (issue
+ * 26): prune only deletes manifests, and gc deletes a pack only a grace
+ * period after it marked it, when it is still unreferenced and every live
+ * writer started after the mark. */
 #include "internal.h"
 
 #include "chunkindex.h"
@@ -68,10 +70,9 @@ int vmsh_repo_prune(vmsh_repo *r, const vmsh_retention *policy, bool dry_run,
         return vmsh_error_set(err, -EINVAL,
                               "prune needs at least one --keep-* rule (it never deletes every "
                               "backup)");
-    vmsh_lock *wl = NULL;
-    int rc = repo_lock(r, "write", true, &wl, err);
-    if (rc < 0)
-        return rc;
+    /* No lock (issue 26): deleting a manifest is one atomic delete, and gc's
+     * marks and grace protect what a running backup builds on */
+    int rc = 0;
     vmsh_backup_info *a = NULL;
     size_t n = 0;
     bool *keep = NULL;
@@ -124,7 +125,6 @@ out:
     free(keep);
     vmsh_backup_info_array_free(a, n);
     vmsh_prune_result_free(res);
-    vmsh_lock_free(wl);
     return rc;
 }
 
@@ -159,12 +159,22 @@ static bool is_tmp_name(const char *n)
     return strstr(n, ".tmp.") != NULL;
 }
 
+/* The latest time (ms) a modification time read back may stand for: the
+ * object stores keep whole seconds (RADOS, S3), so a time without a
+ * fraction may be up to 999 ms early. */
+static int64_t latest_ms(const repo_store_stat *st)
+{
+    int64_t ms = st->mtime_ns / 1000000;
+    return st->mtime_ns % 1000000000 == 0 ? ms + 999 : ms;
+}
+
 typedef struct sweep {
     vmsh_repo *r;
     const char *dir; /* relative, "" for the root */
     int depth;
     vmsh_gc_stats *st;
     const name_set *indexes; /* non-NULL: delete index objects not in it */
+    int64_t cutoff_ms;       /* only what was last written before (gc.md) */
 } sweep;
 
 static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
@@ -199,6 +209,8 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
     if (kind == REPO_STORE_REG && sw->indexes && sw->depth == 0 && strlen(name) == 64)
         garbage = !(sw->indexes->n &&
                     bsearch(name, sw->indexes->v, sw->indexes->n, sizeof(*sw->indexes->v), cmp65));
+    if (garbage && latest_ms(s) >= sw->cutoff_ms)
+        garbage = false; /* young: a writer's, that started after gc looked */
     if (garbage && sw->r->store->ops->del(sw->r->store, p, NULL) == 0) {
         if (is_tmp_name(name))
             sw->st->tmp_deleted++;
@@ -214,9 +226,10 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
  * files and directories of the repository are touched: the store never
  * follows a link, so the sweep never leaves the repository. */
 static void sweep_tmp(vmsh_repo *r, const char *dir, int depth, const name_set *indexes,
-                      vmsh_gc_stats *st)
+                      int64_t cutoff_ms, vmsh_gc_stats *st)
 {
-    sweep sw = {.r = r, .dir = dir, .depth = depth, .st = st, .indexes = indexes};
+    sweep sw = {
+        .r = r, .dir = dir, .depth = depth, .st = st, .indexes = indexes, .cutoff_ms = cutoff_ms};
     vmsh_error *e = NULL;
     if (r->store->ops->list(r->store, dir, REPO_STORE_LIST_STAT, sweep_entry, &sw, &e) < 0 && e &&
         e->code != -ENOENT)
@@ -248,7 +261,11 @@ static int gc_refuse(vmsh_error **err, vmsh_error **e, int rc, const char *backu
     return rc;
 }
 
-static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_error **err)
+/* The mark phase with bounded memory (issue 27, point 2): every manifest,
+ * one index at a time, each chunk looked up in the chunk index; the packs
+ * that hold a referenced chunk get gc_ref. Memory: the packs (a few bytes
+ * each), one index, the names of the live index objects. */
+static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, vmsh_error **err)
 {
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
     size_t n = 0;
@@ -257,6 +274,11 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
         vmsh_backup_info *b = NULL;
         vmsh_error *e = NULL;
         if ((rc = manifest_load(r, ids[i], &b, &e)) < 0) {
+            if (rc == -ENOENT) { /* pruned meanwhile */
+                vmsh_error_free(e);
+                rc = 0;
+                continue;
+            }
             rc = gc_refuse(err, &e, rc, ids[i], NULL);
             break;
         }
@@ -276,11 +298,24 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
             }
             if (name_add(indexes, b->files[f].index) < 0)
                 rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+            uint8_t last[ID_LEN] = {0};
             for (size_t k = 0; rc == 0 && k < idx->count; k++) {
-                chunk_loc c = {0};
-                memcpy(c.id, idx->entries[k].id, ID_LEN);
-                if (chunk_map_insert(live, &c, NULL) < 0)
-                    rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+                if (k && memcmp(last, idx->entries[k].id, ID_LEN) == 0)
+                    continue; /* a run of equal chunks: one lookup */
+                memcpy(last, idx->entries[k].id, ID_LEN);
+                chunk_loc loc;
+                int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, err);
+                if (fr < 0) {
+                    rc = fr;
+                    break;
+                }
+                if (fr == 0) {
+                    (*missing)++; /* damage: verify reports it; gc then deletes nothing */
+                    continue;
+                }
+                pthread_mutex_lock(&r->lock);
+                r->packs[loc.pack].gc_ref = true;
+                pthread_mutex_unlock(&r->lock);
             }
             vmsh_file_index_free(idx);
         }
@@ -290,20 +325,6 @@ static int collect_live(vmsh_repo *r, chunk_map *live, name_set *indexes, vmsh_e
     if (rc == 0 && indexes->n)
         qsort(indexes->v, indexes->n, sizeof(*indexes->v), cmp65);
     return rc;
-}
-
-static int pread_all(vmsh_repo *r, repo_store_file *fd, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        int64_t n = r->store->ops->pread(fd, p, len, off);
-        if (n <= 0)
-            return n < 0 ? (int)n : -EBADMSG;
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
 }
 
 static int cmp16(const void *a, const void *b)
@@ -322,203 +343,260 @@ static bool keep_live_pack(void *opaque, const ci_entry *e)
     return !(d->n && bsearch(e->pack, d->v, d->n, sizeof(*d->v), cmp16));
 }
 
-/* The chunk index after gc's repack (docs/formats/repository.md, "Chunk
- * index runs"): a run for the new packs, then every run merged into one
- * without the entries of the packs about to be deleted, written before the
- * old runs go, and all of it before any pack goes; or, in a repository
- * without runs, the runs built from the pack tables (the upgrade). */
-static int gc_runs(vmsh_repo *r, size_t first_new, dead_set *dead, vmsh_error **err)
+/* A repository without runs (written before issue 27) gets them first:
+ * the mark phase looks chunks up in them. */
+static int ensure_runs(vmsh_repo *r, vmsh_error **err)
 {
-    ci_key k;
-    ci_key_init(&k, &r->keys);
     ci_remove_parts(r);
     size_t nruns = 0;
     int rc = ci_count_runs(r, &nruns, err);
-    if (rc < 0)
+    if (rc < 0 || nruns > 0)
         return rc;
-    if (dead->n)
-        qsort(dead->v, dead->n, sizeof(*dead->v), cmp16);
-    if (nruns == 0)
-        return ci_build_from_packs(r, r->crypto, &k, keep_live_pack, dead, err);
-    for (size_t p = first_new; p < r->n_packs; p++) {
-        if (r->packs[p].n_chunks == 0)
-            continue; /* opened by the pack writer, never written */
-        _cleanup_free_ char *path = pack_path(r->path, r->packs[p].name);
-        chunk_loc *t = NULL;
-        uint32_t nt = 0;
-        uint64_t size = 0;
-        if (!path)
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        if ((rc = pack_read_table(r, path, r->crypto, r->keys.encrypted, &t, &nt, &size, err)) < 0)
-            return rc;
-        ci_entry *e = vmsh_calloc_array(nt ? nt : 1, sizeof(*e));
-        if (!e) {
-            free(t);
-            return vmsh_error_set(err, -ENOMEM, "out of memory");
-        }
-        for (uint32_t i = 0; i < nt; i++) {
-            memcpy(e[i].id, t[i].id, ID_LEN);
-            vmsh_unhex(r->packs[p].name, e[i].pack, 16);
-            e[i].offset = t[i].offset;
-            e[i].stored_len = t[i].stored_len;
-            e[i].raw_len = t[i].raw_len;
-            e[i].kind = t[i].kind;
-        }
-        free(t);
-        rc = ci_write_entries(r, &k, e, nt, err);
-        free(e);
-        if (rc < 0)
-            return rc;
-        nruns++;
-    }
-    if (dead->n == 0 && nruns <= CI_MERGE_RUNS)
+    char(*names)[33] = NULL;
+    size_t np = 0;
+    if ((rc = repo_pack_names(r, &names, &np, err)) < 0)
+        return rc;
+    free(names);
+    if (np == 0)
         return 0;
-    return ci_merge_all(r, &k, keep_live_pack, dead, err);
+    ci_key k;
+    ci_key_init(&k, &r->keys);
+    return ci_build_from_packs(r, r->crypto, &k, NULL, NULL, err);
 }
 
-int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
+/* One pass of the protocol (docs/formats/gc.md, "The protocol"). */
+static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, vmsh_error **err)
 {
-    vmsh_gc_stats st = {0};
-    vmsh_lock *wl = NULL, *rl = NULL;
-    chunk_map live;
-    chunk_map_init(&live);
+    gc_sessions ss = {0};
+    gc_marks old = {0}, nm = {0};
     name_set indexes = {0};
-    pack_writer *pw = NULL;
-    bool *dead = NULL;
     dead_set ds = {0};
     char(*names)[33] = NULL;
-    size_t n_old = 0, first_new = 0;
-    int rc = repo_lock(r, "write", true, &wl, err);
+    size_t n_names = 0;
+    uint64_t missing = 0;
+    int64_t now = repo_now_ms(r);
+    /* 1. the sessions first: a writer that commits after the manifests are
+     * listed below was live here (or started after the marks it reads) */
+    int rc = gc_sessions_scan(r, now, p, &ss, err);
     if (rc < 0)
-        return rc;
-    if ((rc = collect_live(r, &live, &indexes, err)) < 0)
         goto out;
-    if ((rc = repo_lock(r, "read", true, &rl, err)) < 0) {
-        vmsh_error_prefix(err, "a restore, a verify or `vmshadow serve` is reading backups; "
-                               "gc can run when it has finished");
+    st->sessions_live = ss.n_live;
+    st->sessions_dead += ss.n_dead;
+    if ((rc = gc_marks_load(r, &old, err)) < 0)
         goto out;
-    }
-    /* a fresh view of the packs: their names, then one table at a time */
+    /* 2. mark: the packs the manifests reference, through the chunk index */
     repo_map_forget(r);
-    if ((rc = repo_pack_names(r, &names, &n_old, err)) < 0)
+    if ((rc = ensure_runs(r, err)) < 0 || (rc = repo_load_map(r, err)) < 0)
         goto out;
-    first_new = r->n_packs;
-    dead = calloc(n_old ? n_old : 1, sizeof(bool));
-    ds.v = vmsh_calloc_array(n_old ? n_old : 1, sizeof(*ds.v));
-    if (!dead || !ds.v || (rc = pack_writer_new(&pw, r, err)) < 0) {
-        rc = rc < 0 ? rc : vmsh_error_set(err, -ENOMEM, "out of memory");
+    /* lookups prefer a copy outside the marked packs: a chunk a writer
+     * stored again (gc.md) lets the marked pack go */
+    gc_marks_clear(&r->condemned); /* a backup's view, on this handle */
+    r->condemned = old;
+    r->gc_marking = true;
+    rc = mark_refs(r, &indexes, &missing, err);
+    r->gc_marking = false;
+    r->condemned = (gc_marks){0};
+    if (rc < 0)
+        goto out;
+    bool may_delete = missing == 0 && !ss.bad_pin;
+    for (size_t i = 0; i < ss.n_pins && may_delete; i++) {
+        char mp[32];
+        snprintf(mp, sizeof(mp), "backups/%s", ss.pins[i]);
+        vmsh_error *e = NULL;
+        int sr = r->store->ops->stat(r->store, mp, NULL, &e);
+        vmsh_error_free(e);
+        if (sr < 0) /* a live writer builds on a backup gc can no longer read */
+            may_delete = false;
+    }
+    if (!may_delete)
+        st->deletion_held++;
+    /* 3. the packs: unreferenced ones are marked, marked ones deleted when
+     * the grace has passed and every live writer started after the mark */
+    if ((rc = repo_pack_names(r, &names, &n_names, err)) < 0)
+        goto out;
+    ds.v = vmsh_calloc_array(n_names ? n_names : 1, sizeof(*ds.v));
+    if (!ds.v) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    for (size_t p = 0; p < n_old; p++) {
-        _cleanup_free_ char *path = pack_path(r->path, names[p]);
-        chunk_loc *e = NULL;
-        uint32_t ne = 0;
-        uint64_t size = 0;
-        if (!path)
+    int64_t young = (ss.oldest_start_ms < now ? ss.oldest_start_ms : now) - p->margin_ms;
+    for (size_t i = 0; i < n_names; i++) {
+        uint8_t bin[16];
+        if (vmsh_unhex(names[i], bin, 16) < 0)
             continue;
-        vmsh_error *te = NULL;
-        if ((rc = pack_read_table(r, path, r->crypto, r->keys.encrypted, &e, &ne, &size, &te)) <
-            0) {
-            if (rc == -ENOMEM || rc == -EPROTONOSUPPORT || rc == -EKEYREJECTED) {
-                rc = rc == -EKEYREJECTED ? -EBADMSG : rc;
-                if (te)
-                    te->code = rc;
-                vmsh_error_propagate(err, &te);
-                goto out;
-            }
-            vmsh_error_free(te);
-            st.skipped++; /* unknown contents: never deleted by gc; verify reports it */
-            continue;
-        }
-        uint64_t live_bytes = 0, all_bytes = 0;
-        for (uint32_t i = 0; i < ne; i++) {
-            all_bytes += e[i].stored_len;
-            if (chunk_map_find(&live, e[i].id))
-                live_bytes += e[i].stored_len;
-        }
-        if (live_bytes * 2 >= all_bytes && live_bytes > 0) {
-            free(e);
-            continue;
-        }
-        if (live_bytes > 0) {
-            /* mostly dead: copy the live blobs as stored into new packs */
-            repo_store_file *fd = NULL;
-            _cleanup_free_ uint8_t *blob = malloc(2 * CHUNK_SIZE + GCM_OVERHEAD);
-            if (!blob ||
-                (rc = r->store->ops->open_file(r->store, repo_rel(r, path), 0, &fd, err)) < 0) {
-                free(e);
-                rc = rc < 0 ? rc : vmsh_error_set(err, -ENOMEM, "cannot read pack %s", path);
-                goto out;
-            }
-            for (uint32_t i = 0; i < ne; i++) {
-                chunk_loc *lv = chunk_map_find(&live, e[i].id);
-                if (!lv || lv->pack == 1) /* dead, or already copied */
-                    continue;
-                if ((rc = pread_all(r, fd, blob, e[i].stored_len, e[i].offset)) < 0) {
-                    r->store->ops->close(fd);
-                    free(e);
-                    rc = vmsh_error_set(err, rc == -EBADMSG ? -EBADMSG : rc,
-                                        "cannot read pack %s: %s", path, strerror(-rc));
-                    goto out;
-                }
-                chunk_loc nl = e[i];
-                if ((rc = pack_writer_add(pw, &nl, blob, err)) < 0) {
-                    r->store->ops->close(fd);
-                    free(e);
-                    goto out;
-                }
-                lv->pack = 1;
-            }
-            r->store->ops->close(fd);
-            st.packs_rewritten++;
-        } else {
-            st.packs_deleted++;
-        }
-        dead[p] = true;
-        st.bytes_freed += size;
-        free(e);
-    }
-    /* new packs are durable before any old one goes */
-    if ((rc = pack_writer_flush(pw, err)) < 0)
-        goto out;
-    for (size_t p = 0; p < n_old; p++)
-        if (dead[p])
-            vmsh_unhex(names[p], ds.v[ds.n++], 16);
-    /* and the chunk index no longer names a pack about to go */
-    if ((rc = gc_runs(r, first_new, &ds, err)) < 0)
-        goto out;
-    for (size_t p = 0; p < n_old; p++) {
-        if (!dead[p])
-            continue;
-        _cleanup_free_ char *path = pack_path(r->path, names[p]);
-        vmsh_error *de = NULL;
-        if (path && (rc = r->store->ops->del(r->store, repo_rel(r, path), &de)) < 0 &&
-            rc != -ENOENT) {
-            vmsh_error_propagate(err, &de);
+        int no = repo_pack_no(r, bin);
+        if (no < 0) {
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
             goto out;
         }
-        vmsh_error_free(de);
+        pthread_mutex_lock(&r->lock);
+        bool ref = r->packs[no].gc_ref;
+        pthread_mutex_unlock(&r->lock);
+        if (ref)
+            continue; /* referenced: a mark on it is dropped */
+        const gc_mark *m = gc_marks_find(&old, bin);
+        if (m) {
+            if (may_delete && m->t_ms >= 0 && now - m->t_ms >= p->grace_ms &&
+                m->t_ms + 2 * p->margin_ms < ss.oldest_start_ms) {
+                memcpy(ds.v[ds.n++], bin, 16);
+                continue;
+            }
+            if ((rc = gc_marks_add(&nm, bin, m->t_ms)) < 0)
+                break;
+            st->packs_marked++;
+            continue;
+        }
+        /* new garbage, or a pack a live writer is still writing: only what
+         * is older than the oldest live writer (minus the margin) is marked */
+        char path[64];
+        snprintf(path, sizeof(path), "packs/%.2s/%s.pack", names[i], names[i]);
+        repo_store_stat sst = {0};
+        vmsh_error *e = NULL;
+        int sr = r->store->ops->stat(r->store, path, &sst, &e);
+        vmsh_error_free(e);
+        if (sr < 0) {
+            if (sr != -ENOENT)
+                st->skipped++;
+            continue;
+        }
+        if (latest_ms(&sst) >= young)
+            continue;
+        if ((rc = gc_marks_add(&nm, bin, -1)) < 0)
+            break;
+        st->packs_marked++;
     }
-    for (size_t p = first_new; p < r->n_packs; p++)
-        st.bytes_freed -= st.bytes_freed >= r->packs[p].size ? r->packs[p].size : st.bytes_freed;
-    /* unreferenced index objects */
-    sweep_tmp(r, "index", 1, &indexes, &st);
-    sweep_tmp(r, "", 2, NULL, &st);
+    if (rc < 0) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    /* 4. deletions (no restore, verify or serve runs: vmsh_repo_gc holds
+     * the read lock) */
+    if (ds.n) {
+        /* the chunk index no longer names them before any goes */
+        qsort(ds.v, ds.n, sizeof(*ds.v), cmp16);
+        ci_key k;
+        ci_key_init(&k, &r->keys);
+        if ((rc = ci_merge_all(r, &k, keep_live_pack, &ds, err)) < 0)
+            goto out;
+        for (size_t i = 0; i < ds.n; i++) {
+            char hex[33], path[64];
+            vmsh_hex(ds.v[i], 16, hex);
+            snprintf(path, sizeof(path), "packs/%.2s/%s.pack", hex, hex);
+            repo_store_stat sst = {0};
+            vmsh_error *de = NULL;
+            r->store->ops->stat(r->store, path, &sst, NULL);
+            if ((rc = r->store->ops->del(r->store, path, &de)) < 0 && rc != -ENOENT) {
+                vmsh_error_propagate(err, &de);
+                goto out;
+            }
+            vmsh_error_free(de);
+            rc = 0;
+            st->packs_deleted++;
+            st->bytes_freed += sst.size;
+        }
+        r->store->ops->sync(r->store, "packs", NULL);
+    } else {
+        /* lookups read every run: gc merges them into one (the marked
+         * packs' entries stay: they exist until deleted) */
+        size_t nruns = 0;
+        ci_key k;
+        ci_key_init(&k, &r->keys);
+        if ((rc = ci_count_runs(r, &nruns, err)) < 0 ||
+            (nruns > CI_MERGE_RUNS && (rc = ci_merge_all(r, &k, NULL, NULL, err)) < 0))
+            goto out;
+    }
+    /* 5. the marks: first with their times unfixed (-1: never deletable),
+     * then with the time after that write is complete, so that a writer
+     * that started before the stamp has read the marks or is live for the
+     * next gc (gc.md, "Why it is safe") */
+    gc_marks_sort(&nm);
+    bool fresh = false;
+    for (size_t i = 0; i < nm.n; i++)
+        fresh |= nm.v[i].t_ms < 0;
+    if (nm.n || old.n) {
+        if ((rc = gc_marks_store(r, &nm, err)) < 0)
+            goto out;
+        if (fresh) {
+            int64_t stamp = repo_now_ms(r);
+            for (size_t i = 0; i < nm.n; i++)
+                if (nm.v[i].t_ms < 0)
+                    nm.v[i].t_ms = stamp;
+            if ((rc = gc_marks_store(r, &nm, err)) < 0)
+                goto out;
+        }
+    }
+    /* 6. small objects (index objects, temporary files) go only when no
+     * writer runs at all: gc then holds the write lock for a moment; a
+     * writer taking its session meanwhile is not affected (it takes no
+     * lock), so the sweep first checks there is none (gc.md) */
+    vmsh_lock *wl = NULL;
+    vmsh_error *we = NULL;
+    if (ss.n_live == 0 && repo_lock(r, "write", true, &wl, &we) == 0) {
+        gc_sessions again = {0};
+        vmsh_error *ae = NULL;
+        int64_t now2 = repo_now_ms(r);
+        if (gc_sessions_scan(r, now2, p, &again, &ae) == 0 && again.n_live == 0) {
+            int64_t cutoff = now - p->margin_ms;
+            sweep_tmp(r, "index", 1, &indexes, cutoff, st);
+            sweep_tmp(r, "", 2, NULL, cutoff, st);
+        } else {
+            st->deletion_held++;
+        }
+        vmsh_error_free(ae);
+        gc_sessions_clear(&again);
+        vmsh_lock_free(wl);
+    }
+    vmsh_error_free(we);
     static const char *const dirs[] = {"packs", "index", "backups"};
     for (size_t i = 0; i < VMSH_ARRAY_SIZE(dirs); i++)
         r->store->ops->sync(r->store, dirs[i], NULL);
     rc = 0;
 out:
-    pack_writer_free(pw);
-    /* the in-memory view is stale after gc: reload on next need */
     repo_map_forget(r);
-    free(dead);
+    gc_sessions_clear(&ss);
+    gc_marks_clear(&old);
+    gc_marks_clear(&nm);
+    free(indexes.v);
     free(ds.v);
     free(names);
-    free(indexes.v);
-    chunk_map_clear(&live);
+    return rc;
+}
+
+int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
+{
+    vmsh_gc_stats st = {0};
+    repo_gc_params_t p;
+    repo_gc_params(r, &p);
+    /* one collector at a time: a lock (a lease on the object stores) that
+     * dies with its holder */
+    vmsh_lock *gl = NULL;
+    int rc = repo_lock(r, "gc", true, &gl, err);
+    if (rc < 0)
+        return rc == -EBUSY ? vmsh_error_prefix(err, "another gc runs") : rc;
+    /* gc's clock against the store's, as a writer's (docs/formats/gc.md) */
+    vmsh_lock *rl = NULL;
+    if (!r->no_skew_check && (rc = repo_check_clock(r, &p, "locks/gc-clock", err)) < 0) {
+        vmsh_lock_free(gl);
+        return rc;
+    }
+    /* never beside a reader of packs (restore, verify, serve): they hold the
+     * read lock shared; backups take none */
+    if ((rc = repo_lock(r, "read", true, &rl, err)) < 0) {
+        vmsh_lock_free(gl);
+        if (rc == -EBUSY)
+            vmsh_error_prefix(err, "a restore, a verify or `vmshadow serve` is reading backups; "
+                                   "gc can run when it has finished");
+        return rc;
+    }
+    rc = gc_pass(r, &p, &st, err);
+    /* a grace of 0 (tests, a repository no other host writes): the marks of
+     * this pass are deleted by a second one at once, under the same rules */
+    if (rc == 0 && p.grace_ms == 0 && st.packs_marked) {
+        st.packs_marked = 0;
+        rc = gc_pass(r, &p, &st, err);
+    }
     vmsh_lock_free(rl);
-    vmsh_lock_free(wl);
+    vmsh_lock_free(gl);
     if (rc == 0 && stats)
         *stats = st;
     return rc;

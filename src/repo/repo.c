@@ -386,6 +386,7 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     r->store = store;
+    r->gc_grace_ms = r->gc_margin_ms = r->session_ms = -1; /* from the options */
     /* test hook (tests/e2e/t-repo-index.sh): chunks are looked up through
      * the chunk index alone, never the pack tables, so that a test sees an
      * index that lost entries */
@@ -430,6 +431,7 @@ void vmsh_repo_free(vmsh_repo *r)
         return;
     repo_map_forget(r);
     free(r->packs);
+    gc_marks_clear(&r->condemned);
     crypto_ctx_free(r->crypto);
     repo_store_free(r->store);
     pthread_mutex_destroy(&r->lock);
@@ -827,12 +829,22 @@ static int pack_usable(vmsh_repo *r, int no, vmsh_error **err)
     return 1;
 }
 
+static bool accept_uncondemned(void *opaque, const ci_entry *e)
+{
+    const vmsh_repo *r = opaque;
+    return gc_marks_find(&r->condemned, e->pack) == NULL;
+}
+
 int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool fallback,
                     vmsh_error **err)
 {
     pthread_mutex_lock(&r->lock);
     const chunk_loc *l = chunk_map_find(&r->map, id);
-    if (l)
+    /* a pending backup never builds on a pack gc condemned: it stores the
+     * chunk again (docs/formats/gc.md) */
+    if (l && repo_pack_condemned(r, l->pack))
+        l = NULL;
+    else if (l)
         *out = *l;
     bool legacy = r->legacy;
     pthread_mutex_unlock(&r->lock);
@@ -840,10 +852,13 @@ int repo_find_chunk(vmsh_repo *r, const uint8_t id[ID_LEN], chunk_loc *out, bool
         return 1;
     if (r->ci) {
         ci_entry e;
-        int rc = ci_set_lookup(r->ci, id, &e, err);
+        int rc =
+            ci_set_lookup_if(r->ci, id, r->condemned.n ? accept_uncondemned : NULL, r, &e, err);
         if (rc < 0)
             return rc;
-        if (rc == 1) {
+        if (rc == 2 && r->backup_pending && !r->gc_marking)
+            goto miss; /* only in condemned packs: a backup stores it again */
+        if (rc >= 1) {
             int no = repo_pack_no(r, e.pack);
             if (no < 0)
                 return vmsh_error_set(err, -ENOMEM, "out of memory");

@@ -32,6 +32,10 @@ static const char *const opt_keys[] = {
     "s3-credentials-file",
     "s3-addressing",
     "store-lease-seconds",
+    /* the gc protocol's times (issue 26; docs/formats/gc.md), every store */
+    "store-gc-grace-seconds",
+    "store-gc-margin-seconds",
+    "store-session-seconds",
     NULL,
 };
 static char *opt_vals[VMSH_ARRAY_SIZE(opt_keys)];
@@ -203,12 +207,25 @@ static int enqueue(obj_store *s, obj_upload *u, vmsh_error **err)
 
 /* ---- ops ---- */
 
+/* What every op but the ranged I/O does first: check the name, then wait
+ * for the queued uploads (invariant 2: what is put, read, listed or
+ * deleted after a pack's commit sees the pack). Names under locks/ (the
+ * writers' sessions, gc's marks: docs/formats/gc.md) order nothing with
+ * the packs and never wait: a session's heartbeat must not stall behind a
+ * writer's uploads. */
+static int ready(obj_store *s, const char *name, bool allow_empty, vmsh_error **err)
+{
+    if (!obj_name_valid(name, allow_empty))
+        return bad_name(err, name);
+    if (strncmp(name, "locks/", 6) == 0)
+        return 0;
+    return drain(s, err);
+}
+
 static int o_put(repo_store *st, const char *name, const void *buf, size_t len, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
-    if (!obj_name_valid(name, false))
-        return bad_name(err, name);
-    int rc = drain(s, err);
+    int rc = ready(s, name, false, err);
     return rc < 0 ? rc : s->be->put(s, name, buf, len, err);
 }
 
@@ -216,9 +233,7 @@ static int o_get(repo_store *st, const char *name, size_t max, char **out, size_
                  vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
-    if (!obj_name_valid(name, false))
-        return bad_name(err, name);
-    int rc = drain(s, err);
+    int rc = ready(s, name, false, err);
     repo_store_stat sb;
     if (rc < 0 || (rc = s->be->stat(s, name, &sb, err)) < 0)
         return rc;
@@ -244,9 +259,7 @@ static int o_get(repo_store *st, const char *name, size_t max, char **out, size_
 static int o_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
-    if (!obj_name_valid(name, false))
-        return bad_name(err, name);
-    int rc = drain(s, err);
+    int rc = ready(s, name, false, err);
     repo_store_stat sb;
     if (rc < 0 || (rc = s->be->stat(s, name, &sb, err)) < 0)
         return rc;
@@ -258,9 +271,7 @@ static int o_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_e
 static int o_del(repo_store *st, const char *name, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
-    if (!obj_name_valid(name, false))
-        return bad_name(err, name);
-    int rc = drain(s, err);
+    int rc = ready(s, name, false, err);
     return rc < 0 ? rc : s->be->del(s, name, err);
 }
 
@@ -312,9 +323,7 @@ static int o_list(repo_store *st, const char *dir, unsigned flags, repo_store_li
                   void *opaque, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
-    if (!obj_name_valid(dir, true))
-        return bad_name(err, dir);
-    int rc = drain(s, err);
+    int rc = ready(s, dir, true, err);
     if (rc < 0)
         return rc;
     _cleanup_free_ char *prefix = NULL;

@@ -352,23 +352,34 @@ static int p_get(repo_store *st, const char *name, size_t max, char **out, size_
     return vmsh_fs_read_fd(fd, (uint64_t)sb.st_size, max, d ? d : name, out, out_len, err);
 }
 
+/* The prologue of stat and delete: `name`'s directory (held in *dr, which
+ * the caller releases) and its entry, found without following a link.
+ * `what` names the operation in the message when the entry is missing. */
+static int entry_at(posix_store *s, const char *name, dir_ref *dr, const char **base,
+                    struct stat *sb, const char *what, vmsh_error **err)
+{
+    char dir[NAME_MAX_LEN + 1];
+    int rc = split(name, dir, base, err);
+    if (rc < 0)
+        return rc;
+    if (ref_dir(s, dir, dr, err) < 0)
+        return dr->fd;
+    if (fstatat(dr->fd, *base, sb, AT_SYMLINK_NOFOLLOW) < 0)
+        return failf(err, s, name, -errno, what);
+    return 0;
+}
+
 static int p_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
-    char dir[NAME_MAX_LEN + 1];
+    _cleanup_dir_ dir_ref dr = {-1, false};
     const char *base;
-    int rc = split(name, dir, &base, err);
+    struct stat sb;
+    int rc = entry_at(s, name, &dr, &base, &sb, "cannot stat", err);
     if (rc < 0)
         return rc;
-    _cleanup_dir_ dir_ref dr = {-1, false};
-    if (ref_dir(s, dir, &dr, err) < 0)
-        return dr.fd;
-    int dfd = dr.fd;
-    struct stat sb;
-    if (fstatat(dfd, base, &sb, AT_SYMLINK_NOFOLLOW) < 0)
-        return failf(err, s, name, -errno, "cannot stat");
     if (S_ISLNK(sb.st_mode))
-        return refuse(err, s, dfd, base, name, false);
+        return refuse(err, s, dr.fd, base, name, false);
     if ((rc = check_st(err, s, &sb, name, false)) < 0)
         return rc;
     if (out) {
@@ -381,21 +392,15 @@ static int p_stat(repo_store *st, const char *name, repo_store_stat *out, vmsh_e
 static int p_del(repo_store *st, const char *name, vmsh_error **err)
 {
     posix_store *s = (posix_store *)st;
-    char dir[NAME_MAX_LEN + 1];
+    _cleanup_dir_ dir_ref dr = {-1, false};
     const char *base;
-    int rc = split(name, dir, &base, err);
+    struct stat sb;
+    int rc = entry_at(s, name, &dr, &base, &sb, "cannot delete", err);
     if (rc < 0)
         return rc;
-    _cleanup_dir_ dir_ref dr = {-1, false};
-    if (ref_dir(s, dir, &dr, err) < 0)
-        return dr.fd;
-    int dfd = dr.fd;
-    struct stat sb;
-    if (fstatat(dfd, base, &sb, AT_SYMLINK_NOFOLLOW) < 0)
-        return failf(err, s, name, -errno, "cannot delete");
     if (!S_ISREG(sb.st_mode))
-        return refuse(err, s, dfd, base, name, false);
-    if (unlinkat(dfd, base, 0) < 0)
+        return refuse(err, s, dr.fd, base, name, false);
+    if (unlinkat(dr.fd, base, 0) < 0)
         return failf(err, s, name, -errno, "cannot delete");
     return 0;
 }

@@ -351,7 +351,12 @@ int vmsh_vmw_plan_job_reads(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_hv_ba
     if (n_cp > 0) {
         int id = -1;
         free(it->new_cp);
-        if (asprintf(&it->new_cp, CP_PREFIX "%s", w->set_id) < 0) {
+        /* named per repository (issue 26, point 5): each repository's
+         * backups prune only their own checkpoints (cp_owned) */
+        char tag[20] = "";
+        if (w->repo_id && strlen(w->repo_id) >= 16)
+            snprintf(tag, sizeof(tag), "r%.16s-", w->repo_id);
+        if (asprintf(&it->new_cp, CP_PREFIX "%s%s", tag, w->set_id) < 0) {
             it->new_cp = NULL;
             r = vmsh_error_set(err, -ENOMEM, "out of memory");
         }
@@ -399,9 +404,22 @@ void vmsh_vmw_note_job_fallback(vm_writer *w, vmsh_set *set, vm_item *it)
     }
 }
 
-/* Deletes the VM's vmshadow checkpoints but it->new_cp, through `hv`;
- * the outcome goes to it->cp_deleted and it->cp_error. */
-static void prune_with(const vmsh_host_ops *host, vmsh_hv *hv, vm_item *it)
+/* Whether checkpoint `name` is this repository's to delete: one named for
+ * it ("vmshadow-r<16 hex of its ID>-<set>"), or one named for none
+ * ("vmshadow-<set>", before issue 26). Another repository's stays: its next
+ * backup reads from it (issue 26, point 5). */
+static bool cp_owned(const char *name, const char *repo_id)
+{
+    const char *rest = name + strlen(CP_PREFIX);
+    bool tagged = rest[0] == 'r' && strspn(rest + 1, "0123456789abcdef") == 16 && rest[17] == '-';
+    if (!tagged)
+        return true;
+    return repo_id && strlen(repo_id) >= 16 && strncmp(rest + 1, repo_id, 16) == 0;
+}
+
+/* Deletes the VM's vmshadow checkpoints of this repository but it->new_cp,
+ * through `hv`; the outcome goes to it->cp_deleted and it->cp_error. */
+static void prune_with(const vmsh_host_ops *host, vmsh_hv *hv, const char *repo_id, vm_item *it)
 {
     it->pruned = true;
     vmsh_vm_state st = VMSH_VM_SHUTOFF;
@@ -414,7 +432,7 @@ static void prune_with(const vmsh_host_ops *host, vmsh_hv *hv, vm_item *it)
     vmsh_error *e = NULL;
     int r = vmsh_hv_checkpoint_list(hv, it->name, CP_PREFIX, &names, &n, &e);
     for (size_t i = 0; i < n; i++) {
-        if (r == 0 && !str_eq(names[i], it->new_cp)) {
+        if (r == 0 && !str_eq(names[i], it->new_cp) && cp_owned(names[i], repo_id)) {
             /* metadata only when libvirt cannot remove the bitmaps (one
              * lost behind its back): a checkpoint it cannot use must go */
             r = vmsh_hv_checkpoint_delete(hv, it->name, names[i], true, &e);
@@ -445,13 +463,13 @@ void vmsh_vmw_prune_planned(vm_writer *w)
 {
     for (size_t i = 0; i < w->n_items; i++)
         if (w->items[i].prune_async)
-            prune_with(w->host, w->hv, &w->items[i]);
+            prune_with(w->host, w->hv, w->repo_id, &w->items[i]);
 }
 
 void vmsh_vmw_prune_checkpoints(vm_writer *w, vm_item *it)
 {
     if (!it->pruned)
-        prune_with(w->host, w->hv, it);
+        prune_with(w->host, w->hv, w->repo_id, it);
     json_object *extra = vmsh_component_extra(it->comp);
     if (extra && it->cp_deleted)
         json_object_object_add(extra, "checkpoints_deleted",

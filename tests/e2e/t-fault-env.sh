@@ -8,8 +8,8 @@
 #    off is in its image (no data lost);
 #  - the libvirt daemon restarts mid-backup (only a daemon this test
 #    started: one it did not start is never touched, the cell is skipped);
-#  - prune, gc and a second backup run beside a backup: exit 4, nothing
-#    deleted; the backup completes;
+#  - prune and gc run beside a backup (exit 0, issue 26), a second backup
+#    of the VM exits 4 (one set per host); the backup completes and verifies;
 #  - the repository's filesystem fills up during a VM backup: exit 1, the
 #    VM is back, nothing half-visible, gc cleans up.
 set -u
@@ -96,19 +96,23 @@ check "what the guest wrote on its overlay is in its image (merged, not lost)" \
 # ---- 3. prune, gc and a second backup beside a running backup
 holder post-snapshot
 n0=$(nbackups)
-packs0=$(find "$VMSHADOW_REPO" -type f | wc -l)
 start_backup "$G"
 wait_held
+# issue 26 (docs/formats/gc.md): prune and gc run beside a backup; the
+# second backup of the same VM on this host still exits 4 (one snapshot
+# set at a time per host)
 vsh prune --keep-last 1
-check "prune beside a running backup exits 4" test "$RC" = 4
-vsh gc
-check "gc beside a running backup exits 4" test "$RC" = 4
+check "prune beside a running backup exits 0" test "$RC" = 0
+vsh --json gc
+check "gc beside a running backup exits 0" test "$RC" = 0
+check "and sees the running backup's session" test "$(jq .sessions_live <<<"$OUT")" -ge 1
 vsh backup "$G"
 check "a second backup beside it exits 4" test "$RC" = 4
-check "nothing was deleted" test "$(find "$VMSHADOW_REPO" -type f | wc -l)" -ge "$packs0"
 finish_backup
 check "the running backup completed" test "$BRC" = 0
-check "and is visible" test "$(nbackups)" = $((n0 + 1))
+check "and is visible (beside the one prune kept)" test "$(nbackups)" = $(( (n0 > 0 ? 1 : 0) + 1 ))
+vsh verify
+check "verify after the backup beside prune and gc: no damage" test "$RC" = 0
 vsh prune --keep-last 1
 check "prune afterwards works" test "$RC" = 0
 vsh gc

@@ -216,8 +216,8 @@ typedef struct vmsh_prune_result {
 } vmsh_prune_result;
 
 /* Forgets (deletes the manifests of) backups outside the policy; with
- * `dry_run` only reports. -EINVAL when no rule is set. Takes locks/write:
- * -EBUSY when a backup, prune or gc runs. */
+ * `dry_run` only reports. -EINVAL when no rule is set. Takes no lock: it
+ * runs beside backups and gc (issue 26). */
 int vmsh_repo_prune(vmsh_repo *r, const vmsh_retention *policy, bool dry_run,
                     vmsh_prune_result **out, vmsh_error **err);
 void vmsh_prune_result_free(vmsh_prune_result *p);
@@ -228,13 +228,21 @@ typedef struct vmsh_gc_stats {
     /* entries the sweep left alone: links, FIFOs, other owners' files
      * (never followed, entered or deleted) */
     uint64_t skipped;
+    /* issue 26 (docs/formats/gc.md): packs marked for deletion by a later
+     * gc, writers' sessions live and found dead, and the passes whose
+     * deletions were held back (a writer builds on a vanished backup, a
+     * chunk is missing, a writer runs during the sweep of small objects) */
+    uint64_t packs_marked, sessions_live, sessions_dead, deletion_held;
 } vmsh_gc_stats;
 
-/* Deletes garbage (format doc, "gc"): unreferenced packs, indexes and
- * temporary files; rewrites mostly-dead packs. Takes locks/write and, for
- * the sweep, locks/read exclusively: -EBUSY beside a running backup, prune,
- * gc, restore or verify. -EBADMSG when a manifest or index is unreadable
- * (gc then deletes nothing). */
+/* Deletes garbage beside running backups (docs/formats/gc.md): marks the
+ * packs no backup references, deletes those marked by an earlier gc at least
+ * the grace period ago (store-gc-grace-seconds, default 24 h; 0: a second
+ * pass at once) that are still unreferenced and older than every live
+ * writer's session; index objects and temporary files when no writer runs.
+ * One gc at a time (locks/gc: -EBUSY); -EBUSY too beside a restore, verify
+ * or serve (locks/read). -EBADMSG when a manifest or index is unreadable (gc then
+ * deletes nothing). */
 int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err);
 
 #endif

@@ -1,0 +1,578 @@
+/* test_repo_gc.c - the gc and many-writers protocol (issue 26, points 2, 3
+ * and 7; docs/formats/gc.md) with a fake clock, in adversarial orderings:
+ * gc twice within the grace, a writer that would deduplicate against a pack
+ * gc marked, a live writer older than the mark, a dead session, a writer
+ * whose session lapsed, a pinned backup that vanished, marks whose time was
+ * never fixed (a gc killed between its two writes), gc killed at random
+ * points, clock skew, one collector at a time, hostile marks. */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "repo/internal.h"
+#include "test_repo_helpers.h"
+#include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/repo.h>
+
+#define GRACE   10000
+#define MARGIN  1000
+#define SESSION 60000
+
+static int64_t fake_now;
+
+static int64_t fake_clock(void *opaque)
+{
+    (void)opaque;
+    return __atomic_load_n(&fake_now, __ATOMIC_SEQ_CST);
+}
+
+static void advance(int64_t ms)
+{
+    __atomic_add_fetch(&fake_now, ms, __ATOMIC_SEQ_CST);
+}
+
+typedef struct fx {
+    char *dir, *repo;
+    uint8_t x[4 * 65536], y[4 * 65536];
+} fx;
+
+static vmsh_repo *open_fake(const char *repo)
+{
+    vmsh_repo *r = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+    r->clock = fake_clock;
+    r->no_skew_check = true;
+    r->gc_grace_ms = GRACE;
+    r->gc_margin_ms = MARGIN;
+    r->session_ms = SESSION;
+    return r;
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    f->dir = make_tmpdir();
+    f->repo = path2(f->dir, "repo");
+    assert_int_equal(vmsh_repo_init(f->repo, NULL, NULL), 0);
+    uint64_t s = 7;
+    fill_random(f->x, sizeof(f->x), &s);
+    fill_random(f->y, sizeof(f->y), &s);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    fake_now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    rm_rf(f->dir);
+    free(f->dir);
+    free(f->repo);
+    free(f);
+    return 0;
+}
+
+static char *backup_buf(vmsh_repo *r, const char *name, const void *buf, size_t len,
+                        uint64_t *new_chunks)
+{
+    vmsh_backup *b = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(b, name, buf, len, &err), 0);
+    vmsh_add_stats st;
+    vmsh_backup_stats(b, &st);
+    if (new_chunks)
+        *new_chunks = st.new_chunks;
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    char *id = strdup(vmsh_backup_id(b));
+    vmsh_backup_free(b);
+    return id;
+}
+
+static void forget(vmsh_repo *r, const char *id)
+{
+    char p[64];
+    snprintf(p, sizeof(p), "backups/%s", id);
+    assert_int_equal(r->store->ops->del(r->store, p, NULL), 0);
+}
+
+static vmsh_gc_stats gc(vmsh_repo *r)
+{
+    vmsh_gc_stats st = {0};
+    vmsh_error *err = NULL;
+    int rc = vmsh_repo_gc(r, &st, &err);
+    if (rc < 0)
+        fail_msg("gc: %s", err ? err->message : "?");
+    return st;
+}
+
+static size_t count_packs(const char *repo)
+{
+    char *cmd = NULL;
+    assert_true(asprintf(&cmd, "find '%s/packs' -name '*.pack' | wc -l", repo) > 0);
+    FILE *p = popen(cmd, "r");
+    free(cmd);
+    size_t n = 0;
+    assert_int_equal(fscanf(p, "%zu", &n), 1);
+    pclose(p);
+    return n;
+}
+
+static void verify_clean(vmsh_repo *r, size_t backups)
+{
+    vmsh_verify_report *rep = NULL;
+    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, NULL), 0);
+    assert_int_equal(rep->n_damage, 0);
+    vmsh_verify_report_free(rep);
+    vmsh_backup_info *a = NULL;
+    size_t n = 0;
+    assert_int_equal(vmsh_repo_list(r, &a, &n, NULL), 0);
+    assert_int_equal(n, backups);
+    vmsh_backup_info_array_free(a, n);
+}
+
+static void read_back(vmsh_repo *r, const char *id, const char *name, const void *want, size_t len)
+{
+    char *got = NULL;
+    size_t n = 0;
+    vmsh_error *err = NULL;
+    if (vmsh_repo_read_file(r, id, name, len, &got, &n, &err) < 0)
+        fail_msg("read %s/%s: %s", id, name, err ? err->message : "?");
+    assert_int_equal(n, len);
+    assert_memory_equal(got, want, len);
+    free(got);
+}
+
+/* Mark, then delete only after the grace, in a later run: on the code
+ * before issue 26 the first gc deleted the pack at once. */
+static void gc_twice_within_grace_deletes_nothing(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *keep = backup_buf(r, "y", f->y, sizeof(f->y), NULL);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    assert_int_equal(count_packs(f->repo), 2);
+    advance(2 * MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_int_equal(st.packs_marked, 1);
+    advance(GRACE / 2);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_int_equal(st.packs_marked, 1);
+    assert_int_equal(count_packs(f->repo), 2);
+    advance(GRACE);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    assert_int_equal(st.packs_marked, 0);
+    assert_int_equal(count_packs(f->repo), 1);
+    verify_clean(r, 1);
+    read_back(r, keep, "y", f->y, sizeof(f->y));
+    free(keep);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* A writer that would reuse a chunk of a marked pack stores it again: the
+ * marked pack then goes, and the writer's backup stays whole. */
+static void writer_rewrites_chunks_of_marked_pack(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    advance(2 * MARGIN);
+    assert_int_equal(gc(r).packs_marked, 1);
+    advance(MARGIN + 1);
+    vmsh_repo *w = open_fake(f->repo);
+    uint64_t fresh = 0;
+    char *id = backup_buf(w, "x", f->x, sizeof(f->x), &fresh);
+    assert_int_equal(fresh, 4); /* before issue 26: 0, deduplicated */
+    vmsh_repo_free(w);
+    advance(GRACE + 1);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    verify_clean(r, 1);
+    read_back(r, id, "x", f->x, sizeof(f->x));
+    free(id);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* A writer live since before the mark (it may have looked the pack up
+ * before gc marked it) holds the deletion back, however long the grace
+ * has passed; the writer's backup, committed later, needs the pack. */
+static void live_writer_older_than_mark_holds_deletion(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    advance(3 * MARGIN);
+    vmsh_repo *w = open_fake(f->repo);
+    vmsh_backup *b = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, w, &err), 0);
+    /* deduplicates now: the pack is referenced, nothing is marked */
+    assert_int_equal(vmsh_backup_add_buffer(b, "x", f->x, sizeof(f->x), &err), 0);
+    vmsh_add_stats as;
+    vmsh_backup_stats(b, &as);
+    assert_int_equal(as.new_chunks, 0);
+    forget(r, gone); /* pruned while the writer runs */
+    advance(MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_marked, 1);
+    assert_int_equal(st.sessions_live, 1);
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0); /* the writer started before the mark */
+    assert_int_equal(count_packs(f->repo), 1);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    char *id = strdup(vmsh_backup_id(b));
+    vmsh_backup_free(b);
+    vmsh_repo_free(w);
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0); /* referenced again: the mark is dropped */
+    assert_int_equal(st.packs_marked, 0);
+    verify_clean(r, 1);
+    read_back(r, id, "x", f->x, sizeof(f->x));
+    free(id);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* A writer killed (SIGKILL) leaves its session and its packs: once the
+ * heartbeat is old, gc counts it dead, deletes its session, and its packs
+ * go like any garbage. */
+static void dead_session_is_collected(void **state)
+{
+    fx *f = *state;
+    pid_t pid = fork();
+    if (pid == 0) {
+        vmsh_repo *w = open_fake(f->repo);
+        vmsh_backup *b = NULL;
+        if (vmsh_backup_begin(&b, w, NULL) < 0 ||
+            vmsh_backup_add_buffer(b, "x", f->x, sizeof(f->x), NULL) < 0)
+            _exit(1);
+        backup_flush_for_tests(b);
+        raise(SIGKILL);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
+    vmsh_repo *r = open_fake(f->repo);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.sessions_live, 1); /* its heartbeat is fresh */
+    assert_int_equal(st.packs_marked, 0);
+    advance(SESSION + 3 * MARGIN);
+    st = gc(r);
+    assert_int_equal(st.sessions_dead, 1);
+    assert_int_equal(st.sessions_live, 0);
+    assert_int_equal(st.packs_marked, 1);
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    assert_int_equal(count_packs(f->repo), 0);
+    verify_clean(r, 0);
+    vmsh_repo_free(r);
+}
+
+/* A writer whose heartbeat went unwritten longer than the session (paused,
+ * cut from the store) may have been counted dead: it must not commit. */
+static void lapsed_writer_cannot_commit(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *w = open_fake(f->repo);
+    vmsh_backup *b = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, w, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(b, "x", f->x, sizeof(f->x), &err), 0);
+    advance(SESSION + 1);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), -ETIMEDOUT);
+    assert_non_null(strstr(err->message, "session lapsed"));
+    vmsh_error_free(err);
+    vmsh_backup_free(b);
+    verify_clean(w, 0);
+    vmsh_repo_free(w);
+}
+
+/* A live writer that builds on a backup (an incremental's base) pins it;
+ * when that backup is pruned, gc cannot know what the writer relies on and
+ * deletes nothing until the writer ends. */
+static void pinned_vanished_backup_holds_deletion(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *base = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    advance(2 * MARGIN);
+    vmsh_repo *w = open_fake(f->repo);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, w, NULL), 0);
+    assert_int_equal(backup_pin_for_tests(b, base), 0);
+    forget(r, base);
+    advance(2 * MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_marked, 1);
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_true(st.deletion_held >= 1);
+    vmsh_backup_free(b); /* aborted */
+    vmsh_repo_free(w);
+    advance(1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    free(base);
+    vmsh_repo_free(r);
+}
+
+/* A gc killed between its two writes of the marks leaves marks without a
+ * time (-1): never deleted on them; the next gc fixes their time. */
+static void unfixed_marks_are_restamped(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    char(*names)[33] = NULL;
+    size_t n = 0;
+    assert_int_equal(repo_pack_names(r, &names, &n, NULL), 0);
+    assert_int_equal(n, 1);
+    gc_marks m = {0};
+    uint8_t bin[16];
+    assert_int_equal(vmsh_unhex(names[0], bin, 16), 0);
+    assert_int_equal(gc_marks_add(&m, bin, -1), 0);
+    assert_int_equal(gc_marks_store(r, &m, NULL), 0);
+    gc_marks_clear(&m);
+    free(names);
+    advance(10 * GRACE);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_int_equal(st.packs_marked, 1);
+    assert_int_equal(gc_marks_load(r, &m, NULL), 0);
+    assert_int_equal(m.n, 1);
+    assert_true(m.v[0].t_ms >= fake_now);
+    gc_marks_clear(&m);
+    advance(GRACE + 1);
+    assert_int_equal(gc(r).packs_deleted, 1);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* gc killed at random moments, writers and prunes between: every backup
+ * left is whole, and a final gc after the grace leaves only what they need. */
+static void gc_killed_at_random_points(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *ids[8] = {0};
+    uint64_t seed = 99;
+    for (int round = 0; round < 8; round++) {
+        uint8_t *buf = malloc(sizeof(f->x));
+        fill_random(buf, sizeof(f->x), &seed);
+        memcpy(buf, f->x, 65536); /* one shared chunk */
+        ids[round] = backup_buf(r, "d", buf, sizeof(f->x), NULL);
+        free(buf);
+        if (round >= 2) {
+            forget(r, ids[round - 2]);
+            free(ids[round - 2]);
+            ids[round - 2] = NULL;
+        }
+        advance(GRACE / 3);
+        pid_t pid = fork();
+        if (pid == 0) {
+            vmsh_repo *g = open_fake(f->repo);
+            vmsh_repo_gc(g, NULL, NULL);
+            _exit(0);
+        }
+        usleep((useconds_t)(seed % 30000));
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        verify_clean(r, round >= 1 ? 2 : 1);
+    }
+    for (int i = 0; i < 3; i++) {
+        advance(GRACE + MARGIN);
+        gc(r);
+    }
+    verify_clean(r, 2);
+    /* the two backups' packs, and the one that holds their shared chunk
+     * (whole packs only: gc.md, "What is left") */
+    assert_true(count_packs(f->repo) <= 3);
+    for (int i = 0; i < 8; i++)
+        free(ids[i]);
+    vmsh_repo_free(r);
+}
+
+/* Point 7: a writer whose clock is off the store's by more than the margin
+ * is refused with a clear message, and leaves nothing. */
+static void clock_skew_is_refused(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *w = open_fake(f->repo);
+    w->no_skew_check = false;
+    advance(MARGIN * 5);
+    vmsh_backup *b = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, w, &err), -ERANGE);
+    assert_non_null(strstr(err->message, "clock skew"));
+    vmsh_error_free(err);
+    char *cmd = NULL;
+    assert_true(asprintf(&cmd, "test -z \"$(ls -A '%s/locks/sessions' 2>/dev/null)\"", f->repo) >
+                0);
+    assert_int_equal(system(cmd), 0);
+    free(cmd);
+    advance(-MARGIN * 5);
+    assert_int_equal(vmsh_backup_begin(&b, w, &err), 0);
+    vmsh_backup_free(b);
+    vmsh_repo_free(w);
+}
+
+/* One collector at a time; gc beside a backup runs (no exit 4). */
+static void one_gc_at_a_time_beside_backups(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo), *g = open_fake(f->repo);
+    vmsh_backup *b = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_gc_stats st = {0};
+    assert_int_equal(vmsh_repo_gc(g, &st, &err), 0); /* before issue 26: -EBUSY */
+    vmsh_lock *l = NULL;
+    assert_int_equal(repo_lock(r, "gc", true, &l, &err), 0);
+    assert_int_equal(vmsh_repo_gc(g, &st, &err), -EBUSY);
+    assert_non_null(strstr(err->message, "another gc"));
+    vmsh_error_free(err);
+    vmsh_lock_free(l);
+    vmsh_backup_free(b);
+    vmsh_repo_free(g);
+    vmsh_repo_free(r);
+}
+
+/* Hostile marks: refused by gc and by writers, with what to do. */
+static void damaged_marks_are_refused(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    static const char *const bad[] = {
+        "not json",
+        "{\"format\":\"vmshadow-gc-marks\",\"version\":1,\"marks\":[[\"zz\",1]]}",
+        "{\"format\":\"vmshadow-gc-marks\",\"version\":1,\"marks\":[[\"" /* 31 hex */
+        "0123456789abcdef0123456789abcde\",1]]}",
+        "{\"format\":\"vmshadow-gc-marks\",\"version\":1,\"marks\":[[\"0123456789abcdef0123456789"
+        "abcdef\",-2]]}",
+        "{\"format\":\"vmshadow-gc-marks\",\"version\":1,\"marks\":{}}",
+        "{\"format\":\"vmshadow-gc-marks\",\"version\":1,\"marks\":[]} trailing",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        assert_int_equal(r->store->ops->put(r->store, GC_MARKS_NAME, bad[i], strlen(bad[i]), NULL),
+                         0);
+        vmsh_error *err = NULL;
+        assert_int_equal(vmsh_repo_gc(r, NULL, &err), -EBADMSG);
+        assert_non_null(strstr(err->message, "locks/gc-marks"));
+        vmsh_error_free(err);
+        err = NULL;
+        vmsh_backup *b = NULL;
+        assert_int_equal(vmsh_backup_begin(&b, r, &err), -EBADMSG);
+        vmsh_error_free(err);
+    }
+    const char *v2 = "{\"format\":\"vmshadow-gc-marks\",\"version\":2,\"marks\":[]}";
+    assert_int_equal(r->store->ops->put(r->store, GC_MARKS_NAME, v2, strlen(v2), NULL), 0);
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_gc(r, NULL, &err), -EPROTONOSUPPORT);
+    vmsh_error_free(err);
+    vmsh_repo_free(r);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    char *buf = calloc(1, 1 << 16);
+    *len = fread(buf, 1, (1 << 16) - 1, fp);
+    fclose(fp);
+    return buf;
+}
+
+/* The version 1 objects as docs/formats/gc.md describes them
+ * (tests/golden/gc-v1/): every later vmshadow reads them. */
+static void golden_objects_read_back(void **state)
+{
+    fx *f = *state;
+    const char *g = getenv("VMSH_GOLDEN_DIR");
+    char *dir = path2(g ? g : "tests/golden", "gc-v1");
+    char *mp = path2(dir, "marks"), *sp = path2(dir, "session");
+    size_t len = 0;
+    char *text = slurp(mp, &len);
+    gc_marks m = {0};
+    assert_int_equal(gc_marks_parse(text, len, &m, NULL), 0);
+    assert_int_equal(m.n, 2);
+    char hex[33];
+    vmsh_hex(m.v[0].pack, 16, hex);
+    assert_string_equal(hex, "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    assert_int_equal(m.v[0].t_ms, 1796536800000);
+    vmsh_hex(m.v[1].pack, 16, hex);
+    assert_string_equal(hex, "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf");
+    assert_int_equal(m.v[1].t_ms, -1);
+    gc_marks_clear(&m);
+    free(text);
+    /* the session, as gc reads it from a repository */
+    vmsh_repo *r = open_fake(f->repo);
+    text = slurp(sp, &len);
+    assert_int_equal(
+        r->store->ops->put(r->store, "locks/sessions/00112233aabbccdd", text, len, NULL), 0);
+    free(text);
+    repo_gc_params_t p;
+    repo_gc_params(r, &p);
+    gc_sessions v;
+    assert_int_equal(gc_sessions_scan(r, 1796536790000 + 1000, &p, &v, NULL), 0);
+    assert_int_equal(v.n_live, 1);
+    assert_int_equal(v.oldest_start_ms, 1796536700000);
+    assert_int_equal(v.n_pins, 1);
+    assert_string_equal(v.pins[0], "0123456789abcdef");
+    gc_sessions_clear(&v);
+    /* and dead once its heartbeat is older than the session and 2 margins */
+    assert_int_equal(gc_sessions_scan(r, 1796536790000 + SESSION + 2 * MARGIN + 1, &p, &v, NULL),
+                     0);
+    assert_int_equal(v.n_live, 0);
+    assert_int_equal(v.n_dead, 1);
+    gc_sessions_clear(&v);
+    vmsh_repo_free(r);
+    free(mp);
+    free(sp);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(gc_twice_within_grace_deletes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(writer_rewrites_chunks_of_marked_pack, setup, teardown),
+        cmocka_unit_test_setup_teardown(live_writer_older_than_mark_holds_deletion, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(dead_session_is_collected, setup, teardown),
+        cmocka_unit_test_setup_teardown(lapsed_writer_cannot_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(pinned_vanished_backup_holds_deletion, setup, teardown),
+        cmocka_unit_test_setup_teardown(unfixed_marks_are_restamped, setup, teardown),
+        cmocka_unit_test_setup_teardown(gc_killed_at_random_points, setup, teardown),
+        cmocka_unit_test_setup_teardown(clock_skew_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(one_gc_at_a_time_beside_backups, setup, teardown),
+        cmocka_unit_test_setup_teardown(damaged_marks_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(golden_objects_read_back, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
