@@ -273,24 +273,33 @@ void vmsh_cluster_host_free(vmsh_cluster_host *h)
 
 /* ---- recover */
 
-static int undo_hold(const char *uri, const json_object *d, vmsh_error **err)
+/* Recover's first question about a journaled cluster step: is resource
+ * `rsc` still in the cluster? 1 yes, 0 gone (nothing to undo), -EAGAIN
+ * when the cluster does not answer (it is left `state`: recover again). */
+static int rsc_present(const char *rsc, const char *vm, const char *state, vmsh_error **err)
 {
-    const char *rsc = js(d, "resource"), *vm = js(d, "vm"), *prior = js(d, "prior");
-    if (!rsc || !vm)
-        return vmsh_error_set(err, -EBADMSG, "journal entry 'cluster-hold' is missing members");
     vmsh_cluster *c = NULL;
     int r = vmsh_cluster_probe(&c, err);
     if (r < 0)
         return r;
     if (!c)
         return vmsh_error_set(err, -EAGAIN,
-                              "cluster resource %s (VM %s) is still in maintenance, and the "
-                              "cluster does not answer: run vmshadow recover once it does",
-                              rsc, vm);
+                              "cluster resource %s (VM %s) is still %s, and the cluster does not "
+                              "answer: run vmshadow recover once it does",
+                              rsc, vm ? vm : "?", state);
     bool there = vmsh_cluster_find_id(c, rsc) != NULL;
     vmsh_cluster_free(c);
-    if (!there)
-        return 0; /* the resource is gone: nothing to give back */
+    return there ? 1 : 0;
+}
+
+static int undo_hold(const char *uri, const json_object *d, vmsh_error **err)
+{
+    const char *rsc = js(d, "resource"), *vm = js(d, "vm"), *prior = js(d, "prior");
+    if (!rsc || !vm)
+        return vmsh_error_set(err, -EBADMSG, "journal entry 'cluster-hold' is missing members");
+    int r = rsc_present(rsc, vm, "in maintenance", err);
+    if (r <= 0)
+        return r; /* the resource is gone: nothing to give back */
     vmsh_hv *hv = NULL;
     if ((r = vmsh_hv_open(&hv, uri, err)) < 0)
         return r;
@@ -314,19 +323,9 @@ static int undo_stop(const json_object *d, vmsh_error **err)
     const char *node = js(d, "node");
     if (!rsc)
         return vmsh_error_set(err, -EBADMSG, "journal entry 'cluster-stop' is missing members");
-    vmsh_cluster *c = NULL;
-    int r = vmsh_cluster_probe(&c, err);
-    if (r < 0)
+    int r = rsc_present(rsc, vm, "stopped (target-role)", err);
+    if (r <= 0)
         return r;
-    if (!c)
-        return vmsh_error_set(err, -EAGAIN,
-                              "cluster resource %s (VM %s) is still stopped (target-role), and "
-                              "the cluster does not answer: run vmshadow recover once it does",
-                              rsc, vm ? vm : "?");
-    bool there = vmsh_cluster_find_id(c, rsc) != NULL;
-    vmsh_cluster_free(c);
-    if (!there)
-        return 0;
     if ((r = vmsh_cluster_start(rsc, prior, node, VMSH_CLUSTER_TIMEOUT_MS, err)) < 0)
         return vmsh_error_prefix(err, "putting the target-role of cluster resource %s back", rsc);
     return 0;

@@ -403,19 +403,28 @@ void vmsh_sink_free(vmsh_sink *s)
 
 /* ---- restores ---- */
 
+/* What every restore of one file does first: the shared read lock (gc
+ * waits), the file's index out of the backup, the chunk map. On failure
+ * the caller frees what it got (*rl, *idx: NULL or set). */
+static int restore_begin(vmsh_repo *r, const char *spec, const char *name, vmsh_lock **rl,
+                         char id[VMSH_BACKUP_ID_LEN + 1], vmsh_file_index **idx, vmsh_error **err)
+{
+    int rc = repo_lock(r, "read", false, rl, err);
+    if (rc == 0)
+        rc = open_file(r, spec, name, id, idx, err);
+    if (rc == 0)
+        rc = repo_load_map(r, err);
+    return rc;
+}
+
 int vmsh_repo_restore_sink(vmsh_repo *r, const char *spec, const char *name, vmsh_sink *sink,
                            vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
                            vmsh_error **err)
 {
     vmsh_lock *rl = NULL;
-    int rc = repo_lock(r, "read", false, &rl, err);
-    if (rc < 0)
-        return rc;
     char id[VMSH_BACKUP_ID_LEN + 1];
     vmsh_file_index *idx = NULL;
-    rc = open_file(r, spec, name, id, &idx, err);
-    if (rc == 0)
-        rc = repo_load_map(r, err);
+    int rc = restore_begin(r, spec, name, &rl, id, &idx, err);
     if (rc == 0)
         rc = restore_index(r, id, name, idx, sink, progress, opaque, stats, err);
     vmsh_file_index_free(idx);
@@ -448,15 +457,10 @@ int vmsh_repo_restore_fd(vmsh_repo *r, const char *spec, const char *name, int f
                          vmsh_error **err)
 {
     vmsh_lock *rl = NULL;
-    int rc = repo_lock(r, "read", false, &rl, err);
-    if (rc < 0)
-        return rc;
     char id[VMSH_BACKUP_ID_LEN + 1];
     vmsh_file_index *idx = NULL;
     vmsh_sink *sink = NULL;
-    rc = open_file(r, spec, name, id, &idx, err);
-    if (rc == 0)
-        rc = repo_load_map(r, err);
+    int rc = restore_begin(r, spec, name, &rl, id, &idx, err);
     if (rc == 0)
         rc = vmsh_sink_open_fd(fd, idx->size, name, &sink, err);
     if (rc == 0 && !((fd_sink *)sink->impl)->block)
