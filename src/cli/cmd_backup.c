@@ -92,6 +92,8 @@ int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
             return vmsh_cli_usage_error(cli, "recover", "unknown option '%s'", argv[optind - 1]);
         }
     }
+    if (optind < argc)
+        return vmsh_cli_usage_error(cli, "recover", "unexpected argument '%s'", argv[optind]);
     vmsh_recover_report *rep = NULL;
     vmsh_error *err = NULL;
     int r = run_recover(cli, true, &rep, &err);
