@@ -571,7 +571,7 @@ int vmsh_requestor_backup(const vmsh_requestor_config *cfg, const vmsh_requestor
      * configuration, the writers, the repository and its write lock. */
     if ((r = req_coord_config(cfg, &ccfg, err)) < 0 ||
         (r = req_host_build(cfg, true, &h, err)) < 0 ||
-        (r = req_cluster_backup_check(&h, &so, err)) < 0)
+        (r = req_cluster_backup_refusals(&h, cfg->uri, &so, err)) < 0)
         goto out;
     /* The VM writer reads what Identify needs (lookups, definitions, agent
      * probes: ~20 ms, most of it waiting for the guests) while the

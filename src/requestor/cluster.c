@@ -78,7 +78,8 @@ int req_recover_with_cluster(const vmsh_coord_config *ccfg, const req_host *h,
 
 /* ---- backup */
 
-int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so, vmsh_error **err)
+int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so,
+                             const char *const *local_vms, size_t n_local, vmsh_error **err)
 {
     if (!h->cluster)
         return 0;
@@ -97,7 +98,44 @@ int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so, vmsh
         }
         vmsh_error_free(e);
     }
+    /* --all: a VM defined here that the cluster runs on another node would
+     * be read as a shut-off VM while that node runs it (a copy of disks in
+     * use, not a consistent point): refused like a named one */
+    for (size_t i = 0; so->all && i < n_local; i++) {
+        const vmsh_cluster_rsc *rs = vmsh_cluster_find(h->cluster, local_vms[i], NULL, NULL);
+        if (rs && rs->node &&
+            (!h->cluster->local_node || strcmp(rs->node, h->cluster->local_node) != 0))
+            return vmsh_error_set(err, -EPERM,
+                                  "VM %s is defined here, but cluster resource %s runs it on node "
+                                  "%s: backup --all would copy the disks of a VM another node "
+                                  "runs; back it up on %s, and name the VMs to back up here",
+                                  local_vms[i], rs->id, rs->node, rs->node);
+    }
     return 0;
+}
+
+int req_cluster_backup_refusals(const req_host *h, const char *uri, const vmsh_set_options *so,
+                                vmsh_error **err)
+{
+    if (!h->cluster || !so->all)
+        return req_cluster_backup_check(h, so, NULL, 0, err);
+    vmsh_hv *hv = NULL;
+    vmsh_vm **vms = NULL;
+    size_t n = 0;
+    int r = vmsh_hv_open(&hv, uri, err);
+    if (r == 0)
+        r = vmsh_hv_list_vms(hv, &vms, &n, err);
+    const char **names = r == 0 ? vmsh_calloc_array(n ? n : 1, sizeof(*names)) : NULL;
+    if (r == 0 && !names)
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; r == 0 && i < n; i++)
+        names[i] = vms[i]->name;
+    if (r == 0)
+        r = req_cluster_backup_check(h, so, names, n, err);
+    free(names);
+    vmsh_vm_list_free(vms, n);
+    vmsh_hv_free(hv);
+    return r;
 }
 
 /* ---- restore */

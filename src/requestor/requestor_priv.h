@@ -50,8 +50,15 @@ int req_recover_with_cluster(const vmsh_coord_config *ccfg, const req_host *h,
                              vmsh_recover_report **out, vmsh_error **err);
 /* Refuses a backup of a named VM that the cluster runs on another node
  * (naming it), and, for the saved-state method, one in a bad state
- * (vmsh_cluster_check): before anything changes. */
-int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so, vmsh_error **err);
+ * (vmsh_cluster_check): before anything changes. With so->all, the VMs
+ * defined on this host (`local_vms`, read only then) that the cluster runs
+ * on another node are refused the same way. */
+int req_cluster_backup_check(const req_host *h, const vmsh_set_options *so,
+                             const char *const *local_vms, size_t n_local, vmsh_error **err);
+/* req_cluster_backup_check with, for --all on a cluster node, the VMs
+ * defined on this host read through libvirt at `uri`. */
+int req_cluster_backup_refusals(const req_host *h, const char *uri, const vmsh_set_options *so,
+                                vmsh_error **err);
 /* The cluster steps of a restore: planned (refusals of issue 22 point 4,
  * the steps added to each VM's plan entry as "cluster"; *out NULL when no
  * selected VM is the cluster's), the resources stopped through the cluster

@@ -93,7 +93,7 @@ check "after the commit kill: the next backup reads in full (the kept checkpoint
     test "$(jq -r '.vms[0].disks[0].read' <<<"$OUT")" = full
 check "after the commit kill: the next backup leaves only its own checkpoint" \
     test "$(lab_virsh checkpoint-list "$G" --name | grep -c .)" = 1 -a \
-    "$(lab_virsh checkpoint-list "$G" --name | grep .)" = "vmshadow-$(jq -r .set_id <<<"$OUT")"
+    -n "$(lab_virsh checkpoint-list "$G" --name | grep -E "^vmshadow-r[0-9a-f]{16}-$(jq -r .set_id <<<"$OUT")\$")"
 vsh gc
 check "gc after the killed commit exits 0" test "$RC" = 0
 

@@ -64,7 +64,7 @@ static int backup_check(vmsh_cluster *c, const char *method, vmsh_error **err)
     const char *targets[] = {DOM};
     req_host h = {.cluster = c};
     vmsh_set_options so = {.targets = targets, .n_targets = 1, .method = method};
-    return req_cluster_backup_check(&h, &so, err);
+    return req_cluster_backup_check(&h, &so, NULL, 0, err);
 }
 
 /* A started, healthy resource: any method. */
@@ -120,7 +120,32 @@ static void no_cluster_no_refusal(void **state)
     const char *targets[] = {"another-vm"};
     req_host h = {.cluster = c};
     vmsh_set_options so = {.targets = targets, .n_targets = 1, .method = "saved-state"};
-    assert_int_equal(req_cluster_backup_check(&h, &so, NULL), 0);
+    assert_int_equal(req_cluster_backup_check(&h, &so, NULL, 0, NULL), 0);
+    vmsh_cluster_free(c);
+}
+
+/* backup --all on a node where a VM the cluster runs elsewhere is also
+ * defined: refused with that node's name (its disks are in use there);
+ * the same VM run here, or VMs no resource manages, pass. */
+static void all_refuses_vms_run_on_another_node(void **state)
+{
+    (void)state;
+    vmsh_cluster *c = load("pacemaker/mon-started.xml"); /* DOM runs on labnode */
+    req_host h = {.cluster = c};
+    vmsh_set_options so = {.all = true, .method = "guest"};
+    const char *here[] = {"plain-vm", DOM};
+    assert_int_equal(req_cluster_backup_check(&h, &so, here, 2, NULL), 0);
+    free(c->local_node);
+    c->local_node = strdup("nodeB");
+    vmsh_error *err = NULL;
+    assert_int_equal(req_cluster_backup_check(&h, &so, here, 2, &err), -EPERM);
+    assert_non_null(strstr(err->message, "runs it on node labnode"));
+    assert_non_null(strstr(err->message, DOM));
+    vmsh_error_free(err);
+    const char *others[] = {"plain-vm"};
+    assert_int_equal(req_cluster_backup_check(&h, &so, others, 1, NULL), 0);
+    so.all = false; /* named VMs only: the list is not read */
+    assert_int_equal(req_cluster_backup_check(&h, &so, here, 2, NULL), 0);
     vmsh_cluster_free(c);
 }
 
@@ -232,6 +257,7 @@ int main(void)
         cmocka_unit_test(healthy_resource_backs_up),
         cmocka_unit_test(failed_resource_refuses_saved_state_only),
         cmocka_unit_test(other_node_refuses_every_method),
+        cmocka_unit_test(all_refuses_vms_run_on_another_node),
         cmocka_unit_test(no_cluster_no_refusal),
         cmocka_unit_test(golden_journal_reads),
         cmocka_unit_test(config_rewrite_undo),
