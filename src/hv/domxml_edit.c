@@ -134,12 +134,13 @@ static bool chardev_is_guest_only(xmlNodePtr n)
     return true;
 }
 
-/* Disk targets the restore wrote (the ones it re-paths). */
-static bool restored_target(const vmsh_domxml_edit *e, xmlNodePtr disk)
+/* Disk targets the restore wrote (the ones it re-paths); with `in_place`,
+ * only those it wrote onto a block device (re-pathed to that device). */
+static bool restored_target(const vmsh_domxml_edit *e, xmlNodePtr disk, bool in_place)
 {
     xmlNodePtr t = child(disk, "target");
     for (size_t i = 0; t && i < e->n_disks; i++)
-        if (attr_eq(t, "dev", e->disks[i].target))
+        if (attr_eq(t, "dev", e->disks[i].target) && (!in_place || e->disks[i].in_place))
             return true;
     return false;
 }
@@ -181,7 +182,11 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
         xmlNodePtr t = child(n, "target");
         _cleanup_xmlfree_ char *dev = prop(t, "dev");
         _cleanup_xmlfree_ char *path = prop(src, "file");
-        if (!file || (device && strcmp(device, "lun") == 0)) {
+        bool lun = device && strcmp(device, "lun") == 0;
+        /* a block disk the restore wrote in place stays (re-pathed to the
+         * device written, which holds the backup's bytes: issue 25) */
+        bool ours = type && strcmp(type, "block") == 0 && restored_target(e, n, true);
+        if ((!file && !ours) || lun) {
             _cleanup_xmlfree_ char *dsrc = prop(src, "dev");
             _cleanup_xmlfree_ char *name = prop(src, "name");
             snprintf(buf, sizeof(buf), "disk %s (%s%s %s)", dev ? dev : "?", type ? type : "",
@@ -190,7 +195,7 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
                      : name ? name
                             : "");
             victim = n;
-        } else if (path && !restored_target(e, n)) {
+        } else if (path && !restored_target(e, n, false)) {
             /* an image the backup does not hold: a host file (or device
              * node) the restore did not write. A removable drive stays,
              * empty; any other disk goes. */
@@ -306,11 +311,24 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
 static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
 {
     xmlNodePtr src = child(disk, "source");
-    if (!src)
+    if (rp->in_place) {
+        /* the device written: type='block', its node and nothing else (QEMU
+         * opens it with its host_device driver) */
+        if (src) {
+            xmlUnlinkNode(src);
+            xmlFreeNode(src);
+        }
         src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
-    if (!src || !xmlSetProp(src, (const xmlChar *)"file", (const xmlChar *)rp->path))
-        return -ENOMEM;
-    xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
+        if (!src || !xmlSetProp(src, (const xmlChar *)"dev", (const xmlChar *)rp->path))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"block");
+    } else {
+        if (!src)
+            src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        if (!src || !xmlSetProp(src, (const xmlChar *)"file", (const xmlChar *)rp->path))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
+    }
     xmlNodePtr old_chain = child(disk, "backingStore");
     if (old_chain)
         xmlUnlinkNode(old_chain);

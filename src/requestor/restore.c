@@ -16,10 +16,15 @@
 #include <vmshadow/writers/vm_writer.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct req_restorer {
     vmsh_requestor_ops ops; /* first */
@@ -42,9 +47,9 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     p->cb->progress(p->cb->opaque, p->name, done, total);
 }
 
-/* The format the VM writer's plan asks a file to be written in ("write_as"
- * of its entry in the component's "restore" plan; NULL: as stored, raw). */
-static const char *write_as(const vmsh_component *c, const vmsh_file *f)
+/* The entry of `f` in the VM writer's plan (the component's "restore"
+ * object), or NULL. */
+static json_object *plan_entry(const vmsh_component *c, const vmsh_file *f)
 {
     json_object *plan = NULL, *files = NULL;
     if (!json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan) ||
@@ -55,9 +60,53 @@ static const char *write_as(const vmsh_component *c, const vmsh_file *f)
         json_object *fo = json_object_array_get_idx(files, i);
         const char *n = vmsh_json_str(fo, "file");
         if (n && strcmp(n, vmsh_file_name(f)) == 0)
-            return vmsh_json_str(fo, "write_as");
+            return fo;
     }
     return NULL;
+}
+
+/* Issue 25 point 4: a disk written in place onto the block device its VM
+ * uses (the plan's "in_place"), through the sink, never through a
+ * temporary file and a rename. The VM writer stopped the VM first (R9);
+ * O_EXCL takes the device's exclusive claim, so a device mounted or held
+ * by anything else is refused before a byte is written. Flushed (fsync,
+ * then BLKFLSBUF) before PostRestore defines the VM. A failure once
+ * writing began leaves the device partly written: the message says so. */
+static int restore_onto_device(req_restorer *q, const char *name, const char *dev,
+                               vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *st,
+                               vmsh_error **err)
+{
+    int fd = open(dev, O_WRONLY | O_EXCL | O_CLOEXEC);
+    if (fd < 0)
+        return vmsh_error_set(err, -errno,
+                              "cannot open block device %s exclusively: %s; it was not changed",
+                              dev, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) < 0 || !S_ISBLK(sb.st_mode)) {
+        close(fd);
+        return vmsh_error_set(err, -EINVAL, "%s is not a block device; it was not changed", dev);
+    }
+    int r = vmsh_repo_restore_fd(q->repo, q->id, name, fd, progress, opaque, st, err);
+    if (r == 0 && fsync(fd) < 0)
+        r = vmsh_error_set(err, -errno, "cannot flush block device %s: %s", dev, strerror(errno));
+    if (r == 0 && ioctl(fd, BLKFLSBUF, 0) < 0)
+        r = vmsh_error_set(err, -errno, "cannot flush the buffers of block device %s: %s", dev,
+                           strerror(errno));
+    if (close(fd) < 0 && r == 0)
+        r = vmsh_error_set(err, -errno, "cannot close block device %s: %s", dev, strerror(errno));
+    if (r < 0)
+        vmsh_error_prefix(err,
+                          "block device %s now holds a partial restore of %s (R11): restore "
+                          "again with --force to complete it",
+                          dev, name);
+    return r;
+}
+
+/* The format the VM writer's plan asks a file to be written in ("write_as"
+ * of its entry in the component's "restore" plan; NULL: as stored, raw). */
+static const char *write_as(const vmsh_component *c, const vmsh_file *f)
+{
+    return vmsh_json_str(plan_entry(c, f), "write_as");
 }
 
 /* Writes one file straight into an image of `format` at `dest` (issue 27
@@ -110,7 +159,12 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
                               ? q->opts->disk_backing(q->opts->disk_backing_opaque, name)
                               : NULL;
     const char *fmt = backing ? NULL : write_as(c, f);
-    int r = backing ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
+    json_object *ip = NULL;
+    bool onto_device = !backing && json_object_object_get_ex(plan_entry(c, f), "in_place", &ip) &&
+                       json_object_get_boolean(ip);
+    int r = onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
+                                              show ? &ps : NULL, &st, &e)
+            : backing   ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
             : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
                                   &st, &e)
                   : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,

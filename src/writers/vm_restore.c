@@ -508,10 +508,27 @@ static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set
     json_object_object_add(st, "create_command", argv);
     json_object_object_add(st, "create_xml", jstr(plan->create_xml));
     *out = st;
-    /* Written straight onto a device, an RBD image or a volume: the plan
-     * above is decided and shown (--dry-run), the write itself is not wired
+    /* In place onto an existing raw block device: written straight onto it
+     * through the sink (no temporary file: there is none for a device), and
+     * only behind --force, as a file is. RBD images, volumes and creations:
+     * the plan is decided and shown (--dry-run), their write is not wired
      * yet; an image file under --to is (the usual file path). */
-    if (set_id && plan->action != VMSH_STG_CONVERT && plan->kind != VMSH_STG_FILE) {
+    bool onto_device = plan->kind == VMSH_STG_BLOCK && plan->action == VMSH_STG_WRITE &&
+                       !o->restore_dir && !o->restore_as && sd.format &&
+                       strcmp(sd.format, "raw") == 0;
+    if (set_id && onto_device && !o->force) {
+        r = vmsh_error_set(err, -EEXIST,
+                           "VM %s: disk %s would be written onto block device %s, replacing "
+                           "what it holds: give --force to write it, or restore with --to DIR",
+                           vmsh_component_name(c), sd.target, plan->target);
+        json_object_put(st);
+        *out = NULL;
+        vmsh_stg_plan_clear(plan);
+        return r;
+    }
+    if (onto_device)
+        json_object_object_add(st, "in_place", json_object_new_boolean(true));
+    if (set_id && !onto_device && plan->action != VMSH_STG_CONVERT && plan->kind != VMSH_STG_FILE) {
         r = vmsh_error_set(err, -ENOTSUP,
                            "VM %s: disk %s would be %s onto %s (%s); writing onto block "
                            "devices, RBD images and pool volumes is not implemented yet: "
@@ -570,6 +587,7 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         if (strcmp(kind, "disk") == 0 && disk_target(f) &&
             (r = plan_storage(w, o, set_id, c, f, &sp, &storage, err)) < 0)
             break;
+        bool in_place = jbool(storage, "in_place");
         if (storage) {
             /* onto storage of its kind (what QEMU opens: a device, a
              * volume's path, rbd:POOL/IMAGE), or an image file under --to */
@@ -615,7 +633,13 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         if (!final && strcmp(kind, "tpm") == 0)
             json_object_object_add(fo, "note",
                                    jstr("not used: a copy under a new name gets a TPM of its own"));
-        if ((r = temp_path(w, set_id, c, f, final, &tmp, err)) == 0 && tmp)
+        /* in place onto a device: the requestor writes the device itself */
+        json_object_object_add(fo, "in_place", in_place ? json_object_new_boolean(true) : NULL);
+        if (in_place && set_id)
+            r = (tmp = strdup(final)) ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+        else
+            r = temp_path(w, set_id, c, f, final, &tmp, err);
+        if (r == 0 && tmp)
             json_object_object_add(fo, "temporary", jstr(tmp));
         json_object_array_add(files, fo);
     }
@@ -691,8 +715,10 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
             json_object *fo = json_object_array_get_idx(files, k), *tmp = NULL, *to = NULL;
             json_object_object_get_ex(fo, "temporary", &tmp);
             json_object_object_get_ex(fo, "to", &to);
-            json_object_array_add(paths, json_object_get(tmp));
-            if (to) {
+            /* a device written in place is never a temporary file to remove */
+            bool dev = jbool(fo, "in_place");
+            json_object_array_add(paths, dev ? NULL : json_object_get(tmp));
+            if (to && !dev) {
                 _cleanup_free_ char *dir = vmsh_path_dirname(json_object_get_string(to));
                 if (!dir || (r = vmsh_fs_mkdir_p(dir, 0755, err)) < 0)
                     break;
@@ -780,9 +806,14 @@ static int make_link(const char *link, const char *target, bool ours, vmsh_error
  * it when they are left empty: nothing of a failed VM stays (R11). */
 static void remove_temps(vmsh_component *c)
 {
+    json_object *plan = NULL, *files = NULL;
+    json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan);
+    json_object_object_get_ex(plan, "files", &files);
     for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
         const char *p = vmsh_file_restored_path(vmsh_component_file(c, k));
-        if (!p)
+        /* a block device written in place is the disk itself, not a
+         * temporary file: never unlinked */
+        if (!p || jbool(json_object_array_get_idx(files, k), "in_place"))
             continue;
         unlink(p);
         _cleanup_free_ char *dir = vmsh_path_dirname(p);
@@ -936,6 +967,13 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
         struct stat st;
         if (strcmp(kind, "config") == 0) {
             continue;
+        } else if (final && strcmp(kind, "disk") == 0 && jbool(fo, "in_place")) {
+            /* written onto the device, and flushed (fsync, BLKFLSBUF) by
+             * the requestor before this: the definition names that device
+             * (type='block', kept by drop_host_devices) */
+            if (n_rp < VMSH_ARRAY_SIZE(rp))
+                rp[n_rp++] = (vmsh_disk_repath){
+                    .target = disk_target(f), .path = final, .format = "raw", .in_place = true};
         } else if (final && !o->restore_dir && !jbool(fo, "replaces") && lstat(final, &st) == 0) {
             /* PreRestore found nothing there (may_replace): what appeared
              * since is no file of this VM */

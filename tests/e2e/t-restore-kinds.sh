@@ -12,8 +12,9 @@
 #  - a pool volume: "written" when it exists, "created" (volume XML) when not,
 #    refused when the pool is gone;
 #  - an RBD image: "written", "created" (rbd create), too small, pool absent;
-#  - a real restore in place onto a device stops before any change (the VM,
-#    its disk and the device unchanged, no temporary file) and says --to.
+#  - a real restore in place onto a device: without --force refused before
+#    any change (the VM and the device unchanged); with --force written onto
+#    the device (identical to extract), the definition naming it.
 # Everything created is removed at exit.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
@@ -82,15 +83,22 @@ lab_virsh undefine "$(lab_domname o)" >/dev/null
 vsh restore "$B" "$G" --dry-run --as "$G-copy"
 check "--as of a plain block device: refused" test "$RC" != 0
 check "... asking for --to" grep -q -- "--to DIR" <<<"$ERR"
-# a real restore in place stops before any change
+# in place onto the device (issue 25 point 4): refused without --force,
+# before any change; with it, written onto the device, which the definition
+# then names
 dd if=/dev/urandom of="$BIG" bs=64K count=4 conv=notrunc status=none
 sum_before=$(sha256sum <"$BIG"); xml_before=$(lab_virsh dumpxml "$G")
-vsh restore "$B" --force
-check "a real restore onto the device stops" test "$RC" != 0
-check "... saying to use --to" grep -q -- "--to DIR" <<<"$ERR"
+vsh restore "$B"
+check "in place without --force: refused" test "$RC" != 0
+check "... asking for --force" grep -q -- "--force" <<<"$ERR"
 check "the device is unchanged" test "$(sha256sum <"$BIG")" = "$sum_before"
 check "the VM is defined as it was" test "$(lab_virsh dumpxml "$G")" = "$xml_before"
+vsh --json restore "$B" --force
+check "restore --force in place onto the device exits 0" test "$RC" = 0
+check "the device holds the backup's bytes" cmp -s -n "$SIZE" "$BIG" "$T/vda"
+check "the definition names the device (type='block')" sh -c "virsh -q -c $LAB_URI dumpxml $G | grep -q \"dev='$BIG'\""
 check "no temporary file" test -z "$(find "$T" /dev -maxdepth 1 -name '*.vmshadow-restore*' 2>/dev/null)"
+check "the device node is still there" test -b "$BIG"
 # --to: an image file, restored
 vsh --json restore "$B" --dry-run --to "$T/to"
 check "--to: converted into an image file" test "$(storage | jq -r '.action + " " + .target')" = "converted $T/to/$G/vda.img"

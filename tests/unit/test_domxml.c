@@ -610,6 +610,43 @@ static void keeps_default_emulator(void **state)
     }
 }
 
+/* Issue 25 point 4: a disk written in place onto a block device stays in
+ * the definition under drop_host_devices, as type='block' on the device
+ * written (whatever the backup's element said); another block disk, which
+ * the restore did not write, is taken out as before. */
+static void keeps_block_disk_written_in_place(void **state)
+{
+    (void)state;
+    const char *xml = "<domain type='kvm'><name>t</name><devices>"
+                      "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                      "<source file='/x/a.qcow2'/><backingStore type='file'><source file='/x/b'/>"
+                      "</backingStore><target dev='vda' bus='virtio'/></disk>"
+                      "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                      "<source dev='/dev/loop7'/><target dev='vdb' bus='virtio'/></disk>"
+                      "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                      "<source dev='/dev/loop8'/><target dev='vdc' bus='virtio'/></disk>"
+                      "</devices></domain>";
+    const vmsh_disk_repath disks[] = {
+        {.target = "vda", .path = "/dev/loop5", .format = "raw", .in_place = true},
+        {.target = "vdb", .path = "/dev/loop7", .format = "raw", .in_place = true},
+    };
+    vmsh_domxml_edit e = {.disks = disks, .n_disks = 2, .drop_host_devices = true};
+    char *out = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_edit_apply(xml, strlen(xml), &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    assert_non_null(strstr(out, "<source dev=\"/dev/loop5\"/>"));
+    assert_non_null(strstr(out, "<source dev=\"/dev/loop7\"/>"));
+    assert_null(strstr(out, "/x/a.qcow2"));
+    assert_null(strstr(out, "backingStore"));
+    assert_null(strstr(out, "/dev/loop8"));
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_disks, 2);
+    vmsh_domxml_free(x);
+    free(out);
+}
+
 /* Found by fuzz/fuzz_domxml.c: a <disk> without <target dev> (libvirt never
  * gives one, a backup may) was accepted with a NULL target, which the VM
  * writer copies with strdup and puts in file names. */
@@ -638,6 +675,7 @@ int main(void)
         cmocka_unit_test(edit_for_restore),
         cmocka_unit_test(strips_every_host_resource),
         cmocka_unit_test(keeps_default_emulator),
+        cmocka_unit_test(keeps_block_disk_written_in_place),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,10 @@ typedef struct vmsh_disk_repath {
     const char *backing;
     const char *backing_format;
     bool backing_block; /* the backing is a host block device (issue 25) */
+    /* Written in place onto the block device `path` (issue 25): the disk
+     * becomes type='block' on it, and drop_host_devices keeps it (the
+     * restore wrote it). */
+    bool in_place;
 } vmsh_disk_repath;
 
 typedef struct vmsh_domxml_edit {
