@@ -137,6 +137,8 @@ typedef struct cur_vm {
     char *name, *uuid;
     char **paths;
     size_t n_paths;
+    char **devs; /* its host block devices: what a restore in place may write onto */
+    size_t n_devs;
 } cur_vm;
 
 static void cur_vm_clear(cur_vm *v)
@@ -146,6 +148,9 @@ static void cur_vm_clear(cur_vm *v)
     for (size_t i = 0; i < v->n_paths; i++)
         free(v->paths[i]);
     free(v->paths);
+    for (size_t i = 0; i < v->n_devs; i++)
+        free(v->devs[i]);
+    free(v->devs);
     *v = (cur_vm){0};
 }
 
@@ -159,11 +164,25 @@ static void cur_vm_add(cur_vm *v, const char *path)
         v->n_paths++;
 }
 
+static void cur_vm_add_dev(cur_vm *v, const char *dev)
+{
+    if (!dev)
+        return;
+    char **g = realloc(v->devs, (v->n_devs + 1) * sizeof(*g));
+    if (!g)
+        return; /* then not owned: a refusal, never a wrong write */
+    v->devs = g;
+    if ((g[v->n_devs] = strdup(dev)))
+        v->n_devs++;
+}
+
 static void cur_vm_add_xml(cur_vm *v, const vmsh_domxml *x)
 {
     for (size_t i = 0; x && i < x->n_disks; i++)
         if (x->disks[i].kind == VMSH_DISK_FILE)
             cur_vm_add(v, x->disks[i].source);
+        else if (x->disks[i].kind == VMSH_DISK_BLOCK)
+            cur_vm_add_dev(v, x->disks[i].source);
     if (x)
         cur_vm_add(v, x->nvram);
 }
@@ -187,6 +206,17 @@ static void cur_vm_load(vm_writer *w, const char *name, cur_vm *v)
         cur_vm_add_xml(v, x);
     vmsh_domxml_free(x);
     vmsh_vm_free(vm);
+}
+
+/* Issue 20 / R12 for devices: a restore in place writes onto a block
+ * device only when the VM it replaces uses that very device (a backup's
+ * definition is hostile input: it could name any device of the host). */
+static bool cur_vm_uses_dev(const cur_vm *v, const char *dev)
+{
+    for (size_t i = 0; v->exists && dev && i < v->n_devs; i++)
+        if (strcmp(v->devs[i], dev) == 0)
+            return true;
+    return false;
 }
 
 static bool cur_vm_owns(const cur_vm *v, const char *path)
@@ -588,6 +618,19 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             (r = plan_storage(w, o, set_id, c, f, &sp, &storage, err)) < 0)
             break;
         bool in_place = jbool(storage, "in_place");
+        if (in_place && !cur_vm_uses_dev(&cur, vmsh_json_str(storage, "target"))) {
+            r = vmsh_error_set(err, -EPERM,
+                               "VM %s: disk %s would be written onto block device %s, which %s: "
+                               "vmshadow writes onto a device only in place of the VM that uses "
+                               "it (R12); restore with --to DIR",
+                               vmsh_component_name(c), disk_target(f),
+                               vmsh_json_str(storage, "target"),
+                               cur.exists ? "the VM defined here under this name does not use"
+                                          : "no VM defined here under this name uses");
+            json_object_put(storage);
+            vmsh_stg_plan_clear(&sp);
+            break;
+        }
         if (storage) {
             /* onto storage of its kind (what QEMU opens: a device, a
              * volume's path, rbd:POOL/IMAGE), or an image file under --to */
