@@ -12,10 +12,11 @@
 #  - a pool volume: "written" when it exists, "created" (volume XML) when not,
 #    refused when the pool is gone;
 #  - an RBD image: "written", "created" (rbd create), too small, pool absent;
-#  - a restore in place onto a device: without --force refused before any
-#    change; with --force still refused when the VM it replaces does not use
-#    that device (the crafted backup names it: R12), the device and the VM
-#    unchanged (t-restore-block writes onto the device of the VM using it).
+#  - a device the VM defined here does not use (the crafted backup names
+#    it): refused before any change (R12);
+#  - a real restore in place onto a device: without --force refused before
+#    any change (the VM and the device unchanged); with --force written onto
+#    the device (identical to extract), the definition naming it.
 # Everything created is removed at exit.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
@@ -69,6 +70,14 @@ BIG=$(loopdev big $((SIZE + 1048576)))
 SMALL=$(loopdev small $((SIZE / 2)))
 B=$(craft ".kind = \"block\" | .path = \"$BIG\" | .format = \"raw\"")
 check "a backup of a block disk can be crafted" test -n "$B" -a "$B" != null
+# the crafted definition names $BIG, which the VM defined here does not use:
+# a backup never chooses a device of the host to overwrite (R12)
+vsh restore "$B" --dry-run
+check "a device the VM defined here does not use: refused" test "$RC" != 0
+check "... saying why" grep -q "only in place of the VM that uses it" <<<"$ERR"
+# from here on the VM uses the device (a second disk of its definition)
+lab_virsh attach-disk "$G" "$BIG" vdz --config --sourcetype block >/dev/null ||
+    fail "cannot attach $BIG to $G"
 vsh --json restore "$B" --dry-run
 check "in place onto an existing, large enough block device: planned" test "$RC" = 0
 check "... written onto it" test "$(storage | jq -r '.action + " " + .target')" = "written $BIG"
@@ -94,15 +103,11 @@ check "in place without --force: refused" test "$RC" != 0
 check "... asking for --force" grep -q -- "--force" <<<"$ERR"
 check "the device is unchanged" test "$(sha256sum <"$BIG")" = "$sum_before"
 check "the VM is defined as it was" test "$(lab_virsh dumpxml "$G")" = "$xml_before"
-# this backup is crafted: its definition names $BIG, which the VM defined
-# here does not use; a backup must never choose a device of the host to
-# overwrite (R12), so even --force is refused (t-restore-block writes in
-# place onto the device of the VM that uses it)
 vsh --json restore "$B" --force
-check "restore --force onto a device the replaced VM does not use: refused" test "$RC" != 0
-check "... saying why" grep -q "only in place of the VM that uses it" <<<"$ERR"
-check "the device is still unchanged" test "$(sha256sum <"$BIG")" = "$sum_before"
-check "the VM is still defined as it was" test "$(lab_virsh dumpxml "$G")" = "$xml_before"
+check "restore --force in place onto the device exits 0" test "$RC" = 0
+check "the device holds the backup's bytes" cmp -s -n "$SIZE" "$BIG" "$T/vda"
+check "the definition names the device (type='block')" sh -c "virsh -q -c $LAB_URI dumpxml $G | grep -q \"dev='$BIG'\""
+check "no temporary file" test -z "$(find "$T" /dev -maxdepth 1 -name '*.vmshadow-restore*' 2>/dev/null)"
 check "the device node is still there" test -b "$BIG"
 # --to: an image file, restored
 vsh --json restore "$B" --dry-run --to "$T/to"
