@@ -30,7 +30,6 @@ command -v crm_mon >/dev/null || { echo "SKIP: Pacemaker is not installed (scrip
 lab_init
 e2e_env
 
-PCMK_OWN=0
 R=vmsh-cops-$$-g
 BG=
 QUORUM_CHANGED=0
@@ -40,16 +39,12 @@ cluster_cleanup() {
     [ "$QUORUM_CHANGED" = 1 ] && quorum_set 1
     [ -n "${CFG:-}" ] && chattr -i "$CFG" 2>/dev/null
     pcmk_rsc_remove "$R"
-    [ "$PCMK_OWN" = 1 ] && pcmk_down
+    pcmk_test_release
     (exit $rc)
     lab_cleanup
 }
 trap cluster_cleanup EXIT
-if ! pcmk_answers; then
-    PCMK_DIR=$LAB_WORK/pcmk
-    pcmk_up || fail "cannot start a single-node cluster"
-    PCMK_OWN=1
-fi
+pcmk_test_need "$LAB_WORK/pcmk" || fail "cannot start a single-node cluster"
 NODE=$(crm_node -n)
 
 lab_guest_define g

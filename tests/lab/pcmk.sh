@@ -173,6 +173,22 @@ pcmk_down() {
     return 0
 }
 
+# In a test: the cluster that answers (the run's shared one), else one of
+# the test's own under DIR (never a shared cluster's directory), which
+# pcmk_test_release stops. PCMK_OWN says which.
+PCMK_OWN=0
+pcmk_test_need() {
+    PCMK_OWN=0
+    pcmk_answers && return 0
+    PCMK_DIR=$1
+    pcmk_up || return 1
+    PCMK_OWN=1
+}
+pcmk_test_release() {
+    [ "$PCMK_OWN" = 1 ] && pcmk_down
+    return 0
+}
+
 # pcmk_rsc_role RSC: "Started NODE", "Stopped", "Failed ..." etc. from
 # crm_mon's XML (role and node of the resource's single instance).
 pcmk_rsc_role() {
