@@ -596,3 +596,26 @@ bool repo_pack_condemned(vmsh_repo *r, uint32_t no)
     }
     return pi->condemned == 2;
 }
+
+int repo_commit_lock(vmsh_repo *r, vmsh_lock **out, vmsh_error **err)
+{
+    /* a sweep lasts a listing of index/ and its deletes: wait for it, with
+     * a bound so that a stalled one never hangs a backup */
+    unsigned waited_ms = 0, step = 50;
+    for (;;) {
+        vmsh_error *e = NULL;
+        int rc = repo_lock(r, "write", false, out, &e);
+        if (rc != -EBUSY || waited_ms >= 600u * 1000) {
+            if (rc < 0)
+                vmsh_error_propagate(err, &e);
+            else
+                vmsh_error_free(e);
+            return rc;
+        }
+        vmsh_error_free(e);
+        usleep(step * 1000);
+        waited_ms += step;
+        if (step < 1000)
+            step *= 2;
+    }
+}
