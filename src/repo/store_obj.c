@@ -540,6 +540,15 @@ static int o_lock(repo_store *st, const char *which, bool exclusive, vmsh_lock *
     return s->be->lock(s, name, exclusive, out, err);
 }
 
+static int o_clock(repo_store *st, const char *name, int64_t *ms, vmsh_error **err)
+{
+    obj_store *s = (obj_store *)st;
+    if (!s->be->clock)
+        return -EOPNOTSUPP;
+    int rc = ready(s, name, false, err);
+    return rc < 0 ? rc : s->be->clock(s, name, ms, err);
+}
+
 static void o_free(repo_store *st)
 {
     obj_store *s = (obj_store *)st;
@@ -566,6 +575,7 @@ static const repo_store_ops obj_ops = {
     .abort = o_abort,
     .lock = o_lock,
     .free = o_free,
+    .clock = o_clock,
 };
 
 int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vmsh_error **err)

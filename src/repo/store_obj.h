@@ -34,6 +34,8 @@ typedef struct obj_backend_ops {
     /* A lease lock on key (store.h, lock). */
     int (*lock)(obj_store *s, const char *key, bool exclusive, vmsh_lock **out, vmsh_error **err);
     void (*free)(obj_store *s);
+    /* Optional: the server's clock (store.h, clock). */
+    int (*clock)(obj_store *s, const char *key, int64_t *ms, vmsh_error **err);
 } obj_backend_ops;
 
 typedef struct obj_upload obj_upload;
@@ -75,6 +77,10 @@ bool obj_name_valid(const char *name, bool allow_empty);
 void obj_backoff(unsigned attempt);
 
 int repo_store_rados_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
+/* The OSD's clock from a cls_lock get_info reply (store_rados.c): the
+ * expiration in ms of the lease whose cookie is `cookie`, or -1 (a reply
+ * that does not parse or does not hold it). */
+int64_t rados_clock_parse(const uint8_t *buf, size_t len, const char *cookie);
 int repo_store_s3_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 int repo_store_mem_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 

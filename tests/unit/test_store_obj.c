@@ -149,7 +149,7 @@ static void m_free(obj_store *os)
     free(m);
 }
 
-static const obj_backend_ops mem_be = {m_put, m_read, m_stat, m_del, m_list, m_lock, m_free};
+static const obj_backend_ops mem_be = {m_put, m_read, m_stat, m_del, m_list, m_lock, m_free, NULL};
 
 static mem_store *mem_new(void)
 {
