@@ -37,6 +37,15 @@ typedef struct obj_backend_ops {
 } obj_backend_ops;
 
 typedef struct obj_upload obj_upload;
+typedef struct obj_block obj_block;
+typedef struct obj_fetch obj_fetch;
+
+/* Counters of the traffic with the store, updated atomically. */
+typedef struct obj_counters {
+    uint64_t put_bytes, put_ns, puts;    /* uploads: bytes, time spent in them */
+    uint64_t read_bytes, read_ns, reads; /* ranged reads from the store */
+    uint64_t cache_hits, prefetched;     /* reads served by the read cache; blocks read ahead */
+} obj_counters;
 
 struct obj_store {
     repo_store base;
@@ -55,6 +64,22 @@ struct obj_store {
     int upload_rc;
     char *upload_msg;
     size_t readahead;
+    /* the read cache (store_obj.c, "read cache"): blocks of `readahead`
+     * bytes of immutable objects (packs, index runs), shared by every open
+     * file of the store, with fetchers that read ahead of sequential
+     * readers (store-prefetch blocks); bounded, so memory does not grow
+     * with the repository */
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    obj_block *blocks;
+    unsigned n_blocks, prefetch;
+    uint64_t tick;
+    obj_fetch *fetchq; /* FIFO */
+    pthread_t *fetchers;
+    unsigned n_fetchers;
+    bool fetch_quit;
+    /* what went through the store (vmsh_repo_store_stats) */
+    obj_counters ctr;
 };
 
 /* Store options (docs/config.md): store-threads, store-timeout, ... as set
@@ -67,6 +92,9 @@ int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vm
 /* Stops the workers (waiting for the queue) and frees what init made; the
  * backend frees s itself after. */
 void obj_store_fini(obj_store *s);
+
+/* What went through the store so far. */
+void obj_store_counters(obj_store *s, obj_counters *out);
 
 /* The repository's files as keys: valid store names only (store.h). */
 bool obj_name_valid(const char *name, bool allow_empty);
