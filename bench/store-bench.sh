@@ -15,26 +15,35 @@
 # usage: bench/store-bench.sh [BUILD_DIR]      (default ./build; root)
 # env:   WORK=/var/tmp/vmshadow-store-bench  SIZE=1073741824  ROUNDS=5
 #        STORE_THREADS (unset: the store's default)  STORES="local rados s3 restic"
-#        TOOL=path of another vmshadow-repo-tool (e.g. an older build)
+#        OLD_TOOL=the vmshadow-repo-tool of an older build: adds the stores
+#        rados-old and s3-old (same image, same rounds) for a before/after
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BUILD=${1:-$here/../build}
-TOOL=${TOOL:-$BUILD/bench/vmshadow-repo-tool}
+TOOL=$BUILD/bench/vmshadow-repo-tool
 VMSHADOW=$BUILD/src/vmshadow
 WORK=${WORK:-/var/tmp/vmshadow-store-bench}
 SIZE=${SIZE:-$((1 << 30))}
 ROUNDS=${ROUNDS:-5}
-STORES=${STORES:-local rados s3 restic}
+STORES=${STORES:-local rados s3 restic${OLD_TOOL:+ rados-old s3-old}}
 [ -n "${STORE_THREADS:-}" ] && export VMSHADOW_STORE_THREADS=$STORE_THREADS
 [ -x "$TOOL" ] || { echo "build first: $TOOL is missing" >&2; exit 1; }
 command -v restic >/dev/null || STORES=${STORES//restic/}
 . "$here/../tests/lab/ceph.sh"
 U=bench-$$
-cleanup() {
-    rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U-" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm || true
-    for b in $(radosgw-admin bucket list 2>/dev/null | tr -d '", []' | grep "^$U-" || true); do
+# The lab's OSD is small (12 GiB, shared with the other tests): each
+# round's remote repositories go as soon as they are measured, and
+# radosgw's garbage (deleted objects' data) is collected at once.
+drop_remote() { # PATTERN: the benchmark's pool prefixes and buckets matching it
+    rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep -E "^$1/" |
+        xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" --force-full rm || true
+    for b in $(radosgw-admin bucket list 2>/dev/null | tr -d '", []' | grep -E "^$1\$" || true); do
         radosgw-admin bucket rm --bucket="$b" --purge-objects >/dev/null 2>&1 || true
     done
+    radosgw-admin gc process --include-all >/dev/null 2>&1 || true
+}
+cleanup() {
+    drop_remote "$U-[^/]*"
     rm -rf "$WORK/local" "$WORK/out.raw" "$WORK/restic-out"
     ceph_lab_release
 }
@@ -60,12 +69,12 @@ measure() { # ROUND NAME OP CMD...
     awk -v r="$round" -v n="$name" -v o="$op" -v w="$wall" -v m="$rss" -v s="$SIZE" \
         'BEGIN{printf "round %d  %-7s %-8s %7.2f s %8.1f MB/s  %6.0f MiB peak\n", r, n, o, w, s/w/1e6, m/1024}'
 }
-run_vmshadow() { # ROUND NAME REPO
-    local round=$1 name=$2 repo=$3
+run_vmshadow() { # ROUND NAME REPO [TOOL]
+    local round=$1 name=$2 repo=$3 tool=${4:-$TOOL}
     "$VMSHADOW" --config /dev/null -r "$repo" init >/dev/null
-    measure "$round" "$name" backup "$TOOL" backup "$repo" "disk.img=$IMG/day1.raw"
+    measure "$round" "$name" backup "$tool" backup "$repo" "disk.img=$IMG/day1.raw"
     rm -f "$WORK/out.raw"
-    measure "$round" "$name" restore "$TOOL" restore "$repo" latest disk.img "$WORK/out.raw"
+    measure "$round" "$name" restore "$tool" restore "$repo" latest disk.img "$WORK/out.raw"
     cmp -s "$IMG/day1.raw" "$WORK/out.raw" || { echo "$name: restore differs" >&2; exit 1; }
     rm -f "$WORK/out.raw"
 }
@@ -76,10 +85,12 @@ run_store() { # ROUND STORE
         rm -rf "$WORK/local"
         run_vmshadow "$round" local "$WORK/local"
         rm -rf "$WORK/local" ;;
-    rados) run_vmshadow "$round" rados "rados://$VMSH_CEPH_POOL/$U-$round" ;;
-    s3) run_vmshadow "$round" s3 "s3+http://$VMSH_S3_ENDPOINT/$U-$round/repo" ;;
+    rados) run_vmshadow "$round" rados "rados://$VMSH_CEPH_POOL/$U-r$round" ;;
+    s3) run_vmshadow "$round" s3 "s3+http://$VMSH_S3_ENDPOINT/$U-s$round/repo" ;;
+    rados-old) run_vmshadow "$round" rados-old "rados://$VMSH_CEPH_POOL/$U-ro$round" "$OLD_TOOL" ;;
+    s3-old) run_vmshadow "$round" s3-old "s3+http://$VMSH_S3_ENDPOINT/$U-so$round/repo" "$OLD_TOOL" ;;
     restic)
-        export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://$VMSH_S3_ENDPOINT/$U-restic-$round
+        export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://$VMSH_S3_ENDPOINT/$U-t$round
         restic init >/dev/null 2>&1
         measure "$round" restic backup restic backup "$IMG/day1.raw"
         rm -rf "$WORK/restic-out"
@@ -88,6 +99,7 @@ run_store() { # ROUND STORE
             { echo "restic: restore differs" >&2; exit 1; }
         rm -rf "$WORK/restic-out" ;;
     esac
+    drop_remote "$U-[a-z]+$round"
 }
 read -ra order <<<"$STORES"
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -132,3 +144,9 @@ echo
 report "RADOS/local throughput" rados local ">= 0.7x"
 report "S3/local throughput   " s3 local "-"
 report "S3/restic throughput  " s3 restic ">= 3x"
+if [ -n "${OLD_TOOL:-}" ]; then
+    report "RADOS old/local       " rados-old local ">= 0.7x"
+    report "S3 old/restic         " s3-old restic ">= 3x"
+    report "RADOS new/old         " rados rados-old "-"
+    report "S3 new/old            " s3 s3-old "-"
+fi

@@ -113,16 +113,69 @@ static void ctr_add(uint64_t *c, uint64_t v)
     __atomic_fetch_add(c, v, __ATOMIC_RELAXED);
 }
 
-/* A put through the backend, counted. */
-static int be_put(obj_store *s, const char *key, const void *buf, size_t len, vmsh_error **err)
+/* The process's totals (vmsh_repo_store_traffic): per direction, bytes,
+ * requests, and the time during which at least one request was in flight
+ * (an interval opens when the first starts, closes when the last ends). */
+typedef struct dir_traffic {
+    uint64_t bytes, ops, busy_ns, since;
+    unsigned active;
+} dir_traffic;
+static pthread_mutex_t traffic_mu = PTHREAD_MUTEX_INITIALIZER;
+static dir_traffic traffic_up, traffic_down;
+
+static void traffic_begin(dir_traffic *t, uint64_t now)
+{
+    pthread_mutex_lock(&traffic_mu);
+    if (t->active++ == 0)
+        t->since = now;
+    pthread_mutex_unlock(&traffic_mu);
+}
+
+static void traffic_end(dir_traffic *t, uint64_t now, bool ok, uint64_t bytes)
+{
+    pthread_mutex_lock(&traffic_mu);
+    t->bytes += bytes;
+    t->ops += ok ? 1 : 0;
+    if (--t->active == 0)
+        t->busy_ns += now - t->since;
+    pthread_mutex_unlock(&traffic_mu);
+}
+
+static double busy_s(const dir_traffic *t, uint64_t now)
+{
+    return (double)(t->busy_ns + (t->active ? now - t->since : 0)) / 1e9;
+}
+
+static void buf_recycle(obj_store *s, uint8_t *buf, size_t cap);
+
+/* A put through the backend, counted. With *reuse (an upload worker's
+ * pack buffer of capacity cap) and a backend that copies (put_start), the
+ * buffer goes back to the pool as soon as the store has its copy, and
+ * *reuse becomes NULL. */
+static int be_put(obj_store *s, const char *key, const void *buf, size_t len, uint8_t **reuse,
+                  size_t cap, vmsh_error **err)
 {
     uint64_t t0 = mono_ns();
-    int rc = s->be->put(s, key, buf, len, err);
+    traffic_begin(&traffic_up, t0);
+    int rc;
+    if (reuse && s->be->put_start && s->be->put_wait) {
+        void *h = NULL;
+        rc = s->be->put_start(s, key, buf, len, &h, err);
+        if (rc == 0) {
+            buf_recycle(s, *reuse, cap);
+            *reuse = NULL;
+            rc = s->be->put_wait(s, key, h, err);
+        }
+    } else {
+        rc = s->be->put(s, key, buf, len, err);
+    }
+    uint64_t t1 = mono_ns();
+    traffic_end(&traffic_up, t1, rc == 0, rc == 0 ? len : 0);
     if (rc == 0) {
         ctr_add(&s->ctr.put_bytes, len);
         ctr_add(&s->ctr.puts, 1);
     }
-    ctr_add(&s->ctr.put_ns, mono_ns() - t0);
+    ctr_add(&s->ctr.put_ns, t1 - t0);
     return rc;
 }
 
@@ -131,13 +184,31 @@ static int be_read(obj_store *s, const char *key, uint64_t off, size_t len, void
                    vmsh_error **err)
 {
     uint64_t t0 = mono_ns();
+    traffic_begin(&traffic_down, t0);
     int rc = s->be->read(s, key, off, len, buf, got, err);
+    uint64_t t1 = mono_ns();
+    traffic_end(&traffic_down, t1, rc == 0, rc == 0 ? *got : 0);
     if (rc == 0) {
         ctr_add(&s->ctr.read_bytes, *got);
         ctr_add(&s->ctr.reads, 1);
     }
-    ctr_add(&s->ctr.read_ns, mono_ns() - t0);
+    ctr_add(&s->ctr.read_ns, t1 - t0);
     return rc;
+}
+
+void vmsh_repo_store_traffic(vmsh_store_traffic *out)
+{
+    uint64_t now = mono_ns();
+    pthread_mutex_lock(&traffic_mu);
+    *out = (vmsh_store_traffic){
+        .bytes_up = traffic_up.bytes,
+        .bytes_down = traffic_down.bytes,
+        .puts = traffic_up.ops,
+        .reads = traffic_down.ops,
+        .up_seconds = busy_s(&traffic_up, now),
+        .down_seconds = busy_s(&traffic_down, now),
+    };
+    pthread_mutex_unlock(&traffic_mu);
 }
 
 void obj_store_counters(obj_store *s, obj_counters *out)
@@ -174,15 +245,30 @@ struct obj_upload {
     obj_upload *next;
     char *key;
     uint8_t *buf;
-    size_t len;
+    size_t len, cap;
 };
 
-static void upload_free(obj_upload *u)
+/* Keeps a pack buffer for the next pack, or frees it. */
+static void buf_recycle(obj_store *s, uint8_t *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_spare < OBJ_SPARE_MAX) {
+        s->spare[s->n_spare] = buf;
+        s->spare_cap[s->n_spare++] = cap;
+        buf = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(buf);
+}
+
+static void upload_free(obj_store *s, obj_upload *u)
 {
     if (!u)
         return;
     free(u->key);
-    free(u->buf);
+    buf_recycle(s, u->buf, u->cap);
     free(u);
 }
 
@@ -200,8 +286,8 @@ static void *worker_main(void *arg)
         bool skip = s->upload_rc < 0; /* the backup fails anyway */
         pthread_mutex_unlock(&s->mu);
         vmsh_error *e = NULL;
-        int rc = skip ? 0 : be_put(s, u->key, u->buf, u->len, &e);
-        upload_free(u);
+        int rc = skip ? 0 : be_put(s, u->key, u->buf, u->len, &u->buf, u->cap, &e);
+        upload_free(s, u);
         pthread_mutex_lock(&s->mu);
         if (rc < 0 && s->upload_rc == 0) {
             s->upload_rc = rc;
@@ -239,7 +325,7 @@ static int enqueue(obj_store *s, obj_upload *u, vmsh_error **err)
     if (rc < 0) {
         vmsh_error_set(err, rc, "%s", s->upload_msg ? s->upload_msg : strerror(-rc));
         pthread_mutex_unlock(&s->mu);
-        upload_free(u);
+        upload_free(s, u);
         return rc;
     }
     obj_upload **tail = &s->queue;
@@ -278,7 +364,7 @@ static int o_put(repo_store *st, const char *name, const void *buf, size_t len, 
     if (rc < 0)
         return rc;
     cache_forget(s, name);
-    return be_put(s, name, buf, len, err);
+    return be_put(s, name, buf, len, NULL, 0, err);
 }
 
 /* One round trip for what is small (manifests, index objects, sessions,
@@ -466,7 +552,7 @@ static void o_close(repo_store_file *f)
     if (!f)
         return;
     free(f->key);
-    free(f->buf);
+    buf_recycle(f->s, f->buf, f->cap);
     free(f);
 }
 
@@ -757,6 +843,12 @@ static int o_create(repo_store *st, const char *name, unsigned flags, repo_store
     repo_store_file *f = file_new(s, name);
     if (!f)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    pthread_mutex_lock(&s->mu);
+    if (s->n_spare) {
+        f->buf = s->spare[--s->n_spare];
+        f->cap = s->spare_cap[s->n_spare];
+    }
+    pthread_mutex_unlock(&s->mu);
     *out = f;
     return 0;
 }
@@ -815,6 +907,7 @@ static int o_commit(repo_store_file *f, uint64_t size, vmsh_error **err)
     cache_forget(s, f->key);
     u->key = VMSH_TAKE_PTR(f->key);
     u->buf = VMSH_TAKE_PTR(f->buf);
+    u->cap = f->cap;
     u->len = (size_t)size;
     o_close(f);
     return enqueue(s, u, err);
@@ -919,8 +1012,10 @@ void obj_store_fini(obj_store *s)
     while (s->queue) {
         obj_upload *u = s->queue;
         s->queue = u->next;
-        upload_free(u);
+        upload_free(s, u);
     }
+    while (s->n_spare)
+        free(s->spare[--s->n_spare]);
     if (s->fetchers) {
         pthread_mutex_lock(&s->cmu);
         s->fetch_quit = true;

@@ -69,6 +69,36 @@ static int m_put(obj_store *os, const char *key, const void *buf, size_t len, vm
     return 0;
 }
 
+/* put in two halves (store_obj.h, put_start/put_wait), as RADOS's aio:
+ * the copy is taken at once, the put lands (or fails) in put_wait. */
+typedef struct m_pending {
+    uint8_t *copy;
+    size_t len;
+} m_pending;
+
+static int m_put_start(obj_store *os, const char *key, const void *buf, size_t len, void **handle,
+                       vmsh_error **err)
+{
+    (void)os;
+    (void)key;
+    (void)err;
+    m_pending *p = malloc(sizeof(*p));
+    p->copy = malloc(len ? len : 1);
+    memcpy(p->copy, buf, len);
+    p->len = len;
+    *handle = p;
+    return 0;
+}
+
+static int m_put_wait(obj_store *os, const char *key, void *handle, vmsh_error **err)
+{
+    m_pending *p = handle;
+    int rc = m_put(os, key, p->copy, p->len, err);
+    free(p->copy);
+    free(p);
+    return rc;
+}
+
 static int m_read(obj_store *os, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
                   vmsh_error **err)
 {
@@ -160,7 +190,23 @@ static void m_free(obj_store *os)
     free(m);
 }
 
-static const obj_backend_ops mem_be = {m_put, m_read, m_stat, m_del, m_list, m_lock, m_free};
+static const obj_backend_ops mem_be = {.put = m_put,
+                                       .read = m_read,
+                                       .stat = m_stat,
+                                       .del = m_del,
+                                       .list = m_list,
+                                       .lock = m_lock,
+                                       .free = m_free};
+
+static const obj_backend_ops mem_aio_be = {.put = m_put,
+                                           .put_start = m_put_start,
+                                           .put_wait = m_put_wait,
+                                           .read = m_read,
+                                           .stat = m_stat,
+                                           .del = m_del,
+                                           .list = m_list,
+                                           .lock = m_lock,
+                                           .free = m_free};
 
 static mem_store *mem_new(void)
 {
@@ -510,6 +556,132 @@ static void test_cache_forgets_rewritten(void **state)
     repo_store_free(st);
 }
 
+/* ---- the upload workers (issue 26 point 4) ---- */
+
+static uint8_t pack_byte(int pack, size_t i)
+{
+    return (uint8_t)(pack * 37 + i * 11 + (i >> 12));
+}
+
+/* Writes pack `n` (its length varies, with a hole left by an offset write
+ * that must read as zeros even in a reused buffer) and commits it. */
+static void write_pack(repo_store *st, int n, size_t len)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "packs/0%d/p%d.pack", n % 10, n);
+    repo_store_file *f = NULL;
+    assert_int_equal(st->ops->create(st, name, 0, &f, NULL), 0);
+    uint8_t *buf = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        buf[i] = pack_byte(n, i);
+    memset(buf + len / 2, 0, 4096); /* the hole */
+    assert_int_equal(st->ops->pwrite(f, buf, len / 2, 0), (int64_t)(len / 2));
+    assert_int_equal(st->ops->pwrite(f, buf + len / 2 + 4096, len - len / 2 - 4096, len / 2 + 4096),
+                     (int64_t)(len - len / 2 - 4096));
+    assert_int_equal(st->ops->commit(f, len, NULL), 0);
+    free(buf);
+}
+
+static void check_pack(mem_store *m, int n, size_t len)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "packs/0%d/p%d.pack", n % 10, n);
+    int i = find(m, name);
+    assert_true(i >= 0);
+    assert_int_equal(m->lens[i], len);
+    for (size_t k = 0; k < len; k++) {
+        uint8_t want = k >= len / 2 && k < len / 2 + 4096 ? 0 : pack_byte(n, k);
+        if (m->vals[i][k] != want)
+            fail_msg("pack %d byte %zu: %u, want %u", n, k, m->vals[i][k], want);
+    }
+}
+
+static size_t pack_len(int n)
+{
+    return (size_t)(3 << 20) - (size_t)n * 100003; /* each shorter than the one before */
+}
+
+/* Twelve packs through two workers and the buffer pool, with a store that
+ * takes its copy at once (put_start) or not (put): every pack lands whole
+ * with its own bytes (a reused buffer leaks nothing of the pack before),
+ * and the manifest's put lands after all of them. Fails when a buffer is
+ * reused before the store has its copy. */
+static void run_ordering(const obj_backend_ops *be)
+{
+    setenv("VMSHADOW_STORE_THREADS", "2", 1);
+    mem_store *m = calloc(1, sizeof(*m));
+    pthread_mutex_init(&m->mu, NULL);
+    assert_int_equal(obj_store_init(&m->o, be, "mem://test", NULL), 0);
+    unsetenv("VMSHADOW_STORE_THREADS");
+    repo_store *st = &m->o.base;
+    m->put_delay_ms = 10;
+    for (int n = 0; n < 12; n++)
+        write_pack(st, n, pack_len(n));
+    assert_int_equal(st->ops->put(st, "backups/0123456789abcdef", "m", 1, NULL), 0);
+    /* the manifest's put waited for every queued upload */
+    for (int n = 0; n < 12; n++)
+        check_pack(m, n, pack_len(n));
+    obj_counters c;
+    obj_store_counters(&m->o, &c);
+    assert_int_equal(c.puts, 13);
+    repo_store_free(st);
+}
+
+static void test_uploads_ordered_and_whole(void **state)
+{
+    (void)state;
+    run_ordering(&mem_be);
+    run_ordering(&mem_aio_be);
+}
+
+/* One worker's upload fails (in put_wait, after the store took its copy):
+ * the next operation fails with its error, the manifest is never put, and
+ * nothing queued after the failure is sent. */
+static void test_failed_async_upload_cancels(void **state)
+{
+    (void)state;
+    setenv("VMSHADOW_STORE_THREADS", "2", 1);
+    mem_store *m = calloc(1, sizeof(*m));
+    pthread_mutex_init(&m->mu, NULL);
+    assert_int_equal(obj_store_init(&m->o, &mem_aio_be, "mem://test", NULL), 0);
+    unsetenv("VMSHADOW_STORE_THREADS");
+    repo_store *st = &m->o.base;
+    m->put_delay_ms = 30;
+    m->fail_put = -ECONNRESET;
+    vmsh_error *e = NULL;
+    int rc = 0;
+    int n = 0;
+    for (; n < 10 && rc == 0; n++) {
+        repo_store_file *f = NULL;
+        char name[64];
+        snprintf(name, sizeof(name), "packs/0%d/p%d.pack", n % 10, n);
+        assert_int_equal(st->ops->create(st, name, 0, &f, NULL), 0);
+        assert_int_equal(st->ops->pwrite(f, "x", 1, 0), 1);
+        rc = st->ops->commit(f, 1, &e); /* a later commit may see the failure */
+    }
+    if (rc == 0)
+        rc = st->ops->put(st, "backups/0123456789abcdef", "m", 1, &e);
+    assert_int_equal(rc, -ECONNRESET);
+    assert_non_null(e);
+    assert_non_null(strstr(e->message, "injected failure"));
+    vmsh_error_free(e);
+    assert_int_equal(find(m, "backups/0123456789abcdef"), -1);
+    /* the failure stays: the manifest can never be put by this writer */
+    e = NULL;
+    assert_int_equal(st->ops->put(st, "backups/0123456789abcdef", "m", 1, &e), -ECONNRESET);
+    vmsh_error_free(e);
+    assert_int_equal(find(m, "backups/0123456789abcdef"), -1);
+    /* at most the uploads in flight when it failed went on: not all ten */
+    unsigned landed = 0;
+    for (int k = 0; k < 10; k++) {
+        char name[64];
+        snprintf(name, sizeof(name), "packs/0%d/p%d.pack", k % 10, k);
+        landed += find(m, name) >= 0;
+    }
+    assert_true(landed < 10);
+    repo_store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -521,6 +693,8 @@ int main(void)
         cmocka_unit_test(test_cache_failed_read_not_kept),
         cmocka_unit_test(test_cache_concurrent_readers),
         cmocka_unit_test(test_cache_forgets_rewritten),
+        cmocka_unit_test(test_uploads_ordered_and_whole),
+        cmocka_unit_test(test_failed_async_upload_cancels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
