@@ -309,13 +309,6 @@ int vmsh_hv_netdisk_spec(const vmsh_domxml_disk *d, char **out, vmsh_error **err
     return to_filename(top, out, err);
 }
 
-int vmsh_hv_netdisk_backing(const vmsh_domxml_disk *d, char **out, vmsh_error **err)
-{
-    json_object *f = NULL;
-    int r = protocol_node(d, &f, err);
-    return r < 0 ? r : to_filename(f, out, err);
-}
-
 /* ---- the private qemu-nbd ---- */
 
 char *vmsh_hv_netserve_socket(const char *dir)

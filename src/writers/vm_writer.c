@@ -39,13 +39,10 @@ static void item_clear(vm_item *it)
     free(it->name);
     for (size_t i = 0; i < it->n_targets; i++)
         free(it->targets[i]);
-    for (size_t i = 0; i < it->net_cap; i++) {
+    for (size_t i = 0; i < it->net_cap; i++)
         free(it->net_specs[i]);
-        free(it->net_backing[i]);
-    }
     free(it->targets);
     free(it->net_specs);
-    free(it->net_backing);
     for (size_t i = 0; i < it->n_cp_disks; i++)
         free(it->cp_disks[i]);
     free(it->cp_disks);
@@ -271,8 +268,7 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm,
     }
     it->targets = vmsh_calloc_array(vm->xml->n_disks, sizeof(char *));
     it->net_specs = vmsh_calloc_array(vm->xml->n_disks ? vm->xml->n_disks : 1, sizeof(char *));
-    it->net_backing = vmsh_calloc_array(vm->xml->n_disks ? vm->xml->n_disks : 1, sizeof(char *));
-    if (it->net_specs && it->net_backing) {
+    if (it->net_specs) {
         it->net_cap = vm->xml->n_disks;
     } else {
         free(it->targets);
@@ -311,8 +307,7 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm,
          * cannot open fails the set with why (R6: never left out silently). */
         if (on == VMSH_DISK_NETWORK && mc.method != VMSH_METHOD_GUEST) {
             size_t k = it->n_targets;
-            if ((r = vmsh_hv_netdisk_spec(d, &it->net_specs[k], err)) < 0 ||
-                (r = vmsh_hv_netdisk_backing(d, &it->net_backing[k], err)) < 0) {
+            if ((r = vmsh_hv_netdisk_spec(d, &it->net_specs[k], err)) < 0) {
                 vmsh_error_prefix(err, "VM %s: by the %s method (%s)", vm->name,
                                   vmsh_method_name(mc.method), mc.reason ? mc.reason : "");
                 break;
@@ -761,11 +756,11 @@ static size_t target_index(const vm_item *it, const char *target)
     return SIZE_MAX;
 }
 
-/* The network disk `target`'s protocol node (vmsh_hv_netdisk_backing), or NULL. */
-static const char *net_backing_of(const vm_item *it, const char *target)
+/* The network disk `target`'s source as QEMU opens it, or NULL. */
+static const char *net_spec_of(const vm_item *it, const char *target)
 {
     size_t k = target_index(it, target);
-    return k < it->net_cap ? it->net_backing[k] : NULL;
+    return k < it->net_cap ? it->net_specs[k] : NULL;
 }
 
 /* Issue 25: each network disk of a VM that the guest method's job does not
@@ -848,8 +843,9 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         r = vmsh_set_journal_begin(set, w->ops.id, "overlay", data, &seq, err);
         json_object_put(data);
         /* a network disk's overlay is backed by its source as QEMU opens
-         * it (issue 25): the protocol node the definition gives */
-        const char *backing = d[i].network ? net_backing_of(it, d[i].target) : d[i].path;
+         * it (issue 25): its json: filename, format layer included (the
+         * overlay's backing format names that layer again) */
+        const char *backing = d[i].network ? net_spec_of(it, d[i].target) : d[i].path;
         if (r == 0 && !backing)
             r = vmsh_error_set(err, -EINVAL, "disk %s: no source to put below its overlay",
                                d[i].target);

@@ -25,17 +25,15 @@
 #include <vmshadow/util/error.h>
 
 /* "json:{...}": a filename qemu-nbd and qemu-img open as the disk `d`
- * (type='network') in its format (d->format, default raw). Protocols:
+ * (type='network') in its format (d->format, default raw): what a private
+ * qemu-nbd serves, and the backing file of a saved VM's overlay (with that
+ * format as the backing format: the JSON names the format layer too, as
+ * QEMU needs when the backing format is given). Protocols:
  * rbd, nbd, iscsi (without <auth>), gluster, http, https, ftp, ftps.
  * Expected errors: -ENOTSUP (another protocol, an iSCSI disk with
  * credentials, a format vmshadow does not open; the message says which),
  * -EINVAL (a source the definition leaves incomplete), -ENOMEM. */
 int vmsh_hv_netdisk_spec(const vmsh_domxml_disk *d, char **out, vmsh_error **err);
-
-/* The same source as `spec` without the format layer: "json:{...}" of the
- * protocol node alone, the backing file of a qcow2 overlay whose backing
- * format is given apart. Same errors. */
-int vmsh_hv_netdisk_backing(const vmsh_domxml_disk *d, char **out, vmsh_error **err);
 
 /* Starts `qemu-nbd --read-only` serving `spec` as export `export_name` on
  * the socket DIR/sock, DIR a new directory (mode 0700, must not exist;
