@@ -15,6 +15,7 @@ set -u
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 . "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
 lab_init
+T_START=$SECONDS
 e2e_env
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || fail "QEMU's rbd driver is missing: install qemu-block-extra (scripts/debian-packages.txt)"
 ceph_lab_need || fail "no Ceph lab"
@@ -83,7 +84,8 @@ check "  the RBD disk again in full, with the reason" grep -q "^full|raw network
 # scratch-dir (a qcow2 whose backing is the network source) and reads the
 # saved instant through a private read-only qemu-nbd; BackupComplete merges
 # the overlays back by block commit and stops the servers.
-ours() { pgrep -f -- "qemu-nbd.*/net-$N-" >/dev/null; }
+ours() { pgrep -f -- "[q]emu-nbd.*/net-$N-" >/dev/null; }
+no_ours() { ! ours; }
 on_network() { # the guest's definition names both network sources, no overlay
     local x; x=$(lab_virsh dumpxml "$N")
     [ "$(grep -c "<disk type='network'" <<<"$x")" = 2 ] && ! grep -q '\.overlay' <<<"$x"
@@ -97,7 +99,7 @@ check "  RBD disk byte-identical" cmp_disk "$B2" "$N/disk/vdc" "rbd:$VMSH_CEPH_P
 check "  the guest runs on its network disks again" on_network
 check "  and still runs" test "$(lab_state n)" = running
 check "  no overlay or scratch file left" test -z "$(ls -A "$LAB_WORK/scratch")"
-check "  no qemu-nbd of ours left" sh -c "! pgrep -f -- 'qemu-nbd.*/net-$N-' >/dev/null"
+check "  no qemu-nbd of ours left" no_ours
 
 # SIGKILL while the guest runs on its overlays (R7), then recover
 BG=
@@ -143,6 +145,7 @@ check "  the RBD disk read in full, with the reason" grep -q "^full|raw network 
 check "  NBD disk byte-identical" cmp_disk "$B3" "$N/disk/vdb" "$LAB_WORK/nbd.raw"
 check "  RBD disk byte-identical" cmp_disk "$B3" "$N/disk/vdc" "rbd:$VMSH_CEPH_POOL/$RBD_IMG:conf=$CEPH_CONF"
 check "  with the write the guest made on its overlay" sh -c "dd if='$LAB_WORK/x.raw' bs=512 skip=300 count=1 2>/dev/null | grep -q VMSHADOW-RBD-MARK"
-check "  no qemu-nbd of ours left" sh -c "! pgrep -f -- 'qemu-nbd.*/net-$N-' >/dev/null"
+check "  no qemu-nbd of ours left" no_ours
 check "  the VM stays shut off" test "$(lab_state n)" = "shut off"
+echo "# $((SECONDS - T_START)) s after the lab lock"
 e2e_done
