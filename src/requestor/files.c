@@ -254,6 +254,10 @@ static int mount_os(vmsh_files *f, const char *root, vmsh_error **err)
     /* pairs: mount point, device */
     qsort(mps, n / 2, 2 * sizeof(char *), cmp_mp);
     int rc = 0;
+    /* the root itself when its fstab does not name / (inspection lists
+     * only what fstab says) */
+    if (n < 2 || strcmp(mps[0], "/") != 0)
+        rc = mount_one(f, root, "/", err);
     for (size_t i = 0; rc == 0 && i + 1 < n; i += 2) {
         const char *mp = mps[i], *dev = mps[i + 1];
         if (strcmp(mp, "/") != 0 && guestfs_is_dir(f->g, mp) <= 0 &&

@@ -9,7 +9,11 @@
 #    mtimes, link targets); the FIFO and the device node are skipped with
 #    a note, the set-user-ID bit dropped with a note, links never followed;
 #  - a tree on an LVM logical volume (xfs) in a GPT partition of a second
-#    disk comes out of `files get --tar --fs /dev/VG/LV` identical too;
+#    disk comes out of `files get --tar` identical too, found by
+#    libguestfs's inspection: the data disk holds an operating system's
+#    markers and an fstab that mounts the LV at /srv (the listing of vda
+#    alone has no LV: a warning, the rest listed; the copy picks the ext4
+#    filesystem with --fs);
 #  - a backup whose filesystem is damaged: a clear error, nothing mounted
 #    on the host (/proc/mounts unchanged), no server left;
 #  - bad input (no such backup, VM or disk; an encrypted repository without
@@ -102,7 +106,13 @@ chmod 0644 "$LAB_WORK/g.lvm.qcow2"
 lab_guest_define g --disk-xml "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$LAB_WORK/g.lvm.qcow2'/><target dev='vdb' bus='virtio'/></disk>"
 G=$(lab_domname g)
 lab_guest_start g
-lab_gexec g "mkdir /mnt/data/tree && sh -c '$MKTREE' mktree /mnt/data/tree && touch -d '2016-04-05 06:07:08' /mnt/data/tree && sync" ||
+# and makes its data disk look like an operating system's root to
+# libguestfs's inspection: /bin, /etc/os-release, an fstab mounting the LV
+# (on the other disk) at /srv
+lab_gexec g "mkdir /mnt/data/tree && sh -c '$MKTREE' mktree /mnt/data/tree && touch -d '2016-04-05 06:07:08' /mnt/data/tree &&
+    mkdir -p /mnt/data/bin /mnt/data/etc /mnt/data/srv &&
+    printf 'ID=debian\\nVERSION_ID=12\\n' > /mnt/data/etc/os-release &&
+    echo '/dev/vmshvg/data /srv xfs defaults 0 0' > /mnt/data/etc/fstab && sync" ||
     fail "writing the tree in the guest"
 lab_gexec g "sh -c '$META' meta /mnt/data/tree" > "$LAB_WORK/guest.meta" || fail "the guest's listing"
 check "the guest wrote the tree (FIFO, device node, set-user-ID file among it)" \
@@ -165,10 +175,10 @@ check "no server left by any of them" no_server
 
 # ---- copy (appliance 2): the ext4 tree
 t0=$(date +%s)
-vsh files get "$ID" "$G" --disk vda /tree --to "$LAB_WORK/out"
+vsh files get "$ID" "$G" --fs /dev/sda /tree --to "$LAB_WORK/out"
 t1=$(date +%s)
 echo "# files get --to: $((t1 - t0)) s"
-check "files get --to: exit 0" test "$RC" = 0
+check "files get --fs /dev/sda --to: exit 0" test "$RC" = 0
 meta "$LAB_WORK/out/tree" > "$LAB_WORK/copy.meta"
 check "the copy is identical: content, modes, owners, mtimes, link targets" \
     diff -u "$LAB_WORK/expect.meta" "$LAB_WORK/copy.meta"
@@ -183,19 +193,20 @@ check "nothing was written beside the target" test "$(ls -A "$LAB_WORK/out")" = 
 
 # ---- tar (appliance 3): the LVM volume's tree, choosing the filesystem
 t0=$(date +%s)
-"$VMSHADOW" files get --tar --fs /dev/vmshvg/data "$ID" "$G" /lvtree \
+"$VMSHADOW" files get --tar "$ID" "$G" /srv/lvtree \
     >"$LAB_WORK/lv.tar" 2>"$LAB_WORK/tar.err"
 RC=$?
 t1=$(date +%s)
 echo "# files get --tar: $((t1 - t0)) s"
-check "files get --tar --fs /dev/vmshvg/data: exit 0" test "$RC" = 0
+check "files get --tar (inspection: the OS's fstab mounts the LV at /srv): exit 0" test "$RC" = 0
 mkdir -p "$LAB_WORK/untar"
 check "GNU tar reads the stream" tar -C "$LAB_WORK/untar" --same-owner -xpf "$LAB_WORK/lv.tar"
 meta "$LAB_WORK/lvref/lvtree" | grep -v '^o ' | sed 's/^f suid 4755 /f suid 755 /' > "$LAB_WORK/lvexpect.meta"
 meta "$LAB_WORK/untar/lvtree" > "$LAB_WORK/lvcopy.meta"
 check "the LVM tree is identical through tar: content, modes, owners, mtimes, link targets" \
     diff -u "$LAB_WORK/lvexpect.meta" "$LAB_WORK/lvcopy.meta"
-check "  it came from the xfs filesystem of the LV" grep -q '/dev/vmshvg/data (xfs, ' "$LAB_WORK/tar.err"
+check "  the root at /, the LV's xfs at /srv" \
+    grep -q '/dev/sda (ext4, disk vda) at /, /dev/vmshvg/data (xfs) at /srv' "$LAB_WORK/tar.err"
 
 # ---- a damaged filesystem (appliance 4): ext4 whose group descriptors are
 # garbage (the superblock is intact: libguestfs sees ext4 and mount fails)

@@ -400,8 +400,10 @@ static void deep_tree(void **state)
     static char dirs[DEPTH][DEPTH * 2 + 2];
     strcpy(dirs[0], "/");
     for (int i = 0; i < DEPTH; i++) {
-        if (i > 0)
-            snprintf(dirs[i], sizeof(dirs[i]), "%s%sd", dirs[i - 1], i > 1 ? "/" : "");
+        if (i > 0) {
+            strcpy(dirs[i], dirs[i - 1]);
+            strcat(dirs[i], i > 1 ? "/d" : "d");
+        }
         deep[i] = (node){dirs[i], "d", S_IFDIR | 0755, 0, 0, T1, NULL, 0};
     }
     memfs fs = {.n = deep, .count = DEPTH};
