@@ -122,11 +122,9 @@ static int g_list(void *opaque, const char *dir, vmsh_files_entry **out, size_t 
             rc = gerr(g, err, 0, "cannot read the links of", dir);
             break;
         }
-        for (size_t j = 0; j < k && targets[j]; j++)
-            if (S_ISLNK(e[idx[j]].mode) && *targets[j]) {
-                e[idx[j]].target = targets[j];
-                targets[j] = NULL;
-            }
+        for (size_t j = 0; j < k && targets[j] && rc == 0; j++)
+            if (S_ISLNK(e[idx[j]].mode) && *targets[j] && !(e[idx[j]].target = strdup(targets[j])))
+                rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         strv_free(targets);
     }
     if (rc < 0) {
