@@ -27,6 +27,7 @@ export TZ=UTC # the guest's clock zone: `touch -d` means the same there and here
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 lab_init
 e2e_env
+E2E_T0=$SECONDS # the time from here on: after the lab lock
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 command -v guestfish >/dev/null || fail "guestfish missing: run scripts/install-deps.sh"
 # no nbdkit serving this test's repositories ([n]: not pgrep's own match)
@@ -235,4 +236,5 @@ check "encrypted repository without its key: exit 1, says key" \
     test "$RC" = 1 -a -n "$(grep -i 'key' <<<"$ERR")"
 check "no server left" no_server
 
+echo "# t-files took $((SECONDS - E2E_T0)) s (after the lab lock)"
 e2e_done
