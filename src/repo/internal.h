@@ -218,8 +218,13 @@ typedef struct pack_info {
      * (before a backup dedupes against it), table_ok when its table was
      * read and found sound (before a reader reads a blob of it) */
     bool stat_ok, table_ok;
-    /* gc (maint.c): a manifest references a chunk found in it */
+    /* gc (maint.c): a manifest references a chunk found in it; the bytes
+     * of the references found in it (counted per reference); its live
+     * chunks are being copied into new packs (docs/formats/gc.md,
+     * "Repacking") */
     bool gc_ref;
+    bool gc_repack;
+    uint64_t gc_live;
     /* a pending backup's view of gc's marks (session.c): 0 not looked up
      * yet, 1 not condemned, 2 condemned (never deduplicated against) */
     uint8_t condemned;

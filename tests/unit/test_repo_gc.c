@@ -520,6 +520,116 @@ static void sweep_never_deletes_an_index_a_commit_names(void **state)
     vmsh_repo_free(r);
 }
 
+/* Repacking (docs/formats/gc.md, "Repacking"): a pack with one live chunk
+ * of four is rewritten: its live chunk copied into a new pack (with a run)
+ * and the old pack marked, then deleted a grace later. Before, it stayed
+ * forever (packs_rewritten was always 0). */
+static void sparse_pack_is_repacked_then_deleted(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    uint64_t fresh = 9;
+    char *keep = backup_buf(r, "x0", f->x, 65536, &fresh); /* one chunk of x's pack */
+    assert_int_equal(fresh, 0);
+    forget(r, gone);
+    assert_int_equal(count_packs(f->repo), 1);
+    advance(2 * MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_rewritten, 1);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_int_equal(count_packs(f->repo), 2); /* the copy beside the old pack */
+    verify_clean(r, 1);
+    read_back(r, keep, "x0", f->x, 65536);
+    advance(GRACE / 2);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0); /* within the grace */
+    assert_int_equal(st.packs_rewritten, 0);
+    advance(GRACE);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    assert_int_equal(st.packs_rewritten, 0);
+    assert_int_equal(count_packs(f->repo), 1);
+    verify_clean(r, 1);
+    read_back(r, keep, "x0", f->x, 65536);
+    free(keep);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* The adversarial orderings of repacking: writer A begins before gc
+ * repacks (it has looked the old pack up: it deduplicates chunks that
+ * were garbage, not copied) and commits after the mark; writer B begins
+ * after the mark and reuses a live (copied) chunk and a garbage one. The
+ * old pack must outlive A's need of it (A's session holds the deletion,
+ * then A's manifest references it), B never builds on it, and every
+ * backup reads back with verify clean at each step. */
+static void repack_beside_writers_loses_nothing(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    char *keep = backup_buf(r, "x0", f->x, 65536, NULL);
+    forget(r, gone);
+    advance(2 * MARGIN);
+    /* A: begun before the repack, deduplicates x's chunks 1-2 against the
+     * old pack (garbage when gc looks) */
+    vmsh_repo *wa = open_fake(f->repo);
+    vmsh_backup *a = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&a, wa, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(a, "x12", f->x + 65536, 2 * 65536, &err), 0);
+    vmsh_add_stats ast;
+    vmsh_backup_stats(a, &ast);
+    assert_int_equal(ast.new_chunks, 0);
+    advance(MARGIN);
+    vmsh_gc_stats st = gc(r);
+    /* the pack is older than A's start minus the margin: repacked */
+    assert_int_equal(st.packs_rewritten, 1);
+    /* B: begun after the mark, reuses chunk 0 (copied) and 3 (garbage) */
+    advance(2 * MARGIN + 1);
+    vmsh_repo *wb = open_fake(f->repo);
+    uint64_t bfresh = 0;
+    uint8_t bbuf[2 * 65536];
+    memcpy(bbuf, f->x, 65536);
+    memcpy(bbuf + 65536, f->x + 3 * 65536, 65536);
+    char *bid = backup_buf(wb, "x03", bbuf, sizeof(bbuf), &bfresh);
+    assert_int_equal(bfresh, 1); /* chunk 3 stored again, chunk 0 from the copy */
+    vmsh_repo_free(wb);
+    /* the grace passes while A runs: A's session holds the deletion */
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_true(st.sessions_live >= 1);
+    assert_int_equal(vmsh_backup_commit(a, "", &err), 0);
+    char *aid = strdup(vmsh_backup_id(a));
+    vmsh_backup_free(a);
+    vmsh_repo_free(wa);
+    verify_clean(r, 3);
+    /* A's manifest now needs the old pack (its chunks 1-2 live only there):
+     * gc keeps it, however old its mark */
+    advance(GRACE + 1);
+    st = gc(r);
+    verify_clean(r, 3);
+    read_back(r, aid, "x12", f->x + 65536, 2 * 65536);
+    read_back(r, bid, "x03", bbuf, sizeof(bbuf));
+    read_back(r, keep, "x0", f->x, 65536);
+    /* once A is forgotten, the pack goes (repacked or unreferenced) */
+    forget(r, aid);
+    for (int i = 0; i < 3; i++) {
+        advance(GRACE + 1);
+        gc(r);
+    }
+    verify_clean(r, 2);
+    read_back(r, bid, "x03", bbuf, sizeof(bbuf));
+    read_back(r, keep, "x0", f->x, 65536);
+    free(aid);
+    free(bid);
+    free(keep);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
 /* One collector at a time; gc beside a backup runs (no exit 4). */
 static void one_gc_at_a_time_beside_backups(void **state)
 {
@@ -653,6 +763,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(golden_objects_read_back, setup, teardown),
         cmocka_unit_test_setup_teardown(sweep_never_deletes_an_index_a_commit_names, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(sparse_pack_is_repacked_then_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
