@@ -340,6 +340,9 @@ struct vmsh_repo {
     /* gc's mark phase: lookups prefer copies outside `condemned` (then
      * gc's marks), and take a condemned copy rather than none */
     bool gc_marking;
+    /* gc's merges of runs: one entry per chunk, preferring packs outside
+     * this set (chunkindex.c, merge_named); NULL: every entry kept */
+    const gc_marks *ci_disfavor;
     /* tests: called by gc's sweep before it deletes an index object it
      * listed (the race of docs/formats/gc.md, "Index objects") */
     void (*gc_sweep_hook)(void *opaque, const char *path);

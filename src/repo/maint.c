@@ -554,7 +554,7 @@ static int ensure_runs(vmsh_repo *r, vmsh_error **err)
 static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, vmsh_error **err)
 {
     gc_sessions ss = {0};
-    gc_marks old = {0}, nm = {0};
+    gc_marks old = {0}, nm = {0}, dis = {0};
     name_set indexes = {0};
     dead_set ds = {0};
     char(*names)[33] = NULL;
@@ -676,6 +676,19 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
+    /* the merges below keep one entry per chunk, not one of a marked or
+     * repacked pack when another copy exists */
+    for (size_t i = 0; i < old.n; i++)
+        if ((rc = gc_marks_add(&dis, old.v[i].pack, old.v[i].t_ms)) < 0)
+            break;
+    for (size_t i = 0; rc == 0 && i < nm.n; i++)
+        rc = gc_marks_add(&dis, nm.v[i].pack, nm.v[i].t_ms);
+    if (rc < 0) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    gc_marks_sort(&dis);
+    r->ci_disfavor = &dis;
     /* 4. deletions (no restore, verify or serve runs: vmsh_repo_gc holds
      * the read lock) */
     if (ds.n) {
@@ -712,6 +725,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
             (nruns > CI_MERGE_RUNS && (rc = ci_merge_all(r, &k, NULL, NULL, err)) < 0))
             goto out;
     }
+    r->ci_disfavor = NULL;
     /* 5. the marks: first with their times unfixed (-1: never deletable),
      * then with the time after that write is complete, so that a writer
      * that started before the stamp has read the marks or is live for the
@@ -759,10 +773,12 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         r->store->ops->sync(r->store, dirs[i], NULL);
     rc = 0;
 out:
+    r->ci_disfavor = NULL;
     repo_map_forget(r);
     gc_sessions_clear(&ss);
     gc_marks_clear(&old);
     gc_marks_clear(&nm);
+    gc_marks_clear(&dis);
     free(indexes.v);
     free(ds.v);
     free(names);

@@ -412,7 +412,7 @@ static void gc_killed_at_random_points(void **state)
     }
     verify_clean(r, 2);
     /* the two backups' packs, and the one that holds their shared chunk
-     * (whole packs only: gc.md, "What is left") */
+     * (repacked when its pack was sparse: gc.md, "Repacking") */
     assert_true(count_packs(f->repo) <= 3);
     for (int i = 0; i < 8; i++)
         free(ids[i]);
