@@ -60,6 +60,40 @@ static int r_put(obj_store *os, const char *key, const void *buf, size_t len, vm
     return rc < 0 ? fail(err, s, key, rc, "write") : 0;
 }
 
+/* The upload workers' put (store_obj.h, put_start): aio_write_full copies
+ * buf into librados's own buffer before it returns, so the pack's buffer
+ * serves the next pack while this one travels; put_wait then waits for
+ * the OSD's acknowledgement (durable, as write_full). */
+static int r_put_start(obj_store *os, const char *key, const void *buf, size_t len, void **handle,
+                       vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    rados_completion_t c = NULL;
+    int rc = rados_aio_create_completion2(NULL, NULL, &c);
+    if (rc < 0)
+        return fail(err, s, key, rc, "write");
+    rc = rados_aio_write_full(s->io, k, c, buf, len);
+    if (rc < 0) {
+        rados_aio_release(c);
+        return fail(err, s, key, rc, "write");
+    }
+    *handle = c;
+    return 0;
+}
+
+static int r_put_wait(obj_store *os, const char *key, void *handle, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    rados_completion_t c = handle;
+    rados_aio_wait_for_complete(c);
+    int rc = rados_aio_get_return_value(c);
+    rados_aio_release(c);
+    return rc < 0 ? fail(err, s, key, rc, "write") : 0;
+}
+
 static int r_read(obj_store *os, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
                   vmsh_error **err)
 {
@@ -374,6 +408,8 @@ static void r_free(obj_store *os)
 
 static const obj_backend_ops rados_be = {
     .put = r_put,
+    .put_start = r_put_start,
+    .put_wait = r_put_wait,
     .read = r_read,
     .stat = r_stat,
     .del = r_del,
