@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "repo/internal.h"
+#include "repo/store_obj.h"
 #include "test_repo_helpers.h"
 #include <vmshadow/repo/backup.h>
 #include <vmshadow/repo/repo.h>
@@ -630,6 +631,64 @@ static void repack_beside_writers_loses_nothing(void **state)
     vmsh_repo_free(r);
 }
 
+/* Point 3: the OSD's clock from cls_lock's get_info reply (store_rados.c),
+ * read as hostile input: the right locker's expiration, and -1 for every
+ * truncation and for lengths that point past the end. */
+static size_t put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+    return 4;
+}
+
+static size_t locker(uint8_t *p, const char *cookie, uint32_t sec, uint32_t nsec)
+{
+    size_t n = 0, cl = strlen(cookie);
+    p[n++] = 1; /* locker_id_t */
+    p[n++] = 1;
+    n += put32(p + n, (uint32_t)(9 + 4 + cl));
+    p[n++] = 8; /* entity_name_t: type, num */
+    memset(p + n, 0, 8);
+    n += 8;
+    n += put32(p + n, (uint32_t)cl);
+    memcpy(p + n, cookie, cl);
+    n += cl;
+    p[n++] = 1; /* locker_info_t: expiration, then addr and description */
+    p[n++] = 1;
+    n += put32(p + n, 8 + 6);
+    n += put32(p + n, sec);
+    n += put32(p + n, nsec);
+    memcpy(p + n, "addrdd", 6);
+    return n + 6;
+}
+
+static void rados_clock_reply_is_parsed_as_hostile(void **state)
+{
+    (void)state;
+    uint8_t buf[512];
+    size_t n = 6;
+    buf[0] = 1;
+    buf[1] = 1;
+    n += put32(buf + n, 2);
+    n += locker(buf + n, "other", 100, 0);
+    n += locker(buf + n, "clock.me", 1796548893, 589400000);
+    buf[n++] = 2; /* lock type, tag */
+    n += put32(buf + n, 0);
+    put32(buf + 2, (uint32_t)(n - 6));
+    assert_int_equal(rados_clock_parse(buf, n, "clock.me"), 1796548893589LL);
+    assert_int_equal(rados_clock_parse(buf, n, "other"), 100000LL);
+    assert_int_equal(rados_clock_parse(buf, n, "nobody"), -1);
+    for (size_t cut = 0; cut < n; cut++) /* every truncation */
+        assert_int_equal(rados_clock_parse(buf, cut, "clock.me"), -1);
+    uint8_t bad[512];
+    memcpy(bad, buf, n);
+    put32(bad + 2, 0xffffffffu); /* a length past the end */
+    assert_int_equal(rados_clock_parse(bad, n, "clock.me"), -1);
+    memcpy(bad, buf, n);
+    put32(bad + 6, 0x7fffffffu); /* more lockers than bytes: no long loop */
+    assert_int_equal(rados_clock_parse(bad, n, "nobody"), -1);
+}
+
 /* One collector at a time; gc beside a backup runs (no exit 4). */
 static void one_gc_at_a_time_beside_backups(void **state)
 {
@@ -765,6 +824,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(sparse_pack_is_repacked_then_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
+        cmocka_unit_test(rados_clock_reply_is_parsed_as_hostile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
