@@ -352,6 +352,22 @@ static int repack_chunk(repacker *rp, const chunk_loc *loc, vmsh_error **err)
     return 0;
 }
 
+/* The chunk index's runs opened again: concurrent writers merge runs (the
+ * merged one durable before the old ones go). */
+static int ci_refresh(vmsh_repo *r, vmsh_error **err)
+{
+    ci_set *ns = NULL;
+    int rc = ci_set_open(r, &ns, err);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&r->lock);
+    ci_set *old = r->ci;
+    r->ci = ns;
+    pthread_mutex_unlock(&r->lock);
+    ci_set_free(old);
+    return 0;
+}
+
 /* The mark phase with bounded memory (issue 27, point 2): every manifest,
  * one index at a time, each chunk looked up in the chunk index; the packs
  * that hold a referenced chunk get gc_ref. Memory: the packs (a few bytes
@@ -361,6 +377,7 @@ static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, repacke
 {
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
     size_t n = 0;
+    unsigned refreshes = 0;
     int rc = repo_list_ids(r, &ids, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         vmsh_backup_info *b = NULL;
@@ -396,11 +413,24 @@ static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, repacke
                     continue; /* a run of equal chunks: one lookup */
                 memcpy(last, idx->entries[k].id, ID_LEN);
                 chunk_loc loc;
-                int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, err);
+                vmsh_error *fe = NULL;
+                int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, &fe);
+                if (fr < 0 && fr != -ENOMEM && refreshes < 3) {
+                    /* a run merged away by a writer since gc opened the
+                     * runs (its entries are in the merged one, durable
+                     * before it went): the runs again, the lookup again */
+                    vmsh_error_free(fe);
+                    fe = NULL;
+                    refreshes++;
+                    if ((fr = ci_refresh(r, &fe)) == 0)
+                        fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, &fe);
+                }
                 if (fr < 0) {
+                    vmsh_error_propagate(err, &fe);
                     rc = fr;
                     break;
                 }
+                vmsh_error_free(fe);
                 if (fr == 0) {
                     (*missing)++; /* damage: verify reports it; gc then deletes nothing */
                     continue;

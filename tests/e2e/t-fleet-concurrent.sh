@@ -20,6 +20,8 @@
 # restores only the backups not restored by the first: verify checks the
 # rest), and a VM backup is compared by checksum.
 set -u
+# one guest at most (defined, never started): the lab is shared (lab.sh)
+LAB_GUESTS=1
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 . "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
