@@ -9,7 +9,7 @@
 #     backup a writer reported is restorable byte for byte (or was forgotten
 #     by a prune that said so);
 #  2. SIGKILL of writers and of gc at random points, many rounds (30 on the
-#     local store, 10 on each object store; VMSH_FLEET_FULL=1: 30 on each
+#     local store, 6 on each object store; VMSH_FLEET_FULL=1: 30 on each
 #     and a longer concurrent phase); then verify: no backup lost or
 #     half-visible, nothing locked for longer than the lease, a final gc and
 #     verify clean.
@@ -252,8 +252,8 @@ if [ "${VMSH_FLEET_FULL:-0}" = 1 ]; then
     run_store rados "rados://$VMSH_CEPH_POOL/$U" 30 20
     run_store s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo" 30 24
 else
-    run_store local "$LAB_WORK/repo" 30 10
-    run_store rados "rados://$VMSH_CEPH_POOL/$U" 10 10
-    run_store s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo" 10 12
+    run_store local "$LAB_WORK/repo" 30 8
+    run_store rados "rados://$VMSH_CEPH_POOL/$U" 6 8
+    run_store s3 "s3+http://$VMSH_S3_ENDPOINT/$U/repo" 6 10
 fi
 echo "1..$E2E_CHECKS"
