@@ -124,7 +124,8 @@ static void print_help(FILE *f)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n"
                "Exit codes: 0 done, 1 failed, 2 usage error, 3 repository damaged,\n"
-               "4 busy (another snapshot set or repository writer holds the lock).\n"
+               "4 busy (another snapshot set or repository writer holds the lock),\n"
+               "5 backup stored but --allow-excluded left something out.\n"
                "See vmshadow(1).\n");
 }
 
