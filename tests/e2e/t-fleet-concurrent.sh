@@ -18,7 +18,9 @@
 # backup per writer beside one gc, killed within half a second, instead of
 # writers looping for 3 s; a backup is restored once (the second check
 # restores only the backups not restored by the first: verify checks the
-# rest), and a VM backup is compared by checksum.
+# rest), and a VM backup is compared by checksum. Measured under ASan+UBSan
+# on the loaded 2-core machine (2026-12-06, another ASan run beside it):
+# about 165 s, against about 270 s for the test before this change.
 set -u
 # one guest at most (defined, never started): the lab is shared (lab.sh)
 LAB_GUESTS=1
