@@ -36,7 +36,7 @@ truncate -s 32M "$LAB_WORK/nbd.raw"
 qemu-io -f raw -c 'write -P 0x6b 0 1M' -c 'write -P 0x17 20M 256k' "$LAB_WORK/nbd.raw" >/dev/null || fail "qemu-io nbd.raw"
 lab_nbd_serve "$LAB_WORK/nbd.raw" raw "$LAB_WORK/nbd.sock"
 # RBD: an image with data, reached with client.admin's key in a libvirt secret
-rbd -c "$CEPH_CONF" -p "$VMSH_CEPH_POOL" create "$RBD_IMG" --size 32M 9>&- || fail "rbd create"
+rbd -c "$CEPH_CONF" -p "$VMSH_CEPH_POOL" create "$RBD_IMG" --size 32M 8>&- 9>&- || fail "rbd create"
 qemu-io -f raw -c 'write -P 0x72 0 1M' -c 'write -P 0x44 24M 128k' \
     "rbd:$VMSH_CEPH_POOL/$RBD_IMG:conf=$CEPH_CONF" >/dev/null || fail "qemu-io on the RBD image"
 SECRET=$(uuidgen)
