@@ -48,7 +48,7 @@ typedef struct obj_backend_ops {
 } obj_backend_ops;
 
 typedef struct obj_upload obj_upload;
-#define OBJ_SPARE_MAX 2
+#define OBJ_SPARE_MAX 1
 typedef struct obj_block obj_block;
 typedef struct obj_fetch obj_fetch;
 
