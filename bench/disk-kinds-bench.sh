@@ -23,7 +23,9 @@
 #   . tests/lab/ceph.sh; ceph_lab_need  or CEPH_CONF and VMSH_CEPH_POOL set):
 #   bench/disk-kinds-bench.sh [ROUNDS]   (default 3; VMSHADOW names the
 #   binary, WORK the scratch directory, default /var/tmp/vmshadow-kinds-bench,
-#   SIZE the content's size in bytes)
+#   SIZE the content's size in bytes, LOOP_DIO=0 a buffered loop device,
+#   SOURCE an existing day1.raw of that
+#   size to copy instead of generating it)
 # Everything it defines or creates is removed at exit (loop device, RBD
 # image, domains, repositories), except the source image (kept for re-runs).
 set -u
@@ -58,6 +60,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# SOURCE: an existing day1.raw of make_images.py (same SIZE, default seed)
+# is copied instead of generated again
+if [ -n "${SOURCE:-}" ] && [ "$(stat -c %s "$SOURCE" 2>/dev/null)" = "$SIZE" ] &&
+    [ "$(cat "$WORK/img/size" 2>/dev/null)" != "$SIZE" ]; then
+    rm -f "$WORK/img/"*
+    cp --sparse=always "$SOURCE" "$WORK/img/day1.raw" && echo "$SIZE" >"$WORK/img/size"
+fi
 if [ ! -f "$WORK/img/day1.raw" ] || [ "$(cat "$WORK/img/size" 2>/dev/null)" != "$SIZE" ]; then
     rm -f "$WORK/img/"*
     OUTDIR=$WORK/img SIZE=$SIZE CHANGE=0 python3 "$top/bench/make_images.py" >/dev/null || exit 1
@@ -67,7 +76,11 @@ fi
 SRC=$WORK/img/day1.raw
 cp --sparse=always "$SRC" "$RUN/file.raw"
 cp --sparse=always "$SRC" "$RUN/block.backing"
-LOOP=$(losetup --find --show "$RUN/block.backing") || exit 1
+# LOOP_DIO=1 (default): the loop device reads its backing file with direct
+# I/O, as a real device (an LV, a partition) has no second page cache below
+# it; LOOP_DIO=0: buffered, through the backing file's page cache
+LOOP=$(losetup --find --show --direct-io="$([ "${LOOP_DIO:-1}" = 1 ] && echo on || echo off)" \
+    "$RUN/block.backing") || exit 1
 rbd -p "$VMSH_CEPH_POOL" import --image-format 2 "$SRC" "$IMG" >/dev/null 2>&1 9>&- ||
     { echo "disk-kinds-bench: rbd import into $VMSH_CEPH_POOL failed (is the pool full?)" >&2; exit 1; }
 MON=$(sed -n 's/^mon host = \[v2:\([0-9.]*\):\([0-9]*\),.*/\1 \2/p' "$CEPH_CONF")

@@ -423,6 +423,19 @@ static bool end_process(pid_t pid)
     return false;
 }
 
+pid_t vmsh_hv_netserve_pid(const char *dir)
+{
+    _cleanup_free_ char *p = in_dir(dir, "pid");
+    FILE *f = p ? fopen(p, "re") : NULL;
+    long v = 0;
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1 || v <= 1 || v > 0x3fffffff)
+            v = 0;
+        fclose(f);
+    }
+    return (pid_t)v;
+}
+
 int vmsh_hv_netserve_start(const char *dir, const char *export_name, const char *spec,
                            int timeout_s, pid_t *pid, vmsh_error **err)
 {
@@ -491,7 +504,9 @@ int vmsh_hv_netserve_start(const char *dir, const char *export_name, const char 
                                           : "QEMU cannot open the disk: qemu-nbd: %s",
                                   words[0] ? words : "exited without a message");
         }
-        if (serving(sock))
+        /* qemu-nbd listens before it opens the source, and writes its pid
+         * file once it has: serving means both */
+        if (vmsh_hv_netserve_pid(dir) == child && serving(sock))
             return 0;
         sleep_ms(20);
     }
@@ -501,19 +516,6 @@ int vmsh_hv_netserve_start(const char *dir, const char *export_name, const char 
     remove_dir(dir);
     return vmsh_error_set(err, -ETIMEDOUT, "qemu-nbd did not serve the disk within %d s%s%s",
                           timeout_s, words[0] ? ": " : "", words);
-}
-
-pid_t vmsh_hv_netserve_pid(const char *dir)
-{
-    _cleanup_free_ char *p = in_dir(dir, "pid");
-    FILE *f = p ? fopen(p, "re") : NULL;
-    long v = 0;
-    if (f) {
-        if (fscanf(f, "%ld", &v) != 1 || v <= 1 || v > 0x3fffffff)
-            v = 0;
-        fclose(f);
-    }
-    return (pid_t)v;
 }
 
 int vmsh_hv_netserve_stop(pid_t pid, const char *dir, vmsh_error **err)
