@@ -185,7 +185,10 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
         bool lun = device && strcmp(device, "lun") == 0;
         /* a block disk the restore wrote in place stays (re-pathed to the
          * device written, which holds the backup's bytes: issue 25) */
-        bool ours = type && strcmp(type, "block") == 0 && restored_target(e, n, true);
+        bool ours = type &&
+                    (strcmp(type, "block") == 0 || strcmp(type, "network") == 0 ||
+                     strcmp(type, "volume") == 0) &&
+                    restored_target(e, n, true);
         if ((!file && !ours) || lun) {
             _cleanup_xmlfree_ char *dsrc = prop(src, "dev");
             _cleanup_xmlfree_ char *name = prop(src, "name");
@@ -311,7 +314,25 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
 static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
 {
     xmlNodePtr src = child(disk, "source");
-    if (rp->in_place) {
+    if (rp->in_place && rp->rbd) {
+        /* the RBD image written: the same monitors and auth, its name */
+        if (!src)
+            src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        if (!src || !xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"rbd") ||
+            !xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)rp->rbd))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"network");
+    } else if (rp->in_place && rp->volume) {
+        if (src) {
+            xmlUnlinkNode(src);
+            xmlFreeNode(src);
+        }
+        src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        if (!src || !xmlSetProp(src, (const xmlChar *)"pool", (const xmlChar *)rp->pool) ||
+            !xmlSetProp(src, (const xmlChar *)"volume", (const xmlChar *)rp->volume))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"volume");
+    } else if (rp->in_place) {
         /* the device written: type='block', its node and nothing else (QEMU
          * opens it with its host_device driver) */
         if (src) {
