@@ -154,9 +154,9 @@ check "vdd (pool volume) byte-identical" same "$T/pool/g.qcow2" qcow2 "$(ref "$G
 check "vde (RBD image) byte-identical" same "$R/$IMG_G:conf=$CEPH_CONF" raw "$(ref "$G" vde)"
 X=$(lab_virsh dumpxml "$G")
 check "the definition names the device of vdb" grep -q "dev='$LRAW'" <<<"$X"
-check "... the device of vdc, as qcow2" sh -c "grep -B3 \"dev='$LQC'\" <<<\"\$0\" | grep -q \"type='qcow2'\"" "$X"
+check "... the device of vdc, as qcow2" bash -c "grep -B3 \"dev='$LQC'\" <<<\"\$0\" | grep -q \"type='qcow2'\"" "$X"
 check "... the volume of vdd" grep -q "pool='$POOL' volume='g.qcow2'" <<<"$X"
-check "... the RBD image of vde, with its auth" sh -c "grep -q \"protocol='rbd' name='$VMSH_CEPH_POOL/$IMG_G'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\"" "$X"
+check "... the RBD image of vde, with its auth" bash -c "grep -q \"protocol='rbd' name='$VMSH_CEPH_POOL/$IMG_G'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\"" "$X"
 check "the restored VM starts on its storage" lab_virsh start "$G"
 lab_virsh destroy "$G" >/dev/null 2>&1
 check "no temporary file beside the devices or in the pool" test -z "$(find /dev "$T/pool" -maxdepth 1 -name '*.vmshadow-restore*' 2>/dev/null)"
@@ -181,7 +181,7 @@ check "the new RBD image holds h's vde" same "$R/$H2-vde:conf=$CEPH_CONF" raw "$
 check "h's own volume untouched" same "$T/pool/h.raw" raw "$(ref "$H" vdd)"
 check "h's own RBD image untouched" same "$R/$IMG_H:conf=$CEPH_CONF" raw "$(ref "$H" vde)"
 X=$(lab_virsh dumpxml "$H2")
-check "h2's definition names the new volume and image" sh -c "grep -q \"volume='$H2-h.raw'\" <<<\"\$0\" && grep -q \"name='$VMSH_CEPH_POOL/$H2-vde'\" <<<\"\$0\"" "$X"
+check "h2's definition names the new volume and image" bash -c "grep -q \"volume='$H2-h.raw'\" <<<\"\$0\" && grep -q \"name='$VMSH_CEPH_POOL/$H2-vde'\" <<<\"\$0\"" "$X"
 
 # ---- --to DIR: every disk an image file
 G3=$(lab_domname g3)
@@ -205,9 +205,11 @@ F=$(lab_domname f)
 vsh --json backup "$F"
 check "backup of the shut-off f (raw disk on a loop device)" test "$RC" = 0
 BF=$(jq -r .backup <<<"$OUT")
-# the tmpfs full: the device's writes beyond what its file holds fail
+# the loop file emptied (its pages freed) and the tmpfs then filled but for
+# 1 MiB: the restore's first MiB fits, the next write fails
+fallocate -p -o 0 -l 32M "$MNT/f.img" || fail "cannot punch the loop file"
 dd if=/dev/zero of="$MNT/filler" bs=1M count=64 status=none 2>/dev/null
-fallocate -p -o 0 -l 2M "$MNT/f.img" || fail "cannot punch the loop file"
+truncate -s -1M "$MNT/filler" || fail "cannot shorten the filler"
 xml_before=$(lab_virsh dumpxml "$F")
 vsh restore "$BF" "$F" --force
 check "a device write that fails midway: the restore fails" test "$RC" != 0
