@@ -21,6 +21,7 @@
 #    replaces is defined again as it was.
 # Everything created is removed at exit, also after a failure.
 set -u
+LAB_GUESTS=1 # one guest runs (g); h stays shut off
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 . "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
