@@ -93,7 +93,8 @@ int vmsh_cli_recover_first(vmsh_cli *cli);
 /* The getopt_long tables of the commands with options of their own (main
  * takes the global options out of a command's words with them). */
 extern const struct option vmsh_cli_opts_vms[], vmsh_cli_opts_init[], vmsh_cli_opts_backup[],
-    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[];
+    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[],
+    vmsh_cli_opts_files[];
 
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
@@ -109,6 +110,7 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv); /* cmd_serve.c, issue 23 */
+int vmsh_cmd_files(vmsh_cli *cli, int argc, char **argv); /* cmd_files.c, issue 23 */
 /* Instant restore (cmd_jobs.c, issue 23): `jobs`, `restore --instant`,
  * the instant part of `recover` (abandon: a VM to tear down, or NULL). */
 int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv);

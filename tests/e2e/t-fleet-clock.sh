@@ -8,6 +8,8 @@
 # before issue 26 point 3 the check compared the host with itself and a
 # skewed host passed; the OSD's clock is now read through a cls_lock lease.
 set -u
+# no guest: the lab is shared (lab.sh)
+LAB_GUESTS=1
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 . "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
