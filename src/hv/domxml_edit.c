@@ -185,7 +185,13 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
         bool lun = device && strcmp(device, "lun") == 0;
         /* a block disk the restore wrote in place stays (re-pathed to the
          * device written, which holds the backup's bytes: issue 25) */
-        bool ours = type && strcmp(type, "block") == 0 && restored_target(e, n, true);
+        /* a disk the restore wrote stays: in place on its storage (a block
+         * device, an RBD image, a volume: issue 25) or re-pathed to the
+         * image file written (--to turns any kind into one) */
+        bool ours = type &&
+                    (strcmp(type, "block") == 0 || strcmp(type, "network") == 0 ||
+                     strcmp(type, "volume") == 0) &&
+                    restored_target(e, n, false);
         if ((!file && !ours) || lun) {
             _cleanup_xmlfree_ char *dsrc = prop(src, "dev");
             _cleanup_xmlfree_ char *name = prop(src, "name");
@@ -324,7 +330,25 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
             xmlAddChild(net_src, auth);
         }
     }
-    if (rp->in_place) {
+    if (rp->in_place && rp->rbd) {
+        /* the RBD image written: the same monitors and auth, its name */
+        if (!src)
+            src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        if (!src || !xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"rbd") ||
+            !xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)rp->rbd))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"network");
+    } else if (rp->in_place && rp->volume) {
+        if (src) {
+            xmlUnlinkNode(src);
+            xmlFreeNode(src);
+        }
+        src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        if (!src || !xmlSetProp(src, (const xmlChar *)"pool", (const xmlChar *)rp->pool) ||
+            !xmlSetProp(src, (const xmlChar *)"volume", (const xmlChar *)rp->volume))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"volume");
+    } else if (rp->in_place) {
         /* the device written: type='block', its node and nothing else (QEMU
          * opens it with its host_device driver) */
         if (src) {
@@ -336,6 +360,20 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
             return -ENOMEM;
         xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"block");
     } else {
+        /* a block, network or volume disk turned into an image file (--to,
+         * issue 25): nothing of its old source stays (a device, monitors,
+         * a pool), nor its credentials */
+        _cleanup_xmlfree_ char *was = prop(disk, "type");
+        if (src && was && strcmp(was, "file") != 0) {
+            xmlUnlinkNode(src);
+            xmlFreeNode(src);
+            src = NULL;
+            xmlNodePtr auth = child(disk, "auth");
+            if (auth) {
+                xmlUnlinkNode(auth);
+                xmlFreeNode(auth);
+            }
+        }
         if (!src)
             src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
         if (!src || !xmlSetProp(src, (const xmlChar *)"file", (const xmlChar *)rp->path))

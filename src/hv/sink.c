@@ -328,7 +328,7 @@ static int sink_finish(void *impl, vmsh_error **err)
     }
     s->h = NULL;
     /* whatever QEMU wrote on close, and the directory entry */
-    if (r == 0)
+    if (r == 0 && s->path[0] == '/')
         r = sync_file_and_dir(s->path, err);
     sink_free(s);
     return r;
@@ -365,6 +365,42 @@ static int empty_image(int fd, const char *path, const char *format, uint64_t si
     return r;
 }
 
+/* Serves `path` (an image file, a device, "rbd:POOL/IMAGE") as `format`
+ * through a private qemu-nbd and makes the sink writing into it;
+ * `reads_zero`: the target reads as zeros where nothing is written. */
+static int serve(const char *path, const char *format, uint64_t size, bool reads_zero,
+                 vmsh_sink **out, vmsh_error **err)
+{
+    int r = 0;
+    vmsh_sink *sk = calloc(1, sizeof(*sk));
+    nbd_sink *s = calloc(1, sizeof(*s));
+    if (!sk || !s || !(s->path = strdup(path)))
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (int k = 0; s && k < NBD_CONNS; k++)
+        pthread_mutex_init(&s->mu[k], NULL);
+    if (r == 0)
+        r = start_server(s, format, err);
+    if (r == 0 && nbd_is_read_only(s->h) == 1)
+        r = vmsh_error_set(err, -EROFS, "qemu-nbd serves %s read-only", path);
+    int64_t got = r == 0 ? nbd_get_size(s->h) : -1;
+    if (r == 0 && (got < 0 || (uint64_t)got < size))
+        r = vmsh_error_set(err, -ENOSPC, "qemu-nbd serves %s with %" PRId64 " bytes, not %" PRIu64,
+                           path, got, size);
+    if (r < 0) {
+        sink_free(s);
+        free(sk);
+        return r;
+    }
+    *sk = (vmsh_sink){.ops = &nbd_sink_ops,
+                      .impl = s,
+                      .size = size,
+                      .reads_zero = reads_zero,
+                      .max_write = NBD_MAX_WRITE,
+                      .what = s->path};
+    *out = sk;
+    return 0;
+}
+
 int vmsh_hv_image_sink_create(const char *path, const char *format, uint64_t size, vmsh_sink **out,
                               vmsh_error **err)
 {
@@ -385,33 +421,44 @@ int vmsh_hv_image_sink_create(const char *path, const char *format, uint64_t siz
     int r = empty_image(fd, path, format, size, err);
     if (close(fd) < 0 && r == 0)
         r = vmsh_error_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
-    vmsh_sink *sk = calloc(1, sizeof(*sk));
-    nbd_sink *s = calloc(1, sizeof(*s));
-    if (r == 0 && (!sk || !s || !(s->path = strdup(path))))
-        r = vmsh_error_set(err, -ENOMEM, "out of memory");
-    for (int k = 0; s && k < NBD_CONNS; k++)
-        pthread_mutex_init(&s->mu[k], NULL);
-    if (r == 0)
-        r = start_server(s, format, err);
-    if (r == 0 && nbd_is_read_only(s->h) == 1)
-        r = vmsh_error_set(err, -EROFS, "qemu-nbd serves %s read-only", path);
-    int64_t got = r == 0 ? nbd_get_size(s->h) : -1;
-    if (r == 0 && (got < 0 || (uint64_t)got < size))
-        r = vmsh_error_set(err, -EIO, "qemu-nbd serves %s with %" PRId64 " bytes, not %" PRIu64,
-                           path, got, size);
     if (r < 0) {
-        sink_free(s);
-        free(sk);
         unlink(path);
         return r;
     }
-    *sk = (vmsh_sink){.ops = &nbd_sink_ops,
-                      .impl = s,
-                      .size = size,
-                      /* a new image reads as zeros where nothing is written */
-                      .reads_zero = true,
-                      .max_write = NBD_MAX_WRITE,
-                      .what = s->path};
-    *out = sk;
-    return 0;
+    r = serve(path, format, size, true, out, err);
+    if (r < 0)
+        unlink(path);
+    return r;
+}
+
+int vmsh_hv_storage_sink_open(const char *target, const char *format, uint64_t size, bool fresh,
+                              vmsh_sink **out, vmsh_error **err)
+{
+    *out = NULL;
+    bool rbd = strncmp(target, "rbd:", 4) == 0;
+    if (!format || (strcmp(format, "raw") != 0 && strcmp(format, "qcow2") != 0) ||
+        (rbd && strcmp(format, "raw") != 0) || (!rbd && target[0] != '/') || strchr(target, ','))
+        return vmsh_error_set(err, -EINVAL, "%s: a disk of the format '%s' is not written there",
+                              target, format ? format : "(none)");
+    bool reads_zero = fresh;
+    if (strcmp(format, "qcow2") == 0) {
+        /* a new, empty qcow2 over the old one (a device keeps no stale
+         * cluster: the new image's tables reference none): reads as zeros,
+         * holes stay holes; qemu-img sizes its tables for `size` */
+        char sz[32];
+        snprintf(sz, sizeof(sz), "%" PRIu64, size);
+        char *argv[] = {(char *)"qemu-img", (char *)"create", (char *)"-q", (char *)"-f",
+                        (char *)"qcow2",    (char *)target,   sz,           NULL};
+        vmsh_proc_result res;
+        int r = vmsh_proc_run(argv, NULL, 120 * 1000, &res, err);
+        if (r == 0 && res.exit_code != 0) {
+            char buf[96];
+            r = vmsh_error_set(err, -EIO, "qemu-img could not make %s a qcow2 image: %s", target,
+                               vmsh_proc_describe(&res, buf, sizeof(buf)));
+        }
+        if (r < 0)
+            return r;
+        reads_zero = true;
+    }
+    return serve(target, format, size, reads_zero, out, err);
 }

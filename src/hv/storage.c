@@ -495,7 +495,14 @@ static int host_lv(void *opaque, const char *dev, char **vg, char **lv, uint64_t
 static int host_rbd_pool(void *opaque, const char *pool, vmsh_error **err)
 {
     (void)opaque;
-    char *argv[] = {(char *)"ceph", (char *)"osd", (char *)"pool", (char *)"ls", NULL};
+    /* --connect-timeout: monitors that do not answer fail it in 10 s */
+    char *argv[] = {(char *)"ceph",
+                    (char *)"--connect-timeout",
+                    (char *)"10",
+                    (char *)"osd",
+                    (char *)"pool",
+                    (char *)"ls",
+                    NULL};
     char *out = NULL;
     int code = 0;
     vmsh_error *e = NULL;
@@ -524,7 +531,15 @@ static int host_rbd_image(void *opaque, const char *pool, const char *image, uin
     (void)opaque;
     char spec[512];
     snprintf(spec, sizeof(spec), "%s/%s", pool, image);
-    char *argv[] = {(char *)"rbd", (char *)"info", (char *)"--format", (char *)"json", spec, NULL};
+    char *argv[] = {(char *)"rbd",
+                    (char *)"--client-mount-timeout=10",
+                    (char *)"--rados-mon-op-timeout=10",
+                    (char *)"--rados-osd-op-timeout=10",
+                    (char *)"info",
+                    (char *)"--format",
+                    (char *)"json",
+                    spec,
+                    NULL};
     char *out = NULL;
     size_t len = 0;
     vmsh_error *e = NULL;
@@ -592,4 +607,128 @@ void vmsh_stg_host_probes(vmsh_hv *hv, vmsh_stg_probes *out)
                              .rbd_image = host_rbd_image,
                              .pool = host_pool,
                              .volume = host_volume};
+}
+
+/* ------------------------------------------------- creation and its undo */
+
+const char *vmsh_stg_kind_name(vmsh_stg_kind k)
+{
+    static const char *const names[] = {"file", "block", "rbd", "volume"};
+    return (unsigned)k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
+}
+
+int vmsh_stg_rbd_name(const char *url, char **out)
+{
+    *out = NULL;
+    if (!url)
+        return -EINVAL;
+    /* "POOL/IMAGE" as it is (rbd_split checks it) */
+    const char *s = strncmp(url, "rbd://", 6) == 0 ? url + 6 : NULL;
+    const char *name = s ? strchr(s, '/') : url - 1;
+    if (!name || !name[1])
+        return -EINVAL;
+    if (!(*out = strdup(name + 1)))
+        return -ENOMEM;
+    return 0;
+}
+
+/* Runs argv (with the Ceph client timeouts): 0 when it exited with status
+ * 0, else an error saying how it ended and what it printed last. */
+static int run_cmd(char *const argv[], const char *what, vmsh_error **err)
+{
+    vmsh_proc_result res;
+    int r = vmsh_proc_run(argv, ceph_env, 120000, &res, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "%s", what);
+    if (res.exit_code != 0) {
+        char buf[96];
+        return vmsh_error_set(err, -EIO, "%s: %s %s", what, argv[0],
+                              vmsh_proc_describe(&res, buf, sizeof(buf)));
+    }
+    return 0;
+}
+
+static int create_volume(vmsh_hv *hv, const vmsh_stg_plan *plan, char **path, vmsh_error **err)
+{
+    virStoragePoolPtr p = virStoragePoolLookupByName(vmsh_hv_conn(hv), plan->pool);
+    if (!p)
+        return vmsh_error_set(err, -ENOENT, "storage pool %s: %s", plan->pool,
+                              virGetLastErrorMessage());
+    virStorageVolPtr v = virStorageVolCreateXML(p, plan->create_xml, 0);
+    int r = 0;
+    if (!v)
+        r = vmsh_error_set(err, -EIO, "cannot create the volume %s in storage pool %s: %s",
+                           plan->target, plan->pool, virGetLastErrorMessage());
+    else if (!(*path = virStorageVolGetPath(v))) {
+        r = vmsh_error_set(err, -EIO, "the new volume %s of pool %s has no path: %s", plan->target,
+                           plan->pool, virGetLastErrorMessage());
+        virStorageVolDelete(v, 0);
+    }
+    if (v)
+        virStorageVolFree(v);
+    virStoragePoolFree(p);
+    return r;
+}
+
+int vmsh_stg_create(vmsh_hv *hv, const vmsh_stg_plan *plan, char **path, vmsh_error **err)
+{
+    *path = NULL;
+    if (plan->action != VMSH_STG_CREATE)
+        return vmsh_error_set(err, -EINVAL, "%s: nothing to create", plan->target);
+    if (plan->kind == VMSH_STG_VOLUME)
+        return create_volume(hv, plan, path, err);
+    if (!plan->create_argv || !plan->qemu_target)
+        return vmsh_error_set(err, -EINVAL, "%s: no command creates it", plan->target);
+    char what[600];
+    snprintf(what, sizeof(what), "creating %s %s", vmsh_stg_kind_name(plan->kind), plan->target);
+    int r = run_cmd(plan->create_argv, what, err);
+    if (r < 0) {
+        /* a command that timed out may have created it all the same */
+        vmsh_stg_remove(hv, plan->kind, plan->target, plan->pool, NULL);
+        return r;
+    }
+    if (!(*path = strdup(plan->qemu_target))) {
+        vmsh_stg_remove(hv, plan->kind, plan->target, plan->pool, NULL);
+        return oom(err);
+    }
+    return 0;
+}
+
+int vmsh_stg_remove(vmsh_hv *hv, vmsh_stg_kind kind, const char *target, const char *pool,
+                    vmsh_error **err)
+{
+    if (!target)
+        return 0;
+    if (kind == VMSH_STG_VOLUME) {
+        virStoragePoolPtr p = pool ? virStoragePoolLookupByName(vmsh_hv_conn(hv), pool) : NULL;
+        virStorageVolPtr v = p ? virStorageVolLookupByName(p, target) : NULL;
+        int r = 0;
+        if (v && virStorageVolDelete(v, 0) < 0)
+            r = vmsh_error_set(err, -EIO, "cannot delete the volume %s of pool %s: %s", target,
+                               pool, virGetLastErrorMessage());
+        if (v)
+            virStorageVolFree(v);
+        if (p)
+            virStoragePoolFree(p);
+        return r;
+    }
+    char what[600];
+    snprintf(what, sizeof(what), "removing %s %s", vmsh_stg_kind_name(kind), target);
+    if (kind == VMSH_STG_RBD) {
+        char *argv[] = {(char *)"rbd", (char *)"rm", (char *)"--no-progress", (char *)target, NULL};
+        char *info[] = {(char *)"rbd", (char *)"info", (char *)target, NULL};
+        vmsh_proc_result res;
+        /* gone already (or never made): nothing to remove */
+        if (vmsh_proc_run(info, ceph_env, 60000, &res, NULL) == 0 && res.exit_code == 2)
+            return 0;
+        return run_cmd(argv, what, err);
+    }
+    if (kind == VMSH_STG_BLOCK) {
+        struct stat st;
+        if (stat(target, &st) < 0)
+            return 0;
+        char *argv[] = {(char *)"lvremove", (char *)"--yes", (char *)target, NULL};
+        return run_cmd(argv, what, err);
+    }
+    return 0;
 }

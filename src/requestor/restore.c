@@ -102,6 +102,38 @@ static int restore_onto_device(req_restorer *q, const char *name, const char *de
     return r;
 }
 
+/* Issue 25 point 4: a disk written straight onto storage of its kind that
+ * is not a raw block device: an RBD image (QEMU's rbd driver), a qcow2 on a
+ * block device, a pool volume's file, each existing (in place, the VM
+ * stopped first, R9) or just created by the VM writer (`fresh`: it reads as
+ * zeros). Served by qemu-nbd and written once (the sink seam); flushed
+ * before PostRestore defines the VM. A failure once writing began leaves the
+ * target partly written (or, created, removed by the VM writer): the
+ * message says so. */
+static int restore_onto_storage(req_restorer *q, const char *name, const char *dest,
+                                const char *format, bool fresh, vmsh_progress_fn progress,
+                                void *opaque, vmsh_restore_stats *st, vmsh_error **err)
+{
+    const vmsh_backup_file *bf = vmsh_backup_info_file(q->bi, name);
+    if (!bf)
+        return vmsh_error_set(err, -ENOENT, "backup %s has no file named \"%s\"", q->id, name);
+    vmsh_sink *sink = NULL;
+    int r = vmsh_hv_storage_sink_open(dest, format, bf->size, fresh, &sink, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "%s was not changed", dest);
+    r = vmsh_repo_restore_sink(q->repo, q->id, name, sink, progress, opaque, st, err);
+    if (r == 0) {
+        r = vmsh_sink_finish(sink, err);
+        sink = NULL;
+    }
+    vmsh_sink_free(sink);
+    if (r < 0)
+        vmsh_error_prefix(err, "%s now holds a partial restore of %s (R11): %s", dest, name,
+                          fresh ? "it is removed again"
+                                : "restore again with --force to complete it");
+    return r;
+}
+
 /* The format the VM writer's plan asks a file to be written in ("write_as"
  * of its entry in the component's "restore" plan; NULL: as stored, raw). */
 static const char *write_as(const vmsh_component *c, const vmsh_file *f)
@@ -159,11 +191,22 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
                               ? q->opts->disk_backing(q->opts->disk_backing_opaque, name)
                               : NULL;
     const char *fmt = backing ? NULL : write_as(c, f);
-    json_object *ip = NULL;
-    bool onto_device = !backing && json_object_object_get_ex(plan_entry(c, f), "in_place", &ip) &&
-                       json_object_get_boolean(ip);
+    json_object *ip = NULL, *pe = plan_entry(c, f), *stg = NULL;
+    bool in_place =
+        !backing && json_object_object_get_ex(pe, "in_place", &ip) && json_object_get_boolean(ip);
+    const char *dfmt = vmsh_json_str(pe, "format");
+    json_object_object_get_ex(pe, "storage", &stg);
+    const char *action = vmsh_json_str(stg, "action");
+    bool fresh = action && strcmp(action, "created") == 0;
+    struct stat sb;
+    /* a raw block device: written by this process (O_EXCL); anything else
+     * (RBD, qcow2 on a device, a volume's file) through qemu-nbd */
+    bool onto_device = in_place && (!dfmt || strcmp(dfmt, "raw") == 0) && dest[0] == '/' &&
+                       stat(dest, &sb) == 0 && S_ISBLK(sb.st_mode);
     int r = onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
                                               show ? &ps : NULL, &st, &e)
+            : in_place  ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
+                                              show ? on_progress : NULL, show ? &ps : NULL, &st, &e)
             : backing   ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
             : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
                                   &st, &e)

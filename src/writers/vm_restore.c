@@ -137,7 +137,9 @@ typedef struct cur_vm {
     char *name, *uuid;
     char **paths;
     size_t n_paths;
-    char **devs; /* its host block devices: what a restore in place may write onto */
+    /* its storage other than files, as storage_key() names it: what a
+     * restore in place may write onto */
+    char **devs;
     size_t n_devs;
 } cur_vm;
 
@@ -176,13 +178,33 @@ static void cur_vm_add_dev(cur_vm *v, const char *dev)
         v->n_devs++;
 }
 
+/* The name of a disk's storage in cur_vm's devs: the device path, or
+ * "rbd:POOL/IMAGE", or "volume:POOL/VOLUME" (malloc'ed; NULL when none). */
+static char *storage_key(vmsh_stg_kind kind, const char *target, const char *pool)
+{
+    char *k = NULL;
+    int n = kind == VMSH_STG_BLOCK    ? asprintf(&k, "%s", target)
+            : kind == VMSH_STG_RBD    ? asprintf(&k, "rbd:%s", target)
+            : kind == VMSH_STG_VOLUME ? asprintf(&k, "volume:%s/%s", pool ? pool : "", target)
+                                      : -1;
+    return n < 0 ? NULL : k;
+}
+
 static void cur_vm_add_xml(cur_vm *v, const vmsh_domxml *x)
 {
-    for (size_t i = 0; x && i < x->n_disks; i++)
-        if (x->disks[i].kind == VMSH_DISK_FILE)
-            cur_vm_add(v, x->disks[i].source);
-        else if (x->disks[i].kind == VMSH_DISK_BLOCK)
-            cur_vm_add_dev(v, x->disks[i].source);
+    for (size_t i = 0; x && i < x->n_disks; i++) {
+        const vmsh_domxml_disk *d = &x->disks[i];
+        _cleanup_free_ char *rbd = NULL, *key = NULL;
+        if (d->kind == VMSH_DISK_FILE)
+            cur_vm_add(v, d->source);
+        else if (d->kind == VMSH_DISK_BLOCK)
+            cur_vm_add_dev(v, d->source);
+        else if (d->kind == VMSH_DISK_NETWORK && d->protocol && strcmp(d->protocol, "rbd") == 0 &&
+                 vmsh_stg_rbd_name(d->source, &rbd) == 0)
+            cur_vm_add_dev(v, key = storage_key(VMSH_STG_RBD, rbd, NULL));
+        else if (d->kind == VMSH_DISK_VOLUME && d->volume)
+            cur_vm_add_dev(v, key = storage_key(VMSH_STG_VOLUME, d->volume, d->pool));
+    }
     if (x)
         cur_vm_add(v, x->nvram);
 }
@@ -495,6 +517,7 @@ static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set
     if (!kind || strcmp(kind, "file") == 0)
         return 0;
     const char *proto = vmsh_json_str(d, "protocol");
+    _cleanup_free_ char *rbd_name = NULL;
     vmsh_stg_disk sd = {.target = disk_target(f),
                         .format = disk_format(c, disk_target(f)),
                         .source = vmsh_json_str(d, "path"),
@@ -507,6 +530,16 @@ static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set
         sd.source = vmsh_json_str(d, "volume");
     } else if (strcmp(kind, "network") == 0 && proto && strcmp(proto, "rbd") == 0) {
         sd.kind = VMSH_STG_RBD;
+        /* the record has the source as the parser shows it: rbd://HOST/POOL/IMAGE */
+        if (vmsh_stg_rbd_name(sd.source, &rbd_name) == -ENOMEM)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        sd.source = rbd_name;
+        /* QEMU's rbd driver writes raw; a qcow2 kept in an RBD image is rare */
+        if (!o->restore_dir && strcmp(sd.format, "raw") != 0)
+            return vmsh_error_set(err, -ENOTSUP,
+                                  "VM %s: disk %s is a %s image in RBD, which the restore does "
+                                  "not write back into Ceph: restore with --to DIR",
+                                  vmsh_component_name(c), sd.target, sd.format);
     } else if (!o->restore_dir) {
         return vmsh_error_set(err, -ENOTSUP,
                               "VM %s: disk %s is a %s disk%s%s, which the restore cannot put "
@@ -537,39 +570,29 @@ static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set
         json_object_array_add(argv, jstr(plan->create_argv[i]));
     json_object_object_add(st, "create_command", argv);
     json_object_object_add(st, "create_xml", jstr(plan->create_xml));
+    json_object_object_add(st, "qemu_target", jstr(plan->qemu_target));
     *out = st;
-    /* In place onto an existing raw block device: written straight onto it
-     * through the sink (no temporary file: there is none for a device), and
-     * only behind --force, as a file is. RBD images, volumes and creations:
-     * the plan is decided and shown (--dry-run), their write is not wired
-     * yet; an image file under --to is (the usual file path). */
-    bool onto_device = plan->kind == VMSH_STG_BLOCK && plan->action == VMSH_STG_WRITE &&
-                       !o->restore_dir && !o->restore_as && sd.format &&
-                       strcmp(sd.format, "raw") == 0;
-    if (set_id && onto_device && !o->force) {
+    /* Onto storage of its kind (not --to): written straight onto it through
+     * a sink (no temporary file: there is none for a device, an RBD image
+     * or a volume). What exists is replaced only behind --force, as a file
+     * is; what is created replaces nothing. */
+    bool direct = plan->kind != VMSH_STG_FILE;
+    if (set_id && direct && plan->action == VMSH_STG_WRITE && !o->force) {
         r = vmsh_error_set(err, -EEXIST,
-                           "VM %s: disk %s would be written onto block device %s, replacing "
-                           "what it holds: give --force to write it, or restore with --to DIR",
-                           vmsh_component_name(c), sd.target, plan->target);
+                           "VM %s: disk %s would be written onto %s %s, replacing what it holds: "
+                           "give --force to write it, or restore with --to DIR",
+                           vmsh_component_name(c), sd.target,
+                           plan->kind == VMSH_STG_BLOCK ? "block device"
+                           : plan->kind == VMSH_STG_RBD ? "RBD image"
+                                                        : "pool volume",
+                           plan->target);
         json_object_put(st);
         *out = NULL;
         vmsh_stg_plan_clear(plan);
         return r;
     }
-    if (onto_device)
+    if (direct)
         json_object_object_add(st, "in_place", json_object_new_boolean(true));
-    if (set_id && !onto_device && plan->action != VMSH_STG_CONVERT && plan->kind != VMSH_STG_FILE) {
-        r = vmsh_error_set(err, -ENOTSUP,
-                           "VM %s: disk %s would be %s onto %s (%s); writing onto block "
-                           "devices, RBD images and pool volumes is not implemented yet: "
-                           "restore with --to DIR (it becomes an image file there)",
-                           vmsh_component_name(c), sd.target, vmsh_stg_action_name(plan->action),
-                           plan->target, kinds[plan->kind]);
-        json_object_put(st);
-        *out = NULL;
-        vmsh_stg_plan_clear(plan);
-        return r;
-    }
     return 0;
 }
 
@@ -618,12 +641,17 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             (r = plan_storage(w, o, set_id, c, f, &sp, &storage, err)) < 0)
             break;
         bool in_place = jbool(storage, "in_place");
-        if (in_place && !cur_vm_uses_dev(&cur, vmsh_json_str(storage, "target"))) {
+        bool create = sp.action == VMSH_STG_CREATE;
+        _cleanup_free_ char *key = in_place ? storage_key(sp.kind, sp.target, sp.pool) : NULL;
+        if (in_place && !create && !cur_vm_uses_dev(&cur, key)) {
             r = vmsh_error_set(err, -EPERM,
-                               "VM %s: disk %s would be written onto block device %s, which %s: "
-                               "vmshadow writes onto a device only in place of the VM that uses "
+                               "VM %s: disk %s would be written onto %s %s, which %s: vmshadow "
+                               "writes onto existing storage only in place of the VM that uses "
                                "it (R12); restore with --to DIR",
                                vmsh_component_name(c), disk_target(f),
+                               sp.kind == VMSH_STG_BLOCK ? "block device"
+                               : sp.kind == VMSH_STG_RBD ? "RBD image"
+                                                         : "pool volume",
                                vmsh_json_str(storage, "target"),
                                cur.exists ? "the VM defined here under this name does not use"
                                           : "no VM defined here under this name uses");
@@ -703,6 +731,80 @@ static bool is_sel(const vmsh_component *c)
     return vmsh_component_selected(c);
 }
 
+static vmsh_stg_kind stg_kind_of(const char *name)
+{
+    return name && strcmp(name, "rbd") == 0      ? VMSH_STG_RBD
+           : name && strcmp(name, "volume") == 0 ? VMSH_STG_VOLUME
+           : name && strcmp(name, "block") == 0  ? VMSH_STG_BLOCK
+                                                 : VMSH_STG_FILE;
+}
+
+/* Issue 25 point 4: creates the storage a disk's plan says is missing (an
+ * RBD image, a pool volume, an LV), once every plan was checked. Journal
+ * action `create-storage` {kind, target, pool}: undo removes it (a restore
+ * that fails or is killed leaves nothing it created). The disk is then
+ * written at what the creation returned (the volume's path). */
+static int create_storage(vm_writer *w, vmsh_set *set, const vmsh_component *c, json_object *fo,
+                          vmsh_file *f, vmsh_error **err)
+{
+    json_object *st = NULL;
+    json_object_object_get_ex(fo, "storage", &st);
+    const char *action = vmsh_json_str(st, "action");
+    if (!action || strcmp(action, vmsh_stg_action_name(VMSH_STG_CREATE)) != 0)
+        return 0;
+    vmsh_stg_plan plan = {.action = VMSH_STG_CREATE,
+                          .kind = stg_kind_of(vmsh_json_str(st, "restored_as")),
+                          .target = (char *)vmsh_json_str(st, "target"),
+                          .pool = (char *)vmsh_json_str(st, "pool"),
+                          .qemu_target = (char *)vmsh_json_str(st, "qemu_target"),
+                          .create_xml = (char *)vmsh_json_str(st, "create_xml")};
+    char *argv[16] = {0};
+    json_object *ca = NULL;
+    if (json_object_object_get_ex(st, "create_command", &ca) &&
+        json_object_is_type(ca, json_type_array))
+        for (size_t i = 0; i < json_object_array_length(ca) && i < VMSH_ARRAY_SIZE(argv) - 1; i++)
+            argv[i] = (char *)json_object_get_string(json_object_array_get_idx(ca, i));
+    plan.create_argv = argv[0] ? argv : NULL;
+    json_object *data = json_object_new_object();
+    json_object_object_add(data, "vm", jstr(new_name(vmsh_set_options_of(set), c)));
+    json_object_object_add(data, "kind", jstr(vmsh_stg_kind_name(plan.kind)));
+    json_object_object_add(data, "target", jstr(plan.target));
+    json_object_object_add(data, "pool", jstr(plan.pool));
+    uint64_t seq = 0;
+    int r = vmsh_set_journal_begin(set, w->ops.id, "create-storage", data, &seq, err);
+    json_object_put(data);
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *path = NULL;
+    if ((r = vmsh_stg_create(w->hv, &plan, &path, err)) < 0) {
+        vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
+        return vmsh_error_prefix(err, "VM %s: disk %s", vmsh_component_name(c), disk_target(f));
+    }
+    if ((r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err)) < 0)
+        return r;
+    /* written there, and the definition names it (register_vm) */
+    json_object_object_add(fo, "temporary", jstr(path));
+    json_object_object_add(fo, "to", jstr(path));
+    return 0;
+}
+
+/* Undoes this set's creations for the VM `vm` (every VM when NULL): what
+ * a failed restore created is removed again. */
+static void undo_creations(vm_writer *w, vmsh_set *set, const char *vm)
+{
+    vmsh_journal *j = vmsh_set_journal(set);
+    for (size_t k = 0; j && k < vmsh_journal_count(j); k++) {
+        const vmsh_journal_entry *en = vmsh_journal_entry_at(j, k);
+        const char *v = vmsh_json_str(en->data, "vm");
+        if (strcmp(en->owner, w->ops.id) != 0 || en->state == VMSH_JOURNAL_UNDONE ||
+            strcmp(en->action, "create-storage") != 0 || (vm && (!v || strcmp(v, vm) != 0)))
+            continue;
+        uint64_t seq = en->seq;
+        if (vmsh_vmw_undo_restore(w, en, NULL) == 0)
+            vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
+    }
+}
+
 int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 {
     vm_writer *w = (vm_writer *)ops;
@@ -752,6 +854,12 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         json_object_object_get_ex(vmsh_component_extra(c), "restore", &plan);
         json_object_object_get_ex(plan, "files", &files);
         json_object_object_get_ex(plan, "replaces_existing", &rep);
+        /* Storage that is missing is created first (nothing is replaced yet) */
+        for (size_t k = 0; k < vmsh_component_file_count(c) && r == 0; k++)
+            r = create_storage(w, set, c, json_object_array_get_idx(files, k),
+                               vmsh_component_file(c, k), err);
+        if (r < 0)
+            break;
         /* Temporary files first in the journal: a killed run leaves none. */
         json_object *paths = json_object_new_array(), *data = json_object_new_object();
         for (size_t k = 0; k < vmsh_component_file_count(c); k++) {
@@ -795,8 +903,10 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
     }
-    if (r < 0)
+    if (r < 0) {
         rmdir(xmldir); /* nothing was written in it yet: gone unless it is not empty */
+        undo_creations(w, set, NULL);
+    }
     return r;
 }
 
@@ -946,7 +1056,7 @@ static size_t checkpoint_bitmaps(const vmsh_set_options *o, const vmsh_component
             if (t && strcmp(rp[k].target, t) == 0)
                 d = &rp[k];
         vmsh_error *e = NULL;
-        if (!d || !d->format || strcmp(d->format, "qcow2") != 0) {
+        if (!d || !d->format || strcmp(d->format, "qcow2") != 0 || d->path[0] != '/') {
             json_object_array_add(skipped, jstr(t));
         } else if (image_bitmap("--add", d->path, name, &e) < 0) {
             json_object_array_add(skipped, jstr(t));
@@ -1011,12 +1121,23 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
         if (strcmp(kind, "config") == 0) {
             continue;
         } else if (final && strcmp(kind, "disk") == 0 && jbool(fo, "in_place")) {
-            /* written onto the device, and flushed (fsync, BLKFLSBUF) by
-             * the requestor before this: the definition names that device
-             * (type='block', kept by drop_host_devices) */
+            /* written onto its storage and flushed by the requestor before
+             * this: the definition names that device (type='block'), RBD
+             * image (type='network') or volume (type='volume'), kept by
+             * drop_host_devices */
+            json_object *sto = NULL;
+            json_object_object_get_ex(fo, "storage", &sto);
+            vmsh_stg_kind sk = stg_kind_of(vmsh_json_str(sto, "restored_as"));
+            const char *fmt_s = json_object_get_string(fmt);
             if (n_rp < VMSH_ARRAY_SIZE(rp))
                 rp[n_rp++] = (vmsh_disk_repath){
-                    .target = disk_target(f), .path = final, .format = "raw", .in_place = true};
+                    .target = disk_target(f),
+                    .path = final,
+                    .format = fmt_s ? fmt_s : "raw",
+                    .in_place = true,
+                    .rbd = sk == VMSH_STG_RBD ? vmsh_json_str(sto, "target") : NULL,
+                    .pool = sk == VMSH_STG_VOLUME ? vmsh_json_str(sto, "pool") : NULL,
+                    .volume = sk == VMSH_STG_VOLUME ? vmsh_json_str(sto, "target") : NULL};
         } else if (final && !o->restore_dir && !jbool(fo, "replaces") && lstat(final, &st) == 0) {
             /* PreRestore found nothing there (may_replace): what appeared
              * since is no file of this VM */
@@ -1217,9 +1338,15 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
             if (strcmp(en->owner, ops->id) != 0 || en->state == VMSH_JOURNAL_UNDONE)
                 continue;
             uint64_t seq = en->seq;
-            if (strcmp(en->action, "restore-files") == 0 ||
-                (strcmp(en->action, "register") == 0 && vm &&
-                 strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0)) {
+            if (strcmp(en->action, "create-storage") == 0 && vm &&
+                strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0) {
+                /* the VM registered keeps what was created for it; a VM
+                 * that was not leaves none of it */
+                if (r == 0 || vmsh_vmw_undo_restore(w, en, NULL) == 0)
+                    vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
+            } else if (strcmp(en->action, "restore-files") == 0 ||
+                       (strcmp(en->action, "register") == 0 && vm &&
+                        strcmp(vm, new_name(vmsh_set_options_of(set), c)) == 0)) {
                 /* files: gone or in place; register: kept, or already
                  * taken out by register_vm */
                 vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_UNDONE, NULL);
@@ -1293,6 +1420,16 @@ int vmsh_vmw_undo_restore(vm_writer *w, const vmsh_journal_entry *entry, vmsh_er
         if (dir)
             rmdir(dir);
         return 0;
+    }
+    if (strcmp(entry->action, "create-storage") == 0) {
+        const char *kind = vmsh_json_str(entry->data, "kind");
+        const char *target = vmsh_json_str(entry->data, "target");
+        const char *pool = vmsh_json_str(entry->data, "pool");
+        if (!kind || !target)
+            return vmsh_error_set(err, -EBADMSG,
+                                  "journal entry 'create-storage' is missing members");
+        int r = vmsh_vmw_hv_ready(w, err);
+        return r < 0 ? r : vmsh_stg_remove(w->hv, stg_kind_of(kind), target, pool, err);
     }
     if (strcmp(entry->action, "register") == 0) {
         const char *vm = vmsh_json_str(entry->data, "vm");

@@ -12,8 +12,8 @@
 #  - a pool volume: "written" when it exists, "created" (volume XML) when not,
 #    refused when the pool is gone;
 #  - an RBD image: "written", "created" (rbd create), too small, pool absent;
-#  - a device the VM defined here does not use (the crafted backup names
-#    it): refused before any change (R12);
+#  - a device, volume or RBD image the VM defined here does not use (the
+#    crafted backup names it): refused before any change (R12);
 #  - a real restore in place onto a device: without --force refused before
 #    any change (the VM and the device unchanged); with --force written onto
 #    the device (identical to extract), the definition naming it.
@@ -125,6 +125,13 @@ vsh --json restore "$V" --dry-run
 check "a missing volume in an active pool: created" test "$(storage | jq -r .action)" = created
 check "... from a volume XML of the disk's size" grep -q "<capacity unit='bytes'>$SIZE</capacity>" <<<"$(storage | jq -r .create_xml)"
 lab_virsh vol-create-as "$POOL" v.img "$SIZE" --format raw >/dev/null || fail "vol-create-as"
+vsh restore "$V" --dry-run
+check "an existing volume the VM defined here does not use: refused (R12)" test "$RC" != 0 -a -n "$(grep 'only in place of the VM that uses it' <<<"$ERR")"
+attach_xml() { # attach_xml DISK-XML: a further disk of g's definition
+    echo "$1" >"$T/attach.xml"
+    lab_virsh attach-device "$G" "$T/attach.xml" --config >/dev/null || fail "cannot attach to $G: $1"
+}
+attach_xml "<disk type='volume' device='disk'><driver name='qemu' type='raw'/><source pool='$POOL' volume='v.img'/><target dev='vdy' bus='virtio'/></disk>"
 vsh --json restore "$V" --dry-run
 check "an existing volume: written" test "$(storage | jq -r '.action + " " + .target')" = "written v.img"
 vsh --json restore "$V" "$G" --dry-run --as "$G-copy"
@@ -143,6 +150,9 @@ vsh --json restore "$R" --dry-run
 check "a missing RBD image in a reachable pool: created" test "$(storage | jq -r .action)" = created
 check "... with rbd create" test "$(storage | jq -r '.create_command | join(" ")')" = "rbd create --size $(( (SIZE + 1048575) / 1048576 ))M $VMSH_CEPH_POOL/$IMG"
 rbd create --size $(( (SIZE + 1048575) / 1048576 ))M "$VMSH_CEPH_POOL/$IMG" || fail "rbd create"
+vsh restore "$R" --dry-run
+check "an existing RBD image the VM defined here does not use: refused (R12)" test "$RC" != 0 -a -n "$(grep 'only in place of the VM that uses it' <<<"$ERR")"
+attach_xml "<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='rbd' name='$VMSH_CEPH_POOL/$IMG'/><target dev='vdx' bus='virtio'/></disk>"
 vsh --json restore "$R" --dry-run
 check "an existing RBD image: written" test "$(storage | jq -r '.action + " " + .target')" = "written $VMSH_CEPH_POOL/$IMG"
 rbd create --size 1M "$VMSH_CEPH_POOL/$IMG-small" || fail "rbd create"

@@ -647,6 +647,99 @@ static void keeps_block_disk_written_in_place(void **state)
     free(out);
 }
 
+/* Issue 25 point 4: an RBD disk and a pool volume written in place (or
+ * created for --as) stay in the definition under drop_host_devices: the RBD
+ * disk type='network' with its monitors and auth, under the image written;
+ * the volume type='volume' naming the volume written. An RBD disk the
+ * restore did not write is taken out as before. */
+static void keeps_rbd_and_volume_written_in_place(void **state)
+{
+    (void)state;
+    const char *xml =
+        "<domain type='kvm'><name>t</name><devices>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<auth username='admin'><secret type='ceph' uuid='11111111-2222-3333-4444-555555555555'/>"
+        "</auth><source protocol='rbd' name='pool/img'><host name='10.0.0.1' port='6789'/>"
+        "</source><target dev='vda' bus='virtio'/></disk>"
+        "<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source pool='p1' volume='v.qcow2'/><target dev='vdb' bus='virtio'/></disk>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<source protocol='rbd' name='pool/other'/><target dev='vdc' bus='virtio'/></disk>"
+        "</devices></domain>";
+    const vmsh_disk_repath disks[] = {
+        {.target = "vda",
+         .path = "rbd:pool/copy-vda",
+         .format = "raw",
+         .in_place = true,
+         .rbd = "pool/copy-vda"},
+        {.target = "vdb",
+         .path = "/pool/copy-v.qcow2",
+         .format = "qcow2",
+         .in_place = true,
+         .pool = "p1",
+         .volume = "copy-v.qcow2"},
+    };
+    vmsh_domxml_edit e = {.disks = disks, .n_disks = 2, .drop_host_devices = true};
+    char *out = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_edit_apply(xml, strlen(xml), &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    assert_non_null(strstr(out, "name=\"pool/copy-vda\""));
+    assert_non_null(strstr(out, "<host name=\"10.0.0.1\" port=\"6789\"/>"));
+    assert_non_null(strstr(out, "uuid=\"11111111-2222-3333-4444-555555555555\""));
+    assert_non_null(strstr(out, "<source pool=\"p1\" volume=\"copy-v.qcow2\"/>"));
+    assert_null(strstr(out, "pool/other"));
+    assert_null(strstr(out, "v.qcow2\"/><target")); /* the old volume name is gone */
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_disks, 2);
+    assert_int_equal(x->disks[0].kind, VMSH_DISK_NETWORK);
+    assert_string_equal(x->disks[0].protocol, "rbd");
+    assert_int_equal(x->disks[1].kind, VMSH_DISK_VOLUME);
+    assert_string_equal(x->disks[1].volume, "copy-v.qcow2");
+    assert_string_equal(x->disks[1].format, "qcow2");
+    vmsh_domxml_free(x);
+    free(out);
+}
+
+/* Issue 25 point 4, --to: a block disk and an RBD disk turned into image
+ * files stay in the definition as type='file' on the file written, with
+ * nothing of their old source (device, monitors) nor their credentials. */
+static void converts_block_and_rbd_to_files(void **state)
+{
+    (void)state;
+    const char *xml =
+        "<domain type='kvm'><name>t</name><devices>"
+        "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+        "<source dev='/dev/loop7'/><target dev='vda' bus='virtio'/></disk>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<auth username='admin'><secret type='ceph' uuid='11111111-2222-3333-4444-555555555555'/>"
+        "</auth><source protocol='rbd' name='pool/img'><host name='10.0.0.1' port='6789'/>"
+        "</source><target dev='vdb' bus='virtio'/></disk>"
+        "</devices></domain>";
+    const vmsh_disk_repath disks[] = {
+        {.target = "vda", .path = "/to/t/vda.img", .format = "raw"},
+        {.target = "vdb", .path = "/to/t/vdb.img", .format = "raw"},
+    };
+    vmsh_domxml_edit e = {.disks = disks, .n_disks = 2, .drop_host_devices = true};
+    char *out = NULL;
+    vmsh_error *err = NULL;
+    if (vmsh_domxml_edit_apply(xml, strlen(xml), &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    assert_non_null(strstr(out, "<source file=\"/to/t/vda.img\"/>"));
+    assert_non_null(strstr(out, "<source file=\"/to/t/vdb.img\"/>"));
+    assert_null(strstr(out, "loop7"));
+    assert_null(strstr(out, "10.0.0.1"));
+    assert_null(strstr(out, "auth"));
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_disks, 2);
+    assert_int_equal(x->disks[0].kind, VMSH_DISK_FILE);
+    assert_int_equal(x->disks[1].kind, VMSH_DISK_FILE);
+    vmsh_domxml_free(x);
+    free(out);
+}
+
 /* Found by fuzz/fuzz_domxml.c: a <disk> without <target dev> (libvirt never
  * gives one, a backup may) was accepted with a NULL target, which the VM
  * writer copies with strdup and puts in file names. */
@@ -676,6 +769,8 @@ int main(void)
         cmocka_unit_test(strips_every_host_resource),
         cmocka_unit_test(keeps_default_emulator),
         cmocka_unit_test(keeps_block_disk_written_in_place),
+        cmocka_unit_test(keeps_rbd_and_volume_written_in_place),
+        cmocka_unit_test(converts_block_and_rbd_to_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

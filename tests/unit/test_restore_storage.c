@@ -291,6 +291,39 @@ static void rbd(void **state)
     }
 }
 
+/* The RBD image of a disk as the domain XML parser shows its source (the
+ * backup's disk record): monitors before the name, or none. */
+static void rbd_names(void **state)
+{
+    (void)state;
+    struct {
+        const char *url, *want;
+    } ok[] = {{"rbd://10.0.0.1:6789/rbdpool/web-os", "rbdpool/web-os"},
+              {"rbd:///rbdpool/web-os", "rbdpool/web-os"},
+              {"rbdpool/web-os", "rbdpool/web-os"}};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        char *n = NULL;
+        assert_int_equal(vmsh_stg_rbd_name(ok[i].url, &n), 0);
+        assert_string_equal(n, ok[i].want);
+        free(n);
+    }
+    char *n = NULL;
+    assert_int_equal(vmsh_stg_rbd_name("rbd://host-only", &n), -EINVAL);
+    assert_int_equal(vmsh_stg_rbd_name("rbd://h/", &n), -EINVAL);
+    assert_int_equal(vmsh_stg_rbd_name(NULL, &n), -EINVAL);
+    assert_null(n);
+    /* what comes out is planned only as plain POOL/IMAGE names */
+    host h = {.ceph_pool = "rbdpool"};
+    vmsh_stg_disk d = RBD_DISK;
+    vmsh_stg_plan p;
+    char *msg = NULL;
+    assert_int_equal(vmsh_stg_rbd_name("rbd://h:1/rbdpool/../../etc", &n), 0);
+    d.source = n;
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, &msg), -EINVAL);
+    free(msg);
+    free(n);
+}
+
 static void volumes(void **state)
 {
     (void)state;
@@ -393,6 +426,7 @@ int main(void)
         cmocka_unit_test(block_in_place),
         cmocka_unit_test(block_as_and_to),
         cmocka_unit_test(rbd),
+        cmocka_unit_test(rbd_names),
         cmocka_unit_test(volumes),
         cmocka_unit_test(hostile_names_and_formats),
         cmocka_unit_test(lv_paths_and_block_probe),

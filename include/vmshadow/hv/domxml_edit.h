@@ -31,6 +31,12 @@ typedef struct vmsh_disk_repath {
      * becomes type='block' on it, and drop_host_devices keeps it (the
      * restore wrote it). */
     bool in_place;
+    /* With in_place, storage other than a device: an RBD image ("POOL/
+     * IMAGE": the disk stays type='network' protocol='rbd', its hosts and
+     * auth kept, under this name) or a storage pool volume (type='volume'
+     * with this pool and volume). NULL: a block device. */
+    const char *rbd;
+    const char *pool, *volume;
 } vmsh_disk_repath;
 
 typedef struct vmsh_domxml_edit {

@@ -10,6 +10,7 @@
 #ifndef VMSH_HV_SINK_H
 #define VMSH_HV_SINK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <vmshadow/repo/sink.h>
@@ -21,5 +22,18 @@
  * failure nothing is left at `path`. */
 int vmsh_hv_image_sink_create(const char *path, const char *format, uint64_t size, vmsh_sink **out,
                               vmsh_error **err);
+
+/* Issue 25 point 4: opens a sink onto storage that exists (written in
+ * place, or just created by vmsh_stg_create): `target` is an image file or
+ * a block device (absolute path) or "rbd:POOL/IMAGE" (QEMU's rbd driver,
+ * the host's Ceph client configuration), served by qemu-nbd as `format`
+ * ("raw"; "qcow2" on a file or a device: a new empty qcow2 is made over it
+ * first, qemu-img create). `fresh`: a raw target reads as zeros (a new RBD
+ * image or volume); otherwise the ranges the backup does not hold are
+ * zeroed. The target is never removed; finish flushes it (NBD_CMD_FLUSH,
+ * then fsync of a file or device). -EINVAL for a target or format not
+ * written here, -ENOSPC when it is smaller than `size`. */
+int vmsh_hv_storage_sink_open(const char *target, const char *format, uint64_t size, bool fresh,
+                              vmsh_sink **out, vmsh_error **err);
 
 #endif

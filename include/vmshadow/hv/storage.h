@@ -102,6 +102,28 @@ void vmsh_stg_host_probes(struct vmsh_hv *hv, vmsh_stg_probes *out);
 /* The VG and LV a device path names (/dev/VG/LV, /dev/mapper/VG-LV with '-'
  * doubled inside names): 0, -ENOENT when it names none, -ENOMEM. */
 int vmsh_stg_lv_path(const char *dev, char **vg, char **lv);
+/* The "POOL/IMAGE" of an RBD disk's source as the domain XML parser gives
+ * it ("rbd://HOST:PORT/POOL/IMAGE", "rbd:///POOL/IMAGE"; a plain "POOL/
+ * IMAGE" as it is): 0 and *out
+ * (malloc'ed), -EINVAL when it is not that, -ENOMEM. */
+int vmsh_stg_rbd_name(const char *url, char **out);
+
+/* Creates what a VMSH_STG_CREATE plan says (after every plan of the restore
+ * was checked, before anything is written): runs its create_argv (rbd
+ * create; lvcreate: untested end to end, the lab has no device-mapper) or
+ * defines its volume (virStorageVolCreateXML in plan->pool). *path is what
+ * the restore then writes (the LV's device, the volume's path,
+ * "rbd:POOL/IMAGE"). On failure nothing is left created. Ceph commands get
+ * client timeouts (a cluster that does not answer fails them). */
+int vmsh_stg_create(struct vmsh_hv *hv, const vmsh_stg_plan *plan, char **path, vmsh_error **err);
+
+/* Removes what vmsh_stg_create made (the undo of a restore that failed):
+ * `kind` and `target` / `pool` as in the plan. 0 also when it is gone. */
+int vmsh_stg_remove(struct vmsh_hv *hv, vmsh_stg_kind kind, const char *target, const char *pool,
+                    vmsh_error **err);
+
+/* "file", "block", "rbd", "volume" */
+const char *vmsh_stg_kind_name(vmsh_stg_kind k);
 /* "written", "created", "converted" */
 const char *vmsh_stg_action_name(vmsh_stg_action a);
 
