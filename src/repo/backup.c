@@ -248,6 +248,7 @@ typedef struct run {
 typedef struct ring_slot {
     uint8_t *buf; /* RUN_CHUNKS chunks, aligned for O_DIRECT sources */
     size_t free_for, ready;
+    pthread_cond_t cv; /* its reader and its worker wait here, not on the others */
 } ring_slot;
 
 #define READERS 2
@@ -262,8 +263,7 @@ typedef struct job {
     atomic_size_t next_read; /* the next run a reader takes */
     ring_slot *slots;
     size_t n_slots;
-    pthread_mutex_t smu; /* the slots' state; also signalled on failure */
-    pthread_cond_t scv;
+    pthread_mutex_t smu; /* the slots' state; every slot's cv is signalled on failure */
     atomic_uint_fast64_t bytes_done;
     atomic_bool failed;
     pthread_mutex_t err_mu;
@@ -299,7 +299,8 @@ static void job_fail(job *j, int code, vmsh_error **e)
     atomic_store(&j->failed, true);
     /* wake every reader and worker waiting on a slot: they stop */
     pthread_mutex_lock(&j->smu);
-    pthread_cond_broadcast(&j->scv);
+    for (size_t i = 0; i < j->n_slots; i++)
+        pthread_cond_broadcast(&j->slots[i].cv);
     pthread_mutex_unlock(&j->smu);
 }
 
@@ -321,7 +322,7 @@ static void *reader_main(void *arg)
         ring_slot *sl = &j->slots[i % j->n_slots];
         pthread_mutex_lock(&j->smu);
         while (sl->free_for < i && !atomic_load(&j->failed))
-            pthread_cond_wait(&j->scv, &j->smu);
+            pthread_cond_wait(&sl->cv, &j->smu);
         pthread_mutex_unlock(&j->smu);
         if (atomic_load(&j->failed))
             break;
@@ -335,7 +336,7 @@ static void *reader_main(void *arg)
         }
         pthread_mutex_lock(&j->smu);
         sl->ready = i;
-        pthread_cond_broadcast(&j->scv);
+        pthread_cond_broadcast(&sl->cv);
         pthread_mutex_unlock(&j->smu);
     }
     return NULL;
@@ -347,7 +348,7 @@ static const uint8_t *slot_take(job *j, size_t i)
     ring_slot *sl = &j->slots[i % j->n_slots];
     pthread_mutex_lock(&j->smu);
     while (sl->ready != i && !atomic_load(&j->failed))
-        pthread_cond_wait(&j->scv, &j->smu);
+        pthread_cond_wait(&sl->cv, &j->smu);
     pthread_mutex_unlock(&j->smu);
     return atomic_load(&j->failed) ? NULL : sl->buf;
 }
@@ -357,7 +358,7 @@ static void slot_release(job *j, size_t i)
     ring_slot *sl = &j->slots[i % j->n_slots];
     pthread_mutex_lock(&j->smu);
     sl->free_for = i + j->n_slots;
-    pthread_cond_broadcast(&j->scv);
+    pthread_cond_broadcast(&sl->cv);
     pthread_mutex_unlock(&j->smu);
 }
 
@@ -706,7 +707,6 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
     atomic_init(&j.failed, false);
     pthread_mutex_init(&j.err_mu, NULL);
     pthread_mutex_init(&j.smu, NULL);
-    pthread_cond_init(&j.scv, NULL);
     unsigned nw = repo_threads(r);
     uint64_t total = 0;
     for (size_t i = 0; i < runs.n; i++)
@@ -728,13 +728,13 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         free(runs.v);
         pthread_mutex_destroy(&j.err_mu);
         pthread_mutex_destroy(&j.smu);
-        pthread_cond_destroy(&j.scv);
         return vmsh_error_set(err, -ENOMEM, "out of memory for the backup's read-ahead");
     }
     for (size_t i = 0; i < j.n_slots; i++) {
         j.slots[i].buf = ring + i * RUN_CHUNKS * CHUNK_SIZE;
         j.slots[i].free_for = i;
         j.slots[i].ready = SIZE_MAX;
+        pthread_cond_init(&j.slots[i].cv, NULL);
     }
     unsigned started = 0;
     for (unsigned i = 0; i < nw; i++) {
@@ -774,9 +774,12 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         pthread_join(readers[i], NULL);
     free(runs.v);
     free(ring);
+    for (size_t i = 0; i < j.n_slots; i++)
+        pthread_cond_destroy(&j.slots[i].cv);
     free(j.slots);
+    j.slots = NULL; /* a later job_fail (out of memory below) has no slot to wake */
+    j.n_slots = 0;
     pthread_mutex_destroy(&j.smu);
-    pthread_cond_destroy(&j.scv);
 
     vmsh_add_stats st = {.size = size};
     size_t n_entries = 0;
