@@ -81,6 +81,10 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(p
  * `"error": null` unless it has an `error`; bytes that are not UTF-8 in its
  * strings are written as the text \\xHH. */
 void vmsh_cli_print_json(struct json_object *doc);
+/* The `store` member of a --json document: what the command moved to and
+ * from an object store (issue 26 point 4: bytes, seconds, MB/s each way),
+ * or NULL (JSON null) for a local directory. */
+struct json_object *vmsh_cli_store_json(void);
 
 /* Replays the journals of interrupted runs (R7) before a command; reports
  * what it undid, warns about what it could not. Always returns 0 (cmd_backup.c). */

@@ -335,7 +335,16 @@ struct vmsh_repo {
     /* gc's mark phase: lookups prefer copies outside `condemned` (then
      * gc's marks), and take a condemned copy rather than none */
     bool gc_marking;
+    /* tests: called by gc's sweep before it deletes an index object it
+     * listed (the race of docs/formats/gc.md, "Index objects") */
+    void (*gc_sweep_hook)(void *opaque, const char *path);
+    void *gc_sweep_hook_opaque;
 };
+
+/* A writer's commit takes locks/write shared for its last check of its
+ * index objects and its manifest's put, waiting while a gc sweeps (which
+ * holds it exclusively): docs/formats/gc.md, "Index objects". */
+int repo_commit_lock(vmsh_repo *r, vmsh_lock **out, vmsh_error **err);
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
 /* The location of chunk `id` (after repo_load_map): this process's new

@@ -211,6 +211,8 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
                     bsearch(name, sw->indexes->v, sw->indexes->n, sizeof(*sw->indexes->v), cmp65));
     if (garbage && latest_ms(s) >= sw->cutoff_ms)
         garbage = false; /* young: a writer's, that started after gc looked */
+    if (garbage && sw->indexes && sw->r->gc_sweep_hook)
+        sw->r->gc_sweep_hook(sw->r->gc_sweep_hook_opaque, p);
     if (garbage && sw->r->store->ops->del(sw->r->store, p, NULL) == 0) {
         if (is_tmp_name(name))
             sw->st->tmp_deleted++;

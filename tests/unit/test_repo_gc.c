@@ -6,6 +6,7 @@
  * never fixed (a gc killed between its two writes), gc killed at random
  * points, clock skew, one collector at a time, hostile marks. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -442,6 +443,83 @@ static void clock_skew_is_refused(void **state)
     vmsh_repo_free(w);
 }
 
+/* The index-object race of the sweep (docs/formats/gc.md, "Index
+ * objects"): gc lists an unreferenced index object, old enough to go; a
+ * writer that starts after gc's last look at the sessions writes the same
+ * index again (named by its content), checks it exists and commits; then
+ * gc deletes it. Before the fix the manifest named a deleted index (verify
+ * found damage); now the check and the manifest's put hold locks/write
+ * shared, the sweep exclusively: the writer waits, finds its index gone
+ * and fails cleanly (nothing visible), and its next try commits. */
+typedef struct racer {
+    fx *f;
+    pthread_t t;
+    bool started, done;
+    int rc;
+    vmsh_error *err;
+} racer;
+
+static void *racer_main(void *arg)
+{
+    racer *w = arg;
+    vmsh_repo *r = open_fake(w->f->repo);
+    vmsh_backup *b = NULL;
+    w->rc = vmsh_backup_begin(&b, r, &w->err);
+    if (w->rc == 0)
+        w->rc = vmsh_backup_add_buffer(b, "x", w->f->x, sizeof(w->f->x), &w->err);
+    if (w->rc == 0)
+        w->rc = vmsh_backup_commit(b, "", &w->err);
+    vmsh_backup_free(b);
+    vmsh_repo_free(r);
+    __atomic_store_n(&w->done, true, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void sweep_hook(void *opaque, const char *path)
+{
+    racer *w = opaque;
+    (void)path;
+    if (w->started)
+        return;
+    w->started = true;
+    assert_int_equal(pthread_create(&w->t, NULL, racer_main, w), 0);
+    /* the writer's whole backup fits here unless something holds it */
+    for (int i = 0; i < 300 && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST); i++)
+        usleep(10000);
+}
+
+static void sweep_never_deletes_an_index_a_commit_names(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    advance(2 * MARGIN); /* its index object is old garbage now */
+    racer w = {.f = f};
+    r->gc_sweep_hook = sweep_hook;
+    r->gc_sweep_hook_opaque = &w;
+    vmsh_gc_stats st = gc(r);
+    r->gc_sweep_hook = NULL;
+    assert_true(w.started);
+    pthread_join(w.t, NULL);
+    assert_int_equal(st.indexes_deleted, 1);
+    if (w.rc == 0) {
+        verify_clean(r, 1); /* before the fix: damage, a missing index */
+    } else {
+        assert_int_equal(w.rc, -EAGAIN);
+        assert_non_null(strstr(w.err->message, "vanished"));
+        vmsh_error_free(w.err);
+        verify_clean(r, 0);
+        advance(1);
+        char *id = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+        verify_clean(r, 1);
+        read_back(r, id, "x", f->x, sizeof(f->x));
+        free(id);
+    }
+    free(gone);
+    vmsh_repo_free(r);
+}
+
 /* One collector at a time; gc beside a backup runs (no exit 4). */
 static void one_gc_at_a_time_beside_backups(void **state)
 {
@@ -573,6 +651,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(one_gc_at_a_time_beside_backups, setup, teardown),
         cmocka_unit_test_setup_teardown(damaged_marks_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(golden_objects_read_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(sweep_never_deletes_an_index_a_commit_names, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
