@@ -2,15 +2,20 @@
  * storing chunks in packs, writing indexes, and the manifest last
  * (docs/formats/repository.md, "Invariants").
  *
- * The pipeline: the calling thread walks the source's extents and turns the
- * data extents into runs of up to 16 chunks (1 MiB); then it and N-1 worker
- * threads take runs from a shared counter. Each reads its run (reads of one
- * thread overlap the hashing and compression of the other), skips zero
- * chunks, hashes, looks the ID up, and only for a new chunk compresses,
- * encrypts and appends it to the pack. Memory per thread is ~1.3 MiB plus the
- * zstd context; the pack buffer is 8 MiB; nothing grows with the image size
- * but the run list (16 bytes per MiB of data) and the index (40 bytes per
- * stored chunk). */
+ * The pipeline (issue 27 point 5): the calling thread walks the source's
+ * extents and turns the data extents into runs of up to 16 chunks (1 MiB).
+ * Two reader threads read the runs in order into a ring of 1 MiB slots, ahead
+ * of the workers (the calling thread and N-1 threads), which take the runs in
+ * the same order: skip zero chunks, hash, look the ID up, and only for a new
+ * chunk compress, encrypt and append it to the pack, whose own I/O thread
+ * writes it. So reading, hashing and compression and writing overlap: a
+ * worker never waits for the disk or the NBD server while a slot ahead of it
+ * is full (before, each worker read its own run and computed nothing while
+ * it waited: a backup from a cold disk idled both cores for most of its
+ * reads). Memory: the ring (2N+2 slots of 1 MiB) and ~0.3 MiB per worker
+ * plus its zstd context; the pack buffers are 2 x 8 MiB; nothing grows with
+ * the image size but the run list (16 bytes per MiB of data) and the index
+ * (40 bytes per stored chunk). */
 #include "internal.h"
 
 #include "chunkindex.h"
@@ -237,13 +242,28 @@ typedef struct run {
     uint32_t count;
 } run;
 
+/* A slot of the read-ahead ring: run i goes into slot i % n_slots, read
+ * once the worker of run i - n_slots released the slot (free_for >= i),
+ * taken by run i's worker once ready == i. */
+typedef struct ring_slot {
+    uint8_t *buf; /* RUN_CHUNKS chunks, aligned for O_DIRECT sources */
+    size_t free_for, ready;
+    pthread_cond_t cv; /* its reader and its worker wait here, not on the others */
+} ring_slot;
+
+#define READERS 2
+
 typedef struct job {
     vmsh_backup *b;
     vmsh_source *src;
     uint64_t size;
     const run *runs;
     size_t n_runs;
-    atomic_size_t next;
+    atomic_size_t next;      /* the next run a worker takes */
+    atomic_size_t next_read; /* the next run a reader takes */
+    ring_slot *slots;
+    size_t n_slots;
+    pthread_mutex_t smu; /* the slots' state; every slot's cv is signalled on failure */
     atomic_uint_fast64_t bytes_done;
     atomic_bool failed;
     pthread_mutex_t err_mu;
@@ -257,7 +277,6 @@ typedef struct worker {
     pthread_t thread;
     crypto_ctx *crypto;
     ZSTD_CCtx *cctx;
-    uint8_t *buf;  /* RUN_CHUNKS chunks */
     uint8_t *cbuf; /* compressed */
     uint8_t *sbuf; /* sealed */
     size_t cbuf_cap;
@@ -278,6 +297,69 @@ static void job_fail(job *j, int code, vmsh_error **e)
     }
     pthread_mutex_unlock(&j->err_mu);
     atomic_store(&j->failed, true);
+    /* wake every reader and worker waiting on a slot: they stop */
+    pthread_mutex_lock(&j->smu);
+    for (size_t i = 0; i < j->n_slots; i++)
+        pthread_cond_broadcast(&j->slots[i].cv);
+    pthread_mutex_unlock(&j->smu);
+}
+
+static uint64_t run_len(const job *j, const run *ru)
+{
+    uint64_t off = ru->chunk * CHUNK_SIZE;
+    uint64_t len = (uint64_t)ru->count * CHUNK_SIZE;
+    return len > j->size - off ? j->size - off : len;
+}
+
+/* The readers: run after run into the ring, as far ahead as the slots go. */
+static void *reader_main(void *arg)
+{
+    job *j = arg;
+    for (;;) {
+        size_t i = atomic_fetch_add(&j->next_read, 1);
+        if (i >= j->n_runs)
+            break;
+        ring_slot *sl = &j->slots[i % j->n_slots];
+        pthread_mutex_lock(&j->smu);
+        while (sl->free_for < i && !atomic_load(&j->failed))
+            pthread_cond_wait(&sl->cv, &j->smu);
+        pthread_mutex_unlock(&j->smu);
+        if (atomic_load(&j->failed))
+            break;
+        const run *ru = &j->runs[i];
+        vmsh_error *e = NULL;
+        int rc =
+            vmsh_source_pread(j->src, sl->buf, (size_t)run_len(j, ru), ru->chunk * CHUNK_SIZE, &e);
+        if (rc < 0) {
+            job_fail(j, rc, &e);
+            break;
+        }
+        pthread_mutex_lock(&j->smu);
+        sl->ready = i;
+        pthread_cond_broadcast(&sl->cv);
+        pthread_mutex_unlock(&j->smu);
+    }
+    return NULL;
+}
+
+/* A worker's wait for run i's data; NULL when the job failed. */
+static const uint8_t *slot_take(job *j, size_t i)
+{
+    ring_slot *sl = &j->slots[i % j->n_slots];
+    pthread_mutex_lock(&j->smu);
+    while (sl->ready != i && !atomic_load(&j->failed))
+        pthread_cond_wait(&sl->cv, &j->smu);
+    pthread_mutex_unlock(&j->smu);
+    return atomic_load(&j->failed) ? NULL : sl->buf;
+}
+
+static void slot_release(job *j, size_t i)
+{
+    ring_slot *sl = &j->slots[i % j->n_slots];
+    pthread_mutex_lock(&j->smu);
+    sl->free_for = i + j->n_slots;
+    pthread_cond_broadcast(&sl->cv);
+    pthread_mutex_unlock(&j->smu);
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
@@ -339,16 +421,12 @@ static int store_chunk(worker *w, const uint8_t *data, size_t len, const uint8_t
     return 0;
 }
 
-static int do_run(worker *w, const run *ru, vmsh_error **err)
+/* Run `ru`, already read into `buf` by a reader. */
+static int do_run(worker *w, const run *ru, const uint8_t *buf, vmsh_error **err)
 {
     job *j = w->j;
-    uint64_t off = ru->chunk * CHUNK_SIZE;
-    uint64_t len = (uint64_t)ru->count * CHUNK_SIZE;
-    if (len > j->size - off)
-        len = j->size - off;
-    int rc = vmsh_source_pread(j->src, w->buf, (size_t)len, off, err);
-    if (rc < 0)
-        return rc;
+    uint64_t len = run_len(j, ru);
+    int rc;
     w->st.bytes_read += len;
     vmsh_repo *r = j->b->repo;
     for (uint32_t i = 0; i < ru->count; i++) {
@@ -356,7 +434,7 @@ static int do_run(worker *w, const run *ru, vmsh_error **err)
         if (coff >= len)
             break;
         size_t clen = len - coff < CHUNK_SIZE ? (size_t)(len - coff) : CHUNK_SIZE;
-        const uint8_t *data = w->buf + coff;
+        const uint8_t *data = buf + coff;
         if (all_zero(data, clen)) {
             w->st.zero_chunks++;
             continue;
@@ -396,22 +474,35 @@ static int do_run(worker *w, const run *ru, vmsh_error **err)
     return 0;
 }
 
+/* Takes the next run, waits for its data and processes it: its index, or
+ * SIZE_MAX when there is nothing left or the job failed. */
+static size_t work_one(worker *w)
+{
+    job *j = w->j;
+    if (atomic_load(&j->failed))
+        return SIZE_MAX;
+    size_t i = atomic_fetch_add(&j->next, 1);
+    if (i >= j->n_runs)
+        return SIZE_MAX;
+    const uint8_t *buf = slot_take(j, i);
+    if (!buf)
+        return SIZE_MAX;
+    vmsh_error *e = NULL;
+    int rc = do_run(w, &j->runs[i], buf, &e);
+    slot_release(j, i);
+    if (rc < 0) {
+        job_fail(j, rc, &e);
+        return SIZE_MAX;
+    }
+    return i;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     job *j = w->j;
-    while (!atomic_load(&j->failed)) {
-        size_t i = atomic_fetch_add(&j->next, 1);
-        if (i >= j->n_runs)
-            break;
-        vmsh_error *e = NULL;
-        int rc = do_run(w, &j->runs[i], &e);
-        if (rc < 0) {
-            job_fail(j, rc, &e);
-            break;
-        }
+    for (size_t i; (i = work_one(w)) != SIZE_MAX;)
         atomic_fetch_add(&j->bytes_done, (uint64_t)j->runs[i].count * CHUNK_SIZE);
-    }
     return NULL;
 }
 
@@ -421,11 +512,9 @@ static int worker_init(worker *w, job *j, vmsh_error **err)
     w->j = j;
     w->cbuf_cap = ZSTD_compressBound(CHUNK_SIZE);
     w->cctx = ZSTD_createCCtx();
-    if (posix_memalign((void **)&w->buf, 4096, RUN_CHUNKS * CHUNK_SIZE) != 0)
-        w->buf = NULL;
     w->cbuf = malloc(w->cbuf_cap);
     w->sbuf = malloc(w->cbuf_cap + GCM_OVERHEAD);
-    if (!w->cctx || !w->buf || !w->cbuf || !w->sbuf)
+    if (!w->cctx || !w->cbuf || !w->sbuf)
         return vmsh_error_set(err, -ENOMEM, "out of memory for a backup worker");
     return crypto_ctx_new(&w->crypto, &j->b->repo->keys, err);
 }
@@ -434,7 +523,6 @@ static void worker_fini(worker *w)
 {
     ZSTD_freeCCtx(w->cctx);
     crypto_ctx_free(w->crypto);
-    free(w->buf);
     free(w->cbuf);
     free(w->sbuf);
     free(w->out);
@@ -614,18 +702,39 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
              .n_runs = runs.n,
              .level = r->compression_level};
     atomic_init(&j.next, 0);
+    atomic_init(&j.next_read, 0);
     atomic_init(&j.bytes_done, 0);
     atomic_init(&j.failed, false);
     pthread_mutex_init(&j.err_mu, NULL);
+    pthread_mutex_init(&j.smu, NULL);
     unsigned nw = repo_threads(r);
     uint64_t total = 0;
     for (size_t i = 0; i < runs.n; i++)
         total += (uint64_t)runs.v[i].count * CHUNK_SIZE;
+    /* two slots per worker (one being computed, one read ahead) and one per
+     * reader: enough that the workers never wait while the readers keep up */
+    j.n_slots = 2 * (size_t)nw + READERS;
+    if (j.n_slots > runs.n)
+        j.n_slots = runs.n ? runs.n : 1;
     worker *ws = vmsh_calloc_array(nw, sizeof(*ws));
-    if (!ws) {
+    j.slots = vmsh_calloc_array(j.n_slots, sizeof(*j.slots));
+    uint8_t *ring = NULL;
+    if (posix_memalign((void **)&ring, 4096, j.n_slots * RUN_CHUNKS * CHUNK_SIZE) != 0)
+        ring = NULL;
+    if (!ws || !j.slots || !ring) {
+        free(ws);
+        free(j.slots);
+        free(ring);
         free(runs.v);
         pthread_mutex_destroy(&j.err_mu);
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
+        pthread_mutex_destroy(&j.smu);
+        return vmsh_error_set(err, -ENOMEM, "out of memory for the backup's read-ahead");
+    }
+    for (size_t i = 0; i < j.n_slots; i++) {
+        j.slots[i].buf = ring + i * RUN_CHUNKS * CHUNK_SIZE;
+        j.slots[i].free_for = i;
+        j.slots[i].ready = SIZE_MAX;
+        pthread_cond_init(&j.slots[i].cv, NULL);
     }
     unsigned started = 0;
     for (unsigned i = 0; i < nw; i++) {
@@ -642,24 +751,35 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         }
         started = i + 1;
     }
-    /* The calling thread works too, and reports progress between runs. */
-    while (started > 0 && !atomic_load(&j.failed)) {
-        size_t i = atomic_fetch_add(&j.next, 1);
-        if (i >= j.n_runs)
-            break;
-        vmsh_error *e = NULL;
-        rc = do_run(&ws[0], &j.runs[i], &e);
-        if (rc < 0) {
-            job_fail(&j, rc, &e);
+    pthread_t readers[READERS];
+    unsigned n_readers = 0;
+    for (unsigned i = 0; started > 0 && i < READERS && i < runs.n; i++) {
+        if (pthread_create(&readers[i], NULL, reader_main, &j) != 0) {
+            vmsh_error *e = NULL;
+            vmsh_error_set(&e, -EAGAIN, "cannot start a backup reader thread");
+            job_fail(&j, -EAGAIN, &e);
             break;
         }
+        n_readers++;
+    }
+    /* The calling thread works too, and reports progress between runs. */
+    for (size_t i; started > 0 && (i = work_one(&ws[0])) != SIZE_MAX;) {
         uint64_t d = atomic_fetch_add(&j.bytes_done, (uint64_t)j.runs[i].count * CHUNK_SIZE);
         if (o->progress)
             o->progress(o->progress_opaque, d + (uint64_t)j.runs[i].count * CHUNK_SIZE, total);
     }
     for (unsigned i = 1; i < started; i++)
         pthread_join(ws[i].thread, NULL);
+    for (unsigned i = 0; i < n_readers; i++)
+        pthread_join(readers[i], NULL);
     free(runs.v);
+    free(ring);
+    for (size_t i = 0; i < j.n_slots; i++)
+        pthread_cond_destroy(&j.slots[i].cv);
+    free(j.slots);
+    j.slots = NULL; /* a later job_fail (out of memory below) has no slot to wake */
+    j.n_slots = 0;
+    pthread_mutex_destroy(&j.smu);
 
     vmsh_add_stats st = {.size = size};
     size_t n_entries = 0;

@@ -1,12 +1,15 @@
 /* Unit tests of the block-source table (vmsh_source_ops): a custom kind
  * plugs in; a source whose reads fail mid-way fails only its own file and
  * leaves the pending backup usable; a source that reports dirty extents
- * drives an incremental; a source that returns bad extents is refused. */
+ * drives an incremental; a source that returns bad extents is refused; the
+ * backup's reads run ahead of its workers (issue 27 point 5). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -254,11 +257,102 @@ static void custom_kind_and_failing_reads(void **state)
     free(dir);
 }
 
+/* A source that records how many of its reads are in flight at once: each
+ * read waits (up to 2 s) for a second one to arrive, so a pipeline that
+ * reads ahead shows two at once even with a single worker. */
+typedef struct ahead {
+    fake f;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inflight, max_inflight;
+} ahead;
+
+static int ahead_pread(void *impl, void *buf, size_t len, uint64_t off, vmsh_error **err)
+{
+    ahead *a = impl;
+    pthread_mutex_lock(&a->mu);
+    a->inflight++;
+    if (a->inflight > a->max_inflight)
+        a->max_inflight = a->inflight;
+    pthread_cond_broadcast(&a->cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    while (a->max_inflight < 2 && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0)
+        ;
+    pthread_mutex_unlock(&a->mu);
+    int rc = fake_pread(&a->f, buf, len, off, err);
+    pthread_mutex_lock(&a->mu);
+    a->inflight--;
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+static void reads_run_ahead_of_the_workers(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir(), *repo = path2(dir, "repo");
+    assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
+    /* one worker: before issue 27 it read its run, then computed, so never
+     * two reads at once */
+    vmsh_repo_set_threads(r, 1);
+    vmsh_source_ops ops = fake_ops;
+    ops.pread = ahead_pread;
+    ahead a = {.f = {.data = fake_data(3), .fail_at = UINT64_MAX}};
+    pthread_mutex_init(&a.mu, NULL);
+    pthread_cond_init(&a.cv, NULL);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_new(&src, &ops, &a, SIZE, "ahead", &err), 0);
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "disk", src, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+    assert_int_equal(a.max_inflight, 2);
+    assert_int_equal(a.f.reads, SIZE); /* every byte read once */
+    char *got = NULL;
+    size_t len = 0;
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "disk", SIZE, &got, &len, &err), 0);
+    assert_int_equal(len, SIZE);
+    assert_memory_equal(got, a.f.data, SIZE);
+    free(got);
+
+    /* a read failing ahead of the worker fails the file, nothing hangs,
+     * and the pending backup goes on */
+    a.f.fail_at = SIZE - 1;
+    a.f.reads = 0;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    assert_int_equal(vmsh_backup_add_file(b, "broken", src, NULL, NULL, &err), -EIO);
+    assert_non_null(strstr(err->message, "fake device error"));
+    vmsh_error_free(err);
+    err = NULL;
+    a.f.fail_at = UINT64_MAX;
+    assert_int_equal(vmsh_backup_add_file(b, "again", src, NULL, NULL, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "", &err), 0);
+    vmsh_backup_free(b);
+    assert_int_equal(vmsh_repo_read_file(r, "latest", "again", SIZE, &got, &len, &err), 0);
+    assert_memory_equal(got, a.f.data, SIZE);
+    free(got);
+
+    vmsh_source_free(src);
+    pthread_mutex_destroy(&a.mu);
+    pthread_cond_destroy(&a.cv);
+    free(a.f.data);
+    vmsh_repo_free(r);
+    rm_rf(dir);
+    free(repo);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(custom_kind_and_failing_reads),
         cmocka_unit_test(base_chunks_must_exist),
+        cmocka_unit_test(reads_run_ahead_of_the_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
