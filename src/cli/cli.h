@@ -81,6 +81,10 @@ void vmsh_cli_debug(vmsh_cli *cli, const char *fmt, ...) __attribute__((format(p
  * `"error": null` unless it has an `error`; bytes that are not UTF-8 in its
  * strings are written as the text \\xHH. */
 void vmsh_cli_print_json(struct json_object *doc);
+/* The `store` member of a --json document: what the command moved to and
+ * from an object store (issue 26 point 4: bytes, seconds, MB/s each way),
+ * or NULL (JSON null) for a local directory. */
+struct json_object *vmsh_cli_store_json(void);
 
 /* Replays the journals of interrupted runs (R7) before a command; reports
  * what it undid, warns about what it could not. Always returns 0 (cmd_backup.c). */
@@ -89,7 +93,8 @@ int vmsh_cli_recover_first(vmsh_cli *cli);
 /* The getopt_long tables of the commands with options of their own (main
  * takes the global options out of a command's words with them). */
 extern const struct option vmsh_cli_opts_vms[], vmsh_cli_opts_init[], vmsh_cli_opts_backup[],
-    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[];
+    vmsh_cli_opts_restore[], vmsh_cli_opts_prune[], vmsh_cli_opts_extract[], vmsh_cli_opts_serve[],
+    vmsh_cli_opts_files[];
 
 /* Commands, one file each group: cmd_vms.c, cmd_repo.c, cmd_backup.c, cmd_restore.c. */
 int vmsh_cmd_vms(vmsh_cli *cli, int argc, char **argv);
@@ -105,6 +110,7 @@ int vmsh_cmd_gc(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv);
 int vmsh_cmd_serve(vmsh_cli *cli, int argc, char **argv); /* cmd_serve.c, issue 23 */
+int vmsh_cmd_files(vmsh_cli *cli, int argc, char **argv); /* cmd_files.c, issue 23 */
 /* Instant restore (cmd_jobs.c, issue 23): `jobs`, `restore --instant`,
  * the instant part of `recover` (abandon: a VM to tear down, or NULL). */
 int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv);

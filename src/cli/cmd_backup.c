@@ -319,6 +319,7 @@ int vmsh_cmd_backup(vmsh_cli *cli, int argc, char **argv)
         json_object_object_add(o, "bytes_stored",
                                json_object_new_int64((int64_t)res->bytes_stored));
         json_object_object_add(o, "writers", json_object_get(res->writers));
+        json_object_object_add(o, "store", vmsh_cli_store_json());
         json_object_object_add(
             o, "error",
             r < 0 ? vmsh_cli_error_json(vmsh_cli_exit_code(r), r, err ? err->message : "failed")

@@ -58,6 +58,7 @@ int vmsh_cmd_extract(vmsh_cli *cli, int argc, char **argv)
         json_object_object_add(o, "dest", json_object_new_string(argv[optind + 2]));
         json_object_object_add(o, "bytes_written",
                                json_object_new_int64((int64_t)st.bytes_written));
+        json_object_object_add(o, "store", vmsh_cli_store_json());
         vmsh_cli_print_json(o);
     } else {
         vmsh_cli_info(cli, "wrote %s (%llu data bytes)", argv[optind + 2],

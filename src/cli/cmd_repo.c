@@ -556,6 +556,7 @@ int vmsh_cmd_verify(vmsh_cli *cli, int argc, char **argv)
             json_object_array_add(d, x);
         }
         json_object_object_add(o, "damage", d);
+        json_object_object_add(o, "store", vmsh_cli_store_json());
         if (rep->n_damage)
             json_object_object_add(o, "error",
                                    vmsh_cli_error_json(VMSH_EXIT_DAMAGED, -EBADMSG,

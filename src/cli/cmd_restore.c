@@ -280,6 +280,7 @@ int vmsh_cmd_restore(vmsh_cli *cli, int argc, char **argv)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "backup", json_object_new_string(res->backup_id));
         json_object_object_add(o, "vms", json_object_get(done));
+        json_object_object_add(o, "store", vmsh_cli_store_json());
         json_object_object_add(
             o, "error",
             r < 0 ? vmsh_cli_error_json(vmsh_cli_exit_code(res->damaged ? -EBADMSG : r), r,

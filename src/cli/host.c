@@ -41,6 +41,41 @@ static void cb_end(void *opaque, vmsh_requestor_actor actor, const char *who, co
                        result == 0 ? "ok" : strerror(-result), (long long)ms);
 }
 
+static void dir_json(json_object *o, const char *dir, uint64_t bytes, double secs)
+{
+    char k[32];
+    snprintf(k, sizeof(k), "bytes_%s", dir);
+    json_object_object_add(o, k, json_object_new_int64((int64_t)bytes));
+    snprintf(k, sizeof(k), "%s_seconds", dir);
+    json_object_object_add(o, k, json_object_new_double(secs));
+    snprintf(k, sizeof(k), "%s_mb_per_s", dir);
+    json_object_object_add(o, k, json_object_new_double(secs > 0 ? bytes / secs / 1e6 : 0));
+}
+
+json_object *vmsh_cli_store_json(void)
+{
+    vmsh_store_traffic t;
+    vmsh_repo_store_traffic(&t);
+    if (!t.bytes_up && !t.bytes_down)
+        return NULL;
+    json_object *o = json_object_new_object();
+    dir_json(o, "up", t.bytes_up, t.up_seconds);
+    dir_json(o, "down", t.bytes_down, t.down_seconds);
+    return o;
+}
+
+/* The store's throughput for a progress line, "" for a local directory. */
+static void store_rate(char *out, size_t n, bool restore)
+{
+    vmsh_store_traffic t;
+    vmsh_repo_store_traffic(&t);
+    uint64_t b = restore ? t.bytes_down : t.bytes_up;
+    double s = restore ? t.down_seconds : t.up_seconds;
+    out[0] = 0;
+    if (b && s > 0)
+        snprintf(out, n, ", store %s %.0f MB/s", restore ? "read" : "upload", b / s / 1e6);
+}
+
 /* A progress line on stderr, only when it is a terminal (CLI.md). */
 static void cb_progress(void *opaque, const char *file, uint64_t done, uint64_t total)
 {
@@ -50,16 +85,18 @@ static void cb_progress(void *opaque, const char *file, uint64_t done, uint64_t 
         return;
     ev->last_ms = now;
     ev->shown = true;
+    char rate[64];
+    store_rate(rate, sizeof(rate), ev->restore);
     if (ev->restore) {
         char d[32], t[32];
         vmsh_cli_format_bytes(done, d, sizeof(d));
         vmsh_cli_format_bytes(total, t, sizeof(t));
-        fprintf(stderr, "\r%s: %3d%% (%s of %s)   ", file, total ? (int)(done * 100 / total) : 100,
-                d, t);
+        fprintf(stderr, "\r%s: %3d%% (%s of %s%s)   ", file,
+                total ? (int)(done * 100 / total) : 100, d, t, rate);
         return;
     }
-    fprintf(stderr, "\r%s: %3u%% of %.1f MiB", file, total ? (unsigned)(done * 100 / total) : 100u,
-            (double)total / (1024.0 * 1024.0));
+    fprintf(stderr, "\r%s: %3u%% of %.1f MiB%s   ", file,
+            total ? (unsigned)(done * 100 / total) : 100u, (double)total / (1024.0 * 1024.0), rate);
     fflush(stderr);
 }
 

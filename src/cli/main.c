@@ -44,6 +44,8 @@ static const struct {
      vmsh_cli_opts_extract},
     {"serve", vmsh_cmd_serve, "serve a VM's disks of a backup read-only over NBD",
      vmsh_cli_opts_serve},
+    {"files", vmsh_cmd_files, "list and copy out files of a VM's disks in a backup",
+     vmsh_cli_opts_files},
     {"jobs", vmsh_cmd_jobs, "instant restores in progress and their pulls", NULL},
     {"status", vmsh_cmd_status, "last runs, repository size, oldest/newest backup per VM", NULL},
 };

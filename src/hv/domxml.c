@@ -40,6 +40,17 @@ static void disk_clear(vmsh_domxml_disk *d)
     free(d->protocol);
     free(d->pool);
     free(d->volume);
+    free(d->net_name);
+    for (size_t i = 0; i < d->n_hosts; i++) {
+        free(d->hosts[i].name);
+        free(d->hosts[i].port);
+        free(d->hosts[i].transport);
+        free(d->hosts[i].socket);
+    }
+    free(d->hosts);
+    free(d->net_config);
+    free(d->net_snapshot);
+    free(d->auth_user);
 }
 
 void vmsh_domxml_free(vmsh_domxml *x)
@@ -133,6 +144,37 @@ static char *network_source(xmlNodePtr src)
     return n < 0 ? NULL : r;
 }
 
+/* The parts of a network source a QEMU of our own needs to open it
+ * (vmsh_hv_netdisk_spec); at most 16 hosts (libvirt's RBD and Gluster
+ * take a few monitors or servers). -ENOMEM. */
+#define MAX_NET_HOSTS 16
+static int network_parts(xmlNodePtr disk, xmlNodePtr src, vmsh_domxml_disk *d)
+{
+    d->net_name = attr(src, "name");
+    d->net_config = attr(child(src, "config"), "file");
+    d->net_snapshot = attr(child(src, "snapshot"), "name");
+    xmlNodePtr auth = child(src, "auth");
+    d->auth_user = attr(auth ? auth : child(disk, "auth"), "username");
+    size_t n = 0;
+    for (xmlNodePtr c = src ? src->children : NULL; c; c = c->next)
+        if (is_element(c, "host") && n < MAX_NET_HOSTS)
+            n++;
+    if (n == 0)
+        return 0;
+    if (!(d->hosts = calloc(n, sizeof(*d->hosts))))
+        return -ENOMEM;
+    for (xmlNodePtr c = src->children; c && d->n_hosts < n; c = c->next) {
+        if (!is_element(c, "host"))
+            continue;
+        vmsh_domxml_host *h = &d->hosts[d->n_hosts++];
+        h->name = attr(c, "name");
+        h->port = attr(c, "port");
+        h->transport = attr(c, "transport");
+        h->socket = attr(c, "socket");
+    }
+    return 0;
+}
+
 static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
 {
     d->type = attr(n, "type");
@@ -159,6 +201,8 @@ static int parse_disk(xmlNodePtr n, vmsh_domxml_disk *d)
         d->protocol = attr(src, "protocol");
         d->source = src ? network_source(src) : NULL;
         d->kind = VMSH_DISK_NETWORK;
+        if (network_parts(n, src, d) < 0)
+            return -ENOMEM;
     } else if (strcmp(type, "nvme") == 0) {
         xmlNodePtr addr = child(src, "address");
         _cleanup_free_ char *dom = attr(addr, "domain"), *bus = attr(addr, "bus"),

@@ -311,6 +311,19 @@ static xmlNodePtr host_part(xmlNodePtr n, const vmsh_domxml_edit *e, char **what
 static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
 {
     xmlNodePtr src = child(disk, "source");
+    xmlNodePtr net_src = NULL;
+    if (rp->backing && rp->backing_network && src) {
+        /* the network source, with its credentials, goes below the overlay
+         * as it is: libvirt opens it there as it did on top */
+        xmlUnlinkNode(src);
+        net_src = src;
+        src = NULL;
+        xmlNodePtr auth = child(disk, "auth");
+        if (auth && !child(net_src, "auth")) {
+            xmlUnlinkNode(auth);
+            xmlAddChild(net_src, auth);
+        }
+    }
     if (rp->in_place) {
         /* the device written: type='block', its node and nothing else (QEMU
          * opens it with its host_device driver) */
@@ -336,19 +349,27 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
         /* overlay -> backing image -> the image's own chain, if any */
         xmlNodePtr bs = xmlNewChild(disk, NULL, (const xmlChar *)"backingStore", NULL);
         xmlNodePtr fmt = bs ? xmlNewChild(bs, NULL, (const xmlChar *)"format", NULL) : NULL;
-        xmlNodePtr bsrc = bs ? xmlNewChild(bs, NULL, (const xmlChar *)"source", NULL) : NULL;
+        xmlNodePtr bsrc = !bs       ? NULL
+                          : net_src ? xmlAddChild(bs, net_src)
+                                    : xmlNewChild(bs, NULL, (const xmlChar *)"source", NULL);
+        if (bsrc == net_src)
+            net_src = NULL; /* the document's now */
         if (!bsrc || !fmt) {
             xmlFreeNode(old_chain);
+            xmlFreeNode(net_src);
             return -ENOMEM;
         }
         /* QEMU opens a device node with its host_device driver, which
          * libvirt picks for type='block' (issue 25) */
         xmlSetProp(bs, (const xmlChar *)"type",
-                   (const xmlChar *)(rp->backing_block ? "block" : "file"));
+                   (const xmlChar *)(rp->backing_network ? "network"
+                                     : rp->backing_block ? "block"
+                                                         : "file"));
         xmlSetProp(fmt, (const xmlChar *)"type",
                    (const xmlChar *)(rp->backing_format ? rp->backing_format : "raw"));
-        xmlSetProp(bsrc, (const xmlChar *)(rp->backing_block ? "dev" : "file"),
-                   (const xmlChar *)rp->backing);
+        if (!rp->backing_network)
+            xmlSetProp(bsrc, (const xmlChar *)(rp->backing_block ? "dev" : "file"),
+                       (const xmlChar *)rp->backing);
         if (old_chain && child(old_chain, "source"))
             xmlAddChild(bs, old_chain);
         else

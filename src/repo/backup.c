@@ -909,14 +909,22 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
     }
     /* its index objects are still there (a gc's sweep of unreferenced ones
-     * runs only when no session is live: docs/formats/gc.md, "Why it is
-     * safe", index objects): never a manifest naming a missing one */
+     * runs only when no session is live, and holds locks/write exclusively:
+     * this check and the manifest's put hold it shared, so no sweep deletes
+     * between them: docs/formats/gc.md, "Index objects"): never a manifest
+     * naming a missing one */
+    vmsh_lock *cl = NULL;
+    if ((rc = repo_commit_lock(b->repo, &cl, err)) < 0) {
+        b->broken = true;
+        return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
+    }
     for (size_t i = 0; i < b->n_files; i++) {
         char ip[160];
         snprintf(ip, sizeof(ip), "index/%.2s/%s", b->files[i].index, b->files[i].index);
         vmsh_error *e = NULL;
         if ((rc = b->repo->store->ops->stat(b->repo->store, ip, NULL, &e)) < 0) {
             vmsh_error_free(e);
+            vmsh_lock_free(cl);
             b->broken = true;
             return vmsh_error_set(err, rc == -ENOENT ? -EAGAIN : rc,
                                   "cannot commit backup %s: its index of %s (%s) vanished "
@@ -952,10 +960,12 @@ int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)
     _cleanup_free_ char *path = manifest_path(b->repo->path, b->id);
     if (!path) {
         json_object_put(m);
+        vmsh_lock_free(cl);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     rc = object_write(b->repo, path, OBJ_MANIFEST, text, strlen(text), err);
     json_object_put(m);
+    vmsh_lock_free(cl);
     if (rc < 0)
         return vmsh_error_prefix(err, "cannot commit backup %s", b->id);
     b->committed = true;

@@ -797,6 +797,13 @@ static int merge_named(vmsh_repo *r, const ci_key *k, const run_names *l, const 
         rc = ci_writer_new(r, k, false, &w, err);
     for (size_t i = 0; rc == 0 && i < nc; i++)
         rc = cursor_fill(&cs[i], k, buf, err);
+    /* gc's merges (r->ci_disfavor set) keep one entry per chunk ID,
+     * preferring a pack outside the set (a marked or repacked one): a run
+     * answers a lookup with one of its entries, so a copy written by a
+     * repack or stored again must not hide behind the old pack's entry
+     * (docs/formats/gc.md, "Repacking") */
+    ci_entry pend;
+    bool have = false;
     while (rc == 0) {
         cursor *m = NULL;
         for (size_t i = 0; i < nc; i++)
@@ -805,7 +812,18 @@ static int merge_named(vmsh_repo *r, const ci_key *k, const run_names *l, const 
         if (!m)
             break;
         const ci_entry *e = &m->e[m->pos];
-        if (!keep || keep(opaque, e)) {
+        if ((!keep || keep(opaque, e)) && r->ci_disfavor) {
+            if (have && memcmp(pend.id, e->id, 32) == 0) {
+                if (gc_marks_find(r->ci_disfavor, pend.pack) &&
+                    !gc_marks_find(r->ci_disfavor, e->pack))
+                    pend = *e;
+            } else {
+                if (have && (rc = ci_writer_add(w, &pend, err)) == 0 && w->in_blk == 0)
+                    merge_test_delay();
+                pend = *e;
+                have = true;
+            }
+        } else if (!keep || keep(opaque, e)) {
             rc = ci_writer_add(w, e, err);
             if (w->in_blk == 0)
                 merge_test_delay();
@@ -814,6 +832,8 @@ static int merge_named(vmsh_repo *r, const ci_key *k, const run_names *l, const 
         if (rc == 0)
             rc = cursor_fill(m, k, buf, err);
     }
+    if (rc == 0 && have)
+        rc = ci_writer_add(w, &pend, err);
     for (size_t i = 0; i < nc; i++)
         run_free(cs[i].run);
     free(cs);

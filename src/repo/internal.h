@@ -218,8 +218,13 @@ typedef struct pack_info {
      * (before a backup dedupes against it), table_ok when its table was
      * read and found sound (before a reader reads a blob of it) */
     bool stat_ok, table_ok;
-    /* gc (maint.c): a manifest references a chunk found in it */
+    /* gc (maint.c): a manifest references a chunk found in it; the bytes
+     * of the references found in it (counted per reference); its live
+     * chunks are being copied into new packs (docs/formats/gc.md,
+     * "Repacking") */
     bool gc_ref;
+    bool gc_repack;
+    uint64_t gc_live;
     /* a pending backup's view of gc's marks (session.c): 0 not looked up
      * yet, 1 not condemned, 2 condemned (never deduplicated against) */
     uint8_t condemned;
@@ -335,7 +340,19 @@ struct vmsh_repo {
     /* gc's mark phase: lookups prefer copies outside `condemned` (then
      * gc's marks), and take a condemned copy rather than none */
     bool gc_marking;
+    /* gc's merges of runs: one entry per chunk, preferring packs outside
+     * this set (chunkindex.c, merge_named); NULL: every entry kept */
+    const gc_marks *ci_disfavor;
+    /* tests: called by gc's sweep before it deletes an index object it
+     * listed (the race of docs/formats/gc.md, "Index objects") */
+    void (*gc_sweep_hook)(void *opaque, const char *path);
+    void *gc_sweep_hook_opaque;
 };
+
+/* A writer's commit takes locks/write shared for its last check of its
+ * index objects and its manifest's put, waiting while a gc sweeps (which
+ * holds it exclusively): docs/formats/gc.md, "Index objects". */
+int repo_commit_lock(vmsh_repo *r, vmsh_lock **out, vmsh_error **err);
 
 int repo_load_map(vmsh_repo *r, vmsh_error **err);
 /* The location of chunk `id` (after repo_load_map): this process's new

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 /* ---- prune ---- */
 
@@ -211,6 +212,8 @@ static int sweep_entry(void *opaque, const char *name, repo_store_kind kind,
                     bsearch(name, sw->indexes->v, sw->indexes->n, sizeof(*sw->indexes->v), cmp65));
     if (garbage && latest_ms(s) >= sw->cutoff_ms)
         garbage = false; /* young: a writer's, that started after gc looked */
+    if (garbage && sw->indexes && sw->r->gc_sweep_hook)
+        sw->r->gc_sweep_hook(sw->r->gc_sweep_hook_opaque, p);
     if (garbage && sw->r->store->ops->del(sw->r->store, p, NULL) == 0) {
         if (is_tmp_name(name))
             sw->st->tmp_deleted++;
@@ -261,14 +264,120 @@ static int gc_refuse(vmsh_error **err, vmsh_error **e, int rc, const char *backu
     return rc;
 }
 
+/* Repacking (docs/formats/gc.md, "Repacking"): a referenced pack whose
+ * referenced bytes are below REPACK_LIVE_PERCENT of its size has its live
+ * chunks copied into new packs, written with a chunk-index run naming
+ * them, before the old pack is marked like an unreferenced one. */
+#define REPACK_LIVE_PERCENT 50
+
+typedef struct repacker {
+    vmsh_repo *r;
+    pack_writer *pw;
+    chunk_reader *cr;
+    crypto_ctx *crypto;
+    ZSTD_CCtx *cctx;
+    uint8_t *raw, *cbuf, *sbuf;
+    size_t cbuf_cap;
+    uint64_t copied, bytes;
+} repacker;
+
+static void repacker_free(repacker *rp)
+{
+    pack_writer_free(rp->pw);
+    chunk_reader_free(rp->cr);
+    crypto_ctx_free(rp->crypto);
+    ZSTD_freeCCtx(rp->cctx);
+    free(rp->raw);
+    free(rp->cbuf);
+    free(rp->sbuf);
+}
+
+static int repacker_init(repacker *rp, vmsh_repo *r, vmsh_error **err)
+{
+    *rp = (repacker){.r = r};
+    rp->cbuf_cap = ZSTD_compressBound(CHUNK_SIZE);
+    rp->raw = malloc(CHUNK_SIZE);
+    rp->cbuf = malloc(rp->cbuf_cap);
+    rp->sbuf = malloc(rp->cbuf_cap + GCM_OVERHEAD);
+    rp->cctx = ZSTD_createCCtx();
+    if (!rp->raw || !rp->cbuf || !rp->sbuf || !rp->cctx)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    int rc;
+    if ((rc = crypto_ctx_new(&rp->crypto, &r->keys, err)) < 0 ||
+        (rc = chunk_reader_new(&rp->cr, r, err)) < 0 || (rc = pack_writer_new(&rp->pw, r, err)) < 0)
+        return rc;
+    return 0;
+}
+
+/* Copies the chunk at `loc` (read and checked as a restore does) into the
+ * new packs, and makes later lookups of this gc find the copy. */
+static int repack_chunk(repacker *rp, const chunk_loc *loc, vmsh_error **err)
+{
+    vmsh_repo *r = rp->r;
+    int rc = chunk_reader_read(rp->cr, loc, rp->raw, err);
+    if (rc < 0)
+        return rc;
+    chunk_loc nl = {.raw_len = loc->raw_len, .kind = BLOB_RAW};
+    memcpy(nl.id, loc->id, ID_LEN);
+    const uint8_t *blob = rp->raw;
+    size_t blen = loc->raw_len;
+    if (loc->kind == BLOB_ZSTD) {
+        size_t c = ZSTD_compressCCtx(rp->cctx, rp->cbuf, rp->cbuf_cap, rp->raw, loc->raw_len, 3);
+        if (!ZSTD_isError(c) && c < blen) {
+            blob = rp->cbuf;
+            blen = c;
+            nl.kind = BLOB_ZSTD;
+        }
+    }
+    if (r->keys.encrypted) {
+        if (crypto_seal(rp->crypto, blob, blen, nl.id, ID_LEN, rp->sbuf) < 0)
+            return vmsh_error_set(err, -EIO, "cannot encrypt a chunk");
+        blob = rp->sbuf;
+        blen += GCM_OVERHEAD;
+    }
+    nl.stored_len = (uint32_t)blen;
+    if ((rc = pack_writer_add(rp->pw, &nl, blob, err)) < 0)
+        return rc;
+    chunk_loc *slot = NULL;
+    pthread_mutex_lock(&r->lock);
+    rc = chunk_map_insert(&r->map, &nl, &slot);
+    if (rc == 0 && slot)
+        *slot = nl;
+    r->packs[nl.pack].gc_ref = true;
+    pthread_mutex_unlock(&r->lock);
+    if (rc < 0)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    rp->copied++;
+    rp->bytes += blen;
+    return 0;
+}
+
+/* The chunk index's runs opened again: concurrent writers merge runs (the
+ * merged one durable before the old ones go). */
+static int ci_refresh(vmsh_repo *r, vmsh_error **err)
+{
+    ci_set *ns = NULL;
+    int rc = ci_set_open(r, &ns, err);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&r->lock);
+    ci_set *old = r->ci;
+    r->ci = ns;
+    pthread_mutex_unlock(&r->lock);
+    ci_set_free(old);
+    return 0;
+}
+
 /* The mark phase with bounded memory (issue 27, point 2): every manifest,
  * one index at a time, each chunk looked up in the chunk index; the packs
  * that hold a referenced chunk get gc_ref. Memory: the packs (a few bytes
  * each), one index, the names of the live index objects. */
-static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, vmsh_error **err)
+static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, repacker *rp,
+                     vmsh_error **err)
 {
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
     size_t n = 0;
+    unsigned refreshes = 0;
     int rc = repo_list_ids(r, &ids, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         vmsh_backup_info *b = NULL;
@@ -296,7 +405,7 @@ static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, vmsh_er
                 rc = gc_refuse(err, &e, rc, b->id, b->files[f].name);
                 break;
             }
-            if (name_add(indexes, b->files[f].index) < 0)
+            if (!rp && name_add(indexes, b->files[f].index) < 0)
                 rc = vmsh_error_set(err, -ENOMEM, "out of memory");
             uint8_t last[ID_LEN] = {0};
             for (size_t k = 0; rc == 0 && k < idx->count; k++) {
@@ -304,27 +413,134 @@ static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, vmsh_er
                     continue; /* a run of equal chunks: one lookup */
                 memcpy(last, idx->entries[k].id, ID_LEN);
                 chunk_loc loc;
-                int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, err);
+                vmsh_error *fe = NULL;
+                int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, &fe);
+                if (fr < 0 && fr != -ENOMEM && refreshes < 3) {
+                    /* a run merged away by a writer since gc opened the
+                     * runs (its entries are in the merged one, durable
+                     * before it went): the runs again, the lookup again */
+                    vmsh_error_free(fe);
+                    fe = NULL;
+                    refreshes++;
+                    if ((fr = ci_refresh(r, &fe)) == 0)
+                        fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, &fe);
+                }
                 if (fr < 0) {
+                    vmsh_error_propagate(err, &fe);
                     rc = fr;
                     break;
                 }
+                vmsh_error_free(fe);
                 if (fr == 0) {
                     (*missing)++; /* damage: verify reports it; gc then deletes nothing */
                     continue;
                 }
                 pthread_mutex_lock(&r->lock);
-                r->packs[loc.pack].gc_ref = true;
+                bool copy = rp && loc.pack < r->n_packs && r->packs[loc.pack].gc_repack;
+                if (!rp) {
+                    r->packs[loc.pack].gc_ref = true;
+                    r->packs[loc.pack].gc_live += loc.stored_len;
+                }
                 pthread_mutex_unlock(&r->lock);
+                if (copy && (rc = repack_chunk(rp, &loc, err)) < 0)
+                    break;
             }
             vmsh_file_index_free(idx);
         }
         vmsh_backup_info_free(b);
     }
     free(ids);
-    if (rc == 0 && indexes->n)
+    if (rc == 0 && !rp && indexes->n)
         qsort(indexes->v, indexes->n, sizeof(*indexes->v), cmp65);
     return rc;
+}
+
+/* Picks the sparse packs (referenced, not marked, older than any live
+ * writer, their references below REPACK_LIVE_PERCENT of their size),
+ * copies their live chunks into new packs and writes a run naming the
+ * copies: all durable before the caller marks the old packs. A failure
+ * leaves the old packs unmarked (the copies are garbage for a later gc). */
+static int repack(vmsh_repo *r, const gc_marks *old, int64_t young, uint64_t *packs,
+                  vmsh_gc_stats *st, vmsh_error **err)
+{
+    *packs = 0;
+    if (!r->ci || r->legacy)
+        return 0;
+    uint64_t target = r->pack_target ? r->pack_target : PACK_TARGET_DEFAULT;
+    pthread_mutex_lock(&r->lock);
+    size_t n = r->n_packs;
+    pthread_mutex_unlock(&r->lock);
+    for (size_t i = 0; i < n; i++) {
+        char name[33];
+        pthread_mutex_lock(&r->lock);
+        bool cand = r->packs[i].gc_ref && r->packs[i].gc_live * 100 < target * REPACK_LIVE_PERCENT;
+        uint64_t live = r->packs[i].gc_live;
+        memcpy(name, r->packs[i].name, sizeof(name));
+        pthread_mutex_unlock(&r->lock);
+        uint8_t bin[16];
+        if (!cand || vmsh_unhex(name, bin, 16) < 0 || gc_marks_find(old, bin))
+            continue;
+        char path[64];
+        snprintf(path, sizeof(path), "packs/%.2s/%s.pack", name, name);
+        repo_store_stat sst = {0};
+        if (r->store->ops->stat(r->store, path, &sst, NULL) < 0 || latest_ms(&sst) >= young ||
+            live * 100 >= sst.size * REPACK_LIVE_PERCENT)
+            continue;
+        pthread_mutex_lock(&r->lock);
+        r->packs[i].gc_repack = true;
+        pthread_mutex_unlock(&r->lock);
+        (*packs)++;
+    }
+    if (*packs == 0)
+        return 0;
+    repacker rp;
+    size_t mark = r->map.count;
+    name_set unused = {0};
+    uint64_t missing = 0;
+    int rc = repacker_init(&rp, r, err);
+    if (rc == 0)
+        rc = mark_refs(r, &unused, &missing, &rp, err);
+    if (rc == 0)
+        rc = pack_writer_flush(rp.pw, err);
+    if (rc == 0)
+        rc = r->store->ops->sync(r->store, "packs", err);
+    if (rc == 0) {
+        /* the run naming the copies, as a backup's commit writes it */
+        size_t nn = r->map.count > mark ? r->map.count - mark : 0;
+        ci_entry *e = vmsh_calloc_array(nn ? nn : 1, sizeof(*e));
+        size_t k = 0;
+        if (!e)
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        for (size_t i = mark; rc == 0 && i < r->map.count; i++) {
+            const chunk_loc *l = &r->map.locs[i];
+            if (l->pack == CHUNK_PENDING || l->pack >= r->n_packs)
+                continue;
+            memcpy(e[k].id, l->id, ID_LEN);
+            vmsh_unhex(r->packs[l->pack].name, e[k].pack, 16);
+            e[k].offset = l->offset;
+            e[k].stored_len = l->stored_len;
+            e[k].raw_len = l->raw_len;
+            e[k].kind = l->kind;
+            k++;
+        }
+        ci_key key;
+        ci_key_init(&key, &r->keys);
+        if (rc == 0 && k)
+            rc = ci_write_entries(r, &key, e, k, err);
+        if (rc == 0)
+            rc = r->store->ops->sync(r->store, "index", err);
+        free(e);
+    }
+    repacker_free(&rp);
+    free(unused.v);
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++)
+            r->packs[i].gc_repack = false;
+        *packs = 0;
+        return vmsh_error_prefix(err, "gc: repacking the sparse packs");
+    }
+    (void)st;
+    return 0;
 }
 
 static int cmp16(const void *a, const void *b)
@@ -368,7 +584,7 @@ static int ensure_runs(vmsh_repo *r, vmsh_error **err)
 static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, vmsh_error **err)
 {
     gc_sessions ss = {0};
-    gc_marks old = {0}, nm = {0};
+    gc_marks old = {0}, nm = {0}, dis = {0};
     name_set indexes = {0};
     dead_set ds = {0};
     char(*names)[33] = NULL;
@@ -393,11 +609,12 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     gc_marks_clear(&r->condemned); /* a backup's view, on this handle */
     r->condemned = old;
     r->gc_marking = true;
-    rc = mark_refs(r, &indexes, &missing, err);
-    r->gc_marking = false;
-    r->condemned = (gc_marks){0};
-    if (rc < 0)
+    rc = mark_refs(r, &indexes, &missing, NULL, err);
+    if (rc < 0) {
+        r->gc_marking = false;
+        r->condemned = (gc_marks){0};
         goto out;
+    }
     bool may_delete = missing == 0 && !ss.bad_pin;
     for (size_t i = 0; i < ss.n_pins && may_delete; i++) {
         char mp[32];
@@ -410,6 +627,18 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     }
     if (!may_delete)
         st->deletion_held++;
+    int64_t young = (ss.oldest_start_ms < now ? ss.oldest_start_ms : now) - p->margin_ms;
+    /* sparse packs: their live chunks copied (and a run naming the copies
+     * durable) before they are marked below (gc.md, "Repacking"); the
+     * lookups still prefer copies outside the marked packs */
+    uint64_t n_repack = 0;
+    if (may_delete && (rc = repack(r, &old, young, &n_repack, st, err)) < 0) {
+        r->gc_marking = false;
+        r->condemned = (gc_marks){0};
+        goto out;
+    }
+    r->gc_marking = false;
+    r->condemned = (gc_marks){0};
     /* 3. the packs: unreferenced ones are marked, marked ones deleted when
      * the grace has passed and every live writer started after the mark */
     if ((rc = repo_pack_names(r, &names, &n_names, err)) < 0)
@@ -419,7 +648,6 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    int64_t young = (ss.oldest_start_ms < now ? ss.oldest_start_ms : now) - p->margin_ms;
     for (size_t i = 0; i < n_names; i++) {
         uint8_t bin[16];
         if (vmsh_unhex(names[i], bin, 16) < 0)
@@ -430,8 +658,17 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
             goto out;
         }
         pthread_mutex_lock(&r->lock);
-        bool ref = r->packs[no].gc_ref;
+        bool ref = r->packs[no].gc_ref, repacked = r->packs[no].gc_repack;
         pthread_mutex_unlock(&r->lock);
+        if (repacked) {
+            /* its live chunks have copies now: marked like garbage, so
+             * that it goes a grace period later (gc.md, "Repacking") */
+            if ((rc = gc_marks_add(&nm, bin, -1)) < 0)
+                break;
+            st->packs_rewritten++;
+            st->packs_marked++;
+            continue;
+        }
         if (ref)
             continue; /* referenced: a mark on it is dropped */
         const gc_mark *m = gc_marks_find(&old, bin);
@@ -469,6 +706,19 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         rc = vmsh_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
+    /* the merges below keep one entry per chunk, not one of a marked or
+     * repacked pack when another copy exists */
+    for (size_t i = 0; i < old.n; i++)
+        if ((rc = gc_marks_add(&dis, old.v[i].pack, old.v[i].t_ms)) < 0)
+            break;
+    for (size_t i = 0; rc == 0 && i < nm.n; i++)
+        rc = gc_marks_add(&dis, nm.v[i].pack, nm.v[i].t_ms);
+    if (rc < 0) {
+        rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    gc_marks_sort(&dis);
+    r->ci_disfavor = &dis;
     /* 4. deletions (no restore, verify or serve runs: vmsh_repo_gc holds
      * the read lock) */
     if (ds.n) {
@@ -505,6 +755,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
             (nruns > CI_MERGE_RUNS && (rc = ci_merge_all(r, &k, NULL, NULL, err)) < 0))
             goto out;
     }
+    r->ci_disfavor = NULL;
     /* 5. the marks: first with their times unfixed (-1: never deletable),
      * then with the time after that write is complete, so that a writer
      * that started before the stamp has read the marks or is live for the
@@ -552,10 +803,12 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         r->store->ops->sync(r->store, dirs[i], NULL);
     rc = 0;
 out:
+    r->ci_disfavor = NULL;
     repo_map_forget(r);
     gc_sessions_clear(&ss);
     gc_marks_clear(&old);
     gc_marks_clear(&nm);
+    gc_marks_clear(&dis);
     free(indexes.v);
     free(ds.v);
     free(names);

@@ -265,17 +265,31 @@ static void *heartbeat_main(void *arg)
 
 /* This host's clock against the store's: the modification time of object
  * `name`, just put between `before` and now, is the store's clock (the
- * POSIX store: this kernel's; S3: the server's Last-Modified). Beyond the
- * margin, gc's time rules are void. */
+ * POSIX store: this kernel's; S3: the server's Last-Modified), or the
+ * store's own clock read through it (RADOS: the OSD's, since its object
+ * times are the client's). Beyond the margin, gc's time rules are void. */
 static int skew_of(vmsh_repo *r, const repo_gc_params_t *p, const char *name, int64_t before,
                    vmsh_error **err)
 {
-    repo_store_stat st = {0};
-    int rc = r->store->ops->stat(r->store, name, &st, err);
-    if (rc < 0)
-        return rc;
+    /* a store whose object times are the client's (RADOS) reads its own
+     * clock another way (store.h, clock) */
+    int64_t store_ms = 0;
+    int rc = -EOPNOTSUPP;
+    if (r->store->ops->clock) {
+        vmsh_error *e = NULL;
+        if ((rc = r->store->ops->clock(r->store, name, &store_ms, &e)) < 0 && rc != -EOPNOTSUPP) {
+            vmsh_error_propagate(err, &e);
+            return rc;
+        }
+        vmsh_error_free(e);
+    }
+    if (rc == -EOPNOTSUPP) {
+        repo_store_stat st = {0};
+        if ((rc = r->store->ops->stat(r->store, name, &st, err)) < 0)
+            return rc;
+        store_ms = st.mtime_ns / 1000000;
+    }
     int64_t after = repo_now_ms(r);
-    int64_t store_ms = st.mtime_ns / 1000000;
     /* stores with whole seconds round down */
     int64_t lo = before - p->margin_ms - 1000, hi = after + p->margin_ms;
     if (store_ms >= lo && store_ms <= hi)
@@ -581,4 +595,27 @@ bool repo_pack_condemned(vmsh_repo *r, uint32_t no)
             pi->condemned = 2;
     }
     return pi->condemned == 2;
+}
+
+int repo_commit_lock(vmsh_repo *r, vmsh_lock **out, vmsh_error **err)
+{
+    /* a sweep lasts a listing of index/ and its deletes: wait for it, with
+     * a bound so that a stalled one never hangs a backup */
+    unsigned waited_ms = 0, step = 50;
+    for (;;) {
+        vmsh_error *e = NULL;
+        int rc = repo_lock(r, "write", false, out, &e);
+        if (rc != -EBUSY || waited_ms >= 600u * 1000) {
+            if (rc < 0)
+                vmsh_error_propagate(err, &e);
+            else
+                vmsh_error_free(e);
+            return rc;
+        }
+        vmsh_error_free(e);
+        usleep(step * 1000);
+        waited_ms += step;
+        if (step < 1000)
+            step *= 2;
+    }
 }

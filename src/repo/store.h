@@ -109,6 +109,14 @@ typedef struct repo_store_ops {
                 vmsh_error **err);
 
     void (*free)(repo_store *s);
+
+    /* Optional (NULL, or -EOPNOTSUPP): the store's own clock now, in ms
+     * since the epoch, read through object `name` (which exists), for a
+     * store whose modification times are not its own clock. RADOS: the
+     * object times are the client's, so the OSD's clock is read through a
+     * cls_lock lease (docs/formats/gc.md, "Times"). Without it, an
+     * object's modification time is the store's clock. */
+    int (*clock)(repo_store *s, const char *name, int64_t *ms, vmsh_error **err);
 } repo_store_ops;
 
 struct repo_store {

@@ -25,6 +25,7 @@ static const char *const opt_keys[] = {
     "store-threads",
     "store-timeout",
     "store-readahead",
+    "store-prefetch",
     "ceph-conf",
     "ceph-user",
     "ceph-keyring",
@@ -100,6 +101,123 @@ void obj_backoff(unsigned attempt)
     nanosleep(&ts, NULL);
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void ctr_add(uint64_t *c, uint64_t v)
+{
+    __atomic_fetch_add(c, v, __ATOMIC_RELAXED);
+}
+
+/* The process's totals (vmsh_repo_store_traffic): per direction, bytes,
+ * requests, and the time during which at least one request was in flight
+ * (an interval opens when the first starts, closes when the last ends). */
+typedef struct dir_traffic {
+    uint64_t bytes, ops, busy_ns, since;
+    unsigned active;
+} dir_traffic;
+static pthread_mutex_t traffic_mu = PTHREAD_MUTEX_INITIALIZER;
+static dir_traffic traffic_up, traffic_down;
+
+static void traffic_begin(dir_traffic *t, uint64_t now)
+{
+    pthread_mutex_lock(&traffic_mu);
+    if (t->active++ == 0)
+        t->since = now;
+    pthread_mutex_unlock(&traffic_mu);
+}
+
+static void traffic_end(dir_traffic *t, uint64_t now, bool ok, uint64_t bytes)
+{
+    pthread_mutex_lock(&traffic_mu);
+    t->bytes += bytes;
+    t->ops += ok ? 1 : 0;
+    if (--t->active == 0)
+        t->busy_ns += now - t->since;
+    pthread_mutex_unlock(&traffic_mu);
+}
+
+static double busy_s(const dir_traffic *t, uint64_t now)
+{
+    return (double)(t->busy_ns + (t->active ? now - t->since : 0)) / 1e9;
+}
+
+static void buf_recycle(obj_store *s, uint8_t *buf, size_t cap);
+
+/* A put through the backend, counted. With *reuse (an upload worker's
+ * pack buffer of capacity cap) and a backend that copies (put_start), the
+ * buffer goes back to the pool as soon as the store has its copy, and
+ * *reuse becomes NULL. */
+static int be_put(obj_store *s, const char *key, const void *buf, size_t len, uint8_t **reuse,
+                  size_t cap, vmsh_error **err)
+{
+    uint64_t t0 = mono_ns();
+    traffic_begin(&traffic_up, t0);
+    int rc;
+    if (reuse && s->be->put_start && s->be->put_wait) {
+        void *h = NULL;
+        rc = s->be->put_start(s, key, buf, len, &h, err);
+        if (rc == 0) {
+            buf_recycle(s, *reuse, cap);
+            *reuse = NULL;
+            rc = s->be->put_wait(s, key, h, err);
+        }
+    } else {
+        rc = s->be->put(s, key, buf, len, err);
+    }
+    uint64_t t1 = mono_ns();
+    traffic_end(&traffic_up, t1, rc == 0, rc == 0 ? len : 0);
+    if (rc == 0) {
+        ctr_add(&s->ctr.put_bytes, len);
+        ctr_add(&s->ctr.puts, 1);
+    }
+    ctr_add(&s->ctr.put_ns, t1 - t0);
+    return rc;
+}
+
+/* A ranged read through the backend, counted. */
+static int be_read(obj_store *s, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
+                   vmsh_error **err)
+{
+    uint64_t t0 = mono_ns();
+    traffic_begin(&traffic_down, t0);
+    int rc = s->be->read(s, key, off, len, buf, got, err);
+    uint64_t t1 = mono_ns();
+    traffic_end(&traffic_down, t1, rc == 0, rc == 0 ? *got : 0);
+    if (rc == 0) {
+        ctr_add(&s->ctr.read_bytes, *got);
+        ctr_add(&s->ctr.reads, 1);
+    }
+    ctr_add(&s->ctr.read_ns, t1 - t0);
+    return rc;
+}
+
+void vmsh_repo_store_traffic(vmsh_store_traffic *out)
+{
+    uint64_t now = mono_ns();
+    pthread_mutex_lock(&traffic_mu);
+    *out = (vmsh_store_traffic){
+        .bytes_up = traffic_up.bytes,
+        .bytes_down = traffic_down.bytes,
+        .puts = traffic_up.ops,
+        .reads = traffic_down.ops,
+        .up_seconds = busy_s(&traffic_up, now),
+        .down_seconds = busy_s(&traffic_down, now),
+    };
+    pthread_mutex_unlock(&traffic_mu);
+}
+
+void obj_store_counters(obj_store *s, obj_counters *out)
+{
+    uint64_t *src = (uint64_t *)&s->ctr, *dst = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
 bool obj_name_valid(const char *name, bool allow_empty)
 {
     size_t n = strlen(name);
@@ -127,15 +245,30 @@ struct obj_upload {
     obj_upload *next;
     char *key;
     uint8_t *buf;
-    size_t len;
+    size_t len, cap;
 };
 
-static void upload_free(obj_upload *u)
+/* Keeps a pack buffer for the next pack, or frees it. */
+static void buf_recycle(obj_store *s, uint8_t *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_spare < OBJ_SPARE_MAX) {
+        s->spare[s->n_spare] = buf;
+        s->spare_cap[s->n_spare++] = cap;
+        buf = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(buf);
+}
+
+static void upload_free(obj_store *s, obj_upload *u)
 {
     if (!u)
         return;
     free(u->key);
-    free(u->buf);
+    buf_recycle(s, u->buf, u->cap);
     free(u);
 }
 
@@ -153,8 +286,8 @@ static void *worker_main(void *arg)
         bool skip = s->upload_rc < 0; /* the backup fails anyway */
         pthread_mutex_unlock(&s->mu);
         vmsh_error *e = NULL;
-        int rc = skip ? 0 : s->be->put(s, u->key, u->buf, u->len, &e);
-        upload_free(u);
+        int rc = skip ? 0 : be_put(s, u->key, u->buf, u->len, &u->buf, u->cap, &e);
+        upload_free(s, u);
         pthread_mutex_lock(&s->mu);
         if (rc < 0 && s->upload_rc == 0) {
             s->upload_rc = rc;
@@ -192,7 +325,7 @@ static int enqueue(obj_store *s, obj_upload *u, vmsh_error **err)
     if (rc < 0) {
         vmsh_error_set(err, rc, "%s", s->upload_msg ? s->upload_msg : strerror(-rc));
         pthread_mutex_unlock(&s->mu);
-        upload_free(u);
+        upload_free(s, u);
         return rc;
     }
     obj_upload **tail = &s->queue;
@@ -222,32 +355,64 @@ static int ready(obj_store *s, const char *name, bool allow_empty, vmsh_error **
     return drain(s, err);
 }
 
+static void cache_forget(obj_store *s, const char *key);
+
 static int o_put(repo_store *st, const char *name, const void *buf, size_t len, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
     int rc = ready(s, name, false, err);
-    return rc < 0 ? rc : s->be->put(s, name, buf, len, err);
+    if (rc < 0)
+        return rc;
+    cache_forget(s, name);
+    return be_put(s, name, buf, len, NULL, 0, err);
 }
+
+/* One round trip for what is small (manifests, index objects, sessions,
+ * the config: nearly every get): a ranged read of the first GET_FIRST
+ * bytes that comes back short is the whole object; only a larger one
+ * costs a stat and a second read. */
+#define GET_FIRST (1u << 20)
 
 static int o_get(repo_store *st, const char *name, size_t max, char **out, size_t *out_len,
                  vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
     int rc = ready(s, name, false, err);
-    repo_store_stat sb;
-    if (rc < 0 || (rc = s->be->stat(s, name, &sb, err)) < 0)
+    if (rc < 0)
         return rc;
-    if (sb.size > max)
-        return vmsh_error_set(err, -EFBIG, "%s/%s is too large (%llu bytes, limit %zu)", st->root,
-                              name, (unsigned long long)sb.size, max);
-    char *buf = malloc((size_t)sb.size + 1);
+    size_t first = max < GET_FIRST ? max + 1 : GET_FIRST;
+    char *buf = malloc(first + 1);
     if (!buf)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     size_t got = 0;
-    rc = s->be->read(s, name, 0, (size_t)sb.size, buf, &got, err);
-    if (rc < 0) {
+    if ((rc = be_read(s, name, 0, first, buf, &got, err)) < 0) {
         free(buf);
         return rc;
+    }
+    if (got == first) {
+        repo_store_stat sb;
+        if ((rc = s->be->stat(s, name, &sb, err)) < 0) {
+            free(buf);
+            return rc;
+        }
+        if (sb.size > max) {
+            free(buf);
+            return vmsh_error_set(err, -EFBIG, "%s/%s is too large (%llu bytes, limit %zu)",
+                                  st->root, name, (unsigned long long)sb.size, max);
+        }
+        char *nb = sb.size > got ? realloc(buf, (size_t)sb.size + 1) : buf;
+        if (!nb) {
+            free(buf);
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        buf = nb;
+        size_t more = 0;
+        if (sb.size > got &&
+            (rc = be_read(s, name, got, (size_t)sb.size - got, buf + got, &more, err)) < 0) {
+            free(buf);
+            return rc;
+        }
+        got += more;
     }
     buf[got] = 0;
     *out = buf;
@@ -272,7 +437,10 @@ static int o_del(repo_store *st, const char *name, vmsh_error **err)
 {
     obj_store *s = (obj_store *)st;
     int rc = ready(s, name, false, err);
-    return rc < 0 ? rc : s->be->del(s, name, err);
+    if (rc < 0)
+        return rc;
+    cache_forget(s, name);
+    return s->be->del(s, name, err);
 }
 
 typedef struct list_ctx {
@@ -360,10 +528,11 @@ static int o_mkdir(repo_store *st, const char *dir, vmsh_error **err)
 struct repo_store_file {
     obj_store *s;
     char *key;
-    uint8_t *buf; /* the writer's whole object / the reader's readahead window */
+    uint8_t *buf; /* the writer's whole object */
     size_t cap, len;
-    uint64_t size; /* a reader: the object's */
-    uint64_t win_off;
+    uint64_t size;     /* a reader: the object's */
+    uint64_t last_end; /* a reader: where its previous read ended */
+    unsigned streak;   /* a reader: its sequential reads in a row */
 };
 
 static repo_store_file *file_new(obj_store *s, const char *name)
@@ -383,7 +552,7 @@ static void o_close(repo_store_file *f)
     if (!f)
         return;
     free(f->key);
-    free(f->buf);
+    buf_recycle(f->s, f->buf, f->cap);
     free(f);
 }
 
@@ -407,40 +576,253 @@ static int o_open(repo_store *st, const char *name, unsigned flags, repo_store_f
     return 0;
 }
 
-/* Reads are ranged gets; restores read a pack's chunks in order, so each
- * get fetches a window of store-readahead bytes (4 MiB) and the next reads
- * are served from it: one round trip per window, not per 64 KiB chunk. */
+/* ---- the read cache ----
+ * Ranged reads are what restores and verify do: each worker walks a pack's
+ * chunks in order, several workers the same pack a few MiB apart. Each
+ * read of a store costs a round trip, so reads go through blocks of
+ * store-readahead bytes (4 MiB), aligned in the object and shared by every
+ * open file of the store (two workers reading the same pack fetch each
+ * block once), and a reader that goes forward gets the next store-prefetch
+ * blocks fetched ahead by the fetcher threads while it decodes: the store
+ * is read while the data is decoded and written. Only files opened with
+ * open_file are read this way: packs and chunk index runs, which are
+ * written once and never change under their name (a put, commit or delete
+ * of a name forgets its blocks all the same). A block that failed to read
+ * is dropped, its error returned to every reader waiting for it; the next
+ * read tries again. */
+
+struct obj_block {
+    char *key; /* NULL: a free slot */
+    uint64_t idx;
+    uint8_t *buf;
+    size_t len;
+    int state; /* BLOCK_LOADING, 0 ready, -errno failed */
+    unsigned refs;
+    uint64_t used;
+};
+
+struct obj_fetch {
+    obj_fetch *next;
+    obj_block *b;
+    uint64_t size; /* the object's */
+};
+
+#define BLOCK_LOADING 1
+
+static obj_block *cache_find(obj_store *s, const char *key, uint64_t idx)
+{
+    for (unsigned i = 0; i < s->n_blocks; i++) {
+        obj_block *b = &s->blocks[i];
+        if (b->key && b->idx == idx && strcmp(b->key, key) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+/* A slot for a new block (cmu held): a free one, else the least recently
+ * used that nobody holds; NULL when every block is in use. */
+static obj_block *cache_slot(obj_store *s)
+{
+    obj_block *victim = NULL;
+    for (unsigned i = 0; i < s->n_blocks; i++) {
+        obj_block *b = &s->blocks[i];
+        if (!b->key)
+            return b;
+        if (b->refs == 0 && b->state != BLOCK_LOADING && (!victim || b->used < victim->used))
+            victim = b;
+    }
+    if (victim) {
+        free(victim->key);
+        victim->key = NULL;
+    }
+    return victim;
+}
+
+/* Claims slot b for (key, idx), loading, held once (cmu held). */
+static int cache_claim(obj_store *s, obj_block *b, const char *key, uint64_t idx)
+{
+    if (!b->buf && !(b->buf = malloc(s->readahead)))
+        return -ENOMEM;
+    if (!(b->key = strdup(key)))
+        return -ENOMEM;
+    b->idx = idx;
+    b->len = 0;
+    b->state = BLOCK_LOADING;
+    b->refs = 1;
+    b->used = ++s->tick;
+    return 0;
+}
+
+static void cache_release(obj_store *s, obj_block *b)
+{
+    if (--b->refs == 0 && b->state < 0) {
+        free(b->key); /* a failure is not kept: the next read tries again */
+        b->key = NULL;
+    }
+}
+
+static void cache_forget(obj_store *s, const char *key)
+{
+    if (!s->n_blocks)
+        return;
+    pthread_mutex_lock(&s->cmu);
+    for (unsigned i = 0; i < s->n_blocks; i++) {
+        obj_block *b = &s->blocks[i];
+        if (b->key && b->refs == 0 && strcmp(b->key, key) == 0) {
+            free(b->key);
+            b->key = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->cmu);
+}
+
+/* Reads block b of an object of `size` bytes from the store (b is
+ * loading: its buffer is ours), then publishes it. */
+static void cache_load(obj_store *s, obj_block *b, const char *key, uint64_t size)
+{
+    uint64_t off = b->idx * s->readahead;
+    size_t want = size - off < s->readahead ? (size_t)(size - off) : s->readahead;
+    size_t got = 0;
+    int rc = be_read(s, key, off, want, b->buf, &got, NULL);
+    pthread_mutex_lock(&s->cmu);
+    b->len = got;
+    b->state = rc < 0 ? rc : 0;
+    cache_release(s, b);
+    pthread_cond_broadcast(&s->ccv);
+    pthread_mutex_unlock(&s->cmu);
+}
+
+static void *fetcher_main(void *arg)
+{
+    obj_store *s = arg;
+    pthread_mutex_lock(&s->cmu);
+    for (;;) {
+        while (!s->fetchq && !s->fetch_quit)
+            pthread_cond_wait(&s->ccv, &s->cmu);
+        if (!s->fetchq)
+            break;
+        obj_fetch *q = s->fetchq;
+        s->fetchq = q->next;
+        pthread_mutex_unlock(&s->cmu);
+        /* the slot's key is stable while loading */
+        cache_load(s, q->b, q->b->key, q->size);
+        free(q);
+        pthread_mutex_lock(&s->cmu);
+    }
+    pthread_mutex_unlock(&s->cmu);
+    return NULL;
+}
+
+/* Queues the blocks after `idx` of f's object that are not cached (cmu
+ * held); stops at the first that finds no free slot. */
+static void cache_prefetch(obj_store *s, repo_store_file *f, uint64_t idx)
+{
+    if (!s->n_fetchers) {
+        s->fetchers = calloc(s->n_workers, sizeof(*s->fetchers));
+        for (unsigned i = 0; s->fetchers && i < s->n_workers; i++)
+            if (pthread_create(&s->fetchers[i], NULL, fetcher_main, s) == 0)
+                s->n_fetchers++;
+        if (!s->n_fetchers) {
+            s->prefetch = 0; /* reads still work, without read-ahead */
+            return;
+        }
+    }
+    obj_fetch **tail = &s->fetchq;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (uint64_t i = idx + 1; i <= idx + s->prefetch && i * s->readahead < f->size; i++) {
+        if (cache_find(s, f->key, i))
+            continue;
+        obj_block *b = cache_slot(s);
+        obj_fetch *q = b ? calloc(1, sizeof(*q)) : NULL;
+        if (!q || cache_claim(s, b, f->key, i) < 0) {
+            free(q);
+            break;
+        }
+        q->b = b;
+        q->size = f->size;
+        *tail = q;
+        tail = &q->next;
+        ctr_add(&s->ctr.prefetched, 1);
+    }
+    pthread_cond_broadcast(&s->ccv);
+}
+
+/* Up to len bytes at off from the block that holds off: bytes copied, or
+ * -errno. */
+static int64_t cache_read(repo_store_file *f, void *buf, size_t len, uint64_t off, bool ahead)
+{
+    obj_store *s = f->s;
+    uint64_t idx = off / s->readahead, boff = off - idx * s->readahead;
+    pthread_mutex_lock(&s->cmu);
+    obj_block *b = cache_find(s, f->key, idx);
+    if (b) {
+        b->refs++; /* cached, or being read ahead */
+        ctr_add(&s->ctr.cache_hits, 1);
+    } else if ((b = cache_slot(s)) && cache_claim(s, b, f->key, idx) == 0) {
+        b->refs++; /* the loader's and ours */
+        if (ahead && s->prefetch)
+            cache_prefetch(s, f, idx);
+        pthread_mutex_unlock(&s->cmu);
+        cache_load(s, b, f->key, f->size);
+        pthread_mutex_lock(&s->cmu);
+        ahead = false;
+    } else {
+        /* every block is in use: read around the cache */
+        if (b)
+            b->key = NULL;
+        pthread_mutex_unlock(&s->cmu);
+        size_t got = 0;
+        int rc = be_read(s, f->key, off, len, buf, &got, NULL);
+        return rc < 0 ? rc : (int64_t)got;
+    }
+    if (ahead && s->prefetch)
+        cache_prefetch(s, f, idx);
+    while (b->state == BLOCK_LOADING)
+        pthread_cond_wait(&s->ccv, &s->cmu);
+    int64_t rc = b->state;
+    if (rc == 0) {
+        b->used = ++s->tick;
+        size_t n = boff >= b->len ? 0 : b->len - (size_t)boff;
+        if (n > len)
+            n = len;
+        pthread_mutex_unlock(&s->cmu);
+        memcpy(buf, b->buf + boff, n); /* held: nobody reuses the slot */
+        pthread_mutex_lock(&s->cmu);
+        rc = (int64_t)n;
+    }
+    cache_release(s, b);
+    pthread_mutex_unlock(&s->cmu);
+    return rc;
+}
+
 static int64_t o_pread(repo_store_file *f, void *buf, size_t len, uint64_t off)
 {
+    obj_store *s = f->s;
     if (off >= f->size)
         return 0;
     if (len > f->size - off)
         len = (size_t)(f->size - off);
-    if (f->buf && off >= f->win_off && off + len <= f->win_off + f->len) {
-        memcpy(buf, f->buf + (off - f->win_off), len);
-        return (int64_t)len;
-    }
-    size_t ra = f->s->readahead;
-    size_t got = 0;
-    if (len >= ra) {
-        int rc = f->s->be->read(f->s, f->key, off, len, buf, &got, NULL);
+    if (!s->n_blocks || len >= s->readahead) {
+        size_t got = 0;
+        int rc = be_read(s, f->key, off, len, buf, &got, NULL);
         return rc < 0 ? rc : (int64_t)got;
     }
-    size_t want = ra;
-    if (want > f->size - off)
-        want = (size_t)(f->size - off);
-    if (!f->buf && !(f->buf = malloc(ra)))
-        return -ENOMEM;
-    f->len = 0;
-    int rc = f->s->be->read(f->s, f->key, off, want, f->buf, &got, NULL);
-    if (rc < 0)
-        return rc;
-    f->win_off = off;
-    f->len = got;
-    if (len > got)
-        len = got;
-    memcpy(buf, f->buf, len);
-    return (int64_t)len;
+    /* forward and near the last read: a sequential reader, worth reading
+     * ahead for (a lookup in an index run jumps: not) */
+    bool seq = off >= f->last_end && off - f->last_end <= 2 * (uint64_t)s->readahead;
+    f->streak = seq ? f->streak + 1 : 0;
+    f->last_end = off + len;
+    size_t done = 0;
+    while (done < len) {
+        int64_t n = cache_read(f, (uint8_t *)buf + done, len - done, off + done, f->streak >= 2);
+        if (n < 0)
+            return done ? (int64_t)done : n;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
 }
 
 static int o_fstat(repo_store_file *f, repo_store_stat *st)
@@ -461,6 +843,12 @@ static int o_create(repo_store *st, const char *name, unsigned flags, repo_store
     repo_store_file *f = file_new(s, name);
     if (!f)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    pthread_mutex_lock(&s->mu);
+    if (s->n_spare) {
+        f->buf = s->spare[--s->n_spare];
+        f->cap = s->spare_cap[s->n_spare];
+    }
+    pthread_mutex_unlock(&s->mu);
     *out = f;
     return 0;
 }
@@ -516,8 +904,10 @@ static int o_commit(repo_store_file *f, uint64_t size, vmsh_error **err)
         o_close(f);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
+    cache_forget(s, f->key);
     u->key = VMSH_TAKE_PTR(f->key);
     u->buf = VMSH_TAKE_PTR(f->buf);
+    u->cap = f->cap;
     u->len = (size_t)size;
     o_close(f);
     return enqueue(s, u, err);
@@ -538,6 +928,15 @@ static int o_lock(repo_store *st, const char *which, bool exclusive, vmsh_lock *
         return bad_name(err, name);
     *out = NULL;
     return s->be->lock(s, name, exclusive, out, err);
+}
+
+static int o_clock(repo_store *st, const char *name, int64_t *ms, vmsh_error **err)
+{
+    obj_store *s = (obj_store *)st;
+    if (!s->be->clock)
+        return -EOPNOTSUPP;
+    int rc = ready(s, name, false, err);
+    return rc < 0 ? rc : s->be->clock(s, name, ms, err);
 }
 
 static void o_free(repo_store *st)
@@ -566,6 +965,7 @@ static const repo_store_ops obj_ops = {
     .abort = o_abort,
     .lock = o_lock,
     .free = o_free,
+    .clock = o_clock,
 };
 
 int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vmsh_error **err)
@@ -574,6 +974,8 @@ int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vm
     s->be = be;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->cmu, NULL);
+    pthread_cond_init(&s->ccv, NULL);
     if (!(s->base.root = strdup(root)))
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     /* 2 uploads in flight keep a 1 GbE link busy with 64 MiB packs (one
@@ -582,6 +984,17 @@ int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vm
     s->max_pending = s->n_workers + 1;
     s->readahead = (size_t)obj_store_opt_uint("store-readahead", READAHEAD_DEF >> 10, 64, 64u << 10)
                    << 10;
+    /* the read cache: store-prefetch blocks ahead of a sequential reader
+     * (4: 16 MiB, ~0.14 s of a 1 GbE link), room for as many again behind
+     * and for the readers' own blocks; 64 MiB by default, whatever the
+     * repository's size */
+    s->prefetch = obj_store_opt_uint("store-prefetch", 4, 0, 64);
+    s->n_blocks = 2 * s->prefetch + 8;
+    s->blocks = calloc(s->n_blocks, sizeof(*s->blocks));
+    if (!s->blocks) {
+        s->n_blocks = 0;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
     s->workers = calloc(s->n_workers, sizeof(*s->workers));
     if (!s->workers)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -609,8 +1022,34 @@ void obj_store_fini(obj_store *s)
     while (s->queue) {
         obj_upload *u = s->queue;
         s->queue = u->next;
-        upload_free(u);
+        upload_free(s, u);
     }
+    while (s->n_spare)
+        free(s->spare[--s->n_spare]);
+    if (s->fetchers) {
+        pthread_mutex_lock(&s->cmu);
+        s->fetch_quit = true;
+        pthread_cond_broadcast(&s->ccv);
+        pthread_mutex_unlock(&s->cmu);
+        for (unsigned i = 0; i < s->n_fetchers; i++)
+            pthread_join(s->fetchers[i], NULL); /* each finishes its block first */
+        free(s->fetchers);
+        s->fetchers = NULL;
+    }
+    while (s->fetchq) {
+        obj_fetch *q = s->fetchq;
+        s->fetchq = q->next;
+        free(q);
+    }
+    for (unsigned i = 0; i < s->n_blocks; i++) {
+        free(s->blocks[i].key);
+        free(s->blocks[i].buf);
+    }
+    free(s->blocks);
+    s->blocks = NULL;
+    s->n_blocks = 0;
+    pthread_mutex_destroy(&s->cmu);
+    pthread_cond_destroy(&s->ccv);
     free(s->upload_msg);
     free(s->base.root);
     pthread_mutex_destroy(&s->mu);

@@ -21,6 +21,15 @@ typedef int (*obj_list_fn)(void *opaque, const char *key, uint64_t size, int64_t
 typedef struct obj_backend_ops {
     /* Whole-object put: atomic (all of it or the old object), durable. */
     int (*put)(obj_store *s, const char *key, const void *buf, size_t len, vmsh_error **err);
+    /* Optional: a put in two halves. put_start returns once the store
+     * has taken its own copy of buf (the caller may then reuse buf), with
+     * a handle that put_wait waits for: the result of the put as put's.
+     * put_wait is called exactly once for every put_start that returned 0.
+     * The upload workers use them where given (RADOS: aio_write_full) so
+     * that a pack's buffer serves the next pack while it travels. */
+    int (*put_start)(obj_store *s, const char *key, const void *buf, size_t len, void **handle,
+                     vmsh_error **err);
+    int (*put_wait)(obj_store *s, const char *key, void *handle, vmsh_error **err);
     /* Reads up to len bytes at off into buf: *got (short at the end).
      * -ENOENT when absent. */
     int (*read)(obj_store *s, const char *key, uint64_t off, size_t len, void *buf, size_t *got,
@@ -34,9 +43,21 @@ typedef struct obj_backend_ops {
     /* A lease lock on key (store.h, lock). */
     int (*lock)(obj_store *s, const char *key, bool exclusive, vmsh_lock **out, vmsh_error **err);
     void (*free)(obj_store *s);
+    /* Optional: the server's clock (store.h, clock). */
+    int (*clock)(obj_store *s, const char *key, int64_t *ms, vmsh_error **err);
 } obj_backend_ops;
 
 typedef struct obj_upload obj_upload;
+#define OBJ_SPARE_MAX 1
+typedef struct obj_block obj_block;
+typedef struct obj_fetch obj_fetch;
+
+/* Counters of the traffic with the store, updated atomically. */
+typedef struct obj_counters {
+    uint64_t put_bytes, put_ns, puts;    /* uploads: bytes, time spent in them */
+    uint64_t read_bytes, read_ns, reads; /* ranged reads from the store */
+    uint64_t cache_hits, prefetched;     /* reads served by the read cache; blocks read ahead */
+} obj_counters;
 
 struct obj_store {
     repo_store base;
@@ -55,6 +76,28 @@ struct obj_store {
     int upload_rc;
     char *upload_msg;
     size_t readahead;
+    /* the read cache (store_obj.c, "read cache"): blocks of `readahead`
+     * bytes of immutable objects (packs, index runs), shared by every open
+     * file of the store, with fetchers that read ahead of sequential
+     * readers (store-prefetch blocks); bounded, so memory does not grow
+     * with the repository */
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    obj_block *blocks;
+    unsigned n_blocks, prefetch;
+    uint64_t tick;
+    obj_fetch *fetchq; /* FIFO */
+    pthread_t *fetchers;
+    unsigned n_fetchers;
+    bool fetch_quit;
+    /* pack buffers kept for the next pack (under mu): a fresh 64 MiB
+     * buffer costs 16384 page faults and as many zeroed pages, a fifth of
+     * a backup's CPU time */
+    uint8_t *spare[OBJ_SPARE_MAX];
+    size_t spare_cap[OBJ_SPARE_MAX];
+    unsigned n_spare;
+    /* what went through the store (vmsh_repo_store_stats) */
+    obj_counters ctr;
 };
 
 /* Store options (docs/config.md): store-threads, store-timeout, ... as set
@@ -68,6 +111,9 @@ int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vm
  * backend frees s itself after. */
 void obj_store_fini(obj_store *s);
 
+/* What went through the store so far. */
+void obj_store_counters(obj_store *s, obj_counters *out);
+
 /* The repository's files as keys: valid store names only (store.h). */
 bool obj_name_valid(const char *name, bool allow_empty);
 
@@ -75,6 +121,10 @@ bool obj_name_valid(const char *name, bool allow_empty);
 void obj_backoff(unsigned attempt);
 
 int repo_store_rados_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
+/* The OSD's clock from a cls_lock get_info reply (store_rados.c): the
+ * expiration in ms of the lease whose cookie is `cookie`, or -1 (a reply
+ * that does not parse or does not hold it). */
+int64_t rados_clock_parse(const uint8_t *buf, size_t len, const char *cookie);
 int repo_store_s3_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 int repo_store_mem_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err);
 

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <rados/librados.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,40 @@ static int r_put(obj_store *os, const char *key, const void *buf, size_t len, vm
     if (!k)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     int rc = rados_write_full(s->io, k, buf, len);
+    return rc < 0 ? fail(err, s, key, rc, "write") : 0;
+}
+
+/* The upload workers' put (store_obj.h, put_start): aio_write_full copies
+ * buf into librados's own buffer before it returns, so the pack's buffer
+ * serves the next pack while this one travels; put_wait then waits for
+ * the OSD's acknowledgement (durable, as write_full). */
+static int r_put_start(obj_store *os, const char *key, const void *buf, size_t len, void **handle,
+                       vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    rados_completion_t c = NULL;
+    int rc = rados_aio_create_completion2(NULL, NULL, &c);
+    if (rc < 0)
+        return fail(err, s, key, rc, "write");
+    rc = rados_aio_write_full(s->io, k, c, buf, len);
+    if (rc < 0) {
+        rados_aio_release(c);
+        return fail(err, s, key, rc, "write");
+    }
+    *handle = c;
+    return 0;
+}
+
+static int r_put_wait(obj_store *os, const char *key, void *handle, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    rados_completion_t c = handle;
+    rados_aio_wait_for_complete(c);
+    int rc = rados_aio_get_return_value(c);
+    rados_aio_release(c);
     return rc < 0 ? fail(err, s, key, rc, "write") : 0;
 }
 
@@ -246,6 +281,119 @@ static int r_lock(obj_store *os, const char *key, bool exclusive, vmsh_lock **ou
     return 0;
 }
 
+/* ---- the OSD's clock (issue 26, point 3) ----
+ *
+ * An object's mtime on RADOS is the time the client sends with the write,
+ * so a clock check against it compares a host with itself. cls_lock
+ * (always loaded: RBD needs it) computes a lease's expiration on the OSD,
+ * from the OSD's clock: a shared lock of a known duration taken on the
+ * object, read back with the class's get_info, gives the OSD's time as
+ * expiration - duration. The reply is Ceph's encoding, read as hostile:
+ * every length is checked. */
+
+#define CLOCK_LOCK    "vmshadow-clock"
+#define CLOCK_LEASE_S 600
+
+typedef struct cur {
+    const uint8_t *p, *end;
+} cur;
+
+static bool take(cur *c, size_t n, const uint8_t **out)
+{
+    if ((size_t)(c->end - c->p) < n)
+        return false;
+    if (out)
+        *out = c->p;
+    c->p += n;
+    return true;
+}
+
+static bool get_u32(cur *c, uint32_t *v)
+{
+    const uint8_t *b;
+    if (!take(c, 4, &b))
+        return false;
+    *v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    return true;
+}
+
+/* ENCODE_START's header (version, compat, length): the struct's bytes. */
+static bool get_struct(cur *c, cur *inner)
+{
+    uint32_t len;
+    const uint8_t *b;
+    if (!take(c, 2, NULL) || !get_u32(c, &len) || !take(c, len, &b))
+        return false;
+    *inner = (cur){b, b + len};
+    return true;
+}
+
+/* cls_lock_get_info_reply: {map<locker_id_t{entity_name_t(u8, i64),
+ * string cookie}, locker_info_t{utime_t expiration (u32 s, u32 ns), ...}>,
+ * u8 type, string tag}. Returns our locker's expiration in ms, or -1. */
+int64_t rados_clock_parse(const uint8_t *buf, size_t len, const char *cookie)
+{
+    cur c = {buf, buf + len}, reply;
+    uint32_t n;
+    if (!get_struct(&c, &reply) || !get_u32(&reply, &n))
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        cur id, info;
+        uint32_t clen, sec, nsec;
+        const uint8_t *ck;
+        if (!get_struct(&reply, &id) || !take(&id, 9, NULL) || !get_u32(&id, &clen) ||
+            !take(&id, clen, &ck) || !get_struct(&reply, &info) || !get_u32(&info, &sec) ||
+            !get_u32(&info, &nsec) || nsec >= 1000000000u)
+            return -1;
+        if (clen == strlen(cookie) && memcmp(ck, cookie, clen) == 0)
+            return (int64_t)sec * 1000 + nsec / 1000000;
+    }
+    return -1;
+}
+
+static int r_clock(obj_store *os, const char *key, int64_t *ms, vmsh_error **err)
+{
+    rados_store *s = (rados_store *)os;
+    _cleanup_free_ char *k = okey(s, key);
+    if (!k)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    char cookie[64];
+    char host[40] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(cookie, sizeof(cookie), "clock.%.20s.%ld.%p", host, (long)getpid(), (void *)&cookie);
+    struct timeval tv = {CLOCK_LEASE_S, 0};
+    int rc = rados_lock_shared(s->io, k, CLOCK_LOCK, cookie, "", "vmshadow clock", &tv, 0);
+    if (rc < 0)
+        return fail(err, s, key, rc, "read the OSD's clock through a lock on");
+    /* get_info's input: ENCODE_START(1, 1) {string name} */
+    uint8_t in[64];
+    size_t nl = strlen(CLOCK_LOCK);
+    uint32_t body = (uint32_t)(4 + nl), l32 = (uint32_t)nl;
+    in[0] = 1;
+    in[1] = 1;
+    for (int i = 0; i < 4; i++) {
+        in[2 + i] = (uint8_t)(body >> (8 * i));
+        in[6 + i] = (uint8_t)(l32 >> (8 * i));
+    }
+    memcpy(in + 10, CLOCK_LOCK, nl);
+    /* every host probing at once adds a locker each: room for many */
+    size_t cap = 64u << 10;
+    _cleanup_free_ char *out = malloc(cap);
+    rc = out ? rados_exec(s->io, k, "lock", "get_info", (const char *)in, 10 + nl, out, cap)
+             : -ENOMEM;
+    rados_unlock(s->io, k, CLOCK_LOCK, cookie);
+    if (rc < 0)
+        return fail(err, s, key, rc, "read the OSD's clock (cls_lock get_info) on");
+    int64_t exp = rados_clock_parse((const uint8_t *)out, (size_t)rc, cookie);
+    if (exp < 0)
+        return vmsh_error_set(err, -EBADMSG,
+                              "cannot read the OSD's clock on %s/%s: the lock class's reply "
+                              "does not hold our lease",
+                              s->o.base.root, key);
+    *ms = exp - (int64_t)CLOCK_LEASE_S * 1000;
+    return 0;
+}
+
 static void r_free(obj_store *os)
 {
     rados_store *s = (rados_store *)os;
@@ -260,12 +408,15 @@ static void r_free(obj_store *os)
 
 static const obj_backend_ops rados_be = {
     .put = r_put,
+    .put_start = r_put_start,
+    .put_wait = r_put_wait,
     .read = r_read,
     .stat = r_stat,
     .del = r_del,
     .list = r_list,
     .lock = r_lock,
     .free = r_free,
+    .clock = r_clock,
 };
 
 int repo_store_rados_open(repo_store **out, const char *url, unsigned flags, vmsh_error **err)

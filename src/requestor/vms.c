@@ -6,11 +6,14 @@
 
 #include <vmshadow/hv/cluster.h>
 #include <vmshadow/hv/hv.h>
+#include <vmshadow/hv/netdisk.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/writers/method.h>
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DEFAULT_AGENT_TIMEOUT_S 3
@@ -45,22 +48,32 @@ static json_object *disk_json(const vmsh_domxml_disk *d, bool have_method, vmsh_
     json_object_object_add(o, "excluded", json_object_new_boolean(excl != NULL));
     json_object_object_add(o, "exclusion_reason", jstr(excl));
     const char *read = NULL, *why = NULL;
+    char *net_why = NULL;
     if (!excl && d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_UNKNOWN) {
         read = "none";
         why = "the volume cannot be resolved through its pool (is the pool active?): a backup "
               "fails";
     } else if (!excl && have_method) {
         vmsh_disk_kind on = d->kind == VMSH_DISK_VOLUME ? d->storage : d->kind;
-        if (on == VMSH_DISK_NETWORK && m != VMSH_METHOD_GUEST) {
+        /* issue 25: outside the guest method's job a QEMU of vmshadow's
+         * own opens a network disk: one whose source it cannot open fails
+         * the backup, with this reason */
+        char *spec = NULL;
+        vmsh_error *e = NULL;
+        if (on == VMSH_DISK_NETWORK && m != VMSH_METHOD_GUEST &&
+            vmsh_hv_netdisk_spec(d, &spec, &e) < 0 &&
+            asprintf(&net_why, "a backup by this method fails: %s", e->message) >= 0) {
             read = "none";
-            why = "network disks are read only through the guest method's backup job: a backup "
-                  "by another method fails";
+            why = net_why;
         } else {
             read = vmsh_method_disk_read(d, m, st, &why);
         }
+        free(spec);
+        vmsh_error_free(e);
     }
     json_object_object_add(o, "read", jstr(read));
     json_object_object_add(o, "read_reason", jstr(why));
+    free(net_why);
     return o;
 }
 

@@ -11,6 +11,7 @@
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/hv/domxml_edit.h>
+#include <vmshadow/hv/netdisk.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 #include <vmshadow/util/text.h>
@@ -22,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +39,10 @@ static void item_clear(vm_item *it)
     free(it->name);
     for (size_t i = 0; i < it->n_targets; i++)
         free(it->targets[i]);
+    for (size_t i = 0; i < it->net_cap; i++)
+        free(it->net_specs[i]);
     free(it->targets);
+    free(it->net_specs);
     for (size_t i = 0; i < it->n_cp_disks; i++)
         free(it->cp_disks[i]);
     free(it->cp_disks);
@@ -262,6 +267,13 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm,
         goto out;
     }
     it->targets = vmsh_calloc_array(vm->xml->n_disks, sizeof(char *));
+    it->net_specs = vmsh_calloc_array(vm->xml->n_disks ? vm->xml->n_disks : 1, sizeof(char *));
+    if (it->net_specs) {
+        it->net_cap = vm->xml->n_disks;
+    } else {
+        free(it->targets);
+        it->targets = NULL; /* out of memory, said below */
+    }
     size_t n_excluded = 0, accepted = 0;
     for (size_t i = 0; it->targets && i < vm->xml->n_disks && r == 0; i++) {
         const vmsh_domxml_disk *d = &vm->xml->disks[i];
@@ -288,17 +300,18 @@ static int describe_vm(vm_writer *w, vmsh_metadata *md, const vmsh_vm *vm,
             break;
         }
         vmsh_disk_kind on = d->kind == VMSH_DISK_VOLUME ? d->storage : d->kind;
-        /* issue 25: a network disk is read through QEMU's backup job only; a
-         * saved or shut-off VM's network disk would need a QEMU of our own
-         * to open it, which is not built yet: say so rather than skip it */
+        /* issue 25: a network disk of a VM the guest method's job does not
+         * read is opened by a QEMU of our own (hv/netdisk.h): a shut-off
+         * VM's through a private qemu-nbd, a saved VM's too, with its
+         * overlay backed by the same source. A source that QEMU of ours
+         * cannot open fails the set with why (R6: never left out silently). */
         if (on == VMSH_DISK_NETWORK && mc.method != VMSH_METHOD_GUEST) {
-            r = vmsh_error_set(err, -ENOTSUP,
-                               "VM %s: disk %s is a network disk (%s); vmshadow reads network "
-                               "disks only through the guest method's backup job (the VM "
-                               "running, its agent answering; R2), not by the %s method (%s)",
-                               vm->name, d->target, d->source ? d->source : "?",
-                               vmsh_method_name(mc.method), mc.reason ? mc.reason : "");
-            break;
+            size_t k = it->n_targets;
+            if ((r = vmsh_hv_netdisk_spec(d, &it->net_specs[k], err)) < 0) {
+                vmsh_error_prefix(err, "VM %s: by the %s method (%s)", vm->name,
+                                  vmsh_method_name(mc.method), mc.reason ? mc.reason : "");
+                break;
+            }
         }
         _cleanup_free_ char *fname = NULL;
         if (asprintf(&fname, "disk/%s", d->target) < 0) {
@@ -735,6 +748,63 @@ static char *overlay_path(const vm_writer *w, const vm_item *it, const disk_ref 
     return p;
 }
 
+static size_t target_index(const vm_item *it, const char *target)
+{
+    for (size_t k = 0; target && k < it->n_targets; k++)
+        if (strcmp(it->targets[k], target) == 0)
+            return k;
+    return SIZE_MAX;
+}
+
+/* The network disk `target`'s source as QEMU opens it, or NULL. */
+static const char *net_spec_of(const vm_item *it, const char *target)
+{
+    size_t k = target_index(it, target);
+    return k < it->net_cap ? it->net_specs[k] : NULL;
+}
+
+/* Issue 25: each network disk of a VM that the guest method's job does not
+ * read (shut off, or saved and running on overlays backed by the source)
+ * is served read-only by a private qemu-nbd in a directory of its own under
+ * the set's socket directory, and its file is read from there. Journalled
+ * before it starts (the directory; qemu-nbd writes its process ID there):
+ * BackupComplete, an abort and recover stop it; it also dies with us
+ * (hv/netdisk.h). */
+static int serve_network_disks(vm_writer *w, vmsh_set *set, vm_item *it, vmsh_error **err)
+{
+    int r = 0;
+    for (size_t k = 0; k < it->n_targets && k < it->net_cap && r == 0; k++) {
+        if (!it->net_specs[k])
+            continue;
+        _cleanup_free_ char *fname = NULL, *dir = NULL, *sock = NULL;
+        if (asprintf(&fname, "disk/%s", it->targets[k]) < 0 ||
+            asprintf(&dir, "%s/net-%s-%s", w->sock_dir, it->name, it->targets[k]) < 0) {
+            fname = dir = NULL;
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (!(sock = vmsh_hv_netserve_socket(dir)))
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        if (strlen(sock) >= 108)
+            return vmsh_error_set(err, -ENAMETOOLONG,
+                                  "VM %s, disk %s: the socket path %s is too long for a Unix "
+                                  "socket: use a shorter VM name",
+                                  it->name, it->targets[k], sock);
+        uint64_t seq = 0;
+        if ((r = journal_simple(set, w->ops.id, "net-server", "vm", it->name, "target",
+                                it->targets[k], "dir", dir, &seq, err)) < 0)
+            return r;
+        pid_t pid = 0;
+        if ((r = vmsh_hv_netserve_start(dir, it->targets[k], it->net_specs[k], 60, &pid, err)) < 0)
+            return vmsh_error_prefix(err, "VM %s, network disk %s (%s)", it->name, it->targets[k],
+                                     vmsh_file_path(vmsh_component_find_file(it->comp, fname)));
+        vmsh_file *f = vmsh_component_find_file(it->comp, fname);
+        if (f && vmsh_file_set_source_nbd(f, sock, it->targets[k]) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
+    }
+    return r;
+}
+
 /* R1: the VM's memory goes to the state file and the VM stops; each captured
  * disk gets a qcow2 overlay on its image; the VM is started again from the
  * state file on the overlays, in the state it had. The images keep the saved
@@ -772,7 +842,14 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
         uint64_t seq = 0;
         r = vmsh_set_journal_begin(set, w->ops.id, "overlay", data, &seq, err);
         json_object_put(data);
-        if (r == 0 && (r = vmsh_hv_image_create(overlays[i], d[i].path, d[i].format, 0, err)) < 0)
+        /* a network disk's overlay is backed by its source as QEMU opens
+         * it (issue 25): its json: filename, format layer included (the
+         * overlay's backing format names that layer again) */
+        const char *backing = d[i].network ? net_spec_of(it, d[i].target) : d[i].path;
+        if (r == 0 && !backing)
+            r = vmsh_error_set(err, -EINVAL, "disk %s: no source to put below its overlay",
+                               d[i].target);
+        if (r == 0 && (r = vmsh_hv_image_create(overlays[i], backing, d[i].format, 0, err)) < 0)
             vmsh_error_prefix(err, "the overlay of disk %s (on %s)", d[i].target, d[i].path);
         if (r == 0)
             r = vmsh_set_journal_mark(set, seq, VMSH_JOURNAL_DONE, err);
@@ -781,7 +858,8 @@ static int save_vm(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh_er
                                    .format = "qcow2",
                                    .backing = d[i].path,
                                    .backing_format = d[i].format,
-                                   .backing_block = !d[i].image_file};
+                                   .backing_block = !d[i].image_file && !d[i].network,
+                                   .backing_network = d[i].network};
     }
     _cleanup_free_ char *xml = NULL, *dxml = NULL;
     if (r == 0)
@@ -974,7 +1052,8 @@ static int plan_disks(vm_writer *w, vmsh_set *set, vm_item *it, size_t idx, vmsh
         vmsh_vmw_plan_direct_reads(w, set, it);
         if (vmsh_vmw_publish_plans(it) < 0)
             return vmsh_error_set(err, -ENOMEM, "out of memory");
-        return it->saved ? 0 : sources_from_images(it, err);
+        int r = it->saved ? 0 : sources_from_images(it, err);
+        return r < 0 ? r : serve_network_disks(w, set, it, err);
     }
     if (it->n_targets == 0)
         return 0;
@@ -1415,6 +1494,12 @@ static int vmw_undo(vmsh_writer_ops *ops, const vmsh_journal_entry *entry, vmsh_
         return q;
     if (strcmp(entry->action, "run-dir") == 0)
         return undo_run_dir(entry->data, err);
+    if (strcmp(entry->action, "net-server") == 0) {
+        const char *dir = vmsh_json_str(entry->data, "dir");
+        if (!dir)
+            return vmsh_error_set(err, -EBADMSG, "journal entry 'net-server' has no dir");
+        return vmsh_hv_netserve_stop(vmsh_hv_netserve_pid(dir), dir, err);
+    }
     int r = vmsh_vmw_hv_ready(w, err);
     if (r < 0)
         return r;

@@ -22,6 +22,12 @@ typedef struct vm_item {
     vmsh_component *comp;
     char **targets; /* captured disks */
     size_t n_targets;
+    /* per target: a network disk's source as QEMU opens it (issue 25,
+     * vmsh_hv_netdisk_spec) and its protocol node alone (an overlay's
+     * backing), for a VM that is not read through the guest method's job;
+     * NULL otherwise */
+    char **net_specs, **net_backing;
+    size_t net_cap;  /* their length */
     char **cp_disks; /* the disks a checkpoint names (vmsh_hv_checkpoint_disks) */
     size_t n_cp_disks;
     char *state_file;

@@ -5,13 +5,17 @@
 # (QEMU's rbd driver, qemu-block-extra, cephx through a libvirt secret).
 # Each is extracted and compared byte for byte with its source; the raw
 # network disks are read in full with the reason, also on a second backup.
-# A network disk of a VM that cannot get the guest method fails the set
-# with that reason (no silent exclusion).
+# The saved-state method (overlays in scratch-dir backed by the network
+# sources, the saved instant read through a private qemu-nbd), SIGKILL in
+# it then recover (overlays merged into the RBD image, the servers gone),
+# and a shut-off VM's network disks (the private qemu-nbd; the key from the
+# host's Ceph configuration, $CEPH_CONF) are captured too.
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 . "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
 lab_init
+T_START=$SECONDS
 e2e_env
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || fail "QEMU's rbd driver is missing: install qemu-block-extra (scripts/debian-packages.txt)"
 ceph_lab_need || fail "no Ceph lab"
@@ -32,7 +36,7 @@ truncate -s 32M "$LAB_WORK/nbd.raw"
 qemu-io -f raw -c 'write -P 0x6b 0 1M' -c 'write -P 0x17 20M 256k' "$LAB_WORK/nbd.raw" >/dev/null || fail "qemu-io nbd.raw"
 lab_nbd_serve "$LAB_WORK/nbd.raw" raw "$LAB_WORK/nbd.sock"
 # RBD: an image with data, reached with client.admin's key in a libvirt secret
-rbd -c "$CEPH_CONF" -p "$VMSH_CEPH_POOL" create "$RBD_IMG" --size 32M 9>&- || fail "rbd create"
+rbd -c "$CEPH_CONF" -p "$VMSH_CEPH_POOL" create "$RBD_IMG" --size 32M 8>&- 9>&- || fail "rbd create"
 qemu-io -f raw -c 'write -P 0x72 0 1M' -c 'write -P 0x44 24M 128k' \
     "rbd:$VMSH_CEPH_POOL/$RBD_IMG:conf=$CEPH_CONF" >/dev/null || fail "qemu-io on the RBD image"
 SECRET=$(uuidgen)
@@ -76,9 +80,72 @@ vsh --json backup --method guest "$N"
 check "second backup exits 0" test "$RC" = 0
 check "  the RBD disk again in full, with the reason" grep -q "^full|raw network disk" <<<"$(rd vdc)"
 
-# the saved-state method cannot read a network disk yet: a clear failure
-vsh backup --method saved-state "$N"
-check "saved-state method on a network disk fails the set" test "$RC" = 1
-check "  saying network disks are read only through the guest method" grep -q "network disk.*guest method" <<<"$ERR"
-check "  and the guest still runs" test "$(lab_state n)" = running
+# Issue 25: the saved-state method overlays each network disk in
+# scratch-dir (a qcow2 whose backing is the network source) and reads the
+# saved instant through a private read-only qemu-nbd; BackupComplete merges
+# the overlays back by block commit and stops the servers.
+ours() { pgrep -f -- "[q]emu-nbd.*/net-$N-" >/dev/null; }
+no_ours() { ! ours; }
+on_network() { # the guest's definition names both network sources, no overlay
+    local x; x=$(lab_virsh dumpxml "$N")
+    [ "$(grep -c "<disk type='network'" <<<"$x")" = 2 ] && ! grep -q '\.overlay' <<<"$x"
+}
+vsh --json backup --method saved-state "$N"
+check "saved-state backup of the VM with NBD and RBD disks exits 0" test "$RC" = 0
+B2=$(jq -r .backup <<<"$OUT")
+check "  the RBD disk read in full, with the reason" grep -q "^full|raw network disk" <<<"$(rd vdc)"
+check "  NBD disk byte-identical" cmp_disk "$B2" "$N/disk/vdb" "$LAB_WORK/nbd.raw"
+check "  RBD disk byte-identical" cmp_disk "$B2" "$N/disk/vdc" "rbd:$VMSH_CEPH_POOL/$RBD_IMG:conf=$CEPH_CONF"
+check "  the guest runs on its network disks again" on_network
+check "  and still runs" test "$(lab_state n)" = running
+check "  no overlay or scratch file left" test -z "$(ls -A "$LAB_WORK/scratch")"
+check "  no qemu-nbd of ours left" no_ours
+
+# SIGKILL while the guest runs on its overlays (R7), then recover
+BG=
+SLEEPER=$LAB_WORK/sleeper.pid
+trap '[ -n "$BG" ] && kill -9 "$BG" 2>/dev/null; [ -s "$SLEEPER" ] && kill -9 "$(cat "$SLEEPER")" 2>/dev/null; cleanup_net; lab_cleanup' EXIT
+cat >"$VMSHADOW_WRITERS_DIR/holder.conf" <<EOW
+name = holder
+post-snapshot = sh -c 'echo \$\$ > $SLEEPER; exec sleep 300'
+timeout = 600
+EOW
+"$VMSHADOW" backup --method saved-state "$N" >/dev/null 2>"$LAB_WORK/bg.err" &
+BG=$!
+for _ in $(seq 3000); do [ -s "$SLEEPER" ] && break; sleep 0.02; done
+[ -s "$SLEEPER" ] || fail "the backup did not reach post-snapshot: $(cat "$LAB_WORK/bg.err")"
+BL=$(lab_virsh domblklist "$N" | awk '{print $1, $2}')
+check "the guest runs on an overlay of its RBD disk in scratch-dir" grep -q "^vdc $LAB_WORK/scratch/.*\.overlay\$" <<<"$BL"
+check "  and of its NBD disk" grep -q "^vdb $LAB_WORK/scratch/.*\.overlay\$" <<<"$BL"
+check "  while a qemu-nbd of ours serves the saved instant" ours
+lab_gexec n 'printf VMSHADOW-RBD-MARK | dd of=/dev/vdc bs=512 seek=300 conv=fsync 2>/dev/null; echo written' >/dev/null
+rbd_mark() { rbd -c "$CEPH_CONF" -p "$VMSH_CEPH_POOL" export "$RBD_IMG" - 9>&- 2>/dev/null | dd bs=512 skip=300 count=1 2>/dev/null | grep -q VMSHADOW-RBD-MARK; }
+no_rbd_mark() { ! rbd_mark; }
+check "the RBD image does not have the guest's write yet" no_rbd_mark
+kill -9 "$BG"; wait "$BG" 2>/dev/null; BG=
+kill -9 "$(cat "$SLEEPER")" 2>/dev/null
+gone() { for _ in $(seq 50); do ours || return 0; sleep 0.1; done; return 1; }
+check "our qemu-nbd died with vmshadow" gone
+vsh recover
+check "recover exits 0" test "$RC" = 0
+check "the guest runs" test "$(lab_state n)" = running
+check "  on its RBD and NBD disks again" on_network
+check "  the guest's write on the overlay was merged into the RBD image" rbd_mark
+check "no overlay left in scratch-dir" test -z "$(ls -A "$LAB_WORK/scratch")"
+check "no state file, socket or server directory left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)$(ls -d /run/vmshadow-* 2>/dev/null | xargs -r -I{} find {} -name "net-$N-*")"
+check "no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+rm -f "$VMSHADOW_WRITERS_DIR/holder.conf"
+
+# a shut-off VM's network disks are read through the private qemu-nbd
+lab_virsh destroy "$N" >/dev/null
+vsh --json backup "$N"
+check "backup of the shut-off VM with NBD and RBD disks exits 0" test "$RC" = 0
+B3=$(jq -r .backup <<<"$OUT")
+check "  the RBD disk read in full, with the reason" grep -q "^full|raw network disk" <<<"$(rd vdc)"
+check "  NBD disk byte-identical" cmp_disk "$B3" "$N/disk/vdb" "$LAB_WORK/nbd.raw"
+check "  RBD disk byte-identical" cmp_disk "$B3" "$N/disk/vdc" "rbd:$VMSH_CEPH_POOL/$RBD_IMG:conf=$CEPH_CONF"
+check "  with the write the guest made on its overlay" sh -c "dd if='$LAB_WORK/x.raw' bs=512 skip=300 count=1 2>/dev/null | grep -q VMSHADOW-RBD-MARK"
+check "  no qemu-nbd of ours left" no_ours
+check "  the VM stays shut off" test "$(lab_state n)" = "shut off"
+echo "# $((SECONDS - T_START)) s after the lab lock"
 e2e_done

@@ -17,6 +17,8 @@ set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
 command -v gdb >/dev/null || fail "gdb is not installed (scripts/install-deps.sh)"
+# one guest at a time: shares the lab with another one-guest test (lab.sh)
+LAB_GUESTS=1
 lab_init
 e2e_env
 T=$LAB_WORK/x

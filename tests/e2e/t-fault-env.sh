@@ -127,7 +127,7 @@ else
         local pid; pid=$(cat "$LAB_RUN/libvirtd.pid")
         kill "$pid"
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" 9>&- ||
+        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" 8>&- 9>&- ||
             fail "libvirtd did not start again"
         for _ in $(seq 300); do virsh -c "$LAB_URI" version >/dev/null 2>&1 && return 0; sleep 0.1; done
         fail "libvirtd did not answer after the restart"

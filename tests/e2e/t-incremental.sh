@@ -25,6 +25,8 @@
 set -u
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
+# one guest at a time: shares the lab with another one-guest test (lab.sh)
+LAB_GUESTS=1
 lab_init
 e2e_env
 

@@ -112,9 +112,9 @@ _cl_wait_osd() {
 
 _cl_start_rgw() {
     local B=$CEPH_LAB_DIR i
-    # 9>&- (here and at every daemon start): a daemon must not inherit the
+    # 8>&- 9>&- (here and at every daemon start): a daemon must not inherit the
     # guest lab's lock descriptor, or it holds the lab for every later test
-    radosgw -n client.rgw.x 9>&- || return 1
+    radosgw -n client.rgw.x 8>&- 9>&- || return 1
     for i in $(seq 1 120); do
         curl -s -o /dev/null "http://127.0.0.1:$CEPH_LAB_RGW_PORT/" && return 0
         sleep 0.5
@@ -124,7 +124,7 @@ _cl_start_rgw() {
 }
 
 _cl_start_osd() {
-    ceph-osd -i 0 2>>"$CEPH_LAB_DIR/log/osd.0.start.err" 9>&- && _cl_wait_osd || return 1
+    ceph-osd -i 0 2>>"$CEPH_LAB_DIR/log/osd.0.start.err" 8>&- 9>&- && _cl_wait_osd || return 1
     # after a restart the monitor may still show the old OSD up: wait until
     # the pool really takes a write (not on the first start: no pool yet)
     ceph osd pool ls 2>/dev/null | grep -qx "$CEPH_LAB_POOL" || return 0
@@ -185,10 +185,10 @@ ceph_lab_up() {
             --addv a "[v2:127.0.0.1:$CEPH_LAB_MON_PORT,v1:127.0.0.1:$((CEPH_LAB_MON_PORT + 1))]" \
             "$B/tmp/monmap" >/dev/null &&
         ceph-mon --mkfs -i a --monmap "$B/tmp/monmap" --keyring "$B/tmp/mon-init.keyring" &&
-        ceph-mon -i a 9>&- &&
+        ceph-mon -i a 8>&- 9>&- &&
         ceph -s --connect-timeout 30 >/dev/null &&
         ceph auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' -o "$B/mgr.x.keyring" &&
-        ceph-mgr -i x 9>&- || { _cl_log "monitor or manager failed (logs in $B/log)"; return 1; }
+        ceph-mgr -i x 8>&- 9>&- || { _cl_log "monitor or manager failed (logs in $B/log)"; return 1; }
     local uuid id
     uuid=$(cat /proc/sys/kernel/random/uuid)
     id=$(ceph osd new "$uuid") && [ "$id" = 0 ] &&

@@ -17,10 +17,19 @@
 #
 # Rules it keeps: domains are type='qemu' (TCG; KVM does not work on these
 # machines), names are unique (vmsh-<test>-<pid>-NAME), at most two guests
-# run at once, everything it made is removed at exit, and a libvirt daemon it
+# run at once (LAB_GUESTS below), everything it made is removed at exit, and a libvirt daemon it
 # started is stopped by PID. A daemon that was already running is used as is.
 # Environment: VMSH_LAB_DIR (cache and daemon state, default
 # /var/tmp/vmshadow-lab), LAB_KEEP=1 keeps the work dir for inspection.
+#
+# LAB_GUESTS (set by a test before lab_init): how many guests the test runs
+# at once. 2 (the default) takes the whole lab: the machine-wide lock
+# $LAB_DIR/guests.lock exclusively, on descriptor 9. 1 shares the lab with
+# one other one-guest test: the lock shared, plus one of two slot locks
+# (slot0.lock, slot1.lock) on descriptor 8, so two such tests run side by
+# side (CI's ctest -j2) and still never more than two guests; such a test
+# that starts a second guest of its own fails (lab_guest_start). A daemon a
+# test starts must not inherit the locks: start it with `8>&- 9>&-`.
 
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_DIR=${VMSH_LAB_DIR:-/var/tmp/vmshadow-lab}
@@ -48,10 +57,10 @@ lab_libvirt_up() {
     command -v libvirtd >/dev/null || lab_die "libvirtd is not installed (run scripts/install-deps.sh)"
     mkdir -p "$LAB_RUN"
     if ! { [ -f "$LAB_RUN/virtlogd.pid" ] && kill -0 "$(cat "$LAB_RUN/virtlogd.pid")" 2>/dev/null; }; then
-        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/virtlogd.log" virtlogd -d -p "$LAB_RUN/virtlogd.pid" 9>&- ||
+        LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/virtlogd.log" virtlogd -d -p "$LAB_RUN/virtlogd.pid" 8>&- 9>&- ||
             lab_die "virtlogd did not start"
     fi
-    LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" 9>&- ||
+    LIBVIRT_LOG_OUTPUTS="3:file:$LAB_RUN/libvirtd.log" libvirtd -d -p "$LAB_RUN/libvirtd.pid" 8>&- 9>&- ||
         lab_die "libvirtd did not start; see $LAB_RUN/libvirtd.log"
     LAB_STARTED_DAEMON=1
     local i
@@ -115,6 +124,25 @@ lab_cleanup() {
     return $rc
 }
 
+# lab_lock: the machine's guest lab for this shell (LAB_GUESTS above).
+lab_lock() {
+    exec 9>"$LAB_DIR/guests.lock"
+    if [ "${LAB_GUESTS:-2}" != 1 ]; then
+        flock 9
+        return 0
+    fi
+    flock -s 9
+    local s
+    while :; do
+        for s in 0 1; do
+            exec 8>"$LAB_DIR/slot$s.lock"
+            flock -n 8 && return 0
+            exec 8>&-
+        done
+        sleep 0.5
+    done
+}
+
 # lab_init: work dir (readable by QEMU's user), daemon, guest image, exit trap.
 lab_init() {
     [ "$(id -u)" = 0 ] || lab_die "the lab needs root (qemu:///system)"
@@ -123,14 +151,15 @@ lab_init() {
     mkdir -p "$LAB_DIR"
     # One lab user at a time on this machine (tests of several checkouts,
     # the demo, benchmarks): each uses at most two guests, and two guests are
-    # the most two cores run well. The lock dies with the shell.
-    exec 9>"$LAB_DIR/guests.lock"
-    flock 9
+    # the most two cores run well. The locks die with the shell.
+    lab_lock
     LAB_WORK=$(mktemp -d "$LAB_DIR/work.${LAB_TEST}.XXXXXX")
     chmod 0755 "$LAB_DIR" "$LAB_WORK"
     trap lab_cleanup EXIT
     trap 'exit 130' INT TERM
-    "$LAB_SRC/make-guest.sh" "$LAB_GUEST" || lab_die "cannot build the test guest"
+    # one builder at a time: two one-guest tests start together in CI
+    flock "$LAB_DIR/make-guest.lock" "$LAB_SRC/make-guest.sh" "$LAB_GUEST" 8>&- 9>&- ||
+        lab_die "cannot build the test guest"
     lab_libvirt_up
 }
 
@@ -232,7 +261,7 @@ lab_pool_dir() {
 # that QEMU's user may connect to; stopped at exit. Closes the lab lock's
 # descriptor: a daemon must not hold the lab.
 lab_nbd_serve() {
-    qemu-nbd --persistent --shared=4 --format="$2" --socket="$3" "$1" 9>&- >/dev/null 2>&1 &
+    qemu-nbd --persistent --shared=4 --format="$2" --socket="$3" "$1" 8>&- 9>&- >/dev/null 2>&1 &
     LAB_PIDS+=("$!")
     for _ in $(seq 1 100); do [ -S "$3" ] && break; sleep 0.05; done
     [ -S "$3" ] || lab_die "qemu-nbd did not serve $1 on $3"
@@ -245,6 +274,9 @@ lab_running_count() { lab_virsh list --name | grep -c . ; }
 lab_guest_start() {
     local dom; dom=$(lab_domname "$1")
     local running; running=$(lab_running_count)
+    if [ "${LAB_GUESTS:-2}" = 1 ] && lab_virsh list --name | grep -q "^$LAB_ID-"; then
+        lab_die "refusing to start $dom: this test declared LAB_GUESTS=1 (it shares the lab) and one of its guests runs"
+    fi
     [ "$running" -lt "$LAB_MAX_RUNNING" ] ||
         lab_die "refusing to start $dom: $running guests already run (at most $LAB_MAX_RUNNING on this machine)"
     lab_virsh start "$dom" >/dev/null || lab_die "cannot start $dom"

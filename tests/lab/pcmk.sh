@@ -126,7 +126,7 @@ echo \$! >"$PCMK_DIR/run/pacemakerd.pid"
 EOF
     chmod +x "$PCMK_DIR/run/launch.sh"
     # 9>&-: the daemons must not hold the lab's lock descriptor
-    unshare --mount --propagation private "$PCMK_DIR/run/launch.sh" 9>&- ||
+    unshare --mount --propagation private "$PCMK_DIR/run/launch.sh" 8>&- 9>&- ||
         { pcmk_log "launch failed"; pcmk_down; return 1; }
     for i in $(seq 1 300); do
         pcmk_answers && break

@@ -6,6 +6,7 @@
  * never fixed (a gc killed between its two writes), gc killed at random
  * points, clock skew, one collector at a time, hostile marks. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include <cmocka.h>
 
 #include "repo/internal.h"
+#include "repo/store_obj.h"
 #include "test_repo_helpers.h"
 #include <vmshadow/repo/backup.h>
 #include <vmshadow/repo/repo.h>
@@ -411,7 +413,7 @@ static void gc_killed_at_random_points(void **state)
     }
     verify_clean(r, 2);
     /* the two backups' packs, and the one that holds their shared chunk
-     * (whole packs only: gc.md, "What is left") */
+     * (repacked when its pack was sparse: gc.md, "Repacking") */
     assert_true(count_packs(f->repo) <= 3);
     for (int i = 0; i < 8; i++)
         free(ids[i]);
@@ -440,6 +442,251 @@ static void clock_skew_is_refused(void **state)
     assert_int_equal(vmsh_backup_begin(&b, w, &err), 0);
     vmsh_backup_free(b);
     vmsh_repo_free(w);
+}
+
+/* The index-object race of the sweep (docs/formats/gc.md, "Index
+ * objects"): gc lists an unreferenced index object, old enough to go; a
+ * writer that starts after gc's last look at the sessions writes the same
+ * index again (named by its content), checks it exists and commits; then
+ * gc deletes it. Before the fix the manifest named a deleted index (verify
+ * found damage); now the check and the manifest's put hold locks/write
+ * shared, the sweep exclusively: the writer waits, finds its index gone
+ * and fails cleanly (nothing visible), and its next try commits. */
+typedef struct racer {
+    fx *f;
+    pthread_t t;
+    bool started, done;
+    int rc;
+    vmsh_error *err;
+} racer;
+
+static void *racer_main(void *arg)
+{
+    racer *w = arg;
+    vmsh_repo *r = open_fake(w->f->repo);
+    vmsh_backup *b = NULL;
+    w->rc = vmsh_backup_begin(&b, r, &w->err);
+    if (w->rc == 0)
+        w->rc = vmsh_backup_add_buffer(b, "x", w->f->x, sizeof(w->f->x), &w->err);
+    if (w->rc == 0)
+        w->rc = vmsh_backup_commit(b, "", &w->err);
+    vmsh_backup_free(b);
+    vmsh_repo_free(r);
+    __atomic_store_n(&w->done, true, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void sweep_hook(void *opaque, const char *path)
+{
+    racer *w = opaque;
+    (void)path;
+    if (w->started)
+        return;
+    w->started = true;
+    assert_int_equal(pthread_create(&w->t, NULL, racer_main, w), 0);
+    /* the writer's whole backup fits here unless something holds it */
+    for (int i = 0; i < 300 && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST); i++)
+        usleep(10000);
+}
+
+static void sweep_never_deletes_an_index_a_commit_names(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    advance(2 * MARGIN); /* its index object is old garbage now */
+    racer w = {.f = f};
+    r->gc_sweep_hook = sweep_hook;
+    r->gc_sweep_hook_opaque = &w;
+    vmsh_gc_stats st = gc(r);
+    r->gc_sweep_hook = NULL;
+    assert_true(w.started);
+    pthread_join(w.t, NULL);
+    assert_int_equal(st.indexes_deleted, 1);
+    if (w.rc == 0) {
+        verify_clean(r, 1); /* before the fix: damage, a missing index */
+    } else {
+        assert_int_equal(w.rc, -EAGAIN);
+        assert_non_null(strstr(w.err->message, "vanished"));
+        vmsh_error_free(w.err);
+        verify_clean(r, 0);
+        advance(1);
+        char *id = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+        verify_clean(r, 1);
+        read_back(r, id, "x", f->x, sizeof(f->x));
+        free(id);
+    }
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* Repacking (docs/formats/gc.md, "Repacking"): a pack with one live chunk
+ * of four is rewritten: its live chunk copied into a new pack (with a run)
+ * and the old pack marked, then deleted a grace later. Before, it stayed
+ * forever (packs_rewritten was always 0). */
+static void sparse_pack_is_repacked_then_deleted(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    uint64_t fresh = 9;
+    char *keep = backup_buf(r, "x0", f->x, 65536, &fresh); /* one chunk of x's pack */
+    assert_int_equal(fresh, 0);
+    forget(r, gone);
+    assert_int_equal(count_packs(f->repo), 1);
+    advance(2 * MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_rewritten, 1);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_int_equal(count_packs(f->repo), 2); /* the copy beside the old pack */
+    verify_clean(r, 1);
+    read_back(r, keep, "x0", f->x, 65536);
+    advance(GRACE / 2);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0); /* within the grace */
+    assert_int_equal(st.packs_rewritten, 0);
+    advance(GRACE);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    assert_int_equal(st.packs_rewritten, 0);
+    assert_int_equal(count_packs(f->repo), 1);
+    verify_clean(r, 1);
+    read_back(r, keep, "x0", f->x, 65536);
+    free(keep);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* The adversarial orderings of repacking: writer A begins before gc
+ * repacks (it has looked the old pack up: it deduplicates chunks that
+ * were garbage, not copied) and commits after the mark; writer B begins
+ * after the mark and reuses a live (copied) chunk and a garbage one. The
+ * old pack must outlive A's need of it (A's session holds the deletion,
+ * then A's manifest references it), B never builds on it, and every
+ * backup reads back with verify clean at each step. */
+static void repack_beside_writers_loses_nothing(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    char *keep = backup_buf(r, "x0", f->x, 65536, NULL);
+    forget(r, gone);
+    advance(2 * MARGIN);
+    /* A: begun before the repack, deduplicates x's chunks 1-2 against the
+     * old pack (garbage when gc looks) */
+    vmsh_repo *wa = open_fake(f->repo);
+    vmsh_backup *a = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_backup_begin(&a, wa, &err), 0);
+    assert_int_equal(vmsh_backup_add_buffer(a, "x12", f->x + 65536, 2 * 65536, &err), 0);
+    vmsh_add_stats ast;
+    vmsh_backup_stats(a, &ast);
+    assert_int_equal(ast.new_chunks, 0);
+    advance(MARGIN);
+    vmsh_gc_stats st = gc(r);
+    /* the pack is older than A's start minus the margin: repacked */
+    assert_int_equal(st.packs_rewritten, 1);
+    /* B: begun after the mark, reuses chunk 0 (copied) and 3 (garbage) */
+    advance(2 * MARGIN + 1);
+    vmsh_repo *wb = open_fake(f->repo);
+    uint64_t bfresh = 0;
+    uint8_t bbuf[2 * 65536];
+    memcpy(bbuf, f->x, 65536);
+    memcpy(bbuf + 65536, f->x + 3 * 65536, 65536);
+    char *bid = backup_buf(wb, "x03", bbuf, sizeof(bbuf), &bfresh);
+    assert_int_equal(bfresh, 1); /* chunk 3 stored again, chunk 0 from the copy */
+    vmsh_repo_free(wb);
+    /* the grace passes while A runs: A's session holds the deletion */
+    advance(GRACE + 1);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 0);
+    assert_true(st.sessions_live >= 1);
+    assert_int_equal(vmsh_backup_commit(a, "", &err), 0);
+    char *aid = strdup(vmsh_backup_id(a));
+    vmsh_backup_free(a);
+    vmsh_repo_free(wa);
+    verify_clean(r, 3);
+    /* A's manifest now needs the old pack (its chunks 1-2 live only there):
+     * gc keeps it, however old its mark */
+    advance(GRACE + 1);
+    st = gc(r);
+    verify_clean(r, 3);
+    read_back(r, aid, "x12", f->x + 65536, 2 * 65536);
+    read_back(r, bid, "x03", bbuf, sizeof(bbuf));
+    read_back(r, keep, "x0", f->x, 65536);
+    /* once A is forgotten, the pack goes (repacked or unreferenced) */
+    forget(r, aid);
+    for (int i = 0; i < 3; i++) {
+        advance(GRACE + 1);
+        gc(r);
+    }
+    verify_clean(r, 2);
+    read_back(r, bid, "x03", bbuf, sizeof(bbuf));
+    read_back(r, keep, "x0", f->x, 65536);
+    free(aid);
+    free(bid);
+    free(keep);
+    free(gone);
+    vmsh_repo_free(r);
+}
+
+/* Point 3: the OSD's clock from cls_lock's get_info reply (store_rados.c),
+ * read as hostile input: the right locker's expiration, and -1 for every
+ * truncation and for lengths that point past the end. */
+static size_t put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+    return 4;
+}
+
+static size_t locker(uint8_t *p, const char *cookie, uint32_t sec, uint32_t nsec)
+{
+    size_t n = 0, cl = strlen(cookie);
+    p[n++] = 1; /* locker_id_t */
+    p[n++] = 1;
+    n += put32(p + n, (uint32_t)(9 + 4 + cl));
+    p[n++] = 8; /* entity_name_t: type, num */
+    memset(p + n, 0, 8);
+    n += 8;
+    n += put32(p + n, (uint32_t)cl);
+    memcpy(p + n, cookie, cl);
+    n += cl;
+    p[n++] = 1; /* locker_info_t: expiration, then addr and description */
+    p[n++] = 1;
+    n += put32(p + n, 8 + 6);
+    n += put32(p + n, sec);
+    n += put32(p + n, nsec);
+    memcpy(p + n, "addrdd", 6);
+    return n + 6;
+}
+
+static void rados_clock_reply_is_parsed_as_hostile(void **state)
+{
+    (void)state;
+    uint8_t buf[512];
+    size_t n = 6;
+    buf[0] = 1;
+    buf[1] = 1;
+    n += put32(buf + n, 2);
+    n += locker(buf + n, "other", 100, 0);
+    n += locker(buf + n, "clock.me", 1796548893, 589400000);
+    buf[n++] = 2; /* lock type, tag */
+    n += put32(buf + n, 0);
+    put32(buf + 2, (uint32_t)(n - 6));
+    assert_int_equal(rados_clock_parse(buf, n, "clock.me"), 1796548893589LL);
+    assert_int_equal(rados_clock_parse(buf, n, "other"), 100000LL);
+    assert_int_equal(rados_clock_parse(buf, n, "nobody"), -1);
+    for (size_t cut = 0; cut < n; cut++) /* every truncation */
+        assert_int_equal(rados_clock_parse(buf, cut, "clock.me"), -1);
+    uint8_t bad[512];
+    memcpy(bad, buf, n);
+    put32(bad + 2, 0xffffffffu); /* a length past the end */
+    assert_int_equal(rados_clock_parse(bad, n, "clock.me"), -1);
+    memcpy(bad, buf, n);
+    put32(bad + 6, 0x7fffffffu); /* more lockers than bytes: no long loop */
+    assert_int_equal(rados_clock_parse(bad, n, "nobody"), -1);
 }
 
 /* One collector at a time; gc beside a backup runs (no exit 4). */
@@ -573,6 +820,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(one_gc_at_a_time_beside_backups, setup, teardown),
         cmocka_unit_test_setup_teardown(damaged_marks_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(golden_objects_read_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(sweep_never_deletes_an_index_a_commit_names, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(sparse_pack_is_repacked_then_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
+        cmocka_unit_test(rados_clock_reply_is_parsed_as_hostile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -42,6 +42,14 @@ typedef enum {
 /* "file", "block", "network", "passthrough", "empty", "unknown", "volume". */
 const char *vmsh_disk_kind_name(vmsh_disk_kind kind);
 
+/* A <host> of a network disk's <source>, as the definition gives it. */
+typedef struct vmsh_domxml_host {
+    char *name;      /* host name or address; NULL for a unix socket */
+    char *port;      /* NULL: the protocol's default */
+    char *transport; /* "tcp", "unix", "rdma"; NULL: tcp */
+    char *socket;    /* transport='unix': the socket path */
+} vmsh_domxml_host;
+
 typedef struct vmsh_domxml_disk {
     char *target; /* "vda"; for <hostdev> "hostdev0", "hostdev1"... */
     char *source; /* a path, "iscsi://host/iqn/lun", "pci 0000:03:00.0"...; NULL when empty */
@@ -58,6 +66,15 @@ typedef struct vmsh_domxml_disk {
      * volume the kind of its pool's storage once resolved (UNKNOWN until
      * then, and `source` is "volume POOL/VOL"). */
     vmsh_disk_kind storage;
+    /* type='network' only (issue 25: a QEMU of vmshadow's own opens it
+     * when libvirt's does not, vmsh_hv_netdisk_spec): the source's name
+     * attribute ("pool/image" for RBD, the export for NBD...), its hosts,
+     * its <config file=.../> (RBD), <snapshot name=.../>, and the user of
+     * its <auth> (inside <source> or beside it). */
+    char *net_name;
+    vmsh_domxml_host *hosts;
+    size_t n_hosts;
+    char *net_config, *net_snapshot, *auth_user;
 } vmsh_domxml_disk;
 
 typedef struct vmsh_domxml_iface {

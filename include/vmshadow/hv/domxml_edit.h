@@ -23,6 +23,10 @@ typedef struct vmsh_disk_repath {
     const char *backing;
     const char *backing_format;
     bool backing_block; /* the backing is a host block device (issue 25) */
+    /* The backing is the disk's own network source (issue 25: a saved VM's
+     * overlay on its RBD or NBD disk): the disk's <source> and <auth> move
+     * into the <backingStore type='network'>, `backing` is not used. */
+    bool backing_network;
     /* Written in place onto the block device `path` (issue 25): the disk
      * becomes type='block' on it, and drop_host_devices keeps it (the
      * restore wrote it). */

@@ -95,6 +95,19 @@ void vmsh_repo_set_threads(vmsh_repo *r, unsigned n);
  * Set before a repository is opened. -ENOENT: not such a key. */
 int vmsh_repo_store_setopt(const char *key, const char *value);
 
+/* What this process moved to and from object stores (rados://, s3://;
+ * issue 26 point 4), totals since it started, safe to read at any time
+ * (progress). `*_seconds` is the wall time during which at least one
+ * transfer of that direction was in flight, so bytes / seconds is the
+ * store's throughput however many run at once. All zero for a local
+ * directory. */
+typedef struct vmsh_store_traffic {
+    uint64_t bytes_up, bytes_down; /* objects put; ranged and whole reads */
+    uint64_t puts, reads;
+    double up_seconds, down_seconds;
+} vmsh_store_traffic;
+void vmsh_repo_store_traffic(vmsh_store_traffic *out);
+
 /* ---- Reading backups ---- */
 
 typedef struct vmsh_backup_file {
