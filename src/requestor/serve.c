@@ -276,9 +276,20 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
     argv[k++] = a_file;
     argv[k++] = a_key;
     argv[k] = NULL;
-    pid_t pid = fork();
-    if (pid < 0)
+    /* a detached server's pid comes back through this pipe from the
+     * short-lived process between us and it */
+    int pfd[2] = {-1, -1};
+    if (detached && pipe2(pfd, O_CLOEXEC) < 0)
         return vmsh_error_set(err, -errno, "cannot start nbdkit: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        if (detached) {
+            close(pfd[0]);
+            close(pfd[1]);
+        }
+        return vmsh_error_set(err, -e, "cannot start nbdkit: %s", strerror(e));
+    }
     if (pid == 0) {
         sigset_t none;
         sigemptyset(&none);
@@ -287,6 +298,20 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
             /* a daemon of its own: a Ctrl-C or the end of vmshadow's
              * session does not reach it; the journal names it */
             setsid();
+            /* and not our child: nbdkit (1.32 at least) asks for SIGTERM
+             * when its parent dies (PR_SET_PDEATHSIG) even without
+             * --exit-with-parent, which stopped serving a VM's disks when
+             * vmshadow ended (issue 23). Its parent is this intermediate
+             * process, gone before nbdkit starts. */
+            pid_t mid = getpid();
+            pid_t gc = fork();
+            if (gc != 0) {
+                if (write(pfd[1], &gc, sizeof(gc)) != (ssize_t)sizeof(gc))
+                    _exit(127);
+                _exit(gc < 0 ? 127 : 0);
+            }
+            for (int i = 0; i < 5000 && getppid() == mid; i++)
+                usleep(1000);
             int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
             if (nul >= 0) {
                 dup2(nul, STDIN_FILENO);
@@ -311,9 +336,27 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
                 errno == ENOENT ? " (install nbdkit)" : "");
         _exit(127);
     }
+    if (detached) {
+        pid_t mid = pid;
+        close(pfd[1]);
+        ssize_t got;
+        while ((got = read(pfd[0], &pid, sizeof(pid))) < 0 && errno == EINTR)
+            ;
+        close(pfd[0]);
+        int st;
+        while (waitpid(mid, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (got != (ssize_t)sizeof(pid) || pid <= 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return vmsh_error_set(err, -EIO, "cannot start nbdkit serving %s in the background",
+                                  src->file);
+    }
     for (long waited = 0;; waited += 20) {
         int st;
         pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w < 0 && errno == ECHILD && !alive(pid)) { /* detached: not our child */
+            w = pid;
+            st = 0x7f00; /* status unknown: its message is in the log */
+        }
         if (w == pid)
             return vmsh_error_set(err, -EIO,
                                   "nbdkit serving %s stopped before it was ready (exit status "
