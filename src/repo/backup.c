@@ -967,31 +967,9 @@ int vmsh_backup_add_buffer(vmsh_backup *b, const char *name, const void *buf, si
  * backup adds a run of its own; nothing shared is rewritten. */
 static int write_run(vmsh_backup *b, vmsh_error **err)
 {
-    vmsh_repo *r = b->repo;
-    if (!r->ci)
+    if (!b->repo->ci)
         return 0; /* legacy mode: no runs in this repository yet */
-    size_t n = r->map.count > b->map_mark ? r->map.count - b->map_mark : 0;
-    ci_entry *e = vmsh_calloc_array(n ? n : 1, sizeof(*e));
-    if (!e)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    size_t k = 0;
-    for (size_t i = b->map_mark; i < r->map.count; i++) {
-        const chunk_loc *l = &r->map.locs[i];
-        if (l->pack == CHUNK_PENDING || l->pack >= r->n_packs)
-            continue;
-        memcpy(e[k].id, l->id, ID_LEN);
-        vmsh_unhex(r->packs[l->pack].name, e[k].pack, 16);
-        e[k].offset = l->offset;
-        e[k].stored_len = l->stored_len;
-        e[k].raw_len = l->raw_len;
-        e[k].kind = l->kind;
-        k++;
-    }
-    ci_key key;
-    ci_key_init(&key, &r->keys);
-    int rc = k ? ci_write_entries(r, &key, e, k, err) : 0;
-    free(e);
-    return rc;
+    return ci_write_map_since(b->repo, b->map_mark, err);
 }
 
 int vmsh_backup_commit(vmsh_backup *b, const char *document, vmsh_error **err)

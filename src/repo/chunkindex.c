@@ -702,6 +702,32 @@ int ci_write_entries(vmsh_repo *r, const ci_key *k, ci_entry *e, size_t n, vmsh_
     return write_sorted(r, k, false, e, n, err);
 }
 
+int ci_write_map_since(vmsh_repo *r, size_t mark, vmsh_error **err)
+{
+    size_t n = r->map.count > mark ? r->map.count - mark : 0;
+    ci_entry *e = vmsh_calloc_array(n ? n : 1, sizeof(*e));
+    if (!e)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = mark; i < r->map.count; i++) {
+        const chunk_loc *l = &r->map.locs[i];
+        if (l->pack == CHUNK_PENDING || l->pack >= r->n_packs)
+            continue;
+        memcpy(e[k].id, l->id, ID_LEN);
+        vmsh_unhex(r->packs[l->pack].name, e[k].pack, 16);
+        e[k].offset = l->offset;
+        e[k].stored_len = l->stored_len;
+        e[k].raw_len = l->raw_len;
+        e[k].kind = l->kind;
+        k++;
+    }
+    ci_key key;
+    ci_key_init(&key, &r->keys);
+    int rc = k ? ci_write_entries(r, &key, e, k, err) : 0;
+    free(e);
+    return rc;
+}
+
 /* ---- merging ---- */
 
 /* Test hook (tests/e2e/t-repo-index.sh): VMSHADOW_TEST_MERGE_DELAY_MS makes

@@ -99,6 +99,9 @@ void ci_writer_free(ci_writer *w);                                       /* abor
 
 /* Writes one run of `n` entries (sorted here). */
 int ci_write_entries(vmsh_repo *r, const ci_key *k, ci_entry *e, size_t n, vmsh_error **err);
+/* A run of the chunk map's entries added since `mark` that are in a pack
+ * (a backup's new chunks, gc's repacked copies); none: nothing written. */
+int ci_write_map_since(vmsh_repo *r, size_t mark, vmsh_error **err);
 
 /* Keeps an entry in a merge (false: drop it, e.g. its pack is deleted). */
 typedef bool (*ci_filter_fn)(void *opaque, const ci_entry *e);

@@ -504,33 +504,11 @@ static int repack(vmsh_repo *r, const gc_marks *old, int64_t young, uint64_t *pa
         rc = pack_writer_flush(rp.pw, err);
     if (rc == 0)
         rc = r->store->ops->sync(r->store, "packs", err);
-    if (rc == 0) {
-        /* the run naming the copies, as a backup's commit writes it */
-        size_t nn = r->map.count > mark ? r->map.count - mark : 0;
-        ci_entry *e = vmsh_calloc_array(nn ? nn : 1, sizeof(*e));
-        size_t k = 0;
-        if (!e)
-            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
-        for (size_t i = mark; rc == 0 && i < r->map.count; i++) {
-            const chunk_loc *l = &r->map.locs[i];
-            if (l->pack == CHUNK_PENDING || l->pack >= r->n_packs)
-                continue;
-            memcpy(e[k].id, l->id, ID_LEN);
-            vmsh_unhex(r->packs[l->pack].name, e[k].pack, 16);
-            e[k].offset = l->offset;
-            e[k].stored_len = l->stored_len;
-            e[k].raw_len = l->raw_len;
-            e[k].kind = l->kind;
-            k++;
-        }
-        ci_key key;
-        ci_key_init(&key, &r->keys);
-        if (rc == 0 && k)
-            rc = ci_write_entries(r, &key, e, k, err);
-        if (rc == 0)
-            rc = r->store->ops->sync(r->store, "index", err);
-        free(e);
-    }
+    /* the run naming the copies, as a backup's commit writes it */
+    if (rc == 0)
+        rc = ci_write_map_since(r, mark, err);
+    if (rc == 0)
+        rc = r->store->ops->sync(r->store, "index", err);
     repacker_free(&rp);
     free(unused.v);
     if (rc < 0) {
