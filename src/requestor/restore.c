@@ -102,6 +102,20 @@ static int restore_onto_device(req_restorer *q, const char *name, const char *de
     return r;
 }
 
+/* Restores backup file `name` into `sink` and finishes it (flushed, its
+ * server stopped and checked); the sink is gone either way. */
+static int fill_sink(req_restorer *q, const char *name, vmsh_sink *sink, vmsh_progress_fn progress,
+                     void *opaque, vmsh_restore_stats *st, vmsh_error **err)
+{
+    int r = vmsh_repo_restore_sink(q->repo, q->id, name, sink, progress, opaque, st, err);
+    if (r == 0) {
+        r = vmsh_sink_finish(sink, err);
+        sink = NULL;
+    }
+    vmsh_sink_free(sink);
+    return r;
+}
+
 /* Issue 25 point 4: a disk written straight onto storage of its kind that
  * is not a raw block device: an RBD image (QEMU's rbd driver), a qcow2 on a
  * block device, a pool volume's file, each existing (in place, the VM
@@ -121,12 +135,7 @@ static int restore_onto_storage(req_restorer *q, const char *name, const char *d
     int r = vmsh_hv_storage_sink_open(dest, format, bf->size, fresh, &sink, err);
     if (r < 0)
         return vmsh_error_prefix(err, "%s was not changed", dest);
-    r = vmsh_repo_restore_sink(q->repo, q->id, name, sink, progress, opaque, st, err);
-    if (r == 0) {
-        r = vmsh_sink_finish(sink, err);
-        sink = NULL;
-    }
-    vmsh_sink_free(sink);
+    r = fill_sink(q, name, sink, progress, opaque, st, err);
     if (r < 0)
         vmsh_error_prefix(err, "%s now holds a partial restore of %s (R11): %s", dest, name,
                           fresh ? "it is removed again"
@@ -155,12 +164,7 @@ static int restore_image(req_restorer *q, const char *name, const char *dest, co
     vmsh_sink *sink = NULL;
     int r = vmsh_hv_image_sink_create(dest, format, bf->size, &sink, err);
     if (r == 0)
-        r = vmsh_repo_restore_sink(q->repo, q->id, name, sink, progress, opaque, st, err);
-    if (r == 0) {
-        r = vmsh_sink_finish(sink, err);
-        sink = NULL;
-    }
-    vmsh_sink_free(sink);
+        r = fill_sink(q, name, sink, progress, opaque, st, err);
     if (r < 0)
         unlink(dest);
     return r;
