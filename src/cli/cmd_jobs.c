@@ -154,6 +154,7 @@ int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv)
                 json_object_object_add(x, "done", json_object_new_boolean(d->done));
                 json_object_object_add(x, "served", json_object_new_boolean(d->served));
                 json_object_object_add(x, "pulling", json_object_new_boolean(d->pulling));
+                json_object_object_add(x, "pulled", json_object_new_boolean(d->pulled));
                 json_object_object_add(x, "bytes_done", json_object_new_int64((int64_t)d->cur));
                 json_object_object_add(x, "bytes_total", json_object_new_int64((int64_t)d->end));
                 json_object_array_add(da, x);
@@ -179,6 +180,9 @@ int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv)
                 vmsh_cli_format_bytes(d->end, b, sizeof(b));
                 if (d->done)
                     printf("  %s  pulled\n", vmsh_cli_safe(cli, d->disk));
+                else if (d->pulled)
+                    printf("  %s  pulled; run vmshadow recover to finish (stop serving)\n",
+                           vmsh_cli_safe(cli, d->disk));
                 else if (d->pulling)
                     printf("  %s  pulling %s of %s%s\n", vmsh_cli_safe(cli, d->disk), a, b,
                            d->served ? "" : " (NOT SERVED: run vmshadow recover)");

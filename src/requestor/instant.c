@@ -855,8 +855,11 @@ int vmsh_instant_list(const vmsh_requestor_config *cfg, vmsh_instant_status **ou
             j.disks[k].disk = j.disks[k].overlay = NULL;
             d->done = j.disks[k].done;
             d->served = vmsh_serve_listening(j.disks[k].socket);
-            if (have == 0 && (st == VMSH_VM_RUNNING || st == VMSH_VM_PAUSED))
+            if (have == 0 && (st == VMSH_VM_RUNNING || st == VMSH_VM_PAUSED)) {
                 d->pulling = vmsh_hv_block_job(hv, x->vm, d->disk, &d->cur, &d->end, NULL) == 1;
+                d->pulled = !d->done && !d->pulling &&
+                            vmsh_hv_disk_has_backing(hv, x->vm, d->disk, NULL) == 0;
+            }
         }
         ijob_clear(&j);
     }

@@ -198,6 +198,23 @@ lab_wait_off g || { lab_virsh destroy "$G" >/dev/null; lab_wait_off g; }
 check "no backing file left" bash -c "! qemu-img info --force-share '$OVL' | grep -q 'backing file'"
 check "the data is right after the reboot and recover" same_data "$OVL" qcow2
 
+# ---- 3b. --no-wait, the pull ends with no vmshadow waiting: jobs says the
+# disk is pulled and that recover finishes; recover stops serving
+vsh restore --instant --force --no-wait "$ID" "$G"
+check "restore --instant --no-wait (unthrottled) returns once the VM runs" test "$RC" = 0
+pulled=0
+for _ in $(seq 600); do
+    jobs_json | jqe '.jobs[0].disks[0].pulled == true and .jobs[0].done == false' && { pulled=1; break; }
+    sleep 0.1
+done
+check "jobs: the disk is pulled, the job not done" test "$pulled" = 1
+check "jobs (text) says recover finishes" bash -c "\"$VMSHADOW\" jobs | grep -q 'pulled; run vmshadow recover'"
+vsh recover
+check "recover finishes it" test "$RC" = 0
+check "no job, no server left after recover" bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+lab_virsh destroy "$G" >/dev/null 2>&1
+lab_wait_off g
+
 # ---- 4. abandon
 C=$G-copy
 vsh restore --instant --no-wait --bandwidth 1M --as "$C" "$ID" "$G"

@@ -61,6 +61,10 @@ typedef struct vmsh_instant_disk_status {
     bool done;         /* pulled: independent of the repository */
     bool served;       /* its server listens */
     bool pulling;      /* a block job runs on it */
+    bool pulled;       /* no job and no backing left: every byte is in the
+                        * overlay, but the journal still says not done (the
+                        * command that pulled was --no-wait or ended):
+                        * `recover` finishes */
     uint64_t cur, end; /* the job's progress when pulling */
 } vmsh_instant_disk_status;
 

@@ -1,0 +1,143 @@
+#!/bin/bash
+# instant-bench.sh - time until a restored VM's guest agent answers: instant
+# restore (`restore --instant`: the VM runs at once on overlays over its
+# served backup) against a full restore (`restore --force`, then `virsh
+# start`), for data disks of 1 GiB and 8 GiB, in one run (issue 23,
+# "Benchmark"; targets: instant flat in disk size, and at most 10 % of the
+# full restore at 8 GiB).
+#
+# The guest is the lab's tiny guest (tests/lab: direct kernel boot, the agent
+# in its initramfs) with one data disk: bench/make_images.py's mix (holes,
+# zeros, text, random data) of SIZE bytes whose first 64 MiB are the lab's
+# ext4 file system, as qcow2. It is backed up once per size while shut off;
+# then each round, sizes and methods interleaved, the VM is destroyed,
+# restored by one method and timed from the restore's start until the agent
+# answers a guest-ping. After an instant restore the round lets `vmshadow
+# recover` finish it (the data moved back, serving stopped; `jobs` empty)
+# before the next one, untimed.
+#
+# Usage (root, from the project's root):
+#   bench/instant-bench.sh [ROUNDS]   (default 3; VMSHADOW names the binary,
+#   SIZES the disk sizes in MiB, default "1024 8192", WORK where the images
+#   are kept for re-runs, default /var/tmp/vmshadow-instant-bench)
+# Takes the lab's lock for the whole run (no other test's guests meanwhile).
+# Prints a Markdown table; the last line is
+#   instant_s_SIZE=... full_s_SIZE=... ratio_SIZE=... for each size.
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${1:-3}
+VMSHADOW=${VMSHADOW:-$top/build/src/vmshadow}
+SIZES=${SIZES:-"1024 8192"}
+WORK=${WORK:-/var/tmp/vmshadow-instant-bench}
+[ "$(id -u)" = 0 ] || { echo "instant-bench: run as root (qemu:///system)" >&2; exit 2; }
+[ -x "$VMSHADOW" ] || { echo "instant-bench: build vmshadow first (ninja -C build)" >&2; exit 2; }
+for t in qemu-img virsh jq bc python3; do
+    command -v $t >/dev/null || { echo "instant-bench: $t is needed" >&2; exit 2; }
+done
+export VMSH_SOURCE_DIR=$top
+. "$top/tests/lab/lab.sh"
+lab_init
+# servers an instant restore left behind when the bench stops early
+kill_servers() {
+    local p
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^nbdkit .*--unix $VMSHADOW_RUN_DIR/" && kill "${p#/proc/}"
+    done
+    return 0
+}
+trap 'lab_cleanup; kill_servers' EXIT
+mkdir -p "$WORK"
+export VMSHADOW_REPO=$LAB_WORK/repo VMSHADOW_STATE_DIR=$LAB_WORK/state
+export VMSHADOW_RUN_DIR=$LAB_WORK/run VMSHADOW_WRITERS_DIR=$LAB_WORK/writers.d
+export VMSHADOW_CONFIG=$LAB_WORK/vmshadow.conf
+mkdir -p "$VMSHADOW_WRITERS_DIR"
+: >"$VMSHADOW_CONFIG"
+"$VMSHADOW" -q init >/dev/null || lab_die "init"
+
+# image SIZE_MIB -> path of its qcow2 (built once, kept in WORK)
+image() {
+    local mb=$1 img=$WORK/data-$1M.qcow2
+    if [ ! -f "$img" ]; then
+        local d=$WORK/build.$$
+        mkdir -p "$d"
+        OUTDIR=$d SIZE=$((mb << 20)) CHANGE=0 python3 "$top/bench/make_images.py" >/dev/null ||
+            lab_die "make_images.py"
+        dd if="$LAB_GUEST/data.raw" of="$d/day1.raw" bs=1M conv=notrunc status=none
+        qemu-img convert -f raw -O qcow2 "$d/day1.raw" "$img.new" && mv "$img.new" "$img" ||
+            lab_die "qemu-img convert"
+        rm -rf "$d"
+    fi
+    echo "$img"
+}
+
+agent_ok() { lab_virsh qemu-agent-command "$1" '{"execute":"guest-ping"}' --timeout 2 >/dev/null 2>&1; }
+# seconds from $2 (date +%s.%N) until the agent of $1 answers
+wait_agent() {
+    for _ in $(seq 1800); do
+        agent_ok "$1" && { echo "$(date +%s.%N) - $2" | bc; return 0; }
+        sleep 0.05
+    done
+    return 1
+}
+stop_vm() {
+    lab_virsh destroy "$1" >/dev/null 2>&1
+    for _ in $(seq 100); do [ "$(lab_virsh domstate "$1" | head -n 1)" = "shut off" ] && return 0; sleep 0.1; done
+}
+# after --no-wait, `recover` finishes the instant restore (docs/cli.md):
+# it waits for the pull, stops serving, gives the definition back
+wait_moved() {
+    "$VMSHADOW" -q recover >/dev/null 2>"$LAB_WORK/recover.err" || { cat "$LAB_WORK/recover.err" >&2; return 1; }
+    [ "$("$VMSHADOW" --json jobs 2>/dev/null | jq '.jobs | length')" = 0 ]
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
+
+declare -A ID DOM T
+for mb in $SIZES; do
+    n=g$mb
+    lab_guest_define "$n"
+    DOM[$mb]=$(lab_domname "$n")
+    cp --sparse=always "$(image "$mb")" "$(lab_disk "$n")" || lab_die "copy of the $mb MiB image"
+    ID[$mb]=$("$VMSHADOW" --json backup "${DOM[$mb]}" 2>"$LAB_WORK/backup.err" | jq -r .backup)
+    [ -n "${ID[$mb]}" ] && [ "${ID[$mb]}" != null ] || { cat "$LAB_WORK/backup.err" >&2; lab_die "backup of the $mb MiB VM"; }
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+    for mb in $SIZES; do
+        # alternate which method goes first
+        order="full instant"
+        [ $((r % 2)) = 0 ] && order="instant full"
+        for m in $order; do
+            d=${DOM[$mb]}
+            stop_vm "$d"
+            t0=$(date +%s.%N)
+            if [ "$m" = full ]; then
+                "$VMSHADOW" -q restore --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" &&
+                    lab_virsh start "$d" >/dev/null || { cat "$LAB_WORK/r.err" >&2; lab_die "full restore of $d"; }
+            else
+                "$VMSHADOW" -q restore --instant --no-wait --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" ||
+                    { cat "$LAB_WORK/r.err" >&2; lab_die "instant restore of $d"; }
+            fi
+            s=$(wait_agent "$d" "$t0") || lab_die "the agent of $d did not answer after the $m restore"
+            T[$m.$mb]+="$s "
+            echo "round $r: $m restore of the $mb MiB VM: agent after $s s" >&2
+            if [ "$m" = instant ]; then
+                wait_moved || lab_die "the instant restore of $d did not complete"
+            fi
+        done
+    done
+done
+for mb in $SIZES; do stop_vm "${DOM[$mb]}"; done
+
+echo
+echo "| data disk | full restore + start, s (median, range) | instant restore, s (median, range) | instant / full |"
+echo "| --- | --- | --- | --- |"
+last=""
+for mb in $SIZES; do
+    f=$(tr ' ' '\n' <<<"${T[full.$mb]}" | grep . | median)
+    i=$(tr ' ' '\n' <<<"${T[instant.$mb]}" | grep . | median)
+    ratio=$(echo "scale=3; $i / $f" | bc)
+    echo "| $mb MiB | $f ($(tr ' ' '\n' <<<"${T[full.$mb]}" | grep . | range)) | $i ($(tr ' ' '\n' <<<"${T[instant.$mb]}" | grep . | range)) | $ratio |"
+    last+="instant_s_$mb=$i full_s_$mb=$f ratio_$mb=$ratio "
+done
+echo "$last"
