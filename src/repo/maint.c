@@ -269,6 +269,10 @@ static int gc_refuse(vmsh_error **err, vmsh_error **e, int rc, const char *backu
  * chunks copied into new packs, written with a chunk-index run naming
  * them, before the old pack is marked like an unreferenced one. */
 #define REPACK_LIVE_PERCENT 50
+/* ... and only when that frees at least this much: a small pack is mostly
+ * its own header and table, so its references are always "below half" of
+ * it, and copying it would only write another such pack, at every gc. */
+#define REPACK_MIN_DEAD_BYTES (64u << 10)
 
 typedef struct repacker {
     vmsh_repo *r;
@@ -484,7 +488,7 @@ static int repack(vmsh_repo *r, const gc_marks *old, int64_t young, uint64_t *pa
         snprintf(path, sizeof(path), "packs/%.2s/%s.pack", name, name);
         repo_store_stat sst = {0};
         if (r->store->ops->stat(r->store, path, &sst, NULL) < 0 || latest_ms(&sst) >= young ||
-            live * 100 >= sst.size * REPACK_LIVE_PERCENT)
+            live * 100 >= sst.size * REPACK_LIVE_PERCENT || sst.size - live < REPACK_MIN_DEAD_BYTES)
             continue;
         pthread_mutex_lock(&r->lock);
         r->packs[i].gc_repack = true;

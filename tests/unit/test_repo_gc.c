@@ -558,6 +558,29 @@ static void sparse_pack_is_repacked_then_deleted(void **state)
     vmsh_repo_free(r);
 }
 
+/* A small pack is mostly its header and table: its one live chunk is
+ * always "below half" of it. It must not be copied into another such pack
+ * at every gc (t-repo-crash found the churn: packs_rewritten 1, a new
+ * pack beside the old, at each run). */
+static void small_pack_is_not_repacked(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *keep = backup_buf(r, "kept", "kept", 4, NULL);
+    assert_int_equal(count_packs(f->repo), 1);
+    for (int i = 0; i < 3; i++) {
+        advance(2 * MARGIN + GRACE);
+        vmsh_gc_stats st = gc(r);
+        assert_int_equal(st.packs_rewritten, 0);
+        assert_int_equal(st.packs_marked, 0);
+        assert_int_equal(count_packs(f->repo), 1);
+    }
+    verify_clean(r, 1);
+    read_back(r, keep, "kept", "kept", 4);
+    free(keep);
+    vmsh_repo_free(r);
+}
+
 /* The adversarial orderings of repacking: writer A begins before gc
  * repacks (it has looked the old pack up: it deduplicates chunks that
  * were garbage, not copied) and commits after the mark; writer B begins
@@ -823,6 +846,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(sweep_never_deletes_an_index_a_commit_names, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(sparse_pack_is_repacked_then_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(small_pack_is_not_repacked, setup, teardown),
         cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
         cmocka_unit_test(rados_clock_reply_is_parsed_as_hostile),
     };
