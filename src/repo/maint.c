@@ -824,6 +824,20 @@ int vmsh_repo_gc(vmsh_repo *r, vmsh_gc_stats *stats, vmsh_error **err)
         return rc;
     }
     rc = gc_pass(r, &p, &st, err);
+    /* A writer's commit may merge small runs (backup.c) and delete the
+     * ones this pass opened; their entries are in the merged run, durable
+     * before. A pass that found a run gone is as a gc killed there (gc.md:
+     * every step is safe to stop at): the runs opened again, the pass
+     * again, a few times at most. */
+    for (int again = 0; rc == -ENOENT && r->ci && again < 3; again++) {
+        if (err) {
+            vmsh_error_free(*err);
+            *err = NULL;
+        }
+        st = (vmsh_gc_stats){0};
+        if ((rc = ci_refresh(r, err)) == 0)
+            rc = gc_pass(r, &p, &st, err);
+    }
     /* a grace of 0 (tests, a repository no other host writes): the marks of
      * this pass are deleted by a second one at once, under the same rules */
     if (rc == 0 && p.grace_ms == 0 && st.packs_marked) {
