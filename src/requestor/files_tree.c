@@ -285,6 +285,21 @@ static int make_room(copy_ctx *c, int dirfd, const char *name, const char *gpath
     return 0;
 }
 
+/* The entries of guest directory gdir at `depth` of a walk; none (noted,
+ * counted as skipped) below MAX_DEPTH directories. */
+static int dir_level(copy_ctx *c, const char *gdir, int depth, vmsh_files_entry **e, size_t *n,
+                     vmsh_error **err)
+{
+    *e = NULL;
+    *n = 0;
+    if (depth >= MAX_DEPTH) {
+        note(c->src, gdir, "deeper than 256 directories: not copied");
+        c->st->skipped++;
+        return 0;
+    }
+    return read_dir(c->src, gdir, e, n, err);
+}
+
 static int copy_tree(copy_ctx *c, int dirfd, const char *gdir, int depth, vmsh_error **err);
 
 static int copy_file(copy_ctx *c, int dirfd, const char *name, const char *gpath,
@@ -395,14 +410,9 @@ static int copy_entry(copy_ctx *c, int dirfd, const char *name, const char *gpat
 
 static int copy_tree(copy_ctx *c, int dirfd, const char *gdir, int depth, vmsh_error **err)
 {
-    if (depth >= MAX_DEPTH) {
-        note(c->src, gdir, "deeper than 256 directories: not copied");
-        c->st->skipped++;
-        return 0;
-    }
     vmsh_files_entry *e = NULL;
     size_t n = 0;
-    int rc = read_dir(c->src, gdir, &e, &n, err);
+    int rc = dir_level(c, gdir, depth, &e, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         _cleanup_free_ char *g = files_join(gdir, e[i].path);
         rc = g ? copy_entry(c, dirfd, e[i].path, g, &e[i], depth, err)
@@ -617,14 +627,9 @@ static int tar_entry(copy_ctx *c, const char *gpath, const char *aname, const vm
 
 static int tar_tree(copy_ctx *c, const char *gdir, const char *aname, int depth, vmsh_error **err)
 {
-    if (depth >= MAX_DEPTH) {
-        note(c->src, gdir, "deeper than 256 directories: not copied");
-        c->st->skipped++;
-        return 0;
-    }
     vmsh_files_entry *e = NULL;
     size_t n = 0;
-    int rc = read_dir(c->src, gdir, &e, &n, err);
+    int rc = dir_level(c, gdir, depth, &e, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         _cleanup_free_ char *g = files_join(gdir, e[i].path);
         _cleanup_free_ char *a = *aname ? files_join(aname, e[i].path) : strdup(e[i].path);
