@@ -34,13 +34,7 @@ store_cleanup() {
     if [ "${RESTART:-}" = osd ]; then "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" start-osd >/dev/null 2>&1; fi
     if [ "${RESTART:-}" = rgw ]; then "$VMSH_SOURCE_DIR/tests/lab/ceph.sh" start-rgw >/dev/null 2>&1; fi
     # the test's repository goes (the pool and the gateway are shared)
-    if [ -n "${U:-}" ] && [ "$CEPH_LAB_OWNED" = 0 ] && [ -n "${VMSH_CEPH_POOL:-}" ]; then
-        if [ "$STORE" = rados ]; then
-            rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U/" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm
-        else
-            radosgw-admin bucket rm --bucket="$U" --purge-objects >/dev/null 2>&1
-        fi
-    fi
+    ceph_lab_forget "${U:-}" "$STORE"
     ceph_lab_release
     lab_cleanup
 }

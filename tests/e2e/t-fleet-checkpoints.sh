@@ -14,9 +14,7 @@ lab_init
 e2e_env
 U=vmsh-fleetcp-$$-$RANDOM
 cp_cleanup() {
-    if [ "${CEPH_LAB_OWNED:-1}" = 0 ] && [ -n "${VMSH_CEPH_POOL:-}" ]; then
-        rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U/" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm
-    fi
+    ceph_lab_forget "$U" rados
     ceph_lab_release 2>/dev/null
     lab_cleanup
 }

@@ -34,10 +34,7 @@ PIDS=()
 U=vmsh-fleet-$$-$RANDOM
 fleet_cleanup() {
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    if [ "${CEPH_LAB_OWNED:-1}" = 0 ] && [ -n "${VMSH_CEPH_POOL:-}" ]; then
-        rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$U/" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm
-        radosgw-admin bucket rm --bucket="$U" --purge-objects >/dev/null 2>&1
-    fi
+    ceph_lab_forget "$U"
     ceph_lab_release 2>/dev/null
     lab_cleanup
 }

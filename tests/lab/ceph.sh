@@ -241,6 +241,20 @@ ceph_lab_need() {
     # shellcheck disable=SC1091
     . "$CEPH_LAB_DIR/env"
 }
+# ceph_lab_forget NAME [rados|s3|both]: a test's repository goes from the
+# shared pool (its objects under NAME/) and gateway (bucket NAME); nothing
+# when the lab is the test's own (it goes whole) or no pool is known.
+ceph_lab_forget() {
+    [ -n "${1:-}" ] && [ "${CEPH_LAB_OWNED:-1}" = 0 ] && [ -n "${VMSH_CEPH_POOL:-}" ] || return 0
+    if [ "${2:-both}" != s3 ]; then
+        rados -p "$VMSH_CEPH_POOL" ls 2>/dev/null | grep "^$1/" | xargs -r -n 64 rados -p "$VMSH_CEPH_POOL" rm
+    fi
+    if [ "${2:-both}" != rados ]; then
+        radosgw-admin bucket rm --bucket="$1" --purge-objects >/dev/null 2>&1
+    fi
+    return 0
+}
+
 ceph_lab_release() {
     [ "$CEPH_LAB_OWNED" = 1 ] && ceph_lab_down
     CEPH_LAB_OWNED=0
