@@ -463,8 +463,9 @@ static void pack_offsets_cannot_wrap(void **state)
     /* the pack lies in a repository: tables are read through its store */
     fx *f = make(false);
     vmsh_repo *r = open_ok(f);
+    /* the fixture's own packs land in packs/ee/ once in 256 runs */
     char *dir = path2(f->repo, "packs/ee");
-    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_true(mkdir(dir, 0700) == 0 || errno == EEXIST);
     char *path = path2(dir, "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.pack");
     repo_keys k = {0};
     crypto_ctx *c = NULL;
