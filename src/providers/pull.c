@@ -1,4 +1,5 @@
 /* pull.c - the libvirt pull-backup provider (include/vmshadow/providers/pull.h). */
+#include <vmshadow/coord/trace.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
 
@@ -271,7 +272,12 @@ static vmsh_hv_backup_disk *job_disks(const pull_vm *v)
 static void checkpoint_one(pull_provider *p, pull_vm *v)
 {
     vmsh_hv *hv = vm_hv(p, v);
-    if (v->cp_name && (v->rc = vmsh_hv_checkpoint_create(hv, v->vm, v->cp_xml, &v->err)) < 0) {
+    if (v->cp_name) {
+        vmsh_trace_step(v->vm, "checkpoint-sent");
+        v->rc = vmsh_hv_checkpoint_create(hv, v->vm, v->cp_xml, &v->err);
+        vmsh_trace_step(v->vm, "checkpoint-returned");
+    }
+    if (v->rc < 0) {
         vmsh_error_prefix(&v->err, "checkpoint %s for the next incremental backup", v->cp_name);
         return;
     }
@@ -282,6 +288,7 @@ static void checkpoint_one(pull_provider *p, pull_vm *v)
     vmsh_error *e = NULL;
     if (disks && vmsh_hv_backup_xml(hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
         vmsh_error_free(e);
+    vmsh_trace_step(v->vm, "job-xml-returned");
     free(disks);
 }
 
@@ -303,6 +310,7 @@ static void *make_scratch(void *arg)
 {
     bg_task *t = arg;
     pull_provider *p = t->p;
+    vmsh_trace_step(NULL, "scratch-sent");
     for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
         pull_vm *v = &p->vms[i];
         for (size_t k = 0; k < v->n && t->rc == 0; k++)
@@ -311,6 +319,7 @@ static void *make_scratch(void *arg)
                 vmsh_error_prefix(&t->err, "the scratch image of disk %s of VM %s", v->targets[k],
                                   v->vm);
     }
+    vmsh_trace_step(NULL, "scratch-returned");
     return NULL;
 }
 
@@ -395,6 +404,7 @@ static void begin_one(pull_provider *p, pull_vm *v)
     for (size_t k = 0; k < v->n; k++)
         incremental = incremental || v->incremental[k];
     vmsh_error *e = NULL;
+    vmsh_trace_step(v->vm, "begin-sent");
     int r = v->job_xml ? vmsh_hv_backup_begin_xml(hv, v->vm, v->job_xml, &e)
                        : vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
     if (r < 0 && incremental) {
@@ -409,6 +419,7 @@ static void begin_one(pull_provider *p, pull_vm *v)
             disks[k].incremental = NULL;
         r = vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
     }
+    vmsh_trace_step(v->vm, "begin-returned");
     free(disks);
     v->rc = r;
     v->err = e;

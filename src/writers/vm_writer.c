@@ -8,6 +8,7 @@
  * later one (recover): it looks at the VM as it is now and brings it back
  * to its prior state, then removes what the set made.
  */
+#include <vmshadow/coord/trace.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/hv/domxml_edit.h>
@@ -955,7 +956,10 @@ static bool is_guest(const vm_item *it)
 
 static int freeze_one(vm_writer *w, vm_item *it, vmsh_error **err)
 {
-    return vmsh_hv_fsfreeze(item_hv(w, it), it->name, err);
+    vmsh_trace_step(it->name, "freeze-sent");
+    int r = vmsh_hv_fsfreeze(item_hv(w, it), it->name, err);
+    vmsh_trace_step(it->name, "freeze-returned");
+    return r;
 }
 
 /* Freezes every guest-method VM of the set at once (R2; issue 27 point 4):
@@ -979,8 +983,10 @@ static int freeze_vms(vm_writer *w, vmsh_set *set, vmsh_error **err)
     }
     if (n == 0)
         return 0;
-    if (!w->freeze_start)
+    if (!w->freeze_start) {
         w->freeze_start = vmsh_now_ms();
+        vmsh_trace_step(NULL, "window-start");
+    }
     each_vm_at_once(w, is_guest, freeze_one);
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
@@ -1190,12 +1196,14 @@ static int thaw_one(vm_writer *w, vm_item *it, vmsh_error **err)
 {
     vmsh_hv *hv = item_hv(w, it);
     vmsh_error *e = NULL;
+    vmsh_trace_step(it->name, "thaw-sent");
     int r = vmsh_hv_fsthaw(hv, it->name, &e);
     if (r < 0 && r != -ENOENT) {
         vmsh_error_free(e);
         e = NULL;
         r = vmsh_hv_fsthaw(hv, it->name, &e);
     }
+    vmsh_trace_step(it->name, "thaw-returned");
     it->thaw_rc = r;
     it->thaw_err = e;
     if (r >= 0) {
