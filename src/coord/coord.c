@@ -466,6 +466,13 @@ int vmsh_set_journal_mark(vmsh_set *s, uint64_t seq, vmsh_journal_state state, v
     return vmsh_journal_mark(s->journal, seq, state, err);
 }
 
+int vmsh_set_journal_mark_done_unsynced(vmsh_set *s, uint64_t seq, vmsh_error **err)
+{
+    if (!s->journal)
+        return vmsh_error_set(err, -EINVAL, "the set %s has no journal any more", s->id);
+    return vmsh_journal_mark_done_unsynced(s->journal, seq, err);
+}
+
 vmsh_journal *vmsh_set_journal(vmsh_set *s)
 {
     return s->journal;

@@ -1014,7 +1014,8 @@ static int freeze_vms(vm_writer *w, vmsh_set *set, vmsh_error **err)
                 vmsh_error_set(&e, q, "VM %s: freezing failed: %s", it->name, strerror(-q));
             vmsh_error_prefix(&e, "guest method (R2)");
         } else if (r == 0) {
-            q = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, &e);
+            /* inside the window: a freeze's undo is the same begun or done */
+            q = vmsh_set_journal_mark_done_unsynced(set, it->seq_freeze, &e);
         }
         if (q < 0 && r == 0)
             r = q;
@@ -1173,9 +1174,9 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
         first_guest = false;
         r = vmsh_hv_agent_timeout(item_hv(w, it), it->name, w->freeze_timeout_s, err);
     }
-    /* The provider makes the checkpoints and scratch images while the
-     * guests freeze (each freeze is the guest's own work); its prepare,
-     * after this event, waits for them. */
+    /* The provider makes the checkpoints (and the jobs' XML) now, before
+     * the window, and the scratch images on a thread while the guests
+     * freeze; its prepare, after this event, waits for them. */
     if (r == 0)
         r = w->capture->start(w->provider, set, err);
     if (r == 0)
