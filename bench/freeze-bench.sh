@@ -86,5 +86,19 @@ if [ -n "${FREEZE_TRACE_KEEP:-}" ]; then
     mkdir -p "$FREEZE_TRACE_KEEP" && cp "$LAB_WORK"/trace.* "$FREEZE_TRACE_KEEP"/
 fi
 echo "freeze-bench: load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+# per-round ratios (the machine is shared: a round's two sets ran side by
+# side, so their ratio is steadier than the ratio of medians)
+per_round() { paste "$1" "$2" | awk '{printf "%.3f\n", $1 / $2}'; }
+for k in "${!BINS[@]}"; do
+    name=$([ "$k" = 0 ] && echo "VMSHADOW" || echo "VMSHADOW_BEFORE")
+    per_round "$LAB_WORK/fw.$k.2" "$LAB_WORK/fw.$k.1" > "$LAB_WORK/r.$k"
+    echo "$name: per-round 2 VMs / 1 VM: median $(median < "$LAB_WORK/r.$k") [$(span < "$LAB_WORK/r.$k")]"
+done
+if [ "${#BINS[@]}" = 2 ]; then
+    for n in 1 2; do
+        per_round "$LAB_WORK/fw.0.$n" "$LAB_WORK/fw.1.$n" > "$LAB_WORK/rb.$n"
+        echo "VMSHADOW / VMSHADOW_BEFORE, $n VM(s): per-round median $(median < "$LAB_WORK/rb.$n") [$(span < "$LAB_WORK/rb.$n")]"
+    done
+fi
 m1=$(median < "$LAB_WORK/fw.0.1"); m2=$(median < "$LAB_WORK/fw.0.2")
 echo "ratio 2 VMs / 1 VM: $(awk -v a="$m2" -v b="$m1" 'BEGIN {printf "%.2f", a / b}') (target <= 1.2)"

@@ -1,4 +1,5 @@
 /* pull.c - the libvirt pull-backup provider (include/vmshadow/providers/pull.h). */
+#include <vmshadow/coord/parallel.h>
 #include <vmshadow/coord/trace.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
@@ -31,7 +32,6 @@ typedef struct pull_vm {
      * in a set of several VMs each but the first has a connection of its
      * own, opened before the freeze (NULL: the provider's) */
     vmsh_hv *own_hv;
-    pthread_t thread;
     int rc;
     vmsh_error *err;
 } pull_vm;
@@ -152,45 +152,28 @@ static vmsh_hv *vm_hv(pull_provider *p, pull_vm *v)
     return v->own_hv ? v->own_hv : p->hv;
 }
 
-typedef struct vm_task {
+typedef struct vm_calls {
     pull_provider *p;
-    pull_vm *v;
     void (*fn)(pull_provider *p, pull_vm *v);
-} vm_task;
+} vm_calls;
 
-static void *vm_task_main(void *arg)
+static void vm_call(void *ctx, size_t i)
 {
-    vm_task *t = arg;
-    t->fn(t->p, t->v);
-    return NULL;
+    vm_calls *c = ctx;
+    c->fn(c->p, &c->p->vms[i]);
 }
 
-/* Runs fn on every VM of the set at once: the first here, the others on
- * threads of their own (each outcome in v->rc, v->err); returns when all
- * have ended. A thread that cannot start runs its VM here: slower, never
- * wrong. */
+/* Runs fn on every VM of the set at once (vmsh_each_at_once; each outcome
+ * in v->rc, v->err); returns when all have ended. */
 static void each_vm_at_once(pull_provider *p, void (*fn)(pull_provider *, pull_vm *))
 {
-    vm_task *t = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*t));
-    bool *started = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*started));
     for (size_t i = 0; i < p->n_vms; i++) {
-        pull_vm *v = &p->vms[i];
-        v->rc = 0;
-        vmsh_error_free(v->err);
-        v->err = NULL;
-        if (i > 0 && t && started) {
-            t[i] = (vm_task){p, v, fn};
-            started[i] = pthread_create(&v->thread, NULL, vm_task_main, &t[i]) == 0;
-        }
+        p->vms[i].rc = 0;
+        vmsh_error_free(p->vms[i].err);
+        p->vms[i].err = NULL;
     }
-    for (size_t i = 0; i < p->n_vms; i++) {
-        if (t && started && started[i])
-            pthread_join(p->vms[i].thread, NULL);
-        else
-            fn(p, &p->vms[i]);
-    }
-    free(t);
-    free(started);
+    vm_calls c = {p, fn};
+    vmsh_each_at_once(p->n_vms, vm_call, &c);
 }
 
 /* The first failure, in the set's order of VMs, goes to *err; the others

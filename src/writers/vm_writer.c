@@ -8,6 +8,7 @@
  * later one (recover): it looks at the VM as it is now and brings it back
  * to its prior state, then removes what the set made.
  */
+#include <vmshadow/coord/parallel.h>
 #include <vmshadow/coord/trace.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/fs.h>
@@ -905,48 +906,42 @@ static vmsh_hv *item_hv(vm_writer *w, vm_item *it)
     return it->own_hv ? it->own_hv : w->hv;
 }
 
-static void *item_main(void *arg)
+typedef struct par_calls {
+    vm_writer *w;
+    vm_item **items;
+    int (*fn)(vm_writer *w, vm_item *it, vmsh_error **err);
+} par_calls;
+
+static void par_one(void *ctx, size_t i)
 {
-    vm_item *it = arg;
-    it->par_rc = it->par_fn(it->par_w, it, &it->par_err);
-    return NULL;
+    par_calls *c = ctx;
+    vm_item *it = c->items[i];
+    it->par_rc = c->fn(c->w, it, &it->par_err);
 }
 
-/* Issue 27 point 4: runs fn on every item `want` selects at once, one
- * thread per item but the first, which runs here; returns when all have
- * ended, each outcome in its item (par_rc, par_err). A thread that cannot
- * start runs its item here, after the others: slower, never wrong. */
+/* Issue 27 point 4: runs fn on every item `want` selects at once
+ * (vmsh_each_at_once); returns when all have ended, each outcome in its
+ * item (par_rc, par_err). Out of memory: one after the other. */
 static void each_vm_at_once(vm_writer *w, bool (*want)(const vm_item *),
                             int (*fn)(vm_writer *, vm_item *, vmsh_error **))
 {
-    vm_item *first = NULL;
-    bool *started = vmsh_calloc_array(w->n_items ? w->n_items : 1, sizeof(*started));
+    vm_item **items = vmsh_calloc_array(w->n_items ? w->n_items : 1, sizeof(*items));
+    size_t n = 0;
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
         if (!want(it))
             continue;
-        it->par_w = w;
-        it->par_fn = fn;
         it->par_rc = 0;
         vmsh_error_free(it->par_err);
         it->par_err = NULL;
-        if (!first)
-            first = it;
-        else if (started)
-            started[i] = pthread_create(&it->par_thread, NULL, item_main, it) == 0;
-    }
-    if (first)
-        item_main(first);
-    for (size_t i = 0; i < w->n_items; i++) {
-        vm_item *it = &w->items[i];
-        if (!want(it) || it == first)
-            continue;
-        if (started && started[i])
-            pthread_join(it->par_thread, NULL);
+        if (items)
+            items[n++] = it;
         else
-            item_main(it);
+            it->par_rc = fn(w, it, &it->par_err);
     }
-    free(started);
+    par_calls c = {w, items, fn};
+    vmsh_each_at_once(n, par_one, &c);
+    free(items);
 }
 
 static bool is_guest(const vm_item *it)
