@@ -446,7 +446,7 @@ static int end_all(pull_provider *p, vmsh_set *set, bool keep, vmsh_error **err)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
-    bg_join(p);         /* the threads may still be making checkpoints and images */
+    bg_join(p);         /* the thread may still be making scratch images */
     if (!keep && p->hv) /* an abort may follow a libvirtd restart: renew the connection */
         vmsh_hv_cache_domains(p->hv, false);
     int first = 0;
