@@ -206,6 +206,69 @@ static void backup_at_negative_level_roundtrips(void **state)
     free(dir);
 }
 
+/* A store that asks for smaller packs (store.h, pack_target; RADOS: 16 MiB)
+ * gets them from a backup: 4 MiB of random data into a store asking for
+ * 1 MiB makes four packs or more, none much over 1 MiB, and restores byte
+ * for byte (mem://, the object-store path RADOS and S3 share). */
+static void store_pack_target_sizes_packs(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    assert_non_null(dir);
+    char *img = path2(dir, "img");
+    char *out = path2(dir, "restored");
+    assert_int_equal(make_image(img, (6u << 20) + 1000, 13), 0);
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_repo_mem_create("packsize", &err), 0);
+    vmsh_repo_init_opts o = {.compression_level = 1};
+    assert_int_equal(vmsh_repo_init("mem://packsize", &o, &err), 0);
+    vmsh_repo *r = NULL;
+    assert_int_equal(vmsh_repo_open(&r, "mem://packsize", NULL, &err), 0);
+    r->store->pack_target = 1u << 20;
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    /* the image with its text replaced by random data: 4 MiB stored raw */
+    int fd = open(img, O_WRONLY);
+    assert_true(fd >= 0);
+    uint8_t *rnd = malloc(1u << 20);
+    assert_non_null(rnd);
+    uint64_t seed = 5;
+    for (uint64_t off = 0; off < (6u << 20); off += 1u << 20) {
+        if (off == (1u << 20) || off == (2u << 20))
+            continue; /* the hole and the written zeros stay */
+        fill_random(rnd, 1u << 20, &seed);
+        assert_int_equal(pwrite(fd, rnd, 1u << 20, (off_t)off), 1 << 20);
+    }
+    free(rnd);
+    close(fd);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, img, &err), 0);
+    vmsh_add_stats st = {0};
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, &st, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
+    vmsh_source_free(src);
+    vmsh_backup_free(b);
+    assert_true(st.bytes_stored >= (4u << 20));
+    size_t packs = 0;
+    for (size_t i = 0; i < r->n_packs; i++) {
+        if (r->packs[i].size == 0)
+            continue;
+        packs++;
+        /* the target, one chunk that crossed it, the table and footer */
+        assert_true(r->packs[i].size <= (1u << 20) + (64u << 10) + 4096);
+    }
+    assert_true(packs >= 4);
+    assert_int_equal(vmsh_repo_restore_file(r, "latest", "vda", out, false, NULL, NULL, NULL, &err),
+                     0);
+    assert_int_equal(compare_files(img, out), 0);
+    vmsh_repo_free(r);
+    vmsh_repo_mem_drop("packsize");
+    free(img);
+    free(out);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +277,7 @@ int main(void)
         cmocka_unit_test(probe_agrees_with_zstd),
         cmocka_unit_test(repo_init_levels),
         cmocka_unit_test(backup_at_negative_level_roundtrips),
+        cmocka_unit_test(store_pack_target_sizes_packs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
