@@ -195,12 +195,18 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
     if (key_file && !encrypt)
         return vmsh_cli_usage_error(cli, "init", "--key-file is used with --encrypt");
     if (!level) {
-        long l = 0;
+        long l = LONG_MIN; /* unset: the repository's default */
         vmsh_error *err = NULL;
         if (vmsh_kvconf_get_int(cli->config, "compression-level", VMSH_ZSTD_LEVEL_MIN,
                                 VMSH_ZSTD_LEVEL_MAX, &l, &err) < 0)
             return vmsh_cli_fail(cli, &err);
-        level = (int)l; /* 0 (unset): the repository's default */
+        if (l == 0) { /* as every other command refuses it (vmsh_cli_repo_open) */
+            vmsh_error_set(&err, -EINVAL,
+                           "compression-level 0 is not a zstd level (-7 to -1 "
+                           "or 1 to 19)");
+            return vmsh_cli_fail(cli, &err);
+        }
+        level = l == LONG_MIN ? 0 : (int)l;
     }
     vmsh_error *err = NULL;
     unsigned fl = cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0;
