@@ -254,7 +254,9 @@ static int ensure_server(ijob *j, idisk *d, bool *restarted, vmsh_error **err)
     int r = make_run_dir(j->run_dir, err);
     if (r < 0)
         return r;
-    vmsh_serve_source src = {j->repo, j->key_file, j->backup, d->file};
+    /* no block status: a read of an unpulled range must fail when the server
+     * is gone, never complete unread (serve.h) */
+    vmsh_serve_source src = {j->repo, j->key_file, j->backup, d->file, true};
     r = vmsh_serve_start(&src, d->socket, true, j->log, &pid, err);
     if (r < 0)
         return vmsh_error_prefix(err, "VM %s, disk %s", j->vm, d->disk);

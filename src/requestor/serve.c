@@ -268,6 +268,8 @@ int vmsh_serve_start(const vmsh_serve_source *src, const char *socket_path, bool
     if (!detached)
         argv[k++] = "--exit-with-parent";
     argv[k++] = "--readonly";
+    if (src->no_block_status)
+        argv[k++] = "--no-sr"; /* no block status; why: serve.h */
     argv[k++] = "--unix";
     argv[k++] = (char *)socket_path;
     argv[k++] = plugin;
@@ -530,7 +532,7 @@ int vmsh_serve_session_start(vmsh_serve_session *s, vmsh_error **err)
     sigprocmask(SIG_BLOCK, &s->set, &s->old);
     s->masked = true;
     for (size_t i = 0; i < s->n; i++) {
-        vmsh_serve_source src = {s->repo_path, s->key_file, s->backup_id, s->disks[i].file};
+        vmsh_serve_source src = {s->repo_path, s->key_file, s->backup_id, s->disks[i].file, false};
         int rc = vmsh_serve_start(&src, s->sv[i].socket, false, NULL, &s->sv[i].pid, err);
         if (rc < 0) {
             vmsh_error_prefix(err, "disk %s", s->disks[i].disk);

@@ -146,31 +146,48 @@ check "its server still serves" \
     bash -c "$(declare -f jqe); \"$VMSHADOW\" --json jobs | jqe '.jobs[0].disks[0].served and .jobs[0].vm_state == \"running\"'"
 S=$(servers)
 check "one server" test -n "$S" -a "$(wc -w <<<"$S")" = 1
-# a read of what is not pulled yet will hit the dead server: a MiB of the
-# last range that the overlay does not hold yet (qemu-img map: depth > 0 is the
-# backing's), not a fixed place (the pull may have passed it)
-UNPULLED=$(qemu-img map --force-share --output=json "$OVL" 2>/dev/null |
-    jq -r '[.[] | select(.depth > 0 and .length >= 2097152)] | last | ((.start + 1048575) / 1048576 | floor)')
-echo "# a MiB not pulled before the kill: $UNPULLED" >&2
-check "some of the disk is not pulled yet before the kill" test -n "$UNPULLED" -a "$UNPULLED" != null
+# a read of what is not pulled yet must hit the dead server: a MiB of the
+# last pattern, which the pull (from the start, 1 MiB/s) has not reached
+# (qemu-img map: depth > 0 is the backing's)
+UNPULLED=$((SIZE_MB - 8))
+unpulled_at_kill() {
+    qemu-img map --force-share --output=json "$OVL" 2>/dev/null |
+        jq -e --argjson o $((UNPULLED * MiB)) \
+            '[.[] | select(.depth > 0 and .start <= $o and .start + .length >= $o + 1048576)] | length == 1' >/dev/null
+}
+check "MiB $UNPULLED is not pulled yet before the kill" unpulled_at_kill
+# the pull slowed to a byte a second: it sleeps through the kill, so its
+# copy-on-read filter is in QEMU's chain when the guest reads. That is the
+# case where QEMU 7.2 completed the read with zeros and no error (the
+# filter took the backing's failed NBD block-status query for "nothing to
+# read"; fixed by serving without structured replies, so without block
+# status: docs/reliability.md); before, the test hit it only when the read
+# came before the pull's next step noticed the dead server (about half of
+# the runs), and it failed here on every run of the old code
+check "the pull slowed down" virsh -q -c "$LAB_URI" blockjob "$G" vda --bytes --bandwidth 1
+sleep 1
 kill -9 $S
-(lab_gexec g "dd if=/dev/vda of=/dev/null bs=1M iflag=direct skip=$UNPULLED count=1" >/dev/null 2>&1 &)
+rm -f "$LAB_WORK/read.done"
+(lab_gexec g "dd if=/dev/vda of=/dev/null bs=1M iflag=direct skip=$UNPULLED count=1" >/dev/null 2>&1
+    touch "$LAB_WORK/read.done") &
 # (the pause has been seen to come more than 30 s after the kill on a
 # loaded machine: up to 120 s; a VM whose reads fail never pauses)
 for _ in $(seq 1200); do
     virsh -q -c "$LAB_URI" domstate --reason "$G" | grep -qi 'paused.*i/o' && break
+    [ -e "$LAB_WORK/read.done" ] && break # the read ended (in error or not)
     sleep 0.1
 done
-# KNOWN DEFECT (open, issue 23): since the servers outlive vmshadow, the
-# guest's read of an unpulled range after the server's SIGKILL has been
-# seen to succeed instead of pausing the VM (cause not found yet): reported
-# as a TAP TODO, which shows in every run and does not fail it, until fixed.
-if virsh -q -c "$LAB_URI" domstate --reason "$G" | grep -qi 'paused.*i/o'; then
-    pass "after SIGKILL of the server the VM is paused on an I/O error, not failing reads"
-else
-    echo "not ok - after SIGKILL of the server the VM is paused on an I/O error # TODO known defect: state $(virsh -q -c "$LAB_URI" domstate --reason "$G")"
-fi
+check "after SIGKILL of the server the guest's read of unpulled data pauses the VM on an I/O error (never completes)" \
+    bash -c "virsh -q -c $LAB_URI domstate --reason '$G' | grep -qi 'paused.*i/o'"
 check "jobs says the disk is not served" bash -c "\"$VMSHADOW\" --json jobs | jq -e '.jobs[0].disks[0].served == false' >/dev/null"
+# KNOWN QEMU 7.2 DEFECT: the guest's read that failed inside the pull's
+# copy-on-read filter, retried when the VM resumes, was seen to end in a
+# QEMU segfault (bdrv_refresh_filename) when the pull ended, after which
+# the guest read zeros from a file of the backup (docs/reliability.md).
+# The paused VM is therefore stopped here (as a host reboot would), and
+# recover serves, starts it and finishes; resuming a VM paused after a
+# server's death is exercised by the host-reboot part below only as a start
+lab_virsh destroy "$G" >/dev/null
 bg_recover() { "$VMSHADOW" recover >"$LAB_WORK/rec.out" 2>"$LAB_WORK/rec.err" & BG=$!; }
 end_recover() { speed_up "$BG"; wait "$BG"; RC=$?; BG=; OUT=$(cat "$LAB_WORK/rec.out"); cat "$LAB_WORK/rec.err" >&2; }
 bg_recover
@@ -179,8 +196,10 @@ check "recover finishes the instant restore" test "$RC" = 0
 check "recover says so" grep -q "finished 1 instant restore" <<<"$OUT"
 check "the VM runs" test "$(lab_state g)" = running
 check "no job, no server left" bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
-check "the guest reads its file" test "$(lab_gexec g 'cat /mnt/data/before.txt')" = before
-check "the guest's read completed after the resume" wait_agent
+check "the guest answers after recover started it" wait_agent
+# (after a restart its init mounts the data disk after the agent starts)
+reads_before() { for _ in $(seq 100); do [ "$(lab_gexec g 'cat /mnt/data/before.txt' 2>/dev/null)" = before ] && return 0; sleep 0.2; done; return 1; }
+check "the guest reads its file" reads_before
 lab_virsh shutdown "$G" >/dev/null
 lab_wait_off g || { lab_virsh destroy "$G" >/dev/null; lab_wait_off g; }
 check "no backing file left" bash -c "! qemu-img info --force-share '$OVL' | grep -q 'backing file'"

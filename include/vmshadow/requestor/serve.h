@@ -36,6 +36,18 @@ typedef struct vmsh_serve_source {
     const char *key_file;  /* NULL: unencrypted */
     const char *backup_id; /* full ID */
     const char *file;      /* the file's name in the repository */
+    /* no NBD block status (nbdkit --no-sr: no structured replies, so no
+     * base:allocation context): QEMU's NBD client then answers block
+     * status itself ("data") and never asks the server. Instant restore
+     * needs it: QEMU's copy-on-read filter (the block pull's, QEMU 6.0 and
+     * later) takes a failed block-status query of the backing for
+     * "nothing left to read" and completes the guest's read with success
+     * and bytes never read, so a guest read of an unpulled range after the
+     * server died returned zeros instead of an I/O error (issue 23). With
+     * it every such read goes to the dead server, fails, and pauses the
+     * VM (rerror_policy='stop'). Costs the pull the holes' zeros on the
+     * socket (the plugin makes them without reading chunks). */
+    bool no_block_status;
 } vmsh_serve_source;
 
 /* Starts nbdkit with the plugin serving `src` read-only on the unix socket
