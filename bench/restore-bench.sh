@@ -3,8 +3,10 @@
 # point 3 and "Done when"), in one run, ROUNDS rounds each (median and
 # min-max):
 #   vmshadow restore (in place, --force): the disk written once, straight as
-#     qcow2 through a private qemu-nbd, flushed and synced before the VM is
-#     defined;
+#     qcow2 (vmshadow writes the image itself: docs/formats/qcow2-restore.md),
+#     synced before the VM is defined;
+#   the same through a private qemu-nbd (VMSHADOW_SINK_QEMU_NBD=1: the path
+#     before, and still the one of other formats), for a before/after;
 #   vmshadow extract of the same disk (a sparse raw file: the repository's
 #     read and write speed, the bound the restore is measured against);
 #   virtnbdrestore (Debian's virtnbdbackup) of a virtnbdbackup of the VM;
@@ -12,6 +14,9 @@
 # Each restore is checked identical to the source (qemu-img compare / cmp).
 # Times are the commands' wall times; "+sync" adds the `sync` after each
 # (vmshadow restore syncs by itself; the others leave dirty pages behind).
+# The tools' order rotates from round to round; the ratios are the medians
+# of each round's own ratios, with their spread (a shared machine's load
+# moves between rounds more than within one).
 # The image: bench/make_images.py's mix (runs of holes, written zeros, text
 # of this system's files, random data), converted to qcow2.
 #
@@ -97,14 +102,24 @@ timed() { # timed NAME command...: appends wall ms, and wall+sync ms
     T[$name]+="$((t1 - t0)) "; TS[$name]+="$((t2 - t0)) "
 }
 vsh_restore() { "$VMSHADOW" -q restore "$ID" --force; }
+vsh_restore_nbd() { VMSHADOW_SINK_QEMU_NBD=1 "$VMSHADOW" -q restore "$ID" --force; }
 vsh_extract() { "$VMSHADOW" -q extract --force "$ID" "$DOM/disk/vda" "$RUN/extract.raw"; }
 vnb_restore() { rm -rf "$RUN/vnr"; virtnbdrestore -i "$RUN/vnb" -o "$RUN/vnr"; }
 restic_restore() { rm -rf "$RUN/rr"; restic restore -q latest --target "$RUN/rr"; }
+TOOLS=(vmshadow_restore vmshadow_restore_nbd vmshadow_extract virtnbdrestore restic_restore)
+declare -A FN=([vmshadow_restore]=vsh_restore [vmshadow_restore_nbd]=vsh_restore_nbd
+    [vmshadow_extract]=vsh_extract [virtnbdrestore]=vnb_restore [restic_restore]=restic_restore)
 for i in $(seq "$ROUNDS"); do
-    timed vmshadow_restore vsh_restore
-    timed vmshadow_extract vsh_extract
-    timed virtnbdrestore vnb_restore
-    timed restic_restore restic_restore
+    n=${#TOOLS[@]}
+    for ((k = 0; k < n; k++)); do
+        t=${TOOLS[(k + i - 1) % n]}
+        timed "$t" "${FN[$t]}"
+    done
+    # the in-place restore's image, checked after each round (the last
+    # restore of the round may have been either path)
+    qemu-img compare -q -f qcow2 -F raw "$RUN/data.qcow2" "$WORK/img/day1.raw" ||
+        { echo "restore-bench: vmshadow restore differs (round $i)" >&2; exit 1; }
+    qemu-img check -q "$RUN/data.qcow2" || { echo "restore-bench: qemu-img check failed" >&2; exit 1; }
 done
 
 # the same bytes everywhere
@@ -124,12 +139,19 @@ echo "restore of a $((SIZE >> 20)) MiB qcow2 disk ($((data >> 20)) MiB allocated
 echo
 echo "| tool | wall s, median [min-max] | wall + sync s |"
 echo "| --- | ---: | ---: |"
-for n in vmshadow_restore vmshadow_extract virtnbdrestore restic_restore; do
+for n in "${TOOLS[@]}"; do
     echo "| $n | $(stats <<<"${T[$n]}") | $(stats <<<"${TS[$n]}") |"
 done
-r=$(med <<<"${T[vmshadow_restore]}"); rs=$(med <<<"${TS[vmshadow_restore]}")
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+# per-round ratios: "median [min-max]" of a/b over the rounds
+pr() { # NAME_A NAME_B ARRAY(T|TS)
+    local -n arr=$3
+    paste <(tr ' ' '\n' <<<"${arr[$1]}" | grep .) <(tr ' ' '\n' <<<"${arr[$2]}" | grep .) |
+        awk '{print $1 / $2}' | sort -g |
+        awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2fx [%.2f-%.2f]", m, a[1], a[NR]}'
+}
 echo
-echo "virtnbdrestore / vmshadow restore: $(ratio "$(med <<<"${T[virtnbdrestore]}")" "$r")x (with sync $(ratio "$(med <<<"${TS[virtnbdrestore]}")" "$rs")x; target >= 3)"
-echo "restic restore / vmshadow restore: $(ratio "$(med <<<"${T[restic_restore]}")" "$r")x (with sync $(ratio "$(med <<<"${TS[restic_restore]}")" "$rs")x; target >= 2)"
-echo "vmshadow restore / extract: $(ratio "$r" "$(med <<<"${T[vmshadow_extract]}")")x (with sync $(ratio "$rs" "$(med <<<"${TS[vmshadow_extract]}")")x; target <= 1.3)"
+echo "per-round ratios, median [min-max] (with sync in parentheses):"
+echo "virtnbdrestore / vmshadow restore: $(pr virtnbdrestore vmshadow_restore T) ($(pr virtnbdrestore vmshadow_restore TS); target >= 3)"
+echo "restic restore / vmshadow restore: $(pr restic_restore vmshadow_restore T) ($(pr restic_restore vmshadow_restore TS); target >= 2)"
+echo "vmshadow restore / extract: $(pr vmshadow_restore vmshadow_extract T) ($(pr vmshadow_restore vmshadow_extract TS); target <= 1.3)"
+echo "restore through qemu-nbd / restore: $(pr vmshadow_restore_nbd vmshadow_restore T) ($(pr vmshadow_restore_nbd vmshadow_restore TS))"

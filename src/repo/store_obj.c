@@ -641,8 +641,11 @@ static obj_block *cache_slot(obj_store *s)
 /* Claims slot b for (key, idx), loading, held once (cmu held). */
 static int cache_claim(obj_store *s, obj_block *b, const char *key, uint64_t idx)
 {
-    if (!b->buf && !(b->buf = malloc(s->readahead)))
-        return -ENOMEM;
+    if (!b->buf) {
+        if (!(b->buf = malloc(s->readahead)))
+            return -ENOMEM;
+        ctr_add(&s->ctr.block_bufs, 1);
+    }
     if (!(b->key = strdup(key)))
         return -ENOMEM;
     b->idx = idx;

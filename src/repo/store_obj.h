@@ -57,6 +57,7 @@ typedef struct obj_counters {
     uint64_t put_bytes, put_ns, puts;    /* uploads: bytes, time spent in them */
     uint64_t read_bytes, read_ns, reads; /* ranged reads from the store */
     uint64_t cache_hits, prefetched;     /* reads served by the read cache; blocks read ahead */
+    uint64_t block_bufs;                 /* read cache buffers allocated (at most n_blocks) */
 } obj_counters;
 
 struct obj_store {

@@ -5,9 +5,12 @@
  *    zeros and zeroed on one that does not (an existing device);
  *  - the file sink: a new file keeps its holes; a file with old content gets
  *    its gaps zeroed; the restored bytes are the backed-up ones;
- *  - the image sink: a qcow2 image written once through a private qemu-nbd
+ *  - the image sink: a new qcow2 image written once, directly (no qemu-nbd,
+ *    no socket) or through a private qemu-nbd (VMSHADOW_SINK_QEMU_NBD=1),
  *    reads back (qemu-img) as the backed-up bytes, passes qemu-img check,
- *    stays sparse, and its server is gone after finish; a format that is no
+ *    stays sparse, and its server is gone after finish; the direct writer
+ *    with several L2 tables and refcount blocks, concurrent, out-of-order
+ *    and unaligned writes (qcow2_direct_layout); a format that is no
  *    image file format (hostile backup) and an existing name are refused,
  *    leaving nothing behind; an abandoned sink stops its server. */
 #include <dirent.h>
@@ -237,18 +240,25 @@ static int run(const char *cmd)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void image_sink_writes_qcow2_once(void **state)
+/* `direct`: the new qcow2 written by vmshadow itself (no qemu-nbd, no
+ * socket); otherwise through qemu-nbd (VMSHADOW_SINK_QEMU_NBD=1, the path of
+ * other formats and of storage that exists) */
+static void image_sink_qcow2(fixture *f, bool direct)
 {
-    fixture *f = *state;
     vmsh_repo *r = NULL;
     vmsh_error *err = NULL;
     assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
     int dirs = sink_dirs();
     char *out = path2(f->dir, "restored.qcow2");
     vmsh_sink *s = NULL;
+    if (!direct)
+        setenv("VMSHADOW_SINK_QEMU_NBD", "1", 1);
     assert_int_equal(vmsh_hv_image_sink_create(out, "qcow2", SIZE, &s, &err), 0);
+    unsetenv("VMSHADOW_SINK_QEMU_NBD");
     assert_true(s->reads_zero);
-    assert_int_equal(sink_dirs(), dirs + 1);
+    /* a private qemu-nbd serves it, or nothing does */
+    assert_int_equal(sink_dirs(), dirs + (direct ? 0 : 1));
+    assert_string_equal(s->ops->kind, direct ? "qcow2" : "nbd");
     vmsh_restore_stats st = {0};
     assert_int_equal(vmsh_repo_restore_sink(r, f->id, "vda", s, NULL, NULL, &st, &err), 0);
     assert_int_equal(vmsh_sink_finish(s, &err), 0);
@@ -266,9 +276,155 @@ static void image_sink_writes_qcow2_once(void **state)
              out, raw, (unsigned)SIZE, raw);
     assert_int_equal(run(cmd), 0);
     assert_int_equal(compare_files(f->img, raw), 0);
+    unlink(raw);
+    unlink(out);
     free(raw);
     free(out);
     vmsh_repo_free(r);
+}
+
+static void image_sink_writes_qcow2_once(void **state)
+{
+    image_sink_qcow2(*state, true);
+    image_sink_qcow2(*state, false);
+}
+
+typedef struct wr {
+    vmsh_sink *s;
+    unsigned part, parts;
+    uint64_t clusters;
+} wr;
+
+/* the byte written at `off` by qcow2_direct_layout */
+static uint8_t pat(uint64_t off)
+{
+    return (uint8_t)((off >> 16) * 7 + off % 251 + 1);
+}
+
+/* Every `parts`-th cluster from `part` on, 512 bytes at its start, from the
+ * last to the first: the host clusters are allocated out of guest order. */
+static void *writer(void *arg)
+{
+    wr *w = arg;
+    uint8_t buf[512];
+    for (uint64_t c = w->clusters; c-- > 0;) {
+        if (c % w->parts != w->part)
+            continue;
+        for (unsigned i = 0; i < sizeof(buf); i++)
+            buf[i] = pat(c * 65536 + i);
+        vmsh_error *err = NULL;
+        if (w->s->ops->pwrite(w->s->impl, buf, sizeof(buf), c * 65536, &err) < 0)
+            return err;
+    }
+    return NULL;
+}
+
+/* The direct qcow2 writer beyond what a small restore reaches: more than
+ * 32768 clusters (a second refcount block) over several L2 tables, from
+ * four threads at once, out of order; unaligned writes (buffered) beside
+ * aligned ones (O_DIRECT), a cluster written twice, a write across a
+ * cluster boundary; zero() of a range never written (nothing to do) and of
+ * one written (-EOPNOTSUPP: the repository writes zeros). QEMU reads back
+ * exactly what a raw file written the same way holds, and qemu-img check
+ * finds no error and no leak. An abandoned image is the empty image. */
+static void qcow2_direct_layout(void **state)
+{
+    fixture *f = *state;
+    vmsh_error *err = NULL;
+    const uint64_t vsize = 3ull << 30, clusters = 34000;
+    char *out = path2(f->dir, "big.qcow2"), *ref = path2(f->dir, "big.raw");
+    vmsh_sink *s = NULL;
+    int dirs = sink_dirs();
+    assert_int_equal(vmsh_hv_image_sink_create(out, "qcow2", vsize, &s, &err), 0);
+    assert_int_equal(sink_dirs(), dirs);
+    assert_string_equal(s->ops->kind, "qcow2");
+    pthread_t t[4];
+    wr w[4];
+    for (unsigned i = 0; i < 4; i++) {
+        w[i] = (wr){.s = s, .part = i, .parts = 4, .clusters = clusters};
+        assert_int_equal(pthread_create(&t[i], NULL, writer, &w[i]), 0);
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        void *e = NULL;
+        pthread_join(t[i], &e);
+        assert_null(e);
+    }
+    /* an aligned 1 MiB write (O_DIRECT) at 2.5 GiB, one across a cluster
+     * boundary at an odd offset, and cluster 5 written again further in */
+    uint8_t *big = NULL;
+    assert_int_equal(posix_memalign((void **)&big, 4096, 1 << 20), 0);
+    uint64_t at = 5ull << 29;
+    for (unsigned i = 0; i < (1u << 20); i++)
+        big[i] = pat(at + i);
+    assert_int_equal(s->ops->pwrite(s->impl, big, 1 << 20, at, &err), 0);
+    uint64_t odd = at + (3u << 20) - 1000;
+    for (unsigned i = 0; i < 3000; i++)
+        big[i] = pat(odd + i);
+    assert_int_equal(s->ops->pwrite(s->impl, big, 3000, odd, &err), 0);
+    uint64_t again = 5 * 65536 + 4096;
+    for (unsigned i = 0; i < 8192; i++)
+        big[i] = pat(again + i);
+    assert_int_equal(s->ops->pwrite(s->impl, big, 8192, again, &err), 0);
+    /* zero(): nothing to do where nothing was written, refused where */
+    assert_int_equal(s->ops->zero(s->impl, 9ull << 28, 64ull << 20, &err), 0);
+    assert_int_equal(s->ops->zero(s->impl, 65536, 65536, &err), -EOPNOTSUPP);
+    assert_null(err);
+    /* beyond the end: refused, nothing written */
+    assert_true(s->ops->pwrite(s->impl, big, 4096, vsize, &err) < 0);
+    vmsh_error_free(err);
+    err = NULL;
+    assert_int_equal(vmsh_sink_finish(s, &err), 0);
+
+    /* the same writes into a raw file */
+    int fd = open(ref, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)vsize), 0);
+    uint8_t buf[512];
+    for (uint64_t c = 0; c < clusters; c++) {
+        for (unsigned i = 0; i < sizeof(buf); i++)
+            buf[i] = pat(c * 65536 + i);
+        assert_int_equal(pwrite(fd, buf, sizeof(buf), (off_t)(c * 65536)), (ssize_t)sizeof(buf));
+    }
+    for (unsigned i = 0; i < (1u << 20); i++)
+        big[i] = pat(at + i);
+    assert_int_equal(pwrite(fd, big, 1 << 20, (off_t)at), 1 << 20);
+    for (unsigned i = 0; i < 3000; i++)
+        big[i] = pat(odd + i);
+    assert_int_equal(pwrite(fd, big, 3000, (off_t)odd), 3000);
+    for (unsigned i = 0; i < 8192; i++)
+        big[i] = pat(again + i);
+    assert_int_equal(pwrite(fd, big, 8192, (off_t)again), 8192);
+    close(fd);
+    free(big);
+
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "qemu-img check -q -f qcow2 '%s'", out);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof(cmd),
+             "test \"$(qemu-img info --output=json '%s' | jq -r '.\"virtual-size\"')\" = %llu", out,
+             (unsigned long long)vsize);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f qcow2 -F raw '%s' '%s'", out, ref);
+    assert_int_equal(run(cmd), 0);
+    /* holes kept: the unwritten clusters are not allocated in the image */
+    snprintf(cmd, sizeof(cmd),
+             "test \"$(qemu-img map --output=json '%s' | jq '[.[] | select(.data) | "
+             ".length] | add')\" -lt %llu",
+             out, (unsigned long long)(clusters * 65536 + (2u << 20) + 65536 * 2));
+    assert_int_equal(run(cmd), 0);
+    unlink(out);
+    unlink(ref);
+
+    /* abandoned after writes: the empty image, no error in it */
+    assert_int_equal(vmsh_hv_image_sink_create(out, "qcow2", 1 << 20, &s, &err), 0);
+    memset(buf, 0xab, sizeof(buf));
+    assert_int_equal(s->ops->pwrite(s->impl, buf, sizeof(buf), 0, &err), 0);
+    vmsh_sink_free(s);
+    snprintf(cmd, sizeof(cmd), "qemu-img check -q -f qcow2 '%s'", out);
+    assert_int_equal(run(cmd), 0);
+    unlink(out);
+    free(out);
+    free(ref);
 }
 
 static void image_sink_refusals(void **state)
@@ -309,6 +465,76 @@ static void image_sink_refusals(void **state)
     free(out);
 }
 
+/* The image as text: its length, then each run of non-zero bytes as
+ * "offset: hex" (as test_hv_image's golden files). */
+static char *nonzero_runs(const uint8_t *b, size_t n)
+{
+    size_t cap = 64 + n * 3, len = 0;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    len += (size_t)snprintf(out, cap, "length %zu\n", n);
+    for (size_t i = 0; i < n;) {
+        if (!b[i]) {
+            i++;
+            continue;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%zu:", i);
+        size_t end = i;
+        for (size_t z = 0; end < n && z < 8; end++)
+            z = b[end] ? 0 : z + 1;
+        while (end > i && !b[end - 1])
+            end--;
+        for (; i < end; i++)
+            len += (size_t)snprintf(out + len, cap - len, " %02x", b[i]);
+        len += (size_t)snprintf(out + len, cap - len, "\n");
+    }
+    return out;
+}
+
+/* docs/formats/qcow2-restore.md, version 1: a 1 GiB + 512 image (3 L1
+ * entries), written from one thread: 16 bytes at guest 512 MiB + 8 (the
+ * second L2 table; buffered), then 4096 bytes at guest 0 (O_DIRECT: 8 bytes
+ * 0xa5 at each end); the
+ * file is tests/golden/qcow2/restore-1g512.txt byte for byte. */
+static void qcow2_direct_golden(void **state)
+{
+    fixture *f = *state;
+    vmsh_error *err = NULL;
+    char *out = path2(f->dir, "g.qcow2");
+    vmsh_sink *s = NULL;
+    assert_int_equal(vmsh_hv_image_sink_create(out, "qcow2", (1ull << 30) + 512, &s, &err), 0);
+    uint8_t *b = NULL;
+    assert_int_equal(posix_memalign((void **)&b, 4096, 4096), 0);
+    memset(b, 0x5a, 16);
+    assert_int_equal(s->ops->pwrite(s->impl, b, 16, (512ull << 20) + 8, &err), 0);
+    memset(b, 0, 4096);
+    memset(b, 0xa5, 8);
+    memset(b + 4088, 0xa5, 8);
+    assert_int_equal(s->ops->pwrite(s->impl, b, 4096, 0, &err), 0);
+    free(b);
+    assert_int_equal(vmsh_sink_finish(s, &err), 0);
+    size_t n = 0, gn = 0;
+    uint8_t *img = read_whole_file(out, &n);
+    assert_non_null(img);
+    char *text = nonzero_runs(img, n);
+    const char *gdir = getenv("VMSH_GOLDEN_DIR");
+    assert_non_null(gdir);
+    char gp[512];
+    snprintf(gp, sizeof(gp), "%s/qcow2/restore-1g512.txt", gdir);
+    char *golden = (char *)read_whole_file(gp, &gn);
+    assert_non_null(golden);
+    if (strcmp(text, golden) != 0)
+        fprintf(stderr, "made:\n%s\ngolden:\n%s\n", text, golden);
+    assert_string_equal(text, golden);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "qemu-img check -q -f qcow2 '%s'", out);
+    assert_int_equal(run(cmd), 0);
+    free(golden);
+    free(text);
+    free(img);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -316,6 +542,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(file_sink_new_and_old_files, setup, teardown),
         cmocka_unit_test_setup_teardown(image_sink_writes_qcow2_once, setup, teardown),
         cmocka_unit_test_setup_teardown(image_sink_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(qcow2_direct_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(qcow2_direct_golden, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

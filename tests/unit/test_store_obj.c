@@ -32,6 +32,9 @@ typedef struct mem_store {
     unsigned read_delay_ms;
     int fail_reads; /* the next reads of a pack fail (-EIO) */
     uint64_t read_bytes;
+    unsigned inflight, peak_inflight; /* reads running at once */
+    uint64_t log[512];                /* offsets of the reads of packs, in order of start */
+    unsigned n_log;
 } mem_store;
 
 static int find(mem_store *m, const char *key)
@@ -104,9 +107,16 @@ static int m_read(obj_store *os, const char *key, uint64_t off, size_t len, void
 {
     (void)err;
     mem_store *m = (mem_store *)os;
+    pthread_mutex_lock(&m->mu);
+    if (++m->inflight > m->peak_inflight)
+        m->peak_inflight = m->inflight;
+    if (strstr(key, ".pack") && m->n_log < sizeof(m->log) / sizeof(m->log[0]))
+        m->log[m->n_log++] = off;
+    pthread_mutex_unlock(&m->mu);
     if (m->read_delay_ms)
         usleep(m->read_delay_ms * 1000);
     pthread_mutex_lock(&m->mu);
+    m->inflight--;
     m->reads++;
     if (m->fail_reads && strstr(key, ".pack")) {
         m->fail_reads--;
@@ -465,6 +475,114 @@ static void test_cache_failed_read_not_kept(void **state)
     repo_store_free(st);
 }
 
+/* The order of the fetches (issue 26 point 4): a sequential reader's
+ * blocks are fetched in the order it reads them, each once, the fetchers
+ * (two) taking them from one FIFO: block k starts before block k+2, and
+ * no block after the last one read is fetched beyond the read-ahead. */
+static void test_cache_fetch_order(void **state)
+{
+    (void)state;
+    mem_store *m = cache_store("4");
+    repo_store *st = &m->o.base;
+    repo_store_file *f = NULL;
+    assert_int_equal(st->ops->open_file(st, "packs/ab/p.pack", 0, &f, NULL), 0);
+    m->read_delay_ms = 10;
+    for (uint64_t off = 0; off < 20 * BLK; off += 8192)
+        check_range(f, off, 8192);
+    st->ops->close(f);
+    /* blocks 0..19 were all read, so their fetches are logged (fetches
+     * ahead of the end may still be running) */
+    uint64_t log[512];
+    pthread_mutex_lock(&m->mu);
+    unsigned n = m->n_log;
+    memcpy(log, m->log, sizeof(log));
+    pthread_mutex_unlock(&m->mu);
+    repo_store_free(st);
+    unsigned times[64] = {0}, pos[64];
+    for (unsigned i = 0; i < n; i++) {
+        assert_int_equal(log[i] % BLK, 0); /* aligned blocks */
+        unsigned k = (unsigned)(log[i] / BLK);
+        assert_true(k < 64);
+        times[k]++;
+        pos[k] = i;
+    }
+    for (unsigned k = 0; k < 20; k++)
+        assert_int_equal(times[k], 1); /* each block once */
+    for (unsigned k = 20; k < 64; k++)
+        assert_true(k < 20 + 4 || times[k] == 0); /* nothing beyond the read-ahead */
+    for (unsigned k = 0; k + 2 < 20; k++)
+        assert_true(pos[k] < pos[k + 2]); /* in order, up to the two fetchers' race */
+}
+
+typedef struct seq_arg {
+    mem_store *m;
+    char key[32];
+} seq_arg;
+
+static void *seq_reader(void *opaque)
+{
+    seq_arg *a = opaque;
+    repo_store *st = &a->m->o.base;
+    repo_store_file *f = NULL;
+    if (st->ops->open_file(st, a->key, 0, &f, NULL) != 0)
+        return (void *)1;
+    uint8_t buf[8192];
+    void *bad = NULL;
+    for (uint64_t off = 0; off < OBJ_LEN && !bad; off += sizeof(buf)) {
+        int64_t n = st->ops->pread(f, buf, sizeof(buf), off);
+        size_t want = OBJ_LEN - off < sizeof(buf) ? OBJ_LEN - (size_t)off : sizeof(buf);
+        if (n != (int64_t)want)
+            bad = (void *)2;
+        for (size_t i = 0; !bad && i < want; i++)
+            if (buf[i] != pattern((size_t)off + i))
+                bad = (void *)3;
+    }
+    st->ops->close(f);
+    return bad;
+}
+
+/* Memory stays bounded however many packs are read at once (issue 26 point
+ * 4): six sequential readers of six packs, each wanting its block and 4
+ * ahead (30 blocks) from a cache of 2 * 4 + 8 = 16: every byte is right,
+ * the cache never holds more than 16 blocks of 64 KiB, at most fetchers +
+ * readers reads run at once, and the packs are read about once (readers
+ * that find no free slot read around the cache, they do not wait). */
+static void test_cache_memory_bound(void **state)
+{
+    (void)state;
+    mem_store *m = cache_store("4");
+    repo_store *st = &m->o.base;
+    uint8_t *obj = malloc(OBJ_LEN);
+    for (size_t i = 0; i < OBJ_LEN; i++)
+        obj[i] = pattern(i);
+    seq_arg a[6];
+    for (unsigned i = 0; i < 6; i++) {
+        a[i].m = m;
+        snprintf(a[i].key, sizeof(a[i].key), "packs/ab/q%u.pack", i);
+        assert_int_equal(st->ops->put(st, a[i].key, obj, OBJ_LEN, NULL), 0);
+    }
+    free(obj);
+    m->read_delay_ms = 2;
+    m->read_bytes = 0;
+    pthread_t t[6];
+    for (unsigned i = 0; i < 6; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, seq_reader, &a[i]), 0);
+    for (unsigned i = 0; i < 6; i++) {
+        void *rv = NULL;
+        pthread_join(t[i], &rv);
+        assert_null(rv);
+    }
+    assert_int_equal(m->o.n_blocks, 16);
+    obj_counters c;
+    obj_store_counters(&m->o, &c);
+    assert_true(c.block_bufs > 0 && c.block_bufs <= 16); /* 16 x 64 KiB at most */
+    assert_true(m->peak_inflight <= m->o.n_fetchers + 6);
+    /* each pack about once: blocks evicted before their reader came are
+     * read again, a bounded number of times */
+    assert_true(m->read_bytes <= 6ull * OBJ_LEN * 3 / 2);
+    repo_store_free(st);
+}
+
 typedef struct rd_arg {
     mem_store *m;
     unsigned seed;
@@ -692,6 +810,8 @@ int main(void)
         cmocka_unit_test(test_cache_prefetches_sequential_reads),
         cmocka_unit_test(test_cache_failed_read_not_kept),
         cmocka_unit_test(test_cache_concurrent_readers),
+        cmocka_unit_test(test_cache_fetch_order),
+        cmocka_unit_test(test_cache_memory_bound),
         cmocka_unit_test(test_cache_forgets_rewritten),
         cmocka_unit_test(test_uploads_ordered_and_whole),
         cmocka_unit_test(test_failed_async_upload_cancels),
