@@ -358,9 +358,18 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
             return -ENOMEM;
         xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"network");
     } else if (rp->in_place && rp->rbd) {
-        /* the RBD image written: the same monitors and auth, its name */
+        /* an RBD image the restore created (rbd create, the host's own Ceph
+         * client configuration): the definition names it there too, with
+         * no monitor nor configuration file of the backup's (R12: they could
+         * name another cluster, to which QEMU would then authenticate with
+         * the secret the <auth> names) */
         if (!src)
             src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        for (xmlNodePtr c = src ? src->children : NULL, nx; c; c = nx) {
+            nx = c->next;
+            if (is_el(c, "host") || is_el(c, "config"))
+                drop(c);
+        }
         if (!src || !xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"rbd") ||
             !xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)rp->rbd))
             return -ENOMEM;

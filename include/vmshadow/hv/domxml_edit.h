@@ -39,7 +39,9 @@ typedef struct vmsh_disk_repath {
     /* With rbd: "<disk><source .../><auth .../></disk>", the <source> and
      * <auth> of the disk of the VM the restore replaces
      * (vmsh_domxml_disk_source_xml): they replace the backup's (R12: its
-     * monitors and secret are hostile input). NULL keeps the backup's. */
+     * monitors and secret are hostile input). NULL (an image the restore
+     * created with the host's Ceph configuration): the backup's <auth>
+     * stays, its <host>s and <config> go (QEMU uses the host's). */
     const char *rbd_source;
     const char *pool, *volume;
 } vmsh_disk_repath;
