@@ -90,22 +90,27 @@ export RESTIC_REPOSITORY=$RUN/restic RESTIC_PASSWORD=bench
 restic init -q >/dev/null && restic backup -q "$RUN/data.qcow2" >/dev/null || exit 1
 
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
-declare -A T TS
-timed() { # timed NAME command...: appends wall ms, and wall+sync ms
+declare -A T TS C
+timed() { # timed NAME command...: appends wall ms, wall+sync ms, CPU ms
     local name=$1; shift
     sync
     local t0; t0=$(ms)
-    "$@" >/dev/null 2>"$RUN/$name.err" || { echo "restore-bench: $name failed:" >&2; tail -5 "$RUN/$name.err" >&2; exit 1; }
+    # user+sys CPU of the command and the children it waited for (qemu-nbd):
+    # less disturbed than wall time by the other load of a shared machine
+    /usr/bin/time -o "$RUN/cpu" -f "%U %S" bash -c "$*" >/dev/null 2>"$RUN/$name.err" || { echo "restore-bench: $name failed:" >&2; tail -5 "$RUN/$name.err" >&2; exit 1; }
     local t1; t1=$(ms)
     sync
     local t2; t2=$(ms)
     T[$name]+="$((t1 - t0)) "; TS[$name]+="$((t2 - t0)) "
+    C[$name]+="$(awk '{printf "%d", ($1 + $2) * 1000}' "$RUN/cpu") "
 }
 vsh_restore() { "$VMSHADOW" -q restore "$ID" --force; }
 vsh_restore_nbd() { VMSHADOW_SINK_QEMU_NBD=1 "$VMSHADOW" -q restore "$ID" --force; }
 vsh_extract() { "$VMSHADOW" -q extract --force "$ID" "$DOM/disk/vda" "$RUN/extract.raw"; }
 vnb_restore() { rm -rf "$RUN/vnr"; virtnbdrestore -i "$RUN/vnb" -o "$RUN/vnr"; }
 restic_restore() { rm -rf "$RUN/rr"; restic restore -q latest --target "$RUN/rr"; }
+export -f vsh_restore vsh_restore_nbd vsh_extract vnb_restore restic_restore
+export VMSHADOW ID DOM RUN
 TOOLS=(vmshadow_restore vmshadow_restore_nbd vmshadow_extract virtnbdrestore restic_restore)
 declare -A FN=([vmshadow_restore]=vsh_restore [vmshadow_restore_nbd]=vsh_restore_nbd
     [vmshadow_extract]=vsh_extract [virtnbdrestore]=vnb_restore [restic_restore]=restic_restore)
@@ -137,10 +142,10 @@ med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR
 data=$(du -B1 "$WORK/img/day1.raw" | cut -f1)
 echo "restore of a $((SIZE >> 20)) MiB qcow2 disk ($((data >> 20)) MiB allocated), $ROUNDS rounds, $(nproc) CPUs, $(date -u +%FT%TZ)"
 echo
-echo "| tool | wall s, median [min-max] | wall + sync s |"
-echo "| --- | ---: | ---: |"
+echo "| tool | wall s, median [min-max] | wall + sync s | CPU s (user+sys) |"
+echo "| --- | ---: | ---: | ---: |"
 for n in "${TOOLS[@]}"; do
-    echo "| $n | $(stats <<<"${T[$n]}") | $(stats <<<"${TS[$n]}") |"
+    echo "| $n | $(stats <<<"${T[$n]}") | $(stats <<<"${TS[$n]}") | $(stats <<<"${C[$n]}") |"
 done
 # per-round ratios: "median [min-max]" of a/b over the rounds
 pr() { # NAME_A NAME_B ARRAY(T|TS)

@@ -625,7 +625,14 @@ static int qc_commit(qc_sink *s, vmsh_error **err)
     be32(h + 100, 104); /* header_length */
     if ((r = qc_pwrite_all(s->bfd, h, sizeof(h), 0)) < 0)
         return vmsh_error_set(err, r, "cannot write the header of %s: %s", s->path, strerror(-r));
-    return sync_file_and_dir(s->path, err);
+    /* the file we made (not whatever its name may point to now), then the
+     * directory entry */
+    if (fsync(s->bfd) < 0)
+        return vmsh_error_set(err, -errno, "cannot fsync %s: %s", s->path, strerror(errno));
+    _cleanup_free_ char *dir = vmsh_path_dirname(s->path);
+    if (!dir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    return vmsh_fs_fsync_dir(dir, err);
 }
 
 static int qc_sink_finish(void *impl, vmsh_error **err)
@@ -646,8 +653,11 @@ static const vmsh_sink_ops qc_sink_ops = {
     .free = qc_sink_free,
 };
 
-/* Opens the direct sink on `path`, an empty qcow2 image just written. */
-static int qc_open(const char *path, uint64_t size, vmsh_sink **out, vmsh_error **err)
+/* Opens the direct sink on `fd` (taken: closed on failure), the new file
+ * `path` that holds an empty qcow2 image. The file is only ever reached
+ * through that descriptor: the O_DIRECT one is opened through /proc, not
+ * by name, so a name swapped meanwhile is never written. */
+static int qc_open(int fd, const char *path, uint64_t size, vmsh_sink **out, vmsh_error **err)
 {
     uint64_t vsize = (size + 511) & ~(uint64_t)511;
     uint32_t l1 = 0, clusters = 0;
@@ -659,20 +669,18 @@ static int qc_open(const char *path, uint64_t size, vmsh_sink **out, vmsh_error 
         if (s)
             free(s->path);
         free(sk), free(s);
+        close(fd);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
     pthread_mutex_init(&s->mu, NULL);
     s->vsize = vsize;
     s->l1_n = l1;
     s->first = s->next = clusters;
-    s->bfd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-    s->dfd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECT);
-    if (s->bfd < 0) {
-        int e = errno;
-        qc_sink_free(s);
-        free(sk);
-        return vmsh_error_set(err, -e, "cannot open %s: %s", path, strerror(e));
-    }
+    s->bfd = fd;
+    char self[64];
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+    /* -1 where the filesystem has no O_DIRECT (tmpfs): buffered writes */
+    s->dfd = open(self, O_WRONLY | O_CLOEXEC | O_DIRECT);
     *sk = (vmsh_sink){.ops = &qc_sink_ops,
                       .impl = s,
                       .size = size,
@@ -732,24 +740,34 @@ int vmsh_hv_image_sink_create(const char *path, const char *format, uint64_t siz
     if (!known)
         return vmsh_error_set(err, -EINVAL, "%s: a disk of the format '%s' is not restored here",
                               path, format ? format : "(none)");
+    /* a new qcow2 file: written directly (above); VMSHADOW_SINK_QEMU_NBD=1
+     * keeps the path through qemu-nbd (benchmarks, tests) */
+    const char *via = getenv("VMSHADOW_SINK_QEMU_NBD");
+    bool direct =
+        strcmp(format, "qcow2") == 0 && size <= QC_DIRECT_MAX && !(via && strcmp(via, "1") == 0);
     /* not O_CLOEXEC: qemu-img create inherits it for formats not made here */
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
     if (fd < 0)
         return vmsh_error_set(err, -errno, "cannot create %s: %s", path, strerror(errno));
     int r = empty_image(fd, path, format, size, err);
+    if (direct) {
+        if (r == 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+            r = vmsh_error_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
+        if (r == 0)
+            r = qc_open(fd, path, size, out, err); /* takes fd */
+        else
+            close(fd);
+        if (r < 0)
+            unlink(path);
+        return r;
+    }
     if (close(fd) < 0 && r == 0)
         r = vmsh_error_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
     if (r < 0) {
         unlink(path);
         return r;
     }
-    /* a new qcow2 file: written directly (above); VMSHADOW_SINK_QEMU_NBD=1
-     * keeps the path through qemu-nbd (benchmarks, tests) */
-    const char *via = getenv("VMSHADOW_SINK_QEMU_NBD");
-    if (strcmp(format, "qcow2") == 0 && size <= QC_DIRECT_MAX && !(via && strcmp(via, "1") == 0))
-        r = qc_open(path, size, out, err);
-    else
-        r = serve(path, format, size, true, out, err);
+    r = serve(path, format, size, true, out, err);
     if (r < 0)
         unlink(path);
     return r;
