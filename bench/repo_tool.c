@@ -243,6 +243,7 @@ static int cmd_backup(int argc, char **argv)
     }
     if (rc == 0 && hold_ms)
         usleep((useconds_t)hold_ms * 1000);
+    double t_commit = now_s(); /* every file added: what is left is the commit */
     if (rc == 0 && !do_abort && vmsh_backup_commit(b, doc, &err) < 0)
         rc = fail(&err);
     vmsh_add_stats tot;
@@ -252,11 +253,12 @@ static int cmd_backup(int argc, char **argv)
         getrusage(RUSAGE_SELF, &ru);
         printf("{\"backup\":%s%s%s,\"seconds\":%.3f,\"size\":%" PRIu64 ",\"bytes_read\":%" PRIu64
                ",\"bytes_stored\":%" PRIu64 ",\"new_chunks\":%" PRIu64
-               ",\"max_rss_kib\":%ld,\"first_progress_s\":%.3f,\"first_read_s\":%.4f}\n",
+               ",\"max_rss_kib\":%ld,\"first_progress_s\":%.3f,\"first_read_s\":%.4f,"
+               "\"commit_s\":%.3f}\n",
                do_abort ? "" : "\"", do_abort ? "null" : vmsh_backup_id(b), do_abort ? "" : "\"",
                now_s() - t0, tot.size, tot.bytes_read, tot.bytes_stored, tot.new_chunks,
                ru.ru_maxrss, first_progress > 0 ? first_progress - t0 : -1.0,
-               first_read > 0 ? first_read - t0 : -1.0);
+               first_read > 0 ? first_read - t0 : -1.0, now_s() - t_commit);
     }
     vmsh_backup_free(b);
     vmsh_repo_free(r);

@@ -17,6 +17,7 @@
 #        STORE_THREADS (unset: the store's default)  STORES="local rados s3 restic"
 #        OLD_TOOL=the vmshadow-repo-tool of an older build: adds the stores
 #        rados-old and s3-old (same image, same rounds) for a before/after
+#        OPS=backup: backups only (no restores: each round half as long)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BUILD=${1:-$here/../build}
@@ -25,6 +26,7 @@ VMSHADOW=$BUILD/src/vmshadow
 WORK=${WORK:-/var/tmp/vmshadow-store-bench}
 SIZE=${SIZE:-$((1 << 30))}
 ROUNDS=${ROUNDS:-5}
+OPS=${OPS:-backup restore}
 STORES=${STORES:-local rados s3 restic${OLD_TOOL:+ rados-old s3-old}}
 [ -n "${STORE_THREADS:-}" ] && export VMSHADOW_STORE_THREADS=$STORE_THREADS
 [ -x "$TOOL" ] || { echo "build first: $TOOL is missing" >&2; exit 1; }
@@ -73,6 +75,7 @@ run_vmshadow() { # ROUND NAME REPO [TOOL]
     local round=$1 name=$2 repo=$3 tool=${4:-$TOOL}
     "$VMSHADOW" --config /dev/null -r "$repo" init >/dev/null
     measure "$round" "$name" backup "$tool" backup "$repo" "disk.img=$IMG/day1.raw"
+    [ "$OPS" = backup ] && return 0
     rm -f "$WORK/out.raw"
     measure "$round" "$name" restore "$tool" restore "$repo" latest disk.img "$WORK/out.raw"
     cmp -s "$IMG/day1.raw" "$WORK/out.raw" || { echo "$name: restore differs" >&2; exit 1; }
@@ -93,6 +96,7 @@ run_store() { # ROUND STORE
         export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://$VMSH_S3_ENDPOINT/$U-t$round
         restic init >/dev/null 2>&1
         measure "$round" restic backup restic backup "$IMG/day1.raw"
+        [ "$OPS" = backup ] && { drop_remote "$U-[a-z]+$round"; return 0; }
         rm -rf "$WORK/restic-out"
         measure "$round" restic restore restic restore latest --target "$WORK/restic-out"
         cmp -s "$IMG/day1.raw" "$WORK/restic-out$IMG/day1.raw" ||
@@ -119,7 +123,7 @@ median() { sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else prin
 range() { sort -g | awk 'NR==1{a=$1} {b=$1} END {printf "%s-%s", a, b}'; }
 col() { awk -F'\t' -v n="$1" -v o="$2" -v c="$3" '$2==n && $3==o {print $c}' "$RES"; }
 for name in $STORES; do
-    for op in backup restore; do
+    for op in $OPS; do
         w=$(col "$name" "$op" 4 | median)
         printf '| %s | %s | %s [%s] | %.0f | %s | %.0f |\n' "$name" "$op" "$w" \
             "$(col "$name" "$op" 4 | range)" "$(echo "$SIZE / $w / 1000000" | bc -l)" \
@@ -132,7 +136,7 @@ ratios() { # A B OP: per-round t(B)/t(A), i.e. A's throughput over B's
         END {for (r in ta) if (r in tb) printf "%.3f\n", tb[r]/ta[r]}' "$RES"
 }
 report() { # LABEL A B TARGET
-    for op in backup restore; do
+    for op in $OPS; do
         local v
         v=$(ratios "$2" "$3" "$op")
         [ -n "$v" ] || continue

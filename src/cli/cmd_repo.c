@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,9 +38,10 @@ int vmsh_cli_repo_open(vmsh_cli *cli, struct vmsh_repo **out, vmsh_error **err)
                                cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0, err);
     if (rc < 0)
         return rc;
-    long level = 0;
-    rc = vmsh_kvconf_get_int(cli->config, "compression-level", 1, 19, &level, err);
-    if (rc == 0 && level > 0)
+    long level = LONG_MIN; /* unset */
+    rc = vmsh_kvconf_get_int(cli->config, "compression-level", VMSH_ZSTD_LEVEL_MIN,
+                             VMSH_ZSTD_LEVEL_MAX, &level, err);
+    if (rc == 0 && level != LONG_MIN)
         rc = vmsh_repo_set_compression_level(*out, (int)level, err);
     if (rc < 0) {
         vmsh_repo_free(*out);
@@ -170,8 +172,9 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
         case 'l': {
             char *end;
             long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 19)
-                return vmsh_cli_usage_error(cli, "init", "--compression-level takes 1 to 19");
+            if (!*optarg || *end || v < VMSH_ZSTD_LEVEL_MIN || v > VMSH_ZSTD_LEVEL_MAX || v == 0)
+                return vmsh_cli_usage_error(cli, "init",
+                                            "--compression-level takes -7 to -1 or 1 to 19");
             level = (int)v;
             break;
         }
@@ -192,11 +195,18 @@ int vmsh_cmd_init(vmsh_cli *cli, int argc, char **argv)
     if (key_file && !encrypt)
         return vmsh_cli_usage_error(cli, "init", "--key-file is used with --encrypt");
     if (!level) {
-        long l = 0;
+        long l = LONG_MIN; /* unset: the repository's default */
         vmsh_error *err = NULL;
-        if (vmsh_kvconf_get_int(cli->config, "compression-level", 1, 19, &l, &err) < 0)
+        if (vmsh_kvconf_get_int(cli->config, "compression-level", VMSH_ZSTD_LEVEL_MIN,
+                                VMSH_ZSTD_LEVEL_MAX, &l, &err) < 0)
             return vmsh_cli_fail(cli, &err);
-        level = (int)l;
+        if (l == 0) { /* as every other command refuses it (vmsh_cli_repo_open) */
+            vmsh_error_set(&err, -EINVAL,
+                           "compression-level 0 is not a zstd level (-7 to -1 "
+                           "or 1 to 19)");
+            return vmsh_cli_fail(cli, &err);
+        }
+        level = l == LONG_MIN ? 0 : (int)l;
     }
     vmsh_error *err = NULL;
     unsigned fl = cli->allow_foreign_repo ? VMSH_REPO_OPEN_ALLOW_FOREIGN : 0;

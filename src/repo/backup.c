@@ -393,9 +393,12 @@ static int store_chunk(worker *w, const uint8_t *data, size_t len, const uint8_t
     memcpy(loc.id, id, ID_LEN);
     const uint8_t *blob = data;
     size_t blen = len;
-    size_t c = ZSTD_compressCCtx(w->cctx, w->cbuf, w->cbuf_cap, data, len, w->j->level);
     /* Stored raw unless zstd saves at least 1/32: restores then skip the
-     * decompressor for random data. */
+     * decompressor for random data. Chunks whose bytes look random skip
+     * zstd too: it would only find that out (compress.c). */
+    size_t c = chunk_looks_random(data, len)
+                   ? len
+                   : ZSTD_compressCCtx(w->cctx, w->cbuf, w->cbuf_cap, data, len, w->j->level);
     if (!ZSTD_isError(c) && c < len - len / 32) {
         blob = w->cbuf;
         blen = c;

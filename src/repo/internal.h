@@ -87,6 +87,9 @@ int crypto_ctx_new(crypto_ctx **out, const repo_keys *k, vmsh_error **err);
 void crypto_ctx_free(crypto_ctx *c);
 /* Chunk ID: SHA-256, or HMAC-SHA-256 with the ID key. */
 int crypto_chunk_id(crypto_ctx *c, const void *data, size_t len, uint8_t id[ID_LEN]);
+/* True when a chunk's bytes look uniformly random (a sampled byte
+ * histogram): store it raw without running zstd (compress.c). */
+bool chunk_looks_random(const uint8_t *p, size_t len);
 /* Plain SHA-256 (object trailers, pack tables). */
 void crypto_sha256(const void *data, size_t len, uint8_t out[32]);
 /* AES-256-GCM: out = nonce | ct | tag (len + GCM_OVERHEAD bytes). */

@@ -200,7 +200,10 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     w->repo = r;
     w->fd = NULL;
-    w->target = r->pack_target ? r->pack_target : PACK_TARGET_DEFAULT;
+    /* a test's size, else the store's (RADOS: smaller packs), else 64 MiB */
+    w->target = r->pack_target          ? r->pack_target
+                : r->store->pack_target ? r->store->pack_target
+                                        : PACK_TARGET_DEFAULT;
     w->flush_at = r->pack_flush && r->pack_flush <= WBUF_FLUSH ? r->pack_flush : WBUF_FLUSH;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);

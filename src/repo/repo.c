@@ -175,9 +175,11 @@ static int count_entry(void *opaque, const char *name, repo_store_kind kind,
 
 int vmsh_repo_init(const char *path, const vmsh_repo_init_opts *opts, vmsh_error **err)
 {
-    int level = opts && opts->compression_level ? opts->compression_level : 1;
-    if (level < 1 || level > 19)
-        return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
+    int level = opts && opts->compression_level ? opts->compression_level : VMSH_ZSTD_LEVEL_DEFAULT;
+    if (level < VMSH_ZSTD_LEVEL_MIN || level > VMSH_ZSTD_LEVEL_MAX)
+        return vmsh_error_set(err, -EINVAL,
+                              "compression level %d is out of range (%d to %d, not 0)", level,
+                              VMSH_ZSTD_LEVEL_MIN, VMSH_ZSTD_LEVEL_MAX);
     repo_store *s = NULL;
     int r = store_open(&s, path, REPO_STORE_CREATE | store_flags(opts ? opts->flags : 0), err);
     if (r < 0)
@@ -396,8 +398,11 @@ int vmsh_repo_open_ex(vmsh_repo **out, const char *path, const char *key_file, u
     r->path = strdup(path);
     memcpy(r->id, id, 33);
     r->version = (int)version;
+    /* a repository keeps its level: 1 for those made before issue 27, whose
+     * default it was (and for a level this version does not know) */
     int64_t level = cfg_int(cfg, "compression_level", 1);
-    r->compression_level = level >= 1 && level <= 19 ? (int)level : 1;
+    r->compression_level =
+        level >= VMSH_ZSTD_LEVEL_MIN && level <= VMSH_ZSTD_LEVEL_MAX && level != 0 ? (int)level : 1;
     chunk_map_init(&r->map);
     json_object *enc = NULL;
     if (json_object_object_get_ex(cfg, "encryption", &enc) && enc) {
@@ -469,8 +474,10 @@ int vmsh_repo_compression_level(const vmsh_repo *r)
 
 int vmsh_repo_set_compression_level(vmsh_repo *r, int level, vmsh_error **err)
 {
-    if (level < 1 || level > 19)
-        return vmsh_error_set(err, -EINVAL, "compression level %d is out of range (1-19)", level);
+    if (level < VMSH_ZSTD_LEVEL_MIN || level > VMSH_ZSTD_LEVEL_MAX || level == 0)
+        return vmsh_error_set(err, -EINVAL,
+                              "compression level %d is out of range (%d to %d, not 0)", level,
+                              VMSH_ZSTD_LEVEL_MIN, VMSH_ZSTD_LEVEL_MAX);
     r->compression_level = level;
     return 0;
 }

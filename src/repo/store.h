@@ -122,6 +122,12 @@ typedef struct repo_store_ops {
 struct repo_store {
     const repo_store_ops *ops;
     char *root; /* for messages */
+    /* The pack size this store wants from writers (issue 27 point 5): 0
+     * for the repository's default (64 MiB). A store that uploads a pack
+     * as one object after it is complete asks for less: the last pack's
+     * upload is a backup's tail, and smaller objects keep its memory low
+     * (docs/formats/repository.md, "The object stores"). */
+    uint64_t pack_target;
 };
 
 /* The POSIX store (store_posix.c): a local directory. Opens (or, with

@@ -974,6 +974,7 @@ static const repo_store_ops obj_ops = {
 int obj_store_init(obj_store *s, const obj_backend_ops *be, const char *root, vmsh_error **err)
 {
     s->base.ops = &obj_ops;
+    s->base.pack_target = be->pack_target;
     s->be = be;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

@@ -45,6 +45,9 @@ typedef struct obj_backend_ops {
     void (*free)(obj_store *s);
     /* Optional: the server's clock (store.h, clock). */
     int (*clock)(obj_store *s, const char *key, int64_t *ms, vmsh_error **err);
+    /* The pack size writers should aim at (store.h, pack_target); 0: the
+     * repository's default. */
+    uint64_t pack_target;
 } obj_backend_ops;
 
 typedef struct obj_upload obj_upload;

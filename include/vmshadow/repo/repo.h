@@ -39,8 +39,16 @@ typedef void (*vmsh_progress_fn)(void *opaque, uint64_t done, uint64_t total);
  * docs/formats/repository.md, "Stores". */
 #define VMSH_REPO_OPEN_ALLOW_FOREIGN 1u
 
+/* zstd levels a repository may record and a writer may use: zstd's fast
+ * negative levels down to -7, and 1..19 (0 is not a level: "the default").
+ * New repositories get -1 since issue 27 (docs/formats/repository.md,
+ * "Compression level"); a repository keeps the level it was made with. */
+#define VMSH_ZSTD_LEVEL_MIN     (-7)
+#define VMSH_ZSTD_LEVEL_MAX     19
+#define VMSH_ZSTD_LEVEL_DEFAULT (-1)
+
 typedef struct vmsh_repo_init_opts {
-    int compression_level; /* zstd level 1..19; 0: the default (1) */
+    int compression_level; /* VMSH_ZSTD_LEVEL_MIN..MAX; 0: the default */
     const char *key_file;  /* non-NULL: encrypt; the file holds the passphrase */
     unsigned flags;        /* VMSH_REPO_OPEN_* for the directory it is created in */
 } vmsh_repo_init_opts;
@@ -85,7 +93,8 @@ const char *vmsh_repo_path(const vmsh_repo *r);
 const char *vmsh_repo_id(const vmsh_repo *r);
 bool vmsh_repo_encrypted(const vmsh_repo *r);
 int vmsh_repo_compression_level(const vmsh_repo *r);
-/* zstd level for backups written through this handle (1..19), and the number
+/* zstd level for backups written through this handle (VMSH_ZSTD_LEVEL_MIN..
+ * MAX, not 0), and the number
  * of worker threads for backups, restores and verify (0: one per CPU). */
 int vmsh_repo_set_compression_level(vmsh_repo *r, int level, vmsh_error **err);
 void vmsh_repo_set_threads(vmsh_repo *r, unsigned n);
