@@ -7,6 +7,7 @@
  * path that undoes exactly those while the first error is kept. */
 #include <vmshadow/coord/coord.h>
 #include <vmshadow/coord/document.h>
+#include <vmshadow/coord/trace.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/lock.h>
 #include <vmshadow/util/mem.h>
@@ -465,6 +466,13 @@ int vmsh_set_journal_mark(vmsh_set *s, uint64_t seq, vmsh_journal_state state, v
     return vmsh_journal_mark(s->journal, seq, state, err);
 }
 
+int vmsh_set_journal_mark_done_unsynced(vmsh_set *s, uint64_t seq, vmsh_error **err)
+{
+    if (!s->journal)
+        return vmsh_error_set(err, -EINVAL, "the set %s has no journal any more", s->id);
+    return vmsh_journal_mark_done_unsynced(s->journal, seq, err);
+}
+
 vmsh_journal *vmsh_set_journal(vmsh_set *s)
 {
     return s->journal;
@@ -683,11 +691,13 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
     if ((r = send_all(s, VMSH_EVENT_PREPARE_BACKUP, VMSH_WSTATE_STABLE, err)) < 0 ||
         (r = send_all(s, VMSH_EVENT_PREPARE_SNAPSHOT, VMSH_WSTATE_WAITING_FOR_FREEZE, err)) < 0)
         goto abort;
+    vmsh_trace_step(NULL, "prepare-snapshot-returned");
     for (size_t i = 0; i < s->np; i++) {
         s->pslots[i].prepared = true; /* a half-done prepare gets its abort too */
         if ((r = call_provider(s, &s->pslots[i], P_PREPARE, ev_deadline(s), err)) < 0)
             goto abort;
     }
+    vmsh_trace_step(NULL, "provider-prepare-returned");
 
     /* Freeze ... Thaw, bounded by the freeze limit. */
     int64_t freeze_start = vmsh_now_ms();
@@ -702,8 +712,10 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
         if (fr == 0)
             sl->state = VMSH_WSTATE_WAITING_FOR_THAW;
     }
+    vmsh_trace_step(NULL, "freeze-event-returned");
     for (size_t i = 0; i < s->np && fr == 0; i++)
         fr = call_provider(s, &s->pslots[i], P_COMMIT, min64(ev_deadline(s), freeze_end), err);
+    vmsh_trace_step(NULL, "commit-returned");
     /* Thaw goes to every writer Freeze was sent to, whatever happened since
      * (also past the freeze limit: thawing late beats staying frozen). */
     for (size_t i = s->n; i-- > 0;) {
@@ -716,6 +728,7 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
             sl->state = VMSH_WSTATE_WAITING_FOR_POST_SNAPSHOT;
     }
     s->freeze_window_ms = vmsh_now_ms() - freeze_start;
+    vmsh_trace_step(NULL, "thaw-event-returned");
     if (fr == 0)
         fr = check_cancel(s, err);
     if (fr < 0) {
@@ -734,6 +747,7 @@ static int run_backup(vmsh_set *s, vmsh_error **err)
     if ((r = send_all(s, VMSH_EVENT_POST_SNAPSHOT, VMSH_WSTATE_WAITING_FOR_BACKUP_COMPLETE, err)) <
         0)
         goto abort;
+    vmsh_trace_step(NULL, "post-snapshot-returned");
     if ((r = copy_files(s, err)) < 0)
         goto abort;
     for (size_t i = s->np; i-- > 0;)

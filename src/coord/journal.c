@@ -53,7 +53,7 @@ void vmsh_journal_free(vmsh_journal *j)
     free(j);
 }
 
-static int write_line(vmsh_journal *j, struct json_object *o, vmsh_error **err)
+static int write_line_sync(vmsh_journal *j, struct json_object *o, bool sync, vmsh_error **err)
 {
     char now[21];
     vmsh_time_rfc3339(time(NULL), now);
@@ -79,9 +79,14 @@ static int write_line(vmsh_journal *j, struct json_object *o, vmsh_error **err)
         }
         off += (size_t)n;
     }
-    if (fdatasync(j->fd) < 0)
+    if (sync && fdatasync(j->fd) < 0)
         return vmsh_error_set(err, -errno, "cannot sync journal %s: %s", j->path, strerror(errno));
     return 0;
+}
+
+static int write_line(vmsh_journal *j, struct json_object *o, vmsh_error **err)
+{
+    return write_line_sync(j, o, true, err);
 }
 
 static int add_entry(vmsh_journal *j, uint64_t seq, const char *owner, const char *action,
@@ -223,7 +228,8 @@ static const char *state_name(vmsh_journal_state s)
     return s == VMSH_JOURNAL_DONE ? "done" : s == VMSH_JOURNAL_UNDONE ? "undone" : "begun";
 }
 
-int vmsh_journal_mark(vmsh_journal *j, uint64_t seq, vmsh_journal_state state, vmsh_error **err)
+static int mark(vmsh_journal *j, uint64_t seq, vmsh_journal_state state, bool sync,
+                vmsh_error **err)
 {
     vmsh_journal_entry *e = find_entry(j, seq);
     if (!e)
@@ -240,12 +246,22 @@ int vmsh_journal_mark(vmsh_journal *j, uint64_t seq, vmsh_journal_state state, v
         json_object_put(o);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    int r = write_line(j, o, err);
+    int r = write_line_sync(j, o, sync, err);
     json_object_put(o);
     if (r < 0)
         return r;
     e->state = state;
     return 0;
+}
+
+int vmsh_journal_mark(vmsh_journal *j, uint64_t seq, vmsh_journal_state state, vmsh_error **err)
+{
+    return mark(j, seq, state, true, err);
+}
+
+int vmsh_journal_mark_done_unsynced(vmsh_journal *j, uint64_t seq, vmsh_error **err)
+{
+    return mark(j, seq, VMSH_JOURNAL_DONE, false, err);
 }
 
 size_t vmsh_journal_count(const vmsh_journal *j)

@@ -1,4 +1,6 @@
 /* pull.c - the libvirt pull-backup provider (include/vmshadow/providers/pull.h). */
+#include <vmshadow/coord/parallel.h>
+#include <vmshadow/coord/trace.h>
 #include <vmshadow/providers/pull.h>
 #include <vmshadow/util/mem.h>
 
@@ -30,13 +32,12 @@ typedef struct pull_vm {
      * in a set of several VMs each but the first has a connection of its
      * own, opened before the freeze (NULL: the provider's) */
     vmsh_hv *own_hv;
-    pthread_t thread;
     int rc;
     vmsh_error *err;
 } pull_vm;
 
-/* Work done beside the guests' freeze (vmsh_pull_provider_start): one thread
- * makes the checkpoints, one the scratch images; prepare joins them. */
+/* Work done beside the guests' freeze (vmsh_pull_provider_start): a thread
+ * makes the scratch images; prepare joins it. */
 typedef struct bg_task {
     struct pull_provider *p;
     pthread_t thread;
@@ -51,7 +52,7 @@ typedef struct pull_provider {
     char *set_id;
     pull_vm *vms;
     size_t n_vms;
-    bg_task checkpoints, scratch;
+    bg_task scratch;
     bool bg_running;
 } pull_provider;
 
@@ -77,12 +78,11 @@ static void vm_clear(pull_vm *v)
 }
 
 /* Waits for the background work of vmsh_pull_provider_start; its outcome
- * stays in p->checkpoints and p->scratch. */
+ * stays in p->scratch. */
 static void bg_join(pull_provider *p)
 {
     if (!p->bg_running)
         return;
-    pthread_join(p->checkpoints.thread, NULL);
     pthread_join(p->scratch.thread, NULL);
     p->bg_running = false;
 }
@@ -90,9 +90,7 @@ static void bg_join(pull_provider *p)
 static void bg_clear(pull_provider *p)
 {
     bg_join(p);
-    vmsh_error_free(p->checkpoints.err);
     vmsh_error_free(p->scratch.err);
-    p->checkpoints = (bg_task){0};
     p->scratch = (bg_task){0};
 }
 
@@ -154,45 +152,28 @@ static vmsh_hv *vm_hv(pull_provider *p, pull_vm *v)
     return v->own_hv ? v->own_hv : p->hv;
 }
 
-typedef struct vm_task {
+typedef struct vm_calls {
     pull_provider *p;
-    pull_vm *v;
     void (*fn)(pull_provider *p, pull_vm *v);
-} vm_task;
+} vm_calls;
 
-static void *vm_task_main(void *arg)
+static void vm_call(void *ctx, size_t i)
 {
-    vm_task *t = arg;
-    t->fn(t->p, t->v);
-    return NULL;
+    vm_calls *c = ctx;
+    c->fn(c->p, &c->p->vms[i]);
 }
 
-/* Runs fn on every VM of the set at once: the first here, the others on
- * threads of their own (each outcome in v->rc, v->err); returns when all
- * have ended. A thread that cannot start runs its VM here: slower, never
- * wrong. */
+/* Runs fn on every VM of the set at once (vmsh_each_at_once; each outcome
+ * in v->rc, v->err); returns when all have ended. */
 static void each_vm_at_once(pull_provider *p, void (*fn)(pull_provider *, pull_vm *))
 {
-    vm_task *t = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*t));
-    bool *started = vmsh_calloc_array(p->n_vms ? p->n_vms : 1, sizeof(*started));
     for (size_t i = 0; i < p->n_vms; i++) {
-        pull_vm *v = &p->vms[i];
-        v->rc = 0;
-        vmsh_error_free(v->err);
-        v->err = NULL;
-        if (i > 0 && t && started) {
-            t[i] = (vm_task){p, v, fn};
-            started[i] = pthread_create(&v->thread, NULL, vm_task_main, &t[i]) == 0;
-        }
+        p->vms[i].rc = 0;
+        vmsh_error_free(p->vms[i].err);
+        p->vms[i].err = NULL;
     }
-    for (size_t i = 0; i < p->n_vms; i++) {
-        if (t && started && started[i])
-            pthread_join(p->vms[i].thread, NULL);
-        else
-            fn(p, &p->vms[i]);
-    }
-    free(t);
-    free(started);
+    vm_calls c = {p, fn};
+    vmsh_each_at_once(p->n_vms, vm_call, &c);
 }
 
 /* The first failure, in the set's order of VMs, goes to *err; the others
@@ -265,13 +246,19 @@ static vmsh_hv_backup_disk *job_disks(const pull_vm *v)
     return disks;
 }
 
-/* The checkpoints of the set's VMs, on the provider's own connection (the
- * writer's is busy with the freeze). A bitmap begun a little before the
- * point of the backup is safe: it records a superset of the changes since. */
+/* A VM's checkpoint for the next incremental backup, then its job's XML:
+ * both before the freeze (vmsh_pull_provider_start). A bitmap begun a
+ * little before the point of the backup is safe: it records a superset of
+ * the changes since. */
 static void checkpoint_one(pull_provider *p, pull_vm *v)
 {
     vmsh_hv *hv = vm_hv(p, v);
-    if (v->cp_name && (v->rc = vmsh_hv_checkpoint_create(hv, v->vm, v->cp_xml, &v->err)) < 0) {
+    if (v->cp_name) {
+        vmsh_trace_step(v->vm, "checkpoint-sent");
+        v->rc = vmsh_hv_checkpoint_create(hv, v->vm, v->cp_xml, &v->err);
+        vmsh_trace_step(v->vm, "checkpoint-returned");
+    }
+    if (v->rc < 0) {
         vmsh_error_prefix(&v->err, "checkpoint %s for the next incremental backup", v->cp_name);
         return;
     }
@@ -282,27 +269,15 @@ static void checkpoint_one(pull_provider *p, pull_vm *v)
     vmsh_error *e = NULL;
     if (disks && vmsh_hv_backup_xml(hv, v->vm, v->socket, disks, v->n, &v->job_xml, &e) < 0)
         vmsh_error_free(e);
+    vmsh_trace_step(v->vm, "job-xml-returned");
     free(disks);
-}
-
-static void *make_checkpoints(void *arg)
-{
-    bg_task *t = arg;
-    pull_provider *p = t->p;
-    t->rc = hv_ready(p, &t->err);
-    if (t->rc == 0) /* the snapshot path: the job and its end look the VMs up again */
-        vmsh_hv_cache_domains(p->hv, true);
-    if (t->rc == 0) {
-        each_vm_at_once(p, checkpoint_one);
-        t->rc = first_vm_error(p, &t->err);
-    }
-    return NULL;
 }
 
 static void *make_scratch(void *arg)
 {
     bg_task *t = arg;
     pull_provider *p = t->p;
+    vmsh_trace_step(NULL, "scratch-sent");
     for (size_t i = 0; i < p->n_vms && t->rc == 0; i++) {
         pull_vm *v = &p->vms[i];
         for (size_t k = 0; k < v->n && t->rc == 0; k++)
@@ -311,6 +286,7 @@ static void *make_scratch(void *arg)
                 vmsh_error_prefix(&t->err, "the scratch image of disk %s of VM %s", v->targets[k],
                                   v->vm);
     }
+    vmsh_trace_step(NULL, "scratch-returned");
     return NULL;
 }
 
@@ -339,8 +315,9 @@ int vmsh_pull_provider_start(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error *
                 v->cp_journalled = true;
         }
     }
-    /* the other VMs' own connections (each_vm_at_once), before the freeze */
-    if (r == 0 && p->n_vms > 1 && (r = hv_ready(p, err)) == 0)
+    /* the other VMs' own connections (each_vm_at_once), before the freeze;
+     * the snapshot path: the job and its end look the VMs up again */
+    if (r == 0 && (r = hv_ready(p, err)) == 0)
         vmsh_hv_cache_domains(p->hv, true);
     for (size_t i = 1; i < p->n_vms && r == 0; i++) {
         pull_vm *v = &p->vms[i];
@@ -353,16 +330,17 @@ int vmsh_pull_provider_start(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error *
     }
     if (r < 0)
         return r;
-    p->checkpoints = (bg_task){.p = p};
     p->scratch = (bg_task){.p = p};
-    if (pthread_create(&p->checkpoints.thread, NULL, make_checkpoints, &p->checkpoints) != 0)
+    p->bg_running = pthread_create(&p->scratch.thread, NULL, make_scratch, &p->scratch) == 0;
+    if (!p->bg_running)
         return vmsh_error_set(err, -EAGAIN, "cannot start a thread");
-    if (pthread_create(&p->scratch.thread, NULL, make_scratch, &p->scratch) != 0) {
-        pthread_join(p->checkpoints.thread, NULL);
-        return vmsh_error_set(err, -EAGAIN, "cannot start a thread");
-    }
-    p->bg_running = true;
-    return 0;
+    /* Issue 27 point 4: the checkpoints (and the jobs' XML) are made here,
+     * before the window, every VM's at once: measured beside the freezes
+     * (bench/freeze-bench.sh's steps), two checkpoints took 53-60 ms each,
+     * libvirtd and the QEMUs taking from the two TCG guests the CPU their
+     * freezes need. The backup then costs those ms more, the guests none. */
+    each_vm_at_once(p, checkpoint_one);
+    return first_vm_error(p, err);
 }
 
 /* After every writer's PrepareForSnapshot (the guests are frozen): the
@@ -373,13 +351,9 @@ static int pull_prepare(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
     bg_join(p);
-    bg_task *failed = p->scratch.rc < 0       ? &p->scratch
-                      : p->checkpoints.rc < 0 ? &p->checkpoints
-                                              : NULL;
-    if (!failed)
-        return 0;
-    int r = failed->rc;
-    vmsh_error_propagate(err, &failed->err);
+    int r = p->scratch.rc;
+    if (r < 0)
+        vmsh_error_propagate(err, &p->scratch.err);
     return r;
 }
 
@@ -395,6 +369,7 @@ static void begin_one(pull_provider *p, pull_vm *v)
     for (size_t k = 0; k < v->n; k++)
         incremental = incremental || v->incremental[k];
     vmsh_error *e = NULL;
+    vmsh_trace_step(v->vm, "begin-sent");
     int r = v->job_xml ? vmsh_hv_backup_begin_xml(hv, v->vm, v->job_xml, &e)
                        : vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
     if (r < 0 && incremental) {
@@ -409,6 +384,7 @@ static void begin_one(pull_provider *p, pull_vm *v)
             disks[k].incremental = NULL;
         r = vmsh_hv_backup_begin(hv, v->vm, v->socket, disks, v->n, &e);
     }
+    vmsh_trace_step(v->vm, "begin-returned");
     free(disks);
     v->rc = r;
     v->err = e;
@@ -431,10 +407,12 @@ static int pull_commit(vmsh_provider_ops *ops, vmsh_set *set, vmsh_error **err)
         int q = v->rc;
         vmsh_error *e = v->err;
         v->err = NULL;
+        /* inside the window: a job's and a checkpoint's undo are the same
+         * begun or done, so these marks wait for the next sync */
         if (q == 0)
-            q = vmsh_set_journal_mark(set, v->seq, VMSH_JOURNAL_DONE, &e);
+            q = vmsh_set_journal_mark_done_unsynced(set, v->seq, &e);
         if (q == 0 && v->cp_journalled)
-            q = vmsh_set_journal_mark(set, v->seq_cp, VMSH_JOURNAL_DONE, &e);
+            q = vmsh_set_journal_mark_done_unsynced(set, v->seq_cp, &e);
         if (q < 0 && r == 0)
             r = q;
         vmsh_error_propagate(err, &e);
@@ -468,7 +446,7 @@ static int end_all(pull_provider *p, vmsh_set *set, bool keep, vmsh_error **err)
 {
     if (!p->set_id || strcmp(p->set_id, vmsh_set_id(set)) != 0)
         return 0;
-    bg_join(p);         /* the threads may still be making checkpoints and images */
+    bg_join(p);         /* the thread may still be making scratch images */
     if (!keep && p->hv) /* an abort may follow a libvirtd restart: renew the connection */
         vmsh_hv_cache_domains(p->hv, false);
     int first = 0;

@@ -8,6 +8,8 @@
  * later one (recover): it looks at the VM as it is now and brings it back
  * to its prior state, then removes what the set made.
  */
+#include <vmshadow/coord/parallel.h>
+#include <vmshadow/coord/trace.h>
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/hv/domxml_edit.h>
@@ -904,48 +906,42 @@ static vmsh_hv *item_hv(vm_writer *w, vm_item *it)
     return it->own_hv ? it->own_hv : w->hv;
 }
 
-static void *item_main(void *arg)
+typedef struct par_calls {
+    vm_writer *w;
+    vm_item **items;
+    int (*fn)(vm_writer *w, vm_item *it, vmsh_error **err);
+} par_calls;
+
+static void par_one(void *ctx, size_t i)
 {
-    vm_item *it = arg;
-    it->par_rc = it->par_fn(it->par_w, it, &it->par_err);
-    return NULL;
+    par_calls *c = ctx;
+    vm_item *it = c->items[i];
+    it->par_rc = c->fn(c->w, it, &it->par_err);
 }
 
-/* Issue 27 point 4: runs fn on every item `want` selects at once, one
- * thread per item but the first, which runs here; returns when all have
- * ended, each outcome in its item (par_rc, par_err). A thread that cannot
- * start runs its item here, after the others: slower, never wrong. */
+/* Issue 27 point 4: runs fn on every item `want` selects at once
+ * (vmsh_each_at_once); returns when all have ended, each outcome in its
+ * item (par_rc, par_err). Out of memory: one after the other. */
 static void each_vm_at_once(vm_writer *w, bool (*want)(const vm_item *),
                             int (*fn)(vm_writer *, vm_item *, vmsh_error **))
 {
-    vm_item *first = NULL;
-    bool *started = vmsh_calloc_array(w->n_items ? w->n_items : 1, sizeof(*started));
+    vm_item **items = vmsh_calloc_array(w->n_items ? w->n_items : 1, sizeof(*items));
+    size_t n = 0;
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
         if (!want(it))
             continue;
-        it->par_w = w;
-        it->par_fn = fn;
         it->par_rc = 0;
         vmsh_error_free(it->par_err);
         it->par_err = NULL;
-        if (!first)
-            first = it;
-        else if (started)
-            started[i] = pthread_create(&it->par_thread, NULL, item_main, it) == 0;
-    }
-    if (first)
-        item_main(first);
-    for (size_t i = 0; i < w->n_items; i++) {
-        vm_item *it = &w->items[i];
-        if (!want(it) || it == first)
-            continue;
-        if (started && started[i])
-            pthread_join(it->par_thread, NULL);
+        if (items)
+            items[n++] = it;
         else
-            item_main(it);
+            it->par_rc = fn(w, it, &it->par_err);
     }
-    free(started);
+    par_calls c = {w, items, fn};
+    vmsh_each_at_once(n, par_one, &c);
+    free(items);
 }
 
 static bool is_guest(const vm_item *it)
@@ -955,7 +951,10 @@ static bool is_guest(const vm_item *it)
 
 static int freeze_one(vm_writer *w, vm_item *it, vmsh_error **err)
 {
-    return vmsh_hv_fsfreeze(item_hv(w, it), it->name, err);
+    vmsh_trace_step(it->name, "freeze-sent");
+    int r = vmsh_hv_fsfreeze(item_hv(w, it), it->name, err);
+    vmsh_trace_step(it->name, "freeze-returned");
+    return r;
 }
 
 /* Freezes every guest-method VM of the set at once (R2; issue 27 point 4):
@@ -979,8 +978,10 @@ static int freeze_vms(vm_writer *w, vmsh_set *set, vmsh_error **err)
     }
     if (n == 0)
         return 0;
-    if (!w->freeze_start)
+    if (!w->freeze_start) {
         w->freeze_start = vmsh_now_ms();
+        vmsh_trace_step(NULL, "window-start");
+    }
     each_vm_at_once(w, is_guest, freeze_one);
     for (size_t i = 0; i < w->n_items; i++) {
         vm_item *it = &w->items[i];
@@ -1008,7 +1009,8 @@ static int freeze_vms(vm_writer *w, vmsh_set *set, vmsh_error **err)
                 vmsh_error_set(&e, q, "VM %s: freezing failed: %s", it->name, strerror(-q));
             vmsh_error_prefix(&e, "guest method (R2)");
         } else if (r == 0) {
-            q = vmsh_set_journal_mark(set, it->seq_freeze, VMSH_JOURNAL_DONE, &e);
+            /* inside the window: a freeze's undo is the same begun or done */
+            q = vmsh_set_journal_mark_done_unsynced(set, it->seq_freeze, &e);
         }
         if (q < 0 && r == 0)
             r = q;
@@ -1167,9 +1169,9 @@ static int vmw_prepare_snapshot(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error 
         first_guest = false;
         r = vmsh_hv_agent_timeout(item_hv(w, it), it->name, w->freeze_timeout_s, err);
     }
-    /* The provider makes the checkpoints and scratch images while the
-     * guests freeze (each freeze is the guest's own work); its prepare,
-     * after this event, waits for them. */
+    /* The provider makes the checkpoints (and the jobs' XML) now, before
+     * the window, and the scratch images on a thread while the guests
+     * freeze; its prepare, after this event, waits for them. */
     if (r == 0)
         r = w->capture->start(w->provider, set, err);
     if (r == 0)
@@ -1190,12 +1192,14 @@ static int thaw_one(vm_writer *w, vm_item *it, vmsh_error **err)
 {
     vmsh_hv *hv = item_hv(w, it);
     vmsh_error *e = NULL;
+    vmsh_trace_step(it->name, "thaw-sent");
     int r = vmsh_hv_fsthaw(hv, it->name, &e);
     if (r < 0 && r != -ENOENT) {
         vmsh_error_free(e);
         e = NULL;
         r = vmsh_hv_fsthaw(hv, it->name, &e);
     }
+    vmsh_trace_step(it->name, "thaw-returned");
     it->thaw_rc = r;
     it->thaw_err = e;
     if (r >= 0) {

@@ -46,9 +46,6 @@ typedef struct vm_item {
      * first has a connection of its own, opened before the freeze window;
      * NULL: the writer's. */
     vmsh_hv *own_hv;
-    struct vm_writer *par_w;
-    int (*par_fn)(struct vm_writer *w, struct vm_item *it, vmsh_error **err);
-    pthread_t par_thread;
     int par_rc;
     vmsh_error *par_err;
     int64_t thawed_at;

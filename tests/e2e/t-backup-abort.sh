@@ -34,6 +34,8 @@ check "both VMs running" test "$(lab_state ok) $(lab_state bad)" = "running runn
 for d in "$OK" "$BAD"; do
     check "$d thawed" grep -q '"thawed"' <<<"$(lab_virsh qemu-agent-command "$d" '{"execute":"guest-fsfreeze-status"}')"
     check "$d has no backup job" test -z "$(lab_virsh domjobinfo "$d" | grep -i backup)"
+    # issue 27: the set's checkpoints are made before the freeze; the abort deletes them
+    check "$d has no checkpoint left" test -z "$(lab_virsh checkpoint-list "$d" --name)"
 done
 check "no scratch file beside the disks" test -z "$(ls -A "$LAB_WORK" | grep -F .scratch)"
 check "no run directory left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)"

@@ -136,7 +136,12 @@ static size_t count_packs(const char *repo)
 static void verify_clean(vmsh_repo *r, size_t backups)
 {
     vmsh_verify_report *rep = NULL;
-    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, NULL), 0);
+    vmsh_error *err = NULL;
+    if (vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, &err) < 0)
+        fail_msg("verify: %s; first damage: %s %s: %s", err ? err->message : "?",
+                 rep && rep->n_damage ? rep->damage[0].backup : "-",
+                 rep && rep->n_damage && rep->damage[0].file ? rep->damage[0].file : "-",
+                 rep && rep->n_damage ? rep->damage[0].what : "-");
     assert_int_equal(rep->n_damage, 0);
     vmsh_verify_report_free(rep);
     vmsh_backup_info *a = NULL;

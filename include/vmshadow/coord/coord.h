@@ -189,6 +189,9 @@ const vmsh_error *vmsh_set_writer_error(const vmsh_set *set, size_t i);
 int vmsh_set_journal_begin(vmsh_set *set, const char *owner, const char *action,
                            struct json_object *data, uint64_t *out_seq, vmsh_error **err);
 int vmsh_set_journal_mark(vmsh_set *set, uint64_t seq, vmsh_journal_state state, vmsh_error **err);
+/* vmsh_journal_mark_done_unsynced on the set's journal: a "done" mark for an
+ * action whose undo is the same begun or done, inside the freeze window. */
+int vmsh_set_journal_mark_done_unsynced(vmsh_set *set, uint64_t seq, vmsh_error **err);
 /* The set's journal (borrowed; NULL once the set ended). */
 vmsh_journal *vmsh_set_journal(vmsh_set *set);
 

@@ -63,6 +63,14 @@ int vmsh_journal_begin(vmsh_journal *j, const char *owner, const char *action,
  * -ENOENT when no such entry. Marking an entry UNDONE twice is harmless. */
 int vmsh_journal_mark(vmsh_journal *j, uint64_t seq, vmsh_journal_state state, vmsh_error **err);
 
+/* As vmsh_journal_mark for a "done" mark, without a sync of its own: the
+ * next line that is synced (or nothing, should the process or host die
+ * first) makes it durable. Only for an action whose undo is the same
+ * begun or done (a freeze, a backup job, a checkpoint): its loss changes
+ * nothing, and the caller saves a disk flush where it counts (issue 27
+ * point 4: inside a set's freeze window). -EINVAL for another state. */
+int vmsh_journal_mark_done_unsynced(vmsh_journal *j, uint64_t seq, vmsh_error **err);
+
 /* The entries this run has written, with their current state (borrowed,
  * valid until the next call on `j`), e.g. for an abort that undoes exactly
  * what a writer did. */
