@@ -7,8 +7,10 @@
 # text of this system's files, random data), SIZE bytes (default 4 GiB).
 # Each kind is the one disk of a shut-off VM (defined, never started), so
 # the capture is vmshadow's own read path for that kind: the file read
-# directly (holes skipped by SEEK_DATA), the device read directly (a loop
-# device reports no holes: every byte is read), the RBD image through the
+# directly (holes skipped by SEEK_DATA), the device read directly (since
+# 2026-12-06 a loop device's holes are found by SEEK_DATA on its backing
+# file; before, and for other devices, every byte is read), the RBD image
+# through the
 # private read-only qemu-nbd vmshadow starts on it (QEMU's rbd driver).
 # Capture = `vmshadow backup VM` into a fresh repository; restore =
 # `vmshadow extract` of that disk to a sparse file (restore in place onto an

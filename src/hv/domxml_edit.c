@@ -330,10 +330,46 @@ static int repath(xmlNodePtr disk, const vmsh_disk_repath *rp)
             xmlAddChild(net_src, auth);
         }
     }
-    if (rp->in_place && rp->rbd) {
-        /* the RBD image written: the same monitors and auth, its name */
+    if (rp->in_place && rp->rbd && rp->rbd_source) {
+        /* R12: the monitors, configuration and credentials of the VM this
+         * restore replaces, never the backup's (a crafted backup must not
+         * make the host hand a secret of its own to another cluster) */
+        xmlDocPtr frag =
+            xmlReadMemory(rp->rbd_source, (int)strlen(rp->rbd_source), "disk.xml", NULL,
+                          XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+        xmlNodePtr froot = frag ? xmlDocGetRootElement(frag) : NULL;
+        xmlNodePtr fsrc = is_el(froot, "disk") ? child(froot, "source") : NULL;
+        xmlNodePtr fauth = fsrc ? child(froot, "auth") : NULL;
+        xmlNodePtr nsrc = fsrc ? xmlDocCopyNode(fsrc, disk->doc, 1) : NULL;
+        xmlNodePtr nauth = fauth ? xmlDocCopyNode(fauth, disk->doc, 1) : NULL;
+        xmlFreeDoc(frag);
+        if (!nsrc || (fauth && !nauth)) {
+            xmlFreeNode(nsrc);
+            xmlFreeNode(nauth);
+            return -ENOMEM;
+        }
+        drop(src);
+        drop(child(disk, "auth"));
+        src = xmlAddChild(disk, nsrc);
+        if (nauth)
+            xmlAddChild(disk, nauth);
+        if (!xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"rbd") ||
+            !xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)rp->rbd))
+            return -ENOMEM;
+        xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"network");
+    } else if (rp->in_place && rp->rbd) {
+        /* an RBD image the restore created (rbd create, the host's own Ceph
+         * client configuration): the definition names it there too, with
+         * no monitor nor configuration file of the backup's (R12: they could
+         * name another cluster, to which QEMU would then authenticate with
+         * the secret the <auth> names) */
         if (!src)
             src = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+        for (xmlNodePtr c = src ? src->children : NULL, nx; c; c = nx) {
+            nx = c->next;
+            if (is_el(c, "host") || is_el(c, "config"))
+                drop(c);
+        }
         if (!src || !xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"rbd") ||
             !xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)rp->rbd))
             return -ENOMEM;
@@ -516,17 +552,27 @@ static void free_items(char **items, size_t n)
     free(items);
 }
 
+/* A definition (hostile input: a backup's) parsed within bounds, no network. */
+static int read_domain(const char *xml, size_t len, xmlDocPtr *doc, vmsh_error **err)
+{
+    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
+        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
+    *doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
+                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!*doc)
+        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    return 0;
+}
+
 int vmsh_domxml_host_resources(const char *xml, size_t len, const vmsh_domxml_edit *e,
                                char ***items, size_t *n, vmsh_error **err)
 {
     *items = NULL;
     *n = 0;
-    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
-        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
-    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     int r = 0;
     if (!is_el(root, "domain"))
@@ -561,12 +607,10 @@ static int disconnect(xmlNodePtr iface)
 int vmsh_domxml_edit_apply(const char *xml, size_t len, const vmsh_domxml_edit *e, char **out,
                            vmsh_error **err)
 {
-    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
-        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
-    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     int r = 0;
     if (!is_el(root, "domain")) {
@@ -645,6 +689,35 @@ int vmsh_domxml_edit_apply(const char *xml, size_t len, const vmsh_domxml_edit *
         xmlFree(buf);
     }
 out:
+    xmlFreeDoc(doc);
+    return r;
+}
+
+int vmsh_domxml_disk_source_xml(const char *xml, size_t len, const char *target, char **out,
+                                vmsh_error **err)
+{
+    *out = NULL;
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
+    xmlNodePtr root = xmlDocGetRootElement(doc), disk = NULL;
+    xmlNodePtr devices = is_el(root, "domain") ? child(root, "devices") : NULL;
+    for (xmlNodePtr n = devices ? devices->children : NULL; n && !disk; n = n->next)
+        if (is_el(n, "disk") && child(n, "target") && attr_eq(child(n, "target"), "dev", target))
+            disk = n;
+    xmlNodePtr src = child(disk, "source"), auth = child(disk, "auth");
+    xmlBufferPtr b = src ? xmlBufferCreate() : NULL;
+    int r = 0;
+    if (!src)
+        r = vmsh_error_set(err, -ENOENT, "the definition has no disk %s with a source", target);
+    else if (!b || xmlBufferCat(b, (const xmlChar *)"<disk>") != 0 ||
+             xmlNodeDump(b, doc, src, 0, 0) < 0 || (auth && xmlNodeDump(b, doc, auth, 0, 0) < 0) ||
+             xmlBufferCat(b, (const xmlChar *)"</disk>") != 0 ||
+             !(*out = strdup((const char *)xmlBufferContent(b))))
+        r = vmsh_error_set(err, -ENOMEM, "out of memory");
+    if (b)
+        xmlBufferFree(b);
     xmlFreeDoc(doc);
     return r;
 }

@@ -2,6 +2,7 @@
  * (include/vmshadow/hv/storage.h, issue 25 point 4): pure decisions over the
  * probes' answers, and the host's probes (read only: nothing here changes
  * the host). */
+#include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/storage.h>
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/proc.h>
@@ -88,14 +89,24 @@ static int oom(vmsh_error **err)
     return vmsh_error_set(err, -ENOMEM, "out of memory");
 }
 
-/* "POOL/IMAGE" of an RBD disk, each part a plain name (no snapshot). */
+/* A value of the legacy "rbd:" filename: plain, so that no ':' ends it
+ * early and no ',' reaches qemu-nbd's option parser. */
+static bool rbd_plain(const char *s)
+{
+    return s && *s && !strpbrk(s, ":,@\\ =;\t\n");
+}
+
+/* "POOL/IMAGE" of an RBD disk, each part a plain name (no snapshot): it
+ * goes into QEMU's "rbd:" filename and onto rbd's command line, so nothing
+ * in it may start an option there (':', ',', '=', a leading '-'). */
 static int rbd_split(const vmsh_stg_disk *d, char **pool, char **image, vmsh_error **err)
 {
     const char *s = d->source ? d->source : "";
     const char *slash = strchr(s, '/');
     *pool = *image = NULL;
     if (slash && (*pool = strndup(s, (size_t)(slash - s))) && (*image = strdup(slash + 1)) &&
-        vmsh_name_is_safe(*pool) && vmsh_name_is_safe(*image) && !strchr(*image, '@'))
+        vmsh_name_is_safe(*pool) && vmsh_name_is_safe(*image) && rbd_plain(*pool) &&
+        rbd_plain(*image) && **pool != '-' && **image != '-')
         return 0;
     free(*pool), free(*image);
     *pool = *image = NULL;
@@ -117,6 +128,32 @@ static int plan_convert(const vmsh_stg_disk *d, const vmsh_stg_options *o, vmsh_
         !(out->note = fmt("an image file under %s (type='file')", o->to_dir)))
         return oom(err);
     return 0;
+}
+
+/* R12: refuses storage that a defined VM other than `vm` names (its
+ * definition, live or persistent): writing it, or creating it under that
+ * VM, would change another VM's disk. */
+static int check_user(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vmsh_stg_probes *p,
+                      vmsh_stg_kind kind, const char *name, const char *pool, const char *path,
+                      bool create, vmsh_error **err)
+{
+    if (!p->user)
+        return 0;
+    char *used = NULL;
+    int r = p->user(p->opaque, kind, name, pool, path, o->vm, &used, err);
+    if (r < 0)
+        return vmsh_error_prefix(err, "disk %s: checking which VM uses %s", d->target, name);
+    if (!used)
+        return 0;
+    r = vmsh_error_set(err, -EBUSY,
+                       "disk %s: the %s %s%s%s is %s VM %s: not %s; restore with --as NAME or "
+                       "--to DIR",
+                       d->target, kind == VMSH_STG_RBD ? "RBD image" : "volume", name,
+                       pool ? " of storage pool " : "", pool ? pool : "",
+                       create ? "named by the definition of" : "used by", used,
+                       create ? "created" : "written");
+    free(used);
+    return r;
 }
 
 static int plan_block(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vmsh_stg_probes *p,
@@ -229,8 +266,14 @@ static int plan_rbd(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vms
                       : oom(err);
     }
     uint64_t have = 0;
+    char spec[300];
+    snprintf(spec, sizeof(spec), "%s/%s", pool, image ? image : "");
     if (r == 0)
         r = p->rbd_image(p->opaque, pool, image, &have, err);
+    if ((r == 0 && !o->as_copy) || r == -ENOENT) {
+        int u = check_user(d, o, p, VMSH_STG_RBD, spec, NULL, NULL, r == -ENOENT, err);
+        r = u < 0 ? u : r;
+    }
     if (r == 0 && o->as_copy) {
         r = vmsh_error_set(err, -EEXIST,
                            "disk %s: --as %s would create the RBD image %s/%s, which exists: not "
@@ -248,15 +291,14 @@ static int plan_rbd(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vms
     } else if (r == -ENOENT) {
         r = 0;
         /* rbd's --size is in MiB unless a unit follows: whole MiB, up */
-        char size[32], spec[300];
+        char size[32];
         snprintf(size, sizeof(size), "%" PRIu64 "M", (d->size + (1u << 20) - 1) >> 20);
-        snprintf(spec, sizeof(spec), "%s/%s", pool, image);
         out->action = VMSH_STG_CREATE;
         out->create_argv = argv_of("rbd", "create", "--size", size, spec, (const char *)NULL);
         out->note = fmt("a new RBD image in pool %s", pool);
         if (!out->create_argv)
             r = oom(err);
-    } else if (r < 0 && r != -EEXIST && r != -ENOSPC && r != -EINVAL) {
+    } else if (r < 0 && r != -EEXIST && r != -ENOSPC && r != -EINVAL && r != -EBUSY) {
         vmsh_error_prefix(err, "disk %s", d->target);
     }
     out->kind = VMSH_STG_RBD;
@@ -289,6 +331,11 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
     if (!vol)
         return oom(err);
     r = p->volume(p->opaque, d->pool, vol, &have, &path, err);
+    if ((r == 0 && !o->as_copy) || r == -ENOENT) {
+        int u = check_user(d, o, p, VMSH_STG_VOLUME, vol, d->pool, r == 0 ? path : NULL,
+                           r == -ENOENT, err);
+        r = u < 0 ? u : r;
+    }
     if (r == 0 && o->as_copy) {
         r = vmsh_error_set(err, -EEXIST,
                            "disk %s: --as %s would create the volume %s in pool %s, which exists: "
@@ -312,7 +359,7 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
         out->note = fmt("a new volume in storage pool %s", d->pool);
         if (!out->create_xml)
             r = oom(err);
-    } else if (r < 0 && r != -EEXIST && r != -ENOSPC) {
+    } else if (r < 0 && r != -EEXIST && r != -ENOSPC && r != -EBUSY) {
         vmsh_error_prefix(err, "disk %s", d->target);
     }
     out->kind = VMSH_STG_VOLUME;
@@ -598,6 +645,50 @@ static int host_volume(void *opaque, const char *pool, const char *vol, uint64_t
     return r;
 }
 
+/* Does the disk `dk` name the storage (see vmsh_stg_probes.user)? */
+static bool disk_names(const vmsh_domxml_disk *dk, vmsh_stg_kind kind, const char *name,
+                       const char *pool, const char *path)
+{
+    if (kind == VMSH_STG_RBD) {
+        char *rbd = NULL;
+        bool same = (dk->kind == VMSH_DISK_NETWORK ||
+                     (dk->kind == VMSH_DISK_VOLUME && dk->storage == VMSH_DISK_NETWORK)) &&
+                    dk->protocol && strcmp(dk->protocol, "rbd") == 0 &&
+                    ((dk->net_name && strcmp(dk->net_name, name) == 0) ||
+                     (vmsh_stg_rbd_name(dk->source, &rbd) == 0 && strcmp(rbd, name) == 0));
+        free(rbd);
+        return same;
+    }
+    if (dk->kind == VMSH_DISK_VOLUME && dk->pool && dk->volume && pool)
+        return strcmp(dk->pool, pool) == 0 && strcmp(dk->volume, name) == 0;
+    /* the volume's file, named as an image file or as its path */
+    return path && dk->source && strcmp(dk->source, path) == 0;
+}
+
+static int host_user(void *opaque, vmsh_stg_kind kind, const char *name, const char *pool,
+                     const char *path, const char *vm, char **used_by, vmsh_error **err)
+{
+    vmsh_hv *hv = opaque;
+    *used_by = NULL;
+    if (!hv)
+        return 0;
+    vmsh_vm **all = NULL;
+    size_t n = 0;
+    int r = vmsh_hv_list_vms(hv, &all, &n, err);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n && !*used_by; i++) {
+        if (vm && strcmp(all[i]->name, vm) == 0)
+            continue;
+        for (size_t k = 0; all[i]->xml && k < all[i]->xml->n_disks && !*used_by; k++)
+            if (disk_names(&all[i]->xml->disks[k], kind, name, pool, path) &&
+                !(*used_by = strdup(all[i]->name)))
+                r = oom(err);
+    }
+    vmsh_vm_list_free(all, n);
+    return r;
+}
+
 void vmsh_stg_host_probes(vmsh_hv *hv, vmsh_stg_probes *out)
 {
     *out = (vmsh_stg_probes){.opaque = hv,
@@ -606,7 +697,8 @@ void vmsh_stg_host_probes(vmsh_hv *hv, vmsh_stg_probes *out)
                              .rbd_pool = host_rbd_pool,
                              .rbd_image = host_rbd_image,
                              .pool = host_pool,
-                             .volume = host_volume};
+                             .volume = host_volume,
+                             .user = host_user};
 }
 
 /* ------------------------------------------------- creation and its undo */
@@ -629,6 +721,58 @@ int vmsh_stg_rbd_name(const char *url, char **out)
         return -EINVAL;
     if (!(*out = strdup(name + 1)))
         return -ENOMEM;
+    return 0;
+}
+
+int vmsh_stg_rbd_write_target(const vmsh_domxml_disk *d, char **out, vmsh_error **err)
+{
+    *out = NULL;
+    const char *name = d->net_name;
+    char *pool = NULL, *image = NULL;
+    vmsh_stg_disk sd = {.target = d->target ? d->target : "?", .source = name};
+    if (!d->protocol || strcmp(d->protocol, "rbd") != 0 || !name)
+        return vmsh_error_set(err, -EINVAL, "disk %s is not an RBD disk", sd.target);
+    int r = rbd_split(&sd, &pool, &image, err);
+    if (r < 0)
+        return r;
+    free(pool), free(image);
+    char *s = fmt("rbd:%s", name), *t = NULL;
+    for (size_t i = 0; s && i < d->n_hosts; i++) {
+        const vmsh_domxml_host *h = &d->hosts[i];
+        if ((h->transport && strcmp(h->transport, "tcp") != 0) || !rbd_plain(h->name) ||
+            (h->port && !rbd_plain(h->port))) {
+            free(s);
+            return vmsh_error_set(err, -EINVAL,
+                                  "disk %s: the monitor '%s' of its definition is no plain "
+                                  "host name or address: the restore does not write through it",
+                                  sd.target, h->name ? h->name : "(unix socket)");
+        }
+        /* mon_host=H1\:P1;H2\:P2 ('\' keeps the port's ':' in the value) */
+        t = fmt("%s%s%s%s%s", s, i ? ";" : ":mon_host=", h->name, h->port ? "\\:" : "",
+                h->port ? h->port : "");
+        free(s), s = t;
+    }
+    if (s && d->auth_user) {
+        if (!rbd_plain(d->auth_user)) {
+            free(s);
+            return vmsh_error_set(err, -EINVAL, "disk %s: the RBD user '%s' is not plain",
+                                  sd.target, d->auth_user);
+        }
+        t = fmt("%s:id=%s", s, d->auth_user);
+        free(s), s = t;
+    }
+    if (s && d->net_config) {
+        if (!rbd_plain(d->net_config)) {
+            free(s);
+            return vmsh_error_set(err, -EINVAL, "disk %s: the Ceph configuration '%s' is not plain",
+                                  sd.target, d->net_config);
+        }
+        t = fmt("%s:conf=%s", s, d->net_config);
+        free(s), s = t;
+    }
+    if (!s)
+        return oom(err);
+    *out = s;
     return 0;
 }
 

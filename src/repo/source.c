@@ -8,10 +8,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
+#include <linux/major.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -148,6 +152,10 @@ typedef struct file_src {
     uint64_t size;
     char *path;
     bool no_seek_data; /* filesystem without SEEK_DATA: everything is data */
+    /* where SEEK_DATA / SEEK_HOLE are asked: the file itself, or a loop
+     * device's backing file (hfd, owned when != fd) at offset hoff */
+    int hfd;
+    uint64_t hoff;
 } file_src;
 
 static int file_extents(void *impl, uint64_t offset, uint64_t length, vmsh_extent *out, size_t max,
@@ -161,7 +169,7 @@ static int file_extents(void *impl, uint64_t offset, uint64_t length, vmsh_exten
         return 1;
     }
     while (pos < end && n < max) {
-        off_t d = lseek(f->fd, (off_t)pos, SEEK_DATA);
+        off_t d = lseek(f->hfd, (off_t)(pos + f->hoff), SEEK_DATA);
         if (d < 0 && errno == ENXIO) {
             out[n++] = (vmsh_extent){pos, end - pos, VMSH_EXTENT_ZERO};
             break;
@@ -174,16 +182,18 @@ static int file_extents(void *impl, uint64_t offset, uint64_t length, vmsh_exten
         if (d < 0)
             return vmsh_error_set(err, -errno, "cannot find data in %s: %s", f->path,
                                   strerror(errno));
+        d -= (off_t)f->hoff;
         if ((uint64_t)d > pos) {
             uint64_t z = (uint64_t)d < end ? (uint64_t)d : end;
             out[n++] = (vmsh_extent){pos, z - pos, VMSH_EXTENT_ZERO};
             pos = z;
             continue;
         }
-        off_t h = lseek(f->fd, (off_t)pos, SEEK_HOLE);
+        off_t h = lseek(f->hfd, (off_t)(pos + f->hoff), SEEK_HOLE);
         if (h < 0)
             return vmsh_error_set(err, -errno, "cannot find holes in %s: %s", f->path,
                                   strerror(errno));
+        h -= (off_t)f->hoff;
         uint64_t e = (uint64_t)h < end ? (uint64_t)h : end;
         if (e <= pos) /* the file changed under us: treat the rest as data */
             e = end;
@@ -191,6 +201,41 @@ static int file_extents(void *impl, uint64_t offset, uint64_t length, vmsh_exten
         pos = e;
     }
     return (int)n;
+}
+
+/* Issue 25: a loop device reports no holes, but its backing file does: the
+ * device's block i is the file's byte lo_offset + i (no encryption), and
+ * the file's holes read as zeros through the device. So SEEK_DATA on the
+ * backing file skips the device's holes as for an image file. The file is
+ * the one the device has open (same inode and device number as
+ * LOOP_GET_STATUS64 says, not one renamed over it); -1 when it cannot be
+ * told (not a loop device, a deleted or replaced file, encryption). */
+static int loop_backing(int fd, const struct stat *st, uint64_t *offset)
+{
+    if (major(st->st_rdev) != LOOP_MAJOR)
+        return -1;
+    struct loop_info64 li;
+    if (ioctl(fd, LOOP_GET_STATUS64, &li) < 0 || li.lo_encrypt_type != 0)
+        return -1;
+    char sys[96], path[4096];
+    snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u/loop/backing_file", major(st->st_rdev),
+             minor(st->st_rdev));
+    FILE *fp = fopen(sys, "re");
+    bool got = fp && fgets(path, sizeof(path), fp);
+    if (fp)
+        fclose(fp);
+    if (!got)
+        return -1;
+    path[strcspn(path, "\n")] = 0;
+    int b = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat bs;
+    if (b >= 0 && (fstat(b, &bs) < 0 || !S_ISREG(bs.st_mode) || bs.st_ino != li.lo_inode ||
+                   bs.st_dev != (dev_t)li.lo_device)) {
+        close(b);
+        b = -1;
+    }
+    *offset = li.lo_offset;
+    return b;
 }
 
 static int buffered_read(file_src *f, uint8_t *p, size_t len, uint64_t off, vmsh_error **err)
@@ -263,6 +308,8 @@ static void file_free(void *impl)
         close(f->fd);
     if (f->dfd >= 0)
         close(f->dfd);
+    if (f->hfd >= 0 && f->hfd != f->fd)
+        close(f->hfd);
     free(f->path);
     free(f);
 }
@@ -282,7 +329,7 @@ int vmsh_source_open_file(vmsh_source **out, const char *path, vmsh_error **err)
         free(f);
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    f->dfd = -1;
+    f->dfd = f->hfd = -1;
     f->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (f->fd < 0) {
         int e = errno;
@@ -304,13 +351,19 @@ int vmsh_source_open_file(vmsh_source **out, const char *path, vmsh_error **err)
             file_free(f);
             return vmsh_error_set(err, -e, "cannot get the size of %s: %s", path, strerror(e));
         }
-        f->no_seek_data = true;
+        f->hfd = loop_backing(f->fd, &st, &f->hoff);
+        if (f->hfd < 0) {
+            f->hoff = 0;
+            f->no_seek_data = true;
+        }
     } else {
         file_free(f);
         return vmsh_error_set(err, S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL,
                               "%s is not a regular file or block device", path);
     }
     f->size = size;
+    if (f->hfd < 0)
+        f->hfd = f->fd;
     /* Not every filesystem has O_DIRECT (tmpfs): then every read is buffered. */
     f->dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
     /* The kernel reads ahead more usefully when told the access is sequential. */

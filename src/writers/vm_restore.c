@@ -596,6 +596,46 @@ static int plan_storage(vm_writer *w, const vmsh_set_options *o, const char *set
     return 0;
 }
 
+/* R12 for RBD (issue 25): a restore in place onto the RBD image `image`
+ * ("POOL/IMAGE") of the VM it replaces writes through that VM's own
+ * monitors, user and configuration, and its restored definition gets that
+ * VM's <source> and <auth>: the backup's (hostile input) could name any
+ * cluster and any secret of this host. Sets plan->qemu_target and the
+ * storage record's "qemu_target" and "source_xml". */
+static int rbd_current(vm_writer *w, const cur_vm *cur, const char *image, vmsh_stg_plan *plan,
+                       json_object *st, vmsh_error **err)
+{
+    _cleanup_free_ char *text = NULL, *target = NULL, *frag = NULL;
+    vmsh_domxml *x = NULL;
+    if (vmsh_hv_domain_xml(w->hv, cur->name, true, &text, NULL) < 0 &&
+        vmsh_hv_domain_xml(w->hv, cur->name, false, &text, err) < 0)
+        return vmsh_error_prefix(err, "VM %s: reading its definition", cur->name);
+    int r = vmsh_domxml_parse(&x, text, strlen(text), err);
+    const vmsh_domxml_disk *d = NULL;
+    for (size_t i = 0; r == 0 && i < x->n_disks && !d; i++) {
+        const vmsh_domxml_disk *k = &x->disks[i];
+        _cleanup_free_ char *name = NULL;
+        if (k->kind == VMSH_DISK_NETWORK && k->protocol && strcmp(k->protocol, "rbd") == 0 &&
+            vmsh_stg_rbd_name(k->source, &name) == 0 && strcmp(name, image) == 0)
+            d = k;
+    }
+    if (r == 0 && !d)
+        r = vmsh_error_set(err, -ENOENT, "VM %s: no disk of its definition uses the RBD image %s",
+                           cur->name, image);
+    if (r == 0)
+        r = vmsh_stg_rbd_write_target(d, &target, err);
+    if (r == 0)
+        r = vmsh_domxml_disk_source_xml(text, strlen(text), d->target, &frag, err);
+    vmsh_domxml_free(x);
+    if (r < 0)
+        return vmsh_error_prefix(err, "VM %s", cur->name);
+    free(plan->qemu_target);
+    plan->qemu_target = target, target = NULL;
+    json_object_object_add(st, "qemu_target", jstr(plan->qemu_target));
+    json_object_object_add(st, "source_xml", jstr(frag));
+    return 0;
+}
+
 /* Plans one component: its files' final and temporary places, in the
  * component's extra "restore" object (also the dry-run's output). Refuses
  * any place the restore may not write (R10, R12). */
@@ -655,6 +695,12 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
                                vmsh_json_str(storage, "target"),
                                cur.exists ? "the VM defined here under this name does not use"
                                           : "no VM defined here under this name uses");
+            json_object_put(storage);
+            vmsh_stg_plan_clear(&sp);
+            break;
+        }
+        if (in_place && !create && sp.kind == VMSH_STG_RBD &&
+            (r = rbd_current(w, &cur, sp.target, &sp, storage, err)) < 0) {
             json_object_put(storage);
             vmsh_stg_plan_clear(&sp);
             break;
@@ -1136,6 +1182,7 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
                     .format = fmt_s ? fmt_s : "raw",
                     .in_place = true,
                     .rbd = sk == VMSH_STG_RBD ? vmsh_json_str(sto, "target") : NULL,
+                    .rbd_source = sk == VMSH_STG_RBD ? vmsh_json_str(sto, "source_xml") : NULL,
                     .pool = sk == VMSH_STG_VOLUME ? vmsh_json_str(sto, "pool") : NULL,
                     .volume = sk == VMSH_STG_VOLUME ? vmsh_json_str(sto, "target") : NULL};
         } else if (final && !o->restore_dir && !jbool(fo, "replaces") && lstat(final, &st) == 0) {

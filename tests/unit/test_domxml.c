@@ -685,7 +685,9 @@ static void keeps_rbd_and_volume_written_in_place(void **state)
     if (vmsh_domxml_edit_apply(xml, strlen(xml), &e, &out, &err) < 0)
         fail_msg("%s", err->message);
     assert_non_null(strstr(out, "name=\"pool/copy-vda\""));
-    assert_non_null(strstr(out, "<host name=\"10.0.0.1\" port=\"6789\"/>"));
+    /* created (no rbd_source): the host's Ceph configuration, not the
+     * backup's monitors (R12) */
+    assert_null(strstr(out, "10.0.0.1"));
     assert_non_null(strstr(out, "uuid=\"11111111-2222-3333-4444-555555555555\""));
     assert_non_null(strstr(out, "<source pool=\"p1\" volume=\"copy-v.qcow2\"/>"));
     assert_null(strstr(out, "pool/other"));
@@ -700,6 +702,70 @@ static void keeps_rbd_and_volume_written_in_place(void **state)
     assert_string_equal(x->disks[1].format, "qcow2");
     vmsh_domxml_free(x);
     free(out);
+}
+
+/* R12 (issue 25): in place onto an RBD image, the restored definition
+ * takes the <source> (monitors, config) and <auth> (user, secret) of the
+ * VM it replaces, taken out of that VM's definition: a crafted backup's
+ * monitors and secret are gone. */
+static void rbd_in_place_takes_the_current_source(void **state)
+{
+    (void)state;
+    const char *cur =
+        "<domain type='kvm'><name>t</name><devices>"
+        "<disk type='file' device='disk'><source file='/x.img'/><target dev='vda'/></disk>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<auth username='libvirt'><secret type='ceph' uuid='aaaaaaaa-2222-3333-4444-555555555555'/>"
+        "</auth><source protocol='rbd' name='pool/img'><host name='10.9.9.9' port='3300'/>"
+        "<config file='/etc/ceph/prod.conf'/></source><target dev='vdf' bus='virtio'/></disk>"
+        "</devices></domain>";
+    char *frag = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_domxml_disk_source_xml(cur, strlen(cur), "vdf", &frag, &err), 0);
+    assert_non_null(strstr(frag, "<disk><source protocol=\"rbd\" name=\"pool/img\">"));
+    assert_non_null(strstr(frag, "aaaaaaaa-2222"));
+    char *none = NULL;
+    assert_int_equal(vmsh_domxml_disk_source_xml(cur, strlen(cur), "vdz", &none, &err), -ENOENT);
+    assert_null(none);
+    vmsh_error_free(err);
+    err = NULL;
+    /* the backup: another monitor, another secret, a user of its own */
+    const char *xml =
+        "<domain type='kvm'><name>t</name><devices>"
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<auth username='admin'><secret type='ceph' uuid='11111111-2222-3333-4444-555555555555'/>"
+        "</auth><source protocol='rbd' name='pool/img'><host name='203.0.113.7' port='6789'/>"
+        "<config file='/tmp/evil.conf'/></source><target dev='vda' bus='virtio'/></disk>"
+        "</devices></domain>";
+    const vmsh_disk_repath disks[] = {{.target = "vda",
+                                       .path = "rbd:pool/img",
+                                       .format = "raw",
+                                       .in_place = true,
+                                       .rbd = "pool/img",
+                                       .rbd_source = frag}};
+    vmsh_domxml_edit e = {.disks = disks, .n_disks = 1, .drop_host_devices = true};
+    char *out = NULL;
+    if (vmsh_domxml_edit_apply(xml, strlen(xml), &e, &out, &err) < 0)
+        fail_msg("%s", err->message);
+    assert_null(strstr(out, "203.0.113.7"));
+    assert_null(strstr(out, "11111111-2222"));
+    assert_null(strstr(out, "evil.conf"));
+    assert_null(strstr(out, "admin"));
+    assert_non_null(strstr(out, "<host name=\"10.9.9.9\" port=\"3300\"/>"));
+    assert_non_null(strstr(out, "aaaaaaaa-2222"));
+    assert_non_null(strstr(out, "username=\"libvirt\""));
+    vmsh_domxml *x = NULL;
+    assert_int_equal(vmsh_domxml_parse(&x, out, strlen(out), NULL), 0);
+    assert_int_equal(x->n_disks, 1);
+    assert_int_equal(x->disks[0].kind, VMSH_DISK_NETWORK);
+    assert_string_equal(x->disks[0].target, "vda");
+    assert_string_equal(x->disks[0].net_name, "pool/img");
+    assert_string_equal(x->disks[0].auth_user, "libvirt");
+    assert_string_equal(x->disks[0].net_config, "/etc/ceph/prod.conf");
+    assert_int_equal(x->disks[0].n_hosts, 1);
+    vmsh_domxml_free(x);
+    free(out);
+    free(frag);
 }
 
 /* Issue 25 point 4, --to: a block disk and an RBD disk turned into image
@@ -770,6 +836,7 @@ int main(void)
         cmocka_unit_test(keeps_default_emulator),
         cmocka_unit_test(keeps_block_disk_written_in_place),
         cmocka_unit_test(keeps_rbd_and_volume_written_in_place),
+        cmocka_unit_test(rbd_in_place_takes_the_current_source),
         cmocka_unit_test(converts_block_and_rbd_to_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,6 +8,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -347,12 +351,78 @@ static void reads_run_ahead_of_the_workers(void **state)
     free(dir);
 }
 
+/* Issue 25: a loop device's holes are its backing file's (a loop device
+ * reports none itself): the extents of the device follow SEEK_DATA on the
+ * file, at the device's offset into it, and its bytes read as the file's.
+ * Needs root and loop devices: skipped without them. */
+static void loop_device_holes_from_its_file(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir(), *img = path2(dir, "img");
+    FILE *fp = fopen(img, "w");
+    assert_non_null(fp);
+    /* 16 MiB: data at 1 MiB (64 KiB) and 9 MiB (1 MiB), the rest holes */
+    static uint8_t buf[1 << 20];
+    memset(buf, 0x5a, sizeof(buf));
+    assert_int_equal(fseek(fp, 1 << 20, SEEK_SET), 0);
+    assert_int_equal(fwrite(buf, 1, 64 << 10, fp), 64 << 10);
+    assert_int_equal(fseek(fp, 9 << 20, SEEK_SET), 0);
+    assert_int_equal(fwrite(buf, 1, sizeof(buf), fp), sizeof(buf));
+    assert_int_equal(ftruncate(fileno(fp), 16 << 20), 0);
+    fclose(fp);
+    char cmd[512], dev[64] = "";
+    /* --offset: the device starts 1 MiB into the file */
+    snprintf(cmd, sizeof(cmd), "losetup --find --show --offset 1048576 %s 2>/dev/null", img);
+    FILE *p = geteuid() == 0 ? popen(cmd, "r") : NULL;
+    bool have = p && fgets(dev, sizeof(dev), p) && strncmp(dev, "/dev/loop", 9) == 0;
+    if (p)
+        pclose(p);
+    if (!have) {
+        rm_rf(dir);
+        free(img);
+        free(dir);
+        skip();
+    }
+    dev[strcspn(dev, "\n")] = 0;
+    vmsh_source *src = NULL;
+    vmsh_error *err = NULL;
+    int r = vmsh_source_open_file(&src, dev, &err);
+    vmsh_extent ext[16];
+    int n = r == 0 ? vmsh_source_extents(src, 0, vmsh_source_size(src), ext, 16, &err) : -1;
+    uint8_t got[4096];
+    int rr = r == 0 ? vmsh_source_pread(src, got, sizeof(got), 0, &err) : -1;
+    vmsh_source_free(src);
+    snprintf(cmd, sizeof(cmd), "losetup -d %s", dev);
+    assert_int_equal(system(cmd), 0);
+    rm_rf(dir);
+    free(img);
+    free(dir);
+    assert_int_equal(r, 0);
+    /* data [0, 64K), zero [64K, 8M), data [8M, 9M), zero [9M, 15M) (the
+     * filesystem may round data up to its blocks: only the holes' presence
+     * and the data's start are checked) */
+    assert_true(n >= 3);
+    assert_int_equal(ext[0].offset, 0);
+    assert_int_equal(ext[0].flags & VMSH_EXTENT_ZERO, 0);
+    assert_true(ext[0].length < (1u << 20));
+    assert_true(ext[1].flags & VMSH_EXTENT_ZERO);
+    bool data_at_8m = false;
+    for (int i = 0; i < n; i++)
+        data_at_8m |= !(ext[i].flags & VMSH_EXTENT_ZERO) && ext[i].offset <= (8u << 20) &&
+                      ext[i].offset + ext[i].length >= (9u << 20);
+    assert_true(data_at_8m);
+    assert_true(ext[n - 1].flags & VMSH_EXTENT_ZERO);
+    assert_int_equal(rr, 0);
+    assert_int_equal(got[0], 0x5a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(custom_kind_and_failing_reads),
         cmocka_unit_test(base_chunks_must_exist),
         cmocka_unit_test(reads_run_ahead_of_the_workers),
+        cmocka_unit_test(loop_device_holes_from_its_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/storage.h>
 
 #define GiB (1ull << 30)
@@ -37,6 +38,9 @@ typedef struct host {
     const char *spool; /* the active storage pool */
     const char *vol;   /* its one volume */
     uint64_t vol_size;
+    /* R12: a VM other than the restored one whose definition names the
+     * RBD image / the volume (by pool and name, or by its path) */
+    const char *rbd_user, *vol_user, *vol_path_user;
     int calls;
 } host;
 
@@ -106,6 +110,24 @@ static int p_volume(void *o, const char *pool, const char *vol, uint64_t *size, 
     return 0;
 }
 
+static int p_user(void *o, vmsh_stg_kind kind, const char *name, const char *pool, const char *path,
+                  const char *vm, char **used_by, vmsh_error **err)
+{
+    host *h = o;
+    *used_by = NULL;
+    const char *u = NULL;
+    if (kind == VMSH_STG_RBD)
+        u = h->rbd_user;
+    else if (kind == VMSH_STG_VOLUME && pool && strcmp(pool, "images") == 0 &&
+             strcmp(name, "web.qcow2") == 0)
+        u = h->vol_user;
+    if (!u && kind == VMSH_STG_VOLUME && path && h->vol_path_user)
+        u = h->vol_path_user;
+    if (u && strcmp(u, vm) != 0)
+        *used_by = strdup(u);
+    return 0;
+}
+
 static vmsh_stg_probes probes(host *h)
 {
     return (vmsh_stg_probes){.opaque = h,
@@ -114,7 +136,8 @@ static vmsh_stg_probes probes(host *h)
                              .rbd_pool = p_rbd_pool,
                              .rbd_image = p_rbd_image,
                              .pool = p_pool,
-                             .volume = p_volume};
+                             .volume = p_volume,
+                             .user = p_user};
 }
 
 static int plan(host *h, vmsh_stg_disk d, vmsh_stg_options o, vmsh_stg_plan *out, char **msg)
@@ -282,7 +305,15 @@ static void rbd(void **state)
     assert_int_equal(plan(&none, RBD_DISK, (vmsh_stg_options){0}, &p, &msg), -ENOENT);
     free(msg);
     /* hostile names: a snapshot, a path, no pool */
-    const char *bad[] = {"rbdpool/img@snap", "../x/y", "rbdpool", "a/b/c", ""};
+    const char *bad[] = {"rbdpool/img@snap",
+                         "../x/y",
+                         "rbdpool",
+                         "a/b/c",
+                         "",
+                         "rbdpool/i:mon_host=1.2.3.4",
+                         "rbdpool/i,file.driver=nbd",
+                         "--conf=/x/i",
+                         "p/-o"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         vmsh_stg_disk d = RBD_DISK;
         d.source = bad[i];
@@ -420,6 +451,117 @@ static void lv_paths_and_block_probe(void **state)
     vmsh_error_free(err);
 }
 
+/* R12 (issue 25 Done-when: "restore onto ... one that another VM uses: a
+ * clear error before anything is changed"): an RBD image or a pool volume
+ * that a VM other than the one restored names is neither written nor
+ * created; the VM restored in place may use it. */
+static void used_by_another_vm(void **state)
+{
+    (void)state;
+    vmsh_stg_plan p;
+    char *msg = NULL;
+    host h = {.ceph_pool = "rbdpool",
+              .rbd_image = "rbdpool/web-os",
+              .rbd_size = 4 * GiB,
+              .rbd_user = "db"};
+    assert_int_equal(plan(&h, RBD_DISK, (vmsh_stg_options){0}, &p, &msg), -EBUSY);
+    assert_non_null(strstr(msg, "RBD image rbdpool/web-os is used by VM db: not written"));
+    free(msg);
+    /* the VM replaced is the one using it */
+    h.rbd_user = "web";
+    assert_int_equal(plan(&h, RBD_DISK, (vmsh_stg_options){0}, &p, NULL), 0);
+    assert_int_equal(p.action, VMSH_STG_WRITE);
+    vmsh_stg_plan_clear(&p);
+    /* missing, but another VM's definition names it: not created under it */
+    h.rbd_image = NULL;
+    h.rbd_user = "db";
+    assert_int_equal(plan(&h, RBD_DISK, (vmsh_stg_options){0}, &p, &msg), -EBUSY);
+    assert_non_null(strstr(msg, "named by the definition of VM db: not created"));
+    free(msg);
+    /* volumes: by pool and name, or by the volume's file */
+    vmsh_stg_disk d = {.target = "vdd",
+                       .kind = VMSH_STG_VOLUME,
+                       .source = "web.qcow2",
+                       .pool = "images",
+                       .format = "qcow2",
+                       .size = GiB};
+    host v = {.spool = "images", .vol = "web.qcow2", .vol_size = GiB, .vol_user = "db"};
+    assert_int_equal(plan(&v, d, (vmsh_stg_options){0}, &p, &msg), -EBUSY);
+    assert_non_null(strstr(msg, "volume web.qcow2 of storage pool images is used by VM db"));
+    free(msg);
+    v.vol_user = NULL;
+    v.vol_path_user = "files";
+    assert_int_equal(plan(&v, d, (vmsh_stg_options){0}, &p, &msg), -EBUSY);
+    assert_non_null(strstr(msg, "used by VM files"));
+    free(msg);
+    v.vol_path_user = NULL;
+    assert_int_equal(plan(&v, d, (vmsh_stg_options){0}, &p, NULL), 0);
+    vmsh_stg_plan_clear(&p);
+    /* --as makes new names: nobody's storage */
+    host a = {.spool = "images", .vol_user = "db"};
+    assert_int_equal(plan(&a, d, (vmsh_stg_options){.vm = "web2", .as_copy = true}, &p, NULL), 0);
+    assert_int_equal(p.action, VMSH_STG_CREATE);
+    vmsh_stg_plan_clear(&p);
+}
+
+/* R12: the write onto an RBD image in place goes through the monitors,
+ * user and configuration of the replaced VM's definition, as one plain
+ * legacy "rbd:" filename; anything that could break out of it refused. */
+static void rbd_write_target(void **state)
+{
+    (void)state;
+    vmsh_domxml_host hosts[] = {{.name = "10.0.0.1", .port = "6789"}, {.name = "mon2"}};
+    vmsh_domxml_disk d = {.target = "vde",
+                          .protocol = "rbd",
+                          .net_name = "rbdpool/web-os",
+                          .hosts = hosts,
+                          .n_hosts = 2,
+                          .auth_user = "libvirt",
+                          .net_config = "/etc/ceph/prod.conf"};
+    char *t = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_stg_rbd_write_target(&d, &t, &err), 0);
+    assert_string_equal(t, "rbd:rbdpool/web-os:mon_host=10.0.0.1\\:6789;mon2:id=libvirt"
+                           ":conf=/etc/ceph/prod.conf");
+    free(t);
+    d.n_hosts = 0;
+    d.auth_user = d.net_config = NULL;
+    assert_int_equal(vmsh_stg_rbd_write_target(&d, &t, &err), 0);
+    assert_string_equal(t, "rbd:rbdpool/web-os");
+    free(t);
+    struct {
+        const char *host, *port, *user, *conf, *name;
+    } bad[] = {
+        {"10.0.0.1:id=evil", NULL, NULL, NULL, "p/i"},
+        {"h", "1,file=/etc/shadow", NULL, NULL, "p/i"},
+        {"h", NULL, "adm:conf=/tmp/x", NULL, "p/i"},
+        {"h", NULL, NULL, "/x:mon_host=1.2.3.4", "p/i"},
+        {"h", NULL, NULL, NULL, "p/i:mon_host=1.2.3.4"},
+        {"h", NULL, NULL, NULL, "p/i@snap"},
+        {"fe80::1", NULL, NULL, NULL, "p/i"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        vmsh_domxml_host h1 = {.name = (char *)bad[i].host, .port = (char *)bad[i].port};
+        vmsh_domxml_disk b = {.target = "vde",
+                              .protocol = "rbd",
+                              .net_name = (char *)bad[i].name,
+                              .hosts = &h1,
+                              .n_hosts = 1,
+                              .auth_user = (char *)bad[i].user,
+                              .net_config = (char *)bad[i].conf};
+        assert_int_equal(vmsh_stg_rbd_write_target(&b, &t, &err), -EINVAL);
+        assert_null(t);
+        vmsh_error_free(err);
+        err = NULL;
+    }
+    /* a unix socket is no monitor */
+    vmsh_domxml_host u = {.transport = "unix", .socket = "/run/x"};
+    d.hosts = &u;
+    d.n_hosts = 1;
+    assert_int_equal(vmsh_stg_rbd_write_target(&d, &t, &err), -EINVAL);
+    vmsh_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +572,8 @@ int main(void)
         cmocka_unit_test(volumes),
         cmocka_unit_test(hostile_names_and_formats),
         cmocka_unit_test(lv_paths_and_block_probe),
+        cmocka_unit_test(used_by_another_vm),
+        cmocka_unit_test(rbd_write_target),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

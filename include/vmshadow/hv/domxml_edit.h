@@ -36,6 +36,13 @@ typedef struct vmsh_disk_repath {
      * auth kept, under this name) or a storage pool volume (type='volume'
      * with this pool and volume). NULL: a block device. */
     const char *rbd;
+    /* With rbd: "<disk><source .../><auth .../></disk>", the <source> and
+     * <auth> of the disk of the VM the restore replaces
+     * (vmsh_domxml_disk_source_xml): they replace the backup's (R12: its
+     * monitors and secret are hostile input). NULL (an image the restore
+     * created with the host's Ceph configuration): the backup's <auth>
+     * stays, its <host>s and <config> go (QEMU uses the host's). */
+    const char *rbd_source;
     const char *pool, *volume;
 } vmsh_disk_repath;
 
@@ -95,5 +102,12 @@ int vmsh_domxml_host_resources(const char *xml, size_t len, const vmsh_domxml_ed
  * aliases are left to libvirt). */
 int vmsh_domxml_edit_apply(const char *xml, size_t len, const vmsh_domxml_edit *e, char **out,
                            vmsh_error **err);
+
+/* The <source> and disk-level <auth> of the disk `target` of `xml`, as
+ * "<disk><source .../><auth .../></disk>" (*out malloc'ed), for
+ * vmsh_disk_repath.rbd_source. Expected errors: -ENOENT (no such disk, or
+ * one without a source), -EINVAL, -EFBIG. */
+int vmsh_domxml_disk_source_xml(const char *xml, size_t len, const char *target, char **out,
+                                vmsh_error **err);
 
 #endif

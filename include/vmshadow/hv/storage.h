@@ -67,6 +67,12 @@ typedef struct vmsh_stg_probes {
     int (*pool)(void *opaque, const char *pool, vmsh_error **err);
     int (*volume)(void *opaque, const char *pool, const char *vol, uint64_t *size, char **path,
                   vmsh_error **err);
+    /* R12: the defined VM other than `vm` whose definition names an RBD
+     * image (`kind` VMSH_STG_RBD, `name` "POOL/IMAGE") or a pool volume
+     * (VMSH_STG_VOLUME, `name` in storage pool `pool`, or its file `path`
+     * when known): *used_by its name, NULL when none. NULL probe: none. */
+    int (*user)(void *opaque, vmsh_stg_kind kind, const char *name, const char *pool,
+                const char *path, const char *vm, char **used_by, vmsh_error **err);
 } vmsh_stg_probes;
 
 typedef enum {
@@ -107,6 +113,16 @@ int vmsh_stg_lv_path(const char *dev, char **vg, char **lv);
  * IMAGE" as it is): 0 and *out
  * (malloc'ed), -EINVAL when it is not that, -ENOMEM. */
 int vmsh_stg_rbd_name(const char *url, char **out);
+
+/* R12: what the restore writes in place of an RBD disk, from the
+ * definition of the VM it replaces (never the backup's, which is hostile
+ * input): "rbd:POOL/IMAGE" with that definition's monitors (mon_host),
+ * user (id) and configuration file (conf), so the host talks to the
+ * cluster the VM uses and to no other. 0 and *out (malloc'ed); -EINVAL
+ * when the disk is no RBD disk or a host, port, user or path is not plain
+ * (a ':', ',', '@', '\\' or space in it); -ENOMEM. */
+struct vmsh_domxml_disk;
+int vmsh_stg_rbd_write_target(const struct vmsh_domxml_disk *d, char **out, vmsh_error **err);
 
 /* Creates what a VMSH_STG_CREATE plan says (after every plan of the restore
  * was checked, before anything is written): runs its create_argv (rbd
