@@ -376,6 +376,9 @@ static int ci_refresh(vmsh_repo *r, vmsh_error **err)
  * one index at a time, each chunk looked up in the chunk index; the packs
  * that hold a referenced chunk get gc_ref. Memory: the packs (a few bytes
  * each), one index, the names of the live index objects. */
+/* the most times one mark phase opens the runs again */
+#define MARK_REFRESHES 256
+
 static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, repacker *rp,
                      vmsh_error **err)
 {
@@ -419,10 +422,14 @@ static int mark_refs(vmsh_repo *r, name_set *indexes, uint64_t *missing, repacke
                 chunk_loc loc;
                 vmsh_error *fe = NULL;
                 int fr = repo_find_chunk(r, idx->entries[k].id, &loc, true, &fe);
-                if (fr < 0 && fr != -ENOMEM && refreshes < 3) {
+                for (int tries = 0;
+                     fr < 0 && fr != -ENOMEM && tries < 3 && refreshes < MARK_REFRESHES; tries++) {
                     /* a run merged away by a writer since gc opened the
                      * runs (its entries are in the merged one, durable
-                     * before it went): the runs again, the lookup again */
+                     * before it went): the runs again, the lookup again.
+                     * Busy writers merge often (t-fleet-concurrent on s3://
+                     * met more than 3 in one pass): a budget per lookup,
+                     * and a larger one per pass */
                     vmsh_error_free(fe);
                     fe = NULL;
                     refreshes++;
