@@ -6,6 +6,15 @@
 # an RBD disk (vde, the Ceph lab, QEMU's rbd driver); VM h, shut off, has a
 # qcow2 file, a raw pool volume and an RBD disk. Both are backed up as one
 # set (g by the guest method), then:
+#  - g again by the saved-state method, in a second two-VM set with h
+#    (overlays in scratch-dir): backup --json, show --json and show say
+#    each disk's read mode (all full; vdb and vde because they are raw
+#    block / raw network disks, the qcow2 ones because of the method); no
+#    overlay, journal or paused VM left; restored in place (--force) over
+#    what the guest and then the host wrote since: each of the five disks
+#    byte-identical with that backup (holding the marks the guest wrote
+#    just before the save), and g resumes from its saved memory (a marker
+#    in the guest's /run) on its own storage;
 #  - in place (--force, after the storage was overwritten): each disk
 #    written back onto its own device / volume / RBD image, byte-identical
 #    with the backup (qemu-img compare), the definition naming that storage,
@@ -168,6 +177,7 @@ on_own_storage() {
         { echo "  domblklist: $bl" >&2; return 1; }
 }
 check "g runs on its own storage again" on_own_storage
+check "g's persistent definition still names vdd's pool volume" grep -q "pool='$POOL' volume='g.qcow2'" <<<"$(lab_virsh dumpxml --inactive "$G")"
 echo "# g's live vdd after the saved-state backup: $(lab_virsh dumpxml "$G" | grep -B2 -A1 "dev='vdd'" | grep -o "<disk [^>]*>\|<source [^>]*>" | tr '\n' ' ')"
 for f in "$G/disk/vda" "$G/disk/vdb" "$G/disk/vdc" "$G/disk/vdd" "$G/disk/vde"; do
     vsh extract "$BS" "$f" "$T/ss.$(tr / _ <<<"$f")"
