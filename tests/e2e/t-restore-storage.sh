@@ -200,6 +200,13 @@ scribble "$LRAW" raw
 scribble "$LQC" qcow2
 scribble "$T/pool/g.qcow2" qcow2
 scribble "$R/$IMG_G:conf=$CEPH_CONF" raw
+differs() { ! same "$@"; }
+none_as_saved() {
+    differs "$T/g.data.qcow2" qcow2 "$(sref vda)" && differs "$LRAW" raw "$(sref vdb)" &&
+        differs "$LQC" qcow2 "$(sref vdc)" && differs "$T/pool/g.qcow2" qcow2 "$(sref vdd)" &&
+        differs "$R/$IMG_G:conf=$CEPH_CONF" raw "$(sref vde)"
+}
+check "before the restore, no disk is as at the save (vda: the guest's file changed since)" none_as_saved
 vsh --json restore "$BS" "$G" --force
 check "restore of the saved-state backup in place --force exits 0" test "$RC" = 0
 check "vda (qcow2 file) as at the save" same "$T/g.data.qcow2" qcow2 "$(sref vda)"
