@@ -552,17 +552,27 @@ static void free_items(char **items, size_t n)
     free(items);
 }
 
+/* A definition (hostile input: a backup's) parsed within bounds, no network. */
+static int read_domain(const char *xml, size_t len, xmlDocPtr *doc, vmsh_error **err)
+{
+    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
+        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
+    *doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
+                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!*doc)
+        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    return 0;
+}
+
 int vmsh_domxml_host_resources(const char *xml, size_t len, const vmsh_domxml_edit *e,
                                char ***items, size_t *n, vmsh_error **err)
 {
     *items = NULL;
     *n = 0;
-    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
-        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
-    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     int r = 0;
     if (!is_el(root, "domain"))
@@ -597,12 +607,10 @@ static int disconnect(xmlNodePtr iface)
 int vmsh_domxml_edit_apply(const char *xml, size_t len, const vmsh_domxml_edit *e, char **out,
                            vmsh_error **err)
 {
-    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
-        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
-    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     int r = 0;
     if (!is_el(root, "domain")) {
@@ -689,12 +697,10 @@ int vmsh_domxml_disk_source_xml(const char *xml, size_t len, const char *target,
                                 vmsh_error **err)
 {
     *out = NULL;
-    if (len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
-        return vmsh_error_set(err, -EFBIG, "domain XML is too large (%zu bytes)", len);
-    xmlDocPtr doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return vmsh_error_set(err, -EINVAL, "domain XML is not well-formed");
+    xmlDocPtr doc = NULL;
+    int pr = read_domain(xml, len, &doc, err);
+    if (pr < 0)
+        return pr;
     xmlNodePtr root = xmlDocGetRootElement(doc), disk = NULL;
     xmlNodePtr devices = is_el(root, "domain") ? child(root, "devices") : NULL;
     for (xmlNodePtr n = devices ? devices->children : NULL; n && !disk; n = n->next)

@@ -159,10 +159,15 @@ int vmsh_backup_begin(vmsh_backup **out, vmsh_repo *r, vmsh_error **err)
         free(b);
         return rc;
     }
-    /* A writer works in index mode (a reader of this handle may have
-     * loaded the pack tables of a repository without runs: forget them, so
-     * that the load below upgrades the repository instead) */
-    if (r->map_loaded && !r->ci)
+    /* Nothing this handle cached before the session is trusted (issue 26,
+     * docs/formats/gc.md "Handles that outlive a gc"): chunk locations, runs
+     * and pack checks of an earlier backup or read may name packs a gc
+     * deleted since, and deduplicating against them would commit a backup
+     * whose chunks no pack holds. The index is read again after the session
+     * and the marks. (Also: a reader of this handle may have loaded the
+     * pack tables of a repository without runs; the load below upgrades the
+     * repository instead.) */
+    if (r->map_loaded)
         repo_map_forget(r);
     r->backup_pending = true;
     b->map_mark = r->map.count;

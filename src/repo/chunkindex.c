@@ -746,6 +746,21 @@ static void merge_test_delay(void)
         usleep((useconds_t)ms * 1000);
 }
 
+void ci_test_kill_point(void)
+{
+    /* read at every call (cheap beside the I/O of a step): a test sets it
+     * in a forked child, whose parent may have counted nothing */
+    static long n;
+    const char *s = getenv("VMSHADOW_TEST_GC_KILL_AT");
+    if (!s) {
+        n = 0;
+        return;
+    }
+    long at = strtol(s, NULL, 10);
+    if (at > 0 && ++n == at)
+        _exit(77);
+}
+
 typedef struct cursor {
     ci_run *run;
     uint64_t blk;
@@ -776,6 +791,7 @@ static int unlink_runs(vmsh_repo *r, const run_names *l, const char *ext)
         char path[64];
         snprintf(path, sizeof(path), CI_DIR "/%s%s", l->v[i], ext);
         merge_test_delay();
+        ci_test_kill_point();
         r->store->ops->del(r->store, path, NULL);
     }
     return r->store->ops->sync(r->store, CI_DIR, NULL);
@@ -869,9 +885,12 @@ static int merge_named(vmsh_repo *r, const ci_key *k, const run_names *l, const 
         return rc;
     }
     /* the new run is durable before any old one goes */
+    ci_test_kill_point();
     if ((rc = ci_writer_commit(w, NULL, err)) < 0)
         return rc;
-    return unlink_runs(r, l, ext);
+    rc = unlink_runs(r, l, ext);
+    ci_test_kill_point();
+    return rc;
 }
 
 int ci_merge_all(vmsh_repo *r, const ci_key *k, ci_filter_fn keep, void *opaque, vmsh_error **err)

@@ -103,6 +103,12 @@ int ci_write_entries(vmsh_repo *r, const ci_key *k, ci_entry *e, size_t n, vmsh_
  * (a backup's new chunks, gc's repacked copies); none: nothing written. */
 int ci_write_map_since(vmsh_repo *r, size_t mark, vmsh_error **err);
 
+/* Test hook (tests/unit/test_repo_gc.c): with VMSHADOW_TEST_GC_KILL_AT=N
+ * in the environment, the process _exit()s at the N-th step boundary of gc
+ * (counted from 1 over the process's life), so that a test can kill gc at
+ * every step deterministically. A no-op without the variable. */
+void ci_test_kill_point(void);
+
 /* Keeps an entry in a merge (false: drop it, e.g. its pack is deleted). */
 typedef bool (*ci_filter_fn)(void *opaque, const ci_entry *e);
 

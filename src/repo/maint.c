@@ -504,15 +504,18 @@ static int repack(vmsh_repo *r, const gc_marks *old, int64_t young, uint64_t *pa
     int rc = repacker_init(&rp, r, err);
     if (rc == 0)
         rc = mark_refs(r, &unused, &missing, &rp, err);
+    ci_test_kill_point();
     if (rc == 0)
         rc = pack_writer_flush(rp.pw, err);
     if (rc == 0)
         rc = r->store->ops->sync(r->store, "packs", err);
+    ci_test_kill_point();
     /* the run naming the copies, as a backup's commit writes it */
     if (rc == 0)
         rc = ci_write_map_since(r, mark, err);
     if (rc == 0)
         rc = r->store->ops->sync(r->store, "index", err);
+    ci_test_kill_point();
     repacker_free(&rp);
     free(unused.v);
     if (rc < 0) {
@@ -580,8 +583,10 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         goto out;
     st->sessions_live = ss.n_live;
     st->sessions_dead += ss.n_dead;
+    ci_test_kill_point();
     if ((rc = gc_marks_load(r, &old, err)) < 0)
         goto out;
+    ci_test_kill_point();
     /* 2. mark: the packs the manifests reference, through the chunk index */
     repo_map_forget(r);
     if ((rc = ensure_runs(r, err)) < 0 || (rc = repo_load_map(r, err)) < 0)
@@ -591,7 +596,9 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     gc_marks_clear(&r->condemned); /* a backup's view, on this handle */
     r->condemned = old;
     r->gc_marking = true;
+    ci_test_kill_point();
     rc = mark_refs(r, &indexes, &missing, NULL, err);
+    ci_test_kill_point();
     if (rc < 0) {
         r->gc_marking = false;
         r->condemned = (gc_marks){0};
@@ -716,6 +723,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
             snprintf(path, sizeof(path), "packs/%.2s/%s.pack", hex, hex);
             repo_store_stat sst = {0};
             vmsh_error *de = NULL;
+            ci_test_kill_point();
             r->store->ops->stat(r->store, path, &sst, NULL);
             if ((rc = r->store->ops->del(r->store, path, &de)) < 0 && rc != -ENOENT) {
                 vmsh_error_propagate(err, &de);
@@ -727,6 +735,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
             st->bytes_freed += sst.size;
         }
         r->store->ops->sync(r->store, "packs", NULL);
+        ci_test_kill_point();
     } else {
         /* lookups read every run: gc merges them into one (the marked
          * packs' entries stay: they exist until deleted) */
@@ -747,8 +756,10 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
     for (size_t i = 0; i < nm.n; i++)
         fresh |= nm.v[i].t_ms < 0;
     if (nm.n || old.n) {
+        ci_test_kill_point();
         if ((rc = gc_marks_store(r, &nm, err)) < 0)
             goto out;
+        ci_test_kill_point();
         if (fresh) {
             int64_t stamp = repo_now_ms(r);
             for (size_t i = 0; i < nm.n; i++)
@@ -756,6 +767,7 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
                     nm.v[i].t_ms = stamp;
             if ((rc = gc_marks_store(r, &nm, err)) < 0)
                 goto out;
+            ci_test_kill_point();
         }
     }
     /* 6. small objects (index objects, temporary files) go only when no
@@ -771,7 +783,9 @@ static int gc_pass(vmsh_repo *r, const repo_gc_params_t *p, vmsh_gc_stats *st, v
         if (gc_sessions_scan(r, now2, p, &again, &ae) == 0 && again.n_live == 0) {
             int64_t cutoff = now - p->margin_ms;
             sweep_tmp(r, "index", 1, &indexes, cutoff, st);
+            ci_test_kill_point();
             sweep_tmp(r, "", 2, NULL, cutoff, st);
+            ci_test_kill_point();
         } else {
             st->deletion_held++;
         }

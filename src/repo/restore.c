@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,10 +208,15 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
         int rc = chunk_reader_new(&ws[i].cr, r, &e);
         if (rc == 0)
             chunk_reader_set_direct(ws[i].cr, true);
-        if (rc == 0 && posix_memalign((void **)&ws[i].buf, 4096, BATCH * CHUNK_SIZE) != 0) {
+        /* 2 MiB aligned and backed by huge pages where the kernel has them
+         * (madvise mode): every O_DIRECT write pins its pages, and 4 KiB
+         * pages cost 1024 pins per 4 MiB batch (gup_fast in perf) */
+        if (rc == 0 && posix_memalign((void **)&ws[i].buf, 2u << 20, BATCH * CHUNK_SIZE) != 0) {
             ws[i].buf = NULL;
             rc = vmsh_error_set(&e, -ENOMEM, "out of memory");
         }
+        if (rc == 0)
+            madvise(ws[i].buf, BATCH * CHUNK_SIZE, MADV_HUGEPAGE);
         if (rc == 0 && i > 0 && pthread_create(&ws[i].thread, NULL, rworker_main, &ws[i]) != 0)
             rc = vmsh_error_set(&e, -EAGAIN, "cannot start a restore thread");
         if (rc < 0) {

@@ -564,6 +564,11 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
     int rc = repo_lock(r, "read", false, &rl, err);
     if (rc < 0)
         return rc;
+    /* what this handle cached before the lock may predate a gc that
+     * deleted packs (issue 26, docs/formats/gc.md "Handles that outlive a
+     * gc"): the index read again */
+    if (!r->backup_pending)
+        repo_map_forget(r);
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
     size_t n_ids = 0;
     vfile *files = NULL;

@@ -425,6 +425,151 @@ static void gc_killed_at_random_points(void **state)
     vmsh_repo_free(r);
 }
 
+/* One gc forked and _exit()ed at its kill-th step boundary
+ * (VMSHADOW_TEST_GC_KILL_AT, chunkindex.h): true when it died there, false
+ * when it finished before. */
+static bool gc_killed_at(const char *repo, int kill)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", kill);
+        setenv("VMSHADOW_TEST_GC_KILL_AT", v, 1);
+        vmsh_repo *g = open_fake(repo);
+        vmsh_repo_gc(g, NULL, NULL);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status) == 77;
+}
+
+/* The rounds of gc_killed_at_random_points with gc killed at the step
+ * boundaries kills[0..n) (-1: run to its end), verify after each on the
+ * writers' handle (it outlives every gc, as in that test) and on a fresh
+ * one. Returns the first round that found damage, or -1; *killed counts
+ * the gcs that died at their step (not those that ended before it). */
+static int kill_rounds(const char *repo, const int *kills, int n, int *killed, char **why)
+{
+    vmsh_repo *r = open_fake(repo);
+    char *ids[16] = {0};
+    uint64_t seed = 99;
+    int bad = -1;
+    uint8_t shared[65536];
+    uint64_t s0 = 7;
+    fill_random(shared, sizeof(shared), &s0);
+    assert_true(n <= 16);
+    for (int round = 0; round < n && bad < 0; round++) {
+        uint8_t *buf = malloc(4 * 65536);
+        fill_random(buf, 4 * 65536, &seed);
+        memcpy(buf, shared, 65536); /* one shared chunk */
+        ids[round] = backup_buf(r, "d", buf, 4 * 65536, NULL);
+        free(buf);
+        if (round >= 2) {
+            forget(r, ids[round - 2]);
+            free(ids[round - 2]);
+            ids[round - 2] = NULL;
+        }
+        advance(GRACE / 3);
+        if (kills[round] > 0) {
+            *killed += gc_killed_at(repo, kills[round]);
+        } else { /* another process's gc, to its end */
+            vmsh_repo *g = open_fake(repo);
+            gc(g);
+            vmsh_repo_free(g);
+        }
+        for (int fresh = 0; fresh < 2 && bad < 0; fresh++) {
+            vmsh_verify_report *rep = NULL;
+            vmsh_error *err = NULL;
+            vmsh_repo *v = fresh ? open_fake(repo) : r;
+            if (vmsh_repo_verify(v, NULL, 0, NULL, NULL, &rep, &err) < 0 || rep->n_damage) {
+                bad = round;
+                if (asprintf(why, "round %d, %s handle: %s; %s", round,
+                             fresh ? "a fresh" : "the writers'", err ? err->message : "damage",
+                             rep && rep->n_damage ? rep->damage[0].what : "-") < 0)
+                    *why = NULL;
+            }
+            vmsh_error_free(err);
+            vmsh_verify_report_free(rep);
+            if (v != r)
+                vmsh_repo_free(v);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(ids[i]);
+    vmsh_repo_free(r);
+    return bad;
+}
+
+/* gc_killed_at_random_points made deterministic: gc _exit()s at its k-th
+ * step boundary (VMSHADOW_TEST_GC_KILL_AT: after the sessions, the marks'
+ * read, the mark phase, the repack's packs and run, each run merged and
+ * each old run unlinked, before each pack deletion, after each marks
+ * write, in the sweep), for every k until a gc no longer reaches it. Two
+ * killed gcs for one that ends, so that killed gcs follow each other, a
+ * complete one fixes the marks' times and later ones delete; a verify
+ * after each round. On the code before the fix (issue 26) k = 1 failed
+ * in round 8: the writers' handle still named the shared chunk's pack,
+ * repacked and then deleted by a gc of another process ("cannot open
+ * pack"); with the verify on fresh handles only, every k passed there
+ * too (the merges and the marks hold at every step). */
+static void gc_killed_at_every_step(void **state)
+{
+    fx *f = *state;
+    int k;
+    for (k = 1; k <= 80; k++) {
+        int kills[9], killed = 0;
+        for (int i = 0; i < 9; i++)
+            kills[i] = i % 3 == 2 ? -1 : k;
+        char *repo = NULL, *why = NULL;
+        assert_true(asprintf(&repo, "%s/k%d", f->dir, k) > 0);
+        assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
+        int bad = kill_rounds(repo, kills, 9, &killed, &why);
+        if (bad >= 0)
+            fail_msg("gc killed at step %d: %s", k, why ? why : "?");
+        free(repo);
+        if (killed == 0)
+            break; /* no gc reaches step k any more: every boundary was tried */
+    }
+    print_message("gc killed at each of its steps 1..%d\n", k - 1);
+    assert_true(k > 10 && k <= 80); /* the hook works, and gc ends */
+}
+
+/* A handle that outlives a gc (a process that backs up several times, or
+ * verifies after its backup, as `vmshadow serve` or a job runner does): the
+ * chunk locations it cached before the gc may name packs that gc deleted
+ * meanwhile (the shared chunk's old pack, repacked and deleted a grace
+ * later, in gc_killed_at_random_points). Before the fix the next backup on
+ * that handle deduplicated against them (a manifest naming chunks that no
+ * pack holds: data loss) and its verify read them ("cannot open pack"). */
+static void handle_outliving_gc_sees_deletions(void **state)
+{
+    fx *f = *state;
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    forget(r, gone);
+    free(gone);
+    vmsh_repo *g = open_fake(f->repo);
+    advance(2 * MARGIN);
+    assert_int_equal(gc(g).packs_marked, 1);
+    advance(GRACE + 3 * MARGIN);
+    assert_int_equal(gc(g).packs_deleted, 1);
+    vmsh_repo_free(g);
+    /* the same content again on the old handle: every chunk stored again */
+    uint64_t fresh = 0;
+    char *again = backup_buf(r, "x", f->x, sizeof(f->x), &fresh);
+    assert_int_equal(fresh, sizeof(f->x) / 65536);
+    verify_clean(r, 1);
+    vmsh_repo *v = open_fake(f->repo);
+    verify_clean(v, 1);
+    read_back(v, again, "x", f->x, sizeof(f->x));
+    vmsh_repo_free(v);
+    free(again);
+    vmsh_repo_free(r);
+}
+
 /* Point 7: a writer whose clock is off the store's by more than the margin
  * is refused with a clear message, and leaves nothing. */
 static void clock_skew_is_refused(void **state)
@@ -844,6 +989,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(pinned_vanished_backup_holds_deletion, setup, teardown),
         cmocka_unit_test_setup_teardown(unfixed_marks_are_restamped, setup, teardown),
         cmocka_unit_test_setup_teardown(gc_killed_at_random_points, setup, teardown),
+        cmocka_unit_test_setup_teardown(gc_killed_at_every_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(handle_outliving_gc_sees_deletions, setup, teardown),
         cmocka_unit_test_setup_teardown(clock_skew_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(one_gc_at_a_time_beside_backups, setup, teardown),
         cmocka_unit_test_setup_teardown(damaged_marks_are_refused, setup, teardown),
@@ -855,5 +1002,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
         cmocka_unit_test(rados_clock_reply_is_parsed_as_hostile),
     };
+    /* VMSH_TEST_FILTER=gc_killed_at_random_points: one test, e.g. run 100
+     * times in a row under load (docs/formats/gc.md) */
+    if (getenv("VMSH_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("VMSH_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
