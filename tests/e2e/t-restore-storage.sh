@@ -6,6 +6,15 @@
 # an RBD disk (vde, the Ceph lab, QEMU's rbd driver); VM h, shut off, has a
 # qcow2 file, a raw pool volume and an RBD disk. Both are backed up as one
 # set (g by the guest method), then:
+#  - g again by the saved-state method, in a second two-VM set with h
+#    (overlays in scratch-dir): backup --json, show --json and show say
+#    each disk's read mode (all full; vdb and vde because they are raw
+#    block / raw network disks, the qcow2 ones because of the method); no
+#    overlay, journal or paused VM left; restored in place (--force) over
+#    what the guest and then the host wrote since: each of the five disks
+#    byte-identical with that backup (holding the marks the guest wrote
+#    just before the save), and g resumes from its saved memory (a marker
+#    in the guest's /run) on its own storage;
 #  - in place (--force, after the storage was overwritten): each disk
 #    written back onto its own device / volume / RBD image, byte-identical
 #    with the backup (qemu-img compare), the definition naming that storage,
@@ -36,6 +45,8 @@ IMG_H=vmsh-rs-h-$$
 MNT=$T/full
 cleanup_st() {
     [ -n "$SECRET" ] && virsh -q -c "$LAB_URI" secret-undefine "$SECRET" >/dev/null 2>&1
+    # g first: a running g keeps a watch on its RBD image, which rbd rm refuses
+    virsh -q -c "$LAB_URI" destroy "$(lab_domname g)" >/dev/null 2>&1
     for d in "$(lab_domname h2)" "$(lab_domname g3)"; do
         virsh -q -c "$LAB_URI" destroy "$d" >/dev/null 2>&1
         virsh -q -c "$LAB_URI" undefine "$d" >/dev/null 2>&1
@@ -119,6 +130,105 @@ same() { # same TARGET FORMAT REFERENCE
 }
 check "the backup of g/vdb is the device's data" same "$LRAW" raw "$(ref "$G" vdb)"
 check "the backup of g/vde is the RBD image's data" same "$R/$IMG_G:conf=$CEPH_CONF" raw "$(ref "$G" vde)"
+
+# ---- the saved-state method: the same five-kind g, h again, a second set
+# Overlays go to scratch-dir (never beside a device node). The guest marks
+# each disk and its memory first (/run is a tmpfs in the guest), so the
+# backup must hold what the guest had at the save, and the restored VM must
+# resume from that memory.
+mkdir -m 0755 "$T/scratch"
+echo "scratch-dir = $T/scratch" >>"$VMSHADOW_CONFIG"
+lab_gexec g 'for d in vdb vdc vdd vde; do printf "VMSHADOW-SS-$d" | dd of=/dev/$d bs=512 seek=20000 conv=fsync 2>/dev/null; done; echo ss-file > /mnt/data/ss.txt; echo ss-memory > /run/ss-marker; sync' ||
+    fail "guest write before the saved-state backup"
+up_before=$(lab_gexec g 'cut -d. -f1 /proc/uptime')
+vsh --json backup --method saved-state "$G" "$H"
+check "saved-state backup of the set exits 0" test "$RC" = 0
+vmj() { jq -e --arg n "$1" '.vms[] | select(.name == $n)' <<<"$OUT"; }
+check "g got the saved-state method" test "$(vmj "$G" | jq -r .method)" = saved-state
+check "g running before and after" test "$(vmj "$G" | jq -r '"\(.state_before) \(.state_after)"')" = "running running"
+check "h shut off before and after" test "$(vmj "$H" | jq -r '"\(.state_before) \(.state_after)"')" = "shut off shut off"
+check "g runs (not paused)" test "$(lab_state g)" = running
+BS=$(jq -r .backup <<<"$OUT")
+rd() { jq -r --arg d "$2" '.disks[] | select(.name == $d) | "\(.read): \(.reason)"' <<<"$1"; }
+ssread() { # ssread JSON-OF-VM: each disk's read mode, as the brief asks
+    check "  vda (qcow2 file): full, saved-state method" grep -q "^full: saved-state method (R1)" <<<"$(rd "$1" vda)"
+    check "  vdb (raw block device): full, with the reason" grep -q "^full: raw block device: only qcow2 images carry dirty bitmaps" <<<"$(rd "$1" vdb)"
+    check "  vdc (qcow2 on a block device): full, saved-state method" grep -q "^full: saved-state method (R1)" <<<"$(rd "$1" vdc)"
+    check "  vdd (pool volume): full, saved-state method" grep -q "^full: saved-state method (R1)" <<<"$(rd "$1" vdd)"
+    check "  vde (RBD, raw): full, with the reason" grep -q "^full: raw network disk: only qcow2 images carry dirty bitmaps" <<<"$(rd "$1" vde)"
+}
+echo "# read modes in backup --json"
+ssread "$(vmj "$G")"
+vsh --json show "$BS"
+echo "# read modes in show --json (the backup document)"
+ssread "$(jq --arg n "$G" '.document.vms[] | select(.name == $n)' <<<"$OUT")"
+vsh show "$BS"
+check "show (text) says vdb is read in full because it is a raw block device" grep -q "$G vdb: full.*raw block device" <<<"$OUT"
+check "show (text) says vde is read in full because it is a raw network disk" grep -q "$G vde: full.*raw network disk" <<<"$OUT"
+check "show lists g's saved state" grep -q "$G/saved-state" <<<"$OUT"
+check "no overlay left in scratch-dir" test -z "$(ls -A "$T/scratch")"
+check "none beside a device node or in the pool" test -z "$(find /dev "$T/pool" -maxdepth 1 -name '*.vmshadow-*' 2>/dev/null)"
+check "no journal, state file or socket left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)$(ls -A "$VMSHADOW_STATE_DIR/run" 2>/dev/null)"
+# (virsh domblklist names a volume disk by its volume; after the block
+# commit's pivot libvirt describes vdd by its path until g restarts)
+on_own_storage() {
+    local bl; bl=$(lab_virsh domblklist "$G" | awk '{print $1, $2}')
+    [ "$(grep -c -e "^vdb $LRAW\$" -e "^vdc $LQC\$" -e "^vdd \($T/pool/\)\?g.qcow2\$" -e "^vde $VMSH_CEPH_POOL/$IMG_G\$" <<<"$bl")" = 4 ] ||
+        { echo "  domblklist: $bl" >&2; return 1; }
+}
+check "g runs on its own storage again" on_own_storage
+check "g's persistent definition still names vdd's pool volume" grep -q "pool='$POOL' volume='g.qcow2'" <<<"$(lab_virsh dumpxml --inactive "$G")"
+echo "# g's live vdd after the saved-state backup: $(lab_virsh dumpxml "$G" | grep -B2 -A1 "dev='vdd'" | grep -o "<disk [^>]*>\|<source [^>]*>" | tr '\n' ' ')"
+for f in "$G/disk/vda" "$G/disk/vdb" "$G/disk/vdc" "$G/disk/vdd" "$G/disk/vde"; do
+    vsh extract "$BS" "$f" "$T/ss.$(tr / _ <<<"$f")"
+    check "extract $f of the saved-state backup" test "$RC" = 0
+done
+sref() { echo "$T/ss.$G""_disk_$1"; }
+for d in vdb vdc vdd vde; do
+    check "the saved-state backup of $d holds the guest's mark" \
+        sh -c "dd if=$(sref $d) bs=512 skip=20000 count=1 2>/dev/null | grep -q VMSHADOW-SS-$d"
+done
+check "the saved-state backup of vda holds the guest's file" test "$(debugfs -R 'cat /ss.txt' "$(sref vda)" 2>/dev/null)" = ss-file
+# after the save: the guest writes other bytes, then the storage is
+# scribbled over; the restore must bring back the state at the save
+lab_gexec g 'for d in vdb vdc vdd vde; do printf "VMSHADOW-AFTER" | dd of=/dev/$d bs=512 seek=20000 conv=fsync 2>/dev/null; done; echo after > /mnt/data/ss.txt; sync' >/dev/null ||
+    fail "guest write after the saved-state backup"
+lab_virsh destroy "$G" >/dev/null
+check "the guest's write after the backup reached the raw device" \
+    sh -c "dd if=$LRAW bs=512 skip=20000 count=1 2>/dev/null | grep -q VMSHADOW-AFTER"
+scribble "$LRAW" raw
+scribble "$LQC" qcow2
+scribble "$T/pool/g.qcow2" qcow2
+scribble "$R/$IMG_G:conf=$CEPH_CONF" raw
+differs() { ! same "$@"; }
+none_as_saved() {
+    differs "$T/g.data.qcow2" qcow2 "$(sref vda)" && differs "$LRAW" raw "$(sref vdb)" &&
+        differs "$LQC" qcow2 "$(sref vdc)" && differs "$T/pool/g.qcow2" qcow2 "$(sref vdd)" &&
+        differs "$R/$IMG_G:conf=$CEPH_CONF" raw "$(sref vde)"
+}
+check "before the restore, no disk is as at the save (vda: the guest's file changed since)" none_as_saved
+vsh --json restore "$BS" "$G" --force
+check "restore of the saved-state backup in place --force exits 0" test "$RC" = 0
+check "vda (qcow2 file) as at the save" same "$T/g.data.qcow2" qcow2 "$(sref vda)"
+check "vdb (raw block device) as at the save" same "$LRAW" raw "$(sref vdb)"
+check "vdc (qcow2 on a block device) as at the save" same "$LQC" qcow2 "$(sref vdc)"
+check "vdd (pool volume) as at the save" same "$T/pool/g.qcow2" qcow2 "$(sref vdd)"
+check "vde (RBD image) as at the save" same "$R/$IMG_G:conf=$CEPH_CONF" raw "$(sref vde)"
+check "g has its managed saved state (dominfo)" grep -q "Managed save: *yes" <<<"$(lab_virsh dominfo "$G")"
+check "g is shut off, not paused" test "$(lab_state g)" = "shut off"
+check "no overlay in scratch-dir, no temporary file beside the storage" \
+    test -z "$(ls -A "$T/scratch")$(find /dev "$T/pool" "$T" -maxdepth 1 -name '*.vmshadow-*' 2>/dev/null)"
+check "no journal left" test -z "$(ls -A "$VMSHADOW_STATE_DIR/journal" 2>/dev/null)"
+lab_virsh start "$G" >/dev/null || fail "cannot start the restored g"
+lab_wait_ready g
+up_after=$(lab_gexec g 'cut -d. -f1 /proc/uptime')
+echo "  uptime at the save: $up_before s; right after the restored g started: $up_after s"
+check "g resumed from its saved state (the in-memory marker is there)" test "$(lab_gexec g 'cat /run/ss-marker 2>/dev/null')" = ss-memory
+check "  and its uptime continues" test "$up_after" -ge "$up_before"
+check "  on its own storage" on_own_storage
+check "  vdd on its pool volume again" grep -q "pool='$POOL' volume='g.qcow2'" <<<"$(lab_virsh dumpxml "$G")"
+check "  and reads the raw device's bytes of the save" test "$(lab_gexec g 'dd if=/dev/vdb bs=512 skip=20000 count=1 iflag=direct 2>/dev/null | head -c 15')" = VMSHADOW-SS-vdb
+check "the managed saved state was consumed" grep -q "Managed save: *no" <<<"$(lab_virsh dominfo "$G")"
 
 # ---- the dry run says, per disk, what would be written where
 lab_virsh destroy "$G" >/dev/null
