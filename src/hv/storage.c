@@ -465,8 +465,15 @@ static char *const ceph_env[] = {
 /* Runs argv with env: *code is its exit status (-1: timed out, killed). */
 static int run_status(char *const argv[], char *const env[], int *code, vmsh_error **err)
 {
+    /* only the status counts: what the command prints (`rbd ls`: other
+     * VMs' image names) never reaches the user's terminal */
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null < 0)
+        return vmsh_error_set(err, -errno, "cannot open /dev/null: %s", strerror(errno));
+    vmsh_proc_opts o = {.timeout_ms = 30000, .out_fd = null};
     vmsh_proc_result res;
-    int r = vmsh_proc_run(argv, env, 30000, &res, err);
+    int r = vmsh_proc_run_opts(argv, env, &o, &res, err);
+    close(null);
     if (r < 0)
         return r;
     *code = res.timed_out || res.signal ? -1 : res.exit_code;

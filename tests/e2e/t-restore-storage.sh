@@ -258,6 +258,9 @@ vsh restore "$B" "$G"
 check "in place without --force: refused" test "$RC" != 0 -a -n "$(grep -- --force <<<"$ERR")"
 vsh --json restore "$B" "$G" --force
 check "restore in place --force exits 0" test "$RC" = 0
+# the pool's probe (`rbd ls`) prints the pool's images: never on the
+# user's terminal (h's image is another VM's)
+check "the restore's stderr names no other VM's RBD image" sh -c "! grep -q -- '$IMG_H' '$LAB_WORK/stderr'"
 check "vda (qcow2 file) byte-identical" same "$T/g.data.qcow2" qcow2 "$(ref "$G" vda)"
 check "vdb (raw block device) byte-identical" same "$LRAW" raw "$(ref "$G" vdb)"
 check "vdc (qcow2 on a block device) byte-identical" same "$LQC" qcow2 "$(ref "$G" vdc)"
