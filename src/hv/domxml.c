@@ -423,6 +423,32 @@ void vmsh_domxml_mark_block_nodes(vmsh_domxml *x, bool (*is_block)(const char *p
     }
 }
 
+int vmsh_domxml_disk_adopt_volume(vmsh_domxml_disk *live, const vmsh_domxml_disk *persistent)
+{
+    const vmsh_domxml_disk *p = persistent;
+    if ((live->kind != VMSH_DISK_FILE && live->kind != VMSH_DISK_BLOCK) || !live->source ||
+        !live->target || p->kind != VMSH_DISK_VOLUME || !p->pool || !p->volume ||
+        p->storage != live->kind || !p->source || !p->target ||
+        strcmp(p->target, live->target) != 0 || strcmp(p->source, live->source) != 0)
+        return 0;
+    char *type = strdup("volume"), *pool = strdup(p->pool), *volume = strdup(p->volume);
+    if (!type || !pool || !volume) {
+        free(type);
+        free(pool);
+        free(volume);
+        return -ENOMEM;
+    }
+    free(live->type);
+    free(live->pool);
+    free(live->volume);
+    live->type = type;
+    live->pool = pool;
+    live->volume = volume;
+    live->storage = live->kind;
+    live->kind = VMSH_DISK_VOLUME;
+    return 1;
+}
+
 int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk_kind storage)
 {
     char *p = strdup(path);

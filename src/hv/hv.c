@@ -284,6 +284,30 @@ static void resolve_volumes(virConnectPtr conn, vmsh_domxml *x)
     virResetLastError(); /* a missing pool is reported by the writer, not here */
 }
 
+/* A running VM's pool volumes as its persistent definition names them:
+ * after the saved-state method's block commit libvirt describes such a disk
+ * in the live definition as the file or device it resolved to (issue 25,
+ * R6: `vms` and the backup would otherwise call it a file). Best effort: a
+ * definition that cannot be read leaves the live description. */
+static void adopt_persistent_volumes(virDomainPtr d, vmsh_domxml *live)
+{
+    char *text = virDomainGetXMLDesc(d, VIR_DOMAIN_XML_INACTIVE);
+    vmsh_domxml *px = NULL;
+    vmsh_error *e = NULL;
+    if (text && vmsh_domxml_parse(&px, text, strlen(text), &e) == 0) {
+        resolve_volumes(virDomainGetConnect(d), px);
+        vmsh_domxml_mark_block_nodes(px, path_is_block, NULL);
+        for (size_t i = 0; i < live->n_disks; i++)
+            for (size_t j = 0; j < px->n_disks; j++)
+                if (vmsh_domxml_disk_adopt_volume(&live->disks[i], &px->disks[j]) != 0)
+                    break;
+    }
+    vmsh_error_free(e);
+    vmsh_domxml_free(px);
+    free(text);
+    virResetLastError();
+}
+
 static int vm_from_domain(virDomainPtr d, vmsh_vm **out, vmsh_error **err)
 {
     vmsh_vm *vm = calloc(1, sizeof(*vm));
@@ -319,6 +343,8 @@ static int vm_from_domain(virDomainPtr d, vmsh_vm **out, vmsh_error **err)
     } else {
         resolve_volumes(virDomainGetConnect(d), vm->xml);
         vmsh_domxml_mark_block_nodes(vm->xml, path_is_block, NULL);
+        if (vm->persistent && st != VIR_DOMAIN_SHUTOFF)
+            adopt_persistent_volumes(d, vm->xml);
     }
     if (!vm->name) {
         vmsh_vm_free(vm);

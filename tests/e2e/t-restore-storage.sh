@@ -178,6 +178,10 @@ on_own_storage() {
 }
 check "g runs on its own storage again" on_own_storage
 check "g's persistent definition still names vdd's pool volume" grep -q "pool='$POOL' volume='g.qcow2'" <<<"$(lab_virsh dumpxml --inactive "$G")"
+# what vmshadow reads of the running g (vms, and so the next backup) names
+# the volume again, from the persistent definition (issue 25, R6)
+vsh --json vms
+check "vms: g's vdd is still a pool volume after the saved-state backup" test "$(jq -r --arg n "$G" '.vms[] | select(.name == $n) | .disks[] | select(.target == "vdd") | "\(.kind) \(.pool)"' <<<"$OUT")" = "volume $POOL"
 echo "# g's live vdd after the saved-state backup: $(lab_virsh dumpxml "$G" | grep -B2 -A1 "dev='vdd'" | grep -o "<disk [^>]*>\|<source [^>]*>" | tr '\n' ' ')"
 for f in "$G/disk/vda" "$G/disk/vdb" "$G/disk/vdc" "$G/disk/vdd" "$G/disk/vde"; do
     vsh extract "$BS" "$f" "$T/ss.$(tr / _ <<<"$f")"

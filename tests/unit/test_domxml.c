@@ -822,6 +822,56 @@ static void rejects_disk_without_target(void **state)
     vmsh_error_free(err);
 }
 
+/* Issue 25: after the saved-state method's block commit libvirt's live
+ * definition calls a pool volume by its file; the persistent one still
+ * names the volume, and the live disk takes that identity back. */
+static void live_file_adopts_the_persistent_volume(void **state)
+{
+    (void)state;
+    static const char live_xml[] =
+        "<domain type='qemu'><name>v</name><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source file='/pool/v.qcow2'/><target dev='vdd' bus='virtio'/></disk>"
+        "<disk type='file' device='disk'><source file='/pool/other.qcow2'/>"
+        "<target dev='vde' bus='virtio'/></disk>"
+        "</devices></domain>";
+    static const char def_xml[] =
+        "<domain type='qemu'><name>v</name><devices>"
+        "<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source pool='p' volume='v.qcow2'/><target dev='vdd' bus='virtio'/></disk>"
+        "<disk type='volume' device='disk'><source pool='p' volume='x.qcow2'/>"
+        "<target dev='vde' bus='virtio'/></disk>"
+        "</devices></domain>";
+    vmsh_domxml *live = NULL, *def = NULL;
+    assert_int_equal(vmsh_domxml_parse(&live, live_xml, strlen(live_xml), NULL), 0);
+    assert_int_equal(vmsh_domxml_parse(&def, def_xml, strlen(def_xml), NULL), 0);
+    vmsh_domxml_disk *vdd = (vmsh_domxml_disk *)disk(def, "vdd");
+    vmsh_domxml_disk *vde = (vmsh_domxml_disk *)disk(def, "vde");
+    vmsh_domxml_disk *lvdd = (vmsh_domxml_disk *)disk(live, "vdd");
+    vmsh_domxml_disk *lvde = (vmsh_domxml_disk *)disk(live, "vde");
+    /* unresolved: nothing to compare the path with */
+    assert_int_equal(vmsh_domxml_disk_adopt_volume(lvdd, vdd), 0);
+    assert_int_equal(vmsh_domxml_disk_set_volume(vdd, "/pool/v.qcow2", VMSH_DISK_FILE), 0);
+    /* vde's volume resolves to another path than the live file: not the same disk */
+    assert_int_equal(vmsh_domxml_disk_set_volume(vde, "/pool/x.qcow2", VMSH_DISK_FILE), 0);
+    /* another target never matches */
+    assert_int_equal(vmsh_domxml_disk_adopt_volume(lvde, vdd), 0);
+    assert_int_equal(vmsh_domxml_disk_adopt_volume(lvde, vde), 0);
+    assert_int_equal(lvde->kind, VMSH_DISK_FILE);
+    /* the same target and path: the volume again */
+    assert_int_equal(vmsh_domxml_disk_adopt_volume(lvdd, vdd), 1);
+    assert_int_equal(lvdd->kind, VMSH_DISK_VOLUME);
+    assert_int_equal(lvdd->storage, VMSH_DISK_FILE);
+    assert_string_equal(lvdd->pool, "p");
+    assert_string_equal(lvdd->volume, "v.qcow2");
+    assert_string_equal(lvdd->type, "volume");
+    assert_string_equal(lvdd->source, "/pool/v.qcow2");
+    /* already a volume: nothing more */
+    assert_int_equal(vmsh_domxml_disk_adopt_volume(lvdd, vdd), 0);
+    vmsh_domxml_free(live);
+    vmsh_domxml_free(def);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -837,6 +887,7 @@ int main(void)
         cmocka_unit_test(keeps_block_disk_written_in_place),
         cmocka_unit_test(keeps_rbd_and_volume_written_in_place),
         cmocka_unit_test(rbd_in_place_takes_the_current_source),
+        cmocka_unit_test(live_file_adopts_the_persistent_volume),
         cmocka_unit_test(converts_block_and_rbd_to_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -124,4 +124,12 @@ void vmsh_domxml_mark_block_nodes(vmsh_domxml *x, bool (*is_block)(const char *p
  * -ENOMEM. */
 int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk_kind storage);
 
+/* The live definition of a running VM describes a pool volume as the file
+ * or device it resolved to once libvirt pivoted back from an overlay (the
+ * saved-state method's block commit): `live` (type='file' or 'block') takes
+ * `persistent`'s volume identity (pool, volume, kind, storage) when both
+ * are the same target and `persistent`, resolved, names the very path
+ * `live` has. Returns 1 when adopted, 0 when not the same disk, -ENOMEM. */
+int vmsh_domxml_disk_adopt_volume(vmsh_domxml_disk *live, const vmsh_domxml_disk *persistent);
+
 #endif
