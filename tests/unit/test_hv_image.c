@@ -85,33 +85,6 @@ static uint8_t *slurp(const char *path, size_t *len)
     return b;
 }
 
-/* The image as text: its length, then each run of non-zero bytes as
- * "offset: hex" (the golden file's form). */
-static char *nonzero_runs(const uint8_t *b, size_t n)
-{
-    size_t cap = 64 + n * 3, len = 0;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    len += (size_t)snprintf(out, cap, "length %zu\n", n);
-    for (size_t i = 0; i < n;) {
-        if (!b[i]) {
-            i++;
-            continue;
-        }
-        len += (size_t)snprintf(out + len, cap - len, "%zu:", i);
-        /* a run ends at 8 zero bytes or more */
-        size_t end = i;
-        for (size_t z = 0; end < n && z < 8; end++)
-            z = b[end] ? 0 : z + 1;
-        while (end > i && !b[end - 1])
-            end--;
-        for (; i < end; i++)
-            len += (size_t)snprintf(out + len, cap - len, " %02x", b[i]);
-        len += (size_t)snprintf(out + len, cap - len, "\n");
-    }
-    return out;
-}
-
 static void empty_image_is_the_golden_one(void **state)
 {
     (void)state;

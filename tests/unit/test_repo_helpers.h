@@ -157,4 +157,32 @@ static inline int write_text_file(const char *p, const char *text)
     return fclose(f);
 }
 
+/* An image as text, the form of the qcow2 golden files (tests/golden/qcow2/):
+ * its length, then each run of non-zero bytes as "offset: hex", a run
+ * ending at 8 zero bytes or more. The caller frees it. */
+static inline char *nonzero_runs(const uint8_t *b, size_t n)
+{
+    size_t cap = 64 + n * 3, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        abort();
+    len += (size_t)snprintf(out, cap, "length %zu\n", n);
+    for (size_t i = 0; i < n;) {
+        if (!b[i]) {
+            i++;
+            continue;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%zu:", i);
+        size_t end = i;
+        for (size_t z = 0; end < n && z < 8; end++)
+            z = b[end] ? 0 : z + 1;
+        while (end > i && !b[end - 1])
+            end--;
+        for (; i < end; i++)
+            len += (size_t)snprintf(out + len, cap - len, " %02x", b[i]);
+        len += (size_t)snprintf(out + len, cap - len, "\n");
+    }
+    return out;
+}
+
 #endif

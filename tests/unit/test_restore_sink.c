@@ -465,32 +465,6 @@ static void image_sink_refusals(void **state)
     free(out);
 }
 
-/* The image as text: its length, then each run of non-zero bytes as
- * "offset: hex" (as test_hv_image's golden files). */
-static char *nonzero_runs(const uint8_t *b, size_t n)
-{
-    size_t cap = 64 + n * 3, len = 0;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    len += (size_t)snprintf(out, cap, "length %zu\n", n);
-    for (size_t i = 0; i < n;) {
-        if (!b[i]) {
-            i++;
-            continue;
-        }
-        len += (size_t)snprintf(out + len, cap - len, "%zu:", i);
-        size_t end = i;
-        for (size_t z = 0; end < n && z < 8; end++)
-            z = b[end] ? 0 : z + 1;
-        while (end > i && !b[end - 1])
-            end--;
-        for (; i < end; i++)
-            len += (size_t)snprintf(out + len, cap - len, " %02x", b[i]);
-        len += (size_t)snprintf(out + len, cap - len, "\n");
-    }
-    return out;
-}
-
 /* docs/formats/qcow2-restore.md, version 1: a 1 GiB + 512 image (3 L1
  * entries), written from one thread: 16 bytes at guest 512 MiB + 8 (the
  * second L2 table; buffered), then 4096 bytes at guest 0 (O_DIRECT: 8 bytes
