@@ -167,6 +167,22 @@ static void repo_init_levels(void **state)
     free(dir);
 }
 
+/* One backup of the image `img` as "vda" into `r`; its stats. */
+static vmsh_add_stats backup_image(vmsh_repo *r, const char *img)
+{
+    vmsh_error *err = NULL;
+    vmsh_backup *b = NULL;
+    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
+    vmsh_source *src = NULL;
+    assert_int_equal(vmsh_source_open_file(&src, img, &err), 0);
+    vmsh_add_stats st = {0};
+    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, &st, &err), 0);
+    assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
+    vmsh_source_free(src);
+    vmsh_backup_free(b);
+    return st;
+}
+
 /* A backup at a negative level restores byte for byte (text, random,
  * zeros, a hole and an unaligned tail) and stores the text compressed. */
 static void backup_at_negative_level_roundtrips(void **state)
@@ -183,15 +199,7 @@ static void backup_at_negative_level_roundtrips(void **state)
     assert_int_equal(vmsh_repo_init(repo, &o, &err), 0);
     vmsh_repo *r = NULL;
     assert_int_equal(vmsh_repo_open(&r, repo, NULL, &err), 0);
-    vmsh_backup *b = NULL;
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
-    vmsh_source *src = NULL;
-    assert_int_equal(vmsh_source_open_file(&src, img, &err), 0);
-    vmsh_add_stats st = {0};
-    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, &st, &err), 0);
-    assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
-    vmsh_source_free(src);
-    vmsh_backup_free(b);
+    vmsh_add_stats st = backup_image(r, img);
     /* 4 MiB of data: 1 MiB random stored raw, 3 MiB of text compressed */
     assert_true(st.bytes_stored > (1u << 20));
     assert_true(st.bytes_stored < (2u << 20));
@@ -225,8 +233,6 @@ static void store_pack_target_sizes_packs(void **state)
     vmsh_repo *r = NULL;
     assert_int_equal(vmsh_repo_open(&r, "mem://packsize", NULL, &err), 0);
     r->store->pack_target = 1u << 20;
-    vmsh_backup *b = NULL;
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
     /* the image with its text replaced by random data: 4 MiB stored raw */
     int fd = open(img, O_WRONLY);
     assert_true(fd >= 0);
@@ -241,13 +247,7 @@ static void store_pack_target_sizes_packs(void **state)
     }
     free(rnd);
     close(fd);
-    vmsh_source *src = NULL;
-    assert_int_equal(vmsh_source_open_file(&src, img, &err), 0);
-    vmsh_add_stats st = {0};
-    assert_int_equal(vmsh_backup_add_file(b, "vda", src, NULL, &st, &err), 0);
-    assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
-    vmsh_source_free(src);
-    vmsh_backup_free(b);
+    vmsh_add_stats st = backup_image(r, img);
     assert_true(st.bytes_stored >= (4u << 20));
     size_t packs = 0;
     for (size_t i = 0; i < r->n_packs; i++) {

@@ -519,6 +519,22 @@ typedef struct seq_arg {
     char key[32];
 } seq_arg;
 
+/* Reads len bytes at off of the pattern object: NULL when it got what
+ * the object holds there (short at its end), else a thread's failure code
+ * (2: the length, 3: the bytes). */
+static void *read_checked(repo_store *st, repo_store_file *f, uint8_t *buf, size_t len,
+                          uint64_t off)
+{
+    int64_t n = st->ops->pread(f, buf, len, off);
+    size_t want = OBJ_LEN - off < len ? OBJ_LEN - (size_t)off : len;
+    if (n != (int64_t)want)
+        return (void *)2;
+    for (size_t i = 0; i < want; i++)
+        if (buf[i] != pattern((size_t)off + i))
+            return (void *)3;
+    return NULL;
+}
+
 static void *seq_reader(void *opaque)
 {
     seq_arg *a = opaque;
@@ -529,13 +545,7 @@ static void *seq_reader(void *opaque)
     uint8_t buf[8192];
     void *bad = NULL;
     for (uint64_t off = 0; off < OBJ_LEN && !bad; off += sizeof(buf)) {
-        int64_t n = st->ops->pread(f, buf, sizeof(buf), off);
-        size_t want = OBJ_LEN - off < sizeof(buf) ? OBJ_LEN - (size_t)off : sizeof(buf);
-        if (n != (int64_t)want)
-            bad = (void *)2;
-        for (size_t i = 0; !bad && i < want; i++)
-            if (buf[i] != pattern((size_t)off + i))
-                bad = (void *)3;
+        bad = read_checked(st, f, buf, sizeof(buf), off);
     }
     st->ops->close(f);
     return bad;
@@ -607,13 +617,7 @@ static void *reader_thread(void *opaque)
         uint64_t off = (k % 50 == 0) ? (uint64_t)(rand_r(&a->seed) % OBJ_LEN)
                                      : (uint64_t)(k * 7919 + a->seed * 65536) % OBJ_LEN;
         size_t len = 1 + (size_t)rand_r(&a->seed) % sizeof(buf);
-        int64_t n = st->ops->pread(f, buf, len, off);
-        size_t want = OBJ_LEN - off < len ? OBJ_LEN - (size_t)off : len;
-        if (n != (int64_t)want)
-            bad = (void *)2;
-        for (size_t i = 0; !bad && i < want; i++)
-            if (buf[i] != pattern((size_t)off + i))
-                bad = (void *)3;
+        bad = read_checked(st, f, buf, len, off);
     }
     st->ops->close(f);
     return bad;
