@@ -289,12 +289,29 @@ static void resolve_volumes(virConnectPtr conn, vmsh_domxml *x)
  * in the live definition as the file or device it resolved to (issue 25,
  * R6: `vms` and the backup would otherwise call it a file). Best effort: a
  * definition that cannot be read leaves the live description. */
+/* Whether a volume of the persistent definition has a file or device disk
+ * of the same target in the live one: only then are its pools asked. */
+static bool volume_behind_file(const vmsh_domxml *live, const vmsh_domxml *px)
+{
+    for (size_t j = 0; j < px->n_disks; j++) {
+        const vmsh_domxml_disk *p = &px->disks[j];
+        for (size_t i = 0; p->kind == VMSH_DISK_VOLUME && p->target && i < live->n_disks; i++) {
+            const vmsh_domxml_disk *l = &live->disks[i];
+            if ((l->kind == VMSH_DISK_FILE || l->kind == VMSH_DISK_BLOCK) && l->target &&
+                strcmp(l->target, p->target) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
 static void adopt_persistent_volumes(virDomainPtr d, vmsh_domxml *live)
 {
     char *text = virDomainGetXMLDesc(d, VIR_DOMAIN_XML_INACTIVE);
     vmsh_domxml *px = NULL;
     vmsh_error *e = NULL;
-    if (text && vmsh_domxml_parse(&px, text, strlen(text), &e) == 0) {
+    if (text && vmsh_domxml_parse(&px, text, strlen(text), &e) == 0 &&
+        volume_behind_file(live, px)) {
         resolve_volumes(virDomainGetConnect(d), px);
         vmsh_domxml_mark_block_nodes(px, path_is_block, NULL);
         for (size_t i = 0; i < live->n_disks; i++)
