@@ -4,6 +4,8 @@
 
 #include <libvirt/libvirt.h>
 
+#include <stdint.h>
+
 #include <vmshadow/hv/hv.h>
 
 virConnectPtr vmsh_hv_conn(vmsh_hv *hv);
@@ -14,5 +16,24 @@ virDomainPtr vmsh_hv_lookup(vmsh_hv *hv, const char *name);
 /* Forgets the kept domain `name` (NULL: every one): after define,
  * undefine or a restore, and before reading what a lookup alone gives. */
 void vmsh_hv_forget_domains(vmsh_hv *hv, const char *name);
+
+/* Big-endian fields, as qcow2 stores them (image.c, sink.c). */
+static inline void vmsh_put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void vmsh_put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static inline void vmsh_put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
 
 #endif

@@ -3,7 +3,10 @@
  * method (R1), made with qemu-img; the size of an image as its VM sees
  * it; and every other qemu-img run (commit, info, convert, bitmap; issue 21:
  * only hv/ starts it). */
+#include "hv_private.h"
+
 #include <vmshadow/hv/hvops.h>
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/proc.h>
 
 #include <errno.h>
@@ -26,24 +29,6 @@ enum {
     /* QEMU's limit on the L1 table (QCOW_MAX_L1_SIZE, 32 MiB): 2 PiB */
     QCOW2_MAX_L1_ENTRIES = (32 << 20) / 8,
 };
-
-static void put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
 
 int vmsh_qcow2_empty_layout(uint64_t size, uint32_t *l1_entries, uint32_t *clusters)
 {
@@ -71,32 +56,22 @@ int vmsh_qcow2_empty_write(int fd, uint64_t size, vmsh_error **err)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     /* cluster 0: the header (big-endian; docs/interop/qcow2.txt in QEMU) */
     memcpy(b, "QFI\xfb", 4);
-    put_be32(b + 4, 3);                     /* version */
-    put_be32(b + 20, QCOW2_CLUSTER_BITS);   /* cluster_bits */
-    put_be64(b + 24, size);                 /* size */
-    put_be32(b + 36, l1);                   /* l1_size */
-    put_be64(b + 40, 3 * QCOW2_CLUSTER);    /* l1_table_offset */
-    put_be64(b + 48, 1 * QCOW2_CLUSTER);    /* refcount_table_offset */
-    put_be32(b + 56, 1);                    /* refcount_table_clusters */
-    put_be32(b + 96, 4);                    /* refcount_order: 16-bit counts */
-    put_be32(b + 100, QCOW2_HEADER_LENGTH); /* header_length */
+    vmsh_put_be32(b + 4, 3);                     /* version */
+    vmsh_put_be32(b + 20, QCOW2_CLUSTER_BITS);   /* cluster_bits */
+    vmsh_put_be64(b + 24, size);                 /* size */
+    vmsh_put_be32(b + 36, l1);                   /* l1_size */
+    vmsh_put_be64(b + 40, 3 * QCOW2_CLUSTER);    /* l1_table_offset */
+    vmsh_put_be64(b + 48, 1 * QCOW2_CLUSTER);    /* refcount_table_offset */
+    vmsh_put_be32(b + 56, 1);                    /* refcount_table_clusters */
+    vmsh_put_be32(b + 96, 4);                    /* refcount_order: 16-bit counts */
+    vmsh_put_be32(b + 100, QCOW2_HEADER_LENGTH); /* header_length */
     /* at 104: the end of the header extensions (type 0), already zero */
     /* cluster 1: the refcount table; its one entry, the block at cluster 2 */
-    put_be64(b + QCOW2_CLUSTER, 2 * QCOW2_CLUSTER);
+    vmsh_put_be64(b + QCOW2_CLUSTER, 2 * QCOW2_CLUSTER);
     /* cluster 2: every cluster of the file is used once */
     for (uint32_t i = 0; i < clusters; i++)
-        put_be16(b + 2 * QCOW2_CLUSTER + 2 * i, 1);
-    int r = 0;
-    size_t len = 3 * QCOW2_CLUSTER;
-    for (size_t done = 0; done < len && r == 0;) {
-        ssize_t n = pwrite(fd, b + done, len - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            r = -(n < 0 ? errno : EIO);
-        else
-            done += (size_t)n;
-    }
+        vmsh_put_be16(b + 2 * QCOW2_CLUSTER + 2 * i, 1);
+    int r = vmsh_fs_pwrite_all(fd, b, 3 * QCOW2_CLUSTER, 0);
     free(b);
     /* the L1 table: zeros (no cluster of the disk is allocated), a hole */
     if (r == 0 && ftruncate(fd, (off_t)clusters * QCOW2_CLUSTER) < 0)

@@ -2,6 +2,8 @@
  * sink.h; issue 27 point 3): the restore writes a qcow2 disk once, as qcow2,
  * through QEMU's own block layer (no home-made qcow2 writer beyond the empty
  * image of image.c), and the image is durable before the VM is defined. */
+#include "hv_private.h"
+
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/hv/sink.h>
 #include <vmshadow/util/fs.h>
@@ -405,37 +407,6 @@ typedef struct qc_sink {
     uint32_t next;      /* the next free host cluster */
 } qc_sink;
 
-static void be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void be32(uint8_t *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static int qc_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    for (size_t done = 0; done < len;) {
-        ssize_t n = pwrite(fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        done += (size_t)n;
-    }
-    return 0;
-}
-
 /* The host clusters of guest clusters [c, c+n) (n <= QC_PIECE), allocated
  * when `alloc`; 0 for one never written (alloc false). */
 static int qc_resolve(qc_sink *s, uint64_t c, unsigned n, bool alloc, uint32_t *host)
@@ -494,7 +465,7 @@ static int qc_sink_pwrite(void *impl, const void *buf, size_t len, uint64_t off,
             const uint8_t *src = p + (from - off);
             bool aligned = ((uintptr_t)src | hoff | m) % 4096 == 0;
             int fd = s->dfd >= 0 && aligned ? s->dfd : s->bfd;
-            if ((r = qc_pwrite_all(fd, src, m, hoff)) < 0)
+            if ((r = vmsh_fs_pwrite_all(fd, src, m, hoff)) < 0)
                 return vmsh_error_set(err, r, "cannot write %s: %s%s", s->path, strerror(-r),
                                       r == -ENOSPC ? " (the target filesystem is full)" : "");
             i = k;
@@ -594,18 +565,18 @@ static int qc_commit(qc_sink *s, vmsh_error **err)
         uint8_t *l2 = m + (size_t)k * QC_CLUSTER;
         for (uint32_t j = 0; j < QC_L2_ENTRIES; j++)
             if (s->tabs[i][j])
-                be64(l2 + 8 * j, ((uint64_t)s->tabs[i][j] * QC_CLUSTER) | QC_COPIED);
-        be64(l1 + 8 * i, ((l2_at + k) * QC_CLUSTER) | QC_COPIED);
+                vmsh_put_be64(l2 + 8 * j, ((uint64_t)s->tabs[i][j] * QC_CLUSTER) | QC_COPIED);
+        vmsh_put_be64(l1 + 8 * i, ((l2_at + k) * QC_CLUSTER) | QC_COPIED);
         k++;
     }
     /* refcount 1: the header, every cluster from the first data cluster on;
      * 0: the empty image's tables, no longer referenced */
     for (uint64_t c = 0; c < total; c++)
         if (c == 0 || c >= s->first)
-            be16(rbs + 2 * c, 1);
+            vmsh_put_be16(rbs + 2 * c, 1);
     for (uint64_t i = 0; i < rb; i++)
-        be64(rts + 8 * i, (rb_at + i) * QC_CLUSTER);
-    int r = qc_pwrite_all(s->bfd, m, meta, l2_at * QC_CLUSTER);
+        vmsh_put_be64(rts + 8 * i, (rb_at + i) * QC_CLUSTER);
+    int r = vmsh_fs_pwrite_all(s->bfd, m, meta, l2_at * QC_CLUSTER);
     free(m);
     if (r == 0 && fdatasync(s->bfd) < 0)
         r = -errno;
@@ -614,16 +585,16 @@ static int qc_commit(qc_sink *s, vmsh_error **err)
     /* the commit: one sector, the header of docs/interop/qcow2.txt */
     uint8_t h[512] = {0};
     memcpy(h, "QFI\xfb", 4);
-    be32(h + 4, 3);
-    be32(h + 20, QC_BITS);
-    be64(h + 24, s->vsize);
-    be32(h + 36, s->l1_n);
-    be64(h + 40, l1_at * QC_CLUSTER);
-    be64(h + 48, rt_at * QC_CLUSTER);
-    be32(h + 56, (uint32_t)rt);
-    be32(h + 96, 4);    /* refcount_order: 16-bit */
-    be32(h + 100, 104); /* header_length */
-    if ((r = qc_pwrite_all(s->bfd, h, sizeof(h), 0)) < 0)
+    vmsh_put_be32(h + 4, 3);
+    vmsh_put_be32(h + 20, QC_BITS);
+    vmsh_put_be64(h + 24, s->vsize);
+    vmsh_put_be32(h + 36, s->l1_n);
+    vmsh_put_be64(h + 40, l1_at * QC_CLUSTER);
+    vmsh_put_be64(h + 48, rt_at * QC_CLUSTER);
+    vmsh_put_be32(h + 56, (uint32_t)rt);
+    vmsh_put_be32(h + 96, 4);    /* refcount_order: 16-bit */
+    vmsh_put_be32(h + 100, 104); /* header_length */
+    if ((r = vmsh_fs_pwrite_all(s->bfd, h, sizeof(h), 0)) < 0)
         return vmsh_error_set(err, r, "cannot write the header of %s: %s", s->path, strerror(-r));
     /* the file we made (not whatever its name may point to now), then the
      * directory entry */

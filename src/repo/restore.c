@@ -296,17 +296,10 @@ typedef struct fd_sink {
 static int fd_pwrite(void *impl, const void *buf, size_t len, uint64_t off, vmsh_error **err)
 {
     fd_sink *s = impl;
-    for (size_t done = 0; done < len;) {
-        ssize_t n = pwrite(s->fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return vmsh_error_set(err, n < 0 ? -errno : -EIO, "cannot write %s: %s%s", s->what,
-                                  strerror(n < 0 ? errno : EIO),
-                                  n < 0 && errno == ENOSPC ? " (the target filesystem is full)"
-                                                           : "");
-        done += (size_t)n;
-    }
+    int r = vmsh_fs_pwrite_all(s->fd, buf, len, off);
+    if (r < 0)
+        return vmsh_error_set(err, r, "cannot write %s: %s%s", s->what, strerror(-r),
+                              r == -ENOSPC ? " (the target filesystem is full)" : "");
     return 0;
 }
 

@@ -220,3 +220,16 @@ FILE *vmsh_scratch_stream(const char *what, vmsh_error **err)
     }
     return f;
 }
+
+int vmsh_fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        done += (size_t)n;
+    }
+    return 0;
+}

@@ -19,6 +19,11 @@
 int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t mode,
                          vmsh_error **err);
 
+/* Writes all of buf at off, again after EINTR and short writes: 0, or
+ * -errno (-EIO when the file takes no more bytes). Errors are the
+ * caller's to word: it knows the file. */
+int vmsh_fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
 /* Reads a whole regular file of at most `max` bytes into a NUL-terminated
  * buffer (*out, caller frees; *out_len excludes the NUL). -EFBIG when larger. */
 int vmsh_fs_read_all(const char *path, size_t max, char **out, size_t *out_len, vmsh_error **err);
