@@ -16,11 +16,18 @@
 #  - SIGKILL of vmshadow mid-copy: the VM runs on, `recover` pivots and
 #    finishes; the device holds the backup's bytes;
 #  - `recover --abandon` mid-copy tears down (VM, overlay, server, journal)
-#    and says the device holds a partial restore.
+#    and says the device holds a partial restore;
+#  - onto an RBD image (the Ceph lab, QEMU's rbd driver): a VM whose vdb is
+#    an RBD image with a libvirt secret, backed up shut off, its image then
+#    overwritten; `restore --instant --force` copies onto the image through
+#    the VM's own source and auth while the guest writes to it, pivots; the
+#    image holds the backup's bytes plus the guest's write, the definition
+#    names the image with its secret, nothing is left.
 set -u
 LAB_GUESTS=1
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
 . "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
+. "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
 lab_init
 e2e_env
 export VMSHADOW_RUN_DIR=$LAB_WORK/run
@@ -28,7 +35,18 @@ BG=
 stop_bg() { [ -n "$BG" ] && kill "$BG" 2>/dev/null; wait "$BG" 2>/dev/null; BG=; return 0; }
 servers() { for p in /proc/[0-9]*; do { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -q "^nbdkit .*--unix $VMSHADOW_RUN_DIR/" && echo "${p#/proc/}"; done; }
 kill_servers() { local p; for p in $(servers); do kill -9 "$p" 2>/dev/null; done; }
-trap 'stop_bg; lab_cleanup; kill_servers' EXIT
+SECRET= IMG=vmsh-ib-$$
+cleanup_ib() {
+    stop_bg
+    # the VM first: a running one keeps a watch on its RBD image
+    lab_cleanup
+    kill_servers
+    [ -n "$SECRET" ] && virsh -q -c "$LAB_URI" secret-undefine "$SECRET" >/dev/null 2>&1
+    [ -n "${VMSH_CEPH_POOL:-}" ] && rbd -p "$VMSH_CEPH_POOL" rm --no-progress "$IMG" >/dev/null 2>&1
+    ceph_lab_release 2>/dev/null
+    return 0
+}
+trap cleanup_ib EXIT
 jqe() { jq -e "$@" >/dev/null; }
 MiB=$((1 << 20))
 
@@ -178,4 +196,57 @@ check "the VM is gone" bash -c "! virsh -q -c $LAB_URI dominfo '$G' >/dev/null 2
 check "no job, no server, no overlay left" \
     bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
 check "the device node is still a block device" test -b "$LRAW"
+
+# ---- 4. onto an RBD image
+[ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || fail "QEMU's rbd driver is missing: install qemu-block-extra"
+ceph_lab_need || fail "no Ceph lab"
+R="rbd:$VMSH_CEPH_POOL"
+rbd -p "$VMSH_CEPH_POOL" create "$IMG" --size 32M 9>&- || fail "rbd create $IMG"
+qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'write -P 0x33 30M 64k' "$R/$IMG:conf=$CEPH_CONF" >/dev/null ||
+    fail "cannot write test data to $IMG"
+SECRET=$(uuidgen)
+echo "<secret ephemeral='no' private='yes'><uuid>$SECRET</uuid><usage type='ceph'><name>vmshadow-lab-ib-$$</name></usage></secret>" >"$LAB_WORK/secret.xml"
+lab_virsh secret-define "$LAB_WORK/secret.xml" >/dev/null || fail "secret-define"
+KEY=$(ceph auth get-key client.admin 2>/dev/null) || fail "no client.admin key"
+lab_virsh secret-set-value "$SECRET" --base64 "$KEY" >/dev/null 2>&1 ||
+    printf '%s' "$KEY" | lab_virsh secret-set-value "$SECRET" --file /dev/stdin --plain >/dev/null || fail "secret-set-value"
+set -- $(sed -n 's/^mon host = \[v2:\([0-9.]*\):\([0-9]*\),.*/\1 \2/p' "$CEPH_CONF")
+lab_guest_define r --disk-xml "<disk type='network' device='disk'><driver name='qemu' type='raw'/><auth username='admin'><secret type='ceph' uuid='$SECRET'/></auth><source protocol='rbd' name='$VMSH_CEPH_POOL/$IMG'><host name='$1' port='$2'/></source><target dev='vdb' bus='virtio'/></disk>"
+G=$(lab_domname r)
+LRAW=$VMSH_CEPH_POOL/$IMG # what jobs names as the copy's target
+vsh --json backup "$G"
+RID=$(jq -r .backup <<<"$OUT")
+check "backup of $G (vdb an RBD image), shut off" test "$RC" = 0 -a "$RID" != null
+vsh extract "$RID" "$G/disk/vdb" "$LAB_WORK/rbd.ref"
+check "extract of the RBD disk" test "$RC" = 0
+qemu-io -f raw -c 'write -P 0xee 0 2M' -c 'write -P 0x11 29M 2M' "$R/$IMG:conf=$CEPH_CONF" >/dev/null ||
+    fail "cannot overwrite $IMG"
+"$VMSHADOW" -v restore --instant --force --bandwidth 1M "$RID" "$G" >"$LAB_WORK/r4.out" 2>"$LAB_WORK/r4.err" &
+BG=$!
+wait_agent || { cat "$LAB_WORK/r4.err" >&2; fail "the VM on RBD runs at once and its agent answers"; }
+pass "the VM on RBD runs at once and its agent answers"
+check "during the copy: jobs shows vdb copying onto $LRAW" wait_copying
+OVL=$(vdb_job | jq -r .overlay)
+check "vdb runs on a qcow2 overlay in the run directory" on_overlay
+OFF=$((20 * MiB + 512))
+gexec_r() { lab_gexec r "$1"; }
+gexec_r "printf 'written-in-copy!' | dd of=/dev/vdb bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null" ||
+    fail "guest write during the copy onto RBD"
+check "the copy onto RBD is still running after the write" still_copying
+speed_up "$BG"
+wait "$BG"; RC=$?; BG=
+grep -v '^vmshadow: debug' "$LAB_WORK/r4.err" >&2
+check "restore --instant onto RBD ends with exit 0" test "$RC" = 0
+check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
+X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+check "the definition names the RBD image with the VM's own secret" \
+    bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
+check "no job, no server, no overlay left" \
+    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+lab_virsh destroy "$G" >/dev/null
+lab_wait_off r
+cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
+printf 'written-in-copy!' | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
+check "the RBD image holds the backup's bytes plus the guest's write during the copy" \
+    qemu-img compare -q -U -f raw -F raw "$R/$IMG:conf=$CEPH_CONF" "$LAB_WORK/rbd.exp"
 e2e_done
