@@ -16,10 +16,17 @@
 # recover` finish it (the data moved back, serving stopped; `jobs` empty)
 # before the next one, untimed.
 #
+# The instant restore runs with -v: its debug line "VM ... runs after N ms:
+# serve N ms, restore (overlays, definition) N ms, error policy N ms, start
+# N ms" gives the breakdown of its time until the VM runs; the rest until
+# the agent answers is the guest's boot (and the agent's start).
+#
 # Usage (root, from the project's root):
 #   bench/instant-bench.sh [ROUNDS]   (default 3; VMSHADOW names the binary,
-#   SIZES the disk sizes in MiB, default "1024 8192", WORK where the images
-#   are kept for re-runs, default /var/tmp/vmshadow-instant-bench)
+#   SIZES the disk sizes in MiB, default "1024 8192"; a size ending in "w"
+#   ("8192w") is a disk fully written, half text, half random, no holes:
+#   a full restore's worst case; WORK where the images are kept for
+#   re-runs, default /var/tmp/vmshadow-instant-bench)
 # Takes the lab's lock for the whole run (no other test's guests meanwhile).
 # Prints a Markdown table; the last line is
 #   instant_s_SIZE=... full_s_SIZE=... ratio_SIZE=... for each size.
@@ -54,13 +61,14 @@ mkdir -p "$VMSHADOW_WRITERS_DIR"
 : >"$VMSHADOW_CONFIG"
 "$VMSHADOW" -q init >/dev/null || lab_die "init"
 
-# image SIZE_MIB -> path of its qcow2 (built once, kept in WORK)
+# image SIZE_MIB[w] -> path of its qcow2 (built once, kept in WORK)
 image() {
-    local mb=$1 img=$WORK/data-$1M.qcow2
+    local mb=${1%w} full=0 img=$WORK/data-$1M.qcow2
+    [ "$1" != "$mb" ] && full=1
     if [ ! -f "$img" ]; then
         local d=$WORK/build.$$
         mkdir -p "$d"
-        OUTDIR=$d SIZE=$((mb << 20)) CHANGE=0 python3 "$top/bench/make_images.py" >/dev/null ||
+        FULL=$full OUTDIR=$d SIZE=$((mb << 20)) CHANGE=0 python3 "$top/bench/make_images.py" >/dev/null ||
             lab_die "make_images.py"
         dd if="$LAB_GUEST/data.raw" of="$d/day1.raw" bs=1M conv=notrunc status=none
         qemu-img convert -f raw -O qcow2 "$d/day1.raw" "$img.new" && mv "$img.new" "$img" ||
@@ -92,7 +100,7 @@ wait_moved() {
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 range() { sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
 
-declare -A ID DOM T
+declare -A ID DOM T RATIO PART
 for mb in $SIZES; do
     n=g$mb
     lab_guest_define "$n"
@@ -115,29 +123,57 @@ for r in $(seq 1 "$ROUNDS"); do
                 "$VMSHADOW" -q restore --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" &&
                     lab_virsh start "$d" >/dev/null || { cat "$LAB_WORK/r.err" >&2; lab_die "full restore of $d"; }
             else
-                "$VMSHADOW" -q restore --instant --no-wait --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" ||
+                "$VMSHADOW" -v restore --instant --no-wait --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" ||
                     { cat "$LAB_WORK/r.err" >&2; lab_die "instant restore of $d"; }
             fi
             s=$(wait_agent "$d" "$t0") || lab_die "the agent of $d did not answer after the $m restore"
             T[$m.$mb]+="$s "
             echo "round $r: $m restore of the $mb MiB VM: agent after $s s" >&2
             if [ "$m" = instant ]; then
+                # "runs after T ms: serve A ms, restore (...) B ms, error policy C ms, start D ms"
+                line=$(grep -o 'runs after [0-9]* ms: serve [0-9]* ms, restore (overlays, definition) [0-9]* ms, error policy [0-9]* ms, start [0-9]* ms' "$LAB_WORK/r.err")
+                read -r run serve rest pol start < <(grep -o '[0-9]\+ ms' <<<"$line" | tr -d ' ms' | tr '\n' ' ')
+                [ -n "$start" ] || lab_die "no breakdown in restore --instant -v's output"
+                boot=$(echo "scale=3; $s - $run / 1000" | bc)
+                PART[serve.$mb]+="$serve "; PART[restore.$mb]+="$rest "; PART[policy.$mb]+="$pol "
+                PART[start.$mb]+="$start "; PART[boot.$mb]+="$boot "
+                echo "  serve $serve ms, restore $rest ms, error policy $pol ms, start $start ms, boot $boot s" >&2
+            fi
+            if [ "$m" = instant ]; then
                 wait_moved || lab_die "the instant restore of $d did not complete"
             fi
         done
+        # this round's ratio (both methods ran side by side: the machine's
+        # load of the moment weighs on both)
+        set -- ${T[full.$mb]}; f=${!#}
+        set -- ${T[instant.$mb]}; i=${!#}
+        RATIO[$mb]+="$(echo "scale=3; $i / $f" | bc) "
     done
 done
 for mb in $SIZES; do stop_vm "${DOM[$mb]}"; done
 
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+rng() { tr ' ' '\n' <<<"$1" | grep . | range; }
 echo
-echo "| data disk | full restore + start, s (median, range) | instant restore, s (median, range) | instant / full |"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+echo
+echo "| data disk | full restore + start, s (median, range) | instant restore, s (median, range) | instant / full per round (median, range) |"
 echo "| --- | --- | --- | --- |"
 last=""
 for mb in $SIZES; do
-    f=$(tr ' ' '\n' <<<"${T[full.$mb]}" | grep . | median)
-    i=$(tr ' ' '\n' <<<"${T[instant.$mb]}" | grep . | median)
-    ratio=$(echo "scale=3; $i / $f" | bc)
-    echo "| $mb MiB | $f ($(tr ' ' '\n' <<<"${T[full.$mb]}" | grep . | range)) | $i ($(tr ' ' '\n' <<<"${T[instant.$mb]}" | grep . | range)) | $ratio |"
+    f=$(med "${T[full.$mb]}")
+    i=$(med "${T[instant.$mb]}")
+    ratio=$(med "${RATIO[$mb]}")
+    echo "| ${mb%w} MiB$([ "${mb%w}" != "$mb" ] && echo ', fully written') | $f ($(rng "${T[full.$mb]}")) | $i ($(rng "${T[instant.$mb]}")) | $ratio ($(rng "${RATIO[$mb]}")) |"
     last+="instant_s_$mb=$i full_s_$mb=$f ratio_$mb=$ratio "
 done
+echo
+echo "Instant restore until the agent answers, medians: serve, restore (overlays and definition), error policy (a second define), start (libvirt, QEMU up), boot (the rest: the guest's kernel, init, agent)"
+echo
+echo "| data disk | serve, ms | restore, ms | error policy, ms | start, ms | boot, s |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for mb in $SIZES; do
+    echo "| $mb | $(med "${PART[serve.$mb]}") | $(med "${PART[restore.$mb]}") | $(med "${PART[policy.$mb]}") | $(med "${PART[start.$mb]}") | $(med "${PART[boot.$mb]}") |"
+done
+echo
 echo "$last"

@@ -10,7 +10,9 @@ day2.raw: a sparse copy of day1 with CHANGE (2%) of its bytes rewritten in
   text, 10% zeros), as a day of guest activity would.
 Writes changes.json (the rewritten regions, the changed byte count) beside.
 
-usage: OUTDIR=dir [SIZE=bytes] [SEED=n] [CHANGE=0.02] make_images.py
+FULL=1: day1 has no holes and no zeros (half text, half random).
+
+usage: OUTDIR=dir [SIZE=bytes] [SEED=n] [CHANGE=0.02] [FULL=1] make_images.py
 """
 import json
 import math
@@ -73,6 +75,10 @@ def main():
     text = Text()
     units = SIZE // MiB
     frac = {"hole": 0.32, "zero": 0.08, "text": 0.30, "rand": 0.30}
+    if os.environ.get("FULL") == "1":
+        # every byte written with data (a full disk's worst case for a
+        # full restore): text and random only
+        frac = {"hole": 0.0, "zero": 0.0, "text": 0.5, "rand": 0.5}
     left = {k: int(round(v * units)) for k, v in frac.items()}
     left["rand"] += units - sum(left.values())
     day1 = os.path.join(OUTDIR, "day1.raw")
