@@ -210,9 +210,20 @@ static int journal_read(const char *path, ijob *j, vmsh_error **err)
     if (r == 0 &&
         (!vmsh_name_is_safe(j->vm) || j->run_dir[0] != '/' || !vmsh_path_is_clean(j->run_dir)))
         r = -EBADMSG;
-    /* the final definition is read and removed: an absolute clean path */
-    if (r == 0 && j->definition && (j->definition[0] != '/' || !vmsh_path_is_clean(j->definition)))
-        r = -EBADMSG;
+    /* the final definition is read and removed: only ever VM.xml beside
+     * this journal, whatever directory the journal names (the state
+     * directory may have moved) */
+    if (r == 0 && j->definition) {
+        const char *base = strrchr(j->definition, '/');
+        size_t vl = strlen(j->vm);
+        char *own = NULL;
+        if (j->definition[0] != '/' || !vmsh_path_is_clean(j->definition) || !base ||
+            strncmp(base + 1, j->vm, vl) != 0 || strcmp(base + 1 + vl, ".xml") != 0 ||
+            asprintf(&own, "%.*s.xml", (int)(strlen(path) - 5), path) < 0)
+            r = -EBADMSG;
+        else
+            free(j->definition), j->definition = own;
+    }
     json_object_put(o);
     if (r < 0) {
         ijob_clear(j);

@@ -188,6 +188,10 @@ static void damaged_journals_refused(void **state)
      * overlay the VM runs on meanwhile */
     refused_v2("/var/lib/vmshadow/instant/web.xml", "web.xml", "damaged");
     refused_v2("/var/lib/vmshadow/instant/web.xml", "/var/lib/vmshadow/../../etc/x.xml", "damaged");
+    /* only VM.xml, whichever directory is named: never another file */
+    refused_v2("/var/lib/vmshadow/instant/web.xml", "/etc/passwd", "damaged");
+    refused_v2("/var/lib/vmshadow/instant/web.xml", "/var/lib/vmshadow/instant/web.json",
+               "damaged");
     refused_v2("\"overlay\": \"/run/vmshadow/instant-hYW6KC/.vmshadow-instant-web-vdb.overlay\"",
                "\"overlay\": null", "damaged");
     refused_v2("\"copy_to\": \"rbd/web-vdc\"", "\"copy_to\": \"\"", "damaged");
