@@ -331,6 +331,20 @@ static void reap(void)
         ;
 }
 
+/* The text of `doc` into *out (malloc'ed); frees doc. */
+static int dump_doc(xmlDocPtr doc, char **out, vmsh_error **err)
+{
+    xmlChar *mem = NULL;
+    int size = 0;
+    xmlDocDumpMemory(doc, &mem, &size);
+    xmlFreeDoc(doc);
+    if (!mem)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    *out = strndup((const char *)mem, (size_t)size);
+    xmlFree(mem);
+    return *out ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+}
+
 /* The definition with every disk of `j` stopping the VM on read and write
  * errors (stop = true), or with those attributes taken out again. */
 static int edit_policy(const char *xml, const ijob *j, bool stop, char **out, vmsh_error **err)
@@ -375,15 +389,7 @@ static int edit_policy(const char *xml, const ijob *j, bool stop, char **out, vm
             }
         }
     }
-    xmlChar *mem = NULL;
-    int size = 0;
-    xmlDocDumpMemory(doc, &mem, &size);
-    xmlFreeDoc(doc);
-    if (!mem)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    *out = strndup((const char *)mem, (size_t)size);
-    xmlFree(mem);
-    return *out ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+    return dump_doc(doc, out, err);
 }
 
 static int redefine_policy(vmsh_hv *hv, const ijob *j, bool stop, vmsh_error **err)
@@ -514,15 +520,7 @@ static int edit_copy_disks(const char *xml, const ijob *j, char **out, vmsh_erro
         xmlNodePtr src = xmlNewChild(disk, NULL, BAD_CAST "source", NULL);
         xmlSetProp(src, BAD_CAST "file", BAD_CAST d->overlay);
     }
-    xmlChar *mem = NULL;
-    int size = 0;
-    xmlDocDumpMemory(doc, &mem, &size);
-    xmlFreeDoc(doc);
-    if (!mem)
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    *out = strndup((const char *)mem, (size_t)size);
-    xmlFree(mem);
-    return *out ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+    return dump_doc(doc, out, err);
 }
 
 /* Defines the VM as it is now: the final definition with the disks still to
