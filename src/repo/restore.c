@@ -20,8 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* 64 entries: 4 MiB of image per batch, the unit of every stage */
-#define BATCH 64
+/* 32 entries: 2 MiB of image per batch, the unit of every stage. Every
+ * slot's buffers are fresh memory once (~2.2 CPU-s per GiB here, PERF.md):
+ * 64 entries cost ~0.13 CPU-s more per restore in page clearing (perf) for
+ * no fewer waits. */
+#define BATCH 32
 /* Blobs of one pack closer than this are read in one request (the bytes
  * between are cheaper than another request, on a disk as over HTTP). */
 #define MERGE_GAP (64u << 10)
@@ -127,17 +130,15 @@ static int cmp_by_place(const void *a, const void *b, void *opaque)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
-/* Fresh memory costs ~2.2 CPU-s per GiB here (PERF.md): a slot's read
- * buffer grows rarely and in whole 2 MiB pages, with room beyond a batch of
- * incompressible chunks, and is then reused for the whole restore. */
+/* A slot's read buffer: room for a batch of incompressible chunks and
+ * the gaps and alignment of a few requests, grown (rarely) only for a
+ * batch that needs more, then reused for the whole restore. */
 static int grow_fbuf(rslot *s, size_t need, vmsh_error **err)
 {
     if (need <= s->fcap)
         return 0;
-    size_t cap = need + (1u << 20) > BATCH * (size_t)CHUNK_SIZE + (1u << 20)
-                     ? need + (1u << 20)
-                     : BATCH * (size_t)CHUNK_SIZE + (1u << 20);
-    cap = (cap + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    size_t cap = need > BATCH * (size_t)CHUNK_SIZE ? need : BATCH * (size_t)CHUNK_SIZE;
+    cap = (cap + (256u << 10) + 65535) / 65536 * 65536;
     free(s->fbuf);
     s->fcap = 0;
     if (posix_memalign((void **)&s->fbuf, 2u << 20, cap) != 0) {
