@@ -198,6 +198,17 @@ typedef struct gc_sessions {
     char (*pins)[VMSH_BACKUP_ID_LEN + 1];
     size_t n_pins;
 } gc_sessions;
+/* One session object, parsed (gc_session_parse: 0, -EBADMSG when it is not
+ * a version 1 session, -ENOMEM). Pins that are not backup IDs are dropped
+ * and flagged: gc then keeps every backup. */
+typedef struct gc_session_doc {
+    int64_t start_ms, heartbeat_ms;
+    char (*pins)[VMSH_BACKUP_ID_LEN + 1];
+    size_t n_pins;
+    bool bad_pin;
+} gc_session_doc;
+int gc_session_parse(const char *text, size_t len, gc_session_doc *out);
+void gc_session_doc_clear(gc_session_doc *d);
 /* Reads every session; deletes the dead ones. */
 int gc_sessions_scan(vmsh_repo *r, int64_t now_ms, const repo_gc_params_t *p, gc_sessions *v,
                      vmsh_error **err);

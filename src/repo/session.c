@@ -457,29 +457,58 @@ typedef struct scan {
 } scan;
 
 /* One session object: {"format": "vmshadow-session", "version": 1, "host",
- * "pid", "start_ms", "heartbeat_ms", "pins": [backup IDs]}. */
-static int parse_session(const char *text, size_t len, int64_t *start, int64_t *hb,
-                         json_object **pins_out, json_object **root)
+ * "pid", "start_ms", "heartbeat_ms", "pins": [backup IDs]}. Written by any
+ * host that writes the repository: hostile input (fuzz_session). */
+int gc_session_parse(const char *text, size_t len, gc_session_doc *out)
 {
-    json_object *o = json_tokener_parse(text);
-    (void)len;
+    *out = (gc_session_doc){0};
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return -ENOMEM;
+    json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    bool complete =
+        json_tokener_get_error(tok) == json_tokener_success && tok->char_offset == (int)len;
+    json_tokener_free(tok);
     json_object *f = NULL, *v = NULL, *s = NULL, *h = NULL, *p = NULL;
-    if (!o || !json_object_is_type(o, json_type_object) ||
+    if (!complete || !o || !json_object_is_type(o, json_type_object) ||
         !json_object_object_get_ex(o, "format", &f) || !json_object_is_type(f, json_type_string) ||
         strcmp(json_object_get_string(f), "vmshadow-session") != 0 ||
-        !json_object_object_get_ex(o, "version", &v) || json_object_get_int64(v) != 1 ||
-        !json_object_object_get_ex(o, "start_ms", &s) || !json_object_is_type(s, json_type_int) ||
+        !json_object_object_get_ex(o, "version", &v) || !json_object_is_type(v, json_type_int) ||
+        json_object_get_int64(v) != 1 || !json_object_object_get_ex(o, "start_ms", &s) ||
+        !json_object_is_type(s, json_type_int) ||
         !json_object_object_get_ex(o, "heartbeat_ms", &h) ||
         !json_object_is_type(h, json_type_int) || !json_object_object_get_ex(o, "pins", &p) ||
         !json_object_is_type(p, json_type_array)) {
         json_object_put(o);
         return -EBADMSG;
     }
-    *start = json_object_get_int64(s);
-    *hb = json_object_get_int64(h);
-    *pins_out = p;
-    *root = o;
+    out->start_ms = json_object_get_int64(s);
+    out->heartbeat_ms = json_object_get_int64(h);
+    size_t n = json_object_array_length(p);
+    if (n && !(out->pins = vmsh_realloc_array(NULL, n, sizeof(*out->pins)))) {
+        json_object_put(o);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(p, i);
+        const char *id = json_object_get_string(e);
+        /* a pin this vmshadow cannot name: gc keeps every backup (bad_pin) */
+        if (!json_object_is_type(e, json_type_string) ||
+            json_object_get_string_len(e) != VMSH_BACKUP_ID_LEN ||
+            strspn(id, "0123456789abcdef") != VMSH_BACKUP_ID_LEN) {
+            out->bad_pin = true;
+            continue;
+        }
+        memcpy(out->pins[out->n_pins++], id, VMSH_BACKUP_ID_LEN + 1);
+    }
+    json_object_put(o);
     return 0;
+}
+
+void gc_session_doc_clear(gc_session_doc *d)
+{
+    free(d->pins);
+    *d = (gc_session_doc){0};
 }
 
 static int pin_add(gc_sessions *v, const char *id)
@@ -508,11 +537,13 @@ static int scan_entry(void *opaque, const char *name, repo_store_kind kind,
     vmsh_error_free(e);
     if (rc == -ENOENT)
         return 0; /* ended meanwhile */
-    int64_t start = 0, hb = 0;
-    json_object *pins = NULL, *root = NULL;
+    gc_session_doc d = {0};
     int64_t dead_before = sc->now_ms - sc->p->session_ms - 2 * sc->p->margin_ms;
-    if (rc < 0 || parse_session(text, len, &start, &hb, &pins, &root) < 0) {
-        free(text);
+    int prc = rc < 0 ? rc : gc_session_parse(text, len, &d);
+    free(text);
+    if (prc == -ENOMEM)
+        return sc->rc = vmsh_error_set(sc->err, -ENOMEM, "out of memory");
+    if (prc < 0) {
         /* unreadable: judged by its modification time, and while it may be
          * live it blocks every deletion (start 0) */
         if (st->mtime_ns / 1000000 < dead_before) {
@@ -524,32 +555,23 @@ static int scan_entry(void *opaque, const char *name, repo_store_kind kind,
         sc->v->oldest_start_ms = INT64_MIN;
         return 0;
     }
-    free(text);
-    if (hb < dead_before) {
+    if (d.heartbeat_ms < dead_before) {
         /* dead: its writer can no longer commit (repo_session_check) */
-        json_object_put(root);
+        gc_session_doc_clear(&d);
         if (sc->r->store->ops->del(sc->r->store, path, NULL) == 0)
             sc->v->n_dead++;
         return 0;
     }
     sc->v->n_live++;
-    if (start < sc->v->oldest_start_ms)
-        sc->v->oldest_start_ms = start;
-    for (size_t i = 0; i < json_object_array_length(pins); i++) {
-        json_object *p = json_object_array_get_idx(pins, i);
-        const char *id = json_object_get_string(p);
-        if (!json_object_is_type(p, json_type_string) || strlen(id) != VMSH_BACKUP_ID_LEN ||
-            strspn(id, "0123456789abcdef") != VMSH_BACKUP_ID_LEN) {
-            sc->v->bad_pin = true;
-            continue;
+    if (d.start_ms < sc->v->oldest_start_ms)
+        sc->v->oldest_start_ms = d.start_ms;
+    sc->v->bad_pin |= d.bad_pin;
+    for (size_t i = 0; i < d.n_pins; i++)
+        if (pin_add(sc->v, d.pins[i]) < 0) {
+            gc_session_doc_clear(&d);
+            return sc->rc = vmsh_error_set(sc->err, -ENOMEM, "out of memory");
         }
-        if (pin_add(sc->v, id) < 0) {
-            json_object_put(root);
-            sc->rc = vmsh_error_set(sc->err, -ENOMEM, "out of memory");
-            return sc->rc;
-        }
-    }
-    json_object_put(root);
+    gc_session_doc_clear(&d);
     return 0;
 }
 

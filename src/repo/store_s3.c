@@ -589,11 +589,22 @@ static int list_raw(s3_store *s, const char *fullprefix, size_t skip, obj_list_f
         }
         const char *trunc = child_text(root, "IsTruncated");
         const char *next = child_text(root, "NextContinuationToken");
+        bool more = trunc && strcmp(trunc, "true") == 0 && next && *next;
+        /* a server that hands back the token it was given would make this
+         * loop forever (R7: a stalling store ends in an error, never a hang) */
+        bool same = more && token && strcmp(token, next) == 0;
         free(token);
-        token = trunc && strcmp(trunc, "true") == 0 && next && *next ? strdup(next) : NULL;
+        token = more && !same ? strdup(next) : NULL;
         xmlFreeDoc(doc);
         if (rc < 0)
             return rc;
+        if (same)
+            return vmsh_error_set(err, -EPROTO,
+                                  "cannot list %s: the server repeated its continuation token; "
+                                  "check the S3 service",
+                                  s->o.base.root);
+        if (more && !token)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
         if (!token)
             return 0;
     }

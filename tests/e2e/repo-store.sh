@@ -249,6 +249,43 @@ while True:
     check "a stalling endpoint fails, no hang (exit $RC)" test "$RC" = 1
     check "and says it stalled" grep -q "stalled" <<<"$ERR"
     echo "# stalled store gave up after $(($(date +%s) - t0)) s: $ERR"
+    kill "$STALL_PID" 2>/dev/null
+    wait "$STALL_PID" 2>/dev/null
+    STALL_PID=
+
+    # ---- a server that repeats its listing's continuation token ----
+    # (R7: a store that misbehaves ends in an error, never a loop; init lists
+    # the prefix to see that it is empty)
+    python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, body=b""):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_HEAD(self): self.reply()
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0))); self.reply()
+    def do_GET(self):
+        self.reply(b"<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true</IsTruncated>"
+                   b"<NextContinuationToken>again</NextContinuationToken></ListBucketResult>")
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+' >"$LAB_WORK/loop.port" &
+    STALL_PID=$! # the cleanup ends it too
+    for _ in $(seq 50); do [ -s "$LAB_WORK/loop.port" ] && break; sleep 0.1; done
+    PORT=$(cat "$LAB_WORK/loop.port")
+    OUT=$(timeout 60 "$VMSHADOW" -r "s3+http://127.0.0.1:$PORT/b/r" init 2>"$LAB_WORK/stderr")
+    RC=$?
+    ERR=$(cat "$LAB_WORK/stderr")
+    check "a repeated continuation token fails, no loop (exit $RC)" test "$RC" = 1
+    check "and says so" grep -q "repeated its continuation token" <<<"$ERR"
+    kill "$STALL_PID" 2>/dev/null
+    wait "$STALL_PID" 2>/dev/null
+    STALL_PID=
 fi
 
 e2e_done
