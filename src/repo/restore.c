@@ -28,6 +28,11 @@
 /* Blobs of one pack closer than this are read in one request (the bytes
  * between are cheaper than another request, on a disk as over HTTP). */
 #define MERGE_GAP (64u << 10)
+/* Chunks are located a window at a time, in the order of their IDs: the
+ * lookups of neighbouring IDs land in the chunk index block the one before
+ * read (chunkindex.c's memo). 8192 entries: 512 MiB of image, 448 KiB of
+ * locations per window, two windows at once. */
+#define WIN 8192
 /* fetchers and writers: each waits on the storage most of its time */
 #define FETCHERS 2
 #define WRITERS  2
@@ -66,6 +71,10 @@ typedef struct rjob {
     rslot *slots;
     size_t n_slots;
     size_t next_fetch, next_decode, next_write; /* batches claimed by each stage */
+    chunk_loc *wloc[2];   /* windows w % 2: the locations of entries [w * WIN, + WIN) */
+    uint32_t *worder;     /* the resolver's sort order (WIN) */
+    size_t resolved;      /* windows located */
+    size_t win_copied[2]; /* batches that took their locations out of window w % 2 */
     size_t batches_done;
     bool failed;
     uint64_t written, chunks;
@@ -150,17 +159,12 @@ static int grow_fbuf(rslot *s, size_t need, vmsh_error **err)
     return 0;
 }
 
-/* Locates the chunks of the slot's batch and reads their blobs: sorted by
+/* Reads the blobs of the slot's batch (located by the resolver): sorted by
  * pack and offset, neighbours (gaps under MERGE_GAP) in one request each. */
 static int fetch_batch(rthread *t, rslot *s, vmsh_error **err)
 {
     rjob *j = t->j;
     const index_entry *en = &j->idx->entries[s->batch * BATCH];
-    for (size_t k = 0; k < s->n; k++) {
-        int rc = repo_locate_entry(j->r, &en[k], j->idx->size, j->backup, j->file, &s->loc[k], err);
-        if (rc < 0)
-            return rc;
-    }
     uint8_t order[BATCH];
     for (size_t k = 0; k < s->n; k++)
         order[k] = (uint8_t)k;
@@ -237,6 +241,15 @@ static void *fetcher_main(void *arg)
         s->state = SLOT_FETCHING;
         size_t first = s->batch * BATCH;
         s->n = j->idx->count - first < BATCH ? j->idx->count - first : BATCH;
+        /* the batch's locations, once the resolver has its window */
+        size_t w = first / WIN;
+        while (!j->failed && j->resolved <= w)
+            pthread_cond_wait(&j->cv, &j->mu);
+        if (j->failed)
+            break;
+        memcpy(s->loc, &j->wloc[w % 2][first - w * WIN], s->n * sizeof(*s->loc));
+        j->win_copied[w % 2]++;
+        pthread_cond_broadcast(&j->cv);
         pthread_mutex_unlock(&j->mu);
         vmsh_error *e = NULL;
         int rc = fetch_batch(t, s, &e);
@@ -402,6 +415,39 @@ static int zero_gaps(const vmsh_file_index *idx, const vmsh_sink *s, const char 
     return rc;
 }
 
+static int cmp_by_id(const void *a, const void *b, void *opaque)
+{
+    const index_entry *en = opaque;
+    return memcmp(en[*(const uint32_t *)a].id, en[*(const uint32_t *)b].id, ID_LEN);
+}
+
+/* Locates the chunks of window w into j->wloc[w % 2], in ID order. */
+static int resolve_window(rjob *j, size_t w, vmsh_error **err)
+{
+    size_t first = w * WIN;
+    size_t n = j->idx->count - first < WIN ? j->idx->count - first : WIN;
+    const index_entry *en = &j->idx->entries[first];
+    for (size_t i = 0; i < n; i++)
+        j->worder[i] = (uint32_t)i;
+    qsort_r(j->worder, n, sizeof(*j->worder), cmp_by_id, (void *)en);
+    chunk_loc *out = j->wloc[w % 2];
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = j->worder[i];
+        int rc = repo_locate_entry(j->r, &en[k], j->idx->size, j->backup, j->file, &out[k], err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The batches whose locations window w holds. */
+static size_t window_batches(const rjob *j, size_t w)
+{
+    size_t first = w * WIN;
+    size_t n = j->idx->count - first < WIN ? j->idx->count - first : WIN;
+    return (n + BATCH - 1) / BATCH;
+}
+
 static int restore_index(vmsh_repo *r, const char *backup, const char *file,
                          const vmsh_file_index *idx, const vmsh_sink *sink,
                          vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
@@ -423,7 +469,13 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
     j.direct = true;
     rthread *ts = vmsh_calloc_array(nt, sizeof(*ts));
     j.slots = vmsh_calloc_array(j.n_slots, sizeof(*j.slots));
-    int rc = ts && j.slots ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+    size_t wn = idx->count < WIN ? idx->count : WIN;
+    j.wloc[0] = vmsh_calloc_array(wn ? wn : 1, sizeof(chunk_loc));
+    j.wloc[1] = vmsh_calloc_array(wn ? wn : 1, sizeof(chunk_loc));
+    j.worder = vmsh_calloc_array(wn ? wn : 1, sizeof(uint32_t));
+    int rc = ts && j.slots && j.wloc[0] && j.wloc[1] && j.worder
+                 ? 0
+                 : vmsh_error_set(err, -ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < j.n_slots; i++) {
         /* 2 MiB aligned and backed by huge pages where the kernel has them
          * (madvise mode): every O_DIRECT write pins its pages, and 4 KiB
@@ -454,10 +506,28 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
         vmsh_error *e = NULL;
         rfail(&j, rc, &e); /* stops the threads started */
     }
-    /* the caller's thread reports progress as batches are written */
+    /* The caller's thread locates the chunks, a window ahead of the
+     * fetchers (a window's buffer is reused once every batch of the window
+     * two before took its locations), and reports progress as batches are
+     * written. */
     pthread_mutex_lock(&j.mu);
-    size_t reported = 0;
+    size_t reported = 0, n_wins = (idx->count + WIN - 1) / WIN, next_win = 0;
     while (!j.failed && j.batches_done < j.n_batches) {
+        if (next_win < n_wins &&
+            (next_win < 2 || j.win_copied[next_win % 2] == window_batches(&j, next_win - 2))) {
+            j.win_copied[next_win % 2] = 0;
+            pthread_mutex_unlock(&j.mu);
+            vmsh_error *e = NULL;
+            int wrc = resolve_window(&j, next_win, &e);
+            pthread_mutex_lock(&j.mu);
+            if (wrc < 0) {
+                rfail_locked(&j, wrc, &e);
+                break;
+            }
+            j.resolved = ++next_win;
+            pthread_cond_broadcast(&j.cv);
+            continue;
+        }
         pthread_cond_wait(&j.cv, &j.mu);
         if (progress && j.batches_done != reported) {
             reported = j.batches_done;
@@ -478,6 +548,9 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
         free(j.slots[i].fbuf);
     }
     free(j.slots);
+    free(j.wloc[0]);
+    free(j.wloc[1]);
+    free(j.worder);
     free(ts);
     pthread_cond_destroy(&j.cv);
     pthread_mutex_destroy(&j.mu);
