@@ -83,7 +83,7 @@ int vmsh_cmd_recover(vmsh_cli *cli, int argc, char **argv)
                   "scratch files, script writers' prepare-snapshot), from\nthe journals in the "
                   "state directory (R7). Every other command does this first.\nThen finishes "
                   "every instant restore in progress (restore --instant): its\nservers started "
-                  "again, the VM resumed, the pull ended, serving stopped.\n\n  --abandon VM  "
+                  "again, the VM (re)started, the pull ended, serving stopped.\n\n  --abandon VM  "
                   "tear VM's instant restore down instead: the VM stopped and\n               "
                   "undefined, its overlays removed, serving stopped\n",
                   stdout);

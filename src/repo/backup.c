@@ -403,7 +403,7 @@ static int store_chunk(worker *w, const uint8_t *data, size_t len, const uint8_t
      * zstd too: it would only find that out (compress.c). */
     size_t c = chunk_looks_random(data, len)
                    ? len
-                   : ZSTD_compressCCtx(w->cctx, w->cbuf, w->cbuf_cap, data, len, w->j->level);
+                   : ZSTD_compress2(w->cctx, w->cbuf, w->cbuf_cap, data, len);
     if (!ZSTD_isError(c) && c < len - len / 32) {
         blob = w->cbuf;
         blen = c;
@@ -522,7 +522,7 @@ static int worker_init(worker *w, job *j, vmsh_error **err)
     w->cctx = ZSTD_createCCtx();
     w->cbuf = malloc(w->cbuf_cap);
     w->sbuf = malloc(w->cbuf_cap + GCM_OVERHEAD);
-    if (!w->cctx || !w->cbuf || !w->sbuf)
+    if (!w->cctx || !w->cbuf || !w->sbuf || zstd_setup(w->cctx, j->level) < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory for a backup worker");
     return crypto_ctx_new(&w->crypto, &j->b->repo->keys, err);
 }
@@ -726,9 +726,7 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         j.n_slots = runs.n ? runs.n : 1;
     worker *ws = vmsh_calloc_array(nw, sizeof(*ws));
     j.slots = vmsh_calloc_array(j.n_slots, sizeof(*j.slots));
-    uint8_t *ring = NULL;
-    if (posix_memalign((void **)&ring, 4096, j.n_slots * RUN_CHUNKS * CHUNK_SIZE) != 0)
-        ring = NULL;
+    uint8_t *ring = repo_huge_alloc(j.n_slots * RUN_CHUNKS * CHUNK_SIZE);
     if (!ws || !j.slots || !ring) {
         free(ws);
         free(j.slots);

@@ -90,6 +90,10 @@ int crypto_chunk_id(crypto_ctx *c, const void *data, size_t len, uint8_t id[ID_L
 /* True when a chunk's bytes look uniformly random (a sampled byte
  * histogram): store it raw without running zstd (compress.c). */
 bool chunk_looks_random(const uint8_t *p, size_t len);
+/* Sets a reused compression context's parameters once for a backup's chunks
+ * at `level` (compress.c); 0, or -ENOMEM when zstd refuses a parameter. */
+struct ZSTD_CCtx_s;
+int zstd_setup(struct ZSTD_CCtx_s *cctx, int level);
 /* Plain SHA-256 (object trailers, pack tables). */
 void crypto_sha256(const void *data, size_t len, uint8_t out[32]);
 /* AES-256-GCM: out = nonce | ct | tag (len + GCM_OVERHEAD bytes). */
@@ -251,6 +255,9 @@ int pack_read_table(vmsh_repo *r, const char *path, crypto_ctx *c, bool encrypte
 
 typedef struct pack_writer pack_writer;
 int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err);
+/* A buffer of len bytes aligned to 2 MiB and backed by huge pages where the
+ * kernel has them (pack.c): the backup's ring and pack buffers; free(). */
+void *repo_huge_alloc(size_t len);
 /* Appends one blob; the entry's offset is filled in. Packs roll over at the target. */
 int pack_writer_add(pack_writer *w, chunk_loc *loc, const void *blob, vmsh_error **err);
 /* Finishes the open pack (durable); subsequent adds start a new one. */

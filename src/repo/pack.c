@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +30,24 @@ char *pack_path(const char *repo, const char *name)
     char *p = NULL;
     if (asprintf(&p, "%s/packs/%.2s/%s.pack", repo, name, name) < 0)
         return NULL;
+    return p;
+}
+
+/* The backup's big buffers (the read-ahead ring, the pack buffers) are
+ * read and written once per byte backed up: with 4 KiB pages every 1 MiB
+ * costs 256 TLB misses in each pass, and the O_DIRECT writes pin the pack
+ * buffer page by page (`gup_fast_fallback`, 1.4 % of a backup's CPU in
+ * `perf`); 2 MiB pages make both a few hundred times fewer. Only a hint:
+ * without huge pages the buffer works as before. */
+#define HUGE_ALIGN (2u << 20)
+
+void *repo_huge_alloc(size_t len)
+{
+    void *p = NULL;
+    size_t round = (len + HUGE_ALIGN - 1) / HUGE_ALIGN * HUGE_ALIGN;
+    if (posix_memalign(&p, HUGE_ALIGN, round) != 0)
+        return NULL;
+    madvise(p, round, MADV_HUGEPAGE);
     return p;
 }
 
@@ -207,8 +226,7 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
     w->flush_at = r->pack_flush && r->pack_flush <= WBUF_FLUSH ? r->pack_flush : WBUF_FLUSH;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    if (posix_memalign((void **)&w->buf, ALIGN, WBUF_CAP) != 0 ||
-        posix_memalign((void **)&w->spare, ALIGN, WBUF_CAP) != 0) {
+    if (!(w->buf = repo_huge_alloc(WBUF_CAP)) || !(w->spare = repo_huge_alloc(WBUF_CAP))) {
         free(w->buf);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);

@@ -15,6 +15,8 @@
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/repo/source.h>
 
+/* ZSTD_CCtx_getParameter: zstd's experimental API (libzstd exports it) */
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
 #define LEN 65536
@@ -218,6 +220,46 @@ static void backup_at_negative_level_roundtrips(void **state)
  * gets them from a backup: 4 MiB of random data into a store asking for
  * 1 MiB makes four packs or more, none much over 1 MiB, and restores byte
  * for byte (mem://, the object-store path RADOS and S3 share). */
+/* The parameters a backup's workers compress with (compress.c): zstd's own
+ * at positive levels; at its fast levels a 2^11 hash table and 6-byte
+ * minimum matches, the measured trade for 64 KiB chunks; the frames decode
+ * with plain ZSTD_decompress. */
+static void zstd_setup_tunes_fast_levels(void **state)
+{
+    (void)state;
+    ZSTD_CCtx *c = ZSTD_createCCtx();
+    assert_non_null(c);
+    int v = 0;
+    assert_int_equal(zstd_setup(c, -1), 0);
+    assert_false(ZSTD_isError(ZSTD_CCtx_getParameter(c, ZSTD_c_hashLog, &v)));
+    assert_int_equal(v, 11);
+    assert_false(ZSTD_isError(ZSTD_CCtx_getParameter(c, ZSTD_c_minMatch, &v)));
+    assert_int_equal(v, 6);
+    assert_false(ZSTD_isError(ZSTD_CCtx_getParameter(c, ZSTD_c_compressionLevel, &v)));
+    assert_int_equal(v, -1);
+    /* a positive level after a negative one: zstd's own again (0: auto) */
+    assert_int_equal(zstd_setup(c, 3), 0);
+    assert_false(ZSTD_isError(ZSTD_CCtx_getParameter(c, ZSTD_c_hashLog, &v)));
+    assert_int_equal(v, 0);
+    assert_false(ZSTD_isError(ZSTD_CCtx_getParameter(c, ZSTD_c_minMatch, &v)));
+    assert_int_equal(v, 0);
+    uint8_t *p = malloc(LEN), *z = malloc(ZSTD_compressBound(LEN)), *back = malloc(LEN);
+    assert_true(p && z && back);
+    fill_text(p, LEN, 3);
+    for (int level = -7; level <= 3; level += 10) {
+        assert_int_equal(zstd_setup(c, level), 0);
+        size_t n = ZSTD_compress2(c, z, ZSTD_compressBound(LEN), p, LEN);
+        assert_false(ZSTD_isError(n));
+        assert_true(n < LEN / 2);
+        assert_int_equal(ZSTD_decompress(back, LEN, z, n), LEN);
+        assert_memory_equal(back, p, LEN);
+    }
+    free(p);
+    free(z);
+    free(back);
+    ZSTD_freeCCtx(c);
+}
+
 static void store_pack_target_sizes_packs(void **state)
 {
     (void)state;
@@ -277,6 +319,7 @@ int main(void)
         cmocka_unit_test(probe_agrees_with_zstd),
         cmocka_unit_test(repo_init_levels),
         cmocka_unit_test(backup_at_negative_level_roundtrips),
+        cmocka_unit_test(zstd_setup_tunes_fast_levels),
         cmocka_unit_test(store_pack_target_sizes_packs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -47,7 +47,8 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
                          vmsh_requestor_restore_result **out, vmsh_error **err);
 
 /* Finishes every instant restore the journals name (servers restarted,
- * the VM started or resumed, the pulls started again, serving stopped at
+ * the VM started, or restarted when paused on an I/O error (never
+ * resumed: docs/reliability.md), the pulls started again, serving stopped at
  * the end); the one of VM `abandon` (NULL: none) is torn down instead: the
  * VM destroyed and undefined, its overlays removed, serving stopped. The
  * backup is never touched. *n_done: journals finished or abandoned. */
