@@ -9,6 +9,7 @@
 
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/requestor/files.h>
+#include <vmshadow/util/text.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -71,8 +72,25 @@ static void on_stop_signal(int sig)
 
 typedef struct files_out {
     vmsh_cli *cli;
-    json_object *entries, *notes;
+    json_object *notes;
+    bool stream;   /* --json listing: entries printed as they come */
+    size_t n_done; /* entries printed */
 } files_out;
+
+/* Prints a JSON value as vmsh_cli_print_json does (bytes that are not
+ * UTF-8 as the text \xHH), without a newline, and drops it. */
+static void json_put(json_object *v)
+{
+    const char *text = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE)
+                         : "null";
+    char *fixed = vmsh_utf8_valid_str(text)
+                      ? NULL
+                      : vmsh_text_escape(text, strlen(text), VMSH_TEXT_JSON, NULL);
+    fputs(fixed ? fixed : text, stdout);
+    free(fixed);
+    json_object_put(v);
+}
 
 static void on_note(void *opaque, const char *path, const char *why)
 {
@@ -126,7 +144,9 @@ static int print_entry(void *opaque, const vmsh_files_entry *e)
     files_out *o = opaque;
     if (files_cancel)
         return -ECANCELED;
-    if (o->entries) {
+    if (o->stream) {
+        /* one entry at a time, never the whole listing in memory (a
+         * directory of 100k entries, a tree of millions: t-files-scale) */
         char mode[8];
         snprintf(mode, sizeof(mode), "%04o", e->mode & 07777);
         json_object *j = json_object_new_object();
@@ -139,8 +159,9 @@ static int print_entry(void *opaque, const vmsh_files_entry *e)
         json_object_object_add(j, "mtime", json_object_new_int64(e->mtime));
         json_object_object_add(j, "mtime_nsec", json_object_new_int64(e->mtime_nsec));
         json_object_object_add(j, "target", e->target ? json_object_new_string(e->target) : NULL);
-        json_object_array_add(o->entries, j);
-        return 0;
+        fputs(o->n_done++ ? ",\n    " : "\n    ", stdout);
+        json_put(j);
+        return ferror(stdout) ? -EIO : 0;
     }
     char mode[11], owner[48], when[32];
     mode_string(e->mode, mode);
@@ -290,19 +311,43 @@ int vmsh_cmd_files(vmsh_cli *cli, int argc, char **argv)
         vmsh_cli_info(cli, "backup %s, VM %s: %s", vmsh_files_backup_id(f),
                       vmsh_cli_safe(cli, args[1]), vmsh_cli_safe(cli, vmsh_files_mounts(f)));
     if (rc == 0 && !get) {
-        if (cli->json)
-            out.entries = json_object_new_array();
+        if (cli->json) {
+            /* the document's head now, the entries as they come, the notes
+             * and the error member at the end: one document even when the
+             * walk fails half-way (then "error" says why) */
+            out.stream = true;
+            fputs("{\n  \"backup\": ", stdout);
+            json_put(json_object_new_string(vmsh_files_backup_id(f)));
+            fputs(",\n  \"vm\": ", stdout);
+            json_put(json_object_new_string(args[1]));
+            fputs(",\n  \"path\": ", stdout);
+            json_put(json_object_new_string(path));
+            fputs(",\n  \"mounts\": ", stdout);
+            json_put(json_object_new_string(vmsh_files_mounts(f)));
+            fputs(",\n  \"entries\": [", stdout);
+        }
         rc = vmsh_files_list(f, path, recursive, print_entry, &out, &err);
-        if (rc == 0 && cli->json) {
-            json_object *o = json_object_new_object();
-            json_object_object_add(o, "backup", json_object_new_string(vmsh_files_backup_id(f)));
-            json_object_object_add(o, "vm", json_object_new_string(args[1]));
-            json_object_object_add(o, "path", json_object_new_string(path));
-            json_object_object_add(o, "mounts", json_object_new_string(vmsh_files_mounts(f)));
-            json_object_object_add(o, "entries", out.entries);
-            json_object_object_add(o, "notes", out.notes);
-            out.entries = out.notes = NULL;
-            vmsh_cli_print_json(o);
+        if (cli->json) {
+            fputs(out.n_done ? "\n  ],\n  \"notes\": " : "],\n  \"notes\": ", stdout);
+            json_put(out.notes);
+            out.notes = NULL;
+            fputs(",\n  \"error\": ", stdout);
+            json_put(rc < 0 ? vmsh_cli_error_json(vmsh_cli_exit_code(err ? err->code : rc),
+                                                  err ? err->code : rc,
+                                                  err ? err->message : "listing failed")
+                            : NULL);
+            fputs("\n}\n", stdout);
+            if (rc < 0) {
+                /* the document is printed: the message goes to stderr only */
+                cli->json = false;
+                int code = vmsh_cli_fail(cli, &err);
+                cli->json = true;
+                vmsh_files_free(f);
+                vmsh_repo_free(repo);
+                for (int i = 0; i < 3; i++)
+                    sigaction(sigs[i], &old[i], NULL);
+                return code;
+            }
         }
     } else if (rc == 0) {
         rc = vmsh_files_get(f, paths, npaths, &go, &stats, &err);
@@ -336,7 +381,6 @@ int vmsh_cmd_files(vmsh_cli *cli, int argc, char **argv)
     vmsh_repo_free(repo);
     for (int i = 0; i < 3; i++)
         sigaction(sigs[i], &old[i], NULL);
-    json_object_put(out.entries);
     json_object_put(out.notes);
     return rc < 0 ? vmsh_cli_fail(cli, &err) : VMSH_EXIT_OK;
 }

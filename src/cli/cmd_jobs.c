@@ -151,6 +151,8 @@ int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv)
                 json_object_object_add(x, "disk", json_object_new_string(d->disk));
                 json_object_object_add(x, "overlay",
                                        d->overlay ? json_object_new_string(d->overlay) : NULL);
+                json_object_object_add(x, "copy_to",
+                                       d->copy_to ? json_object_new_string(d->copy_to) : NULL);
                 json_object_object_add(x, "done", json_object_new_boolean(d->done));
                 json_object_object_add(x, "served", json_object_new_boolean(d->served));
                 json_object_object_add(x, "pulling", json_object_new_boolean(d->pulling));
@@ -178,7 +180,14 @@ int vmsh_cmd_jobs(vmsh_cli *cli, int argc, char **argv)
                 char a[32], b[32];
                 vmsh_cli_format_bytes(d->cur, a, sizeof(a));
                 vmsh_cli_format_bytes(d->end, b, sizeof(b));
-                if (d->done)
+                if (d->copy_to && d->done)
+                    printf("  %s  copied onto %s\n", vmsh_cli_safe(cli, d->disk),
+                           vmsh_cli_safe(cli, d->copy_to));
+                else if (d->copy_to && d->pulling)
+                    printf("  %s  copying onto %s: %s of %s%s\n", vmsh_cli_safe(cli, d->disk),
+                           vmsh_cli_safe(cli, d->copy_to), a, b,
+                           d->served ? "" : " (NOT SERVED: run vmshadow recover)");
+                else if (d->done)
                     printf("  %s  pulled\n", vmsh_cli_safe(cli, d->disk));
                 else if (d->pulled)
                     printf("  %s  pulled; run vmshadow recover to finish (stop serving)\n",

@@ -726,7 +726,15 @@ static int add_source(vmsh_backup *b, const char *name, const char *kind, vmsh_s
         j.n_slots = runs.n ? runs.n : 1;
     worker *ws = vmsh_calloc_array(nw, sizeof(*ws));
     j.slots = vmsh_calloc_array(j.n_slots, sizeof(*j.slots));
-    uint8_t *ring = repo_huge_alloc(j.n_slots * RUN_CHUNKS * CHUNK_SIZE);
+    /* huge pages for a ring of 2 MiB or more; a small source (a buffer, a
+     * one-run incremental) would have a whole 2 MiB page zeroed for a few
+     * KiB read */
+    size_t ring_len = j.n_slots * RUN_CHUNKS * CHUNK_SIZE;
+    uint8_t *ring = NULL;
+    if (ring_len >= (2u << 20))
+        ring = repo_huge_alloc(ring_len);
+    else if (posix_memalign((void **)&ring, 4096, ring_len) != 0)
+        ring = NULL;
     if (!ws || !j.slots || !ring) {
         free(ws);
         free(j.slots);

@@ -348,7 +348,7 @@ struct vmsh_repo {
     size_t pack_slots_cap;
     bool backup_pending;
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
-    size_t pack_flush;         /* 0: 8 MiB writes; tests make it small (≥ 4096) */
+    size_t pack_flush;         /* 0: 7.75 MiB writes; tests make it small (≥ 4096) */
     unsigned pack_io_delay_us; /* tests: the pack writer thread sleeps before each write */
     size_t verify_run_ids;     /* 0: verify sorts runs of 512 Ki chunk IDs; tests make it small */
     size_t verify_max_runs;    /* 0: verify merges its runs into one at 256; tests make it small */

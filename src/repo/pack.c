@@ -17,9 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ALIGN           4096
-#define WBUF_FLUSH      (8u << 20)
-#define WBUF_CAP        (WBUF_FLUSH + (256u << 10))
+#define ALIGN 4096
+/* the buffer: the flush threshold and room for one more blob, 8 MiB in all
+ * (four huge pages, repo_huge_alloc) */
+#define WBUF_CAP        (8u << 20)
+#define WBUF_FLUSH      (WBUF_CAP - (256u << 10))
 #define PACK_MAX_CHUNKS 65536
 
 static const char pack_magic[8] = {'V', 'M', 'S', 'H', 'P', 'A', 'C', 'K'};

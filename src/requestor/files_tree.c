@@ -302,26 +302,72 @@ static int dir_level(copy_ctx *c, const char *gdir, int depth, vmsh_files_entry 
 
 static int copy_tree(copy_ctx *c, int dirfd, const char *gdir, int depth, vmsh_error **err);
 
+/* A copy is written nameless (O_TMPFILE) and linked under its name only
+ * once complete, its owner, mode and times set: a copy interrupted in any
+ * way, SIGKILL included, leaves no partial file under a final name (and,
+ * with O_TMPFILE, nothing at all). Where the target's filesystem has no
+ * O_TMPFILE the copy gets a hidden temporary name first, renamed when
+ * complete; a kill then leaves that ".vmshadow-part-*" file (docs/cli.md). */
+static int open_partial(int dirfd, char *tmp, size_t tmp_size)
+{
+    tmp[0] = 0;
+    int fd = openat(dirfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return -errno;
+    static unsigned counter;
+    for (int i = 0; i < 1000; i++) {
+        /* O_EXCL: a guest file of that name (copied before) is never
+         * overwritten, the next name is tried */
+        snprintf(tmp, tmp_size, ".vmshadow-part-%ld-%u", (long)getpid(), counter++);
+        fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            return fd;
+        if (errno != EEXIST)
+            break;
+    }
+    int e = errno;
+    tmp[0] = 0;
+    return -e;
+}
+
+/* Gives the complete copy its name; never replaces what is there. */
+static int publish(int dirfd, int fd, const char *tmp, const char *name)
+{
+    if (!tmp[0]) {
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        return linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+    }
+    int rc = linkat(dirfd, tmp, dirfd, name, 0) < 0 ? -errno : 0;
+    unlinkat(dirfd, tmp, 0);
+    return rc;
+}
+
 static int copy_file(copy_ctx *c, int dirfd, const char *name, const char *gpath,
                      const vmsh_files_entry *e, vmsh_error **err)
 {
-    _cleanup_close_ int fd =
-        openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return vmsh_error_set(err, -errno, "cannot create the copy of %s: %s", gpath,
-                              strerror(errno));
+    char tmp[64];
+    int rc = open_partial(dirfd, tmp, sizeof(tmp));
+    if (rc < 0)
+        return vmsh_error_set(err, rc, "cannot create the copy of %s: %s", gpath, strerror(-rc));
+    _cleanup_close_ int fd = rc;
     uint64_t off = 0;
-    for (;;) {
-        if (cancelled(c))
-            return vmsh_error_set(err, -ECANCELED, "interrupted while copying %s", gpath);
+    for (rc = 0; rc == 0;) {
+        if (cancelled(c)) {
+            rc = vmsh_error_set(err, -ECANCELED, "interrupted while copying %s", gpath);
+            break;
+        }
         size_t got = 0;
-        int rc = c->src->ops->read(c->src->opaque, gpath, off, c->buf, CHUNK, &got, err);
-        if (rc < 0)
-            return rc;
+        if ((rc = c->src->ops->read(c->src->opaque, gpath, off, c->buf, CHUNK, &got, err)) < 0)
+            break;
         if (got == 0)
             break;
-        if (got > CHUNK)
-            return vmsh_error_set(err, -EIO, "reading %s returned more than asked", gpath);
+        if (got > CHUNK) {
+            rc = vmsh_error_set(err, -EIO, "reading %s returned more than asked", gpath);
+            break;
+        }
         /* a run of zeros stays a hole: a sparse guest file stays sparse */
         if (all_zero(c->buf, got)) {
             if (lseek(fd, (off_t)got, SEEK_CUR) < 0)
@@ -330,15 +376,22 @@ static int copy_file(copy_ctx *c, int dirfd, const char *name, const char *gpath
             rc = write_all(fd, c->buf, got);
         }
         if (rc < 0)
-            return vmsh_error_set(err, rc, "cannot write the copy of %s: %s", gpath, strerror(-rc));
+            rc = vmsh_error_set(err, rc, "cannot write the copy of %s: %s", gpath, strerror(-rc));
         off += got;
     }
-    if (ftruncate(fd, (off_t)off) < 0)
-        return vmsh_error_set(err, -errno, "cannot write the copy of %s: %s", gpath,
-                              strerror(errno));
+    if (rc == 0 && ftruncate(fd, (off_t)off) < 0)
+        rc = vmsh_error_set(err, -errno, "cannot write the copy of %s: %s", gpath, strerror(errno));
+    if (rc == 0)
+        rc = apply_meta_fd(c, fd, gpath, e, err);
+    if (rc == 0 && (rc = publish(dirfd, fd, tmp, name)) < 0)
+        rc = vmsh_error_set(err, rc, "cannot name the copy of %s: %s", gpath, strerror(-rc));
+    else if (rc < 0 && tmp[0])
+        unlinkat(dirfd, tmp, 0);
+    if (rc < 0)
+        return rc;
     c->st->files++;
     c->st->bytes += off;
-    return apply_meta_fd(c, fd, gpath, e, err);
+    return 0;
 }
 
 static int copy_link(copy_ctx *c, int dirfd, const char *name, const char *gpath,

@@ -8,8 +8,16 @@
  *            its server (requestor/restore.c's disk_backing hook): the VM is
  *            defined re-pathed and re-wired, its disks stop on I/O errors
  *   start    the VM starts
- *   pull     a block pull per disk; a disk is done when its job is over and
- *            the disk has no backing image left
+ *   overlay  (block or RBD targets only) the definition the restore
+ *            registered, which names the device or image, is kept beside the
+ *            journal (VM.xml); each such disk gets a qcow2 overlay on its
+ *            server in the scratch directory (else the run directory) and
+ *            the VM is defined on those overlays
+ *   pull     a block pull per file disk; a disk is done when its job is over
+ *            and the disk has no backing image left. A block or RBD disk is
+ *            block-copied (whole chain, guest writes mirrored) onto its
+ *            device or image and pivoted; it is done once the VM runs on it,
+ *            and the definition names it again from then on
  *   finish   serving stops, the definition loses the stop-on-error policy,
  *            the journal is removed
  * vmsh_instant_recover drives a journal from wherever it stopped to its end,
@@ -22,6 +30,7 @@
 #include <vmshadow/requestor/instant.h>
 #include <vmshadow/requestor/serve.h>
 #include <vmshadow/util/fs.h>
+#include <vmshadow/util/kvconf.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 
@@ -39,11 +48,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JOURNAL_VERSION 1
+#define JOURNAL_VERSION 2 /* 2: block copy onto devices and RBD images */
 #define POLL_MS         250
 
 typedef struct idisk {
     char *disk, *file, *socket, *overlay;
+    /* block copy (version 2): the device or RBD image ("POOL/IMAGE") the
+     * disk is copied onto, NULL for a pulled file disk; the last copy step
+     * journaled ("overlay", "copy", "pivot") */
+    char *copy_to, *phase;
     bool done;
 } idisk;
 
@@ -51,6 +64,8 @@ typedef struct ijob {
     char *path; /* the journal */
     char *uri;  /* backing_of's answer */
     char *vm, *backup, *repo, *key_file, *run_dir, *step, *started, *log;
+    char *definition; /* the final definition's file (block copy), or NULL */
+    char *final_xml;  /* its text, once read (not journaled) */
     uint64_t bandwidth;
     idisk *disks;
     size_t n;
@@ -63,8 +78,12 @@ static void ijob_clear(ijob *j)
         free(j->disks[i].file);
         free(j->disks[i].socket);
         free(j->disks[i].overlay);
+        free(j->disks[i].copy_to);
+        free(j->disks[i].phase);
     }
     free(j->disks);
+    free(j->definition);
+    free(j->final_xml);
     free(j->path);
     free(j->uri);
     free(j->vm);
@@ -111,6 +130,7 @@ static int journal_write(ijob *j, const char *step, vmsh_error **err)
     json_object_object_add(o, "bandwidth", json_object_new_int64((int64_t)j->bandwidth));
     json_object_object_add(o, "step", jstr(j->step));
     json_object_object_add(o, "started", jstr(j->started));
+    json_object_object_add(o, "definition", jstr(j->definition));
     json_object *a = json_object_new_array();
     for (size_t i = 0; i < j->n; i++) {
         json_object *d = json_object_new_object();
@@ -118,6 +138,8 @@ static int journal_write(ijob *j, const char *step, vmsh_error **err)
         json_object_object_add(d, "file", jstr(j->disks[i].file));
         json_object_object_add(d, "socket", jstr(j->disks[i].socket));
         json_object_object_add(d, "overlay", jstr(j->disks[i].overlay));
+        json_object_object_add(d, "copy_to", jstr(j->disks[i].copy_to));
+        json_object_object_add(d, "phase", jstr(j->disks[i].phase));
         json_object_object_add(d, "done", json_object_new_boolean(j->disks[i].done));
         json_object_array_add(a, d);
     }
@@ -140,12 +162,14 @@ static int journal_read(const char *path, ijob *j, vmsh_error **err)
         return r;
     json_object *o = json_tokener_parse(text);
     json_object *v = NULL, *a = NULL;
-    if (!o || !json_object_object_get_ex(o, "version", &v) || json_object_get_int(v) != 1 ||
+    /* version 1 (no block copy) reads as a version 2 without copies */
+    if (!o || !json_object_object_get_ex(o, "version", &v) ||
+        (json_object_get_int(v) != 1 && json_object_get_int(v) != 2) ||
         !json_object_object_get_ex(o, "disks", &a) || !json_object_is_type(a, json_type_array)) {
         json_object_put(o);
         return vmsh_error_set(err, -EBADMSG,
-                              "%s is not an instant-restore journal of version %d; move it away "
-                              "and clean up by hand",
+                              "%s is not an instant-restore journal of version 1 or %d; move it "
+                              "away and clean up by hand",
                               path, JOURNAL_VERSION);
     }
     j->path = strdup(path);
@@ -156,6 +180,7 @@ static int journal_read(const char *path, ijob *j, vmsh_error **err)
     j->run_dir = dup_str(o, "run_dir");
     j->step = dup_str(o, "step");
     j->started = dup_str(o, "started");
+    j->definition = dup_str(o, "definition");
     if (json_object_object_get_ex(o, "bandwidth", &v))
         j->bandwidth = (uint64_t)json_object_get_int64(v);
     j->n = json_object_array_length(a);
@@ -170,17 +195,23 @@ static int journal_read(const char *path, ijob *j, vmsh_error **err)
         x->file = dup_str(d, "file");
         x->socket = dup_str(d, "socket");
         x->overlay = dup_str(d, "overlay");
+        x->copy_to = dup_str(d, "copy_to");
+        x->phase = dup_str(d, "phase");
         x->done = json_object_object_get_ex(d, "done", &v) && json_object_get_boolean(v);
         /* the socket lies in the run directory; an overlay is an absolute
          * clean path (it is removed on abandon) */
         size_t rl = strlen(j->run_dir);
         if (!x->disk || !x->file || !x->socket || strncmp(x->socket, j->run_dir, rl) != 0 ||
             x->socket[rl] != '/' || !vmsh_path_is_clean(x->socket) ||
-            (x->overlay && (x->overlay[0] != '/' || !vmsh_path_is_clean(x->overlay))))
+            (x->overlay && (x->overlay[0] != '/' || !vmsh_path_is_clean(x->overlay))) ||
+            (x->copy_to && (!x->copy_to[0] || !x->overlay)))
             r = -EBADMSG;
     }
     if (r == 0 &&
         (!vmsh_name_is_safe(j->vm) || j->run_dir[0] != '/' || !vmsh_path_is_clean(j->run_dir)))
+        r = -EBADMSG;
+    /* the final definition is read and removed: an absolute clean path */
+    if (r == 0 && j->definition && (j->definition[0] != '/' || !vmsh_path_is_clean(j->definition)))
         r = -EBADMSG;
     json_object_put(o);
     if (r < 0) {
@@ -366,7 +397,8 @@ static int find_overlays(vmsh_hv *hv, ijob *j, vmsh_error **err)
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         for (size_t k = 0; k < x->n_disks && !j->disks[i].overlay; k++)
             if (strcmp(x->disks[k].target, j->disks[i].disk) == 0 && x->disks[k].source &&
-                x->disks[k].source[0] == '/' && !(j->disks[i].overlay = strdup(x->disks[k].source)))
+                x->disks[k].kind == VMSH_DISK_FILE && x->disks[k].source[0] == '/' &&
+                !(j->disks[i].overlay = strdup(x->disks[k].source)))
                 r = vmsh_error_set(err, -ENOMEM, "out of memory");
         if (r == 0 && !j->disks[i].overlay)
             r = vmsh_error_set(err, -ENOENT, "VM %s: the restored definition has no file disk %s",
@@ -381,6 +413,247 @@ static void sleep_ms(long ms)
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
+}
+
+/* ------------------------------------------------------------------------
+ * Block copy onto a block device or an RBD image (issue 23 point 2). The
+ * normal restore planned and checked the device or image (R12: only the one
+ * the replaced VM uses, behind --force) and registered the VM on it without
+ * writing a byte (restore.c, disk_backing). Here the VM runs on a qcow2
+ * overlay of the served disk instead; libvirt's block copy moves the whole
+ * chain onto the device or image while the guest's writes are mirrored onto
+ * it too; the pivot switches the VM onto it. The persistent definition names
+ * the overlay until the disk is pivoted (a VM restarted meanwhile runs on the
+ * overlay, whose data is complete), and the device or image from then on.
+ * ------------------------------------------------------------------------ */
+
+/* Where the overlays go: scratch-dir (disk space), else the run directory
+ * (memory, like the backup's overlays of block disks; issue 25). */
+static const char *overlay_dir(const vmsh_requestor_config *cfg, const ijob *j)
+{
+    const char *s = cfg->conf ? vmsh_kvconf_get(cfg->conf, "scratch-dir") : NULL;
+    return s && *s ? s : j->run_dir;
+}
+
+static bool any_copy(const ijob *j)
+{
+    for (size_t i = 0; i < j->n; i++)
+        if (j->disks[i].copy_to)
+            return true;
+    return false;
+}
+
+static int load_final(ijob *j, vmsh_error **err)
+{
+    if (j->final_xml || !j->definition)
+        return 0;
+    size_t len = 0;
+    int r = vmsh_fs_read_all(j->definition, VMSH_DOMXML_MAX_BYTES, &j->final_xml, &len, err);
+    return r < 0 ? vmsh_error_prefix(err, "VM %s: its definition kept for the block copy", j->vm)
+                 : 0;
+}
+
+static xmlNodePtr child(xmlNodePtr n, const char *name)
+{
+    for (xmlNodePtr c = n->children; c; c = c->next)
+        if (c->type == XML_ELEMENT_NODE && xmlStrcmp(c->name, BAD_CAST name) == 0)
+            return c;
+    return NULL;
+}
+
+/* `xml` with every disk still to be copied on its overlay: a file disk,
+ * qcow2, without the device's or image's <source>, <auth>, <backingStore>. */
+static int edit_copy_disks(const char *xml, const ijob *j, char **out, vmsh_error **err)
+{
+    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL, XML_PARSE_NONET);
+    if (!doc)
+        return vmsh_error_set(err, -EBADMSG, "VM %s: its definition does not parse", j->vm);
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    xmlNodePtr devs = root ? child(root, "devices") : NULL;
+    for (xmlNodePtr disk = devs ? devs->children : NULL; disk; disk = disk->next) {
+        xmlNodePtr t = disk->type == XML_ELEMENT_NODE && xmlStrcmp(disk->name, BAD_CAST "disk") == 0
+                           ? child(disk, "target")
+                           : NULL;
+        xmlChar *dv = t ? xmlGetProp(t, BAD_CAST "dev") : NULL;
+        const idisk *d = NULL;
+        for (size_t i = 0; dv && i < j->n && !d; i++)
+            if (j->disks[i].copy_to && !j->disks[i].done &&
+                strcmp((const char *)dv, j->disks[i].disk) == 0)
+                d = &j->disks[i];
+        xmlFree(dv);
+        if (!d)
+            continue;
+        xmlNodePtr c = disk->children;
+        while (c) {
+            xmlNodePtr next = c->next;
+            if (c->type == XML_ELEMENT_NODE && (xmlStrcmp(c->name, BAD_CAST "source") == 0 ||
+                                                xmlStrcmp(c->name, BAD_CAST "auth") == 0 ||
+                                                xmlStrcmp(c->name, BAD_CAST "backingStore") == 0)) {
+                xmlUnlinkNode(c);
+                xmlFreeNode(c);
+            }
+            c = next;
+        }
+        xmlSetProp(disk, BAD_CAST "type", BAD_CAST "file");
+        xmlNodePtr drv = child(disk, "driver");
+        if (!drv)
+            drv = xmlNewChild(disk, NULL, BAD_CAST "driver", NULL);
+        xmlSetProp(drv, BAD_CAST "name", BAD_CAST "qemu");
+        xmlSetProp(drv, BAD_CAST "type", BAD_CAST "qcow2");
+        xmlNodePtr src = xmlNewChild(disk, NULL, BAD_CAST "source", NULL);
+        xmlSetProp(src, BAD_CAST "file", BAD_CAST d->overlay);
+    }
+    xmlChar *mem = NULL;
+    int size = 0;
+    xmlDocDumpMemory(doc, &mem, &size);
+    xmlFreeDoc(doc);
+    if (!mem)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    *out = strndup((const char *)mem, (size_t)size);
+    xmlFree(mem);
+    return *out ? 0 : vmsh_error_set(err, -ENOMEM, "out of memory");
+}
+
+/* Defines the VM as it is now: the final definition with the disks still to
+ * be copied on their overlays, every restored disk stopping on errors. */
+static int define_current(vmsh_hv *hv, ijob *j, vmsh_error **err)
+{
+    _cleanup_free_ char *a = NULL, *b = NULL;
+    int r = load_final(j, err);
+    if (r == 0)
+        r = edit_copy_disks(j->final_xml, j, &a, err);
+    if (r == 0)
+        r = edit_policy(a, j, true, &b, err);
+    if (r == 0)
+        r = vmsh_hv_define(hv, b, err);
+    return r;
+}
+
+/* After the restore registered the VM: its block and RBD disks become
+ * copies. Journaled ("overlay") before the definition is kept and before
+ * any overlay is made. */
+static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j, vmsh_error **err)
+{
+    _cleanup_free_ char *xml = NULL;
+    vmsh_domxml *x = NULL;
+    int r = vmsh_hv_domain_xml(hv, j->vm, true, &xml, err);
+    if (r == 0)
+        r = vmsh_domxml_parse(&x, xml, strlen(xml), err);
+    for (size_t i = 0; r == 0 && i < j->n; i++) {
+        idisk *d = &j->disks[i];
+        for (size_t k = 0; k < x->n_disks && r == 0; k++) {
+            const vmsh_domxml_disk *dk = &x->disks[k];
+            if (!dk->target || strcmp(dk->target, d->disk) != 0)
+                continue;
+            const char *to =
+                dk->kind == VMSH_DISK_BLOCK ? dk->source
+                : dk->kind == VMSH_DISK_NETWORK && dk->protocol && strcmp(dk->protocol, "rbd") == 0
+                    ? dk->net_name
+                    : NULL;
+            if (!to)
+                break;
+            if (!(d->copy_to = strdup(to)) || !(d->phase = strdup("overlay")) ||
+                asprintf(&d->overlay, "%s/.vmshadow-instant-%s-%s.overlay", overlay_dir(cfg, j),
+                         j->vm, d->disk) < 0) {
+                d->overlay = NULL;
+                r = vmsh_error_set(err, -ENOMEM, "out of memory");
+            } else if (!vmsh_path_is_clean(d->overlay) || d->overlay[0] != '/') {
+                r = vmsh_error_set(err, -EINVAL,
+                                   "scratch-dir must be an absolute clean path for the overlay "
+                                   "of VM %s, disk %s",
+                                   j->vm, d->disk);
+            }
+        }
+    }
+    vmsh_domxml_free(x);
+    if (r < 0 || !any_copy(j))
+        return r;
+    if (asprintf(&j->definition, "%.*s.xml", (int)(strlen(j->path) - 5), j->path) < 0) {
+        j->definition = NULL;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    if ((r = journal_write(j, "overlay", err)) < 0 ||
+        (r = vmsh_fs_write_atomic(j->definition, xml, strlen(xml), 0600, err)) < 0)
+        return r;
+    for (size_t i = 0; r == 0 && i < j->n; i++) {
+        idisk *d = &j->disks[i];
+        if (!d->copy_to)
+            continue;
+        _cleanup_free_ char *uri = uri_of(d->socket);
+        unlink(d->overlay); /* a leftover of a killed run of the same VM */
+        r = uri ? vmsh_hv_image_create(d->overlay, uri, "raw", 0, err)
+                : vmsh_error_set(err, -ENOMEM, "out of memory");
+        if (r < 0)
+            vmsh_error_prefix(err, "VM %s, disk %s: its overlay", j->vm, d->disk);
+    }
+    return r == 0 ? define_current(hv, j, err) : r;
+}
+
+static int set_phase(ijob *j, idisk *d, const char *phase, vmsh_error **err)
+{
+    char *p = strdup(phase);
+    if (!p)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    free(d->phase);
+    d->phase = p;
+    return journal_write(j, NULL, err);
+}
+
+/* One poll of the copy of disk `d`: started when none runs and the VM is
+ * not on the device yet (again after a kill, a failure or a shutdown: from
+ * scratch), pivoted once it caught up, done once the VM runs on the device
+ * or image (the definition then names it). */
+static int step_copy(vmsh_hv *hv, ijob *j, idisk *d, const vmsh_requestor_callbacks *cb, bool show,
+                     vmsh_error **err)
+{
+    uint64_t cur = 0, end = 0;
+    int job = vmsh_hv_block_job(hv, j->vm, d->disk, &cur, &end, err);
+    if (job < 0)
+        return job;
+    if (job == 1) {
+        if (show && cb && cb->progress)
+            cb->progress(cb->opaque, d->file, cur, end);
+        if (end == 0 || cur != end)
+            return 0;
+        int r = set_phase(j, d, "pivot", err);
+        if (r < 0)
+            return r;
+        r = vmsh_hv_block_copy_pivot(hv, j->vm, d->disk, err);
+        if (r == -EAGAIN)
+            return 0;
+        if (r < 0)
+            return r;
+        req_debug(cb, "VM %s, disk %s: pivoted onto %s", j->vm, d->disk, d->copy_to);
+    }
+    _cleanup_free_ char *src = NULL;
+    int r = vmsh_hv_disk_source(hv, j->vm, d->disk, &src, err);
+    if (r < 0)
+        return r;
+    if (src && strcmp(src, d->overlay) != 0) {
+        /* on the device or image: the definition names it from now on */
+        d->done = true;
+        if ((r = define_current(hv, j, err)) < 0)
+            return r;
+        req_debug(cb, "VM %s, disk %s: copied onto %s", j->vm, d->disk, d->copy_to);
+        return set_phase(j, d, "done", err);
+    }
+    if (job == 1)
+        return 0;
+    if ((r = load_final(j, err)) < 0 || (r = set_phase(j, d, "copy", err)) < 0)
+        return r;
+    req_debug(cb, "VM %s, disk %s: block copy onto %s starts", j->vm, d->disk, d->copy_to);
+    return vmsh_hv_block_copy(hv, j->vm, d->disk, j->final_xml, j->bandwidth, err);
+}
+
+/* Removes what the copies left beside the journal and in the scratch
+ * directory (never the devices or images). */
+static void remove_copy_files(ijob *j)
+{
+    for (size_t i = 0; i < j->n; i++)
+        if (j->disks[i].copy_to && j->disks[i].overlay)
+            unlink(j->disks[i].overlay);
+    if (j->definition)
+        unlink(j->definition);
 }
 
 /* Drives the job from `pull` to its end: every disk pulled, whatever
@@ -448,6 +721,12 @@ static int drive(vmsh_hv *hv, ijob *j, const vmsh_requestor_callbacks *cb, bool 
             idisk *d = &j->disks[i];
             if (d->done)
                 continue;
+            if (d->copy_to) {
+                if ((r = step_copy(hv, j, d, cb, vmsh_now_ms() - last_progress >= 1000, err)) < 0)
+                    return vmsh_error_prefix(err, "VM %s, disk %s: block copy onto %s", j->vm,
+                                             d->disk, d->copy_to);
+                continue;
+            }
             uint64_t cur = 0, end = 0;
             int job = vmsh_hv_block_job(hv, j->vm, d->disk, &cur, &end, err);
             if (job < 0)
@@ -491,6 +770,7 @@ static int finish(vmsh_hv *hv, ijob *j, vmsh_error **err)
         r = redefine_policy(hv, j, false, err);
     if (r < 0)
         return r;
+    remove_copy_files(j);
     stop_servers(j);
     if (j->log)
         unlink(j->log);
@@ -503,7 +783,7 @@ static int finish(vmsh_hv *hv, ijob *j, vmsh_error **err)
 
 /* Tears the job down: the VM stopped and undefined, the overlays removed,
  * serving stopped, the journal removed. */
-static int abandon(vmsh_hv *hv, ijob *j, vmsh_error **err)
+static int abandon(vmsh_hv *hv, ijob *j, const vmsh_requestor_callbacks *cb, vmsh_error **err)
 {
     int r = journal_write(j, "abandon", err);
     if (r < 0)
@@ -519,6 +799,17 @@ static int abandon(vmsh_hv *hv, ijob *j, vmsh_error **err)
         if (j->disks[i].overlay && unlink(j->disks[i].overlay) < 0 && errno != ENOENT)
             return vmsh_error_set(err, -errno, "cannot remove %s: %s", j->disks[i].overlay,
                                   strerror(errno));
+    /* a copy begun and not pivoted wrote part of the device or image (R11),
+     * as a normal restore cut short does */
+    for (size_t i = 0; i < j->n; i++) {
+        const idisk *d = &j->disks[i];
+        if (d->copy_to && !d->done && d->phase && strcmp(d->phase, "overlay") != 0)
+            req_warn(cb,
+                     "VM %s, disk %s: %s now holds a partial restore (R11): restore again with "
+                     "--force to complete it",
+                     j->vm, d->disk, d->copy_to);
+    }
+    remove_copy_files(j);
     stop_servers(j);
     if (j->log)
         unlink(j->log);
@@ -652,8 +943,8 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
     if (r < 0)
         goto out; /* the restore took its own part back (R11) */
     t_restore = vmsh_now_ms();
-    if ((r = vmsh_hv_open(&hv, cfg->uri, err)) < 0 || (r = find_overlays(hv, &j, err)) < 0 ||
-        (r = redefine_policy(hv, &j, true, err)) < 0)
+    if ((r = vmsh_hv_open(&hv, cfg->uri, err)) < 0 || (r = prepare_copies(cfg, hv, &j, err)) < 0 ||
+        (r = find_overlays(hv, &j, err)) < 0 || (r = redefine_policy(hv, &j, true, err)) < 0)
         goto fail_defined;
     t_policy = vmsh_now_ms();
     /* start */
@@ -690,7 +981,7 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
 fail_defined : {
     /* the VM was defined but never ran on its servers: taken down again */
     vmsh_error *e2 = NULL;
-    abandon(hv ? hv : NULL, &j, &e2);
+    abandon(hv ? hv : NULL, &j, cb, &e2);
     vmsh_error_free(e2);
     serving = false;
 }
@@ -781,20 +1072,21 @@ int vmsh_instant_recover(const vmsh_requestor_config *cfg, const vmsh_requestor_
         if (abandon_vm && strcmp(abandon_vm, j.vm) == 0) {
             found = true;
             req_step(cb, "abandon", false, 0, 0);
-            r = abandon(hv, &j, err);
+            r = abandon(hv, &j, cb, err);
             req_step(cb, "abandon", true, r, 0);
         } else if (strcmp(j.step, "serve") == 0 || strcmp(j.step, "restore") == 0 ||
-                   have == -ENOENT) {
+                   strcmp(j.step, "overlay") == 0 || have == -ENOENT) {
             /* killed before the VM was started: the coordinator's
              * recovery takes the restore back (R7); nothing runs on the
              * servers. */
-            if (have == 0 && strcmp(j.step, "restore") == 0) {
+            if (have == 0 && (strcmp(j.step, "restore") == 0 || strcmp(j.step, "overlay") == 0)) {
                 /* the restore registered the VM but it never started: it
                  * is taken down (never left on a backup nothing serves) */
                 if (find_overlays(hv, &j, NULL) < 0)
                     req_warn(cb, "VM %s: its overlays are unknown", j.vm);
-                r = abandon(hv, &j, err);
+                r = abandon(hv, &j, cb, err);
             } else {
+                remove_copy_files(&j);
                 stop_servers(&j);
                 if (j.log)
                     unlink(j.log);
@@ -803,7 +1095,7 @@ int vmsh_instant_recover(const vmsh_requestor_config *cfg, const vmsh_requestor_
         } else if (strcmp(j.step, "finish") == 0) {
             r = finish(hv, &j, err);
         } else if (strcmp(j.step, "abandon") == 0) {
-            r = abandon(hv, &j, err);
+            r = abandon(hv, &j, cb, err);
         } else if (!abandon_vm) {
             /* start or pull: resumed to the end */
             req_step(cb, "resume instant restore", false, 0, 0);
@@ -834,6 +1126,7 @@ void vmsh_instant_list_free(vmsh_instant_status *s, size_t n)
         for (size_t k = 0; k < s[i].n_disks; k++) {
             free(s[i].disks[k].disk);
             free(s[i].disks[k].overlay);
+            free(s[i].disks[k].copy_to);
         }
         free(s[i].disks);
         free(s[i].vm);
@@ -883,7 +1176,8 @@ int vmsh_instant_list(const vmsh_requestor_config *cfg, vmsh_instant_status **ou
             vmsh_instant_disk_status *d = &x->disks[k];
             d->disk = j.disks[k].disk;
             d->overlay = j.disks[k].overlay;
-            j.disks[k].disk = j.disks[k].overlay = NULL;
+            d->copy_to = j.disks[k].copy_to;
+            j.disks[k].disk = j.disks[k].overlay = j.disks[k].copy_to = NULL;
             d->done = j.disks[k].done;
             d->served = vmsh_serve_listening(j.disks[k].socket);
             if (have == 0 && (st == VMSH_VM_RUNNING || st == VMSH_VM_PAUSED)) {

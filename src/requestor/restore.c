@@ -196,8 +196,12 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
                               : NULL;
     const char *fmt = backing ? NULL : write_as(c, f);
     json_object *ip = NULL, *pe = plan_entry(c, f), *stg = NULL;
-    bool in_place =
-        !backing && json_object_object_get_ex(pe, "in_place", &ip) && json_object_get_boolean(ip);
+    bool in_place = json_object_object_get_ex(pe, "in_place", &ip) && json_object_get_boolean(ip);
+    /* instant restore onto a device or an RBD image (issue 23): nothing is
+     * written here; the VM, started on an overlay of the served disk, is
+     * block-copied onto it (instant.c) */
+    bool copy_later = backing && in_place;
+    in_place = in_place && !backing;
     const char *dfmt = vmsh_json_str(pe, "format");
     json_object_object_get_ex(pe, "storage", &stg);
     const char *action = vmsh_json_str(stg, "action");
@@ -207,15 +211,26 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
      * (RBD, qcow2 on a device, a volume's file) through qemu-nbd */
     bool onto_device = in_place && (!dfmt || strcmp(dfmt, "raw") == 0) && dest[0] == '/' &&
                        stat(dest, &sb) == 0 && S_ISBLK(sb.st_mode);
-    int r = onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
-                                              show ? &ps : NULL, &st, &e)
-            : in_place  ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
-                                              show ? on_progress : NULL, show ? &ps : NULL, &st, &e)
-            : backing   ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
-            : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL,
-                                  &st, &e)
-                  : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,
-                                           show ? on_progress : NULL, show ? &ps : NULL, &st, &e);
+    const char *kind_as = vmsh_json_str(stg, "restored_as");
+    bool copyable = kind_as && (strcmp(kind_as, "block") == 0 || strcmp(kind_as, "rbd") == 0) &&
+                    (!dfmt || strcmp(dfmt, "raw") == 0);
+    int r =
+        copy_later && copyable ? 0
+        : copy_later
+            ? vmsh_error_set(&e, -ENOTSUP,
+                             "%s is a %s disk on storage the instant restore cannot copy onto (a "
+                             "raw block device or RBD image only); it was not changed: restore "
+                             "without --instant",
+                             dest, dfmt ? dfmt : "raw")
+        : onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
+                                            show ? &ps : NULL, &st, &e)
+        : in_place    ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
+                                          show ? on_progress : NULL, show ? &ps : NULL, &st, &e)
+        : backing     ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
+        : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL, &st,
+                              &e)
+              : vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? on_progress : NULL,
+                                       show ? &ps : NULL, &st, &e);
     req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     if (r < 0) {
         /* recorded, not returned: PostRestore reports this VM (R11) and the

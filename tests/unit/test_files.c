@@ -41,6 +41,7 @@ typedef struct memfs {
     int notes;
     char last_note[512];
     int reads;
+    uint64_t fail_at; /* a read at or past this offset fails (0: none) */
 } memfs;
 
 static vmsh_files_entry entry_of(const node *x)
@@ -108,6 +109,8 @@ static int m_read(void *opaque, const char *path, uint64_t off, void *buf, size_
     if (!x || !S_ISREG(x->mode))
         return vmsh_error_set(err, -EIO, "read of %s", path);
     fs->reads++;
+    if (fs->fail_at && off >= fs->fail_at)
+        return vmsh_error_set(err, -EIO, "read of %s at %llu", path, (unsigned long long)off);
     uint64_t size = x->size ? x->size : strlen(x->data);
     *got = 0;
     if (off >= size)
@@ -343,6 +346,38 @@ static void replaces_planted_link(void **state)
     assert_string_equal(buf, "keep\n");
 }
 
+/* A copy that fails in the middle of a file (as a SIGKILL would stop it)
+ * leaves nothing under the file's name: copies are written nameless and
+ * linked once complete (issue 23). The old code left the first MiB under
+ * the final name. */
+static void no_partial_file(void **state)
+{
+    (void)state;
+    static const node big[] = {{"/", "big", S_IFREG | 0644, 0, 0, T1, "abc", 3u << 20},
+                               {"/", "a-small", S_IFREG | 0644, 0, 0, T1, "small\n", 0}};
+    memfs fs = {.n = big, .count = 2, .fail_at = 1u << 20};
+    files_src src = src_of(&fs);
+    mkdir(at("dst"), 0755);
+    const char *paths[] = {"/"};
+    vmsh_files_get_options go = {.to_dir = at("dst"), .tar_fd = -1};
+    vmsh_files_stats st = {0};
+    vmsh_error *err = NULL;
+    assert_int_equal(files_tree_get(&src, paths, 1, &go, &st, &err), -EIO);
+    vmsh_error_free(err);
+    assert_true(fs.reads >= 2); /* it failed after a first chunk was written */
+    struct stat s;
+    assert_int_equal(lstat(at("dst/a-small"), &s), 0); /* complete: named */
+    assert_int_equal(st.files, 1);
+    assert_int_equal(lstat(at("dst/big"), &s), -1); /* not: nowhere */
+    DIR *d = opendir(at("dst"));
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+    closedir(d);
+    assert_int_equal(n, 1);
+}
+
 static void target_checks(void **state)
 {
     (void)state;
@@ -557,6 +592,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(copy_is_confined, setup, teardown),
         cmocka_unit_test_setup_teardown(replaces_planted_link, setup, teardown),
         cmocka_unit_test_setup_teardown(target_checks, setup, teardown),
+        cmocka_unit_test_setup_teardown(no_partial_file, setup, teardown),
         cmocka_unit_test_setup_teardown(deep_tree, setup, teardown),
         cmocka_unit_test(list_order),
         cmocka_unit_test_setup_teardown(tar_golden, setup, teardown),

@@ -21,16 +21,26 @@
 
 #include "test_repo_helpers.h"
 
-static char *golden_text(void)
+static char *golden_file(const char *name)
 {
     const char *g = getenv("VMSH_GOLDEN_DIR");
     assert_non_null(g);
-    char *p = path2(g, "instant-v1/web.json");
+    char *p = path2(g, name);
     size_t n = 0;
     char *t = (char *)read_whole_file(p, &n);
     assert_non_null(t);
     free(p);
     return t;
+}
+
+static char *golden_text(void)
+{
+    return golden_file("instant-v1/web.json");
+}
+
+static char *golden_v2_text(void)
+{
+    return golden_file("instant-v2/web.json");
 }
 
 /* Writes `text` as the journal of VM web in a new state directory and
@@ -79,10 +89,37 @@ static void golden_reads_back(void **state)
     free(text);
 }
 
-/* the golden journal with `from` replaced by `to` once */
-static char *edited(const char *from, const char *to)
+/* Version 2 (block copy onto devices and RBD images): each disk's copy
+ * target reads back, a pulled disk has none. */
+static void golden_v2_reads_back(void **state)
 {
-    char *t = golden_text();
+    (void)state;
+    char *text = golden_v2_text(), *dir = NULL;
+    vmsh_instant_status *s = NULL;
+    size_t n = 0;
+    vmsh_error *err = NULL;
+    assert_int_equal(list_with(text, &dir, &s, &n, &err), 0);
+    assert_null(err);
+    assert_int_equal(n, 1);
+    assert_string_equal(s[0].step, "pull");
+    assert_int_equal(s[0].n_disks, 3);
+    assert_null(s[0].disks[0].copy_to);
+    assert_true(s[0].disks[0].done);
+    assert_string_equal(s[0].disks[1].copy_to, "/dev/mapper/vg-web");
+    assert_string_equal(s[0].disks[1].overlay,
+                        "/run/vmshadow/instant-hYW6KC/.vmshadow-instant-web-vdb.overlay");
+    assert_false(s[0].disks[1].done);
+    assert_string_equal(s[0].disks[2].copy_to, "rbd/web-vdc");
+    assert_true(s[0].disks[2].done);
+    vmsh_instant_list_free(s, n);
+    rm_rf(dir);
+    free(dir);
+    free(text);
+}
+
+/* the golden journal with `from` replaced by `to` once */
+static char *edited_text(char *t, const char *from, const char *to)
+{
     char *at = strstr(t, from);
     assert_non_null(at);
     size_t a = (size_t)(at - t), fl = strlen(from), tl = strlen(to), n = strlen(t);
@@ -95,9 +132,14 @@ static char *edited(const char *from, const char *to)
     return o;
 }
 
-static void refused(const char *from, const char *to, const char *want)
+static char *edited(const char *from, const char *to)
 {
-    char *text = edited(from, to), *dir = NULL;
+    return edited_text(golden_text(), from, to);
+}
+
+static void refused_text(char *text, const char *want)
+{
+    char *dir = NULL;
     vmsh_instant_status *s = NULL;
     size_t n = 0;
     vmsh_error *err = NULL;
@@ -112,10 +154,20 @@ static void refused(const char *from, const char *to, const char *want)
     free(text);
 }
 
+static void refused(const char *from, const char *to, const char *want)
+{
+    refused_text(edited(from, to), want);
+}
+
+static void refused_v2(const char *from, const char *to, const char *want)
+{
+    refused_text(edited_text(golden_v2_text(), from, to), want);
+}
+
 static void other_version_refused(void **state)
 {
     (void)state;
-    refused("\"version\": 1", "\"version\": 2", "not an instant-restore journal of version 1");
+    refused("\"version\": 1", "\"version\": 3", "not an instant-restore journal of version 1 or 2");
 }
 
 static void damaged_journals_refused(void **state)
@@ -132,12 +184,20 @@ static void damaged_journals_refused(void **state)
     refused("\"vm\": \"web\"", "\"vm\": \"../web\"", "damaged");
     refused("\"run_dir\": \"/run/vmshadow/instant-hYW6KC\"", "\"run_dir\": \"run\"", "damaged");
     refused("\"backup\": \"9046625d99d9ef3f\",", "", "damaged");
+    /* version 2: the kept definition is read and removed; a copy needs the
+     * overlay the VM runs on meanwhile */
+    refused_v2("/var/lib/vmshadow/instant/web.xml", "web.xml", "damaged");
+    refused_v2("/var/lib/vmshadow/instant/web.xml", "/var/lib/vmshadow/../../etc/x.xml", "damaged");
+    refused_v2("\"overlay\": \"/run/vmshadow/instant-hYW6KC/.vmshadow-instant-web-vdb.overlay\"",
+               "\"overlay\": null", "damaged");
+    refused_v2("\"copy_to\": \"rbd/web-vdc\"", "\"copy_to\": \"\"", "damaged");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(golden_reads_back),
+        cmocka_unit_test(golden_v2_reads_back),
         cmocka_unit_test(other_version_refused),
         cmocka_unit_test(damaged_journals_refused),
     };

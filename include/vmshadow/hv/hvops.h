@@ -52,6 +52,17 @@ int vmsh_hv_disk_source(vmsh_hv *hv, const char *vm, const char *target, char **
  * Waits at most `timeout_s` for the commit to catch up. */
 int vmsh_hv_block_commit_pivot(vmsh_hv *hv, const char *vm, const char *target, int timeout_s,
                                vmsh_error **err);
+/* Instant restore onto a block device or an RBD image (issue 23): starts a
+ * block copy of the whole chain of disk `target` of the running VM onto the
+ * device or image that `def_xml` (the definition the VM gets afterwards)
+ * names for that disk, which must exist (REUSE_EXT, raw). Guest writes are
+ * mirrored onto it. `bandwidth` bytes per second, 0 unlimited. A transient
+ * job: the persistent definition is left to the caller. */
+int vmsh_hv_block_copy(vmsh_hv *hv, const char *vm, const char *target, const char *def_xml,
+                       uint64_t bandwidth, vmsh_error **err);
+/* Switches disk `target` to the copy of its block copy (pivot): -EAGAIN
+ * (no error set) while the copy has not caught up yet. */
+int vmsh_hv_block_copy_pivot(vmsh_hv *hv, const char *vm, const char *target, vmsh_error **err);
 int vmsh_hv_suspend(vmsh_hv *hv, const char *vm, vmsh_error **err);
 int vmsh_hv_resume(vmsh_hv *hv, const char *vm, vmsh_error **err);
 /* The VM's state now; -ENOENT when no such VM exists. */

@@ -59,6 +59,8 @@ int vmsh_instant_recover(const vmsh_requestor_config *cfg, const vmsh_requestor_
 typedef struct vmsh_instant_disk_status {
     char *disk;
     char *overlay;
+    char *copy_to;     /* block copy onto this device or RBD image ("POOL/IMAGE"),
+                        * NULL for a pulled file disk (issue 23) */
     bool done;         /* pulled: independent of the repository */
     bool served;       /* its server listens */
     bool pulling;      /* a block job runs on it */

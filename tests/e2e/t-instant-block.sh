@@ -1,0 +1,252 @@
+#!/bin/bash
+# Instant restore onto a block device (issue 23 point 2, "block copy onto
+# the target and pivot"), on a lab guest with a raw disk (vdb) on a loop
+# device beside its qcow2 data disk (vda, pulled as in t-instant.sh):
+#  - a backup whose definition names a device the VM it replaces does not
+#    use is refused before anything changes (R12): both devices and the
+#    definition are unchanged;
+#  - `restore --instant --force` starts the VM at once on a qcow2 overlay
+#    of the served vdb (in the run directory), block-copies it onto the
+#    device while the guest runs (throttled, so that the checks happen
+#    during the copy): the agent answers, `jobs` shows the copy, bytes the
+#    guest writes to vdb during the copy reach the device (mirrored); then
+#    pivots: the device holds the backup's bytes plus the guest's write, the
+#    live and the persistent definition name the device, no server and no
+#    overlay are left;
+#  - SIGKILL of vmshadow mid-copy: the VM runs on, `recover` pivots and
+#    finishes; the device holds the backup's bytes;
+#  - `recover --abandon` mid-copy tears down (VM, overlay, server, journal)
+#    and says the device holds a partial restore;
+#  - onto an RBD image (the Ceph lab, QEMU's rbd driver): a VM whose vdb is
+#    an RBD image with a libvirt secret, backed up shut off, its image then
+#    overwritten; `restore --instant --force` copies onto the image through
+#    the VM's own source and auth while the guest writes to it, pivots; the
+#    image holds the backup's bytes plus the guest's write, the definition
+#    names the image with its secret, nothing is left.
+set -u
+LAB_GUESTS=1
+. "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
+. "$VMSH_SOURCE_DIR/tests/e2e/common.sh"
+. "$VMSH_SOURCE_DIR/tests/lab/ceph.sh"
+lab_init
+e2e_env
+export VMSHADOW_RUN_DIR=$LAB_WORK/run
+BG=
+stop_bg() { [ -n "$BG" ] && kill "$BG" 2>/dev/null; wait "$BG" 2>/dev/null; BG=; return 0; }
+servers() { for p in /proc/[0-9]*; do { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -q "^nbdkit .*--unix $VMSHADOW_RUN_DIR/" && echo "${p#/proc/}"; done; }
+kill_servers() { local p; for p in $(servers); do kill -9 "$p" 2>/dev/null; done; }
+SECRET= IMG=vmsh-ib-$$
+cleanup_ib() {
+    stop_bg
+    # the VM first: a running one keeps a watch on its RBD image
+    lab_cleanup
+    kill_servers
+    [ -n "$SECRET" ] && virsh -q -c "$LAB_URI" secret-undefine "$SECRET" >/dev/null 2>&1
+    [ -n "${VMSH_CEPH_POOL:-}" ] && rbd -p "$VMSH_CEPH_POOL" rm --no-progress "$IMG" >/dev/null 2>&1
+    ceph_lab_release 2>/dev/null
+    return 0
+}
+trap cleanup_ib EXIT
+jqe() { jq -e "$@" >/dev/null; }
+MiB=$((1 << 20))
+
+truncate -s 48M "$LAB_WORK/raw.img"
+lab_loop_attach "$LAB_WORK/raw.img"; LRAW=$LAB_LOOP
+truncate -s 48M "$LAB_WORK/other.img"
+lab_loop_attach "$LAB_WORK/other.img"; LOTHER=$LAB_LOOP
+qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'write -P 0xa5 5M 512k' -c 'write -P 0x33 40M 64k' "$LRAW" >/dev/null ||
+    fail "cannot write test data to $LRAW"
+qemu-io -f raw -c 'write -P 0x77 0 48M' "$LOTHER" >/dev/null || fail "cannot write $LOTHER"
+lab_guest_define g --block "$LRAW"
+G=$(lab_domname g)
+# backed up shut off (read directly: no boot, no freeze; the test is about
+# the restore)
+
+vsh init
+check "init" test "$RC" = 0
+vsh --json backup "$G"
+ID=$(jq -r .backup <<<"$OUT")
+check "backup of $G (vdb a raw disk on $LRAW)" test "$RC" = 0 -a "$ID" != null
+vsh extract "$ID" "$G/disk/vdb" "$LAB_WORK/vdb.ref"
+check "extract of the block disk" test "$RC" = 0
+check "the backup holds the device's bytes" cmp -s "$LAB_WORK/vdb.ref" "$LRAW"
+
+# ---- 0. R12: the VM defined here now uses another device for vdb; the
+# backup names $LRAW: refused, nothing changed
+virsh -q -c "$LAB_URI" dumpxml --inactive "$G" >"$LAB_WORK/g-own.xml"
+sed "s|dev='$LRAW'|dev='$LOTHER'|" "$LAB_WORK/g-own.xml" >"$LAB_WORK/g-other.xml"
+lab_virsh define "$LAB_WORK/g-other.xml" >/dev/null || fail "redefine on $LOTHER"
+dd if=/dev/urandom of="$LRAW" bs=1M count=48 conv=notrunc,fsync status=none
+sum_raw=$(sha256sum <"$LRAW")
+sum_other=$(sha256sum <"$LOTHER")
+def_before=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+vsh restore --instant --force "$ID" "$G"
+check "instant restore onto a device the replaced VM does not use: refused" test "$RC" != 0
+check "... citing R12" grep -q "R12" <<<"$ERR"
+check "the backup's device is unchanged" test "$(sha256sum <"$LRAW")" = "$sum_raw"
+check "the VM's own device is unchanged" test "$(sha256sum <"$LOTHER")" = "$sum_other"
+check "the definition is unchanged" test "$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")" = "$def_before"
+check "no instant restore left" bash -c "\"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "no server left" test -z "$(servers)"
+lab_virsh define "$LAB_WORK/g-own.xml" >/dev/null || fail "define back on $LRAW"
+
+jobs_json() { "$VMSHADOW" --json jobs 2>/dev/null; }
+vdb_job() { jobs_json | jq -c '.jobs[0].disks[]? | select(.disk == "vdb")'; }
+wait_copying() {
+    for _ in $(seq 600); do
+        local o; o=$(vdb_job)
+        # (jq 1.6 -e exits 0 on empty input: no job is no copy)
+        [ -n "$o" ] && jqe --arg d "$LRAW" '.copy_to == $d and .pulling and .bytes_done > 0' <<<"$o" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+agent_ok() { lab_virsh qemu-agent-command "$G" '{"execute":"guest-ping"}' --timeout 5 >/dev/null 2>&1; }
+wait_agent() { for _ in $(seq 600); do agent_ok && return 0; sleep 0.1; done; return 1; }
+# unthrottles both disks' jobs once the checks that need them running are done
+speed_up() {
+    local d
+    for d in vda vdb; do
+        for _ in $(seq 600); do
+            virsh -q -c "$LAB_URI" blockjob "$G" $d --bandwidth 0 >/dev/null 2>&1 && break
+            virsh -q -c "$LAB_URI" domblklist "$G" | grep -q "^ *$d *$LRAW" && break # pivoted
+            kill -0 "$1" 2>/dev/null || return 0
+            sleep 0.1
+        done
+    done
+}
+no_overlay() { test -z "$(find "$VMSHADOW_RUN_DIR" -name '*.overlay' 2>/dev/null)"; }
+on_device() {
+    lab_virsh domblklist "$G" | grep -q "^ *vdb *$LRAW *$" &&
+        virsh -q -c "$LAB_URI" dumpxml --inactive "$G" | grep -q "<source dev='$LRAW'"
+}
+
+# ---- 1. instant restore in place onto the device, copy throttled
+T0=$(date +%s.%N)
+"$VMSHADOW" -v restore --instant --force --bandwidth 1M "$ID" "$G" >"$LAB_WORK/r1.out" 2>"$LAB_WORK/r1.err" &
+BG=$!
+wait_agent || { cat "$LAB_WORK/r1.err" >&2; fail "the VM runs at once and its agent answers"; }
+pass "the VM runs at once and its agent answers"
+echo "# the guest agent answered $(echo "$(date +%s.%N) - $T0" | bc) s after restore --instant started"
+check "during the copy: jobs shows vdb copying onto $LRAW" wait_copying
+OVL=$(vdb_job | jq -r .overlay)
+on_overlay() { lab_virsh domblklist "$G" | grep -q "^ *vdb *$OVL *$" && [[ $OVL == "$VMSHADOW_RUN_DIR"/* ]]; }
+check "vdb runs on a qcow2 overlay in the run directory" on_overlay
+check "the overlay's backing is the served disk" \
+    bash -c "qemu-img info --force-share '$OVL' | grep -q 'backing file: nbd+unix:///?socket=$VMSHADOW_RUN_DIR/'"
+check "jobs (text) shows the copy" bash -c "\"$VMSHADOW\" jobs | grep -q 'vdb  copying onto $LRAW'"
+# the guest writes 16 bytes at 44 MiB + 512 (past what 1 MiB/s has copied)
+OFF=$((44 * MiB + 512))
+lab_gexec g "printf 'written-in-copy!' | dd of=/dev/vdb bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null" ||
+    fail "guest write during the copy"
+check "the guest reads its write back" test "$(lab_gexec g "dd if=/dev/vdb bs=16 skip=$((OFF / 16)) count=1 2>/dev/null")" = "written-in-copy!"
+check "the guest reads the backup's bytes during the copy (0x33 at 40 MiB)" \
+    test "$(lab_gexec g "dd if=/dev/vdb bs=1 skip=$((40 * MiB)) count=1 2>/dev/null" | od -An -tx1 | tr -d ' ')" = 33
+still_copying() { local o; o=$(vdb_job); [ -n "$o" ] && jqe '.pulling and (.done | not)' <<<"$o"; }
+check "the copy is still running after those checks" still_copying
+speed_up "$BG"
+wait "$BG"; RC=$?; BG=
+cat "$LAB_WORK/r1.err" | grep -v '^debug' >&2
+check "restore --instant ends with exit 0 once the copy is pivoted" test "$RC" = 0
+check "the VM runs on the device and is defined on it" on_device
+check "the definition lost the stop-on-error policy" \
+    bash -c "! virsh -q -c $LAB_URI dumpxml --inactive '$G' | grep -q rerror_policy"
+check "no instant restore is left in jobs" bash -c "\"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "no server is left" test -z "$(servers)"
+check "no overlay is left" no_overlay
+check "the agent answers after the pivot" agent_ok
+lab_virsh destroy "$G" >/dev/null
+lab_wait_off g
+cp "$LAB_WORK/vdb.ref" "$LAB_WORK/vdb.exp"
+printf 'written-in-copy!' | dd of="$LAB_WORK/vdb.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
+check "the device holds the backup's bytes plus the guest's write during the copy" cmp "$LAB_WORK/vdb.exp" "$LRAW"
+
+# ---- 2. SIGKILL of vmshadow mid-copy, then recover
+dd if=/dev/urandom of="$LRAW" bs=1M count=48 conv=notrunc,fsync status=none
+"$VMSHADOW" -v restore --instant --force --bandwidth 1M "$ID" "$G" >"$LAB_WORK/r2.out" 2>"$LAB_WORK/r2.err" &
+BG=$!
+check "copy under way" wait_copying
+OVL=$(vdb_job | jq -r .overlay)
+kill -9 "$BG"; wait "$BG" 2>/dev/null; BG=
+check "after SIGKILL of vmshadow the VM still runs" test "$(lab_state g)" = running
+check "and the copy goes on" wait_copying
+"$VMSHADOW" recover >"$LAB_WORK/rec.out" 2>"$LAB_WORK/rec.err" &
+BG=$!
+speed_up "$BG"
+wait "$BG"; RC=$?; BG=
+cat "$LAB_WORK/rec.err" >&2
+check "recover finishes the instant restore" test "$RC" = 0
+check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec.out"
+check "the VM runs on the device and is defined on it" on_device
+check "no job, no server, no overlay left" \
+    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+lab_virsh destroy "$G" >/dev/null
+lab_wait_off g
+check "the device holds the backup's bytes after the kill and recover" cmp "$LAB_WORK/vdb.ref" "$LRAW"
+
+# ---- 3. abandon mid-copy
+vsh restore --instant --force --no-wait --bandwidth 1M "$ID" "$G"
+check "restore --instant --no-wait returns once the VM runs" test "$RC" = 0
+check "copy under way" wait_copying
+OVL=$(vdb_job | jq -r .overlay)
+vsh recover --abandon "$G"
+check "recover --abandon tears it down" test "$RC" = 0
+check "... saying the device holds a partial restore" grep -q "$LRAW now holds a partial restore" <<<"$ERR$OUT"
+check "the VM is gone" bash -c "! virsh -q -c $LAB_URI dominfo '$G' >/dev/null 2>&1"
+check "no job, no server, no overlay left" \
+    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "the device node is still a block device" test -b "$LRAW"
+
+# ---- 4. onto an RBD image
+[ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || fail "QEMU's rbd driver is missing: install qemu-block-extra"
+ceph_lab_need || fail "no Ceph lab"
+R="rbd:$VMSH_CEPH_POOL"
+rbd -p "$VMSH_CEPH_POOL" create "$IMG" --size 32M 9>&- || fail "rbd create $IMG"
+qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'write -P 0x33 30M 64k' "$R/$IMG:conf=$CEPH_CONF" >/dev/null ||
+    fail "cannot write test data to $IMG"
+SECRET=$(uuidgen)
+echo "<secret ephemeral='no' private='yes'><uuid>$SECRET</uuid><usage type='ceph'><name>vmshadow-lab-ib-$$</name></usage></secret>" >"$LAB_WORK/secret.xml"
+lab_virsh secret-define "$LAB_WORK/secret.xml" >/dev/null || fail "secret-define"
+KEY=$(ceph auth get-key client.admin 2>/dev/null) || fail "no client.admin key"
+lab_virsh secret-set-value "$SECRET" --base64 "$KEY" >/dev/null 2>&1 ||
+    printf '%s' "$KEY" | lab_virsh secret-set-value "$SECRET" --file /dev/stdin --plain >/dev/null || fail "secret-set-value"
+set -- $(sed -n 's/^mon host = \[v2:\([0-9.]*\):\([0-9]*\),.*/\1 \2/p' "$CEPH_CONF")
+lab_guest_define r --disk-xml "<disk type='network' device='disk'><driver name='qemu' type='raw'/><auth username='admin'><secret type='ceph' uuid='$SECRET'/></auth><source protocol='rbd' name='$VMSH_CEPH_POOL/$IMG'><host name='$1' port='$2'/></source><target dev='vdb' bus='virtio'/></disk>"
+G=$(lab_domname r)
+LRAW=$VMSH_CEPH_POOL/$IMG # what jobs names as the copy's target
+vsh --json backup "$G"
+RID=$(jq -r .backup <<<"$OUT")
+check "backup of $G (vdb an RBD image), shut off" test "$RC" = 0 -a "$RID" != null
+vsh extract "$RID" "$G/disk/vdb" "$LAB_WORK/rbd.ref"
+check "extract of the RBD disk" test "$RC" = 0
+qemu-io -f raw -c 'write -P 0xee 0 2M' -c 'write -P 0x11 29M 2M' "$R/$IMG:conf=$CEPH_CONF" >/dev/null ||
+    fail "cannot overwrite $IMG"
+"$VMSHADOW" -v restore --instant --force --bandwidth 1M "$RID" "$G" >"$LAB_WORK/r4.out" 2>"$LAB_WORK/r4.err" &
+BG=$!
+wait_agent || { cat "$LAB_WORK/r4.err" >&2; fail "the VM on RBD runs at once and its agent answers"; }
+pass "the VM on RBD runs at once and its agent answers"
+check "during the copy: jobs shows vdb copying onto $LRAW" wait_copying
+OVL=$(vdb_job | jq -r .overlay)
+check "vdb runs on a qcow2 overlay in the run directory" on_overlay
+OFF=$((20 * MiB + 512))
+gexec_r() { lab_gexec r "$1"; }
+gexec_r "printf 'written-in-copy!' | dd of=/dev/vdb bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null" ||
+    fail "guest write during the copy onto RBD"
+check "the copy onto RBD is still running after the write" still_copying
+speed_up "$BG"
+wait "$BG"; RC=$?; BG=
+grep -v '^vmshadow: debug' "$LAB_WORK/r4.err" >&2
+check "restore --instant onto RBD ends with exit 0" test "$RC" = 0
+check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
+X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+check "the definition names the RBD image with the VM's own secret" \
+    bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
+check "no job, no server, no overlay left" \
+    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+lab_virsh destroy "$G" >/dev/null
+lab_wait_off r
+cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
+printf 'written-in-copy!' | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
+check "the RBD image holds the backup's bytes plus the guest's write during the copy" \
+    qemu-img compare -q -U -f raw -F raw "$R/$IMG:conf=$CEPH_CONF" "$LAB_WORK/rbd.exp"
+e2e_done
