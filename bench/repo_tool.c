@@ -298,9 +298,12 @@ static int cmd_restore(int argc, char **argv)
         return fail(&err);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* an object store's requests and bytes (0 on a local directory) */
+    vmsh_store_traffic tr;
+    vmsh_repo_store_traffic(&tr);
     printf("{\"seconds\":%.3f,\"bytes_written\":%" PRIu64 ",\"chunks\":%" PRIu64
-           ",\"max_rss_kib\":%ld}\n",
-           now_s() - t0, st.bytes_written, st.chunks, ru.ru_maxrss);
+           ",\"max_rss_kib\":%ld,\"store_reads\":%" PRIu64 ",\"store_bytes_down\":%" PRIu64 "}\n",
+           now_s() - t0, st.bytes_written, st.chunks, ru.ru_maxrss, tr.reads, tr.bytes_down);
     return 0;
 }
 

@@ -23,7 +23,10 @@
 # Usage (root, from the project's root):
 #   bench/restore-bench.sh [ROUNDS]   (default 5; VMSHADOW names the binary,
 #   WORK the scratch directory, default /var/tmp/vmshadow-restore-bench,
-#   SIZE the disk size, default 2 GiB)
+#   SIZE the disk size, default 2 GiB; OLD_VMSHADOW another build's vmshadow
+#   adds "vmshadow_restore_old", its restore of the same backup, for a
+#   before/after in the same run; TOOLS="vmshadow_restore ..." runs only
+#   those tools, e.g. TOOLS="vmshadow_restore vmshadow_restore_old")
 # Installs virtnbdbackup from the distribution's mirror when missing (this
 # bench's own install step; CI does not run it). Everything it defines or
 # creates is removed at exit, except the source images (kept for re-runs).
@@ -79,15 +82,28 @@ cat > "$RUN/dom.xml" <<XML
 XML
 virsh -q -c qemu:///system define "$RUN/dom.xml" >/dev/null || exit 1
 
+OLD_VMSHADOW=${OLD_VMSHADOW:-}
+if [ -n "${TOOLS:-}" ]; then
+    read -r -a TOOLS <<<"$TOOLS"
+else
+    TOOLS=(vmshadow_restore vmshadow_restore_nbd vmshadow_extract virtnbdrestore restic_restore)
+    [ -n "$OLD_VMSHADOW" ] && TOOLS+=(vmshadow_restore_old)
+fi
+has() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
+
 export VMSHADOW_REPO=$RUN/repo VMSHADOW_STATE_DIR=$RUN/state
 export VMSHADOW_WRITERS_DIR=$RUN/writers.d VMSHADOW_CONFIG=$RUN/vmshadow.conf
 mkdir -p "$VMSHADOW_WRITERS_DIR"; : > "$VMSHADOW_CONFIG"
 "$VMSHADOW" -q init >/dev/null || exit 1
 ID=$("$VMSHADOW" backup "$DOM") || { echo "restore-bench: vmshadow backup failed" >&2; exit 1; }
-virtnbdbackup -q -d "$DOM" -l copy -o "$RUN/vnb" >/dev/null 2>"$RUN/vnb.log" ||
-    { echo "restore-bench: virtnbdbackup failed:" >&2; tail -5 "$RUN/vnb.log" >&2; exit 1; }
+if has virtnbdrestore; then
+    virtnbdbackup -q -d "$DOM" -l copy -o "$RUN/vnb" >/dev/null 2>"$RUN/vnb.log" ||
+        { echo "restore-bench: virtnbdbackup failed:" >&2; tail -5 "$RUN/vnb.log" >&2; exit 1; }
+fi
 export RESTIC_REPOSITORY=$RUN/restic RESTIC_PASSWORD=bench
-restic init -q >/dev/null && restic backup -q "$RUN/data.qcow2" >/dev/null || exit 1
+if has restic_restore; then
+    restic init -q >/dev/null && restic backup -q "$RUN/data.qcow2" >/dev/null || exit 1
+fi
 
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 declare -A T TS C
@@ -105,15 +121,16 @@ timed() { # timed NAME command...: appends wall ms, wall+sync ms, CPU ms
     C[$name]+="$(awk '{printf "%d", ($1 + $2) * 1000}' "$RUN/cpu") "
 }
 vsh_restore() { "$VMSHADOW" -q restore "$ID" --force; }
+vsh_restore_old() { "$OLD_VMSHADOW" -q restore "$ID" --force; }
 vsh_restore_nbd() { VMSHADOW_SINK_QEMU_NBD=1 "$VMSHADOW" -q restore "$ID" --force; }
 vsh_extract() { "$VMSHADOW" -q extract --force "$ID" "$DOM/disk/vda" "$RUN/extract.raw"; }
 vnb_restore() { rm -rf "$RUN/vnr"; virtnbdrestore -i "$RUN/vnb" -o "$RUN/vnr"; }
 restic_restore() { rm -rf "$RUN/rr"; restic restore -q latest --target "$RUN/rr"; }
-export -f vsh_restore vsh_restore_nbd vsh_extract vnb_restore restic_restore
-export VMSHADOW ID DOM RUN
-TOOLS=(vmshadow_restore vmshadow_restore_nbd vmshadow_extract virtnbdrestore restic_restore)
+export -f vsh_restore vsh_restore_old vsh_restore_nbd vsh_extract vnb_restore restic_restore
+export VMSHADOW OLD_VMSHADOW ID DOM RUN
 declare -A FN=([vmshadow_restore]=vsh_restore [vmshadow_restore_nbd]=vsh_restore_nbd
-    [vmshadow_extract]=vsh_extract [virtnbdrestore]=vnb_restore [restic_restore]=restic_restore)
+    [vmshadow_extract]=vsh_extract [virtnbdrestore]=vnb_restore [restic_restore]=restic_restore
+    [vmshadow_restore_old]=vsh_restore_old)
 for i in $(seq "$ROUNDS"); do
     n=${#TOOLS[@]}
     for ((k = 0; k < n; k++)); do
@@ -130,10 +147,16 @@ done
 # the same bytes everywhere
 qemu-img compare -q -f qcow2 -F raw "$RUN/data.qcow2" "$WORK/img/day1.raw" || { echo "restore-bench: vmshadow restore differs" >&2; exit 1; }
 [ "$(qemu-img info --output=json "$RUN/data.qcow2" | jq -r .format)" = qcow2 ] || { echo "restore-bench: not qcow2" >&2; exit 1; }
-cmp -s "$RUN/extract.raw" "$WORK/img/day1.raw" || { echo "restore-bench: extract differs" >&2; exit 1; }
-vnr=$(find "$RUN/vnr" -type f -name '*data*' ! -name '*.xml' | head -n1)
-qemu-img compare -q -F raw "$vnr" "$WORK/img/day1.raw" || { echo "restore-bench: virtnbdrestore differs ($vnr)" >&2; exit 1; }
-cmp -s "$RUN/rr$RUN/data.qcow2" "$WORK/img/data.qcow2" || { echo "restore-bench: restic differs" >&2; exit 1; }
+if has vmshadow_extract; then
+    cmp -s "$RUN/extract.raw" "$WORK/img/day1.raw" || { echo "restore-bench: extract differs" >&2; exit 1; }
+fi
+if has virtnbdrestore; then
+    vnr=$(find "$RUN/vnr" -type f -name '*data*' ! -name '*.xml' | head -n1)
+    qemu-img compare -q -F raw "$vnr" "$WORK/img/day1.raw" || { echo "restore-bench: virtnbdrestore differs ($vnr)" >&2; exit 1; }
+fi
+if has restic_restore; then
+    cmp -s "$RUN/rr$RUN/data.qcow2" "$WORK/img/data.qcow2" || { echo "restore-bench: restic differs" >&2; exit 1; }
+fi
 
 stats() { # "median [min-max]" in seconds of a list of ms
     tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f [%.2f-%.2f]", m/1000, a[1]/1000, a[NR]/1000}'
@@ -156,7 +179,9 @@ pr() { # NAME_A NAME_B ARRAY(T|TS)
 }
 echo
 echo "per-round ratios, median [min-max] (with sync in parentheses):"
-echo "virtnbdrestore / vmshadow restore: $(pr virtnbdrestore vmshadow_restore T) ($(pr virtnbdrestore vmshadow_restore TS); target >= 3)"
-echo "restic restore / vmshadow restore: $(pr restic_restore vmshadow_restore T) ($(pr restic_restore vmshadow_restore TS); target >= 2)"
-echo "vmshadow restore / extract: $(pr vmshadow_restore vmshadow_extract T) ($(pr vmshadow_restore vmshadow_extract TS); target <= 1.3)"
-echo "restore through qemu-nbd / restore: $(pr vmshadow_restore_nbd vmshadow_restore T) ($(pr vmshadow_restore_nbd vmshadow_restore TS))"
+has virtnbdrestore && echo "virtnbdrestore / vmshadow restore: $(pr virtnbdrestore vmshadow_restore T) ($(pr virtnbdrestore vmshadow_restore TS); target >= 3)"
+has restic_restore && echo "restic restore / vmshadow restore: $(pr restic_restore vmshadow_restore T) ($(pr restic_restore vmshadow_restore TS); target >= 2)"
+has vmshadow_extract && echo "vmshadow restore / extract: $(pr vmshadow_restore vmshadow_extract T) ($(pr vmshadow_restore vmshadow_extract TS); target <= 1.3)"
+has vmshadow_restore_nbd && echo "restore through qemu-nbd / restore: $(pr vmshadow_restore_nbd vmshadow_restore T) ($(pr vmshadow_restore_nbd vmshadow_restore TS))"
+has vmshadow_restore_old && echo "old build's restore / restore: $(pr vmshadow_restore_old vmshadow_restore T) ($(pr vmshadow_restore_old vmshadow_restore TS)); CPU: $(pr vmshadow_restore_old vmshadow_restore C)"
+true

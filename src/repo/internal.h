@@ -340,9 +340,11 @@ struct vmsh_repo {
      * repository without runs opened by a reader, or a reader's fallback) */
     struct ci_set *ci;
     pthread_mutex_t fallback_lock; /* one fallback load at a time */
-    bool legacy;                   /* map holds every pack table */
-    bool no_fallback;              /* tests: never fall back to the pack tables */
-    uint32_t *pack_slots;          /* pack name -> packs[] index + 1 (index mode) */
+    pthread_mutex_t readers_lock;  /* readers */
+    unsigned readers;     /* operations of this handle holding locks/read (repo_read_begin) */
+    bool legacy;          /* map holds every pack table */
+    bool no_fallback;     /* tests: never fall back to the pack tables */
+    uint32_t *pack_slots; /* pack name -> packs[] index + 1 (index mode) */
     size_t pack_slots_cap;
     bool backup_pending;
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
@@ -408,6 +410,14 @@ void repo_map_forget(vmsh_repo *r);
 /* Registers a new pack (by the pack writer); returns its number. */
 int repo_add_pack(vmsh_repo *r, const char *name, uint64_t size, uint32_t n_chunks);
 int repo_lock(vmsh_repo *r, const char *which, bool exclusive, vmsh_lock **out, vmsh_error **err);
+/* locks/read shared for a reader of packs (restore, a reader, read_file),
+ * and the handle's cached chunk locations, runs and pack checks dropped
+ * when no other operation of this handle held the lock since they were
+ * loaded: a gc may have deleted packs they name in between (issue 26,
+ * docs/formats/gc.md "Handles that outlive a gc"). repo_read_end: the
+ * operation is over (NULL: nothing). */
+int repo_read_begin(vmsh_repo *r, vmsh_lock **out, vmsh_error **err);
+void repo_read_end(vmsh_repo *r, vmsh_lock *l);
 char *manifest_path(const char *repo, const char *id);
 int manifest_load(vmsh_repo *r, const char *id, vmsh_backup_info **out, vmsh_error **err);
 int repo_list_ids(vmsh_repo *r, char (**ids)[VMSH_BACKUP_ID_LEN + 1], size_t *n, vmsh_error **err);
@@ -421,6 +431,16 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
 void chunk_reader_free(chunk_reader *cr);
 /* Reads packs with O_DIRECT through 1 MiB windows (restores). */
 void chunk_reader_set_direct(chunk_reader *cr, bool direct);
+/* The two halves of chunk_reader_read, for a caller that reads the blobs of
+ * many chunks at once (restore.c): bytes [off, off + len) of pack `pack`
+ * into buf, the count read (short only at the end of the pack; in direct
+ * mode off, len and buf are multiples of 4096); and one blob of `loc`
+ * already in memory (stored_len bytes at data) decoded and checked against
+ * its ID into out. */
+int64_t chunk_reader_fetch(chunk_reader *cr, uint32_t pack, uint64_t off, size_t len, uint8_t *buf,
+                           vmsh_error **err);
+int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
+                        vmsh_error **err);
 
 unsigned repo_threads(const vmsh_repo *r);
 /* The store name of a path built under r->path (pack_path, index_path,

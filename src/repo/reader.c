@@ -63,7 +63,7 @@ int vmsh_reader_open(vmsh_reader **out, vmsh_repo *r, const char *spec, const ch
     }
     /* the lock first: gc must not delete what the index names between
      * loading it and reading the chunks */
-    int rc = repo_lock(r, "read", false, &rd->lock, err);
+    int rc = repo_read_begin(r, &rd->lock, err);
     vmsh_backup_info *b = NULL;
     if (rc == 0)
         rc = vmsh_repo_backup_info(r, spec, &b, err);
@@ -324,7 +324,7 @@ void vmsh_reader_free(vmsh_reader *rd)
             chunk_reader_free(rd->pool[i]);
     free(rd->pool);
     vmsh_file_index_free(rd->idx);
-    vmsh_lock_free(rd->lock);
+    repo_read_end(rd->repo, rd->lock);
     free(rd->name);
     pthread_cond_destroy(&rd->cond);
     pthread_mutex_destroy(&rd->mu);

@@ -20,33 +20,78 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* 64 entries: 4 MiB of image per step, so that two workers' read windows
- * rarely overlap */
-#define BATCH 64
+/* 32 entries: 2 MiB of image per batch, the unit of every stage. Every
+ * slot's buffers are fresh memory once (~2.2 CPU-s per GiB here, PERF.md):
+ * 64 entries cost ~0.13 CPU-s more per restore in page clearing (perf) for
+ * no fewer waits. */
+#define BATCH 32
+/* Blobs of one pack closer than this are read in one request (the bytes
+ * between are cheaper than another request, on a disk as over HTTP). */
+#define MERGE_GAP (64u << 10)
+/* Chunks are located a window at a time, in the order of their IDs: the
+ * lookups of neighbouring IDs land in the chunk index block the one before
+ * read (chunkindex.c's memo). 8192 entries: 512 MiB of image, 448 KiB of
+ * locations per window, two windows at once. */
+#define WIN 8192
+/* fetchers and writers: each waits on the storage most of its time */
+#define FETCHERS 2
+#define WRITERS  2
+
+/* The restore is a pipeline of batches through slots (issue 27 point 3,
+ * bench/README.md): fetchers locate a batch's chunks and read their blobs
+ * in as few requests as the packs allow, decoders (one per CPU) decompress
+ * and check every chunk straight into the write buffer, writers write the
+ * runs of the batch. The profile of the worker-per-batch restore before
+ * this showed each worker blocked on its synchronous O_DIRECT reads and
+ * writes three quarters of its time (perf sched): four workers kept one of
+ * two cores busy. Decoders here never wait on the storage while a fetched
+ * batch is ready. */
+enum { SLOT_FREE, SLOT_FETCHING, SLOT_FETCHED, SLOT_DECODING, SLOT_DECODED, SLOT_WRITING };
+
+typedef struct rslot {
+    int state;
+    size_t batch; /* entries [batch * BATCH, + n) */
+    size_t n;
+    chunk_loc loc[BATCH];
+    uint32_t at[BATCH]; /* where entry k's blob starts in fbuf */
+    uint8_t *fbuf;      /* the blobs as read; fcap bytes, 4096-aligned */
+    size_t fcap;
+    uint8_t *obuf; /* BATCH * CHUNK_SIZE: the decoded chunks, in file order */
+} rslot;
 
 typedef struct rjob {
     vmsh_repo *r;
     const vmsh_file_index *idx;
     const char *backup, *file;
     const vmsh_sink *sink;
-    atomic_size_t next;
-    atomic_bool failed;
-    atomic_uint_fast64_t written, chunks;
-    pthread_mutex_t mu;
+    bool direct; /* the packs are read with O_DIRECT: aligned requests */
+    size_t n_batches;
+    pthread_mutex_t mu; /* everything below */
+    pthread_cond_t cv;
+    rslot *slots;
+    size_t n_slots;
+    size_t next_fetch, next_decode, next_write; /* batches claimed by each stage */
+    chunk_loc *wloc[2];   /* windows w % 2: the locations of entries [w * WIN, + WIN) */
+    uint32_t *worder;     /* the resolver's sort order (WIN) */
+    size_t resolved;      /* windows located */
+    size_t win_copied[2]; /* batches that took their locations out of window w % 2 */
+    size_t batches_done;
+    bool failed;
+    uint64_t written, chunks;
     vmsh_error *err;
     int code;
 } rjob;
 
-typedef struct rworker {
+typedef struct rthread {
     rjob *j;
     pthread_t thread;
-    chunk_reader *cr;
-    uint8_t *buf;
-} rworker;
+    chunk_reader *cr; /* fetchers: open packs; decoders: zstd and hash contexts */
+    void *(*main)(void *);
+} rthread;
 
-static void rfail(rjob *j, int code, vmsh_error **e)
+/* Called with j->mu held. */
+static void rfail_locked(rjob *j, int code, vmsh_error **e)
 {
-    pthread_mutex_lock(&j->mu);
     if (!j->err) {
         j->code = code;
         vmsh_error_propagate(&j->err, e);
@@ -54,18 +99,220 @@ static void rfail(rjob *j, int code, vmsh_error **e)
         vmsh_error_free(*e);
         *e = NULL;
     }
-    pthread_mutex_unlock(&j->mu);
-    atomic_store(&j->failed, true);
+    j->failed = true;
+    pthread_cond_broadcast(&j->cv);
 }
 
-/* Writes `count` decoded chunks starting at chunk `first` from w->buf in one
- * call: O_DIRECT writes are synchronous, so 64 KiB writes would wait on the
- * device 40,000 times for a 4 GiB image; runs of up to 1 MiB do not. */
-static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
+static void rfail(rjob *j, int code, vmsh_error **e)
 {
-    rjob *j = w->j;
+    pthread_mutex_lock(&j->mu);
+    rfail_locked(j, code, e);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Waits for a slot in state `want` holding batch `batch` (SIZE_MAX: any
+ * batch, the lowest first), under j->mu; NULL when the job failed. */
+static rslot *wait_slot(rjob *j, int want, size_t batch)
+{
+    for (;;) {
+        if (j->failed)
+            return NULL;
+        rslot *best = NULL;
+        for (size_t i = 0; i < j->n_slots; i++) {
+            rslot *s = &j->slots[i];
+            if (s->state == want && (batch == SIZE_MAX || s->batch == batch) &&
+                (!best || s->batch < best->batch))
+                best = s;
+        }
+        if (best)
+            return best;
+        pthread_cond_wait(&j->cv, &j->mu);
+    }
+}
+
+static int cmp_by_place(const void *a, const void *b, void *opaque)
+{
+    const chunk_loc *l = opaque;
+    const chunk_loc *x = &l[*(const uint8_t *)a], *y = &l[*(const uint8_t *)b];
+    if (x->pack != y->pack)
+        return x->pack < y->pack ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* A slot's read buffer: room for a batch of incompressible chunks and
+ * the gaps and alignment of a few requests, grown (rarely) only for a
+ * batch that needs more, then reused for the whole restore. */
+static int grow_fbuf(rslot *s, size_t need, vmsh_error **err)
+{
+    if (need <= s->fcap)
+        return 0;
+    size_t cap = need > BATCH * (size_t)CHUNK_SIZE ? need : BATCH * (size_t)CHUNK_SIZE;
+    cap = (cap + (256u << 10) + 65535) / 65536 * 65536;
+    free(s->fbuf);
+    s->fcap = 0;
+    if (posix_memalign((void **)&s->fbuf, 2u << 20, cap) != 0) {
+        s->fbuf = NULL;
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    }
+    madvise(s->fbuf, cap, MADV_HUGEPAGE);
+    s->fcap = cap;
+    return 0;
+}
+
+/* Reads the blobs of the slot's batch (located by the resolver): sorted by
+ * pack and offset, neighbours (gaps under MERGE_GAP) in one request each. */
+static int fetch_batch(rthread *t, rslot *s, vmsh_error **err)
+{
+    rjob *j = t->j;
+    const index_entry *en = &j->idx->entries[s->batch * BATCH];
+    uint8_t order[BATCH];
+    for (size_t k = 0; k < s->n; k++)
+        order[k] = (uint8_t)k;
+    qsort_r(order, s->n, 1, cmp_by_place, s->loc);
+    /* the requests: [from, to) of a pack, aligned for O_DIRECT */
+    uint64_t align = j->direct ? 4096 : 1;
+    size_t need = 0;
+    for (size_t a = 0; a < s->n;) {
+        const chunk_loc *l = &s->loc[order[a]];
+        uint64_t from = l->offset / align * align, to = l->offset + l->stored_len;
+        size_t b = a + 1;
+        for (; b < s->n; b++) {
+            const chunk_loc *m = &s->loc[order[b]];
+            if (m->pack != l->pack || m->offset > to + MERGE_GAP)
+                break;
+            if (m->offset + m->stored_len > to)
+                to = m->offset + m->stored_len;
+        }
+        need += (size_t)((to + align - 1) / align * align - from);
+        a = b;
+    }
+    int rc = grow_fbuf(s, need ? need : 4096, err);
+    if (rc < 0)
+        return rc;
+    size_t pos = 0;
+    for (size_t a = 0; a < s->n;) {
+        const chunk_loc *l = &s->loc[order[a]];
+        uint64_t from = l->offset / align * align, to = l->offset + l->stored_len;
+        size_t b = a + 1;
+        for (; b < s->n; b++) {
+            const chunk_loc *m = &s->loc[order[b]];
+            if (m->pack != l->pack || m->offset > to + MERGE_GAP)
+                break;
+            if (m->offset + m->stored_len > to)
+                to = m->offset + m->stored_len;
+        }
+        size_t len = (size_t)((to + align - 1) / align * align - from);
+        int64_t got = chunk_reader_fetch(t->cr, l->pack, from, len, s->fbuf + pos, err);
+        if (got < 0)
+            return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
+                                     (unsigned long long)en[order[a]].chunk);
+        for (size_t c = a; c < b; c++) {
+            const chunk_loc *m = &s->loc[order[c]];
+            if (m->offset + m->stored_len > from + (uint64_t)got) {
+                char pname[33];
+                pthread_mutex_lock(&j->r->lock);
+                memcpy(pname, j->r->packs[m->pack].name, sizeof(pname));
+                pthread_mutex_unlock(&j->r->lock);
+                return vmsh_error_set(
+                    err, -EBADMSG, "backup %s, file %s, chunk %llu: pack %s is truncated",
+                    j->backup, j->file, (unsigned long long)en[order[c]].chunk, pname);
+            }
+            s->at[order[c]] = (uint32_t)(pos + (m->offset - from));
+        }
+        pos += len;
+        a = b;
+    }
+    return 0;
+}
+
+static void *fetcher_main(void *arg)
+{
+    rthread *t = arg;
+    rjob *j = t->j;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (j->next_fetch >= j->n_batches)
+            break;
+        rslot *s = wait_slot(j, SLOT_FREE, SIZE_MAX);
+        /* the other fetcher may have claimed the last batch meanwhile */
+        if (!s || j->next_fetch >= j->n_batches)
+            break;
+        s->batch = j->next_fetch++;
+        s->state = SLOT_FETCHING;
+        size_t first = s->batch * BATCH;
+        s->n = j->idx->count - first < BATCH ? j->idx->count - first : BATCH;
+        /* the batch's locations, once the resolver has its window */
+        size_t w = first / WIN;
+        while (!j->failed && j->resolved <= w)
+            pthread_cond_wait(&j->cv, &j->mu);
+        if (j->failed)
+            break;
+        memcpy(s->loc, &j->wloc[w % 2][first - w * WIN], s->n * sizeof(*s->loc));
+        j->win_copied[w % 2]++;
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->mu);
+        vmsh_error *e = NULL;
+        int rc = fetch_batch(t, s, &e);
+        pthread_mutex_lock(&j->mu);
+        if (rc < 0) {
+            rfail_locked(j, rc, &e);
+            break;
+        }
+        s->state = SLOT_FETCHED;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+static void *decoder_main(void *arg)
+{
+    rthread *t = arg;
+    rjob *j = t->j;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (j->next_decode >= j->n_batches)
+            break;
+        j->next_decode++;
+        rslot *s = wait_slot(j, SLOT_FETCHED, SIZE_MAX);
+        if (!s)
+            break;
+        s->state = SLOT_DECODING;
+        pthread_mutex_unlock(&j->mu);
+        const index_entry *en = &j->idx->entries[s->batch * BATCH];
+        vmsh_error *e = NULL;
+        int rc = 0;
+        for (size_t k = 0; k < s->n && rc == 0; k++) {
+            /* the batch's chunk k at its place in the write buffer; a chunk
+             * of the file's last 64 KiB may be short */
+            rc = chunk_reader_decode(t->cr, &s->loc[k], s->fbuf + s->at[k],
+                                     s->obuf + k * (size_t)CHUNK_SIZE, &e);
+            if (rc < 0)
+                vmsh_error_prefix(&e, "backup %s, file %s, chunk %llu", j->backup, j->file,
+                                  (unsigned long long)en[k].chunk);
+        }
+        pthread_mutex_lock(&j->mu);
+        if (rc < 0) {
+            rfail_locked(j, rc, &e);
+            break;
+        }
+        s->state = SLOT_DECODED;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Writes `count` decoded chunks of the slot, from its k-th on, which are
+ * consecutive in the file, in one call: O_DIRECT writes are synchronous,
+ * so 64 KiB writes would wait on the device 40,000 times for a 4 GiB
+ * image; runs of up to 4 MiB do not. */
+static int flush_run(rjob *j, rslot *s, size_t k, size_t count, vmsh_error **err)
+{
     if (count == 0)
         return 0;
+    uint64_t first = j->idx->entries[s->batch * BATCH + k].chunk;
+    uint8_t *buf = s->obuf + k * (size_t)CHUNK_SIZE;
     uint64_t off = first * CHUNK_SIZE;
     size_t len = (count - 1) * (size_t)CHUNK_SIZE;
     uint64_t last_off = off + len;
@@ -74,73 +321,63 @@ static int flush_run(rworker *w, uint64_t first, size_t count, vmsh_error **err)
     if (j->sink->direct && len % 4096) {
         /* O_DIRECT writes whole blocks: pad; the final ftruncate trims. */
         size_t padded = (len + 4095) / 4096 * 4096;
-        memset(w->buf + len, 0, padded - len);
+        memset(buf + len, 0, padded - len);
         len = padded;
     }
     size_t step = j->sink->max_write ? j->sink->max_write : len;
     for (size_t done = 0; done < len; done += step) {
         size_t n = len - done < step ? len - done : step;
-        int rc = j->sink->ops->pwrite(j->sink->impl, w->buf + done, n, off + done, err);
+        int rc = j->sink->ops->pwrite(j->sink->impl, buf + done, n, off + done, err);
         if (rc < 0)
             return vmsh_error_prefix(err, "restoring %s", j->file);
     }
-    atomic_fetch_add(&j->written, data);
-    atomic_fetch_add(&j->chunks, count);
+    pthread_mutex_lock(&j->mu);
+    j->written += data;
+    j->chunks += count;
+    pthread_mutex_unlock(&j->mu);
     return 0;
 }
 
-/* Decodes and checks entry `e` into slot `slot` of w->buf. */
-static int decode_entry(rworker *w, const index_entry *e, size_t slot, vmsh_error **err)
+static int write_batch(rjob *j, rslot *s, vmsh_error **err)
 {
-    rjob *j = w->j;
-    chunk_loc loc;
-    int rc = repo_locate_entry(j->r, e, j->idx->size, j->backup, j->file, &loc, err);
-    if (rc < 0)
-        return rc;
-    if ((rc = chunk_reader_read(w->cr, &loc, w->buf + slot * CHUNK_SIZE, err)) < 0)
-        return vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
-                                 (unsigned long long)e->chunk);
-    return 0;
-}
-
-static bool rstep(rworker *w)
-{
-    rjob *j = w->j;
-    if (atomic_load(&j->failed))
-        return false;
-    size_t i = atomic_fetch_add(&j->next, BATCH);
-    if (i >= j->idx->count)
-        return false;
-    size_t end = i + BATCH < j->idx->count ? i + BATCH : j->idx->count;
-    uint64_t first = 0;
-    size_t count = 0;
-    vmsh_error *e = NULL;
-    int rc = 0;
-    for (; i < end && rc == 0; i++) {
-        const index_entry *en = &j->idx->entries[i];
-        if (count > 0 && en->chunk != first + count) {
-            rc = flush_run(w, first, count, &e);
-            count = 0;
+    const index_entry *en = &j->idx->entries[s->batch * BATCH];
+    size_t start = 0;
+    for (size_t k = 1; k <= s->n; k++)
+        if (k == s->n || en[k].chunk != en[k - 1].chunk + 1) {
+            int rc = flush_run(j, s, start, k - start, err);
+            if (rc < 0)
+                return rc;
+            start = k;
         }
-        if (rc == 0 && count == 0)
-            first = en->chunk;
-        if (rc == 0 && (rc = decode_entry(w, en, count, &e)) == 0)
-            count++;
-    }
-    if (rc == 0)
-        rc = flush_run(w, first, count, &e);
-    if (rc < 0) {
-        rfail(j, rc, &e);
-        return false;
-    }
-    return true;
+    return 0;
 }
 
-static void *rworker_main(void *arg)
+static void *writer_main(void *arg)
 {
-    rworker *w = arg;
-    while (rstep(w))
-        ;
+    rthread *t = arg;
+    rjob *j = t->j;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (j->next_write >= j->n_batches)
+            break;
+        j->next_write++;
+        rslot *s = wait_slot(j, SLOT_DECODED, SIZE_MAX);
+        if (!s)
+            break;
+        s->state = SLOT_WRITING;
+        pthread_mutex_unlock(&j->mu);
+        vmsh_error *e = NULL;
+        int rc = write_batch(j, s, &e);
+        pthread_mutex_lock(&j->mu);
+        if (rc < 0) {
+            rfail_locked(j, rc, &e);
+            break;
+        }
+        s->state = SLOT_FREE;
+        j->batches_done++;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
     return NULL;
 }
 
@@ -178,6 +415,39 @@ static int zero_gaps(const vmsh_file_index *idx, const vmsh_sink *s, const char 
     return rc;
 }
 
+static int cmp_by_id(const void *a, const void *b, void *opaque)
+{
+    const index_entry *en = opaque;
+    return memcmp(en[*(const uint32_t *)a].id, en[*(const uint32_t *)b].id, ID_LEN);
+}
+
+/* Locates the chunks of window w into j->wloc[w % 2], in ID order. */
+static int resolve_window(rjob *j, size_t w, vmsh_error **err)
+{
+    size_t first = w * WIN;
+    size_t n = j->idx->count - first < WIN ? j->idx->count - first : WIN;
+    const index_entry *en = &j->idx->entries[first];
+    for (size_t i = 0; i < n; i++)
+        j->worder[i] = (uint32_t)i;
+    qsort_r(j->worder, n, sizeof(*j->worder), cmp_by_id, (void *)en);
+    chunk_loc *out = j->wloc[w % 2];
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = j->worder[i];
+        int rc = repo_locate_entry(j->r, &en[k], j->idx->size, j->backup, j->file, &out[k], err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The batches whose locations window w holds. */
+static size_t window_batches(const rjob *j, size_t w)
+{
+    size_t first = w * WIN;
+    size_t n = j->idx->count - first < WIN ? j->idx->count - first : WIN;
+    return (n + BATCH - 1) / BATCH;
+}
+
 static int restore_index(vmsh_repo *r, const char *backup, const char *file,
                          const vmsh_file_index *idx, const vmsh_sink *sink,
                          vmsh_progress_fn progress, void *opaque, vmsh_restore_stats *stats,
@@ -188,70 +458,113 @@ static int restore_index(vmsh_repo *r, const char *backup, const char *file,
                               sink->what ? sink->what : file, (unsigned long long)sink->size,
                               (unsigned long long)idx->size);
     rjob j = {.r = r, .idx = idx, .backup = backup, .file = file, .sink = sink};
-    atomic_init(&j.next, 0);
-    atomic_init(&j.failed, false);
-    atomic_init(&j.written, 0);
-    atomic_init(&j.chunks, 0);
+    j.n_batches = (idx->count + BATCH - 1) / BATCH;
     pthread_mutex_init(&j.mu, NULL);
-    /* Restores wait on the disk (synchronous O_DIRECT reads and writes): twice
-     * as many threads as CPUs keep both busy, unless the caller chose. */
-    unsigned nw = r->threads ? repo_threads(r) : 2 * repo_threads(r);
-    rworker *ws = vmsh_calloc_array(nw, sizeof(*ws));
-    if (!ws) {
-        pthread_mutex_destroy(&j.mu);
-        return vmsh_error_set(err, -ENOMEM, "out of memory");
-    }
-    unsigned started = 0;
-    for (unsigned i = 0; i < nw; i++) {
-        vmsh_error *e = NULL;
-        ws[i].j = &j;
-        int rc = chunk_reader_new(&ws[i].cr, r, &e);
-        if (rc == 0)
-            chunk_reader_set_direct(ws[i].cr, true);
+    pthread_cond_init(&j.cv, NULL);
+    /* one decoder per CPU (or as the caller chose); every stage has a slot
+     * to work on while the others hold theirs */
+    unsigned nd = repo_threads(r);
+    unsigned nt = FETCHERS + nd + WRITERS;
+    j.n_slots = nt;
+    j.direct = true;
+    rthread *ts = vmsh_calloc_array(nt, sizeof(*ts));
+    j.slots = vmsh_calloc_array(j.n_slots, sizeof(*j.slots));
+    size_t wn = idx->count < WIN ? idx->count : WIN;
+    j.wloc[0] = vmsh_calloc_array(wn ? wn : 1, sizeof(chunk_loc));
+    j.wloc[1] = vmsh_calloc_array(wn ? wn : 1, sizeof(chunk_loc));
+    j.worder = vmsh_calloc_array(wn ? wn : 1, sizeof(uint32_t));
+    int rc = ts && j.slots && j.wloc[0] && j.wloc[1] && j.worder
+                 ? 0
+                 : vmsh_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; rc == 0 && i < j.n_slots; i++) {
         /* 2 MiB aligned and backed by huge pages where the kernel has them
          * (madvise mode): every O_DIRECT write pins its pages, and 4 KiB
          * pages cost 1024 pins per 4 MiB batch (gup_fast in perf) */
-        if (rc == 0 && posix_memalign((void **)&ws[i].buf, 2u << 20, BATCH * CHUNK_SIZE) != 0) {
-            ws[i].buf = NULL;
-            rc = vmsh_error_set(&e, -ENOMEM, "out of memory");
+        if (posix_memalign((void **)&j.slots[i].obuf, 2u << 20, BATCH * CHUNK_SIZE) != 0) {
+            j.slots[i].obuf = NULL;
+            rc = vmsh_error_set(err, -ENOMEM, "out of memory");
+        } else {
+            madvise(j.slots[i].obuf, BATCH * CHUNK_SIZE, MADV_HUGEPAGE);
         }
-        if (rc == 0)
-            madvise(ws[i].buf, BATCH * CHUNK_SIZE, MADV_HUGEPAGE);
-        if (rc == 0 && i > 0 && pthread_create(&ws[i].thread, NULL, rworker_main, &ws[i]) != 0)
-            rc = vmsh_error_set(&e, -EAGAIN, "cannot start a restore thread");
-        if (rc < 0) {
-            rfail(&j, rc, &e);
+    }
+    unsigned started = 0;
+    for (unsigned i = 0; rc == 0 && i < nt; i++) {
+        rthread *t = &ts[i];
+        t->j = &j;
+        t->main = i < FETCHERS ? fetcher_main : i < FETCHERS + nd ? decoder_main : writer_main;
+        if (t->main != writer_main && (rc = chunk_reader_new(&t->cr, r, err)) < 0)
+            break;
+        if (t->main == fetcher_main)
+            chunk_reader_set_direct(t->cr, true);
+        if (pthread_create(&t->thread, NULL, t->main, t) != 0) {
+            rc = vmsh_error_set(err, -EAGAIN, "cannot start a restore thread");
             break;
         }
         started = i + 1;
     }
-    if (started > 0)
-        while (rstep(&ws[0]))
-            if (progress) {
-                size_t d = atomic_load(&j.next);
-                progress(opaque, (d < idx->count ? d : idx->count) * (uint64_t)CHUNK_SIZE,
-                         idx->count * (uint64_t)CHUNK_SIZE);
-            }
-    for (unsigned i = 1; i < started; i++)
-        pthread_join(ws[i].thread, NULL);
-    for (unsigned i = 0; i < nw; i++) {
-        chunk_reader_free(ws[i].cr);
-        free(ws[i].buf);
+    if (rc < 0) {
+        vmsh_error *e = NULL;
+        rfail(&j, rc, &e); /* stops the threads started */
     }
-    free(ws);
+    /* The caller's thread locates the chunks, a window ahead of the
+     * fetchers (a window's buffer is reused once every batch of the window
+     * two before took its locations), and reports progress as batches are
+     * written. */
+    pthread_mutex_lock(&j.mu);
+    size_t reported = 0, n_wins = (idx->count + WIN - 1) / WIN, next_win = 0;
+    while (!j.failed && j.batches_done < j.n_batches) {
+        if (next_win < n_wins &&
+            (next_win < 2 || j.win_copied[next_win % 2] == window_batches(&j, next_win - 2))) {
+            j.win_copied[next_win % 2] = 0;
+            pthread_mutex_unlock(&j.mu);
+            vmsh_error *e = NULL;
+            int wrc = resolve_window(&j, next_win, &e);
+            pthread_mutex_lock(&j.mu);
+            if (wrc < 0) {
+                rfail_locked(&j, wrc, &e);
+                break;
+            }
+            j.resolved = ++next_win;
+            pthread_cond_broadcast(&j.cv);
+            continue;
+        }
+        pthread_cond_wait(&j.cv, &j.mu);
+        if (progress && j.batches_done != reported) {
+            reported = j.batches_done;
+            size_t d = reported * BATCH;
+            pthread_mutex_unlock(&j.mu);
+            progress(opaque, (d < idx->count ? d : idx->count) * (uint64_t)CHUNK_SIZE,
+                     idx->count * (uint64_t)CHUNK_SIZE);
+            pthread_mutex_lock(&j.mu);
+        }
+    }
+    pthread_mutex_unlock(&j.mu);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(ts[i].thread, NULL);
+    for (unsigned i = 0; ts && i < nt; i++)
+        chunk_reader_free(ts[i].cr);
+    for (size_t i = 0; j.slots && i < j.n_slots; i++) {
+        free(j.slots[i].obuf);
+        free(j.slots[i].fbuf);
+    }
+    free(j.slots);
+    free(j.wloc[0]);
+    free(j.wloc[1]);
+    free(j.worder);
+    free(ts);
+    pthread_cond_destroy(&j.cv);
     pthread_mutex_destroy(&j.mu);
     if (j.err) {
         vmsh_error_propagate(err, &j.err);
         return j.code;
     }
-    if (!sink->reads_zero) {
-        int rc = zero_gaps(idx, sink, file, err);
-        if (rc < 0)
-            return rc;
-    }
+    if (rc < 0)
+        return rc;
+    if (!sink->reads_zero && (rc = zero_gaps(idx, sink, file, err)) < 0)
+        return rc;
     if (stats) {
-        stats->bytes_written = atomic_load(&j.written);
-        stats->chunks = atomic_load(&j.chunks);
+        stats->bytes_written = j.written;
+        stats->chunks = j.chunks;
     }
     return 0;
 }
@@ -408,7 +721,7 @@ void vmsh_sink_free(vmsh_sink *s)
 static int restore_begin(vmsh_repo *r, const char *spec, const char *name, vmsh_lock **rl,
                          char id[VMSH_BACKUP_ID_LEN + 1], vmsh_file_index **idx, vmsh_error **err)
 {
-    int rc = repo_lock(r, "read", false, rl, err);
+    int rc = repo_read_begin(r, rl, err);
     if (rc == 0)
         rc = open_file(r, spec, name, id, idx, err);
     if (rc == 0)
@@ -427,7 +740,7 @@ int vmsh_repo_restore_sink(vmsh_repo *r, const char *spec, const char *name, vms
     if (rc == 0)
         rc = restore_index(r, id, name, idx, sink, progress, opaque, stats, err);
     vmsh_file_index_free(idx);
-    vmsh_lock_free(rl);
+    repo_read_end(r, rl);
     return rc;
 }
 
@@ -471,7 +784,7 @@ int vmsh_repo_restore_fd(vmsh_repo *r, const char *spec, const char *name, int f
         rc = vmsh_error_set(err, -errno, "cannot size %s: %s", name, strerror(errno));
     vmsh_sink_free(sink);
     vmsh_file_index_free(idx);
-    vmsh_lock_free(rl);
+    repo_read_end(r, rl);
     return rc;
 }
 
@@ -521,7 +834,7 @@ int vmsh_repo_read_file(vmsh_repo *r, const char *spec, const char *name, size_t
     vmsh_lock *rl = NULL;
     chunk_reader *cr = NULL;
     char *buf = NULL;
-    int rc = repo_lock(r, "read", false, &rl, err);
+    int rc = repo_read_begin(r, &rl, err);
     if (rc == 0)
         rc = open_file(r, spec, name, id, &idx, err);
     if (rc == 0 && idx->size > max)
@@ -551,6 +864,6 @@ int vmsh_repo_read_file(vmsh_repo *r, const char *spec, const char *name, size_t
     free(buf);
     chunk_reader_free(cr);
     vmsh_file_index_free(idx);
-    vmsh_lock_free(rl);
+    repo_read_end(r, rl);
     return rc;
 }

@@ -6,6 +6,7 @@
  * never fixed (a gc killed between its two writes), gc killed at random
  * points, clock skew, one collector at a time, hostile marks. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -25,6 +26,7 @@
 #include "repo/store_obj.h"
 #include "test_repo_helpers.h"
 #include <vmshadow/repo/backup.h>
+#include <vmshadow/repo/reader.h>
 #include <vmshadow/repo/repo.h>
 
 #define GRACE   10000
@@ -708,6 +710,92 @@ static void sparse_pack_is_repacked_then_deleted(void **state)
     vmsh_repo_free(r);
 }
 
+/* How a handle that read a backup goes on reading it (issue 26): by
+ * read_file, by a restore into a file descriptor, by a reader (serve). */
+enum { READ_FILE, READ_RESTORE_FD, READ_READER };
+
+static void read_by(vmsh_repo *r, int how, const char *dir, const char *id, const char *name,
+                    const void *want, size_t len)
+{
+    vmsh_error *err = NULL;
+    if (how == READ_FILE) {
+        read_back(r, id, name, want, len);
+        return;
+    }
+    uint8_t *got = calloc(1, len);
+    assert_non_null(got);
+    if (how == READ_RESTORE_FD) {
+        char *p = path2(dir, "restored");
+        int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        if (vmsh_repo_restore_fd(r, id, name, fd, NULL, NULL, NULL, &err) < 0)
+            fail_msg("restore %s/%s: %s", id, name, err ? err->message : "?");
+        assert_int_equal(pread(fd, got, len, 0), (ssize_t)len);
+        close(fd);
+        free(p);
+    } else {
+        vmsh_reader *rd = NULL;
+        if (vmsh_reader_open(&rd, r, id, name, NULL, &err) < 0)
+            fail_msg("reader %s/%s: %s", id, name, err ? err->message : "?");
+        if (vmsh_reader_pread(rd, got, len, 0, &err) != (ssize_t)len)
+            fail_msg("reader pread %s/%s: %s", id, name, err ? err->message : "?");
+        vmsh_reader_free(rd);
+    }
+    assert_memory_equal(got, want, len);
+    free(got);
+}
+
+/* A reading handle (a VM restore between two disks, serve, a host that
+ * restores twice) read a backup; then another host's gc repacked the one
+ * chunk it keeps out of a sparse pack and, a grace later, deleted that
+ * pack. The handle's next read of the same backup, still listed, used the
+ * runs it had opened and the pack it had checked: "cannot open pack ...
+ * No such file or directory" (fails so on the code before repo_read_begin). */
+static void reader_handle_outliving_gc(fx *f, int how)
+{
+    vmsh_repo *r = open_fake(f->repo);
+    char *gone = backup_buf(r, "x", f->x, sizeof(f->x), NULL);
+    char *keep = backup_buf(r, "x0", f->x, 65536, NULL);
+    vmsh_repo *rd = open_fake(f->repo);
+    read_by(rd, how, f->dir, keep, "x0", f->x, 65536);
+    forget(r, gone);
+    advance(2 * MARGIN);
+    vmsh_gc_stats st = gc(r);
+    assert_int_equal(st.packs_rewritten, 1);
+    advance(GRACE);
+    st = gc(r);
+    assert_int_equal(st.packs_deleted, 1);
+    read_by(rd, how, f->dir, keep, "x0", f->x, 65536);
+    /* and a reader open across the gc keeps it from deleting: gc refuses
+     * (busy) while the reader holds locks/read */
+    vmsh_reader *open_rd = NULL;
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_reader_open(&open_rd, rd, keep, "x0", NULL, &err), 0);
+    assert_int_equal(vmsh_repo_gc(r, &st, &err), -EBUSY);
+    vmsh_error_free(err);
+    vmsh_reader_free(open_rd);
+    verify_clean(r, 1);
+    free(keep);
+    free(gone);
+    vmsh_repo_free(rd);
+    vmsh_repo_free(r);
+}
+
+static void read_file_after_gc_of_another_handle(void **state)
+{
+    reader_handle_outliving_gc(*state, READ_FILE);
+}
+
+static void restore_after_gc_of_another_handle(void **state)
+{
+    reader_handle_outliving_gc(*state, READ_RESTORE_FD);
+}
+
+static void reader_after_gc_of_another_handle(void **state)
+{
+    reader_handle_outliving_gc(*state, READ_READER);
+}
+
 /* A small pack is mostly its header and table: its one live chunk is
  * always "below half" of it. It must not be copied into another such pack
  * at every gc (t-repo-crash found the churn: packs_rewritten 1, a new
@@ -999,6 +1087,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(sparse_pack_is_repacked_then_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(small_pack_is_not_repacked, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_file_after_gc_of_another_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(restore_after_gc_of_another_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(reader_after_gc_of_another_handle, setup, teardown),
         cmocka_unit_test_setup_teardown(repack_beside_writers_loses_nothing, setup, teardown),
         cmocka_unit_test(rados_clock_reply_is_parsed_as_hostile),
     };
