@@ -561,14 +561,13 @@ int vmsh_repo_verify(vmsh_repo *r, const char *const *specs, size_t n_specs,
                      vmsh_error **err)
 {
     vmsh_lock *rl = NULL;
-    int rc = repo_lock(r, "read", false, &rl, err);
-    if (rc < 0)
-        return rc;
     /* what this handle cached before the lock may predate a gc that
      * deleted packs (issue 26, docs/formats/gc.md "Handles that outlive a
-     * gc"): the index read again */
-    if (!r->backup_pending)
-        repo_map_forget(r);
+     * gc"): read again, unless another reader of this handle holds the lock
+     * (and so kept gc out) and still uses them */
+    int rc = repo_read_begin(r, &rl, err);
+    if (rc < 0)
+        return rc;
     char(*ids)[VMSH_BACKUP_ID_LEN + 1] = NULL;
     size_t n_ids = 0;
     vfile *files = NULL;
@@ -743,6 +742,6 @@ out:
     free(files);
     free(ids);
     vmsh_verify_report_free(rep);
-    vmsh_lock_free(rl);
+    repo_read_end(r, rl);
     return rc;
 }
