@@ -56,7 +56,10 @@ cleanup_st() {
     done
     ceph_lab_release 2>/dev/null
     lab_cleanup
+    # the tmpfs outlives lab_cleanup (its loop device is detached there), so
+    # lab_cleanup could not remove the work directory: emptied here
     mountpoint -q "$MNT" && umount "$MNT"
+    rmdir "$MNT" "$T" 2>/dev/null
     return 0
 }
 trap cleanup_st EXIT
