@@ -58,7 +58,11 @@ cleanup_st() {
     lab_cleanup
     # the tmpfs outlives lab_cleanup (its loop device is detached there), so
     # lab_cleanup could not remove the work directory: emptied here
-    mountpoint -q "$MNT" && umount "$MNT"
+    # (a loop device lab_cleanup detached may hold it a moment longer)
+    for _ in $(seq 1 50); do
+        mountpoint -q "$MNT" || break
+        umount "$MNT" 2>/dev/null || sleep 0.1
+    done
     rmdir "$MNT" "$T" 2>/dev/null
     return 0
 }
