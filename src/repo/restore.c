@@ -265,41 +265,59 @@ static void *fetcher_main(void *arg)
     return NULL;
 }
 
-static void *decoder_main(void *arg)
+/* The decoders' and the writers' loop: a slot in state `from` (any batch)
+ * is marked `busy` while `work` runs on it unlocked, then `to`; `*next`
+ * counts the batches the stage has taken, so each thread of it stops once
+ * all are. A failure fails the whole job. */
+static void run_stage(rthread *t, size_t *next, int from, int busy, int to,
+                      int (*work)(rthread *, rslot *, vmsh_error **))
 {
-    rthread *t = arg;
     rjob *j = t->j;
     pthread_mutex_lock(&j->mu);
-    for (;;) {
-        if (j->next_decode >= j->n_batches)
-            break;
-        j->next_decode++;
-        rslot *s = wait_slot(j, SLOT_FETCHED, SIZE_MAX);
+    while (*next < j->n_batches) {
+        (*next)++;
+        rslot *s = wait_slot(j, from, SIZE_MAX);
         if (!s)
             break;
-        s->state = SLOT_DECODING;
+        s->state = busy;
         pthread_mutex_unlock(&j->mu);
-        const index_entry *en = &j->idx->entries[s->batch * BATCH];
         vmsh_error *e = NULL;
-        int rc = 0;
-        for (size_t k = 0; k < s->n && rc == 0; k++) {
-            /* the batch's chunk k at its place in the write buffer; a chunk
-             * of the file's last 64 KiB may be short */
-            rc = chunk_reader_decode(t->cr, &s->loc[k], s->fbuf + s->at[k],
-                                     s->obuf + k * (size_t)CHUNK_SIZE, &e);
-            if (rc < 0)
-                vmsh_error_prefix(&e, "backup %s, file %s, chunk %llu", j->backup, j->file,
-                                  (unsigned long long)en[k].chunk);
-        }
+        int rc = work(t, s, &e);
         pthread_mutex_lock(&j->mu);
         if (rc < 0) {
             rfail_locked(j, rc, &e);
             break;
         }
-        s->state = SLOT_DECODED;
+        s->state = to;
+        if (to == SLOT_FREE)
+            j->batches_done++; /* written: the slot takes the next batch */
         pthread_cond_broadcast(&j->cv);
     }
     pthread_mutex_unlock(&j->mu);
+}
+
+/* Checks and decompresses a fetched batch into its write buffer. */
+static int decode_batch(rthread *t, rslot *s, vmsh_error **err)
+{
+    rjob *j = t->j;
+    const index_entry *en = &j->idx->entries[s->batch * BATCH];
+    int rc = 0;
+    for (size_t k = 0; k < s->n && rc == 0; k++) {
+        /* the batch's chunk k at its place in the write buffer; a chunk
+         * of the file's last 64 KiB may be short */
+        rc = chunk_reader_decode(t->cr, &s->loc[k], s->fbuf + s->at[k],
+                                 s->obuf + k * (size_t)CHUNK_SIZE, err);
+        if (rc < 0)
+            vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
+                              (unsigned long long)en[k].chunk);
+    }
+    return rc;
+}
+
+static void *decoder_main(void *arg)
+{
+    rthread *t = arg;
+    run_stage(t, &t->j->next_decode, SLOT_FETCHED, SLOT_DECODING, SLOT_DECODED, decode_batch);
     return NULL;
 }
 
@@ -352,32 +370,15 @@ static int write_batch(rjob *j, rslot *s, vmsh_error **err)
     return 0;
 }
 
+static int write_stage(rthread *t, rslot *s, vmsh_error **err)
+{
+    return write_batch(t->j, s, err);
+}
+
 static void *writer_main(void *arg)
 {
     rthread *t = arg;
-    rjob *j = t->j;
-    pthread_mutex_lock(&j->mu);
-    for (;;) {
-        if (j->next_write >= j->n_batches)
-            break;
-        j->next_write++;
-        rslot *s = wait_slot(j, SLOT_DECODED, SIZE_MAX);
-        if (!s)
-            break;
-        s->state = SLOT_WRITING;
-        pthread_mutex_unlock(&j->mu);
-        vmsh_error *e = NULL;
-        int rc = write_batch(j, s, &e);
-        pthread_mutex_lock(&j->mu);
-        if (rc < 0) {
-            rfail_locked(j, rc, &e);
-            break;
-        }
-        s->state = SLOT_FREE;
-        j->batches_done++;
-        pthread_cond_broadcast(&j->cv);
-    }
-    pthread_mutex_unlock(&j->mu);
+    run_stage(t, &t->j->next_write, SLOT_DECODED, SLOT_WRITING, SLOT_FREE, write_stage);
     return NULL;
 }
 
