@@ -159,6 +159,23 @@ static int grow_fbuf(rslot *s, size_t need, vmsh_error **err)
     return 0;
 }
 
+/* The request that reads the blobs order[a..b) of one pack, neighbours
+ * within MERGE_GAP merged: returns b, *to the end of the last blob. */
+static size_t merge_run(const rslot *s, const uint8_t *order, size_t a, uint64_t *to)
+{
+    const chunk_loc *l = &s->loc[order[a]];
+    *to = l->offset + l->stored_len;
+    size_t b = a + 1;
+    for (; b < s->n; b++) {
+        const chunk_loc *m = &s->loc[order[b]];
+        if (m->pack != l->pack || m->offset > *to + MERGE_GAP)
+            break;
+        if (m->offset + m->stored_len > *to)
+            *to = m->offset + m->stored_len;
+    }
+    return b;
+}
+
 /* Reads the blobs of the slot's batch (located by the resolver): sorted by
  * pack and offset, neighbours (gaps under MERGE_GAP) in one request each. */
 static int fetch_batch(rthread *t, rslot *s, vmsh_error **err)
@@ -174,15 +191,8 @@ static int fetch_batch(rthread *t, rslot *s, vmsh_error **err)
     size_t need = 0;
     for (size_t a = 0; a < s->n;) {
         const chunk_loc *l = &s->loc[order[a]];
-        uint64_t from = l->offset / align * align, to = l->offset + l->stored_len;
-        size_t b = a + 1;
-        for (; b < s->n; b++) {
-            const chunk_loc *m = &s->loc[order[b]];
-            if (m->pack != l->pack || m->offset > to + MERGE_GAP)
-                break;
-            if (m->offset + m->stored_len > to)
-                to = m->offset + m->stored_len;
-        }
+        uint64_t from = l->offset / align * align, to;
+        size_t b = merge_run(s, order, a, &to);
         need += (size_t)((to + align - 1) / align * align - from);
         a = b;
     }
@@ -192,15 +202,8 @@ static int fetch_batch(rthread *t, rslot *s, vmsh_error **err)
     size_t pos = 0;
     for (size_t a = 0; a < s->n;) {
         const chunk_loc *l = &s->loc[order[a]];
-        uint64_t from = l->offset / align * align, to = l->offset + l->stored_len;
-        size_t b = a + 1;
-        for (; b < s->n; b++) {
-            const chunk_loc *m = &s->loc[order[b]];
-            if (m->pack != l->pack || m->offset > to + MERGE_GAP)
-                break;
-            if (m->offset + m->stored_len > to)
-                to = m->offset + m->stored_len;
-        }
+        uint64_t from = l->offset / align * align, to;
+        size_t b = merge_run(s, order, a, &to);
         size_t len = (size_t)((to + align - 1) / align * align - from);
         int64_t got = chunk_reader_fetch(t->cr, l->pack, from, len, s->fbuf + pos, err);
         if (got < 0)
