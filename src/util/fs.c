@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,4 +275,35 @@ void vmsh_fs_close_detached(const int *fds, size_t n)
     if (pid > 0)
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
+}
+
+static pthread_mutex_t deferred_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *deferred;
+static size_t n_deferred;
+
+void vmsh_fs_defer_close(int fd)
+{
+    if (fd < 0)
+        return;
+    pthread_mutex_lock(&deferred_lock);
+    int *v = realloc(deferred, (n_deferred + 1) * sizeof(*v));
+    if (v) {
+        deferred = v;
+        deferred[n_deferred++] = fd;
+    }
+    pthread_mutex_unlock(&deferred_lock);
+    if (!v)
+        close(fd); /* freed now, as if it had not been deferred */
+}
+
+void vmsh_fs_close_deferred(void)
+{
+    pthread_mutex_lock(&deferred_lock);
+    int *v = deferred;
+    size_t n = n_deferred;
+    deferred = NULL;
+    n_deferred = 0;
+    pthread_mutex_unlock(&deferred_lock);
+    vmsh_fs_close_detached(v, n);
+    free(v);
 }

@@ -712,6 +712,7 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             vmsh_stg_plan_clear(&sp);
             break;
         }
+        vmsh_stg_kind sk = sp.kind;
         if (storage) {
             /* onto storage of its kind (what QEMU opens: a device, a
              * volume's path, rbd:POOL/IMAGE), or an image file under --to */
@@ -723,8 +724,22 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
         } else if ((r = final_path(o, c, f, &final, &link, err)) < 0) {
             break;
         }
-        bool exists = false, link_exists = false;
+        /* issue 23: an instant restore onto an existing pool volume that is
+         * a file (a dir pool) puts its overlay beside the file and renames
+         * it over it, as for an image file (the R12 checks above are the
+         * volume's, unchanged); the definition keeps naming the volume */
+        struct stat vst;
+        bool vol_file = o->overlay_disks && in_place && !create && sk == VMSH_STG_VOLUME && final &&
+                        final[0] == '/' && lstat(final, &vst) == 0 && S_ISREG(vst.st_mode);
+        if (vol_file) {
+            in_place = false;
+            json_object_object_del(storage, "in_place");
+            json_object_object_add(storage, "overlay_in_volume", json_object_new_boolean(true));
+        }
+        bool exists = vol_file, link_exists = false;
         struct stat seen = {0};
+        if (vol_file)
+            seen = vst;
         /* outside --to's directory: only where nothing is, or over what
          * the VM being replaced owns */
         if (final && !o->restore_dir && !storage &&
@@ -847,6 +862,21 @@ static int create_storage(vm_writer *w, vmsh_set *set, const vmsh_component *c, 
     /* written there, and the definition names it (register_vm) */
     json_object_object_add(fo, "temporary", jstr(path));
     json_object_object_add(fo, "to", jstr(path));
+    struct stat vst;
+    if (vmsh_set_options_of(set)->overlay_disks && plan.kind == VMSH_STG_VOLUME && path[0] == '/' &&
+        lstat(path, &vst) == 0 && S_ISREG(vst.st_mode)) {
+        /* issue 23: an instant restore's overlay goes beside the new
+         * volume's file and is renamed over it (as plan_component does for
+         * an existing one): what is there is the volume just created */
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s" TMP_SUFFIX, path) < 0)
+            return vmsh_error_set(err, -ENOMEM, "out of memory");
+        json_object_object_add(fo, "temporary", jstr(tmp));
+        json_object_object_add(fo, "in_place", NULL);
+        json_object_object_add(fo, "replaces", json_object_new_boolean(true));
+        json_object_object_del(st, "in_place");
+        json_object_object_add(st, "overlay_in_volume", json_object_new_boolean(true));
+    }
     return 0;
 }
 
@@ -996,27 +1026,6 @@ static int open_replaced(const char *final, const char *inode)
     return fd;
 }
 
-/* Keeps `fd` open until the writer's work ends (vmw_release_replaced). */
-static void hold_replaced(vm_writer *w, int fd)
-{
-    int *v = fd >= 0 ? realloc(w->replaced_fds, (w->n_replaced + 1) * sizeof(*v)) : NULL;
-    if (!v) {
-        if (fd >= 0)
-            close(fd); /* freed now, as without holding it */
-        return;
-    }
-    w->replaced_fds = v;
-    v[w->n_replaced++] = fd;
-}
-
-void vmsh_vmw_release_replaced(vm_writer *w)
-{
-    vmsh_fs_close_detached(w->replaced_fds, w->n_replaced);
-    free(w->replaced_fds);
-    w->replaced_fds = NULL;
-    w->n_replaced = 0;
-}
-
 /* Moves a restored file into place and makes the move durable: the file
  * itself was synced when written (the requestor's sink), the rename is on
  * stable storage once its directory is synced; all before the VM is
@@ -1027,12 +1036,13 @@ void vmsh_vmw_release_replaced(vm_writer *w)
  * freed by the kernel when its last link goes, inside the rename: 1.9 s
  * for a written 8 GiB image on ext4, on the way to the VM running again.
  * So the file PreRestore checked (`inode`) is kept open over the rename,
- * which then only drops a link, and closed once the writer's work is done
- * (vmsh_vmw_release_replaced), in a process of its own: the kernel frees it
- * there while the VM starts. Never garbage: a process that dies closes it,
+ * which then only drops a link, and handed to the requestor
+ * (vmsh_fs_defer_close), which closes it in a process of its own once the
+ * restore's last fsync is done (for an instant restore: once the VM runs):
+ * the kernel frees it there. Never garbage: a process that dies closes it,
  * and after a host crash the file system frees the orphan inode at mount. */
-static int place_file(vm_writer *w, const char *tmp, const char *final, const char *inode,
-                      json_object *freed, vmsh_error **err)
+static int place_file(const char *tmp, const char *final, const char *inode, json_object *freed,
+                      vmsh_error **err)
 {
     int old = open_replaced(final, inode);
     if (rename(tmp, final) < 0) {
@@ -1043,7 +1053,7 @@ static int place_file(vm_writer *w, const char *tmp, const char *final, const ch
     }
     if (old >= 0 && freed)
         json_object_array_add(freed, jstr(final));
-    hold_replaced(w, old);
+    vmsh_fs_defer_close(old);
     _cleanup_free_ char *dir = vmsh_path_dirname(final);
     if (!dir)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
@@ -1286,12 +1296,22 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
              * disk's format was; otherwise the disk was written once in its
              * own format (issue 27) */
             const char *format = o->overlay_disks ? "qcow2" : json_object_get_string(fmt);
-            r = place_file(w, tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
+            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
+            /* the overlay in a pool volume's file: the definition names the
+             * volume (type='volume'), as after a normal restore onto it */
+            json_object *sto = NULL;
+            json_object_object_get_ex(fo, "storage", &sto);
+            bool vol = jbool(sto, "overlay_in_volume");
             if (r == 0 && n_rp < VMSH_ARRAY_SIZE(rp))
                 rp[n_rp++] =
-                    (vmsh_disk_repath){.target = disk_target(f), .path = final, .format = format};
+                    (vmsh_disk_repath){.target = disk_target(f),
+                                       .path = final,
+                                       .format = format,
+                                       .in_place = vol,
+                                       .pool = vol ? vmsh_json_str(sto, "pool") : NULL,
+                                       .volume = vol ? vmsh_json_str(sto, "target") : NULL};
         } else {
-            r = place_file(w, tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
+            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
             if (r == 0 && link)
@@ -1489,9 +1509,6 @@ int vmsh_vmw_post_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
         }
     }
     rm_set_dir(w, set);
-    /* the files the restore replaced are freed from here, beside whatever
-     * runs next (the VM's start) */
-    vmsh_vmw_release_replaced(w);
     return first;
 }
 

@@ -1585,7 +1585,6 @@ static void vmw_free(vmsh_writer_ops *ops)
         return;
     prefetch_clear(w);
     reset(w);
-    vmsh_vmw_release_replaced(w);
     vmsh_hv_free(w->hv);
     free(w->repo_id);
     json_object_put(w->history);

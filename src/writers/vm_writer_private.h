@@ -91,19 +91,11 @@ typedef struct vm_writer {
     vmsh_agent_info **pre_agents; /* per VM of pre_vms; NULL: not probed */
     int pre_rc;
     vmsh_error *pre_err;
-    /* issue 23: the files a restore's renames replaced, kept open so
-     * that the kernel frees them after the restore (vm_restore.c,
-     * place_file) */
-    int *replaced_fds;
-    size_t n_replaced;
     char *repo_id;        /* issue 7: the repository of the backup */
     json_object *history; /* {vm: {backup, extra}} of that repository */
 } vm_writer;
 
 int vmsh_vmw_hv_ready(vm_writer *w, vmsh_error **err);
-/* Closes the files the restore replaced (place_file), in a process of its
- * own (vmsh_fs_close_detached): the kernel frees them there. */
-void vmsh_vmw_release_replaced(vm_writer *w);
 
 /* Incremental reads (vm_incr.c, issue 7). */
 /* A VM whose images are read directly (R1, shut off): every disk in full,

@@ -153,6 +153,25 @@ static void fs_close_detached(void **state)
     assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
 }
 
+/* issue 23: deferred descriptors stay open until vmsh_fs_close_deferred,
+ * which closes them all (detached) and forgets them */
+static void fs_defer_close(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    vmsh_fs_defer_close(p[1]);
+    vmsh_fs_defer_close(-1);
+    assert_int_not_equal(fcntl(p[1], F_GETFD), -1);
+    vmsh_fs_close_deferred();
+    assert_int_equal(fcntl(p[1], F_GETFD), -1);
+    char c;
+    assert_int_equal(read(p[0], &c, 1), 0);
+    close(p[0]);
+    vmsh_fs_close_deferred(); /* empty: nothing closed twice */
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+}
+
 static void path_helpers(void **state)
 {
     _cleanup_free_ char *j = vmsh_path_join("/a/", "/b");
@@ -299,6 +318,7 @@ int main(void)
         cmocka_unit_test(fs_atomic_write_and_read),
         cmocka_unit_test(path_helpers),
         cmocka_unit_test(fs_close_detached),
+        cmocka_unit_test(fs_defer_close),
         cmocka_unit_test(path_is_clean),
         cmocka_unit_test(lock_second_holder_gets_ebusy),
         cmocka_unit_test(text_utf8_validation),

@@ -69,6 +69,18 @@ bool vmsh_path_is_clean(const char *path);
  * that forks and execs concurrently (its child would inherit them). */
 void vmsh_fs_close_detached(const int *fds, size_t n);
 
+/* A process-wide list of such descriptors (issue 23): the VM writer's
+ * restore adds the disk images its renames replaced (vmsh_fs_defer_close;
+ * when the list cannot grow, the descriptor is closed at once), and the
+ * requestor closes them (vmsh_fs_close_deferred, through
+ * vmsh_fs_close_detached) once nothing on the way to the VM running is
+ * left: the kernel's freeing (and on a file system mounted with `discard`,
+ * its discards) holds up the journal commit that every later fsync waits
+ * for, so a restore must not start it before its own last fsync. What is
+ * never closed so is closed when the process exits. Thread-safe. */
+void vmsh_fs_defer_close(int fd);
+void vmsh_fs_close_deferred(void);
+
 /* A scratch file for data too big for memory (issue 27: verify's sort of
  * chunk IDs), read and written with stdio: unlinked from the start, so it
  * goes when closed or when the process dies. In TMPDIR, else /var/tmp (not
