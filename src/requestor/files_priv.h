@@ -42,6 +42,12 @@ char *files_join(const char *dir, const char *name);
  * "..". Malloc'ed. */
 int files_basename(const char *path, char **out, vmsh_error **err);
 
+/* Tests only (tests/unit/test_files.c): true makes every copy take the
+ * path of a target filesystem without O_TMPFILE (a hidden temporary name,
+ * renamed when complete), which tmpfs and ext4 never take by themselves.
+ * Nothing else sets it. */
+extern bool files_tree_no_tmpfile;
+
 int files_tree_list(const files_src *src, const char *path, bool recursive, vmsh_files_entry_fn cb,
                     void *opaque, vmsh_error **err);
 int files_tree_get(const files_src *src, const char *const *paths, size_t n,

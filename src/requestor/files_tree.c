@@ -308,10 +308,13 @@ static int copy_tree(copy_ctx *c, int dirfd, const char *gdir, int depth, vmsh_e
  * with O_TMPFILE, nothing at all). Where the target's filesystem has no
  * O_TMPFILE the copy gets a hidden temporary name first, renamed when
  * complete; a kill then leaves that ".vmshadow-part-*" file (docs/cli.md). */
+bool files_tree_no_tmpfile;
+
 static int open_partial(int dirfd, char *tmp, size_t tmp_size)
 {
     tmp[0] = 0;
-    int fd = openat(dirfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0600);
+    int fd = files_tree_no_tmpfile ? (errno = EOPNOTSUPP, -1)
+                                   : openat(dirfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0600);
     if (fd >= 0)
         return fd;
     if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)

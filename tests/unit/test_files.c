@@ -42,7 +42,26 @@ typedef struct memfs {
     char last_note[512];
     int reads;
     uint64_t fail_at; /* a read at or past this offset fails (0: none) */
+    /* watched during reads past a file's start: what the target directory
+     * holds while a copy is half written */
+    const char *watch_dir, *watch_name;
+    int seen_hidden, seen_final, watched;
 } memfs;
+
+static void watch(memfs *fs)
+{
+    DIR *d = opendir(fs->watch_dir);
+    if (!d)
+        return;
+    fs->watched++;
+    for (struct dirent *de; (de = readdir(d));) {
+        if (strncmp(de->d_name, ".vmshadow-part-", 15) == 0)
+            fs->seen_hidden++;
+        if (strcmp(de->d_name, fs->watch_name) == 0)
+            fs->seen_final++;
+    }
+    closedir(d);
+}
 
 static vmsh_files_entry entry_of(const node *x)
 {
@@ -109,6 +128,8 @@ static int m_read(void *opaque, const char *path, uint64_t off, void *buf, size_
     if (!x || !S_ISREG(x->mode))
         return vmsh_error_set(err, -EIO, "read of %s", path);
     fs->reads++;
+    if (fs->watch_dir && off > 0)
+        watch(fs);
     if (fs->fail_at && off >= fs->fail_at)
         return vmsh_error_set(err, -EIO, "read of %s at %llu", path, (unsigned long long)off);
     uint64_t size = x->size ? x->size : strlen(x->data);
@@ -378,6 +399,75 @@ static void no_partial_file(void **state)
     assert_int_equal(n, 1);
 }
 
+/* The fallback for a target filesystem without O_TMPFILE (forced through
+ * the tests' seam): while a file is copied it exists only under a hidden
+ * ".vmshadow-part-" name, never under its final one; once complete it is
+ * renamed, identical, with its mode and times, and no hidden file is left;
+ * a copy that fails leaves neither. */
+static void no_tmpfile_fallback(void **state)
+{
+    (void)state;
+    static const node big[] = {{"/", "big", S_IFREG | 0640, 0, 0, T1, "abcdefg", 5u << 20},
+                               {"/", "a-small", S_IFREG | 0644, 0, 0, T1, "small\n", 0}};
+    files_tree_no_tmpfile = true;
+    memfs fs = {.n = big, .count = 2, .watch_dir = at("dst"), .watch_name = "big"};
+    files_src src = src_of(&fs);
+    mkdir(at("dst"), 0755);
+    const char *paths[] = {"/"};
+    vmsh_files_get_options go = {.to_dir = at("dst"), .tar_fd = -1};
+    vmsh_files_stats st = {0};
+    vmsh_error *err = NULL;
+    assert_int_equal(files_tree_get(&src, paths, 1, &go, &st, &err), 0);
+    assert_int_equal(st.files, 2);
+    assert_true(fs.watched >= 2);              /* looked at in the middle of big */
+    assert_true(fs.seen_hidden >= fs.watched); /* a hidden partial each time */
+    assert_int_equal(fs.seen_final, 0);        /* never the final name */
+    /* complete: identical, with its mode and time; nothing hidden left */
+    struct stat s;
+    assert_int_equal(stat(at("dst/big"), &s), 0);
+    assert_int_equal((int)s.st_size, 5 << 20);
+    assert_int_equal(s.st_mode & 07777, 0640);
+    assert_int_equal((long long)s.st_mtime, (long long)T1);
+    FILE *f = fopen(at("dst/big"), "rb");
+    assert_non_null(f);
+    bool same = true;
+    for (long i = 0; i < (5L << 20); i++)
+        if (fgetc(f) != "abcdefg"[i % 7])
+            same = false;
+    assert_int_equal(fgetc(f), EOF);
+    fclose(f);
+    assert_true(same);
+    DIR *d = opendir(at("dst"));
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    rewinddir(d);
+    int hidden = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        hidden += strncmp(de->d_name, ".vmshadow-part-", 15) == 0;
+    closedir(d);
+    assert_int_equal(n, 2);
+    assert_int_equal(hidden, 0);
+    /* failing in the middle of big: neither its name nor a hidden file */
+    memfs bad = {
+        .n = big, .count = 2, .fail_at = 1u << 20, .watch_dir = at("dst2"), .watch_name = "big"};
+    files_src bsrc = src_of(&bad);
+    mkdir(at("dst2"), 0755);
+    go.to_dir = at("dst2");
+    st = (vmsh_files_stats){0};
+    assert_int_equal(files_tree_get(&bsrc, paths, 1, &go, &st, &err), -EIO);
+    vmsh_error_free(err);
+    assert_true(bad.seen_hidden >= 1 && bad.seen_final == 0);
+    assert_int_equal(lstat(at("dst2/big"), &s), -1);
+    d = opendir(at("dst2"));
+    n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+    closedir(d);
+    assert_int_equal(n, 1); /* a-small only */
+    files_tree_no_tmpfile = false;
+}
+
 static void target_checks(void **state)
 {
     (void)state;
@@ -593,6 +683,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(replaces_planted_link, setup, teardown),
         cmocka_unit_test_setup_teardown(target_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(no_partial_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(no_tmpfile_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(deep_tree, setup, teardown),
         cmocka_unit_test(list_order),
         cmocka_unit_test_setup_teardown(tar_golden, setup, teardown),
