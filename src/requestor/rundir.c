@@ -167,11 +167,15 @@ int req_session_create(char **dir, int *lock_fd, vmsh_error **err)
         free(d);
         return r;
     }
+    /* locked under another name, then named: a sweep never finds the
+     * lock file unlocked while its owner lives (between mkdtemp and the
+     * rename the directory has none, and is young) */
     _cleanup_free_ char *lock = vmsh_path_join(d, LOCK_NAME);
-    int fd = lock ? open(lock, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600) : -1;
-    if (fd < 0 || flock(fd, LOCK_EX) < 0) {
-        r = vmsh_error_set(err, lock ? -errno : -ENOMEM, "cannot lock %s: %s", d,
-                           strerror(lock ? errno : ENOMEM));
+    _cleanup_free_ char *tmp = vmsh_path_join(d, LOCK_NAME ".new");
+    int fd = lock && tmp ? open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600) : -1;
+    if (fd < 0 || flock(fd, LOCK_EX) < 0 || rename(tmp, lock) < 0) {
+        r = vmsh_error_set(err, lock && tmp ? -errno : -ENOMEM, "cannot lock %s: %s", d,
+                           strerror(lock && tmp ? errno : ENOMEM));
         if (fd >= 0)
             close(fd);
         remove_tree(d);
