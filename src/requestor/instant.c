@@ -11,7 +11,7 @@
  *   overlay  (block or RBD targets only) the definition the restore
  *            registered, which names the device or image, is kept beside the
  *            journal (VM.xml); each such disk gets a qcow2 overlay on its
- *            server in the scratch directory (else the run directory) and
+ *            server in the scratch directory (else STATE_DIR/instant/overlays) and
  *            the VM is defined on those overlays
  *   pull     a block pull per file disk; a disk is done when its job is over
  *            and the disk has no backing image left. A block or RBD disk is
