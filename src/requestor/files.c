@@ -388,13 +388,16 @@ static char *appliance_sockdir(void)
         return NULL;
     char *found = NULL;
     pid_t me = getpid();
-    for (struct dirent *de; !found && (de = readdir(d));) {
+    /* QEMU's command line is long (the appliance's kernel arguments) */
+    enum { BUF = 1 << 16 };
+    _cleanup_free_ char *buf = malloc(BUF);
+    for (struct dirent *de; buf && !found && (de = readdir(d));) {
         if (de->d_name[0] < '1' || de->d_name[0] > '9')
             continue;
-        char path[300], buf[4096];
+        char path[300];
         snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
-        ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+        ssize_t n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
         if (fd >= 0)
             close(fd);
         if (n <= 0)
@@ -407,7 +410,7 @@ static char *appliance_sockdir(void)
             continue;
         snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
         fd = open(path, O_RDONLY | O_CLOEXEC);
-        n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+        n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
         if (fd >= 0)
             close(fd);
         if (n <= 0)
