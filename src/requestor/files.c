@@ -10,13 +10,18 @@
  * What the appliance returns (names, link targets, sizes) is hostile too:
  * files_tree.c checks it before anything is written. */
 #include "requestor/files_priv.h"
+#include "requestor/requestor_priv.h"
 
 #include <vmshadow/requestor/serve.h>
 #include <vmshadow/util/mem.h>
 
 #include <guestfs.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,6 +375,58 @@ static int mount_guest(vmsh_files *f, const vmsh_files_options *o, vmsh_error **
     return rc;
 }
 
+/* The socket directory of the appliance this process launched: root's
+ * libguestfs puts it in /tmp whatever the environment says, and a SIGKILL
+ * leaves it. Found on the command line of our child QEMU (the direct
+ * backend; with the libvirt backend QEMU is libvirtd's child and nothing
+ * is found): "-chardev socket,path=DIR/guestfsd.sock,...". Malloc'ed, or
+ * NULL. */
+static char *appliance_sockdir(void)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return NULL;
+    char *found = NULL;
+    pid_t me = getpid();
+    /* QEMU's command line is long (the appliance's kernel arguments) */
+    enum { BUF = 1 << 16 };
+    _cleanup_free_ char *buf = malloc(BUF);
+    for (struct dirent *de; buf && !found && (de = readdir(d));) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char path[300];
+        snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')'); /* the name may hold anything */
+        long ppid = 0;
+        char st = 0;
+        if (!rp || sscanf(rp + 1, " %c %ld", &st, &ppid) != 2 || ppid != (long)me)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        for (char *a = buf; a < buf + n; a += strlen(a) + 1) {
+            char *p = strstr(a, "path=");
+            char *end = p ? strstr(p, "/guestfsd.sock") : NULL;
+            if (p && end && !found)
+                found = strndup(p + 5, (size_t)(end - (p + 5)));
+        }
+    }
+    closedir(d);
+    return found;
+}
+
 int vmsh_files_open(vmsh_files **out, vmsh_repo *repo, const vmsh_files_options *o,
                     vmsh_error **err)
 {
@@ -412,6 +469,11 @@ int vmsh_files_open(vmsh_files **out, vmsh_repo *repo, const vmsh_files_options 
         else
             guestfs_set_error_handler(f->g, NULL, NULL);
     }
+    /* libguestfs's temporary directory (the drives' overlays) in the
+     * session's: removed with it, by the next command if we are killed */
+    const char *sdir = rc == 0 ? req_serve_session_dir(f->ss) : NULL;
+    if (sdir && guestfs_set_tmpdir(f->g, sdir) < 0)
+        rc = gerr(f->g, err, -EIO, "cannot set libguestfs's temporary directory", sdir);
     size_t n = rc == 0 ? vmsh_serve_session_count(f->ss) : 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         vmsh_serve_export x;
@@ -436,6 +498,11 @@ int vmsh_files_open(vmsh_files **out, vmsh_repo *repo, const vmsh_files_options 
                   "cannot start libguestfs's appliance (see libguestfs-test-tool; where KVM does "
                   "not work, LIBGUESTFS_BACKEND_SETTINGS=force_tcg)",
                   NULL);
+    if (rc == 0 && sdir) {
+        _cleanup_free_ char *sock = appliance_sockdir();
+        if (sock)
+            req_session_note_guestfs(sdir, sock);
+    }
     f->src.opaque = f->g;
     if (rc == 0)
         rc = mount_guest(f, o, err);

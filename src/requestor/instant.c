@@ -11,7 +11,7 @@
  *   overlay  (block or RBD targets only) the definition the restore
  *            registered, which names the device or image, is kept beside the
  *            journal (VM.xml); each such disk gets a qcow2 overlay on its
- *            server in the scratch directory (else the run directory) and
+ *            server in the scratch directory (else STATE_DIR/instant/overlays) and
  *            the VM is defined on those overlays
  *   pull     a block pull per file disk; a disk is done when its job is over
  *            and the disk has no backing image left. A block or RBD disk is
@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -464,12 +465,125 @@ static void sleep_ms(long ms)
  * overlay, whose data is complete), and the device or image from then on.
  * ------------------------------------------------------------------------ */
 
-/* Where the overlays go: scratch-dir (disk space), else the run directory
- * (memory, like the backup's overlays of block disks; issue 25). */
-static const char *overlay_dir(const vmsh_requestor_config *cfg, const ijob *j)
+/* Where the overlays go: scratch-dir when set, else beside the journal
+ * (STATE_DIR/instant/overlays). Never the run directory: an overlay holds
+ * the only copy of what the guest wrote since it started (the device gets
+ * it only once the copy has caught up), and a host reboot empties /run:
+ * the VM could not start again and those writes were lost (t-instant-block
+ * reboot_mid_copy failed so: "Cannot access storage file ..."). */
+static char *overlay_dir(const vmsh_requestor_config *cfg)
 {
     const char *s = cfg->conf ? vmsh_kvconf_get(cfg->conf, "scratch-dir") : NULL;
-    return s && *s ? s : j->run_dir;
+    if (s && *s)
+        return strdup(s);
+    return vmsh_path_join(cfg->state_dir, "instant/overlays");
+}
+
+#define ACL_XATTR   "system.posix_acl_access"
+#define ACL_VERSION 2
+enum {
+    ACL_USER_OBJ = 1,
+    ACL_USER = 2,
+    ACL_GROUP_OBJ = 4,
+    ACL_GROUP = 8,
+    ACL_MASK = 16,
+    ACL_OTHER = 32
+};
+typedef struct acl_entry {
+    uint16_t tag, perm;
+    uint32_t id;
+} acl_entry;
+
+static int acl_cmp(const void *a, const void *b)
+{
+    const acl_entry *x = a, *y = b;
+    return x->tag != y->tag ? (x->tag < y->tag ? -1 : 1) : x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Lets user `uid` through directory `dir` (search only: it lists nothing,
+ * reads nothing it is not given by name and by the file's own mode) with
+ * one entry of a POSIX ACL; the mode and any ACL already there are kept.
+ * The state directory is 0700 and root's: QEMU, which runs as its own
+ * user, must reach the overlays beneath it; nobody else may. */
+static int acl_allow_search(const char *dir, uid_t uid, vmsh_error **err)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0)
+        return vmsh_error_set(err, -errno, "cannot look at %s: %s", dir, strerror(errno));
+    acl_entry e[64];
+    size_t n = 0;
+    unsigned char buf[4 + 64 * 8];
+    ssize_t len = getxattr(dir, ACL_XATTR, buf, sizeof(buf));
+    if (len >= 4 && (len - 4) % 8 == 0) {
+        for (size_t off = 4; off < (size_t)len && n < 63; off += 8, n++) {
+            memcpy(&e[n].tag, buf + off, 2);
+            memcpy(&e[n].perm, buf + off + 2, 2);
+            memcpy(&e[n].id, buf + off + 4, 4);
+        }
+    } else if (len < 0 && errno != ENODATA && errno != EOPNOTSUPP) {
+        return vmsh_error_set(err, -errno, "cannot read the ACL of %s: %s", dir, strerror(errno));
+    } else {
+        /* none: the mode as an ACL */
+        e[n++] = (acl_entry){ACL_USER_OBJ, (st.st_mode >> 6) & 7, (uint32_t)-1};
+        e[n++] = (acl_entry){ACL_GROUP_OBJ, (st.st_mode >> 3) & 7, (uint32_t)-1};
+        e[n++] = (acl_entry){ACL_OTHER, st.st_mode & 7, (uint32_t)-1};
+    }
+    bool have = false, mask = false;
+    uint16_t group_class = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].tag == ACL_USER && e[i].id == uid) {
+            have = true;
+            e[i].perm |= 1;
+        }
+        if (e[i].tag == ACL_MASK)
+            mask = true;
+        if (e[i].tag == ACL_GROUP_OBJ || e[i].tag == ACL_GROUP)
+            group_class |= e[i].perm;
+    }
+    if (!have)
+        e[n++] = (acl_entry){ACL_USER, 1, (uint32_t)uid};
+    if (!mask)
+        e[n++] = (acl_entry){ACL_MASK, (uint16_t)(group_class | 1), (uint32_t)-1};
+    for (size_t i = 0; i < n; i++)
+        if (e[i].tag == ACL_MASK)
+            e[i].perm |= 1; /* the mask bounds the user entry too */
+    qsort(e, n, sizeof(e[0]), acl_cmp);
+    uint32_t v = ACL_VERSION;
+    memcpy(buf, &v, 4);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(buf + 4 + i * 8, &e[i].tag, 2);
+        memcpy(buf + 4 + i * 8 + 2, &e[i].perm, 2);
+        memcpy(buf + 4 + i * 8 + 4, &e[i].id, 4);
+    }
+    if (setxattr(dir, ACL_XATTR, buf, 4 + n * 8, 0) < 0)
+        return vmsh_error_set(
+            err, -errno,
+            "cannot let QEMU's user through %s (a POSIX ACL: %s): set scratch-dir "
+            "to a directory QEMU reaches for the overlays of block copies",
+            dir, strerror(errno));
+    return 0;
+}
+
+/* Makes the default overlay directory STATE_DIR/instant/overlays: 0700,
+ * QEMU's user's, which gets search through the state directory and
+ * STATE_DIR/instant (0700, root's) by an ACL entry each. */
+static int make_overlay_dir(const vmsh_requestor_config *cfg, const char *dir, vmsh_error **err)
+{
+    int r = vmsh_fs_mkdir_p(dir, 0700, err);
+    gid_t gid = 0;
+    uid_t uid = qemu_uid(&gid);
+    if (r < 0 || uid == (uid_t)-1 || uid == 0)
+        return r; /* QEMU runs as root: it reaches everything */
+    _cleanup_free_ char *inst = vmsh_path_dirname(dir);
+    if (!inst)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
+    if ((r = acl_allow_search(cfg->state_dir, uid, err)) < 0 ||
+        (r = acl_allow_search(inst, uid, err)) < 0)
+        return r;
+    if (chown(dir, uid, gid) < 0 || chmod(dir, 0700) < 0)
+        return vmsh_error_set(err, -errno, "cannot give %s to QEMU's user: %s", dir,
+                              strerror(errno));
+    return 0;
 }
 
 static bool any_copy(const ijob *j)
@@ -565,6 +679,9 @@ static int define_current(vmsh_hv *hv, ijob *j, vmsh_error **err)
 static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j, const char *xml,
                           const vmsh_domxml *x, vmsh_error **err)
 {
+    _cleanup_free_ char *odir = overlay_dir(cfg);
+    if (!odir)
+        return vmsh_error_set(err, -ENOMEM, "out of memory");
     int r = 0;
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         idisk *d = &j->disks[i];
@@ -581,8 +698,8 @@ static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j
             if (!to)
                 break;
             if (!(d->copy_to = strdup(to)) || !(d->phase = strdup("overlay")) ||
-                asprintf(&d->overlay, "%s/.vmshadow-instant-%s-%s.overlay", overlay_dir(cfg, j),
-                         j->vm, d->disk) < 0) {
+                asprintf(&d->overlay, "%s/.vmshadow-instant-%s-%s.overlay", odir, j->vm, d->disk) <
+                    0) {
                 d->overlay = NULL;
                 r = vmsh_error_set(err, -ENOMEM, "out of memory");
             } else if (!vmsh_path_is_clean(d->overlay) || d->overlay[0] != '/') {
@@ -599,8 +716,10 @@ static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j
         j->definition = NULL;
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
+    const char *scratch = cfg->conf ? vmsh_kvconf_get(cfg->conf, "scratch-dir") : NULL;
     if ((r = journal_write(j, "overlay", err)) < 0 ||
-        (r = vmsh_fs_write_atomic(j->definition, xml, strlen(xml), 0600, err)) < 0)
+        (r = vmsh_fs_write_atomic(j->definition, xml, strlen(xml), 0600, err)) < 0 ||
+        (!(scratch && *scratch) && (r = make_overlay_dir(cfg, odir, err)) < 0))
         return r;
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         idisk *d = &j->disks[i];
@@ -714,7 +833,26 @@ static int drive(vmsh_hv *hv, ijob *j, const vmsh_requestor_callbacks *cb, bool 
             return r;
         if (st == VMSH_VM_SHUTOFF) {
             /* after a host reboot, or the guest shut down: its disks still
-             * need their servers; it runs again to be pulled */
+             * need their servers; it runs again to be pulled. Not on an
+             * overlay that is gone (one in a run directory a reboot
+             * emptied, journaled by an older vmshadow, or a scratch-dir
+             * on a tmpfs): the guest's writes since the start are lost
+             * with it, and libvirt's "cannot access storage file" would
+             * not say what to do */
+            for (size_t i = 0; i < j->n; i++) {
+                const idisk *d = &j->disks[i];
+                if (!d->done && d->overlay && access(d->overlay, F_OK) != 0)
+                    return vmsh_error_set(
+                        err, -ENOENT,
+                        "VM %s, disk %s: its overlay %s is gone (%s; a reboot empties a run "
+                        "directory or a tmpfs): what the guest wrote to it since the instant "
+                        "restore started is lost and the VM cannot run on it: left shut off; "
+                        "'vmshadow recover --abandon %s' tears the restore down (%s), "
+                        "then restore again",
+                        j->vm, d->disk, d->overlay, strerror(errno), j->vm,
+                        d->copy_to ? "the device or image then holds a partial restore"
+                                   : "the VM is undefined");
+            }
             req_warn(cb, "VM %s was shut off during its instant restore; starting it", j->vm);
             if ((r = vmsh_hv_start(hv, j->vm, err)) < 0)
                 return r;

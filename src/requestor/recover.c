@@ -10,6 +10,9 @@ int vmsh_requestor_recover(const vmsh_requestor_config *cfg, const vmsh_requesto
     req_host h;
     vmsh_coord_config ccfg;
     *out = NULL;
+    /* session directories of `files` and `serve` runs that were killed
+     * (rundir.c): every command's recovery removes them */
+    req_session_sweep();
     int r = req_coord_config(cfg, &ccfg, err);
     if (r < 0)
         return r;

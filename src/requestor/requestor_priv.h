@@ -73,6 +73,25 @@ int req_cluster_restore_end(const vmsh_requestor_config *cfg, const vmsh_request
                             req_cluster_restore *rc, struct json_object *done, vmsh_error **err);
 void req_cluster_restore_free(req_cluster_restore *rc);
 
+/* ---- rundir.c: private session directories in the run directory, removed
+ * by the next command when their owner died (issue 23) */
+/* The run directory: $VMSHADOW_RUN_DIR, else /run/vmshadow for root, else
+ * $XDG_RUNTIME_DIR/vmshadow, else /tmp/vmshadow-UID (in buf). */
+const char *req_run_base(char *buf, size_t size);
+/* Makes RUN/session-XXXXXX, locked by this process while *lock_fd is
+ * open (close-on-exec); sweeps dead ones first. */
+int req_session_create(char **dir, int *lock_fd, vmsh_error **err);
+/* Notes libguestfs's socket directory (which root's libguestfs puts in
+ * /tmp whatever the environment says) for removal with the session. */
+int req_session_note_guestfs(const char *dir, const char *sockdir);
+/* Removes the session directory (and the noted one), then the lock. */
+void req_session_remove(const char *dir, int lock_fd);
+/* Removes every session directory whose owner is dead; quiet. */
+void req_session_sweep(void);
+/* serve.c: a session's private directory, or NULL (--socket). */
+struct vmsh_serve_session;
+const char *req_serve_session_dir(const struct vmsh_serve_session *s);
+
 void req_warn(const vmsh_requestor_callbacks *cb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void req_debug(const vmsh_requestor_callbacks *cb, const char *fmt, ...)

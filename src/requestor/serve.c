@@ -3,6 +3,8 @@
  * plugin (src/nbdkit), one process per disk on a unix socket. Used by
  * `vmshadow serve` (a session until a signal) and by instant restore (a
  * detached server per disk whose PID is journaled). */
+#include "requestor_priv.h"
+
 #include <vmshadow/repo/reader.h>
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/requestor/serve.h>
@@ -446,7 +448,8 @@ struct vmsh_serve_session {
         pid_t pid; /* 0 once reaped */
         bool ours; /* started: the socket is ours to remove */
     } * sv;
-    char *dir; /* the private socket directory, or NULL */
+    char *dir;  /* the private socket directory (rundir.c), or NULL */
+    int dir_fd; /* its lock, held while the session lives */
     char *repo_path, *key_file;
     sigset_t set, old;
     bool masked;
@@ -459,6 +462,7 @@ int vmsh_serve_session_open(vmsh_serve_session **out, vmsh_repo *repo,
     vmsh_serve_session *s = calloc(1, sizeof(*s));
     if (!s)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
+    s->dir_fd = -1;
     vmsh_backup_info *b = NULL;
     int rc = 0;
     s->repo_path = strdup(opts->repo_path);
@@ -485,17 +489,10 @@ int vmsh_serve_session_open(vmsh_serve_session **out, vmsh_repo *repo,
         rc = vmsh_reader_open(&s->sv[i].reader, repo, b->id, s->disks[i].file, NULL, err);
     if (rc == 0 && opts->socket)
         rc = check_socket_path(opts->socket, opts->force, err);
-    if (rc == 0 && !opts->socket) {
-        const char *base = getenv("XDG_RUNTIME_DIR");
-        if (asprintf(&s->dir, "%s/vmshadow-serve.XXXXXX", base && *base ? base : "/tmp") < 0)
-            s->dir = NULL;
-        if (!s->dir || !mkdtemp(s->dir)) {
-            int e = s->dir ? errno : ENOMEM;
-            rc = vmsh_error_set(err, -e, "cannot create a socket directory: %s", strerror(e));
-            free(s->dir);
-            s->dir = NULL;
-        }
-    }
+    /* in the run directory, locked while we live: the next command
+     * removes it (and what libguestfs left in it) when we were killed */
+    if (rc == 0 && !opts->socket)
+        rc = req_session_create(&s->dir, &s->dir_fd, err);
     for (size_t i = 0; rc == 0 && i < s->n; i++) {
         struct served *v = &s->sv[i];
         if (opts->socket && opts->socket[0] != '/') { /* the URI must work from anywhere */
@@ -541,6 +538,11 @@ int vmsh_serve_session_start(vmsh_serve_session *s, vmsh_error **err)
         s->sv[i].ours = true;
     }
     return 0;
+}
+
+const char *req_serve_session_dir(const vmsh_serve_session *s)
+{
+    return s->dir;
 }
 
 const char *vmsh_serve_session_backup_id(const vmsh_serve_session *s)
@@ -603,8 +605,7 @@ void vmsh_serve_session_free(vmsh_serve_session *s)
     }
     if (s->masked)
         sigprocmask(SIG_SETMASK, &s->old, NULL);
-    if (s->dir)
-        rmdir(s->dir);
+    req_session_remove(s->dir, s->dir_fd);
     free(s->dir);
     free(s->sv);
     vmsh_serve_disks_free(s->disks, s->n);

@@ -11,7 +11,12 @@
 #    their directories (listed), the repository's lock free (gc runs), and
 #    every file under a final name in the target complete and equal to the
 #    original (copies are written nameless, O_TMPFILE, and linked when
-#    complete: the old code wrote under the final name).
+#    complete: the old code wrote under the final name); its session
+#    directory (sockets, libguestfs's temporary directory) is left in the
+#    run directory, locked by nobody, and libguestfs's socket directory in
+#    /tmp; the next command (gc) removes both: nothing is left in the run
+#    directory, $TMPDIR or $XDG_RUNTIME_DIR (the old code left
+#    vmshadow-serve.* and libguestfs* there for ever).
 set -u
 export TZ=UTC
 LAB_GUESTS=1 # no guest boots: the shared lab lock is enough
@@ -24,7 +29,7 @@ export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 # the appliance cache where t-files has it; everything else of this test's
 # commands (libguestfs's and the servers' directories) under LAB_WORK
 export LIBGUESTFS_CACHEDIR=${LIBGUESTFS_CACHEDIR:-/var/tmp}
-export TMPDIR=$LAB_WORK/tmp XDG_RUNTIME_DIR=$LAB_WORK/xdg
+export TMPDIR=$LAB_WORK/tmp XDG_RUNTIME_DIR=$LAB_WORK/xdg VMSHADOW_RUN_DIR=$LAB_WORK/run
 mkdir -p "$TMPDIR" "$XDG_RUNTIME_DIR"
 command -v guestfish >/dev/null || fail "guestfish missing: run scripts/install-deps.sh"
 N=${T_FILES_SCALE_N:-120000}
@@ -114,6 +119,14 @@ done
 check "the copy is under way (two files named, vmshadow running)" \
     bash -c "kill -0 $BG && test \$(ls -A '$OUTD/tree' | wc -l) -ge 2"
 check "its server and appliance run" test -n "$(mine)"
+# the appliance's socket directory: root's libguestfs puts it in /tmp
+# whatever TMPDIR and XDG_RUNTIME_DIR say
+GSOCK=
+for p in $(mine); do
+    GSOCK=$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | sed -n 's|.*path=\([^,]*\)/guestfsd\.sock.*|\1|p' | head -n 1)
+    [ -n "$GSOCK" ] && break
+done
+check "the appliance's socket directory is known ($GSOCK)" test -n "$GSOCK" -a -d "$GSOCK"
 kill -9 "$BG"
 wait "$BG" 2>/dev/null
 BG=
@@ -130,9 +143,16 @@ complete() {
 check "every file under a final name is complete and equal to the original (no half-written file)" complete
 check "nothing else in the target (no temporary name)" \
     bash -c "test -z \"\$(ls -A '$OUTD/tree' | grep -vE '^part[0-9]+\.bin\$')\""
-echo "# left by the kill: $(cd "$LAB_WORK" && find tmp xdg -mindepth 1 -maxdepth 1 | tr '\n' ' ')"
+left() { (cd "$LAB_WORK" && find tmp xdg run -mindepth 1 -maxdepth 1 2>/dev/null | tr '\n' ' '); }
+echo "# left by the kill: $(left) $GSOCK"
+check "the killed command's session directory is left in the run directory (its owner is dead)" \
+    bash -c "ls -d '$VMSHADOW_RUN_DIR'/session-* >/dev/null 2>&1"
 vsh gc
 check "the repository's lock is free: gc runs" test "$RC" = 0
+echo "# left after the next command: $(left)"
+check "the next command removed the session directory: nothing left in the run directory, TMPDIR, XDG_RUNTIME_DIR" \
+    test -z "$(left)"
+check "nor libguestfs's socket directory in /tmp" test ! -e "$GSOCK"
 
 echo "# t-files-scale took $((SECONDS - E2E_T0)) s (after the lab lock)"
 e2e_done

@@ -19,7 +19,8 @@
 #  - bad input (no such backup, VM or disk; an encrypted repository without
 #    its key; --to an existing file; a copy onto an existing name without
 #    --force; wrong arguments): a clear error before the appliance starts,
-#    nothing changed, nothing left serving.
+#    nothing changed, nothing left serving;
+#  - no command leaves its session directory in the run directory.
 # The appliance boots under TCG (KVM does not work here): a few launches.
 set -u
 export TZ=UTC # the guest's clock zone: `touch -d` means the same there and here
@@ -29,6 +30,9 @@ lab_init
 e2e_env
 E2E_T0=$SECONDS # the time from here on: after the lab lock
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+# the servers' session directories (rundir.c) under LAB_WORK: each run
+# removes its own at its end, failures included (checked at the end)
+export VMSHADOW_RUN_DIR=$LAB_WORK/run
 command -v guestfish >/dev/null || fail "guestfish missing: run scripts/install-deps.sh"
 # no nbdkit serving this test's repositories ([n]: not pgrep's own match)
 no_server() { ! pgrep -f "[n]bdkit.*repo=$LAB_WORK/" >/dev/null; }
@@ -235,6 +239,9 @@ vsh -r "$LAB_WORK/enc" files "$EID" "$BADG" /
 check "encrypted repository without its key: exit 1, says key" \
     test "$RC" = 1 -a -n "$(grep -i 'key' <<<"$ERR")"
 check "no server left" no_server
+
+check "every command removed its session directory, failed ones too" \
+    test -z "$(ls -A "$VMSHADOW_RUN_DIR" 2>/dev/null)"
 
 echo "# t-files took $((SECONDS - E2E_T0)) s (after the lab lock)"
 e2e_done

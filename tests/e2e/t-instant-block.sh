@@ -6,7 +6,8 @@
 #    use is refused before anything changes (R12): both devices and the
 #    definition are unchanged;
 #  - `restore --instant --force` starts the VM at once on a qcow2 overlay
-#    of the served vdb (in the run directory), block-copies it onto the
+#    of the served vdb (beside the journal, in the state directory, which
+#    QEMU's user may pass through, nobody else), block-copies it onto the
 #    device while the guest runs (throttled, so that the checks happen
 #    during the copy): the agent answers, `jobs` shows the copy, bytes the
 #    guest writes to vdb during the copy reach the device (mirrored); then
@@ -23,6 +24,18 @@
 #    the VM's own source and auth while the guest writes to it, pivots; the
 #    image holds the backup's bytes plus the guest's write, the definition
 #    names the image with its secret, nothing is left;
+#  - a host reboot in spirit mid-copy and mid-pull (reboot_mid_copy):
+#    vmshadow and its servers SIGKILLed, the VM destroyed (its QEMU gone as
+#    after a power loss), the run directory removed (/run is a tmpfs); only
+#    the state directory is kept: `recover` brings the VM back on its
+#    overlays (the block copy's overlay lies beside the journal, not in the
+#    run directory) and finishes; the device holds the backup's bytes plus
+#    the guest's write made before the "reboot";
+#  - on the RBD image (rbd_kill_cases): SIGKILL of vmshadow mid-copy, a
+#    guest write before the kill, `recover`: the image holds the backup's
+#    bytes plus that write; `recover --abandon` mid-copy: VM, overlay,
+#    server, journal gone, the warning says the image holds a partial
+#    restore, image and secret kept.
 #  - onto libvirt pool volumes (issue 23): a VM whose vdb is a raw volume
 #    of a dir pool (a file) and vdc the volume of a 'disk' pool on a loop
 #    device (a partition: a block device), backed up shut off, both then
@@ -124,10 +137,115 @@ speed_up() {
         done
     done
 }
-no_overlay() { test -z "$(find "$VMSHADOW_RUN_DIR" -name '*.overlay' 2>/dev/null)"; }
+no_overlay() { test -z "$(find "$VMSHADOW_RUN_DIR" "$VMSHADOW_STATE_DIR/instant" -name '*.overlay' 2>/dev/null)"; }
 on_device() {
     lab_virsh domblklist "$G" | grep -q "^ *vdb *$LRAW *$" &&
         virsh -q -c "$LAB_URI" dumpxml --inactive "$G" | grep -q "<source dev='$LRAW'"
+}
+
+# ---- a host reboot in spirit in the middle of a block copy (vdb onto the
+# device) and a pull (vda): every process of the instant restore and the
+# VM's QEMU killed, the run directory gone; the state directory kept
+reboot_mid_copy() {
+    dd if=/dev/urandom of="$LRAW" bs=1M count=48 conv=notrunc,fsync status=none
+    "$VMSHADOW" -v restore --instant --force --bandwidth 1M "$ID" "$G" >"$LAB_WORK/r6.out" 2>"$LAB_WORK/r6.err" &
+    BG=$!
+    wait_agent || { cat "$LAB_WORK/r6.err" >&2; fail "reboot case: the VM runs and its agent answers"; }
+    check "reboot case: copy under way" wait_copying
+    OVL=$(vdb_job | jq -r .overlay)
+    check "the copy's overlay lies beside the journal (state directory), not in the run directory" \
+        bash -c "[[ '$OVL' == '$VMSHADOW_STATE_DIR'/instant/overlays/* ]] && test -f '$OVL'"
+    check "QEMU's user reaches the overlay, another user not even its directory" \
+        bash -c "runuser -u libvirt-qemu -- test -r '$OVL' && ! runuser -u nobody -- test -e '$OVL' && ! runuser -u nobody -- ls '$VMSHADOW_STATE_DIR' >/dev/null 2>&1"
+    local off=$((44 * MiB + 512))
+    lab_gexec g "printf 'before-reboot!!!' | dd of=/dev/vdb bs=16 seek=$((off / 16)) conv=notrunc,fsync 2>/dev/null" ||
+        fail "guest write before the reboot"
+    # the "reboot": nothing of the run survives
+    kill -9 "$BG"; wait "$BG" 2>/dev/null; BG=
+    kill_servers
+    lab_virsh destroy "$G" >/dev/null
+    rm -rf "$VMSHADOW_RUN_DIR"
+    check "after the 'reboot' the VM is shut off" test "$(lab_state g)" = "shut off"
+    check "jobs: vdb not served, not done" \
+        bash -c "\"$VMSHADOW\" --json jobs | jq -e '.jobs[0].vm_state == \"shut off\" and ([.jobs[0].disks[] | select(.disk == \"vdb\") | .served] == [false])' >/dev/null"
+    # an overlay that did not survive (a run directory or a tmpfs emptied by
+    # a real reboot): recover says so and leaves the VM shut off
+    mv "$OVL" "$OVL.away"
+    vsh recover
+    check "recover without the overlay fails" test "$RC" != 0
+    check "... saying the overlay is gone, the guest's writes lost, what to do" \
+        bash -c "grep -q 'its overlay $OVL is gone' <<<\"\$0\" && grep -q 'recover --abandon' <<<\"\$0\"" "$ERR"
+    check "... and leaving the VM shut off, the journal in place" \
+        bash -c "test \"\$(virsh -q -c $LAB_URI domstate '$G')\" = 'shut off' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 1' >/dev/null"
+    mv "$OVL.away" "$OVL"
+    "$VMSHADOW" recover >"$LAB_WORK/rec6.out" 2>"$LAB_WORK/rec6.err" &
+    BG=$!
+    speed_up "$BG"
+    wait "$BG"; RC=$?; BG=
+    cat "$LAB_WORK/rec6.err" >&2
+    check "recover after the reboot finishes the instant restore" test "$RC" = 0
+    check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec6.out"
+    check "the VM runs again, on the device, and is defined on it" on_device
+    check "no job, no server, no overlay left" \
+        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    check "the guest answers after the reboot and recover" wait_agent
+    lab_virsh destroy "$G" >/dev/null
+    lab_wait_off g
+    cp "$LAB_WORK/vdb.ref" "$LAB_WORK/vdb6.exp"
+    printf 'before-reboot!!!' | dd of="$LAB_WORK/vdb6.exp" bs=16 seek=$((off / 16)) conv=notrunc status=none
+    check "the device holds the backup's bytes plus the guest's write made before the reboot" \
+        cmp "$LAB_WORK/vdb6.exp" "$LRAW"
+}
+
+# ---- SIGKILL of vmshadow mid-copy onto the RBD image, then recover; then
+# recover --abandon mid-copy
+rbd_kill_cases() {
+    local off=$((24 * MiB + 512)) img="$R/$IMG:conf=$CEPH_CONF"
+    qemu-io -f raw -c 'write -P 0xee 0 2M' -c 'write -P 0x11 29M 2M' "$img" >/dev/null || fail "overwrite $IMG"
+    "$VMSHADOW" -v restore --instant --force --bandwidth 1M "$RID" "$G" >"$LAB_WORK/r5.out" 2>"$LAB_WORK/r5.err" &
+    BG=$!
+    wait_agent || { cat "$LAB_WORK/r5.err" >&2; fail "RBD kill: the VM runs and its agent answers"; }
+    check "RBD kill: copy onto the image under way" wait_copying
+    OVL=$(vdb_job | jq -r .overlay)
+    gexec_r "printf 'killed-mid-copy!' | dd of=/dev/vdb bs=16 seek=$((off / 16)) conv=notrunc,fsync 2>/dev/null" ||
+        fail "guest write before the kill"
+    kill -9 "$BG"; wait "$BG" 2>/dev/null; BG=
+    check "after SIGKILL of vmshadow the VM on RBD still runs" test "$(lab_state r)" = running
+    check "and its copy onto the image goes on" wait_copying
+    "$VMSHADOW" recover >"$LAB_WORK/rec5.out" 2>"$LAB_WORK/rec5.err" &
+    BG=$!
+    speed_up "$BG"
+    wait "$BG"; RC=$?; BG=
+    cat "$LAB_WORK/rec5.err" >&2
+    check "recover finishes the instant restore onto RBD" test "$RC" = 0
+    check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec5.out"
+    check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
+    X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+    check "the definition names the RBD image with its secret" \
+        bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
+    check "no job, no server, no overlay, no kept definition left" \
+        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && test -z \"\$(ls '$VMSHADOW_STATE_DIR/instant' 2>/dev/null | grep -v '^overlays\$')\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    lab_virsh destroy "$G" >/dev/null
+    lab_wait_off r
+    cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd5.exp"
+    printf 'killed-mid-copy!' | dd of="$LAB_WORK/rbd5.exp" bs=16 seek=$((off / 16)) conv=notrunc status=none
+    check "after the kill and recover the image holds the backup's bytes plus the guest's write" \
+        qemu-img compare -q -U -f raw -F raw "$img" "$LAB_WORK/rbd5.exp"
+
+    # abandon mid-copy
+    qemu-io -f raw -c 'write -P 0xee 0 2M' "$img" >/dev/null || fail "overwrite $IMG"
+    vsh restore --instant --force --no-wait --bandwidth 1M "$RID" "$G"
+    check "RBD abandon: restore --instant --no-wait returns once the VM runs" test "$RC" = 0
+    check "copy onto the image under way" wait_copying
+    OVL=$(vdb_job | jq -r .overlay)
+    vsh recover --abandon "$G"
+    check "recover --abandon mid-copy onto RBD tears it down" test "$RC" = 0
+    check "... saying the image holds a partial restore" grep -q "$LRAW now holds a partial restore" <<<"$ERR$OUT"
+    check "the VM is gone" bash -c "! virsh -q -c $LAB_URI dominfo '$G' >/dev/null 2>&1"
+    check "no job, no server, no overlay, no journal left" \
+        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && test -z \"\$(ls '$VMSHADOW_STATE_DIR/instant' 2>/dev/null | grep -v '^overlays\$')\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    check "the image and the VM's secret are kept" \
+        bash -c "rbd -p '$VMSH_CEPH_POOL' info '$IMG' >/dev/null 2>&1 9>&- && virsh -q -c $LAB_URI secret-dumpxml '$SECRET' >/dev/null"
 }
 
 # ---- 1. instant restore in place onto the device, copy throttled
@@ -139,8 +257,10 @@ pass "the VM runs at once and its agent answers"
 echo "# the guest agent answered $(echo "$(date +%s.%N) - $T0" | bc) s after restore --instant started"
 check "during the copy: jobs shows vdb copying onto $LRAW" wait_copying
 OVL=$(vdb_job | jq -r .overlay)
-on_overlay() { lab_virsh domblklist "$G" | grep -q "^ *vdb *$OVL *$" && [[ $OVL == "$VMSHADOW_RUN_DIR"/* ]]; }
-check "vdb runs on a qcow2 overlay in the run directory" on_overlay
+# the overlay lies beside the journal (STATE_DIR/instant/overlays), never
+# in the run directory, which a host reboot empties (reboot_mid_copy)
+on_overlay() { lab_virsh domblklist "$G" | grep -q "^ *vdb *$OVL *$" && [[ $OVL == "$VMSHADOW_STATE_DIR"/instant/overlays/* ]]; }
+check "vdb runs on a qcow2 overlay beside the journal (the state directory)" on_overlay
 check "the overlay's backing is the served disk" \
     bash -c "qemu-img info --force-share '$OVL' | grep -q 'backing file: nbd+unix:///?socket=$VMSHADOW_RUN_DIR/'"
 check "jobs (text) shows the copy" bash -c "\"$VMSHADOW\" jobs | grep -q 'vdb  copying onto $LRAW'"
@@ -193,6 +313,8 @@ lab_virsh destroy "$G" >/dev/null
 lab_wait_off g
 check "the device holds the backup's bytes after the kill and recover" cmp "$LAB_WORK/vdb.ref" "$LRAW"
 
+reboot_mid_copy
+
 # ---- 3. abandon mid-copy
 vsh restore --instant --force --no-wait --bandwidth 1M "$ID" "$G"
 check "restore --instant --no-wait returns once the VM runs" test "$RC" = 0
@@ -236,7 +358,7 @@ wait_agent || { cat "$LAB_WORK/r4.err" >&2; fail "the VM on RBD runs at once and
 pass "the VM on RBD runs at once and its agent answers"
 check "during the copy: jobs shows vdb copying onto $LRAW" wait_copying
 OVL=$(vdb_job | jq -r .overlay)
-check "vdb runs on a qcow2 overlay in the run directory" on_overlay
+check "vdb runs on a qcow2 overlay beside the journal (the state directory)" on_overlay
 OFF=$((20 * MiB + 512))
 gexec_r() { lab_gexec r "$1"; }
 gexec_r "printf 'written-in-copy!' | dd of=/dev/vdb bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null" ||
@@ -258,6 +380,7 @@ cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
 printf 'written-in-copy!' | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
 check "the RBD image holds the backup's bytes plus the guest's write during the copy" \
     qemu-img compare -q -U -f raw -F raw "$R/$IMG:conf=$CEPH_CONF" "$LAB_WORK/rbd.exp"
+rbd_kill_cases
 
 # ---- 5. onto pool volumes: a dir pool's file, a disk pool's partition
 PD=$LAB_ID-idir PB=$LAB_ID-idisk
@@ -329,7 +452,7 @@ names_volumes() {
 check "the definition names both volumes (pool and volume)" names_volumes
 check "the VM runs on the partition" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdc *$PART *\$'"
 nothing_left() {
-    test -z "$(servers)" && no_overlay && test -z "$(ls -A "$VMSHADOW_STATE_DIR/instant" 2>/dev/null)" &&
+    test -z "$(servers)" && no_overlay && test -z "$(find "$VMSHADOW_STATE_DIR/instant" -maxdepth 1 -type f 2>/dev/null)" &&
         "$VMSHADOW" --json jobs | jq -e '.jobs | length == 0' >/dev/null
 }
 check "no job, no server, no overlay, no journal left" nothing_left
