@@ -26,7 +26,10 @@
 #   SIZES the disk sizes in MiB, default "1024 8192"; a size ending in "w"
 #   ("8192w") is a disk fully written, half text, half random, no holes:
 #   a full restore's worst case; WORK where the images are kept for
-#   re-runs, default /var/tmp/vmshadow-instant-bench)
+#   re-runs, default /var/tmp/vmshadow-instant-bench; OLD another build's
+#   vmshadow (e.g. main's, copied with its nbdkit/ plugin directory):
+#   both methods also run with it, interleaved round by round, and the
+#   tables get its rows and new / old ratios per round)
 # Takes the lab's lock for the whole run (no other test's guests meanwhile).
 # Prints a Markdown table; the last line is
 #   instant_s_SIZE=... full_s_SIZE=... ratio_SIZE=... for each size.
@@ -38,6 +41,10 @@ SIZES=${SIZES:-"1024 8192"}
 WORK=${WORK:-/var/tmp/vmshadow-instant-bench}
 [ "$(id -u)" = 0 ] || { echo "instant-bench: run as root (qemu:///system)" >&2; exit 2; }
 [ -x "$VMSHADOW" ] || { echo "instant-bench: build vmshadow first (ninja -C build)" >&2; exit 2; }
+OLD=${OLD:-}
+[ -z "$OLD" ] || [ -x "$OLD" ] || { echo "instant-bench: OLD=$OLD is not a program" >&2; exit 2; }
+METHODS="full instant"
+[ -n "$OLD" ] && METHODS="full instant full-old instant-old"
 for t in qemu-img virsh jq bc python3; do
     command -v $t >/dev/null || { echo "instant-bench: $t is needed" >&2; exit 2; }
 done
@@ -87,6 +94,19 @@ wait_agent() {
     done
     return 1
 }
+# until no process holds a deleted file of the lab (a restore's replaced
+# disk image, which the kernel frees after the restore: issue 23), then
+# sync: the next round's timing must not pay the previous one's freeing
+settle() {
+    local fd
+    for _ in $(seq 300); do
+        for fd in /proc/[0-9]*/fd/*; do
+            [[ "$(readlink "$fd" 2>/dev/null)" == "$LAB_WORK"/*" (deleted)" ]] && { sleep 0.1; continue 2; }
+        done
+        break
+    done
+    sync
+}
 stop_vm() {
     lab_virsh destroy "$1" >/dev/null 2>&1
     for _ in $(seq 100); do [ "$(lab_virsh domstate "$1" | head -n 1)" = "shut off" ] && return 0; sleep 0.1; done
@@ -112,34 +132,39 @@ done
 
 for r in $(seq 1 "$ROUNDS"); do
     for mb in $SIZES; do
-        # alternate which method goes first
-        order="full instant"
-        [ $((r % 2)) = 0 ] && order="instant full"
+        # rotate which method goes first
+        set -- $METHODS
+        shift $(((r - 1) % $#))
+        order="$* $(sed "s/ *$*\$//" <<<"$METHODS")"
         for m in $order; do
             d=${DOM[$mb]}
+            bin=$VMSHADOW
+            [ "${m%-old}" != "$m" ] && bin=$OLD
             stop_vm "$d"
+            settle
             t0=$(date +%s.%N)
-            if [ "$m" = full ]; then
-                "$VMSHADOW" -q restore --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" &&
+            if [ "${m%-old}" = full ]; then
+                "$bin" -q restore --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" &&
                     lab_virsh start "$d" >/dev/null || { cat "$LAB_WORK/r.err" >&2; lab_die "full restore of $d"; }
             else
-                "$VMSHADOW" -v restore --instant --no-wait --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" ||
+                "$bin" -v restore --instant --no-wait --force "${ID[$mb]}" "$d" >/dev/null 2>"$LAB_WORK/r.err" ||
                     { cat "$LAB_WORK/r.err" >&2; lab_die "instant restore of $d"; }
             fi
             s=$(wait_agent "$d" "$t0") || lab_die "the agent of $d did not answer after the $m restore"
             T[$m.$mb]+="$s "
             echo "round $r: $m restore of the $mb MiB VM: agent after $s s" >&2
-            if [ "$m" = instant ]; then
+            if [ "${m%-old}" = instant ]; then
                 # "runs after T ms: serve A ms, restore (...) B ms, error policy C ms, start D ms"
                 line=$(grep -o 'runs after [0-9]* ms: serve [0-9]* ms, restore (overlays, definition) [0-9]* ms, error policy [0-9]* ms, start [0-9]* ms' "$LAB_WORK/r.err")
                 read -r run serve rest pol start < <(grep -o '[0-9]\+ ms' <<<"$line" | tr -d ' ms' | tr '\n' ' ')
                 [ -n "$start" ] || lab_die "no breakdown in restore --instant -v's output"
                 boot=$(echo "scale=3; $s - $run / 1000" | bc)
-                PART[serve.$mb]+="$serve "; PART[restore.$mb]+="$rest "; PART[policy.$mb]+="$pol "
-                PART[start.$mb]+="$start "; PART[boot.$mb]+="$boot "
+                k=$mb${m#instant}
+                PART[serve.$k]+="$serve "; PART[restore.$k]+="$rest "; PART[policy.$k]+="$pol "
+                PART[start.$k]+="$start "; PART[boot.$k]+="$boot "
                 echo "  serve $serve ms, restore $rest ms, error policy $pol ms, start $start ms, boot $boot s" >&2
             fi
-            if [ "$m" = instant ]; then
+            if [ "${m%-old}" = instant ]; then
                 wait_moved || lab_die "the instant restore of $d did not complete"
             fi
         done
@@ -148,6 +173,12 @@ for r in $(seq 1 "$ROUNDS"); do
         set -- ${T[full.$mb]}; f=${!#}
         set -- ${T[instant.$mb]}; i=${!#}
         RATIO[$mb]+="$(echo "scale=3; $i / $f" | bc) "
+        if [ -n "$OLD" ]; then
+            set -- ${T[full-old.$mb]}; fo=${!#}
+            set -- ${T[instant-old.$mb]}; io=${!#}
+            RATIO[full.$mb]+="$(echo "scale=3; $f / $fo" | bc) "
+            RATIO[instant.$mb]+="$(echo "scale=3; $i / $io" | bc) "
+        fi
     done
 done
 for mb in $SIZES; do stop_vm "${DOM[$mb]}"; done
@@ -175,5 +206,15 @@ echo "| --- | --- | --- | --- | --- | --- |"
 for mb in $SIZES; do
     echo "| $mb | $(med "${PART[serve.$mb]}") | $(med "${PART[restore.$mb]}") | $(med "${PART[policy.$mb]}") | $(med "${PART[start.$mb]}") | $(med "${PART[boot.$mb]}") |"
 done
+if [ -n "$OLD" ]; then
+    echo
+    echo "OLD ($OLD) against this build, same rounds:"
+    echo
+    echo "| data disk | full, old, s | full new / old per round | instant, old, s | instant new / old per round | old instant's restore step, ms |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for mb in $SIZES; do
+        echo "| $mb | $(med "${T[full-old.$mb]}") ($(rng "${T[full-old.$mb]}")) | $(med "${RATIO[full.$mb]}") ($(rng "${RATIO[full.$mb]}")) | $(med "${T[instant-old.$mb]}") ($(rng "${T[instant-old.$mb]}")) | $(med "${RATIO[instant.$mb]}") ($(rng "${RATIO[instant.$mb]}")) | $(med "${PART[restore.$mb-old]}") |"
+    done
+fi
 echo
 echo "$last"

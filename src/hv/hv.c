@@ -254,6 +254,45 @@ static bool path_is_block(const char *path, void *ctx)
     return stat(path, &st) == 0 && S_ISBLK(st.st_mode);
 }
 
+static int volume_path(virConnectPtr conn, const char *pool, const char *vol, char **path,
+                       vmsh_disk_kind *kind, vmsh_error **err)
+{
+    *path = NULL;
+    virStoragePoolPtr p = conn ? virStoragePoolLookupByName(conn, pool) : NULL;
+    virStorageVolPtr v = p ? virStorageVolLookupByName(p, vol) : NULL;
+    virStorageVolInfo info;
+    char *got = v ? virStorageVolGetPath(v) : NULL;
+    int r = 0;
+    if (!v)
+        r = vmsh_error_set(err, -ENOENT, "no volume %s in storage pool %s (or it is not active)",
+                           vol, pool);
+    else if (!got || virStorageVolGetInfo(v, &info) < 0)
+        r = vmsh_error_set(err, -EIO, "cannot read the volume %s of pool %s: %s", vol, pool,
+                           lv_msg());
+    else if ((*kind = info.type == VIR_STORAGE_VOL_FILE    ? VMSH_DISK_FILE
+                      : info.type == VIR_STORAGE_VOL_BLOCK ? VMSH_DISK_BLOCK
+                      : info.type == VIR_STORAGE_VOL_NETWORK
+                          ? VMSH_DISK_NETWORK
+                          : VMSH_DISK_UNKNOWN) == VMSH_DISK_UNKNOWN)
+        r = vmsh_error_set(err, -ENOTSUP, "the volume %s of pool %s is of a kind not handled here",
+                           vol, pool);
+    if (r == 0)
+        *path = got, got = NULL;
+    free(got);
+    if (v)
+        virStorageVolFree(v);
+    if (p)
+        virStoragePoolFree(p);
+    virResetLastError();
+    return r;
+}
+
+int vmsh_hv_volume_path(vmsh_hv *hv, const char *pool, const char *vol, char **path,
+                        vmsh_disk_kind *kind, vmsh_error **err)
+{
+    return volume_path(vmsh_hv_conn(hv), pool, vol, path, kind, err);
+}
+
 /* Issue 25 (R6): a type='volume' disk is whatever its pool stores it as;
  * libvirt resolves it. A pool that is not active leaves it unresolved
  * (storage UNKNOWN), which the VM writer reports as an error. */
@@ -263,25 +302,17 @@ static void resolve_volumes(virConnectPtr conn, vmsh_domxml *x)
         vmsh_domxml_disk *dk = &x->disks[i];
         if (dk->kind != VMSH_DISK_VOLUME || !dk->pool || !dk->volume)
             continue;
-        virStoragePoolPtr pool = virStoragePoolLookupByName(conn, dk->pool);
-        virStorageVolPtr vol = pool ? virStorageVolLookupByName(pool, dk->volume) : NULL;
-        virStorageVolInfo info;
-        char *path = vol ? virStorageVolGetPath(vol) : NULL;
-        if (path && virStorageVolGetInfo(vol, &info) == 0) {
-            vmsh_disk_kind k = info.type == VIR_STORAGE_VOL_FILE      ? VMSH_DISK_FILE
-                               : info.type == VIR_STORAGE_VOL_BLOCK   ? VMSH_DISK_BLOCK
-                               : info.type == VIR_STORAGE_VOL_NETWORK ? VMSH_DISK_NETWORK
-                                                                      : VMSH_DISK_UNKNOWN;
-            if (k != VMSH_DISK_UNKNOWN)
-                vmsh_domxml_disk_set_volume(dk, path, k); /* ENOMEM: stays unresolved */
-        }
+        char *path = NULL;
+        vmsh_disk_kind k = VMSH_DISK_UNKNOWN;
+        if (volume_path(conn, dk->pool, dk->volume, &path, &k, NULL) == 0)
+            vmsh_domxml_disk_set_volume(dk, path, k); /* ENOMEM: stays unresolved */
         free(path);
-        if (vol)
-            virStorageVolFree(vol);
-        if (pool)
-            virStoragePoolFree(pool);
     }
-    virResetLastError(); /* a missing pool is reported by the writer, not here */
+}
+
+void vmsh_hv_resolve_volumes(vmsh_hv *hv, vmsh_domxml *x)
+{
+    resolve_volumes(vmsh_hv_conn(hv), x);
 }
 
 /* A running VM's pool volumes as its persistent definition names them:

@@ -226,8 +226,8 @@ out:
  * type with only its <source>, its disk-level <auth> and a raw <driver>.
  * Only a block device or a network (RBD) disk: a file would need an image of
  * its own, which the copy does not make. */
-static int copy_dest_xml(const char *vm, const char *def_xml, const char *target, char **out,
-                         vmsh_error **err)
+static int copy_dest_xml(vmsh_hv *hv, const char *vm, const char *def_xml, const char *target,
+                         char **out, vmsh_error **err)
 {
     *out = NULL;
     xmlDocPtr doc =
@@ -254,7 +254,33 @@ static int copy_dest_xml(const char *vm, const char *def_xml, const char *target
     }
     xmlChar *type = found ? xmlGetProp(found, BAD_CAST "type") : NULL;
     int r = 0;
-    if (!found || !type ||
+    /* issue 23: a pool volume on a block device (a logical or disk pool)
+     * is copied onto that device, which the pool names now (libvirt's
+     * block copy takes no volume); the definition keeps the volume */
+    _cleanup_free_ char *vol_dev = NULL;
+    if (found && type && xmlStrcmp(type, BAD_CAST "volume") == 0) {
+        xmlNodePtr src = NULL;
+        for (xmlNodePtr c = found->children; c && !src; c = c->next)
+            if (c->type == XML_ELEMENT_NODE && xmlStrcmp(c->name, BAD_CAST "source") == 0)
+                src = c;
+        xmlChar *pool = src ? xmlGetProp(src, BAD_CAST "pool") : NULL;
+        xmlChar *vol = src ? xmlGetProp(src, BAD_CAST "volume") : NULL;
+        vmsh_disk_kind k = VMSH_DISK_UNKNOWN;
+        r = pool && vol
+                ? vmsh_hv_volume_path(hv, (const char *)pool, (const char *)vol, &vol_dev, &k, err)
+                : -EINVAL;
+        if (r == 0 && k != VMSH_DISK_BLOCK)
+            r = -EINVAL;
+        xmlFree(pool);
+        xmlFree(vol);
+        if (r == 0) {
+            xmlFree(type);
+            type = xmlStrdup(BAD_CAST "block");
+        } else {
+            vmsh_error_freep(err);
+        }
+    }
+    if (r < 0 || !found || !type ||
         (xmlStrcmp(type, BAD_CAST "block") != 0 && xmlStrcmp(type, BAD_CAST "network") != 0))
         r = vmsh_error_set(err, -EINVAL,
                            "VM %s: disk %s is no block device or network disk in the definition "
@@ -269,7 +295,11 @@ static int copy_dest_xml(const char *vm, const char *def_xml, const char *target
         xmlNodePtr drv = xmlNewChild(d, NULL, BAD_CAST "driver", NULL);
         xmlSetProp(drv, BAD_CAST "name", BAD_CAST "qemu");
         xmlSetProp(drv, BAD_CAST "type", BAD_CAST "raw");
-        for (xmlNodePtr c = found->children; c; c = c->next)
+        if (vol_dev) {
+            xmlNodePtr src = xmlNewChild(d, NULL, BAD_CAST "source", NULL);
+            xmlSetProp(src, BAD_CAST "dev", BAD_CAST vol_dev);
+        }
+        for (xmlNodePtr c = found->children; c && !vol_dev; c = c->next)
             if (c->type == XML_ELEMENT_NODE && (xmlStrcmp(c->name, BAD_CAST "source") == 0 ||
                                                 xmlStrcmp(c->name, BAD_CAST "auth") == 0))
                 xmlAddChild(d, xmlDocCopyNode(c, nd, 1));
@@ -290,7 +320,7 @@ int vmsh_hv_block_copy(vmsh_hv *hv, const char *vm, const char *target, const ch
                        uint64_t bandwidth, vmsh_error **err)
 {
     _cleanup_free_ char *dest = NULL;
-    int r = copy_dest_xml(vm, def_xml, target, &dest, err);
+    int r = copy_dest_xml(hv, vm, def_xml, target, &dest, err);
     if (r < 0)
         return r;
     virDomainPtr d = NULL;

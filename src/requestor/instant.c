@@ -404,25 +404,45 @@ static int redefine_policy(vmsh_hv *hv, const ijob *j, bool stop, vmsh_error **e
     return r;
 }
 
-/* The overlays' final places, from the VM's definition. */
-static int find_overlays(vmsh_hv *hv, ijob *j, vmsh_error **err)
+/* The VM's persistent definition (*xml) and its parse (*x), its pool
+ * volumes resolved to what they are stored on: right after the restore,
+ * the one read that prepare_copies and find_overlays both use. */
+static int load_registered(vmsh_hv *hv, const ijob *j, char **xml, vmsh_domxml **x,
+                           vmsh_error **err)
 {
-    _cleanup_free_ char *xml = NULL;
-    vmsh_domxml *x = NULL;
-    int r = vmsh_hv_domain_xml(hv, j->vm, true, &xml, err);
+    *xml = NULL;
+    *x = NULL;
+    int r = vmsh_hv_domain_xml(hv, j->vm, true, xml, err);
     if (r == 0)
-        r = vmsh_domxml_parse(&x, xml, strlen(xml), err);
+        r = vmsh_domxml_parse(x, *xml, strlen(*xml), err);
+    if (r == 0)
+        vmsh_hv_resolve_volumes(hv, *x);
+    return r;
+}
+
+/* The file a disk of the definition is (an image file, or a pool volume
+ * stored as one: the restore put its overlay there), else NULL. */
+static const char *disk_file(const vmsh_domxml_disk *dk)
+{
+    bool file = dk->kind == VMSH_DISK_FILE ||
+                (dk->kind == VMSH_DISK_VOLUME && dk->storage == VMSH_DISK_FILE);
+    return file && dk->source && dk->source[0] == '/' ? dk->source : NULL;
+}
+
+/* The overlays' final places, from the VM's definition `x`
+ * (load_registered). */
+static int find_overlays(ijob *j, const vmsh_domxml *x, vmsh_error **err)
+{
+    int r = 0;
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         for (size_t k = 0; k < x->n_disks && !j->disks[i].overlay; k++)
-            if (strcmp(x->disks[k].target, j->disks[i].disk) == 0 && x->disks[k].source &&
-                x->disks[k].kind == VMSH_DISK_FILE && x->disks[k].source[0] == '/' &&
-                !(j->disks[i].overlay = strdup(x->disks[k].source)))
+            if (x->disks[k].target && strcmp(x->disks[k].target, j->disks[i].disk) == 0 &&
+                disk_file(&x->disks[k]) && !(j->disks[i].overlay = strdup(disk_file(&x->disks[k]))))
                 r = vmsh_error_set(err, -ENOMEM, "out of memory");
         if (r == 0 && !j->disks[i].overlay)
             r = vmsh_error_set(err, -ENOENT, "VM %s: the restored definition has no file disk %s",
                                j->vm, j->disks[i].disk);
     }
-    vmsh_domxml_free(x);
     return r;
 }
 
@@ -652,27 +672,26 @@ static int define_current(vmsh_hv *hv, ijob *j, vmsh_error **err)
     return r;
 }
 
-/* After the restore registered the VM: its block and RBD disks become
- * copies. Journaled ("overlay") before the definition is kept and before
- * any overlay is made. */
-static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j, vmsh_error **err)
+/* After the restore registered the VM (`xml`, parsed as `x`:
+ * load_registered): its block and RBD disks, and pool volumes on a block
+ * device, become copies. Journaled ("overlay") before the definition is
+ * kept and before any overlay is made. */
+static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j, const char *xml,
+                          const vmsh_domxml *x, vmsh_error **err)
 {
-    _cleanup_free_ char *xml = NULL;
-    vmsh_domxml *x = NULL;
     _cleanup_free_ char *odir = overlay_dir(cfg);
     if (!odir)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    int r = vmsh_hv_domain_xml(hv, j->vm, true, &xml, err);
-    if (r == 0)
-        r = vmsh_domxml_parse(&x, xml, strlen(xml), err);
+    int r = 0;
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         idisk *d = &j->disks[i];
         for (size_t k = 0; k < x->n_disks && r == 0; k++) {
             const vmsh_domxml_disk *dk = &x->disks[k];
             if (!dk->target || strcmp(dk->target, d->disk) != 0)
                 continue;
+            bool vol_dev = dk->kind == VMSH_DISK_VOLUME && dk->storage == VMSH_DISK_BLOCK;
             const char *to =
-                dk->kind == VMSH_DISK_BLOCK ? dk->source
+                dk->kind == VMSH_DISK_BLOCK || vol_dev ? dk->source
                 : dk->kind == VMSH_DISK_NETWORK && dk->protocol && strcmp(dk->protocol, "rbd") == 0
                     ? dk->net_name
                     : NULL;
@@ -691,7 +710,6 @@ static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j
             }
         }
     }
-    vmsh_domxml_free(x);
     if (r < 0 || !any_copy(j))
         return r;
     if (asprintf(&j->definition, "%.*s.xml", (int)(strlen(j->path) - 5), j->path) < 0) {
@@ -1000,6 +1018,8 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
     vmsh_serve_disk *disks = NULL;
     size_t nd = 0;
     vmsh_hv *hv = NULL;
+    _cleanup_free_ char *reg_xml = NULL;
+    vmsh_domxml *reg = NULL;
     bool serving = false;
     char tbuf[32];
     int64_t t_begin = 0, t_serve = 0, t_restore = 0, t_policy = 0, t_start = 0;
@@ -1090,8 +1110,10 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
     if (r < 0)
         goto out; /* the restore took its own part back (R11) */
     t_restore = vmsh_now_ms();
-    if ((r = vmsh_hv_open(&hv, cfg->uri, err)) < 0 || (r = prepare_copies(cfg, hv, &j, err)) < 0 ||
-        (r = find_overlays(hv, &j, err)) < 0 || (r = redefine_policy(hv, &j, true, err)) < 0)
+    if ((r = vmsh_hv_open(&hv, cfg->uri, err)) < 0 ||
+        (r = load_registered(hv, &j, &reg_xml, &reg, err)) < 0 ||
+        (r = prepare_copies(cfg, hv, &j, reg_xml, reg, err)) < 0 ||
+        (r = find_overlays(&j, reg, err)) < 0 || (r = redefine_policy(hv, &j, true, err)) < 0)
         goto fail_defined;
     t_policy = vmsh_now_ms();
     /* start */
@@ -1101,6 +1123,9 @@ int vmsh_instant_restore(const vmsh_requestor_config *cfg, const vmsh_requestor_
     r = vmsh_hv_start(hv, j.vm, err);
     t_start = vmsh_now_ms();
     req_step(cb, "start", true, r, t_start - t_policy);
+    /* the disk images the restore replaced are freed from now on, beside
+     * the guest's boot (vmsh_fs_defer_close: never before the VM runs) */
+    vmsh_fs_close_deferred();
     if (r < 0)
         goto fail_defined;
     req_debug(cb,
@@ -1142,6 +1167,8 @@ out:
     } else if (r < 0 && j.run_dir && j.path && access(j.path, F_OK) != 0) {
         rmdir(j.run_dir);
     }
+    vmsh_fs_close_deferred(); /* when the VM never started */
+    vmsh_domxml_free(reg);
     vmsh_hv_free(hv);
     ijob_clear(&j);
     vmsh_serve_disks_free(disks, nd);
@@ -1229,8 +1256,11 @@ int vmsh_instant_recover(const vmsh_requestor_config *cfg, const vmsh_requestor_
             if (have == 0 && (strcmp(j.step, "restore") == 0 || strcmp(j.step, "overlay") == 0)) {
                 /* the restore registered the VM but it never started: it
                  * is taken down (never left on a backup nothing serves) */
-                if (find_overlays(hv, &j, NULL) < 0)
+                _cleanup_free_ char *xml = NULL;
+                vmsh_domxml *x = NULL;
+                if (load_registered(hv, &j, &xml, &x, NULL) < 0 || find_overlays(&j, x, NULL) < 0)
                     req_warn(cb, "VM %s: its overlays are unknown", j.vm);
+                vmsh_domxml_free(x);
                 r = abandon(hv, &j, cb, err);
             } else {
                 remove_copy_files(&j);

@@ -10,6 +10,7 @@
 #include <vmshadow/hv/hvops.h>
 #include <vmshadow/hv/sink.h>
 #include <vmshadow/repo/sink.h>
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/timeutil.h>
 #include <vmshadow/writers/identity.h>
@@ -212,15 +213,21 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
     bool onto_device = in_place && (!dfmt || strcmp(dfmt, "raw") == 0) && dest[0] == '/' &&
                        stat(dest, &sb) == 0 && S_ISBLK(sb.st_mode);
     const char *kind_as = vmsh_json_str(stg, "restored_as");
-    bool copyable = kind_as && (strcmp(kind_as, "block") == 0 || strcmp(kind_as, "rbd") == 0) &&
+    /* a pool volume on a block device (logical, disk pools) is copied onto
+     * that device as a device is (issue 23); one that is a file was
+     * planned as an overlay in it (vm_restore.c), never reaches here */
+    bool vol_dev = kind_as && strcmp(kind_as, "volume") == 0 && dest[0] == '/' &&
+                   stat(dest, &sb) == 0 && S_ISBLK(sb.st_mode);
+    bool copyable = kind_as &&
+                    (strcmp(kind_as, "block") == 0 || strcmp(kind_as, "rbd") == 0 || vol_dev) &&
                     (!dfmt || strcmp(dfmt, "raw") == 0);
     int r =
         copy_later && copyable ? 0
         : copy_later
             ? vmsh_error_set(&e, -ENOTSUP,
                              "%s is a %s disk on storage the instant restore cannot copy onto (a "
-                             "raw block device or RBD image only); it was not changed: restore "
-                             "without --instant",
+                             "raw block device, RBD image, or pool volume on a block device or "
+                             "file only); it was not changed: restore without --instant",
                              dest, dfmt ? dfmt : "raw")
         : onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
                                             show ? &ps : NULL, &st, &e)
@@ -401,5 +408,10 @@ out:
     req_host_clear(&h);
     vmsh_backup_doc_free(doc);
     vmsh_backup_info_free(bi);
+    /* issue 23: the disk images the restore replaced are freed from here,
+     * after its last fsync (vmsh_fs_defer_close); an instant restore
+     * frees them once its VM runs (instant.c) */
+    if (!opts->disk_backing)
+        vmsh_fs_close_deferred();
     return r;
 }

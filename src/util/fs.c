@@ -5,10 +5,12 @@
 #include <stdint.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 char *vmsh_path_join(const char *a, const char *b)
@@ -232,4 +234,76 @@ int vmsh_fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
         done += (size_t)n;
     }
     return 0;
+}
+
+void vmsh_fs_close_detached(const int *fds, size_t n)
+{
+    /* sorted, so that the child closes the gaps between them by ranges */
+    int keep[64];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0 && k < VMSH_ARRAY_SIZE(keep))
+            keep[k++] = fds[i];
+    for (size_t i = 1; i < k; i++)
+        for (size_t m = i; m > 0 && keep[m - 1] > keep[m]; m--) {
+            int t = keep[m];
+            keep[m] = keep[m - 1];
+            keep[m - 1] = t;
+        }
+    pid_t pid = k ? fork() : -1;
+    if (pid == 0) {
+        /* only async-signal-safe calls from here: the caller may have
+         * threads */
+        unsigned lo = 0;
+        for (size_t i = 0; i < k; i++) {
+            if ((unsigned)keep[i] > lo)
+                close_range(lo, (unsigned)keep[i] - 1, 0);
+            lo = (unsigned)keep[i] + 1;
+        }
+        close_range(lo, ~0U, 0);
+        /* the grandchild frees them; this child exits at once, so the
+         * caller's wait is short (if this fork fails, this exit frees
+         * them and the caller waits for that: as without a process) */
+        if (fork() == 0)
+            for (size_t i = 0; i < k; i++)
+                close(keep[i]);
+        _exit(0);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (pid > 0)
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+}
+
+static pthread_mutex_t deferred_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *deferred;
+static size_t n_deferred;
+
+void vmsh_fs_defer_close(int fd)
+{
+    if (fd < 0)
+        return;
+    pthread_mutex_lock(&deferred_lock);
+    int *v = realloc(deferred, (n_deferred + 1) * sizeof(*v));
+    if (v) {
+        deferred = v;
+        deferred[n_deferred++] = fd;
+    }
+    pthread_mutex_unlock(&deferred_lock);
+    if (!v)
+        close(fd); /* freed now, as if it had not been deferred */
+}
+
+void vmsh_fs_close_deferred(void)
+{
+    pthread_mutex_lock(&deferred_lock);
+    int *v = deferred;
+    size_t n = n_deferred;
+    deferred = NULL;
+    n_deferred = 0;
+    pthread_mutex_unlock(&deferred_lock);
+    vmsh_fs_close_detached(v, n);
+    free(v);
 }

@@ -36,6 +36,15 @@
 #    bytes plus that write; `recover --abandon` mid-copy: VM, overlay,
 #    server, journal gone, the warning says the image holds a partial
 #    restore, image and secret kept.
+#  - onto libvirt pool volumes (issue 23): a VM whose vdb is a raw volume
+#    of a dir pool (a file) and vdc the volume of a 'disk' pool on a loop
+#    device (a partition: a block device), backed up shut off, both then
+#    overwritten; `restore --instant --force` puts vdb's overlay in the
+#    volume's file and pulls it, block-copies vdc onto the partition and
+#    pivots, while the guest writes to both; after completion each volume
+#    holds the backup's bytes plus the guest's write, the definition names
+#    both volumes (pool and volume), nothing is left (server, overlay,
+#    journal).
 set -u
 LAB_GUESTS=1
 . "$VMSH_SOURCE_DIR/tests/lab/lab.sh"
@@ -372,4 +381,91 @@ printf 'written-in-copy!' | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$((OFF / 16)) c
 check "the RBD image holds the backup's bytes plus the guest's write during the copy" \
     qemu-img compare -q -U -f raw -F raw "$R/$IMG:conf=$CEPH_CONF" "$LAB_WORK/rbd.exp"
 rbd_kill_cases
+
+# ---- 5. onto pool volumes: a dir pool's file, a disk pool's partition
+PD=$LAB_ID-idir PB=$LAB_ID-idisk
+lab_pool_dir "$PD" "$LAB_WORK/pool"
+truncate -s 32M "$LAB_WORK/pool/v.raw"
+qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'write -P 0x33 24M 64k' "$LAB_WORK/pool/v.raw" >/dev/null ||
+    fail "cannot write test data to the dir pool's volume"
+lab_virsh pool-refresh "$PD" >/dev/null || fail "pool-refresh $PD"
+truncate -s 40M "$LAB_WORK/part.img"
+parted -s "$LAB_WORK/part.img" mklabel msdos mkpart primary 1MiB 39MiB || fail "parted"
+LP=$(losetup -f --show -P "$LAB_WORK/part.img") || fail "losetup -P"
+LAB_LOOPS+=("$LP")
+[ -b "${LP}p1" ] || partx -a "$LP" 2>/dev/null
+[ -b "${LP}p1" ] || fail "no partition device ${LP}p1"
+PART=${LP}p1 PVOL=$(basename "$LP")p1
+lab_virsh pool-define-as "$PB" disk --source-dev "$LP" --target /dev >/dev/null || fail "define the disk pool"
+LAB_POOLS=("$PB" "${LAB_POOLS[@]}") # destroyed before its loop device goes
+lab_virsh pool-start "$PB" >/dev/null || fail "start the disk pool on $LP"
+check "the disk pool's volume is the partition, a block device" \
+    bash -c "virsh -q -c $LAB_URI vol-list '$PB' --details | grep -q '^ *$PVOL *$PART *block'"
+qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'write -P 0x77 30M 64k' "$PART" >/dev/null ||
+    fail "cannot write test data to $PART"
+vdisk() { echo "<disk type='volume' device='disk'><driver name='qemu' type='raw'/><source pool='$1' volume='$2'/><target dev='$3' bus='virtio'/></disk>"; }
+lab_guest_define v --disk-xml "$(vdisk "$PD" v.raw vdb)$(vdisk "$PB" "$PVOL" vdc)"
+G=$(lab_domname v)
+vsh --json backup "$G"
+VID=$(jq -r .backup <<<"$OUT")
+check "backup of $G (vdb a dir pool's volume, vdc a disk pool's), shut off" test "$RC" = 0 -a "$VID" != null
+vsh extract "$VID" "$G/disk/vdb" "$LAB_WORK/vvdb.ref" && vsh extract "$VID" "$G/disk/vdc" "$LAB_WORK/vvdc.ref"
+check "extract of both volumes" test "$RC" = 0
+check "  the backup holds the partition's bytes" cmp -s -n $((38 << 20)) "$LAB_WORK/vvdc.ref" "$PART"
+dd if=/dev/urandom of="$LAB_WORK/pool/v.raw" bs=1M count=32 conv=notrunc,fsync status=none
+dd if=/dev/urandom of="$PART" bs=1M count=38 conv=notrunc,fsync status=none
+"$VMSHADOW" -v restore --instant --force --bandwidth 1M "$VID" "$G" >"$LAB_WORK/r5.out" 2>"$LAB_WORK/r5.err" &
+BG=$!
+wait_agent || { cat "$LAB_WORK/r5.err" >&2; fail "the VM on pool volumes runs at once and its agent answers"; }
+pass "the VM on pool volumes runs at once and its agent answers"
+disk_job() { jobs_json | jq -c --arg d "$1" '.jobs[0].disks[]? | select(.disk == $d)'; }
+wait_job() { # wait_job DISK JQ-CONDITION
+    for _ in $(seq 600); do
+        local o; o=$(disk_job "$1")
+        [ -n "$o" ] && jqe "$2" <<<"$o" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+check "during the restore: jobs shows vdb pulled into the volume's file" \
+    wait_job vdb "(.overlay == \"$LAB_WORK/pool/v.raw\") and .copy_to == null and .pulling and (.done | not)"
+check "  and vdc copying onto the disk pool's partition" \
+    wait_job vdc "(.copy_to == \"$PART\") and .pulling and .bytes_done > 0"
+OFF=$((20 * MiB + 512))
+lab_gexec v "printf 'written-in-vol-1' | dd of=/dev/vdb bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null && printf 'written-in-vol-2' | dd of=/dev/vdc bs=16 seek=$((OFF / 16)) conv=notrunc,fsync 2>/dev/null" ||
+    fail "guest writes to the volumes during the restore"
+both_moving() { local o p; o=$(disk_job vdb); p=$(disk_job vdc); [ -n "$o" ] && [ -n "$p" ] && jqe .pulling <<<"$o" && jqe .pulling <<<"$p"; }
+check "the moves are still running after the guest's writes" both_moving
+# then unthrottled until the command ends (the copy restarts nothing)
+while kill -0 "$BG" 2>/dev/null; do
+    for d in vda vdb vdc; do virsh -q -c "$LAB_URI" blockjob "$G" $d --bandwidth 0 >/dev/null 2>&1; done
+    sleep 0.2
+done
+wait "$BG"; RC=$?; BG=
+grep -v '^vmshadow: debug' "$LAB_WORK/r5.err" >&2
+check "restore --instant onto pool volumes ends with exit 0" test "$RC" = 0
+X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+names_volumes() {
+    grep -q "<source pool='$PD' volume='v.raw'/>" <<<"$X" && grep -q "<source pool='$PB' volume='$PVOL'/>" <<<"$X" &&
+        ! grep -q -e '.overlay' -e rerror_policy <<<"$X"
+}
+check "the definition names both volumes (pool and volume)" names_volumes
+check "the VM runs on the partition" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdc *$PART *\$'"
+nothing_left() {
+    test -z "$(servers)" && no_overlay && test -z "$(find "$VMSHADOW_STATE_DIR/instant" -maxdepth 1 -type f 2>/dev/null)" &&
+        "$VMSHADOW" --json jobs | jq -e '.jobs | length == 0' >/dev/null
+}
+check "no job, no server, no overlay, no journal left" nothing_left
+check "nothing beside the volume's file" test -z "$(ls -A "$LAB_WORK/pool" | grep -v '^v.raw$')"
+lab_virsh destroy "$G" >/dev/null
+lab_wait_off v
+check "vdb's volume file has no backing file left" bash -c "! qemu-img info -U '$LAB_WORK/pool/v.raw' | grep -q 'backing file'"
+cp "$LAB_WORK/vvdb.ref" "$LAB_WORK/vvdb.exp"
+printf 'written-in-vol-1' | dd of="$LAB_WORK/vvdb.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
+cp "$LAB_WORK/vvdc.ref" "$LAB_WORK/vvdc.exp"
+printf 'written-in-vol-2' | dd of="$LAB_WORK/vvdc.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
+check "the dir pool's volume holds the backup's bytes plus the guest's write" \
+    qemu-img compare -q -U -F raw "$LAB_WORK/pool/v.raw" "$LAB_WORK/vvdb.exp"
+check "the partition holds the backup's bytes plus the guest's write" \
+    qemu-img compare -q -U -f raw -F raw "$PART" "$LAB_WORK/vvdc.exp"
 e2e_done

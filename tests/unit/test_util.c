@@ -1,6 +1,7 @@
 /* Unit tests of the util layer: errors, the key = value format, atomic
  * files and locks. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -124,6 +125,51 @@ static void fs_atomic_write_and_read(void **state)
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
+}
+
+/* issue 23: the descriptors are closed in the caller at once, their last
+ * close happens in a detached process that is gone soon after (the pipe's
+ * read end sees EOF only once every copy of its write end is closed), and
+ * the caller is left no child to reap */
+static void fs_close_detached(void **state)
+{
+    (void)state;
+    int p[2], q[2];
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(pipe(q), 0);
+    int fds[] = {q[1], -1, p[1]};
+    vmsh_fs_close_detached(fds, VMSH_ARRAY_SIZE(fds));
+    assert_int_equal(fcntl(p[1], F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+    assert_int_equal(fcntl(q[1], F_GETFD), -1);
+    char c;
+    assert_int_equal(read(p[0], &c, 1), 0);
+    assert_int_equal(read(q[0], &c, 1), 0);
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
+    close(p[0]);
+    close(q[0]);
+    vmsh_fs_close_detached(NULL, 0); /* nothing to do: no process */
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+}
+
+/* issue 23: deferred descriptors stay open until vmsh_fs_close_deferred,
+ * which closes them all (detached) and forgets them */
+static void fs_defer_close(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    vmsh_fs_defer_close(p[1]);
+    vmsh_fs_defer_close(-1);
+    assert_int_not_equal(fcntl(p[1], F_GETFD), -1);
+    vmsh_fs_close_deferred();
+    assert_int_equal(fcntl(p[1], F_GETFD), -1);
+    char c;
+    assert_int_equal(read(p[0], &c, 1), 0);
+    close(p[0]);
+    vmsh_fs_close_deferred(); /* empty: nothing closed twice */
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
 }
 
 static void path_helpers(void **state)
@@ -271,6 +317,8 @@ int main(void)
         cmocka_unit_test(kvconf_rejects_bad_input),
         cmocka_unit_test(fs_atomic_write_and_read),
         cmocka_unit_test(path_helpers),
+        cmocka_unit_test(fs_close_detached),
+        cmocka_unit_test(fs_defer_close),
         cmocka_unit_test(path_is_clean),
         cmocka_unit_test(lock_second_holder_gets_ebusy),
         cmocka_unit_test(text_utf8_validation),

@@ -61,6 +61,19 @@ int vmsh_hv_list_vms(vmsh_hv *hv, vmsh_vm ***out, size_t *n, vmsh_error **err);
 /* One VM by name. -ENOENT when there is none. */
 int vmsh_hv_get_vm(vmsh_hv *hv, const char *name, vmsh_vm **out, vmsh_error **err);
 
+/* What the storage pool volume `vol` of `pool` is stored on (issue 25,
+ * issue 23): its path (*path, malloc'ed: a file, a device node, or for a
+ * network pool what libvirt names it, e.g. "POOL/IMAGE" for RBD) and
+ * *kind VMSH_DISK_FILE, _BLOCK or _NETWORK. -ENOENT when the pool or the
+ * volume does not exist (or the pool is not active), -ENOTSUP for other
+ * kinds of volume. */
+int vmsh_hv_volume_path(vmsh_hv *hv, const char *pool, const char *vol, char **path,
+                        vmsh_disk_kind *kind, vmsh_error **err);
+/* Resolves every type='volume' disk of `x` (vmsh_domxml_disk_set_volume:
+ * `source` its path, `storage` its kind); a volume that cannot be resolved
+ * stays as it was (storage UNKNOWN). */
+void vmsh_hv_resolve_volumes(vmsh_hv *hv, vmsh_domxml *x);
+
 /* What the guest agent says about itself (SPEC R2 (a), (d)). */
 typedef struct vmsh_agent_fs {
     char *mountpoint;
