@@ -138,6 +138,13 @@ speed_up() {
     done
 }
 no_overlay() { test -z "$(find "$VMSHADOW_RUN_DIR" "$VMSHADOW_STATE_DIR/instant" -name '*.overlay' 2>/dev/null)"; }
+# nothing_left [OVERLAY]: no server, no overlay (the one named, and none in
+# the run or state directories), no journal or kept definition, no job
+nothing_left() {
+    test -z "$(servers)" && { [ -z "${1:-}" ] || test ! -e "$1"; } && no_overlay &&
+        test -z "$(find "$VMSHADOW_STATE_DIR/instant" -maxdepth 1 -type f 2>/dev/null)" &&
+        "$VMSHADOW" --json jobs | jq -e '.jobs | length == 0' >/dev/null
+}
 on_device() {
     lab_virsh domblklist "$G" | grep -q "^ *vdb *$LRAW *$" &&
         virsh -q -c "$LAB_URI" dumpxml --inactive "$G" | grep -q "<source dev='$LRAW'"
@@ -186,8 +193,7 @@ reboot_mid_copy() {
     check "recover after the reboot finishes the instant restore" test "$RC" = 0
     check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec6.out"
     check "the VM runs again, on the device, and is defined on it" on_device
-    check "no job, no server, no overlay left" \
-        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    check "no job, no server, no overlay left" nothing_left "$OVL"
     check "the guest answers after the reboot and recover" wait_agent
     lab_virsh destroy "$G" >/dev/null
     lab_wait_off g
@@ -223,8 +229,7 @@ rbd_kill_cases() {
     X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
     check "the definition names the RBD image with its secret" \
         bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
-    check "no job, no server, no overlay, no kept definition left" \
-        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && test -z \"\$(ls '$VMSHADOW_STATE_DIR/instant' 2>/dev/null | grep -v '^overlays\$')\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    check "no job, no server, no overlay, no kept definition left" nothing_left "$OVL"
     lab_virsh destroy "$G" >/dev/null
     lab_wait_off r
     cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd5.exp"
@@ -242,8 +247,7 @@ rbd_kill_cases() {
     check "recover --abandon mid-copy onto RBD tears it down" test "$RC" = 0
     check "... saying the image holds a partial restore" grep -q "$LRAW now holds a partial restore" <<<"$ERR$OUT"
     check "the VM is gone" bash -c "! virsh -q -c $LAB_URI dominfo '$G' >/dev/null 2>&1"
-    check "no job, no server, no overlay, no journal left" \
-        bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && test -z \"\$(ls '$VMSHADOW_STATE_DIR/instant' 2>/dev/null | grep -v '^overlays\$')\" && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+    check "no job, no server, no overlay, no journal left" nothing_left "$OVL"
     check "the image and the VM's secret are kept" \
         bash -c "rbd -p '$VMSH_CEPH_POOL' info '$IMG' >/dev/null 2>&1 9>&- && virsh -q -c $LAB_URI secret-dumpxml '$SECRET' >/dev/null"
 }
@@ -307,8 +311,7 @@ cat "$LAB_WORK/rec.err" >&2
 check "recover finishes the instant restore" test "$RC" = 0
 check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec.out"
 check "the VM runs on the device and is defined on it" on_device
-check "no job, no server, no overlay left" \
-    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "no job, no server, no overlay left" nothing_left "$OVL"
 lab_virsh destroy "$G" >/dev/null
 lab_wait_off g
 check "the device holds the backup's bytes after the kill and recover" cmp "$LAB_WORK/vdb.ref" "$LRAW"
@@ -324,8 +327,7 @@ vsh recover --abandon "$G"
 check "recover --abandon tears it down" test "$RC" = 0
 check "... saying the device holds a partial restore" grep -q "$LRAW now holds a partial restore" <<<"$ERR$OUT"
 check "the VM is gone" bash -c "! virsh -q -c $LAB_URI dominfo '$G' >/dev/null 2>&1"
-check "no job, no server, no overlay left" \
-    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "no job, no server, no overlay left" nothing_left "$OVL"
 check "the device node is still a block device" test -b "$LRAW"
 
 # ---- 4. onto an RBD image
@@ -372,8 +374,7 @@ check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$
 X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
 check "the definition names the RBD image with the VM's own secret" \
     bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
-check "no job, no server, no overlay left" \
-    bash -c "test -z \"\$($(declare -f servers); VMSHADOW_RUN_DIR=$VMSHADOW_RUN_DIR servers)\" && test ! -e '$OVL' && \"$VMSHADOW\" --json jobs | jq -e '.jobs | length == 0' >/dev/null"
+check "no job, no server, no overlay left" nothing_left "$OVL"
 lab_virsh destroy "$G" >/dev/null
 lab_wait_off r
 cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
@@ -451,10 +452,6 @@ names_volumes() {
 }
 check "the definition names both volumes (pool and volume)" names_volumes
 check "the VM runs on the partition" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdc *$PART *\$'"
-nothing_left() {
-    test -z "$(servers)" && no_overlay && test -z "$(find "$VMSHADOW_STATE_DIR/instant" -maxdepth 1 -type f 2>/dev/null)" &&
-        "$VMSHADOW" --json jobs | jq -e '.jobs | length == 0' >/dev/null
-}
 check "no job, no server, no overlay, no journal left" nothing_left
 check "nothing beside the volume's file" test -z "$(ls -A "$LAB_WORK/pool" | grep -v '^v.raw$')"
 lab_virsh destroy "$G" >/dev/null

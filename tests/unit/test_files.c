@@ -63,6 +63,20 @@ static void watch(memfs *fs)
     closedir(d);
 }
 
+/* How many entries `dir` holds (not "." and ".."; hidden ones count);
+ * -1 when it cannot be read. */
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
 static vmsh_files_entry entry_of(const node *x)
 {
     vmsh_files_entry e = {0};
@@ -281,14 +295,7 @@ static void copy_is_confined(void **state)
     /* invalid names: notes, nothing made for them */
     assert_int_equal(lstat(at("out/b"), &s), -1);
     assert_int_equal(lstat(at("b"), &s), -1);
-    DIR *d = opendir(at("out/tree"));
-    assert_non_null(d);
-    struct dirent *de;
-    int count = 0;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-            count++;
-    closedir(d);
+    int count = count_entries(at("out/tree"));
     /* hello.txt suid rel out twin empty sparse big */
     assert_int_equal(count, 8);
     /* links verbatim, never followed */
@@ -390,13 +397,7 @@ static void no_partial_file(void **state)
     assert_int_equal(lstat(at("dst/a-small"), &s), 0); /* complete: named */
     assert_int_equal(st.files, 1);
     assert_int_equal(lstat(at("dst/big"), &s), -1); /* not: nowhere */
-    DIR *d = opendir(at("dst"));
-    assert_non_null(d);
-    int n = 0;
-    for (struct dirent *de; (de = readdir(d));)
-        n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
-    closedir(d);
-    assert_int_equal(n, 1);
+    assert_int_equal(count_entries(at("dst")), 1);
 }
 
 /* The fallback for a target filesystem without O_TMPFILE (forced through
@@ -437,17 +438,7 @@ static void no_tmpfile_fallback(void **state)
     assert_int_equal(fgetc(f), EOF);
     fclose(f);
     assert_true(same);
-    DIR *d = opendir(at("dst"));
-    int n = 0;
-    for (struct dirent *de; (de = readdir(d));)
-        n += de->d_name[0] != '.';
-    rewinddir(d);
-    int hidden = 0;
-    for (struct dirent *de; (de = readdir(d));)
-        hidden += strncmp(de->d_name, ".vmshadow-part-", 15) == 0;
-    closedir(d);
-    assert_int_equal(n, 2);
-    assert_int_equal(hidden, 0);
+    assert_int_equal(count_entries(at("dst")), 2); /* big, a-small: nothing hidden */
     /* failing in the middle of big: neither its name nor a hidden file */
     memfs bad = {
         .n = big, .count = 2, .fail_at = 1u << 20, .watch_dir = at("dst2"), .watch_name = "big"};
@@ -459,12 +450,7 @@ static void no_tmpfile_fallback(void **state)
     vmsh_error_free(err);
     assert_true(bad.seen_hidden >= 1 && bad.seen_final == 0);
     assert_int_equal(lstat(at("dst2/big"), &s), -1);
-    d = opendir(at("dst2"));
-    n = 0;
-    for (struct dirent *de; (de = readdir(d));)
-        n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
-    closedir(d);
-    assert_int_equal(n, 1); /* a-small only */
+    assert_int_equal(count_entries(at("dst2")), 1); /* a-small only */
     files_tree_no_tmpfile = false;
 }
 
