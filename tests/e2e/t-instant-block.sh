@@ -203,6 +203,24 @@ reboot_mid_copy() {
         cmp "$LAB_WORK/vdb6.exp" "$LRAW"
 }
 
+# rbd_done WRITE OFFSET IMAGE: an instant restore onto the RBD image has
+# ended: the VM runs on the image, its definition names it with the VM's own
+# secret, nothing is left; then, the VM stopped, IMAGE (as qemu-img names it)
+# holds the backup's bytes plus the guest's 16-byte WRITE at OFFSET
+rbd_done() {
+    check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
+    X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
+    check "the definition names the RBD image with the VM's own secret" \
+        bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
+    check "no job, no server, no overlay, no kept definition left" nothing_left "$OVL"
+    lab_virsh destroy "$G" >/dev/null
+    lab_wait_off r
+    cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
+    printf '%s' "$1" | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$(($2 / 16)) conv=notrunc status=none
+    check "the RBD image holds the backup's bytes plus the guest's write ($1)" \
+        qemu-img compare -q -U -f raw -F raw "$3" "$LAB_WORK/rbd.exp"
+}
+
 # ---- SIGKILL of vmshadow mid-copy onto the RBD image, then recover; then
 # recover --abandon mid-copy
 rbd_kill_cases() {
@@ -225,17 +243,7 @@ rbd_kill_cases() {
     cat "$LAB_WORK/rec5.err" >&2
     check "recover finishes the instant restore onto RBD" test "$RC" = 0
     check "recover says so" grep -q "finished 1 instant restore" "$LAB_WORK/rec5.out"
-    check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
-    X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
-    check "the definition names the RBD image with its secret" \
-        bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
-    check "no job, no server, no overlay, no kept definition left" nothing_left "$OVL"
-    lab_virsh destroy "$G" >/dev/null
-    lab_wait_off r
-    cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd5.exp"
-    printf 'killed-mid-copy!' | dd of="$LAB_WORK/rbd5.exp" bs=16 seek=$((off / 16)) conv=notrunc status=none
-    check "after the kill and recover the image holds the backup's bytes plus the guest's write" \
-        qemu-img compare -q -U -f raw -F raw "$img" "$LAB_WORK/rbd5.exp"
+    rbd_done 'killed-mid-copy!' "$off" "$img"
 
     # abandon mid-copy
     qemu-io -f raw -c 'write -P 0xee 0 2M' "$img" >/dev/null || fail "overwrite $IMG"
@@ -370,17 +378,7 @@ speed_up "$BG"
 wait "$BG"; RC=$?; BG=
 grep -v '^vmshadow: debug' "$LAB_WORK/r4.err" >&2
 check "restore --instant onto RBD ends with exit 0" test "$RC" = 0
-check "the VM runs on the RBD image" bash -c "virsh -q -c $LAB_URI domblklist '$G' | grep -q '^ *vdb *$LRAW *\$'"
-X=$(virsh -q -c "$LAB_URI" dumpxml --inactive "$G")
-check "the definition names the RBD image with the VM's own secret" \
-    bash -c "grep -q \"protocol='rbd' name='$LRAW'\" <<<\"\$0\" && grep -q \"uuid='$SECRET'\" <<<\"\$0\" && ! grep -q '.overlay' <<<\"\$0\"" "$X"
-check "no job, no server, no overlay left" nothing_left "$OVL"
-lab_virsh destroy "$G" >/dev/null
-lab_wait_off r
-cp "$LAB_WORK/rbd.ref" "$LAB_WORK/rbd.exp"
-printf 'written-in-copy!' | dd of="$LAB_WORK/rbd.exp" bs=16 seek=$((OFF / 16)) conv=notrunc status=none
-check "the RBD image holds the backup's bytes plus the guest's write during the copy" \
-    qemu-img compare -q -U -f raw -F raw "$R/$IMG:conf=$CEPH_CONF" "$LAB_WORK/rbd.exp"
+rbd_done 'written-in-copy!' "$OFF" "$R/$IMG:conf=$CEPH_CONF"
 rbd_kill_cases
 
 # ---- 5. onto pool volumes: a dir pool's file, a disk pool's partition

@@ -374,6 +374,22 @@ static void replaces_planted_link(void **state)
     assert_string_equal(buf, "keep\n");
 }
 
+/* Copies the whole tree of `fs` into a new directory `dst` (under the
+ * test's directory) and returns files_tree_get's result; its error freed,
+ * its counts in *st. */
+static int get_all_into(memfs *fs, const char *dst, vmsh_files_stats *st)
+{
+    files_src src = src_of(fs);
+    mkdir(at(dst), 0755);
+    const char *paths[] = {"/"};
+    vmsh_files_get_options go = {.to_dir = at(dst), .tar_fd = -1};
+    *st = (vmsh_files_stats){0};
+    vmsh_error *err = NULL;
+    int r = files_tree_get(&src, paths, 1, &go, st, &err);
+    vmsh_error_free(err);
+    return r;
+}
+
 /* A copy that fails in the middle of a file (as a SIGKILL would stop it)
  * leaves nothing under the file's name: copies are written nameless and
  * linked once complete (issue 23). The old code left the first MiB under
@@ -384,14 +400,8 @@ static void no_partial_file(void **state)
     static const node big[] = {{"/", "big", S_IFREG | 0644, 0, 0, T1, "abc", 3u << 20},
                                {"/", "a-small", S_IFREG | 0644, 0, 0, T1, "small\n", 0}};
     memfs fs = {.n = big, .count = 2, .fail_at = 1u << 20};
-    files_src src = src_of(&fs);
-    mkdir(at("dst"), 0755);
-    const char *paths[] = {"/"};
-    vmsh_files_get_options go = {.to_dir = at("dst"), .tar_fd = -1};
-    vmsh_files_stats st = {0};
-    vmsh_error *err = NULL;
-    assert_int_equal(files_tree_get(&src, paths, 1, &go, &st, &err), -EIO);
-    vmsh_error_free(err);
+    vmsh_files_stats st;
+    assert_int_equal(get_all_into(&fs, "dst", &st), -EIO);
     assert_true(fs.reads >= 2); /* it failed after a first chunk was written */
     struct stat s;
     assert_int_equal(lstat(at("dst/a-small"), &s), 0); /* complete: named */
@@ -412,13 +422,8 @@ static void no_tmpfile_fallback(void **state)
                                {"/", "a-small", S_IFREG | 0644, 0, 0, T1, "small\n", 0}};
     files_tree_no_tmpfile = true;
     memfs fs = {.n = big, .count = 2, .watch_dir = at("dst"), .watch_name = "big"};
-    files_src src = src_of(&fs);
-    mkdir(at("dst"), 0755);
-    const char *paths[] = {"/"};
-    vmsh_files_get_options go = {.to_dir = at("dst"), .tar_fd = -1};
-    vmsh_files_stats st = {0};
-    vmsh_error *err = NULL;
-    assert_int_equal(files_tree_get(&src, paths, 1, &go, &st, &err), 0);
+    vmsh_files_stats st;
+    assert_int_equal(get_all_into(&fs, "dst", &st), 0);
     assert_int_equal(st.files, 2);
     assert_true(fs.watched >= 2);              /* looked at in the middle of big */
     assert_true(fs.seen_hidden >= fs.watched); /* a hidden partial each time */
@@ -442,12 +447,7 @@ static void no_tmpfile_fallback(void **state)
     /* failing in the middle of big: neither its name nor a hidden file */
     memfs bad = {
         .n = big, .count = 2, .fail_at = 1u << 20, .watch_dir = at("dst2"), .watch_name = "big"};
-    files_src bsrc = src_of(&bad);
-    mkdir(at("dst2"), 0755);
-    go.to_dir = at("dst2");
-    st = (vmsh_files_stats){0};
-    assert_int_equal(files_tree_get(&bsrc, paths, 1, &go, &st, &err), -EIO);
-    vmsh_error_free(err);
+    assert_int_equal(get_all_into(&bad, "dst2", &st), -EIO);
     assert_true(bad.seen_hidden >= 1 && bad.seen_final == 0);
     assert_int_equal(lstat(at("dst2/big"), &s), -1);
     assert_int_equal(count_entries(at("dst2")), 1); /* a-small only */
