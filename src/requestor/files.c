@@ -13,14 +13,13 @@
 #include "requestor/requestor_priv.h"
 
 #include <vmshadow/requestor/serve.h>
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 
 #include <guestfs.h>
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -388,35 +387,25 @@ static char *appliance_sockdir(void)
         return NULL;
     char *found = NULL;
     pid_t me = getpid();
-    /* QEMU's command line is long (the appliance's kernel arguments) */
-    enum { BUF = 1 << 16 };
-    _cleanup_free_ char *buf = malloc(BUF);
-    for (struct dirent *de; buf && !found && (de = readdir(d));) {
+    for (struct dirent *de; !found && (de = readdir(d));) {
         if (de->d_name[0] < '1' || de->d_name[0] > '9')
             continue;
         char path[300];
+        _cleanup_free_ char *stat = NULL, *cmd = NULL;
+        size_t n = 0;
         snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        ssize_t n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
-        if (fd >= 0)
-            close(fd);
-        if (n <= 0)
+        if (vmsh_fs_read_all(path, 1 << 16, &stat, NULL, NULL) < 0)
             continue;
-        buf[n] = 0;
-        const char *rp = strrchr(buf, ')'); /* the name may hold anything */
+        const char *rp = strrchr(stat, ')'); /* the name may hold anything */
         long ppid = 0;
         char st = 0;
         if (!rp || sscanf(rp + 1, " %c %ld", &st, &ppid) != 2 || ppid != (long)me)
             continue;
+        /* QEMU's command line is long (the appliance's kernel arguments) */
         snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        n = fd >= 0 ? read(fd, buf, BUF - 1) : -1;
-        if (fd >= 0)
-            close(fd);
-        if (n <= 0)
+        if (vmsh_fs_read_all(path, 1 << 20, &cmd, &n, NULL) < 0)
             continue;
-        buf[n] = 0;
-        for (char *a = buf; a < buf + n; a += strlen(a) + 1) {
+        for (char *a = cmd; a < cmd + n; a += strlen(a) + 1) {
             char *p = strstr(a, "path=");
             char *end = p ? strstr(p, "/guestfsd.sock") : NULL;
             if (p && end && !found)
