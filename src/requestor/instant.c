@@ -471,12 +471,16 @@ static void sleep_ms(long ms)
  * it only once the copy has caught up), and a host reboot empties /run:
  * the VM could not start again and those writes were lost (t-instant-block
  * reboot_mid_copy failed so: "Cannot access storage file ..."). */
-static char *overlay_dir(const vmsh_requestor_config *cfg)
+static const char *scratch_dir(const vmsh_requestor_config *cfg)
 {
     const char *s = cfg->conf ? vmsh_kvconf_get(cfg->conf, "scratch-dir") : NULL;
-    if (s && *s)
-        return strdup(s);
-    return vmsh_path_join(cfg->state_dir, "instant/overlays");
+    return s && *s ? s : NULL;
+}
+
+static char *overlay_dir(const vmsh_requestor_config *cfg)
+{
+    const char *s = scratch_dir(cfg);
+    return s ? strdup(s) : vmsh_path_join(cfg->state_dir, "instant/overlays");
 }
 
 #define ACL_XATTR   "system.posix_acl_access"
@@ -716,10 +720,9 @@ static int prepare_copies(const vmsh_requestor_config *cfg, vmsh_hv *hv, ijob *j
         j->definition = NULL;
         return vmsh_error_set(err, -ENOMEM, "out of memory");
     }
-    const char *scratch = cfg->conf ? vmsh_kvconf_get(cfg->conf, "scratch-dir") : NULL;
     if ((r = journal_write(j, "overlay", err)) < 0 ||
         (r = vmsh_fs_write_atomic(j->definition, xml, strlen(xml), 0600, err)) < 0 ||
-        (!(scratch && *scratch) && (r = make_overlay_dir(cfg, odir, err)) < 0))
+        (!scratch_dir(cfg) && (r = make_overlay_dir(cfg, odir, err)) < 0))
         return r;
     for (size_t i = 0; r == 0 && i < j->n; i++) {
         idisk *d = &j->disks[i];
