@@ -260,6 +260,16 @@ static bool cur_vm_owns(const cur_vm *v, const char *path)
            strcmp(save, path) == 0;
 }
 
+/* Issue 23: does an instant restore (o->overlay_disks) put its overlay
+ * into the pool volume at `path`, beside it and renamed over it? When the
+ * volume is a regular file (a dir pool's); *st what lstat found. */
+static bool overlay_in_volume_file(const vmsh_set_options *o, vmsh_stg_kind kind, const char *path,
+                                   struct stat *st)
+{
+    return o->overlay_disks && kind == VMSH_STG_VOLUME && path && path[0] == '/' &&
+           lstat(path, st) == 0 && S_ISREG(st->st_mode);
+}
+
 /* R10, R12: may the restore put its file (or a link) at `path`, outside
  * --to's directory? Only where nothing is, or over what the VM it replaces
  * owns; *exists says whether something is there now, and `seen` (when not
@@ -729,8 +739,7 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
          * it over it, as for an image file (the R12 checks above are the
          * volume's, unchanged); the definition keeps naming the volume */
         struct stat vst;
-        bool vol_file = o->overlay_disks && in_place && !create && sk == VMSH_STG_VOLUME && final &&
-                        final[0] == '/' && lstat(final, &vst) == 0 && S_ISREG(vst.st_mode);
+        bool vol_file = in_place && !create && overlay_in_volume_file(o, sk, final, &vst);
         if (vol_file) {
             in_place = false;
             json_object_object_del(storage, "in_place");
@@ -863,8 +872,7 @@ static int create_storage(vm_writer *w, vmsh_set *set, const vmsh_component *c, 
     json_object_object_add(fo, "temporary", jstr(path));
     json_object_object_add(fo, "to", jstr(path));
     struct stat vst;
-    if (vmsh_set_options_of(set)->overlay_disks && plan.kind == VMSH_STG_VOLUME && path[0] == '/' &&
-        lstat(path, &vst) == 0 && S_ISREG(vst.st_mode)) {
+    if (overlay_in_volume_file(vmsh_set_options_of(set), plan.kind, path, &vst)) {
         /* issue 23: an instant restore's overlay goes beside the new
          * volume's file and is renamed over it (as plan_component does for
          * an existing one): what is there is the volume just created */
