@@ -31,18 +31,30 @@ static struct json_object *member(struct json_object *o, const char *key)
     return v;
 }
 
+/* The member `key` of `o` when it has JSON type `t` (1, *v set); 0 when
+ * it is absent and not required; a negative errno (EBADMSG) when it is
+ * missing but required, or of another type ("is not `what`"). */
+static int typed_member(struct json_object *o, const char *key, bool required, json_type t,
+                        const char *what, const char *where, struct json_object **v,
+                        vmsh_error **err)
+{
+    *v = member(o, key);
+    if (!*v)
+        return required ? vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is missing", where, key)
+                        : 0;
+    if (!json_object_is_type(*v, t))
+        return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is not %s", where, key, what);
+    return 1;
+}
+
 int vmsh_json_get_str(struct json_object *o, const char *key, bool required, const char **out,
                       const char *where, vmsh_error **err)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v;
     *out = NULL;
-    if (!v) {
-        if (required)
-            return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is missing", where, key);
-        return 0;
-    }
-    if (!json_object_is_type(v, json_type_string))
-        return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is not a string", where, key);
+    int r = typed_member(o, key, required, json_type_string, "a string", where, &v, err);
+    if (r <= 0)
+        return r;
     *out = json_object_get_string(v);
     return 0;
 }
@@ -50,14 +62,10 @@ int vmsh_json_get_str(struct json_object *o, const char *key, bool required, con
 int vmsh_json_get_int64(struct json_object *o, const char *key, bool required, int64_t *out,
                         const char *where, vmsh_error **err)
 {
-    struct json_object *v = member(o, key);
-    if (!v) {
-        if (required)
-            return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is missing", where, key);
-        return 0;
-    }
-    if (!json_object_is_type(v, json_type_int))
-        return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is not an integer", where, key);
+    struct json_object *v;
+    int r = typed_member(o, key, required, json_type_int, "an integer", where, &v, err);
+    if (r <= 0)
+        return r;
     errno = 0;
     int64_t n = json_object_get_int64(v);
     if (errno == EINVAL || errno == ERANGE)
@@ -69,14 +77,10 @@ int vmsh_json_get_int64(struct json_object *o, const char *key, bool required, i
 int vmsh_json_get_bool(struct json_object *o, const char *key, bool required, bool *out,
                        const char *where, vmsh_error **err)
 {
-    struct json_object *v = member(o, key);
-    if (!v) {
-        if (required)
-            return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is missing", where, key);
-        return 0;
-    }
-    if (!json_object_is_type(v, json_type_boolean))
-        return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is not true or false", where, key);
+    struct json_object *v;
+    int r = typed_member(o, key, required, json_type_boolean, "true or false", where, &v, err);
+    if (r <= 0)
+        return r;
     *out = json_object_get_boolean(v);
     return 0;
 }
@@ -84,15 +88,11 @@ int vmsh_json_get_bool(struct json_object *o, const char *key, bool required, bo
 int vmsh_json_get_array(struct json_object *o, const char *key, bool required,
                         struct json_object **out, const char *where, vmsh_error **err)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v;
     *out = NULL;
-    if (!v) {
-        if (required)
-            return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is missing", where, key);
-        return 0;
-    }
-    if (!json_object_is_type(v, json_type_array))
-        return vmsh_error_set(err, -EBADMSG, "%s: member \"%s\" is not an array", where, key);
+    int r = typed_member(o, key, required, json_type_array, "an array", where, &v, err);
+    if (r <= 0)
+        return r;
     *out = v;
     return 0;
 }
