@@ -43,18 +43,6 @@ typedef struct req_run {
     bool fetch_started, fetch_running;
 } req_run;
 
-/* The caller's progress callback for one file. */
-typedef struct copy_progress {
-    const vmsh_requestor_callbacks *cb;
-    const char *name;
-} copy_progress;
-
-static void on_progress(void *opaque, uint64_t done, uint64_t total)
-{
-    copy_progress *p = opaque;
-    p->cb->progress(p->cb->opaque, p->name, done, total);
-}
-
 static void *fetch_main(void *arg)
 {
     req_run *q = arg;
@@ -256,10 +244,10 @@ static int req_copy(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metadata
               : read_mode == VMSH_READ_FULL      ? ", read full"
                                                  : "");
     vmsh_add_stats st = {0};
-    copy_progress cp = {.cb = q->cb, .name = name};
+    req_progress cp = {.cb = q->cb, .name = name};
     vmsh_add_opts ao = {.base = base};
     if (q->cb && q->cb->progress) {
-        ao.progress = on_progress;
+        ao.progress = req_file_progress;
         ao.progress_opaque = &cp;
     }
     _cleanup_free_ char *step = NULL;

@@ -254,6 +254,12 @@ void req_step(const vmsh_requestor_callbacks *cb, const char *step, bool end, in
 
 /* ---- `vmshadow writers` ---- */
 
+void req_file_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    req_progress *p = opaque;
+    p->cb->progress(p->cb->opaque, p->name, done, total);
+}
+
 void vmsh_requestor_writers_free(vmsh_requestor_writer_info *a, size_t n)
 {
     for (size_t i = 0; a && i < n; i++) {

@@ -98,5 +98,13 @@ void req_debug(const vmsh_requestor_callbacks *cb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void req_step(const vmsh_requestor_callbacks *cb, const char *step, bool end, int result,
               int64_t ms);
+/* The progress of one file's copy (a backup's or a restore's) passed on to
+ * the caller's progress callback under the file's name: the repository's
+ * progress function is req_file_progress, its opaque a req_progress. */
+typedef struct req_progress {
+    const vmsh_requestor_callbacks *cb;
+    const char *name;
+} req_progress;
+void req_file_progress(void *opaque, uint64_t done, uint64_t total);
 
 #endif

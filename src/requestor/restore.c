@@ -37,17 +37,6 @@ typedef struct req_restorer {
     bool damaged; /* a chunk or index was missing or damaged (exit code 3) */
 } req_restorer;
 
-typedef struct restore_progress {
-    const vmsh_requestor_callbacks *cb;
-    const char *name;
-} restore_progress;
-
-static void on_progress(void *opaque, uint64_t done, uint64_t total)
-{
-    restore_progress *p = opaque;
-    p->cb->progress(p->cb->opaque, p->name, done, total);
-}
-
 /* The entry of `f` in the VM writer's plan (the component's "restore"
  * object), or NULL. */
 static json_object *plan_entry(const vmsh_component *c, const vmsh_file *f)
@@ -184,7 +173,7 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
     _cleanup_free_ char *step = NULL;
     if (!name || asprintf(&step, "restore %s", name) < 0)
         return vmsh_error_set(err, -ENOMEM, "out of memory");
-    restore_progress ps = {.cb = q->cb, .name = name};
+    req_progress ps = {.cb = q->cb, .name = name};
     bool show = q->cb && q->cb->progress;
     vmsh_restore_stats st = {0};
     vmsh_error *e = NULL;
@@ -229,14 +218,14 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
                              "raw block device, RBD image, or pool volume on a block device or "
                              "file only); it was not changed: restore without --instant",
                              dest, dfmt ? dfmt : "raw")
-        : onto_device ? restore_onto_device(q, name, dest, show ? on_progress : NULL,
+        : onto_device ? restore_onto_device(q, name, dest, show ? req_file_progress : NULL,
                                             show ? &ps : NULL, &st, &e)
         : in_place    ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
-                                          show ? on_progress : NULL, show ? &ps : NULL, &st, &e)
+                                          show ? req_file_progress : NULL, show ? &ps : NULL, &st, &e)
         : backing     ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
-        : fmt ? restore_image(q, name, dest, fmt, show ? on_progress : NULL, show ? &ps : NULL, &st,
+        : fmt ? restore_image(q, name, dest, fmt, show ? req_file_progress : NULL, show ? &ps : NULL, &st,
                               &e)
-              : vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? on_progress : NULL,
+              : vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? req_file_progress : NULL,
                                        show ? &ps : NULL, &st, &e);
     req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     if (r < 0) {
