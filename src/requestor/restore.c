@@ -220,13 +220,14 @@ static int req_restore(vmsh_requestor_ops *self, vmsh_set *set, const vmsh_metad
                              dest, dfmt ? dfmt : "raw")
         : onto_device ? restore_onto_device(q, name, dest, show ? req_file_progress : NULL,
                                             show ? &ps : NULL, &st, &e)
-        : in_place    ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
-                                          show ? req_file_progress : NULL, show ? &ps : NULL, &st, &e)
-        : backing     ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
-        : fmt ? restore_image(q, name, dest, fmt, show ? req_file_progress : NULL, show ? &ps : NULL, &st,
-                              &e)
-              : vmsh_repo_restore_file(q->repo, q->id, name, dest, true, show ? req_file_progress : NULL,
-                                       show ? &ps : NULL, &st, &e);
+        : in_place
+            ? restore_onto_storage(q, name, dest, dfmt ? dfmt : "raw", fresh,
+                                   show ? req_file_progress : NULL, show ? &ps : NULL, &st, &e)
+        : backing ? vmsh_hv_image_create(dest, backing, "raw", 0, &e)
+        : fmt     ? restore_image(q, name, dest, fmt, show ? req_file_progress : NULL,
+                              show ? &ps : NULL, &st, &e)
+                  : vmsh_repo_restore_file(q->repo, q->id, name, dest, true,
+                                       show ? req_file_progress : NULL, show ? &ps : NULL, &st, &e);
     req_step(q->cb, step, true, r < 0 ? r : 0, vmsh_now_ms() - t0);
     if (r < 0) {
         /* recorded, not returned: PostRestore reports this VM (R11) and the
