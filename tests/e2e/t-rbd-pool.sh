@@ -101,7 +101,9 @@ check "vms: vdb is kind volume, storage network, protocol rbd, pool and volume n
 check "vms: read in full, a raw network disk" \
     test "$(dk '"\(.read)|\(.read_reason)"' | cut -c1-21)" = "full|raw network disk"
 vsh vms "$G"
-check "vms (text): vdb captured" grep -q "vdb.*volume.*\[captured, full" <<<"$OUT"
+check "vms (text): vdb, its image, pool and volume, captured in full" \
+    grep -qF "vdb volume raw $VMSH_CEPH_POOL/$IMG (volume $POOL/$IMG) [captured, full: raw network disk" \
+    <<<"$(tr -s ' \n' '  ' <<<"$OUT")"
 
 # ---- backup (shut off: the volume read through the pool's source)
 vsh init
