@@ -3,6 +3,7 @@
  * "json:" filename, and a private read-only qemu-nbd serving it. */
 #include <vmshadow/hv/netdisk.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/proc.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -387,29 +388,23 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* True when `pid` is a qemu-nbd whose arguments include "--socket=SOCK". */
+/* True when `pid` is a qemu-nbd whose arguments (all of them, however
+ * long its command line) include "--socket=SOCK". */
 static bool is_our_server(pid_t pid, const char *sock)
 {
-    char path[64], buf[8192];
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
-    const char *argv0 = strrchr(buf, '/') ? strrchr(buf, '/') + 1 : buf;
-    if (strcmp(argv0, "qemu-nbd") != 0)
-        return false;
     _cleanup_free_ char *want = NULL;
     if (asprintf(&want, "--socket=%s", sock) < 0)
         return false;
-    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
-        if (strcmp(buf + i, want) == 0)
-            return true;
-    return false;
+    char **av = NULL;
+    int n = vmsh_proc_cmdline(pid, &av);
+    bool ours = false;
+    if (n > 0) {
+        const char *argv0 = strrchr(av[0], '/') ? strrchr(av[0], '/') + 1 : av[0];
+        for (int i = 1; i < n && !ours && strcmp(argv0, "qemu-nbd") == 0; i++)
+            ours = strcmp(av[i], want) == 0;
+    }
+    vmsh_proc_argv_free(av);
+    return ours;
 }
 
 /* Ends `pid` (SIGTERM, then SIGKILL after 5 s) and reaps it when it is our

@@ -286,22 +286,6 @@ static int open_reg(posix_store *s, const char *name, int extra, struct stat *st
     return VMSH_TAKE_FD(fd);
 }
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* ---- ops ---- */
 
 static int p_put(repo_store *st, const char *name, const void *buf, size_t len, vmsh_error **err)
@@ -322,7 +306,7 @@ static int p_put(repo_store *st, const char *name, const void *buf, size_t len, 
         return vmsh_error_set(err, -errno, "cannot create %s.tmp.%ld: %s", d ? d : name,
                               (long)getpid(), strerror(errno));
     }
-    int r = write_full(fd, buf, len);
+    int r = vmsh_fs_write_all(fd, buf, len);
     if (r == 0 && fsync(fd) < 0)
         r = -errno;
     if (close(fd) < 0 && r == 0)

@@ -9,6 +9,7 @@
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/requestor/serve.h>
 #include <vmshadow/util/mem.h>
+#include <vmshadow/util/proc.h>
 
 #include <json-c/json.h>
 
@@ -621,36 +622,21 @@ pid_t vmsh_serve_find(const char *socket_path)
     if (!d)
         return 0;
     pid_t found = 0;
-    size_t slen = strlen(socket_path);
     struct dirent *de;
     while (!found && (de = readdir(d))) {
         char *end = NULL;
         long pid = strtol(de->d_name, &end, 10);
         if (pid <= 0 || *end)
             continue;
-        char path[64], buf[4096];
-        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-            continue; /* a zombie has none */
-        buf[n] = 0;
-        /* argv: "nbdkit" ... "--unix" SOCKET ...; NUL-separated */
-        if (strcmp(buf, "nbdkit") != 0 && !strstr(buf, "/nbdkit"))
-            continue;
-        for (ssize_t i = 0; i < n;) {
-            const char *arg = buf + i;
-            size_t alen = strlen(arg);
-            if (strcmp(arg, "--unix") == 0 && i + (ssize_t)alen + 1 < n &&
-                strlen(arg + alen + 1) == slen && strcmp(arg + alen + 1, socket_path) == 0) {
-                found = (pid_t)pid;
-                break;
-            }
-            i += (ssize_t)alen + 1;
-        }
+        /* the whole command line (a zombie has none): "nbdkit" ...
+         * "--unix" SOCKET ... */
+        char **av = NULL;
+        int n = vmsh_proc_cmdline((pid_t)pid, &av);
+        if (n > 0 && (strcmp(av[0], "nbdkit") == 0 || strstr(av[0], "/nbdkit")))
+            for (int i = 0; i + 1 < n && !found; i++)
+                if (strcmp(av[i], "--unix") == 0 && strcmp(av[i + 1], socket_path) == 0)
+                    found = (pid_t)pid;
+        vmsh_proc_argv_free(av);
     }
     closedir(d);
     return found;

@@ -73,22 +73,6 @@ int vmsh_fs_fsync_dir(const char *dir, vmsh_error **err)
     return 0;
 }
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t mode,
                          vmsh_error **err)
 {
@@ -101,7 +85,7 @@ int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t m
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (fd < 0)
         return vmsh_error_set(err, -errno, "cannot create %s: %s", tmp, strerror(errno));
-    int r = write_full(fd, buf, len);
+    int r = vmsh_fs_write_all(fd, buf, len);
     if (r == 0 && fsync(fd) < 0)
         r = -errno;
     if (close(fd) < 0 && r == 0)
@@ -221,6 +205,19 @@ FILE *vmsh_scratch_stream(const char *what, vmsh_error **err)
         close(fd);
     }
     return f;
+}
+
+int vmsh_fs_write_all(int fd, const void *buf, size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, (const uint8_t *)buf + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        done += (size_t)n;
+    }
+    return 0;
 }
 
 int vmsh_fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)

@@ -1,5 +1,6 @@
 /* proc.c - spawning commands without a shell, with a timeout that kills the
  * command's whole process group (include/vmshadow/util/proc.h). */
+#include <vmshadow/util/fs.h>
 #include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 #include <vmshadow/util/timeutil.h>
@@ -350,4 +351,39 @@ const char *vmsh_proc_describe(const vmsh_proc_result *r, char *buf, size_t len)
     else
         snprintf(buf, len, "exited with status %d", r->exit_code);
     return buf;
+}
+
+int vmsh_proc_argv_from_nul(const char *buf, size_t len, char ***out)
+{
+    *out = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] == 0 || i + 1 == len)
+            n++;
+    char **av = calloc(n + 1, sizeof(*av));
+    if (!av)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < len && k < n;) {
+        const char *end = memchr(buf + i, 0, len - i);
+        size_t wl = end ? (size_t)(end - (buf + i)) : len - i;
+        if (!(av[k++] = strndup(buf + i, wl))) {
+            vmsh_proc_argv_free(av);
+            return -ENOMEM;
+        }
+        i += wl + 1;
+    }
+    *out = av;
+    return (int)k;
+}
+
+int vmsh_proc_cmdline(pid_t pid, char ***out)
+{
+    *out = NULL;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%ld/cmdline", (long)pid);
+    _cleanup_free_ char *buf = NULL;
+    size_t len = 0;
+    int r = vmsh_fs_read_all(path, VMSH_PROC_CMDLINE_MAX, &buf, &len, NULL);
+    return r < 0 ? r : vmsh_proc_argv_from_nul(buf, len, out);
 }

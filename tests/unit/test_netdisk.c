@@ -389,6 +389,63 @@ static void private_server_starts_and_stops(void **state)
     assert_int_equal(rmdir(base), 0);
 }
 
+/* A qemu-nbd whose command line is long (a long source specification
+ * before --socket=: here 16 KiB) is still recognised as ours and stopped;
+ * the old reader read 8 KiB of it and left such a server running. */
+static void long_command_line_server_stopped(void **state)
+{
+    (void)state;
+    char base[] = "/tmp/vmsh-netdisk-XXXXXX";
+    assert_non_null(mkdtemp(base));
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/net-vdb", base);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char *sock = vmsh_hv_netserve_socket(dir);
+    char *sock_opt = NULL;
+    assert_true(asprintf(&sock_opt, "--socket=%s", sock) > 0);
+    size_t big = 16 * 1024;
+    char *pad = malloc(big + 1);
+    assert_non_null(pad);
+    memset(pad, 'j', big);
+    pad[big] = 0;
+    int in[2];
+    assert_int_equal(pipe(in), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        close(in[1]);
+        /* argv[0] "qemu-nbd"; sh -c 'read x' $0 $1: blocks on the pipe */
+        execl("/bin/sh", "/usr/bin/qemu-nbd", "-c", "read x", pad, sock_opt, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    /* until the exec is done: its command line is the fake server's */
+    char path[64], buf[32] = "";
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    for (int i = 0; i < 500 && strcmp(buf, "/usr/bin/qemu-nbd") != 0; i++) {
+        FILE *f = fopen(path, "re");
+        size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        buf[n] = 0;
+        if (f)
+            fclose(f);
+        usleep(10000);
+    }
+    assert_string_equal(buf, "/usr/bin/qemu-nbd");
+    vmsh_error *err = NULL;
+    assert_int_equal(vmsh_hv_netserve_stop(pid, dir, &err), 0);
+    /* ended and reaped by the stop */
+    assert_int_equal(kill(pid, 0), -1);
+    assert_int_equal(errno, ESRCH);
+    close(in[1]);
+    struct stat st;
+    assert_int_equal(lstat(dir, &st), -1);
+    free(pad);
+    free(sock_opt);
+    free(sock);
+    assert_int_equal(rmdir(base), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -398,6 +455,7 @@ int main(void)
         cmocka_unit_test(hostile_names_stay_data),
         cmocka_unit_test(overlay_on_network_source),
         cmocka_unit_test(private_server_starts_and_stops),
+        cmocka_unit_test(long_command_line_server_stopped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

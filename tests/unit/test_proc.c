@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -173,6 +174,82 @@ static void capture_returns_stdout(void **state)
     vmsh_error_free(err);
 }
 
+/* /proc/PID/cmdline's NUL-separated words: empty words kept, a last word
+ * without its NUL (a process that rewrote its arguments) kept too. */
+static void argv_from_nul_words(void **state)
+{
+    (void)state;
+    char **av = NULL;
+    static const char a[] = "nbdkit\0--unix\0/run/x.sock\0";
+    assert_int_equal(vmsh_proc_argv_from_nul(a, sizeof(a) - 1, &av), 3);
+    assert_string_equal(av[0], "nbdkit");
+    assert_string_equal(av[1], "--unix");
+    assert_string_equal(av[2], "/run/x.sock");
+    assert_null(av[3]);
+    vmsh_proc_argv_free(av);
+    static const char b[] = "a\0\0b";
+    assert_int_equal(vmsh_proc_argv_from_nul(b, sizeof(b) - 1, &av), 3);
+    assert_string_equal(av[0], "a");
+    assert_string_equal(av[1], "");
+    assert_string_equal(av[2], "b");
+    assert_null(av[3]);
+    vmsh_proc_argv_free(av);
+    assert_int_equal(vmsh_proc_argv_from_nul("", 0, &av), 0);
+    assert_non_null(av);
+    assert_null(av[0]);
+    vmsh_proc_argv_free(av);
+}
+
+/* A process's whole command line, however long: a 64 KiB argument and the
+ * words after it (the hand-made readers this replaced read 4 or 8 KiB and
+ * missed what came after). */
+static void cmdline_whole(void **state)
+{
+    (void)state;
+    size_t big = 64 * 1024;
+    char *pad = malloc(big + 1);
+    assert_non_null(pad);
+    memset(pad, 'p', big);
+    pad[big] = 0;
+    int in[2];
+    assert_int_equal(pipe(in), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        close(in[1]);
+        /* sh -c 'read x' $0 $1 $2: blocks until the pipe closes */
+        execl("/bin/sh", "fake-server", "-c", "read x", pad, "--socket=/run/s", (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    char **av = NULL;
+    int n = 0;
+    /* until the exec is done */
+    for (int i = 0; i < 500; i++) {
+        vmsh_proc_argv_free(av);
+        av = NULL;
+        n = vmsh_proc_cmdline(pid, &av);
+        if (n == 5)
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(n, 5);
+    assert_string_equal(av[0], "fake-server");
+    assert_string_equal(av[2], "read x");
+    assert_int_equal(strlen(av[3]), big);
+    assert_string_equal(av[4], "--socket=/run/s");
+    vmsh_proc_argv_free(av);
+    close(in[1]);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    /* gone: no words, an error */
+    av = NULL;
+    assert_true(vmsh_proc_cmdline(pid, &av) < 0);
+    assert_null(av);
+    free(pad);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +259,8 @@ int main(void)
         cmocka_unit_test(timeout_kills_the_whole_group),
         cmocka_unit_test(stop_callback_ends_the_command),
         cmocka_unit_test(capture_returns_stdout),
+        cmocka_unit_test(argv_from_nul_words),
+        cmocka_unit_test(cmdline_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

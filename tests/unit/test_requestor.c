@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -20,6 +22,7 @@
 
 #include <vmshadow/repo/repo.h>
 #include <vmshadow/requestor/requestor.h>
+#include <vmshadow/requestor/serve.h>
 #include <vmshadow/writers/identity.h>
 
 #include "test_repo_helpers.h"
@@ -496,6 +499,45 @@ static void test_mem_locations(void **state)
     assert_int_equal(vmsh_repo_open(&r, "mem://twice", NULL, NULL), -ENODEV);
 }
 
+/* vmsh_serve_find (recover's way to the nbdkit serving a socket) reads a
+ * server's whole command line: here "--unix SOCKET" comes after a 16 KiB
+ * argument, which the old 4 KiB reader never saw. */
+static void test_serve_find_long_command_line(void **state)
+{
+    (void)state;
+    const char *sock = "/tmp/vmsh-test-serve-find.sock";
+    size_t big = 16 * 1024;
+    char *pad = malloc(big + 1);
+    assert_non_null(pad);
+    memset(pad, 'k', big);
+    pad[big] = 0;
+    int in[2];
+    assert_int_equal(pipe(in), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        close(in[1]);
+        /* argv[0] "nbdkit"; sh -c 'read x' $0 $1 $2: blocks on the pipe */
+        execl("/bin/sh", "nbdkit", "-c", "read x", pad, "--unix", sock, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    pid_t found = 0;
+    for (int i = 0; i < 500 && found != pid; i++) {
+        found = vmsh_serve_find(sock);
+        if (found != pid)
+            usleep(10000);
+    }
+    assert_int_equal(found, pid);
+    assert_int_equal(vmsh_serve_find("/tmp/vmsh-test-serve-find.sock.other"), 0);
+    close(in[1]);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_int_equal(vmsh_serve_find(sock), 0);
+    free(pad);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -506,6 +548,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
         cmocka_unit_test(test_stored_record_json),
         cmocka_unit_test(test_mem_locations),
+        cmocka_unit_test(test_serve_find_long_command_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

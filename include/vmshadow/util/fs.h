@@ -19,6 +19,9 @@
 int vmsh_fs_write_atomic(const char *path, const void *buf, size_t len, mode_t mode,
                          vmsh_error **err);
 
+/* Writes all of buf at the file's offset, again after EINTR and short
+ * writes: 0, or -errno (-EIO when the file takes no more bytes). */
+int vmsh_fs_write_all(int fd, const void *buf, size_t len);
 /* Writes all of buf at off, again after EINTR and short writes: 0, or
  * -errno (-EIO when the file takes no more bytes). Errors are the
  * caller's to word: it knows the file. */

@@ -17,7 +17,9 @@
 #define VMSH_UTIL_PROC_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <vmshadow/util/error.h>
 
@@ -70,5 +72,19 @@ int vmsh_proc_capture(char *const argv[], int64_t timeout_ms, size_t max, char *
  * "killed by signal 9", "timed out after 5000 ms"); a static or
  * buffer-backed string. */
 const char *vmsh_proc_describe(const vmsh_proc_result *r, char *buf, size_t len);
+
+/* The words of a NUL-separated list (a /proc/PID/cmdline: the last word
+ * may lack its NUL) as a NULL-terminated argv (*out; free with
+ * vmsh_proc_argv_free). Returns the number of words. Expected errors:
+ * -ENOMEM. */
+int vmsh_proc_argv_from_nul(const char *buf, size_t len, char ***out);
+
+/* The command line of process `pid` (/proc/PID/cmdline, whole however
+ * long it is, up to VMSH_PROC_CMDLINE_MAX) as in vmsh_proc_argv_from_nul;
+ * a zombie or a kernel thread has none: 0 words. Expected errors: -ENOENT
+ * (no such process), -EACCES, -EFBIG; quiet (no error object: a process
+ * ending while it is read is the common case). */
+#define VMSH_PROC_CMDLINE_MAX (8u << 20)
+int vmsh_proc_cmdline(pid_t pid, char ***out);
 
 #endif
