@@ -18,13 +18,17 @@
 
 #include <guestfs.h>
 
-#include <dirent.h>
 #include <errno.h>
-#include <unistd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 /* lstatnslist and readlinklist answers must fit a libguestfs message
  * (4 MiB): names are asked for in batches */
@@ -374,46 +378,74 @@ static int mount_guest(vmsh_files *f, const vmsh_files_options *o, vmsh_error **
     return rc;
 }
 
-/* The socket directory of the appliance this process launched: root's
- * libguestfs puts it in /tmp whatever the environment says, and a SIGKILL
- * leaves it. Found on the command line of our child QEMU (the direct
- * backend; with the libvirt backend QEMU is libvirtd's child and nothing
- * is found): "-chardev socket,path=DIR/guestfsd.sock,...". Malloc'ed, or
- * NULL. */
-static char *appliance_sockdir(void)
+/* libguestfs's socket directory (guestfsd.sock, console.sock): made by
+ * the launch itself (mkdtemp "PARENT/libguestfsXXXXXX", PARENT being what
+ * guestfs_get_sockdir returns: /tmp for root whatever the environment
+ * says), removed by guestfs_close, left by a SIGKILL. No call makes it
+ * earlier or names it (guestfs_get_sockdir returns PARENT only, libguestfs
+ * 1.48 to today, lib/tmpdirs.c), and the launch is the longest step (TCG:
+ * seconds): so a thread watches during the launch for the socket it binds
+ * there, in this process with either backend, and notes its directory in
+ * the session (req_session_note_guestfs) the moment it appears, before
+ * QEMU starts: a kill at any point after that leaves it to the next
+ * command's sweep. Left unnoted: a kill between libguestfs's mkdtemp and
+ * its bind (an empty directory, microseconds). */
+typedef struct sockdir_watch {
+    pthread_t thread;
+    bool running;
+    atomic_bool stop;
+    const char *session;
+    char *parent;
+    char *found; /* the thread's until joined */
+} sockdir_watch;
+
+/* how often the watcher looks: QEMU's start after the bind (its fork and
+ * exec, then the appliance's boot) takes far longer */
+#define SOCKDIR_POLL_NS (5 * 1000 * 1000L)
+
+static void *sockdir_watch_run(void *opaque)
 {
-    DIR *d = opendir("/proc");
-    if (!d)
-        return NULL;
-    char *found = NULL;
-    pid_t me = getpid();
-    for (struct dirent *de; !found && (de = readdir(d));) {
-        if (de->d_name[0] < '1' || de->d_name[0] > '9')
-            continue;
-        char path[300];
-        _cleanup_free_ char *stat = NULL, *cmd = NULL;
-        size_t n = 0;
-        snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
-        if (vmsh_fs_read_all(path, 1 << 16, &stat, NULL, NULL) < 0)
-            continue;
-        const char *rp = strrchr(stat, ')'); /* the name may hold anything */
-        long ppid = 0;
-        char st = 0;
-        if (!rp || sscanf(rp + 1, " %c %ld", &st, &ppid) != 2 || ppid != (long)me)
-            continue;
-        /* QEMU's command line is long (the appliance's kernel arguments) */
-        snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
-        if (vmsh_fs_read_all(path, 1 << 20, &cmd, &n, NULL) < 0)
-            continue;
-        for (char *a = cmd; a < cmd + n; a += strlen(a) + 1) {
-            char *p = strstr(a, "path=");
-            char *end = p ? strstr(p, "/guestfsd.sock") : NULL;
-            if (p && end && !found)
-                found = strndup(p + 5, (size_t)(end - (p + 5)));
+    sockdir_watch *w = opaque;
+    while (!atomic_load(&w->stop)) {
+        w->found = req_guestfs_own_sockdir(w->parent);
+        if (w->found) {
+            req_session_note_guestfs(w->session, w->found);
+            break;
         }
+        struct timespec ts = {0, SOCKDIR_POLL_NS};
+        nanosleep(&ts, NULL);
     }
-    closedir(d);
-    return found;
+    return NULL;
+}
+
+static void sockdir_watch_start(sockdir_watch *w, guestfs_h *g, const char *session)
+{
+    w->session = session;
+    w->parent = guestfs_get_sockdir(g);
+    atomic_init(&w->stop, false);
+    /* every signal blocked in the thread: the caller's handlers (Ctrl-C)
+     * run in the caller's thread, as before */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    w->running = w->parent && pthread_create(&w->thread, NULL, sockdir_watch_run, w) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Ends the watch; once launched, notes the directory if the thread did not
+ * see it (a missed poll: the launch's sockets are still bound in it). */
+static void sockdir_watch_end(sockdir_watch *w, bool launched)
+{
+    if (w->running) {
+        atomic_store(&w->stop, true);
+        pthread_join(w->thread, NULL);
+        w->running = false;
+    }
+    if (launched && !w->found && w->parent && (w->found = req_guestfs_own_sockdir(w->parent)))
+        req_session_note_guestfs(w->session, w->found);
+    free(w->found);
+    free(w->parent);
+    w->found = w->parent = NULL;
 }
 
 int vmsh_files_open(vmsh_files **out, vmsh_repo *repo, const vmsh_files_options *o,
@@ -482,16 +514,16 @@ int vmsh_files_open(vmsh_files **out, vmsh_repo *repo, const vmsh_files_options 
                                    GUESTFS_ADD_DRIVE_OPTS_SERVER, servers, -1) < 0)
             rc = gerr(f->g, err, -EIO, "cannot add disk", x.disk);
     }
+    sockdir_watch sw = {0};
+    if (rc == 0 && sdir)
+        sockdir_watch_start(&sw, f->g, sdir);
     if (rc == 0 && guestfs_launch(f->g) < 0)
         rc = gerr(f->g, err, -EIO,
                   "cannot start libguestfs's appliance (see libguestfs-test-tool; where KVM does "
                   "not work, LIBGUESTFS_BACKEND_SETTINGS=force_tcg)",
                   NULL);
-    if (rc == 0 && sdir) {
-        _cleanup_free_ char *sock = appliance_sockdir();
-        if (sock)
-            req_session_note_guestfs(sdir, sock);
-    }
+    if (sdir)
+        sockdir_watch_end(&sw, rc == 0);
     f->src.opaque = f->g;
     if (rc == 0)
         rc = mount_guest(f, o, err);

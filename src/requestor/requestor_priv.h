@@ -84,6 +84,15 @@ int req_session_create(char **dir, int *lock_fd, vmsh_error **err);
 /* Notes libguestfs's socket directory (which root's libguestfs puts in
  * /tmp whatever the environment says) for removal with the session. */
 int req_session_note_guestfs(const char *dir, const char *sockdir);
+/* The directory of `path` when it is libguestfs's socket directory in
+ * `parent` (guestfs_get_sockdir: "PARENT/libguestfsXXXXXX/NAME", NAME a
+ * plain file name): malloc'ed, else NULL. Pure. */
+char *req_guestfs_sockdir_of(const char *parent, const char *path);
+/* libguestfs's socket directory in `parent` that this process has a unix
+ * socket bound in (its descriptors, getsockname: the appliance's
+ * guestfsd.sock, listening during the launch, accepted after it, with
+ * either backend), malloc'ed; NULL when none. */
+char *req_guestfs_own_sockdir(const char *parent);
 /* Removes the session directory (and the noted one), then the lock. */
 void req_session_remove(const char *dir, int lock_fd);
 /* Removes every session directory whose owner is dead; quiet. */

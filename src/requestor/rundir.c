@@ -22,8 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -199,6 +202,50 @@ int req_session_note_guestfs(const char *dir, const char *sockdir)
     if (!p)
         return -ENOMEM;
     return vmsh_fs_write_atomic(p, sockdir, strlen(sockdir), 0600, NULL);
+}
+
+char *req_guestfs_sockdir_of(const char *parent, const char *path)
+{
+    static const char pfx[] = "libguestfs";
+    size_t pl = strlen(parent);
+    /* what lazy_make_tmpdir makes: mkdtemp("PARENT/libguestfsXXXXXX") */
+    size_t dl = pl + 1 + strlen(pfx) + 6;
+    if (!pl || strncmp(path, parent, pl) != 0 || path[pl] != '/' ||
+        strncmp(path + pl + 1, pfx, strlen(pfx)) != 0 || strlen(path) <= dl + 1 || path[dl] != '/')
+        return NULL;
+    for (const char *c = path + pl + 1 + strlen(pfx); c < path + dl; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')))
+            return NULL;
+    if (!vmsh_name_is_safe(path + dl + 1))
+        return NULL;
+    return strndup(path, dl);
+}
+
+char *req_guestfs_own_sockdir(const char *parent)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return NULL;
+    char *found = NULL;
+    struct dirent *de;
+    while (!found && (de = readdir(d))) {
+        char *end = NULL;
+        long fd = strtol(de->d_name, &end, 10);
+        if (end == de->d_name || *end || fd < 0 || fd == dirfd(d))
+            continue;
+        /* a descriptor closed (or reused) since readdir: getsockname fails
+         * or names something else; nothing is changed either way */
+        struct sockaddr_un a;
+        socklen_t len = sizeof(a);
+        memset(&a, 0, sizeof(a));
+        if (getsockname((int)fd, (struct sockaddr *)&a, &len) < 0 || a.sun_family != AF_UNIX ||
+            len <= offsetof(struct sockaddr_un, sun_path) || !a.sun_path[0])
+            continue;
+        a.sun_path[sizeof(a.sun_path) - 1] = 0;
+        found = req_guestfs_sockdir_of(parent, a.sun_path);
+    }
+    closedir(d);
+    return found;
 }
 
 void req_session_remove(const char *dir, int lock_fd)

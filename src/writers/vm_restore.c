@@ -1029,22 +1029,22 @@ int vmsh_vmw_pre_restore(vmsh_writer_ops *ops, vmsh_set *set, vmsh_error **err)
 
 /* ----------------------------------------------------------- post-restore */
 
-/* The file at `final` when it is the one PreRestore checked (`inode`,
- * "DEV:INO" from may_replace, R12), a regular file whose last link the
- * rename drops and that holds enough blocks to be worth freeing later:
- * opened read-only (never following a link, never blocking on what is not
- * a regular file), else -1. */
+/* The file at `final` that the rename over it will free: a regular file
+ * with one link, holding enough blocks to be worth freeing later, and, when
+ * `inode` ("DEV:INO" from may_replace, R12) is given, the very one
+ * PreRestore checked; opened read-only (never following a link, never
+ * blocking on what is not a regular file), else -1. */
 static int open_replaced(const char *final, const char *inode)
 {
     unsigned long long dev = 0, ino = 0;
-    struct stat st;
-    if (!inode || sscanf(inode, "%llu:%llu", &dev, &ino) != 2 || lstat(final, &st) < 0 ||
-        !S_ISREG(st.st_mode) || st.st_dev != (dev_t)dev || st.st_ino != (ino_t)ino ||
+    struct stat st, fst;
+    if ((inode && sscanf(inode, "%llu:%llu", &dev, &ino) != 2) || lstat(final, &st) < 0 ||
+        !S_ISREG(st.st_mode) || (inode && (st.st_dev != (dev_t)dev || st.st_ino != (ino_t)ino)) ||
         st.st_nlink != 1 || (unsigned long long)st.st_blocks * 512 < DEFER_FREE_MIN_BYTES)
         return -1;
     int fd = open(final, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != (dev_t)dev ||
-                    st.st_ino != (ino_t)ino)) {
+    if (fd >= 0 && (fstat(fd, &fst) < 0 || !S_ISREG(fst.st_mode) || fst.st_dev != st.st_dev ||
+                    fst.st_ino != st.st_ino)) {
         close(fd);
         fd = -1;
     }
@@ -1060,23 +1060,28 @@ static int open_replaced(const char *final, const char *inode)
  * Issue 23: the file the rename replaces (the VM's previous disk image) is
  * freed by the kernel when its last link goes, inside the rename: 1.9 s
  * for a written 8 GiB image on ext4, on the way to the VM running again.
- * So the file PreRestore checked (`inode`) is kept open over the rename,
- * which then only drops a link, and handed to the requestor
- * (vmsh_fs_defer_close), which closes it in a process of its own once the
- * restore's last fsync is done (for an instant restore: once the VM runs):
- * the kernel frees it there. Never garbage: a process that dies closes it,
- * and after a host crash the file system frees the orphan inode at mount. */
-static int place_file(const char *tmp, const char *final, const char *inode, json_object *freed,
-                      vmsh_error **err)
+ * So that file is kept open over the rename, which then only drops a link,
+ * and handed to the requestor (vmsh_fs_defer_close), which closes it in a
+ * process of its own once the restore's last fsync is done (for an instant
+ * restore: once the VM runs): the kernel frees it there. In place, it is
+ * the file PreRestore checked (`inode`); under --to DIR (`to_dir`), where
+ * a restore with --force replaces what DIR/VM/ holds unchecked (a former
+ * restore's image), whatever regular file is there. Listed in `freed` when
+ * the rename did drop its last link. Never garbage: a process that dies
+ * closes it, and after a host crash the file system frees the orphan inode
+ * at mount. */
+static int place_file(const char *tmp, const char *final, const char *inode, bool to_dir,
+                      json_object *freed, vmsh_error **err)
 {
-    int old = open_replaced(final, inode);
+    int old = inode || to_dir ? open_replaced(final, inode) : -1;
     if (rename(tmp, final) < 0) {
         int e = errno;
         if (old >= 0)
             close(old);
         return vmsh_error_set(err, -e, "cannot move %s into place: %s", final, strerror(e));
     }
-    if (old >= 0 && freed)
+    struct stat st;
+    if (old >= 0 && freed && fstat(old, &st) == 0 && st.st_nlink == 0)
         json_object_array_add(freed, jstr(final));
     vmsh_fs_defer_close(old);
     _cleanup_free_ char *dir = vmsh_path_dirname(final);
@@ -1321,7 +1326,8 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
              * disk's format was; otherwise the disk was written once in its
              * own format (issue 27) */
             const char *format = o->overlay_disks ? "qcow2" : json_object_get_string(fmt);
-            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
+            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), o->restore_dir != NULL,
+                           freed, err);
             /* the overlay in a pool volume's file: the definition names the
              * volume (type='volume'), as after a normal restore onto it */
             json_object *sto = NULL;
@@ -1336,7 +1342,8 @@ static int register_vm(vm_writer *w, vmsh_set *set, vmsh_component *c, json_obje
                                        .pool = vol ? vmsh_json_str(sto, "pool") : NULL,
                                        .volume = vol ? vmsh_json_str(sto, "target") : NULL};
         } else {
-            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), freed, err);
+            r = place_file(tmp, final, vmsh_json_str(fo, "replaces_inode"), o->restore_dir != NULL,
+                           freed, err);
             if (r == 0 && strcmp(kind, "nvram") == 0)
                 nvram_final = final;
             if (r == 0 && link)

@@ -2,7 +2,7 @@
 # File-level restore at scale and under SIGKILL (issue 23 point 4). The
 # guest's second disk is an xfs image made offline (mkfs.xfs -p, no boot):
 # a directory of T_FILES_SCALE_N (default 120000) empty files and a tree of
-# 12 files of 16 MiB of random data. Two appliances (TCG: slow):
+# 12 files of 16 MiB of random data. Three appliances (TCG: slow):
 #  - `files --json` of the big directory lists every entry, in order, with
 #    a bounded peak RSS (measured; the listing is streamed: the old code
 #    held the whole document, about 1 KiB per entry, in json-c objects);
@@ -16,7 +16,12 @@
 #    run directory, locked by nobody, and libguestfs's socket directory in
 #    /tmp; the next command (gc) removes both: nothing is left in the run
 #    directory, $TMPDIR or $XDG_RUNTIME_DIR (the old code left
-#    vmshadow-serve.* and libguestfs* there for ever).
+#    vmshadow-serve.* and libguestfs* there for ever);
+#  - `files` is SIGKILLed during libguestfs's launch (its QEMU held at a
+#    gate: LIBGUESTFS_HV is a wrapper): the QEMU and libguestfs's recovery
+#    process end, and the next command removes the session and the socket
+#    directory libguestfs made in /tmp during the launch (the old code noted
+#    it only after the launch: left there).
 set -u
 export TZ=UTC
 LAB_GUESTS=1 # no guest boots: the shared lab lock is enough
@@ -153,6 +158,75 @@ echo "# left after the next command: $(left)"
 check "the next command removed the session directory: nothing left in the run directory, TMPDIR, XDG_RUNTIME_DIR" \
     test -z "$(left)"
 check "nor libguestfs's socket directory in /tmp" test ! -e "$GSOCK"
+
+# ---- 3. `files` SIGKILLed during libguestfs's launch (appliance 3).
+# libguestfs makes its socket directory during the launch (root's:
+# /tmp/libguestfsXXXXXX); the old code noted it in the session only once
+# the launch had returned, so this kill left it in /tmp for ever. Now it is
+# noted the moment libguestfs binds its socket there, before QEMU starts,
+# and the next command removes it. The launch is held at a known point: the
+# appliance's QEMU (LIBGUESTFS_HV, a wrapper) waits at a gate before it
+# execs the real one, so libguestfs is inside guestfs_launch, waiting for
+# QEMU to connect, when vmshadow is killed (the gate never opens).
+T3=$SECONDS
+GATE=$LAB_WORK/hv-gate
+cat >"$LAB_WORK/hv" <<EOF
+#!/bin/sh
+# the appliance's QEMU (its command line names guestfsd.sock) waits; the
+# queries of QEMU's features run the real one at once. Never for ever: 120 s
+case "\$*" in
+*guestfsd.sock*)
+    : >"$GATE.reached"
+    i=0
+    while [ ! -e "$GATE" ]; do i=\$((i + 1)); [ \$i -gt 1200 ] && exit 1; sleep 0.1; done ;;
+esac
+exec $(guestfish get-hv) "\$@"
+EOF
+chmod +x "$LAB_WORK/hv"
+LIBGUESTFS_HV=$LAB_WORK/hv "$VMSHADOW" files "$ID" "$G" vdb / >"$LAB_WORK/launch.out" 2>"$LAB_WORK/launch.err" &
+BG=$!
+for _ in $(seq 3000); do
+    [ -e "$GATE.reached" ] && break
+    kill -0 "$BG" 2>/dev/null || break
+    sleep 0.05
+done
+check "the appliance's QEMU is about to start (at the gate)" test -e "$GATE.reached"
+# the appliance's QEMU (the wrapper, libguestfs's child) and the socket
+# directory its command line names
+QPID= GSOCK=
+for p in $(pgrep -P "$BG"); do
+    d=$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | sed -n 's|.*path=\([^,]*\)/guestfsd\.sock.*|\1|p' | head -n 1)
+    [ -n "$d" ] && { QPID=$p; GSOCK=$d; break; }
+done
+KIDS=$(pgrep -P "$BG" | tr "\n" " ") # its server, the QEMU, libguestfs's recovery process
+check "  its socket directory is there ($GSOCK, QEMU $QPID)" test -n "$QPID" -a -d "$GSOCK"
+# nothing connected yet: libguestfs listens (/proc/net/unix flag 00010000),
+# inside guestfs_launch
+listening() { awk -v p="$GSOCK/guestfsd.sock" '$NF == p && $4 == "00010000"' /proc/net/unix | grep -q .; }
+check "  libguestfs is in its launch (it listens on $GSOCK/guestfsd.sock)" listening
+kill -9 "$BG"
+wait "$BG" 2>/dev/null
+BG=
+check "  killed before it listed anything" test ! -s "$LAB_WORK/launch.out"
+kids_gone() {
+    local k
+    for _ in $(seq 300); do
+        for k in $KIDS; do kill -0 "$k" 2>/dev/null && break; k=; done
+        [ -z "$k" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+check "no child of it lingers: server, QEMU, libguestfs's recovery process ($KIDS)" kids_gone
+check "no server or appliance left" gone
+echo "# left by the kill during the launch: $(left) $GSOCK"
+check "its socket directory is left until the next command" test -d "$GSOCK"
+vsh gc
+check "the next command runs (gc)" test "$RC" = 0
+check "the next command removed the session directory: nothing left in the run directory, TMPDIR, XDG_RUNTIME_DIR" \
+    test -z "$(left)"
+check "and libguestfs's socket directory made during the launch ($GSOCK)" test ! -e "$GSOCK"
+echo "# the kill during the launch, then the next command: $((SECONDS - T3)) s"
 
 echo "# t-files-scale took $((SECONDS - E2E_T0)) s (after the lab lock)"
 e2e_done

@@ -9,6 +9,8 @@
 #    too small, one another VM uses: refused before any change;
 #  - --as of a plain block device asks for --to; --to converts any disk into
 #    an image file and that restore works (identical to extract, type='file');
+#    restored --to again with --force, the image it replaces is freed after
+#    the restore, not in its rename (listed in replaced_freed_later, issue 23);
 #  - a pool volume: "written" when it exists, "created" (volume XML) when not,
 #    refused when the pool is gone;
 #  - an RBD image: "written", "created" (rbd create), too small, pool absent;
@@ -116,6 +118,23 @@ vsh --json restore "$B" --force --to "$T/to"
 check "restore --to of the block disk exits 0" test "$RC" = 0
 check "the image file holds the backup's bytes" cmp -s "$T/to/$G/vda.img" "$T/vda"
 check "the definition names the file (type='file')" sh -c "virsh -q -c $LAB_URI dumpxml $G | grep -q \"file='$T/to/$G/vda.img'\""
+# issue 23: restored --to again with --force, over the image the restore
+# above put there (every block of it allocated: fallocate); the rename drops
+# its last link, and the kernel frees it after the restore, in a process of
+# its own, not inside the rename (the old code: freed in the rename, listed
+# nowhere)
+OLD=$T/to/$G/vda.img
+fallocate -l "$SIZE" "$OLD" || fail "fallocate $OLD"
+echo "# the image replaced: $(du -m "$OLD" | cut -f1) MiB allocated"
+jqe() { jq -e "$@" >/dev/null; }
+held_deleted() { local fd; for fd in /proc/[0-9]*/fd/*; do [ "$(readlink "$fd" 2>/dev/null)" = "$1 (deleted)" ] && return 0; done; return 1; }
+freed_soon() { for _ in $(seq 300); do held_deleted "$1" || return 0; sleep 0.1; done; return 1; }
+vsh --json restore "$B" --force --to "$T/to"
+check "restore --to --force over the former restore's image exits 0" test "$RC" = 0
+check "the image it replaced is freed after the restore, not in its rename (replaced_freed_later)" \
+    jqe --arg f "$OLD" '.vms[0].result.replaced_freed_later == [$f]' <<<"$OUT"
+check "... and no process holds it a moment later (nothing left)" freed_soon "$OLD"
+check "the new image holds the backup's bytes" cmp -s "$OLD" "$T/vda"
 
 # ---- pool volumes (a dir pool)
 mkdir -p "$T/pool"

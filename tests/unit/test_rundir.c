@@ -161,12 +161,104 @@ static void young_unlocked_kept(void **state)
     assert_true(exists(other));
 }
 
+static void sockdir_of_names_only_libguestfs_dirs(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path, *want;
+    } cases[] = {
+        {"/tmp/libguestfsAbC123/guestfsd.sock", "/tmp/libguestfsAbC123"},
+        {"/tmp/libguestfs0zZ9aA/console.sock", "/tmp/libguestfs0zZ9aA"},
+        {"/tmp/libguestfsAbC12/guestfsd.sock", NULL},      /* 5 random characters */
+        {"/tmp/libguestfsAbC1234/guestfsd.sock", NULL},    /* 7 */
+        {"/tmp/libguestfsAb.123/guestfsd.sock", NULL},     /* not mkdtemp's */
+        {"/tmp/libguestfsAbC123/", NULL},                  /* no socket name */
+        {"/tmp/libguestfsAbC123/../x.sock", NULL},         /* climbs out */
+        {"/tmp/libguestfsAbC123/a/b.sock", NULL},          /* deeper */
+        {"/tmp/libguestfsAbC123", NULL},                   /* the directory itself */
+        {"/tmpx/libguestfsAbC123/guestfsd.sock", NULL},    /* another parent */
+        {"/var/tmp/libguestfsAbC123/guestfsd.sock", NULL}, /* ditto */
+        {"/tmp/vmshadow/AbC123/guestfsd.sock", NULL},
+        {"", NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = req_guestfs_sockdir_of("/tmp", cases[i].path);
+        if (cases[i].want)
+            assert_non_null(got), assert_string_equal(got, cases[i].want);
+        else
+            assert_null(got);
+        free(got);
+    }
+    assert_null(req_guestfs_sockdir_of("", "/libguestfsAbC123/guestfsd.sock"));
+}
+
+static int bind_at(const char *path)
+{
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    assert_true(s >= 0 && strlen(path) < sizeof(a.sun_path));
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s, 1), 0);
+    return s;
+}
+
+/* The directory of the socket this process holds, as libguestfs's launch
+ * binds it (the files watcher's way of finding it during the launch); a
+ * directory whose socket another process holds, or a socket outside the
+ * parent, is not this process's. */
+static void own_sockdir_found_by_its_socket(void **state)
+{
+    (void)state;
+    char other[300], p[400];
+    snprintf(other, sizeof(other), "%s/libguestfsOtHeR1", top);
+    assert_int_equal(mkdir(other, 0700), 0);
+    snprintf(p, sizeof(p), "%s/guestfsd.sock", other);
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[1]);
+        bind_at(p);
+        char c;
+        if (read(pfd[0], &c, 1) < 0) /* until the parent is done */
+            _exit(1);
+        _exit(0);
+    }
+    close(pfd[0]);
+    for (int i = 0; i < 500 && !exists(p); i++)
+        usleep(10000);
+    assert_true(exists(p));
+    assert_null(req_guestfs_own_sockdir(top)); /* the child's, not ours */
+    snprintf(p, sizeof(p), "%s/x.sock", top);
+    int s1 = bind_at(p); /* ours, outside a libguestfs directory */
+    assert_null(req_guestfs_own_sockdir(top));
+    assert_int_equal(mkdir(gsock, 0700), 0);
+    snprintf(p, sizeof(p), "%s/guestfsd.sock", gsock);
+    int s2 = bind_at(p);
+    char *got = req_guestfs_own_sockdir(top);
+    assert_non_null(got);
+    assert_string_equal(got, gsock);
+    free(got);
+    assert_null(req_guestfs_own_sockdir("/tmp/elsewhere"));
+    close(s2);
+    assert_null(req_guestfs_own_sockdir(top));
+    close(s1);
+    close(pfd[1]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(dead_session_swept, setup, teardown),
         cmocka_unit_test_setup_teardown(hostile_note_removes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(young_unlocked_kept, setup, teardown),
+        cmocka_unit_test(sockdir_of_names_only_libguestfs_dirs),
+        cmocka_unit_test_setup_teardown(own_sockdir_found_by_its_socket, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
