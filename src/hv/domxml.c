@@ -53,6 +53,12 @@ static void disk_clear(vmsh_domxml_disk *d)
     free(d->auth_user);
 }
 
+void vmsh_domxml_disk_clear(vmsh_domxml_disk *d)
+{
+    if (d)
+        disk_clear(d);
+}
+
 void vmsh_domxml_free(vmsh_domxml *x)
 {
     if (!x)
@@ -458,4 +464,61 @@ int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk
     d->source = p;
     d->storage = storage;
     return 0;
+}
+
+/* The network parts of a disk, cleared before a pool's take their place. */
+static void net_clear(vmsh_domxml_disk *d)
+{
+    free(d->protocol);
+    free(d->net_name);
+    for (size_t i = 0; i < d->n_hosts; i++) {
+        free(d->hosts[i].name);
+        free(d->hosts[i].port);
+        free(d->hosts[i].transport);
+        free(d->hosts[i].socket);
+    }
+    free(d->hosts);
+    free(d->net_config);
+    free(d->net_snapshot);
+    free(d->auth_user);
+    d->protocol = d->net_name = d->net_config = d->net_snapshot = d->auth_user = NULL;
+    d->hosts = NULL;
+    d->n_hosts = 0;
+}
+
+int vmsh_domxml_disk_set_pool_network(vmsh_domxml_disk *d, const char *pool_xml, size_t len)
+{
+    if (d->storage != VMSH_DISK_NETWORK || !d->source || !*d->source ||
+        len > VMSH_DOMXML_MAX_BYTES || len > INT32_MAX)
+        return -EINVAL;
+    xmlDocPtr doc = xmlReadMemory(pool_xml, (int)len, "pool.xml", NULL,
+                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!doc)
+        return -EINVAL;
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    int r = 0;
+    if (!root || !is_element(root, "pool"))
+        r = -EINVAL;
+    else if (!attr_is(root, "type", "rbd"))
+        r = -ENOTSUP;
+    if (r == 0) {
+        /* <source><name>CEPH-POOL</name><host name= port=/>...<auth
+         * type='ceph' username=...><secret .../></auth></source>: what
+         * libvirt gives QEMU for the volume, the name being its path
+         * ("CEPH-POOL/IMAGE") */
+        net_clear(d);
+        xmlNodePtr src = child(root, "source");
+        if (network_parts(NULL, src, d) < 0 || !(d->protocol = strdup("rbd")))
+            r = -ENOMEM;
+        /* the pool's <source> names the Ceph pool in a <name> element, not
+         * an attribute: the volume's path is the image's name */
+        free(d->net_name);
+        d->net_name = NULL;
+        if (r == 0 && !(d->net_name = strdup(d->source)))
+            r = -ENOMEM;
+        if (r < 0)
+            net_clear(d);
+    }
+    xmlFreeDoc(doc);
+    return r;
 }

@@ -293,6 +293,23 @@ int vmsh_hv_volume_path(vmsh_hv *hv, const char *pool, const char *vol, char **p
     return volume_path(vmsh_hv_conn(hv), pool, vol, path, kind, err);
 }
 
+/* Issue 23 (R6): a volume of a network pool is opened over the network as
+ * its pool says (an RBD pool: its monitors and cephx user); without that
+ * (another pool type, a pool that cannot be read) the disk has no protocol
+ * and a QEMU of vmshadow's own refuses it with the reason
+ * (vmsh_hv_netdisk_spec). */
+static void pool_network(virConnectPtr conn, vmsh_domxml_disk *dk)
+{
+    virStoragePoolPtr p = virStoragePoolLookupByName(conn, dk->pool);
+    char *xml = p ? virStoragePoolGetXMLDesc(p, 0) : NULL;
+    if (xml)
+        vmsh_domxml_disk_set_pool_network(dk, xml, strlen(xml));
+    free(xml);
+    if (p)
+        virStoragePoolFree(p);
+    virResetLastError();
+}
+
 /* Issue 25 (R6): a type='volume' disk is whatever its pool stores it as;
  * libvirt resolves it. A pool that is not active leaves it unresolved
  * (storage UNKNOWN), which the VM writer reports as an error. */
@@ -304,8 +321,9 @@ static void resolve_volumes(virConnectPtr conn, vmsh_domxml *x)
             continue;
         char *path = NULL;
         vmsh_disk_kind k = VMSH_DISK_UNKNOWN;
-        if (volume_path(conn, dk->pool, dk->volume, &path, &k, NULL) == 0)
-            vmsh_domxml_disk_set_volume(dk, path, k); /* ENOMEM: stays unresolved */
+        if (volume_path(conn, dk->pool, dk->volume, &path, &k, NULL) == 0 &&
+            vmsh_domxml_disk_set_volume(dk, path, k) == 0 && k == VMSH_DISK_NETWORK)
+            pool_network(conn, dk);
         free(path);
     }
 }

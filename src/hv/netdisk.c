@@ -248,6 +248,14 @@ static int protocol_node(const vmsh_domxml_disk *d, json_object **out, vmsh_erro
         !(d->kind == VMSH_DISK_VOLUME && d->storage == VMSH_DISK_NETWORK))
         return vmsh_error_set(err, -EINVAL, "disk %s is not a network disk",
                               d->target ? d->target : "?");
+    /* issue 23: hv.c gives a volume of an RBD pool its pool's source */
+    if (d->kind == VMSH_DISK_VOLUME && !d->protocol)
+        return vmsh_error_set(err, -ENOTSUP,
+                              "disk %s is the volume %s of storage pool %s, a network pool whose "
+                              "type vmshadow's own QEMU does not open (volumes of 'rbd' pools "
+                              "it does)",
+                              d->target ? d->target : "?", d->volume ? d->volume : "?",
+                              d->pool ? d->pool : "?");
     const char *p = d->protocol ? d->protocol : "";
     json_object *f = json_object_new_object();
     if (!f)

@@ -5,6 +5,7 @@
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/storage.h>
 #include <vmshadow/util/fs.h>
+#include <vmshadow/util/mem.h>
 #include <vmshadow/util/proc.h>
 
 #include "hv_private.h"
@@ -309,6 +310,15 @@ static int plan_rbd(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vms
     return r;
 }
 
+/* "CEPH-POOL/IMAGE" of an "rbd:CEPH-POOL/IMAGE[:opts]" target (NULL when
+ * not one, or out of memory) */
+static char *rbd_target_name(const char *t)
+{
+    if (!t || strncmp(t, "rbd:", 4) != 0)
+        return NULL;
+    return strndup(t + 4, strcspn(t + 4, ":"));
+}
+
 static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const vmsh_stg_probes *p,
                        vmsh_stg_plan *out, vmsh_error **err)
 {
@@ -318,6 +328,8 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
                               "names: refused",
                               d->target, d->pool ? d->pool : "", d->source ? d->source : "");
     int r = p->pool(p->opaque, d->pool, err);
+    bool rbd_pool = r == 1;
+    r = rbd_pool ? 0 : r;
     if (r == -ENOENT)
         return vmsh_error_set(err, -ENOENT,
                               "disk %s: the storage pool %s does not exist or is not active: the "
@@ -325,6 +337,13 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
                               d->target, d->pool);
     if (r < 0)
         return vmsh_error_prefix(err, "disk %s", d->target);
+    /* issue 23: QEMU's rbd driver writes raw; a qcow2 kept in an RBD image
+     * is rare (as for an RBD network disk, vm_restore.c) */
+    if (rbd_pool && strcmp(d->format, "raw") != 0)
+        return vmsh_error_set(err, -ENOTSUP,
+                              "disk %s: a %s image in a volume of the RBD pool %s, which the "
+                              "restore does not write back into Ceph: restore with --to DIR",
+                              d->target, d->format, d->pool);
     char *vol = o->as_copy ? fmt("%s-%s", o->vm, d->source) : strdup(d->source);
     char *path = NULL;
     uint64_t have = 0;
@@ -334,6 +353,11 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
     if ((r == 0 && !o->as_copy) || r == -ENOENT) {
         int u = check_user(d, o, p, VMSH_STG_VOLUME, vol, d->pool, r == 0 ? path : NULL,
                            r == -ENOENT, err);
+        /* R12: the RBD image behind the volume may also be another VM's
+         * network disk (type='network', named by CEPH-POOL/IMAGE) */
+        _cleanup_free_ char *image = r == 0 && rbd_pool ? rbd_target_name(path) : NULL;
+        if (u == 0 && image)
+            u = check_user(d, o, p, VMSH_STG_RBD, image, NULL, NULL, false, err);
         r = u < 0 ? u : r;
     }
     if (r == 0 && o->as_copy) {
@@ -363,6 +387,7 @@ static int plan_volume(const vmsh_stg_disk *d, const vmsh_stg_options *o, const 
         vmsh_error_prefix(err, "disk %s", d->target);
     }
     out->kind = VMSH_STG_VOLUME;
+    out->rbd_volume = rbd_pool;
     out->target = vol;
     if (r == 0 && (!(out->pool = strdup(d->pool)) || !out->note))
         r = oom(err);
@@ -617,6 +642,49 @@ static int host_rbd_image(void *opaque, const char *pool, const char *image, uin
     return r;
 }
 
+/* Issue 23: what QEMU writes for the volume at `path` ("CEPH-POOL/IMAGE")
+ * of the RBD pool `p`: "rbd:CEPH-POOL/IMAGE" with the pool's monitors and
+ * cephx user (the key from the host's Ceph configuration, as for an RBD
+ * network disk). -ENOTSUP for a volume of a network pool of another type. */
+static int network_volume_target(virStoragePoolPtr p, const char *pool, const char *vol,
+                                 const char *path, char **out, vmsh_error **err)
+{
+    *out = NULL;
+    char *xml = virStoragePoolGetXMLDesc(p, 0);
+    vmsh_domxml_disk d = {.target = strdup(vol),
+                          .source = strdup(path),
+                          .kind = VMSH_DISK_VOLUME,
+                          .storage = VMSH_DISK_NETWORK};
+    int r = !xml ? vmsh_error_set(err, -EIO, "cannot read storage pool %s: %s", pool,
+                                  virGetLastErrorMessage())
+            : !d.target || !d.source ? oom(err)
+                                     : vmsh_domxml_disk_set_pool_network(&d, xml, strlen(xml));
+    if (r == -ENOTSUP || r == -EINVAL)
+        r = vmsh_error_set(err, -ENOTSUP,
+                           "the volume %s of storage pool %s is network storage of a pool type "
+                           "the restore does not write (volumes of 'rbd' pools it does): "
+                           "restore with --to DIR",
+                           vol, pool);
+    else if (r == -ENOMEM)
+        r = oom(err);
+    if (r == 0 && (r = vmsh_stg_rbd_write_target(&d, out, err)) < 0)
+        vmsh_error_prefix(err, "storage pool %s", pool);
+    vmsh_domxml_disk_clear(&d);
+    free(xml);
+    return r;
+}
+
+static bool pool_is_rbd(virStoragePoolPtr p)
+{
+    char *xml = virStoragePoolGetXMLDesc(p, 0);
+    vmsh_domxml_disk d = {
+        .source = strdup("-"), .kind = VMSH_DISK_VOLUME, .storage = VMSH_DISK_NETWORK};
+    bool rbd = xml && d.source && vmsh_domxml_disk_set_pool_network(&d, xml, strlen(xml)) == 0;
+    vmsh_domxml_disk_clear(&d);
+    free(xml);
+    return rbd;
+}
+
 static int host_pool(void *opaque, const char *pool, vmsh_error **err)
 {
     vmsh_hv *hv = opaque;
@@ -624,9 +692,11 @@ static int host_pool(void *opaque, const char *pool, vmsh_error **err)
     if (!p)
         return -ENOENT;
     int active = virStoragePoolIsActive(p);
+    bool rbd = active == 1 && pool_is_rbd(p);
     virStoragePoolFree(p);
+    virResetLastError();
     (void)err;
-    return active == 1 ? 0 : -ENOENT;
+    return active != 1 ? -ENOENT : rbd ? 1 : 0;
 }
 
 static int host_volume(void *opaque, const char *pool, const char *vol, uint64_t *size, char **path,
@@ -638,17 +708,24 @@ static int host_volume(void *opaque, const char *pool, const char *vol, uint64_t
         return -ENOENT;
     virStoragePoolRefresh(p, 0);
     virStorageVolPtr v = virStorageVolLookupByName(p, vol);
-    virStoragePoolFree(p);
-    if (!v)
+    if (!v) {
+        virStoragePoolFree(p);
         return -ENOENT;
+    }
     virStorageVolInfo info;
     int r = 0;
-    if (virStorageVolGetInfo(v, &info) < 0 || !(*path = virStorageVolGetPath(v)))
+    _cleanup_free_ char *got = NULL;
+    if (virStorageVolGetInfo(v, &info) < 0 || !(got = virStorageVolGetPath(v)))
         r = vmsh_error_set(err, -EIO, "cannot read the volume %s of pool %s: %s", vol, pool,
                            virGetLastErrorMessage());
+    else if (info.type == VIR_STORAGE_VOL_NETWORK)
+        r = network_volume_target(p, pool, vol, got, path, err);
     else
+        *path = got, got = NULL;
+    if (r == 0)
         *size = info.capacity;
     virStorageVolFree(v);
+    virStoragePoolFree(p);
     return r;
 }
 
@@ -814,6 +891,13 @@ static int create_volume(vmsh_hv *hv, const vmsh_stg_plan *plan, char **path, vm
         r = vmsh_error_set(err, -EIO, "the new volume %s of pool %s has no path: %s", plan->target,
                            plan->pool, virGetLastErrorMessage());
         virStorageVolDelete(v, 0);
+    } else if (pool_is_rbd(p)) {
+        /* issue 23: written through the pool's monitors and user */
+        char *path_only = *path;
+        r = network_volume_target(p, plan->pool, plan->target, path_only, path, err);
+        free(path_only);
+        if (r < 0)
+            virStorageVolDelete(v, 0);
     }
     if (v)
         virStorageVolFree(v);

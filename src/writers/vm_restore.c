@@ -716,6 +716,23 @@ static int plan_component(vm_writer *w, const vmsh_set_options *o, const char *s
             vmsh_stg_plan_clear(&sp);
             break;
         }
+        /* issue 23: libvirt (9.0) starts no VM whose disk is a volume of
+         * an 'rbd' pool (virDomainDiskTranslateSourcePool: "using 'rbd'
+         * pools for backing 'volume' disks isn't yet supported"); an
+         * instant restore starts the VM at once and leaves its definition
+         * naming the volume: refused before anything changes */
+        if (o->overlay_disks && sp.rbd_volume) {
+            r = vmsh_error_set(err, -ENOTSUP,
+                               "VM %s: disk %s is the volume %s of the RBD storage pool %s, and "
+                               "libvirt does not start a VM on a volume of an 'rbd' pool (\"using "
+                               "'rbd' pools for backing 'volume' disks isn't yet supported\"): "
+                               "an instant restore, which starts the VM, is refused; nothing was "
+                               "changed: restore without --instant",
+                               vmsh_component_name(c), disk_target(f), sp.target, sp.pool);
+            json_object_put(storage);
+            vmsh_stg_plan_clear(&sp);
+            break;
+        }
         if (in_place && !create && sp.kind == VMSH_STG_RBD &&
             (r = rbd_current(w, &cur, sp.target, &sp, storage, err)) < 0) {
             json_object_put(storage);

@@ -22,6 +22,7 @@
 #include <vmshadow/hv/domxml.h>
 #include <vmshadow/hv/domxml_edit.h>
 #include <vmshadow/hv/netdisk.h>
+#include <vmshadow/hv/storage.h>
 #include <vmshadow/util/mem.h>
 
 static vmsh_domxml *parse(const char *disks)
@@ -116,6 +117,70 @@ static void rbd_from_definition(void **state)
                         -EINVAL, &msg));
     assert_non_null(strstr(msg, "pool/image"));
     free(msg);
+}
+
+/* Issue 23: a volume of a libvirt storage pool of type 'rbd' (the pool's
+ * XML as virStoragePoolGetXMLDesc gives it, the volume resolved to its path
+ * "CEPH-POOL/IMAGE"): opened as an RBD network disk with the pool's
+ * monitors and user; the domain's XML cannot add any. A volume of a network
+ * pool of another type, or unresolved, is refused with the reason. */
+static void rbd_pool_volume(void **state)
+{
+    (void)state;
+    static const char pool[] =
+        "<pool type='rbd'><name>ceph</name><uuid>3e3b2b4c-2f5c-4b8e-9d8e-1f2a3b4c5d6e</uuid>"
+        "<source><host name='127.0.0.1' port='41300'/><host name='mon2'/><name>rbdpool</name>"
+        "<auth type='ceph' username='admin'><secret uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/>"
+        "</auth></source></pool>";
+    vmsh_domxml *x = parse("<disk type='volume' device='disk'><driver name='qemu' type='raw'/>"
+                           "<source pool='ceph' volume='data'/><target dev='vdb'/></disk>");
+    vmsh_domxml_disk *d = &x->disks[0];
+    assert_int_equal(d->kind, VMSH_DISK_VOLUME);
+    char *s = NULL, *msg = NULL;
+    vmsh_error *err = NULL;
+    /* not resolved yet: no path, no pool source */
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, pool, strlen(pool)), -EINVAL);
+    assert_int_equal(vmsh_domxml_disk_set_volume(d, "rbdpool/data", VMSH_DISK_NETWORK), 0);
+    /* a network volume of a pool type not known: a clear refusal */
+    static const char gluster[] = "<pool type='gluster'><name>g</name><source><name>v</name>"
+                                  "<host name='g1'/></source></pool>";
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, gluster, strlen(gluster)), -ENOTSUP);
+    assert_null(d->protocol);
+    assert_int_equal(vmsh_hv_netdisk_spec(d, &s, &err), -ENOTSUP);
+    assert_non_null(strstr(err->message, "the volume data of storage pool ceph"));
+    assert_non_null(strstr(err->message, "'rbd' pools"));
+    vmsh_error_free(err), err = NULL;
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, "<pool", 5), -EINVAL);
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, "<domain/>", 9), -EINVAL);
+
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, pool, strlen(pool)), 0);
+    assert_string_equal(d->protocol, "rbd");
+    assert_string_equal(d->net_name, "rbdpool/data");
+    assert_string_equal(d->auth_user, "admin");
+    assert_int_equal(d->n_hosts, 2);
+    /* twice (a second resolution): replaced, not added to */
+    assert_int_equal(vmsh_domxml_disk_set_pool_network(d, pool, strlen(pool)), 0);
+    assert_int_equal(d->n_hosts, 2);
+    assert_int_equal(vmsh_hv_netdisk_spec(d, &s, &err), 0);
+    json_object *o = json_tokener_parse(s + 5), *f = NULL, *srv = NULL;
+    assert_non_null(o);
+    assert_true(json_object_object_get_ex(o, "file", &f));
+    assert_string_equal(path_str(f, "driver", NULL), "rbd");
+    assert_string_equal(path_str(f, "pool", NULL), "rbdpool");
+    assert_string_equal(path_str(f, "image", NULL), "data");
+    assert_string_equal(path_str(f, "user", NULL), "admin");
+    assert_true(json_object_object_get_ex(f, "server", &srv));
+    assert_int_equal(json_object_array_length(srv), 2);
+    assert_string_equal(path_str(json_object_array_get_idx(srv, 0), "port", NULL), "41300");
+    assert_string_equal(path_str(json_object_array_get_idx(srv, 1), "port", NULL), "6789");
+    json_object_put(o);
+    free(s);
+    /* what the restore writes through (R12: the pool's source, this host's) */
+    assert_int_equal(vmsh_stg_rbd_write_target(d, &s, &err), 0);
+    assert_string_equal(s, "rbd:rbdpool/data:mon_host=127.0.0.1\\:41300;mon2:id=admin");
+    free(s);
+    free(msg);
+    vmsh_domxml_free(x);
 }
 
 static void nbd_iscsi_gluster_http(void **state)
@@ -385,6 +450,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rbd_from_definition),
+        cmocka_unit_test(rbd_pool_volume),
         cmocka_unit_test(nbd_iscsi_gluster_http),
         cmocka_unit_test(hostile_names_stay_data),
         cmocka_unit_test(overlay_on_network_source),

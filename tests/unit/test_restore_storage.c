@@ -36,6 +36,7 @@ typedef struct host {
     const char *rbd_image; /* "POOL/IMAGE" that exists */
     uint64_t rbd_size;
     const char *spool; /* the active storage pool */
+    bool spool_rbd;    /* of type 'rbd' (issue 23) */
     const char *vol;   /* its one volume */
     uint64_t vol_size;
     /* R12: a VM other than the restored one whose definition names the
@@ -94,7 +95,7 @@ static int p_rbd_image(void *o, const char *pool, const char *image, uint64_t *s
 static int p_pool(void *o, const char *pool, vmsh_error **err)
 {
     host *h = o;
-    return h->spool && strcmp(pool, h->spool) == 0 ? 0 : -ENOENT;
+    return !h->spool || strcmp(pool, h->spool) != 0 ? -ENOENT : h->spool_rbd ? 1 : 0;
 }
 
 static int p_volume(void *o, const char *pool, const char *vol, uint64_t *size, char **path,
@@ -105,7 +106,11 @@ static int p_volume(void *o, const char *pool, const char *vol, uint64_t *size, 
         return -ENOENT;
     *size = h->vol_size;
     char p[256];
-    snprintf(p, sizeof(p), "/var/lib/libvirt/images/%s", vol);
+    /* an RBD pool's volume: what host_volume makes of the pool's source */
+    if (h->spool_rbd)
+        snprintf(p, sizeof(p), "rbd:cephpool/%s:mon_host=10.0.0.1\\:6789:id=admin", vol);
+    else
+        snprintf(p, sizeof(p), "/var/lib/libvirt/images/%s", vol);
     *path = strdup(p);
     return 0;
 }
@@ -392,6 +397,58 @@ static void volumes(void **state)
     free(msg);
 }
 
+/* Issue 23: a volume of a storage pool of type 'rbd' is written through
+ * what the host's pool says (monitors, user: the probe's path), raw only;
+ * R12 also for the RBD image behind it, which another VM may use as a
+ * network disk; a missing one is created in the pool. */
+static void rbd_pool_volumes(void **state)
+{
+    (void)state;
+    vmsh_stg_plan p;
+    char *msg = NULL;
+    vmsh_stg_disk d = {.target = "vdb",
+                       .kind = VMSH_STG_VOLUME,
+                       .source = "data",
+                       .pool = "ceph",
+                       .format = "raw",
+                       .size = GiB};
+    host h = {.spool = "ceph", .spool_rbd = true, .vol = "data", .vol_size = GiB};
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, NULL), 0);
+    assert_int_equal(p.action, VMSH_STG_WRITE);
+    assert_int_equal(p.kind, VMSH_STG_VOLUME);
+    assert_string_equal(p.qemu_target, "rbd:cephpool/data:mon_host=10.0.0.1\\:6789:id=admin");
+    assert_string_equal(p.target, "data");
+    assert_string_equal(p.pool, "ceph");
+    assert_true(p.rbd_volume);
+    vmsh_stg_plan_clear(&p);
+    /* R12: the image is another VM's RBD network disk */
+    h.rbd_user = "other";
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, &msg), -EBUSY);
+    assert_non_null(strstr(msg, "RBD image cephpool/data is used by VM other"));
+    free(msg);
+    h.rbd_user = NULL;
+    /* missing: created in the pool (libvirt's rbd backend, raw) */
+    h.vol = NULL;
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, NULL), 0);
+    assert_int_equal(p.action, VMSH_STG_CREATE);
+    assert_non_null(strstr(p.create_xml, "<name>data</name>"));
+    assert_true(p.rbd_volume);
+    vmsh_stg_plan_clear(&p);
+    /* a qcow2 is not written into Ceph, whether the volume exists or not */
+    d.format = "qcow2";
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, &msg), -ENOTSUP);
+    assert_non_null(strstr(msg, "qcow2 image in a volume of the RBD pool ceph"));
+    assert_non_null(strstr(msg, "--to DIR"));
+    free(msg);
+    h.vol = "data";
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){0}, &p, &msg), -ENOTSUP);
+    free(msg);
+    /* under --to it becomes an image file like any disk */
+    assert_int_equal(plan(&h, d, (vmsh_stg_options){.to_dir = "/srv/r"}, &p, NULL), 0);
+    assert_int_equal(p.kind, VMSH_STG_FILE);
+    vmsh_stg_plan_clear(&p);
+}
+
 static void hostile_names_and_formats(void **state)
 {
     (void)state;
@@ -570,6 +627,7 @@ int main(void)
         cmocka_unit_test(rbd),
         cmocka_unit_test(rbd_names),
         cmocka_unit_test(volumes),
+        cmocka_unit_test(rbd_pool_volumes),
         cmocka_unit_test(hostile_names_and_formats),
         cmocka_unit_test(lv_paths_and_block_probe),
         cmocka_unit_test(used_by_another_vm),

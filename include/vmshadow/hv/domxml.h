@@ -124,6 +124,20 @@ void vmsh_domxml_mark_block_nodes(vmsh_domxml *x, bool (*is_block)(const char *p
  * -ENOMEM. */
 int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk_kind storage);
 
+/* Issue 23 (R6): a volume of a libvirt storage pool of type 'rbd' is an RBD
+ * image that QEMU opens over the network with the pool's monitors and
+ * cephx user. Given the pool's XML (virStoragePoolGetXMLDesc) and `d`
+ * resolved to the volume's path ("CEPH-POOL/IMAGE"), fills `d`'s network
+ * parts as a type='network' RBD disk has them: protocol "rbd", net_name
+ * the path, the pool's hosts and auth user (never the backup's: the pool
+ * is this host's). -ENOTSUP for a pool of another type (nothing changed),
+ * -EINVAL for XML that is no <pool> or `d` not resolved to network
+ * storage with a path, -ENOMEM. */
+int vmsh_domxml_disk_set_pool_network(vmsh_domxml_disk *d, const char *pool_xml, size_t len);
+
+/* Frees what `d` holds (not `d` itself); NULL is fine. */
+void vmsh_domxml_disk_clear(vmsh_domxml_disk *d);
+
 /* The live definition of a running VM describes a pool volume as the file
  * or device it resolved to once libvirt pivoted back from an overlay (the
  * saved-state method's block commit): `live` (type='file' or 'block') takes

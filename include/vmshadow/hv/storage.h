@@ -63,7 +63,10 @@ typedef struct vmsh_stg_probes {
     int (*rbd_pool)(void *opaque, const char *pool, vmsh_error **err);
     int (*rbd_image)(void *opaque, const char *pool, const char *image, uint64_t *size,
                      vmsh_error **err);
-    /* a storage pool (0 when active), a volume of it: size and path */
+    /* a storage pool (0 when active; 1 when active and of type 'rbd':
+     * its volumes are raw RBD images), a volume of it: size and path (what
+     * QEMU writes: a file or device path, for a volume of an RBD pool
+     * "rbd:CEPH-POOL/IMAGE:mon_host=...:id=..." from the pool's source) */
     int (*pool)(void *opaque, const char *pool, vmsh_error **err);
     int (*volume)(void *opaque, const char *pool, const char *vol, uint64_t *size, char **path,
                   vmsh_error **err);
@@ -90,6 +93,7 @@ typedef struct vmsh_stg_plan {
     char **create_argv; /* the command that creates it (lvcreate, rbd create) */
     char *create_xml;   /* a volume's XML for virStorageVolCreateXML */
     char *note;         /* why, for --dry-run */
+    bool rbd_volume;    /* a volume of a storage pool of type 'rbd' (issue 23) */
 } vmsh_stg_plan;
 
 /* Plans one disk. Refusals (-ENOSPC too small, -EBUSY used by another VM,
