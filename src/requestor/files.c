@@ -385,9 +385,10 @@ static int mount_guest(vmsh_files *f, const vmsh_files_options *o, vmsh_error **
  * earlier or names it (guestfs_get_sockdir returns PARENT only, libguestfs
  * 1.48 to today, lib/tmpdirs.c), and the launch is the longest step (TCG:
  * seconds): so a thread watches during the launch for the socket it binds
- * there, in this process with either backend, and notes its directory in
- * the session (req_session_note_guestfs) the moment it appears, before
- * QEMU starts: a kill at any point after that leaves it to the next
+ * there (in this process with both of libguestfs's backends, launch-direct.c
+ * and launch-libvirt.c; the tests run the direct one), and notes its
+ * directory in the session (req_session_note_guestfs) the moment it
+ * appears, before QEMU starts: a kill at any point after that leaves it to the next
  * command's sweep. Left unnoted: a kill between libguestfs's mkdtemp and
  * its bind (an empty directory, microseconds). */
 typedef struct sockdir_watch {

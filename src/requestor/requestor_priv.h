@@ -91,7 +91,7 @@ char *req_guestfs_sockdir_of(const char *parent, const char *path);
 /* libguestfs's socket directory in `parent` that this process has a unix
  * socket bound in (its descriptors, getsockname: the appliance's
  * guestfsd.sock, listening during the launch, accepted after it, with
- * either backend), malloc'ed; NULL when none. */
+ * direct and libvirt backends), malloc'ed; NULL when none. */
 char *req_guestfs_own_sockdir(const char *parent);
 /* Removes the session directory (and the noted one), then the lock. */
 void req_session_remove(const char *dir, int lock_fd);
