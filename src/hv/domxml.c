@@ -30,16 +30,10 @@ const char *vmsh_disk_kind_name(vmsh_disk_kind kind)
     return "unknown";
 }
 
-static void disk_clear(vmsh_domxml_disk *d)
+/* Frees the network parts of a disk (also before a pool's take their place). */
+static void net_clear(vmsh_domxml_disk *d)
 {
-    free(d->target);
-    free(d->source);
-    free(d->format);
-    free(d->device);
-    free(d->type);
     free(d->protocol);
-    free(d->pool);
-    free(d->volume);
     free(d->net_name);
     for (size_t i = 0; i < d->n_hosts; i++) {
         free(d->hosts[i].name);
@@ -51,6 +45,21 @@ static void disk_clear(vmsh_domxml_disk *d)
     free(d->net_config);
     free(d->net_snapshot);
     free(d->auth_user);
+    d->protocol = d->net_name = d->net_config = d->net_snapshot = d->auth_user = NULL;
+    d->hosts = NULL;
+    d->n_hosts = 0;
+}
+
+static void disk_clear(vmsh_domxml_disk *d)
+{
+    free(d->target);
+    free(d->source);
+    free(d->format);
+    free(d->device);
+    free(d->type);
+    free(d->pool);
+    free(d->volume);
+    net_clear(d);
 }
 
 void vmsh_domxml_disk_clear(vmsh_domxml_disk *d)
@@ -464,26 +473,6 @@ int vmsh_domxml_disk_set_volume(vmsh_domxml_disk *d, const char *path, vmsh_disk
     d->source = p;
     d->storage = storage;
     return 0;
-}
-
-/* The network parts of a disk, cleared before a pool's take their place. */
-static void net_clear(vmsh_domxml_disk *d)
-{
-    free(d->protocol);
-    free(d->net_name);
-    for (size_t i = 0; i < d->n_hosts; i++) {
-        free(d->hosts[i].name);
-        free(d->hosts[i].port);
-        free(d->hosts[i].transport);
-        free(d->hosts[i].socket);
-    }
-    free(d->hosts);
-    free(d->net_config);
-    free(d->net_snapshot);
-    free(d->auth_user);
-    d->protocol = d->net_name = d->net_config = d->net_snapshot = d->auth_user = NULL;
-    d->hosts = NULL;
-    d->n_hosts = 0;
 }
 
 int vmsh_domxml_disk_set_pool_network(vmsh_domxml_disk *d, const char *pool_xml, size_t len)

@@ -25,6 +25,8 @@
 #include <vmshadow/hv/storage.h>
 #include <vmshadow/util/mem.h>
 
+#include "test_spawn_helpers.h"
+
 static vmsh_domxml *parse(const char *disks)
 {
     char *xml = NULL;
@@ -403,23 +405,10 @@ static void long_command_line_server_stopped(void **state)
     char *sock = vmsh_hv_netserve_socket(dir);
     char *sock_opt = NULL;
     assert_true(asprintf(&sock_opt, "--socket=%s", sock) > 0);
-    size_t big = 16 * 1024;
-    char *pad = malloc(big + 1);
-    assert_non_null(pad);
-    memset(pad, 'j', big);
-    pad[big] = 0;
-    int in[2];
-    assert_int_equal(pipe(in), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        close(in[1]);
-        /* argv[0] "qemu-nbd"; sh -c 'read x' $0 $1: blocks on the pipe */
-        execl("/bin/sh", "/usr/bin/qemu-nbd", "-c", "read x", pad, sock_opt, (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
+    int release = -1;
+    /* argv[0] "qemu-nbd", blocked on the pipe */
+    pid_t pid = spawn_blocked("/usr/bin/qemu-nbd", 'j', 16 * 1024, sock_opt, NULL, &release);
+    assert_true(pid > 0);
     /* until the exec is done: its command line is the fake server's */
     char path[64], buf[32] = "";
     snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
@@ -437,10 +426,9 @@ static void long_command_line_server_stopped(void **state)
     /* ended and reaped by the stop */
     assert_int_equal(kill(pid, 0), -1);
     assert_int_equal(errno, ESRCH);
-    close(in[1]);
+    close(release);
     struct stat st;
     assert_int_equal(lstat(dir, &st), -1);
-    free(pad);
     free(sock_opt);
     free(sock);
     assert_int_equal(rmdir(base), 0);

@@ -16,6 +16,8 @@
 #include <vmshadow/util/fs.h>
 #include <vmshadow/util/proc.h>
 
+#include "test_spawn_helpers.h"
+
 static void split_like_a_shell(void **state)
 {
     char **av = NULL;
@@ -207,22 +209,9 @@ static void cmdline_whole(void **state)
 {
     (void)state;
     size_t big = 64 * 1024;
-    char *pad = malloc(big + 1);
-    assert_non_null(pad);
-    memset(pad, 'p', big);
-    pad[big] = 0;
-    int in[2];
-    assert_int_equal(pipe(in), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        close(in[1]);
-        /* sh -c 'read x' $0 $1 $2: blocks until the pipe closes */
-        execl("/bin/sh", "fake-server", "-c", "read x", pad, "--socket=/run/s", (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
+    int release = -1;
+    pid_t pid = spawn_blocked("fake-server", 'p', big, "--socket=/run/s", NULL, &release);
+    assert_true(pid > 0);
     char **av = NULL;
     int n = 0;
     /* until the exec is done */
@@ -240,14 +229,13 @@ static void cmdline_whole(void **state)
     assert_int_equal(strlen(av[3]), big);
     assert_string_equal(av[4], "--socket=/run/s");
     vmsh_proc_argv_free(av);
-    close(in[1]);
+    close(release);
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     /* gone: no words, an error */
     av = NULL;
     assert_true(vmsh_proc_cmdline(pid, &av) < 0);
     assert_null(av);
-    free(pad);
 }
 
 int main(void)

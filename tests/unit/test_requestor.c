@@ -26,6 +26,7 @@
 #include <vmshadow/writers/identity.h>
 
 #include "test_repo_helpers.h"
+#include "test_spawn_helpers.h"
 
 /* ---- the events, as the callbacks tell them ---- */
 
@@ -506,23 +507,10 @@ static void test_serve_find_long_command_line(void **state)
 {
     (void)state;
     const char *sock = "/tmp/vmsh-test-serve-find.sock";
-    size_t big = 16 * 1024;
-    char *pad = malloc(big + 1);
-    assert_non_null(pad);
-    memset(pad, 'k', big);
-    pad[big] = 0;
-    int in[2];
-    assert_int_equal(pipe(in), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        close(in[1]);
-        /* argv[0] "nbdkit"; sh -c 'read x' $0 $1 $2: blocks on the pipe */
-        execl("/bin/sh", "nbdkit", "-c", "read x", pad, "--unix", sock, (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
+    int release = -1;
+    /* argv[0] "nbdkit", blocked on the pipe */
+    pid_t pid = spawn_blocked("nbdkit", 'k', 16 * 1024, "--unix", sock, &release);
+    assert_true(pid > 0);
     pid_t found = 0;
     for (int i = 0; i < 500 && found != pid; i++) {
         found = vmsh_serve_find(sock);
@@ -531,11 +519,10 @@ static void test_serve_find_long_command_line(void **state)
     }
     assert_int_equal(found, pid);
     assert_int_equal(vmsh_serve_find("/tmp/vmsh-test-serve-find.sock.other"), 0);
-    close(in[1]);
+    close(release);
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_int_equal(vmsh_serve_find(sock), 0);
-    free(pad);
 }
 
 int main(void)
