@@ -207,10 +207,13 @@ FILE *vmsh_scratch_stream(const char *what, vmsh_error **err)
     return f;
 }
 
-int vmsh_fs_write_all(int fd, const void *buf, size_t len)
+/* write() (off < 0) or pwrite() at off until all of buf is written. */
+static int write_loop(int fd, const void *buf, size_t len, int64_t off)
 {
     for (size_t done = 0; done < len;) {
-        ssize_t n = write(fd, (const uint8_t *)buf + done, len - done);
+        const uint8_t *p = (const uint8_t *)buf + done;
+        ssize_t n = off < 0 ? write(fd, p, len - done)
+                            : pwrite(fd, p, len - done, (off_t)((uint64_t)off + done));
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -220,17 +223,16 @@ int vmsh_fs_write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+int vmsh_fs_write_all(int fd, const void *buf, size_t len)
+{
+    return write_loop(fd, buf, len, -1);
+}
+
 int vmsh_fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
-    for (size_t done = 0; done < len;) {
-        ssize_t n = pwrite(fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        done += (size_t)n;
-    }
-    return 0;
+    if (off > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    return write_loop(fd, buf, len, (int64_t)off);
 }
 
 void vmsh_fs_close_detached(const int *fds, size_t n)
