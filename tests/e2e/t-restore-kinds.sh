@@ -29,10 +29,8 @@ e2e_env
 TOOL=$VMSH_BUILD_DIR/bench/vmshadow-repo-tool
 T=$LAB_WORK
 POOL=vmsh-kinds-$$
-LOOPS=()
 RBD_IMGS=()
 cleanup() {
-    for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
     virsh -q -c "$LAB_URI" pool-destroy "$POOL" >/dev/null 2>&1
     virsh -q -c "$LAB_URI" pool-undefine "$POOL" >/dev/null 2>&1
     for i in "${RBD_IMGS[@]}"; do rbd rm -p "$VMSH_CEPH_POOL" "$i" >/dev/null 2>&1; done
@@ -65,11 +63,14 @@ craft() {
         jq -r .backup
 }
 storage() { jq -c '.vms[0].files[] | select(.file == "disk/vda") | .storage' <<<"$OUT"; }
-loopdev() { truncate -s "$2" "$T/$1.img"; local l; l=$(losetup -f --show "$T/$1.img") || fail "no loop device"; LOOPS+=("$l"); echo "$l"; }
+# loopdev NAME SIZE: a loop device over a new file, in LAB_LOOP; run in the
+# test's shell (not in $(...), where the list of devices to detach at the
+# end would be lost: every run left its two devices attached)
+loopdev() { truncate -s "$2" "$T/$1.img" && lab_loop_attach "$T/$1.img"; }
 
 # ---- block devices (loop devices)
-BIG=$(loopdev big $((SIZE + 1048576)))
-SMALL=$(loopdev small $((SIZE / 2)))
+loopdev big $((SIZE + 1048576)); BIG=$LAB_LOOP
+loopdev small $((SIZE / 2)); SMALL=$LAB_LOOP
 B=$(craft ".kind = \"block\" | .path = \"$BIG\" | .format = \"raw\"")
 check "a backup of a block disk can be crafted" test -n "$B" -a "$B" != null
 # the crafted definition names $BIG, which the VM defined here does not use:
