@@ -298,15 +298,23 @@ int vmsh_hv_volume_path(vmsh_hv *hv, const char *pool, const char *vol, char **p
  * (another pool type, a pool that cannot be read) the disk has no protocol
  * and a QEMU of vmshadow's own refuses it with the reason
  * (vmsh_hv_netdisk_spec). */
+int hv_pool_set_network(virStoragePoolPtr p, vmsh_domxml_disk *d)
+{
+    char *xml = virStoragePoolGetXMLDesc(p, 0);
+    if (!xml)
+        return -EIO;
+    int r = vmsh_domxml_disk_set_pool_network(d, xml, strlen(xml));
+    free(xml);
+    return r;
+}
+
 static void pool_network(virConnectPtr conn, vmsh_domxml_disk *dk)
 {
     virStoragePoolPtr p = virStoragePoolLookupByName(conn, dk->pool);
-    char *xml = p ? virStoragePoolGetXMLDesc(p, 0) : NULL;
-    if (xml)
-        vmsh_domxml_disk_set_pool_network(dk, xml, strlen(xml));
-    free(xml);
-    if (p)
+    if (p) {
+        hv_pool_set_network(p, dk);
         virStoragePoolFree(p);
+    }
     virResetLastError();
 }
 

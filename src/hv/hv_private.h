@@ -36,4 +36,10 @@ static inline void vmsh_put_be64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
+/* Gives the volume disk `d` the network source of its pool `p` (libvirt's
+ * pool XML, vmsh_domxml_disk_set_pool_network: an 'rbd' pool's monitors
+ * and user): 0; -ENOTSUP (another pool type), -EINVAL, -ENOMEM; -EIO
+ * when libvirt does not give the pool's XML (its error is libvirt's last). */
+int hv_pool_set_network(virStoragePoolPtr p, vmsh_domxml_disk *d);
+
 #endif

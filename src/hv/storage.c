@@ -650,16 +650,15 @@ static int network_volume_target(virStoragePoolPtr p, const char *pool, const ch
                                  const char *path, char **out, vmsh_error **err)
 {
     *out = NULL;
-    char *xml = virStoragePoolGetXMLDesc(p, 0);
     vmsh_domxml_disk d = {.target = strdup(vol),
                           .source = strdup(path),
                           .kind = VMSH_DISK_VOLUME,
                           .storage = VMSH_DISK_NETWORK};
-    int r = !xml ? vmsh_error_set(err, -EIO, "cannot read storage pool %s: %s", pool,
-                                  virGetLastErrorMessage())
-            : !d.target || !d.source ? oom(err)
-                                     : vmsh_domxml_disk_set_pool_network(&d, xml, strlen(xml));
-    if (r == -ENOTSUP || r == -EINVAL)
+    int r = !d.target || !d.source ? -ENOMEM : hv_pool_set_network(p, &d);
+    if (r == -EIO)
+        r = vmsh_error_set(err, -EIO, "cannot read storage pool %s: %s", pool,
+                           virGetLastErrorMessage());
+    else if (r == -ENOTSUP || r == -EINVAL)
         r = vmsh_error_set(err, -ENOTSUP,
                            "the volume %s of storage pool %s is network storage of a pool type "
                            "the restore does not write (volumes of 'rbd' pools it does): "
@@ -670,18 +669,15 @@ static int network_volume_target(virStoragePoolPtr p, const char *pool, const ch
     if (r == 0 && (r = vmsh_stg_rbd_write_target(&d, out, err)) < 0)
         vmsh_error_prefix(err, "storage pool %s", pool);
     vmsh_domxml_disk_clear(&d);
-    free(xml);
     return r;
 }
 
 static bool pool_is_rbd(virStoragePoolPtr p)
 {
-    char *xml = virStoragePoolGetXMLDesc(p, 0);
     vmsh_domxml_disk d = {
         .source = strdup("-"), .kind = VMSH_DISK_VOLUME, .storage = VMSH_DISK_NETWORK};
-    bool rbd = xml && d.source && vmsh_domxml_disk_set_pool_network(&d, xml, strlen(xml)) == 0;
+    bool rbd = d.source && hv_pool_set_network(p, &d) == 0;
     vmsh_domxml_disk_clear(&d);
-    free(xml);
     return rbd;
 }
 
