@@ -87,6 +87,11 @@ int crypto_ctx_new(crypto_ctx **out, const repo_keys *k, vmsh_error **err);
 void crypto_ctx_free(crypto_ctx *c);
 /* Chunk ID: SHA-256, or HMAC-SHA-256 with the ID key. */
 int crypto_chunk_id(crypto_ctx *c, const void *data, size_t len, uint8_t id[ID_LEN]);
+/* The IDs of `n` chunks of `len` bytes each, the same as crypto_chunk_id
+ * gives one by one: four at a time with SHA-NI where the CPU has it
+ * (sha256mb.h), else OpenSSL's one by one. 0 or -EIO. */
+int crypto_chunk_ids(crypto_ctx *c, size_t n, const uint8_t *const *data, size_t len,
+                     uint8_t (*ids)[ID_LEN]);
 /* True when a chunk's bytes look uniformly random (a sampled byte
  * histogram): store it raw without running zstd (compress.c). */
 bool chunk_looks_random(const uint8_t *p, size_t len);
