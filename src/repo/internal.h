@@ -446,6 +446,16 @@ int64_t chunk_reader_fetch(chunk_reader *cr, uint32_t pack, uint64_t off, size_t
                            vmsh_error **err);
 int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
                         vmsh_error **err);
+/* chunk_reader_decode in two steps, for a caller that decodes many chunks
+ * and checks them together (restore.c: the whole ones four at a time,
+ * crypto_chunk_ids): unpack decrypts and decompresses one blob into out
+ * without checking its ID; check hashes n decoded chunks (locs[i]->raw_len
+ * bytes at data[i]) against their IDs, -EBADMSG naming the first that
+ * differs (its index in *bad). */
+int chunk_reader_unpack(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
+                        vmsh_error **err);
+int chunk_reader_check(chunk_reader *cr, size_t n, const chunk_loc *const *locs,
+                       const uint8_t *const *data, size_t *bad, vmsh_error **err);
 
 unsigned repo_threads(const vmsh_repo *r);
 /* The store name of a path built under r->path (pack_path, index_path,

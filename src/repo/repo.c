@@ -1,6 +1,7 @@
 /* repo.c - creating and opening repositories, the chunk map, manifests and
  * listing (docs/formats/repository.md). */
 #include "internal.h"
+#include "sha256mb.h"
 #include "store_obj.h"
 
 #include "chunkindex.h"
@@ -1206,7 +1207,7 @@ int64_t chunk_reader_fetch(chunk_reader *cr, uint32_t pack, uint64_t off, size_t
     return (int64_t)done;
 }
 
-int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
+int chunk_reader_unpack(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
                         vmsh_error **err)
 {
     char pname[33], idhex[65];
@@ -1240,17 +1241,55 @@ int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *d
         }
         memcpy(out, data, len);
     }
-    /* every chunk against its ID: a repository is hostile input (R12) */
-    uint8_t id[ID_LEN];
-    if (crypto_chunk_id(cr->crypto, out, loc->raw_len, id) < 0)
-        return vmsh_error_set(err, -EIO, "cannot hash a chunk");
-    if (memcmp(id, loc->id, ID_LEN) != 0) {
-        vmsh_hex(loc->id, ID_LEN, idhex);
-        pack_name_of(cr->repo, loc->pack, pname);
-        return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s is damaged (hash mismatch)",
-                              idhex, pname);
+    return 0;
+}
+
+static int hash_mismatch(chunk_reader *cr, const chunk_loc *loc, vmsh_error **err)
+{
+    char pname[33], idhex[65];
+    vmsh_hex(loc->id, ID_LEN, idhex);
+    pack_name_of(cr->repo, loc->pack, pname);
+    return vmsh_error_set(err, -EBADMSG, "chunk %s in pack %s is damaged (hash mismatch)", idhex,
+                          pname);
+}
+
+int chunk_reader_check(chunk_reader *cr, size_t n, const chunk_loc *const *locs,
+                       const uint8_t *const *data, size_t *bad, vmsh_error **err)
+{
+    /* the whole chunks four at a time (crypto_chunk_ids), a short one
+     * alone: every chunk against its ID, a repository is hostile input
+     * (R12) */
+    for (size_t i = 0; i < n;) {
+        size_t k = 0;
+        while (i + k < n && k < SHA256MB_LANES && locs[i + k]->raw_len == CHUNK_SIZE)
+            k++;
+        uint8_t ids[SHA256MB_LANES][ID_LEN];
+        if (k == 0) {
+            k = 1;
+            if (crypto_chunk_id(cr->crypto, data[i], locs[i]->raw_len, ids[0]) < 0)
+                return vmsh_error_set(err, -EIO, "cannot hash a chunk");
+        } else if (crypto_chunk_ids(cr->crypto, k, data + i, CHUNK_SIZE, ids) < 0) {
+            return vmsh_error_set(err, -EIO, "cannot hash a chunk");
+        }
+        for (size_t j = 0; j < k; j++)
+            if (memcmp(ids[j], locs[i + j]->id, ID_LEN) != 0) {
+                *bad = i + j;
+                return hash_mismatch(cr, locs[i + j], err);
+            }
+        i += k;
     }
     return 0;
+}
+
+int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
+                        vmsh_error **err)
+{
+    int rc = chunk_reader_unpack(cr, loc, data, out, err);
+    if (rc < 0)
+        return rc;
+    const uint8_t *o = out;
+    size_t bad;
+    return chunk_reader_check(cr, 1, &loc, &o, &bad, err);
 }
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
