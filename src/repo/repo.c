@@ -1294,6 +1294,16 @@ int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *d
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
 {
+    int rc = chunk_reader_load(cr, loc, out, err);
+    if (rc < 0)
+        return rc;
+    const uint8_t *o = out;
+    size_t bad;
+    return chunk_reader_check(cr, 1, &loc, &o, &bad, err);
+}
+
+int chunk_reader_load(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
+{
     char pname[33];
     pack_name_of(cr->repo, loc->pack, pname);
     repo_store_file *fd = NULL;
@@ -1351,7 +1361,7 @@ int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh
         }
         data = cr->blob;
     }
-    return chunk_reader_decode(cr, loc, data, out, err);
+    return chunk_reader_unpack(cr, loc, data, out, err);
 }
 
 /* ---- manifests ---- */

@@ -477,7 +477,8 @@ static int flip_cb(const char *p, const struct stat *st, int flag, struct FTW *f
  * time (crypto_chunk_ids) and a short one alone; whichever chunk's bytes
  * changed in its pack (the first of a group of four, one inside, the last
  * whole chunk, the short tail) fails the restore naming that chunk, and
- * nothing is left at the target. Random chunks are stored raw, so the
+ * nothing is left at the target; verify counts every damaged chunk of a
+ * group. Random chunks are stored raw, so the
  * flipped byte reaches the hash, not the decompressor. */
 static void restore_names_the_damaged_chunk(void **state)
 {
@@ -519,6 +520,31 @@ static void restore_names_the_damaged_chunk(void **state)
         free(out);
         free(id);
     }
+    /* verify checks four at a time too and goes on after a mismatch:
+     * two damaged chunks of one group and the short tail are all counted */
+    rm_rf(f->repo);
+    assert_int_equal(vmsh_repo_init(f->repo, NULL, NULL), 0);
+    char *id = backup_file(f->repo, NULL, "vda", img, "{}", NULL);
+    static const size_t bad3[] = {5, 6, 11};
+    g_flipped = 0;
+    for (size_t t = 0; t < 3; t++) {
+        g_pat = data + bad3[t] * 65536;
+        assert_int_equal(nftw(f->repo, flip_cb, 16, FTW_PHYS), 0);
+    }
+    assert_int_equal(g_flipped, 3);
+    vmsh_repo *r = NULL;
+    vmsh_error *err = NULL;
+    vmsh_verify_report *rep = NULL;
+    assert_int_equal(vmsh_repo_open(&r, f->repo, NULL, &err), 0);
+    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, &err), -EBADMSG);
+    assert_int_equal(rep->chunks_checked, whole + 2); /* and domain.xml */
+    assert_int_equal(rep->n_damage, 1);
+    assert_string_equal(rep->damage[0].file, "vda");
+    assert_non_null(strstr(rep->damage[0].what, "3 chunks damaged, 0 missing (first: chunk 5 "));
+    vmsh_verify_report_free(rep);
+    vmsh_error_free(err);
+    vmsh_repo_free(r);
+    free(id);
     free(img);
     free(data);
 }
