@@ -1281,25 +1281,23 @@ int chunk_reader_check(chunk_reader *cr, size_t n, const chunk_loc *const *locs,
     return 0;
 }
 
+/* `rc` of decoding one chunk into out; when 0, its check */
+static int check_one(chunk_reader *cr, int rc, const chunk_loc *loc, const uint8_t *out,
+                     vmsh_error **err)
+{
+    size_t bad;
+    return rc < 0 ? rc : chunk_reader_check(cr, 1, &loc, &out, &bad, err);
+}
+
 int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
                         vmsh_error **err)
 {
-    int rc = chunk_reader_unpack(cr, loc, data, out, err);
-    if (rc < 0)
-        return rc;
-    const uint8_t *o = out;
-    size_t bad;
-    return chunk_reader_check(cr, 1, &loc, &o, &bad, err);
+    return check_one(cr, chunk_reader_unpack(cr, loc, data, out, err), loc, out, err);
 }
 
 int chunk_reader_read(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)
 {
-    int rc = chunk_reader_load(cr, loc, out, err);
-    if (rc < 0)
-        return rc;
-    const uint8_t *o = out;
-    size_t bad;
-    return chunk_reader_check(cr, 1, &loc, &o, &bad, err);
+    return check_one(cr, chunk_reader_load(cr, loc, out, err), loc, out, err);
 }
 
 int chunk_reader_load(chunk_reader *cr, const chunk_loc *loc, uint8_t *out, vmsh_error **err)

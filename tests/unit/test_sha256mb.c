@@ -172,29 +172,18 @@ static void chunk_ids_as_one_by_one(bool encrypted, bool allow_shani)
     sha256mb_allow(true);
 }
 
-static void chunk_ids_plain(void **state)
+typedef struct ids_case {
+    bool encrypted, allow_shani;
+} ids_case;
+
+static void chunk_ids(void **state)
 {
-    (void)state;
-    chunk_ids_as_one_by_one(false, true);
+    const ids_case *c = *state;
+    chunk_ids_as_one_by_one(c->encrypted, c->allow_shani);
 }
 
-static void chunk_ids_keyed(void **state)
-{
-    (void)state;
-    chunk_ids_as_one_by_one(true, true);
-}
-
-static void chunk_ids_plain_openssl(void **state)
-{
-    (void)state;
-    chunk_ids_as_one_by_one(false, false);
-}
-
-static void chunk_ids_keyed_openssl(void **state)
-{
-    (void)state;
-    chunk_ids_as_one_by_one(true, false);
-}
+static ids_case plain = {false, true}, keyed = {true, true}, plain_openssl = {false, false},
+                keyed_openssl = {true, false};
 
 /* turned off, the module says so; turned on, it is in use exactly where
  * the CPU has SHA-NI (its self-test against OpenSSL passed) */
@@ -214,10 +203,10 @@ int main(void)
         cmocka_unit_test(nist_vectors),
         cmocka_unit_test(lanes_match_openssl),
         cmocka_unit_test(continued_state),
-        cmocka_unit_test(chunk_ids_plain),
-        cmocka_unit_test(chunk_ids_keyed),
-        cmocka_unit_test(chunk_ids_plain_openssl),
-        cmocka_unit_test(chunk_ids_keyed_openssl),
+        cmocka_unit_test_prestate(chunk_ids, &plain),
+        cmocka_unit_test_prestate(chunk_ids, &keyed),
+        cmocka_unit_test_prestate(chunk_ids, &plain_openssl),
+        cmocka_unit_test_prestate(chunk_ids, &keyed_openssl),
         cmocka_unit_test(allow_switches_the_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
