@@ -451,7 +451,7 @@ int chunk_reader_decode(chunk_reader *cr, const chunk_loc *loc, const uint8_t *d
  * crypto_chunk_ids): unpack decrypts and decompresses one blob into out
  * without checking its ID; check hashes n decoded chunks (locs[i]->raw_len
  * bytes at data[i]) against their IDs, -EBADMSG naming the first that
- * differs (its index in *bad). */
+ * differs; on any failure *bad is the index of the chunk it names. */
 int chunk_reader_unpack(chunk_reader *cr, const chunk_loc *loc, const uint8_t *data, uint8_t *out,
                         vmsh_error **err);
 int chunk_reader_check(chunk_reader *cr, size_t n, const chunk_loc *const *locs,

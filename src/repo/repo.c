@@ -1264,6 +1264,7 @@ int chunk_reader_check(chunk_reader *cr, size_t n, const chunk_loc *const *locs,
         while (i + k < n && k < SHA256MB_LANES && locs[i + k]->raw_len == CHUNK_SIZE)
             k++;
         uint8_t ids[SHA256MB_LANES][ID_LEN];
+        *bad = i; /* a hashing failure names the group's first */
         if (k == 0) {
             k = 1;
             if (crypto_chunk_id(cr->crypto, data[i], locs[i]->raw_len, ids[0]) < 0)
