@@ -146,6 +146,8 @@ void crypto_ctx_free(crypto_ctx *c)
     EVP_MD_CTX_free(c->md);
     EVP_MAC_CTX_free(c->mac);
     EVP_CIPHER_CTX_free(c->cipher);
+    OPENSSL_cleanse(c->hmac_inner, sizeof(c->hmac_inner)); /* as good as the ID key */
+    OPENSSL_cleanse(c->hmac_outer, sizeof(c->hmac_outer));
     free(c);
 }
 
