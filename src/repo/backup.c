@@ -67,7 +67,8 @@ struct vmsh_backup {
     repo_session *session; /* issue 26: no lock, a session (docs/formats/gc.md) */
     char id[VMSH_BACKUP_ID_LEN + 1];
     int64_t time_us;
-    bool committed, broken;
+    bool committed;
+    atomic_bool broken; /* set by any worker that fails mid-chunk */
     pack_writer *pw;
     file_rec *files;
     size_t n_files, cap_files;
