@@ -355,11 +355,8 @@ struct vmsh_repo {
     uint64_t pack_target;      /* 0: PACK_TARGET_DEFAULT; tests make it small */
     size_t pack_flush;         /* 0: 7.75 MiB writes; tests make it small (≥ 4096) */
     unsigned pack_io_delay_us; /* tests: the pack writer thread sleeps before each write */
-    /* tests: the committer sleeps before each pack's commit; the n-th
-     * commit (from 1) of each pack writer fails with -EIO instead */
-    unsigned pack_commit_delay_us, pack_commit_fail_at;
-    size_t verify_run_ids;  /* 0: verify sorts runs of 512 Ki chunk IDs; tests make it small */
-    size_t verify_max_runs; /* 0: verify merges its runs into one at 256; tests make it small */
+    size_t verify_run_ids;     /* 0: verify sorts runs of 512 Ki chunk IDs; tests make it small */
+    size_t verify_max_runs;    /* 0: verify merges its runs into one at 256; tests make it small */
     /* issue 26: gc's marks as the pending backup read them, and the times
      * of the gc protocol (-1: from the options; tests set them) */
     gc_marks condemned;

@@ -78,15 +78,6 @@ struct pack_writer {
     repo_store_file *job_fd;
     size_t job_len;
     uint64_t job_off;
-    /* the committer thread: a finished pack's commit (fsync, rename, the
-     * directories' fsyncs; an object store's upload) while the next pack
-     * fills, so that no hashing thread waits on it; one pack at a time */
-    pthread_t committer;
-    bool committer_started, committing;
-    repo_store_file *commit_fd;
-    uint64_t commit_total;
-    uint32_t commit_pack_no, commit_n;
-    unsigned commits; /* the committer's count (tests: pack_commit_fail_at) */
     size_t fill;
     /* add and flush may be called from several threads: one lock; the
      * 8 MiB writes happen outside it so that the others keep computing */
@@ -121,16 +112,6 @@ static int write_error(pack_writer *w, int r, vmsh_error **err)
 {
     return vmsh_error_set(err, r, "cannot write pack %s: %s%s", w->tmp_path, strerror(-r),
                           r == -ENOSPC ? " (the repository's filesystem is full)" : "");
-}
-
-/* With w->mu held: an async failure (a buffer's write, a commit) is the
- * writer's from then on. */
-static void note_async_error(pack_writer *w, int r, vmsh_error *e)
-{
-    if (w->async_rc == 0) {
-        w->async_rc = r;
-        w->async_msg = e ? strdup(e->message) : NULL;
-    }
 }
 
 static void wait_idle(pack_writer *w)
@@ -200,10 +181,11 @@ static void *io_main(void *arg)
             usleep(delay);
         int r = write_full_at(w->repo, fd, buf, len, off);
         pthread_mutex_lock(&w->mu);
-        if (r < 0) {
+        if (r < 0 && w->async_rc == 0) {
             vmsh_error *e = NULL;
             write_error(w, r, &e);
-            note_async_error(w, r, e);
+            w->async_rc = r;
+            w->async_msg = e ? strdup(e->message) : NULL;
             vmsh_error_free(e);
         }
         w->busy = false;
@@ -211,56 +193,6 @@ static void *io_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
-}
-
-static void *committer_main(void *arg)
-{
-    pack_writer *w = arg;
-    pthread_mutex_lock(&w->mu);
-    for (;;) {
-        while (!w->committing && !w->io_quit)
-            pthread_cond_wait(&w->cv, &w->mu);
-        if (!w->committing)
-            break;
-        repo_store_file *fd = w->commit_fd;
-        uint64_t total = w->commit_total;
-        uint32_t pack_no = w->commit_pack_no, n = w->commit_n;
-        unsigned delay = w->repo->pack_commit_delay_us, fail_at = w->repo->pack_commit_fail_at;
-        pthread_mutex_unlock(&w->mu);
-        if (delay) /* tests: a slow commit widens every race with this thread */
-            usleep(delay);
-        /* size, fsync, rename, fsync the directory and packs/: the store's
-         * commit, which closes the file whatever it returns */
-        vmsh_error *e = NULL;
-        int r;
-        if (fail_at && ++w->commits == fail_at) {
-            w->repo->store->ops->abort(fd);
-            r = vmsh_error_set(&e, -EIO, "injected failure committing pack %u", pack_no);
-        } else {
-            r = w->repo->store->ops->commit(fd, total, &e);
-        }
-        if (r == 0) {
-            pthread_mutex_lock(&w->repo->lock);
-            w->repo->packs[pack_no].size = total;
-            w->repo->packs[pack_no].n_chunks = n;
-            pthread_mutex_unlock(&w->repo->lock);
-        }
-        pthread_mutex_lock(&w->mu);
-        if (r < 0)
-            note_async_error(w, r, e);
-        vmsh_error_free(e);
-        w->commit_fd = NULL;
-        w->committing = false;
-        pthread_cond_broadcast(&w->cv);
-    }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
-}
-
-static void wait_committed(pack_writer *w)
-{
-    while (w->committing)
-        pthread_cond_wait(&w->cv, &w->mu);
 }
 
 static int append(pack_writer *w, const void *data, size_t len, vmsh_error **err)
@@ -313,11 +245,6 @@ int pack_writer_new(pack_writer **out, vmsh_repo *r, vmsh_error **err)
         return vmsh_error_set(err, -EAGAIN, "cannot start the pack writer thread");
     }
     w->io_started = true;
-    if (pthread_create(&w->committer, NULL, committer_main, w) != 0) {
-        pack_writer_free(w);
-        return vmsh_error_set(err, -EAGAIN, "cannot start the pack committer thread");
-    }
-    w->committer_started = true;
     *out = w;
     return 0;
 }
@@ -442,24 +369,13 @@ int pack_writer_flush(pack_writer *w, vmsh_error **err)
 {
     pthread_mutex_lock(&w->mu);
     int r = flush_locked(w, err);
-    wait_committed(w); /* flushed means committed: the caller names the pack next */
-    if (r == 0 && w->async_rc < 0)
-        r = vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "commit failed");
     pthread_mutex_unlock(&w->mu);
     return r;
 }
 
 static int flush_locked(pack_writer *w, vmsh_error **err)
 {
-    /* Both threads idle before anything of this pack is touched: a wait
-     * releases the lock, and another thread may add to the pack meanwhile;
-     * from here on the lock stays held until the pack is handed over. */
-    while (w->busy || w->committing)
-        pthread_cond_wait(&w->cv, &w->mu);
-    if (w->async_rc < 0) {
-        close_open(w, true);
-        return vmsh_error_set(err, w->async_rc, "%s", w->async_msg ? w->async_msg : "write failed");
-    }
+    wait_idle(w);
     if (!w->fd)
         return 0;
     bool enc = w->repo->keys.encrypted;
@@ -500,20 +416,21 @@ static int flush_locked(pack_writer *w, vmsh_error **err)
     uint64_t total = w->written + w->fill;
     if (r == 0)
         r = flush_aligned(w, true, err);
+    /* size, fsync, rename, fsync the directory and packs/: the store's
+     * commit, which closes the file whatever it returns */
+    if (r == 0) {
+        r = w->repo->store->ops->commit(w->fd, total, err);
+        w->fd = NULL;
+    }
     w->finishing = false;
     if (r < 0) {
         close_open(w, true);
         return r;
     }
-    /* the commit is the committer's (idle since the top: the lock was
-     * held since); the next pack starts at once */
-    w->commit_fd = w->fd;
-    w->commit_total = total;
-    w->commit_pack_no = w->pack_no;
-    w->commit_n = (uint32_t)w->n;
-    w->committing = true;
-    pthread_cond_broadcast(&w->cv);
-    w->fd = NULL;
+    pthread_mutex_lock(&w->repo->lock);
+    w->repo->packs[w->pack_no].size = total;
+    w->repo->packs[w->pack_no].n_chunks = (uint32_t)w->n;
+    pthread_mutex_unlock(&w->repo->lock);
     close_open(w, false);
     return 0;
 }
@@ -524,14 +441,11 @@ void pack_writer_free(pack_writer *w)
         return;
     pthread_mutex_lock(&w->mu);
     wait_idle(w);
-    wait_committed(w);
     w->io_quit = true;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     if (w->io_started)
         pthread_join(w->io, NULL);
-    if (w->committer_started)
-        pthread_join(w->committer, NULL);
     close_open(w, true);
     crypto_ctx_free(w->crypto);
     free(w->entries);

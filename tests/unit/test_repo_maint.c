@@ -8,9 +8,6 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
-#include <sys/stat.h>
-
 #include <json-c/json.h>
 
 #include <vmshadow/repo/backup.h>
@@ -397,95 +394,6 @@ static void verify_merges_sorted_runs_of_ids(void **state)
     free(dir);
 }
 
-/* Temporary packs left under packs/ (names holding ".tmp."). */
-static int g_tmp_packs;
-static int count_tmp(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st, (void)f;
-    if (flag == FTW_F && strstr(p, ".tmp."))
-        g_tmp_packs++;
-    return 0;
-}
-
-/* Issue 27 point 5: a finished pack is committed (fsync, rename, the
- * directories' fsyncs) by the pack writer's committer thread while the next
- * one fills. With every commit slowed down, a backup of many small packs is
- * still whole the moment it is committed (its packs are, before its
- * manifest); a commit that fails fails the backup with its error, leaves
- * no temporary pack and no manifest, and the repository verifies clean. */
-static void packs_commit_beside_the_backup(void **state)
-{
-    (void)state;
-    char *dir = make_tmpdir(), *repo = path2(dir, "repo");
-    assert_int_equal(vmsh_repo_init(repo, NULL, NULL), 0);
-    vmsh_repo *r = NULL;
-    assert_int_equal(vmsh_repo_open(&r, repo, NULL, NULL), 0);
-    r->pack_target = 256u << 10;
-    r->pack_flush = 64u << 10;
-    r->pack_commit_delay_us = 20000;
-    vmsh_repo_set_threads(r, 2);
-    size_t len = 8u << 20;
-    uint8_t *data = malloc(len);
-    uint64_t s = 17;
-    fill_random(data, len, &s);
-    vmsh_backup *b = NULL;
-    vmsh_error *err = NULL;
-    vmsh_source *src = NULL;
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
-    assert_int_equal(vmsh_source_open_memory(&src, data, len, false, "blob", &err), 0);
-    assert_int_equal(vmsh_backup_add_file(b, "blob", src, NULL, NULL, &err), 0);
-    assert_int_equal(vmsh_backup_commit(b, "{}", &err), 0);
-    /* committed: every pack is in place already, none is still a temporary */
-    g_tmp_packs = 0;
-    assert_int_equal(nftw(repo, count_tmp, 16, FTW_PHYS), 0);
-    assert_int_equal(g_tmp_packs, 0);
-    char *id = strdup(vmsh_backup_id(b));
-    vmsh_source_free(src);
-    vmsh_backup_free(b);
-    vmsh_verify_report *rep = NULL;
-    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, NULL), 0);
-    assert_int_equal(rep->n_damage, 0);
-    assert_int_equal(rep->chunks_checked, len / 65536);
-    vmsh_verify_report_free(rep);
-    char *got = NULL;
-    size_t n = 0;
-    assert_int_equal(vmsh_repo_read_file(r, id, "blob", len, &got, &n, NULL), 0);
-    assert_memory_equal(got, data, len);
-    free(got);
-
-    /* the third commit of the next backup fails */
-    r->pack_commit_fail_at = 3;
-    fill_random(data, len, &s);
-    assert_int_equal(vmsh_backup_begin(&b, r, &err), 0);
-    assert_int_equal(vmsh_source_open_memory(&src, data, len, false, "blob", &err), 0);
-    int rc = vmsh_backup_add_file(b, "blob", src, NULL, NULL, &err);
-    if (rc == 0)
-        rc = vmsh_backup_commit(b, "{}", &err);
-    assert_int_equal(rc, -EIO);
-    assert_non_null(strstr(err->message, "injected failure committing pack"));
-    vmsh_error_free(err);
-    vmsh_source_free(src);
-    vmsh_backup_free(b);
-    r->pack_commit_fail_at = 0;
-    vmsh_backup_info *list = NULL;
-    assert_int_equal(vmsh_repo_list(r, &list, &n, NULL), 0);
-    assert_int_equal(n, 1);
-    assert_string_equal(list[0].id, id);
-    vmsh_backup_info_array_free(list, n);
-    g_tmp_packs = 0;
-    assert_int_equal(nftw(repo, count_tmp, 16, FTW_PHYS), 0);
-    assert_int_equal(g_tmp_packs, 0);
-    assert_int_equal(vmsh_repo_verify(r, NULL, 0, NULL, NULL, &rep, NULL), 0);
-    assert_int_equal(rep->n_damage, 0);
-    vmsh_verify_report_free(rep);
-    free(id);
-    free(data);
-    vmsh_repo_free(r);
-    rm_rf(dir);
-    free(repo);
-    free(dir);
-}
-
 int main(void)
 {
     /* gc deletes in one run (a second pass at once): docs/formats/gc.md */
@@ -497,7 +405,6 @@ int main(void)
         cmocka_unit_test(encryption_keys),
         cmocka_unit_test(source_extents_of_sparse_file),
         cmocka_unit_test(packs_roll_over_under_load),
-        cmocka_unit_test(packs_commit_beside_the_backup),
         cmocka_unit_test(verify_merges_sorted_runs_of_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
