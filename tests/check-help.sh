@@ -21,7 +21,8 @@ for cmd in $(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\) .*/\1/p' "$tmp/globa
     "$bin" "$cmd" --help >"$tmp/cmd-$cmd.txt" 2>"$tmp/cmd-$cmd.err" ||
         { echo "vmshadow $cmd --help failed: $(cat "$tmp/cmd-$cmd.err")"; exit 1; }
 done
-exec python3 - "$tmp" "$src/docs/cli.md" "$src/docs/vmshadow.1" <<'PY'
+# not exec: the trap removes $tmp when python3 is done
+python3 - "$tmp" "$src/docs/cli.md" "$src/docs/vmshadow.1" <<'PY'
 import glob, os, re, sys
 tmp, cli_md, man = sys.argv[1:4]
 md = open(cli_md).read()
