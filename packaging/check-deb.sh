@@ -29,6 +29,9 @@ deb=$(ls "$work"/src/vmshadow_*_*.deb | grep -v -- -dbgsym | head -n 1)
 step "built $(basename "$deb")"
 
 step "lintian (errors fail)"
+# lintian leaves a database file in $TMPDIR per run (Lintian::Storage::MLDBM): here, not /tmp
+mkdir -p "$work/tmp"
+export TMPDIR="$work/tmp"
 lintian --fail-on error "$deb" 2>&1 | grep -v 'running with root privileges' | tee "$work/lintian.log" ||
     true
 lintian --fail-on error "$deb" >/dev/null 2>&1 || die "lintian reports errors ($work/lintian.log)"
