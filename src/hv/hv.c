@@ -293,11 +293,6 @@ int vmsh_hv_volume_path(vmsh_hv *hv, const char *pool, const char *vol, char **p
     return volume_path(vmsh_hv_conn(hv), pool, vol, path, kind, err);
 }
 
-/* Issue 23 (R6): a volume of a network pool is opened over the network as
- * its pool says (an RBD pool: its monitors and cephx user); without that
- * (another pool type, a pool that cannot be read) the disk has no protocol
- * and a QEMU of vmshadow's own refuses it with the reason
- * (vmsh_hv_netdisk_spec). */
 int hv_pool_set_network(virStoragePoolPtr p, vmsh_domxml_disk *d)
 {
     char *xml = virStoragePoolGetXMLDesc(p, 0);
@@ -308,6 +303,11 @@ int hv_pool_set_network(virStoragePoolPtr p, vmsh_domxml_disk *d)
     return r;
 }
 
+/* Issue 23 (R6): a volume of a network pool is opened over the network as
+ * its pool says (an RBD pool: its monitors and cephx user); without that
+ * (another pool type, a pool that cannot be read) the disk has no protocol
+ * and a QEMU of vmshadow's own refuses it with the reason
+ * (vmsh_hv_netdisk_spec). */
 static void pool_network(virConnectPtr conn, vmsh_domxml_disk *dk)
 {
     virStoragePoolPtr p = virStoragePoolLookupByName(conn, dk->pool);

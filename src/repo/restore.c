@@ -306,20 +306,19 @@ static int decode_batch(rthread *t, rslot *s, vmsh_error **err)
     const index_entry *en = &j->idx->entries[s->batch * BATCH];
     const chunk_loc *locs[BATCH];
     const uint8_t *outs[BATCH];
-    size_t k = 0;
+    size_t k;
     int rc = 0;
-    for (; k < s->n && rc == 0; k++) {
+    for (k = 0; k < s->n; k++) {
         /* the batch's chunk k at its place in the write buffer; a chunk
          * of the file's last 64 KiB may be short */
+        uint8_t *out = s->obuf + k * (size_t)CHUNK_SIZE;
         locs[k] = &s->loc[k];
-        outs[k] = s->obuf + k * (size_t)CHUNK_SIZE;
-        rc = chunk_reader_unpack(t->cr, locs[k], s->fbuf + s->at[k],
-                                 s->obuf + k * (size_t)CHUNK_SIZE, err);
+        outs[k] = out;
+        if ((rc = chunk_reader_unpack(t->cr, locs[k], s->fbuf + s->at[k], out, err)) < 0)
+            break;
     }
     if (rc == 0) /* then every chunk against its ID, the batch at once */
         rc = chunk_reader_check(t->cr, s->n, locs, outs, &k, err);
-    else
-        k--;
     if (rc < 0)
         vmsh_error_prefix(err, "backup %s, file %s, chunk %llu", j->backup, j->file,
                           (unsigned long long)en[k].chunk);
